@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRAS ?= cpu,dev
+
+.PHONY: venv test test-gpu demo lint clean
+
+venv: $(STAMP)
+
+# Rebuilt only when the dependency declarations change, so a second `make venv` takes no time.
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+# On a machine with an NVIDIA GPU and TensorRT (see README): the marked end-to-end tests.
+test-gpu: venv
+	$(BIN)/python -m pytest -q -m "gpu or trt" -rs
+
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) demo *.egg-info .pytest_cache .ruff_cache
