@@ -1,0 +1,141 @@
+"""gap-export: a PyTorch GAP CNN -> ONNX, verified against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from runtime.cli.common import fail, floats, image_size, info, report_errors, shape_option, write_json
+from runtime.errors import ArtifactError
+from runtime.files import check_output_path
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _read_class_names(path: Path) -> tuple[str, ...]:
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"cannot read class names from {path}: {exc}") from None
+    if path.suffix == ".json":
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ArtifactError(f"{path} must hold a JSON list of strings, one per class.")
+        return tuple(names)
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="ONNX file to write. Default: MODEL with .onnx (.fp16.onnx / .int8.onnx for variants).")
+@click.option("--dynamic", is_flag=True,
+              help="Symbolic batch, height and width (any size >= the model's minimum). "
+                   "Without it the model is static at --batch x C x --imgsz.")
+@click.option("--imgsz", default="224", show_default=True, metavar="N|HxW",
+              help="Example (static: the only) input size.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Batch size of a static export.")
+@click.option("--arch", metavar="MODULE:CALLABLE",
+              help="Architecture for the state_dict: an importable module or a .py file and a callable, "
+                   "e.g. torchvision.models:resnet18. Default: the reference GAP CNN, sized from the weights.")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Passed to the --arch callable as num_classes=N.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow TorchScript archives and pickled nn.Modules. Loading them runs code: only for "
+                   "files you trust.")
+@click.option("--class-names", type=click.Path(path_type=Path, dir_okay=False),
+              help="Text file with one class name per line (or a JSON list), stored in the ONNX metadata.")
+@click.option("--mean", metavar="M1,M2,...", help="Input normalization mean for pixels in [0, 1], stored in "
+              "the metadata. Default: ImageNet's (0.485,0.456,0.406) for 3 channels, 0.5 otherwise.")
+@click.option("--std", metavar="S1,S2,...", help="Input normalization std. Default: ImageNet's "
+              "(0.229,0.224,0.225) for 3 channels, 0.5 otherwise.")
+@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset (18..23).")
+@click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (parity is checked after it).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare ONNX Runtime with PyTorch on a sweep of shapes before writing.")
+@click.option("--verify-shapes", metavar="BxCxHxW|HxW,...",
+              help="Shapes to verify, comma-separated. Default: the export size, the minimum, 37x53, "
+                   "an odd size near the minimum, batch 3 and 2, and 384x512.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max absolute error allowed.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True,
+              help="Max relative error ||onnx - torch|| / ||torch|| allowed.")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the export summary and the parity report as JSON.")
+@click.option("--summary", is_flag=True,
+              help="Print the layer table (output shape and parameters per layer at --imgsz) and exit.")
+@report_errors
+def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
+         opset, simplify, verify, verify_shapes, atol, rtol, report, summary):
+    """Export the GAP CNN in MODEL (a state_dict .pt/.pth, a checkpoint dict or .safetensors) to ONNX.
+
+    The model is verified against PyTorch with ONNX Runtime before the file is written; a model that
+    fails verification is not written. Example:
+
+        gap-export model.pt --dynamic
+    """
+    size = image_size(imgsz)
+    mean_v, std_v = floats(mean), floats(std)
+    names = _read_class_names(class_names) if class_names else None
+    out_path = output or model.with_suffix(".onnx")
+    if not summary:
+        check_output_path(out_path)
+        if report:
+            check_output_path(report)
+
+    from exporter.checkpoint import load_model  # torch is imported here, after argument checks
+
+    info(f"Loading {model} ...")
+    loaded = load_model(model, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
+    for note in loaded.notes:
+        info(f"Note: {note}")
+    if summary:
+        from exporter.summary import layer_table
+
+        click.echo(layer_table(loaded.module, loaded.in_channels, *size))
+        return
+
+    shapes = None
+    if verify_shapes:
+        shapes = [shape_option(s.strip(), loaded.in_channels) for s in verify_shapes.split(",") if s.strip()]
+        bad = [s for s in shapes if s[1] != loaded.in_channels]
+        if bad:
+            raise click.BadParameter(f"{bad[0]} has {bad[0][1]} channels; the model takes {loaded.in_channels}.",
+                                     param_hint="--verify-shapes")
+
+    from exporter.onnx_export import ParityError, export_onnx
+    from runtime.parity import Tolerance
+
+    info(f"Exporting {loaded.arch} ({'dynamic batch/height/width' if dynamic else 'static'}, opset {opset})"
+         + (" and verifying against PyTorch" if verify else "") + " ...")
+    try:
+        result = export_onnx(loaded, out_path, verify=verify, verify_shapes=shapes,
+                             tolerance=Tolerance(atol=atol, rtol=rtol), dynamic=dynamic, imgsz=size,
+                             batch=batch, opset=opset, class_names=names, mean=mean_v, std=std_v,
+                             simplify=simplify)
+    except ParityError as exc:
+        click.echo(exc.report.format_table())
+        if report:
+            write_json(report, {"model": str(model), "output": None, "parity": exc.report.to_dict()})
+        fail(str(exc))
+
+    exp = result.export
+    if result.parity is not None:
+        click.echo(result.parity.format_table())
+    dims = ", ".join(map(str, exp.input_dims))
+    click.echo(f"Wrote {result.path}: input images [{dims}] float32, output logits "
+               f"[{', '.join(map(str, exp.output_dims))}], minimum size "
+               f"{exp.metadata.min_height}x{exp.metadata.min_width}, opset {exp.opset}"
+               f"{', simplified' if exp.simplified else ''} ({exp.seconds:.1f} s).")
+    if report:
+        write_json(report, {
+            "model": str(model), "output": str(result.path), "arch": loaded.arch, "dynamic": exp.dynamic,
+            "input_dims": list(exp.input_dims), "output_dims": list(exp.output_dims), "opset": exp.opset,
+            "metadata": exp.metadata.to_props(), "notes": list(loaded.notes),
+            "parity": result.parity.to_dict() if result.parity else None})
+        info(f"Wrote {report}")

@@ -1,0 +1,299 @@
+"""PyTorch -> ONNX with symbolic batch/height/width, checked and annotated for the runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from exporter.checkpoint import LoadedModel
+from runtime.errors import ExportError
+from runtime.metadata import ModelMetadata
+from runtime.version import __version__
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = range(18, 24)
+MIN_SIZE_SEARCH_LIMIT = 512
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """An exported model in memory, not yet written: verification comes first."""
+
+    model: onnx.ModelProto
+    metadata: ModelMetadata
+    dynamic: bool
+    input_dims: tuple[int | str, ...]
+    output_dims: tuple[int | str, ...]
+    opset: int
+    simplified: bool
+    seconds: float
+
+
+def find_min_size(module: nn.Module, in_channels: int, limit: int = MIN_SIZE_SEARCH_LIMIT) -> int:
+    """Smallest square input side the network runs on (the reference CNN: 4, from two 2x2 pools).
+
+    Probed with forward passes: architectures compute their minimum in too many ways (padding,
+    strides, ceil_mode, adaptive pools) for a formula to be trusted.
+    """
+    with torch.no_grad():
+        for side in range(1, limit + 1):
+            try:
+                out = module(torch.zeros(1, in_channels, side, side))
+            except (RuntimeError, ValueError, IndexError):
+                continue
+            if isinstance(out, torch.Tensor) and out.numel() > 0:
+                return side
+    raise ExportError(f"the model failed on every input size from 1x1 to {limit}x{limit} "
+                      f"with {in_channels} channels.", hint="check that the model takes NCHW images.")
+
+
+def num_classes_of(module: nn.Module, in_channels: int, side: int) -> int:
+    with torch.no_grad():
+        out = module(torch.zeros(1, in_channels, side, side))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ExportError(f"the model returns {shape}; gap-deploy expects logits of shape (batch, classes).",
+                          hint="wrap the model so that forward() returns one (N, num_classes) tensor.")
+    return int(out.shape[1])
+
+
+def export_model(
+    loaded: LoadedModel,
+    *,
+    dynamic: bool = True,
+    imgsz: tuple[int, int] = (224, 224),
+    batch: int = 1,
+    opset: int = DEFAULT_OPSET,
+    class_names: tuple[str, ...] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    simplify: bool = False,
+) -> OnnxExport:
+    """Trace ``loaded.module`` to ONNX in memory; check its graph and dims; attach the metadata."""
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}.."
+                          f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET}).")
+    started = time.perf_counter()
+    module, channels = loaded.module.eval(), loaded.in_channels
+    min_side = find_min_size(module, channels)
+    height, width = imgsz
+    if min(height, width) < min_side:
+        raise ExportError(f"--imgsz {height}x{width} is below this model's minimum input size "
+                          f"{min_side}x{min_side}.", hint=f"use --imgsz {max(min_side, 32)} or larger.")
+    num_classes = num_classes_of(module, channels, min_side)
+    for name, values in (("class names", class_names), ):
+        if values is not None and len(values) != num_classes:
+            raise ExportError(f"{len(values)} {name} given but the model has {num_classes} classes.",
+                              hint="give one name per class, in class-index order.")
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) not in (1, channels):
+            raise ExportError(f"--{name} has {len(values)} values; the model has {channels} input channels.",
+                              hint=f"give 1 or {channels} comma-separated values.")
+    if std is not None and any(v <= 0 for v in std):
+        raise ExportError("--std values must be > 0.")
+    from runtime.metadata import default_normalization
+
+    default_mean, default_std = default_normalization(channels)
+    meta = ModelMetadata(
+        arch=loaded.arch, in_channels=channels, num_classes=num_classes, class_names=class_names,
+        mean=_broadcast(mean, channels) or default_mean, std=_broadcast(std, channels) or default_std,
+        min_height=min_side, min_width=min_side, precision="fp32", toolkit_version=__version__,
+        source_sha256=loaded.source_sha256)
+
+    example_batch = 2 if dynamic else batch  # a size-1 example invites the tracer to specialize the dim
+    example = torch.randn(example_batch, channels, height, width)
+    proto = _trace(module, example, dynamic, min_side, opset)
+    if dynamic:
+        _name_dynamic_dims(proto)
+    _check_io(proto, dynamic, (batch, channels, height, width), num_classes)
+    simplified = False
+    if simplify:
+        proto, simplified = _simplify(proto), True
+        _check_io(proto, dynamic, (batch, channels, height, width), num_classes)
+    set_metadata(proto, meta)
+    proto = check_and_infer(proto)
+    dims_in = _dims(proto.graph.input[0])
+    dims_out = _dims(proto.graph.output[0])
+    return OnnxExport(proto, meta, dynamic, dims_in, dims_out, opset, simplified,
+                      time.perf_counter() - started)
+
+
+def _broadcast(values, channels):
+    if values is None:
+        return None
+    return tuple(values) * channels if len(values) == 1 else tuple(values)
+
+
+def _trace(module: nn.Module, example: torch.Tensor, dynamic: bool, min_side: int, opset: int) -> onnx.ModelProto:
+    from torch.export import Dim
+
+    dynamic_shapes = None
+    if dynamic:
+        dynamic_shapes = ({0: Dim("batch", min=1, max=4096), 2: Dim("height", min=min_side, max=16384),
+                           3: Dim("width", min=min_side, max=16384)},)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, verbose=False,
+                optimize=True)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise ExportError(f"torch.onnx.export failed: {text[0] if text else type(exc).__name__}",
+                          note="\n".join(text[1:8]) or None,
+                          hint="if the message names a size constraint, the model may need inputs of a "
+                               "particular size; try a static export (drop --dynamic) with --imgsz.") from None
+    if program is None or program.model_proto is None:
+        raise ExportError("torch.onnx.export returned no model.")
+    return program.model_proto
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str, ...]:
+    return tuple(d.dim_param if d.dim_param else d.dim_value
+                 for d in value_info.type.tensor_type.shape.dim)
+
+
+def _name_dynamic_dims(proto: onnx.ModelProto) -> None:
+    """Give the symbolic input dims the names batch/height/width everywhere in the graph.
+
+    Exporters name them after their own symbols (s0, s1, ...); users, trtexec profiles and the
+    runtime read the input's names.
+    """
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    renames = {}
+    for axis, name in DYNAMIC_DIMS.items():
+        if axis < len(dims) and dims[axis].dim_param and dims[axis].dim_param != name:
+            renames[dims[axis].dim_param] = name
+    if not renames:
+        return
+    graph = proto.graph
+    for info in [*graph.input, *graph.output, *graph.value_info]:
+        for d in info.type.tensor_type.shape.dim:
+            if d.dim_param in renames:
+                d.dim_param = renames[d.dim_param]
+
+
+def _check_io(proto: onnx.ModelProto, dynamic: bool, static_shape, num_classes: int) -> None:
+    graph = proto.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise ExportError(f"the exported graph has {len(graph.input)} inputs and {len(graph.output)} outputs; "
+                          "gap-deploy expects one image input and one logits output.")
+    got_in, got_out = _dims(graph.input[0]), _dims(graph.output[0])
+    channels = static_shape[1]
+    if dynamic:
+        want_in: tuple = ("batch", channels, "height", "width")
+        want_out: tuple = ("batch", num_classes)
+    else:
+        want_in, want_out = tuple(static_shape), (static_shape[0], num_classes)
+    if got_in != want_in:
+        raise ExportError(f"the exported input has dims {got_in}, expected {want_in}.",
+                          note="the exporter specialized a dimension that should stay symbolic."
+                          if dynamic else None,
+                          hint="report the model; a static export (no --dynamic) may still work.")
+    if got_out != want_out:
+        raise ExportError(f"the exported output has dims {got_out}, expected {want_out}.")
+
+
+def set_metadata(proto: onnx.ModelProto, meta: ModelMetadata) -> None:
+    """Replace the toolkit's metadata_props (keys ``gap.*``), keeping anyone else's."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("gap.")]
+    del proto.metadata_props[:]
+    for key, value in [*keep, *meta.to_props().items()]:
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "gap-deploy"
+    proto.producer_version = __version__
+
+
+def check_and_infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.checker.check_model(inferred, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the exported ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0]}") from None
+    return inferred
+
+
+def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    from runtime._lazy import require
+
+    onnxslim = require("onnxslim", purpose="for --simplify")
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink):
+            return onnxslim.slim(proto)
+    except Exception as exc:
+        raise ExportError(f"onnxslim failed to simplify the model: {exc}",
+                          hint="export without --simplify.") from None
+
+
+def default_output(model_path: Path, precision: str = "fp32") -> Path:
+    suffix = ".onnx" if precision == "fp32" else f".{precision}.onnx"
+    return model_path.with_name(model_path.stem + suffix)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    export: OnnxExport
+    parity: object | None  # runtime.parity.ParityReport, None with verify=False
+
+
+class ParityError(ExportError):
+    """The exported model does not match PyTorch; ``report`` says where."""
+
+    def __init__(self, message: str, report, **kwargs):
+        self.report = report
+        super().__init__(message, **kwargs)
+
+
+def export_onnx(
+    loaded: LoadedModel,
+    output: str | Path,
+    *,
+    verify: bool = True,
+    verify_shapes=None,
+    tolerance=None,
+    **export_options,
+) -> ExportResult:
+    """Export, verify against PyTorch, then write ``output`` atomically.
+
+    A model that fails verification is not written (and a file already at ``output`` is left as it
+    was): a failed export never looks like a finished one. ``ParityError.report`` holds the figures.
+    """
+    from exporter.parity import check_parity, default_verify_shapes
+    from runtime.files import check_output_path, write_bytes_atomic
+    from runtime.parity import FP32
+
+    output = check_output_path(output)
+    exported = export_model(loaded, **export_options)
+    report = None
+    if verify:
+        meta = exported.metadata
+        shapes = verify_shapes or default_verify_shapes(
+            meta.in_channels, export_options.get("imgsz", (224, 224)), meta.min_height,
+            dynamic=exported.dynamic, batch=export_options.get("batch", 1))
+        report = check_parity(loaded.module, exported.model, shapes, tolerance or FP32)
+        if not report.passed:
+            worst = max(report.failures(), key=lambda r: r.rel_err)
+            raise ParityError(
+                f"the exported model differs from PyTorch at {len(report.failures())} of {len(report.rows)} "
+                f"shapes (worst: {'x'.join(map(str, worst.shape))}, max abs err {worst.max_abs_err:.3g}, "
+                f"rel err {worst.rel_err:.3g}); {output} was not written.",
+                report=report,
+                hint="rerun with --report FILE.json for the figures; --atol/--rtol change the tolerance.")
+    data = exported.model.SerializeToString()
+    write_bytes_atomic(output, data)
+    return ExportResult(path=output, export=exported, parity=report)

@@ -1,0 +1,84 @@
+"""What every gap-* command shares: error reporting, exit codes and option parsing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from runtime.errors import GapError, InputError
+from runtime.files import write_text_atomic
+from runtime.shapes import parse_shape
+
+
+def report_errors(command: Callable) -> Callable:
+    """User errors become one message on stderr and exit 1; Ctrl-C exits 130. No tracebacks."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GapError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def fail(message: str, code: int = 1):
+    click.echo(click.style("Error: ", fg="red", bold=True) + message, err=True)
+    sys.exit(code)
+
+
+def info(message: str) -> None:
+    """Progress and notes go to stderr, so stdout stays clean for tables and JSON."""
+    click.echo(message, err=True)
+
+
+def floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of numbers, e.g. 0.485,0.456,0.406.") from None
+
+
+def shape_option(value: str, channels: int | None = None):
+    try:
+        return parse_shape(value, channels)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``224`` -> (224, 224); ``240x320`` -> (240, 320)."""
+    parts = text.lower().split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1:
+        raise click.BadParameter(f"{text!r} is not a size; give N or HxW, e.g. 224 or 240x320.")
+    return dims  # type: ignore[return-value]
+
+
+def write_json(path: str | Path, payload: dict) -> Path:
+    return write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot serialize {type(value).__name__}")

@@ -1,0 +1,91 @@
+"""Model metadata that travels with every artifact.
+
+Stored as ONNX ``metadata_props`` (keys prefixed ``gap.``) and copied into an engine's manifest, so
+the runtime knows the class names, the input normalization and the smallest accepted image size
+without PyTorch or the training code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PREFIX = "gap."
+
+
+def default_normalization(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet statistics for RGB models, 0.5/0.5 for any other channel count (pixels scaled to [0, 1])."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (0.5,) * channels, (0.5,) * channels
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    arch: str = "unknown"
+    in_channels: int | None = None
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    min_height: int = 1
+    min_width: int = 1
+    precision: str = "fp32"
+    toolkit_version: str | None = None
+    source_sha256: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def class_name(self, index: int) -> str:
+        if self.class_names and 0 <= index < len(self.class_names):
+            return self.class_names[index]
+        return str(index)
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self.mean is not None and self.std is not None:
+            return self.mean, self.std
+        return default_normalization(self.in_channels or 3)
+
+    def replace(self, **changes) -> ModelMetadata:
+        values = asdict(self)
+        values.update(changes)
+        return ModelMetadata(**values)
+
+    def to_props(self) -> dict[str, str]:
+        """Flatten to the string->string map that ONNX metadata_props and manifests hold."""
+        props: dict[str, str] = {}
+        for key, value in asdict(self).items():
+            if key == "extra" or value is None:
+                continue
+            props[PREFIX + key] = json.dumps(list(value)) if isinstance(value, tuple) else str(value)
+        props.update(self.extra)
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str]) -> ModelMetadata:
+        """Read what ``to_props`` wrote; foreign models (no ``gap.`` keys) give the defaults."""
+        known = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        extra = {k: v for k, v in props.items() if not k.startswith(PREFIX)}
+
+        def ints(name: str, default):
+            return int(known[name]) if name in known else default
+
+        def seq(name: str, kind):
+            return tuple(kind(x) for x in json.loads(known[name])) if name in known else None
+
+        return cls(
+            arch=known.get("arch", "unknown"),
+            in_channels=ints("in_channels", None),
+            num_classes=ints("num_classes", None),
+            class_names=seq("class_names", str),
+            mean=seq("mean", float),
+            std=seq("std", float),
+            min_height=ints("min_height", 1),
+            min_width=ints("min_width", 1),
+            precision=known.get("precision", "fp32"),
+            toolkit_version=known.get("toolkit_version"),
+            source_sha256=known.get("source_sha256"),
+            extra=extra,
+        )

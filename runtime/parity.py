@@ -1,0 +1,111 @@
+"""Compare a candidate artifact with a reference on the same inputs, shape by shape.
+
+torch-free: the reference is any callable from an NCHW float32 array to logits (PyTorch eager, the
+FP32 ONNX model, ...), so export, build and bench report parity the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from runtime.shapes import Shape, format_shape
+
+Infer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A shape passes when max|a-b| <= atol, ||a-b||/||b|| <= rtol and top-1 agreement >= min_top1."""
+
+    atol: float
+    rtol: float
+    min_top1: float = 0.0
+
+
+#: Tight enough that a wrong graph (a missing layer, a transposed weight) fails by orders of magnitude,
+#: loose enough for the summation-order differences between PyTorch and ONNX Runtime kernels.
+FP32 = Tolerance(atol=1e-4, rtol=1e-4)
+FP16 = Tolerance(atol=5e-2, rtol=1e-3)
+INT8 = Tolerance(atol=math.inf, rtol=0.25, min_top1=0.9)
+TOLERANCES = {"fp32": FP32, "fp16": FP16, "int8": INT8}
+
+
+@dataclass(frozen=True)
+class ShapeParity:
+    shape: Shape
+    max_abs_err: float
+    rel_err: float
+    top1_agreement: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    reference: str
+    candidate: str
+    tolerance: Tolerance
+    rows: tuple[ShapeParity, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    def failures(self) -> list[ShapeParity]:
+        return [r for r in self.rows if not r.passed]
+
+    def to_dict(self) -> dict:
+        tol = {k: (None if math.isinf(v) else v) for k, v in asdict(self.tolerance).items()}
+        return {
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "tolerance": tol,
+            "passed": self.passed,
+            "shapes": [{**asdict(r), "shape": list(r.shape)} for r in self.rows],
+        }
+
+    def format_table(self) -> str:
+        head = f"{'shape':>16}  {'max abs err':>12}  {'rel err':>10}  {'top-1':>6}  result"
+        lines = [f"Parity: {self.candidate} vs {self.reference} "
+                 f"(atol {self.tolerance.atol:g}, rtol {self.tolerance.rtol:g}"
+                 + (f", top-1 >= {self.tolerance.min_top1:.0%}" if self.tolerance.min_top1 else "") + ")",
+                 head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(f"{format_shape(r.shape):>16}  {r.max_abs_err:12.3e}  {r.rel_err:10.3e}  "
+                         f"{r.top1_agreement:6.1%}  {'pass' if r.passed else 'FAIL'}")
+        return "\n".join(lines)
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance,
+                    shape: Shape) -> ShapeParity:
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != out.shape:
+        return ShapeParity(tuple(shape), math.inf, math.inf, 0.0, False)
+    diff = out - ref
+    max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
+    norm = float(np.linalg.norm(ref))
+    rel = float(np.linalg.norm(diff) / norm) if norm > 0 else (0.0 if max_abs == 0 else math.inf)
+    top1 = float(np.mean(ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)))
+    finite = bool(np.isfinite(out).all())
+    passed = finite and max_abs <= tolerance.atol and rel <= tolerance.rtol and top1 >= tolerance.min_top1
+    return ShapeParity(tuple(int(d) for d in shape), max_abs, rel, top1, passed)
+
+
+def random_input(shape: Sequence[int], seed: int) -> np.ndarray:
+    """Seeded standard-normal NCHW input: the same seed and shape give the same array everywhere."""
+    return np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
+
+
+def compare(reference: Infer, candidate: Infer, shapes: Iterable[Shape], tolerance: Tolerance, *,
+            reference_name: str, candidate_name: str, seed: int = 0,
+            inputs: Callable[[Shape, int], np.ndarray] = random_input) -> ParityReport:
+    """Run both callables on the same seeded input per shape and compare their outputs."""
+    rows = []
+    for i, shape in enumerate(shapes):
+        x = inputs(shape, seed + i)
+        rows.append(compare_outputs(reference(x), candidate(x), tolerance, shape))
+    return ParityReport(reference_name, candidate_name, tolerance, tuple(rows))

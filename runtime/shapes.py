@@ -1,0 +1,28 @@
+"""Parse the shape strings of the CLIs (``BxCxHxW`` or ``HxW``)."""
+
+from __future__ import annotations
+
+from runtime.errors import InputError
+
+Shape = tuple[int, int, int, int]
+
+
+def parse_shape(text: str, channels: int | None = None) -> Shape:
+    """``"2x3x97x131"`` -> (2, 3, 97, 131); ``"97x131"`` -> (1, channels, 97, 131)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) == 2 and channels is not None:
+        dims = [1, channels, *dims]
+    if len(dims) != 4:
+        expected = "BxCxHxW (e.g. 1x3x224x224)" + (" or HxW" if channels is not None else "")
+        raise InputError(f"shape {text!r} is not of the form {expected}.")
+    if any(d < 1 for d in dims):
+        raise InputError(f"shape {text!r} has a dimension below 1; every dimension must be >= 1.")
+    return tuple(dims)  # type: ignore[return-value]
+
+
+def format_shape(shape) -> str:
+    return "x".join(str(int(d)) for d in shape)

@@ -1,0 +1,148 @@
+"""gap-export as a user runs it: help, outputs, reports and every bad input."""
+
+import json
+import os
+
+import pytest
+
+pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from exporter.cli.export import main  # noqa: E402
+from tests.conftest import assert_clean_failure  # noqa: E402
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_help_lists_every_option():
+    result = run("--help")
+    assert result.exit_code == 0
+    for option in ["--dynamic", "--imgsz", "--batch", "--arch", "--num-classes", "--trust-checkpoint",
+                   "--class-names", "--mean", "--std", "--opset", "--simplify", "--no-verify",
+                   "--verify-shapes", "--atol", "--rtol", "--report", "--summary", "--output"]:
+        assert option in result.output
+
+
+def test_dynamic_export_with_report(tmp_path, reference_ckpt):
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"n{i}" for i in range(10)))
+    result = run(reference_ckpt, "--dynamic", "-o", out, "--report", report, "--class-names", names,
+                 "--verify-shapes", "1x3x4x4,37x53,2x3x64x96")
+    assert result.exit_code == 0, result.output
+    assert "1x3x37x53" in result.output and "pass" in result.output
+    assert "input images [batch, 3, height, width]" in result.output
+    data = json.loads(report.read_text())
+    assert data["parity"]["passed"] and len(data["parity"]["shapes"]) == 3
+    assert data["input_dims"] == ["batch", 3, "height", "width"]
+    assert json.loads(data["metadata"]["gap.class_names"])[3] == "n3"
+
+
+def test_default_output_is_next_to_the_model(tmp_path, reference_ckpt):
+    ckpt = tmp_path / "net.pt"
+    ckpt.write_bytes(reference_ckpt.read_bytes())
+    result = run(ckpt, "--no-verify", "--imgsz", "32")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "net.onnx").is_file()
+
+
+def test_summary_prints_the_layer_table(reference_ckpt):
+    result = run(reference_ckpt, "--summary", "--imgsz", "64")
+    assert result.exit_code == 0, result.output
+    assert "Sequential (conv1)" in result.output and "AdaptiveAvgPool2d (gap)" in result.output
+    assert "[1, 64, 16, 16]" in result.output and "Total params: 20,042" in result.output
+
+
+def test_failed_parity_exits_1_and_leaves_no_file(tmp_path, reference_ckpt):
+    out = tmp_path / "m.onnx"
+    result = run(reference_ckpt, "--dynamic", "-o", out, "--atol", "-1", "--verify-shapes", "8x8")
+    assert_clean_failure(result, "differs from PyTorch", "was not written", "FAIL")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("directory", "is a directory"),
+    ("empty", "is empty"),
+    ("random", "cannot read checkpoint"),
+    ("truncated", "cannot read checkpoint"),
+    ("pickled", "--trust-checkpoint"),
+    ("torchscript", "--trust-checkpoint"),
+    ("wrong-shape", "vs model"),
+    ("missing-keys", "missing keys"),
+    ("unexpected-keys", "unexpected keys"),
+])
+def test_bad_checkpoints(tmp_path, reference_ckpt, case, message):
+    import torch
+
+    from exporter.model import GapCNN
+
+    path = tmp_path / "bad.pt"
+    state = torch.load(reference_ckpt, weights_only=True)
+    if case == "directory":
+        path.mkdir()
+    elif case == "empty":
+        path.touch()
+    elif case == "random":
+        path.write_bytes(os.urandom(1000))
+    elif case == "truncated":
+        path.write_bytes(reference_ckpt.read_bytes()[:-500])
+    elif case == "pickled":
+        torch.save(GapCNN(), path)
+    elif case == "torchscript":
+        torch.jit.save(torch.jit.script(GapCNN()), str(path))
+    elif case == "wrong-shape":
+        state["fcn.bias"] = torch.zeros(11)
+        torch.save(state, path)
+    elif case == "missing-keys":
+        del state["fcn.bias"]
+        torch.save(state, path)
+    elif case == "unexpected-keys":
+        state["head.weight"] = torch.zeros(2)
+        torch.save(state, path)
+    arch = ["--arch", "exporter.model:GapCNN"] if case.endswith("keys") or case == "wrong-shape" else []
+    out = tmp_path / "out.onnx"
+    result = run(path, "--dynamic", "-o", out, *arch)
+    assert_clean_failure(result, message)
+    assert not out.exists()
+
+
+def test_output_folder_missing(tmp_path, reference_ckpt):
+    result = run(reference_ckpt, "-o", tmp_path / "no" / "m.onnx")
+    assert_clean_failure(result, "does not exist", "mkdir -p")
+
+
+def test_output_folder_is_a_file(tmp_path, reference_ckpt):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run(reference_ckpt, "-o", blocker / "m.onnx")
+    assert_clean_failure(result, "is not a directory")
+
+
+def test_output_folder_not_writable(tmp_path, reference_ckpt, monkeypatch):
+    # root can write anywhere, so simulate the permission check's answer
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(tmp_path) else real_access(p, m))
+    result = run(reference_ckpt, "-o", tmp_path / "m.onnx")
+    assert_clean_failure(result, "not writable")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--imgsz", "abc"], "is not a size"),
+    (["--mean", "a,b"], "not a comma-separated list"),
+    (["--verify-shapes", "1x2x3"], "not of the form"),
+    (["--verify-shapes", "1x1x8x8"], "has 1 channels"),
+])
+def test_usage_errors_exit_2(reference_ckpt, args, message):
+    result = run(reference_ckpt, "--dynamic", *args)
+    assert_clean_failure(result, message, code=2)
+
+
+def test_class_names_count_mismatch(tmp_path, reference_ckpt):
+    names = tmp_path / "names.json"
+    names.write_text('["a", "b"]')
+    result = run(reference_ckpt, "-o", tmp_path / "m.onnx", "--class-names", names)
+    assert_clean_failure(result, "2 class names given but the model has 10 classes")

@@ -1,0 +1,148 @@
+"""The ONNX export: symbolic dims, metadata, minimum size, parity, atomic writes, GAP families."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from exporter import export_model, export_onnx, load_model  # noqa: E402
+from exporter.onnx_export import ParityError, find_min_size  # noqa: E402
+from exporter.parity import default_verify_shapes, torch_infer  # noqa: E402
+from runtime.errors import ExportError, OutputPathError  # noqa: E402
+from runtime.metadata import ModelMetadata  # noqa: E402
+from runtime.parity import Tolerance  # noqa: E402
+from tests.conftest import make_reference, randomize_batchnorm  # noqa: E402
+from tests.families import FAMILIES  # noqa: E402
+
+
+def _dims(value_info):
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_dynamic_graph_has_named_symbolic_dims(reference_onnx):
+    model = onnx.load(str(reference_onnx))
+    assert _dims(model.graph.input[0]) == ["batch", 3, "height", "width"]
+    assert _dims(model.graph.output[0]) == ["batch", 10]
+    assert model.graph.input[0].name == "images" and model.graph.output[0].name == "logits"
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_metadata_is_recorded(reference_onnx, reference_ckpt):
+    import hashlib
+
+    props = {p.key: p.value for p in onnx.load(str(reference_onnx)).metadata_props}
+    meta = ModelMetadata.from_props(props)
+    assert meta.arch == "GapCNN" and meta.num_classes == 10 and meta.in_channels == 3
+    assert (meta.min_height, meta.min_width) == (4, 4)
+    assert meta.class_names == tuple(f"class{i}" for i in range(10))
+    assert meta.mean == (0.485, 0.456, 0.406) and meta.std == (0.229, 0.224, 0.225)
+    assert meta.source_sha256 == hashlib.sha256(reference_ckpt.read_bytes()).hexdigest()
+    assert meta.toolkit_version
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (1, 3, 5, 4), (1, 3, 37, 53), (2, 3, 64, 64),
+                                   (5, 3, 17, 129), (1, 3, 300, 7), (1, 3, 512, 512)])
+def test_onnx_matches_pytorch_at_many_shapes(reference_onnx, shape):
+    session = ort.InferenceSession(str(reference_onnx), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    got = session.run(None, {"images": x})[0]
+    want = torch_infer(make_reference())(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_min_size_is_found_by_probing():
+    assert find_min_size(make_reference(), 3) == 4
+
+
+def test_default_verify_shapes_cover_min_odd_nonsquare_large_and_batch():
+    shapes = default_verify_shapes(3, (224, 224), 4, dynamic=True)
+    assert len(shapes) >= 6
+    assert (1, 3, 4, 4) in shapes and (1, 3, 37, 53) in shapes and (1, 3, 224, 224) in shapes
+    assert any(b > 1 for b, *_ in shapes) and any(h * w >= 384 * 512 for _, _, h, w in shapes)
+    assert default_verify_shapes(3, (96, 80), 4, dynamic=False, batch=2) == [(2, 3, 96, 80)]
+
+
+def test_static_export_is_static(tmp_path, reference_ckpt):
+    out = tmp_path / "static.onnx"
+    result = export_onnx(load_model(reference_ckpt), out, dynamic=False, imgsz=(32, 48), batch=2)
+    assert _dims(onnx.load(str(out)).graph.input[0]) == [2, 3, 32, 48]
+    assert [r.shape for r in result.parity.rows] == [(2, 3, 32, 48)]
+
+
+def test_imgsz_below_minimum_is_refused(reference_ckpt):
+    with pytest.raises(ExportError, match="below this model's minimum input size 4x4"):
+        export_model(load_model(reference_ckpt), imgsz=(3, 3))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"opset": 11}, "opset 11 is not supported"),
+    ({"class_names": ("a", "b")}, "2 class names given but the model has 10 classes"),
+    ({"mean": (0.1, 0.2)}, "--mean has 2 values"),
+    ({"std": (0.0,)}, "--std values must be > 0"),
+])
+def test_bad_export_options(reference_ckpt, kwargs, message):
+    with pytest.raises(ExportError, match=message):
+        export_model(load_model(reference_ckpt), imgsz=(32, 32), **kwargs)
+
+
+def test_failed_verification_writes_nothing_and_keeps_an_existing_file(tmp_path, reference_ckpt):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous good model")
+    impossible = Tolerance(atol=-1.0, rtol=-1.0)
+    with pytest.raises(ParityError, match="differs from PyTorch") as info:
+        export_onnx(load_model(reference_ckpt), out, dynamic=True, imgsz=(32, 32), tolerance=impossible)
+    assert not info.value.report.passed and len(info.value.report.rows) >= 6
+    assert out.read_bytes() == b"previous good model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp file left behind
+
+
+def test_a_wrong_graph_fails_verification(tmp_path, reference_ckpt, monkeypatch):
+    """The default tolerance catches a graph that differs from the model (here: another model's weights)."""
+    loaded = load_model(reference_ckpt)
+    exported = export_model(loaded, dynamic=True, imgsz=(32, 32))
+    from exporter.parity import check_parity
+
+    other = make_reference(seed=99)
+    report = check_parity(other, exported.model, default_verify_shapes(3, (32, 32), 4, dynamic=True))
+    assert not report.passed and all(r.rel_err > 1e-2 for r in report.rows)
+
+
+def test_output_folder_must_exist(tmp_path, reference_ckpt):
+    with pytest.raises(OutputPathError, match="does not exist"):
+        export_onnx(load_model(reference_ckpt), tmp_path / "nope" / "m.onnx")
+
+
+def test_simplify_keeps_dims_and_parity(tmp_path, reference_ckpt):
+    out = tmp_path / "slim.onnx"
+    result = export_onnx(load_model(reference_ckpt), out, dynamic=True, imgsz=(32, 32), simplify=True)
+    assert result.export.simplified and result.parity.passed
+    assert _dims(onnx.load(str(out)).graph.input[0]) == ["batch", 3, "height", "width"]
+
+
+def test_report_to_dict_is_json(reference_ckpt, tmp_path):
+    result = export_onnx(load_model(reference_ckpt), tmp_path / "m.onnx", dynamic=True, imgsz=(16, 16))
+    data = json.loads(json.dumps(result.parity.to_dict()))
+    assert data["passed"] is True and {"shape", "max_abs_err", "rel_err", "top1_agreement", "passed"} <= set(
+        data["shapes"][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gap_families_export_dynamic_and_match(tmp_path, family):
+    import tests.families as fam
+
+    model = randomize_batchnorm(getattr(fam, family)(num_classes=6))
+    ckpt = tmp_path / f"{family}.pt"
+    torch.save(model.state_dict(), ckpt)
+    loaded = load_model(ckpt, arch=f"tests.families:{family}", num_classes=6)
+    result = export_onnx(loaded, tmp_path / f"{family}.onnx", dynamic=True, imgsz=(64, 64))
+    assert result.parity.passed, result.parity.format_table()
+    assert result.export.input_dims == ("batch", 3, "height", "width")
+    # the check is meaningful: different inputs give different logits
+    infer = torch_infer(loaded.module)
+    a, b = (infer(np.random.default_rng(s).standard_normal((1, 3, 40, 40)).astype(np.float32)) for s in (0, 1))
+    assert not np.allclose(a, b)
