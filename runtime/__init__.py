@@ -17,6 +17,7 @@ from runtime.errors import (
     ManifestMismatchError,
 )
 from runtime.metadata import ModelMetadata
+from runtime.session import Session, TensorInfo, available_backends, load
 from runtime.version import __version__
 
 __all__ = [
@@ -27,5 +28,9 @@ __all__ = [
     "InputTypeError",
     "ManifestMismatchError",
     "ModelMetadata",
+    "Session",
+    "TensorInfo",
     "__version__",
+    "available_backends",
+    "load",
 ]

@@ -1,0 +1,43 @@
+"""The protocol every backend implements, and what the Session knows about a model's tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output. ``shape`` holds ints for fixed dims and names (str) for symbolic ones.
+
+    ``profiles`` (TensorRT only) lists each optimization profile's (min, opt, max) shapes.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str, ...]
+    profiles: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = field(default_factory=tuple)
+
+    def fixed(self, axis: int) -> int | None:
+        dim = self.shape[axis] if axis < len(self.shape) else None
+        return dim if isinstance(dim, int) and dim > 0 else None
+
+
+class Runner:
+    """One backend instance. ``infer`` gets an array that the Session has already validated.
+
+    Subclasses set ``backend`` (the name users pass to ``runtime.load``), ``inputs``, ``outputs`` and
+    ``props`` (the model's metadata map), and must be safe to call from several threads.
+    """
+
+    backend: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    props: dict[str, str]
+
+    def infer(self, array: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release backend resources; the runner must not be used afterwards."""

@@ -1,0 +1,145 @@
+"""A small CUDA wrapper over cuda-python's runtime bindings: device memory, streams, events, graphs.
+
+No torch. Every call's error code is checked; a failure raises CudaError naming the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.errors import GapError, MissingDependencyError
+
+
+class CudaError(GapError):
+    """A CUDA runtime call failed."""
+
+
+def load_cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            raise MissingDependencyError(
+                "module 'cuda-python' is required to run TensorRT engines but could not be imported.",
+                hint="pip install 'gap-deploy[gpu]' (or 'gap-deploy[lean]').") from None
+    return cudart
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str
+    major: int
+    minor: int
+
+    @property
+    def compute_capability(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+class Cuda:
+    def __init__(self, cudart=None):
+        self.rt = cudart if cudart is not None else load_cudart()
+
+    def _check(self, call: str, result):
+        err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+        if err != self.rt.cudaError_t.cudaSuccess:
+            name = self.rt.cudaGetErrorName(err)[1]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            raise CudaError(f"CUDA call {call} failed: {name}.",
+                            hint="check that an NVIDIA driver and GPU are present (nvidia-smi).")
+        if not rest:
+            return None
+        return rest[0] if len(rest) == 1 else rest
+
+    def device_count(self) -> int:
+        return int(self._check("cudaGetDeviceCount", self.rt.cudaGetDeviceCount()))
+
+    def set_device(self, index: int) -> None:
+        self._check("cudaSetDevice", self.rt.cudaSetDevice(index))
+
+    def device(self, index: int = 0) -> DeviceInfo:
+        props = self._check("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties(index))
+        name = props.name
+        name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+        return DeviceInfo(index, name.split("\x00")[0].strip(), int(props.major), int(props.minor))
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check("cudaMalloc", self.rt.cudaMalloc(nbytes)))
+
+    def free(self, ptr: int) -> None:
+        if ptr:
+            self._check("cudaFree", self.rt.cudaFree(ptr))
+
+    def create_stream(self):
+        return self._check("cudaStreamCreate", self.rt.cudaStreamCreate())
+
+    def destroy_stream(self, stream) -> None:
+        self._check("cudaStreamDestroy", self.rt.cudaStreamDestroy(stream))
+
+    def synchronize(self, stream) -> None:
+        self._check("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(stream))
+
+    def copy_to_device(self, dst: int, host: np.ndarray, stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check("cudaMemcpyAsync(HtoD)", self.rt.cudaMemcpyAsync(dst, host.ctypes.data, host.nbytes, kind, stream))
+
+    def copy_to_host(self, host: np.ndarray, src: int, stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check("cudaMemcpyAsync(DtoH)", self.rt.cudaMemcpyAsync(host.ctypes.data, src, host.nbytes, kind, stream))
+
+    def create_event(self):
+        return self._check("cudaEventCreate", self.rt.cudaEventCreate())
+
+    def destroy_event(self, event) -> None:
+        self._check("cudaEventDestroy", self.rt.cudaEventDestroy(event))
+
+    def record(self, event, stream) -> None:
+        self._check("cudaEventRecord", self.rt.cudaEventRecord(event, stream))
+
+    def elapsed_ms(self, start, end) -> float:
+        return float(self._check("cudaEventElapsedTime", self.rt.cudaEventElapsedTime(start, end)))
+
+    def begin_capture(self, stream) -> None:
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._check("cudaStreamBeginCapture", self.rt.cudaStreamBeginCapture(stream, mode))
+
+    def end_capture(self, stream):
+        return self._check("cudaStreamEndCapture", self.rt.cudaStreamEndCapture(stream))
+
+    def instantiate(self, graph):
+        return self._check("cudaGraphInstantiate", self.rt.cudaGraphInstantiate(graph, 0))
+
+    def launch(self, graph_exec, stream) -> None:
+        self._check("cudaGraphLaunch", self.rt.cudaGraphLaunch(graph_exec, stream))
+
+    def destroy_graph(self, graph, graph_exec) -> None:
+        self._check("cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy(graph_exec))
+        self._check("cudaGraphDestroy", self.rt.cudaGraphDestroy(graph))
+
+
+class DeviceBuffer:
+    """Device memory that is reused across calls and grows when a larger shape comes."""
+
+    def __init__(self, cuda: Cuda):
+        self._cuda = cuda
+        self.ptr = 0
+        self.nbytes = 0
+
+    def ensure(self, nbytes: int) -> bool:
+        """Make room for ``nbytes``; True when the address changed (captured graphs must be redone)."""
+        if nbytes <= self.nbytes:
+            return False
+        self.free()
+        self.ptr = self._cuda.malloc(nbytes)
+        self.nbytes = nbytes
+        return True
+
+    def free(self) -> None:
+        if self.ptr:
+            self._cuda.free(self.ptr)
+        self.ptr, self.nbytes = 0, 0

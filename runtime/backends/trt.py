@@ -1,0 +1,213 @@
+"""TensorRT engines (TensorRT 10 and 11, full or lean runtime), tensor-name API only, without torch."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import Runner, TensorInfo
+from runtime.backends.cuda import Cuda, DeviceBuffer
+from runtime.errors import ArtifactError, GapError, InputError, MissingDependencyError, UntrustedCodeError
+from runtime.files import check_input_file, sha256_bytes
+from runtime.manifest import EngineManifest, manifest_path
+
+_AXES = ("batch", "channels", "height", "width")
+
+
+def import_tensorrt():
+    """The full ``tensorrt`` if installed, else the lean runtime ``tensorrt_lean``."""
+    for name in ("tensorrt", "tensorrt_lean"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise MissingDependencyError(
+        "TensorRT is required to run engines, but neither 'tensorrt' nor 'tensorrt_lean' could be imported.",
+        hint="pip install 'gap-deploy[gpu]' (full TensorRT) or 'gap-deploy[lean]' (lean runtime, runs "
+             "engines built with --version-compatible).")
+
+
+def trt_works() -> tuple[bool, str]:
+    try:
+        import_tensorrt()
+        count = Cuda().device_count()
+    except GapError as exc:
+        return False, str(exc).splitlines()[0]
+    return (count > 0, "" if count else "no CUDA device found")
+
+
+@dataclass(frozen=True)
+class GpuTiming:
+    """One inference's parts in milliseconds, as trtexec splits them."""
+
+    h2d_ms: float
+    compute_ms: float
+    d2h_ms: float
+    enqueue_ms: float
+
+
+class TrtRunner(Runner):
+    backend = "trt"
+
+    def __init__(self, path: Path, *, trust_engine: bool = False, device: int = 0, trt=None, cuda: Cuda | None = None):
+        path = check_input_file(path, "TensorRT engine")
+        self._trt = trt = trt if trt is not None else import_tensorrt()
+        self._cuda = cuda = cuda if cuda is not None else Cuda()
+        plan = path.read_bytes()
+        lean = trt.__name__.split(".")[0] == "tensorrt_lean"
+        self.manifest = self._check_manifest(path, plan, trust_engine, device, lean)
+
+        cuda.set_device(device)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        if self.manifest is not None and self.manifest.version_compatible and \
+                self.manifest.builder.startswith("gap-deploy"):
+            # Version-compatible plans embed the lean runtime's host code: allowed only for engines this
+            # tool built and whose SHA-256 the manifest has just confirmed.
+            self._runtime.engine_host_code_allowed = True
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise ArtifactError(f"TensorRT could not deserialize engine {path}.",
+                                note="the plan is corrupt, or was built by another TensorRT version or for "
+                                     "another GPU.",
+                                hint=f"rebuild it on this machine: gap-build MODEL.onnx -o {path}")
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise GapError(f"TensorRT could not create an execution context for {path} (out of GPU memory?).")
+
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        ins = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.inputs = tuple(self._info(n, with_profiles=True) for n in ins)
+        self.outputs = tuple(self._info(n) for n in outs)
+        if len(ins) != 1 or len(outs) != 1:
+            raise ArtifactError(f"engine {path} has {len(ins)} inputs and {len(outs)} outputs; expected 1 and 1.")
+        self.props = dict(self.manifest.metadata) if self.manifest else {}
+        self._in_name, self._out_name = ins[0], outs[0]
+        self._out_dtype = self.outputs[0].dtype
+        self._stream = cuda.create_stream()
+        self._in_buf, self._out_buf = DeviceBuffer(cuda), DeviceBuffer(cuda)
+        self._events = [cuda.create_event() for _ in range(4)]
+        self._graphs: dict[tuple, tuple] = {}
+        self._active_profile = 0
+        self._lock = threading.Lock()
+
+    def _check_manifest(self, path: Path, plan: bytes, trust: bool, device: int, lean: bool) -> EngineManifest | None:
+        if not manifest_path(path).exists():
+            if trust:
+                return None
+            raise UntrustedCodeError(
+                f"engine {path} has no manifest ({manifest_path(path).name}), so its origin, TensorRT version and "
+                "GPU cannot be checked; a plan file is executable code.",
+                hint="build it with gap-build (which writes the manifest), or pass --trust-engine "
+                     "(trust_engine=True) for a plan from a source you trust.")
+        manifest = EngineManifest.read(path)
+        info = self._cuda.device(device)
+        manifest.check(plan=path, plan_sha256=sha256_bytes(plan), tensorrt_version=self._trt.__version__,
+                       gpu_name=info.name, compute_capability=info.compute_capability, lean=lean)
+        return manifest
+
+    def _info(self, name: str, with_profiles: bool = False) -> TensorInfo:
+        engine, trt = self._engine, self._trt
+        dims = tuple(engine.get_tensor_shape(name))
+        shape = tuple(d if d >= 0 else (_AXES[i] if i < len(_AXES) else f"dim{i}") for i, d in enumerate(dims))
+        profiles = ()
+        if with_profiles:
+            profiles = tuple(tuple(tuple(int(v) for v in s) for s in engine.get_tensor_profile_shape(name, p))
+                             for p in range(engine.num_optimization_profiles))
+        return TensorInfo(name, np.dtype(trt.nptype(engine.get_tensor_dtype(name))), shape, profiles)
+
+    def _profile_for(self, shape) -> int:
+        for index, (lo, _, hi) in enumerate(self.inputs[0].profiles):
+            if all(a <= s <= b for s, a, b in zip(shape, lo, hi)):
+                return index
+        ranges = "; ".join(f"{'x'.join(map(str, lo))} to {'x'.join(map(str, hi))}"
+                           for lo, _, hi in self.inputs[0].profiles)
+        raise InputError(f"shape {'x'.join(map(str, shape))} is outside every optimization profile ({ranges}).",
+                         hint="rebuild the engine with gap-build --min/--max covering it.")
+
+    def _prepare(self, array: np.ndarray) -> np.ndarray:
+        ctx = self._context
+        profile = self._profile_for(array.shape)
+        if profile != self._active_profile:
+            if not ctx.set_optimization_profile_async(profile, self._stream):
+                raise GapError(f"TensorRT refused optimization profile {profile}.")
+            self._active_profile = profile
+        if not ctx.set_input_shape(self._in_name, tuple(array.shape)):
+            raise InputError(f"TensorRT refused input shape {tuple(array.shape)} for '{self._in_name}'.")
+        out = np.empty(tuple(ctx.get_tensor_shape(self._out_name)), dtype=self._out_dtype)
+        moved = self._in_buf.ensure(array.nbytes) | self._out_buf.ensure(out.nbytes)
+        if moved:
+            self._drop_graphs()
+        ctx.set_tensor_address(self._in_name, self._in_buf.ptr)
+        ctx.set_tensor_address(self._out_name, self._out_buf.ptr)
+        return out
+
+    def _enqueue(self) -> None:
+        if not self._context.execute_async_v3(self._stream):
+            raise GapError("TensorRT execute_async_v3 failed; see the TensorRT log above.")
+
+    def infer(self, array: np.ndarray) -> np.ndarray:
+        return self.infer_timed(array)[0]
+
+    def infer_timed(self, array: np.ndarray, *, cuda_graph: bool = False,
+                    transfers: bool = True) -> tuple[np.ndarray, GpuTiming]:
+        """Run once and time H2D, GPU compute (CUDA events), D2H and the host-side enqueue call.
+
+        ``cuda_graph`` captures the enqueue once per shape and replays it; ``transfers=False`` leaves
+        the input on the device from the previous call (trtexec's default timing).
+        """
+        cuda, stream, (e0, e1, e2, e3) = self._cuda, self._stream, self._events
+        with self._lock:
+            out = self._prepare(array)
+            cuda.record(e0, stream)
+            if transfers or not self._in_buf.ptr:
+                cuda.copy_to_device(self._in_buf.ptr, array, stream)
+            cuda.record(e1, stream)
+            started = time.perf_counter()
+            if cuda_graph:
+                cuda.launch(self._graph_for(array.shape), stream)
+            else:
+                self._enqueue()
+            enqueue_ms = (time.perf_counter() - started) * 1e3
+            cuda.record(e2, stream)
+            cuda.copy_to_host(out, self._out_buf.ptr, stream)
+            cuda.record(e3, stream)
+            cuda.synchronize(stream)
+            timing = GpuTiming(cuda.elapsed_ms(e0, e1), cuda.elapsed_ms(e1, e2), cuda.elapsed_ms(e2, e3), enqueue_ms)
+        return out, timing
+
+    def _graph_for(self, shape) -> object:
+        key = tuple(shape)
+        if key not in self._graphs:
+            self._enqueue()  # TensorRT must run once after a shape change before it can be captured
+            self._cuda.begin_capture(self._stream)
+            try:
+                self._enqueue()
+            finally:
+                graph = self._cuda.end_capture(self._stream)
+            self._graphs[key] = (graph, self._cuda.instantiate(graph))
+        return self._graphs[key][1]
+
+    def _drop_graphs(self) -> None:
+        for graph, graph_exec in self._graphs.values():
+            self._cuda.destroy_graph(graph, graph_exec)
+        self._graphs.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_graphs()
+            self._in_buf.free()
+            self._out_buf.free()
+            for event in self._events:
+                self._cuda.destroy_event(event)
+            self._events = []
+            if self._stream is not None:
+                self._cuda.destroy_stream(self._stream)
+                self._stream = None
+            self._context = self._engine = None

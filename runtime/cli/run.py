@@ -1,0 +1,91 @@
+"""gap-run: classify image files with an exported model, without PyTorch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from runtime.cli.common import image_size, info, report_errors
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+BACKENDS = ["ort-cpu", "ort-cuda", "ort-trt", "trt"]
+
+
+def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, progress=None) -> dict:
+    """Top-k classes per image file. Unreadable or too-small files are reported, the rest classified."""
+    import numpy as np
+
+    from runtime.errors import GapError
+    from runtime.images import load_image, normalize, softmax
+    from runtime.validation import prepare
+
+    meta, spec = session.metadata, session.input_spec
+    channels = spec.channels or meta.in_channels or 3
+    ready, errors = [], []
+    for path in paths:
+        try:
+            chw = normalize(load_image(path, channels, imgsz), meta)
+            prepare(chw[None], spec)  # size/profile checks per file, so one bad file cannot sink a batch
+            ready.append((path, chw))
+        except GapError as exc:
+            errors.append({"file": str(path), "error": str(exc).splitlines()[0]})
+        if progress:
+            progress(1)
+    logits = session.run_many([chw for _, chw in ready], max_batch=batch_size) if ready else []
+    results = []
+    for (path, chw), row in zip(ready, logits):
+        probs = softmax(np.asarray(row, dtype=np.float64))
+        k = min(topk, probs.size)
+        order = np.argsort(-probs)[:k]
+        results.append({"file": str(path), "size": [int(chw.shape[1]), int(chw.shape[2])],
+                        "top": [{"index": int(i), "name": meta.class_name(int(i)), "prob": float(probs[i])}
+                                for i in order]})
+    return {"artifact": str(session.path), "backend": session.backend, "results": results, "errors": errors}
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes shown per image.")
+@click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
+@click.option("--imgsz", metavar="N|HxW", help="Resize every image first. Default: keep each image's size "
+              "(a GAP network takes any size above its minimum).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Most images of one size run together.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
+@report_errors
+def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engine):
+    """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx or .plan).
+
+    Images are converted to the model's channels, normalized with the mean/std stored in the model,
+    and kept at their own size unless --imgsz is given. Files that cannot be read or are too small are
+    reported and skipped; the exit code is then 1.
+    """
+    import runtime
+    from runtime.images import collect_images
+
+    size = image_size(imgsz) if imgsz else None
+    session = runtime.load(artifact, backend, trust_engine=trust_engine)
+    paths = collect_images(images)
+    info(f"{artifact} on {session.backend}: {len(paths)} image(s)")
+    if len(paths) >= 20:
+        with click.progressbar(length=len(paths), label="Classifying", file=sys.stderr) as bar:
+            report = classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size, progress=bar.update)
+    else:
+        report = classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for item in report["results"]:
+            tops = "  ".join(f"{t['name']} {t['prob']:.3f}" for t in item["top"])
+            click.echo(f"{item['file']} ({item['size'][0]}x{item['size'][1]}): {tops}")
+    for item in report["errors"]:
+        said = item["error"] if item["file"] in item["error"] else f"{item['file']}: {item['error']}"
+        click.echo(click.style("Skipped: ", fg="yellow") + said, err=True)
+    if report["errors"]:
+        info(f"{len(report['errors'])} of {len(paths)} image(s) failed.")
+        sys.exit(1)

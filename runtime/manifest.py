@@ -1,0 +1,98 @@
+"""The sidecar manifest ``ENGINE.plan.json`` that gap-build writes and the runtime checks.
+
+A plan is executable code and runs only on the GPU model and TensorRT version it was built for
+(unless built compatible). The manifest records both, the plan's SHA-256 and the model metadata, and
+is checked before any byte of the plan reaches TensorRT. The plan itself is never modified.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from runtime.errors import ArtifactError, ManifestMismatchError
+from runtime.files import write_text_atomic
+
+FORMAT = 1
+HARDWARE_COMPAT = ("none", "ampere+", "same-cc")
+
+
+def manifest_path(plan: str | Path) -> Path:
+    plan = Path(plan)
+    return plan.with_name(plan.name + ".json")
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    plan_sha256: str
+    onnx_sha256: str
+    profiles: list[dict[str, list[list[int]]]]
+    version_compatible: bool = False
+    hardware_compatibility: str = "none"
+    metadata: dict[str, str] = field(default_factory=dict)
+    builder: str = "gap-deploy"
+    format: int = FORMAT
+
+    def write(self, plan: str | Path) -> Path:
+        return write_text_atomic(manifest_path(plan), json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, plan: str | Path) -> EngineManifest:
+        path = manifest_path(plan)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+            return cls(**data)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, TypeError) as exc:
+            raise ArtifactError(f"cannot read engine manifest {path}: {exc}",
+                                hint="rebuild the engine with gap-build, which writes the manifest.") from None
+
+    def check(self, *, plan: Path, plan_sha256: str, tensorrt_version: str, gpu_name: str,
+              compute_capability: str, lean: bool = False) -> None:
+        """Raise ManifestMismatchError when the plan may not run here; the message says how to rebuild."""
+        rebuild = f"rebuild it on this machine: gap-build MODEL.onnx -o {plan}"
+        if plan_sha256 != self.plan_sha256:
+            raise ManifestMismatchError(f"engine {plan} does not match its manifest (SHA-256 differs): the plan was "
+                                        "modified or replaced after it was built.", hint=rebuild)
+        here, built = _version_tuple(tensorrt_version), _version_tuple(self.tensorrt_version)
+        if lean and not self.version_compatible:
+            raise ManifestMismatchError(
+                f"engine {plan} is not version-compatible, so the TensorRT lean runtime cannot run it.",
+                hint=f"rebuild with gap-build --version-compatible, or install the full TensorRT "
+                     f"{self.tensorrt_version}.")
+        if self.version_compatible:
+            if here[:1] != built[:1] or here < built:
+                raise ManifestMismatchError(
+                    f"engine {plan} was built version-compatible with TensorRT {self.tensorrt_version}; this machine "
+                    f"runs {tensorrt_version}, which cannot load it (needs the same major version, not older).",
+                    hint=rebuild)
+        elif here != built:
+            raise ManifestMismatchError(f"engine {plan} was built with TensorRT {self.tensorrt_version}; this machine "
+                                        f"runs {tensorrt_version}. Engines only run on the version that built them.",
+                                        hint=rebuild + " (or build with --version-compatible).")
+        cc_here, cc_built = _version_tuple(compute_capability), _version_tuple(self.compute_capability)
+        if self.hardware_compatibility == "ampere+":
+            if cc_here < (8, 0):
+                raise ManifestMismatchError(f"engine {plan} targets Ampere or newer GPUs; this GPU ({gpu_name}) has "
+                                            f"compute capability {compute_capability}.", hint=rebuild)
+        elif cc_here != cc_built:
+            raise ManifestMismatchError(
+                f"engine {plan} was built for compute capability {self.compute_capability} ({self.gpu_name}); this GPU "
+                f"({gpu_name}) has {compute_capability}.", hint=rebuild + " (or build with --hardware-compat ampere+).")
+        elif self.hardware_compatibility == "none" and gpu_name != self.gpu_name:
+            raise ManifestMismatchError(
+                f"engine {plan} was built on a {self.gpu_name}; this GPU is a {gpu_name}.",
+                hint=rebuild + " (or build with --hardware-compat same-cc to share engines between GPUs "
+                               "of one compute capability).")

@@ -1,0 +1,55 @@
+"""Checks on an .onnx file before a backend opens it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+
+from runtime.errors import ArtifactError
+from runtime.files import check_input_file
+
+
+def check_onnx_file(path: str | os.PathLike) -> Path:
+    """Readable, parseable, and every external-data location stays inside the model's folder.
+
+    onnx >= 1.21 fixes the known traversal CVEs, but a model from elsewhere is refused here too,
+    before ONNX Runtime follows any path: absolute locations, ``..`` escapes and symlinks.
+    """
+    path = check_input_file(path, "ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"cannot read ONNX model {path}: {reason}",
+                            hint="the file is truncated or not an ONNX model; export it again.") from None
+    if not model.graph.node and not model.graph.input:
+        raise ArtifactError(f"cannot read ONNX model {path}: it holds no graph.",
+                            hint="the file is not an ONNX model; export it again.")
+    folder = path.resolve().parent
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        candidate = folder / location
+        if os.path.isabs(location) or not candidate.resolve().is_relative_to(folder):
+            raise ArtifactError(f"ONNX model {path}: tensor '{tensor.name}' points outside the model's folder "
+                                f"({location!r}).", hint="only load models from sources you trust.")
+        if candidate.is_symlink():
+            raise ArtifactError(f"ONNX model {path}: external data {location!r} is a symbolic link; refused.")
+    return path
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor stored in the graph: initializers, constant attributes, and those of subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)

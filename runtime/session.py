@@ -1,0 +1,153 @@
+"""``runtime.load`` and ``Session``: one front for every backend, with the input checks in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import Runner, TensorInfo
+from runtime.errors import ArtifactError, BackendUnavailableError, InputError
+from runtime.metadata import ModelMetadata
+from runtime.validation import InputSpec, prepare
+
+ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
+ENGINE_BACKENDS = ("trt",)
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+DEFAULT_MAX_BATCH = 16
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every backend name with None where it really works here, else the reason it does not."""
+    from runtime.backends.onnxrt import provider_works
+    from runtime.backends.trt import trt_works
+
+    status: dict[str, str | None] = {}
+    for name in ONNX_BACKENDS:
+        works, why = provider_works(name)
+        status[name] = None if works else why
+    works, why = trt_works()
+    status["trt"] = None if works else why
+    return status
+
+
+def _choose(path: Path, backend: str | None) -> str:
+    is_engine = path.suffix in ENGINE_SUFFIXES
+    allowed = ENGINE_BACKENDS if is_engine else ONNX_BACKENDS
+    if backend is not None:
+        if backend not in allowed:
+            kind = "a TensorRT engine" if is_engine else "an ONNX model"
+            raise BackendUnavailableError(f"backend '{backend}' cannot run {kind} ({path.name}); "
+                                          f"choose one of {', '.join(allowed)}.")
+        return backend
+    if is_engine:
+        return "trt"
+    from runtime.backends.onnxrt import provider_works
+
+    # ort-trt is never the default: it builds an engine while the session starts (minutes).
+    return "ort-cuda" if provider_works("ort-cuda")[0] else "ort-cpu"
+
+
+def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | None = None,
+         trust_engine: bool = False) -> Session:
+    """Open an artifact: ``.onnx`` on ONNX Runtime, ``.plan``/``.engine`` on TensorRT.
+
+    ``backend`` is one of ort-cpu, ort-cuda, ort-trt, trt; by default the best one that really works
+    here (``Session.backend`` says which). A backend that was asked for and does not work raises
+    BackendUnavailableError listing those that do: never a silent fallback.
+    """
+    path = Path(path)
+    name = _choose(path, backend)
+    if name == "trt":
+        from runtime.backends.trt import TrtRunner
+
+        runner: Runner = TrtRunner(path, trust_engine=trust_engine)
+    else:
+        from runtime.backends.onnxrt import OrtRunner, provider_works
+        from runtime.onnx_file import check_onnx_file
+
+        check_onnx_file(path)
+        if backend is not None and not provider_works(name)[0]:
+            working = [n for n, why in available_backends().items() if why is None]
+            raise BackendUnavailableError(
+                f"backend '{name}' is not available: {provider_works(name)[1]}.",
+                note=f"available here: {', '.join(working) or 'none'}.",
+                hint="install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, and TensorRT for ort-trt.")
+        runner = OrtRunner(path, name, threads=threads)
+    return Session(runner, path)
+
+
+class Session:
+    """A loaded model. ``run`` for one batch, ``run_many`` for images of mixed sizes. Thread-safe."""
+
+    def __init__(self, runner: Runner, path: Path | None = None):
+        self._runner = runner
+        self.path = path
+        self.backend = runner.backend
+        self.inputs: tuple[TensorInfo, ...] = runner.inputs
+        self.outputs: tuple[TensorInfo, ...] = runner.outputs
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise ArtifactError(f"{path} has {len(self.inputs)} inputs and {len(self.outputs)} outputs; "
+                                "gap-deploy runs image classifiers with one input and one output.")
+        self.metadata = ModelMetadata.from_props(runner.props)
+        info = self.inputs[0]
+        if len(info.shape) != 4:
+            raise ArtifactError(f"{path}: input '{info.name}' has rank {len(info.shape)}; expected NCHW images.")
+        channels = info.fixed(1) or self.metadata.in_channels
+        profiles = tuple((p[0], p[2]) for p in info.profiles)
+        min_h, min_w = self.metadata.min_height, self.metadata.min_width
+        if profiles:  # an engine accepts nothing below its smallest profile minimum
+            min_h = max(min_h, min(lo[2] for lo, _ in profiles))
+            min_w = max(min_w, min(lo[3] for lo, _ in profiles))
+        self._spec = InputSpec(name=info.name, channels=channels, dtype=info.dtype, min_height=min_h,
+                               min_width=min_w, profiles=profiles,
+                               fixed=(info.fixed(0), info.fixed(2), info.fixed(3)))
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    def run(self, images: np.ndarray, *, cast: bool = False, check_finite: bool = False) -> np.ndarray:
+        """Logits (N, num_classes) for a float NCHW batch. Inputs are checked before the backend runs."""
+        return self._runner.infer(prepare(images, self._spec, cast=cast, check_finite=check_finite))
+
+    def run_many(self, images: Sequence[np.ndarray], *, max_batch: int = DEFAULT_MAX_BATCH, cast: bool = False,
+                 check_finite: bool = False) -> list[np.ndarray]:
+        """Logits (num_classes,) for each CHW image of a list of mixed sizes, in input order.
+
+        Images of equal size run together in batches of at most ``max_batch``. Different sizes are
+        never zero-padded into one batch: padding would change every global average.
+        """
+        if max_batch < 1:
+            raise InputError(f"max_batch must be >= 1, got {max_batch}.")
+        groups: dict[tuple, list[int]] = {}
+        for index, image in enumerate(images):
+            if not isinstance(image, np.ndarray) or image.ndim != 3:
+                got = f"{image.ndim}-D" if isinstance(image, np.ndarray) else type(image).__name__
+                raise InputError(f"run_many takes a list of CHW images; item {index} is {got}.",
+                                 hint="use Session.run for a batch (N, C, H, W).")
+            groups.setdefault((image.shape, image.dtype.str), []).append(index)
+        results: list[np.ndarray | None] = [None] * len(images)
+        fixed_batch = self._spec.fixed[0]
+        step = fixed_batch or max_batch
+        for indices in groups.values():
+            for start in range(0, len(indices), step):
+                chunk = indices[start:start + step]
+                logits = self.run(np.stack([images[i] for i in chunk]), cast=cast, check_finite=check_finite)
+                for i, row in zip(chunk, logits):
+                    results[i] = row
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._runner.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Session({str(self.path)!r}, backend={self.backend!r})"

@@ -1,0 +1,81 @@
+"""gap-run on real image files of different sizes, modes and formats."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from runtime.cli.run import main
+from tests.conftest import assert_clean_failure
+
+PIL = pytest.importorskip("PIL.Image")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    PIL.fromarray((rng.random((40, 60, 3)) * 255).astype("uint8")).save(d / "rgb.png")
+    PIL.fromarray((rng.random((33, 21)) * 255).astype("uint8"), "L").save(d / "gray.jpg")
+    PIL.fromarray((rng.random((50, 50, 4)) * 255).astype("uint8"), "RGBA").save(d / "alpha.png")
+    PIL.fromarray((rng.random((40, 60, 3)) * 255).astype("uint8")).convert("P").save(d / "palette.bmp")
+    (d / "broken.png").write_bytes(b"\x89PNG not really")
+    (d / "notes.txt").write_text("ignored: not an image suffix")
+    return d
+
+
+def test_folder_with_one_broken_file(folder, reference_onnx):
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--topk", "2", "--json"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    report = json.loads(result.stdout)
+    assert {r["file"].split("/")[-1] for r in report["results"]} == {"rgb.png", "gray.jpg", "alpha.png", "palette.bmp"}
+    assert [e["file"].split("/")[-1] for e in report["errors"]] == ["broken.png"]
+    assert "not a readable image" in report["errors"][0]["error"]
+    first = report["results"][0]
+    assert len(first["top"]) == 2 and first["top"][0]["prob"] >= first["top"][1]["prob"]
+    assert first["top"][0]["name"].startswith("class")  # names from the ONNX metadata
+
+
+def test_results_match_the_session_on_normalized_pixels(folder, reference_onnx):
+    import runtime
+    from runtime.images import load_image, normalize, softmax
+
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder / "rgb.png"), "--json", "-k", "10"])
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)["results"][0]["top"]
+    with runtime.load(reference_onnx) as s:
+        x = normalize(load_image(folder / "rgb.png"), s.metadata)
+        probs = softmax(s.run(x[None])[0].astype(np.float64))
+    assert top[0]["index"] == int(probs.argmax())
+    assert abs(top[0]["prob"] - probs.max()) < 1e-6
+    assert x.shape == (3, 40, 60)  # native size kept
+
+
+def test_too_small_image_is_skipped_by_name(tmp_path, reference_onnx):
+    PIL.fromarray(np.zeros((3, 3, 3), np.uint8)).save(tmp_path / "tiny.png")
+    PIL.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.png")
+    result = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path / "tiny.png"), str(tmp_path / "ok.png")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "ok.png (8x8)" in result.stdout
+    assert "tiny.png" in result.stderr and "below this model's minimum of 4x4" in result.stderr
+
+
+def test_imgsz_resizes(folder, reference_onnx):
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder / "gray.jpg"), "--imgsz", "16x24"])
+    assert result.exit_code == 0 and "(16x24)" in result.stdout
+
+
+def test_missing_artifact(tmp_path):
+    result = CliRunner().invoke(main, [str(tmp_path / "none.onnx"), str(tmp_path)])
+    assert_clean_failure(result, "does not exist")
+
+
+def test_many_images_show_progress(tmp_path, reference_onnx):
+    for i in range(24):
+        PIL.fromarray(np.full((8 + i % 3, 8, 3), i, np.uint8)).save(tmp_path / f"{i:02d}.png")
+    result = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip().splitlines()) == 24 and "Classifying" in result.stderr

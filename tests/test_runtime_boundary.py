@@ -1,0 +1,60 @@
+"""The runtime never imports torch, not even transitively: proven in processes where torch cannot load."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # any 'import torch' now raises ImportError\n"
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_torch_is_really_blocked():
+    result = _python("import torch")
+    assert result.returncode != 0 and "ModuleNotFoundError: import of torch halted" in result.stderr
+
+
+def test_every_runtime_module_imports_without_torch():
+    result = _python("""
+        import importlib, pkgutil, sys, runtime
+        names = [m.name for m in pkgutil.walk_packages(runtime.__path__, 'runtime.')]
+        for name in names:
+            importlib.import_module(name)
+        heavy = sorted(n for n in ('torch', 'onnxscript', 'torchinfo', 'exporter') if sys.modules.get(n))
+        print(len(names), heavy)
+    """)
+    assert result.returncode == 0, result.stderr
+    count, heavy = result.stdout.split(" ", 1)
+    assert int(count) >= 15 and heavy.strip() == "[]"
+
+
+def test_load_and_run_an_exported_model_without_torch(reference_onnx):
+    result = _python(f"""
+        import numpy as np, onnxruntime as ort, runtime
+        session = runtime.load({str(reference_onnx)!r})
+        bare = ort.InferenceSession({str(reference_onnx)!r}, providers=['CPUExecutionProvider'])
+        for shape in [(1, 3, 4, 4), (1, 3, 37, 53), (2, 3, 64, 64), (3, 3, 120, 17)]:
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            got, want = session.run(x), bare.run(None, {{'images': x}})[0]
+            assert got.shape == (shape[0], 10), got.shape
+            np.testing.assert_array_equal(got, want)
+        print(session.backend, session.metadata.min_height, session.metadata.class_name(3))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ort-cpu", "4", "class3"]
+
+
+@pytest.mark.parametrize("module", ["runtime.cli.run"])
+def test_cli_help_works_without_torch(module):
+    result = _python(f"""
+        import importlib, sys
+        sys.argv = ['x', '--help']
+        importlib.import_module({module!r}).main()
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout

@@ -1,0 +1,228 @@
+"""The TensorRT backend against spec'd doubles of the real TensorRT and CUDA APIs (no GPU needed)."""
+
+import threading
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from runtime.backends.cuda import Cuda, CudaError  # noqa: E402
+from runtime.backends.trt import TrtRunner  # noqa: E402
+from runtime.errors import ArtifactError, GapError, InputError, ManifestMismatchError, UntrustedCodeError  # noqa: E402
+from runtime.files import sha256_bytes  # noqa: E402
+from runtime.manifest import EngineManifest, manifest_path  # noqa: E402
+from runtime.metadata import ModelMetadata  # noqa: E402
+from runtime.session import Session  # noqa: E402
+from tests.trt_doubles import FakeDevice, expected_logits, make_engine, make_trt, trt  # noqa: F401
+
+PLAN = b"serialized-engine-bytes" * 10
+
+
+def write_plan(tmp_path, **overrides):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(PLAN)
+    fields = dict(tensorrt_version="11.4.0.106", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+                  precision="fp16", plan_sha256=sha256_bytes(PLAN), onnx_sha256="0" * 64,
+                  profiles=[{"images": [list(s) for s in p]} for p in
+                            [((1, 3, 4, 4), (1, 3, 32, 32), (8, 3, 64, 64))]],
+                  metadata=ModelMetadata(arch="GapCNN", in_channels=3, num_classes=10, min_height=4,
+                                         min_width=4, class_names=tuple("abcdefghij")).to_props())
+    fields.update(overrides)
+    EngineManifest(**fields).write(plan)
+    return plan
+
+
+@pytest.fixture
+def device():
+    return FakeDevice()
+
+
+def open_runner(tmp_path, device, engine=None, trt_version="11.4.0.106", trt_name="tensorrt", **manifest):
+    engine, context = engine or make_engine()
+    module, runtime = make_trt(engine, trt_version, trt_name)
+    plan = write_plan(tmp_path, **manifest)
+    runner = TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    return runner, engine, context, runtime
+
+
+def test_runs_through_the_tensor_name_api(tmp_path, device):
+    runner, engine, context, runtime = open_runner(tmp_path, device)
+    x = np.random.default_rng(0).standard_normal((2, 3, 37, 53)).astype(np.float32)
+    np.testing.assert_allclose(runner.infer(x), expected_logits(x), rtol=1e-6)
+    context.set_input_shape.assert_called_with("images", (2, 3, 37, 53))
+    assert {c.args[0] for c in context.set_tensor_address.call_args_list} == {"images", "logits"}
+    context.execute_async_v3.assert_called_with(7)
+    runtime.deserialize_cuda_engine.assert_called_once_with(PLAN)
+    assert not context.execute_v2.called  # the legacy bindings API is never used
+
+
+def test_session_on_an_engine_reads_the_manifest_and_profiles(tmp_path, device):
+    runner, *_ = open_runner(tmp_path, device)
+    session = Session(runner, tmp_path / "model.plan")
+    assert session.backend == "trt" and session.metadata.class_name(2) == "c"
+    assert session.inputs[0].shape == ("batch", 3, "height", "width")
+    assert session.inputs[0].profiles[1][2] == (4, 3, 256, 256)
+    with pytest.raises(InputError, match=r"outside every optimization profile .*1x3x4x4 to 8x3x64x64; "
+                                         r"1x3x65x65 to 4x3x256x256(.|\n)*gap-build"):
+        session.run(np.zeros((1, 3, 100, 40), np.float32))
+    with pytest.raises(InputError, match="outside every optimization profile"):
+        session.run(np.zeros((9, 3, 32, 32), np.float32))
+
+
+def test_profiles_are_switched_by_shape(tmp_path, device):
+    runner, engine, context, _ = open_runner(tmp_path, device)
+    small = np.ones((1, 3, 16, 16), np.float32)
+    large = np.full((1, 3, 100, 120), 2.0, np.float32)
+    np.testing.assert_allclose(runner.infer(large), expected_logits(large))
+    context.set_optimization_profile_async.assert_called_once_with(1, 7)
+    np.testing.assert_allclose(runner.infer(small), expected_logits(small))
+    assert context.set_optimization_profile_async.call_args.args == (0, 7)
+
+
+def test_device_buffers_are_reused_and_grown(tmp_path, device):
+    runner, *_ = open_runner(tmp_path, device)
+    runner.infer(np.ones((1, 3, 32, 32), np.float32))
+    allocations = device.rt.cudaMalloc.call_count
+    runner.infer(np.ones((1, 3, 16, 16), np.float32))
+    runner.infer(np.ones((1, 3, 32, 32), np.float32))
+    assert device.rt.cudaMalloc.call_count == allocations
+    runner.infer(np.ones((4, 3, 64, 64), np.float32))
+    assert device.rt.cudaMalloc.call_count == allocations + 2  # input and output grew
+    assert device.rt.cudaFree.call_count == 2
+    runner.close()
+    assert device.memory == {}  # everything freed
+
+
+def test_timed_inference_splits_h2d_compute_d2h_and_enqueue(tmp_path, device):
+    runner, *_ = open_runner(tmp_path, device)
+    out, timing = runner.infer_timed(np.ones((1, 3, 8, 8), np.float32))
+    assert (timing.h2d_ms, timing.compute_ms, timing.d2h_ms) == (0.25, 0.25, 0.25) and timing.enqueue_ms >= 0
+    assert device.rt.cudaEventRecord.call_count == 4
+
+
+def test_cuda_graph_is_captured_once_per_shape(tmp_path, device):
+    runner, engine, context, _ = open_runner(tmp_path, device)
+    x = np.random.default_rng(1).standard_normal((2, 3, 20, 30)).astype(np.float32)
+    runner.infer_timed(x, cuda_graph=True)
+    runner.infer_timed(x, cuda_graph=True)
+    assert device.rt.cudaStreamBeginCapture.call_count == 1
+    assert device.rt.cudaGraphLaunch.call_count == 2
+    runner.infer_timed(np.ones((1, 3, 8, 8), np.float32), cuda_graph=True)
+    assert device.rt.cudaStreamBeginCapture.call_count == 2
+
+
+def test_eight_threads_get_serial_results(tmp_path, device):
+    runner, *_ = open_runner(tmp_path, device)
+    rng = np.random.default_rng(2)
+    inputs = [rng.standard_normal((1, 3, 4 + i % 5, 9 + i % 3)).astype(np.float32) for i in range(64)]
+    results = [None] * 64
+
+    def work(k):
+        for i in range(k, 64, 8):
+            results[i] = runner.infer(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for x, got in zip(inputs, results):
+        np.testing.assert_allclose(got, expected_logits(x), rtol=1e-6)
+
+
+def test_doubles_are_spec_d_from_the_real_classes():
+    engine, context = make_engine()
+    with pytest.raises(AttributeError):
+        context.execute_async_v4(0)
+    with pytest.raises(AttributeError):
+        engine.get_binding_shape(0)  # removed in TensorRT 10
+    with pytest.raises(TypeError):
+        FakeDevice().rt.cudaMemcpyAsync(1, 2, 3)  # real signature: 5 arguments
+
+
+@pytest.mark.parametrize("overrides, trt_version, trt_name, message", [
+    ({"plan_sha256": "f" * 64}, "11.4.0.106", "tensorrt", "SHA-256 differs"),
+    ({}, "10.16.0.1", "tensorrt", "built with TensorRT 11.4.0.106; this machine runs 10.16.0.1"),
+    ({"compute_capability": "8.6"}, "11.4.0.106", "tensorrt", "compute capability 8.6"),
+    ({"gpu_name": "NVIDIA H200"}, "11.4.0.106", "tensorrt", "built on a NVIDIA H200"),
+    ({}, "11.4.0.106", "tensorrt_lean", "not version-compatible"),
+    ({"version_compatible": True, "tensorrt_version": "11.5.0"}, "11.4.0.106", "tensorrt", "cannot load it"),
+])
+def test_manifest_mismatch_is_refused_before_deserializing(tmp_path, device, overrides, trt_version, trt_name, message):
+    engine, context = make_engine()
+    module, runtime = make_trt(engine, trt_version, trt_name)
+    plan = write_plan(tmp_path, **overrides)
+    with pytest.raises(ManifestMismatchError, match=message) as info:
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    assert "gap-build" in str(info.value)
+    runtime.deserialize_cuda_engine.assert_not_called()
+
+
+def test_compatible_engines_are_accepted(tmp_path, device):
+    runner, _, _, runtime = open_runner(tmp_path, device, trt_name="tensorrt_lean", version_compatible=True,
+                                        tensorrt_version="11.1.0", hardware_compatibility="ampere+",
+                                        compute_capability="8.0", gpu_name="NVIDIA A100")
+    assert runtime.engine_host_code_allowed is True  # set for our own version-compatible plans only
+    assert runner.infer(np.ones((1, 3, 4, 4), np.float32)).shape == (1, 10)
+
+
+def test_plan_without_manifest_needs_trust(tmp_path, device):
+    engine, _ = make_engine()
+    module, runtime = make_trt(engine)
+    plan = write_plan(tmp_path)
+    manifest_path(plan).unlink()
+    with pytest.raises(UntrustedCodeError, match="has no manifest(.|\n)*--trust-engine"):
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    runtime.deserialize_cuda_engine.assert_not_called()
+    runner = TrtRunner(plan, trust_engine=True, trt=module, cuda=Cuda(device.rt))
+    assert runner.props == {}
+
+
+def test_corrupt_manifest(tmp_path, device):
+    engine, _ = make_engine()
+    module, _ = make_trt(engine)
+    plan = write_plan(tmp_path)
+    manifest_path(plan).write_text("{not json")
+    with pytest.raises(ArtifactError, match="cannot read engine manifest"):
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+
+
+def test_undeserializable_plan(tmp_path, device):
+    engine, _ = make_engine()
+    module, runtime = make_trt(engine)
+    runtime.deserialize_cuda_engine.return_value = None
+    with pytest.raises(ArtifactError, match=r"could not deserialize(.|\n)*gap-build"):
+        TrtRunner(write_plan(tmp_path), trt=module, cuda=Cuda(device.rt))
+
+
+def test_failed_enqueue_is_an_error(tmp_path, device):
+    runner, _, context, _ = open_runner(tmp_path, device)
+    context.execute_async_v3.side_effect = None
+    context.execute_async_v3.return_value = False
+    with pytest.raises(GapError, match="execute_async_v3 failed"):
+        runner.infer(np.ones((1, 3, 8, 8), np.float32))
+
+
+def test_cuda_errors_name_the_call(device):
+    device.rt.cudaMalloc.side_effect = lambda n: (device.rt.cudaError_t.cudaErrorMemoryAllocation, None)
+    with pytest.raises(CudaError, match="cudaMalloc failed: cudaErrorMemoryAllocation"):
+        Cuda(device.rt).malloc(1024)
+
+
+def test_no_driver_is_reported():
+    device = FakeDevice()
+    device.rt.cudaGetDeviceCount.side_effect = lambda: (device.rt.cudaError_t.cudaErrorInsufficientDriver, None)
+    with pytest.raises(CudaError, match="cudaErrorInsufficientDriver(.|\n)*nvidia-smi"):
+        Cuda(device.rt).device_count()
+
+
+def test_missing_tensorrt_names_the_extra(monkeypatch):
+    import builtins
+
+    from runtime.backends import trt as trt_backend
+    from runtime.errors import MissingDependencyError
+
+    real = builtins.__import__
+    monkeypatch.setattr(trt_backend.importlib, "import_module",
+                        mock.Mock(side_effect=ImportError("no module")))
+    with pytest.raises(MissingDependencyError, match=r"gap-deploy\[gpu\]"):
+        trt_backend.import_tensorrt()
+    assert builtins.__import__ is real
