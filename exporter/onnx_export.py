@@ -16,6 +16,7 @@ from torch import nn
 from exporter.checkpoint import LoadedModel
 from runtime.errors import ExportError
 from runtime.metadata import ModelMetadata
+from runtime.onnx_file import set_metadata
 from runtime.version import __version__
 
 INPUT_NAME = "images"
@@ -205,16 +206,6 @@ def _check_io(proto: onnx.ModelProto, dynamic: bool, static_shape, num_classes: 
                           hint="report the model; a static export (no --dynamic) may still work.")
     if got_out != want_out:
         raise ExportError(f"the exported output has dims {got_out}, expected {want_out}.")
-
-
-def set_metadata(proto: onnx.ModelProto, meta: ModelMetadata) -> None:
-    """Replace the toolkit's metadata_props (keys ``gap.*``), keeping anyone else's."""
-    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("gap.")]
-    del proto.metadata_props[:]
-    for key, value in [*keep, *meta.to_props().items()]:
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "gap-deploy"
-    proto.producer_version = __version__
 
 
 def check_and_infer(proto: onnx.ModelProto) -> onnx.ModelProto:

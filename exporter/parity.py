@@ -9,8 +9,10 @@ import onnx
 import torch
 from torch import nn
 
-from runtime.parity import FP32, Infer, ParityReport, Tolerance, compare
+from runtime.parity import FP32, Infer, ParityReport, Tolerance, compare, default_verify_shapes, ort_cpu_infer
 from runtime.shapes import Shape
+
+__all__ = ["check_parity", "default_verify_shapes", "ort_cpu_infer", "torch_infer"]
 
 
 def torch_infer(module: nn.Module) -> Infer:
@@ -21,44 +23,6 @@ def torch_infer(module: nn.Module) -> Infer:
             return module(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
 
     return infer
-
-
-def ort_cpu_infer(model: onnx.ModelProto | str) -> Infer:
-    """ONNX Runtime on the CPU, for a model in memory (not yet written) or on disk."""
-    from runtime._lazy import require
-
-    ort = require("onnxruntime", purpose="to verify the exported model")
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
-    return lambda x: session.run([out_name], {in_name: x})[0]
-
-
-def default_verify_shapes(channels: int, imgsz: tuple[int, int], min_side: int, *, dynamic: bool,
-                          batch: int = 1) -> list[Shape]:
-    """The export size, the minimum, odd and non-square sizes, a large size, and batch > 1."""
-    h, w = imgsz
-    if not dynamic:
-        return [(batch, channels, h, w)]
-
-    def at_least_min(a: int, b: int) -> tuple[int, int]:
-        return max(a, min_side), max(b, min_side)
-
-    candidates = [
-        (1, h, w),
-        (1, min_side, min_side),
-        (1, *at_least_min(37, 53)),
-        (1, *at_least_min(min_side + 1, 2 * min_side + 3)),
-        (3, *at_least_min(61, 45)),
-        (2, h, w),
-        (1, *at_least_min(384, 512)),
-    ]
-    shapes: list[Shape] = []
-    for b, hh, ww in candidates:
-        shape = (b, channels, hh, ww)
-        if shape not in shapes:
-            shapes.append(shape)
-    return shapes
 
 
 def check_parity(module: nn.Module, onnx_model: onnx.ModelProto | str, shapes: Sequence[Shape],

@@ -9,6 +9,8 @@ import onnx
 
 from runtime.errors import ArtifactError
 from runtime.files import check_input_file
+from runtime.metadata import ModelMetadata
+from runtime.version import __version__
 
 
 def check_onnx_file(path: str | os.PathLike) -> Path:
@@ -53,3 +55,13 @@ def _tensors(graph: onnx.GraphProto):
                 yield from _tensors(attr.g)
             for sub in attr.graphs:
                 yield from _tensors(sub)
+
+
+def set_metadata(proto: onnx.ModelProto, meta: ModelMetadata) -> None:
+    """Replace the toolkit's metadata_props (keys ``gap.*``), keeping anyone else's."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("gap.")]
+    del proto.metadata_props[:]
+    for key, value in [*keep, *meta.to_props().items()]:
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "gap-deploy"
+    proto.producer_version = __version__

@@ -49,7 +49,7 @@ def test_load_and_run_an_exported_model_without_torch(reference_onnx):
     assert result.stdout.split() == ["ort-cpu", "4", "class3"]
 
 
-@pytest.mark.parametrize("module", ["runtime.cli.run"])
+@pytest.mark.parametrize("module", ["runtime.cli.run", "exporter.cli.build"])
 def test_cli_help_works_without_torch(module):
     result = _python(f"""
         import importlib, sys
@@ -58,3 +58,17 @@ def test_cli_help_works_without_torch(module):
     """)
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
+
+
+def test_building_and_precision_variants_need_no_torch(reference_onnx):
+    result = _python(f"""
+        import sys, onnx
+        import exporter.builder, exporter.cli.build
+        from exporter.precision import make_variant
+        from runtime.parity import default_verify_shapes
+        fp32 = onnx.load({str(reference_onnx)!r})
+        result = make_variant(fp32, "fp16", default_verify_shapes(3, (32, 32), 4, dynamic=True))
+        print(result.passed, sorted(n for n in ('torch', 'onnxscript') if sys.modules.get(n)))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True []"

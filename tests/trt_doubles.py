@@ -62,8 +62,14 @@ class FakeDevice:
         return OK, ctypes.addressof(buf)
 
 
-def make_engine(profiles=PROFILES, out_dtype=None):
-    """A spec'd ICudaEngine + IExecutionContext pair that computes per-channel means."""
+def channel_means(x: np.ndarray) -> np.ndarray:
+    out = np.zeros((x.shape[0], NUM_CLASSES), np.float32)
+    out[:, : x.shape[1]] = x.reshape(x.shape[0], x.shape[1], -1).mean(axis=2)
+    return out
+
+
+def make_engine(profiles=PROFILES, compute=channel_means):
+    """A spec'd ICudaEngine + IExecutionContext pair; ``compute`` maps the input batch to the logits."""
     engine = mock.create_autospec(trt.ICudaEngine, instance=True)
     context = mock.create_autospec(trt.IExecutionContext, instance=True)
     names = ["images", "logits"]
@@ -93,9 +99,7 @@ def make_engine(profiles=PROFILES, out_dtype=None):
         n, c, h, w = state["shape"]
         count = n * c * h * w
         x = np.frombuffer((ctypes.c_float * count).from_address(state["addr"]["images"]), dtype=np.float32)
-        means = x.reshape(n, c, h * w).mean(axis=2)
-        out = np.zeros((n, NUM_CLASSES), np.float32)
-        out[:, :c] = means
+        out = np.ascontiguousarray(compute(x.reshape(n, c, h, w).copy()), dtype=np.float32)
         ctypes.memmove(state["addr"]["logits"], out.ctypes.data, out.nbytes)
         return True
 
@@ -117,7 +121,4 @@ def make_trt(engine, version="11.4.0.106", name="tensorrt"):
     return module, runtime
 
 
-def expected_logits(x: np.ndarray) -> np.ndarray:
-    out = np.zeros((x.shape[0], NUM_CLASSES), np.float32)
-    out[:, : x.shape[1]] = x.reshape(x.shape[0], x.shape[1], -1).mean(axis=2)
-    return out
+expected_logits = channel_means

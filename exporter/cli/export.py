@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from exporter.cli.build import engine_options, run_build
 from runtime.cli.common import fail, floats, image_size, info, report_errors, shape_option, write_json
 from runtime.errors import ArtifactError
 from runtime.files import check_output_path
@@ -67,11 +68,22 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
               help="Max relative error ||onnx - torch|| / ||torch|| allowed.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the export summary and the parity report as JSON.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Also write an FP16 (MODEL.fp16.onnx) or INT8 QDQ (MODEL.int8.onnx) variant, verified against "
+                   "the FP32 model on the CPU.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="INT8 calibration data: a folder of images (resized to --imgsz) or an .npy NCHW array.")
+@click.option("--min-top1", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this.")
+@click.option("--engine", is_flag=True, help="Also build a TensorRT engine (needs TensorRT and a GPU; see gap-build).")
+@engine_options
 @click.option("--summary", is_flag=True,
               help="Print the layer table (output shape and parameters per layer at --imgsz) and exit.")
 @report_errors
 def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
-         opset, simplify, verify, verify_shapes, atol, rtol, report, summary):
+         opset, simplify, verify, verify_shapes, atol, rtol, report, precision, calib, min_top1, engine,
+         min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat,
+         summary):
     """Export the GAP CNN in MODEL (a state_dict .pt/.pth, a checkpoint dict or .safetensors) to ONNX.
 
     The model is verified against PyTorch with ONNX Runtime before the file is written; a model that
@@ -83,10 +95,16 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     mean_v, std_v = floats(mean), floats(std)
     names = _read_class_names(class_names) if class_names else None
     out_path = output or model.with_suffix(".onnx")
+    if precision == "int8" and calib is None:
+        raise click.BadParameter("--precision int8 needs --calib DIR or --calib FILE.npy.", param_hint="--calib")
     if not summary:
         check_output_path(out_path)
         if report:
             check_output_path(report)
+    if engine and not summary:
+        from exporter.builder import import_builder
+
+        import_builder()  # no TensorRT: say so now, not after the export
 
     from exporter.checkpoint import load_model  # torch is imported here, after argument checks
 
@@ -132,10 +150,47 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
                f"[{', '.join(map(str, exp.output_dims))}], minimum size "
                f"{exp.metadata.min_height}x{exp.metadata.min_width}, opset {exp.opset}"
                f"{', simplified' if exp.simplified else ''} ({exp.seconds:.1f} s).")
+    variant_report = None
+    if precision != "fp32" and not engine:
+        variant_report = _write_variant(result, precision, calib, size, min_top1)
+    if engine:
+        suffix = "" if precision == "fp32" else f".{precision}"
+        run_build(result.path, result.path.with_name(f"{result.path.stem}{suffix}.plan"),
+                  precision=None if precision == "fp32" else precision, calib=calib, calib_size=size,
+                  min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
+                  workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
+                  hardware_compat=hardware_compat, verify=verify)
     if report:
         write_json(report, {
+            "precision_variant": variant_report,
             "model": str(model), "output": str(result.path), "arch": loaded.arch, "dynamic": exp.dynamic,
             "input_dims": list(exp.input_dims), "output_dims": list(exp.output_dims), "opset": exp.opset,
             "metadata": exp.metadata.to_props(), "notes": list(loaded.notes),
             "parity": result.parity.to_dict() if result.parity else None})
         info(f"Wrote {report}")
+
+
+def _write_variant(result, precision: str, calib, size, min_top1: float) -> dict:
+    from exporter.precision import load_calibration, make_variant, variant_path
+    from runtime.errors import ExportError
+    from runtime.files import write_bytes_atomic
+    from runtime.parity import FP16, INT8, Tolerance
+
+    meta = result.export.metadata
+    shapes = [r.shape for r in result.parity.rows] if result.parity else [(1, meta.in_channels, *size)]
+    data = load_calibration(calib, meta, size=size) if precision == "int8" else None
+    tolerance = FP16 if precision == "fp16" else Tolerance(INT8.atol, INT8.rtol, min_top1)
+    info(f"Converting to {precision} and verifying against the FP32 ONNX ...")
+    variant = make_variant(result.export.model, precision, shapes, calibration=data, tolerance=tolerance)
+    for rep in (variant.real_data, variant.sweep):
+        if rep is not None:
+            click.echo(rep.format_table())
+    path = variant_path(result.path, precision)
+    if not variant.passed:
+        raise ExportError(f"the {precision} model differs too much from the FP32 model; {path} was not written.",
+                          hint="use more or more representative --calib images, or lower --min-top1."
+                          if precision == "int8" else None)
+    write_bytes_atomic(path, variant.model.SerializeToString())
+    click.echo(f"Wrote {path} ({precision}, {path.stat().st_size / 1e6:.2f} MB)")
+    return {"path": str(path), "precision": precision, "sweep": variant.sweep.to_dict(),
+            "real_data": variant.real_data.to_dict() if variant.real_data else None}

@@ -1,0 +1,108 @@
+"""gap-build: ONNX -> TensorRT engine with dynamic-shape profiles, checked against ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from runtime.cli.common import image_size, info, report_errors, shape_option
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def parse_profiles(min_shape, opt_shape, max_shape, profiles, channels=None):
+    """--min/--opt/--max make one profile, each --profile MIN:OPT:MAX another; none: the default."""
+    from exporter.builder import Profile
+
+    result = []
+    if min_shape or opt_shape or max_shape:
+        if not (min_shape and opt_shape and max_shape):
+            raise click.BadParameter("give --min, --opt and --max together.", param_hint="--min/--opt/--max")
+        result.append(Profile(*(shape_option(s) for s in (min_shape, opt_shape, max_shape))))
+    for text in profiles:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise click.BadParameter(f"{text!r} is not MIN:OPT:MAX, e.g. 1x3x32x32:1x3x224x224:8x3x512x512.",
+                                     param_hint="--profile")
+        result.append(Profile(*(shape_option(p) for p in parts)))
+    return tuple(result)
+
+
+def engine_options(f):
+    """Options shared by gap-build and gap-export --engine."""
+    for decorator in reversed([
+        click.option("--min", "min_shape", metavar="BxCxHxW", help="Smallest input of the profile. Default: 1 x C x "
+                     "the model's minimum size."),
+        click.option("--opt", "opt_shape", metavar="BxCxHxW", help="Shape TensorRT tunes for. Default: 1xCx224x224."),
+        click.option("--max", "max_shape", metavar="BxCxHxW", help="Largest input. Default: 16xCx1024x1024."),
+        click.option("--profile", "profiles", multiple=True, metavar="MIN:OPT:MAX",
+                     help="Another optimization profile (repeatable)."),
+        click.option("--workspace", default=4.0, show_default=True, type=click.FloatRange(min=0.0625),
+                     help="Builder workspace in GiB."),
+        click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Timing cache file: read if it exists, written after the build (fast rebuilds)."),
+        click.option("--version-compatible", is_flag=True,
+                     help="Engine that later TensorRT versions and the lean runtime (tensorrt_lean) can run."),
+        click.option("--hardware-compat", type=click.Choice(["none", "ampere+", "same-cc"]), default="none",
+                     show_default=True, help="Run on other GPUs: any Ampere or newer, or any of the same compute "
+                     "capability (slower kernels)."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def run_build(onnx_path: Path, output: Path, *, precision, calib, calib_size, min_shape, opt_shape, max_shape,
+              profiles, workspace, timing_cache, version_compatible, hardware_compat, verify) -> None:
+    from exporter.builder import BuildConfig, build_with_precision
+
+    config = BuildConfig(profiles=parse_profiles(min_shape, opt_shape, max_shape, profiles),
+                         workspace_gib=workspace, timing_cache=timing_cache,
+                         version_compatible=version_compatible, hardware_compat=hardware_compat)
+    result = build_with_precision(onnx_path, output, precision=precision, calib=calib, calib_size=calib_size,
+                                  config=config, verify=verify, log=info)
+    if result.variant is not None:
+        for report in (result.variant.sweep, result.variant.real_data):
+            if report is not None:
+                click.echo(report.format_table())
+    if result.engine_parity is not None:
+        click.echo(result.engine_parity.format_table())
+    manifest = result.build.manifest
+    click.echo(f"Wrote {result.build.plan} and {result.build.plan.name}.json: TensorRT {manifest.tensorrt_version} "
+               f"on {manifest.gpu_name} (sm {manifest.compute_capability}), built precision {manifest.precision} "
+               f"{result.build.layer_precisions}, {result.build.seconds:.1f} s.")
+    wanted = precision or "fp32"
+    if manifest.precision not in (wanted, "unknown") and not (wanted == "int8" and manifest.precision == "fp16"):
+        click.echo(click.style("Warning: ", fg="yellow") + f"{wanted} was asked but the engine's layers run in "
+                   f"{manifest.precision}; see the layer counts above.", err=True)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Engine file. Default: MODEL with .plan "
+              "(MODEL.fp16.plan etc. for a converted precision). The manifest goes to OUTPUT.json.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Convert the FP32 ONNX first (verified on the CPU), then build. Default: the ONNX's own.")
+@click.option("--calib", type=click.Path(path_type=Path), help="INT8 calibration: a folder of images or an .npy "
+              "NCHW array (normalized).")
+@click.option("--calib-size", default="224", show_default=True, metavar="N|HxW", help="Calibration image size.")
+@engine_options
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Run the engine at min/opt/max of every profile against ONNX Runtime (CPU) before writing.")
+@report_errors
+def main(model, output, precision, calib, calib_size, min_shape, opt_shape, max_shape, profiles, workspace,
+         timing_cache, version_compatible, hardware_compat, verify):
+    """Build a TensorRT engine from MODEL.onnx (TensorRT 10 or 11, strongly typed).
+
+    Needs the full TensorRT and an NVIDIA GPU (pip install 'gap-deploy[gpu]'). Example:
+
+        gap-build model.onnx --precision fp16 --min 1x3x32x32 --opt 1x3x224x224 --max 8x3x512x512
+    """
+    if precision == "int8" and calib is None:
+        raise click.BadParameter("--precision int8 needs --calib DIR or --calib FILE.npy.", param_hint="--calib")
+    suffix = "" if precision in (None, "fp32") else f".{precision}"
+    output = output or model.with_name(f"{model.stem}{suffix}.plan")
+    run_build(model, output, precision=precision, calib=calib, calib_size=image_size(calib_size),
+              min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
+              workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
+              hardware_compat=hardware_compat, verify=verify)

@@ -1,0 +1,155 @@
+"""FP16 and INT8 variants of an FP32 ONNX model, verified on the CPU before any engine is built.
+
+TensorRT 11 builds strongly typed networks only (no FP16/INT8 builder flags, no calibrators): the
+precision of each layer is whatever the ONNX says. So precision is decided here, where ONNX Runtime
+can check it against the FP32 model on any machine. torch is not needed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from runtime.errors import ArtifactError, ExportError
+from runtime.metadata import ModelMetadata
+from runtime.parity import FP16, INT8, ParityReport, Tolerance, compare, random_input
+from runtime.shapes import Shape
+
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Kept in FP32 in the FP16 model: the global average sums H*W values (overflows float16 beyond 65504
+#: on large images), and softmax/normalizations need the range.
+FP16_KEEP_FP32 = ["ReduceMean", "GlobalAveragePool", "Softmax", "LogSoftmax", "ReduceSum", "Exp", "Pow"]
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    model: onnx.ModelProto
+    precision: str
+    #: against the FP32 model on the parity sweep (random inputs, every shape)
+    sweep: ParityReport
+    #: INT8 only: against the FP32 model on the calibration images (top-1 agreement on real data)
+    real_data: ParityReport | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.sweep.passed and (self.real_data is None or self.real_data.passed)
+
+
+def metadata_of(model: onnx.ModelProto) -> ModelMetadata:
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+
+
+def _with_precision(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
+    from runtime.onnx_file import set_metadata
+
+    set_metadata(model, metadata_of(model).replace(precision=precision))
+    return model
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxconverter_common import float16
+
+    block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32))
+    try:
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    except Exception as exc:
+        raise ExportError(f"FP16 conversion failed: {exc}") from None
+    return _with_precision(converted, "fp16")
+
+
+def load_calibration(source: str | Path, metadata: ModelMetadata, *, size: tuple[int, int],
+                     limit: int = 256) -> np.ndarray:
+    """Calibration batch (N, C, H, W) float32, normalized as the model expects.
+
+    ``source`` is a folder of images (resized to ``size``) or a ``.npy`` array already in NCHW float32.
+    """
+    from runtime.images import collect_images, load_image, normalize
+
+    source = Path(source)
+    channels = metadata.in_channels or 3
+    if source.suffix == ".npy":
+        try:
+            data = np.load(source, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"cannot read calibration array {source}: {exc}") from None
+        if data.ndim != 4 or data.shape[1] != channels or not np.issubdtype(data.dtype, np.floating):
+            raise ArtifactError(f"calibration array {source} has shape {data.shape} dtype {data.dtype}; "
+                                f"expected float (N, {channels}, H, W), normalized like the model's input.")
+        return np.ascontiguousarray(data[:limit], dtype=np.float32)
+    if not source.is_dir():
+        raise ArtifactError(f"--calib {source} is neither a folder of images nor a .npy file.")
+    files = collect_images([source])[:limit]
+    if not files:
+        raise ArtifactError(f"--calib folder {source} holds no image files.")
+    batch = [normalize(load_image(f, channels, size), metadata) for f in files]
+    return np.stack(batch).astype(np.float32)
+
+
+def to_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    """Explicit QuantizeLinear/DequantizeLinear, per-channel weights, symmetric int8 (what TensorRT takes)."""
+    from runtime._lazy import require
+
+    quant = require("onnxruntime.quantization", purpose="for INT8 quantization")
+    input_name = model.graph.input[0].name
+
+    class Reader(quant.CalibrationDataReader):
+        def __init__(self):
+            self._items = iter(calibration[i:i + 1] for i in range(len(calibration)))
+
+        def get_next(self):
+            item = next(self._items, None)
+            return None if item is None else {input_name: item}
+
+    with tempfile.TemporaryDirectory(prefix="gap-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, str(src))
+        try:
+            quant.quantize_static(
+                str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
+                activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
+                calibrate_method=quant.CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        except Exception as exc:
+            raise ExportError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from None
+        quantized = onnx.load(str(dst))
+    return _with_precision(quantized, "int8")
+
+
+def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape], *,
+                 calibration: np.ndarray | None = None, tolerance: Tolerance | None = None) -> VariantResult:
+    """Convert and verify against the FP32 model with ONNX Runtime (CPU)."""
+    from runtime.parity import ort_cpu_infer
+
+    if precision not in ("fp16", "int8"):
+        raise ExportError(f"precision {precision!r} has no variant; choose fp16 or int8.")
+    if precision == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise ExportError("INT8 needs calibration data.",
+                              hint="pass --calib DIR (image files) or --calib FILE.npy.")
+        variant = to_int8(fp32, calibration)
+    else:
+        variant = to_fp16(fp32)
+    reference, candidate = ort_cpu_infer(fp32), ort_cpu_infer(variant)
+    tol = tolerance or (FP16 if precision == "fp16" else INT8)
+    real = None
+    if precision == "int8":
+        # Judged on real images: on random noise the logits of a trained model nearly tie, and top-1
+        # agreement there says nothing. The random sweep still proves every shape runs.
+        shape = tuple(calibration.shape)
+        real = compare(reference, candidate, [shape], tol, reference_name="FP32 ONNX",
+                       candidate_name="INT8 ONNX (calibration images)", inputs=lambda s, i: calibration)
+        sweep_tol = Tolerance(atol=float("inf"), rtol=float("inf"))
+    else:
+        sweep_tol = tol
+    sweep = compare(reference, candidate, shapes, sweep_tol, reference_name="FP32 ONNX",
+                    candidate_name=f"{precision.upper()} ONNX", inputs=random_input)
+    return VariantResult(variant, precision, sweep, real)
+
+
+def variant_path(fp32_path: Path, precision: str) -> Path:
+    return fp32_path.with_name(f"{fp32_path.stem}.{precision}.onnx")

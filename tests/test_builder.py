@@ -1,0 +1,236 @@
+"""The TensorRT builder against spec'd doubles: the calls it makes, and what it writes."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner  # noqa: E402
+
+from exporter.builder import (  # noqa: E402
+    BuildConfig,
+    Profile,
+    build_engine,
+    build_with_precision,
+    default_profile,
+    layer_precisions,
+    read_onnx_input,
+)
+from runtime.backends.cuda import Cuda  # noqa: E402
+from runtime.errors import BuildError, MissingDependencyError  # noqa: E402
+from runtime.manifest import EngineManifest, manifest_path  # noqa: E402
+from tests.conftest import assert_clean_failure  # noqa: E402
+from tests.trt_builder_api import FakeBuild, IParserError
+from tests.trt_doubles import FakeDevice
+
+
+@pytest.fixture
+def cuda():
+    return Cuda(FakeDevice().rt)
+
+
+def test_default_profile_from_metadata(reference_onnx):
+    profile = default_profile(read_onnx_input(reference_onnx))
+    assert profile == Profile((1, 3, 4, 4), (1, 3, 224, 224), (16, 3, 1024, 1024))
+
+
+def test_single_profile_workspace_and_strong_typing_on_11(tmp_path, reference_onnx, cuda):
+    fake = FakeBuild("11.4.0.106")
+    plan = tmp_path / "m.plan"
+    cfg = BuildConfig(profiles=(Profile((1, 3, 8, 8), (1, 3, 64, 64), (4, 3, 128, 128)),), workspace_gib=2)
+    result = build_engine(reference_onnx, plan, cfg, trt=fake.module, cuda=cuda)
+    fake.builder.create_network.assert_called_once_with(0)  # TensorRT 11: always strongly typed, no flags
+    fake.parser.parse_from_file.assert_called_once_with(str(reference_onnx))
+    fake.config.set_memory_pool_limit.assert_called_once_with(fake.module.MemoryPoolType.WORKSPACE, 2 << 30)
+    assert len(fake.profiles) == 1
+    fake.profiles[0].set_shape.assert_called_once_with("images", (1, 3, 8, 8), (1, 3, 64, 64), (4, 3, 128, 128))
+    fake.config.add_optimization_profile.assert_called_once_with(fake.profiles[0])
+    assert plan.read_bytes() == b"PLAN" * 64
+    manifest = EngineManifest.read(plan)
+    assert manifest.precision == "fp16" and result.layer_precisions == {"fp16": 2, "fp32": 1}
+    assert manifest.profiles == [{"images": [[1, 3, 8, 8], [1, 3, 64, 64], [4, 3, 128, 128]]}]
+    assert manifest.gpu_name == "NVIDIA H100 80GB HBM3" and manifest.compute_capability == "9.0"
+    assert manifest.metadata["gap.min_height"] == "4" and manifest.tensorrt_version == "11.4.0.106"
+
+
+def test_strongly_typed_flag_on_tensorrt_10(tmp_path, reference_onnx, cuda):
+    fake = FakeBuild("10.16.1")
+    build_engine(reference_onnx, tmp_path / "m.plan", trt=fake.module, cuda=cuda)
+    fake.builder.create_network.assert_called_once_with(1 << 5)
+
+
+def test_several_profiles(tmp_path, reference_onnx, cuda):
+    fake = FakeBuild()
+    profiles = (Profile((1, 3, 4, 4), (1, 3, 32, 32), (8, 3, 64, 64)),
+                Profile((1, 3, 65, 65), (1, 3, 224, 224), (2, 3, 512, 512)))
+    build_engine(reference_onnx, tmp_path / "m.plan", BuildConfig(profiles=profiles), trt=fake.module, cuda=cuda)
+    assert [p.set_shape.call_args.args[1:] for p in fake.profiles] == [
+        ((1, 3, 4, 4), (1, 3, 32, 32), (8, 3, 64, 64)), ((1, 3, 65, 65), (1, 3, 224, 224), (2, 3, 512, 512))]
+    assert fake.config.add_optimization_profile.call_count == 2
+
+
+def test_timing_cache_round_trip(tmp_path, reference_onnx, cuda):
+    cache = tmp_path / "timing.cache"
+    fake = FakeBuild()
+    build_engine(reference_onnx, tmp_path / "a.plan", BuildConfig(timing_cache=cache), trt=fake.module, cuda=cuda)
+    fake.config.create_timing_cache.assert_called_once_with(b"")
+    fake.config.set_timing_cache.assert_called_once_with(fake.cache, ignore_mismatch=False)
+    assert cache.read_bytes() == b"timing-cache-v2"
+    again = FakeBuild()
+    build_engine(reference_onnx, tmp_path / "b.plan", BuildConfig(timing_cache=cache), trt=again.module, cuda=cuda)
+    again.config.create_timing_cache.assert_called_once_with(b"timing-cache-v2")
+
+
+def test_compatibility_flags(tmp_path, reference_onnx, cuda):
+    fake = FakeBuild()
+    build_engine(reference_onnx, tmp_path / "m.plan", BuildConfig(version_compatible=True, hardware_compat="ampere+"),
+                 trt=fake.module, cuda=cuda)
+    fake.config.set_flag.assert_called_once_with(fake.module.BuilderFlag.VERSION_COMPATIBLE)
+    assert fake.config.hardware_compatibility_level == fake.module.HardwareCompatibilityLevel.AMPERE_PLUS
+    assert fake.runtime.engine_host_code_allowed is True
+    manifest = EngineManifest.read(tmp_path / "m.plan")
+    assert manifest.version_compatible and manifest.hardware_compatibility == "ampere+"
+
+
+def test_int8_engine_precision_is_read_back(tmp_path, reference_onnx, cuda):
+    fake = FakeBuild(datatype="Int8")
+    build_engine(reference_onnx, tmp_path / "m.plan", trt=fake.module, cuda=cuda)
+    assert EngineManifest.read(tmp_path / "m.plan").precision == "int8"
+
+
+def test_layer_precision_parsing():
+    assert layer_precisions('{"Layers": [{"Outputs": [{"Format/Datatype": "Row major linear FP32"}]}]}') == {"fp32": 1}
+    assert layer_precisions('{"Layers": ["conv1", "conv2"]}') == {}  # verbosity too low: names only
+    assert layer_precisions("not json") == {}
+
+
+def test_parser_errors_are_listed_with_node_names(tmp_path, reference_onnx, cuda):
+    from unittest import mock
+
+    fake = FakeBuild()
+    fake.parser.parse_from_file.return_value = False
+    fake.parser.num_errors = 1
+    error = mock.create_autospec(IParserError, instance=True)
+    error.node_name.return_value, error.node_operator.return_value = "node_ReduceMean_7", "ReduceMean"
+    error.desc.return_value = "unsupported attribute"
+    fake.parser.get_error.return_value = error
+    with pytest.raises(BuildError, match=r"rejected .* 1 error(.|\n)*node 'node_ReduceMean_7' \(ReduceMean\): "
+                                         r"unsupported attribute"):
+        build_engine(reference_onnx, tmp_path / "m.plan", trt=fake.module, cuda=cuda)
+    assert not list(tmp_path.iterdir())
+
+
+def test_failed_build_is_a_clear_error_and_writes_nothing(tmp_path, reference_onnx, cuda):
+    fake = FakeBuild()
+    fake.builder.build_serialized_network.return_value = None
+    with pytest.raises(BuildError, match="failed to build an engine(.|\n)*--workspace"):
+        build_engine(reference_onnx, tmp_path / "m.plan", trt=fake.module, cuda=cuda)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("profile, message", [
+    (Profile((1, 3, 64, 64), (1, 3, 32, 32), (1, 3, 128, 128)), "not ordered"),
+    (Profile((1, 3, 2, 2), (1, 3, 32, 32), (1, 3, 64, 64)), "below the model's minimum input size 4x4"),
+    (Profile((1, 1, 8, 8), (1, 1, 32, 32), (1, 1, 64, 64)), "static channels of 3"),
+])
+def test_bad_profiles(tmp_path, reference_onnx, cuda, profile, message):
+    with pytest.raises(BuildError, match=message):
+        build_engine(reference_onnx, tmp_path / "m.plan", BuildConfig(profiles=(profile,)), trt=FakeBuild().module,
+                     cuda=cuda)
+
+
+def test_static_onnx_with_a_dynamic_profile_says_re_export(tmp_path, reference_ckpt, cuda):
+    pytest.importorskip("torch")
+    from exporter import export_onnx, load_model
+
+    static = tmp_path / "static.onnx"
+    export_onnx(load_model(reference_ckpt), static, dynamic=False, imgsz=(32, 32), verify=False)
+    dynamic = BuildConfig(profiles=(Profile((1, 3, 8, 8), (1, 3, 32, 32), (1, 3, 64, 64)),))
+    with pytest.raises(BuildError, match=r"static height of 32(.|\n)*gap-export --dynamic"):
+        build_engine(static, tmp_path / "m.plan", dynamic, trt=FakeBuild().module, cuda=cuda)
+    build_engine(static, tmp_path / "m.plan", trt=FakeBuild().module, cuda=cuda)  # default: the static shape
+    assert EngineManifest.read(tmp_path / "m.plan").profiles == [{"images": [[1, 3, 32, 32]] * 3}]
+
+
+def _ort_compute(onnx_path):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"images": x})[0]
+
+
+def test_build_verifies_the_engine_against_onnxruntime(tmp_path, reference_onnx, cuda):
+    """The whole gap-build path: the fake engine computes with the real model, so parity must pass."""
+    profile = Profile((1, 3, 4, 4), (1, 3, 32, 32), (2, 3, 64, 48))
+    fake = FakeBuild(datatype="Float", compute=_ort_compute(reference_onnx),
+                     profiles=[(profile.min, profile.opt, profile.max)])
+    result = build_with_precision(reference_onnx, tmp_path / "m.plan", config=BuildConfig(profiles=(profile,)),
+                                  trt=fake.module, cuda=cuda)
+    assert result.engine_parity.passed
+    assert [r.shape for r in result.engine_parity.rows] == [(1, 3, 4, 4), (1, 3, 32, 32), (2, 3, 64, 48)]
+    assert (tmp_path / "m.plan").exists() and manifest_path(tmp_path / "m.plan").exists()
+
+
+def test_an_engine_that_disagrees_is_not_written(tmp_path, reference_onnx, cuda):
+    profile = Profile((1, 3, 4, 4), (1, 3, 32, 32), (2, 3, 64, 48))
+    wrong = FakeBuild(datatype="Float", compute=lambda x: np.zeros((len(x), 10), np.float32),
+                      profiles=[(profile.min, profile.opt, profile.max)])
+    with pytest.raises(BuildError, match=r"differ from ONNX Runtime's(.|\n)*FAIL"):
+        build_with_precision(reference_onnx, tmp_path / "m.plan", config=BuildConfig(profiles=(profile,)),
+                             trt=wrong.module, cuda=cuda)
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_fp16_conversion_before_the_build(tmp_path, reference_onnx, cuda):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(reference_onnx.read_bytes())
+    fake = FakeBuild()
+    result = build_with_precision(src, tmp_path / "m.fp16.plan", precision="fp16", verify=False, trt=fake.module,
+                                  cuda=cuda, calib_size=(32, 32))
+    assert result.source == tmp_path / "m.fp16.onnx" and result.variant.sweep.passed
+    fake.parser.parse_from_file.assert_called_once_with(str(tmp_path / "m.fp16.onnx"))
+
+
+def test_gap_build_without_tensorrt(tmp_path, reference_onnx):
+    from exporter.cli.build import main
+
+    result = CliRunner().invoke(main, [str(reference_onnx), "-o", str(tmp_path / "m.plan")])
+    assert_clean_failure(result, "needs the full TensorRT", "pip install 'gap-deploy[gpu]'")
+    assert not list(tmp_path.iterdir())
+
+
+def test_gap_export_engine_without_tensorrt_fails_before_exporting(tmp_path, reference_ckpt):
+    pytest.importorskip("torch")
+    from exporter.cli.export import main
+
+    result = CliRunner().invoke(main, [str(reference_ckpt), "--dynamic", "--engine", "-o", str(tmp_path / "m.onnx")])
+    assert_clean_failure(result, "needs the full TensorRT")
+    assert not list(tmp_path.iterdir())
+
+
+def test_import_builder_names_the_extra(monkeypatch):
+    import sys
+
+    from exporter.builder import import_builder
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingDependencyError, match=r"gap-deploy\[gpu\]"):
+        import_builder()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min", "1x3x4x4"], "give --min, --opt and --max together"),
+    (["--profile", "1x3x4x4:1x3x8x8"], "is not MIN:OPT:MAX"),
+    (["--precision", "int8"], "needs --calib"),
+])
+def test_gap_build_usage_errors(reference_onnx, args, message):
+    from exporter.cli.build import main
+
+    result = CliRunner().invoke(main, [str(reference_onnx), *args])
+    assert_clean_failure(result, message, code=2)
+
+
+def test_manifest_json_is_readable(tmp_path, reference_onnx, cuda):
+    build_engine(reference_onnx, tmp_path / "m.plan", trt=FakeBuild().module, cuda=cuda)
+    data = json.loads((tmp_path / "m.plan.json").read_text())
+    assert {"tensorrt_version", "gpu_name", "compute_capability", "profiles", "precision", "plan_sha256",
+            "onnx_sha256", "version_compatible", "hardware_compatibility", "metadata"} <= set(data)

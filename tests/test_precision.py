@@ -1,0 +1,117 @@
+"""FP16 and INT8 ONNX variants, verified against the FP32 model on the CPU."""
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("onnxruntime")
+
+from exporter.parity import default_verify_shapes  # noqa: E402
+from exporter.precision import load_calibration, make_variant, metadata_of  # noqa: E402
+from runtime.errors import ArtifactError, ExportError  # noqa: E402
+from runtime.parity import Tolerance  # noqa: E402
+from tests.conftest import assert_clean_failure  # noqa: E402
+
+SHAPES = default_verify_shapes(3, (64, 64), 4, dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def fp32(reference_onnx):
+    return onnx.load(str(reference_onnx))
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
+
+
+def test_fp16_keeps_float32_io_and_gap_in_float32(fp32):
+    result = make_variant(fp32, "fp16", SHAPES)
+    graph = result.model.graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    conv_weight = next(i for i in graph.initializer if len(i.dims) == 4)
+    assert conv_weight.data_type == onnx.TensorProto.FLOAT16
+    assert metadata_of(result.model).precision == "fp16"
+    reduce = next(n for n in graph.node if n.op_type == "ReduceMean")
+    cast_before = [n for n in graph.node if n.output and n.output[0] == reduce.input[0]]
+    assert cast_before and cast_before[0].op_type == "Cast"  # GAP is computed in float32
+
+
+def test_fp16_matches_fp32_within_1e_3_on_the_whole_sweep(fp32):
+    result = make_variant(fp32, "fp16", SHAPES)
+    assert result.passed, result.sweep.format_table()
+    assert all(r.rel_err <= 1e-3 for r in result.sweep.rows)
+    assert {(1, 3, 4, 4), (1, 3, 37, 53)} <= {r.shape for r in result.sweep.rows}
+
+
+def test_int8_is_qdq_per_channel_and_symmetric(fp32, calibration):
+    from onnx import numpy_helper
+
+    result = make_variant(fp32, "int8", SHAPES, calibration=calibration, tolerance=Tolerance(np.inf, 1.0, 0.0))
+    graph = result.model.graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= 4 and ops.count("DequantizeLinear") >= 6
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(np.all(z == 0) for z in zero_points)  # symmetric, as TensorRT requires
+    per_channel = [n for n in graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[1]) is not None
+                   and inits[n.input[1]].size > 1]
+    assert per_channel  # weight scales per output channel
+    assert result.real_data.rows[0].shape == (32, 3, 32, 32)
+    assert len(result.sweep.rows) == len(SHAPES) and all(np.isfinite(r.rel_err) for r in result.sweep.rows)
+    assert metadata_of(result.model).precision == "int8"
+
+
+def test_int8_threshold_fails_when_agreement_drops(fp32, calibration):
+    strict = Tolerance(atol=np.inf, rtol=np.inf, min_top1=1.01)  # unreachable: must fail
+    assert not make_variant(fp32, "int8", SHAPES[:2], calibration=calibration, tolerance=strict).passed
+
+
+def test_int8_needs_calibration(fp32):
+    with pytest.raises(ExportError, match="needs calibration data"):
+        make_variant(fp32, "int8", SHAPES)
+
+
+def test_calibration_from_images_and_npy(tmp_path, reference_onnx):
+    from PIL import Image
+
+    meta = metadata_of(onnx.load(str(reference_onnx)))
+    for i in range(5):
+        Image.fromarray(np.full((20 + i, 30, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    batch = load_calibration(tmp_path, meta, size=(16, 24))
+    assert batch.shape == (5, 3, 16, 24) and batch.dtype == np.float32
+    expected = (0.0 - 0.485) / 0.229  # black pixel, normalized with the stored ImageNet mean/std
+    assert batch[0, 0, 0, 0] == pytest.approx(expected)
+    npy = tmp_path / "c.npy"
+    np.save(npy, np.zeros((4, 3, 8, 8), np.float32))
+    assert load_calibration(npy, meta, size=(8, 8)).shape == (4, 3, 8, 8)
+    np.save(npy, np.zeros((4, 8, 8), np.float32))
+    with pytest.raises(ArtifactError, match="expected float"):
+        load_calibration(npy, meta, size=(8, 8))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="holds no image files"):
+        load_calibration(tmp_path / "empty", meta, size=(8, 8))
+    with pytest.raises(ArtifactError, match="neither a folder of images nor a .npy file"):
+        load_calibration(tmp_path / "missing", meta, size=(8, 8))
+
+
+def test_gap_export_int8_cli(tmp_path, reference_ckpt, calibration):
+    pytest.importorskip("torch")
+    from exporter.cli.export import main
+
+    npy = tmp_path / "calib.npy"
+    np.save(npy, calibration)
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(main, [str(reference_ckpt), "--dynamic", "-o", str(out), "--imgsz", "32",
+                                       "--precision", "int8", "--calib", str(npy), "--min-top1", "0"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.int8.onnx").is_file() and out.is_file()
+    assert "INT8 ONNX (calibration images)" in result.output
+    failing = CliRunner().invoke(main, [str(reference_ckpt), "--dynamic", "-o", str(tmp_path / "n.onnx"),
+                                        "--imgsz", "32", "--precision", "int8", "--calib", str(npy),
+                                        "--min-top1", "1.0", "--verify-shapes", "8x8"])
+    if failing.exit_code != 0:  # random weights rarely agree on every one of 32 images
+        assert_clean_failure(failing, "differs too much", "--min-top1")
+        assert not (tmp_path / "n.int8.onnx").exists()
