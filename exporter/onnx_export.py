@@ -109,7 +109,8 @@ def export_model(
     meta = ModelMetadata(
         arch=loaded.arch, in_channels=channels, num_classes=num_classes, class_names=class_names,
         mean=_broadcast(mean, channels) or default_mean, std=_broadcast(std, channels) or default_std,
-        min_height=min_side, min_width=min_side, precision="fp32", toolkit_version=__version__,
+        min_height=min_side, min_width=min_side, export_height=height, export_width=width, precision="fp32",
+        toolkit_version=__version__,
         source_sha256=loaded.source_sha256)
 
     example_batch = 2 if dynamic else batch  # a size-1 example invites the tracer to specialize the dim

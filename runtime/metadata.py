@@ -33,6 +33,9 @@ class ModelMetadata:
     std: tuple[float, ...] | None = None
     min_height: int = 1
     min_width: int = 1
+    #: the size the model was exported (and usually trained) at: gap-bench's default shape
+    export_height: int | None = None
+    export_width: int | None = None
     precision: str = "fp32"
     toolkit_version: str | None = None
     source_sha256: str | None = None
@@ -84,6 +87,8 @@ class ModelMetadata:
             std=seq("std", float),
             min_height=ints("min_height", 1),
             min_width=ints("min_width", 1),
+            export_height=ints("export_height", None),
+            export_width=ints("export_width", None),
             precision=known.get("precision", "fp32"),
             toolkit_version=known.get("toolkit_version"),
             source_sha256=known.get("source_sha256"),

@@ -39,3 +39,24 @@ def test_build_and_run_engine(tmp_path, reference_onnx, precision, rtol):
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             a, b = engine.run(x), cpu.run(x)
             assert np.linalg.norm(a - b) / np.linalg.norm(b) < rtol
+
+
+def test_bench_an_engine_against_torch_on_the_gpu(tmp_path, reference_onnx, reference_ckpt):
+    _need_gpu_tensorrt()
+    import json
+
+    from click.testing import CliRunner
+
+    from exporter.builder import BuildConfig, Profile, build_with_precision
+    from runtime.cli.bench import main
+
+    plan = tmp_path / "m.plan"
+    build_with_precision(reference_onnx, plan, config=BuildConfig(profiles=(
+        Profile((1, 3, 4, 4), (1, 3, 224, 224), (8, 3, 256, 256)),)))
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, [str(plan), "--shape", "1x3x224x224", "--shape", "8x3x128x96", "--torch",
+                                       str(reference_ckpt), "--json", str(out), "--cuda-graph", "--duration", "1"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["results"]
+    trt_rows = [r for r in rows if r["backend"] == "trt"]
+    assert all(r["gpu_ms"]["compute"]["median"] > 0 and r["parity"]["passed"] for r in trt_rows)

@@ -49,7 +49,7 @@ def test_load_and_run_an_exported_model_without_torch(reference_onnx):
     assert result.stdout.split() == ["ort-cpu", "4", "class3"]
 
 
-@pytest.mark.parametrize("module", ["runtime.cli.run", "exporter.cli.build"])
+@pytest.mark.parametrize("module", ["runtime.cli.run", "exporter.cli.build", "runtime.cli.bench"])
 def test_cli_help_works_without_torch(module):
     result = _python(f"""
         import importlib, sys
@@ -72,3 +72,19 @@ def test_building_and_precision_variants_need_no_torch(reference_onnx):
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True []"
+
+
+def test_gap_bench_on_onnx_runs_without_torch(reference_onnx):
+    result = _python(f"""
+        import sys
+        from runtime.cli.bench import main
+        sys.argv = ['gap-bench', {str(reference_onnx)!r}, '--shape', '1x3x16x16', '--warmup', '0',
+                    '--iterations', '3']
+        try:
+            main()
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+        assert 'torch' not in sys.modules or sys.modules['torch'] is None
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "ort-cpu" in result.stdout and "1x3x16x16" in result.stdout

@@ -1,0 +1,240 @@
+"""Latency and throughput of a Session (and of any reference callable), the way trtexec reports them.
+
+torch-free: a PyTorch reference is passed in as a plain callable (see exporter.reference).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from runtime.parity import TOLERANCES, compare_outputs, random_input
+from runtime.shapes import Shape, format_shape
+
+CV_WARN = 0.025  # trtexec warns when GPU compute time varies by more than 2.5%
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """trtexec's defaults: 200 ms warm-up, 3 s of measurement, at least 10 iterations."""
+
+    warmup_s: float = 0.2
+    duration_s: float = 3.0
+    iterations: int | None = None  # a fixed count instead of a duration
+    min_iterations: int = 10
+    cuda_graph: bool = False
+    transfers: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Stats:
+    min: float
+    mean: float
+    median: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values_ms: Sequence[float]) -> Stats:
+        a = np.asarray(values_ms, dtype=np.float64)
+        p = np.percentile(a, [50, 90, 95, 99])
+        return cls(float(a.min()), float(a.mean()), float(p[0]), float(p[1]), float(p[2]), float(p[3]),
+                   float(a.max()))
+
+
+@dataclass
+class BenchResult:
+    backend: str
+    shape: Shape
+    latency_ms: Stats
+    throughput_ips: float
+    iterations: int
+    wall_s: float
+    cv: float
+    warnings: list[str] = field(default_factory=list)
+    cold_start_ms: dict[str, float] | None = None
+    gpu_ms: dict[str, Stats] | None = None
+    parity: dict | None = None
+    speedup_vs_torch: float | None = None
+    interrupted: bool = False
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        return data
+
+
+def _loop(step: Callable[[], object], settings: BenchSettings) -> tuple[list[float], float, bool]:
+    """Warm up, then time ``step``; returns per-iteration seconds, the wall time, and whether Ctrl-C cut it."""
+    interrupted = False
+    try:
+        warm_end = time.perf_counter() + settings.warmup_s
+        step()
+        while time.perf_counter() < warm_end:
+            step()
+    except KeyboardInterrupt:
+        return [], 0.0, True
+    samples: list[float] = []
+    started = time.perf_counter()
+    deadline = started + settings.duration_s
+    try:
+        while True:
+            t0 = time.perf_counter()
+            step()
+            samples.append(time.perf_counter() - t0)
+            if settings.iterations is not None:
+                if len(samples) >= settings.iterations:
+                    break
+            elif len(samples) >= settings.min_iterations and time.perf_counter() >= deadline:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    return samples, time.perf_counter() - started, interrupted
+
+
+def _result(backend: str, shape: Shape, samples: list[float], wall: float, interrupted: bool) -> BenchResult:
+    ms = [s * 1e3 for s in samples]
+    stats = Stats.of(ms)
+    cv = float(np.std(ms) / np.mean(ms)) if len(ms) > 1 and np.mean(ms) > 0 else 0.0
+    warnings = []
+    if cv > CV_WARN:
+        warnings.append(f"latency varies: coefficient of variation {cv:.1%} > {CV_WARN:.1%}; the machine may be "
+                        "busy or throttling: rerun, or pin threads with --threads.")
+    if interrupted:
+        warnings.append("interrupted: fewer iterations than asked.")
+    throughput = shape[0] * len(samples) / sum(samples) if samples else 0.0
+    return BenchResult(backend, tuple(shape), stats, throughput, len(samples), wall, cv, warnings,
+                       interrupted=interrupted)
+
+
+def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings(), *,
+                  cold_start_ms: float | None = None) -> tuple[BenchResult | None, np.ndarray]:
+    """Time ``session.run`` at ``shape``; returns the result (None if interrupted before measuring) and one output."""
+    x = random_input(shape, settings.seed)
+    started = time.perf_counter()
+    first = session.run(x)
+    first_ms = (time.perf_counter() - started) * 1e3
+    timed = getattr(session._runner, "infer_timed", None)
+    parts: list = []
+    if timed is not None:  # TensorRT: H2D, GPU compute, D2H and enqueue from CUDA events
+        from runtime.validation import prepare
+
+        prepared = prepare(x, session.input_spec)
+
+        def step():
+            parts.append(timed(prepared, cuda_graph=settings.cuda_graph, transfers=settings.transfers)[1])
+    else:
+        def step():
+            session.run(x)
+    samples, wall, interrupted = _loop(step, settings)
+    if not samples:
+        return None, first
+    result = _result(session.backend, shape, samples, wall, interrupted)
+    if cold_start_ms is not None:
+        result.cold_start_ms = {"session_create_ms": cold_start_ms, "first_inference_ms": first_ms}
+    if parts:
+        parts = parts[-len(samples):]
+        result.gpu_ms = {name: Stats.of([getattr(p, f"{name}_ms") for p in parts])
+                         for name in ("h2d", "compute", "d2h", "enqueue")}
+        gpu = result.gpu_ms
+        compute_cv = float(np.std([p.compute_ms for p in parts]) / max(gpu["compute"].mean, 1e-9))
+        if compute_cv > CV_WARN:
+            result.warnings.append(f"GPU compute time varies: coefficient of variation {compute_cv:.1%} > 2.5%.")
+        if gpu["enqueue"].median > gpu["compute"].median:
+            result.warnings.append("enqueue-bound: the host takes longer to enqueue than the GPU to compute; "
+                                   "try --cuda-graph.")
+        if gpu["h2d"].median + gpu["d2h"].median > gpu["compute"].median:
+            result.warnings.append("transfer-bound: copies take longer than the compute; use larger batches or "
+                                   "keep data on the GPU.")
+    return result, first
+
+
+def bench_reference(name: str, infer: Callable[[np.ndarray], np.ndarray], shape: Shape,
+                    settings: BenchSettings = BenchSettings()) -> tuple[BenchResult | None, np.ndarray]:
+    """Time a reference callable (PyTorch eager) on the same seeded input as bench_session."""
+    x = random_input(shape, settings.seed)
+    output = infer(x)
+    samples, wall, interrupted = _loop(lambda: infer(x), settings)
+    if not samples:
+        return None, output
+    return _result(name, shape, samples, wall, interrupted), output
+
+
+def attach_parity(result: BenchResult, output: np.ndarray, reference: np.ndarray, precision: str) -> None:
+    row = compare_outputs(reference, output, TOLERANCES.get(precision, TOLERANCES["fp32"]), result.shape)
+    result.parity = {"reference": "PyTorch", "precision": precision, "max_abs_err": row.max_abs_err,
+                     "rel_err": row.rel_err, "top1_agreement": row.top1_agreement, "passed": row.passed}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(session, extra_versions: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """(device, versions) for the report, so a result can be reproduced."""
+    import sys
+
+    from runtime.version import __version__
+
+    device = {"cpu": cpu_name(), "cpu_count": os.cpu_count()}
+    versions = {"gap-deploy": __version__, "python": sys.version.split()[0], "numpy": np.__version__}
+    if session.backend.startswith("ort"):
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+        options = session._runner.session_options
+        device["ort_intra_op_threads"] = options.intra_op_num_threads or "default (one per core)"
+    if session.backend == "trt":
+        runner = session._runner
+        versions["tensorrt"] = f"{runner._trt.__name__} {runner._trt.__version__}"
+        gpu = runner._cuda.device(0)
+        device["gpu"] = gpu.name
+        device["compute_capability"] = gpu.compute_capability
+    versions.update(extra_versions or {})
+    return device, versions
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    head = (f"{'backend':>10} {'shape':>14} {'median ms':>10} {'mean':>8} {'p90':>8} {'p99':>8} {'min':>8} "
+            f"{'max':>8} {'img/s':>9} {'cv':>6} {'iters':>6}  vs torch")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        s = r.latency_ms
+        extra = ""
+        if r.speedup_vs_torch is not None:
+            extra = f"{r.speedup_vs_torch:5.2f}x"
+        if r.parity is not None:
+            extra += (f"  max abs {r.parity['max_abs_err']:.2e} rel {r.parity['rel_err']:.2e} "
+                      f"{'ok' if r.parity['passed'] else 'MISMATCH'}")
+        lines.append(f"{r.backend:>10} {format_shape(r.shape):>14} {s.median:10.3f} {s.mean:8.3f} {s.p90:8.3f} "
+                     f"{s.p99:8.3f} {s.min:8.3f} {s.max:8.3f} {r.throughput_ips:9.1f} {r.cv:6.1%} {r.iterations:6d}"
+                     f"  {extra}")
+        if r.gpu_ms:
+            g = r.gpu_ms
+            lines.append(f"{'':>10} GPU median ms: H2D {g['h2d'].median:.3f}  compute {g['compute'].median:.3f}  "
+                         f"D2H {g['d2h'].median:.3f}  enqueue {g['enqueue'].median:.3f}")
+        if r.cold_start_ms:
+            c = r.cold_start_ms
+            lines.append(f"{'':>10} cold start: session {c['session_create_ms']:.1f} ms, first inference "
+                         f"{c['first_inference_ms']:.1f} ms")
+    return "\n".join(lines)
+
+
+def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    return statistics.median(a) / statistics.median(b)

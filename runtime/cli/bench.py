@@ -1,0 +1,156 @@
+"""gap-bench: latency and throughput of .onnx and .plan artifacts, with PyTorch side by side."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from runtime.cli.common import info, report_errors, shape_option, write_json
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+BACKENDS = ["ort-cpu", "ort-cuda", "ort-trt", "trt"]
+
+
+def default_shape(session):
+    """A static model's shape, a TensorRT profile's opt shape, else 1 x C x the export size (224 if unknown)."""
+    spec, meta = session.input_spec, session.metadata
+    info_ = session.inputs[0]
+    if info_.profiles:
+        return tuple(info_.profiles[0][1])
+    b, h, w = spec.fixed
+    channels = spec.channels or meta.in_channels or 3
+    return (b or 1, channels, h or meta.export_height or 224, w or meta.export_width or 224)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
+@click.option("--shape", "shapes", multiple=True, metavar="BxCxHxW",
+              help="Input shape; repeat for a sweep. Default: the artifact's own (its export size, or a TensorRT "
+                   "profile's opt shape).")
+@click.option("--warmup", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Warm-up seconds.")
+@click.option("--duration", default=3.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to measure per shape (at least 10 iterations).")
+@click.option("--iterations", type=click.IntRange(min=1), help="A fixed number of iterations instead of --duration.")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for ONNX Runtime and PyTorch. "
+              "Default: their own defaults (one per core).")
+@click.option("--torch", "torch_ckpt", type=click.Path(path_type=Path),
+              help="Checkpoint to run through PyTorch eager on the same inputs: speed-up and max/relative error "
+                   "per shape. Loaded as gap-export does.")
+@click.option("--arch", metavar="MODULE:CALLABLE", help="Architecture for --torch (as in gap-export).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="num_classes for --arch.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow a pickled/TorchScript --torch checkpoint (runs code).")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: capture the enqueue in a CUDA graph and replay it.")
+@click.option("--transfers/--no-transfers", default=True, show_default=True,
+              help="TensorRT: copy the input host-to-device every iteration (the output is always copied back).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a PNG of latency and throughput against resolution (needs matplotlib: gap-deploy[plot]).")
+@click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
+@report_errors
+def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch_ckpt, arch, num_classes,
+         trust_checkpoint, cuda_graph, transfers, json_path, plot_path, trust_engine):
+    """Benchmark ARTIFACT (.onnx or .plan): latency percentiles, throughput, and against PyTorch with --torch.
+
+    Example:
+
+        gap-bench model.onnx --shape 1x3x224x224 --shape 4x3x97x131 --torch model.pt --json out.json
+    """
+    import runtime
+    from runtime.bench import BenchSettings, attach_parity, bench_reference, bench_session, environment, format_table
+    from runtime.files import check_input_file, check_output_path
+    from runtime.validation import prepare
+
+    parsed = [shape_option(s) for s in shapes]
+    for path in (json_path, plot_path):
+        if path:
+            check_output_path(path)
+    if plot_path:
+        from runtime._lazy import require
+
+        require("matplotlib", purpose="for --plot")
+    if torch_ckpt:
+        check_input_file(torch_ckpt, "checkpoint")
+    started = time.perf_counter()
+    session = runtime.load(artifact, backend, threads=threads, trust_engine=trust_engine)
+    create_ms = (time.perf_counter() - started) * 1e3
+    parsed = parsed or [default_shape(session)]
+    import numpy as np
+
+    for shape in parsed:  # every shape is checked before anything is timed
+        prepare(np.zeros(shape, dtype=session.input_spec.dtype), session.input_spec)
+
+    reference, extra_versions = None, {}
+    if torch_ckpt:
+        from runtime._lazy import require
+
+        require("torch", purpose="for --torch")
+        from exporter.reference import torch_reference  # the one path from here to torch, only with --torch
+
+        device = "cpu" if session.backend == "ort-cpu" else "cuda"
+        info(f"Loading {torch_ckpt} into PyTorch ({device}) ...")
+        reference, extra_versions = torch_reference(torch_ckpt, arch=arch, num_classes=num_classes,
+                                                    trust_checkpoint=trust_checkpoint, device=device, threads=threads)
+
+    settings = BenchSettings(warmup_s=warmup, duration_s=duration, iterations=iterations, cuda_graph=cuda_graph,
+                             transfers=transfers)
+    device_info, versions = environment(session, {k: str(v) for k, v in extra_versions.items()})
+    info(f"{artifact} on {session.backend} ({session.metadata.precision}); {device_info}")
+    results, interrupted = [], False
+    total = len(parsed) * (2 if reference else 1)
+    done = 0
+    for shape in parsed:
+        done += 1
+        info(f"[{done}/{total}] {session.backend} {'x'.join(map(str, shape))} ...")
+        cold = create_ms if session.backend.startswith("ort") and not results else None  # measured once
+        result, output = bench_session(session, shape, settings, cold_start_ms=cold)
+        if result is None:
+            interrupted = True
+            break
+        results.append(result)
+        if reference is not None:
+            done += 1
+            info(f"[{done}/{total}] torch {'x'.join(map(str, shape))} ...")
+            ref_result, ref_output = bench_reference(f"torch-{extra_versions['torch_device']}", reference, shape,
+                                                     settings)
+            attach_parity(result, output, ref_output, session.metadata.precision)
+            if ref_result is None:
+                interrupted = True
+                break
+            result.speedup_vs_torch = ref_result.latency_ms.median / result.latency_ms.median
+            results.append(ref_result)
+        if result.interrupted:
+            interrupted = True
+            break
+
+    click.echo(f"gap-bench {artifact} | backend {session.backend} | precision {session.metadata.precision} | "
+               f"transfers {'included' if transfers else 'excluded'}")
+    click.echo(f"versions: {', '.join(f'{k} {v}' for k, v in versions.items())}")
+    click.echo(f"device: {', '.join(f'{k}: {v}' for k, v in device_info.items())}")
+    if results:
+        click.echo(format_table(results))
+    for r in results:
+        for warning in r.warnings:
+            where = f"{r.backend} {'x'.join(map(str, r.shape))}"
+            click.echo(click.style("Warning: ", fg="yellow") + f"{where}: {warning}", err=True)
+    if json_path:
+        write_json(json_path, {"artifact": str(artifact), "device": device_info, "versions": versions,
+                               "settings": {"warmup_s": warmup, "duration_s": duration, "iterations": iterations,
+                                            "threads": threads, "cuda_graph": cuda_graph, "transfers": transfers},
+                               "interrupted": interrupted, "results": [r.to_dict() for r in results]})
+        info(f"Wrote {json_path}")
+    if plot_path and results:
+        from runtime.plot import plot_results
+
+        plot_results(results, plot_path, title=f"{artifact.name} ({session.metadata.precision})")
+        info(f"Wrote {plot_path}")
+    if interrupted:
+        info("Interrupted: the results above are what was measured.")
+        sys.exit(130)
+    mismatched = [r for r in results if r.parity and not r.parity["passed"]]
+    if mismatched:
+        info(f"{len(mismatched)} shape(s) differ from PyTorch beyond the {session.metadata.precision} tolerance.")
+        sys.exit(1)

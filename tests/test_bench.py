@@ -1,0 +1,145 @@
+"""gap-bench: statistics, the timing loop, TensorRT timing parts, the CLI's output and errors."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from runtime.bench import BenchSettings, Stats, _loop, bench_session
+from runtime.cli.bench import main
+from tests.conftest import assert_clean_failure
+
+FAST = ["--warmup", "0", "--iterations", "5"]
+
+
+def test_stats_match_numpy():
+    values = list(np.random.default_rng(0).exponential(2.0, 1000))
+    s = Stats.of(values)
+    assert s.min == min(values) and s.max == max(values)
+    assert s.median == pytest.approx(np.median(values)) and s.p99 == pytest.approx(np.percentile(values, 99))
+    assert s.min <= s.median <= s.p90 <= s.p95 <= s.p99 <= s.max
+
+
+def test_loop_counts_iterations_and_honours_the_minimum():
+    calls = []
+    samples, _, interrupted = _loop(lambda: calls.append(1), BenchSettings(warmup_s=0, iterations=7))
+    assert len(samples) == 7 and not interrupted
+    samples, _, _ = _loop(lambda: None, BenchSettings(warmup_s=0, duration_s=0.0, min_iterations=10))
+    assert len(samples) == 10
+
+
+def test_ctrl_c_keeps_what_was_measured():
+    count = {"n": 0}
+
+    def step():
+        count["n"] += 1
+        if count["n"] > 6:
+            raise KeyboardInterrupt
+
+    samples, _, interrupted = _loop(step, BenchSettings(warmup_s=0, iterations=100))
+    assert interrupted and len(samples) == 5  # one call is the untimed warm-up
+
+
+def test_ort_session_bench(reference_onnx):
+    import runtime
+
+    with runtime.load(reference_onnx) as s:
+        result, output = bench_session(s, (2, 3, 32, 32), BenchSettings(warmup_s=0, iterations=8), cold_start_ms=12.0)
+    assert result.iterations == 8 and result.backend == "ort-cpu" and output.shape == (2, 10)
+    assert result.throughput_ips == pytest.approx(2 * 8 / (result.latency_ms.mean * 8 / 1e3), rel=1e-6)
+    assert result.cold_start_ms["session_create_ms"] == 12.0 and result.cold_start_ms["first_inference_ms"] > 0
+
+
+def test_tensorrt_timing_parts_with_spec_d_doubles(tmp_path):
+    from runtime.backends.cuda import Cuda
+    from runtime.backends.trt import TrtRunner
+    from runtime.session import Session
+    from tests.test_trt_runner import write_plan
+    from tests.trt_doubles import FakeDevice, make_engine, make_trt
+
+    device = FakeDevice()
+    engine, context = make_engine()
+    module, _ = make_trt(engine)
+    session = Session(TrtRunner(write_plan(tmp_path), trt=module, cuda=Cuda(device.rt)))
+    result, out = bench_session(session, (1, 3, 16, 16), BenchSettings(warmup_s=0, iterations=6, cuda_graph=True))
+    assert set(result.gpu_ms) == {"h2d", "compute", "d2h", "enqueue"}
+    assert result.gpu_ms["compute"].median == 0.25 and result.iterations == 6
+    assert any("transfer-bound" in w for w in result.warnings)  # 0.25 + 0.25 ms of copies > 0.25 ms compute
+    assert device.rt.cudaGraphLaunch.call_count >= 6 and device.rt.cudaStreamBeginCapture.call_count == 1
+
+
+def test_acceptance_command_writes_the_documented_json(tmp_path, reference_onnx, reference_ckpt):
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(main, [str(reference_onnx), "--shape", "1x3x224x224", "--shape", "4x3x97x131",
+                                       "--torch", str(reference_ckpt), "--json", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert "torch-cpu" in result.stdout and "ort-cpu" in result.stdout and "x  max abs" in result.stdout
+    data = json.loads(out.read_text())
+    assert {"artifact", "device", "versions", "results"} <= set(data)
+    assert data["versions"]["onnxruntime"] and data["versions"]["torch"]
+    rows = data["results"]
+    assert [(r["backend"], r["shape"]) for r in rows] == [
+        ("ort-cpu", [1, 3, 224, 224]), ("torch-cpu", [1, 3, 224, 224]),
+        ("ort-cpu", [4, 3, 97, 131]), ("torch-cpu", [4, 3, 97, 131])]
+    for r in rows:
+        assert set(r["latency_ms"]) == {"min", "mean", "median", "p90", "p95", "p99", "max"}
+        assert r["throughput_ips"] > 0 and r["iterations"] == 5
+    ort_rows = [r for r in rows if r["backend"] == "ort-cpu"]
+    assert all(r["parity"]["passed"] and r["parity"]["rel_err"] < 1e-4 for r in ort_rows)
+    assert all(r["speedup_vs_torch"] > 0 for r in ort_rows)
+    assert ort_rows[0]["cold_start_ms"]["session_create_ms"] > 0
+
+
+def test_default_shape_is_the_export_size(reference_onnx):
+    result = CliRunner().invoke(main, [str(reference_onnx), *FAST])
+    assert result.exit_code == 0, result.output
+    assert "1x3x64x64" in result.stdout  # the reference fixture was exported at 64x64
+
+
+def test_plot_is_a_png(tmp_path, reference_onnx):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "sweep.png"
+    result = CliRunner().invoke(main, [str(reference_onnx), "--shape", "1x3x16x16", "--shape", "1x3x48x48",
+                                       "--plot", str(png), *FAST])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interrupt_prints_partial_results_and_exits_130(tmp_path, reference_onnx, monkeypatch):
+    import runtime.bench as bench
+
+    real = bench._loop
+    calls = {"n": 0}
+
+    def second_shape_interrupted(step, settings):
+        calls["n"] += 1
+        samples, wall, _ = real(step, settings)
+        return samples[:2], wall, calls["n"] >= 2
+
+    monkeypatch.setattr(bench, "_loop", second_shape_interrupted)
+    out = tmp_path / "partial.json"
+    result = CliRunner().invoke(main, [str(reference_onnx), "--shape", "1x3x8x8", "--shape", "1x3x16x16",
+                                       "--shape", "1x3x32x32", "--json", str(out), *FAST])
+    assert result.exit_code == 130
+    data = json.loads(out.read_text())
+    assert data["interrupted"] and [r["shape"] for r in data["results"]] == [[1, 3, 8, 8], [1, 3, 16, 16]]
+    assert "Interrupted" in result.stderr
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--shape", "1x3x224"], 2, "not of the form BxCxHxW"),
+    (["--shape", "axbxcxd"], 2, "not of the form"),
+    (["--shape", "1x3x3x3"], 1, "below this model's minimum of 4x4"),
+    (["--shape", "1x1x32x32"], 1, "has 1 channels; this model takes 3"),
+    (["--shape", "0x3x32x32"], 2, "below 1"),
+])
+def test_bad_arguments(reference_onnx, args, code, message):
+    result = CliRunner().invoke(main, [str(reference_onnx), *args, *FAST])
+    assert_clean_failure(result, message, code=code)
+
+
+def test_missing_files(tmp_path, reference_onnx):
+    assert_clean_failure(CliRunner().invoke(main, [str(tmp_path / "nope.onnx")]), "does not exist")
+    result = CliRunner().invoke(main, [str(reference_onnx), "--torch", str(tmp_path / "nope.pt")])
+    assert_clean_failure(result, "checkpoint", "does not exist")
