@@ -13,6 +13,7 @@ import onnx
 import torch
 from torch import nn
 
+from exporter._quiet import quiet_loggers
 from exporter.checkpoint import LoadedModel
 from runtime.errors import ExportError
 from runtime.metadata import ModelMetadata
@@ -146,7 +147,7 @@ def _trace(module: nn.Module, example: torch.Tensor, dynamic: bool, min_side: in
                            3: Dim("width", min=min_side, max=16384)},)
     sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), quiet_loggers("torch.onnx"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

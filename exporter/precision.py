@@ -90,8 +90,25 @@ def load_calibration(source: str | Path, metadata: ModelMetadata, *, size: tuple
     return np.stack(batch).astype(np.float32)
 
 
-def to_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
-    """Explicit QuantizeLinear/DequantizeLinear, per-channel weights, symmetric int8 (what TensorRT takes)."""
+def float_ends(model: onnx.ModelProto) -> list[str]:
+    """The first convolution and the classifier: the layers INT8 hurts most, kept in float.
+
+    The first conv sees raw normalized pixels; the classifier maps the small differences between global
+    averages to logits. On the demo model, quantizing them drops top-1 agreement with FP32 from 100%
+    to about 70% (relative error 0.02 -> 0.28); every other layer costs little.
+    """
+    nodes = list(model.graph.node)
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    heads = [n for n in nodes if n.op_type in ("Gemm", "MatMul")] or convs[-1:]
+    names = [n.name for n in (convs[:1] + heads[-1:]) if n.name]
+    return list(dict.fromkeys(names))
+
+
+def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends: bool = True) -> onnx.ModelProto:
+    """Explicit QuantizeLinear/DequantizeLinear, per-channel weights, symmetric int8 (what TensorRT takes).
+
+    ``keep_float_ends`` leaves the first convolution and the classifier in float (see float_ends).
+    """
     from runtime._lazy import require
 
     quant = require("onnxruntime.quantization", purpose="for INT8 quantization")
@@ -108,12 +125,16 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory(prefix="gap-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
+        from exporter._quiet import quiet_loggers
+
         try:
-            quant.quantize_static(
-                str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
-                activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
-                calibrate_method=quant.CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+            with quiet_loggers(""):
+                quant.quantize_static(
+                    str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
+                    activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
+                    calibrate_method=quant.CalibrationMethod.MinMax,
+                    nodes_to_exclude=float_ends(model) if keep_float_ends else [],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
         except Exception as exc:
             raise ExportError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from None
         quantized = onnx.load(str(dst))
@@ -121,7 +142,8 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
 
 
 def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape], *,
-                 calibration: np.ndarray | None = None, tolerance: Tolerance | None = None) -> VariantResult:
+                 calibration: np.ndarray | None = None, tolerance: Tolerance | None = None,
+                 keep_float_ends: bool = True) -> VariantResult:
     """Convert and verify against the FP32 model with ONNX Runtime (CPU)."""
     from runtime.parity import ort_cpu_infer
 
@@ -131,7 +153,7 @@ def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape],
         if calibration is None or len(calibration) == 0:
             raise ExportError("INT8 needs calibration data.",
                               hint="pass --calib DIR (image files) or --calib FILE.npy.")
-        variant = to_int8(fp32, calibration)
+        variant = to_int8(fp32, calibration, keep_float_ends=keep_float_ends)
     else:
         variant = to_fp16(fp32)
     reference, candidate = ort_cpu_infer(fp32), ort_cpu_infer(variant)

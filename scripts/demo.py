@@ -1,7 +1,9 @@
-"""`make demo`: the whole pipeline on the CPU, through the same commands a user types.
+"""`make demo`: the whole pipeline on the CPU, through the commands a user types.
 
-Each step runs a gap-* command (or a script) as a subprocess and shows its real output; the final
-summary collects the figures from the JSON files the commands wrote.
+train (skipped when demo/gapcnn.pt exists) -> gap-export --dynamic, verified -> gap-run on images of
+different sizes -> gap-bench against PyTorch at two shapes -> FP16 and INT8 variants -> accuracy per
+resolution for each precision -> a summary. Each step's real output is shown; the summary is read from
+the JSON files the commands wrote. TensorRT steps need a GPU: see scripts/gpu_check.sh.
 """
 
 from __future__ import annotations
@@ -18,44 +20,70 @@ DEMO = ROOT / "demo"
 BIN = Path(sys.executable).parent
 
 
-def step(title: str, *cmd: str) -> float:
-    print(f"\n=== {title}\n$ {' '.join(cmd)}", flush=True)
-    started = time.perf_counter()
+def step(title: str, *cmd: str, check: bool = True) -> int:
+    shown = " ".join(str(c).replace(str(ROOT) + "/", "") for c in cmd)
+    print(f"\n=== {title}\n$ {shown}", flush=True)
     exe = shutil.which(cmd[0], path=str(BIN)) or cmd[0]
-    completed = subprocess.run([exe, *cmd[1:]], cwd=ROOT)
-    if completed.returncode != 0:
-        sys.exit(f"demo step failed: {title} (exit {completed.returncode})")
-    return time.perf_counter() - started
-
-
-def make_checkpoint(path: Path) -> None:
-    import torch
-
-    from exporter.model import GapCNN
-
-    torch.manual_seed(0)
-    torch.save(GapCNN(num_classes=10).state_dict(), path)
+    code = subprocess.run([exe, *map(str, cmd[1:])], cwd=ROOT).returncode
+    if check and code != 0:
+        sys.exit(f"demo step failed: {title} (exit {code})")
+    return code
 
 
 def main() -> None:
     started = time.perf_counter()
     DEMO.mkdir(exist_ok=True)
-    ckpt = DEMO / "gapcnn.pt"
-    if not ckpt.exists():
-        make_checkpoint(ckpt)
-        print(f"Created the demo checkpoint {ckpt.relative_to(ROOT)}")
-    onnx_path = DEMO / "gapcnn.onnx"
+    ckpt, onnx_path = DEMO / "gapcnn.pt", DEMO / "gapcnn.onnx"
+    if ckpt.exists():
+        print(f"=== Training skipped: {ckpt.relative_to(ROOT)} exists (delete it to retrain)")
+    else:
+        step("Train the reference GAP CNN on procedural shapes and textures (about a minute)",
+             sys.executable, "scripts/train_demo.py", "--out", DEMO)
     step("Export with dynamic batch/height/width, verified against PyTorch",
-         "gap-export", str(ckpt), "--dynamic", "-o", str(onnx_path), "--report", str(DEMO / "export.json"))
+         "gap-export", ckpt, "--dynamic", "--imgsz", "64", "--class-names", DEMO / "classes.txt",
+         "-o", onnx_path, "--report", DEMO / "export.json")
+    step("Classify images of different sizes, without PyTorch", "gap-run", onnx_path, DEMO / "samples", "--topk", "2")
+    step("Benchmark ONNX Runtime against PyTorch eager on the same inputs",
+         "gap-bench", onnx_path, "--shape", "1x3x64x64", "--shape", "1x3x224x224", "--torch", ckpt,
+         "--duration", "1.5", "--json", DEMO / "bench.json")
+    step("FP16 variant, verified against the FP32 ONNX", "gap-export", ckpt, "--dynamic", "--imgsz", "64",
+         "--class-names", DEMO / "classes.txt", "-o", onnx_path, "--precision", "fp16",
+         "--report", DEMO / "export_fp16.json")
+    step("INT8 (QDQ) variant, calibrated on 128 images, top-1 agreement checked",
+         "gap-export", ckpt, "--dynamic", "--imgsz", "64", "--class-names", DEMO / "classes.txt", "-o", onnx_path,
+         "--precision", "int8", "--calib", DEMO / "calib", "--min-top1", "0.9", "--report", DEMO / "export_int8.json")
+    step("Accuracy across resolutions on held-out images, per precision",
+         sys.executable, "scripts/eval_resolution.py", "--model", f"fp32={onnx_path}",
+         "--model", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", "--model", f"int8={DEMO / 'gapcnn.int8.onnx'}",
+         "--json", DEMO / "accuracy.json", "--plot", DEMO / "accuracy.png")
+    summary(time.perf_counter() - started)
 
-    export = json.loads((DEMO / "export.json").read_text())
+
+def summary(seconds: float) -> None:
+    load = lambda name: json.loads((DEMO / name).read_text())  # noqa: E731
+    export, bench, acc = load("export.json"), load("bench.json"), load("accuracy.json")
+    fp16, int8 = load("export_fp16.json")["precision_variant"], load("export_int8.json")["precision_variant"]
     parity = export["parity"]
-    worst = max(row["rel_err"] for row in parity["shapes"])
     print("\n=== Summary")
-    print(f"ONNX: {onnx_path.relative_to(ROOT)} dims {export['input_dims']} -> {export['output_dims']}")
+    print(f"ONNX {export['output'].replace(str(ROOT) + '/', '')}: input {export['input_dims']}, "
+          f"minimum {export['metadata']['gap.min_height']}x{export['metadata']['gap.min_width']}")
     print(f"Parity with PyTorch: {'pass' if parity['passed'] else 'FAIL'} at {len(parity['shapes'])} shapes, "
-          f"worst relative error {worst:.2e}")
-    print(f"Demo finished in {time.perf_counter() - started:.0f} s.")
+          f"worst relative error {max(r['rel_err'] for r in parity['shapes']):.1e}")
+    for row in (r for r in bench["results"] if r.get("speedup_vs_torch")):
+        print(f"Speed at {'x'.join(map(str, row['shape']))}: ONNX Runtime {row['latency_ms']['median']:.2f} ms "
+              f"median, {row['speedup_vs_torch']:.1f}x PyTorch eager")
+    print(f"FP16 vs FP32: worst relative error {max(r['rel_err'] for r in fp16['sweep']['shapes']):.1e}")
+    real = int8["real_data"]["shapes"][0]
+    print(f"INT8 vs FP32 on 128 calibration images: top-1 agreement {real['top1_agreement']:.1%}, "
+          f"relative error {real['rel_err']:.2f}")
+    sizes = acc["sizes"]
+    print("Accuracy by input size: " + "  ".join(f"{s}px" for s in sizes))
+    for name, row in acc["accuracy"].items():
+        print(f"  {name:>5}: " + "  ".join(f"{row[str(s)] if str(s) in row else row[s]:.0%}".rjust(len(str(s)) + 2)
+                                          for s in sizes))
+    best = max(sizes, key=lambda s: acc["accuracy"]["fp32"][str(s)])
+    print(f"Best at {best}px (training used 32-96 px); see demo/accuracy.png and the README on why it falls off.")
+    print(f"Demo finished in {seconds:.0f} s.")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,24 @@ def test_int8_is_qdq_per_channel_and_symmetric(fp32, calibration):
     assert metadata_of(result.model).precision == "int8"
 
 
+def test_int8_keeps_the_first_conv_and_the_classifier_in_float(fp32, calibration):
+    from exporter.precision import float_ends
+
+    ends = float_ends(fp32)
+    assert [n.op_type for n in fp32.graph.node if n.name in ends] == ["Conv", "Gemm"]
+
+    def quantized_weight_inputs(model):
+        dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+        return {n.op_type + str(i) for i, n in enumerate(n for n in model.graph.node if n.op_type in ("Conv", "Gemm"))
+                if len(n.input) > 1 and n.input[1] in dq_outputs}
+
+    kept = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0))
+    everything = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, keep_float_ends=False,
+                              tolerance=Tolerance(np.inf, np.inf, 0))
+    assert quantized_weight_inputs(kept.model) == {"Conv1"}  # only the middle conv has int8 weights
+    assert quantized_weight_inputs(everything.model) == {"Conv0", "Conv1", "Gemm2"}
+
+
 def test_int8_threshold_fails_when_agreement_drops(fp32, calibration):
     strict = Tolerance(atol=np.inf, rtol=np.inf, min_top1=1.01)  # unreachable: must fail
     assert not make_variant(fp32, "int8", SHAPES[:2], calibration=calibration, tolerance=strict).passed

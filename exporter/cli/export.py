@@ -75,13 +75,17 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
               help="INT8 calibration data: a folder of images (resized to --imgsz) or an .npy NCHW array.")
 @click.option("--min-top1", type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this.")
+@click.option("--int8-all-layers", is_flag=True,
+              help="INT8: quantize the first convolution and the classifier too (by default they stay in float: "
+                   "they lose the most accuracy for the least speed).")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT engine (needs TensorRT and a GPU; see gap-build).")
 @engine_options
 @click.option("--summary", is_flag=True,
               help="Print the layer table (output shape and parameters per layer at --imgsz) and exit.")
 @report_errors
 def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
-         opset, simplify, verify, verify_shapes, atol, rtol, report, precision, calib, min_top1, engine,
+         opset, simplify, verify, verify_shapes, atol, rtol, report, precision, calib, min_top1, int8_all_layers,
+         engine,
          min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat,
          summary):
     """Export the GAP CNN in MODEL (a state_dict .pt/.pth, a checkpoint dict or .safetensors) to ONNX.
@@ -152,7 +156,7 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
                f"{', simplified' if exp.simplified else ''} ({exp.seconds:.1f} s).")
     variant_report = None
     if precision != "fp32" and not engine:
-        variant_report = _write_variant(result, precision, calib, size, min_top1)
+        variant_report = _write_variant(result, precision, calib, size, min_top1, not int8_all_layers)
     if engine:
         suffix = "" if precision == "fp32" else f".{precision}"
         run_build(result.path, result.path.with_name(f"{result.path.stem}{suffix}.plan"),
@@ -170,7 +174,7 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
         info(f"Wrote {report}")
 
 
-def _write_variant(result, precision: str, calib, size, min_top1: float) -> dict:
+def _write_variant(result, precision: str, calib, size, min_top1: float, keep_float_ends: bool = True) -> dict:
     from exporter.precision import load_calibration, make_variant, variant_path
     from runtime.errors import ExportError
     from runtime.files import write_bytes_atomic
@@ -181,7 +185,8 @@ def _write_variant(result, precision: str, calib, size, min_top1: float) -> dict
     data = load_calibration(calib, meta, size=size) if precision == "int8" else None
     tolerance = FP16 if precision == "fp16" else Tolerance(INT8.atol, INT8.rtol, min_top1)
     info(f"Converting to {precision} and verifying against the FP32 ONNX ...")
-    variant = make_variant(result.export.model, precision, shapes, calibration=data, tolerance=tolerance)
+    variant = make_variant(result.export.model, precision, shapes, calibration=data, tolerance=tolerance,
+                           keep_float_ends=keep_float_ends)
     for rep in (variant.real_data, variant.sweep):
         if rep is not None:
             click.echo(rep.format_table())

@@ -1,0 +1,76 @@
+"""The demo's scripts: the procedural dataset, training, evaluation and the overhead benchmark."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import demo_data  # noqa: E402
+
+
+@pytest.mark.parametrize("label", range(len(demo_data.CLASSES)))
+def test_every_class_draws_at_any_size(label):
+    rng = np.random.default_rng(label)
+    for h, w in [(16, 16), (37, 53), (96, 64)]:
+        image = demo_data.make_image(label, h, w, rng)
+        assert image.shape == (3, h, w) and image.dtype == np.float32
+        assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.05  # something is drawn
+
+
+def test_dataset_is_deterministic_and_classes_differ():
+    a, la = demo_data.make_batch(20, 32, 32, np.random.default_rng(3))
+    b, lb = demo_data.make_batch(20, 32, 32, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+    masks = [demo_data._mask(k, 48, 48, np.random.default_rng(0)) for k in range(10)]
+    assert len({m.tobytes() for m in masks}) == 10
+
+
+def test_training_writes_a_loadable_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    import train_demo
+
+    from exporter.checkpoint import load_model
+
+    assert train_demo.main(["--out", str(tmp_path), "--steps", "3", "--batch", "4"]) == 0
+    loaded = load_model(tmp_path / "gapcnn.pt")
+    assert loaded.arch == "GapCNN" and loaded.module.fcn.out_features == 10
+    assert (tmp_path / "classes.txt").read_text().split() == list(demo_data.CLASSES)
+    assert len(list((tmp_path / "calib").glob("*.png"))) == 128
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 5
+
+
+def test_augmentation_crops_and_flips():
+    import train_demo
+
+    images = np.arange(2 * 3 * 12 * 12, dtype=np.float32).reshape(2, 3, 12, 12)
+    out = train_demo.augment(images, np.random.default_rng(0), 8, 8)
+    assert out.shape == (2, 3, 8, 8)
+    for src, crop in zip(images, out):
+        windows = [src[:, y:y + 8, x:x + 8] for y in range(5) for x in range(5)]
+        assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, :, ::-1]) for w in windows)
+
+
+def test_eval_resolution_reports_accuracy_per_size(tmp_path, reference_onnx):
+    import eval_resolution
+
+    out = tmp_path / "acc.json"
+    assert eval_resolution.main(["--model", f"a={reference_onnx}", "--model", f"b={reference_onnx}",
+                                 "--sizes", "16,40", "--per-size", "30", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["sizes"] == [16, 40] and set(data["accuracy"]) == {"a", "b"}
+    assert data["accuracy"]["a"] == data["accuracy"]["b"]  # same images, same model
+    assert all(0 <= v <= 1 for v in data["accuracy"]["a"].values())
+
+
+def test_overhead_script_compares_like_with_like(reference_onnx, capsys):
+    import bench_overhead
+
+    bench_overhead.main([str(reference_onnx), "--shape", "1x3x32x32", "--rounds", "20"])
+    printed = capsys.readouterr().out
+    assert "overhead ratio (Session / bare):" in printed and "input checks alone:" in printed
