@@ -278,7 +278,7 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, precision
                          config: BuildConfig = BuildConfig(), verify: bool = True, trt=None, cuda=None,
                          log: Callable[[str], None] = lambda _: None) -> PipelineResult:
     """gap-build's pipeline: [precision variant, verified on CPU] -> engine -> [engine vs ONNX Runtime]."""
-    from runtime.parity import TOLERANCES, compare
+    from runtime.parity import compare, tolerance_for
 
     onnx_path = Path(onnx_path)
     check_output_path(output)
@@ -329,7 +329,7 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, precision
             profiles = config.profiles or (default_profile(read_onnx_input(source)),)
             built = runner.manifest.precision
             report = compare(ort_cpu_infer(str(source)), runner.infer, profile_shapes(profiles),
-                             TOLERANCES.get(built, TOLERANCES["fp16"]), reference_name="ONNX Runtime CPU",
+                             tolerance_for(built, "trt"), reference_name="ONNX Runtime CPU",
                              candidate_name=f"TensorRT ({built})")
         finally:
             runner.close()

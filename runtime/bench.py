@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from runtime.parity import TOLERANCES, compare_outputs, random_input
+from runtime.parity import compare_outputs, random_input, tolerance_for
 from runtime.shapes import Shape, format_shape
 
 CV_WARN = 0.025  # trtexec warns when GPU compute time varies by more than 2.5%
@@ -170,7 +170,7 @@ def bench_reference(name: str, infer: Callable[[np.ndarray], np.ndarray], shape:
 
 
 def attach_parity(result: BenchResult, output: np.ndarray, reference: np.ndarray, precision: str) -> None:
-    row = compare_outputs(reference, output, TOLERANCES.get(precision, TOLERANCES["fp32"]), result.shape)
+    row = compare_outputs(reference, output, tolerance_for(precision, result.backend), result.shape)
     result.parity = {"reference": "PyTorch", "precision": precision, "max_abs_err": row.max_abs_err,
                      "rel_err": row.rel_err, "top1_agreement": row.top1_agreement, "passed": row.passed}
 

@@ -143,3 +143,15 @@ def test_missing_files(tmp_path, reference_onnx):
     assert_clean_failure(CliRunner().invoke(main, [str(tmp_path / "nope.onnx")]), "does not exist")
     result = CliRunner().invoke(main, [str(reference_onnx), "--torch", str(tmp_path / "nope.pt")])
     assert_clean_failure(result, "checkpoint", "does not exist")
+
+
+def test_gpu_backends_are_judged_with_gpu_tolerances():
+    from runtime.bench import BenchResult, Stats, attach_parity
+
+    stats = Stats.of([1.0])
+    ref = np.array([[1.0, 2.0, 3.0]], np.float32)
+    tf32_like = ref * (1 + 1e-3)  # what TF32 convolutions do to an FP32 engine
+    for backend, expected in (("ort-cpu", False), ("trt", True)):
+        result = BenchResult(backend, (1, 3, 8, 8), stats, 1.0, 1, 1.0, 0.0)
+        attach_parity(result, tf32_like, ref, "fp32")
+        assert result.parity["passed"] is expected
