@@ -16,7 +16,7 @@ from torch import nn
 from exporter._quiet import quiet_loggers
 from exporter.checkpoint import LoadedModel
 from runtime.errors import ExportError
-from runtime.metadata import ModelMetadata
+from runtime.metadata import ModelMetadata, default_normalization
 from runtime.onnx_file import set_metadata
 from runtime.version import __version__
 
@@ -94,18 +94,15 @@ def export_model(
         raise ExportError(f"--imgsz {height}x{width} is below this model's minimum input size "
                           f"{min_side}x{min_side}.", hint=f"use --imgsz {max(min_side, 32)} or larger.")
     num_classes = num_classes_of(module, channels, min_side)
-    for name, values in (("class names", class_names), ):
-        if values is not None and len(values) != num_classes:
-            raise ExportError(f"{len(values)} {name} given but the model has {num_classes} classes.",
-                              hint="give one name per class, in class-index order.")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ExportError(f"{len(class_names)} class names given but the model has {num_classes} classes.",
+                          hint="give one name per class, in class-index order.")
     for name, values in (("mean", mean), ("std", std)):
         if values is not None and len(values) not in (1, channels):
             raise ExportError(f"--{name} has {len(values)} values; the model has {channels} input channels.",
                               hint=f"give 1 or {channels} comma-separated values.")
     if std is not None and any(v <= 0 for v in std):
         raise ExportError("--std values must be > 0.")
-    from runtime.metadata import default_normalization
-
     default_mean, default_std = default_normalization(channels)
     meta = ModelMetadata(
         arch=loaded.arch, in_channels=channels, num_classes=num_classes, class_names=class_names,
