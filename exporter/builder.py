@@ -149,6 +149,23 @@ def import_builder():
     return trt
 
 
+def build_device(cuda=None):
+    """(cuda, device 0), or BackendUnavailableError: TensorRT builds engines on the GPU they target."""
+    if cuda is None:
+        from runtime.backends.cuda import Cuda
+
+        cuda = Cuda()
+    try:
+        device = cuda.device(0) if cuda.device_count() > 0 else None
+    except Exception as exc:  # no driver, no cuda-python: CudaError / MissingDependencyError
+        raise BackendUnavailableError(f"no usable CUDA device for building: {str(exc).splitlines()[0]}",
+                                      hint=GPU_HINT) from None
+    if device is None:
+        raise BackendUnavailableError("no CUDA device found; TensorRT builds engines on the GPU they target.",
+                                      hint=GPU_HINT)
+    return cuda, device
+
+
 def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig = BuildConfig(), *, trt=None,
                  cuda=None, verify: Callable[[Path], None] | None = None,
                  log: Callable[[str], None] = lambda _: None) -> BuildResult:
@@ -164,18 +181,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
     if config.hardware_compat not in HARDWARE_COMPAT:
         raise BuildError(f"--hardware-compat {config.hardware_compat!r}; choose one of {', '.join(HARDWARE_COMPAT)}.")
     trt = trt if trt is not None else import_builder()
-    if cuda is None:
-        from runtime.backends.cuda import Cuda
-
-        cuda = Cuda()
-    try:
-        device = cuda.device(0) if cuda.device_count() > 0 else None
-    except Exception as exc:
-        raise BackendUnavailableError(f"no usable CUDA device for building: {str(exc).splitlines()[0]}",
-                                      hint=GPU_HINT) from None
-    if device is None:
-        raise BackendUnavailableError("no CUDA device found; TensorRT builds engines on the GPU they target.",
-                                      hint=GPU_HINT)
+    cuda, device = build_device(cuda)
 
     started = time.perf_counter()
     major = int(str(trt.__version__).split(".")[0])
@@ -285,17 +291,7 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, precision
     info = read_onnx_input(onnx_path)
     # Fail for a missing TensorRT or GPU before anything is written.
     trt = trt if trt is not None else import_builder()
-    if cuda is None:
-        from runtime.backends.cuda import Cuda
-
-        cuda = Cuda()
-    try:
-        if cuda.device_count() < 1:
-            raise BackendUnavailableError("no CUDA device found.", hint=GPU_HINT)
-    except BackendUnavailableError:
-        raise
-    except Exception as exc:
-        raise BackendUnavailableError(f"no usable CUDA device: {str(exc).splitlines()[0]}", hint=GPU_HINT) from None
+    cuda, _ = build_device(cuda)
 
     source, variant = onnx_path, None
     have = info.metadata.precision

@@ -234,3 +234,16 @@ def test_manifest_json_is_readable(tmp_path, reference_onnx, cuda):
     data = json.loads((tmp_path / "m.plan.json").read_text())
     assert {"tensorrt_version", "gpu_name", "compute_capability", "profiles", "precision", "plan_sha256",
             "onnx_sha256", "version_compatible", "hardware_compatibility", "metadata"} <= set(data)
+
+
+def test_no_gpu_is_a_clear_error_before_anything_is_written(tmp_path, reference_onnx):
+    from runtime.errors import BackendUnavailableError
+
+    device = FakeDevice()
+    device.rt.cudaGetDeviceCount.side_effect = lambda: (device.rt.cudaError_t.cudaErrorNoDevice, None)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(reference_onnx.read_bytes())
+    with pytest.raises(BackendUnavailableError, match=r"no usable CUDA device(.|\n)*gap-deploy\[gpu\]"):
+        build_with_precision(src, tmp_path / "m.plan", precision="fp16", trt=FakeBuild().module,
+                             cuda=Cuda(device.rt))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no FP16 variant, no plan
