@@ -229,11 +229,6 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
                           hint="export without --simplify.") from None
 
 
-def default_output(model_path: Path, precision: str = "fp32") -> Path:
-    suffix = ".onnx" if precision == "fp32" else f".{precision}.onnx"
-    return model_path.with_name(model_path.stem + suffix)
-
-
 @dataclass(frozen=True)
 class ExportResult:
     path: Path

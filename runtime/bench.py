@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -234,7 +233,3 @@ def format_table(results: Sequence[BenchResult]) -> str:
             lines.append(f"{'':>10} cold start: session {c['session_create_ms']:.1f} ms, first inference "
                          f"{c['first_inference_ms']:.1f} ms")
     return "\n".join(lines)
-
-
-def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
-    return statistics.median(a) / statistics.median(b)
