@@ -134,7 +134,9 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
                     activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
                     calibrate_method=quant.CalibrationMethod.MinMax,
                     nodes_to_exclude=float_ends(model) if keep_float_ends else [],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   # TensorRT dequantizes INT8 only: an INT32 bias DQ does not build.
+                                   "QuantizeBias": False})
         except Exception as exc:
             raise ExportError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from None
         quantized = onnx.load(str(dst))
