@@ -19,10 +19,12 @@ from pathlib import Path
 
 import onnx
 
-from runtime.errors import BackendUnavailableError, BuildError, MissingDependencyError
+from exporter.precision import VariantOptions, VariantResult
+from runtime.errors import BackendUnavailableError, BuildError, GapError, MissingDependencyError, UsageError, first_line
 from runtime.files import check_output_path, sha256_bytes, sha256_file, write_bytes_atomic
-from runtime.manifest import HARDWARE_COMPAT, EngineManifest, manifest_path
+from runtime.manifest import EngineManifest, manifest_path
 from runtime.metadata import ModelMetadata
+from runtime.parity import ParityReport
 from runtime.shapes import Shape, format_shape
 
 DEFAULT_OPT_SIDE = 224
@@ -56,6 +58,8 @@ class BuildResult:
     manifest: EngineManifest
     seconds: float
     layer_precisions: dict[str, int] = field(default_factory=dict)
+    #: the engine against ONNX Runtime (CPU), when the build was verified
+    parity: ParityReport | None = None
 
 
 @dataclass(frozen=True)
@@ -111,32 +115,59 @@ def check_profiles(info: OnnxInput, profiles: Sequence[Profile], path: Path) -> 
                              f"{meta.min_height}x{meta.min_width}.")
 
 
+#: TensorRT versions this builder is written and tested for (README: "Supported TensorRT versions").
+SUPPORTED_TENSORRT = ">= 10.0, < 12"
+#: gap-build's --hardware-compat choices -> TensorRT's HardwareCompatibilityLevel member, and the first
+#: TensorRT version that has it.
+HARDWARE_LEVELS = {"none": ("NONE", (10, 0)), "ampere+": ("AMPERE_PLUS", (10, 0)),
+                   "same-cc": ("SAME_COMPUTE_CAPABILITY", (10, 9))}
+#: Engine inspector data type names (11.x "DataType" key) and the words of the 10.x "Format/Datatype" text
+_DATATYPES = {"int8": "int8", "half": "fp16", "fp16": "fp16", "float16": "fp16", "float": "fp32", "fp32": "fp32",
+              "float32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "fp8": "fp8", "int4": "int4", "fp4": "fp4"}
+
+
+def _datatype_of(tensor: dict) -> str | None:
+    """The precision of one layer output, from either inspector schema; None for non-float bookkeeping."""
+    if "DataType" in tensor:  # TensorRT 11.x: its own key, e.g. "Half"
+        return _DATATYPES.get(str(tensor["DataType"]).strip().lower())
+    text = str(tensor.get("Format/Datatype", "")).lower()  # TensorRT 10.x: "Row major linear FP16 format"
+    for word in re.findall(r"[a-z0-9]+", text):
+        if word in _DATATYPES:
+            return _DATATYPES[word]
+    return None
+
+
 def layer_precisions(inspector_json: str) -> dict[str, int]:
-    """Count layer outputs per data type in the engine inspector's JSON (needs DETAILED verbosity)."""
+    """Count layer outputs per data type in the engine inspector's JSON (needs DETAILED verbosity).
+
+    Reads the 10.x schema (``Format/Datatype`` text) and the 11.x one (separate ``Format`` and
+    ``DataType`` keys). Returns {} when the JSON holds no layer details.
+    """
     counts: Counter[str] = Counter()
     try:
         layers = json.loads(inspector_json).get("Layers", [])
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         return {}
     for layer in layers:
         if not isinstance(layer, dict):
             continue
         for tensor in layer.get("Outputs", []):
-            text = str(tensor.get("Format/Datatype", "")).lower()
-            if re.search(r"int8", text):
-                counts["int8"] += 1
-            elif re.search(r"half|fp16|float16", text):
-                counts["fp16"] += 1
-            elif re.search(r"float|fp32", text):
-                counts["fp32"] += 1
+            kind = _datatype_of(tensor) if isinstance(tensor, dict) else None
+            if kind:
+                counts[kind] += 1
     return dict(counts)
 
 
 def summarize_precision(counts: dict[str, int]) -> str:
-    for name in ("int8", "fp16", "fp32"):
+    """The lowest precision any layer runs in; an engine whose layers cannot be read is an error."""
+    for name in ("int4", "fp4", "fp8", "int8", "fp16", "bf16", "fp32"):
         if counts.get(name):
             return name
-    return "unknown"
+    raise BuildError("could not read the engine's layer precisions from TensorRT's engine inspector, so the "
+                     "precision really built is unknown; the engine was not written.",
+                     note="the inspector JSON held no layer data types (profiling verbosity DETAILED is set by "
+                          "gap-build; an unknown inspector schema also ends here).",
+                     hint=f"use a supported TensorRT ({SUPPORTED_TENSORRT}) and report the TensorRT version.")
 
 
 def import_builder():
@@ -149,6 +180,24 @@ def import_builder():
     return trt
 
 
+def tensorrt_version(trt) -> tuple[int, int]:
+    parts = [int(p) for p in re.findall(r"\d+", str(trt.__version__))[:2]] + [0, 0]
+    return parts[0], parts[1]
+
+
+def hardware_level(trt, choice: str):
+    """The HardwareCompatibilityLevel for ``choice``, looked up alone (10.0-10.8 lack SAME_COMPUTE_CAPABILITY)."""
+    if choice not in HARDWARE_LEVELS:
+        raise UsageError(f"hardware_compat {choice!r}; choose one of {', '.join(HARDWARE_LEVELS)}.")
+    member, since = HARDWARE_LEVELS[choice]
+    level = getattr(trt.HardwareCompatibilityLevel, member, None)
+    if level is None:
+        raise BuildError(f"hardware compatibility {choice!r} needs TensorRT {since[0]}.{since[1]} or newer; this "
+                         f"is TensorRT {trt.__version__}.",
+                         hint="upgrade TensorRT, or choose another hardware compatibility (ampere+ or none).")
+    return level
+
+
 def build_device(cuda=None):
     """(cuda, device 0), or BackendUnavailableError: TensorRT builds engines on the GPU they target."""
     if cuda is None:
@@ -157,8 +206,8 @@ def build_device(cuda=None):
         cuda = Cuda()
     try:
         device = cuda.device(0) if cuda.device_count() > 0 else None
-    except Exception as exc:  # no driver, no cuda-python: CudaError / MissingDependencyError
-        raise BackendUnavailableError(f"no usable CUDA device for building: {str(exc).splitlines()[0]}",
+    except GapError as exc:  # no driver, no cuda-python: CudaError / MissingDependencyError
+        raise BackendUnavailableError(f"no usable CUDA device for building: {first_line(exc)}",
                                       hint=GPU_HINT) from None
     if device is None:
         raise BackendUnavailableError("no CUDA device found; TensorRT builds engines on the GPU they target.",
@@ -166,32 +215,28 @@ def build_device(cuda=None):
     return cuda, device
 
 
-def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig = BuildConfig(), *, trt=None,
-                 cuda=None, verify: Callable[[Path], None] | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> BuildResult:
-    """Build ``onnx_path`` into ``output`` (+ ``output.json`` manifest), atomically.
+# The build as composable steps (as Polygraphy composes its loaders): each can be called and tested alone.
 
-    ``verify(temp_plan)`` runs on the finished plan before it is moved into place; if it raises,
-    neither the plan nor the manifest is written.
-    """
-    onnx_path, output = Path(onnx_path), check_output_path(output)
-    info = read_onnx_input(onnx_path)
-    profiles = tuple(config.profiles) or (default_profile(info),)
-    check_profiles(info, profiles, onnx_path)
-    if config.hardware_compat not in HARDWARE_COMPAT:
-        raise BuildError(f"--hardware-compat {config.hardware_compat!r}; choose one of {', '.join(HARDWARE_COMPAT)}.")
-    trt = trt if trt is not None else import_builder()
-    cuda, device = build_device(cuda)
+@dataclass
+class ParsedNetwork:
+    trt: object
+    logger: object
+    builder: object
+    network: object
+    parser: object  # kept alive: the network refers to the parser's weights
 
-    started = time.perf_counter()
-    major = int(str(trt.__version__).split(".")[0])
+
+def parse_network(trt, onnx_path: Path) -> ParsedNetwork:
+    """Step 1: TensorRT's ONNX parser, strongly typed (a flag on 10.x, always on 11.x)."""
+    major, _ = tensorrt_version(trt)
+    if major < 10:
+        raise BuildError(f"TensorRT {trt.__version__} is not supported; gap-build needs TensorRT "
+                         f"{SUPPORTED_TENSORRT}.", hint="pip install 'tensorrt>=11'.")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    # TensorRT 11 is always strongly typed and removed EXPLICIT_BATCH; on 10 strong typing is opt-in.
     flags = 0 if major >= 11 else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    log(f"Parsing {onnx_path} (TensorRT {trt.__version__}, {device.name}) ...")
     if not parser.parse_from_file(str(onnx_path)):
         errors = []
         for i in range(parser.num_errors):
@@ -201,65 +246,125 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
                          + "\n  ".join(errors or ["(no details)"]),
                          hint="check the opset (gap-export --opset) and that every op is supported by this "
                               "TensorRT version.")
+    return ParsedNetwork(trt, logger, builder, network, parser)
 
+
+def create_config(parsed: ParsedNetwork, input_name: str, profiles: Sequence[Profile], config: BuildConfig,
+                  log: Callable[[str], None] = lambda _: None):
+    """Step 2: workspace, profiles, timing cache, compatibility flags."""
+    trt, builder = parsed.trt, parsed.builder
+    level = hardware_level(trt, config.hardware_compat)  # before any work: a clear error on an old TensorRT
     cfg = builder.create_builder_config()
     cfg.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gib * (1 << 30)))
     cfg.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # so the inspector reports layer precisions
     for profile in profiles:
         p = builder.create_optimization_profile()
-        p.set_shape(info.name, profile.min, profile.opt, profile.max)
+        p.set_shape(input_name, profile.min, profile.opt, profile.max)
         cfg.add_optimization_profile(p)
     cache_bytes = b""
     if config.timing_cache and Path(config.timing_cache).is_file():
         cache_bytes = Path(config.timing_cache).read_bytes()
         log(f"Using timing cache {config.timing_cache} ({len(cache_bytes)} bytes)")
     cache = cfg.create_timing_cache(cache_bytes)
-    cfg.set_timing_cache(cache, ignore_mismatch=False)
+    if not cfg.set_timing_cache(cache, ignore_mismatch=False):
+        log(f"Note: TensorRT rejected the timing cache {config.timing_cache} (made for another GPU or TensorRT "
+            "version); starting a new one, which replaces it after the build.")
+        cfg.set_timing_cache(cfg.create_timing_cache(b""), ignore_mismatch=False)
     if config.version_compatible:
         cfg.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    levels = {"none": trt.HardwareCompatibilityLevel.NONE, "ampere+": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
-              "same-cc": trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY}
-    cfg.hardware_compatibility_level = levels[config.hardware_compat]
+    cfg.hardware_compatibility_level = level
+    return cfg
 
-    log(f"Building {len(profiles)} profile(s): {', '.join(map(str, profiles))} (this can take minutes) ...")
-    serialized = builder.build_serialized_network(network, cfg)
+
+def build_plan(parsed: ParsedNetwork, cfg, onnx_path: Path) -> bytes:
+    """Step 3: the serialized engine."""
+    serialized = parsed.builder.build_serialized_network(parsed.network, cfg)
     if serialized is None:
         raise BuildError(f"TensorRT failed to build an engine from {onnx_path}; its log above says why.",
                          hint="common causes: too little workspace (--workspace), or a profile too large for "
                               "GPU memory (--max).")
-    plan = bytes(serialized)
-    if config.timing_cache:
-        write_bytes_atomic(config.timing_cache, bytes(cfg.get_timing_cache().serialize()))
+    return bytes(serialized)
 
-    runtime = trt.Runtime(logger)
-    if config.version_compatible:
+
+def save_timing_cache(cfg, path: Path | None, log: Callable[[str], None] = lambda _: None) -> None:
+    if not path:
+        return
+    cache = cfg.get_timing_cache()
+    if cache is None:
+        log(f"Note: TensorRT returned no timing cache; {path} was left as it was.")
+        return
+    write_bytes_atomic(path, bytes(cache.serialize()))
+
+
+def inspect_precision(trt, plan: bytes, *, version_compatible: bool) -> tuple[str, dict[str, int]]:
+    """Step 4: the precision the engine really runs in, from the engine inspector."""
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if version_compatible:
         runtime.engine_host_code_allowed = True  # the plan was built just now, by this process
     engine = runtime.deserialize_cuda_engine(plan)
-    counts = {}
-    if engine is not None:
-        inspector = engine.create_engine_inspector()
-        counts = layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    meta = info.metadata
-    manifest = EngineManifest(
-        tensorrt_version=str(trt.__version__), gpu_name=device.name, compute_capability=device.compute_capability,
-        precision=summarize_precision(counts), plan_sha256=sha256_bytes(plan), onnx_sha256=sha256_file(onnx_path),
-        profiles=[{info.name: [list(profile.min), list(profile.opt), list(profile.max)]} for profile in profiles],
-        version_compatible=config.version_compatible, hardware_compatibility=config.hardware_compat,
-        metadata=meta.to_props(), builder="gap-deploy")
+    if engine is None:
+        raise BuildError("TensorRT could not deserialize the engine it has just built, so its precision cannot be "
+                         "checked; nothing was written.", hint="see the TensorRT log above.")
+    inspector = engine.create_engine_inspector()
+    counts = layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    return summarize_precision(counts), counts
 
+
+def write_engine(plan: bytes, manifest: EngineManifest, output: Path,
+                 verify: Callable[[Path], ParityReport] | None = None) -> ParityReport | None:
+    """Step 6: plan and manifest appear together, after ``verify(temp_plan)`` passed, or not at all."""
     temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    report = None
     try:
         write_bytes_atomic(temp, plan)
         manifest.write(temp)
         if verify is not None:
-            verify(temp)
+            report = verify(temp)
+            if not report.passed:
+                raise BuildError("the engine's outputs differ from ONNX Runtime's; the engine was not written.",
+                                 note=report.format_table())
         os.replace(manifest_path(temp), manifest_path(output))
         os.replace(temp, output)
     finally:
         for leftover in (temp, manifest_path(temp)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
-    return BuildResult(output, manifest, time.perf_counter() - started, counts)
+    return report
+
+
+def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig = BuildConfig(), *, trt=None,
+                 cuda=None, verify: Callable[[Path], ParityReport] | None = None,
+                 log: Callable[[str], None] = lambda _: None) -> BuildResult:
+    """Build ``onnx_path`` into ``output`` (+ ``output.json`` manifest), atomically.
+
+    ``verify(temp_plan)`` runs on the finished plan before it is moved into place and returns a parity
+    report; if it fails, neither the plan nor the manifest is written.
+    """
+    onnx_path, output = Path(onnx_path), check_output_path(output)
+    info = read_onnx_input(onnx_path)
+    profiles = tuple(config.profiles) or (default_profile(info),)
+    check_profiles(info, profiles, onnx_path)
+    if config.hardware_compat not in HARDWARE_LEVELS:
+        raise UsageError(f"hardware_compat {config.hardware_compat!r}; choose one of {', '.join(HARDWARE_LEVELS)}.")
+    trt = trt if trt is not None else import_builder()
+    cuda, device = build_device(cuda)
+
+    started = time.perf_counter()
+    log(f"Parsing {onnx_path} (TensorRT {trt.__version__}, {device.name}) ...")
+    parsed = parse_network(trt, onnx_path)
+    cfg = create_config(parsed, info.name, profiles, config, log)
+    log(f"Building {len(profiles)} profile(s): {', '.join(map(str, profiles))} (this can take minutes) ...")
+    plan = build_plan(parsed, cfg, onnx_path)
+    precision, counts = inspect_precision(trt, plan, version_compatible=config.version_compatible)
+    manifest = EngineManifest(
+        tensorrt_version=str(trt.__version__), gpu_name=device.name, compute_capability=device.compute_capability,
+        precision=precision, plan_sha256=sha256_bytes(plan), onnx_sha256=sha256_file(onnx_path),
+        profiles=[{info.name: [list(profile.min), list(profile.opt), list(profile.max)]} for profile in profiles],
+        version_compatible=config.version_compatible, hardware_compatibility=config.hardware_compat,
+        metadata=info.metadata.to_props(), builder="gap-deploy")
+    report = write_engine(plan, manifest, output, verify)
+    save_timing_cache(cfg, config.timing_cache, log)
+    return BuildResult(output, manifest, time.perf_counter() - started, counts, report)
 
 
 def profile_shapes(profiles: Sequence[Profile]) -> list[Shape]:
@@ -274,17 +379,59 @@ def profile_shapes(profiles: Sequence[Profile]) -> list[Shape]:
 @dataclass(frozen=True)
 class PipelineResult:
     build: BuildResult
-    engine_parity: object | None  # runtime.parity.ParityReport
-    variant: object | None  # exporter.precision.VariantResult
+    variant: VariantResult | None
     source: Path
 
+    @property
+    def engine_parity(self) -> ParityReport | None:
+        return self.build.parity
 
-def build_with_precision(onnx_path: str | Path, output: str | Path, *, precision: str | None = None,
-                         calib: str | Path | None = None, calib_size: tuple[int, int] = (224, 224),
+
+def verify_shapes_for(info: OnnxInput, size: tuple[int, int]) -> list[Shape]:
+    """The CPU sweep for a precision variant: the model's static dims where it has them, else the default sweep."""
+    from runtime.parity import default_verify_shapes
+
+    def fixed(axis: int) -> int | None:
+        dim = info.dims[axis]
+        return dim if isinstance(dim, int) and dim > 0 else None
+
+    channels = fixed(1) or info.metadata.in_channels or 3
+    if fixed(2) and fixed(3):
+        return [(fixed(0) or 1, channels, fixed(2), fixed(3))]
+    shapes = default_verify_shapes(channels, size, max(info.metadata.min_height, info.metadata.min_width),
+                                   dynamic=True)
+    return [(fixed(0) or s[0], *s[1:]) for s in shapes] if fixed(0) else shapes
+
+
+def engine_verifier(source: Path, profiles: Sequence[Profile], *, trt, cuda) -> Callable[[Path], ParityReport]:
+    """Step 5: run a finished plan at min/opt/max of every profile against ONNX Runtime (CPU) on ``source``."""
+
+    def verify(plan: Path) -> ParityReport:
+        from runtime.backends.trt import TrtRunner
+        from runtime.parity import compare, ort_cpu_infer, tolerance_for
+
+        runner = TrtRunner(plan, trt=trt, cuda=cuda)
+        try:
+            built = runner.manifest.precision
+            return compare(ort_cpu_infer(str(source)), runner.infer, profile_shapes(profiles),
+                           tolerance_for(built, "trt"), reference_name="ONNX Runtime CPU",
+                           candidate_name=f"TensorRT ({built})")
+        finally:
+            runner.close()
+
+    return verify
+
+
+def build_with_precision(onnx_path: str | Path, output: str | Path, *, variant: VariantOptions | None = None,
                          config: BuildConfig = BuildConfig(), verify: bool = True, trt=None, cuda=None,
                          log: Callable[[str], None] = lambda _: None) -> PipelineResult:
-    """gap-build's pipeline: [precision variant, verified on CPU] -> engine -> [engine vs ONNX Runtime]."""
-    from runtime.parity import compare, tolerance_for
+    """gap-build's pipeline: [precision variant, verified on CPU] -> engine -> [engine vs ONNX Runtime].
+
+    The variant goes through the same pipeline as gap-export's (exporter.precision.convert_verified), so
+    every option (``min_top1``, ``keep_float_ends``) applies here too. The variant ONNX is written only
+    once the engine built from it is in place.
+    """
+    from exporter.precision import convert_verified, variant_path
 
     onnx_path = Path(onnx_path)
     check_output_path(output)
@@ -293,46 +440,18 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, precision
     trt = trt if trt is not None else import_builder()
     cuda, _ = build_device(cuda)
 
-    source, variant = onnx_path, None
+    source, result_variant = onnx_path, None
     have = info.metadata.precision
-    if precision and precision != have:
+    if variant is not None and variant.precision != have:
         if have != "fp32":
-            raise BuildError(f"{onnx_path} is already {have}; convert from the FP32 model instead.")
-        from exporter.precision import load_calibration, make_variant, variant_path
-        from runtime.parity import default_verify_shapes
-
-        fp32 = onnx.load(str(onnx_path))
-        data = load_calibration(calib, info.metadata, size=calib_size) if precision == "int8" and calib else None
-        shapes = default_verify_shapes(info.metadata.in_channels or 3, calib_size, info.metadata.min_height,
-                                       dynamic=not isinstance(info.dims[2], int) or info.dims[2] <= 0)
-        log(f"Converting to {precision} and verifying against the FP32 model on the CPU ...")
-        variant = make_variant(fp32, precision, shapes, calibration=data)
-        if not variant.passed:
-            raise BuildError(f"the {precision} model differs too much from the FP32 model; no engine was built.",
-                             note="\n".join(r.format_table() for r in (variant.sweep, variant.real_data) if r))
-        source = variant_path(onnx_path, precision)
-        write_bytes_atomic(source, variant.model.SerializeToString())
+            raise UsageError(f"{onnx_path} is already {have}; convert from the FP32 model instead.")
+        log(f"Converting to {variant.precision} and verifying against the FP32 model on the CPU ...")
+        result_variant = convert_verified(onnx.load(str(onnx_path)), variant,
+                                          verify_shapes_for(info, variant.calib_size))
+        source = variant_path(onnx_path, variant.precision)
+        write_bytes_atomic(source, result_variant.model.SerializeToString())
         log(f"Wrote {source}")
-
-    report_box: list = []
-
-    def check(plan: Path) -> None:
-        from runtime.backends.trt import TrtRunner
-        from runtime.parity import ort_cpu_infer
-
-        runner = TrtRunner(plan, trt=trt, cuda=cuda)
-        try:
-            profiles = config.profiles or (default_profile(read_onnx_input(source)),)
-            built = runner.manifest.precision
-            report = compare(ort_cpu_infer(str(source)), runner.infer, profile_shapes(profiles),
-                             tolerance_for(built, "trt"), reference_name="ONNX Runtime CPU",
-                             candidate_name=f"TensorRT ({built})")
-        finally:
-            runner.close()
-        report_box.append(report)
-        if not report.passed:
-            raise BuildError("the engine's outputs differ from ONNX Runtime's; the engine was not written.",
-                             note=report.format_table())
-
-    result = build_engine(source, output, config, trt=trt, cuda=cuda, verify=check if verify else None, log=log)
-    return PipelineResult(result, report_box[0] if report_box else None, variant, source)
+    profiles = tuple(config.profiles) or (default_profile(read_onnx_input(source)),)
+    checker = engine_verifier(source, profiles, trt=trt, cuda=cuda) if verify else None
+    result = build_engine(source, output, config, trt=trt, cuda=cuda, verify=checker, log=log)
+    return PipelineResult(result, result_variant, source)

@@ -15,7 +15,7 @@ from torch import nn
 
 from exporter._quiet import quiet_loggers
 from exporter.checkpoint import LoadedModel
-from runtime.errors import ExportError
+from runtime.errors import ExportError, first_line
 from runtime.metadata import ModelMetadata, default_normalization
 from runtime.onnx_file import set_metadata
 from runtime.version import __version__
@@ -212,7 +212,7 @@ def check_and_infer(proto: onnx.ModelProto) -> onnx.ModelProto:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
         onnx.checker.check_model(inferred, full_check=True)
     except Exception as exc:
-        raise ExportError(f"the exported ONNX model fails onnx.checker: {str(exc).strip().splitlines()[0]}") from None
+        raise ExportError(f"the exported ONNX model fails onnx.checker: {first_line(exc)}") from None
     return inferred
 
 

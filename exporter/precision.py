@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from runtime.errors import ArtifactError, ExportError
+from runtime.errors import ArtifactError, ExportError, UsageError, first_line
 from runtime.metadata import ModelMetadata
 from runtime.parity import FP16, INT8, ParityReport, Tolerance, compare, random_input
 from runtime.shapes import Shape
@@ -138,7 +138,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
                                    # TensorRT dequantizes INT8 only: an INT32 bias DQ does not build.
                                    "QuantizeBias": False})
         except Exception as exc:
-            raise ExportError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from None
+            raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from None
         quantized = onnx.load(str(dst))
     return _with_precision(quantized, "int8")
 
@@ -173,6 +173,44 @@ def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape],
     sweep = compare(reference, candidate, shapes, sweep_tol, reference_name="FP32 ONNX",
                     candidate_name=f"{precision.upper()} ONNX", inputs=random_input)
     return VariantResult(variant, precision, sweep, real)
+
+
+@dataclass(frozen=True)
+class VariantOptions:
+    """What a precision variant is made and judged with: one definition for gap-export and gap-build."""
+
+    precision: str
+    calib: Path | None = None
+    calib_size: tuple[int, int] = (224, 224)
+    #: INT8: top-1 agreement with FP32 on the calibration images that the variant must reach
+    min_top1: float = INT8.min_top1
+    #: INT8: leave the first convolution and the classifier in float (see float_ends)
+    keep_float_ends: bool = True
+
+    def __post_init__(self):
+        if self.precision not in ("fp16", "int8"):
+            raise UsageError(f"precision {self.precision!r} has no variant; choose fp16 or int8.")
+        if self.precision == "int8" and self.calib is None:
+            raise UsageError("INT8 needs calibration data.", hint="pass --calib DIR (image files) or --calib FILE.npy.")
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return FP16 if self.precision == "fp16" else Tolerance(INT8.atol, INT8.rtol, self.min_top1)
+
+
+def convert_verified(fp32: onnx.ModelProto, options: VariantOptions, shapes: Sequence[Shape]) -> VariantResult:
+    """Make the variant, verify it against the FP32 model on the CPU, and raise when it fails its gate."""
+    data = load_calibration(options.calib, metadata_of(fp32), size=options.calib_size) \
+        if options.precision == "int8" else None
+    variant = make_variant(fp32, options.precision, shapes, calibration=data, tolerance=options.tolerance,
+                           keep_float_ends=options.keep_float_ends)
+    if not variant.passed:
+        hint = ("use more or more representative --calib images, or lower --min-top1."
+                if options.precision == "int8" else None)
+        raise ExportError(f"the {options.precision} model differs too much from the FP32 model; nothing was written.",
+                          note="\n".join(r.format_table() for r in (variant.real_data, variant.sweep) if r),
+                          hint=hint)
+    return variant
 
 
 def variant_path(fp32_path: Path, precision: str) -> Path:

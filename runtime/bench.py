@@ -64,6 +64,8 @@ class BenchResult:
     gpu_ms: dict[str, Stats] | None = None
     parity: dict | None = None
     speedup_vs_torch: float | None = None
+    #: --cuda-graph: max abs difference between the replay and a normal execution, checked before timing
+    cuda_graph_max_abs_diff: float | None = None
     interrupted: bool = False
 
     def to_dict(self) -> dict:
@@ -117,20 +119,33 @@ def _result(backend: str, shape: Shape, samples: list[float], wall: float, inter
 
 def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings(), *,
                   cold_start_ms: float | None = None) -> tuple[BenchResult | None, np.ndarray]:
-    """Time ``session.run`` at ``shape``; returns the result (None if interrupted before measuring) and one output."""
+    """Time ``session.run`` at ``shape``; returns the result (None if interrupted before measuring) and one output.
+
+    With ``settings.cuda_graph`` the replay's outputs are first compared with a normal execution's on the
+    same input; a replay that differs is an error, never a timed result.
+    """
+    from runtime.errors import BackendError, UsageError
+
+    if (settings.cuda_graph or not settings.transfers) and not session.gpu_timing:
+        option = "--cuda-graph" if settings.cuda_graph else "--no-transfers"
+        raise UsageError(f"{option} applies to TensorRT engines only; backend '{session.backend}' has no "
+                         "CUDA graphs or separate transfers.", hint=f"drop {option}, or benchmark a .plan.")
     x = random_input(shape, settings.seed)
     started = time.perf_counter()
     first = session.run(x)
     first_ms = (time.perf_counter() - started) * 1e3
-    timed = getattr(session._runner, "infer_timed", None)
     parts: list = []
-    if timed is not None:  # TensorRT: H2D, GPU compute, D2H and enqueue from CUDA events
-        from runtime.validation import prepare
-
-        prepared = prepare(x, session.input_spec)
+    graph_diff = None
+    if session.gpu_timing:  # TensorRT: H2D, GPU compute, D2H and enqueue from CUDA events
+        if settings.cuda_graph:
+            graph_diff = session.check_cuda_graph(x)
+            if not graph_diff <= 0.0:
+                raise BackendError(f"the CUDA-graph replay at {format_shape(shape)} differs from a normal execution "
+                                   f"(max abs difference {graph_diff:.3g}); nothing was timed.",
+                                   hint="benchmark without --cuda-graph and report this engine.")
 
         def step():
-            parts.append(timed(prepared, cuda_graph=settings.cuda_graph, transfers=settings.transfers)[1])
+            parts.append(session.run_timed(x, cuda_graph=settings.cuda_graph, transfers=settings.transfers)[1])
     else:
         def step():
             session.run(x)
@@ -140,6 +155,8 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
     result = _result(session.backend, shape, samples, wall, interrupted)
     if cold_start_ms is not None:
         result.cold_start_ms = {"session_create_ms": cold_start_ms, "first_inference_ms": first_ms}
+    if graph_diff is not None:
+        result.cuda_graph_max_abs_diff = graph_diff
     if parts:
         parts = parts[-len(samples):]
         result.gpu_ms = {name: Stats.of([getattr(p, f"{name}_ms") for p in parts])
@@ -186,25 +203,14 @@ def cpu_name() -> str:
 
 
 def environment(session, extra_versions: dict[str, str] | None = None) -> tuple[dict, dict]:
-    """(device, versions) for the report, so a result can be reproduced."""
+    """(device, versions) for the report, so a result can be reproduced: where the session really runs."""
     import sys
 
     from runtime.version import __version__
 
-    device = {"cpu": cpu_name(), "cpu_count": os.cpu_count()}
-    versions = {"gap-deploy": __version__, "python": sys.version.split()[0], "numpy": np.__version__}
-    if session.backend.startswith("ort"):
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-        options = session._runner.session_options
-        device["ort_intra_op_threads"] = options.intra_op_num_threads or "default (one per core)"
-    if session.backend == "trt":
-        runner = session._runner
-        versions["tensorrt"] = f"{runner._trt.__name__} {runner._trt.__version__}"
-        gpu = runner._cuda.device(0)
-        device["gpu"] = gpu.name
-        device["compute_capability"] = gpu.compute_capability
+    device = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), **session.device}
+    versions = {"gap-deploy": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
+                **session.versions}
     versions.update(extra_versions or {})
     return device, versions
 

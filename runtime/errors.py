@@ -66,5 +66,25 @@ class InputTypeError(GapError, TypeError):
     """An input has the wrong type or dtype for the model."""
 
 
+class UsageError(GapError, ValueError):
+    """Arguments that cannot go together (a backend that cannot run this artifact, an option it lacks)."""
+
+
+class BackendError(GapError):
+    """A backend failed while running a model that passed the input checks (not the caller's input error)."""
+
+
+class CudaError(BackendError):
+    """A CUDA runtime call failed."""
+
+
 class OutputPathError(GapError):
     """An output file cannot be written where the user asked."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its class name when the message is empty."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

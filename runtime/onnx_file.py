@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from runtime.errors import ArtifactError
+from runtime.errors import ArtifactError, first_line
 from runtime.files import check_input_file
 from runtime.metadata import ModelMetadata
 from runtime.version import __version__
@@ -23,7 +23,7 @@ def check_onnx_file(path: str | os.PathLike) -> Path:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ArtifactError(f"cannot read ONNX model {path}: {reason}",
                             hint="the file is truncated or not an ONNX model; export it again.") from None
     if not model.graph.node and not model.graph.input:

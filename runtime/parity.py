@@ -44,7 +44,11 @@ GPU_BACKENDS = ("trt", "ort-cuda", "ort-trt")
 def tolerance_for(precision: str, backend: str = "ort-cpu") -> Tolerance:
     """The tolerance an artifact of ``precision`` running on ``backend`` is judged with."""
     table = GPU_TOLERANCES if backend in GPU_BACKENDS else TOLERANCES
-    return table.get(precision, table["fp16"])
+    if precision not in table:  # never judge an artifact with a tolerance meant for another precision
+        from runtime.errors import UsageError
+
+        raise UsageError(f"no tolerance for precision {precision!r}; known: {', '.join(table)}.")
+    return table[precision]
 
 
 @dataclass(frozen=True)

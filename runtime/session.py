@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Runner, TensorInfo
-from runtime.errors import ArtifactError, BackendUnavailableError, InputError
+from runtime.errors import ArtifactError, BackendUnavailableError, InputError, UsageError
 from runtime.metadata import ModelMetadata
 from runtime.validation import InputSpec, prepare
 
@@ -108,6 +108,38 @@ class Session:
     @property
     def input_spec(self) -> InputSpec:
         return self._spec
+
+    @property
+    def runner(self) -> Runner:
+        """The backend runner (for example ``runner.ort_session`` to compare with a bare ONNX Runtime loop)."""
+        return self._runner
+
+    @property
+    def device(self) -> dict:
+        """Where the model really runs (GPU index and name, or the CPU threads)."""
+        return self._runner.device
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self._runner.versions
+
+    @property
+    def gpu_timing(self) -> bool:
+        """Whether ``run_timed`` reports H2D / compute / D2H / enqueue (TensorRT engines)."""
+        return self._runner.gpu_timing
+
+    def run_timed(self, images: np.ndarray, *, cuda_graph: bool = False, transfers: bool = True):
+        """(logits, GpuTiming) for one checked batch; only where ``gpu_timing`` is True."""
+        if not self.gpu_timing:
+            raise UsageError(f"backend '{self.backend}' has no GPU phase timing or CUDA graphs; "
+                             "they exist for TensorRT engines (backend 'trt').")
+        return self._runner.infer_timed(prepare(images, self._spec), cuda_graph=cuda_graph, transfers=transfers)
+
+    def check_cuda_graph(self, images: np.ndarray) -> float:
+        """Max abs difference between a CUDA-graph replay and a normal execution on ``images``."""
+        if not self.gpu_timing:
+            raise UsageError(f"backend '{self.backend}' has no CUDA graphs; they exist for TensorRT engines.")
+        return self._runner.check_cuda_graph(prepare(images, self._spec))
 
     def run(self, images: np.ndarray, *, cast: bool = False, check_finite: bool = False) -> np.ndarray:
         """Logits (N, num_classes) for a float NCHW batch. Inputs are checked before the backend runs."""

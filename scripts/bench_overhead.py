@@ -35,7 +35,7 @@ def measure(model: Path, shape, rounds: int, block: int) -> dict:
     import runtime
 
     session = runtime.load(model, "ort-cpu")
-    bare = session._runner.ort_session
+    bare = session.runner.ort_session
     in_name, out_names = bare.get_inputs()[0].name, [bare.get_outputs()[0].name]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     np.testing.assert_array_equal(session.run(x), bare.run(out_names, {in_name: x})[0])

@@ -15,6 +15,7 @@ from exporter.builder import (  # noqa: E402
     layer_precisions,
     read_onnx_input,
 )
+from exporter.precision import VariantOptions
 from runtime.backends.cuda import Cuda  # noqa: E402
 from runtime.errors import BuildError, MissingDependencyError  # noqa: E402
 from runtime.manifest import EngineManifest, manifest_path  # noqa: E402
@@ -55,7 +56,8 @@ def test_single_profile_workspace_and_strong_typing_on_11(tmp_path, reference_on
 def test_strongly_typed_flag_on_tensorrt_10(tmp_path, reference_onnx, cuda):
     fake = FakeBuild("10.16.1")
     build_engine(reference_onnx, tmp_path / "m.plan", trt=fake.module, cuda=cuda)
-    fake.builder.create_network.assert_called_once_with(1 << 5)
+    fake.builder.create_network.assert_called_once_with(1 << 1)  # STRONGLY_TYPED is 1 on TensorRT 10.x
+    assert EngineManifest.read(tmp_path / "m.plan").precision == "fp16"  # read from the 10.x inspector schema
 
 
 def test_several_profiles(tmp_path, reference_onnx, cuda):
@@ -97,10 +99,75 @@ def test_int8_engine_precision_is_read_back(tmp_path, reference_onnx, cuda):
     assert EngineManifest.read(tmp_path / "m.plan").precision == "int8"
 
 
-def test_layer_precision_parsing():
-    assert layer_precisions('{"Layers": [{"Outputs": [{"Format/Datatype": "Row major linear FP32"}]}]}') == {"fp32": 1}
+@pytest.mark.parametrize("schema", [10, 11])
+@pytest.mark.parametrize("datatype, counts", [("Half", {"fp16": 2, "fp32": 1}), ("Int8", {"int8": 2, "fp32": 1}),
+                                              ("Float", {"fp32": 3})])
+def test_layer_precision_parsing_reads_both_inspector_schemas(schema, datatype, counts):
+    from tests.trt_builder_api import inspector_json
+
+    assert layer_precisions(inspector_json(datatype, schema)) == counts
+
+
+def test_layer_precision_parsing_of_names_only_or_garbage():
     assert layer_precisions('{"Layers": ["conv1", "conv2"]}') == {}  # verbosity too low: names only
     assert layer_precisions("not json") == {}
+    assert layer_precisions('{"Layers": [{"Outputs": [{"Format": "kLINEAR", "DataType": "Int32"}]}]}') == {}
+
+
+def test_an_unreadable_precision_is_an_error_and_writes_nothing(tmp_path, reference_onnx, cuda):
+    from runtime.parity import tolerance_for
+
+    fake = FakeBuild()
+    fake.inspector.get_engine_information.return_value = '{"Layers": ["conv1", "conv2"]}'
+    with pytest.raises(BuildError, match="precision really built is unknown"):
+        build_engine(reference_onnx, tmp_path / "m.plan", trt=fake.module, cuda=cuda)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="no tolerance for precision 'unknown'"):
+        tolerance_for("unknown", "trt")
+
+
+@pytest.mark.parametrize("version, choice, ok", [("10.8.0", "same-cc", False), ("10.8.0", "ampere+", True),
+                                                 ("10.9.0", "same-cc", True), ("11.4.0.106", "same-cc", True)])
+def test_hardware_compatibility_is_looked_up_alone(tmp_path, reference_onnx, cuda, version, choice, ok):
+    fake = FakeBuild(version)
+    config = BuildConfig(hardware_compat=choice)
+    if ok:
+        build_engine(reference_onnx, tmp_path / "m.plan", config, trt=fake.module, cuda=cuda)
+        member = {"same-cc": "SAME_COMPUTE_CAPABILITY", "ampere+": "AMPERE_PLUS"}[choice]
+        assert fake.config.hardware_compatibility_level == getattr(fake.module.HardwareCompatibilityLevel, member)
+    else:
+        with pytest.raises(BuildError, match=r"'same-cc' needs TensorRT 10.9 or newer; this is TensorRT 10.8.0"):
+            build_engine(reference_onnx, tmp_path / "m.plan", config, trt=fake.module, cuda=cuda)
+        fake.builder.build_serialized_network.assert_not_called()
+
+
+def test_a_rejected_timing_cache_is_replaced_by_a_new_one(tmp_path, reference_onnx, cuda):
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"cache-from-another-gpu")
+    fake = FakeBuild()
+    fake.config.set_timing_cache.side_effect = [False, True]
+    notes = []
+    build_engine(reference_onnx, tmp_path / "m.plan", BuildConfig(timing_cache=cache), trt=fake.module, cuda=cuda,
+                 log=notes.append)
+    assert [c.args[0] for c in fake.config.create_timing_cache.call_args_list] == [b"cache-from-another-gpu", b""]
+    assert any("rejected the timing cache" in n for n in notes)
+    assert cache.read_bytes() == b"timing-cache-v2"
+
+
+def test_no_timing_cache_back_leaves_the_file_alone(tmp_path, reference_onnx, cuda):
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old")
+    fake = FakeBuild()
+    fake.config.get_timing_cache.return_value = None
+    build_engine(reference_onnx, tmp_path / "m.plan", BuildConfig(timing_cache=cache), trt=fake.module, cuda=cuda)
+    assert cache.read_bytes() == b"old"
+
+
+def test_unsupported_tensorrt_is_refused(tmp_path, reference_onnx, cuda):
+    fake = FakeBuild("10.16.1")
+    fake.module.__version__ = "8.6.1"
+    with pytest.raises(BuildError, match="TensorRT 8.6.1 is not supported"):
+        build_engine(reference_onnx, tmp_path / "m.plan", trt=fake.module, cuda=cuda)
 
 
 def test_parser_errors_are_listed_with_node_names(tmp_path, reference_onnx, cuda):
@@ -184,8 +251,8 @@ def test_fp16_conversion_before_the_build(tmp_path, reference_onnx, cuda):
     src = tmp_path / "m.onnx"
     src.write_bytes(reference_onnx.read_bytes())
     fake = FakeBuild()
-    result = build_with_precision(src, tmp_path / "m.fp16.plan", precision="fp16", verify=False, trt=fake.module,
-                                  cuda=cuda, calib_size=(32, 32))
+    result = build_with_precision(src, tmp_path / "m.fp16.plan", variant=VariantOptions("fp16", calib_size=(32, 32)),
+                                  verify=False, trt=fake.module, cuda=cuda)
     assert result.source == tmp_path / "m.fp16.onnx" and result.variant.sweep.passed
     fake.parser.parse_from_file.assert_called_once_with(str(tmp_path / "m.fp16.onnx"))
 
@@ -244,6 +311,41 @@ def test_no_gpu_is_a_clear_error_before_anything_is_written(tmp_path, reference_
     src = tmp_path / "m.onnx"
     src.write_bytes(reference_onnx.read_bytes())
     with pytest.raises(BackendUnavailableError, match=r"no usable CUDA device(.|\n)*gap-deploy\[gpu\]"):
-        build_with_precision(src, tmp_path / "m.plan", precision="fp16", trt=FakeBuild().module,
+        build_with_precision(src, tmp_path / "m.plan", variant=VariantOptions("fp16"), trt=FakeBuild().module,
                              cuda=Cuda(device.rt))
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no FP16 variant, no plan
+
+
+def test_static_batch_2_onnx_gets_a_variant_at_its_own_batch(tmp_path, reference_ckpt, cuda):
+    pytest.importorskip("torch")
+    from exporter import export_onnx, load_model
+
+    static = tmp_path / "static.onnx"
+    export_onnx(load_model(reference_ckpt), static, dynamic=False, imgsz=(32, 40), batch=2, verify=False)
+    result = build_with_precision(static, tmp_path / "m.fp16.plan", variant=VariantOptions("fp16"), verify=False,
+                                  trt=FakeBuild().module, cuda=cuda)
+    assert [r.shape for r in result.variant.sweep.rows] == [(2, 3, 32, 40)]
+
+
+def test_gap_export_engine_int8_forwards_every_variant_option(tmp_path, reference_ckpt, monkeypatch):
+    """gap-export --engine goes through the one variant pipeline, so --min-top1 and --int8-all-layers arrive."""
+    pytest.importorskip("torch")
+    import exporter.builder as builder
+    from exporter.cli.export import main
+
+    seen = {}
+
+    def fake_build(onnx_path, output, *, variant=None, config=None, verify=True, log=None, **_):
+        seen["variant"] = variant
+        raise BuildError("stop here")
+
+    monkeypatch.setattr(builder, "import_builder", lambda: FakeBuild().module)
+    monkeypatch.setattr(builder, "build_with_precision", fake_build)
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    args = [str(reference_ckpt), "--dynamic", "--imgsz", "32", "-o", str(tmp_path / "m.onnx"), "--engine",
+            "--precision", "int8", "--calib", str(calib), "--min-top1", "0.42", "--int8-all-layers", "--no-verify"]
+    result = CliRunner().invoke(main, args)
+    assert_clean_failure(result, "stop here")
+    assert seen["variant"] == VariantOptions("int8", calib=calib, calib_size=(32, 32), min_top1=0.42,
+                                             keep_float_ends=False)

@@ -38,7 +38,7 @@ def device():
 
 
 def open_runner(tmp_path, device, engine=None, trt_version="11.4.0.106", trt_name="tensorrt", **manifest):
-    engine, context = engine or make_engine()
+    engine, context = engine or make_engine(device=device)
     module, runtime = make_trt(engine, trt_version, trt_name)
     plan = write_plan(tmp_path, **manifest)
     runner = TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
@@ -51,7 +51,8 @@ def test_runs_through_the_tensor_name_api(tmp_path, device):
     np.testing.assert_allclose(runner.infer(x), expected_logits(x), rtol=1e-6)
     context.set_input_shape.assert_called_with("images", (2, 3, 37, 53))
     assert {c.args[0] for c in context.set_tensor_address.call_args_list} == {"images", "logits"}
-    context.execute_async_v3.assert_called_with(7)
+    stream = context.execute_async_v3.call_args.args[0]
+    assert device.stream_flags[stream] == int(device.rt.cudaStreamNonBlocking)  # never the legacy default stream
     runtime.deserialize_cuda_engine.assert_called_once_with(PLAN)
     assert not context.execute_v2.called  # the legacy bindings API is never used
 
@@ -73,10 +74,10 @@ def test_profiles_are_switched_by_shape(tmp_path, device):
     runner, engine, context, _ = open_runner(tmp_path, device)
     small = np.ones((1, 3, 16, 16), np.float32)
     large = np.full((1, 3, 100, 120), 2.0, np.float32)
-    np.testing.assert_allclose(runner.infer(large), expected_logits(large))
-    context.set_optimization_profile_async.assert_called_once_with(1, 7)
-    np.testing.assert_allclose(runner.infer(small), expected_logits(small))
-    assert context.set_optimization_profile_async.call_args.args == (0, 7)
+    np.testing.assert_allclose(runner.infer(large), expected_logits(large), rtol=1e-5)
+    assert context.set_optimization_profile_async.call_args_list[-1].args[0] == 1
+    np.testing.assert_allclose(runner.infer(small), expected_logits(small), rtol=1e-5)
+    assert context.set_optimization_profile_async.call_args.args[0] == 0
 
 
 def test_device_buffers_are_reused_and_grown(tmp_path, device):
@@ -89,26 +90,97 @@ def test_device_buffers_are_reused_and_grown(tmp_path, device):
     runner.infer(np.ones((4, 3, 64, 64), np.float32))
     assert device.rt.cudaMalloc.call_count == allocations + 2  # input and output grew
     assert device.rt.cudaFree.call_count == 2
+    assert device.rt.cudaMallocHost.call_count == 4  # pinned staging: twice at first, twice when it grew
     runner.close()
-    assert device.memory == {}  # everything freed
+    assert device.memory == {} and device.pinned == {}  # everything freed
 
 
 def test_timed_inference_splits_h2d_compute_d2h_and_enqueue(tmp_path, device):
-    runner, *_ = open_runner(tmp_path, device)
+    from tests.trt_doubles import COMPUTE_MS, D2H_MS, H2D_MS
+
+    runner, *_ = open_runner(tmp_path, device, engine=make_engine(device=device))
     out, timing = runner.infer_timed(np.ones((1, 3, 8, 8), np.float32))
-    assert (timing.h2d_ms, timing.compute_ms, timing.d2h_ms) == (0.25, 0.25, 0.25) and timing.enqueue_ms >= 0
-    assert device.rt.cudaEventRecord.call_count == 4
+    assert (timing.h2d_ms, timing.compute_ms, timing.d2h_ms) == (H2D_MS, COMPUTE_MS, D2H_MS)  # each pair in place
+    assert timing.enqueue_ms >= 0 and device.rt.cudaEventRecord.call_count == 4
+    _, no_copy = runner.infer_timed(np.ones((1, 3, 8, 8), np.float32), transfers=False)
+    assert no_copy.h2d_ms == 0 and no_copy.compute_ms == COMPUTE_MS
 
 
-def test_cuda_graph_is_captured_once_per_shape(tmp_path, device):
+def test_input_is_staged_through_pinned_memory(tmp_path, device):
+    runner, *_ = open_runner(tmp_path, device)
+    x = np.random.default_rng(5).standard_normal((2, 3, 9, 13)).astype(np.float32)
+    np.testing.assert_allclose(runner.infer(x), expected_logits(x), rtol=1e-5)
+    sources = [c.args[1] for c in device.rt.cudaMemcpyAsync.call_args_list
+               if c.args[3] == device.rt.cudaMemcpyKind.cudaMemcpyHostToDevice]
+    assert sources and all(src in device.pinned for src in sources)  # never the numpy array's own pages
+    targets = [c.args[0] for c in device.rt.cudaMemcpyAsync.call_args_list
+               if c.args[3] == device.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost]
+    assert targets and all(dst in device.pinned for dst in targets)
+
+
+def test_outputs_are_never_stale_or_transposed(tmp_path, device):
+    runner, *_ = open_runner(tmp_path, device)
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((1, 3, 20, 30)).astype(np.float32)
+    first = runner.infer(a)
+    swapped = np.ascontiguousarray(a.transpose(0, 1, 3, 2))
+    second = runner.infer(swapped)
+    np.testing.assert_allclose(second, expected_logits(swapped), rtol=1e-5)
+    assert not np.allclose(first, second, rtol=1e-3)  # the reference model is position-sensitive
+    np.testing.assert_allclose(runner.infer(a[:, :, :7, :5].copy()), expected_logits(a[:, :, :7, :5]), rtol=1e-5)
+
+
+def test_cuda_graph_is_captured_once_per_shape_and_replays_the_same_outputs(tmp_path, device):
     runner, engine, context, _ = open_runner(tmp_path, device)
     x = np.random.default_rng(1).standard_normal((2, 3, 20, 30)).astype(np.float32)
-    runner.infer_timed(x, cuda_graph=True)
+    assert runner.check_cuda_graph(x) == 0.0
+    assert device.rt.cudaStreamBeginCapture.call_count == 1
     runner.infer_timed(x, cuda_graph=True)
     assert device.rt.cudaStreamBeginCapture.call_count == 1
     assert device.rt.cudaGraphLaunch.call_count == 2
-    runner.infer_timed(np.ones((1, 3, 8, 8), np.float32), cuda_graph=True)
+    small = np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    out, _ = runner.infer_timed(small, cuda_graph=True)  # a new shape is captured anew and computes right
+    np.testing.assert_allclose(out, expected_logits(small), rtol=1e-5)
     assert device.rt.cudaStreamBeginCapture.call_count == 2
+    device.broken_replay = True
+    y = np.random.default_rng(2).standard_normal((2, 3, 20, 30)).astype(np.float32)
+    assert runner.check_cuda_graph(y) > 1e-3  # a replay that does not recompute is caught
+
+
+def test_the_device_is_set_in_every_inference_thread(tmp_path):
+    device = FakeDevice(count=2)
+    engine, context = make_engine()
+    module, _ = make_trt(engine)
+    runner = TrtRunner(write_plan(tmp_path), device=1, trt=module, cuda=Cuda(device.rt))
+    seen = []
+
+    def work():
+        runner.infer(np.ones((1, 3, 8, 8), np.float32))
+        seen.append(device.current_device[threading.get_ident()])
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen == [1]  # a new host thread starts on device 0: the call itself must select device 1
+    assert runner.device["index"] == 1 and runner.device["gpu"] == device.name
+
+
+def test_a_profile_switch_that_raises_becomes_a_backend_error(tmp_path, device):
+    from runtime.errors import BackendError
+
+    runner, _, context, _ = open_runner(tmp_path, device)
+    context.set_optimization_profile_async.side_effect = RuntimeError("profile switch failed")
+    with pytest.raises(BackendError, match="optimization profile 1: profile switch failed"):
+        runner.infer(np.ones((1, 3, 100, 100), np.float32))
+
+
+def test_a_refused_tensor_address_is_an_error(tmp_path, device):
+    from runtime.errors import BackendError
+
+    runner, _, context, _ = open_runner(tmp_path, device)
+    context.set_tensor_address.side_effect = lambda n, p: False
+    with pytest.raises(BackendError, match="refused the device address of tensor 'images'"):
+        runner.infer(np.ones((1, 3, 8, 8), np.float32))
 
 
 def test_eight_threads_get_serial_results(tmp_path, device):
@@ -136,6 +208,35 @@ def test_doubles_are_spec_d_from_the_real_classes():
         engine.get_binding_shape(0)  # removed in TensorRT 10
     with pytest.raises(TypeError):
         FakeDevice().rt.cudaMemcpyAsync(1, 2, 3)  # real signature: 5 arguments
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda ctx, eng, rt: ctx.execute_async_v3(), "missing argument"),                     # wrong arity
+    (lambda ctx, eng, rt: ctx.execute_async_v3(1, 2), "takes 1 argument"),                 # wrong arity
+    (lambda ctx, eng, rt: ctx.execute_async_v3(stream=1), "unexpected keyword argument 'stream'"),
+    (lambda ctx, eng, rt: ctx.execute_async_v3("stream"), "must be typing.SupportsInt, got str"),
+    (lambda ctx, eng, rt: ctx.set_tensor_address(0, 1), "'name' must be str"),
+    (lambda ctx, eng, rt: ctx.set_optimization_profile_async(0), "missing argument"),
+    (lambda ctx, eng, rt: eng.get_tensor_profile_shape("images"), "missing argument"),
+    (lambda ctx, eng, rt: rt.cudaMemcpyAsync(1, 2, 3.5, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, 7),
+     "'count' must be size_t"),
+    (lambda ctx, eng, rt: rt.cudaMemcpyAsync(1, 2, 3, 1, 7), "'kind' must be cudaMemcpyKind"),
+    (lambda ctx, eng, rt: rt.cudaStreamCreateWithFlags(), "missing argument"),
+    (lambda ctx, eng, rt: rt.cudaMallocHost(size=8), "unexpected keyword argument 'size'"),
+])
+def test_doubles_check_arity_keywords_and_types_like_the_bindings(call, message):
+    """create_autospec alone accepts all of these: pybind11/Cython signatures are invisible to it."""
+    engine, context = make_engine()
+    with pytest.raises(TypeError, match=message):
+        call(context, engine, FakeDevice().rt)
+
+
+def test_a_plain_autospec_would_have_accepted_them():
+    from unittest import mock
+
+    loose = mock.create_autospec(trt.IExecutionContext, instance=True)
+    loose.execute_async_v3()  # no stream at all: accepted, so the strict checker is what catches it
+    loose.execute_async_v3(stream=1)
 
 
 @pytest.mark.parametrize("overrides, trt_version, trt_name, message", [
@@ -210,7 +311,7 @@ def test_cuda_errors_name_the_call(device):
 def test_no_driver_is_reported():
     device = FakeDevice()
     device.rt.cudaGetDeviceCount.side_effect = lambda: (device.rt.cudaError_t.cudaErrorInsufficientDriver, None)
-    with pytest.raises(CudaError, match="cudaErrorInsufficientDriver(.|\n)*nvidia-smi"):
+    with pytest.raises(CudaError, match="cudaErrorInsufficientDriver(.|\n)*update the driver"):
         Cuda(device.rt).device_count()
 
 

@@ -1,7 +1,11 @@
-"""Spec classes for the TensorRT builder API, which the lean wheel (the only TensorRT installable here)
-does not ship. Method names and arities follow NVIDIA's Python API reference for TensorRT 10/11;
-classes the lean module has (IOptimizationProfile, ITimingCache, ICudaEngine, Runtime, the enums) are
-taken from it instead, so those doubles are spec'd from the real bindings.
+# ruff: noqa: F821  (the stubs' annotations name the bindings' types; they are read as text, never resolved)
+"""Spec stubs for the TensorRT builder API, which the lean wheel (the only TensorRT installable here)
+does not ship, and a fake TensorRT module for the builder wired from them.
+
+The stubs below follow NVIDIA's TensorRT Python API reference, :data:`DOC_VERSION`; their annotations
+are the documented parameter types, and tests/strict_signatures.py checks every call against them.
+Classes the lean module has (IOptimizationProfile, ITimingCache, ICudaEngine, Runtime, the enums) are
+taken from it instead, so those doubles are checked against the real bindings.
 """
 
 from __future__ import annotations
@@ -11,85 +15,111 @@ import json
 import types
 from unittest import mock
 
-from tests.trt_doubles import make_engine, trt
+from tests.strict_signatures import make_strict
+from tests.trt_doubles import BINDING_TYPES, FakeDevice, make_engine, strict, trt
+
+#: The one place that names the documentation the builder-only stubs were written from.
+DOC_VERSION = "TensorRT 11.1 Python API reference (docs.nvidia.com/deeplearning/tensorrt/11.1.0)"
 
 
 class Builder:
-    def create_network(self, flags=0): ...
+    def create_network(self, flags: int = 0): ...
     def create_builder_config(self): ...
     def create_optimization_profile(self): ...
-    def build_serialized_network(self, network, config): ...
+    def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig): ...
 
 
 class INetworkDefinition:
     num_inputs = 0
     num_outputs = 0
-    def get_input(self, index): ...
+    def get_input(self, index: int): ...
 
 
 class IBuilderConfig:
     profiling_verbosity = None
     hardware_compatibility_level = None
-    def set_memory_pool_limit(self, pool, pool_size): ...
-    def add_optimization_profile(self, profile): ...
-    def create_timing_cache(self, serialized_timing_cache): ...
-    def set_timing_cache(self, cache, ignore_mismatch): ...
+    def set_memory_pool_limit(self, pool: MemoryPoolType, pool_size: int): ...
+    def add_optimization_profile(self, profile: IOptimizationProfile) -> int: ...
+    def create_timing_cache(self, serialized_timing_cache: Buffer): ...
+    def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool: ...
     def get_timing_cache(self): ...
-    def set_flag(self, flag): ...
-    def clear_flag(self, flag): ...
-    def get_flag(self, flag): ...
+    def set_flag(self, flag: BuilderFlag): ...
+    def clear_flag(self, flag: BuilderFlag): ...
+    def get_flag(self, flag: BuilderFlag) -> bool: ...
 
 
 class IParserError:
     def code(self): ...
-    def desc(self): ...
-    def file(self): ...
-    def func(self): ...
-    def line(self): ...
-    def node(self): ...
-    def node_name(self): ...
-    def node_operator(self): ...
+    def desc(self) -> str: ...
+    def file(self) -> str: ...
+    def func(self) -> str: ...
+    def line(self) -> int: ...
+    def node(self) -> int: ...
+    def node_name(self) -> str: ...
+    def node_operator(self) -> str: ...
 
 
 class OnnxParser:
     num_errors = 0
-    def parse_from_file(self, model): ...
-    def parse(self, model, path=None): ...
-    def get_error(self, index): ...
+    def parse_from_file(self, model: str) -> bool: ...
+    def parse(self, model: Buffer, path: str = None) -> bool: ...
+    def get_error(self, index: int): ...
     def clear_errors(self): ...
 
 
 class IEngineInspector:
-    def get_engine_information(self, format): ...
-    def get_layer_information(self, layer_index, format): ...
+    def get_engine_information(self, format: LayerInformationFormat) -> str: ...
+    def get_layer_information(self, layer_index: int, format: LayerInformationFormat) -> str: ...
 
 
-class NetworkFlags10(enum.IntEnum):  # TensorRT 10.x
-    EXPLICIT_BATCH = 0
-    STRONGLY_TYPED = 5
+class NetworkFlags10(enum.IntEnum):  # TensorRT 10.x: strong typing is opt-in
+    EXPLICIT_BATCH = 0  # deprecated and ignored
+    STRONGLY_TYPED = 1
 
 
-class NetworkFlags11(enum.IntEnum):  # TensorRT 11.x: EXPLICIT_BATCH is gone
-    STRONGLY_TYPED = 5
+class NetworkFlags11(enum.IntEnum):  # TensorRT 11.x: EXPLICIT_BATCH is gone, STRONGLY_TYPED is 0 and ignored
+    STRONGLY_TYPED = 0
 
 
-def inspector_json(datatype: str = "Half") -> str:
-    layer = {"Name": "conv1", "LayerType": "CaskConvolution",
-             "Outputs": [{"Name": "x", "Format/Datatype": f"Row major linear {datatype} format"}]}
-    gap = {"Name": "gap", "LayerType": "Reduce", "Outputs": [{"Name": "y", "Format/Datatype": "Row major linear FP32"}]}
-    return json.dumps({"Layers": [layer, layer, gap], "Bindings": ["images", "logits"]})
+class Levels10Early(enum.IntEnum):  # TensorRT 10.0-10.8: no SAME_COMPUTE_CAPABILITY yet
+    NONE = 0
+    AMPERE_PLUS = 1
+
+
+def _layer(name: str, datatype: str, schema: int) -> dict:
+    if schema >= 11:  # 11.x: format and data type are separate keys
+        return {"Name": name, "LayerType": "CaskConvolution",
+                "Outputs": [{"Name": f"{name}_out", "Format": "Row major linear (kLINEAR)", "DataType": datatype}]}
+    words = {"Half": "FP16", "Float": "FP32", "Int8": "Int8"}[datatype]
+    return {"Name": name, "LayerType": "CaskConvolution",
+            "Outputs": [{"Name": f"{name}_out", "Format/Datatype": f"Row major linear {words} format"}]}
+
+
+def inspector_json(datatype: str = "Half", schema: int = 11) -> str:
+    """Engine inspector JSON: two layers in ``datatype`` and a float global average, in the 11.x or 10.x schema."""
+    layers = [_layer("conv1", datatype, schema), _layer("conv2", datatype, schema), _layer("gap", "Float", schema)]
+    if schema >= 11:
+        io = [{"Name": "images", "IOMode": "Input", "DataType": "Float"},
+              {"Name": "logits", "IOMode": "Output", "DataType": "Float"}]
+        return json.dumps({"Layers": layers, "I/O Tensors": io})
+    return json.dumps({"Layers": layers, "Bindings": ["images", "logits"]})
+
+
+def stub(cls):
+    return make_strict(mock.create_autospec(cls, instance=True), cls, types=BINDING_TYPES, stub=True)
 
 
 class FakeBuild:
-    """A TensorRT module for the builder: spec'd doubles wired together, calls recorded."""
+    """A TensorRT module for the builder: strict doubles wired together, calls recorded."""
 
-    def __init__(self, version="11.4.0.106", datatype="Half", compute=None, profiles=None):
-        self.builder = mock.create_autospec(Builder, instance=True)
-        self.network = mock.create_autospec(INetworkDefinition, instance=True)
-        self.config = mock.create_autospec(IBuilderConfig, instance=True)
-        self.parser = mock.create_autospec(OnnxParser, instance=True)
+    def __init__(self, version="11.4.0.106", datatype="Half", compute=None, profiles=None, schema=None,
+                 device: FakeDevice | None = None):
+        self.builder = stub(Builder)
+        self.network = stub(INetworkDefinition)
+        self.config = stub(IBuilderConfig)
+        self.parser = stub(OnnxParser)
         self.profiles: list = []
-        self.cache = mock.create_autospec(trt.ITimingCache, instance=True)
+        self.cache = strict(trt.ITimingCache, instance=True)
         self.cache.serialize.return_value = b"timing-cache-v2"
         self.builder.create_network.return_value = self.network
         self.builder.create_builder_config.return_value = self.config
@@ -97,26 +127,29 @@ class FakeBuild:
         self.builder.build_serialized_network.return_value = b"PLAN" * 64
         self.config.create_timing_cache.return_value = self.cache
         self.config.get_timing_cache.return_value = self.cache
+        self.config.set_timing_cache.return_value = True
         self.parser.parse_from_file.return_value = True
         kwargs = {"compute": compute} if compute else {}
         if profiles:
             kwargs["profiles"] = profiles
-        self.engine, self.context = make_engine(**kwargs)
-        self.inspector = mock.create_autospec(IEngineInspector, instance=True)
-        self.inspector.get_engine_information.return_value = inspector_json(datatype)
+        self.engine, self.context = make_engine(device=device, **kwargs)
+        self.inspector = stub(IEngineInspector)
+        major = int(version.split(".")[0])
+        self.inspector.get_engine_information.return_value = inspector_json(datatype, schema or major)
         self.engine.create_engine_inspector.return_value = self.inspector
-        self.runtime = mock.create_autospec(trt.Runtime, instance=True)
+        self.runtime = strict(trt.Runtime, instance=True)
         self.runtime.deserialize_cuda_engine.return_value = self.engine
-        flags = NetworkFlags11 if version.startswith("11") else NetworkFlags10
+        early_10 = major == 10 and int(version.split(".")[1]) < 9
         self.module = types.SimpleNamespace(
             __name__="tensorrt", __version__=version, Logger=trt.Logger, TensorIOMode=trt.TensorIOMode,
             nptype=trt.nptype, MemoryPoolType=trt.MemoryPoolType, ProfilingVerbosity=trt.ProfilingVerbosity,
-            BuilderFlag=trt.BuilderFlag, HardwareCompatibilityLevel=trt.HardwareCompatibilityLevel,
-            LayerInformationFormat=trt.LayerInformationFormat, NetworkDefinitionCreationFlag=flags,
+            BuilderFlag=trt.BuilderFlag, LayerInformationFormat=trt.LayerInformationFormat,
+            HardwareCompatibilityLevel=Levels10Early if early_10 else trt.HardwareCompatibilityLevel,
+            NetworkDefinitionCreationFlag=NetworkFlags11 if major >= 11 else NetworkFlags10,
             Builder=mock.Mock(return_value=self.builder), OnnxParser=mock.Mock(return_value=self.parser),
             Runtime=mock.Mock(return_value=self.runtime))
 
     def _profile(self):
-        profile = mock.create_autospec(trt.IOptimizationProfile, instance=True)
+        profile = strict(trt.IOptimizationProfile, instance=True)
         self.profiles.append(profile)
         return profile

@@ -1,77 +1,183 @@
-"""Test doubles for TensorRT and CUDA, spec'd from the real classes and functions.
+"""Test doubles for TensorRT and CUDA, as strict as the real bindings.
 
 ``create_autospec`` over ``tensorrt_lean`` (ICudaEngine, IExecutionContext, Runtime) and over
-``cuda.bindings.runtime`` means a call to a method that does not exist, or with the wrong number of
-arguments, fails here exactly as it would on a GPU machine. Device memory is host memory (ctypes), so
-data really flows through the copies; the fake engine writes each image's channel means as logits.
+``cuda.bindings.runtime`` catches methods that do not exist; tests/strict_signatures.py adds what
+autospec cannot read from pybind11/Cython: arity, keywords and basic types, from the bindings' own
+docstrings. Device memory (and pinned host memory) is host memory (ctypes), so data really flows
+through the copies. The fake engine computes with ONNX Runtime on a small real CNN
+(:func:`reference_model`), which is position-sensitive: a transposed, mis-strided or stale buffer
+gives other logits. CUDA events read a simulated device clock that each copy and each execution
+advances by a different amount, so a swapped event pair shows.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import types
 from unittest import mock
 
 import numpy as np
 import pytest
 
+from tests.strict_signatures import make_strict, types_of
+
 trt = pytest.importorskip("tensorrt_lean")
 cudart = pytest.importorskip("cuda.bindings.runtime")
 
 OK = cudart.cudaError_t.cudaSuccess
 NUM_CLASSES = 10
+BINDING_TYPES = types_of(trt, cudart)
 # two profiles: small images and large images
 PROFILES = [((1, 3, 4, 4), (1, 3, 32, 32), (8, 3, 64, 64)), ((1, 3, 65, 65), (1, 3, 128, 128), (4, 3, 256, 256))]
+#: simulated device time, in ms, that each kind of work adds to the clock the events read
+H2D_MS, COMPUTE_MS, D2H_MS = 0.75, 2.5, 0.125
+
+
+def strict(cls, **kwargs):
+    """``create_autospec`` of a real binding class, with every method's signature enforced."""
+    return make_strict(mock.create_autospec(cls, **kwargs), cls, types=BINDING_TYPES)
+
+
+@functools.cache
+def reference_model() -> bytes:
+    """A small real GAP CNN (no torch): asymmetric 3x3 conv, ReLU, 1x1 conv, global average, 10 logits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(42)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((NUM_CLASSES, 8, 1, 1)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["images", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["logits"])]
+    graph = helper.make_graph(nodes, "ref", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                           ["batch", 3, "height", "width"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", NUM_CLASSES])],
+                              [w1, b1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@functools.cache
+def _reference_session():
+    import onnxruntime as ort
+
+    return ort.InferenceSession(reference_model(), providers=["CPUExecutionProvider"])
+
+
+def expected_logits(x: np.ndarray) -> np.ndarray:
+    """What the real model gives for ``x``: ONNX Runtime, independent of the runner under test."""
+    return _reference_session().run(None, {"images": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
 class FakeDevice:
-    """A CUDA runtime whose device memory is host memory."""
+    """A CUDA runtime whose device memory is host memory, with a simulated clock for events."""
 
-    def __init__(self, name="NVIDIA H100 80GB HBM3", major=9, minor=0):
+    def __init__(self, name="NVIDIA H100 80GB HBM3", major=9, minor=0, count=1):
         self.memory: dict[int, ctypes.Array] = {}
-        self.name, self.major, self.minor = name, major, minor
-        self.rt = mock.create_autospec(cudart, instance=False)
-        for enum in ("cudaError_t", "cudaMemcpyKind", "cudaStreamCaptureMode"):
-            setattr(self.rt, enum, getattr(cudart, enum))
-        rt = self.rt
-        rt.cudaGetDeviceCount.side_effect = lambda: (OK, 1)
-        rt.cudaSetDevice.side_effect = lambda i: (OK,)
+        self.pinned: dict[int, ctypes.Array] = {}
+        self.name, self.major, self.minor, self.count = name, major, minor, count
+        self.clock = 0.0
+        self.event_times: dict[int, float] = {}
+        self.current_device: dict[int, int] = {}  # host thread id -> device
+        self.stream_flags: dict[int, int] = {}
+        self.rt = rt = make_strict(mock.create_autospec(cudart, instance=False), cudart, types=BINDING_TYPES)
+        for enum in ("cudaError_t", "cudaMemcpyKind", "cudaStreamCaptureMode", "cudaStreamNonBlocking",
+                     "cudaStreamDefault"):
+            setattr(rt, enum, getattr(cudart, enum))
+        rt.cudaGetDeviceCount.side_effect = lambda: (OK, self.count)
+        rt.cudaSetDevice.side_effect = self._set_device
+        rt.cudaGetDevice.side_effect = lambda: (OK, self.current_device.get(_thread(), 0))
         rt.cudaGetDeviceProperties.side_effect = lambda i: (OK, types.SimpleNamespace(
             name=self.name.encode() + b"\x00" * 8, major=self.major, minor=self.minor))
-        rt.cudaMalloc.side_effect = self._malloc
+        rt.cudaMalloc.side_effect = lambda n: self._alloc(self.memory, n)
         rt.cudaFree.side_effect = lambda p: (self.memory.pop(p) and OK,)
-        rt.cudaMemcpyAsync.side_effect = lambda dst, src, n, kind, stream: (ctypes.memmove(dst, src, n) and OK,)
+        rt.cudaMallocHost.side_effect = lambda n: self._alloc(self.pinned, n)
+        rt.cudaFreeHost.side_effect = lambda p: (self.pinned.pop(p) and OK,)
+        rt.cudaMemcpyAsync.side_effect = self._memcpy
+        rt.cudaMemsetAsync.side_effect = lambda p, v, n, s: (ctypes.memset(p, v, n) and OK,)
         rt.cudaStreamCreate.side_effect = lambda: (OK, 7)
+        rt.cudaStreamCreateWithFlags.side_effect = self._stream_with_flags
         rt.cudaStreamDestroy.side_effect = lambda s: (OK,)
         rt.cudaStreamSynchronize.side_effect = lambda s: (OK,)
-        rt.cudaEventCreate.side_effect = lambda: (OK, object())
+        rt.cudaEventCreate.side_effect = self._event
         rt.cudaEventDestroy.side_effect = lambda e: (OK,)
-        rt.cudaEventRecord.side_effect = lambda e, s: (OK,)
-        rt.cudaEventElapsedTime.side_effect = lambda a, b: (OK, 0.25)
-        rt.cudaStreamBeginCapture.side_effect = lambda s, mode: (OK,)
-        rt.cudaStreamEndCapture.side_effect = lambda s: (OK, "graph")
-        rt.cudaGraphInstantiate.side_effect = lambda g, flags: (OK, "graph-exec")
-        rt.cudaGraphLaunch.side_effect = lambda g, s: (OK,)
+        rt.cudaEventRecord.side_effect = lambda e, s: (self.event_times.__setitem__(e, self.clock) or OK,)
+        rt.cudaEventElapsedTime.side_effect = lambda a, b: (OK, self.event_times[b] - self.event_times[a])
+        # Capture records the enqueued work instead of running it; a launch replays it, as CUDA graphs do.
+        self.capturing: list | None = None
+        self.graphs: dict[int, list] = {}
+        self.broken_replay = False  # a replay that computes nothing (to prove the replay check can fail)
+        rt.cudaStreamBeginCapture.side_effect = self._begin_capture
+        rt.cudaStreamEndCapture.side_effect = self._end_capture
+        rt.cudaGraphInstantiate.side_effect = lambda g, flags: (OK, g + 1)
+        rt.cudaGraphLaunch.side_effect = self._launch
         rt.cudaGraphExecDestroy.side_effect = lambda g: (OK,)
         rt.cudaGraphDestroy.side_effect = lambda g: (OK,)
         rt.cudaGetErrorName.side_effect = lambda err: (OK, err.name.encode())
 
-    def _malloc(self, n):
+    def _begin_capture(self, stream, mode):
+        self.capturing = []
+        return (OK,)
+
+    def _end_capture(self, stream):
+        handle = 2 * len(self.graphs) + 500
+        self.graphs[handle], self.graphs[handle + 1], self.capturing = self.capturing, self.capturing, None
+        return OK, handle
+
+    def _launch(self, graph_exec, stream):
+        if not self.broken_replay:
+            for work in self.graphs[graph_exec]:
+                work()
+        return (OK,)
+
+    def _set_device(self, index):
+        if not 0 <= index < self.count:
+            return (cudart.cudaError_t.cudaErrorInvalidDevice,)
+        self.current_device[_thread()] = index
+        return (OK,)
+
+    @staticmethod
+    def _alloc(pool, n):
         buf = ctypes.create_string_buffer(n)
-        self.memory[ctypes.addressof(buf)] = buf
+        pool[ctypes.addressof(buf)] = buf
         return OK, ctypes.addressof(buf)
 
+    def _memcpy(self, dst, src, n, kind, stream):
+        for pointer in (dst, src):  # device side must be device memory, host side pinned memory
+            if not any(base <= pointer < base + ctypes.sizeof(buf)
+                       for pool in (self.memory, self.pinned) for base, buf in pool.items()):
+                raise AssertionError(f"cudaMemcpyAsync on unregistered memory {pointer:#x}")
+        ctypes.memmove(dst, src, n)
+        self.clock += H2D_MS if kind == cudart.cudaMemcpyKind.cudaMemcpyHostToDevice else D2H_MS
+        return (OK,)
 
-def channel_means(x: np.ndarray) -> np.ndarray:
-    out = np.zeros((x.shape[0], NUM_CLASSES), np.float32)
-    out[:, : x.shape[1]] = x.reshape(x.shape[0], x.shape[1], -1).mean(axis=2)
-    return out
+    def _stream_with_flags(self, flags):
+        handle = 100 + len(self.stream_flags)
+        self.stream_flags[handle] = int(flags)
+        return OK, handle
+
+    def _event(self):
+        event = len(self.event_times) + 1000 + id(self) % 7
+        self.event_times[event] = 0.0
+        return OK, event
+
+    def advance(self, ms: float) -> None:
+        self.clock += ms
 
 
-def make_engine(profiles=PROFILES, compute=channel_means):
-    """A spec'd ICudaEngine + IExecutionContext pair; ``compute`` maps the input batch to the logits."""
-    engine = mock.create_autospec(trt.ICudaEngine, instance=True)
-    context = mock.create_autospec(trt.IExecutionContext, instance=True)
+def _thread() -> int:
+    import threading
+
+    return threading.get_ident()
+
+
+def make_engine(profiles=PROFILES, compute=expected_logits, device: FakeDevice | None = None):
+    """A strict ICudaEngine + IExecutionContext pair; ``compute`` maps the input batch to the logits."""
+    engine = strict(trt.ICudaEngine, instance=True)
+    context = strict(trt.IExecutionContext, instance=True)
     names = ["images", "logits"]
     engine.num_io_tensors = 2
     engine.num_optimization_profiles = len(profiles)
@@ -85,6 +191,8 @@ def make_engine(profiles=PROFILES, compute=channel_means):
     state = {"profile": 0, "shape": None, "addr": {}}
 
     def set_profile(index, stream):
+        if not 0 <= index < len(profiles):  # the binding raises; it does not return False
+            raise RuntimeError(f"profile index {index} out of range")
         state["profile"] = index
         return True
 
@@ -95,12 +203,21 @@ def make_engine(profiles=PROFILES, compute=channel_means):
         state["shape"] = tuple(shape)
         return True
 
-    def execute(stream):
-        n, c, h, w = state["shape"]
+    def run(shape, addr):
+        n, c, h, w = shape
         count = n * c * h * w
-        x = np.frombuffer((ctypes.c_float * count).from_address(state["addr"]["images"]), dtype=np.float32)
+        x = np.frombuffer((ctypes.c_float * count).from_address(addr["images"]), dtype=np.float32)
         out = np.ascontiguousarray(compute(x.reshape(n, c, h, w).copy()), dtype=np.float32)
-        ctypes.memmove(state["addr"]["logits"], out.ctypes.data, out.nbytes)
+        ctypes.memmove(addr["logits"], out.ctypes.data, out.nbytes)
+        if device is not None:
+            device.advance(COMPUTE_MS)
+
+    def execute(stream):
+        shape, addr = state["shape"], dict(state["addr"])  # what the kernels are launched with
+        if device is not None and device.capturing is not None:
+            device.capturing.append(lambda: run(shape, addr))
+        else:
+            run(shape, addr)
         return True
 
     context.set_optimization_profile_async.side_effect = set_profile
@@ -112,13 +229,10 @@ def make_engine(profiles=PROFILES, compute=channel_means):
 
 
 def make_trt(engine, version="11.4.0.106", name="tensorrt"):
-    """The TensorRT module as the runner sees it: real enums and helpers, a spec'd Runtime."""
-    runtime = mock.create_autospec(trt.Runtime, instance=True)
+    """The TensorRT module as the runner sees it: real enums and helpers, a strict Runtime."""
+    runtime = strict(trt.Runtime, instance=True)
     runtime.deserialize_cuda_engine.return_value = engine
     module = types.SimpleNamespace(
         __name__=name, __version__=version, Logger=trt.Logger, TensorIOMode=trt.TensorIOMode,
         nptype=trt.nptype, Runtime=mock.Mock(return_value=runtime))
     return module, runtime
-
-
-expected_logits = channel_means

@@ -52,15 +52,21 @@ def engine_options(f):
     return f
 
 
-def run_build(onnx_path: Path, output: Path, *, precision, calib, calib_size, min_shape, opt_shape, max_shape,
-              profiles, workspace, timing_cache, version_compatible, hardware_compat, verify) -> None:
-    from exporter.builder import BuildConfig, build_with_precision
+def build_config(*, min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible,
+                 hardware_compat):
+    """The engine options (shared by gap-build and gap-export --engine) as a BuildConfig."""
+    from exporter.builder import BuildConfig
 
-    config = BuildConfig(profiles=parse_profiles(min_shape, opt_shape, max_shape, profiles),
-                         workspace_gib=workspace, timing_cache=timing_cache,
-                         version_compatible=version_compatible, hardware_compat=hardware_compat)
-    result = build_with_precision(onnx_path, output, precision=precision, calib=calib, calib_size=calib_size,
-                                  config=config, verify=verify, log=info)
+    return BuildConfig(profiles=parse_profiles(min_shape, opt_shape, max_shape, profiles), workspace_gib=workspace,
+                       timing_cache=timing_cache, version_compatible=version_compatible,
+                       hardware_compat=hardware_compat)
+
+
+def run_build(onnx_path: Path, output: Path, *, variant, config, verify) -> None:
+    """Build, then print what was built; ``variant`` is an exporter.precision.VariantOptions or None."""
+    from exporter.builder import build_with_precision
+
+    result = build_with_precision(onnx_path, output, variant=variant, config=config, verify=verify, log=info)
     if result.variant is not None:
         for report in (result.variant.sweep, result.variant.real_data):
             if report is not None:
@@ -71,8 +77,8 @@ def run_build(onnx_path: Path, output: Path, *, precision, calib, calib_size, mi
     click.echo(f"Wrote {result.build.plan} and {result.build.plan.name}.json: TensorRT {manifest.tensorrt_version} "
                f"on {manifest.gpu_name} (sm {manifest.compute_capability}), built precision {manifest.precision} "
                f"{result.build.layer_precisions}, {result.build.seconds:.1f} s.")
-    wanted = precision or "fp32"
-    if manifest.precision not in (wanted, "unknown") and not (wanted == "int8" and manifest.precision == "fp16"):
+    wanted = variant.precision if variant else "fp32"
+    if manifest.precision != wanted and not (wanted == "int8" and manifest.precision == "fp16"):
         click.echo(click.style("Warning: ", fg="yellow") + f"{wanted} was asked but the engine's layers run in "
                    f"{manifest.precision}; see the layer counts above.", err=True)
 
@@ -86,12 +92,15 @@ def run_build(onnx_path: Path, output: Path, *, precision, calib, calib_size, mi
 @click.option("--calib", type=click.Path(path_type=Path), help="INT8 calibration: a folder of images or an .npy "
               "NCHW array (normalized).")
 @click.option("--calib-size", default="224", show_default=True, metavar="N|HxW", help="Calibration image size.")
+@click.option("--min-top1", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this.")
+@click.option("--int8-all-layers", is_flag=True, help="INT8: quantize the first convolution and the classifier too.")
 @engine_options
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run the engine at min/opt/max of every profile against ONNX Runtime (CPU) before writing.")
 @report_errors
-def main(model, output, precision, calib, calib_size, min_shape, opt_shape, max_shape, profiles, workspace,
-         timing_cache, version_compatible, hardware_compat, verify):
+def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers, min_shape, opt_shape, max_shape,
+         profiles, workspace, timing_cache, version_compatible, hardware_compat, verify):
     """Build a TensorRT engine from MODEL.onnx (TensorRT 10 or 11, strongly typed).
 
     Needs the full TensorRT and an NVIDIA GPU (pip install 'gap-deploy[gpu]'). Example:
@@ -100,9 +109,14 @@ def main(model, output, precision, calib, calib_size, min_shape, opt_shape, max_
     """
     if precision == "int8" and calib is None:
         raise click.BadParameter("--precision int8 needs --calib DIR or --calib FILE.npy.", param_hint="--calib")
+    from exporter.precision import VariantOptions
+
     suffix = "" if precision in (None, "fp32") else f".{precision}"
     output = output or model.with_name(f"{model.stem}{suffix}.plan")
-    run_build(model, output, precision=precision, calib=calib, calib_size=image_size(calib_size),
-              min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
-              workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
-              hardware_compat=hardware_compat, verify=verify)
+    variant = None if precision in (None, "fp32") else VariantOptions(
+        precision, calib=calib, calib_size=image_size(calib_size), min_top1=min_top1,
+        keep_float_ends=not int8_all_layers)
+    config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
+                          workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
+                          hardware_compat=hardware_compat)
+    run_build(model, output, variant=variant, config=config, verify=verify)

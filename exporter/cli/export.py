@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from exporter.cli.build import engine_options, run_build
+from exporter.cli.build import build_config, engine_options, run_build
+from exporter.precision import VariantOptions
 from runtime.cli.common import fail, floats, image_size, info, report_errors, shape_option, write_json
 from runtime.errors import ArtifactError
 from runtime.files import check_output_path
@@ -155,15 +156,17 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
                f"{exp.metadata.min_height}x{exp.metadata.min_width}, opset {exp.opset}"
                f"{', simplified' if exp.simplified else ''} ({exp.seconds:.1f} s).")
     variant_report = None
-    if precision != "fp32" and not engine:
-        variant_report = _write_variant(result, precision, calib, size, min_top1, not int8_all_layers)
-    if engine:
+    options = None if precision == "fp32" else VariantOptions(precision, calib=calib, calib_size=size,
+                                                              min_top1=min_top1, keep_float_ends=not int8_all_layers)
+    if options and not engine:
+        variant_report = _write_variant(result, options)
+    if engine:  # the same variant pipeline, inside the engine build
         suffix = "" if precision == "fp32" else f".{precision}"
-        run_build(result.path, result.path.with_name(f"{result.path.stem}{suffix}.plan"),
-                  precision=None if precision == "fp32" else precision, calib=calib, calib_size=size,
-                  min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
-                  workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
-                  hardware_compat=hardware_compat, verify=verify)
+        config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
+                              workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
+                              hardware_compat=hardware_compat)
+        run_build(result.path, result.path.with_name(f"{result.path.stem}{suffix}.plan"), variant=options,
+                  config=config, verify=verify)
     if report:
         write_json(report, {
             "precision_variant": variant_report,
@@ -174,28 +177,20 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
         info(f"Wrote {report}")
 
 
-def _write_variant(result, precision: str, calib, size, min_top1: float, keep_float_ends: bool = True) -> dict:
-    from exporter.precision import load_calibration, make_variant, variant_path
-    from runtime.errors import ExportError
+def _write_variant(result, options) -> dict:
+    from exporter.precision import convert_verified, variant_path
     from runtime.files import write_bytes_atomic
-    from runtime.parity import FP16, INT8, Tolerance
 
     meta = result.export.metadata
-    shapes = [r.shape for r in result.parity.rows] if result.parity else [(1, meta.in_channels, *size)]
-    data = load_calibration(calib, meta, size=size) if precision == "int8" else None
-    tolerance = FP16 if precision == "fp16" else Tolerance(INT8.atol, INT8.rtol, min_top1)
-    info(f"Converting to {precision} and verifying against the FP32 ONNX ...")
-    variant = make_variant(result.export.model, precision, shapes, calibration=data, tolerance=tolerance,
-                           keep_float_ends=keep_float_ends)
+    shapes = [r.shape for r in result.parity.rows] if result.parity else \
+        [(1, meta.in_channels, *options.calib_size)]
+    info(f"Converting to {options.precision} and verifying against the FP32 ONNX ...")
+    variant = convert_verified(result.export.model, options, shapes)
     for rep in (variant.real_data, variant.sweep):
         if rep is not None:
             click.echo(rep.format_table())
-    path = variant_path(result.path, precision)
-    if not variant.passed:
-        raise ExportError(f"the {precision} model differs too much from the FP32 model; {path} was not written.",
-                          hint="use more or more representative --calib images, or lower --min-top1."
-                          if precision == "int8" else None)
+    path = variant_path(result.path, options.precision)
     write_bytes_atomic(path, variant.model.SerializeToString())
-    click.echo(f"Wrote {path} ({precision}, {path.stat().st_size / 1e6:.2f} MB)")
-    return {"path": str(path), "precision": precision, "sweep": variant.sweep.to_dict(),
+    click.echo(f"Wrote {path} ({options.precision}, {path.stat().st_size / 1e6:.2f} MB)")
+    return {"path": str(path), "precision": options.precision, "sweep": variant.sweep.to_dict(),
             "real_data": variant.real_data.to_dict() if variant.real_data else None}

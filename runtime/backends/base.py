@@ -28,16 +28,38 @@ class Runner:
     """One backend instance. ``infer`` gets an array that the Session has already validated.
 
     Subclasses set ``backend`` (the name users pass to ``runtime.load``), ``inputs``, ``outputs`` and
-    ``props`` (the model's metadata map), and must be safe to call from several threads.
+    ``props`` (the model's metadata map), and must be safe to call from several threads. Runners that
+    time the GPU's phases themselves (TensorRT) set ``gpu_timing`` and implement ``infer_timed`` and
+    ``check_cuda_graph``; ``device`` and ``versions`` describe where the runner really executes.
     """
 
     backend: str
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     props: dict[str, str]
+    #: True when ``infer_timed`` reports H2D / compute / D2H / enqueue from CUDA events
+    gpu_timing: bool = False
 
     def infer(self, array: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def infer_timed(self, array: np.ndarray, *, cuda_graph: bool = False, transfers: bool = True):
+        """(output, GpuTiming) for runners with ``gpu_timing``."""
+        raise NotImplementedError(f"backend '{self.backend}' has no GPU phase timing")
+
+    def check_cuda_graph(self, array: np.ndarray) -> float:
+        """Max abs difference between a CUDA-graph replay and a normal execution (``gpu_timing`` runners)."""
+        raise NotImplementedError(f"backend '{self.backend}' has no CUDA graphs")
+
+    @property
+    def device(self) -> dict:
+        """Where this runner executes (GPU name and index, CPU threads, ...)."""
+        return {}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """The versions of the libraries this runner executes with."""
+        return {}
 
     def close(self) -> None:
         """Release backend resources; the runner must not be used afterwards."""

@@ -5,15 +5,24 @@ No torch. Every call's error code is checked; a failure raises CudaError naming 
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.errors import GapError, MissingDependencyError
+from runtime.errors import CudaError, MissingDependencyError
 
-
-class CudaError(GapError):
-    """A CUDA runtime call failed."""
+#: The fix for the CUDA errors a user meets; anything else points at the driver.
+_HINTS = {
+    "cudaErrorMemoryAllocation": "the GPU is out of memory: use a smaller batch or size, or free the GPU "
+                                 "(nvidia-smi lists its processes).",
+    "cudaErrorInvalidDevice": "no GPU with that index; nvidia-smi lists the devices, CUDA_VISIBLE_DEVICES hides some.",
+    "cudaErrorNoDevice": "no NVIDIA GPU is visible: check nvidia-smi and CUDA_VISIBLE_DEVICES.",
+    "cudaErrorInsufficientDriver": "the NVIDIA driver is older than this CUDA runtime needs: update the driver.",
+    "cudaErrorStreamCaptureInvalidated": "another stream's work broke the CUDA graph capture: run without "
+                                         "--cuda-graph, or keep other GPU work off the legacy default stream.",
+}
+_DRIVER_HINT = "check that an NVIDIA driver and GPU are present (nvidia-smi)."
 
 
 def load_cudart():
@@ -50,8 +59,7 @@ class Cuda:
         if err != self.rt.cudaError_t.cudaSuccess:
             name = self.rt.cudaGetErrorName(err)[1]
             name = name.decode() if isinstance(name, bytes) else str(name)
-            raise CudaError(f"CUDA call {call} failed: {name}.",
-                            hint="check that an NVIDIA driver and GPU are present (nvidia-smi).")
+            raise CudaError(f"CUDA call {call} failed: {name}.", hint=_HINTS.get(name, _DRIVER_HINT))
         if not rest:
             return None
         return rest[0] if len(rest) == 1 else rest
@@ -75,8 +83,19 @@ class Cuda:
         if ptr:
             self._check("cudaFree", self.rt.cudaFree(ptr))
 
+    def malloc_host(self, nbytes: int) -> int:
+        """Page-locked host memory: copies from it are truly asynchronous (what trtexec stages through)."""
+        return int(self._check("cudaMallocHost", self.rt.cudaMallocHost(nbytes)))
+
+    def free_host(self, ptr: int) -> None:
+        if ptr:
+            self._check("cudaFreeHost", self.rt.cudaFreeHost(ptr))
+
     def create_stream(self):
-        return self._check("cudaStreamCreate", self.rt.cudaStreamCreate())
+        """A non-blocking stream: work on the legacy default stream elsewhere in the process neither waits for
+        it nor invalidates a CUDA graph being captured on it."""
+        flags = self.rt.cudaStreamNonBlocking
+        return self._check("cudaStreamCreateWithFlags", self.rt.cudaStreamCreateWithFlags(flags))
 
     def destroy_stream(self, stream) -> None:
         self._check("cudaStreamDestroy", self.rt.cudaStreamDestroy(stream))
@@ -84,13 +103,16 @@ class Cuda:
     def synchronize(self, stream) -> None:
         self._check("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(stream))
 
-    def copy_to_device(self, dst: int, host: np.ndarray, stream) -> None:
+    def copy_to_device(self, dst: int, src: int, nbytes: int, stream) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check("cudaMemcpyAsync(HtoD)", self.rt.cudaMemcpyAsync(dst, host.ctypes.data, host.nbytes, kind, stream))
+        self._check("cudaMemcpyAsync(HtoD)", self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream))
 
-    def copy_to_host(self, host: np.ndarray, src: int, stream) -> None:
+    def copy_to_host(self, dst: int, src: int, nbytes: int, stream) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._check("cudaMemcpyAsync(DtoH)", self.rt.cudaMemcpyAsync(host.ctypes.data, src, host.nbytes, kind, stream))
+        self._check("cudaMemcpyAsync(DtoH)", self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream))
+
+    def memset(self, ptr: int, value: int, nbytes: int, stream) -> None:
+        self._check("cudaMemsetAsync", self.rt.cudaMemsetAsync(ptr, value, nbytes, stream))
 
     def create_event(self):
         return self._check("cudaEventCreate", self.rt.cudaEventCreate())
@@ -123,10 +145,12 @@ class Cuda:
 
 
 class DeviceBuffer:
-    """Device memory that is reused across calls and grows when a larger shape comes."""
+    """Device memory (or, with ``pinned=True``, page-locked host memory) that is reused across calls and
+    grows when a larger shape comes."""
 
-    def __init__(self, cuda: Cuda):
+    def __init__(self, cuda: Cuda, *, pinned: bool = False):
         self._cuda = cuda
+        self._alloc, self._free = (cuda.malloc_host, cuda.free_host) if pinned else (cuda.malloc, cuda.free)
         self.ptr = 0
         self.nbytes = 0
 
@@ -135,11 +159,18 @@ class DeviceBuffer:
         if nbytes <= self.nbytes:
             return False
         self.free()
-        self.ptr = self._cuda.malloc(nbytes)
+        self.ptr = self._alloc(nbytes)
         self.nbytes = nbytes
         return True
 
+    def view(self, shape, dtype) -> np.ndarray:
+        """The first bytes of a pinned buffer as a numpy array (no copy)."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        raw = (ctypes.c_char * (count * dtype.itemsize)).from_address(self.ptr)
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
     def free(self) -> None:
         if self.ptr:
-            self._cuda.free(self.ptr)
+            self._free(self.ptr)
         self.ptr, self.nbytes = 0, 0

@@ -9,7 +9,7 @@ import numpy as np
 
 from runtime._lazy import require
 from runtime.backends.base import Runner, TensorInfo
-from runtime.errors import ArtifactError, BackendUnavailableError
+from runtime.errors import ArtifactError, BackendUnavailableError, first_line
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -33,7 +33,7 @@ def provider_works(backend: str) -> tuple[bool, str]:
     try:
         ort = _ort()
     except BackendUnavailableError as exc:
-        return False, str(exc).splitlines()[0]
+        return False, first_line(exc)
     provider = PROVIDERS[backend]
     if provider not in ort.get_available_providers():
         return False, f"this onnxruntime build has no {provider}"
@@ -51,7 +51,7 @@ def provider_works(backend: str) -> tuple[bool, str]:
         session = ort.InferenceSession(probe.SerializeToString(), options,
                                        providers=[provider, "CPUExecutionProvider"])
     except Exception as exc:
-        return False, f"{provider} failed to start: {str(exc).splitlines()[0]}"
+        return False, f"{provider} failed to start: {first_line(exc)}"
     if provider not in session.get_providers():
         return False, f"{provider} is listed but its libraries (CUDA/cuDNN/TensorRT) could not be loaded"
     return True, ""
@@ -71,7 +71,7 @@ class OrtRunner(Runner):
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
-            raise ArtifactError(f"cannot read ONNX model {path}: {str(exc).strip().splitlines()[0]}",
+            raise ArtifactError(f"cannot read ONNX model {path}: {first_line(exc)}",
                                 hint="re-export the model with gap-export.") from None
         if PROVIDERS[backend] not in self._session.get_providers():  # never fall back silently
             raise BackendUnavailableError(f"backend '{backend}' did not start for {path}; "
@@ -90,6 +90,16 @@ class OrtRunner(Runner):
 
     def infer(self, array: np.ndarray) -> np.ndarray:
         return self._session.run(self._out_names, {self._in_name: array})[0]
+
+    @property
+    def device(self) -> dict:
+        threads = self.session_options.intra_op_num_threads
+        return {"ort_providers": self._session.get_providers(),
+                "ort_intra_op_threads": threads or "default (one per core)"}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {"onnxruntime": _ort().__version__}
 
     @property
     def ort_session(self):

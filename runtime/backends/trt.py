@@ -12,7 +12,15 @@ import numpy as np
 
 from runtime.backends.base import Runner, TensorInfo
 from runtime.backends.cuda import Cuda, DeviceBuffer
-from runtime.errors import ArtifactError, GapError, InputError, MissingDependencyError, UntrustedCodeError
+from runtime.errors import (
+    ArtifactError,
+    BackendError,
+    GapError,
+    InputError,
+    MissingDependencyError,
+    UntrustedCodeError,
+    first_line,
+)
 from runtime.files import check_input_file, sha256_bytes
 from runtime.manifest import EngineManifest, manifest_path
 
@@ -37,7 +45,7 @@ def trt_works() -> tuple[bool, str]:
         import_tensorrt()
         count = Cuda().device_count()
     except GapError as exc:
-        return False, str(exc).splitlines()[0]
+        return False, first_line(exc)
     return (count > 0, "" if count else "no CUDA device found")
 
 
@@ -53,6 +61,7 @@ class GpuTiming:
 
 class TrtRunner(Runner):
     backend = "trt"
+    gpu_timing = True
 
     def __init__(self, path: Path, *, trust_engine: bool = False, device: int = 0, trt=None, cuda: Cuda | None = None):
         path = check_input_file(path, "TensorRT engine")
@@ -62,6 +71,7 @@ class TrtRunner(Runner):
         lean = trt.__name__.split(".")[0] == "tensorrt_lean"
         self.manifest = self._check_manifest(path, plan, trust_engine, device, lean)
 
+        self._device = device
         cuda.set_device(device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -78,7 +88,7 @@ class TrtRunner(Runner):
                                 hint=f"rebuild it on this machine: gap-build MODEL.onnx -o {path}")
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise GapError(f"TensorRT could not create an execution context for {path} (out of GPU memory?).")
+            raise BackendError(f"TensorRT could not create an execution context for {path} (out of GPU memory?).")
 
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         ins = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -89,9 +99,10 @@ class TrtRunner(Runner):
             raise ArtifactError(f"engine {path} has {len(ins)} inputs and {len(outs)} outputs; expected 1 and 1.")
         self.props = dict(self.manifest.metadata) if self.manifest else {}
         self._in_name, self._out_name = ins[0], outs[0]
-        self._out_dtype = self.outputs[0].dtype
+        self._out_dtype = np.dtype(self.outputs[0].dtype)
         self._stream = cuda.create_stream()
         self._in_buf, self._out_buf = DeviceBuffer(cuda), DeviceBuffer(cuda)
+        self._in_host, self._out_host = DeviceBuffer(cuda, pinned=True), DeviceBuffer(cuda, pinned=True)
         self._events = [cuda.create_event() for _ in range(4)]
         self._graphs: dict[tuple, tuple] = {}
         self._active_profile = 0
@@ -131,26 +142,48 @@ class TrtRunner(Runner):
         raise InputError(f"shape {'x'.join(map(str, shape))} is outside every optimization profile ({ranges}).",
                          hint="rebuild the engine with gap-build --min/--max covering it.")
 
-    def _prepare(self, array: np.ndarray) -> np.ndarray:
+    def _prepare(self, array: np.ndarray) -> tuple:
+        """Select the profile and shape, size the buffers, bind the addresses; returns the output's shape."""
         ctx = self._context
         profile = self._profile_for(array.shape)
         if profile != self._active_profile:
-            if not ctx.set_optimization_profile_async(profile, self._stream):
-                raise GapError(f"TensorRT refused optimization profile {profile}.")
+            try:
+                switched = ctx.set_optimization_profile_async(profile, self._stream)
+            except RuntimeError as exc:  # the binding raises on failure
+                raise BackendError(f"TensorRT refused to switch to optimization profile {profile}: {exc}") from None
+            if switched is False:
+                raise BackendError(f"TensorRT refused to switch to optimization profile {profile}.")
             self._active_profile = profile
         if not ctx.set_input_shape(self._in_name, tuple(array.shape)):
-            raise InputError(f"TensorRT refused input shape {tuple(array.shape)} for '{self._in_name}'.")
-        out = np.empty(tuple(ctx.get_tensor_shape(self._out_name)), dtype=self._out_dtype)
-        moved = self._in_buf.ensure(array.nbytes) | self._out_buf.ensure(out.nbytes)
+            raise BackendError(f"TensorRT refused input shape {tuple(array.shape)} for '{self._in_name}', which "
+                               f"lies inside profile {profile}.", note="the engine and its profiles disagree.",
+                               hint="rebuild the engine with gap-build.")
+        out_shape = tuple(int(d) for d in ctx.get_tensor_shape(self._out_name))
+        out_bytes = int(np.prod(out_shape)) * self._out_dtype.itemsize
+        moved = False
+        for buffer, nbytes in ((self._in_buf, array.nbytes), (self._out_buf, out_bytes),
+                               (self._in_host, array.nbytes), (self._out_host, out_bytes)):
+            moved |= buffer.ensure(nbytes)
         if moved:
             self._drop_graphs()
-        ctx.set_tensor_address(self._in_name, self._in_buf.ptr)
-        ctx.set_tensor_address(self._out_name, self._out_buf.ptr)
-        return out
+        for name, buffer in ((self._in_name, self._in_buf), (self._out_name, self._out_buf)):
+            if not ctx.set_tensor_address(name, buffer.ptr):
+                raise BackendError(f"TensorRT refused the device address of tensor '{name}'.")
+        return out_shape
 
     def _enqueue(self) -> None:
         if not self._context.execute_async_v3(self._stream):
-            raise GapError("TensorRT execute_async_v3 failed; see the TensorRT log above.")
+            raise BackendError("TensorRT execute_async_v3 failed; see the TensorRT log above.")
+
+    @property
+    def device(self) -> dict:
+        """The GPU this runner executes on (set in every inference call's thread)."""
+        info = self._cuda.device(self._device)
+        return {"index": self._device, "gpu": info.name, "compute_capability": info.compute_capability}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {"tensorrt": f"{self._trt.__name__} {self._trt.__version__}"}
 
     def infer(self, array: np.ndarray) -> np.ndarray:
         return self.infer_timed(array)[0]
@@ -159,16 +192,20 @@ class TrtRunner(Runner):
                     transfers: bool = True) -> tuple[np.ndarray, GpuTiming]:
         """Run once and time H2D, GPU compute (CUDA events), D2H and the host-side enqueue call.
 
-        ``cuda_graph`` captures the enqueue once per shape and replays it; ``transfers=False`` skips the
-        input copy and computes on what the previous call left on the device (same shape, same data:
-        gap-bench runs the input once before timing).
+        The input is staged through pinned host memory, as trtexec does, so the copies are truly
+        asynchronous. ``cuda_graph`` captures the enqueue once per shape and replays it;
+        ``transfers=False`` skips the input copy and computes on what the previous call left on the
+        device (same shape, same data: gap-bench runs the input once before timing).
         """
         cuda, stream, (e0, e1, e2, e3) = self._cuda, self._stream, self._events
         with self._lock:
-            out = self._prepare(array)
+            cuda.set_device(self._device)  # per host thread: this call may come from any thread
+            out_shape = self._prepare(array)
+            out_bytes = int(np.prod(out_shape)) * self._out_dtype.itemsize
             cuda.record(e0, stream)
             if transfers:
-                cuda.copy_to_device(self._in_buf.ptr, array, stream)
+                self._in_host.view(array.shape, array.dtype)[...] = array
+                cuda.copy_to_device(self._in_buf.ptr, self._in_host.ptr, array.nbytes, stream)
             cuda.record(e1, stream)
             started = time.perf_counter()
             if cuda_graph:
@@ -177,11 +214,34 @@ class TrtRunner(Runner):
                 self._enqueue()
             enqueue_ms = (time.perf_counter() - started) * 1e3
             cuda.record(e2, stream)
-            cuda.copy_to_host(out, self._out_buf.ptr, stream)
+            cuda.copy_to_host(self._out_host.ptr, self._out_buf.ptr, out_bytes, stream)
             cuda.record(e3, stream)
             cuda.synchronize(stream)
+            out = self._out_host.view(out_shape, self._out_dtype).copy()
             timing = GpuTiming(cuda.elapsed_ms(e0, e1), cuda.elapsed_ms(e1, e2), cuda.elapsed_ms(e2, e3), enqueue_ms)
         return out, timing
+
+    def check_cuda_graph(self, array: np.ndarray) -> float:
+        """Max abs difference between a CUDA-graph replay and a normal execution on the same input.
+
+        The output buffer is filled with NaN bytes before the replay, so a replay that computes
+        nothing, or on stale addresses or a stale shape, shows here before anything is timed.
+        """
+        normal = self.infer_timed(array)[0]
+        self._graph_for_shape(array)  # capture first: capturing runs the enqueue once
+        with self._lock:
+            self._cuda.set_device(self._device)
+            self._cuda.memset(self._out_buf.ptr, 0xFF, self._out_buf.nbytes, self._stream)
+        replayed = self.infer_timed(array, cuda_graph=True)[0]
+        if normal.shape != replayed.shape or not np.isfinite(replayed).all():
+            return float("inf")
+        return float(np.max(np.abs(normal.astype(np.float64) - replayed.astype(np.float64)))) if normal.size else 0.0
+
+    def _graph_for_shape(self, array: np.ndarray) -> None:
+        with self._lock:
+            self._cuda.set_device(self._device)
+            self._prepare(array)
+            self._graph_for(array.shape)
 
     def _graph_for(self, shape) -> object:
         key = tuple(shape)
@@ -203,8 +263,8 @@ class TrtRunner(Runner):
     def close(self) -> None:
         with self._lock:
             self._drop_graphs()
-            self._in_buf.free()
-            self._out_buf.free()
+            for buffer in (self._in_buf, self._out_buf, self._in_host, self._out_host):
+                buffer.free()
             for event in self._events:
                 self._cuda.destroy_event(event)
             self._events = []

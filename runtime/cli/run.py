@@ -18,7 +18,7 @@ def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16,
     """Top-k classes per image file. Unreadable or too-small files are reported, the rest classified."""
     import numpy as np
 
-    from runtime.errors import GapError
+    from runtime.errors import GapError, first_line
     from runtime.images import load_image, normalize, softmax
     from runtime.validation import prepare
 
@@ -31,7 +31,7 @@ def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16,
             prepare(chw[None], spec)  # size/profile checks per file, so one bad file cannot sink a batch
             ready.append((path, chw))
         except GapError as exc:
-            errors.append({"file": str(path), "error": str(exc).splitlines()[0]})
+            errors.append({"file": str(path), "error": first_line(exc)})
         if progress:
             progress(1)
     logits = session.run_many([chw for _, chw in ready], max_batch=batch_size) if ready else []
