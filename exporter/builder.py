@@ -25,22 +25,11 @@ from runtime.files import check_output_path, sha256_bytes, sha256_file, write_by
 from runtime.manifest import EngineManifest, manifest_path
 from runtime.metadata import ModelMetadata
 from runtime.parity import ParityReport
-from runtime.shapes import Shape, format_shape
+from runtime.profiles import Profile
+from runtime.profiles import default_profile as profiles_default
+from runtime.shapes import Shape
 
-DEFAULT_OPT_SIDE = 224
-DEFAULT_MAX_SIDE = 1024
-DEFAULT_MAX_BATCH = 16
 GPU_HINT = "pip install 'gap-deploy[gpu]' on a machine with an NVIDIA GPU and driver."
-
-
-@dataclass(frozen=True)
-class Profile:
-    min: Shape
-    opt: Shape
-    max: Shape
-
-    def __str__(self) -> str:
-        return f"{format_shape(self.min)}:{format_shape(self.opt)}:{format_shape(self.max)}"
 
 
 @dataclass(frozen=True)
@@ -83,19 +72,8 @@ def read_onnx_input(path: Path) -> OnnxInput:
 
 
 def default_profile(info: OnnxInput) -> Profile:
-    """min: 1 x C x the model's minimum; opt: 1 x C x 224x224; max: 16 x C x 1024x1024 (static dims kept)."""
-    meta = info.metadata
-    c = info.dims[1] if isinstance(info.dims[1], int) and info.dims[1] > 0 else (meta.in_channels or 3)
-
-    def pick(axis: int, dynamic_value: int) -> int:
-        dim = info.dims[axis]
-        return dim if isinstance(dim, int) and dim > 0 else dynamic_value
-
-    lo = (pick(0, 1), c, pick(2, meta.min_height), pick(3, meta.min_width))
-    opt = (pick(0, 1), c, pick(2, max(DEFAULT_OPT_SIDE, meta.min_height)),
-           pick(3, max(DEFAULT_OPT_SIDE, meta.min_width)))
-    hi = (pick(0, DEFAULT_MAX_BATCH), c, pick(2, DEFAULT_MAX_SIDE), pick(3, DEFAULT_MAX_SIDE))
-    return Profile(lo, opt, hi)
+    """The runtime's default profile for this ONNX (runtime.profiles.default_profile)."""
+    return profiles_default(info.dims, info.metadata)
 
 
 def check_profiles(info: OnnxInput, profiles: Sequence[Profile], path: Path) -> None:

@@ -27,6 +27,18 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
 
 
+#: major version of the runtime -> majors whose version-compatible engines it runs (NVIDIA's 11.x support
+#: matrix: engines built version-compatible with TensorRT 10 run on TensorRT 11)
+_CROSS_MAJOR = {11: (10, 11)}
+
+
+def version_compatible_runs(built: tuple[int, ...], here: tuple[int, ...]) -> bool:
+    """Whether a version-compatible engine built with TensorRT ``built`` may run on TensorRT ``here``."""
+    if not built or not here or here < built:
+        return False
+    return built[0] in _CROSS_MAJOR.get(here[0], (here[0],))
+
+
 @dataclass(frozen=True)
 class EngineManifest:
     tensorrt_version: str
@@ -73,11 +85,13 @@ class EngineManifest:
                 hint=f"rebuild with gap-build --version-compatible, or install the full TensorRT "
                      f"{self.tensorrt_version}.")
         if self.version_compatible:
-            if here[:1] != built[:1] or here < built:
+            if not version_compatible_runs(built, here):
                 raise ManifestMismatchError(
                     f"engine {plan} was built version-compatible with TensorRT {self.tensorrt_version}; this machine "
-                    f"runs {tensorrt_version}, which cannot load it (needs the same major version, not older).",
-                    hint=rebuild)
+                    f"runs {tensorrt_version}, which cannot load it.",
+                    note="a version-compatible engine runs on the same or a newer TensorRT of its major version, and "
+                         "one built with TensorRT 10 also on TensorRT 11 (NVIDIA's support matrix); never on an "
+                         "older TensorRT.", hint=rebuild)
         elif here != built:
             raise ManifestMismatchError(f"engine {plan} was built with TensorRT {self.tensorrt_version}; this machine "
                                         f"runs {tensorrt_version}. Engines only run on the version that built them.",

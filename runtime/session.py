@@ -39,8 +39,8 @@ def _choose(path: Path, backend: str | None) -> str:
     if backend is not None:
         if backend not in allowed:
             kind = "a TensorRT engine" if is_engine else "an ONNX model"
-            raise BackendUnavailableError(f"backend '{backend}' cannot run {kind} ({path.name}); "
-                                          f"choose one of {', '.join(allowed)}.")
+            raise UsageError(f"backend '{backend}' cannot run {kind} ({path.name}); "
+                             f"choose one of {', '.join(allowed)}.")
         return backend
     if is_engine:
         return "trt"
@@ -51,12 +51,20 @@ def _choose(path: Path, backend: str | None) -> str:
 
 
 def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | None = None,
-         trust_engine: bool = False) -> Session:
+         trust_engine: bool = False, provider_options: dict | None = None, cache_dir: str | os.PathLike | None = None,
+         trt_profile: str | None = None, allow_cpu_fallback: bool = False) -> Session:
     """Open an artifact: ``.onnx`` on ONNX Runtime, ``.plan``/``.engine`` on TensorRT.
 
     ``backend`` is one of ort-cpu, ort-cuda, ort-trt, trt; by default the best one that really works
     here (``Session.backend`` says which). A backend that was asked for and does not work raises
-    BackendUnavailableError listing those that do: never a silent fallback.
+    BackendUnavailableError listing those that do: never a silent fallback, not even per node: on
+    ort-cuda and ort-trt a node that would run on the CPU fails the session unless
+    ``allow_cpu_fallback=True``.
+
+    ONNX Runtime options: ``provider_options`` go to the backend's own provider as given;
+    ``cache_dir`` holds ort-trt's engine and timing caches (default: ``.gap-trt-cache`` beside the
+    model); ``trt_profile`` ("MIN:OPT:MAX", gap-build's syntax) replaces the profile taken from the
+    model's metadata. ``Session.provider_options`` reads back what onnxruntime applied.
     """
     path = Path(path)
     name = _choose(path, backend)
@@ -75,7 +83,12 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
                 f"backend '{name}' is not available: {provider_works(name)[1]}.",
                 note=f"available here: {', '.join(working) or 'none'}.",
                 hint="install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, and TensorRT for ort-trt.")
-        runner = OrtRunner(path, name, threads=threads)
+        from runtime.profiles import Profile
+
+        runner = OrtRunner(path, name, threads=threads, provider_options=provider_options,
+                           cache_dir=Path(cache_dir) if cache_dir else None,
+                           profile=Profile.parse(trt_profile) if trt_profile else None,
+                           allow_cpu_fallback=allow_cpu_fallback)
     return Session(runner, path)
 
 
@@ -113,6 +126,11 @@ class Session:
     def runner(self) -> Runner:
         """The backend runner (for example ``runner.ort_session`` to compare with a bare ONNX Runtime loop)."""
         return self._runner
+
+    @property
+    def provider_options(self) -> dict[str, dict[str, str]]:
+        """ONNX Runtime backends: the options each provider really runs with, read back from onnxruntime."""
+        return getattr(self._runner, "provider_options", {})
 
     @property
     def device(self) -> dict:

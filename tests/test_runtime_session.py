@@ -9,7 +9,7 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 
 import runtime  # noqa: E402
-from runtime.errors import ArtifactError, BackendUnavailableError, InputError, InputTypeError  # noqa: E402
+from runtime.errors import ArtifactError, BackendUnavailableError, InputError, InputTypeError, UsageError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_unavailable_backend_is_an_error_listing_what_works(reference_onnx):
 
 
 def test_engine_backend_for_onnx_is_refused(reference_onnx):
-    with pytest.raises(BackendUnavailableError, match="cannot run an ONNX model"):
+    with pytest.raises(UsageError, match="cannot run an ONNX model"):
         runtime.load(reference_onnx, backend="trt")
 
 

@@ -257,6 +257,29 @@ def test_manifest_mismatch_is_refused_before_deserializing(tmp_path, device, ove
     runtime.deserialize_cuda_engine.assert_not_called()
 
 
+@pytest.mark.parametrize("built, here, runs", [
+    ("10.16.1", "11.4.0.106", True),    # TensorRT 10 version-compatible engines run on TensorRT 11
+    ("10.0.1", "11.4.0.106", True),
+    ("11.1.0", "11.4.0.106", True),
+    ("11.4.0.106", "11.4.0.106", True),
+    ("11.5.0", "11.4.0.106", False),    # never on an older runtime
+    ("10.16.1", "10.3.0", False),
+    ("8.6.1", "11.4.0.106", False),     # only 10 -> 11 crosses a major version
+    ("11.4.0", "12.0.0", False),        # not promised (yet) by NVIDIA
+])
+def test_version_compatibility_allows_exactly_what_nvidia_supports(tmp_path, device, built, here, runs):
+    engine, _ = make_engine()
+    module, runtime = make_trt(engine, here, "tensorrt_lean")
+    plan = write_plan(tmp_path, version_compatible=True, tensorrt_version=built)
+    if runs:
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+        runtime.deserialize_cuda_engine.assert_called_once()
+    else:
+        with pytest.raises(ManifestMismatchError, match="cannot load it"):
+            TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+        runtime.deserialize_cuda_engine.assert_not_called()
+
+
 def test_compatible_engines_are_accepted(tmp_path, device):
     runner, _, _, runtime = open_runner(tmp_path, device, trt_name="tensorrt_lean", version_compatible=True,
                                         tensorrt_version="11.1.0", hardware_compatibility="ampere+",

@@ -13,7 +13,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def parse_profiles(min_shape, opt_shape, max_shape, profiles, channels=None):
     """--min/--opt/--max make one profile, each --profile MIN:OPT:MAX another; none: the default."""
-    from exporter.builder import Profile
+    from runtime.errors import InputError
+    from runtime.profiles import Profile
 
     result = []
     if min_shape or opt_shape or max_shape:
@@ -21,11 +22,10 @@ def parse_profiles(min_shape, opt_shape, max_shape, profiles, channels=None):
             raise click.BadParameter("give --min, --opt and --max together.", param_hint="--min/--opt/--max")
         result.append(Profile(*(shape_option(s) for s in (min_shape, opt_shape, max_shape))))
     for text in profiles:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise click.BadParameter(f"{text!r} is not MIN:OPT:MAX, e.g. 1x3x32x32:1x3x224x224:8x3x512x512.",
-                                     param_hint="--profile")
-        result.append(Profile(*(shape_option(p) for p in parts)))
+        try:
+            result.append(Profile.parse(text))
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="--profile") from None
     return tuple(result)
 
 

@@ -19,6 +19,19 @@ PROVIDERS = {
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
+def _model_input(path: Path):
+    """(dims, metadata, input name) of an ONNX file, read without onnxruntime."""
+    import onnx
+
+    from runtime.metadata import ModelMetadata
+
+    model = onnx.load(str(path), load_external_data=False)
+    value = model.graph.input[0]
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in value.type.tensor_type.shape.dim)
+    return dims, ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}), value.name
+
+
 def _ort():
     return require("onnxruntime", purpose="to run .onnx models")
 
@@ -57,8 +70,57 @@ def provider_works(backend: str) -> tuple[bool, str]:
     return True, ""
 
 
+#: Provider order per backend, as onnxruntime's documentation recommends: the accelerator first, then the
+#: provider it hands unsupported nodes to. The CPU provider is listed last, but nodes may not fall back to it
+#: (see DISABLE_CPU_FALLBACK) unless the caller allows it.
+PROVIDER_CHAIN = {
+    "ort-cpu": ("CPUExecutionProvider",),
+    "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+DISABLE_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
+CACHE_FOLDER = ".gap-trt-cache"
+
+
+def trt_provider_options(path: Path, dims, meta, *, cache_dir: Path | None = None, profile=None) -> dict[str, str]:
+    """TensorRT execution provider options: engine and timing caches beside the model, so the second start
+    does not rebuild; the input's profile from the model's metadata (gap-build's default) or ``profile``."""
+    from runtime.profiles import default_profile
+    from runtime.shapes import format_shape
+
+    cache = str(cache_dir if cache_dir is not None else Path(path).resolve().parent / CACHE_FOLDER)
+    profile = profile or default_profile(dims, meta)
+    name = "images"
+    return {
+        "trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache,
+        "trt_profile_min_shapes": f"{name}:{format_shape(profile.min)}",
+        "trt_profile_opt_shapes": f"{name}:{format_shape(profile.opt)}",
+        "trt_profile_max_shapes": f"{name}:{format_shape(profile.max)}",
+    }
+
+
+def session_setup(backend: str, path: Path, *, input_name: str, dims, meta, provider_options: dict | None = None,
+                  cache_dir: Path | None = None, profile=None,
+                  allow_cpu_fallback: bool = False) -> tuple[list, dict[str, str]]:
+    """(providers with their options, session config entries) for ``backend``: what OrtRunner passes to
+    onnxruntime. User ``provider_options`` override the defaults of the backend's own provider."""
+    chain = PROVIDER_CHAIN[backend]
+    primary_options: dict[str, str] = {}
+    if backend == "ort-trt":
+        primary_options = trt_provider_options(path, dims, meta, cache_dir=cache_dir, profile=profile)
+        for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+            primary_options[key] = primary_options[key].replace("images:", f"{input_name}:", 1)
+    primary_options.update({k: str(v) for k, v in (provider_options or {}).items()})
+    providers = [(chain[0], primary_options)] + [(p, {}) for p in chain[1:]]
+    config = {} if backend == "ort-cpu" or allow_cpu_fallback else {DISABLE_CPU_FALLBACK: "1"}
+    return providers, config
+
+
 class OrtRunner(Runner):
-    def __init__(self, path: Path, backend: str = "ort-cpu", *, threads: int | None = None):
+    def __init__(self, path: Path, backend: str = "ort-cpu", *, threads: int | None = None,
+                 provider_options: dict | None = None, cache_dir: Path | None = None, profile=None,
+                 allow_cpu_fallback: bool = False):
         ort = _ort()
         works, why = provider_works(backend)
         if not works:
@@ -67,11 +129,23 @@ class OrtRunner(Runner):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        providers = [PROVIDERS[backend]] + (["CPUExecutionProvider"] if backend != "ort-cpu" else [])
+        dims, meta, input_name = _model_input(path) if backend == "ort-trt" else ((), None, "images")
+        providers, entries = session_setup(backend, path, input_name=input_name, dims=dims, meta=meta,
+                                           provider_options=provider_options, cache_dir=cache_dir, profile=profile,
+                                           allow_cpu_fallback=allow_cpu_fallback)
+        for key, value in entries.items():
+            options.add_session_config_entry(key, value)
+        if backend == "ort-trt":
+            Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
-            raise ArtifactError(f"cannot read ONNX model {path}: {first_line(exc)}",
+            reason = first_line(exc)
+            if entries and "fallback" in reason.lower():
+                raise BackendUnavailableError(
+                    f"backend '{backend}' cannot run every node of {path}: some would fall back to the CPU ({reason}).",
+                    hint="run on ort-cpu, or pass allow_cpu_fallback=True to accept the CPU for those nodes.") from None
+            raise ArtifactError(f"cannot read ONNX model {path}: {reason}",
                                 hint="re-export the model with gap-export.") from None
         if PROVIDERS[backend] not in self._session.get_providers():  # never fall back silently
             raise BackendUnavailableError(f"backend '{backend}' did not start for {path}; "
@@ -82,6 +156,12 @@ class OrtRunner(Runner):
         self.props = dict(self._session.get_modelmeta().custom_metadata_map)
         self._in_name, self._out_names = self.inputs[0].name, [self.outputs[0].name]
         self.session_options = options
+        self.session_config = dict(entries)
+
+    @property
+    def provider_options(self) -> dict[str, dict[str, str]]:
+        """The options onnxruntime really applied, per provider (read back from the session)."""
+        return dict(self._session.get_provider_options())
 
     @staticmethod
     def _info(arg) -> TensorInfo:
