@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 test: venv
 	$(BIN)/python -m pytest -q
 
-# On a machine with an NVIDIA GPU and TensorRT (see README): the marked end-to-end tests.
+# On a machine with an NVIDIA GPU and TensorRT (see README), e.g. `make test-gpu EXTRAS=gpu,lean,dev`:
+# the GPU proof (fails at once without a GPU), then the marked end-to-end tests.
 test-gpu: venv
+	PYTHON=$(BIN)/python scripts/gpu_check.sh
 	$(BIN)/python -m pytest -q -m "gpu or trt" -rs
 
 demo: venv

@@ -27,12 +27,14 @@ def test_build_and_run_engine(tmp_path, reference_onnx, precision, rtol):
     _need_gpu_tensorrt()
     import runtime
     from exporter.builder import BuildConfig, Profile, build_with_precision
+    from exporter.precision import VariantOptions
 
     src = tmp_path / "m.onnx"
     src.write_bytes(reference_onnx.read_bytes())
     profile = Profile((1, 3, 4, 4), (1, 3, 64, 64), (4, 3, 256, 256))
-    result = build_with_precision(src, tmp_path / f"m.{precision}.plan", precision=precision,
-                                  config=BuildConfig(profiles=(profile,)), calib_size=(64, 64))
+    variant = None if precision == "fp32" else VariantOptions(precision, calib_size=(64, 64))
+    result = build_with_precision(src, tmp_path / f"m.{precision}.plan", variant=variant,
+                                  config=BuildConfig(profiles=(profile,)))
     assert result.engine_parity.passed and result.build.manifest.precision == precision
     with runtime.load(result.build.plan) as engine, runtime.load(src, "ort-cpu") as cpu:
         for shape in [(1, 3, 4, 4), (2, 3, 37, 53), (1, 3, 256, 200)]:

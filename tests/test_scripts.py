@@ -74,3 +74,23 @@ def test_overhead_script_compares_like_with_like(reference_onnx, capsys):
     bench_overhead.main([str(reference_onnx), "--shape", "1x3x32x32", "--rounds", "20"])
     printed = capsys.readouterr().out
     assert "overhead ratio (Session / bare):" in printed and "input checks alone:" in printed
+
+
+def test_gpu_check_without_a_gpu_stops_at_once_with_a_clear_message():
+    import os
+    import subprocess
+
+    if importlib_util_find("tensorrt"):
+        pytest.skip("the full TensorRT is installed: this machine may really run the GPU check")
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh")], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "gpu_check: needs an NVIDIA GPU and TensorRT: missing tensorrt" in done.stderr
+    assert "Traceback" not in done.stderr and "PASS" not in done.stdout
+
+
+def importlib_util_find(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

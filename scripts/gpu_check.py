@@ -1,0 +1,316 @@
+"""Prove the GPU path on a machine with an NVIDIA GPU, the full TensorRT, cuda-python and PyTorch CUDA.
+
+    pip install -e '.[gpu,dev]'          (not together with the [cpu] extra)
+    scripts/gpu_check.sh [CHECKPOINT] [--json FILE] [--out DIR]
+
+Every step must pass; the exit code is 0 only then. Steps: FP32, FP16 and INT8 engines (INT8 calibrated
+on the demo's calibration images), each checked against ONNX Runtime (CPU) and PyTorch on the GPU at the
+profile's min/opt/max and at odd sizes; a two-profile engine with switches between them; 8 threads on one
+engine against serial results; a version-compatible engine run in a process that has only tensorrt_lean;
+CUDA-graph replay against normal execution; ort-cuda and ort-trt sessions (the second ort-trt start must
+reuse the engine cache, with both start times); gap-run on real images; gap-bench of the FP16 engine against
+PyTorch CUDA with H2D/compute/D2H/enqueue. One summary table at the end; --json for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PROFILE = ((1, 3, 4, 4), (1, 3, 64, 64), (8, 3, 512, 512))
+ODD_SHAPES = [(1, 3, 37, 53), (3, 3, 61, 45), (1, 3, 5, 11), (2, 3, 224, 160)]
+#: Top-1 agreement with PyTorch each engine must reach on 24 real images (random inputs nearly tie on a
+#: trained model, so they are judged by the GPU tolerances of runtime/parity.py instead)
+TOP1_FLOOR = {"fp32": 0.95, "fp16": 0.95, "int8": 0.85}
+REAL_SHAPES = [(8, 3, 64, 64), (8, 3, 37, 53), (8, 3, 96, 128)]
+
+
+def preflight() -> str | None:
+    """None when this machine can run the check, else what is missing."""
+    missing = []
+    for module in ("tensorrt", "torch", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    try:
+        from cuda.bindings import runtime  # noqa: F401
+    except ImportError:
+        missing.append("cuda-python")
+    if missing:
+        return f"missing {', '.join(missing)} (pip install -e '.[gpu,dev]')"
+    from runtime.backends.trt import trt_works
+
+    works, why = trt_works()
+    if not works:
+        return f"no usable GPU: {why}"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "PyTorch has no CUDA device (install a CUDA build of torch)"
+    return None
+
+
+class Check:
+    def __init__(self, out: Path):
+        self.out = out
+        self.rows: list[dict] = []
+
+    def step(self, name: str, work: Callable[[], str]) -> bool:
+        print(f"\n=== {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            detail, ok = work(), True
+        except Exception as exc:  # every failure is a failed step, reported, never hidden
+            traceback.print_exc()
+            detail, ok = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False
+        seconds = time.perf_counter() - started
+        self.rows.append({"step": name, "passed": ok, "seconds": round(seconds, 2), "detail": detail})
+        print(f"--- {'PASS' if ok else 'FAIL'} ({seconds:.1f} s): {detail}", flush=True)
+        return ok
+
+    def summary(self) -> str:
+        width = max(len(r["step"]) for r in self.rows)
+        lines = [f"{'step':<{width}}  result  seconds  detail", "-" * (width + 40)]
+        lines += [f"{r['step']:<{width}}  {'pass' if r['passed'] else 'FAIL':<6}  {r['seconds']:7.1f}  {r['detail']}"
+                  for r in self.rows]
+        return "\n".join(lines)
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """(max abs, relative ||a-b||/||b||, top-1 agreement) of candidate ``a`` against reference ``b``."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    rel = float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(b64), 1e-30))
+    return float(np.max(np.abs(a64 - b64))), rel, float(np.mean(a.argmax(1) == b.argmax(1)))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", nargs="?", type=Path, default=ROOT / "demo" / "gapcnn.pt")
+    parser.add_argument("--out", type=Path, default=ROOT / "gpu_check")
+    parser.add_argument("--json", type=Path, help="write the summary as JSON")
+    args = parser.parse_args(argv)
+
+    problem = preflight()
+    if problem:
+        print(f"gpu_check: needs an NVIDIA GPU and TensorRT: {problem}.", file=sys.stderr)
+        return 2
+
+    import runtime
+    from exporter.builder import BuildConfig, Profile, build_with_precision
+    from exporter.precision import VariantOptions
+    from exporter.reference import torch_reference
+    from runtime.parity import tolerance_for
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    check = Check(out)
+    ckpt, data = args.checkpoint, args.checkpoint.parent
+    onnx_path = out / "model.onnx"
+    state: dict = {}
+
+    def prepare() -> str:
+        nonlocal ckpt, data
+        if not ckpt.exists():  # the trained demo model: the INT8 gate is judged on real images
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "train_demo.py"), "--out", str(out)], check=True)
+            ckpt, data = out / "gapcnn.pt", out
+        subprocess.run([str(Path(sys.executable).parent / "gap-export"), str(ckpt), "--dynamic", "--imgsz", "64",
+                        "-o", str(onnx_path)], check=True)
+        state["torch"], info = torch_reference(ckpt, device="cuda")
+        return f"{ckpt} exported; PyTorch {info['torch']} on {info['torch_device']}"
+
+    def engine_step(precision: str) -> Callable[[], str]:
+        def work() -> str:
+            variant = None if precision == "fp32" else VariantOptions(
+                precision, calib=data / "calib" if precision == "int8" else None, calib_size=(64, 64))
+            result = build_with_precision(onnx_path, out / f"model.{precision}.plan", variant=variant,
+                                          config=BuildConfig(profiles=(Profile(*PROFILE),),
+                                                             timing_cache=out / "timing.cache"))
+            built = result.build.manifest.precision
+            if built != precision:
+                raise AssertionError(f"{precision} was asked, the engine's layers run {built}")
+            if not result.engine_parity.passed:
+                raise AssertionError("engine vs ONNX Runtime:\n" + result.engine_parity.format_table())
+            tol = tolerance_for(built, "trt")
+            worst, agree, total = 0.0, 0, 0
+            with runtime.load(result.build.plan) as engine:
+                for i, shape in enumerate([*PROFILE, *ODD_SHAPES]):  # min/opt/max and odd sizes, random inputs
+                    x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
+                    max_abs, rel, _ = compare(engine.run(x), state["torch"](x))
+                    if not (rel <= tol.rtol and max_abs <= tol.atol):
+                        raise AssertionError(f"{shape}: max abs {max_abs:.3g}, rel {rel:.3g} against PyTorch CUDA "
+                                             f"(tolerance {tol})")
+                    worst = max(worst, rel)
+                for shape in REAL_SHAPES:  # real images: top-1 means something there
+                    x = calibration_batch(data, shape)
+                    got, ref = engine.run(x), state["torch"](x)
+                    agree += int(np.sum(got.argmax(1) == ref.argmax(1)))
+                    total += len(x)
+            if agree < TOP1_FLOOR[precision] * total:
+                raise AssertionError(f"top-1 agrees with PyTorch on {agree}/{total} real images, below "
+                                     f"{TOP1_FLOOR[precision]:.0%}")
+            state[precision] = result.build.plan
+            return (f"built {built}, {result.build.layer_precisions}; vs PyTorch CUDA worst rel {worst:.2e}, "
+                    f"top-1 {agree}/{total} real images")
+        return work
+
+    def two_profiles() -> str:
+        profiles = (Profile((1, 3, 4, 4), (1, 3, 32, 32), (4, 3, 64, 64)),
+                    Profile((1, 3, 65, 65), (1, 3, 128, 128), (2, 3, 256, 256)))
+        result = build_with_precision(onnx_path, out / "model.2p.plan", config=BuildConfig(
+            profiles=profiles, timing_cache=out / "timing.cache"))
+        tol = tolerance_for("fp32", "trt")
+        with runtime.load(result.build.plan) as engine, runtime.load(onnx_path, "ort-cpu") as cpu:
+            for i, shape in enumerate([(1, 3, 16, 16), (2, 3, 200, 100), (4, 3, 64, 33), (1, 3, 65, 65)] * 2):
+                x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
+                _, rel, _ = compare(engine.run(x), cpu.run(x))
+                if rel > tol.rtol:
+                    raise AssertionError(f"{shape} after a profile switch: rel {rel:.3g}")
+        return "8 runs alternating between 2 profiles match ONNX Runtime"
+
+    def threads() -> str:
+        with runtime.load(state["fp16"]) as engine:
+            inputs = [np.random.default_rng(i).standard_normal((1 + i % 3, 3, 8 + i % 7, 9 + i % 5)).astype(np.float32)
+                      for i in range(64)]
+            serial = [engine.run(x) for x in inputs]
+            results: list = [None] * 64
+
+            def work(k: int) -> None:
+                for i in range(k, 64, 8):
+                    results[i] = engine.run(inputs[i])
+
+            workers = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+            [w.start() for w in workers]
+            [w.join() for w in workers]
+        bad = [i for i in range(64) if results[i] is None or not np.array_equal(results[i], serial[i])]
+        if bad:
+            raise AssertionError(f"{len(bad)} of 64 threaded results differ from serial ones")
+        return "64 inputs on 8 threads equal serial results exactly"
+
+    def lean() -> str:
+        plan = out / "model.vc.plan"
+        build_with_precision(onnx_path, plan, variant=VariantOptions("fp16", calib_size=(64, 64)),
+                             config=BuildConfig(profiles=(Profile(*PROFILE),), version_compatible=True))
+        x_path, ref_path = out / "lean_x.npy", out / "lean_ref.npy"
+        x = np.random.default_rng(7).standard_normal((2, 3, 37, 53)).astype(np.float32)
+        np.save(x_path, x)
+        with runtime.load(onnx_path, "ort-cpu") as cpu:
+            np.save(ref_path, cpu.run(x))
+        code = ("import sys, numpy as np; sys.modules['tensorrt'] = None\n"  # only tensorrt_lean may load
+                "import runtime\n"
+                f"s = runtime.load({str(plan)!r})\n"
+                "assert 'tensorrt_lean' in s.versions['tensorrt'], s.versions\n"
+                f"got, ref = s.run(np.load({str(x_path)!r})), np.load({str(ref_path)!r})\n"
+                "rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)\n"
+                "print(f'lean runtime rel err {rel:.2e}'); sys.exit(0 if rel < 5e-3 else 1)\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            raise AssertionError(f"lean run failed: {done.stdout}{done.stderr}")
+        return done.stdout.strip() + " (process without the full tensorrt)"
+
+    def graphs() -> str:
+        with runtime.load(state["fp16"]) as engine:
+            for i, shape in enumerate([(1, 3, 64, 64), (8, 3, 128, 96), (1, 3, 4, 4)]):
+                x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
+                diff = engine.check_cuda_graph(x)
+                if diff != 0.0:
+                    raise AssertionError(f"{shape}: replay differs from normal execution by {diff:.3g}")
+        return "replay equals normal execution exactly at 3 shapes"
+
+    def ort_sessions() -> str:
+        notes = []
+        x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
+        with runtime.load(onnx_path, "ort-cpu") as cpu:
+            ref = cpu.run(x)
+        with runtime.load(onnx_path, "ort-cuda") as cuda_session:
+            _, rel, _ = compare(cuda_session.run(x), ref)
+            notes.append(f"ort-cuda rel {rel:.1e}")
+        cache = out / "ort-trt-cache"
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            with runtime.load(onnx_path, "ort-trt", cache_dir=cache,
+                              trt_profile=":".join("x".join(map(str, s)) for s in PROFILE)) as trt_session:
+                _, rel, _ = compare(trt_session.run(x), ref)
+            times.append(time.perf_counter() - started)
+        engines = list(cache.glob("*.engine"))
+        if not engines:
+            raise AssertionError(f"ort-trt wrote no engine cache in {cache}")
+        if times[1] >= times[0]:
+            raise AssertionError(f"the second ort-trt start ({times[1]:.1f} s) did not reuse the cache "
+                                 f"(first {times[0]:.1f} s)")
+        return f"{', '.join(notes)}; ort-trt rel {rel:.1e}, start {times[0]:.1f} s then {times[1]:.1f} s (cache)"
+
+    def gap_run() -> str:
+        done = subprocess.run([str(Path(sys.executable).parent / "gap-run"), str(state["fp16"]), str(data / "samples"),
+                               "--json"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise AssertionError(done.stderr)
+        report = json.loads(done.stdout)
+        with runtime.load(onnx_path, "ort-cpu") as cpu:
+            from runtime.cli.run import classify
+            from runtime.images import collect_images
+
+            cpu_report = classify(cpu, collect_images([data / "samples"]))
+        agree = sum(a["top"][0]["index"] == b["top"][0]["index"]
+                    for a, b in zip(report["results"], cpu_report["results"]))
+        if agree != len(cpu_report["results"]) or not report["results"]:
+            raise AssertionError(f"top-1 of {agree}/{len(cpu_report['results'])} images agree with ONNX Runtime")
+        return f"{len(report['results'])} images, top-1 equal to ONNX Runtime CPU"
+
+    def bench() -> str:
+        path = out / "bench.json"
+        done = subprocess.run([str(Path(sys.executable).parent / "gap-bench"), str(state["fp16"]), "--shape",
+                               "1x3x224x224", "--shape", "8x3x128x128", "--torch", str(ckpt), "--cuda-graph",
+                               "--json", str(path)], text=True)
+        if done.returncode != 0:
+            raise AssertionError(f"gap-bench exit {done.returncode}")
+        rows = [r for r in json.loads(path.read_text())["results"] if r["backend"] == "trt"]
+        parts = ", ".join(f"{'x'.join(map(str, r['shape']))}: {r['latency_ms']['median']:.3f} ms "
+                          f"(H2D {r['gpu_ms']['h2d']['median']:.3f} compute {r['gpu_ms']['compute']['median']:.3f} "
+                          f"D2H {r['gpu_ms']['d2h']['median']:.3f} enqueue {r['gpu_ms']['enqueue']['median']:.3f}) "
+                          f"{r['speedup_vs_torch']:.1f}x torch" for r in rows)
+        return parts
+
+    if check.step("export and PyTorch CUDA reference", prepare):
+        for precision in ("fp32", "fp16", "int8"):
+            check.step(f"{precision} engine vs ONNX Runtime and PyTorch", engine_step(precision))
+        check.step("two profiles with switches", two_profiles)
+        if "fp16" in state:
+            check.step("8 threads on one engine", threads)
+            check.step("CUDA-graph replay = normal execution", graphs)
+            check.step("gap-run on real images", gap_run)
+            check.step("gap-bench FP16 engine vs PyTorch CUDA", bench)
+        check.step("version-compatible engine on tensorrt_lean alone", lean)
+        check.step("ort-cuda and ort-trt sessions (engine cache reused)", ort_sessions)
+    print("\n=== gpu_check summary\n" + check.summary())
+    passed = all(r["passed"] for r in check.rows)
+    if args.json:
+        args.json.write_text(json.dumps({"passed": passed, "steps": check.rows}, indent=2) + "\n")
+    return 0 if passed else 1
+
+
+def calibration_batch(folder: Path, shape) -> np.ndarray:
+    """Real images (the demo's calibration set) at ``shape``, normalized as the model expects."""
+    from runtime.images import collect_images, load_image, normalize
+    from runtime.metadata import ModelMetadata
+
+    files = collect_images([folder / "calib"])
+    n, c, h, w = shape
+    meta = ModelMetadata(in_channels=c)
+    return np.stack([normalize(load_image(f, c, (h, w)), meta) for f in files[:n]]).astype(np.float32)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
