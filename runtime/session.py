@@ -185,7 +185,12 @@ class Session:
         for indices in groups.values():
             for start in range(0, len(indices), step):
                 chunk = indices[start:start + step]
-                logits = self.run(np.stack([images[i] for i in chunk]), cast=cast, check_finite=check_finite)
+                batch = [images[i] for i in chunk]
+                if fixed_batch and len(batch) < fixed_batch:
+                    # A static batch takes exactly N images: fill the short last chunk by repeating its own
+                    # images and drop their outputs. Safe for a GAP network: each image is averaged alone.
+                    batch += [batch[k % len(chunk)] for k in range(fixed_batch - len(chunk))]
+                logits = self.run(np.stack(batch), cast=cast, check_finite=check_finite)
                 for i, row in zip(chunk, logits):
                     results[i] = row
         return results  # type: ignore[return-value]

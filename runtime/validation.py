@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.errors import InputError, InputTypeError
+from runtime.shapes import format_shape
 
 _FLOATS = (np.float16, np.float32, np.float64)
 
@@ -34,32 +35,7 @@ def prepare(images, spec: InputSpec, *, cast: bool = False, check_finite: bool =
     if not isinstance(images, np.ndarray):
         raise InputTypeError(f"input '{spec.name}' must be a numpy.ndarray, got {type(images).__name__}.",
                              hint="convert with numpy.asarray(x, dtype=numpy.float32).")
-    if images.ndim != 4:
-        hint = "add a batch axis with images[None]." if images.ndim == 3 else "pass a batch as (N, C, H, W)."
-        raise InputError(f"input '{spec.name}' must be 4-D (N, C, H, W); got {images.ndim}-D shape "
-                         f"{tuple(images.shape)}.", hint=hint)
-    n, c, h, w = (int(d) for d in images.shape)
-    if n < 1:
-        raise InputError(f"input '{spec.name}' has batch size 0; at least 1 image is needed.")
-    if spec.channels is not None and c != spec.channels:
-        hint = ("the array may be NHWC; transpose with images.transpose(0, 3, 1, 2)."
-                if images.shape[-1] == spec.channels else f"give {spec.channels}-channel images.")
-        raise InputError(f"input '{spec.name}' has {c} channels; this model takes {spec.channels}.", hint=hint)
-    if h < spec.min_height or w < spec.min_width:
-        raise InputError(f"input '{spec.name}' is {h}x{w}, below this model's minimum of "
-                         f"{spec.min_height}x{spec.min_width}.",
-                         hint="upscale the image, or export a model with a smaller minimum.")
-    for axis, (got, want) in enumerate(zip((n, h, w), spec.fixed)):
-        if want is not None and got != want:
-            label = ("batch", "height", "width")[axis]
-            raise InputError(f"input '{spec.name}' has {label} {got}; this static model takes only {want}.",
-                             hint="re-export with gap-export --dynamic to accept any size.")
-    if spec.profiles and not any(_within(images.shape, lo, hi) for lo, hi in spec.profiles):
-        ranges = "; ".join(f"{_fmt(lo)} to {_fmt(hi)}" for lo, hi in spec.profiles)
-        raise InputError(f"input '{spec.name}' shape {_fmt(images.shape)} is outside every optimization "
-                         f"profile of this engine ({ranges}).",
-                         hint="resize the input into that range, or rebuild the engine with gap-build "
-                              "--min/--max (or another --profile) that covers it.")
+    check_shape(tuple(images.shape), spec)
     if images.dtype != spec.dtype:
         if images.dtype.type in _FLOATS:
             images = images.astype(spec.dtype)
@@ -80,5 +56,42 @@ def _within(shape, lo, hi) -> bool:
     return all(a <= int(s) <= b for s, a, b in zip(shape, lo, hi))
 
 
-def _fmt(shape) -> str:
-    return "x".join(str(int(d)) for d in shape)
+
+def check_shape(shape: tuple[int, ...], spec: InputSpec) -> None:
+    """Raise InputError when an input of ``shape`` cannot run: rank, batch, channels, minimum size, static
+    dims, TensorRT profiles."""
+    if len(shape) != 4:
+        hint = "add a batch axis with images[None]." if len(shape) == 3 else "pass a batch as (N, C, H, W)."
+        raise InputError(f"input '{spec.name}' must be 4-D (N, C, H, W); got {len(shape)}-D shape "
+                         f"{shape}.", hint=hint)
+    n, c, h, w = (int(d) for d in shape)
+    if n < 1:
+        raise InputError(f"input '{spec.name}' has batch size 0; at least 1 image is needed.")
+    if spec.channels is not None and c != spec.channels:
+        hint = ("the array may be NHWC; transpose with images.transpose(0, 3, 1, 2)."
+                if shape[-1] == spec.channels else f"give {spec.channels}-channel images.")
+        raise InputError(f"input '{spec.name}' has {c} channels; this model takes {spec.channels}.", hint=hint)
+    if h < spec.min_height or w < spec.min_width:
+        raise InputError(f"input '{spec.name}' is {h}x{w}, below this model's minimum of "
+                         f"{spec.min_height}x{spec.min_width}.",
+                         hint="upscale the image, or export a model with a smaller minimum.")
+    for axis, (got, want) in enumerate(zip((n, h, w), spec.fixed)):
+        if want is not None and got != want:
+            label = ("batch", "height", "width")[axis]
+            raise InputError(f"input '{spec.name}' has {label} {got}; this static model takes only {want}.",
+                             hint="re-export with gap-export --dynamic to accept any size.")
+    if spec.profiles and not any(_within(shape, lo, hi) for lo, hi in spec.profiles):
+        ranges = "; ".join(f"{format_shape(lo)} to {format_shape(hi)}" for lo, hi in spec.profiles)
+        raise InputError(f"input '{spec.name}' shape {format_shape(shape)} is outside every optimization "
+                         f"profile of this engine ({ranges}).",
+                         hint="resize the input into that range, or rebuild the engine with gap-build "
+                              "--min/--max (or another --profile) that covers it.")
+
+
+def check_image(chw: np.ndarray, spec: InputSpec) -> None:
+    """Check one CHW image as it will run: height, width and channels; the batch is the model's own (a static
+    batch is filled by Session.run_many), so only what belongs to the image can fail."""
+    if not isinstance(chw, np.ndarray) or chw.ndim != 3:
+        got = f"{chw.ndim}-D" if isinstance(chw, np.ndarray) else type(chw).__name__
+        raise InputError(f"input '{spec.name}' image must be CHW (3-D); got {got}.")
+    check_shape((spec.fixed[0] or 1, *chw.shape), spec)

@@ -1,10 +1,12 @@
 """runtime.load and Session: backend choice, input checks, threads, mixed sizes, bad files."""
 
+import json
 import os
 import threading
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -197,3 +199,40 @@ def test_static_model_checks_fixed_dims(tmp_path, reference_ckpt):
         assert s.run(rand(1, 3, 32, 32)).shape == (1, 10)
         with pytest.raises(InputError, match="height 40; this static model takes only 32(.|\n)*--dynamic"):
             s.run(rand(1, 3, 40, 32))
+
+
+@pytest.fixture(scope="module")
+def batch4_onnx(tmp_path_factory, reference_ckpt):
+    pytest.importorskip("torch")
+    from exporter import export_onnx, load_model
+
+    out = tmp_path_factory.mktemp("static4") / "static4.onnx"
+    export_onnx(load_model(reference_ckpt), out, dynamic=False, imgsz=(32, 32), batch=4, verify=False)
+    return out
+
+
+def test_static_batch_model_runs_a_short_last_chunk(batch4_onnx, reference_onnx):
+    images = [rand(1, 3, 32, 32, seed=i)[0] for i in range(6)]  # 4 + a short chunk of 2
+    with runtime.load(batch4_onnx) as static, runtime.load(reference_onnx) as dynamic:
+        got = static.run_many(images)
+        want = [dynamic.run(x[None])[0] for x in images]  # each image alone, on the dynamic export
+    assert len(got) == 6
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gap_run_classifies_with_a_static_batch_model(tmp_path, batch4_onnx):
+    from PIL import Image
+
+    from runtime.cli.run import main
+
+    for i in range(5):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+    Image.fromarray(np.zeros((40, 32, 3), np.uint8)).save(tmp_path / "wrong_size.png")
+    result = CliRunner().invoke(main, [str(batch4_onnx), str(tmp_path), "--json"])
+    assert result.exit_code == 1  # one file has the wrong size for this static model
+    report = json.loads(result.stdout)
+    assert len(report["results"]) == 5
+    assert [e["file"] for e in report["errors"]] == [str(tmp_path / "wrong_size.png")]
+    assert "height 40; this static model takes only 32" in report["errors"][0]["error"]

@@ -20,7 +20,7 @@ def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16,
 
     from runtime.errors import GapError, first_line
     from runtime.images import load_image, normalize, softmax
-    from runtime.validation import prepare
+    from runtime.validation import check_image
 
     meta, spec = session.metadata, session.input_spec
     channels = spec.channels or meta.in_channels or 3
@@ -28,7 +28,7 @@ def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16,
     for path in paths:
         try:
             chw = normalize(load_image(path, channels, imgsz), meta)
-            prepare(chw[None], spec)  # size/profile checks per file, so one bad file cannot sink a batch
+            check_image(chw, spec)  # size/profile checks per file, so one bad file cannot sink a batch
             ready.append((path, chw))
         except GapError as exc:
             errors.append({"file": str(path), "error": first_line(exc)})
