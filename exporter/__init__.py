@@ -11,7 +11,7 @@ used where torch is not installed.
 
 from __future__ import annotations
 
-import importlib
+from runtime._lazy import require
 
 _EXPORTS = {
     "GapCNN": "exporter.model",
@@ -30,5 +30,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return getattr(require(_EXPORTS[name], purpose=f"for exporter.{name}"), name)
     raise AttributeError(f"module 'exporter' has no attribute {name!r}")

@@ -20,7 +20,8 @@ from pathlib import Path
 import onnx
 
 from exporter.precision import VariantOptions, VariantResult
-from runtime.errors import BackendUnavailableError, BuildError, GapError, MissingDependencyError, UsageError, first_line
+from runtime._lazy import require
+from runtime.errors import BackendUnavailableError, BuildError, GapError, UsageError, first_line
 from runtime.files import check_output_path, sha256_bytes, sha256_file, write_bytes_atomic
 from runtime.manifest import EngineManifest, manifest_path
 from runtime.metadata import ModelMetadata
@@ -149,13 +150,9 @@ def summarize_precision(counts: dict[str, int]) -> str:
 
 
 def import_builder():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise MissingDependencyError(
-            "gap-build needs the full TensorRT ('tensorrt' module), which is not installed here.",
-            note="the lean runtime (tensorrt_lean) can run engines but cannot build them.", hint=GPU_HINT) from None
-    return trt
+    return require("tensorrt", purpose="to build engines", hint=GPU_HINT,
+                   message="gap-build needs the full TensorRT ('tensorrt' module), which is not installed here.",
+                   note="the lean runtime (tensorrt_lean) can run engines but cannot build them.")
 
 
 def tensorrt_version(trt) -> tuple[int, int]:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from exporter.model import REFERENCE_KEYS, GapCNN
-from runtime.errors import CheckpointError, UntrustedCodeError
+from runtime.errors import CheckpointError, UntrustedCodeError, first_line
 from runtime.files import check_input_file, sha256_file
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "ema", "module")
@@ -105,7 +105,7 @@ def _read(path: Path, trust: bool, notes: list[str]):
         if not trust:
             raise UntrustedCodeError(
                 f"{path} holds pickled Python objects (for example a whole nn.Module), not only weights; "
-                "loading it runs code.", note=_first_line(exc), hint=TRUST_HINT) from None
+                "loading it runs code.", note=first_line(exc), hint=TRUST_HINT) from None
     except Exception as exc:  # truncated zip, random bytes, wrong magic number, ...
         raise _unreadable(path, exc) from None
 
@@ -117,14 +117,9 @@ def _read(path: Path, trust: bool, notes: list[str]):
 
 
 def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
-    return CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}",
+    return CheckpointError(f"cannot read checkpoint {path}: {first_line(exc)}",
                            hint="is it a file written by torch.save or a .safetensors file? "
                                 "It may be truncated; copy or save it again.")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -208,7 +203,7 @@ def build_arch(spec: str, num_classes: int | None = None) -> tuple[nn.Module, st
     except CheckpointError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"cannot import --arch module {module_name!r}: {_first_line(exc)}",
+        raise CheckpointError(f"cannot import --arch module {module_name!r}: {first_line(exc)}",
                               hint="give an importable module (pip-installed or on PYTHONPATH) or a .py path."
                               ) from None
     factory = module
@@ -220,7 +215,7 @@ def build_arch(spec: str, num_classes: int | None = None) -> tuple[nn.Module, st
     try:
         model = factory(**kwargs)
     except Exception as exc:
-        raise CheckpointError(f"--arch {spec}: calling {attr}({_kw(kwargs)}) failed: {_first_line(exc)}") from None
+        raise CheckpointError(f"--arch {spec}: calling {attr}({_kw(kwargs)}) failed: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"--arch {spec} returned a {type(model).__name__}, not a torch.nn.Module.")
     return model, spec

@@ -17,18 +17,24 @@ _EXTRA_FOR = {
     "tensorrt": "gpu",
     "tensorrt_lean": "lean",
     "cuda": "gpu",
+    "exporter": "cpu",
     "matplotlib": "plot",
 }
 
 
-def require(module: str, *, purpose: str) -> ModuleType:
-    """Import ``module`` or raise MissingDependencyError naming the pip extra that provides it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        top = module.split(".")[0]
-        extra = _EXTRA_FOR.get(top, "cpu")
-        raise MissingDependencyError(
-            f"module '{module}' is required {purpose} but could not be imported ({exc}).",
-            hint=f"pip install 'gap-deploy[{extra}]'",
-        ) from None
+def require(module: str, *alternatives: str, purpose: str, message: str | None = None, note: str | None = None,
+            hint: str | None = None) -> ModuleType:
+    """Import ``module`` (or the first of ``alternatives`` that imports) or raise MissingDependencyError naming
+    the pip extra that provides it. The toolkit's one way to import a heavy or optional package lazily."""
+    errors = []
+    for name in (module, *alternatives):
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    names = " or ".join(f"'{n}'" for n in (module, *alternatives))
+    extra = _EXTRA_FOR.get(module.split(".")[0], "cpu")
+    raise MissingDependencyError(
+        message or f"module {names} is required {purpose} but could not be imported ({'; '.join(errors)}).",
+        note=note, hint=hint or f"pip install 'gap-deploy[{extra}]'",
+    )

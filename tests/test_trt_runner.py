@@ -339,14 +339,13 @@ def test_no_driver_is_reported():
 
 
 def test_missing_tensorrt_names_the_extra(monkeypatch):
-    import builtins
+    import sys
 
     from runtime.backends import trt as trt_backend
     from runtime.errors import MissingDependencyError
 
-    real = builtins.__import__
-    monkeypatch.setattr(trt_backend.importlib, "import_module",
-                        mock.Mock(side_effect=ImportError("no module")))
-    with pytest.raises(MissingDependencyError, match=r"gap-deploy\[gpu\]"):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # None in sys.modules: the import fails
+    assert trt_backend.import_tensorrt().__name__ == "tensorrt_lean"  # the lean runtime is the fallback
+    monkeypatch.setitem(sys.modules, "tensorrt_lean", None)
+    with pytest.raises(MissingDependencyError, match=r"'tensorrt' or 'tensorrt_lean'(.|\n)*gap-deploy\[lean\]"):
         trt_backend.import_tensorrt()
-    assert builtins.__import__ is real

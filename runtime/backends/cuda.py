@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.errors import CudaError, MissingDependencyError
+from runtime._lazy import require
+from runtime.errors import CudaError
 
 #: The fix for the CUDA errors a user meets; anything else points at the driver.
 _HINTS = {
@@ -26,16 +27,10 @@ _DRIVER_HINT = "check that an NVIDIA driver and GPU are present (nvidia-smi)."
 
 
 def load_cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            raise MissingDependencyError(
-                "module 'cuda-python' is required to run TensorRT engines but could not be imported.",
-                hint="pip install 'gap-deploy[gpu]' (or 'gap-deploy[lean]').") from None
-    return cudart
+    """cuda-python's runtime bindings (``cuda.bindings.runtime`` from 12.6, ``cuda.cudart`` before)."""
+    module = require("cuda.bindings.runtime", "cuda.cudart", purpose="to run TensorRT engines",
+                     hint="pip install 'gap-deploy[gpu]' (or 'gap-deploy[lean]').")
+    return module
 
 
 @dataclass(frozen=True)

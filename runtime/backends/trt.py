@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime._lazy import require
 from runtime.backends.base import Runner, TensorInfo
 from runtime.backends.cuda import Cuda, DeviceBuffer
 from runtime.errors import (
@@ -17,7 +17,6 @@ from runtime.errors import (
     BackendError,
     GapError,
     InputError,
-    MissingDependencyError,
     UntrustedCodeError,
     first_line,
 )
@@ -29,15 +28,9 @@ _AXES = ("batch", "channels", "height", "width")
 
 def import_tensorrt():
     """The full ``tensorrt`` if installed, else the lean runtime ``tensorrt_lean``."""
-    for name in ("tensorrt", "tensorrt_lean"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise MissingDependencyError(
-        "TensorRT is required to run engines, but neither 'tensorrt' nor 'tensorrt_lean' could be imported.",
-        hint="pip install 'gap-deploy[gpu]' (full TensorRT) or 'gap-deploy[lean]' (lean runtime, runs "
-             "engines built with --version-compatible).")
+    return require("tensorrt", "tensorrt_lean", purpose="to run TensorRT engines",
+                   hint="pip install 'gap-deploy[gpu]' (full TensorRT) or 'gap-deploy[lean]' (lean runtime, runs "
+                        "engines built with --version-compatible).")
 
 
 def trt_works() -> tuple[bool, str]:
