@@ -20,7 +20,10 @@ _EXPORTS = {
     "export_model": "exporter.onnx_export",
     "export_onnx": "exporter.onnx_export",
     "ExportResult": "exporter.onnx_export",
-    "ParityError": "exporter.onnx_export",
+    "ParityError": "runtime.errors",
+    "export_verified": "exporter.onnx_export",
+    "run_export": "exporter.pipeline",
+    "ExportJob": "exporter.pipeline",
     "check_parity": "exporter.parity",
     "default_verify_shapes": "exporter.parity",
 }

@@ -6,6 +6,7 @@ import contextlib
 import io
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from torch import nn
 
 from exporter._quiet import quiet_loggers
 from exporter.checkpoint import LoadedModel
-from runtime.errors import ExportError, first_line
+from runtime.errors import ExportError, ParityError, first_line
 from runtime.metadata import ModelMetadata, default_normalization
 from runtime.onnx_file import set_metadata
+from runtime.parity import FP32, ParityReport, Tolerance
+from runtime.shapes import Shape, format_shape
 from runtime.version import __version__
 
 INPUT_NAME = "images"
@@ -233,52 +236,73 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
 class ExportResult:
     path: Path
     export: OnnxExport
-    parity: object | None  # runtime.parity.ParityReport, None with verify=False
+    parity: ParityReport | None  # None with verify=False
 
 
-class ParityError(ExportError):
-    """The exported model does not match PyTorch; ``report`` says where."""
+def export_verified(
+    loaded: LoadedModel,
+    *,
+    dynamic: bool = True,
+    imgsz: tuple[int, int] = (224, 224),
+    batch: int = 1,
+    opset: int = DEFAULT_OPSET,
+    class_names: tuple[str, ...] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    simplify: bool = False,
+    verify: bool = True,
+    verify_shapes: Sequence[Shape] | None = None,
+    tolerance: Tolerance = FP32,
+    destination: str = "the output",
+) -> tuple[OnnxExport, ParityReport | None]:
+    """Export in memory and verify against PyTorch; raises ParityError (nothing written) when it differs."""
+    from exporter.parity import check_parity, default_verify_shapes
 
-    def __init__(self, message: str, report, **kwargs):
-        self.report = report
-        super().__init__(message, **kwargs)
+    exported = export_model(loaded, dynamic=dynamic, imgsz=imgsz, batch=batch, opset=opset,
+                            class_names=class_names, mean=mean, std=std, simplify=simplify)
+    if not verify:
+        return exported, None
+    meta = exported.metadata
+    shapes = verify_shapes or default_verify_shapes(meta.in_channels, imgsz, meta.min_height,
+                                                    dynamic=exported.dynamic, batch=batch)
+    report = check_parity(loaded.module, exported.model, shapes, tolerance)
+    if not report.passed:
+        worst = max(report.failures(), key=lambda r: r.rel_err)
+        raise ParityError(
+            f"the exported model differs from PyTorch at {len(report.failures())} of {len(report.rows)} "
+            f"shapes (worst: {format_shape(worst.shape)}, max abs err {worst.max_abs_err:.3g}, "
+            f"rel err {worst.rel_err:.3g}); {destination} was not written.",
+            report=report, hint="rerun with --report FILE.json for the figures; --atol/--rtol change the tolerance.")
+    return exported, report
 
 
 def export_onnx(
     loaded: LoadedModel,
     output: str | Path,
     *,
+    dynamic: bool = True,
+    imgsz: tuple[int, int] = (224, 224),
+    batch: int = 1,
+    opset: int = DEFAULT_OPSET,
+    class_names: tuple[str, ...] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    simplify: bool = False,
     verify: bool = True,
-    verify_shapes=None,
-    tolerance=None,
-    **export_options,
+    verify_shapes: Sequence[Shape] | None = None,
+    tolerance: Tolerance = FP32,
 ) -> ExportResult:
     """Export, verify against PyTorch, then write ``output`` atomically.
 
     A model that fails verification is not written (and a file already at ``output`` is left as it
     was): a failed export never looks like a finished one. ``ParityError.report`` holds the figures.
     """
-    from exporter.parity import check_parity, default_verify_shapes
     from runtime.files import check_output_path, write_bytes_atomic
-    from runtime.parity import FP32
 
     output = check_output_path(output)
-    exported = export_model(loaded, **export_options)
-    report = None
-    if verify:
-        meta = exported.metadata
-        shapes = verify_shapes or default_verify_shapes(
-            meta.in_channels, export_options.get("imgsz", (224, 224)), meta.min_height,
-            dynamic=exported.dynamic, batch=export_options.get("batch", 1))
-        report = check_parity(loaded.module, exported.model, shapes, tolerance or FP32)
-        if not report.passed:
-            worst = max(report.failures(), key=lambda r: r.rel_err)
-            raise ParityError(
-                f"the exported model differs from PyTorch at {len(report.failures())} of {len(report.rows)} "
-                f"shapes (worst: {'x'.join(map(str, worst.shape))}, max abs err {worst.max_abs_err:.3g}, "
-                f"rel err {worst.rel_err:.3g}); {output} was not written.",
-                report=report,
-                hint="rerun with --report FILE.json for the figures; --atol/--rtol change the tolerance.")
-    data = exported.model.SerializeToString()
-    write_bytes_atomic(output, data)
+    exported, report = export_verified(loaded, dynamic=dynamic, imgsz=imgsz, batch=batch, opset=opset,
+                                       class_names=class_names, mean=mean, std=std, simplify=simplify,
+                                       verify=verify, verify_shapes=verify_shapes, tolerance=tolerance,
+                                       destination=str(output))
+    write_bytes_atomic(output, exported.model.SerializeToString())
     return ExportResult(path=output, export=exported, parity=report)

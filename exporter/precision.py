@@ -72,6 +72,9 @@ def load_calibration(source: str | Path, metadata: ModelMetadata, *, size: tuple
 
     source = Path(source)
     channels = metadata.in_channels or 3
+    if not source.exists():
+        raise ArtifactError(f"calibration data {source} does not exist.",
+                            hint="give a folder of images or an .npy NCHW array.")
     if source.suffix == ".npy":
         try:
             data = np.load(source, allow_pickle=False)
@@ -82,10 +85,10 @@ def load_calibration(source: str | Path, metadata: ModelMetadata, *, size: tuple
                                 f"expected float (N, {channels}, H, W), normalized like the model's input.")
         return np.ascontiguousarray(data[:limit], dtype=np.float32)
     if not source.is_dir():
-        raise ArtifactError(f"--calib {source} is neither a folder of images nor a .npy file.")
+        raise ArtifactError(f"calibration data {source} is neither a folder of images nor a .npy file.")
     files = collect_images([source])[:limit]
     if not files:
-        raise ArtifactError(f"--calib folder {source} holds no image files.")
+        raise ArtifactError(f"calibration folder {source} holds no image files.")
     batch = [normalize(load_image(f, channels, size), metadata) for f in files]
     return np.stack(batch).astype(np.float32)
 

@@ -46,6 +46,14 @@ class ExportError(GapError):
     """The ONNX export, its checks or a precision conversion failed."""
 
 
+class ParityError(ExportError):
+    """An artifact does not match its reference (PyTorch, or the FP32 model); ``report`` says where."""
+
+    def __init__(self, message: str, report=None, **kwargs):
+        self.report = report
+        super().__init__(message, **kwargs)
+
+
 class BuildError(GapError):
     """TensorRT could not build an engine."""
 

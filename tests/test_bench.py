@@ -92,7 +92,7 @@ def test_a_cuda_graph_replay_that_differs_is_never_timed(tmp_path):
 
 def test_cuda_graph_on_onnx_runtime_is_refused(reference_onnx):
     result = CliRunner().invoke(main, [str(reference_onnx), "--cuda-graph", *FAST])
-    assert_clean_failure(result, "--cuda-graph applies to TensorRT engines only")
+    assert_clean_failure(result, "--cuda-graph applies to TensorRT engines only", code=2)
 
 
 def test_acceptance_command_writes_the_documented_json(tmp_path, reference_onnx, reference_ckpt):

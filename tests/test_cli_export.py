@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -146,3 +147,45 @@ def test_class_names_count_mismatch(tmp_path, reference_ckpt):
     names.write_text('["a", "b"]')
     result = run(reference_ckpt, "-o", tmp_path / "m.onnx", "--class-names", names)
     assert_clean_failure(result, "2 class names given but the model has 10 classes")
+
+
+@pytest.mark.parametrize("make_calib, message", [
+    (lambda d: d.mkdir() or d, "holds no image files"),
+    (lambda d: (np.save(d.with_suffix(".npy"), np.zeros((4, 32, 32, 3), np.float32)), d.with_suffix(".npy"))[1],
+     "expected float (N, 3, H, W)"),
+    (lambda d: d.with_suffix(".npy"), "calibration data"),
+    (lambda d: (d.with_suffix(".txt").write_text("x"), d.with_suffix(".txt"))[1], "neither a folder of images"),
+])
+def test_a_bad_calib_fails_before_any_file_is_replaced(tmp_path, reference_ckpt, make_calib, message):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the user's previous export")
+    (tmp_path / "m.int8.onnx").write_bytes(b"the previous int8 model")
+    calib = make_calib(tmp_path / "calib")
+    result = CliRunner().invoke(main, [str(reference_ckpt), "--dynamic", "--imgsz", "32", "-o", str(out),
+                                       "--precision", "int8", "--calib", str(calib)])
+    assert_clean_failure(result, message)
+    assert out.read_bytes() == b"the user's previous export"
+    assert (tmp_path / "m.int8.onnx").read_bytes() == b"the previous int8 model"
+
+
+def test_fp32_and_variant_appear_together_or_not_at_all(tmp_path, monkeypatch):
+    """A failure while moving the second file puts the first one back as it was."""
+    import exporter.pipeline as pipeline
+
+    out, variant = tmp_path / "m.onnx", tmp_path / "m.fp16.onnx"
+    out.write_bytes(b"old fp32")
+    real_replace = pipeline.os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith(".fp16.onnx"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pipeline.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        pipeline.write_together([(out, b"new fp32"), (variant, b"new fp16")])
+    assert out.read_bytes() == b"old fp32" and not variant.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporaries, no backups left
+    monkeypatch.setattr(pipeline.os, "replace", real_replace)
+    pipeline.write_together([(out, b"new fp32"), (variant, b"new fp16")])
+    assert out.read_bytes() == b"new fp32" and variant.read_bytes() == b"new fp16"

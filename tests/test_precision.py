@@ -111,7 +111,7 @@ def test_calibration_from_images_and_npy(tmp_path, reference_onnx):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match="holds no image files"):
         load_calibration(tmp_path / "empty", meta, size=(8, 8))
-    with pytest.raises(ArtifactError, match="neither a folder of images nor a .npy file"):
+    with pytest.raises(ArtifactError, match="missing does not exist"):
         load_calibration(tmp_path / "missing", meta, size=(8, 8))
 
 

@@ -62,11 +62,8 @@ def build_config(*, min_shape, opt_shape, max_shape, profiles, workspace, timing
                        hardware_compat=hardware_compat)
 
 
-def run_build(onnx_path: Path, output: Path, *, variant, config, verify) -> None:
-    """Build, then print what was built; ``variant`` is an exporter.precision.VariantOptions or None."""
-    from exporter.builder import build_with_precision
-
-    result = build_with_precision(onnx_path, output, variant=variant, config=config, verify=verify, log=info)
+def print_build(result, wanted: str) -> None:
+    """What a build made: the variant's and the engine's parity tables, the manifest, a precision warning."""
     if result.variant is not None:
         for report in (result.variant.sweep, result.variant.real_data):
             if report is not None:
@@ -77,7 +74,6 @@ def run_build(onnx_path: Path, output: Path, *, variant, config, verify) -> None
     click.echo(f"Wrote {result.build.plan} and {result.build.plan.name}.json: TensorRT {manifest.tensorrt_version} "
                f"on {manifest.gpu_name} (sm {manifest.compute_capability}), built precision {manifest.precision} "
                f"{result.build.layer_precisions}, {result.build.seconds:.1f} s.")
-    wanted = variant.precision if variant else "fp32"
     if manifest.precision != wanted and not (wanted == "int8" and manifest.precision == "fp16"):
         click.echo(click.style("Warning: ", fg="yellow") + f"{wanted} was asked but the engine's layers run in "
                    f"{manifest.precision}; see the layer counts above.", err=True)
@@ -119,4 +115,7 @@ def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers,
     config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
                           workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
                           hardware_compat=hardware_compat)
-    run_build(model, output, variant=variant, config=config, verify=verify)
+    from exporter.builder import build_with_precision
+
+    result = build_with_precision(model, output, variant=variant, config=config, verify=verify, log=info)
+    print_build(result, variant.precision if variant else "fp32")

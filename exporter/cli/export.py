@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from exporter.cli.build import build_config, engine_options, run_build
+from exporter.cli.build import build_config, engine_options, print_build
 from exporter.precision import VariantOptions
 from runtime.cli.common import fail, floats, image_size, info, report_errors, shape_option, write_json
 from runtime.errors import ArtifactError
@@ -102,95 +102,88 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     out_path = output or model.with_suffix(".onnx")
     if precision == "int8" and calib is None:
         raise click.BadParameter("--precision int8 needs --calib DIR or --calib FILE.npy.", param_hint="--calib")
-    if not summary:
-        check_output_path(out_path)
-        if report:
-            check_output_path(report)
-    if engine and not summary:
+    if summary:
+        from exporter.checkpoint import load_model  # torch is imported here, after argument checks
+        from exporter.summary import layer_table
+
+        loaded = load_model(model, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
+        click.echo(layer_table(loaded.module, loaded.in_channels, *size))
+        return
+    check_output_path(out_path)
+    if report:
+        check_output_path(report)
+    engine_config = None
+    if engine:
         from exporter.builder import import_builder
 
         import_builder()  # no TensorRT: say so now, not after the export
-
-    from exporter.checkpoint import load_model  # torch is imported here, after argument checks
-
-    info(f"Loading {model} ...")
-    loaded = load_model(model, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
-    for note in loaded.notes:
-        info(f"Note: {note}")
-    if summary:
-        from exporter.summary import layer_table
-
-        click.echo(layer_table(loaded.module, loaded.in_channels, *size))
-        return
-
+        engine_config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+                                     profiles=profiles, workspace=workspace, timing_cache=timing_cache,
+                                     version_compatible=version_compatible, hardware_compat=hardware_compat)
     shapes = None
     if verify_shapes:
-        shapes = [shape_option(s.strip(), loaded.in_channels) for s in verify_shapes.split(",") if s.strip()]
-        bad = [s for s in shapes if s[1] != loaded.in_channels]
-        if bad:
-            raise click.BadParameter(f"{bad[0]} has {bad[0][1]} channels; the model takes {loaded.in_channels}.",
-                                     param_hint="--verify-shapes")
-
-    from exporter.onnx_export import ParityError, export_onnx
+        shapes = [verify_shape(text.strip()) for text in verify_shapes.split(",") if text.strip()]
+    variant = None if precision == "fp32" else VariantOptions(precision, calib=calib, calib_size=size,
+                                                              min_top1=min_top1, keep_float_ends=not int8_all_layers)
+    from exporter.pipeline import ExportJob, run_export  # torch is imported here, after argument checks
+    from runtime.errors import ParityError
     from runtime.parity import Tolerance
 
-    info(f"Exporting {loaded.arch} ({'dynamic batch/height/width' if dynamic else 'static'}, opset {opset})"
-         + (" and verifying against PyTorch" if verify else "") + " ...")
+    job = ExportJob(model, out_path, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint,
+                    dynamic=dynamic, imgsz=size, batch=batch, opset=opset, class_names=names, mean=mean_v, std=std_v,
+                    simplify=simplify, verify=verify, verify_shapes=shapes, tolerance=Tolerance(atol=atol, rtol=rtol),
+                    variant=variant, engine=engine_config)
     try:
-        result = export_onnx(loaded, out_path, verify=verify, verify_shapes=shapes,
-                             tolerance=Tolerance(atol=atol, rtol=rtol), dynamic=dynamic, imgsz=size,
-                             batch=batch, opset=opset, class_names=names, mean=mean_v, std=std_v,
-                             simplify=simplify)
+        outcome = run_export(job, log=info)
     except ParityError as exc:
-        click.echo(exc.report.format_table())
+        if exc.report is not None:
+            click.echo(exc.report.format_table())
         if report:
-            write_json(report, {"model": str(model), "output": None, "parity": exc.report.to_dict()})
+            write_json(report, {"model": str(model), "output": None,
+                                "parity": exc.report.to_dict() if exc.report else None})
         fail(str(exc))
-
-    exp = result.export
-    if result.parity is not None:
-        click.echo(result.parity.format_table())
-    dims = ", ".join(map(str, exp.input_dims))
-    click.echo(f"Wrote {result.path}: input images [{dims}] float32, output logits "
-               f"[{', '.join(map(str, exp.output_dims))}], minimum size "
-               f"{exp.metadata.min_height}x{exp.metadata.min_width}, opset {exp.opset}"
-               f"{', simplified' if exp.simplified else ''} ({exp.seconds:.1f} s).")
-    variant_report = None
-    options = None if precision == "fp32" else VariantOptions(precision, calib=calib, calib_size=size,
-                                                              min_top1=min_top1, keep_float_ends=not int8_all_layers)
-    if options and not engine:
-        variant_report = _write_variant(result, options)
-    if engine:  # the same variant pipeline, inside the engine build
-        suffix = "" if precision == "fp32" else f".{precision}"
-        config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
-                              workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
-                              hardware_compat=hardware_compat)
-        run_build(result.path, result.path.with_name(f"{result.path.stem}{suffix}.plan"), variant=options,
-                  config=config, verify=verify)
+    print_outcome(outcome)
     if report:
-        write_json(report, {
-            "precision_variant": variant_report,
-            "model": str(model), "output": str(result.path), "arch": loaded.arch, "dynamic": exp.dynamic,
-            "input_dims": list(exp.input_dims), "output_dims": list(exp.output_dims), "opset": exp.opset,
-            "metadata": exp.metadata.to_props(), "notes": list(loaded.notes),
-            "parity": result.parity.to_dict() if result.parity else None})
+        write_json(report, report_payload(model, outcome))
         info(f"Wrote {report}")
 
 
-def _write_variant(result, options) -> dict:
-    from exporter.precision import convert_verified, variant_path
-    from runtime.files import write_bytes_atomic
+def verify_shape(text: str) -> tuple[int, ...]:
+    """``BxCxHxW`` -> 4 dims; ``HxW`` -> (H, W), completed with the model's channels once it is loaded."""
+    if len(text.lower().split("x")) == 2:
+        return shape_option(text, 1)[2:]
+    return shape_option(text)
 
-    meta = result.export.metadata
-    shapes = [r.shape for r in result.parity.rows] if result.parity else \
-        [(1, meta.in_channels, *options.calib_size)]
-    info(f"Converting to {options.precision} and verifying against the FP32 ONNX ...")
-    variant = convert_verified(result.export.model, options, shapes)
-    for rep in (variant.real_data, variant.sweep):
-        if rep is not None:
-            click.echo(rep.format_table())
-    path = variant_path(result.path, options.precision)
-    write_bytes_atomic(path, variant.model.SerializeToString())
-    click.echo(f"Wrote {path} ({options.precision}, {path.stat().st_size / 1e6:.2f} MB)")
-    return {"path": str(path), "precision": options.precision, "sweep": variant.sweep.to_dict(),
-            "real_data": variant.real_data.to_dict() if variant.real_data else None}
+
+def print_outcome(outcome) -> None:
+    for note in outcome.notes:
+        info(f"Note: {note}")
+    exp = outcome.export
+    if outcome.parity is not None:
+        click.echo(outcome.parity.format_table())
+    dims = ", ".join(map(str, exp.input_dims))
+    click.echo(f"Wrote {outcome.path}: input images [{dims}] float32, output logits "
+               f"[{', '.join(map(str, exp.output_dims))}], minimum size "
+               f"{exp.metadata.min_height}x{exp.metadata.min_width}, opset {exp.opset}"
+               f"{', simplified' if exp.simplified else ''} ({exp.seconds:.1f} s).")
+    if outcome.variant is not None and outcome.build is None:
+        for rep in (outcome.variant.real_data, outcome.variant.sweep):
+            if rep is not None:
+                click.echo(rep.format_table())
+        path = outcome.variant_path
+        click.echo(f"Wrote {path} ({outcome.variant.precision}, {path.stat().st_size / 1e6:.2f} MB)")
+    if outcome.build is not None:
+        print_build(outcome.build, outcome.variant.precision if outcome.variant else "fp32")
+
+
+def report_payload(model, outcome) -> dict:
+    exp, variant = outcome.export, outcome.variant
+    variant_report = None
+    if variant is not None:
+        variant_report = {"path": str(outcome.variant_path or (outcome.build and outcome.build.source)),
+                          "precision": variant.precision, "sweep": variant.sweep.to_dict(),
+                          "real_data": variant.real_data.to_dict() if variant.real_data else None}
+    return {"precision_variant": variant_report, "model": str(model), "output": str(outcome.path),
+            "arch": outcome.arch, "dynamic": exp.dynamic, "input_dims": list(exp.input_dims),
+            "output_dims": list(exp.output_dims), "opset": exp.opset, "metadata": exp.metadata.to_props(),
+            "notes": list(outcome.notes), "parity": outcome.parity.to_dict() if outcome.parity else None}

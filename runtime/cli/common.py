@@ -10,18 +10,21 @@ from pathlib import Path
 
 import click
 
-from runtime.errors import GapError, InputError
+from runtime.errors import GapError, InputError, UsageError
 from runtime.files import write_text_atomic
 from runtime.shapes import parse_shape
 
 
 def report_errors(command: Callable) -> Callable:
-    """User errors become one message on stderr and exit 1; Ctrl-C exits 130. No tracebacks."""
+    """User errors become one message on stderr and exit 1 (options that cannot go together: 2, as click's own
+    usage errors); Ctrl-C exits 130. No tracebacks."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except UsageError as exc:
+            fail(str(exc), code=2)
         except GapError as exc:
             fail(str(exc))
         except KeyboardInterrupt:

@@ -1,0 +1,150 @@
+"""gap-export's job as one library function: checkpoint -> verified ONNX [-> precision variant] [-> engine].
+
+Every input is checked before the first write (the calibration data included), the ONNX files of one
+run appear together or not at all, and an existing file at any output path is left as it was when
+anything fails. The CLI only parses options, calls :func:`run_export` and prints what it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exporter.builder import BuildConfig, PipelineResult
+from exporter.precision import VariantOptions, VariantResult, convert_verified, variant_path
+from runtime.errors import UsageError
+from runtime.files import check_output_path
+from runtime.parity import FP32, ParityReport, Tolerance
+from runtime.shapes import format_shape
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    checkpoint: Path
+    output: Path
+    arch: str | None = None
+    num_classes: int | None = None
+    trust_checkpoint: bool = False
+    dynamic: bool = False
+    imgsz: tuple[int, int] = (224, 224)
+    batch: int = 1
+    opset: int = 18
+    class_names: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    simplify: bool = False
+    verify: bool = True
+    #: BxCxHxW shapes, or (H, W) pairs that take the model's channels
+    verify_shapes: Sequence[tuple[int, ...]] | None = None
+    tolerance: Tolerance = FP32
+    variant: VariantOptions | None = None
+    #: build a TensorRT engine too (from the variant when there is one)
+    engine: BuildConfig | None = None
+
+
+@dataclass
+class ExportOutcome:
+    path: Path
+    export: object  # exporter.onnx_export.OnnxExport
+    parity: ParityReport | None
+    notes: list[str] = field(default_factory=list)
+    arch: str = ""
+    variant: VariantResult | None = None
+    variant_path: Path | None = None
+    build: PipelineResult | None = None
+
+
+def write_together(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Write every file, then move them all into place: all of them appear, or none.
+
+    Each file goes to a temporary beside its target first. Before the moves, every existing target is
+    hard-linked aside; if a move fails (a full disk, Ctrl-C), the targets already moved get their old
+    content back and new ones are removed, so a failed run leaves the folder as it was.
+    """
+    temps: list[tuple[str, Path]] = []
+    backups: dict[Path, str] = {}
+    moved: list[Path] = []
+    try:
+        for path, data in files:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+        for _, path in temps:
+            if path.is_file():
+                backup = f"{path.parent / ('.' + path.name)}.{os.getpid()}.bak"
+                os.link(path, backup)
+                backups[path] = backup
+        try:
+            for tmp, path in temps:
+                os.replace(tmp, path)
+                moved.append(path)
+        except BaseException:
+            for path in moved:
+                if path in backups:
+                    os.replace(backups.pop(path), path)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            raise
+    finally:
+        for leftover in [tmp for tmp, _ in temps] + list(backups.values()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
+def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> ExportOutcome:
+    """Load, export and verify; make and verify the precision variant; write both; then build the engine."""
+    from exporter.checkpoint import load_model
+    from exporter.onnx_export import export_verified
+
+    output = check_output_path(job.output)
+    extra = variant_path(output, job.variant.precision) if job.variant else None
+    if extra is not None:
+        check_output_path(extra)
+    log(f"Loading {job.checkpoint} ...")
+    loaded = load_model(job.checkpoint, arch=job.arch, num_classes=job.num_classes,
+                        trust_checkpoint=job.trust_checkpoint)
+    if job.variant is not None and job.variant.precision == "int8":  # a bad --calib fails before any write
+        from exporter.precision import load_calibration
+        from runtime.metadata import ModelMetadata
+
+        load_calibration(job.variant.calib, ModelMetadata(in_channels=loaded.in_channels), size=job.variant.calib_size)
+    log(f"Exporting {loaded.arch} ({'dynamic batch/height/width' if job.dynamic else 'static'}, opset {job.opset})"
+        + (" and verifying against PyTorch" if job.verify else "") + " ...")
+    shapes = None
+    if job.verify_shapes:
+        shapes = [(1, loaded.in_channels, *s) if len(s) == 2 else tuple(s) for s in job.verify_shapes]
+        bad = [s for s in shapes if s[1] != loaded.in_channels]
+        if bad:
+            raise UsageError(f"verify shape {format_shape(bad[0])} has {bad[0][1]} channels; the model takes "
+                             f"{loaded.in_channels}.")
+    exported, report = export_verified(
+        loaded, dynamic=job.dynamic, imgsz=job.imgsz, batch=job.batch, opset=job.opset, class_names=job.class_names,
+        mean=job.mean, std=job.std, simplify=job.simplify, verify=job.verify, verify_shapes=shapes,
+        tolerance=job.tolerance, destination=str(output))
+    outcome = ExportOutcome(output, exported, report, list(loaded.notes), loaded.arch)
+    files = [(output, exported.model.SerializeToString())]
+    if job.variant is not None and job.engine is None:
+        meta = exported.metadata
+        shapes = [r.shape for r in report.rows] if report else [(job.batch, meta.in_channels, *job.imgsz)]
+        log(f"Converting to {job.variant.precision} and verifying against the FP32 ONNX ...")
+        outcome.variant = convert_verified(exported.model, job.variant, shapes)
+        outcome.variant_path = extra
+        files.append((extra, outcome.variant.model.SerializeToString()))
+    write_together(files)
+    if job.engine is not None:  # the engine pipeline makes and checks the variant itself, from the file
+        from exporter.builder import build_with_precision
+
+        suffix = f".{job.variant.precision}" if job.variant else ""
+        outcome.build = build_with_precision(output, output.with_name(f"{output.stem}{suffix}.plan"),
+                                             variant=job.variant, config=job.engine, verify=job.verify, log=log)
+        outcome.variant = outcome.build.variant
+    return outcome
