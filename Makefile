@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: venv test test-gpu demo lint clean
+.PHONY: venv test test-fast test-gpu demo lint clean
 
 venv: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (real servers, training, every family), under a minute.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # On a machine with an NVIDIA GPU and TensorRT (see README), e.g. `make test-gpu EXTRAS=gpu,lean,dev`:
 # the GPU proof (fails at once without a GPU), then the marked end-to-end tests.

@@ -23,7 +23,7 @@ from exporter.precision import VariantOptions, VariantResult
 from runtime._lazy import require
 from runtime.errors import BackendUnavailableError, BuildError, GapError, UsageError, first_line
 from runtime.files import check_output_path, sha256_bytes, sha256_file, write_bytes_atomic
-from runtime.manifest import EngineManifest, manifest_path
+from runtime.manifest import HARDWARE_COMPAT, EngineManifest, manifest_path
 from runtime.metadata import ModelMetadata
 from runtime.parity import ParityReport
 from runtime.profiles import Profile
@@ -98,8 +98,8 @@ def check_profiles(info: OnnxInput, profiles: Sequence[Profile], path: Path) -> 
 SUPPORTED_TENSORRT = ">= 10.0, < 12"
 #: gap-build's --hardware-compat choices -> TensorRT's HardwareCompatibilityLevel member, and the first
 #: TensorRT version that has it.
-HARDWARE_LEVELS = {"none": ("NONE", (10, 0)), "ampere+": ("AMPERE_PLUS", (10, 0)),
-                   "same-cc": ("SAME_COMPUTE_CAPABILITY", (10, 9))}
+HARDWARE_LEVELS = dict(zip(HARDWARE_COMPAT, [("NONE", (10, 0)), ("AMPERE_PLUS", (10, 0)),
+                                             ("SAME_COMPUTE_CAPABILITY", (10, 9))]))
 #: Engine inspector data type names (11.x "DataType" key) and the words of the 10.x "Format/Datatype" text
 _DATATYPES = {"int8": "int8", "half": "fp16", "fp16": "fp16", "float16": "fp16", "float": "fp32", "fp32": "fp32",
               "float32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "fp8": "fp8", "int4": "int4", "fp4": "fp4"}

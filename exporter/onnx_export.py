@@ -16,6 +16,7 @@ from torch import nn
 
 from exporter._quiet import quiet_loggers
 from exporter.checkpoint import LoadedModel
+from exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
 from runtime.errors import ExportError, ParityError, first_line
 from runtime.metadata import ModelMetadata, default_normalization
 from runtime.onnx_file import set_metadata
@@ -26,8 +27,6 @@ from runtime.version import __version__
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}
-DEFAULT_OPSET = 18
-SUPPORTED_OPSETS = range(18, 24)
 MIN_SIZE_SEARCH_LIMIT = 512
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.builder import BuildConfig, PipelineResult
+from exporter.defaults import DEFAULT_OPSET
 from exporter.precision import VariantOptions, VariantResult, convert_verified, variant_path
 from runtime.errors import UsageError
 from runtime.files import check_output_path
@@ -32,7 +33,7 @@ class ExportJob:
     dynamic: bool = False
     imgsz: tuple[int, int] = (224, 224)
     batch: int = 1
-    opset: int = 18
+    opset: int = DEFAULT_OPSET
     class_names: tuple[str, ...] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None

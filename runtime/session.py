@@ -15,6 +15,7 @@ from runtime.validation import InputSpec, prepare
 
 ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
 ENGINE_BACKENDS = ("trt",)
+BACKENDS = ONNX_BACKENDS + ENGINE_BACKENDS
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 DEFAULT_MAX_BATCH = 16
 

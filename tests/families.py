@@ -162,3 +162,22 @@ class SqueezeNetish(nn.Module):
 
 
 FAMILIES = ("ResNetish", "MobileNetish", "EfficientNetish", "DenseNetish", "ShuffleNetish", "SqueezeNetish")
+
+
+class ShapeBranch(nn.Module):
+    """Not a family: a model whose forward branches in Python on the input width, which a trace freezes.
+
+    Exported at an even width, the ONNX never negates; PyTorch negates the logits of odd widths. The
+    export's verification must catch that (it is how a wrong model, not a wrong tolerance, fails it).
+    """
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = _bn_act(3, 8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        out = self.fc(self.features(x).mean((2, 3)))
+        if x.shape[-1] % 2 == 1:
+            out = -out
+        return out

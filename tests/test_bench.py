@@ -113,7 +113,8 @@ def test_acceptance_command_writes_the_documented_json(tmp_path, reference_onnx,
         assert r["throughput_ips"] > 0 and r["iterations"] == 5
     ort_rows = [r for r in rows if r["backend"] == "ort-cpu"]
     assert all(r["parity"]["passed"] and r["parity"]["rel_err"] < 1e-4 for r in ort_rows)
-    assert all(r["speedup_vs_torch"] > 0 for r in ort_rows)
+    assert all(r["speedup_vs_torch"] is not None for r in ort_rows)  # each artifact row is set against PyTorch
+    assert all(r["speedup_vs_torch"] is None and r["parity"] is None for r in rows if r["backend"] == "torch-cpu")
     assert ort_rows[0]["cold_start_ms"]["session_create_ms"] > 0
 
 

@@ -57,11 +57,26 @@ def test_summary_prints_the_layer_table(reference_ckpt):
     assert "[1, 64, 16, 16]" in result.output and "Total params: 20,042" in result.output
 
 
-def test_failed_parity_exits_1_and_leaves_no_file(tmp_path, reference_ckpt):
+def test_failed_parity_exits_1_and_leaves_no_file(tmp_path):
+    import torch
+
+    from tests.families import ShapeBranch
+
+    ckpt = tmp_path / "branch.pt"
+    torch.save(ShapeBranch().state_dict(), ckpt)
     out = tmp_path / "m.onnx"
-    result = run(reference_ckpt, "--dynamic", "-o", out, "--atol", "-1", "--verify-shapes", "8x8")
-    assert_clean_failure(result, "differs from PyTorch", "was not written", "FAIL")
+    result = run(ckpt, "--arch", "tests.families:ShapeBranch", "--dynamic", "--imgsz", "32", "-o", out,
+                 "--verify-shapes", "32x32,9x9")
+    assert_clean_failure(result, "differs from PyTorch at 1 of 2 shapes", "was not written", "FAIL")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value", [("--atol", "-1"), ("--rtol", "nan"), ("--atol", "inf"),
+                                           ("--rtol", "-0.5")])
+def test_tolerances_must_be_finite_and_not_negative(tmp_path, reference_ckpt, option, value):
+    result = run(reference_ckpt, "--dynamic", "-o", tmp_path / "m.onnx", option, value)
+    assert_clean_failure(result, option, code=2)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.parametrize("case, message", [

@@ -88,3 +88,38 @@ def test_gap_bench_on_onnx_runs_without_torch(reference_onnx):
     """)
     assert result.returncode == 0, result.stderr
     assert "ort-cpu" in result.stdout and "1x3x16x16" in result.stdout
+
+
+def _sources(package: str):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return sorted((root / package).rglob("*.py"))
+
+
+def test_no_runtime_module_imports_the_exporter():
+    """The arrow runs one way: exporter -> runtime. Read from the source, so a lazy import counts too."""
+    import ast
+
+    offenders = []
+    for path in _sources("runtime"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] == "exporter"]
+    assert offenders == []
+
+
+def test_no_private_attribute_of_another_object_is_used():
+    """`x._name` only on self/cls: internals stay behind the public Runner/Session API."""
+    import ast
+
+    offenders = []
+    for package in ("runtime", "exporter"):
+        for path in _sources(package):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                    owner = node.value.id if isinstance(node.value, ast.Name) else None
+                    if owner not in ("self", "cls"):
+                        offenders.append(f"{path.relative_to(path.parents[1])}:{node.lineno} .{node.attr}")
+    assert offenders == []

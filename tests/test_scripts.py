@@ -31,6 +31,7 @@ def test_dataset_is_deterministic_and_classes_differ():
     assert len({m.tobytes() for m in masks}) == 10
 
 
+@pytest.mark.slow
 def test_training_writes_a_loadable_checkpoint(tmp_path):
     pytest.importorskip("torch")
     import train_demo

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
+from exporter.builder import BuildConfig
 from runtime.cli.common import image_size, info, report_errors, shape_option
+from runtime.manifest import HARDWARE_COMPAT
+from runtime.parity import INT8
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -38,13 +41,14 @@ def engine_options(f):
         click.option("--max", "max_shape", metavar="BxCxHxW", help="Largest input. Default: 16xCx1024x1024."),
         click.option("--profile", "profiles", multiple=True, metavar="MIN:OPT:MAX",
                      help="Another optimization profile (repeatable)."),
-        click.option("--workspace", default=4.0, show_default=True, type=click.FloatRange(min=0.0625),
+        click.option("--workspace", default=BuildConfig.workspace_gib, show_default=True,
+                     type=click.FloatRange(min=0.0625),
                      help="Builder workspace in GiB."),
         click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
                      help="Timing cache file: read if it exists, written after the build (fast rebuilds)."),
         click.option("--version-compatible", is_flag=True,
                      help="Engine that later TensorRT versions and the lean runtime (tensorrt_lean) can run."),
-        click.option("--hardware-compat", type=click.Choice(["none", "ampere+", "same-cc"]), default="none",
+        click.option("--hardware-compat", type=click.Choice(HARDWARE_COMPAT), default=HARDWARE_COMPAT[0],
                      show_default=True, help="Run on other GPUs: any Ampere or newer, or any of the same compute "
                      "capability (slower kernels)."),
     ]):
@@ -88,7 +92,7 @@ def print_build(result, wanted: str) -> None:
 @click.option("--calib", type=click.Path(path_type=Path), help="INT8 calibration: a folder of images or an .npy "
               "NCHW array (normalized).")
 @click.option("--calib-size", default="224", show_default=True, metavar="N|HxW", help="Calibration image size.")
-@click.option("--min-top1", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+@click.option("--min-top1", type=click.FloatRange(0, 1), default=INT8.min_top1, show_default=True,
               help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this.")
 @click.option("--int8-all-layers", is_flag=True, help="INT8: quantize the first convolution and the classifier too.")
 @engine_options

@@ -7,10 +7,12 @@ from pathlib import Path
 import click
 
 from exporter.cli.build import build_config, engine_options, print_build
+from exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
 from exporter.precision import VariantOptions
-from runtime.cli.common import fail, floats, image_size, info, report_errors, shape_option, write_json
+from runtime.cli.common import FiniteFloat, fail, floats, image_size, info, report_errors, shape_option, write_json
 from runtime.errors import ArtifactError
 from runtime.files import check_output_path
+from runtime.parity import FP32, INT8
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -57,15 +59,16 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
               "the metadata. Default: ImageNet's (0.485,0.456,0.406) for 3 channels, 0.5 otherwise.")
 @click.option("--std", metavar="S1,S2,...", help="Input normalization std. Default: ImageNet's "
               "(0.229,0.224,0.225) for 3 channels, 0.5 otherwise.")
-@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset (18..23).")
+@click.option("--opset", default=DEFAULT_OPSET, show_default=True,
+              type=click.IntRange(SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1), help="ONNX opset.")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (parity is checked after it).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare ONNX Runtime with PyTorch on a sweep of shapes before writing.")
 @click.option("--verify-shapes", metavar="BxCxHxW|HxW,...",
               help="Shapes to verify, comma-separated. Default: the export size, the minimum, 37x53, "
                    "an odd size near the minimum, batch 3 and 2, and 384x512.")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max absolute error allowed.")
-@click.option("--rtol", type=float, default=1e-4, show_default=True,
+@click.option("--atol", type=FiniteFloat(), default=FP32.atol, show_default=True, help="Max absolute error allowed.")
+@click.option("--rtol", type=FiniteFloat(), default=FP32.rtol, show_default=True,
               help="Max relative error ||onnx - torch|| / ||torch|| allowed.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the export summary and the parity report as JSON.")
@@ -74,7 +77,7 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
                    "the FP32 model on the CPU.")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="INT8 calibration data: a folder of images (resized to --imgsz) or an .npy NCHW array.")
-@click.option("--min-top1", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+@click.option("--min-top1", type=click.FloatRange(0, 1), default=INT8.min_top1, show_default=True,
               help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this.")
 @click.option("--int8-all-layers", is_flag=True,
               help="INT8: quantize the first convolution and the classifier too (by default they stay in float: "

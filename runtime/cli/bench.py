@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from runtime.cli.common import info, report_errors, shape_option, write_json
+from runtime.bench import BenchSettings
+from runtime.cli.common import FiniteFloat, info, report_errors, shape_option, write_json
+from runtime.session import BACKENDS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-BACKENDS = ["ort-cpu", "ort-cuda", "ort-trt", "trt"]
 
 
 def default_shape(session):
@@ -31,8 +32,9 @@ def default_shape(session):
 @click.option("--shape", "shapes", multiple=True, metavar="BxCxHxW",
               help="Input shape; repeat for a sweep. Default: the artifact's own (its export size, or a TensorRT "
                    "profile's opt shape).")
-@click.option("--warmup", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Warm-up seconds.")
-@click.option("--duration", default=3.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--warmup", default=BenchSettings.warmup_s, show_default=True, type=FiniteFloat(),
+              help="Warm-up seconds.")
+@click.option("--duration", default=BenchSettings.duration_s, show_default=True, type=FiniteFloat(),
               help="Seconds to measure per shape (at least 10 iterations).")
 @click.option("--iterations", type=click.IntRange(min=1), help="A fixed number of iterations instead of --duration.")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for ONNX Runtime and PyTorch. "
@@ -60,7 +62,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
         gap-bench model.onnx --shape 1x3x224x224 --shape 4x3x97x131 --torch model.pt --json out.json
     """
     import runtime
-    from runtime.bench import BenchSettings, attach_parity, bench_reference, bench_session, environment, format_table
+    from runtime.bench import attach_parity, bench_reference, bench_session, environment, format_table
     from runtime.files import check_input_file, check_output_path
     from runtime.validation import prepare
 
@@ -85,10 +87,9 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
 
     reference, extra_versions = None, {}
     if torch_ckpt:
-        from runtime._lazy import require
+        from runtime.references import load_reference
 
-        require("torch", purpose="for --torch")
-        from exporter.reference import torch_reference  # the one path from here to torch, only with --torch
+        torch_reference = load_reference("torch")  # registered by the exporter side; runtime never imports it
 
         device = "cpu" if session.backend == "ort-cpu" else "cuda"
         info(f"Loading {torch_ckpt} into PyTorch ({device}) ...")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,29 @@ def fail(message: str, code: int = 1):
 def info(message: str) -> None:
     """Progress and notes go to stderr, so stdout stays clean for tables and JSON."""
     click.echo(message, err=True)
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is finite (no nan/inf: they never end a loop and pass every comparison) and >= ``minimum``."""
+
+    name = "number"
+
+    def __init__(self, minimum: float = 0.0):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number.", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        if number < self.minimum:
+            self.fail(f"{number:g} is below {self.minimum:g}.", param, ctx)
+        return number
 
 
 def floats(text: str | None) -> tuple[float, ...] | None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from runtime.cli.common import image_size, info, report_errors
+from runtime.session import BACKENDS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-BACKENDS = ["ort-cpu", "ort-cuda", "ort-trt", "trt"]
 
 
 def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, progress=None) -> dict:
