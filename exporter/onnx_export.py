@@ -210,11 +210,33 @@ def _check_io(proto: onnx.ModelProto, dynamic: bool, static_shape, num_classes: 
 
 
 def check_and_infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    from runtime import parity
+
     try:
+        if proto.ByteSize() > parity.EXTERNAL_DATA_THRESHOLD:  # one protobuf cannot pass 2 GiB: check on disk
+            return _check_and_infer_on_disk(proto)
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
         onnx.checker.check_model(inferred, full_check=True)
+    except ExportError:
+        raise
     except Exception as exc:
         raise ExportError(f"the exported ONNX model fails onnx.checker: {first_line(exc)}") from None
+    return inferred
+
+
+def _check_and_infer_on_disk(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gap-check-") as folder:
+        src, dst = f"{folder}/model.onnx", f"{folder}/inferred.onnx"
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        onnx.save_model(copy, src, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+        onnx.shape_inference.infer_shapes_path(src, dst, check_type=True, strict_mode=True)
+        onnx.checker.check_model(dst, full_check=True)
+        inferred = onnx.load(dst, load_external_data=False)
+        onnx.load_external_data_for_model(inferred, folder)
     return inferred
 
 
@@ -296,12 +318,13 @@ def export_onnx(
     A model that fails verification is not written (and a file already at ``output`` is left as it
     was): a failed export never looks like a finished one. ``ParityError.report`` holds the figures.
     """
-    from runtime.files import check_output_path, write_bytes_atomic
+    from exporter.pipeline import write_models
+    from runtime.files import check_output_path
 
     output = check_output_path(output)
     exported, report = export_verified(loaded, dynamic=dynamic, imgsz=imgsz, batch=batch, opset=opset,
                                        class_names=class_names, mean=mean, std=std, simplify=simplify,
                                        verify=verify, verify_shapes=verify_shapes, tolerance=tolerance,
                                        destination=str(output))
-    write_bytes_atomic(output, exported.model.SerializeToString())
+    write_models([(output, exported.model)])  # above 2 GiB: graph + OUTPUT.data
     return ExportResult(path=output, export=exported, parity=report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,10 +60,30 @@ class ExportOutcome:
     build: PipelineResult | None = None
 
 
-def write_together(files: Sequence[tuple[Path, bytes]]) -> None:
+def onnx_files(model, output: Path) -> tuple[list[tuple[Path, bytes | Path]], Path | None]:
+    """What writing ``model`` to ``output`` takes: one file, or, above runtime.parity.EXTERNAL_DATA_THRESHOLD
+    (protobuf's 2 GiB limit), the graph plus ``OUTPUT.data`` with the weights, staged in a hidden folder
+    beside ``output`` (returned, for cleanup)."""
+    import onnx
+
+    from runtime import parity
+
+    if model.ByteSize() <= parity.EXTERNAL_DATA_THRESHOLD:
+        return [(output, model.SerializeToString())], None
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # save_model rewrites the tensors it externalizes
+    data = output.with_name(output.name + ".data")
+    onnx.save_model(copy, str(staging / output.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return [(data, staging / data.name), (output, staging / output.name)], staging
+
+
+def write_together(files: Sequence[tuple[Path, bytes | Path]]) -> None:
     """Write every file, then move them all into place: all of them appear, or none.
 
-    Each file goes to a temporary beside its target first. Before the moves, every existing target is
+    Each file goes to a temporary beside its target first (a Path is a finished file in the same
+    filesystem, moved as it is). Before the moves, every existing target is
     hard-linked aside; if a move fails (a full disk, Ctrl-C), the targets already moved get their old
     content back and new ones are removed, so a failed run leaves the folder as it was.
     """
@@ -71,6 +92,9 @@ def write_together(files: Sequence[tuple[Path, bytes]]) -> None:
     moved: list[Path] = []
     try:
         for path, data in files:
+            if isinstance(data, Path):
+                temps.append((str(data), path))
+                continue
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             temps.append((tmp, path))
             with os.fdopen(fd, "wb") as handle:
@@ -99,6 +123,22 @@ def write_together(files: Sequence[tuple[Path, bytes]]) -> None:
         for leftover in [tmp for tmp, _ in temps] + list(backups.values()):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
+
+
+def write_models(models: Sequence[tuple[Path, object]]) -> None:
+    """Write ONNX models (with external data above 2 GiB) so that all of them appear, or none."""
+    files: list[tuple[Path, bytes | Path]] = []
+    stagings: list[Path] = []
+    try:
+        for path, model in models:
+            parts, staging = onnx_files(model, path)
+            files += parts
+            if staging is not None:
+                stagings.append(staging)
+        write_together(files)
+    finally:
+        for staging in stagings:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> ExportOutcome:
@@ -132,15 +172,15 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> E
         mean=job.mean, std=job.std, simplify=job.simplify, verify=job.verify, verify_shapes=shapes,
         tolerance=job.tolerance, destination=str(output))
     outcome = ExportOutcome(output, exported, report, list(loaded.notes), loaded.arch)
-    files = [(output, exported.model.SerializeToString())]
+    models = [(output, exported.model)]
     if job.variant is not None and job.engine is None:
         meta = exported.metadata
         shapes = [r.shape for r in report.rows] if report else [(job.batch, meta.in_channels, *job.imgsz)]
         log(f"Converting to {job.variant.precision} and verifying against the FP32 ONNX ...")
         outcome.variant = convert_verified(exported.model, job.variant, shapes)
         outcome.variant_path = extra
-        files.append((extra, outcome.variant.model.SerializeToString()))
-    write_together(files)
+        models.append((extra, outcome.variant.model))
+    write_models(models)
     if job.engine is not None:  # the engine pipeline makes and checks the variant itself, from the file
         from exporter.builder import build_with_precision
 

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from runtime.shapes import format_shape  # noqa: E402
+
 DEMO = ROOT / "demo"
 BIN = Path(sys.executable).parent
 
@@ -70,7 +73,7 @@ def summary(seconds: float) -> None:
     print(f"Parity with PyTorch: {'pass' if parity['passed'] else 'FAIL'} at {len(parity['shapes'])} shapes, "
           f"worst relative error {max(r['rel_err'] for r in parity['shapes']):.1e}")
     for row in (r for r in bench["results"] if r.get("speedup_vs_torch")):
-        print(f"Speed at {'x'.join(map(str, row['shape']))}: ONNX Runtime {row['latency_ms']['median']:.2f} ms "
+        print(f"Speed at {format_shape(row['shape'])}: ONNX Runtime {row['latency_ms']['median']:.2f} ms "
               f"median, {row['speedup_vs_torch']:.1f}x PyTorch eager")
     print(f"FP16 vs FP32: worst relative error {max(r['rel_err'] for r in fp16['sweep']['shapes']):.1e}")
     real = int8["real_data"]["shapes"][0]

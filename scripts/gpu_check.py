@@ -28,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from runtime.shapes import format_shape  # noqa: E402
+
 PROFILE = ((1, 3, 4, 4), (1, 3, 64, 64), (8, 3, 512, 512))
 ODD_SHAPES = [(1, 3, 37, 53), (3, 3, 61, 45), (1, 3, 5, 11), (2, 3, 224, 160)]
 #: Top-1 agreement with PyTorch each engine must reach on 24 real images (random inputs nearly tie on a
@@ -241,7 +243,7 @@ def main(argv=None) -> int:
         for _ in range(2):
             started = time.perf_counter()
             with runtime.load(onnx_path, "ort-trt", cache_dir=cache,
-                              trt_profile=":".join("x".join(map(str, s)) for s in PROFILE)) as trt_session:
+                              trt_profile=":".join(format_shape(s) for s in PROFILE)) as trt_session:
                 _, rel, _ = compare(trt_session.run(x), ref)
             times.append(time.perf_counter() - started)
         engines = list(cache.glob("*.engine"))
@@ -277,7 +279,7 @@ def main(argv=None) -> int:
         if done.returncode != 0:
             raise AssertionError(f"gap-bench exit {done.returncode}")
         rows = [r for r in json.loads(path.read_text())["results"] if r["backend"] == "trt"]
-        parts = ", ".join(f"{'x'.join(map(str, r['shape']))}: {r['latency_ms']['median']:.3f} ms "
+        parts = ", ".join(f"{format_shape(r['shape'])}: {r['latency_ms']['median']:.3f} ms "
                           f"(H2D {r['gpu_ms']['h2d']['median']:.3f} compute {r['gpu_ms']['compute']['median']:.3f} "
                           f"D2H {r['gpu_ms']['d2h']['median']:.3f} enqueue {r['gpu_ms']['enqueue']['median']:.3f}) "
                           f"{r['speedup_vs_torch']:.1f}x torch" for r in rows)

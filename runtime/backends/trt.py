@@ -22,6 +22,7 @@ from runtime.errors import (
 )
 from runtime.files import check_input_file, sha256_bytes
 from runtime.manifest import EngineManifest, manifest_path
+from runtime.shapes import format_shape
 
 _AXES = ("batch", "channels", "height", "width")
 
@@ -130,9 +131,9 @@ class TrtRunner(Runner):
         for index, (lo, _, hi) in enumerate(self.inputs[0].profiles):
             if all(a <= s <= b for s, a, b in zip(shape, lo, hi)):
                 return index
-        ranges = "; ".join(f"{'x'.join(map(str, lo))} to {'x'.join(map(str, hi))}"
+        ranges = "; ".join(f"{format_shape(lo)} to {format_shape(hi)}"
                            for lo, _, hi in self.inputs[0].profiles)
-        raise InputError(f"shape {'x'.join(map(str, shape))} is outside every optimization profile ({ranges}).",
+        raise InputError(f"shape {format_shape(shape)} is outside every optimization profile ({ranges}).",
                          hint="rebuild the engine with gap-build --min/--max covering it.")
 
     def _prepare(self, array: np.ndarray) -> tuple:

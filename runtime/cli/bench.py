@@ -11,6 +11,7 @@ import click
 from runtime.bench import BenchSettings
 from runtime.cli.common import FiniteFloat, info, report_errors, shape_option, write_json
 from runtime.session import BACKENDS
+from runtime.shapes import format_shape
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -105,7 +106,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     done = 0
     for shape in parsed:
         done += 1
-        info(f"[{done}/{total}] {session.backend} {'x'.join(map(str, shape))} ...")
+        info(f"[{done}/{total}] {session.backend} {format_shape(shape)} ...")
         cold = create_ms if session.backend.startswith("ort") and not results else None  # measured once
         result, output = bench_session(session, shape, settings, cold_start_ms=cold)
         if result is None:
@@ -114,7 +115,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
         results.append(result)
         if reference is not None:
             done += 1
-            info(f"[{done}/{total}] torch {'x'.join(map(str, shape))} ...")
+            info(f"[{done}/{total}] torch {format_shape(shape)} ...")
             ref_result, ref_output = bench_reference(f"torch-{extra_versions['torch_device']}", reference, shape,
                                                      settings)
             attach_parity(result, output, ref_output, session.metadata.precision)
@@ -135,7 +136,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
         click.echo(format_table(results))
     for r in results:
         for warning in r.warnings:
-            where = f"{r.backend} {'x'.join(map(str, r.shape))}"
+            where = f"{r.backend} {format_shape(r.shape)}"
             click.echo(click.style("Warning: ", fg="yellow") + f"{where}: {warning}", err=True)
     if json_path:
         write_json(json_path, {"artifact": str(artifact), "device": device_info, "versions": versions,
