@@ -12,8 +12,10 @@ architecture that ``arch="module:callable"`` names, strictly, with differences e
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import pickle
 import sys
 import zipfile
@@ -64,11 +66,17 @@ def load_model(
             notes.append(f"--arch {arch} ignored: the file holds a whole module ({arch_name}).")
     else:
         state = _strip_prefixes(_find_state_dict(obj, path, notes), notes)
-        if arch:
-            module, arch_name = build_arch(arch, num_classes)
-        else:
-            module, arch_name = _reference_for(state, path, num_classes)
-        load_state_strict(module, state, path)
+        _check_tensors(state, path)
+        try:
+            if arch:
+                module, arch_name = build_arch(arch, num_classes)
+            else:
+                module, arch_name = _reference_for(state, path, num_classes)
+            load_state_strict(module, state, path)
+        except (IndexError, RuntimeError, TypeError, ValueError) as exc:  # odd shapes or dtypes in the file
+            raise CheckpointError(f"{path} does not fit the model: {first_line(exc)}",
+                                  hint="check that --arch names the architecture the checkpoint was trained with.") \
+                from None
 
     module.eval()
     return LoadedModel(module=module, arch=arch_name, in_channels=first_conv_channels(module),
@@ -99,13 +107,16 @@ def _read(path: Path, trust: bool, notes: list[str]):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # A pickled class needs a GLOBAL the weights-only unpickler refuses; random bytes fail otherwise.
-        if "Unsupported global" not in str(exc):
+        # Refused, or unreadable? Ask the checkpoint which globals it needs (read without running anything)
+        # rather than parsing torch's wording, which changes between releases.
+        needed = _pickled_globals(path)
+        if not needed:
             raise _unreadable(path, exc) from None
         if not trust:
             raise UntrustedCodeError(
                 f"{path} holds pickled Python objects (for example a whole nn.Module), not only weights; "
-                "loading it runs code.", note=first_line(exc), hint=TRUST_HINT) from None
+                "loading it runs code.", note=f"it needs {', '.join(needed[:5])}"
+                + (f" and {len(needed) - 5} more" if len(needed) > 5 else ""), hint=TRUST_HINT) from None
     except Exception as exc:  # truncated zip, random bytes, wrong magic number, ...
         raise _unreadable(path, exc) from None
 
@@ -114,6 +125,14 @@ def _read(path: Path, trust: bool, notes: list[str]):
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise _unreadable(path, exc) from None
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The Python globals a torch.save file would import when unpickled ([] when it cannot be read)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:
+        return []
 
 
 def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
@@ -153,6 +172,22 @@ def _find_state_dict(obj, path: Path, notes: list[str]) -> dict[str, torch.Tenso
             hint="save the weights with torch.save(model.state_dict(), path).")
     raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict or a model.",
                           hint="save the weights with torch.save(model.state_dict(), path).")
+
+
+def _check_tensors(state: dict, path: Path) -> None:
+    """Weights must be real, dense tensors: a meta tensor has no data, a sparse one no place in a CNN."""
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: '{key}' is a {type(value).__name__}, not a tensor.",
+                                  hint="save the weights with torch.save(model.state_dict(), path).")
+        if value.device.type == "meta":
+            raise CheckpointError(f"{path}: tensor '{key}' is on the meta device and holds no values.",
+                                  hint="save the state_dict after the weights were materialized (e.g. after "
+                                       "loading or training), not from a model built on the meta device.")
+        if value.layout != torch.strided:
+            layout = str(value.layout).replace("torch.", "")
+            raise CheckpointError(f"{path}: tensor '{key}' is {layout}; a CNN's weights are dense.",
+                                  hint="convert it with tensor.to_dense() and save again.")
 
 
 def _strip_prefixes(state: dict, notes: list[str]) -> dict:
@@ -197,11 +232,18 @@ def build_arch(spec: str, num_classes: int | None = None) -> tuple[nn.Module, st
             spec_obj = importlib.util.spec_from_file_location(f"_gap_arch_{source.stem}", source)
             module = importlib.util.module_from_spec(spec_obj)
             sys.modules[spec_obj.name] = module
-            spec_obj.loader.exec_module(module)
+            with _quiet_import():
+                spec_obj.loader.exec_module(module)
         else:
-            module = importlib.import_module(module_name)
+            with _quiet_import():
+                module = importlib.import_module(module_name)
     except CheckpointError:
         raise
+    except SystemExit as exc:  # a script that parses argv or exits at import
+        raise CheckpointError(f"--arch module {module_name!r} exited while being imported (exit {exc.code}).",
+                              note="it runs code at import (for example argparse or sys.exit); gap-export needs "
+                                   "a module that only defines the model.",
+                              hint="move the script part under `if __name__ == \"__main__\":`.") from None
     except Exception as exc:
         raise CheckpointError(f"cannot import --arch module {module_name!r}: {first_line(exc)}",
                               hint="give an importable module (pip-installed or on PYTHONPATH) or a .py path."
@@ -219,6 +261,18 @@ def build_arch(spec: str, num_classes: int | None = None) -> tuple[nn.Module, st
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"--arch {spec} returned a {type(model).__name__}, not a torch.nn.Module.")
     return model, spec
+
+
+@contextlib.contextmanager
+def _quiet_import():
+    """Import a user's module with an empty argv and its prints kept off our stdout."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "gap-export"]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        sys.argv = saved
 
 
 def _kw(kwargs: dict) -> str:

@@ -50,16 +50,53 @@ def find_min_size(module: nn.Module, in_channels: int, limit: int = MIN_SIZE_SEA
     Probed with forward passes: architectures compute their minimum in too many ways (padding,
     strides, ceil_mode, adaptive pools) for a formula to be trusted.
     """
-    with torch.no_grad():
-        for side in range(1, limit + 1):
-            try:
+    last_error: list[str] = []
+
+    def runs(side: int) -> bool:
+        try:
+            with torch.no_grad():
                 out = module(torch.zeros(1, in_channels, side, side))
-            except (RuntimeError, ValueError, IndexError):
-                continue
-            if isinstance(out, torch.Tensor) and out.numel() > 0:
-                return side
-    raise ExportError(f"the model failed on every input size from 1x1 to {limit}x{limit} "
-                      f"with {in_channels} channels.", hint="check that the model takes NCHW images.")
+        except Exception as exc:  # any failure at a small size means "too small" (asserts and KeyErrors too)
+            last_error[:] = [f"{type(exc).__name__}: {first_line(exc)}"]
+            return False
+        _check_output(out)  # it ran: a wrong output is the model's problem, not the size's
+        return True
+
+    # Small sides one by one (most minimums are below 64), then doubling, then a bisection back down:
+    # a model with a large minimum is found in a few dozen forward passes, not hundreds.
+    for side in range(1, min(limit, 64) + 1):
+        if runs(side):
+            return side
+    low, high = 64, None
+    while high is None and low < limit:
+        candidate = min(low * 2, limit)
+        if runs(candidate):
+            high = candidate
+        else:
+            low = candidate
+    if high is None:
+        raise ExportError(f"the model failed on every input size from 1x1 to {limit}x{limit} with {in_channels} "
+                          f"channels (last: {last_error[0] if last_error else 'no output'}).",
+                          hint="check that the model takes NCHW images with that many channels; a model whose "
+                               f"minimum is above {limit} is not supported.")
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if runs(middle) else (middle, high)
+    return high
+
+
+def _check_output(out) -> None:
+    if isinstance(out, (tuple, list)):
+        raise ExportError(f"the model returns a {type(out).__name__} of {len(out)} items; gap-deploy expects one "
+                          "logits tensor of shape (batch, classes).",
+                          hint="wrap the model so that forward() returns only the logits (e.g. outputs[0]).")
+    if not isinstance(out, torch.Tensor):
+        raise ExportError(f"the model returns a {type(out).__name__}; gap-deploy expects a logits tensor.",
+                          hint="wrap the model so that forward() returns one (N, num_classes) tensor.")
+    if out.ndim != 2 or out.shape[1] == 0:
+        raise ExportError(f"the model returns shape {tuple(out.shape)}; gap-deploy expects logits of shape "
+                          "(batch, classes) with at least one class.",
+                          hint="check num_classes (--num-classes) and that the head flattens the pooled features.")
 
 
 def num_classes_of(module: nn.Module, in_channels: int, side: int) -> int:

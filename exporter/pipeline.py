@@ -18,7 +18,7 @@ from pathlib import Path
 from exporter.builder import BuildConfig, PipelineResult
 from exporter.defaults import DEFAULT_OPSET
 from exporter.precision import VariantOptions, VariantResult, convert_verified, variant_path
-from runtime.errors import UsageError
+from runtime.errors import OutputPathError, UsageError
 from runtime.files import check_output_path
 from runtime.parity import FP32, ParityReport, Tolerance
 from runtime.shapes import format_shape
@@ -136,6 +136,10 @@ def write_models(models: Sequence[tuple[Path, object]]) -> None:
             if staging is not None:
                 stagings.append(staging)
         write_together(files)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {', '.join(str(p) for p, _ in models)}: {exc.strerror or exc}.",
+                              note="the files that were there before are unchanged.",
+                              hint="free some disk space, or choose another folder.") from None
     finally:
         for staging in stagings:
             shutil.rmtree(staging, ignore_errors=True)

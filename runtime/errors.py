@@ -30,6 +30,10 @@ class ArtifactError(GapError):
     """A file (checkpoint, ONNX model, engine, manifest, image) cannot be read or is not what it claims."""
 
 
+class MetadataError(ArtifactError):
+    """A model's stored metadata (gap.* keys) is malformed."""
+
+
 class CheckpointError(ArtifactError):
     """A PyTorch checkpoint cannot be loaded into the requested architecture."""
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from runtime.errors import ArtifactError, OutputPathError
+from runtime.errors import ArtifactError, InputTypeError, OutputPathError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -25,14 +27,21 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def check_input_file(path: str | os.PathLike, kind: str) -> Path:
-    """Return ``path`` as a Path if it is a readable, non-empty regular file; else raise ArtifactError."""
+    """Return ``path`` as a Path if it is a readable, non-empty regular file; else raise ArtifactError.
+
+    Only regular files: a FIFO or a device would block or never end when read."""
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"the {kind} path must be a str or os.PathLike, got {type(path).__name__}.")
+    if "\x00" in str(path):
+        raise ArtifactError(f"{kind} path {str(path)!r} contains a NUL byte.")
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"{kind} {p} does not exist.", hint="check the path and the current folder.")
     if p.is_dir():
         raise ArtifactError(f"{kind} {p} is a directory, not a file.", hint=f"pass the {kind} file itself.")
     if not p.is_file():
-        raise ArtifactError(f"{kind} {p} is not a regular file.")
+        raise ArtifactError(f"{kind} {p} is not a regular file (a pipe, device or socket).",
+                            hint=f"pass the {kind} file itself.")
     if p.stat().st_size == 0:
         raise ArtifactError(f"{kind} {p} is empty (0 bytes).", hint="the file was probably not written fully; "
                             "write it again.")
@@ -42,12 +51,26 @@ def check_input_file(path: str | os.PathLike, kind: str) -> Path:
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail early, before long work, when ``path`` cannot be written."""
+    """Fail early, before long work, when ``path`` cannot be written.
+
+    A symbolic link is written through (its target is what gets replaced); anything else that is not a
+    regular file (a device, a pipe, a socket) is refused: replacing it would destroy it, and streaming an
+    artifact into it is never what was meant.
+    """
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise OutputPathError(f"an output path must be a file name, got {type(path).__name__}.")
     p = Path(path)
+    if "\x00" in str(p):
+        raise OutputPathError(f"output path {str(p)!r} contains a NUL byte.")
+    if p.is_symlink():
+        p = Path(os.path.realpath(p))
     folder = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         raise OutputPathError(f"output path {p} is a directory.", hint="give a file name, e.g. "
                               f"{p / 'model.onnx'}.")
+    if p.exists() and not stat.S_ISREG(p.stat().st_mode):
+        raise OutputPathError(f"output path {path} is not a regular file (a device, pipe or socket); it is left "
+                              "alone.", hint="give the path of a file to create or replace.")
     if not folder.exists():
         raise OutputPathError(f"output folder {folder} does not exist.",
                               hint=f"create it first (mkdir -p {folder}) or choose another path.")
@@ -59,28 +82,63 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def _identity(path: Path) -> tuple:
+    """What makes two paths the same file: (device, inode) when it exists, else the resolved path."""
+    try:
+        st = path.stat()
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(path))
+
+
+def check_distinct(inputs: dict[str, str | os.PathLike | None], outputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output that is the same file as an input, or as another output of the same command.
+
+    Compared by resolved path and by inode, so links, ``./x`` and ``../dir/x`` cannot sneak past. The
+    names are the user's (flag names in a CLI, parameter names in the library).
+    """
+    seen: dict[tuple, str] = {}
+    for name, path in inputs.items():
+        if path is not None:
+            seen.setdefault(_identity(Path(path)), name)
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        ident = _identity(Path(path))
+        resolved = ("path", os.path.realpath(path))
+        other = seen.get(ident) or seen.get(resolved)
+        if other is not None:
+            raise OutputPathError(f"{name} {path} is the same file as {other}; writing it would destroy that.",
+                                  hint=f"choose another path for {name}.")
+        seen[ident] = seen[resolved] = name
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Open a temporary file beside ``path``; on success it replaces ``path`` in one step.
 
     On any exception the temporary file is removed, so a failed run leaves no partial artifact and
-    never clobbers a good one.
+    never clobbers a good one. A symbolic link at ``path`` keeps pointing where it did: its target is
+    replaced. A write error (a full disk) becomes an OutputPathError naming the file.
     """
     target = check_output_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        try:
+            with os.fdopen(fd, mode) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}.",
+                                  hint="free some disk space, or choose another folder." if exc.errno == errno.ENOSPC
+                                  else None) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_output(path, "wb") as handle:
         handle.write(data)

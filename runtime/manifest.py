@@ -62,12 +62,14 @@ class EngineManifest:
         path = manifest_path(plan)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
             if data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
             return cls(**data)
         except FileNotFoundError:
             raise
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"cannot read engine manifest {path}: {exc}",
                                 hint="rebuild the engine with gap-build, which writes the manifest.") from None
 

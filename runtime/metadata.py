@@ -8,8 +8,11 @@ without PyTorch or the training code.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+
+from runtime.errors import MetadataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,13 +75,40 @@ class ModelMetadata:
         known = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
         extra = {k: v for k, v in props.items() if not k.startswith(PREFIX)}
 
-        def ints(name: str, default):
-            return int(known[name]) if name in known else default
+        def bad(name: str, why: str) -> MetadataError:
+            return MetadataError(f"the model's metadata '{PREFIX}{name}' = {known[name][:80]!r} is invalid: {why}.",
+                                 hint="re-export the model with gap-export; metadata written by hand or edited "
+                                      "afterwards is not trusted.")
+
+        def ints(name: str, default, minimum: int = 1):
+            if name not in known:
+                return default
+            try:
+                value = int(known[name])
+            except ValueError:
+                raise bad(name, "not a whole number") from None
+            if value < minimum:
+                raise bad(name, f"below {minimum}")
+            return value
 
         def seq(name: str, kind):
-            return tuple(kind(x) for x in json.loads(known[name])) if name in known else None
+            if name not in known:
+                return None
+            try:
+                values = json.loads(known[name])
+            except ValueError:
+                raise bad(name, "not valid JSON") from None
+            if not isinstance(values, list):
+                raise bad(name, "not a JSON list")
+            if kind is str:
+                if not all(isinstance(v, str) for v in values):
+                    raise bad(name, "not a list of strings")
+                return tuple(values)
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise bad(name, "not a list of finite numbers")
+            return tuple(float(v) for v in values)
 
-        return cls(
+        meta = cls(
             arch=known.get("arch", "unknown"),
             in_channels=ints("in_channels", None),
             num_classes=ints("num_classes", None),
@@ -94,3 +124,17 @@ class ModelMetadata:
             source_sha256=known.get("source_sha256"),
             extra=extra,
         )
+        meta.validate(bad)
+        return meta
+
+    def validate(self, bad) -> None:
+        """Cross-field checks: counts agree with the channels and classes; std is positive."""
+        channels = self.in_channels
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and channels is not None and len(values) not in (1, channels):
+                raise bad(name, f"{len(values)} values for {channels} input channels")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise bad("std", "every std must be > 0 (a std of 0 divides by zero)")
+        if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
+            raise bad("class_names", f"{len(self.class_names)} names for {self.num_classes} classes")

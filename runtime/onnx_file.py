@@ -34,6 +34,9 @@ def check_onnx_file(path: str | os.PathLike) -> Path:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if "\x00" in location or not location:
+            raise ArtifactError(f"ONNX model {path}: tensor '{tensor.name}' has an invalid external-data location "
+                                f"{location!r}.", hint="only load models from sources you trust.")
         candidate = folder / location
         if os.path.isabs(location) or not candidate.resolve().is_relative_to(folder):
             raise ArtifactError(f"ONNX model {path}: tensor '{tensor.name}' points outside the model's folder "

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Runner, TensorInfo
-from runtime.errors import ArtifactError, BackendUnavailableError, InputError, UsageError
+from runtime.errors import ArtifactError, BackendUnavailableError, InputError, InputTypeError, UsageError
 from runtime.metadata import ModelMetadata
 from runtime.validation import InputSpec, prepare
 
@@ -67,6 +67,8 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     model); ``trt_profile`` ("MIN:OPT:MAX", gap-build's syntax) replaces the profile taken from the
     model's metadata. ``Session.provider_options`` reads back what onnxruntime applied.
     """
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"runtime.load needs a path (str or os.PathLike), got {type(path).__name__}.")
     path = Path(path)
     name = _choose(path, backend)
     if name == "trt":
@@ -98,6 +100,7 @@ class Session:
 
     def __init__(self, runner: Runner, path: Path | None = None):
         self._runner = runner
+        self._closed = False
         self.path = path
         self.backend = runner.backend
         self.inputs: tuple[TensorInfo, ...] = runner.inputs
@@ -109,6 +112,9 @@ class Session:
         info = self.inputs[0]
         if len(info.shape) != 4:
             raise ArtifactError(f"{path}: input '{info.name}' has rank {len(info.shape)}; expected NCHW images.")
+        if np.dtype(info.dtype).kind != "f":
+            raise ArtifactError(f"{path}: input '{info.name}' is {np.dtype(info.dtype).name}; gap-deploy runs image "
+                                "models with a float input.", hint="export the model with gap-export.")
         channels = info.fixed(1) or self.metadata.in_channels
         profiles = tuple((p[0], p[2]) for p in info.profiles)
         min_h, min_w = self.metadata.min_height, self.metadata.min_width
@@ -162,6 +168,7 @@ class Session:
 
     def run(self, images: np.ndarray, *, cast: bool = False, check_finite: bool = False) -> np.ndarray:
         """Logits (N, num_classes) for a float NCHW batch. Inputs are checked before the backend runs."""
+        self._check_open()
         return self._runner.infer(prepare(images, self._spec, cast=cast, check_finite=check_finite))
 
     def run_many(self, images: Sequence[np.ndarray], *, max_batch: int = DEFAULT_MAX_BATCH, cast: bool = False,
@@ -196,8 +203,14 @@ class Session:
                     results[i] = row
         return results  # type: ignore[return-value]
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"{self!r} is closed; open the model again with runtime.load.")
+
     def close(self) -> None:
-        self._runner.close()
+        if not self._closed:
+            self._closed = True
+            self._runner.close()
 
     def __enter__(self) -> Session:
         return self

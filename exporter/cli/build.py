@@ -8,6 +8,7 @@ import click
 
 from exporter.builder import BuildConfig
 from runtime.cli.common import image_size, info, report_errors, shape_option
+from runtime.files import check_distinct
 from runtime.manifest import HARDWARE_COMPAT
 from runtime.parity import INT8
 
@@ -113,6 +114,10 @@ def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers,
 
     suffix = "" if precision in (None, "fp32") else f".{precision}"
     output = output or model.with_name(f"{model.stem}{suffix}.plan")
+    outputs = {"-o/--output": output, "the engine manifest": output.with_name(output.name + ".json")}
+    if suffix:
+        outputs[f"the {precision} model"] = model.with_name(f"{model.stem}{suffix}.onnx")
+    check_distinct({"MODEL": model, "--calib": calib, "--timing-cache": timing_cache}, outputs)
     variant = None if precision in (None, "fp32") else VariantOptions(
         precision, calib=calib, calib_size=image_size(calib_size), min_top1=min_top1,
         keep_float_ends=not int8_all_layers)

@@ -11,7 +11,7 @@ from exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
 from exporter.precision import VariantOptions
 from runtime.cli.common import FiniteFloat, fail, floats, image_size, info, report_errors, shape_option, write_json
 from runtime.errors import ArtifactError
-from runtime.files import check_output_path
+from runtime.files import check_distinct, check_output_path
 from runtime.parity import FP32, INT8
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -115,6 +115,14 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     check_output_path(out_path)
     if report:
         check_output_path(report)
+    outputs = {"-o/--output": out_path, "--report": report}
+    if precision != "fp32":
+        outputs[f"the {precision} model"] = out_path.with_name(f"{out_path.stem}.{precision}.onnx")
+    if engine:
+        plan = out_path.with_name(f"{out_path.stem}{'' if precision == 'fp32' else '.' + precision}.plan")
+        outputs.update({"the engine": plan, "the engine manifest": plan.with_name(plan.name + ".json")})
+    check_distinct({"MODEL": model, "--calib": calib, "--class-names": class_names,
+                    "--timing-cache": timing_cache}, outputs)
     engine_config = None
     if engine:
         from exporter.builder import import_builder

@@ -9,14 +9,17 @@ import numpy as np
 
 from runtime._lazy import require
 from runtime.backends.base import Runner, TensorInfo
-from runtime.errors import ArtifactError, BackendUnavailableError, first_line
+from runtime.errors import ArtifactError, BackendError, BackendUnavailableError, first_line
+from runtime.shapes import format_shape
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
     "ort-cuda": "CUDAExecutionProvider",
     "ort-trt": "TensorrtExecutionProvider",
 }
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+           "tensor(bool)": np.bool_}
 
 
 def _model_input(path: Path):
@@ -166,10 +169,17 @@ class OrtRunner(Runner):
     @staticmethod
     def _info(arg) -> TensorInfo:
         shape = tuple(d if isinstance(d, int) else (d or "?") for d in arg.shape)
-        return TensorInfo(arg.name, np.dtype(_DTYPES.get(arg.type, np.float32)), shape)
+        return TensorInfo(arg.name, np.dtype(_DTYPES.get(arg.type, object)), shape)
 
     def infer(self, array: np.ndarray) -> np.ndarray:
-        return self._session.run(self._out_names, {self._in_name: array})[0]
+        try:
+            return self._session.run(self._out_names, {self._in_name: array})[0]
+        except Exception as exc:  # a model that passed the input checks and still fails is the model's problem
+            raise BackendError(f"ONNX Runtime failed to run the model on input {format_shape(array.shape)}: "
+                               f"{first_line(exc)}",
+                               note="the input passed every check the model's metadata allows.",
+                               hint="the model may not support this size; re-export it with gap-export and "
+                                    "check it with --verify-shapes.") from None
 
     @property
     def device(self) -> dict:

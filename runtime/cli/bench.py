@@ -64,13 +64,15 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     """
     import runtime
     from runtime.bench import attach_parity, bench_reference, bench_session, environment, format_table
-    from runtime.files import check_input_file, check_output_path
+    from runtime.files import check_distinct, check_input_file, check_output_path
     from runtime.validation import prepare
 
     parsed = [shape_option(s) for s in shapes]
+    check_input_file(artifact, "artifact")
     for path in (json_path, plot_path):
         if path:
             check_output_path(path)
+    check_distinct({"ARTIFACT": artifact, "--torch": torch_ckpt}, {"--json": json_path, "--plot": plot_path})
     if plot_path:
         from runtime._lazy import require
 
