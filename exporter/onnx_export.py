@@ -17,7 +17,8 @@ from torch import nn
 from exporter._quiet import quiet_loggers
 from exporter.checkpoint import LoadedModel
 from exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
-from runtime.errors import ExportError, ParityError, first_line
+from runtime.errors import ExportError, ParityError, UsageError, first_line
+from runtime.limits import check_memory
 from runtime.metadata import ModelMetadata, default_normalization
 from runtime.onnx_file import set_metadata
 from runtime.parity import FP32, ParityReport, Tolerance
@@ -127,6 +128,7 @@ def export_model(
                           f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET}).")
     started = time.perf_counter()
     module, channels = loaded.module.eval(), loaded.in_channels
+    check_memory((2 if dynamic else batch, channels, *imgsz), "the export size (--batch x C x --imgsz)")
     min_side = find_min_size(module, channels)
     height, width = imgsz
     if min(height, width) < min_side:
@@ -323,6 +325,11 @@ def export_verified(
     meta = exported.metadata
     shapes = verify_shapes or default_verify_shapes(meta.in_channels, imgsz, meta.min_height,
                                                     dynamic=exported.dynamic, batch=batch)
+    for shape in shapes:
+        if shape[2] < meta.min_height or shape[3] < meta.min_width:
+            raise UsageError(f"verify shape {format_shape(shape)} is below this model's minimum input size "
+                             f"{meta.min_height}x{meta.min_width}.", hint="verify at the minimum or above.")
+        check_memory(shape, "verify shape")
     report = check_parity(loaded.module, exported.model, shapes, tolerance)
     if not report.passed:
         worst = max(report.failures(), key=lambda r: r.rel_err)

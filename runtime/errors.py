@@ -90,6 +90,10 @@ class CudaError(BackendError):
     """A CUDA runtime call failed."""
 
 
+class ResourceError(GapError):
+    """A request would need more memory (or another resource) than this machine has."""
+
+
 class OutputPathError(GapError):
     """An output file cannot be written where the user asked."""
 

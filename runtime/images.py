@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +26,88 @@ def collect_images(paths) -> list[Path]:
     return found
 
 
+#: Pillow modes that hold more than 8 bits per pixel, and the full-scale value of each
+_HIGH_DEPTH = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+
+
 def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Pixels in [0, 1] as (channels, H, W) float32; any Pillow mode is converted, ``size`` is (H, W)."""
+    """Pixels in [0, 1] as (channels, H, W) float32; any Pillow mode is converted, ``size`` is (H, W).
+
+    Only regular files are opened (a FIFO would block). 16-bit and 32-bit integer images are scaled by
+    their bit depth, float images by their range ([0, 1], [0, 255] or [0, 65535]), never clipped. The
+    memory an image needs is checked from its header before it is decoded; a decompression bomb is an
+    error for that file alone.
+    """
     from PIL import Image, UnidentifiedImageError
+
+    from runtime.limits import check_memory
 
     path = Path(path)
     if channels not in _MODES:
         raise ArtifactError(f"cannot turn images into {channels}-channel input; supported: 1, 3 or 4 channels.")
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so a truncated file fails here with its name
-            image = image.convert(_MODES[channels])
-            if size is not None:
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
+        st = os.stat(path)
     except FileNotFoundError:
         raise ArtifactError(f"image {path} does not exist.") from None
-    except IsADirectoryError:
-        raise ArtifactError(f"image {path} is a directory.") from None
+    except OSError as exc:
+        raise ArtifactError(f"image {path} cannot be read: {exc.strerror or exc}.") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ArtifactError(f"image {path} is a directory.")
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(f"image {path} is not a regular file (a pipe, device or socket); it was not opened.")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            check_memory((1, channels, height, width), f"image {path}", activations=False)
+            if size is None:
+                check_memory((1, channels, height, width), f"image {path} at its own size")
+            image.load()  # decode now, so a truncated file fails here with its name
+            pixels = _pixels(image, channels, path)
+    except Image.DecompressionBombError as exc:
+        raise ArtifactError(f"{path} is refused as a decompression bomb: {exc}",
+                            hint="downscale the image first if it is genuine.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ArtifactError(f"{path} is not a readable image: {exc}") from None
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
+    if size is not None:
+        pixels = _resize(pixels, size)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def _pixels(image, channels: int, path: Path) -> np.ndarray:
+    """(H, W, channels) float32 in [0, 1]."""
+    mode = image.mode
+    if mode not in _HIGH_DEPTH and mode not in ("I", "F"):
+        return np.asarray(image.convert(_MODES[channels]), dtype=np.float32) / 255.0
+    values = np.asarray(image, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if finite.size != values.size:
+        raise ArtifactError(f"{path} holds NaN or infinite pixel values.")
+    if mode in _HIGH_DEPTH:
+        scale = _HIGH_DEPTH[mode]
+    elif low >= 0 and high <= 1 and mode == "F":
+        scale = 1.0
+    elif low >= 0 and high <= 255:
+        scale = 255.0
+    elif low >= 0 and high <= 65535:
+        scale = 65535.0  # 16-bit PNGs open as 32-bit integer images
+    else:
+        raise ArtifactError(f"{path} has pixel values from {low:g} to {high:g}, which is no pixel range this tool "
+                            "knows (0-1, 0-255 or 0-65535).", hint="convert it to an 8- or 16-bit image.")
+    gray = (values / scale).astype(np.float32)[:, :, None]
+    if channels == 1:
+        return gray
+    rgb = np.repeat(gray, 3, axis=2)
+    return rgb if channels == 3 else np.concatenate([rgb, np.ones_like(gray)], axis=2)
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (H, W, C) float pixels to ``size`` (H, W), channel by channel, without rounding."""
+    from PIL import Image
+
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[:, :, c], dtype=np.float32)).resize(
+        (size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32) for c in range(pixels.shape[2])]
+    return np.stack(planes, axis=2)
 
 
 def normalize(chw: np.ndarray, metadata: ModelMetadata) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 
 from runtime.backends.base import Runner, TensorInfo
 from runtime.errors import ArtifactError, BackendUnavailableError, InputError, InputTypeError, UsageError
+from runtime.limits import check_memory
 from runtime.metadata import ModelMetadata
 from runtime.validation import InputSpec, prepare
 
@@ -121,6 +122,9 @@ class Session:
         if profiles:  # an engine accepts nothing below its smallest profile minimum
             min_h = max(min_h, min(lo[2] for lo, _ in profiles))
             min_w = max(min_w, min(lo[3] for lo, _ in profiles))
+        static = (info.fixed(0), channels, info.fixed(2), info.fixed(3))
+        if all(static):  # a static model declares its input size: refuse one that can never fit here
+            check_memory(static, f"{path}: the model's fixed input")
         self._spec = InputSpec(name=info.name, channels=channels, dtype=info.dtype, min_height=min_h,
                                min_width=min_w, profiles=profiles,
                                fixed=(info.fixed(0), info.fixed(2), info.fixed(3)))
@@ -169,7 +173,9 @@ class Session:
     def run(self, images: np.ndarray, *, cast: bool = False, check_finite: bool = False) -> np.ndarray:
         """Logits (N, num_classes) for a float NCHW batch. Inputs are checked before the backend runs."""
         self._check_open()
-        return self._runner.infer(prepare(images, self._spec, cast=cast, check_finite=check_finite))
+        prepared = prepare(images, self._spec, cast=cast, check_finite=check_finite)
+        check_memory(prepared.shape, f"input '{self._spec.name}'", itemsize=prepared.dtype.itemsize)
+        return self._runner.infer(prepared)
 
     def run_many(self, images: Sequence[np.ndarray], *, max_batch: int = DEFAULT_MAX_BATCH, cast: bool = False,
                  check_finite: bool = False) -> list[np.ndarray]:

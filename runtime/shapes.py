@@ -5,6 +5,7 @@ from __future__ import annotations
 from runtime.errors import InputError
 
 Shape = tuple[int, int, int, int]
+MAX_DIM = (1 << 31) - 1
 
 
 def parse_shape(text: str, channels: int | None = None) -> Shape:
@@ -21,6 +22,8 @@ def parse_shape(text: str, channels: int | None = None) -> Shape:
         raise InputError(f"shape {text!r} is not of the form {expected}.")
     if any(d < 1 for d in dims):
         raise InputError(f"shape {text!r} has a dimension below 1; every dimension must be >= 1.")
+    if any(d > MAX_DIM for d in dims):
+        raise InputError(f"shape {text!r} has a dimension above {MAX_DIM}, more than any backend can index.")
     return tuple(dims)  # type: ignore[return-value]
 
 

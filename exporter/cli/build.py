@@ -8,7 +8,7 @@ import click
 
 from exporter.builder import BuildConfig
 from runtime.cli.common import image_size, info, report_errors, shape_option
-from runtime.files import check_distinct
+from runtime.files import check_distinct, check_input_file
 from runtime.manifest import HARDWARE_COMPAT
 from runtime.parity import INT8
 
@@ -112,6 +112,7 @@ def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers,
         raise click.BadParameter("--precision int8 needs --calib DIR or --calib FILE.npy.", param_hint="--calib")
     from exporter.precision import VariantOptions
 
+    check_input_file(model, "ONNX model")
     suffix = "" if precision in (None, "fp32") else f".{precision}"
     output = output or model.with_name(f"{model.stem}{suffix}.plan")
     outputs = {"-o/--output": output, "the engine manifest": output.with_name(output.name + ".json")}

@@ -11,7 +11,7 @@ from exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
 from exporter.precision import VariantOptions
 from runtime.cli.common import FiniteFloat, fail, floats, image_size, info, report_errors, shape_option, write_json
 from runtime.errors import ArtifactError
-from runtime.files import check_distinct, check_output_path
+from runtime.files import check_distinct, check_input_file, check_output_path
 from runtime.parity import FP32, INT8
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -99,6 +99,7 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
 
         gap-export model.pt --dynamic
     """
+    check_input_file(model, "checkpoint")  # before torch is imported: a typo answers at once
     size = image_size(imgsz)
     mean_v, std_v = floats(mean), floats(std)
     names = _read_class_names(class_names) if class_names else None

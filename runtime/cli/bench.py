@@ -27,6 +27,25 @@ def default_shape(session):
     return (b or 1, channels, h or meta.export_height or 224, w or meta.export_width or 224)
 
 
+def check_reference_fits(reference, session, shape, checkpoint) -> None:
+    """The --torch model must take the artifact's input and give its number of classes, or no figure means anything."""
+    import numpy as np
+
+    from runtime.errors import UsageError, first_line
+
+    probe = np.zeros((1, *shape[1:]), dtype=np.float32)
+    try:
+        ref = reference(probe)
+    except Exception as exc:  # PyTorch's own error: most often the channels differ
+        raise UsageError(f"--torch {checkpoint} does not run on the artifact's input {format_shape(probe.shape)}: "
+                         f"{first_line(exc)}", hint="give the checkpoint the artifact was exported from.") from None
+    out = session.run(probe)
+    if np.shape(ref) != out.shape:
+        raise UsageError(f"--torch {checkpoint} gives logits of shape {tuple(np.shape(ref))}; the artifact gives "
+                         f"{tuple(out.shape)}.", hint="give the checkpoint the artifact was exported from "
+                                                      "(and --num-classes if it needs one).")
+
+
 @click.command(context_settings=CONTEXT)
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
@@ -38,7 +57,7 @@ def default_shape(session):
 @click.option("--duration", default=BenchSettings.duration_s, show_default=True, type=FiniteFloat(),
               help="Seconds to measure per shape (at least 10 iterations).")
 @click.option("--iterations", type=click.IntRange(min=1), help="A fixed number of iterations instead of --duration.")
-@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads for ONNX Runtime and PyTorch. "
+@click.option("--threads", type=click.IntRange(1, 1024), help="Intra-op threads for ONNX Runtime and PyTorch. "
               "Default: their own defaults (one per core).")
 @click.option("--torch", "torch_ckpt", type=click.Path(path_type=Path),
               help="Checkpoint to run through PyTorch eager on the same inputs: speed-up and max/relative error "
@@ -65,7 +84,8 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     import runtime
     from runtime.bench import attach_parity, bench_reference, bench_session, environment, format_table
     from runtime.files import check_distinct, check_input_file, check_output_path
-    from runtime.validation import prepare
+    from runtime.limits import check_memory
+    from runtime.validation import check_shape
 
     parsed = [shape_option(s) for s in shapes]
     check_input_file(artifact, "artifact")
@@ -83,10 +103,10 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     session = runtime.load(artifact, backend, threads=threads, trust_engine=trust_engine)
     create_ms = (time.perf_counter() - started) * 1e3
     parsed = parsed or [default_shape(session)]
-    import numpy as np
 
-    for shape in parsed:  # every shape is checked before anything is timed
-        prepare(np.zeros(shape, dtype=session.input_spec.dtype), session.input_spec)
+    for shape in parsed:  # every shape is checked before anything is timed or allocated
+        check_shape(shape, session.input_spec)
+        check_memory(shape, "--shape")
 
     reference, extra_versions = None, {}
     if torch_ckpt:
@@ -98,6 +118,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
         info(f"Loading {torch_ckpt} into PyTorch ({device}) ...")
         reference, extra_versions = torch_reference(torch_ckpt, arch=arch, num_classes=num_classes,
                                                     trust_checkpoint=trust_checkpoint, device=device, threads=threads)
+        check_reference_fits(reference, session, parsed[0], torch_ckpt)
 
     settings = BenchSettings(warmup_s=warmup, duration_s=duration, iterations=iterations, cuda_graph=cuda_graph,
                              transfers=transfers)

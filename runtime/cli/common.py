@@ -15,6 +15,9 @@ from runtime.errors import GapError, InputError, UsageError
 from runtime.files import write_text_atomic
 from runtime.shapes import parse_shape
 
+#: No image side beyond this is taken from the command line (the memory check refuses most far earlier).
+MAX_SIDE = 65536
+
 
 def report_errors(command: Callable) -> Callable:
     """User errors become one message on stderr and exit 1 (options that cannot go together: 2, as click's own
@@ -72,10 +75,13 @@ def floats(text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
         raise click.BadParameter(
-            f"{text!r} is not a comma-separated list of numbers, e.g. 0.485,0.456,0.406.") from None
+            f"{text!r} is not a comma-separated list of finite numbers, e.g. 0.485,0.456,0.406.")
+    return values
 
 
 def shape_option(value: str, channels: int | None = None):
@@ -96,6 +102,8 @@ def image_size(text: str) -> tuple[int, int]:
         dims = dims * 2
     if len(dims) != 2 or min(dims) < 1:
         raise click.BadParameter(f"{text!r} is not a size; give N or HxW, e.g. 224 or 240x320.")
+    if max(dims) > MAX_SIDE:
+        raise click.BadParameter(f"{text!r} is larger than {MAX_SIDE} pixels on a side.")
     return dims  # type: ignore[return-value]
 
 

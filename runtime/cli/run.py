@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from runtime.cli.common import image_size, info, report_errors
+from runtime.cli.common import fail, image_size, info, report_errors
 from runtime.session import BACKENDS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -66,11 +66,18 @@ def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engi
     reported and skipped; the exit code is then 1.
     """
     import runtime
-    from runtime.images import collect_images
+    from runtime.files import check_input_file
+    from runtime.images import IMAGE_SUFFIXES, collect_images
+    from runtime.limits import check_memory
 
     size = image_size(imgsz) if imgsz else None
-    session = runtime.load(artifact, backend, trust_engine=trust_engine)
+    check_input_file(artifact, "artifact")
     paths = collect_images(images)
+    if not paths:
+        fail(f"no image files in {', '.join(map(str, images))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    session = runtime.load(artifact, backend, trust_engine=trust_engine)
+    if size:
+        check_memory((batch_size, session.input_spec.channels or 3, *size), "--imgsz with --batch-size")
     info(f"{artifact} on {session.backend}: {len(paths)} image(s)")
     if len(paths) >= 20:
         with click.progressbar(length=len(paths), label="Classifying", file=sys.stderr) as bar:
