@@ -80,10 +80,17 @@ def load_calibration(source: str | Path, metadata: ModelMetadata, *, size: tuple
             data = np.load(source, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"cannot read calibration array {source}: {exc}") from None
+        if not isinstance(data, np.ndarray):  # an .npz archive named .npy
+            data.close()
+            raise ArtifactError(f"calibration array {source} is an .npz archive, not one .npy array.",
+                                hint="save one array with numpy.save, or pass a folder of images.")
         if data.ndim != 4 or data.shape[1] != channels or not np.issubdtype(data.dtype, np.floating):
             raise ArtifactError(f"calibration array {source} has shape {data.shape} dtype {data.dtype}; "
                                 f"expected float (N, {channels}, H, W), normalized like the model's input.")
-        return np.ascontiguousarray(data[:limit], dtype=np.float32)
+        data = np.ascontiguousarray(data[:limit], dtype=np.float32)
+        if not np.isfinite(data).all():
+            raise ArtifactError(f"calibration array {source} contains NaN or infinite values.")
+        return data
     if not source.is_dir():
         raise ArtifactError(f"calibration data {source} is neither a folder of images nor a .npy file.")
     files = collect_images([source])[:limit]

@@ -173,9 +173,9 @@ class Session:
     def run(self, images: np.ndarray, *, cast: bool = False, check_finite: bool = False) -> np.ndarray:
         """Logits (N, num_classes) for a float NCHW batch. Inputs are checked before the backend runs."""
         self._check_open()
-        prepared = prepare(images, self._spec, cast=cast, check_finite=check_finite)
-        check_memory(prepared.shape, f"input '{self._spec.name}'", itemsize=prepared.dtype.itemsize)
-        return self._runner.infer(prepared)
+        if isinstance(images, np.ndarray) and images.ndim == 4:  # before any copy or conversion is made
+            check_memory(images.shape, f"input '{self._spec.name}'", itemsize=np.dtype(self._spec.dtype).itemsize)
+        return self._runner.infer(prepare(images, self._spec, cast=cast, check_finite=check_finite))
 
     def run_many(self, images: Sequence[np.ndarray], *, max_batch: int = DEFAULT_MAX_BATCH, cast: bool = False,
                  check_finite: bool = False) -> list[np.ndarray]:

@@ -204,3 +204,33 @@ def test_fp32_and_variant_appear_together_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.os, "replace", real_replace)
     pipeline.write_together([(out, b"new fp32"), (variant, b"new fp16")])
     assert out.read_bytes() == b"new fp32" and variant.read_bytes() == b"new fp16"
+
+
+def test_ctrl_c_during_int8_leaves_the_old_files(tmp_path, reference_ckpt, monkeypatch):
+    import exporter.precision as precision
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old fp32")
+    (tmp_path / "m.int8.onnx").write_bytes(b"old int8")
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(precision, "to_int8", interrupted)
+    result = run(reference_ckpt, "--dynamic", "--imgsz", "32", "-o", out, "--precision", "int8", "--calib", calib)
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert out.read_bytes() == b"old fp32" and (tmp_path / "m.int8.onnx").read_bytes() == b"old int8"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npy", "m.int8.onnx", "m.onnx"]
+
+
+def test_an_output_symlink_is_written_through(tmp_path, reference_ckpt):
+    target = tmp_path / "real.onnx"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    result = run(reference_ckpt, "--dynamic", "--imgsz", "32", "-o", link, "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.resolve() == target  # the link still points where it did
+    assert target.read_bytes()[:4] != b"old" and target.stat().st_size > 1000

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from exporter.builder import BuildConfig
-from runtime.cli.common import image_size, info, report_errors, shape_option
+from runtime.cli.common import FiniteFloat, image_size, info, report_errors, shape_option
 from runtime.files import check_distinct, check_input_file
 from runtime.manifest import HARDWARE_COMPAT
 from runtime.parity import INT8
@@ -43,7 +43,7 @@ def engine_options(f):
         click.option("--profile", "profiles", multiple=True, metavar="MIN:OPT:MAX",
                      help="Another optimization profile (repeatable)."),
         click.option("--workspace", default=BuildConfig.workspace_gib, show_default=True,
-                     type=click.FloatRange(min=0.0625),
+                     type=FiniteFloat(0.0625, 1 << 20),
                      help="Builder workspace in GiB."),
         click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
                      help="Timing cache file: read if it exists, written after the build (fast rebuilds)."),
@@ -93,7 +93,7 @@ def print_build(result, wanted: str) -> None:
 @click.option("--calib", type=click.Path(path_type=Path), help="INT8 calibration: a folder of images or an .npy "
               "NCHW array (normalized).")
 @click.option("--calib-size", default="224", show_default=True, metavar="N|HxW", help="Calibration image size.")
-@click.option("--min-top1", type=click.FloatRange(0, 1), default=INT8.min_top1, show_default=True,
+@click.option("--min-top1", type=FiniteFloat(0, 1), default=INT8.min_top1, show_default=True,
               help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this.")
 @click.option("--int8-all-layers", is_flag=True, help="INT8: quantize the first convolution and the classifier too.")
 @engine_options
@@ -113,6 +113,7 @@ def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers,
     from exporter.precision import VariantOptions
 
     check_input_file(model, "ONNX model")
+    size = image_size(calib_size)
     suffix = "" if precision in (None, "fp32") else f".{precision}"
     output = output or model.with_name(f"{model.stem}{suffix}.plan")
     outputs = {"-o/--output": output, "the engine manifest": output.with_name(output.name + ".json")}
@@ -120,7 +121,7 @@ def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers,
         outputs[f"the {precision} model"] = model.with_name(f"{model.stem}{suffix}.onnx")
     check_distinct({"MODEL": model, "--calib": calib, "--timing-cache": timing_cache}, outputs)
     variant = None if precision in (None, "fp32") else VariantOptions(
-        precision, calib=calib, calib_size=image_size(calib_size), min_top1=min_top1,
+        precision, calib=calib, calib_size=size, min_top1=min_top1,
         keep_float_ends=not int8_all_layers)
     config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
                           workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,

@@ -77,7 +77,7 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
                    "the FP32 model on the CPU.")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="INT8 calibration data: a folder of images (resized to --imgsz) or an .npy NCHW array.")
-@click.option("--min-top1", type=click.FloatRange(0, 1), default=INT8.min_top1, show_default=True,
+@click.option("--min-top1", type=FiniteFloat(0, 1), default=INT8.min_top1, show_default=True,
               help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this.")
 @click.option("--int8-all-layers", is_flag=True,
               help="INT8: quantize the first convolution and the classifier too (by default they stay in float: "

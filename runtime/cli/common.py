@@ -53,8 +53,8 @@ class FiniteFloat(click.ParamType):
 
     name = "number"
 
-    def __init__(self, minimum: float = 0.0):
-        self.minimum = minimum
+    def __init__(self, minimum: float = 0.0, maximum: float = math.inf):
+        self.minimum, self.maximum = minimum, maximum
 
     def convert(self, value, param, ctx):
         if isinstance(value, float):
@@ -68,6 +68,8 @@ class FiniteFloat(click.ParamType):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         if number < self.minimum:
             self.fail(f"{number:g} is below {self.minimum:g}.", param, ctx)
+        if number > self.maximum:
+            self.fail(f"{number:g} is above {self.maximum:g}.", param, ctx)
         return number
 
 

@@ -1,0 +1,470 @@
+"""Bad input as a hostile user gives it: one table of cases across the four CLIs and the Python API.
+
+Each CLI case asserts the exit code (1 for bad input, 2 for usage errors), no traceback, exactly one
+error message naming the problem, a bounded time, and that every input and every output path holds
+byte-for-byte what it held before (outputs get a sentinel first). API cases assert a GapError subclass
+with a message, in bounded time.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from exporter.cli.build import main as gap_build  # noqa: E402
+from exporter.cli.export import main as gap_export  # noqa: E402
+from runtime.cli.bench import main as gap_bench  # noqa: E402
+from runtime.cli.run import main as gap_run  # noqa: E402
+
+SENTINEL = b"sentinel: must survive every failure\n"
+LIMIT_S = 30
+CLIS = {"export": gap_export, "build": gap_build, "run": gap_run, "bench": gap_bench}
+
+
+@dataclass
+class Case:
+    cli: str
+    args: list[str]
+    code: int
+    message: str
+    outputs: list[str] = field(default_factory=list)  # paths (in the workspace) that get a sentinel first
+    setup: object = None  # callable(ws: Path) run before, to make odd inputs
+    absent: str | None = None  # text that must not appear (wrong advice)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height, with almost no data: a decompression bomb's shape."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+                     + chunk(b"IEND", b""))
+
+
+def _save_state(ws: Path, name: str, make) -> None:
+    import torch
+
+    torch.save(make(), ws / name)
+
+
+def _pickled_module(ws):
+    import torch
+
+    torch.save(torch.nn.Linear(2, 2), ws / "module.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo PWNED > pwned.txt",))
+
+
+def _evil_pickle(ws):
+    import torch
+
+    torch.save({"state": _Evil()}, ws / "evil.pt")
+
+
+def _ckpt_with(ws, name, change):
+    import torch
+
+    state = torch.load(ws / "model.pt", weights_only=True)
+    change(state)
+    torch.save(state, ws / name)
+
+
+def _arch_file(ws, name, body):
+    (ws / name).write_text("import torch\nfrom torch import nn\n" + body)
+
+
+def _forged_onnx(ws, name, key, value):
+    import onnx
+
+    model = onnx.load(str(ws / "model.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+    onnx.save(model, str(ws / name))
+
+
+def _int_input_onnx(ws):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.INT64, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [1, 3, 8, 8])])
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(ws / "int.onnx"))
+
+
+def _huge_static_onnx(ws):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["images"], ["g"]),
+                               helper.make_node("Flatten", ["g"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 100000, 100000])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(ws / "huge.onnx"))
+
+
+def _images(ws, *names):
+    from PIL import Image
+
+    folder = ws / "imgs"
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(folder / name)
+
+
+def _plan_with_manifest(ws, text):
+    (ws / "e.plan").write_bytes(b"not really a plan")
+    (ws / "e.plan.json").write_text(text)
+
+
+EXPORT = ["model.pt", "--dynamic", "--imgsz", "32"]
+CASES = {
+    # ---- gap-export: the checkpoint
+    "export-missing": Case("export", ["nope.pt", "-o", "out.onnx"], 1, "does not exist", ["out.onnx"]),
+    "export-directory": Case("export", ["imgs", "-o", "out.onnx"], 1, "is a directory", ["out.onnx"],
+                             lambda ws: _images(ws, "a.png")),
+    "export-empty": Case("export", ["empty.pt", "-o", "out.onnx"], 1, "is empty", ["out.onnx"],
+                         lambda ws: (ws / "empty.pt").write_bytes(b"")),
+    "export-random": Case("export", ["rand.pt", "-o", "out.onnx"], 1, "cannot read checkpoint", ["out.onnx"],
+                          lambda ws: (ws / "rand.pt").write_bytes(os.urandom(4096))),
+    "export-truncated": Case("export", ["trunc.pt", "-o", "out.onnx"], 1, "cannot read checkpoint", ["out.onnx"],
+                             lambda ws: (ws / "trunc.pt").write_bytes((ws / "model.pt").read_bytes()[:2000])),
+    "export-fifo": Case("export", ["fifo.pt", "-o", "out.onnx"], 1, "not a regular file", ["out.onnx"],
+                        lambda ws: os.mkfifo(ws / "fifo.pt")),
+    "export-pickled-module": Case("export", ["module.pt", "-o", "out.onnx"], 1, "--trust-checkpoint", ["out.onnx"],
+                                  _pickled_module, absent="weights_only=False"),
+    "export-os-system-pickle": Case("export", ["evil.pt", "-o", "out.onnx"], 1, "posix.system", ["out.onnx"],
+                                    _evil_pickle, absent="weights_only=False will likely succeed"),
+    "export-meta-tensor": Case("export", ["meta.pt", "-o", "out.onnx"], 1, "meta device", ["out.onnx"],
+                               lambda ws: _ckpt_with(ws, "meta.pt", lambda s: s.__setitem__(
+                                   "fcn.bias", __import__("torch").empty(10, device="meta")))),
+    "export-sparse-tensor": Case("export", ["sparse.pt", "-o", "out.onnx"], 1, "dense", ["out.onnx"],
+                                 lambda ws: _ckpt_with(ws, "sparse.pt", lambda s: s.__setitem__(
+                                     "fcn.bias", s["fcn.bias"].to_sparse()))),
+    "export-0d-tensor": Case("export", ["zerod.pt", "-o", "out.onnx"], 1, "does not fit", ["out.onnx"],
+                             lambda ws: _ckpt_with(ws, "zerod.pt", lambda s: s.__setitem__(
+                                 "fcn.weight", __import__("torch").tensor(1.0)))),
+    # ---- gap-export: outputs that alias inputs or are not files
+    "export-o-is-checkpoint": Case("export", [*EXPORT, "-o", "model.pt"], 1, "same file as MODEL"),
+    "export-o-symlink-to-checkpoint": Case("export", [*EXPORT, "-o", "link.onnx"], 1, "same file as MODEL",
+                                           setup=lambda ws: os.symlink(ws / "model.pt", ws / "link.onnx")),
+    "export-report-is-checkpoint": Case("export", [*EXPORT, "-o", "out.onnx", "--report", "model.pt"], 1,
+                                        "same file as MODEL", ["out.onnx"]),
+    "export-report-is-output": Case("export", [*EXPORT, "-o", "out.onnx", "--report", "./out.onnx"], 1,
+                                    "same file as -o/--output", ["out.onnx"]),
+    "export-report-is-variant": Case("export", [*EXPORT, "-o", "out.onnx", "--precision", "fp16",
+                                                "--report", "out.fp16.onnx"], 1, "same file as", ["out.onnx"]),
+    "export-o-dev-null": Case("export", [*EXPORT, "-o", "/dev/null"], 1, "not a regular file"),
+    "export-o-missing-folder": Case("export", [*EXPORT, "-o", "no/such/out.onnx"], 1, "does not exist"),
+    "export-o-directory": Case("export", [*EXPORT, "-o", "imgs"], 1, "is a directory",
+                               setup=lambda ws: _images(ws, "a.png")),
+    "export-calib-is-output": Case("export", [*EXPORT, "-o", "out.onnx", "--precision", "int8", "--calib",
+                                              "out.int8.onnx"], 1, "same file as --calib", ["out.onnx",
+                                                                                             "out.int8.onnx"]),
+    # ---- gap-export: numbers and sizes
+    "export-imgsz-huge": Case("export", ["model.pt", "--imgsz", "60000", "-o", "out.onnx"], 1,
+                              "GAP_MEMORY_LIMIT", ["out.onnx"]),
+    "export-imgsz-too-large": Case("export", ["model.pt", "--imgsz", "100000", "-o", "out.onnx"], 2,
+                                   "larger than 65536", ["out.onnx"]),
+    "export-imgsz-zero": Case("export", ["model.pt", "--imgsz", "0", "-o", "out.onnx"], 2, "is not a size",
+                              ["out.onnx"]),
+    "export-imgsz-text": Case("export", ["model.pt", "--imgsz", "big", "-o", "out.onnx"], 2, "is not a size",
+                              ["out.onnx"]),
+    "export-batch-huge": Case("export", ["model.pt", "--imgsz", "224", "--batch", "100000", "-o", "out.onnx"], 1,
+                              "GAP_MEMORY_LIMIT", ["out.onnx"]),
+    "export-batch-zero": Case("export", ["model.pt", "--batch", "0", "-o", "out.onnx"], 2, "--batch", ["out.onnx"]),
+    "export-atol-nan": Case("export", [*EXPORT, "--atol", "nan", "-o", "out.onnx"], 2, "not a finite number",
+                            ["out.onnx"]),
+    "export-rtol-negative": Case("export", [*EXPORT, "--rtol", "-1", "-o", "out.onnx"], 2, "below 0",
+                                 ["out.onnx"]),
+    "export-mean-nan": Case("export", [*EXPORT, "--mean", "nan,0,0", "-o", "out.onnx"], 2, "finite numbers",
+                            ["out.onnx"]),
+    "export-std-zero": Case("export", [*EXPORT, "--std", "0,0,0", "-o", "out.onnx"], 1, "must be > 0",
+                            ["out.onnx"]),
+    "export-mean-count": Case("export", [*EXPORT, "--mean", "1,2", "-o", "out.onnx"], 1, "has 2 values",
+                              ["out.onnx"]),
+    "export-opset": Case("export", [*EXPORT, "--opset", "7", "-o", "out.onnx"], 2, "--opset", ["out.onnx"]),
+    "export-min-top1-nan": Case("export", [*EXPORT, "--min-top1", "nan", "-o", "out.onnx"], 2, "not a finite",
+                                ["out.onnx"]),
+    "export-verify-below-min": Case("export", [*EXPORT, "--verify-shapes", "2x2", "-o", "out.onnx"], 2,
+                                    "below this model's minimum", ["out.onnx"]),
+    "export-verify-channels": Case("export", [*EXPORT, "--verify-shapes", "1x1x8x8", "-o", "out.onnx"], 2,
+                                   "has 1 channels", ["out.onnx"]),
+    "export-summary-below-min": Case("export", ["model.pt", "--summary", "--imgsz", "2"], 1, "does not run at 2x2"),
+    "export-num-classes": Case("export", [*EXPORT, "--num-classes", "3", "-o", "out.onnx"], 1, "--num-classes",
+                               ["out.onnx"]),
+    "export-class-names-count": Case("export", [*EXPORT, "--class-names", "names.txt", "-o", "out.onnx"], 1,
+                                     "2 class names", ["out.onnx"],
+                                     lambda ws: (ws / "names.txt").write_text("a\nb\n")),
+    "export-class-names-missing": Case("export", [*EXPORT, "--class-names", "none.txt", "-o", "out.onnx"], 1,
+                                       "none.txt", ["out.onnx"]),
+    # ---- gap-export: calibration data (the FP32 model must not be replaced first)
+    "export-int8-no-calib": Case("export", [*EXPORT, "--precision", "int8", "-o", "out.onnx"], 2, "--calib",
+                                 ["out.onnx"]),
+    "export-calib-empty-folder": Case("export", [*EXPORT, "--precision", "int8", "--calib", "cal", "-o",
+                                                 "out.onnx"], 1, "holds no image files", ["out.onnx", "out.int8.onnx"],
+                                      lambda ws: (ws / "cal").mkdir()),
+    "export-calib-missing": Case("export", [*EXPORT, "--precision", "int8", "--calib", "nocal", "-o", "out.onnx"], 1,
+                                 "does not exist", ["out.onnx", "out.int8.onnx"]),
+    "export-calib-nhwc": Case("export", [*EXPORT, "--precision", "int8", "--calib", "nhwc.npy", "-o", "out.onnx"],
+                              1, "expected float (N, 3, H, W)", ["out.onnx", "out.int8.onnx"],
+                              lambda ws: np.save(ws / "nhwc.npy", np.zeros((4, 32, 32, 3), np.float32))),
+    "export-calib-int": Case("export", [*EXPORT, "--precision", "int8", "--calib", "int.npy", "-o", "out.onnx"], 1,
+                             "dtype int64", ["out.onnx", "out.int8.onnx"],
+                             lambda ws: np.save(ws / "int.npy", np.zeros((4, 3, 32, 32), np.int64))),
+    "export-calib-nan": Case("export", [*EXPORT, "--precision", "int8", "--calib", "nan.npy", "-o", "out.onnx"], 1,
+                             "NaN", ["out.onnx", "out.int8.onnx"],
+                             lambda ws: np.save(ws / "nan.npy", np.full((4, 3, 32, 32), np.nan, np.float32))),
+    "export-calib-npz-named-npy": Case("export", [*EXPORT, "--precision", "int8", "--calib", "z.npy", "-o",
+                                                  "out.onnx"], 1, ".npz archive", ["out.onnx", "out.int8.onnx"],
+                                       lambda ws: np.savez(open(ws / "z.npy", "wb"), a=np.zeros(3))),
+    "export-calib-fifo-only": Case("export", [*EXPORT, "--precision", "int8", "--calib", "fifos", "-o",
+                                              "out.onnx"], 1, "holds no image files", ["out.onnx"],
+                                   lambda ws: ((ws / "fifos").mkdir(), os.mkfifo(ws / "fifos" / "a.png"))),
+    # ---- gap-export: architectures that misbehave
+    "export-arch-form": Case("export", [*EXPORT, "--arch", "nocolon", "-o", "out.onnx"], 1, "MODULE:CALLABLE",
+                             ["out.onnx"]),
+    "export-arch-missing-module": Case("export", [*EXPORT, "--arch", "no_such_mod:Net", "-o", "out.onnx"], 1,
+                                       "cannot import", ["out.onnx"]),
+    "export-arch-exits": Case("export", [*EXPORT, "--arch", "exits.py:Net", "-o", "out.onnx"], 1,
+                              "exited while being imported", ["out.onnx"],
+                              lambda ws: _arch_file(ws, "exits.py", "import argparse\nargparse.ArgumentParser()"
+                                                    ".parse_args(['--nope'])\n")),
+    "export-arch-tuple": Case("export", ["tuple.pt", "--arch", "tuple.py:Net", "--dynamic", "-o", "out.onnx"], 1,
+                              "returns a tuple", ["out.onnx"],
+                              lambda ws: (_arch_file(ws, "tuple.py", (
+                                  "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                                  "        self.c = nn.Conv2d(3, 4, 3)\n    def forward(self, x):\n"
+                                  "        y = self.c(x).mean((2, 3))\n        return y, y\n")),
+                                          _save_state(ws, "tuple.pt", lambda: __import__("torch").nn.Conv2d(
+                                              3, 4, 3).state_dict()), _prefix_state(ws, "tuple.pt", "c."))),
+    "export-arch-zero-classes": Case("export", ["zero.pt", "--arch", "zero.py:Net", "-o", "out.onnx"], 1,
+                                     "at least one class", ["out.onnx"],
+                                     lambda ws: (_arch_file(ws, "zero.py", (
+                                         "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                                         "        self.c = nn.Conv2d(3, 4, 3)\n    def forward(self, x):\n"
+                                         "        return self.c(x).mean((2, 3))[:, :0]\n")),
+                                         _save_state(ws, "zero.pt", lambda: __import__("torch").nn.Conv2d(
+                                             3, 4, 3).state_dict()), _prefix_state(ws, "zero.pt", "c."))),
+    "export-engine-no-tensorrt": Case("export", [*EXPORT, "--engine", "-o", "out.onnx"], 1,
+                                      "needs the full TensorRT", ["out.onnx"]),
+    # ---- gap-build
+    "build-missing": Case("build", ["nope.onnx", "-o", "out.plan"], 1, "does not exist", ["out.plan"]),
+    "build-random": Case("build", ["rand.onnx", "-o", "out.plan"], 1, "cannot read ONNX model", ["out.plan"],
+                         lambda ws: (ws / "rand.onnx").write_bytes(os.urandom(2048))),
+    "build-o-is-model": Case("build", ["model.onnx", "-o", "model.onnx"], 1, "same file as MODEL"),
+    "build-int8-no-calib": Case("build", ["model.onnx", "--precision", "int8", "-o", "out.plan"], 2, "--calib",
+                                ["out.plan"]),
+    "build-bad-profile": Case("build", ["model.onnx", "--profile", "1x3x4x4:1x3x8x8", "-o", "out.plan"], 2,
+                              "MIN:OPT:MAX", ["out.plan"]),
+    "build-min-only": Case("build", ["model.onnx", "--min", "1x3x4x4", "-o", "out.plan"], 2, "together",
+                           ["out.plan"]),
+    "build-workspace-nan": Case("build", ["model.onnx", "--workspace", "nan", "-o", "out.plan"], 2, "not a finite",
+                                ["out.plan"]),
+    "build-calib-size-zero": Case("build", ["model.onnx", "--calib-size", "0", "-o", "out.plan"], 2, "is not a size",
+                                  ["out.plan"]),
+    "build-no-tensorrt": Case("build", ["model.onnx", "-o", "out.plan"], 1, "needs the full TensorRT", ["out.plan"]),
+    # ---- gap-run
+    "run-missing-artifact": Case("run", ["nope.onnx", "imgs"], 1, "does not exist",
+                                 setup=lambda ws: _images(ws, "a.png")),
+    "run-artifact-directory": Case("run", ["imgs", "imgs"], 1, "is a directory",
+                                   setup=lambda ws: _images(ws, "a.png")),
+    "run-random-onnx": Case("run", ["rand.onnx", "imgs"], 1, "cannot read ONNX model",
+                            setup=lambda ws: ((ws / "rand.onnx").write_bytes(os.urandom(2048)), _images(ws, "a.png"))),
+    "run-truncated-onnx": Case("run", ["trunc.onnx", "imgs"], 1, "cannot read ONNX model",
+                               setup=lambda ws: ((ws / "trunc.onnx").write_bytes(
+                                   (ws / "model.onnx").read_bytes()[:500]), _images(ws, "a.png"))),
+    "run-empty-folder": Case("run", ["model.onnx", "none"], 1, "no image files",
+                             setup=lambda ws: (ws / "none").mkdir()),
+    "run-no-images": Case("run", ["model.onnx", "docs"], 1, "no image files",
+                          setup=lambda ws: ((ws / "docs").mkdir(), (ws / "docs" / "a.txt").write_text("x"))),
+    "run-fifo-image": Case("run", ["model.onnx", "fifo.png"], 1, "not a regular file",
+                           setup=lambda ws: os.mkfifo(ws / "fifo.png")),
+    "run-not-an-image": Case("run", ["model.onnx", "fake.png"], 1, "not a readable image",
+                             setup=lambda ws: (ws / "fake.png").write_bytes(b"\x89PNG nope")),
+    "run-too-small": Case("run", ["model.onnx", "tiny.png"], 1, "below this model's minimum",
+                          setup=lambda ws: __import__("PIL.Image").Image.new("RGB", (2, 2)).save(ws / "tiny.png")),
+    "run-bomb": Case("run", ["model.onnx", "bomb.png"], 1, "bomb",
+                     setup=lambda ws: _png_header_only(ws / "bomb.png", 30000, 30000)),
+    "run-imgsz-zero": Case("run", ["model.onnx", "imgs", "--imgsz", "0"], 2, "is not a size",
+                           setup=lambda ws: _images(ws, "a.png")),
+    "run-imgsz-huge": Case("run", ["model.onnx", "imgs", "--imgsz", "60000"], 1, "GAP_MEMORY_LIMIT",
+                           setup=lambda ws: _images(ws, "a.png")),
+    "run-topk-zero": Case("run", ["model.onnx", "imgs", "--topk", "0"], 2, "--topk",
+                          setup=lambda ws: _images(ws, "a.png")),
+    "run-batch-zero": Case("run", ["model.onnx", "imgs", "--batch-size", "0"], 2, "--batch-size",
+                           setup=lambda ws: _images(ws, "a.png")),
+    "run-trt-on-onnx": Case("run", ["model.onnx", "imgs", "--backend", "trt"], 2, "cannot run an ONNX model",
+                            setup=lambda ws: _images(ws, "a.png")),
+    "run-cuda-unavailable": Case("run", ["model.onnx", "imgs", "--backend", "ort-cuda"], 1, "not available",
+                                 setup=lambda ws: _images(ws, "a.png")),
+    "run-plan-without-manifest": Case("run", ["bare.plan", "imgs"], 1, "--trust-engine",
+                                      setup=lambda ws: ((ws / "bare.plan").write_bytes(b"plan"),
+                                                        _images(ws, "a.png"))),
+    "run-manifest-not-object": Case("run", ["e.plan", "imgs"], 1, "not an object",
+                                    setup=lambda ws: (_plan_with_manifest(ws, "[1, 2]"), _images(ws, "a.png"))),
+    "run-manifest-not-json": Case("run", ["e.plan", "imgs"], 1, "cannot read engine manifest",
+                                  setup=lambda ws: (_plan_with_manifest(ws, "{nope"), _images(ws, "a.png"))),
+    "run-forged-min": Case("run", ["forged.onnx", "imgs"], 1, "not a whole number",
+                           setup=lambda ws: (_forged_onnx(ws, "forged.onnx", "gap.min_height", "four"),
+                                             _images(ws, "a.png"))),
+    "run-forged-json": Case("run", ["forged.onnx", "imgs"], 1, "not valid JSON",
+                            setup=lambda ws: (_forged_onnx(ws, "forged.onnx", "gap.mean", "[0.5,"),
+                                              _images(ws, "a.png"))),
+    "run-forged-count": Case("run", ["forged.onnx", "imgs"], 1, "2 values for 3 input channels",
+                             setup=lambda ws: (_forged_onnx(ws, "forged.onnx", "gap.std", "[0.5, 0.5]"),
+                                               _images(ws, "a.png"))),
+    "run-forged-type": Case("run", ["forged.onnx", "imgs"], 1, "not a list of strings",
+                            setup=lambda ws: (_forged_onnx(ws, "forged.onnx", "gap.class_names", "[1, 2]"),
+                                              _images(ws, "a.png"))),
+    "run-forged-std-zero": Case("run", ["forged.onnx", "imgs"], 1, "std must be > 0",
+                                setup=lambda ws: (_forged_onnx(ws, "forged.onnx", "gap.std", "[0, 0, 0]"),
+                                                  _images(ws, "a.png"))),
+    "run-int-input": Case("run", ["int.onnx", "imgs"], 1, "float input",
+                          setup=lambda ws: (_int_input_onnx(ws), _images(ws, "a.png"))),
+    "run-huge-static": Case("run", ["huge.onnx", "imgs"], 1, "GAP_MEMORY_LIMIT",
+                            setup=lambda ws: (_huge_static_onnx(ws), _images(ws, "a.png"))),
+    # ---- gap-bench
+    "bench-duration-nan": Case("bench", ["model.onnx", "--duration", "nan"], 2, "not a finite number"),
+    "bench-duration-inf": Case("bench", ["model.onnx", "--duration", "inf"], 2, "not a finite number"),
+    "bench-warmup-negative": Case("bench", ["model.onnx", "--warmup", "-1"], 2, "below 0"),
+    "bench-shape-huge": Case("bench", ["model.onnx", "--shape", "100000x3x1000x1000"], 1, "GAP_MEMORY_LIMIT"),
+    "bench-shape-20-digits": Case("bench", ["model.onnx", "--shape", "99999999999999999999x3x8x8"], 2,
+                                  "above 2147483647"),
+    "bench-shape-below-min": Case("bench", ["model.onnx", "--shape", "1x3x3x3", "--iterations", "1"], 1,
+                                  "below this model's minimum"),
+    "bench-json-is-artifact": Case("bench", ["model.onnx", "--json", "model.onnx"], 1, "same file as ARTIFACT"),
+    "bench-plot-is-json": Case("bench", ["model.onnx", "--json", "b.json", "--plot", "b.json"], 1,
+                               "same file as --json", ["b.json"]),
+    "bench-json-dev-null": Case("bench", ["model.onnx", "--json", "/dev/null"], 1, "not a regular file"),
+    "bench-cuda-graph-ort": Case("bench", ["model.onnx", "--cuda-graph", "--iterations", "1"], 2,
+                                 "TensorRT engines only"),
+    "bench-threads-zero": Case("bench", ["model.onnx", "--threads", "0"], 2, "--threads"),
+    "bench-threads-huge": Case("bench", ["model.onnx", "--threads", "5000"], 2, "--threads"),
+    "bench-iterations-zero": Case("bench", ["model.onnx", "--iterations", "0"], 2, "--iterations"),
+    "bench-torch-missing": Case("bench", ["model.onnx", "--torch", "nope.pt"], 1, "does not exist"),
+    "bench-torch-wrong-classes": Case("bench", ["model.onnx", "--torch", "five.pt", "--iterations", "1"], 2,
+                                      "gives logits of shape (1, 5)",
+                                      setup=lambda ws: _save_state(ws, "five.pt", lambda: __import__(
+                                          "tests.conftest", fromlist=["x"]).make_reference(5).state_dict())),
+    "bench-torch-wrong-channels": Case("bench", ["model.onnx", "--torch", "gray.pt", "--iterations", "1"], 2,
+                                       "does not run on the artifact's input",
+                                       setup=lambda ws: _save_state(ws, "gray.pt", lambda: __import__(
+                                           "tests.conftest", fromlist=["x"]).make_reference(
+                                           10, in_channels=1).state_dict())),
+}
+
+
+def _prefix_state(ws, name, prefix):
+    import torch
+
+    state = torch.load(ws / name, weights_only=True)
+    torch.save({prefix + k: v for k, v in state.items()}, ws / name)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, reference_ckpt, reference_onnx):
+    folder = tmp_path_factory.mktemp("adversarial-base")
+    (folder / "model.pt").write_bytes(reference_ckpt.read_bytes())
+    (folder / "model.onnx").write_bytes(reference_onnx.read_bytes())
+    return folder
+
+
+def _snapshot(ws: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(ws)): p.read_bytes() for p in ws.rglob("*")
+            if p.is_file() and not p.is_symlink() and not str(p).startswith("/dev")}
+
+
+def test_the_suite_is_large_enough():
+    assert len(CASES) + len(API_CASES) >= 80
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_cli_bad_input(name, base, tmp_path, monkeypatch):
+    case = CASES[name]
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for item in base.iterdir():
+        (ws / item.name).write_bytes(item.read_bytes())
+    monkeypatch.chdir(ws)
+    if case.setup:
+        case.setup(ws)
+    for output in case.outputs:
+        (ws / output).write_bytes(SENTINEL)
+    before = _snapshot(ws)
+    started = time.perf_counter()
+    result = CliRunner().invoke(CLIS[case.cli], case.args)
+    elapsed = time.perf_counter() - started
+    output = result.output
+    assert result.exit_code == case.code, f"{name}: exit {result.exit_code}\n{output}\n{result.exception!r}"
+    assert isinstance(result.exception, SystemExit), f"{name}: {result.exception!r}"  # never an uncaught exception
+    assert "Traceback" not in output
+    errors = output.count("Error:") + output.count("Skipped:")
+    assert errors == 1, f"{name}: {errors} messages\n{output}"
+    assert case.message in output, f"{name}: {case.message!r} not in\n{output}"
+    if case.absent:
+        assert case.absent not in output
+    assert elapsed < LIMIT_S
+    after = _snapshot(ws)
+    changed = [k for k, v in before.items() if after.get(k) != v]
+    assert changed == [], f"{name}: changed or removed {changed}"
+    assert not (ws / "pwned.txt").exists()
+    leftovers = [k for k in after if k not in before and (k.endswith(".tmp") or k.startswith("."))]
+    assert leftovers == []
+
+
+def _api_closed(ws):
+    import runtime
+
+    session = runtime.load(ws / "model.onnx")
+    session.close()
+    session.run(np.zeros((1, 3, 8, 8), np.float32))
+
+
+API_CASES = {
+    "load-none": (lambda ws: __import__("runtime").load(None), "InputTypeError", "needs a path"),
+    "load-int": (lambda ws: __import__("runtime").load(3), "InputTypeError", "needs a path"),
+    "load-fifo": (lambda ws: (os.mkfifo(ws / "f.onnx"), __import__("runtime").load(ws / "f.onnx")),
+                  "ArtifactError", "not a regular file"),
+    "run-after-close": (_api_closed, "UsageError", "is closed"),
+    "run-nan-checked": (lambda ws: __import__("runtime").load(ws / "model.onnx").run(
+        np.full((1, 3, 8, 8), np.nan, np.float32), check_finite=True), "InputError", "NaN"),
+    "run-int-dtype": (lambda ws: __import__("runtime").load(ws / "model.onnx").run(
+        np.zeros((1, 3, 8, 8), np.int64)), "InputTypeError", "dtype int64"),
+    "run-many-2d": (lambda ws: __import__("runtime").load(ws / "model.onnx").run_many([np.zeros((8, 8))]),
+                    "InputError", "list of CHW images"),
+    "run-huge-batch": (lambda ws: __import__("runtime").load(ws / "model.onnx").run(
+        np.broadcast_to(np.zeros((1, 3, 512, 512), np.float32), (4096, 3, 512, 512))), "ResourceError",
+        "GAP_MEMORY_LIMIT"),
+    "metadata-forged": (lambda ws: __import__("runtime").ModelMetadata.from_props({"gap.num_classes": "0"}),
+                        "MetadataError", "below 1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(API_CASES))
+def test_api_bad_input(name, base, tmp_path):
+    from runtime.errors import GapError
+
+    call, kind, message = API_CASES[name]
+    (tmp_path / "model.onnx").write_bytes((base / "model.onnx").read_bytes())
+    started = time.perf_counter()
+    with pytest.raises(GapError) as info:
+        call(tmp_path)
+    assert type(info.value).__name__ == kind and message in str(info.value)
+    assert time.perf_counter() - started < LIMIT_S
