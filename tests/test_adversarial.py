@@ -437,7 +437,43 @@ def _api_closed(ws):
     session.run(np.zeros((1, 3, 8, 8), np.float32))
 
 
+def _fixed_reshape_onnx(ws):
+    """A foreign model whose metadata says nothing and whose Reshape only fits 8x8 inputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([-1, 192], np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Reshape", ["images", "shape"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 192])], [shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(ws / "foreign.onnx"))
+    import runtime
+
+    session = runtime.load(ws / "foreign.onnx")
+    assert session.run(np.zeros((1, 3, 8, 8), np.float32)).shape == (1, 192)
+    session.run(np.zeros((1, 3, 9, 9), np.float32))
+
+
+def _nul_external_data(ws):
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
+    weight.data_location = TensorProto.EXTERNAL
+    del weight.float_data[:]
+    weight.external_data.add(key="location", value="weights\x00.bin")
+    graph = helper.make_graph([helper.make_node("Mul", ["images", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])], [weight])
+    onnx.save(helper.make_model(graph), str(ws / "nul.onnx"))
+    import runtime
+
+    runtime.load(ws / "nul.onnx")
+
+
 API_CASES = {
+    "foreign-model-fails-at-run-time": (_fixed_reshape_onnx, "BackendError", "failed to run the model"),
+    "external-data-nul-byte": (_nul_external_data, "ArtifactError", "invalid external-data location"),
     "load-none": (lambda ws: __import__("runtime").load(None), "InputTypeError", "needs a path"),
     "load-int": (lambda ws: __import__("runtime").load(3), "InputTypeError", "needs a path"),
     "load-fifo": (lambda ws: (os.mkfifo(ws / "f.onnx"), __import__("runtime").load(ws / "f.onnx")),

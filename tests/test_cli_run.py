@@ -79,3 +79,24 @@ def test_many_images_show_progress(tmp_path, reference_onnx):
     result = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert len(result.stdout.strip().splitlines()) == 24 and "Classifying" in result.stderr
+
+
+def test_16_bit_and_float_images_keep_their_range(tmp_path):
+    from PIL import Image
+
+    from runtime.images import load_image
+
+    ramp = np.linspace(0, 1, 32 * 40).reshape(32, 40)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "f.tiff")
+    Image.fromarray((ramp * 255).astype(np.float32)).save(tmp_path / "f255.tiff")
+    for name in ("g16.png", "f.tiff", "f255.tiff"):
+        pixels = load_image(tmp_path / name, 3)
+        assert pixels.shape == (3, 32, 40)
+        np.testing.assert_allclose(pixels[0], ramp, atol=1e-4)  # not clipped to white or black
+        np.testing.assert_array_equal(pixels[0], pixels[2])
+    Image.fromarray((ramp * 1e6).astype(np.float32)).save(tmp_path / "wild.tiff")
+    from runtime.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="no pixel range this tool knows"):
+        load_image(tmp_path / "wild.tiff", 3)

@@ -186,3 +186,27 @@ def test_models_above_the_protobuf_limit_use_external_data(tmp_path, reference_c
     small = export_onnx(load_model(reference_ckpt), tmp_path / "small.onnx", dynamic=True, imgsz=(32, 32))
     with runtime.load(out) as big, runtime.load(small.path) as plain:
         np.testing.assert_allclose(big.run(x), plain.run(x), rtol=1e-6)
+
+
+def test_the_minimum_probe_accepts_any_failure_as_too_small():
+    """A model that asserts on small inputs (or raises KeyError) still gets its minimum found."""
+    import torch
+
+    from exporter.onnx_export import find_min_size
+
+    class Picky(torch.nn.Module):
+        def forward(self, x):
+            assert x.shape[-1] >= 13, "too small"
+            if x.shape[-1] < 15:
+                raise KeyError("needs 15")
+            return x.mean((2, 3))
+
+    assert find_min_size(Picky(), 3) == 15
+
+    class Large(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[-1] < 300:
+                raise RuntimeError("too small")
+            return x.mean((2, 3))
+
+    assert find_min_size(Large(), 3) == 300  # found by doubling and bisection, not 300 forward passes

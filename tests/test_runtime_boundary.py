@@ -123,3 +123,15 @@ def test_no_private_attribute_of_another_object_is_used():
                     if owner not in ("self", "cls"):
                         offenders.append(f"{path.relative_to(path.parents[1])}:{node.lineno} .{node.attr}")
     assert offenders == []
+
+
+def test_a_missing_checkpoint_is_reported_before_torch_is_imported(tmp_path):
+    """'checkpoint does not exist' must not wait for torch: here torch cannot even be imported."""
+    result = _python(f"""
+        import sys
+        from exporter.cli.export import main
+        sys.argv = ['gap-export', {str(tmp_path / 'missing.pt')!r}, '--dynamic']
+        main()
+    """)
+    assert result.returncode == 1, result.stderr
+    assert "missing.pt does not exist" in result.stderr and "Traceback" not in result.stderr
