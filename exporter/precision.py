@@ -7,7 +7,10 @@ can check it against the FP32 model on any machine. torch is not needed.
 
 from __future__ import annotations
 
+import fnmatch
+import math
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ import onnx
 
 from runtime.errors import ArtifactError, ExportError, UsageError, first_line
 from runtime.metadata import ModelMetadata
-from runtime.parity import FP16, INT8, ParityReport, Tolerance, compare, random_input
+from runtime.parity import INT8, ParityReport, Tolerance, compare, random_input
 from runtime.shapes import Shape
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -34,10 +37,23 @@ class VariantResult:
     sweep: ParityReport
     #: INT8 only: against the FP32 model on the calibration images (top-1 agreement on real data)
     real_data: ParityReport | None = None
+    #: FP16: the layers kept in FP32 (by hand with keep_fp32, or by the automatic fallback)
+    fp32_layers: tuple[str, ...] = ()
+    #: FP16: the sweep before the fallback kept any layer in FP32 (None when no fallback was needed)
+    before_fallback: ParityReport | None = None
+    #: FP16: what the fallback tried, step by step
+    fallback_steps: tuple[str, ...] = ()
+
+    @property
+    def top1_agreement(self) -> float:
+        """Share of the sweep's images whose top-1 class is the FP32 model's."""
+        images = sum(r.shape[0] for r in self.sweep.rows)
+        return sum(r.top1_agreement * r.shape[0] for r in self.sweep.rows) / max(images, 1)
 
     @property
     def passed(self) -> bool:
-        return self.sweep.passed and (self.real_data is None or self.real_data.passed)
+        top1 = self.precision != "fp16" or self.top1_agreement >= FP16_MIN_TOP1
+        return self.sweep.passed and top1 and (self.real_data is None or self.real_data.passed)
 
 
 def metadata_of(model: onnx.ModelProto) -> ModelMetadata:
@@ -51,15 +67,93 @@ def _with_precision(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
     return model
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, keep_fp32: Sequence[str] = ()) -> onnx.ModelProto:
+    """Weights and compute in float16, float32 I/O; the nodes named in ``keep_fp32`` stay float32."""
     from onnxconverter_common import float16
 
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32))
     try:
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "the float32 number ... will be truncated": judged below instead
+            # max_finite_val: onnxconverter-common clamps weights to 1e4 by default, well inside float16's
+            # range; that silently changes large weights and biases, so clamp only at float16's own limit.
+            converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
+                                                         node_block_list=list(keep_fp32) or None,
+                                                         max_finite_val=FLOAT16_MAX)
     except Exception as exc:
-        raise ExportError(f"FP16 conversion failed: {exc}") from None
-    return _with_precision(converted, "fp16")
+        raise ExportError(f"FP16 conversion failed: {first_line(exc)}") from None
+    converted = _with_precision(converted, "fp16")
+    if keep_fp32:
+        _restore_fp32_weights(model, converted, keep_fp32)
+        from runtime.onnx_file import set_metadata
+
+        set_metadata(converted, metadata_of(converted).replace(fp32_layers=tuple(keep_fp32)))
+    return converted
+
+
+def _restore_fp32_weights(fp32: onnx.ModelProto, converted: onnx.ModelProto, keep: Sequence[str]) -> None:
+    """Give the nodes kept in FP32 their original FP32 weights.
+
+    onnxconverter-common blocks the node's compute but still stores its weights as float16 and casts them
+    back, so the digits float16 cannot hold are lost anyway (tiny or huge weights). The cast is replaced
+    by the original FP32 initializer.
+    """
+    originals = {i.name: i for i in fp32.graph.initializer}
+    stored = {i.name for i in converted.graph.initializer}
+    producers = {out: node for node in converted.graph.node for out in node.output}
+    graph = converted.graph
+    restored: dict[str, str] = {}
+    for node in graph.node:
+        if node.name not in keep:
+            continue
+        for index, name in enumerate(node.input):
+            cast = producers.get(name)
+            if cast is None or cast.op_type != "Cast" or cast.input[0] not in stored or cast.input[0] not in originals:
+                continue
+            source = cast.input[0]
+            if source not in restored:
+                restored[source] = f"{source}__fp32"
+                copy = onnx.TensorProto()
+                copy.CopyFrom(originals[source])
+                copy.name = restored[source]
+                graph.initializer.append(copy)
+            node.input[index] = restored[source]
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+    for node in dead:
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+# ---- FP16 gate: derived from float16's precision and the model's depth -----------------------------------
+
+FLOAT16_UNIT_ROUNDOFF = 2.0 ** -11  # 4.9e-4: half the spacing of float16 numbers near 1
+FLOAT16_MAX = 65504.0
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: FP16 must keep the FP32 model's top-1 on at least this share of the sweep's images (random inputs can
+#: nearly tie, so one flip in ten is allowed; a broken conversion flips most of them)
+FP16_MIN_TOP1 = 0.8
+
+
+def model_depth(model: onnx.ModelProto) -> int:
+    """The number of weighted layers a signal crosses (convolutions and matrix products)."""
+    return max(1, sum(1 for n in model.graph.node if n.op_type in COMPUTE_OPS))
+
+
+def fp16_tolerance(model: onnx.ModelProto) -> Tolerance:
+    """The FP16 gate for ``model``.
+
+    Each weighted layer rounds its inputs and weights to float16 (relative error u = 2^-11) and the
+    errors of independent layers add up roughly like a random walk, so the relative error of the logits
+    grows like u * sqrt(depth). The gate allows 4 u sqrt(depth) (at least 2e-3): above every GAP family
+    in tests/families.py and the normal models measured (MobileNetV4: 1.0e-3 at depth ~60, gate 1.5e-2),
+    orders of magnitude below a broken conversion (overflow, a wrong weight: relative error ~1). The
+    absolute limit scales with the logits (10 x rtol x max|logit|) instead of a fixed 0.05.
+    """
+    rtol = max(2e-3, 4 * FLOAT16_UNIT_ROUNDOFF * math.sqrt(model_depth(model)))
+    return Tolerance(atol=10 * rtol, rtol=rtol, atol_relative=True)
 
 
 def load_calibration(source: str | Path, metadata: ModelMetadata, *, size: tuple[int, int],
@@ -153,9 +247,148 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
     return _with_precision(quantized, "int8")
 
 
+# ---- FP16 with an automatic FP32 fallback ------------------------------------------------------------------
+
+def resolve_layers(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]:
+    """Node names matching each NAME_OR_PATTERN (fnmatch); a pattern that matches nothing is an error."""
+    names = [n.name for n in model.graph.node if n.name]
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            sample = ", ".join(n for n in names if any(op in n for op in ("conv", "Conv", "gemm", "Gemm")))[:300]
+            raise UsageError(f"keep_fp32 {pattern!r} matches no layer of the model.",
+                             note=f"layers include: {sample or ', '.join(names[:10])}", hint="give a node name or a "
+                             "pattern such as '*conv3*'.")
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
+
+
+def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the tensors ``names`` (typed from shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(inferred)
+    present = {o.name for o in copy.graph.output}
+    for name in names:
+        if name in known and name not in present:
+            copy.graph.output.append(known[name])
+    return copy
+
+
+def activations(model: onnx.ModelProto, tensors: Sequence[str], inputs: Sequence[np.ndarray]) -> dict[str, list]:
+    """The values of ``tensors`` for each input, from ONNX Runtime (CPU)."""
+    from runtime._lazy import require
+
+    ort = require("onnxruntime", purpose="to inspect activations")
+    probe = _with_outputs(model, tensors)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+    found: dict[str, list] = {n: [] for n in names if n in tensors}
+    for x in inputs:
+        for name, value in zip(names, session.run(names, {input_name: x})):
+            if name in found:
+                found[name].append(np.asarray(value, dtype=np.float64))
+    return found
+
+
+def overflowing_layers(fp32: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+    """Nodes that produce or read values beyond float16's range (65504) in the FP32 model on ``inputs``:
+    (node name, max |value|). A node reading such a value must stay FP32 too, or its input overflows."""
+    nodes = [n for n in fp32.graph.node if n.name and n.output]
+    stored = {i.name for i in fp32.graph.initializer}
+    tensors = sorted({t for n in nodes for t in [*n.output, *n.input] if t and t not in stored})
+    values = activations(fp32, tensors, inputs)
+    peaks = {name: max((float(np.max(np.abs(v))) for v in vs if v.size), default=0.0) for name, vs in values.items()}
+    found = []
+    for node in nodes:
+        peak = max((peaks.get(t, 0.0) for t in [*node.output, *node.input] if t), default=0.0)
+        if peak > FLOAT16_MAX:
+            found.append((node.name, peak))
+    return found
+
+
+def sensitive_layers(fp32: onnx.ModelProto, fp16: onnx.ModelProto, inputs: Sequence[np.ndarray],
+                     exclude: Sequence[str] = ()) -> list[tuple[str, float]]:
+    """Weighted layers ranked by how much relative error they add in FP16 (their output's error minus the
+    largest error among their inputs), most harmful first."""
+    nodes = [n for n in fp32.graph.node if n.op_type in COMPUTE_OPS and n.name and n.name not in exclude]
+    tensors = sorted({t for n in nodes for t in [n.output[0], *n.input[:1]]})
+    ref, got = activations(fp32, tensors, inputs), activations(fp16, tensors, inputs)
+
+    def error(name: str) -> float:
+        if name not in ref or name not in got:
+            return 0.0
+        num = sum(float(np.linalg.norm(a - b)) for a, b in zip(ref[name], got[name]))
+        den = sum(float(np.linalg.norm(a)) for a in ref[name])
+        return math.inf if not math.isfinite(num) else num / max(den, 1e-30)
+
+    ranked = [(n.name, error(n.output[0]) - error(n.input[0])) for n in nodes]
+    return sorted(ranked, key=lambda item: -item[1])
+
+
+def fp16_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], tolerance: Tolerance, *,
+                       keep_fp32: Sequence[str] = (), fallback: bool = True) -> VariantResult:
+    """FP16 that passes its gate: first as asked, then with the overflowing layers in FP32, then with the
+    most error-sensitive layers in FP32, in growing groups. Raises ExportError naming the layers tried."""
+    from runtime.parity import ort_cpu_infer
+
+    reference = ort_cpu_infer(fp32)
+
+    def attempt(layers: Sequence[str]) -> VariantResult:
+        model = to_fp16(fp32, layers)
+        sweep = compare(reference, ort_cpu_infer(model), shapes, tolerance, reference_name="FP32 ONNX",
+                        candidate_name="FP16 ONNX" + (f" ({len(layers)} layer(s) FP32)" if layers else ""),
+                        inputs=random_input)
+        return VariantResult(model, "fp16", sweep, fp32_layers=tuple(layers))
+
+    layers = resolve_layers(fp32, keep_fp32)
+    inputs = [random_input(s, i) for i, s in enumerate(shapes)]
+    # ONNX Runtime's CPU kernels compute float16 nodes in float32, so an activation beyond 65504 that would
+    # be inf on a GPU passes the CPU sweep: the FP32 activations are checked against float16's range instead.
+    over = [(name, peak) for name, peak in overflowing_layers(fp32, inputs) if name not in layers]
+    first = attempt(layers)
+    if (first.passed and not over) or not fallback:
+        if over:
+            raise ExportError(
+                "FP16 misses its gate: these layers reach values beyond float16's largest (65504) on the sweep: "
+                + ", ".join(f"{name} (|x| up to {peak:.3g})" for name, peak in over) + "; no FP16 model was written.",
+                note="they would overflow to inf in float16 on a GPU (ONNX Runtime's CPU kernels compute float16 in "
+                     "float32, so the CPU parity alone cannot show it).",
+                hint="keep them in FP32 (--keep-fp32 NAME), or allow the automatic FP32 fallback.")
+        return first
+    steps: list[str] = []
+    result = first
+    if over:
+        layers = layers + [name for name, _ in over]
+        steps.append(f"kept {len(over)} layer(s) in FP32 whose activations exceed 65504: "
+                     + ", ".join(f"{name} (|x| up to {peak:.3g})" for name, peak in over))
+        result = attempt(layers)
+    if not result.passed:
+        ranked = [name for name, growth in sensitive_layers(fp32, result.model, inputs, exclude=layers) if growth > 0]
+        group = 1
+        while ranked and not result.passed:
+            add, ranked = ranked[:group], ranked[group:]
+            layers = layers + add
+            result = attempt(layers)
+            steps.append(f"kept the {len(add)} most error-sensitive layer(s) in FP32: {', '.join(add)} -> worst "
+                         f"relative error {max(r.rel_err for r in result.sweep.rows):.2e}")
+            group *= 2
+    if not result.passed:
+        raise ExportError("FP16 misses its gate even with these layers kept in FP32: "
+                          f"{', '.join(layers) or '(none)'}; no FP16 model was written.",
+                          note="\n".join(steps + [result.sweep.format_table()]),
+                          hint="keep more layers with --keep-fp32 PATTERN, or ship the FP32 model.")
+    return VariantResult(result.model, "fp16", result.sweep, fp32_layers=tuple(layers),
+                         before_fallback=first.sweep, fallback_steps=tuple(steps))
+
+
 def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape], *,
                  calibration: np.ndarray | None = None, tolerance: Tolerance | None = None,
-                 keep_float_ends: bool = True) -> VariantResult:
+                 keep_float_ends: bool = True, keep_fp32: Sequence[str] = (),
+                 fallback: bool = True) -> VariantResult:
     """Convert and verify against the FP32 model with ONNX Runtime (CPU)."""
     from runtime.parity import ort_cpu_infer
 
@@ -167,21 +400,15 @@ def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape],
                               hint="pass --calib DIR (image files) or --calib FILE.npy.")
         variant = to_int8(fp32, calibration, keep_float_ends=keep_float_ends)
     else:
-        variant = to_fp16(fp32)
+        return fp16_with_fallback(fp32, shapes, tolerance or fp16_tolerance(fp32), keep_fp32=keep_fp32,
+                                  fallback=fallback)
     reference, candidate = ort_cpu_infer(fp32), ort_cpu_infer(variant)
-    tol = tolerance or (FP16 if precision == "fp16" else INT8)
-    real = None
-    if precision == "int8":
-        # Judged on real images: on random noise the logits of a trained model nearly tie, and top-1
-        # agreement there says nothing. The random sweep still proves every shape runs.
-        shape = tuple(calibration.shape)
-        real = compare(reference, candidate, [shape], tol, reference_name="FP32 ONNX",
-                       candidate_name="INT8 ONNX (calibration images)", inputs=lambda s, i: calibration)
-        sweep_tol = Tolerance(atol=float("inf"), rtol=float("inf"))
-    else:
-        sweep_tol = tol
-    sweep = compare(reference, candidate, shapes, sweep_tol, reference_name="FP32 ONNX",
-                    candidate_name=f"{precision.upper()} ONNX", inputs=random_input)
+    # INT8 is judged on real images: on random noise the logits of a trained model nearly tie, and top-1
+    # agreement there says nothing. The random sweep still proves every shape runs.
+    real = compare(reference, candidate, [tuple(calibration.shape)], tolerance or INT8, reference_name="FP32 ONNX",
+                   candidate_name="INT8 ONNX (calibration images)", inputs=lambda s, i: calibration)
+    sweep = compare(reference, candidate, shapes, Tolerance(atol=math.inf, rtol=math.inf), reference_name="FP32 ONNX",
+                    candidate_name="INT8 ONNX", inputs=random_input)
     return VariantResult(variant, precision, sweep, real)
 
 
@@ -196,6 +423,10 @@ class VariantOptions:
     min_top1: float = INT8.min_top1
     #: INT8: leave the first convolution and the classifier in float (see float_ends)
     keep_float_ends: bool = True
+    #: FP16: node names or fnmatch patterns to keep in FP32
+    keep_fp32: tuple[str, ...] = ()
+    #: FP16: when the gate is missed, keep the layers that cause it in FP32 automatically
+    fp32_fallback: bool = True
 
     def __post_init__(self):
         if self.precision not in ("fp16", "int8"):
@@ -203,17 +434,17 @@ class VariantOptions:
         if self.precision == "int8" and self.calib is None:
             raise UsageError("INT8 needs calibration data.", hint="pass --calib DIR (image files) or --calib FILE.npy.")
 
-    @property
-    def tolerance(self) -> Tolerance:
-        return FP16 if self.precision == "fp16" else Tolerance(INT8.atol, INT8.rtol, self.min_top1)
+    def tolerance(self, fp32: onnx.ModelProto) -> Tolerance:
+        return fp16_tolerance(fp32) if self.precision == "fp16" else Tolerance(INT8.atol, INT8.rtol, self.min_top1)
 
 
 def convert_verified(fp32: onnx.ModelProto, options: VariantOptions, shapes: Sequence[Shape]) -> VariantResult:
     """Make the variant, verify it against the FP32 model on the CPU, and raise when it fails its gate."""
     data = load_calibration(options.calib, metadata_of(fp32), size=options.calib_size) \
         if options.precision == "int8" else None
-    variant = make_variant(fp32, options.precision, shapes, calibration=data, tolerance=options.tolerance,
-                           keep_float_ends=options.keep_float_ends)
+    variant = make_variant(fp32, options.precision, shapes, calibration=data, tolerance=options.tolerance(fp32),
+                           keep_float_ends=options.keep_float_ends, keep_fp32=options.keep_fp32,
+                           fallback=options.fp32_fallback)
     if not variant.passed:
         hint = ("use more or more representative --calib images, or lower --min-top1."
                 if options.precision == "int8" else None)

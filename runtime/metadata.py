@@ -42,6 +42,8 @@ class ModelMetadata:
     precision: str = "fp32"
     toolkit_version: str | None = None
     source_sha256: str | None = None
+    #: FP16 models: the layers kept in float32 (by hand or by the automatic fallback)
+    fp32_layers: tuple[str, ...] | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def class_name(self, index: int) -> str:
@@ -122,6 +124,7 @@ class ModelMetadata:
             precision=known.get("precision", "fp32"),
             toolkit_version=known.get("toolkit_version"),
             source_sha256=known.get("source_sha256"),
+            fp32_layers=seq("fp32_layers", str),
             extra=extra,
         )
         meta.validate(bad)

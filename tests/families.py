@@ -181,3 +181,45 @@ class ShapeBranch(nn.Module):
         if x.shape[-1] % 2 == 1:
             out = -out
         return out
+
+
+class OverflowNet(nn.Module):
+    """Not a family: a GAP CNN that is fine in FP32 but overflows float16 in one intermediate layer.
+
+    ``boost`` multiplies the features by about 4 x 10^4, so its outputs pass float16's largest value
+    (65504; its weights stay representable); ``shrink`` scales them back before the global average. An FP16
+    conversion that keeps ``boost`` (and what reads its output) in FP32 is exact enough; one that does not
+    produces inf on a GPU.
+    """
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.boost = nn.Conv2d(8, 8, 1)
+        self.shrink = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, num_classes)
+        with torch.no_grad():
+            self.boost.weight.mul_(4e4)
+            self.boost.bias.fill_(6e4)
+            self.shrink.weight.mul_(1e-3)
+
+    def forward(self, x):
+        x = F.relu(self.boost(self.features(x)))
+        return self.fc(self.shrink(x).mean((2, 3)))
+
+
+class UnderflowNet(nn.Module):
+    """Not a family: one layer whose weights (~3e-7) fall below float16's normal range, so FP16 keeps only a
+    few bits of them. No activation overflows; only the FP32 fallback's sensitivity search can find it."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                                      nn.ReLU())
+        self.tiny = nn.Conv2d(8, 8, 1, bias=False)
+        self.fc = nn.Linear(8, num_classes, bias=False)  # no bias to drown the signal
+        with torch.no_grad():
+            self.tiny.weight.mul_(1e-6)
+
+    def forward(self, x):
+        return self.fc(self.tiny(self.features(x)).mean((2, 3)))

@@ -164,3 +164,105 @@ def test_int8_graph_is_what_tensorrt_can_build(fp32, calibration):
     assert weights >= 1 and activations >= 2  # conv2 (conv1 and the classifier stay float by default)
     for node in (n for n in graph.node if n.op_type == "Conv" and len(n.input) > 2):
         assert node.input[2] in init_types and init_types[node.input[2]] == onnx.TensorProto.FLOAT, node.name
+
+
+def _export_arch(tmp_path, name, imgsz=(32, 32)):
+    import torch
+
+    from exporter import export_onnx, load_model
+
+    torch.manual_seed(0)
+    import tests.families as fam
+
+    torch.save(getattr(fam, name)().state_dict(), tmp_path / f"{name}.pt")
+    result = export_onnx(load_model(tmp_path / f"{name}.pt", arch=f"tests.families:{name}"),
+                         tmp_path / f"{name}.onnx", dynamic=True, imgsz=imgsz)
+    return onnx.load(str(result.path)), [r.shape for r in result.parity.rows]
+
+
+def test_fp16_overflow_is_caught_and_the_layers_are_kept_in_fp32(tmp_path):
+    """OverflowNet's boost layer reaches ~1e5 in FP32: inf in float16 on a GPU, invisible to the CPU sweep."""
+    fp32, shapes = _export_arch(tmp_path, "OverflowNet")
+    with pytest.raises(ExportError, match=r"beyond float16's largest \(65504\)(.|\n)*node_conv2d_1 \(\|x\| up to"):
+        make_variant(fp32, "fp16", shapes, fallback=False)
+    result = make_variant(fp32, "fp16", shapes)
+    assert result.passed and {"node_conv2d_1", "node_relu_1", "node_conv2d_2"} <= set(result.fp32_layers)
+    assert "node_conv2d" not in result.fp32_layers  # the rest stays FP16
+    assert metadata_of(result.model).fp32_layers == result.fp32_layers
+    assert result.before_fallback is not None and any("exceed 65504" in s for s in result.fallback_steps)
+
+
+def test_fp16_fallback_finds_an_underflowing_layer_by_sensitivity(tmp_path):
+    fp32, shapes = _export_arch(tmp_path, "UnderflowNet")
+    plain = make_variant(fp32, "fp16", shapes, fallback=False)
+    assert not plain.passed and max(r.rel_err for r in plain.sweep.rows) > 0.1
+    result = make_variant(fp32, "fp16", shapes)
+    assert result.passed and len(result.fp32_layers) == 1
+    tiny = next(n for n in fp32.graph.node if n.op_type == "Conv" and "tiny.weight" in n.input)
+    assert result.fp32_layers == (tiny.name,)
+    assert max(r.rel_err for r in result.sweep.rows) < 1e-3 < max(r.rel_err for r in result.before_fallback.rows)
+    # the kept layer got its FP32 weights back (not float16 ones cast up)
+    weights = {i.name: i.data_type for i in result.model.graph.initializer}
+    assert weights.get("tiny.weight__fp32") == onnx.TensorProto.FLOAT
+
+
+def test_keep_fp32_by_hand_and_a_pattern_that_matches_nothing(fp32):
+    result = make_variant(fp32, "fp16", SHAPES[:2], keep_fp32=["node_conv2d*"], fallback=False)
+    kept = [n.name for n in fp32.graph.node if n.name.startswith("node_conv2d")]
+    assert result.fp32_layers == tuple(kept) and metadata_of(result.model).fp32_layers == tuple(kept)
+    from runtime.errors import UsageError
+
+    with pytest.raises(UsageError, match="'nothing_like_this' matches no layer"):
+        make_variant(fp32, "fp16", SHAPES[:2], keep_fp32=["nothing_like_this"])
+
+
+def test_the_fp16_gate_fails_a_broken_conversion(fp32):
+    """A conversion that gets one layer's weights 5% wrong: the depth-derived gate must refuse it."""
+    from onnx import numpy_helper
+
+    from exporter.precision import fp16_tolerance, to_fp16
+    from runtime.parity import compare, ort_cpu_infer, random_input
+
+    broken = to_fp16(fp32)
+    weight = next(i for i in broken.graph.initializer if len(i.dims) == 4)
+    values = numpy_helper.to_array(weight) * np.float16(1.05)
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    report = compare(ort_cpu_infer(fp32), ort_cpu_infer(broken), SHAPES, fp16_tolerance(fp32),
+                     reference_name="FP32", candidate_name="broken FP16", inputs=random_input)
+    assert not report.passed
+    fine = compare(ort_cpu_infer(fp32), ort_cpu_infer(to_fp16(fp32)), SHAPES, fp16_tolerance(fp32),
+                   reference_name="FP32", candidate_name="FP16", inputs=random_input)
+    assert fine.passed
+
+
+def test_the_fp16_gate_grows_with_depth():
+    from onnx import helper
+
+    from exporter.precision import FLOAT16_UNIT_ROUNDOFF, fp16_tolerance
+
+    def chain(depth):
+        nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"y{i - 1}", "w"], [f"y{i}"]) for i in range(depth)]
+        return helper.make_model(helper.make_graph(nodes, "g", [], []))
+
+    assert fp16_tolerance(chain(1)).rtol == 2e-3  # the floor
+    assert fp16_tolerance(chain(100)).rtol == pytest.approx(4 * FLOAT16_UNIT_ROUNDOFF * 10)
+    assert fp16_tolerance(chain(100)).atol_relative
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ResNetish", "MobileNetish", "EfficientNetish", "DenseNetish", "ShuffleNetish",
+                                    "SqueezeNetish"])
+def test_every_family_exports_in_fp16_with_the_default_gate(tmp_path, family):
+    import torch
+
+    import tests.families as fam
+    from exporter import export_onnx, load_model
+    from tests.conftest import randomize_batchnorm
+
+    torch.manual_seed(0)
+    torch.save(randomize_batchnorm(getattr(fam, family)(num_classes=6)).state_dict(), tmp_path / "m.pt")
+    result = export_onnx(load_model(tmp_path / "m.pt", arch=f"tests.families:{family}", num_classes=6),
+                         tmp_path / "m.onnx", dynamic=True, imgsz=(64, 64))
+    variant = make_variant(onnx.load(str(result.path)), "fp16", [r.shape for r in result.parity.rows])
+    assert variant.passed and variant.fp32_layers == ()  # no fallback needed for a normal model
+    assert variant.top1_agreement == 1.0

@@ -33,6 +33,24 @@ def parse_profiles(min_shape, opt_shape, max_shape, profiles, channels=None):
     return tuple(result)
 
 
+def precision_options(f):
+    """Options shared by gap-build and gap-export that shape a precision variant."""
+    for decorator in reversed([
+        click.option("--min-top1", type=FiniteFloat(0, 1), default=INT8.min_top1, show_default=True,
+                     help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this."),
+        click.option("--int8-all-layers", is_flag=True,
+                     help="INT8: quantize the first convolution and the classifier too (by default they stay in "
+                          "float: they lose the most accuracy for the least speed)."),
+        click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NAME_OR_PATTERN",
+                     help="FP16: keep these layers (ONNX node names or fnmatch patterns, repeatable) in FP32."),
+        click.option("--fp32-fallback/--no-fp32-fallback", default=True, show_default=True,
+                     help="FP16: when the gate is missed, keep the layers that cause it (activations beyond "
+                          "float16's range, then the most error-sensitive) in FP32 automatically."),
+    ]):
+        f = decorator(f)
+    return f
+
+
 def engine_options(f):
     """Options shared by gap-build and gap-export --engine."""
     for decorator in reversed([
@@ -67,12 +85,24 @@ def build_config(*, min_shape, opt_shape, max_shape, profiles, workspace, timing
                        hardware_compat=hardware_compat)
 
 
+def print_variant(variant) -> None:
+    """A precision variant's parity tables, and what the FP32 fallback kept."""
+    for report in (variant.before_fallback, variant.real_data, variant.sweep):
+        if report is not None:
+            click.echo(report.format_table())
+    for step in variant.fallback_steps:
+        info(f"FP32 fallback: {step}")
+    if variant.fp32_layers:
+        worst = max(r.rel_err for r in variant.sweep.rows)
+        before = (f"; worst relative error {max(r.rel_err for r in variant.before_fallback.rows):.2e} before, "
+                  f"{worst:.2e} after") if variant.before_fallback else ""
+        click.echo(f"Kept in FP32: {', '.join(variant.fp32_layers)}{before} (recorded in the model's metadata)")
+
+
 def print_build(result, wanted: str) -> None:
     """What a build made: the variant's and the engine's parity tables, the manifest, a precision warning."""
     if result.variant is not None:
-        for report in (result.variant.sweep, result.variant.real_data):
-            if report is not None:
-                click.echo(report.format_table())
+        print_variant(result.variant)
     if result.engine_parity is not None:
         click.echo(result.engine_parity.format_table())
     manifest = result.build.manifest
@@ -93,15 +123,13 @@ def print_build(result, wanted: str) -> None:
 @click.option("--calib", type=click.Path(path_type=Path), help="INT8 calibration: a folder of images or an .npy "
               "NCHW array (normalized).")
 @click.option("--calib-size", default="224", show_default=True, metavar="N|HxW", help="Calibration image size.")
-@click.option("--min-top1", type=FiniteFloat(0, 1), default=INT8.min_top1, show_default=True,
-              help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this.")
-@click.option("--int8-all-layers", is_flag=True, help="INT8: quantize the first convolution and the classifier too.")
+@precision_options
 @engine_options
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run the engine at min/opt/max of every profile against ONNX Runtime (CPU) before writing.")
 @report_errors
-def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers, min_shape, opt_shape, max_shape,
-         profiles, workspace, timing_cache, version_compatible, hardware_compat, verify):
+def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers, keep_fp32, fp32_fallback, min_shape,
+         opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat, verify):
     """Build a TensorRT engine from MODEL.onnx (TensorRT 10 or 11, strongly typed).
 
     Needs the full TensorRT and an NVIDIA GPU (pip install 'gap-deploy[gpu]'). Example:
@@ -122,7 +150,7 @@ def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers,
     check_distinct({"MODEL": model, "--calib": calib, "--timing-cache": timing_cache}, outputs)
     variant = None if precision in (None, "fp32") else VariantOptions(
         precision, calib=calib, calib_size=size, min_top1=min_top1,
-        keep_float_ends=not int8_all_layers)
+        keep_float_ends=not int8_all_layers, keep_fp32=tuple(keep_fp32), fp32_fallback=fp32_fallback)
     config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
                           workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
                           hardware_compat=hardware_compat)

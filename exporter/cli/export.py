@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from exporter.cli.build import build_config, engine_options, print_build
+from exporter.cli.build import build_config, engine_options, precision_options, print_build, print_variant
 from exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
 from exporter.precision import VariantOptions
 from runtime.cli.common import FiniteFloat, fail, floats, image_size, info, report_errors, shape_option, write_json
 from runtime.errors import ArtifactError
 from runtime.files import check_distinct, check_input_file, check_output_path
-from runtime.parity import FP32, INT8
+from runtime.parity import FP32
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -77,11 +77,7 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
                    "the FP32 model on the CPU.")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="INT8 calibration data: a folder of images (resized to --imgsz) or an .npy NCHW array.")
-@click.option("--min-top1", type=FiniteFloat(0, 1), default=INT8.min_top1, show_default=True,
-              help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this.")
-@click.option("--int8-all-layers", is_flag=True,
-              help="INT8: quantize the first convolution and the classifier too (by default they stay in float: "
-                   "they lose the most accuracy for the least speed).")
+@precision_options
 @click.option("--engine", is_flag=True, help="Also build a TensorRT engine (needs TensorRT and a GPU; see gap-build).")
 @engine_options
 @click.option("--summary", is_flag=True,
@@ -89,7 +85,7 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 @report_errors
 def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
          opset, simplify, verify, verify_shapes, atol, rtol, report, precision, calib, min_top1, int8_all_layers,
-         engine,
+         keep_fp32, fp32_fallback, engine,
          min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat,
          summary):
     """Export the GAP CNN in MODEL (a state_dict .pt/.pth, a checkpoint dict or .safetensors) to ONNX.
@@ -136,7 +132,8 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     if verify_shapes:
         shapes = [verify_shape(text.strip()) for text in verify_shapes.split(",") if text.strip()]
     variant = None if precision == "fp32" else VariantOptions(precision, calib=calib, calib_size=size,
-                                                              min_top1=min_top1, keep_float_ends=not int8_all_layers)
+                                                              min_top1=min_top1, keep_float_ends=not int8_all_layers,
+                                                              keep_fp32=tuple(keep_fp32), fp32_fallback=fp32_fallback)
     from exporter.pipeline import ExportJob, run_export  # torch is imported here, after argument checks
     from runtime.errors import ParityError
     from runtime.parity import Tolerance
@@ -179,9 +176,7 @@ def print_outcome(outcome) -> None:
                f"{exp.metadata.min_height}x{exp.metadata.min_width}, opset {exp.opset}"
                f"{', simplified' if exp.simplified else ''} ({exp.seconds:.1f} s).")
     if outcome.variant is not None and outcome.build is None:
-        for rep in (outcome.variant.real_data, outcome.variant.sweep):
-            if rep is not None:
-                click.echo(rep.format_table())
+        print_variant(outcome.variant)
         path = outcome.variant_path
         click.echo(f"Wrote {path} ({outcome.variant.precision}, {path.stat().st_size / 1e6:.2f} MB)")
     if outcome.build is not None:
@@ -194,7 +189,9 @@ def report_payload(model, outcome) -> dict:
     if variant is not None:
         variant_report = {"path": str(outcome.variant_path or (outcome.build and outcome.build.source)),
                           "precision": variant.precision, "sweep": variant.sweep.to_dict(),
-                          "real_data": variant.real_data.to_dict() if variant.real_data else None}
+                          "real_data": variant.real_data.to_dict() if variant.real_data else None,
+                          "fp32_layers": list(variant.fp32_layers), "fallback_steps": list(variant.fallback_steps),
+                          "before_fallback": variant.before_fallback.to_dict() if variant.before_fallback else None}
     return {"precision_variant": variant_report, "model": str(model), "output": str(outcome.path),
             "arch": outcome.arch, "dynamic": exp.dynamic, "input_dims": list(exp.input_dims),
             "output_dims": list(exp.output_dims), "opset": exp.opset, "metadata": exp.metadata.to_props(),
