@@ -1,0 +1,84 @@
+"""gap-eval: accuracy of one or more artifacts on a labelled image folder, per precision and input size."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from runtime.cli.common import fail, image_size, info, report_errors, write_json
+from runtime.session import BACKENDS
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def parse_artifact(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (named after the file: gapcnn.fp16.onnx -> gapcnn.fp16)."""
+    if "=" in text and not Path(text).exists():
+        name, _, path = text.partition("=")
+        if not name or not path:
+            raise click.BadParameter(f"{text!r} is not NAME=PATH.", param_hint="ARTIFACTS")
+        return name, Path(path)
+    path = Path(text)
+    return (path.name[: -len(path.suffix)] if path.suffix else path.name), path
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--data", "folder", required=True, type=click.Path(path_type=Path),
+              help="Labelled images: one sub-folder per class, named like the model's classes.")
+@click.option("--imgsz", "sizes", multiple=True, metavar="N|HxW",
+              help="Resize every image to this size; repeat for a sweep. Default: each image at its own size.")
+@click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Most images of one size run together.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a PNG of accuracy against input size (needs matplotlib: gap-deploy[plot]).")
+@report_errors
+def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
+    """Accuracy of ARTIFACTS (.onnx, .plan; NAME=PATH to name them) on a labelled folder, at one or more sizes.
+
+    Top-1 and top-5 per artifact and size, top-1 agreement between artifacts, top-1 per class, JSON and a
+    plot of accuracy against size: whether the model is as good at other sizes as at its training size,
+    and what FP16 or INT8 cost on your own data. Example:
+
+        gap-eval fp32=model.onnx fp16=model.fp16.onnx int8=model.int8.onnx --data val/ --imgsz 32 --imgsz 64
+    """
+    from runtime.evaluate import evaluate, format_table, plot
+    from runtime.files import check_distinct, check_input_file, check_output_path
+    from runtime.images import IMAGE_SUFFIXES
+
+    named = dict(parse_artifact(a) for a in artifacts)
+    if len(named) != len(artifacts):
+        raise click.BadParameter("two artifacts have the same name; name them with NAME=PATH.",
+                                 param_hint="ARTIFACTS")
+    for path in named.values():
+        check_input_file(path, "artifact")
+    parsed = [image_size(s) for s in sizes] or [None]
+    for path in (json_path, plot_path):
+        if path:
+            check_output_path(path)
+    check_distinct({f"artifact {n}": p for n, p in named.items()}, {"--json": json_path, "--plot": plot_path})
+    if plot_path:
+        from runtime._lazy import require
+
+        require("matplotlib", purpose="for --plot")
+    count = sum(1 for p in Path(folder).glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else 0
+    info(f"Evaluating {len(named)} artifact(s) on {folder} ({count} images) at "
+         f"{', '.join(s and f'{s[0]}x{s[1]}' or 'native' for s in parsed)} ...")
+    with click.progressbar(length=max(count * len(parsed), 1), label="Evaluating", file=sys.stderr) as bar:
+        result = evaluate(named, folder, parsed, backend=backend, batch_size=batch_size, progress=bar.update)
+    click.echo(format_table(result))
+    if json_path:
+        write_json(json_path, result.to_dict())
+        info(f"Wrote {json_path}")
+    if plot_path:
+        plot(result, plot_path)
+        info(f"Wrote {plot_path}")
+    for item in result.errors:
+        click.echo(click.style("Skipped: ", fg="yellow") + f"{item['file']} at {item['size']}: {item['error']}",
+                   err=True)
+    if result.errors:
+        fail(f"{len(result.errors)} image evaluation(s) failed (listed above); the figures leave them out.")

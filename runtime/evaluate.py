@@ -1,0 +1,243 @@
+"""Accuracy of artifacts on a labelled image folder, per precision and per input size (gap-eval).
+
+The folder holds one sub-folder per class, named like the model's classes. Every artifact sees the same
+images at each size (resized with ``size``, or at their own size with ``None``), normalized as its
+metadata says, through the runtime (no torch). Images that cannot be read or are below the model's
+minimum become per-file errors and are left out of the figures.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import ArtifactError, GapError, UsageError, first_line
+from runtime.images import IMAGE_SUFFIXES, load_image, normalize
+
+Size = tuple[int, int] | None  # None: each image at its own size
+
+
+def size_label(size: Size) -> str:
+    return "native" if size is None else (f"{size[0]}" if size[0] == size[1] else f"{size[0]}x{size[1]}")
+
+
+@dataclass(frozen=True)
+class LabelledFolder:
+    classes: tuple[str, ...]  # the model's class names, in index order
+    files: tuple[Path, ...]
+    labels: tuple[int, ...]  # index into ``classes`` per file
+
+
+def read_labelled_folder(folder: str | os.PathLike, class_names: Sequence[str] | None,
+                         num_classes: int | None) -> LabelledFolder:
+    """Files and labels of ``folder``/<class>/*; class folders are matched to the model's class names (or,
+    for a model without names, to its class indices 0..N-1)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ArtifactError(f"labelled folder {root} is not a folder.",
+                            hint="give a folder with one sub-folder of images per class.")
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        raise ArtifactError(f"labelled folder {root} has no class sub-folders.",
+                            hint="put each class's images in a sub-folder named after the class.")
+    names = list(class_names) if class_names else [str(i) for i in range(num_classes or 0)]
+    unknown = [p.name for p in subfolders if p.name not in names]
+    if unknown:
+        shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+        raise ArtifactError(f"{len(unknown)} class folder(s) of {root} are not classes of the model: "
+                            f"{', '.join(unknown[:8])}.", note=f"the model's classes: {shown or '(none stored)'}",
+                            hint="rename the folders to the model's class names (export with --class-names).")
+    files, labels = [], []
+    for sub in subfolders:
+        for path in sorted(sub.iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(path)
+                labels.append(names.index(sub.name))
+    if not files:
+        raise ArtifactError(f"labelled folder {root} holds no image files in its class folders.")
+    return LabelledFolder(tuple(names), tuple(files), tuple(labels))
+
+
+@dataclass
+class ArtifactScores:
+    top1: float
+    top5: float
+    images: int
+    per_class: dict[str, float]  # top-1 per class (NaN where the class has no image)
+    predictions: list[int] = field(repr=False, default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    folder: str
+    classes: tuple[str, ...]
+    artifacts: dict[str, str]  # name -> path
+    sizes: list[str]
+    scores: dict[str, dict[str, ArtifactScores]]  # artifact -> size label -> scores
+    agreement: dict[str, dict[str, float]]  # size label -> "a vs b" -> share of equal top-1
+    errors: list[dict]
+
+    def to_dict(self) -> dict:
+        def clean(value):
+            return None if isinstance(value, float) and math.isnan(value) else value
+
+        return {"folder": self.folder, "classes": list(self.classes), "artifacts": self.artifacts,
+                "sizes": self.sizes,
+                "accuracy": {a: {s: {"top1": v.top1, "top5": v.top5, "images": v.images} for s, v in row.items()}
+                             for a, row in self.scores.items()},
+                "per_class": {a: {s: {c: clean(x) for c, x in v.per_class.items()} for s, v in row.items()}
+                              for a, row in self.scores.items()},
+                "agreement": self.agreement, "errors": self.errors}
+
+
+def _scores(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> ArtifactScores:
+    k = min(5, logits.shape[1])
+    top5 = np.argsort(-logits, axis=1)[:, :k]
+    top1 = top5[:, 0]
+    per_class = {}
+    for index, name in enumerate(classes):
+        mask = labels == index
+        per_class[name] = float(np.mean(top1[mask] == index)) if mask.any() else math.nan
+    return ArtifactScores(float(np.mean(top1 == labels)), float(np.mean((top5 == labels[:, None]).any(axis=1))),
+                          int(len(labels)), per_class, [int(p) for p in top1])
+
+
+def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, sizes: Sequence[Size] = (None,),
+             *, backend: str | None = None, batch_size: int = 32,
+             progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Top-1/top-5 of each artifact at each size on ``folder``, per class, and top-1 agreement between them."""
+    import runtime
+
+    if not artifacts:
+        raise UsageError("evaluate needs at least one artifact.")
+    sessions = {}
+    try:
+        for name, path in artifacts.items():
+            sessions[name] = runtime.load(path, backend)
+        metas = {name: s.metadata for name, s in sessions.items()}
+        first = next(iter(metas.values()))
+        for name, meta in metas.items():
+            if (meta.class_names, meta.num_classes) != (first.class_names, first.num_classes):
+                raise UsageError(f"artifact '{name}' has other classes than '{next(iter(metas))}'; compare "
+                                 "artifacts of one model.")
+        data = read_labelled_folder(folder, first.class_names, first.num_classes)
+        labels_all = np.asarray(data.labels)
+        scores: dict[str, dict[str, ArtifactScores]] = {name: {} for name in sessions}
+        agreement: dict[str, dict[str, float]] = {}
+        errors: list[dict] = []
+        for size in sizes:
+            label = size_label(size)
+            predictions: dict[str, np.ndarray] = {}
+            ok_mask = np.ones(len(data.files), bool)
+            cache: dict[tuple, list] = {}
+            for name, session in sessions.items():
+                meta, spec = session.metadata, session.input_spec
+                key = (meta.normalization(), spec.channels or meta.in_channels or 3)
+                if key not in cache:  # artifacts of one model share their preprocessed images
+                    cache[key] = _load_all(data.files, key[1], size, meta, spec, errors, label, progress)
+                images = cache[key]
+                ok_mask &= np.array([img is not None for img in images])
+                chosen = [img for img in images if img is not None]
+                logits = session.run_many(chosen, max_batch=batch_size) if chosen else []
+                full = np.full(len(images), -1)
+                rows = iter(logits)
+                for i, img in enumerate(images):
+                    if img is not None:
+                        full[i] = int(np.argmax(next(rows)))
+                predictions[name] = (full, np.stack(logits) if len(logits) else np.zeros((0, 1)),
+                                     np.array([img is not None for img in images]))
+            for name, (_, logits, mask) in predictions.items():
+                if len(logits) == 0:
+                    raise ArtifactError(f"no image of {folder} could be evaluated at size {label}.",
+                                        note="see the per-file errors.")
+                scores[name][label] = _scores(logits, labels_all[mask], data.classes)
+            names = list(predictions)
+            agreement[label] = {}
+            for i, a in enumerate(names):
+                for b in names[i + 1:]:
+                    pa, pb = predictions[a][0][ok_mask], predictions[b][0][ok_mask]
+                    agreement[label][f"{a} vs {b}"] = float(np.mean(pa == pb)) if len(pa) else math.nan
+        return EvalResult(str(folder), data.classes, {n: str(p) for n, p in artifacts.items()},
+                          [size_label(s) for s in sizes], scores, agreement, errors)
+    finally:
+        for session in sessions.values():
+            session.close()
+
+
+def _load_all(files, channels, size, meta, spec, errors, label, progress) -> list:
+    from runtime.validation import check_image
+
+    images = []
+    for path in files:
+        try:
+            chw = normalize(load_image(path, channels, size), meta)
+            check_image(chw, spec)
+            images.append(chw)
+        except GapError as exc:
+            errors.append({"file": str(path), "size": label, "error": first_line(exc)})
+            images.append(None)
+        if progress:
+            progress(1)
+    return images
+
+
+def format_table(result: EvalResult) -> str:
+    names = list(result.scores)
+    width = max(8, *(len(n) for n in names))
+    head = f"{'artifact':>{width}}  {'size':>7}  {'top-1':>6}  {'top-5':>6}  {'images':>6}"
+    lines = [f"Accuracy on {result.folder} ({len(result.classes)} classes)", head, "-" * len(head)]
+    for name in names:
+        for size, s in result.scores[name].items():
+            lines.append(f"{name:>{width}}  {size:>7}  {s.top1:6.1%}  {s.top5:6.1%}  {s.images:6d}")
+    if any(result.agreement.values()):
+        lines.append("\nTop-1 agreement between artifacts:")
+        for size, pairs in result.agreement.items():
+            for pair, value in pairs.items():
+                lines.append(f"  {size:>7}  {pair}: {value:.1%}")
+    first = names[0]
+    lines.append(f"\nTop-1 per class ({first}):")
+    sizes = list(result.scores[first])
+    lines.append(f"  {'class':>14}  " + "  ".join(f"{s:>7}" for s in sizes))
+    for cls in result.classes:
+        cells = [result.scores[first][s].per_class.get(cls, math.nan) for s in sizes]
+        lines.append(f"  {cls:>14}  " + "  ".join("      -" if math.isnan(c) else f"{c:7.1%}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot(result: EvalResult, path: str | os.PathLike, title: str = "") -> Path:
+    """Top-1 (solid) and top-5 (dashed) accuracy against input size, one colour per artifact."""
+    import io
+
+    from runtime._lazy import require
+    from runtime.files import write_bytes_atomic
+
+    matplotlib = require("matplotlib", purpose="for --plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = range(len(result.sizes))
+    for index, (name, row) in enumerate(result.scores.items()):
+        color = f"C{index}"
+        ax.plot(xs, [row[s].top1 for s in result.sizes], marker="o", color=color, label=f"{name} top-1")
+        ax.plot(xs, [row[s].top5 for s in result.sizes], marker=".", linestyle="--", color=color, alpha=0.6,
+                label=f"{name} top-5")
+    if result.classes:
+        ax.axhline(1 / len(result.classes), color="grey", linestyle=":", label="chance (top-1)")
+    ax.set_xticks(list(xs), result.sizes)
+    ax.set_xlabel("input size (pixels)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize="small")
+    ax.set_title(title or f"Accuracy by input size on {Path(result.folder).name}")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes_atomic(path, buffer.getvalue())
