@@ -220,7 +220,7 @@ def plot(result: EvalResult, path: str | os.PathLike, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     xs = range(len(result.sizes))
     for index, (name, row) in enumerate(result.scores.items()):
         color = f"C{index}"
@@ -234,7 +234,7 @@ def plot(result: EvalResult, path: str | os.PathLike, title: str = "") -> Path:
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # beside the curves, never on them
     ax.set_title(title or f"Accuracy by input size on {Path(result.folder).name}")
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -21,6 +21,7 @@ from runtime.shapes import format_shape  # noqa: E402
 
 DEMO = ROOT / "demo"
 BIN = Path(sys.executable).parent
+EVAL_SIZES = (16, 32, 48, 64, 96, 128, 192)
 
 
 def step(title: str, *cmd: str, check: bool = True) -> int:
@@ -55,9 +56,12 @@ def main() -> None:
     step("INT8 (QDQ) variant, calibrated on 128 images, top-1 agreement checked",
          "gap-export", ckpt, "--dynamic", "--imgsz", "64", "--class-names", DEMO / "classes.txt", "-o", onnx_path,
          "--precision", "int8", "--calib", DEMO / "calib", "--min-top1", "0.9", "--report", DEMO / "export_int8.json")
-    step("Accuracy across resolutions on held-out images, per precision",
-         sys.executable, "scripts/eval_resolution.py", "--model", f"fp32={onnx_path}",
-         "--model", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", "--model", f"int8={DEMO / 'gapcnn.int8.onnx'}",
+    if not (DEMO / "heldout").is_dir():
+        step("Held-out labelled images (one folder per class, drawn at 64 px, never seen in training)",
+             sys.executable, "scripts/demo_data.py", DEMO / "heldout")
+    step("Accuracy per precision and input size on the held-out images (gap-eval)",
+         "gap-eval", f"fp32={onnx_path}", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", f"int8={DEMO / 'gapcnn.int8.onnx'}",
+         "--data", DEMO / "heldout", *[arg for s in EVAL_SIZES for arg in ("--imgsz", str(s))],
          "--json", DEMO / "accuracy.json", "--plot", DEMO / "accuracy.png")
     summary(time.perf_counter() - started)
 
@@ -80,11 +84,10 @@ def summary(seconds: float) -> None:
     print(f"INT8 vs FP32 on 128 calibration images: top-1 agreement {real['top1_agreement']:.1%}, "
           f"relative error {real['rel_err']:.2f}")
     sizes = acc["sizes"]
-    print("Accuracy by input size: " + "  ".join(f"{s}px" for s in sizes))
+    print("Top-1 by input size (gap-eval): " + "  ".join(f"{s}px" for s in sizes))
     for name, row in acc["accuracy"].items():
-        print(f"  {name:>5}: " + "  ".join(f"{row[str(s)] if str(s) in row else row[s]:.0%}".rjust(len(str(s)) + 2)
-                                          for s in sizes))
-    best = max(sizes, key=lambda s: acc["accuracy"]["fp32"][str(s)])
+        print(f"  {name:>5}: " + "  ".join(f"{row[s]['top1']:.0%}".rjust(len(s) + 2) for s in sizes))
+    best = max(sizes, key=lambda s: acc["accuracy"]["fp32"][s]["top1"])
     print(f"Best at {best}px (training used 32-96 px); see demo/accuracy.png and the README on why it falls off.")
     print(f"Demo finished in {seconds:.0f} s.")
 

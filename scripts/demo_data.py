@@ -66,3 +66,29 @@ def make_batch(n: int, h: int, w: int, rng: np.random.Generator) -> tuple[np.nda
 
 def normalize(images: np.ndarray) -> np.ndarray:
     return ((images - MEAN) / STD).astype(np.float32)
+
+
+EVAL_SEED = 12345  # never used for training, calibration or samples
+
+
+def write_labelled_folder(root, per_class: int = 30, size: int = 64, seed: int = EVAL_SEED) -> int:
+    """Held-out images as gap-eval reads them: ROOT/<class>/<n>.png, drawn at ``size``; returns the count."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for label, name in enumerate(CLASSES):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = make_image(label, size, size, rng)
+            Image.fromarray((pixels.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return per_class * len(CLASSES)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(f"wrote {write_labelled_folder(sys.argv[1])} images to {sys.argv[1]}")

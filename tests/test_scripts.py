@@ -1,6 +1,5 @@
 """The demo's scripts: the procedural dataset, training, evaluation and the overhead benchmark."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -57,16 +56,12 @@ def test_augmentation_crops_and_flips():
         assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, :, ::-1]) for w in windows)
 
 
-def test_eval_resolution_reports_accuracy_per_size(tmp_path, reference_onnx):
-    import eval_resolution
+def test_held_out_folder_is_what_gap_eval_reads(tmp_path):
+    from runtime.evaluate import read_labelled_folder
 
-    out = tmp_path / "acc.json"
-    assert eval_resolution.main(["--model", f"a={reference_onnx}", "--model", f"b={reference_onnx}",
-                                 "--sizes", "16,40", "--per-size", "30", "--json", str(out)]) == 0
-    data = json.loads(out.read_text())
-    assert data["sizes"] == [16, 40] and set(data["accuracy"]) == {"a", "b"}
-    assert data["accuracy"]["a"] == data["accuracy"]["b"]  # same images, same model
-    assert all(0 <= v <= 1 for v in data["accuracy"]["a"].values())
+    assert demo_data.write_labelled_folder(tmp_path, per_class=2, size=24) == 20
+    data = read_labelled_folder(tmp_path, demo_data.CLASSES, 10)
+    assert len(data.files) == 20 and sorted(set(data.labels)) == list(range(10))
 
 
 def test_overhead_script_compares_like_with_like(reference_onnx, capsys):
