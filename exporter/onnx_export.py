@@ -7,7 +7,7 @@ import io
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
@@ -299,27 +299,28 @@ class ExportResult:
     parity: ParityReport | None  # None with verify=False
 
 
-def export_verified(
-    loaded: LoadedModel,
-    *,
-    dynamic: bool = True,
-    imgsz: tuple[int, int] = (224, 224),
-    batch: int = 1,
-    opset: int = DEFAULT_OPSET,
-    class_names: tuple[str, ...] | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-    simplify: bool = False,
-    verify: bool = True,
-    verify_shapes: Sequence[Shape] | None = None,
-    tolerance: Tolerance = FP32,
-    destination: str = "the output",
-) -> tuple[OnnxExport, ParityReport | None]:
+@dataclass(frozen=True)
+class ExportOptions:
+    """export_model's options as one value, for the functions that pass them along."""
+
+    dynamic: bool = True
+    imgsz: tuple[int, int] = (224, 224)
+    batch: int = 1
+    opset: int = DEFAULT_OPSET
+    class_names: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    simplify: bool = False
+
+
+def export_verified(loaded: LoadedModel, options: ExportOptions = ExportOptions(), *, verify: bool = True,
+                    verify_shapes: Sequence[Shape] | None = None, tolerance: Tolerance = FP32,
+                    destination: str = "the output") -> tuple[OnnxExport, ParityReport | None]:
     """Export in memory and verify against PyTorch; raises ParityError (nothing written) when it differs."""
     from exporter.parity import check_parity, default_verify_shapes
 
-    exported = export_model(loaded, dynamic=dynamic, imgsz=imgsz, batch=batch, opset=opset,
-                            class_names=class_names, mean=mean, std=std, simplify=simplify)
+    exported = export_model(loaded, **asdict(options))
+    imgsz, batch = options.imgsz, options.batch
     if not verify:
         return exported, None
     meta = exported.metadata
@@ -366,9 +367,8 @@ def export_onnx(
     from runtime.files import check_output_path
 
     output = check_output_path(output)
-    exported, report = export_verified(loaded, dynamic=dynamic, imgsz=imgsz, batch=batch, opset=opset,
-                                       class_names=class_names, mean=mean, std=std, simplify=simplify,
-                                       verify=verify, verify_shapes=verify_shapes, tolerance=tolerance,
-                                       destination=str(output))
+    options = ExportOptions(dynamic, imgsz, batch, opset, class_names, mean, std, simplify)
+    exported, report = export_verified(loaded, options, verify=verify, verify_shapes=verify_shapes,
+                                       tolerance=tolerance, destination=str(output))
     write_models([(output, exported.model)])  # above 2 GiB: graph + OUTPUT.data
     return ExportResult(path=output, export=exported, parity=report)

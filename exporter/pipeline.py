@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.builder import BuildConfig, PipelineResult
-from exporter.defaults import DEFAULT_OPSET
+from exporter.onnx_export import ExportOptions
 from exporter.precision import VariantOptions, VariantResult, convert_verified, variant_path
 from runtime.errors import OutputPathError, UsageError
 from runtime.files import check_output_path
@@ -31,14 +31,7 @@ class ExportJob:
     arch: str | None = None
     num_classes: int | None = None
     trust_checkpoint: bool = False
-    dynamic: bool = False
-    imgsz: tuple[int, int] = (224, 224)
-    batch: int = 1
-    opset: int = DEFAULT_OPSET
-    class_names: tuple[str, ...] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    simplify: bool = False
+    options: ExportOptions = ExportOptions(dynamic=False)
     verify: bool = True
     #: BxCxHxW shapes, or (H, W) pairs that take the model's channels
     verify_shapes: Sequence[tuple[int, ...]] | None = None
@@ -162,7 +155,8 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> E
         from runtime.metadata import ModelMetadata
 
         load_calibration(job.variant.calib, ModelMetadata(in_channels=loaded.in_channels), size=job.variant.calib_size)
-    log(f"Exporting {loaded.arch} ({'dynamic batch/height/width' if job.dynamic else 'static'}, opset {job.opset})"
+    opts = job.options
+    log(f"Exporting {loaded.arch} ({'dynamic batch/height/width' if opts.dynamic else 'static'}, opset {opts.opset})"
         + (" and verifying against PyTorch" if job.verify else "") + " ...")
     shapes = None
     if job.verify_shapes:
@@ -171,15 +165,13 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> E
         if bad:
             raise UsageError(f"verify shape {format_shape(bad[0])} has {bad[0][1]} channels; the model takes "
                              f"{loaded.in_channels}.")
-    exported, report = export_verified(
-        loaded, dynamic=job.dynamic, imgsz=job.imgsz, batch=job.batch, opset=job.opset, class_names=job.class_names,
-        mean=job.mean, std=job.std, simplify=job.simplify, verify=job.verify, verify_shapes=shapes,
-        tolerance=job.tolerance, destination=str(output))
+    exported, report = export_verified(loaded, opts, verify=job.verify, verify_shapes=shapes,
+                                       tolerance=job.tolerance, destination=str(output))
     outcome = ExportOutcome(output, exported, report, list(loaded.notes), loaded.arch)
     models = [(output, exported.model)]
     if job.variant is not None and job.engine is None:
         meta = exported.metadata
-        shapes = [r.shape for r in report.rows] if report else [(job.batch, meta.in_channels, *job.imgsz)]
+        shapes = [r.shape for r in report.rows] if report else [(opts.batch, meta.in_channels, *opts.imgsz)]
         log(f"Converting to {job.variant.precision} and verifying against the FP32 ONNX ...")
         outcome.variant = convert_verified(exported.model, job.variant, shapes)
         outcome.variant_path = extra

@@ -134,13 +134,14 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     variant = None if precision == "fp32" else VariantOptions(precision, calib=calib, calib_size=size,
                                                               min_top1=min_top1, keep_float_ends=not int8_all_layers,
                                                               keep_fp32=tuple(keep_fp32), fp32_fallback=fp32_fallback)
-    from exporter.pipeline import ExportJob, run_export  # torch is imported here, after argument checks
+    from exporter.onnx_export import ExportOptions  # torch is imported here, after argument checks
+    from exporter.pipeline import ExportJob, run_export
     from runtime.errors import ParityError
     from runtime.parity import Tolerance
 
     job = ExportJob(model, out_path, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint,
-                    dynamic=dynamic, imgsz=size, batch=batch, opset=opset, class_names=names, mean=mean_v, std=std_v,
-                    simplify=simplify, verify=verify, verify_shapes=shapes, tolerance=Tolerance(atol=atol, rtol=rtol),
+                    options=ExportOptions(dynamic, size, batch, opset, names, mean_v, std_v, simplify),
+                    verify=verify, verify_shapes=shapes, tolerance=Tolerance(atol=atol, rtol=rtol),
                     variant=variant, engine=engine_config)
     try:
         outcome = run_export(job, log=info)
