@@ -38,13 +38,7 @@ def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None
     memory an image needs is checked from its header before it is decoded; a decompression bomb is an
     error for that file alone.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from runtime.limits import check_memory
-
     path = Path(path)
-    if channels not in _MODES:
-        raise ArtifactError(f"cannot turn images into {channels}-channel input; supported: 1, 3 or 4 channels.")
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -55,8 +49,20 @@ def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None
         raise ArtifactError(f"image {path} is a directory.")
     if not stat.S_ISREG(st.st_mode):
         raise ArtifactError(f"image {path} is not a regular file (a pipe, device or socket); it was not opened.")
+    return decode_image(path, channels, size, name=str(path))
+
+
+def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None, *, name: str) -> np.ndarray:
+    """:func:`load_image` for a path or an open binary file (bytes read by Ray from any filesystem)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from runtime.limits import check_memory
+
+    path = name
+    if channels not in _MODES:
+        raise ArtifactError(f"cannot turn images into {channels}-channel input; supported: 1, 3 or 4 channels.")
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             width, height = image.size
             check_memory((1, channels, height, width), f"image {path}", activations=False)
             if size is None:
@@ -73,7 +79,7 @@ def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def _pixels(image, channels: int, path: Path) -> np.ndarray:
+def _pixels(image, channels: int, path) -> np.ndarray:
     """(H, W, channels) float32 in [0, 1]."""
     mode = image.mode
     if mode not in _HIGH_DEPTH and mode not in ("I", "F"):

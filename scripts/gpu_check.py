@@ -261,7 +261,7 @@ def main(argv=None) -> int:
             raise AssertionError(done.stderr)
         report = json.loads(done.stdout)
         with runtime.load(onnx_path, "ort-cpu") as cpu:
-            from runtime.cli.run import classify
+            from runtime.classify import classify
             from runtime.images import collect_images
 
             cpu_report = classify(cpu, collect_images([data / "samples"]))

@@ -8,42 +8,11 @@ from pathlib import Path
 
 import click
 
+from runtime.classify import classify
 from runtime.cli.common import fail, image_size, info, report_errors
 from runtime.session import BACKENDS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, progress=None) -> dict:
-    """Top-k classes per image file. Unreadable or too-small files are reported, the rest classified."""
-    import numpy as np
-
-    from runtime.errors import GapError, first_line
-    from runtime.images import load_image, normalize, softmax
-    from runtime.validation import check_image
-
-    meta, spec = session.metadata, session.input_spec
-    channels = spec.channels or meta.in_channels or 3
-    ready, errors = [], []
-    for path in paths:
-        try:
-            chw = normalize(load_image(path, channels, imgsz), meta)
-            check_image(chw, spec)  # size/profile checks per file, so one bad file cannot sink a batch
-            ready.append((path, chw))
-        except GapError as exc:
-            errors.append({"file": str(path), "error": first_line(exc)})
-        if progress:
-            progress(1)
-    logits = session.run_many([chw for _, chw in ready], max_batch=batch_size) if ready else []
-    results = []
-    for (path, chw), row in zip(ready, logits):
-        probs = softmax(np.asarray(row, dtype=np.float64))
-        k = min(topk, probs.size)
-        order = np.argsort(-probs)[:k]
-        results.append({"file": str(path), "size": [int(chw.shape[1]), int(chw.shape[2])],
-                        "top": [{"index": int(i), "name": meta.class_name(int(i)), "prob": float(probs[i])}
-                                for i in order]})
-    return {"artifact": str(session.path), "backend": session.backend, "results": results, "errors": errors}
 
 
 @click.command(context_settings=CONTEXT)
