@@ -19,6 +19,8 @@ _EXTRA_FOR = {
     "cuda": "gpu",
     "exporter": "cpu",
     "matplotlib": "plot",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 

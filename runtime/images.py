@@ -73,7 +73,8 @@ def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None,
         raise ArtifactError(f"{path} is refused as a decompression bomb: {exc}",
                             hint="downscale the image first if it is genuine.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ArtifactError(f"{path} is not a readable image: {exc}") from None
+        reason = str(exc).replace(repr(source), repr(path)) if not isinstance(source, (str, Path)) else str(exc)
+        raise ArtifactError(f"{path} is not a readable image: {reason}") from None
     if size is not None:
         pixels = _resize(pixels, size)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))

@@ -9,10 +9,30 @@ from pathlib import Path
 import click
 
 from runtime.classify import classify
-from runtime.cli.common import fail, image_size, info, report_errors
+from runtime.cli.common import FiniteFloat, fail, image_size, info, report_errors
 from runtime.session import BACKENDS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch_size, workers, cpus_per_worker,
+               logits, trust_engine) -> None:
+    from runtime.batch import BatchJob, run_batch
+
+    if address is None or output is None:
+        raise click.UsageError("--ray and --output go together: --ray [ADDRESS] --output results.parquet.")
+    job = BatchJob(artifact, tuple(map(str, images)), output, backend=backend,
+                   imgsz=image_size(imgsz) if imgsz else None, topk=topk, logits=logits, batch_size=batch_size,
+                   workers=workers, cpus_per_worker=cpus_per_worker, address=address, trust_engine=trust_engine)
+    result = run_batch(job)
+    click.echo(f"Wrote {result.output}: {result.rows} row(s) from {result.workers} worker(s) in {result.seconds:.1f} s"
+               f" ({result.rows / max(result.seconds, 1e-9):.1f} images/s).")
+    for item in result.errors:
+        said = item["error"] if item["file"] in item["error"] else f"{item['file']}: {item['error']}"
+        click.echo(click.style("Skipped: ", fg="yellow") + said, err=True)
+    if result.errors:
+        info(f"{len(result.errors)} of {result.rows} image(s) failed; their rows hold the error.")
+        sys.exit(1)
 
 
 @click.command(context_settings=CONTEXT)
@@ -26,14 +46,32 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
               help="Most images of one size run together.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="Classify with Ray Data: --ray alone joins RAY_ADDRESS or starts a local Ray; --ray ADDRESS joins "
+                   "that cluster. IMAGES may also be globs or object-store URIs. Needs --output.")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="--ray: the Parquet dataset (a folder) to write, one row per image.")
+@click.option("--workers", type=click.IntRange(1, 10000),
+              help="--ray: actors, one model each. Default: as many as the CPUs allow, leaving room for reading.")
+@click.option("--cpus-per-worker", default=0.5, show_default=True, type=FiniteFloat(0.01, 1024),
+              help="--ray: CPUs each actor asks for (a fraction leaves CPUs for the read tasks).")
+@click.option("--logits", is_flag=True, help="--ray: also write each image's logits.")
 @report_errors
-def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engine):
+def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engine, ray_address, output, workers,
+         cpus_per_worker, logits):
     """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx or .plan).
 
     Images are converted to the model's channels, normalized with the mean/std stored in the model,
     and kept at their own size unless --imgsz is given. Files that cannot be read or are too small are
     reported and skipped; the exit code is then 1.
+
+    With --ray, Ray Data reads and classifies the images on a local Ray or a cluster and writes one
+    Parquet row per image to --output (the same answers as without --ray).
     """
+    if ray_address is not None or output is not None:
+        return run_on_ray(artifact, images, ray_address, output, topk=topk, backend=backend, imgsz=imgsz,
+                          batch_size=batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
+                          trust_engine=trust_engine)
     import runtime
     from runtime.files import check_input_file
     from runtime.images import IMAGE_SUFFIXES, collect_images

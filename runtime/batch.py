@@ -1,0 +1,249 @@
+"""Batch inference with Ray Data: the same answers as gap-run, on one machine or a cluster.
+
+Ray Data distributes the image files (a folder, a list of paths, a glob) to a pool of actors, each
+holding one ``runtime.Session``. Local and shared files are opened by the actors themselves; URIs of
+other filesystems Ray reads (s3://, gs://, ...) are read by Ray and their bytes decoded by the actors.
+One row per image is written to Parquet: path, height, width, the top-k classes and probabilities, an error (an
+unreadable or too-small image is a row with its error, never a failed job) and, on request, the logits.
+
+Actors ask for a fraction of a CPU (and a GPU for the ``trt``/``ort-cuda``/``ort-trt`` backends), so the
+read tasks always find a free CPU: an actor pool holding every CPU starves the reads and the job stalls.
+Images of different sizes in one Ray batch are grouped by size and never padded (``Session.run_many``).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import math
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime._lazy import require
+from runtime.errors import GapError, OutputPathError, UsageError, first_line
+from runtime.images import IMAGE_SUFFIXES
+
+GPU_BACKENDS = ("trt", "ort-cuda", "ort-trt")
+RAY_FLOOR = "2.40"
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    artifact: Path
+    sources: tuple[str, ...]
+    output: Path
+    backend: str | None = None
+    imgsz: tuple[int, int] | None = None
+    topk: int = 5
+    logits: bool = False
+    #: images per Ray batch: large batches amortize Ray's per-batch cost (sizes are grouped inside)
+    batch_size: int = 256
+    #: actors (one Session each); None: as many as fit the CPUs Ray has, leaving room for the reads
+    workers: int | None = None
+    cpus_per_worker: float = 0.5
+    #: "auto": RAY_ADDRESS if set, else a local Ray; or a cluster address ("ray://host:10001", "host:6379")
+    address: str = "auto"
+    trust_engine: bool = False
+
+
+@dataclass
+class BatchResult:
+    output: Path
+    rows: int
+    errors: list[dict]
+    seconds: float
+    workers: int
+
+
+def expand_sources(sources: Sequence[str]) -> tuple[list[str], list[dict]]:
+    """(image paths for Ray, error rows) from folders, files and globs. Remote URIs (s3://, gs://, ...) pass
+    through to Ray's filesystems; local non-regular files (FIFOs, devices) become error rows, never reads."""
+    paths: list[str] = []
+    errors: list[dict] = []
+
+    def local_file(path: str) -> None:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            errors.append(error_row(path, f"image {path} cannot be read: {exc.strerror or exc}."))
+            return
+        if stat.S_ISREG(mode):
+            paths.append(os.path.abspath(path))
+        else:
+            errors.append(error_row(path, f"image {path} is not a regular file (a pipe, device or socket); "
+                                          "it was not opened."))
+
+    for source in sources:
+        if "://" in source:
+            paths.append(source)
+        elif os.path.isdir(source):
+            for entry in sorted(Path(source).iterdir()):
+                if entry.suffix.lower() in IMAGE_SUFFIXES and not entry.is_dir():
+                    local_file(str(entry))
+        elif any(ch in source for ch in "*?["):
+            matches = sorted(glob.glob(source, recursive=True))
+            for match in matches:
+                if Path(match).suffix.lower() in IMAGE_SUFFIXES and not os.path.isdir(match):
+                    local_file(match)
+        else:
+            local_file(source)
+    if not paths and not errors:
+        raise UsageError(f"no image files in {', '.join(sources)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    return paths, errors
+
+
+def error_row(path: str, error: str) -> dict:
+    return {"path": path, "height": -1, "width": -1, "top_labels": [], "top_indices": [], "top_scores": [],
+            "error": error, "logits": []}
+
+
+def schema(logits: bool):
+    """The results' one Arrow schema: every block has it, all-error blocks included."""
+    pa = require("pyarrow", purpose="for Parquet results")
+    fields = [("path", pa.string()), ("height", pa.int64()), ("width", pa.int64()),
+              ("top_labels", pa.list_(pa.string())), ("top_indices", pa.list_(pa.int64())),
+              ("top_scores", pa.list_(pa.float64())), ("error", pa.string())]
+    if logits:
+        fields.append(("logits", pa.list_(pa.float64())))
+    return pa.schema(fields)
+
+
+def to_table(rows: list[dict], logits: bool):
+    pa = require("pyarrow", purpose="for Parquet results")
+    names = schema(logits).names
+    return pa.Table.from_pylist([{k: row.get(k) for k in names} for row in rows], schema=schema(logits))
+
+
+class Classifier:
+    """A Ray Data callable class: one Session per actor, one output row per image."""
+
+    def __init__(self, artifact: str, backend: str | None, imgsz, topk: int, logits: bool, trust_engine: bool,
+                 threads: int | None = None):
+        import runtime
+
+        self.session = runtime.load(artifact, backend, trust_engine=trust_engine, threads=threads)
+        self.imgsz, self.topk, self.logits = imgsz, topk, logits
+        meta, spec = self.session.metadata, self.session.input_spec
+        self.channels = spec.channels or meta.in_channels or 3
+
+    def __call__(self, batch: dict) -> dict:
+        from runtime.classify import prepare_image, top_classes
+        from runtime.images import decode_image, load_image
+
+        paths = [str(p) for p in batch["path"]]
+        contents = batch["bytes"] if "bytes" in batch else [None] * len(paths)
+        rows: list[dict] = []
+        ready: list[tuple[int, np.ndarray]] = []
+        for index, (path, data) in enumerate(zip(paths, contents)):
+            try:
+                if data is None:  # a local (or shared) file: read here, as gap-run does
+                    chw = load_image(path, self.channels, self.imgsz)
+                else:  # bytes Ray read from another filesystem (s3://, gs://, ...)
+                    chw = decode_image(io.BytesIO(bytes(data)), self.channels, self.imgsz, name=path)
+                ready.append((index, prepare_image(self.session, chw)))
+                rows.append({"path": path, "height": int(chw.shape[1]), "width": int(chw.shape[2]), "error": None})
+            except GapError as exc:
+                rows.append(error_row(path, first_line(exc)))
+        logits = self.session.run_many([chw for _, chw in ready]) if ready else []
+        for (index, _), row in zip(ready, logits):
+            top = top_classes(row, self.session.metadata, self.topk)
+            rows[index].update(top_labels=[t["name"] for t in top], top_indices=[t["index"] for t in top],
+                               top_scores=[t["prob"] for t in top], logits=[float(v) for v in row])
+        return to_table(rows, self.logits)
+
+
+def connect(address: str, num_cpus: int | None = None):
+    """Join ``address`` (or RAY_ADDRESS) or start a local Ray; returns the ray module."""
+    ray = require("ray", purpose="for --ray", hint=f"pip install 'gap-deploy[ray]' (ray[data] >= {RAY_FLOOR}).")
+    if ray.is_initialized():
+        return ray
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    try:
+        if address == "auto" and not os.environ.get("RAY_ADDRESS"):
+            ray.init(num_cpus=num_cpus, **kwargs)
+        else:
+            ray.init(address=None if address == "auto" else address, **kwargs)
+    except Exception as exc:  # ConnectionError and Ray's own errors
+        where = address if address != "auto" else os.environ.get("RAY_ADDRESS", "local")
+        raise GapError(f"cannot join the Ray cluster at {where}: {first_line(exc)}",
+                       hint="start one with `ray start --head` and pass the address it prints (or set RAY_ADDRESS), "
+                            "or use --ray without an address for a local one.") from None
+    return ray
+
+
+def run_batch(job: BatchJob) -> BatchResult:
+    """Classify every image of ``job.sources`` on Ray and write one Parquet row per image to ``job.output``.
+
+    The output (a Parquet dataset folder) is written to a temporary folder beside it and moved into place
+    when the job has finished, so a failed job leaves no partial output and never a half-replaced one.
+    """
+    from runtime.files import check_input_file
+
+    check_input_file(job.artifact, "artifact")
+    output = Path(job.output)
+    if output.exists() and not output.is_dir():
+        raise OutputPathError(f"output {output} exists and is not a Parquet dataset folder.",
+                              hint="choose a new path (a folder of Parquet files is written).")
+    if not output.parent.is_dir():
+        raise OutputPathError(f"output folder {output.parent} does not exist.", hint=f"mkdir -p {output.parent}")
+    paths, early_errors = expand_sources(job.sources)
+    ray = connect(job.address)
+    data = require("ray.data", purpose="for --ray")
+    gpu = 1 if job.backend in GPU_BACKENDS else 0
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    workers = job.workers or max(1, int((cpus - 1) / job.cpus_per_worker) if cpus > 1 else 1)
+    started = time.perf_counter()
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        parts = []
+        local = [p for p in paths if "://" not in p]
+        remote = [p for p in paths if "://" in p]
+        sources = []
+        if local:  # the workers open local files themselves: shipping the bytes through Ray costs more
+            sources.append(data.from_items([{"path": p} for p in local],
+                                           override_num_blocks=max(1, min(len(local) // job.batch_size, 200))))
+        if remote:
+            sources.append(data.read_binary_files(remote, include_paths=True))
+        for ds in sources:
+            parts.append(ds.map_batches(
+                Classifier, fn_constructor_args=(str(job.artifact), job.backend, job.imgsz, job.topk, job.logits,
+                                                 job.trust_engine, max(1, math.ceil(job.cpus_per_worker))),
+                batch_size=job.batch_size, batch_format="numpy", compute=data.ActorPoolStrategy(size=workers),
+                num_cpus=job.cpus_per_worker, num_gpus=gpu))
+        if early_errors:
+            parts.append(data.from_arrow(to_table(early_errors, job.logits)))
+        result = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+        result.write_parquet(str(staging / "data"))
+        written = read_results(staging / "data", columns=["path", "error"])
+        errors = [{"file": row["path"], "error": row["error"]} for row in written if row["error"]]
+        old = staging / "previous"
+        if output.exists():
+            os.replace(output, old)  # kept until the new results are in place
+        try:
+            os.replace(staging / "data", output)
+        except OSError:
+            if old.exists():
+                os.replace(old, output)
+            raise
+        return BatchResult(output, len(written), errors, time.perf_counter() - started, workers)
+    except GapError:
+        raise
+    except Exception as exc:  # Ray wraps worker failures (a model that does not load, ...) in its own errors
+        raise GapError(f"the Ray job failed: {first_line(exc)}", hint="see the Ray log above.") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_results(path: str | os.PathLike, columns: Sequence[str] | None = None) -> list[dict]:
+    """The rows of a results dataset, sorted by path (for tests and small jobs)."""
+    pq = require("pyarrow.parquet", purpose="to read Parquet results")
+    rows = pq.read_table(str(path), columns=list(columns) if columns else None).to_pylist()
+    return sorted(rows, key=lambda r: r["path"])

@@ -1,0 +1,103 @@
+"""gap-run --ray against a real local Ray (2 CPUs): every row equals local gap-run's answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+from runtime.batch import BatchJob, connect, read_results, run_batch  # noqa: E402
+from runtime.classify import classify  # noqa: E402
+from runtime.images import collect_images  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SIZES = [(32, 32), (48, 40), (64, 64), (20, 31), (100, 57)]
+TIME_LIMIT_S = 300
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray limited to 2 CPUs, shut down whatever happens; every wait bounded by an alarm."""
+    def too_slow(signum, frame):
+        raise TimeoutError(f"the Ray test took more than {TIME_LIMIT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(TIME_LIMIT_S)
+    os.environ.pop("RAY_ADDRESS", None)
+    try:
+        yield connect("auto", num_cpus=2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("ray-images")
+    rng = np.random.default_rng(0)
+    for i in range(210):
+        h, w = SIZES[i % len(SIZES)]
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    for i in range(3):
+        (root / f"broken{i}.png").write_bytes(b"\x89PNG broken" * (i + 1))
+    for i in range(2):
+        Image.new("RGB", (3, 2 + i)).save(root / f"tiny{i}.png")
+    os.mkfifo(root / "fifo.png")  # never read: a FIFO would block a read task forever
+    return root
+
+
+def test_every_row_equals_local_gap_run(local_ray, folder, reference_onnx, tmp_path):
+    import runtime
+
+    out = tmp_path / "results.parquet"
+    result = run_batch(BatchJob(reference_onnx, (str(folder),), out, topk=3, batch_size=16, workers=2,
+                                cpus_per_worker=0.5, logits=True))
+    rows = {r["path"]: r for r in read_results(out)}
+    files = collect_images([folder])
+    assert len(rows) == len(files) + 1 == 216  # every file is a row, the FIFO too
+    with runtime.load(reference_onnx) as session:
+        local = classify(session, files, topk=3)
+    assert len(local["results"]) == 210 and len(local["errors"]) == 5
+    for item in local["results"]:
+        row = rows[str(item["file"])]
+        assert row["error"] is None and [row["height"], row["width"]] == item["size"]
+        assert row["top_labels"] == [t["name"] for t in item["top"]]
+        np.testing.assert_allclose(row["top_scores"], [t["prob"] for t in item["top"]], atol=1e-6)
+        assert len(row["logits"]) == 10
+    errors = {e["file"]: e["error"] for e in result.errors}
+    assert set(errors) == {str(f) for f in folder.iterdir() if f.name.startswith(("broken", "tiny", "fifo"))}
+    assert "below this model's minimum" in errors[str(folder / "tiny0.png")]
+    assert "not a regular file" in errors[str(folder / "fifo.png")]
+    assert result.workers == 2
+
+
+def test_cli_path_and_an_existing_output_is_replaced_whole(local_ray, folder, reference_onnx, tmp_path):
+    from runtime.cli.run import main
+
+    out = tmp_path / "r.parquet"
+    out.mkdir()
+    (out / "old.parquet").write_bytes(b"previous results")
+    glob = str(folder / "0[0-4]?.png")  # a glob: 50 images
+    result = CliRunner().invoke(main, [str(reference_onnx), glob, "--ray", "--output", str(out), "--workers", "1",
+                                       "--imgsz", "24"])
+    assert result.exit_code == 0, result.output
+    assert "50 row(s)" in result.output and not (out / "old.parquet").exists()
+    rows = read_results(out)
+    assert len(rows) == 50 and all(r["height"] == 24 and r["width"] == 24 for r in rows)
+
+
+def test_ray_needs_an_output_and_a_reachable_cluster(reference_onnx, folder, tmp_path):
+    from runtime.cli.run import main
+    from tests.conftest import assert_clean_failure
+
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--ray"])
+    assert_clean_failure(result, "--ray and --output go together", code=2)
