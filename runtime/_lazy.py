@@ -14,6 +14,8 @@ _EXTRA_FOR = {
     "torchinfo": "cpu",
     "onnxslim": "cpu",
     "safetensors": "cpu",
+    "onnx": "convert",
+    "onnxconverter_common": "convert",
     "tensorrt": "gpu",
     "tensorrt_lean": "lean",
     "cuda": "gpu",

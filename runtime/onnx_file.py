@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import onnx
-
 from runtime.errors import ArtifactError, first_line
 from runtime.files import check_input_file
 from runtime.metadata import ModelMetadata
@@ -17,9 +15,15 @@ def check_onnx_file(path: str | os.PathLike) -> Path:
     """Readable, parseable, and every external-data location stays inside the model's folder.
 
     onnx >= 1.21 fixes the known traversal CVEs, but a model from elsewhere is refused here too,
-    before ONNX Runtime follows any path: absolute locations, ``..`` escapes and symlinks.
+    before ONNX Runtime follows any path: absolute locations, ``..`` escapes and symlinks. Without the
+    onnx package (an edge install) only the file checks run here, and ONNX Runtime's own validation of
+    external-data paths (escapes, absolute paths and symlinks: tested) refuses the rest when it loads.
     """
     path = check_input_file(path, "ONNX model")
+    try:
+        import onnx
+    except ImportError:
+        return path
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
@@ -46,7 +50,7 @@ def check_onnx_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def _tensors(graph: onnx.GraphProto):
+def _tensors(graph):
     """Every tensor stored in the graph: initializers, constant attributes, and those of subgraphs."""
     yield from graph.initializer
     for node in graph.node:
@@ -60,7 +64,7 @@ def _tensors(graph: onnx.GraphProto):
                 yield from _tensors(sub)
 
 
-def set_metadata(proto: onnx.ModelProto, meta: ModelMetadata) -> None:
+def set_metadata(proto, meta: ModelMetadata) -> None:
     """Replace the toolkit's metadata_props (keys ``gap.*``), keeping anyone else's."""
     keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("gap.")]
     del proto.metadata_props[:]

@@ -10,8 +10,10 @@ import numpy as np
 
 from runtime.backends.base import Runner, TensorInfo
 from runtime.errors import ArtifactError, BackendUnavailableError, InputError, InputTypeError, UsageError
+from runtime.files import check_input_file
 from runtime.limits import check_memory
 from runtime.metadata import ModelMetadata
+from runtime.shapes import format_shape
 from runtime.validation import InputSpec, prepare
 
 ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
@@ -54,7 +56,8 @@ def _choose(path: Path, backend: str | None) -> str:
 
 def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | None = None,
          trust_engine: bool = False, provider_options: dict | None = None, cache_dir: str | os.PathLike | None = None,
-         trt_profile: str | None = None, allow_cpu_fallback: bool = False) -> Session:
+         trt_profile: str | None = None, allow_cpu_fallback: bool = False,
+         shape: Sequence[int] | None = None) -> Session:
     """Open an artifact: ``.onnx`` on ONNX Runtime, ``.plan``/``.engine`` on TensorRT.
 
     ``backend`` is one of ort-cpu, ort-cuda, ort-trt, trt; by default the best one that really works
@@ -67,10 +70,17 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     ``cache_dir`` holds ort-trt's engine and timing caches (default: ``.gap-trt-cache`` beside the
     model); ``trt_profile`` ("MIN:OPT:MAX", gap-build's syntax) replaces the profile taken from the
     model's metadata. ``Session.provider_options`` reads back what onnxruntime applied.
+
+    A gap-pack bundle folder loads its dynamic ``model.ort``, or with ``shape=(N, C, H, W)`` the
+    fixed-shape variant made for that shape; ``.ort`` files load like ``.onnx`` ones.
     """
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"runtime.load needs a path (str or os.PathLike), got {type(path).__name__}.")
     path = Path(path)
+    if path.is_dir() and (path / BUNDLE_FILE).is_file():
+        path = bundle_model(path, shape)
+    elif shape is not None:
+        raise UsageError("shape= picks a fixed-shape variant of a gap-pack bundle; pass the bundle's folder.")
     name = _choose(path, backend)
     if name == "trt":
         from runtime.backends.trt import TrtRunner
@@ -80,7 +90,10 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
         from runtime.backends.onnxrt import OrtRunner, provider_works
         from runtime.onnx_file import check_onnx_file
 
-        check_onnx_file(path)
+        if path.suffix == ".ort":  # ORT format: no external data, and the onnx package cannot parse it
+            check_input_file(path, "ORT model")
+        else:
+            check_onnx_file(path)
         if backend is not None and not provider_works(name)[0]:
             working = [n for n, why in available_backends().items() if why is None]
             raise BackendUnavailableError(
@@ -94,6 +107,34 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
                            profile=Profile.parse(trt_profile) if trt_profile else None,
                            allow_cpu_fallback=allow_cpu_fallback)
     return Session(runner, path)
+
+
+BUNDLE_FILE = "model.json"
+
+
+def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
+    """The ORT file of a gap-pack bundle: the dynamic one, or the fixed variant made for ``shape``."""
+    import json
+
+    try:
+        files = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))["files"]
+        ort_files = {name: entry for name, entry in files.items() if name.endswith(".ort")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"cannot read bundle description {folder / BUNDLE_FILE}: {exc}",
+                            hint="write the bundle again with gap-pack.") from None
+    if shape is None:
+        chosen = next((name for name, entry in ort_files.items() if not entry.get("shape")), None)
+    else:
+        wanted = [int(d) for d in shape]
+        chosen = next((name for name, entry in ort_files.items() if entry.get("shape") == wanted), None)
+        if chosen is None:
+            have = [format_shape(e["shape"]) for e in ort_files.values() if e.get("shape")]
+            raise UsageError(f"bundle {folder} has no variant fixed to {format_shape(wanted)}; it has "
+                             f"{', '.join(have) or 'none'} (and model.ort for any size).",
+                             hint="load the bundle without shape= for any size, or gap-pack --fixed that shape.")
+    if chosen is None:
+        raise ArtifactError(f"bundle {folder} lists no dynamic ORT model.", hint="write it again with gap-pack.")
+    return folder / chosen
 
 
 class Session:

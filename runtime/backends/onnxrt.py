@@ -22,17 +22,20 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(d
            "tensor(bool)": np.bool_}
 
 
-def _model_input(path: Path):
-    """(dims, metadata, input name) of an ONNX file, read without onnxruntime."""
-    import onnx
+#: A one-node ONNX model (y = Relu(x), opset 17), serialized, to probe whether a provider really starts.
+#: Kept as bytes so the runtime needs no onnx package (edge installs ship without it).
+PROBE_MODEL = (b'\x08\x08:7\n\x0c\n\x01x\x12\x01y"\x04Relu\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12\x04\n\x02'
+               b'\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x11')
 
+
+def _model_input(path: Path):
+    """(dims, metadata, input name) of a model file, read by ONNX Runtime on the CPU (no onnx package)."""
     from runtime.metadata import ModelMetadata
 
-    model = onnx.load(str(path), load_external_data=False)
-    value = model.graph.input[0]
-    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                 for d in value.type.tensor_type.shape.dim)
-    return dims, ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}), value.name
+    session = _ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    value = session.get_inputs()[0]
+    dims = tuple(d if isinstance(d, int) else (d or "?") for d in value.shape)
+    return dims, ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map)), value.name
 
 
 def _ort():
@@ -55,16 +58,10 @@ def provider_works(backend: str) -> tuple[bool, str]:
         return False, f"this onnxruntime build has no {provider}"
     if backend == "ort-cpu":
         return True, ""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 4
-        session = ort.InferenceSession(probe.SerializeToString(), options,
+        session = ort.InferenceSession(PROBE_MODEL, options,
                                        providers=[provider, "CPUExecutionProvider"])
     except Exception as exc:
         return False, f"{provider} failed to start: {first_line(exc)}"

@@ -1,0 +1,52 @@
+"""gap-pack: an edge/mobile bundle (ORT format, fixed-shape variants, accelerator report, model.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from runtime.cli.common import info, report_errors, shape_option, write_json
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Bundle folder (new or empty). "
+              "Default: MODEL without .onnx, plus _bundle.")
+@click.option("--fixed", "fixed", multiple=True, metavar="BxCxHxW",
+              help="Also a variant fixed to this shape, for NNAPI and CoreML (repeatable), e.g. 1x3x224x224.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the usability report as JSON here (it is always in BUNDLE/model.json).")
+@report_errors
+def main(model, output, fixed, json_path):
+    """Write an ONNX Runtime Mobile bundle for MODEL (.onnx from gap-export) and report what each phone
+    accelerator will run.
+
+    The bundle holds model.onnx and model.ort (any size), a model_BxCxHxW.onnx/.ort pair per --fixed shape,
+    required_operators_and_types.config for a reduced ONNX Runtime build, labels.txt, model.json (input,
+    layout, normalization, minimum size, classes, the sizes each file takes, SHA-256s), usability.txt and a
+    README with Android and iOS code. Every file is checked against MODEL before the bundle is written.
+
+        gap-pack model.onnx -o model_bundle --fixed 1x3x224x224
+    """
+    from exporter.pack import format_usability, pack
+    from runtime.files import check_distinct, check_input_file, check_output_path
+
+    check_input_file(model, "ONNX model")
+    shapes = [shape_option(s) for s in fixed]
+    output = output or model.with_name(f"{model.stem}_bundle")
+    if json_path:
+        check_output_path(json_path)
+    check_distinct({"MODEL": model}, {"-o/--output": output, "--json": json_path})
+    result = pack(model, output, fixed=shapes, log=info)
+    for name, report in result.parity.items():
+        worst = max(r.rel_err for r in report.rows)
+        info(f"{name}: matches {model.name} at {len(report.rows)} shape(s), worst relative error {worst:.1e}")
+    click.echo(format_usability(result.usability))
+    click.echo(f"Operators for a reduced build: {len(result.operators)} line(s) in "
+               f"{result.folder / 'required_operators_and_types.config'}")
+    click.echo(f"Wrote {result.folder}: {', '.join(sorted(result.files))}, labels.txt, model.json, README.md")
+    if json_path:
+        write_json(json_path, {"bundle": str(result.folder), "usability": [vars(u) for u in result.usability]})

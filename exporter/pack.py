@@ -1,0 +1,286 @@
+"""Edge and mobile bundles (gap-pack): ORT-format models, fixed-shape variants, what each phone
+accelerator will run, a reduced-build operator config, and a model.json that describes it all.
+
+Uses onnxruntime's own tools as functions: ``convert_onnx_models_to_ort`` (ORT format and the operator
+config), ``onnx_model_utils.make_input_shape_fixed`` (fixed shapes) and the mobile usability checker's
+partitioning (NNAPI, CoreML NeuralNetwork, CoreML MLProgram). torch is not needed.
+
+The ORT files are saved with ONNX Runtime's *basic* graph optimizations only (constant folding,
+redundant-node removal): the *extended*/*all* levels fuse operators into CPU-only kernels (FusedConv,
+NCHWc layouts) that NNAPI, CoreML and XNNPACK cannot take. Every model file is run with ONNX Runtime and
+compared with the source ONNX before the bundle is written; the bundle appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from exporter._quiet import quiet_loggers
+from runtime.errors import ExportError, OutputPathError, UsageError, first_line
+from runtime.files import sha256_file
+from runtime.metadata import ModelMetadata
+from runtime.parity import FP32, ParityReport, compare, ort_cpu_infer
+from runtime.shapes import Shape, format_shape
+
+ACCELERATORS = ("NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram")
+OPERATOR_CONFIG = "required_operators_and_types.config"
+#: Shapes every dynamic model file is checked at (the minimum is added per model)
+CHECK_SIDES = [(37, 53), (64, 64), (224, 224), (97, 31)]
+
+
+@dataclass
+class Usability:
+    file: str
+    accelerator: str
+    nodes: int
+    supported_nodes: int
+    partitions: int
+    verdict: str  # onnxruntime's: YES, MAYBE, NO
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PackResult:
+    folder: Path
+    files: dict[str, dict]
+    usability: list[Usability]
+    parity: dict[str, ParityReport]
+    operators: list[str]
+
+
+def _ort_tools():
+    from runtime._lazy import require
+
+    convert = require("onnxruntime.tools.convert_onnx_models_to_ort", purpose="to write ORT-format models")
+    checker = require("onnxruntime.tools.mobile_helpers.usability_checker", purpose="to check mobile usability")
+    utils = require("onnxruntime.tools.onnx_model_utils", purpose="to fix input shapes")
+    return convert, checker, utils
+
+
+def fixed_variant(model: onnx.ModelProto, shape: Shape) -> onnx.ModelProto:
+    """The model with its input fixed to ``shape`` (static-shape accelerators need it), output shapes fixed too."""
+    _, _, utils = _ort_tools()
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    utils.make_input_shape_fixed(fixed.graph, fixed.graph.input[0].name, list(shape))
+    utils.fix_output_shapes(fixed)
+    return fixed
+
+
+def to_ort(onnx_path: Path, folder: Path) -> tuple[Path, Path]:
+    """ORT format with basic (portable) optimizations, and the operator/type config for a reduced build."""
+    convert, _, _ = _ort_tools()
+    previous = os.environ.get("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL")
+    os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = "basic"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), quiet_loggers("ort_format_model.utils", "ort_format_model"):
+            convert.convert_onnx_models_to_ort(onnx_path, folder, [convert.OptimizationStyle.Fixed],
+                                               enable_type_reduction=True)
+    except Exception as exc:
+        raise ExportError(f"ONNX Runtime could not convert {onnx_path.name} to ORT format: {first_line(exc)}") from None
+    finally:
+        if previous is None:
+            os.environ.pop("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL", None)
+        else:
+            os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = previous
+    stem = onnx_path.stem
+    return folder / f"{stem}.basic.ort", folder / f"{stem}.required_operators_and_types.basic.config"
+
+
+def usability(path: Path, name: str) -> list[Usability]:
+    """onnxruntime's partitioning estimate for each mobile accelerator, plus what it says of XNNPACK."""
+    _, checker, _ = _ort_tools()
+    model = checker.ModelProtoWithShapeInfo(pathlib.Path(path)).model_with_shape_info
+    checks = {"NNAPI": checker.check_nnapi_partitions,
+              "CoreML NeuralNetwork": lambda m, r: checker.check_coreml_partitions(
+                  m, r, "coreml_supported_neuralnetwork_ops.md"),
+              "CoreML MLProgram": lambda m, r: checker.check_coreml_partitions(
+                  m, r, "coreml_supported_mlprogram_ops.md")}
+    rows = []
+    for accelerator, check in checks.items():
+        with contextlib.redirect_stdout(io.StringIO()):
+            info = check(model, True)
+        reasons = [f"unsupported operator {op}" for op in sorted(info.unsupported_ops)]
+        if info.nodes_unsupported_due_to_dynamic_input:
+            reasons.append(f"{info.nodes_unsupported_due_to_dynamic_input} node(s) have dynamic input shapes "
+                           f"({accelerator} needs fixed shapes: use a --fixed variant)")
+        rows.append(Usability(name, accelerator, info.num_nodes, info.num_supported_nodes, info.num_partitions,
+                              info.suitability().name, reasons))
+    rows.append(Usability(name, "XNNPACK", len(model.graph.node), -1, -1, "NOT CHECKED",
+                          ["onnxruntime's tools have no XNNPACK checker; XNNPACK takes dynamic shapes and runs the "
+                           "float Conv/Gemm/pooling ops it supports, leaving the rest to the CPU"]))
+    return rows
+
+
+def _check_shapes(meta: ModelMetadata, channels: int, fixed: Shape | None) -> list[Shape]:
+    if fixed is not None:
+        return [fixed]
+    side = max(meta.min_height, meta.min_width)
+    return [(1, channels, side, side)] + [(1, channels, max(h, side), max(w, side)) for h, w in CHECK_SIDES] + \
+        [(2, channels, max(64, side), max(48, side))]
+
+
+def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequence[Shape] = (),
+         log=lambda _: None) -> PackResult:
+    """Write the bundle ``folder`` for ``onnx_path`` (an FP32, FP16 or INT8 ONNX from gap-export)."""
+    from runtime.onnx_file import check_onnx_file
+
+    source = check_onnx_file(onnx_path)
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise OutputPathError(f"bundle folder {folder} exists and is not empty.",
+                              hint="choose a new folder; a bundle is written whole, never over another.")
+    if not folder.parent.is_dir():
+        raise OutputPathError(f"output folder {folder.parent} does not exist.", hint=f"mkdir -p {folder.parent}")
+    model = onnx.load(str(source))
+    meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    channels = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else (meta.in_channels or 3)
+    for shape in fixed:
+        if shape[1] != channels:
+            raise UsageError(f"fixed shape {format_shape(shape)} has {shape[1]} channels; the model takes {channels}.")
+        if shape[2] < meta.min_height or shape[3] < meta.min_width:
+            raise UsageError(f"fixed shape {format_shape(shape)} is below the model's minimum "
+                             f"{meta.min_height}x{meta.min_width}.")
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        result = _build(model, source, staging, meta, channels, list(dict.fromkeys(fixed)), log)
+        if folder.exists():
+            folder.rmdir()  # empty, checked above
+        os.replace(staging, folder)  # the bundle appears whole
+        result.folder = folder
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build(model, source: Path, out: Path, meta: ModelMetadata, channels: int, fixed: list[Shape], log) -> PackResult:
+    work = out / ".work"
+    work.mkdir()
+    variants: list[tuple[str, onnx.ModelProto, Shape | None]] = [("model", model, None)]
+    variants += [(f"model_{format_shape(s)}", fixed_variant(model, s), s) for s in fixed]
+    files: dict[str, dict] = {}
+    usable: list[Usability] = []
+    parity: dict[str, ParityReport] = {}
+    operators: set[str] = set()
+    reference = ort_cpu_infer(model)
+    for stem, variant, shape in variants:
+        onnx_file = out / f"{stem}.onnx"
+        onnx.save(variant, str(onnx_file))
+        log(f"Converting {onnx_file.name} to ORT format ...")
+        ort_tmp, config = to_ort(onnx_file, work)
+        ort_file = out / f"{stem}.ort"
+        os.replace(ort_tmp, ort_file)
+        operators.update(line.strip() for line in config.read_text().splitlines()
+                         if line.strip() and not line.startswith("#"))
+        shapes = _check_shapes(meta, channels, shape)
+        for path in (onnx_file, ort_file):  # every file runs and matches the source ONNX
+            report = compare(reference, ort_cpu_infer(path), shapes, FP32 if meta.precision == "fp32" else
+                             _precision_tolerance(meta.precision), reference_name=f"source {source.name}",
+                             candidate_name=path.name)
+            if not report.passed:
+                raise ExportError(f"{path.name} does not match {source.name}; no bundle was written.",
+                                  note=report.format_table())
+            parity[path.name] = report
+        usable += usability(onnx_file, onnx_file.name)
+        accepts = ("any" if shape is None else format_shape(shape))
+        for path in (onnx_file, ort_file):
+            files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size,
+                                "format": path.suffix[1:], "shape": None if shape is None else list(shape),
+                                "accepts": accepts if shape else
+                                f"N x {channels} x H x W with H >= {meta.min_height} and W >= {meta.min_width}"}
+    (out / OPERATOR_CONFIG).write_text("# Operators and types gap-pack found in this bundle's models, for a reduced "
+                                       "ONNX Runtime build\n" + "\n".join(sorted(operators)) + "\n")
+    shutil.rmtree(work)
+    names = list(meta.class_names or [str(i) for i in range(meta.num_classes or 0)])
+    (out / "labels.txt").write_text("\n".join(names) + "\n")
+    mean, std = meta.normalization()
+    description = {
+        "format": 1, "input": model.graph.input[0].name, "output": model.graph.output[0].name, "layout": "NCHW",
+        "channels": channels, "channel_order": "RGB" if channels == 3 else ("gray" if channels == 1 else "RGBA"),
+        "pixel_scale": "pixels / 255, then (x - mean) / std", "mean": list(mean), "std": list(std),
+        "min_height": meta.min_height, "min_width": meta.min_width, "precision": meta.precision,
+        "num_classes": meta.num_classes, "class_names": names, "source": source.name,
+        "source_sha256": sha256_file(source), "files": files,
+        "usability": [vars(u) for u in usable]}
+    (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
+    (out / "usability.txt").write_text(format_usability(usable) + "\n")
+    (out / "README.md").write_text(bundle_readme(description))
+    return PackResult(out, files, usable, parity, sorted(operators))
+
+
+def _precision_tolerance(precision: str):
+    from runtime.parity import tolerance_for
+
+    return tolerance_for(precision)
+
+
+def format_usability(rows: Sequence[Usability]) -> str:
+    head = f"{'file':>28}  {'accelerator':>20}  {'nodes':>5}  {'supported':>9}  {'partitions':>10}  verdict"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        supported = "-" if r.supported_nodes < 0 else str(r.supported_nodes)
+        partitions = "-" if r.partitions < 0 else str(r.partitions)
+        lines.append(f"{r.file:>28}  {r.accelerator:>20}  {r.nodes:5d}  {supported:>9}  {partitions:>10}  {r.verdict}")
+        lines += [f"{'':>30}{reason}" for reason in r.reasons]
+    return "\n".join(lines)
+
+
+def bundle_readme(d: dict) -> str:
+    ort_files = [name for name in d["files"] if name.endswith(".ort")]
+    fixed = [n for n in ort_files if n != "model.ort"]
+    return f"""# {d['source']} for ONNX Runtime Mobile
+
+Files: `model.ort` takes any size N x {d['channels']} x H x W with H >= {d['min_height']} and W >= {d['min_width']}
+(CPU and XNNPACK); {', '.join(f'`{n}`' for n in fixed) or 'no fixed-shape variant'} take only their own shape
+(NNAPI and CoreML need fixed shapes: see `usability.txt`). `model.json` describes the input (`{d['input']}`,
+NCHW, {d['channel_order']}, pixels / 255 then (x - mean) / std with mean {d['mean']} and std {d['std']}), the
+classes (`labels.txt`), and each file's SHA-256.
+
+## Android (Kotlin), `com.microsoft.onnxruntime:onnxruntime-android`
+
+```kotlin
+val env = OrtEnvironment.getEnvironment()
+val options = OrtSession.SessionOptions()
+options.addNnapi()            // NNAPI: use a fixed-shape model_1x3xHxW.ort; or options.addXnnpack(mapOf()) for any size
+val session = env.createSession(assets.open("model.ort").readBytes(), options)
+val input = OnnxTensor.createTensor(env, FloatBuffer.wrap(chw), longArrayOf(1, {d['channels']}, h, w))
+val logits = (session.run(mapOf("{d['input']}" to input))[0].value as Array<FloatArray>)[0]
+```
+
+## iOS (Swift), pod `onnxruntime-objc`
+
+```swift
+let env = try ORTEnv(loggingLevel: .warning)
+let options = try ORTSessionOptions()
+try options.appendCoreMLExecutionProvider(with: ORTCoreMLExecutionProviderOptions())  // fixed-shape model only
+// or: try options.appendXnnpackExecutionProvider(with: ORTXnnpackExecutionProviderOptions())
+let session = try ORTSession(env: env, modelPath: Bundle.main.path(forResource: "model", ofType: "ort")!,
+                             sessionOptions: options)
+let input = try ORTValue(tensorData: NSMutableData(data: chw), elementType: .float,
+                         shape: [1, {d['channels']}, NSNumber(value: h), NSNumber(value: w)])
+let logits = try session.run(withInputs: ["{d['input']}": input], outputNames: ["{d['output']}"], runOptions: nil)
+```
+
+## A smaller ONNX Runtime
+
+`{OPERATOR_CONFIG}` lists the operators and types these models use. Build a reduced ONNX Runtime with only
+them (from an onnxruntime source checkout):
+
+```bash
+./build.sh --config MinSizeRel --minimal_build --disable_ml_ops --disable_exceptions \\
+    --include_ops_by_config {OPERATOR_CONFIG} --enable_reduced_operator_type_support \\
+    --android --android_sdk_path $ANDROID_HOME --android_ndk_path $ANDROID_NDK --android_abi arm64-v8a
+```
+"""
