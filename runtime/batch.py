@@ -185,9 +185,9 @@ def run_batch(job: BatchJob) -> BatchResult:
     The output (a Parquet dataset folder) is written to a temporary folder beside it and moved into place
     when the job has finished, so a failed job leaves no partial output and never a half-replaced one.
     """
-    from runtime.files import check_input_file
+    from runtime.session import check_artifact
 
-    check_input_file(job.artifact, "artifact")
+    check_artifact(job.artifact)
     output = Path(job.output)
     if output.exists() and not output.is_dir():
         raise OutputPathError(f"output {output} exists and is not a Parquet dataset folder.",

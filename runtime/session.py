@@ -112,6 +112,14 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
 BUNDLE_FILE = "model.json"
 
 
+def check_artifact(path) -> Path:
+    """A model file, or a gap-pack bundle folder; else the file check's clear error."""
+    if path is not None and isinstance(path, (str, os.PathLike)) and Path(path).is_dir() \
+            and (Path(path) / BUNDLE_FILE).is_file():
+        return Path(path)
+    return check_input_file(path, "artifact")
+
+
 def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
     """The ORT file of a gap-pack bundle: the dynamic one, or the fixed variant made for ``shape``."""
     import json

@@ -61,17 +61,18 @@ class FakeInferenceSession:
 
     made: list = []
 
-    def __init__(self, path, options, providers):
+    def __init__(self, path, options=None, providers=()):
         self.args = (path, options, providers)
-        FakeInferenceSession.made.append(self)
+        if options is not None:  # the runtime's own CPU read of the model's input is not a GPU session
+            FakeInferenceSession.made.append(self)
         self._real = REAL_SESSION(path, providers=["CPUExecutionProvider"])
-        self._providers = [name for name, _ in providers]
+        self._providers = [p[0] if isinstance(p, tuple) else p for p in providers]
 
     def get_providers(self):
         return self._providers
 
     def get_provider_options(self):
-        return {name: {k: str(v) for k, v in opts.items()} for name, opts in self.args[2]}
+        return {name: {k: str(v) for k, v in opts.items()} for name, opts in self.args[2] if isinstance(opts, dict)}
 
     def __getattr__(self, name):
         return getattr(self._real, name)

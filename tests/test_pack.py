@@ -166,3 +166,15 @@ def test_the_runtime_runs_without_the_onnx_package(bundle, reference_onnx, tmp_p
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_gap_run_takes_a_bundle_folder(bundle, tmp_path):
+    from PIL import Image
+
+    from runtime.cli.run import main as gap_run
+
+    folder, _ = bundle
+    Image.fromarray(np.full((40, 30, 3), 99, np.uint8)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(gap_run, [str(folder), str(tmp_path / "a.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["artifact"].endswith("model.ort")

@@ -85,10 +85,11 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     from runtime.bench import attach_parity, bench_reference, bench_session, environment, format_table
     from runtime.files import check_distinct, check_input_file, check_output_path
     from runtime.limits import check_memory
+    from runtime.session import check_artifact
     from runtime.validation import check_shape
 
     parsed = [shape_option(s) for s in shapes]
-    check_input_file(artifact, "artifact")
+    check_artifact(artifact)
     for path in (json_path, plot_path):
         if path:
             check_output_path(path)

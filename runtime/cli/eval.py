@@ -47,15 +47,16 @@ def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
         gap-eval fp32=model.onnx fp16=model.fp16.onnx int8=model.int8.onnx --data val/ --imgsz 32 --imgsz 64
     """
     from runtime.evaluate import evaluate, format_table, plot
-    from runtime.files import check_distinct, check_input_file, check_output_path
+    from runtime.files import check_distinct, check_output_path
     from runtime.images import IMAGE_SUFFIXES
+    from runtime.session import check_artifact
 
     named = dict(parse_artifact(a) for a in artifacts)
     if len(named) != len(artifacts):
         raise click.BadParameter("two artifacts have the same name; name them with NAME=PATH.",
                                  param_hint="ARTIFACTS")
     for path in named.values():
-        check_input_file(path, "artifact")
+        check_artifact(path)
     parsed = [image_size(s) for s in sizes] or [None]
     for path in (json_path, plot_path):
         if path:

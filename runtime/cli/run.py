@@ -73,12 +73,12 @@ def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engi
                           batch_size=batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
                           trust_engine=trust_engine)
     import runtime
-    from runtime.files import check_input_file
     from runtime.images import IMAGE_SUFFIXES, collect_images
     from runtime.limits import check_memory
+    from runtime.session import check_artifact
 
     size = image_size(imgsz) if imgsz else None
-    check_input_file(artifact, "artifact")
+    check_artifact(artifact)
     paths = collect_images(images)
     if not paths:
         fail(f"no image files in {', '.join(map(str, images))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
