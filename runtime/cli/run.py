@@ -15,6 +15,35 @@ from runtime.session import BACKENDS
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def report(result: dict, total: int, as_json: bool) -> None:
+    """gap-run's output for a classification report, local or remote; exit 1 when any file failed."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for item in result["results"]:
+            tops = "  ".join(f"{t['name']} {t['prob']:.3f}" for t in item["top"])
+            click.echo(f"{item['file']} ({item['size'][0]}x{item['size'][1]}): {tops}")
+    for item in result["errors"]:
+        said = item["error"] if item["file"] in item["error"] else f"{item['file']}: {item['error']}"
+        click.echo(click.style("Skipped: ", fg="yellow") + said, err=True)
+    if result["errors"]:
+        info(f"{len(result['errors'])} of {total} image(s) failed.")
+        sys.exit(1)
+
+
+def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency) -> None:
+    from runtime.images import IMAGE_SUFFIXES, collect_images
+    from runtime.triton_client import classify_remote, connect
+
+    paths = collect_images(images)
+    if not paths:
+        fail(f"no image files in {', '.join(images)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    remote = connect(server, model, concurrency=concurrency)
+    info(f"{model} on Triton at {server}: {len(paths)} image(s)")
+    result = classify_remote(remote, paths, topk=topk, imgsz=image_size(imgsz) if imgsz else None)
+    report(result, len(paths), as_json)
+
+
 def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch_size, workers, cpus_per_worker,
                logits, trust_engine) -> None:
     from runtime.batch import BatchJob, run_batch
@@ -37,7 +66,7 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 
 @click.command(context_settings=CONTEXT)
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes shown per image.")
 @click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
 @click.option("--imgsz", metavar="N|HxW", help="Resize every image first. Default: keep each image's size "
@@ -56,9 +85,14 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 @click.option("--cpus-per-worker", default=0.5, show_default=True, type=FiniteFloat(0.01, 1024),
               help="--ray: CPUs each actor asks for (a fraction leaves CPUs for the read tasks).")
 @click.option("--logits", is_flag=True, help="--ray: also write each image's logits.")
+@click.option("--server", metavar="HOST:PORT", help="Classify through a Triton server's HTTP API (see gap-triton); "
+              "every positional argument is then an image.")
+@click.option("--model", "server_model", help="--server: the model's name on the server.")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="--server: requests in flight at once.")
 @report_errors
 def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engine, ray_address, output, workers,
-         cpus_per_worker, logits):
+         cpus_per_worker, logits, server, server_model, concurrency):
     """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx or .plan).
 
     Images are converted to the model's channels, normalized with the mean/std stored in the model,
@@ -68,6 +102,11 @@ def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engi
     With --ray, Ray Data reads and classifies the images on a local Ray or a cluster and writes one
     Parquet row per image to --output (the same answers as without --ray).
     """
+    if server is not None or server_model is not None:
+        if not (server and server_model):
+            raise click.UsageError("--server and --model go together: --server HOST:PORT --model NAME IMAGES...")
+        return run_on_server(server, server_model, (str(artifact), *images), topk=topk, imgsz=imgsz,
+                             as_json=as_json, concurrency=concurrency)
     if ray_address is not None or output is not None:
         return run_on_ray(artifact, images, ray_address, output, topk=topk, backend=backend, imgsz=imgsz,
                           batch_size=batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
@@ -88,18 +127,7 @@ def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engi
     info(f"{artifact} on {session.backend}: {len(paths)} image(s)")
     if len(paths) >= 20:
         with click.progressbar(length=len(paths), label="Classifying", file=sys.stderr) as bar:
-            report = classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size, progress=bar.update)
+            result = classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size, progress=bar.update)
     else:
-        report = classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        for item in report["results"]:
-            tops = "  ".join(f"{t['name']} {t['prob']:.3f}" for t in item["top"])
-            click.echo(f"{item['file']} ({item['size'][0]}x{item['size'][1]}): {tops}")
-    for item in report["errors"]:
-        said = item["error"] if item["file"] in item["error"] else f"{item['file']}: {item['error']}"
-        click.echo(click.style("Skipped: ", fg="yellow") + said, err=True)
-    if report["errors"]:
-        info(f"{len(report['errors'])} of {len(paths)} image(s) failed.")
-        sys.exit(1)
+        result = classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size)
+    report(result, len(paths), as_json)

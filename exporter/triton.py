@@ -1,0 +1,385 @@
+"""Triton Inference Server model repositories written from the artifacts, and a checker for any repository.
+
+The writer knows what a config needs from the ONNX (input/output names, dims, classes, minimum size,
+precision) or the engine manifest (profiles), so the config cannot drift from what was built:
+``max_batch_size`` never above the smallest max batch of the plan's profiles, one instance group per
+profile, dims ``[C, -1, -1]`` for a dynamic model, labels for Triton's classification extension, dynamic
+batching and a warm-up at the profile's opt shape. The python backend (``backend="python"``) serves any
+artifact through the gap-deploy runtime, with its input checks and messages.
+
+The checker parses config.pbtxt against Triton's own ModelConfig schema (tritonclient ships
+``grpc/model_config_pb2.py``; it is loaded by path, without grpcio) and compares it with the artifact:
+one :class:`Problem` per disagreement, with the field, both values and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import ArtifactError, MissingDependencyError, OutputPathError, UsageError, first_line
+from runtime.metadata import ModelMetadata
+from runtime.shapes import format_shape
+
+PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan", ".engine": "tensorrt_plan"}
+DEFAULT_FILENAME = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    name: str | None = None
+    version: int = 1
+    backend: str = "auto"  # auto (the artifact's platform) or python
+    kind: str = "auto"  # KIND_GPU / KIND_CPU; auto: GPU for plans and ONNX, CPU for the python backend
+    count: int = 1
+    gpus: tuple[int, ...] = (0,)
+    max_batch: int | None = None
+    dynamic_batching: bool = True
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 1000
+    ort_tensorrt: bool = False  # ONNX on GPU: ONNX Runtime's TensorRT accelerator
+    #: python backend: folders the stub puts on sys.path (it ignores PYTHONPATH); () when gap-deploy is installed
+    python_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    path: Path
+    platform: str
+    input_name: str
+    output_name: str
+    dims: tuple  # input dims without the batch: ints, -1 for dynamic
+    num_classes: int
+    metadata: ModelMetadata
+    static_batch: int | None
+    profiles: tuple  # ((min, opt, max), ...) of full NCHW shapes; () for ONNX
+
+
+def read_artifact(path: str | os.PathLike) -> ArtifactInfo:
+    """What a config needs, from an ONNX file or a plan's manifest."""
+    from runtime.files import check_input_file
+
+    path = check_input_file(path, "artifact")
+    platform = PLATFORMS.get(path.suffix)
+    if platform is None:
+        raise UsageError(f"{path.name}: Triton serves .onnx and .plan artifacts; use --backend python for others.")
+    if platform == "onnxruntime_onnx":
+        import onnx
+
+        from runtime.onnx_file import check_onnx_file
+
+        check_onnx_file(path)
+        model = onnx.load(str(path), load_external_data=False)
+        meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+        value, out = model.graph.input[0], model.graph.output[0]
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+        out_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in out.type.tensor_type.shape.dim]
+        classes = out_dims[-1] if out_dims and out_dims[-1] > 0 else (meta.num_classes or -1)
+        return ArtifactInfo(path, platform, value.name, out.name, tuple(dims[1:]), classes, meta,
+                            dims[0] if dims and dims[0] > 0 else None, ())
+    from runtime.manifest import EngineManifest, manifest_path
+
+    if not manifest_path(path).is_file():
+        raise ArtifactError(f"{path} has no gap-build manifest, so its profiles are unknown.",
+                            hint="build it with gap-build, or serve the ONNX model.")
+    manifest = EngineManifest.read(path)
+    meta = ModelMetadata.from_props(manifest.metadata)
+    (input_name, shapes), = manifest.profiles[0].items()
+    profiles = tuple(tuple(tuple(s) for s in next(iter(p.values()))) for p in manifest.profiles)
+    c = profiles[0][0][1]
+    dims = tuple(lo if lo == hi else -1 for lo, hi in zip(profiles[0][0][2:], profiles[0][2][2:]))
+    return ArtifactInfo(path, platform, input_name, "logits", (c, *dims), meta.num_classes or -1, meta, None, profiles)
+
+
+def max_batch_for(info: ArtifactInfo, wanted: int | None) -> int:
+    """Triton's max_batch_size: never above what every profile (or a static batch) allows."""
+    if info.static_batch:
+        limit = info.static_batch
+    elif info.profiles:
+        limit = min(p[2][0] for p in info.profiles)
+    else:
+        limit = 16
+    if wanted is not None and wanted > limit:
+        raise UsageError(f"max_batch {wanted} is above what {info.path.name} takes ({limit}).",
+                         hint="rebuild the engine with a larger max batch (gap-build --max), or lower it.")
+    return wanted or limit
+
+
+def _list(values) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]"
+
+
+def config_text(info: ArtifactInfo, name: str, options: ServeOptions, filename: str) -> str:
+    python = options.backend == "python"
+    kind = options.kind if options.kind != "auto" else ("KIND_CPU" if python else "KIND_GPU")
+    max_batch = max_batch_for(info, options.max_batch)
+    dims = [int(d) for d in info.dims]
+    lines = [f'name: "{name}"', 'backend: "python"' if python else f'platform: "{info.platform}"',
+             f"max_batch_size: {max_batch}"]
+    if not python and filename != DEFAULT_FILENAME[info.platform]:
+        lines.append(f'default_model_filename: "{filename}"')
+    lines += ["input [", f'  {{ name: "{info.input_name}" data_type: TYPE_FP32 dims: {_list(dims)} }}', "]",
+              "output [", f'  {{ name: "{info.output_name}" data_type: TYPE_FP32 dims: [ {info.num_classes} ] '
+              f'label_filename: "labels.txt" }}', "]"]
+    groups = [None] if python or not info.profiles else list(range(len(info.profiles)))
+    lines.append("instance_group [")
+    for index, profile in enumerate(groups):
+        gpus = f" gpus: {_list(options.gpus)}" if kind == "KIND_GPU" else ""
+        prof = f' profile: [ "{profile}" ]' if profile is not None else ""
+        comma = "," if index < len(groups) - 1 else ""
+        lines.append(f"  {{ count: {options.count} kind: {kind}{gpus}{prof} }}{comma}")
+    lines.append("]")
+    if options.dynamic_batching and max_batch > 1:
+        preferred = options.preferred_batch_sizes or tuple(b for b in (4, 8, 16) if b <= max_batch)
+        lines.append(f"dynamic_batching {{ preferred_batch_size: {_list(preferred)} "
+                     f"max_queue_delay_microseconds: {options.max_queue_delay_us} }}" if preferred else
+                     f"dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}")
+    opt = _opt_shape(info)
+    lines += ["model_warmup [", f'  {{ name: "opt {format_shape(opt)}" batch_size: {opt[0]} inputs {{ key: '
+              f'"{info.input_name}" value {{ data_type: TYPE_FP32 dims: {_list(opt[1:])} random_data: true }} }} }}',
+              "]"]
+    if options.ort_tensorrt and info.platform == "onnxruntime_onnx" and not python:
+        from runtime.profiles import default_profile
+
+        profile = default_profile((info.static_batch or -1, *dims), info.metadata)
+        precision = {"fp16": "FP16", "int8": "INT8"}.get(info.metadata.precision, "FP32")
+        params = {"precision_mode": precision, "trt_engine_cache_enable": "1",
+                  "trt_profile_min_shapes": f"{info.input_name}:{format_shape(profile.min)}",
+                  "trt_profile_opt_shapes": f"{info.input_name}:{format_shape(profile.opt)}",
+                  "trt_profile_max_shapes": f"{info.input_name}:{format_shape(profile.max)}"}
+        body = " ".join(f'parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items())
+        lines.append(f'optimization {{ execution_accelerators {{ gpu_execution_accelerator: [ {{ name: "tensorrt" '
+                     f"{body} }} ] }} }}")
+    # The model's gap.* metadata (normalization, minimum size, classes) rides along, so a client such as
+    # gap-run --server can preprocess exactly as gap-run does without a copy of the model.
+    params = dict(info.metadata.to_props())
+    if python:
+        params.update({"artifact": filename, "sys_path": json.dumps(list(options.python_paths))})
+    lines += [f'parameters {{ key: {json.dumps(k)} value {{ string_value: {json.dumps(v)} }} }}'
+              for k, v in params.items() if k.startswith("gap.") or python]
+    return "\n".join(lines) + "\n"
+
+
+def _opt_shape(info: ArtifactInfo) -> tuple:
+    if info.profiles:
+        return tuple(info.profiles[0][1])
+    c = info.dims[0]
+    side = max(224, info.metadata.min_height, info.metadata.min_width)
+    h = info.dims[1] if info.dims[1] > 0 else side
+    w = info.dims[2] if info.dims[2] > 0 else side
+    return (1, c, h, w)
+
+
+def write_repository(artifacts: Sequence[str | os.PathLike], repo: str | os.PathLike,
+                     options: ServeOptions = ServeOptions()) -> list[Path]:
+    """One model folder per artifact: config.pbtxt, labels.txt and VERSION/model.*; each checked before it is
+    moved into the repository (an existing model folder of the same name is refused)."""
+    repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise OutputPathError(f"model repository {repo} is not a folder.")
+    if not repo.parent.is_dir():
+        raise OutputPathError(f"folder {repo.parent} does not exist.", hint=f"mkdir -p {repo.parent}")
+    infos = [read_artifact(a) for a in artifacts]
+    names = [options.name if options.name and len(infos) == 1 else
+             (f"{options.name}_{i}" if options.name else info.path.name.split(".")[0]) for i, info in enumerate(infos)]
+    if len(set(names)) != len(names):
+        names = [f"{n}_{info.path.suffix[1:]}_{info.metadata.precision}" for n, info in zip(names, infos)]
+    repo.mkdir(exist_ok=True)
+    written = []
+    for name, info in zip(names, infos):
+        target = repo / name
+        if target.exists():
+            raise OutputPathError(f"{target} exists; a model folder is never written over.",
+                                  hint="choose another --name or repository.")
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+        try:
+            filename = info.path.name if options.backend == "python" else DEFAULT_FILENAME[info.platform]
+            version = staging / str(options.version)
+            version.mkdir()
+            shutil.copyfile(info.path, version / filename)
+            if options.backend == "python":
+                shutil.copyfile(PYTHON_MODEL, version / "model.py")
+            from runtime.manifest import manifest_path
+
+            if manifest_path(info.path).is_file():  # beside the plan: Triton ignores it, the checker reads it
+                shutil.copyfile(manifest_path(info.path), version / manifest_path(filename).name)
+            names_ = info.metadata.class_names or tuple(str(i) for i in range(max(info.num_classes, 0)))
+            (staging / "labels.txt").write_text("\n".join(names_) + "\n")
+            (staging / "config.pbtxt").write_text(config_text(info, name, options, filename))
+            problems = check_model_folder(staging, expected_name=name, artifact=info)
+            if problems:
+                raise ArtifactError(f"the config written for {name} does not pass its own check.",
+                                    note="\n".join(map(str, problems)))
+            os.replace(staging, target)
+            written.append(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+# ---- the checker -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    model: str
+    field: str
+    config: str
+    expected: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.field}: config says {self.config}, the model has {self.expected}. Fix: {self.fix}"
+
+
+def model_config_module():
+    """tritonclient's ModelConfig protobuf module, loaded by path (no grpcio needed)."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("checking a Triton repository needs tritonclient (its ModelConfig schema).",
+                                     hint="pip install 'gap-deploy[triton]'")
+    path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    name = "gap_triton_model_config_pb2"
+    if name in sys.modules:
+        return sys.modules[name]
+    loader = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+def parse_config(text: str, where: str):
+    from google.protobuf import text_format
+
+    pb = model_config_module()
+    try:
+        return text_format.Parse(text, pb.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ArtifactError(f"{where}: not a valid Triton ModelConfig: {exc}",
+                            hint="see Triton's model_config.proto for the fields and their types.") from None
+
+
+def check_model_folder(folder: Path, *, expected_name: str | None = None,
+                       artifact: ArtifactInfo | None = None) -> list[Problem]:
+    """Every disagreement between ``folder``'s config.pbtxt, its layout and its artifact."""
+    pb = model_config_module()
+    model = expected_name or folder.name
+    config_path = folder / "config.pbtxt"
+    if not config_path.is_file():
+        return [Problem(model, "config.pbtxt", "(missing)", "a model folder", "write one (gap-triton)")]
+    config = parse_config(config_path.read_text(), str(config_path))
+    problems: list[Problem] = []
+
+    def add(field_: str, have, want, fix: str):
+        problems.append(Problem(model, field_, str(have), str(want), fix))
+
+    if config.name and config.name != model:
+        add("name", config.name, f"folder name {model!r}", f'name: "{model}"')
+    versions = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        add("layout", "no numbered version folder", "VERSION/model file", "put the model in 1/")
+        return problems
+    python = config.backend == "python"
+    platform = config.platform or config.backend
+    if python:
+        filename = config.parameters["artifact"].string_value if "artifact" in config.parameters else ""
+        if not filename:
+            add("parameters.artifact", "(missing)", "the artifact's file name", 'parameters { key: "artifact" ... }')
+            return problems
+        if not (versions[-1] / "model.py").is_file():
+            add("layout", "no model.py", f"{versions[-1].name}/model.py", "write the repository with gap-triton")
+    else:
+        if platform not in DEFAULT_FILENAME:
+            add("platform", platform or "(none)", "onnxruntime_onnx or tensorrt_plan", "set platform")
+            return problems
+        filename = config.default_model_filename or DEFAULT_FILENAME[platform]
+    model_file = versions[-1] / filename
+    if not model_file.is_file():
+        other = next((p for p in versions[-1].iterdir() if p.suffix in PLATFORMS and not python), None)
+        if other is not None and PLATFORMS[other.suffix] != platform:
+            add("platform", platform, f"a {PLATFORMS[other.suffix]} file ({other.name})",
+                f'platform: "{PLATFORMS[other.suffix]}"')
+        else:
+            add("layout", f"no {versions[-1].name}/{filename}", "the model file", f"copy the artifact to {model_file}")
+        return problems
+    info = artifact or read_artifact(model_file)
+    if not python and PLATFORMS.get(model_file.suffix) != platform:
+        add("platform", platform, PLATFORMS.get(model_file.suffix), f'platform: "{PLATFORMS.get(model_file.suffix)}"')
+    if len(config.input) != 1:
+        add("input", f"{len(config.input)} inputs", "1 input", "declare exactly one input")
+    else:
+        tensor = config.input[0]
+        if tensor.name != info.input_name:
+            add("input.name", tensor.name, info.input_name, f'name: "{info.input_name}"')
+        if tensor.data_type != pb.TYPE_FP32:
+            add("input.data_type", pb.DataType.Name(tensor.data_type), "TYPE_FP32", "data_type: TYPE_FP32")
+        dims = list(tensor.dims)
+        want = list(info.dims)
+        if config.max_batch_size == 0:  # without batching, the dims include the batch
+            want = [info.static_batch or -1, *want]
+        if len(dims) != len(want) or any(d != w and not (w == -1 and d == -1) for d, w in zip(dims, want)):
+            add("input.dims", dims, want, f"dims: {_list(want)}")
+    if len(config.output) != 1:
+        add("output", f"{len(config.output)} outputs", "1 output", "declare exactly one output")
+    else:
+        tensor = config.output[0]
+        if tensor.name != info.output_name:
+            add("output.name", tensor.name, info.output_name, f'name: "{info.output_name}"')
+        if list(tensor.dims)[-1:] != [info.num_classes]:
+            add("output.dims", list(tensor.dims), [info.num_classes], f"dims: [ {info.num_classes} ]")
+        if tensor.label_filename:
+            labels = folder / tensor.label_filename
+            if not labels.is_file():
+                add("output.label_filename", tensor.label_filename, "an existing file", "write labels.txt")
+            else:
+                count = len([line for line in labels.read_text().splitlines() if line.strip()])
+                if count != info.num_classes:
+                    add("labels", f"{count} labels", f"{info.num_classes} classes", "one label per class, in order")
+    limit = info.static_batch or (min(p[2][0] for p in info.profiles) if info.profiles else None)
+    if limit is not None and config.max_batch_size > limit:
+        add("max_batch_size", config.max_batch_size, f"at most {limit} (the smallest profile max batch)",
+            f"max_batch_size: {limit}")
+    if info.profiles:
+        for group in config.instance_group:
+            for profile in group.profile:
+                if not profile.isdigit() or int(profile) >= len(info.profiles):
+                    add("instance_group.profile", profile, f"0..{len(info.profiles) - 1}", "name existing profiles")
+    if config.HasField("dynamic_batching") and config.max_batch_size:
+        bad = [b for b in config.dynamic_batching.preferred_batch_size if b > config.max_batch_size]
+        if bad:
+            add("dynamic_batching.preferred_batch_size", bad, f"<= max_batch_size {config.max_batch_size}",
+                "drop the larger sizes")
+    for warm in config.model_warmup:
+        if warm.batch_size > max(config.max_batch_size, 1):
+            add("model_warmup.batch_size", warm.batch_size, f"<= {config.max_batch_size}", "lower it")
+        for key, value in warm.inputs.items():
+            if key != info.input_name:
+                add("model_warmup.inputs", key, info.input_name, f'key: "{info.input_name}"')
+            elif info.metadata.min_height and list(value.dims)[1:2] and list(value.dims)[1] < info.metadata.min_height:
+                add("model_warmup.dims", list(value.dims), f"height >= {info.metadata.min_height}", "warm up larger")
+    return problems
+
+
+def check_repository(repo: str | os.PathLike) -> tuple[list[str], list[Problem]]:
+    """(model folders checked, problems) for a whole repository."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise ArtifactError(f"model repository {repo} is not a folder.")
+    models = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not models:
+        raise ArtifactError(f"model repository {repo} holds no model folders.")
+    problems: list[Problem] = []
+    for folder in models:
+        try:
+            problems += check_model_folder(folder)
+        except (ArtifactError, UsageError) as exc:
+            problems.append(Problem(folder.name, "config.pbtxt", first_line(exc), "a parseable config", "fix it"))
+    return [m.name for m in models], problems

@@ -1,0 +1,55 @@
+"""Triton python-backend model that serves a gap-deploy artifact through the gap-deploy runtime.
+
+gap-triton --backend python copies this file to REPO/NAME/VERSION/model.py. Any artifact the runtime
+runs is served (ONNX on ONNX Runtime, TensorRT engines on the full or the lean runtime), with the
+runtime's input checks: their messages reach the client as Triton errors. Requests of different image
+sizes run as separate batches, never padded (padding would change every global average).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        for path in reversed(json.loads(params.get("sys_path", "[]"))):  # the stub ignores PYTHONPATH
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        import runtime
+
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.session = runtime.load(os.path.join(folder, params["artifact"]),
+                                    params.get("backend") or None)
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.errors = runtime.GapError
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        groups = {}
+        for index, request in enumerate(requests):
+            images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            groups.setdefault(images.shape[1:], []).append((index, images))
+        for items in groups.values():
+            batch = np.concatenate([images for _, images in items])
+            try:
+                logits = self.session.run(batch)
+            except self.errors as exc:
+                for index, _ in items:
+                    responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                continue
+            start = 0
+            for index, images in items:
+                part = logits[start:start + len(images)].astype(np.float32)
+                start += len(images)
+                responses[index] = pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)])
+        return responses
+
+    def finalize(self):
+        self.session.close()

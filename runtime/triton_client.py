@@ -1,0 +1,114 @@
+"""gap-run --server: classify image files through a Triton Inference Server (HTTP), as gap-run does locally.
+
+The model's normalization, minimum size and class names come from the gap.* parameters that gap-triton
+writes into config.pbtxt, so no copy of the model is needed. Images of one size go in one request (split
+at the model's max_batch_size); requests run concurrently. Different sizes are never padded into one
+request: Triton's dynamic batcher only batches equal shapes, and padding would change every average.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime._lazy import require
+from runtime.errors import ArtifactError, BackendUnavailableError, GapError, UsageError, first_line
+from runtime.metadata import ModelMetadata
+
+
+@dataclass
+class RemoteModel:
+    client: object
+    name: str
+    input_name: str
+    output_name: str
+    max_batch: int
+    metadata: ModelMetadata
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+def connect(server: str, model: str, *, concurrency: int = 8, timeout_s: float = 10.0) -> RemoteModel:
+    """Reach ``server`` (HOST:PORT), find ``model`` and read its config; one clear error for each failure."""
+    http = require("tritonclient.http", purpose="for --server", hint="pip install 'gap-deploy[triton]'")
+    url = server.split("://", 1)[-1]
+    try:
+        client = http.InferenceServerClient(url=url, concurrency=concurrency, connection_timeout=timeout_s,
+                                            network_timeout=max(timeout_s, 60.0))
+        live = client.is_server_live()
+    except Exception as exc:
+        raise BackendUnavailableError(f"cannot reach a Triton server at {server}: {first_line(exc)}",
+                                      hint="check the address and that tritonserver runs (its HTTP port, "
+                                           "8000 by default).") from None
+    if not live:
+        raise BackendUnavailableError(f"the Triton server at {server} is not live yet.", hint="wait and retry.")
+    try:
+        config = client.get_model_config(model)
+    except Exception as exc:
+        try:
+            known = [m["name"] for m in client.get_model_repository_index()]
+        except Exception:
+            known = []
+        raise UsageError(f"the Triton server at {server} has no ready model '{model}': {first_line(exc)}",
+                         note=f"its repository holds: {', '.join(known) or '(nothing)'}",
+                         hint="give --model one of those names.") from None
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    return RemoteModel(client, model, config["input"][0]["name"], config["output"][0]["name"],
+                       int(config.get("max_batch_size", 0)) or 1, ModelMetadata.from_props(params))
+
+
+def infer(remote: RemoteModel, batches: Sequence[np.ndarray]) -> list[np.ndarray | GapError]:
+    """Send every batch as one concurrent request; the logits per batch, or the server's error."""
+    http = require("tritonclient.http", purpose="for --server")
+    pending = []
+    for batch in batches:
+        tensor = http.InferInput(remote.input_name, list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        pending.append((time.perf_counter(), remote.client.async_infer(
+            remote.name, [tensor], outputs=[http.InferRequestedOutput(remote.output_name)])))
+    results: list[np.ndarray | GapError] = []
+    for started, request in pending:
+        try:
+            result = request.get_result()
+            results.append(result.as_numpy(remote.output_name))
+        except Exception as exc:  # InferenceServerException: the server's own message (the runtime's, for python)
+            results.append(GapError(f"Triton refused the request: {first_line(exc)}"))
+        remote.latencies_ms.append((time.perf_counter() - started) * 1e3)
+    return results
+
+
+def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5, imgsz=None,
+                    progress: Callable[[int], None] | None = None) -> dict:
+    """gap-run's report (results, errors) for ``paths``, classified by the Triton server."""
+    from runtime.classify import top_classes
+    from runtime.images import load_image, normalize
+
+    meta = remote.metadata
+    channels = meta.in_channels or 3
+    groups: dict[tuple, list[tuple[Path, np.ndarray]]] = {}
+    errors = []
+    for path in paths:
+        try:
+            chw = normalize(load_image(path, channels, imgsz), meta)
+            groups.setdefault(chw.shape, []).append((path, chw))
+        except ArtifactError as exc:
+            errors.append({"file": str(path), "error": first_line(exc)})
+        if progress:
+            progress(1)
+    chunks = [items[i:i + remote.max_batch] for items in groups.values()
+              for i in range(0, len(items), remote.max_batch)]
+    outputs = infer(remote, [np.stack([chw for _, chw in chunk]) for chunk in chunks])
+    results = []
+    for chunk, output in zip(chunks, outputs):
+        if isinstance(output, GapError):
+            errors += [{"file": str(path), "error": str(output)} for path, _ in chunk]
+            continue
+        for (path, chw), row in zip(chunk, output):
+            results.append({"file": str(path), "size": [int(chw.shape[1]), int(chw.shape[2])],
+                            "top": top_classes(row, meta, topk)})
+    order = {str(p): i for i, p in enumerate(paths)}
+    results.sort(key=lambda r: order[r["file"]])
+    return {"artifact": f"triton:{remote.name}", "backend": "triton", "results": results, "errors": errors}

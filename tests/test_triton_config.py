@@ -1,0 +1,132 @@
+"""gap-triton repositories, checked offline against Triton's own ModelConfig schema and the artifacts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("tritonclient")
+
+from exporter.cli.triton import main  # noqa: E402
+from exporter.triton import ServeOptions, check_repository, parse_config, write_repository  # noqa: E402
+from runtime.files import sha256_bytes  # noqa: E402
+from runtime.manifest import EngineManifest  # noqa: E402
+from runtime.metadata import ModelMetadata  # noqa: E402
+from tests.conftest import assert_clean_failure  # noqa: E402
+
+PROFILES = [((1, 3, 4, 4), (1, 3, 224, 224), (8, 3, 512, 512)),
+            ((1, 3, 513, 513), (1, 3, 768, 768), (4, 3, 1024, 1024))]
+
+
+@pytest.fixture
+def fp16_plan(tmp_path):
+    """A plan with its gap-build manifest: the manifest is what the config is written from (no GPU needed)."""
+    plan = tmp_path / "model.fp16.plan"
+    plan.write_bytes(b"engine bytes")
+    EngineManifest(tensorrt_version="11.4.0.106", gpu_name="NVIDIA H100", compute_capability="9.0",
+                   precision="fp16", plan_sha256=sha256_bytes(b"engine bytes"), onnx_sha256="0" * 64,
+                   profiles=[{"images": [list(s) for s in p]} for p in PROFILES],
+                   metadata=ModelMetadata(arch="GapCNN", in_channels=3, num_classes=10, min_height=4, min_width=4,
+                                          class_names=tuple(f"c{i}" for i in range(10)),
+                                          precision="fp16").to_props()).write(plan)
+    return plan
+
+
+def config(repo, name):
+    return (repo / name / "config.pbtxt").read_text()
+
+
+def test_onnx_repository(tmp_path, reference_onnx):
+    repo = tmp_path / "repo"
+    write_repository([reference_onnx], repo, ServeOptions(ort_tensorrt=True))
+    text = config(repo, "gapcnn")
+    parsed = parse_config(text, "config")
+    assert parsed.platform == "onnxruntime_onnx" and parsed.max_batch_size == 16
+    assert list(parsed.input[0].dims) == [3, -1, -1] and parsed.input[0].name == "images"
+    assert list(parsed.output[0].dims) == [10] and parsed.output[0].label_filename == "labels.txt"
+    assert list(parsed.dynamic_batching.preferred_batch_size) == [4, 8, 16]
+    accelerator = parsed.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["trt_profile_min_shapes"] == "images:1x3x4x4"
+    assert parsed.parameters["gap.min_height"].string_value == "4"  # the client preprocesses from these
+    assert (repo / "gapcnn" / "1" / "model.onnx").read_bytes() == reference_onnx.read_bytes()
+    assert (repo / "gapcnn" / "labels.txt").read_text().split() == [f"class{i}" for i in range(10)]
+    assert check_repository(repo) == (["gapcnn"], [])
+
+
+def test_plan_repository_follows_the_profiles(tmp_path, fp16_plan):
+    repo = tmp_path / "repo"
+    write_repository([fp16_plan], repo, ServeOptions(name="gap_fp16"))
+    parsed = parse_config(config(repo, "gap_fp16"), "config")
+    assert parsed.platform == "tensorrt_plan" and parsed.max_batch_size == 4  # the smaller profile max batch
+    assert [list(g.profile) for g in parsed.instance_group] == [["0"], ["1"]]  # one group per profile
+    warmup = parsed.model_warmup[0]
+    assert warmup.batch_size == 1 and list(warmup.inputs["images"].dims) == [3, 224, 224]  # the opt shape
+    assert check_repository(repo)[1] == []
+    with pytest.raises(Exception, match="max_batch 8 is above what model.fp16.plan takes \\(4\\)"):
+        write_repository([fp16_plan], tmp_path / "other", ServeOptions(max_batch=8))
+
+
+def test_python_backend_repository(tmp_path, reference_onnx, fp16_plan):
+    repo = tmp_path / "repo"
+    write_repository([reference_onnx], repo, ServeOptions(backend="python", python_paths=("/opt/gap",)))
+    parsed = parse_config(config(repo, "gapcnn"), "config")
+    assert parsed.backend == "python" and parsed.parameters["artifact"].string_value == "gapcnn.onnx"
+    assert parsed.instance_group[0].kind == parsed.instance_group[0].KIND_CPU
+    assert (repo / "gapcnn" / "1" / "model.py").read_text().startswith('"""Triton python-backend model')
+    assert check_repository(repo)[1] == []
+
+
+BROKEN = [
+    ("max_batch_size: 16", "max_batch_size: 64", "max_batch_size: config says 64", "plan"),
+    ('name: "images"', 'name: "input"', "input.name: config says input, the model has images", "onnx"),
+    ("data_type: TYPE_FP32 dims: [ 3, -1, -1 ]", "data_type: TYPE_FP16 dims: [ 3, -1, -1 ]",
+     "input.data_type: config says TYPE_FP16", "onnx"),
+    ("dims: [ 3, -1, -1 ]", "dims: [ 1, -1, -1 ]", "input.dims: config says [1, -1, -1]", "onnx"),
+    ("dims: [ 10 ]", "dims: [ 1000 ]", "output.dims: config says [1000]", "onnx"),
+    ('name: "logits"', 'name: "output0"', "output.name: config says output0", "onnx"),
+    ('platform: "onnxruntime_onnx"', 'platform: "tensorrt_plan"', "platform: config says tensorrt_plan", "onnx"),
+    ('profile: [ "1" ]', 'profile: [ "7" ]', "instance_group.profile: config says 7", "plan"),
+    ('name: "gapcnn"', 'name: "other"', "name: config says other", "onnx"),
+    ("preferred_batch_size: [ 4, 8, 16 ]", "preferred_batch_size: [ 4, 32 ]",
+     "dynamic_batching.preferred_batch_size: config says [32]", "onnx"),
+    ("max_batch_size: 16", "max_batch: 16", "not a valid Triton ModelConfig: 3:1", "onnx"),
+]
+
+
+@pytest.mark.parametrize("old, new, message, kind", BROKEN)
+def test_broken_configs_are_refused_with_their_reason(tmp_path, reference_onnx, fp16_plan, old, new, message, kind):
+    repo = tmp_path / "repo"
+    name = "gapcnn" if kind == "onnx" else "gap_fp16"
+    write_repository([reference_onnx if kind == "onnx" else fp16_plan], repo,
+                     ServeOptions(name=None if kind == "onnx" else name,
+                                  max_batch=None if kind == "onnx" else 4))
+    path = repo / name / "config.pbtxt"
+    text = path.read_text()
+    if kind == "plan" and old == "max_batch_size: 16":
+        old = "max_batch_size: 4"
+    assert old in text, text
+    path.write_text(text.replace(old, new, 1))
+    _, problems = check_repository(repo)
+    assert any(message in str(p) for p in problems), "\n".join(map(str, problems))
+    result = CliRunner().invoke(main, ["--check", str(repo)])
+    assert_clean_failure(result, message)
+
+
+def test_broken_layouts(tmp_path, reference_onnx):
+    repo = tmp_path / "repo"
+    write_repository([reference_onnx], repo)
+    (repo / "gapcnn" / "labels.txt").write_text("a\nb\n")
+    assert any("labels: config says 2 labels, the model has 10 classes" in str(p) for p in check_repository(repo)[1])
+    (repo / "gapcnn" / "1" / "model.onnx").rename(repo / "gapcnn" / "1" / "other.onnx")
+    assert any("layout: config says no 1/model.onnx" in str(p) for p in check_repository(repo)[1])
+
+
+def test_cli_writes_and_refuses(tmp_path, reference_onnx):
+    result = CliRunner().invoke(main, [str(reference_onnx), "-o", str(tmp_path / "repo"), "--name", "demo"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r'name: "demo"', result.stdout)
+    again = CliRunner().invoke(main, [str(reference_onnx), "-o", str(tmp_path / "repo"), "--name", "demo"])
+    assert_clean_failure(again, "is never written over")
+    assert_clean_failure(CliRunner().invoke(main, []), "give ARTIFACTS and -o REPO", code=2)
