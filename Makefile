@@ -10,10 +10,13 @@ EXTRAS ?= cpu,dev
 venv: $(STAMP)
 
 # Rebuilt only when the dependency declarations change, so a second `make venv` takes no time.
-$(STAMP): pyproject.toml constraints/cpu.txt
+$(STAMP): pyproject.toml constraints/cpu.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e '.[$(EXTRAS)]'
+	# The real tritonserver the Triton tests start (nvidia-pytriton bundles it, python backend only).
+	# Only its binaries are used, so none of its Python dependencies (it pins numpy < 2) are installed.
+	$(BIN)/python -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
 
 test: venv

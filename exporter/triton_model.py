@@ -34,7 +34,7 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         groups = {}
         for index, request in enumerate(requests):
-            images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            images = _to_numpy(pb_utils.get_input_tensor_by_name(request, self.input_name))
             groups.setdefault(images.shape[1:], []).append((index, images))
         for items in groups.values():
             batch = np.concatenate([images for _, images in items])
@@ -48,8 +48,18 @@ class TritonPythonModel:
             for index, images in items:
                 part = logits[start:start + len(images)].astype(np.float32)
                 start += len(images)
-                responses[index] = pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)])
+                responses[index] = pb_utils.InferenceResponse([_to_tensor(self.output_name, part)])
         return responses
 
     def finalize(self):
         self.session.close()
+
+
+# The python backend's stub converts arrays with the numpy C API it was built against; with numpy 2 in the
+# stub's interpreter that loses the data (measured: empty outputs). DLPack hands the buffer over instead.
+def _to_numpy(tensor) -> np.ndarray:
+    return np.from_dlpack(tensor).copy()
+
+
+def _to_tensor(name: str, array: np.ndarray):
+    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))

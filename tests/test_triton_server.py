@@ -1,0 +1,106 @@
+"""End to end against a real tritonserver (python backend): a gap-triton repository of the reference model,
+64+ concurrent requests of several sizes through gap-run's client, every answer equal to runtime.Session."""
+
+from __future__ import annotations
+
+import json
+import site
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("tritonclient.http")
+from tests.triton_server import distribution, tritonserver  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+if distribution() is None:
+    pytest.skip("the tritonserver bundled by nvidia-pytriton is not installed (make venv installs it)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, reference_onnx):
+    from exporter.triton import ServeOptions, write_repository
+
+    work = tmp_path_factory.mktemp("triton")
+    paths = (str(ROOT), *site.getsitepackages())  # the python stub ignores PYTHONPATH
+    write_repository([reference_onnx], work / "repo", ServeOptions(backend="python", python_paths=paths,
+                                                                   max_batch=8, max_queue_delay_us=20000))
+    with tritonserver(work / "repo", work) as (url, log):
+        yield url, log
+
+
+def test_concurrent_requests_equal_the_runtime(server, reference_onnx):
+    import runtime
+    from runtime.triton_client import connect, infer
+
+    url, _ = server
+    remote = connect(url, "gapcnn", concurrency=16)
+    rng = np.random.default_rng(0)
+    sizes = [(32, 32), (37, 53), (64, 48)]
+    # 24 requests per size, sent together (as gap-run's client sends them: one size after another), batch 1 and 3;
+    # Triton's dynamic batcher only joins requests of equal shape that arrive together
+    batches = [rng.standard_normal((1 + (i % 4 == 0) * 2, 3, *sizes[i // 24])).astype(np.float32) for i in range(72)]
+    before = remote.client.get_inference_statistics("gapcnn")["model_stats"][0]
+    outputs = infer(remote, batches)
+    after = remote.client.get_inference_statistics("gapcnn")["model_stats"][0]
+    with runtime.load(reference_onnx) as session:
+        mismatches = sum(not np.array_equal(out, session.run(x)) for x, out in zip(batches, outputs))
+    assert all(isinstance(o, np.ndarray) for o in outputs)
+    assert mismatches == 0
+    inferences = int(after["inference_count"]) - int(before["inference_count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    assert inferences == sum(len(b) for b in batches)
+    assert executions < len(batches)  # fewer executions than requests: Triton's dynamic batcher joined requests
+    p50, p99 = statistics.median(remote.latencies_ms), float(np.percentile(remote.latencies_ms, 99))
+    print(f"\n{len(batches)} requests, {inferences} images, {executions} executions, 3 sizes, "
+          f"mismatches {mismatches}, client latency p50 {p50:.1f} ms p99 {p99:.1f} ms")
+
+
+def test_a_request_below_the_minimum_gets_the_runtime_message(server):
+    from runtime.errors import GapError
+    from runtime.triton_client import connect, infer
+
+    url, _ = server
+    (output,) = infer(connect(url, "gapcnn"), [np.zeros((1, 3, 3, 3), np.float32)])
+    assert isinstance(output, GapError)
+    assert "below this model's minimum of 4x4" in str(output)
+
+
+def test_gap_run_server_equals_local_gap_run(server, reference_onnx, tmp_path):
+    from PIL import Image
+
+    from runtime.cli.run import main
+
+    url, _ = server
+    rng = np.random.default_rng(1)
+    for i, (h, w) in enumerate([(32, 32), (32, 32), (40, 24), (57, 61), (40, 24)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    Image.new("RGB", (2, 2)).save(tmp_path / "tiny.png")
+    remote = CliRunner().invoke(main, ["--server", url, "--model", "gapcnn", str(tmp_path), "--json", "-k", "3"])
+    local = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path), "--json", "-k", "3"])
+    assert remote.exit_code == local.exit_code == 1  # tiny.png is below the minimum in both
+    a, b = json.loads(remote.stdout), json.loads(local.stdout)
+    assert [r["file"] for r in a["results"]] == [r["file"] for r in b["results"]] and len(a["results"]) == 5
+    for x, y in zip(a["results"], b["results"]):
+        assert [t["name"] for t in x["top"]] == [t["name"] for t in y["top"]]
+        np.testing.assert_allclose([t["prob"] for t in x["top"]], [t["prob"] for t in y["top"]], atol=1e-6)
+    assert "below this model's minimum" in a["errors"][0]["error"]
+
+
+def test_unknown_model_and_unreachable_server(server, tmp_path):
+    from PIL import Image
+
+    from runtime.cli.run import main
+    from tests.conftest import assert_clean_failure
+
+    url, _ = server
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(main, ["--server", url, "--model", "nope", str(tmp_path / "a.png")])
+    assert_clean_failure(result, "has no ready model 'nope'", "gapcnn", code=2)
+    result = CliRunner().invoke(main, ["--server", "127.0.0.1:1", "--model", "gapcnn", str(tmp_path / "a.png")])
+    assert_clean_failure(result, "cannot reach a Triton server at 127.0.0.1:1")
