@@ -325,7 +325,7 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
         want = list(info.dims)
         if config.max_batch_size == 0:  # without batching, the dims include the batch
             want = [info.static_batch or -1, *want]
-        if len(dims) != len(want) or any(d != w and not (w == -1 and d == -1) for d, w in zip(dims, want)):
+        if dims != want:
             add("input.dims", dims, want, f"dims: {_list(want)}")
     if len(config.output) != 1:
         add("output", f"{len(config.output)} outputs", "1 output", "declare exactly one output")
