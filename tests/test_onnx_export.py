@@ -162,6 +162,7 @@ def test_gap_families_export_dynamic_and_match(tmp_path, family):
     assert not np.allclose(a, b)
 
 
+@pytest.mark.slow
 def test_models_above_the_protobuf_limit_use_external_data(tmp_path, reference_ckpt, monkeypatch):
     """Exercised with the 2 GiB threshold lowered to 10 kB: graph + OUTPUT.data, checked, verified, loadable."""
     import numpy as np

@@ -90,6 +90,7 @@ def test_runtime_loads_a_bundle_and_its_fixed_variants(bundle):
         runtime.load(folder, shape=(1, 3, 64, 64))
 
 
+@pytest.mark.slow
 def test_a_family_member_packs_too(tmp_path):
     import torch
 

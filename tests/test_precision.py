@@ -115,6 +115,7 @@ def test_calibration_from_images_and_npy(tmp_path, reference_onnx):
         load_calibration(tmp_path / "missing", meta, size=(8, 8))
 
 
+@pytest.mark.slow
 def test_gap_export_int8_cli(tmp_path, reference_ckpt, calibration):
     pytest.importorskip("torch")
     from exporter.cli.export import main
@@ -192,6 +193,7 @@ def test_fp16_overflow_is_caught_and_the_layers_are_kept_in_fp32(tmp_path):
     assert result.before_fallback is not None and any("exceed 65504" in s for s in result.fallback_steps)
 
 
+@pytest.mark.slow
 def test_fp16_fallback_finds_an_underflowing_layer_by_sensitivity(tmp_path):
     fp32, shapes = _export_arch(tmp_path, "UnderflowNet")
     plain = make_variant(fp32, "fp16", shapes, fallback=False)
