@@ -208,10 +208,12 @@ def float_ends(model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends: bool = True) -> onnx.ModelProto:
+def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends: bool = True,
+            keep_float: Sequence[str] = ()) -> onnx.ModelProto:
     """Explicit QuantizeLinear/DequantizeLinear, per-channel weights, symmetric int8 (what TensorRT takes).
 
-    ``keep_float_ends`` leaves the first convolution and the classifier in float (see float_ends).
+    ``keep_float_ends`` leaves the first convolution and the classifier in float (see float_ends);
+    ``keep_float`` names more nodes to leave unquantized.
     """
     from runtime._lazy import require
 
@@ -237,14 +239,20 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
                     str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
                     activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
                     calibrate_method=quant.CalibrationMethod.MinMax,
-                    nodes_to_exclude=float_ends(model) if keep_float_ends else [],
+                    nodes_to_exclude=list(dict.fromkeys([*(float_ends(model) if keep_float_ends else []),
+                                                         *keep_float])),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    # TensorRT dequantizes INT8 only: an INT32 bias DQ does not build.
                                    "QuantizeBias": False})
         except Exception as exc:
             raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from None
         quantized = onnx.load(str(dst))
-    return _with_precision(quantized, "int8")
+    quantized = _with_precision(quantized, "int8")
+    if keep_float:
+        from runtime.onnx_file import set_metadata
+
+        set_metadata(quantized, metadata_of(quantized).replace(fp32_layers=tuple(keep_float)))
+    return quantized
 
 
 # ---- FP16 with an automatic FP32 fallback ------------------------------------------------------------------
@@ -366,16 +374,7 @@ def fp16_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], tolerance
         steps.append(f"kept {len(over)} layer(s) in FP32 whose activations exceed 65504: "
                      + ", ".join(f"{name} (|x| up to {peak:.3g})" for name, peak in over))
         result = attempt(layers)
-    if not result.passed:
-        ranked = [name for name, growth in sensitive_layers(fp32, result.model, inputs, exclude=layers) if growth > 0]
-        group = 1
-        while ranked and not result.passed:
-            add, ranked = ranked[:group], ranked[group:]
-            layers = layers + add
-            result = attempt(layers)
-            steps.append(f"kept the {len(add)} most error-sensitive layer(s) in FP32: {', '.join(add)} -> worst "
-                         f"relative error {max(r.rel_err for r in result.sweep.rows):.2e}")
-            group *= 2
+    result, layers = keep_sensitive_layers(fp32, attempt, inputs, layers, result, steps)
     if not result.passed:
         raise ExportError("FP16 misses its gate even with these layers kept in FP32: "
                           f"{', '.join(layers) or '(none)'}; no FP16 model was written.",
@@ -385,12 +384,66 @@ def fp16_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], tolerance
                          before_fallback=first.sweep, fallback_steps=tuple(steps))
 
 
+def keep_sensitive_layers(fp32: onnx.ModelProto, attempt, inputs: Sequence[np.ndarray], layers: list[str],
+                          result: VariantResult, steps: list[str]) -> tuple[VariantResult, list[str]]:
+    """Keep the most error-sensitive layers in float, in groups of 1, 2, 4, ... until ``attempt`` passes."""
+    ranked = [name for name, growth in sensitive_layers(fp32, result.model, inputs, exclude=layers) if growth > 0]
+    group = 1
+    while ranked and not result.passed:
+        add, ranked = ranked[:group], ranked[group:]
+        layers = layers + add
+        result = attempt(layers)
+        judged = result.real_data or result.sweep
+        steps.append(f"kept the {len(add)} most error-sensitive layer(s) in float: {', '.join(add)} -> worst "
+                     f"relative error {max(r.rel_err for r in judged.rows):.2e}, top-1 "
+                     f"{min(r.top1_agreement for r in judged.rows):.1%}")
+        group *= 2
+    return result, layers
+
+
+def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibration: np.ndarray,
+                       tolerance: Tolerance, *, keep_float_ends: bool = True, keep_fp32: Sequence[str] = (),
+                       fallback: bool = True) -> VariantResult:
+    """INT8 judged on the calibration images; when it misses its top-1 gate, the most error-sensitive layers
+    stay in float (unquantized) until it passes. Raises ExportError naming the layers when nothing works."""
+    from runtime.parity import ort_cpu_infer
+
+    reference = ort_cpu_infer(fp32)
+
+    def attempt(layers: Sequence[str]) -> VariantResult:
+        model = to_int8(fp32, calibration, keep_float_ends=keep_float_ends, keep_float=layers)
+        candidate = ort_cpu_infer(model)
+        # Judged on real images: on random noise the logits of a trained model nearly tie, and top-1
+        # agreement there says nothing. The random sweep still proves every shape runs.
+        real = compare(reference, candidate, [tuple(calibration.shape)], tolerance, reference_name="FP32 ONNX",
+                       candidate_name="INT8 ONNX (calibration images)" + (f", {len(layers)} layer(s) float"
+                                                                         if layers else ""),
+                       inputs=lambda s, i: calibration)
+        sweep = compare(reference, candidate, shapes, Tolerance(atol=math.inf, rtol=math.inf),
+                        reference_name="FP32 ONNX", candidate_name="INT8 ONNX", inputs=random_input)
+        return VariantResult(model, "int8", sweep, real, fp32_layers=tuple(layers))
+
+    layers = resolve_layers(fp32, keep_fp32)
+    first = attempt(layers)
+    if first.passed or not fallback:
+        return first
+    steps: list[str] = []
+    result, layers = keep_sensitive_layers(fp32, attempt, [calibration], layers, first, steps)
+    if not result.passed:
+        raise ExportError("INT8 misses its gate even with these layers left in float: "
+                          f"{', '.join(layers) or '(none)'}; no INT8 model was written.",
+                          note="\n".join(steps + [result.real_data.format_table()]),
+                          hint="use more or more representative --calib images, keep more layers with --keep-fp32, "
+                               "or lower --min-top1.")
+    return VariantResult(result.model, "int8", result.sweep, result.real_data, fp32_layers=tuple(layers),
+                         before_fallback=first.real_data, fallback_steps=tuple(steps))
+
+
 def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape], *,
                  calibration: np.ndarray | None = None, tolerance: Tolerance | None = None,
                  keep_float_ends: bool = True, keep_fp32: Sequence[str] = (),
                  fallback: bool = True) -> VariantResult:
     """Convert and verify against the FP32 model with ONNX Runtime (CPU)."""
-    from runtime.parity import ort_cpu_infer
 
     if precision not in ("fp16", "int8"):
         raise ExportError(f"precision {precision!r} has no variant; choose fp16 or int8.")
@@ -398,18 +451,10 @@ def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape],
         if calibration is None or len(calibration) == 0:
             raise ExportError("INT8 needs calibration data.",
                               hint="pass --calib DIR (image files) or --calib FILE.npy.")
-        variant = to_int8(fp32, calibration, keep_float_ends=keep_float_ends)
-    else:
-        return fp16_with_fallback(fp32, shapes, tolerance or fp16_tolerance(fp32), keep_fp32=keep_fp32,
-                                  fallback=fallback)
-    reference, candidate = ort_cpu_infer(fp32), ort_cpu_infer(variant)
-    # INT8 is judged on real images: on random noise the logits of a trained model nearly tie, and top-1
-    # agreement there says nothing. The random sweep still proves every shape runs.
-    real = compare(reference, candidate, [tuple(calibration.shape)], tolerance or INT8, reference_name="FP32 ONNX",
-                   candidate_name="INT8 ONNX (calibration images)", inputs=lambda s, i: calibration)
-    sweep = compare(reference, candidate, shapes, Tolerance(atol=math.inf, rtol=math.inf), reference_name="FP32 ONNX",
-                    candidate_name="INT8 ONNX", inputs=random_input)
-    return VariantResult(variant, precision, sweep, real)
+        return int8_with_fallback(fp32, shapes, calibration, tolerance or INT8, keep_float_ends=keep_float_ends,
+                                  keep_fp32=keep_fp32, fallback=fallback)
+    return fp16_with_fallback(fp32, shapes, tolerance or fp16_tolerance(fp32), keep_fp32=keep_fp32,
+                              fallback=fallback)
 
 
 @dataclass(frozen=True)
@@ -423,9 +468,9 @@ class VariantOptions:
     min_top1: float = INT8.min_top1
     #: INT8: leave the first convolution and the classifier in float (see float_ends)
     keep_float_ends: bool = True
-    #: FP16: node names or fnmatch patterns to keep in FP32
+    #: node names or fnmatch patterns to keep in FP32 (not converted to FP16, not quantized)
     keep_fp32: tuple[str, ...] = ()
-    #: FP16: when the gate is missed, keep the layers that cause it in FP32 automatically
+    #: when the gate is missed, keep the layers that cause it in FP32 automatically
     fp32_fallback: bool = True
 
     def __post_init__(self):

@@ -84,7 +84,10 @@ def test_int8_keeps_the_first_conv_and_the_classifier_in_float(fp32, calibration
 
 def test_int8_threshold_fails_when_agreement_drops(fp32, calibration):
     strict = Tolerance(atol=np.inf, rtol=np.inf, min_top1=1.01)  # unreachable: must fail
-    assert not make_variant(fp32, "int8", SHAPES[:2], calibration=calibration, tolerance=strict).passed
+    assert not make_variant(fp32, "int8", SHAPES[:2], calibration=calibration, tolerance=strict,
+                            fallback=False).passed
+    with pytest.raises(ExportError, match="INT8 misses its gate even with these layers left in float"):
+        make_variant(fp32, "int8", SHAPES[:2], calibration=calibration, tolerance=strict)
 
 
 def test_int8_needs_calibration(fp32):
@@ -268,3 +271,19 @@ def test_every_family_exports_in_fp16_with_the_default_gate(tmp_path, family):
     variant = make_variant(onnx.load(str(result.path)), "fp16", [r.shape for r in result.parity.rows])
     assert variant.passed and variant.fp32_layers == ()  # no fallback needed for a normal model
     assert variant.top1_agreement == 1.0
+
+
+def test_int8_fallback_leaves_sensitive_layers_in_float_until_the_gate_passes(fp32, calibration):
+    """All layers INT8 cannot reach a relative error of 1e-3 on the calibration images; the fallback leaves
+    the most sensitive layers unquantized, records them, and passes."""
+    strict = Tolerance(np.inf, 1e-3, 0.0)
+    plain = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, keep_float_ends=False, fallback=False,
+                         tolerance=strict)
+    assert not plain.passed and plain.real_data.rows[0].rel_err > 1e-3
+    result = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, keep_float_ends=False, tolerance=strict)
+    assert result.passed and result.fp32_layers and result.before_fallback is not None
+    assert metadata_of(result.model).fp32_layers == result.fp32_layers
+    assert all("most error-sensitive" in step for step in result.fallback_steps)
+    with pytest.raises(ExportError, match="INT8 misses its gate even with these layers left in float"):
+        make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, keep_float_ends=False,
+                     tolerance=Tolerance(np.inf, -1.0, 0.0))  # a gate nothing can pass

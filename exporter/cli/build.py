@@ -42,10 +42,11 @@ def precision_options(f):
                      help="INT8: quantize the first convolution and the classifier too (by default they stay in "
                           "float: they lose the most accuracy for the least speed)."),
         click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="NAME_OR_PATTERN",
-                     help="FP16: keep these layers (ONNX node names or fnmatch patterns, repeatable) in FP32."),
+                     help="Keep these layers (ONNX node names or fnmatch patterns, repeatable) in FP32: not "
+                          "converted to FP16, not quantized to INT8."),
         click.option("--fp32-fallback/--no-fp32-fallback", default=True, show_default=True,
-                     help="FP16: when the gate is missed, keep the layers that cause it (activations beyond "
-                          "float16's range, then the most error-sensitive) in FP32 automatically."),
+                     help="When FP16 or INT8 misses its gate, keep the layers that cause it in FP32 automatically "
+                          "(FP16: activations beyond float16's range first; then the most error-sensitive)."),
     ]):
         f = decorator(f)
     return f
