@@ -132,18 +132,18 @@ def export_model(
     min_side = find_min_size(module, channels)
     height, width = imgsz
     if min(height, width) < min_side:
-        raise ExportError(f"--imgsz {height}x{width} is below this model's minimum input size "
-                          f"{min_side}x{min_side}.", hint=f"use --imgsz {max(min_side, 32)} or larger.")
+        raise ExportError(f"the export size (imgsz) {height}x{width} is below this model's minimum input size "
+                          f"{min_side}x{min_side}.", hint=f"export at {max(min_side, 32)} or larger (--imgsz).")
     num_classes = num_classes_of(module, channels, min_side)
     if class_names is not None and len(class_names) != num_classes:
         raise ExportError(f"{len(class_names)} class names given but the model has {num_classes} classes.",
                           hint="give one name per class, in class-index order.")
     for name, values in (("mean", mean), ("std", std)):
         if values is not None and len(values) not in (1, channels):
-            raise ExportError(f"--{name} has {len(values)} values; the model has {channels} input channels.",
+            raise ExportError(f"{name} has {len(values)} values; the model has {channels} input channels.",
                               hint=f"give 1 or {channels} comma-separated values.")
     if std is not None and any(v <= 0 for v in std):
-        raise ExportError("--std values must be > 0.")
+        raise ExportError("std values must be > 0 (they divide the pixels).")
     default_mean, default_std = default_normalization(channels)
     meta = ModelMetadata(
         arch=loaded.arch, in_channels=channels, num_classes=num_classes, class_names=class_names,

@@ -504,3 +504,21 @@ def test_api_bad_input(name, base, tmp_path):
         call(tmp_path)
     assert type(info.value).__name__ == kind and message in str(info.value)
     assert time.perf_counter() - started < LIMIT_S
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    from runtime import files
+    from runtime.errors import OutputPathError
+
+    target = tmp_path / "report.json"
+    target.write_text("old")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", no_space)
+    with pytest.raises(OutputPathError, match=r"cannot write .*report.json: No space left on device(.|\n)*free some"):
+        files.write_text_atomic(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

@@ -80,8 +80,8 @@ def test_imgsz_below_minimum_is_refused(reference_ckpt):
 @pytest.mark.parametrize("kwargs, message", [
     ({"opset": 11}, "opset 11 is not supported"),
     ({"class_names": ("a", "b")}, "2 class names given but the model has 10 classes"),
-    ({"mean": (0.1, 0.2)}, "--mean has 2 values"),
-    ({"std": (0.0,)}, "--std values must be > 0"),
+    ({"mean": (0.1, 0.2)}, "mean has 2 values"),
+    ({"std": (0.0,)}, "std values must be > 0"),
 ])
 def test_bad_export_options(reference_ckpt, kwargs, message):
     with pytest.raises(ExportError, match=message):

@@ -130,3 +130,11 @@ def test_cli_writes_and_refuses(tmp_path, reference_onnx):
     again = CliRunner().invoke(main, [str(reference_onnx), "-o", str(tmp_path / "repo"), "--name", "demo"])
     assert_clean_failure(again, "is never written over")
     assert_clean_failure(CliRunner().invoke(main, []), "give ARTIFACTS and -o REPO", code=2)
+
+
+def test_several_artifacts_give_several_models(tmp_path, reference_onnx, fp16_plan):
+    repo = tmp_path / "repo"
+    written = write_repository([reference_onnx, fp16_plan], repo, ServeOptions(version=3))
+    assert [p.name for p in written] == ["gapcnn", "model"]
+    assert (repo / "model" / "3" / "model.plan").is_file() and (repo / "model" / "3" / "model.plan.json").is_file()
+    assert check_repository(repo) == (["gapcnn", "model"], [])
