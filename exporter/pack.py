@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-import pathlib
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from exporter._quiet import quiet_loggers
 from runtime.errors import ExportError, OutputPathError, UsageError, first_line
 from runtime.files import sha256_file
 from runtime.metadata import ModelMetadata
-from runtime.parity import FP32, ParityReport, compare, ort_cpu_infer
+from runtime.parity import ParityReport, compare, ort_cpu_infer, tolerance_for
 from runtime.shapes import Shape, format_shape
 
 ACCELERATORS = ("NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram")
@@ -101,7 +100,7 @@ def to_ort(onnx_path: Path, folder: Path) -> tuple[Path, Path]:
 def usability(path: Path, name: str) -> list[Usability]:
     """onnxruntime's partitioning estimate for each mobile accelerator, plus what it says of XNNPACK."""
     _, checker, _ = _ort_tools()
-    model = checker.ModelProtoWithShapeInfo(pathlib.Path(path)).model_with_shape_info
+    model = checker.ModelProtoWithShapeInfo(Path(path)).model_with_shape_info
     checks = {"NNAPI": checker.check_nnapi_partitions,
               "CoreML NeuralNetwork": lambda m, r: checker.check_coreml_partitions(
                   m, r, "coreml_supported_neuralnetwork_ops.md"),
@@ -186,9 +185,8 @@ def _build(model, source: Path, out: Path, meta: ModelMetadata, channels: int, f
                          if line.strip() and not line.startswith("#"))
         shapes = _check_shapes(meta, channels, shape)
         for path in (onnx_file, ort_file):  # every file runs and matches the source ONNX
-            report = compare(reference, ort_cpu_infer(path), shapes, FP32 if meta.precision == "fp32" else
-                             _precision_tolerance(meta.precision), reference_name=f"source {source.name}",
-                             candidate_name=path.name)
+            report = compare(reference, ort_cpu_infer(path), shapes, tolerance_for(meta.precision),
+                             reference_name=f"source {source.name}", candidate_name=path.name)
             if not report.passed:
                 raise ExportError(f"{path.name} does not match {source.name}; no bundle was written.",
                                   note=report.format_table())
@@ -218,12 +216,6 @@ def _build(model, source: Path, out: Path, meta: ModelMetadata, channels: int, f
     (out / "usability.txt").write_text(format_usability(usable) + "\n")
     (out / "README.md").write_text(bundle_readme(description))
     return PackResult(out, files, usable, parity, sorted(operators))
-
-
-def _precision_tolerance(precision: str):
-    from runtime.parity import tolerance_for
-
-    return tolerance_for(precision)
 
 
 def format_usability(rows: Sequence[Usability]) -> str:
