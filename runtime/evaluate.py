@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import ArtifactError, GapError, UsageError, first_line
-from runtime.images import IMAGE_SUFFIXES, load_image, normalize
+from runtime.images import IMAGE_SUFFIXES, load_image
 
 Size = tuple[int, int] | None  # None: each image at its own size
 
@@ -137,9 +137,9 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
             cache: dict[tuple, list] = {}
             for name, session in sessions.items():
                 meta, spec = session.metadata, session.input_spec
-                key = (meta.normalization(), spec.channels or meta.in_channels or 3)
-                if key not in cache:  # artifacts of one model share their preprocessed images
-                    cache[key] = _load_all(data.files, key[1], size, meta, spec, errors, label, progress)
+                key = (meta.normalization(), spec.channels or meta.in_channels or 3, spec)
+                if key not in cache:  # artifacts with one preprocessing and input spec share their images
+                    cache[key] = _load_all(data.files, session, key[1], size, errors, label, progress)
                 images = cache[key]
                 ok_mask &= np.array([img is not None for img in images])
                 chosen = [img for img in images if img is not None]
@@ -169,15 +169,14 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
             session.close()
 
 
-def _load_all(files, channels, size, meta, spec, errors, label, progress) -> list:
-    from runtime.validation import check_image
+def _load_all(files, session, channels, size, errors, label, progress) -> list:
+    """Every file prepared for ``session`` (None where it failed, with its error recorded)."""
+    from runtime.classify import prepare_image
 
     images = []
     for path in files:
         try:
-            chw = normalize(load_image(path, channels, size), meta)
-            check_image(chw, spec)
-            images.append(chw)
+            images.append(prepare_image(session, load_image(path, channels, size)))
         except GapError as exc:
             errors.append({"file": str(path), "size": label, "error": first_line(exc)})
             images.append(None)
