@@ -77,7 +77,7 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"runtime.load needs a path (str or os.PathLike), got {type(path).__name__}.")
     path = Path(path)
-    if path.is_dir() and (path / BUNDLE_FILE).is_file():
+    if is_bundle(path):
         path = bundle_model(path, shape)
     elif shape is not None:
         raise UsageError("shape= picks a fixed-shape variant of a gap-pack bundle; pass the bundle's folder.")
@@ -112,12 +112,14 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
 BUNDLE_FILE = "model.json"
 
 
+def is_bundle(path) -> bool:
+    """Whether ``path`` is a gap-pack bundle folder (a folder with model.json)."""
+    return isinstance(path, (str, os.PathLike)) and Path(path).is_dir() and (Path(path) / BUNDLE_FILE).is_file()
+
+
 def check_artifact(path) -> Path:
     """A model file, or a gap-pack bundle folder; else the file check's clear error."""
-    if path is not None and isinstance(path, (str, os.PathLike)) and Path(path).is_dir() \
-            and (Path(path) / BUNDLE_FILE).is_file():
-        return Path(path)
-    return check_input_file(path, "artifact")
+    return Path(path) if is_bundle(path) else check_input_file(path, "artifact")
 
 
 def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
@@ -190,7 +192,7 @@ class Session:
     @property
     def provider_options(self) -> dict[str, dict[str, str]]:
         """ONNX Runtime backends: the options each provider really runs with, read back from onnxruntime."""
-        return getattr(self._runner, "provider_options", {})
+        return self._runner.provider_options
 
     @property
     def device(self) -> dict:

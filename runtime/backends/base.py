@@ -61,5 +61,10 @@ class Runner:
         """The versions of the libraries this runner executes with."""
         return {}
 
+    @property
+    def provider_options(self) -> dict[str, dict[str, str]]:
+        """ONNX Runtime runners: the options each execution provider really runs with."""
+        return {}
+
     def close(self) -> None:
         """Release backend resources; the runner must not be used afterwards."""

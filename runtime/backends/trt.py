@@ -136,8 +136,9 @@ class TrtRunner(Runner):
         raise InputError(f"shape {format_shape(shape)} is outside every optimization profile ({ranges}).",
                          hint="rebuild the engine with gap-build --min/--max covering it.")
 
-    def _prepare(self, array: np.ndarray) -> tuple:
-        """Select the profile and shape, size the buffers, bind the addresses; returns the output's shape."""
+    def _prepare(self, array: np.ndarray) -> tuple[tuple, int]:
+        """Select the profile and shape, size the buffers, bind the addresses; returns the output's shape and
+        byte size."""
         ctx = self._context
         profile = self._profile_for(array.shape)
         if profile != self._active_profile:
@@ -163,7 +164,7 @@ class TrtRunner(Runner):
         for name, buffer in ((self._in_name, self._in_buf), (self._out_name, self._out_buf)):
             if not ctx.set_tensor_address(name, buffer.ptr):
                 raise BackendError(f"TensorRT refused the device address of tensor '{name}'.")
-        return out_shape
+        return out_shape, out_bytes
 
     def _enqueue(self) -> None:
         if not self._context.execute_async_v3(self._stream):
@@ -194,8 +195,7 @@ class TrtRunner(Runner):
         cuda, stream, (e0, e1, e2, e3) = self._cuda, self._stream, self._events
         with self._lock:
             cuda.set_device(self._device)  # per host thread: this call may come from any thread
-            out_shape = self._prepare(array)
-            out_bytes = int(np.prod(out_shape)) * self._out_dtype.itemsize
+            out_shape, out_bytes = self._prepare(array)
             cuda.record(e0, stream)
             if transfers:
                 self._in_host.view(array.shape, array.dtype)[...] = array
