@@ -82,15 +82,15 @@ DISABLE_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
 CACHE_FOLDER = ".gap-trt-cache"
 
 
-def trt_provider_options(path: Path, dims, meta, *, cache_dir: Path | None = None, profile=None) -> dict[str, str]:
+def trt_provider_options(path: Path, input_name: str, dims, meta, *, cache_dir: Path | None = None,
+                         profile=None) -> dict[str, str]:
     """TensorRT execution provider options: engine and timing caches beside the model, so the second start
     does not rebuild; the input's profile from the model's metadata (gap-build's default) or ``profile``."""
     from runtime.profiles import default_profile
-    from runtime.shapes import format_shape
 
     cache = str(cache_dir if cache_dir is not None else Path(path).resolve().parent / CACHE_FOLDER)
     profile = profile or default_profile(dims, meta)
-    name = "images"
+    name = input_name
     return {
         "trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
         "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache,
@@ -108,9 +108,7 @@ def session_setup(backend: str, path: Path, *, input_name: str, dims, meta, prov
     chain = PROVIDER_CHAIN[backend]
     primary_options: dict[str, str] = {}
     if backend == "ort-trt":
-        primary_options = trt_provider_options(path, dims, meta, cache_dir=cache_dir, profile=profile)
-        for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
-            primary_options[key] = primary_options[key].replace("images:", f"{input_name}:", 1)
+        primary_options = trt_provider_options(path, input_name, dims, meta, cache_dir=cache_dir, profile=profile)
     primary_options.update({k: str(v) for k, v in (provider_options or {}).items()})
     providers = [(chain[0], primary_options)] + [(p, {}) for p in chain[1:]]
     config = {} if backend == "ort-cpu" or allow_cpu_fallback else {DISABLE_CPU_FALLBACK: "1"}

@@ -15,6 +15,13 @@ from runtime.session import BACKENDS
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def print_skipped(errors) -> None:
+    """One "Skipped:" line per failed file, on stderr, naming the file once."""
+    for item in errors:
+        said = item["error"] if item["file"] in item["error"] else f"{item['file']}: {item['error']}"
+        click.echo(click.style("Skipped: ", fg="yellow") + said, err=True)
+
+
 def report(result: dict, total: int, as_json: bool) -> None:
     """gap-run's output for a classification report, local or remote; exit 1 when any file failed."""
     if as_json:
@@ -23,9 +30,7 @@ def report(result: dict, total: int, as_json: bool) -> None:
         for item in result["results"]:
             tops = "  ".join(f"{t['name']} {t['prob']:.3f}" for t in item["top"])
             click.echo(f"{item['file']} ({item['size'][0]}x{item['size'][1]}): {tops}")
-    for item in result["errors"]:
-        said = item["error"] if item["file"] in item["error"] else f"{item['file']}: {item['error']}"
-        click.echo(click.style("Skipped: ", fg="yellow") + said, err=True)
+    print_skipped(result["errors"])
     if result["errors"]:
         info(f"{len(result['errors'])} of {total} image(s) failed.")
         sys.exit(1)
@@ -56,9 +61,7 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
     result = run_batch(job)
     click.echo(f"Wrote {result.output}: {result.rows} row(s) from {result.workers} worker(s) in {result.seconds:.1f} s"
                f" ({result.rows / max(result.seconds, 1e-9):.1f} images/s).")
-    for item in result.errors:
-        said = item["error"] if item["file"] in item["error"] else f"{item['file']}: {item['error']}"
-        click.echo(click.style("Skipped: ", fg="yellow") + said, err=True)
+    print_skipped(result.errors)
     if result.errors:
         info(f"{len(result.errors)} of {result.rows} image(s) failed; their rows hold the error.")
         sys.exit(1)
