@@ -63,8 +63,9 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     ``backend`` is one of ort-cpu, ort-cuda, ort-trt, trt; by default the best one that really works
     here (``Session.backend`` says which). A backend that was asked for and does not work raises
     BackendUnavailableError listing those that do: never a silent fallback, not even per node: on
-    ort-cuda and ort-trt a node that would run on the CPU fails the session unless
-    ``allow_cpu_fallback=True``.
+    ort-cuda and ort-trt one profiled inference at the smallest accepted shape shows where every node
+    runs, and a compute node on the CPU fails the session unless ``allow_cpu_fallback=True``; shape
+    nodes that onnxruntime puts on the CPU on purpose are allowed and listed in ``Session.cpu_nodes``.
 
     ONNX Runtime options: ``provider_options`` go to the backend's own provider as given;
     ``cache_dir`` holds ort-trt's engine and timing caches (default: ``.gap-trt-cache`` beside the
@@ -193,6 +194,11 @@ class Session:
     def provider_options(self) -> dict[str, dict[str, str]]:
         """ONNX Runtime backends: the options each provider really runs with, read back from onnxruntime."""
         return self._runner.provider_options
+
+    @property
+    def cpu_nodes(self) -> tuple:
+        """ort-cuda/ort-trt: the shape nodes onnxruntime runs on the CPU (NodePlacement); empty elsewhere."""
+        return self._runner.cpu_nodes
 
     @property
     def device(self) -> dict:

@@ -39,6 +39,9 @@ class Runner:
     props: dict[str, str]
     #: True when ``infer_timed`` reports H2D / compute / D2H / enqueue from CUDA events
     gpu_timing: bool = False
+    #: ONNX Runtime GPU backends: the nodes onnxruntime runs on the CPU on purpose (shape arithmetic), as
+    #: runtime.backends.placement.NodePlacement; empty elsewhere
+    cpu_nodes: tuple = ()
 
     def infer(self, array: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -71,14 +71,17 @@ def provider_works(backend: str) -> tuple[bool, str]:
 
 
 #: Provider order per backend, as onnxruntime's documentation recommends: the accelerator first, then the
-#: provider it hands unsupported nodes to. The CPU provider is listed last, but nodes may not fall back to it
-#: (see DISABLE_CPU_FALLBACK) unless the caller allows it.
+#: provider it hands unsupported nodes to. The CPU provider is listed last and takes only what the accelerator
+#: leaves; where each node really ran is checked after the session starts (runtime.backends.placement), since
+#: onnxruntime's own switch (session.disable_cpu_ep_fallback) cannot be combined with a listed CPU provider.
 PROVIDER_CHAIN = {
     "ort-cpu": ("CPUExecutionProvider",),
     "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
     "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
-DISABLE_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
+#: the providers each GPU backend is meant to compute on
+ACCELERATORS = {"ort-cuda": ("CUDAExecutionProvider",),
+                "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider")}
 CACHE_FOLDER = ".gap-trt-cache"
 
 
@@ -101,24 +104,46 @@ def trt_provider_options(path: Path, input_name: str, dims, meta, *, cache_dir: 
 
 
 def session_setup(backend: str, path: Path, *, input_name: str, dims, meta, provider_options: dict | None = None,
-                  cache_dir: Path | None = None, profile=None,
-                  allow_cpu_fallback: bool = False) -> tuple[list, dict[str, str]]:
+                  cache_dir: Path | None = None, profile=None) -> tuple[list, dict[str, str]]:
     """(providers with their options, session config entries) for ``backend``: what OrtRunner passes to
-    onnxruntime. User ``provider_options`` override the defaults of the backend's own provider."""
+    onnxruntime. User ``provider_options`` override the defaults of the backend's own provider. No config
+    entry forbids the CPU: that is checked per node once the session runs (see check_nodes)."""
     chain = PROVIDER_CHAIN[backend]
     primary_options: dict[str, str] = {}
     if backend == "ort-trt":
         primary_options = trt_provider_options(path, input_name, dims, meta, cache_dir=cache_dir, profile=profile)
     primary_options.update({k: str(v) for k, v in (provider_options or {}).items()})
     providers = [(chain[0], primary_options)] + [(p, {}) for p in chain[1:]]
-    config = {} if backend == "ort-cpu" or allow_cpu_fallback else {DISABLE_CPU_FALLBACK: "1"}
-    return providers, config
+    return providers, {}
+
+
+def probe_shape(dims, meta, profile=None) -> tuple[int, ...]:
+    """The smallest input the model (or the TensorRT profile) accepts: what the placement probe runs."""
+    from runtime.profiles import default_profile
+
+    return tuple((profile or default_profile(dims, meta)).min)
+
+
+def profiled_placement(session, input_name: str, dtype, shape) -> list:
+    """Run ``session`` (created with profiling on) once at ``shape`` and read where each node ran."""
+    from runtime.backends.placement import read_profile
+
+    try:
+        session.run(None, {input_name: np.zeros(shape, dtype=dtype)})
+    finally:
+        profile = session.end_profiling()
+    try:
+        return read_profile(profile)
+    finally:
+        Path(profile).unlink(missing_ok=True)
 
 
 class OrtRunner(Runner):
     def __init__(self, path: Path, backend: str = "ort-cpu", *, threads: int | None = None,
                  provider_options: dict | None = None, cache_dir: Path | None = None, profile=None,
                  allow_cpu_fallback: bool = False):
+        import tempfile
+
         ort = _ort()
         works, why = provider_works(backend)
         if not works:
@@ -129,25 +154,27 @@ class OrtRunner(Runner):
             options.intra_op_num_threads = threads
         dims, meta, input_name = _model_input(path) if backend == "ort-trt" else ((), None, "images")
         providers, entries = session_setup(backend, path, input_name=input_name, dims=dims, meta=meta,
-                                           provider_options=provider_options, cache_dir=cache_dir, profile=profile,
-                                           allow_cpu_fallback=allow_cpu_fallback)
+                                           provider_options=provider_options, cache_dir=cache_dir, profile=profile)
         for key, value in entries.items():
             options.add_session_config_entry(key, value)
         if backend == "ort-trt":
             Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
-        try:
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:
-            reason = first_line(exc)
-            if entries and "fallback" in reason.lower():
-                raise BackendUnavailableError(
-                    f"backend '{backend}' cannot run every node of {path}: some would fall back to the CPU ({reason}).",
-                    hint="run on ort-cpu, or pass allow_cpu_fallback=True to accept the CPU for those nodes.") from None
-            raise ArtifactError(f"cannot read ONNX model {path}: {reason}",
-                                hint="re-export the model with gap-export.") from None
-        if PROVIDERS[backend] not in self._session.get_providers():  # never fall back silently
-            raise BackendUnavailableError(f"backend '{backend}' did not start for {path}; "
-                                          f"the session runs on {self._session.get_providers()} only.")
+        gpu = backend in ACCELERATORS
+        with tempfile.TemporaryDirectory(prefix="gap-placement-") as scratch:
+            if gpu:  # where each node really runs is read from one profiled inference (placement.py)
+                options.enable_profiling = True
+                options.profile_file_prefix = str(Path(scratch) / "placement")
+            try:
+                self._session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as exc:
+                raise ArtifactError(f"cannot read ONNX model {path}: {first_line(exc)}",
+                                    hint="re-export the model with gap-export.") from None
+            if PROVIDERS[backend] not in self._session.get_providers():  # never fall back silently
+                raise BackendUnavailableError(f"backend '{backend}' did not start for {path}; "
+                                              f"the session runs on {self._session.get_providers()} only.")
+            self.cpu_nodes: tuple = ()
+            if gpu:
+                self.cpu_nodes = self._check_nodes(path, backend, profile, allow_cpu_fallback)
         self.backend = backend
         self.inputs = tuple(self._info(i) for i in self._session.get_inputs())
         self.outputs = tuple(self._info(o) for o in self._session.get_outputs())
@@ -155,6 +182,25 @@ class OrtRunner(Runner):
         self._in_name, self._out_names = self.inputs[0].name, [self.outputs[0].name]
         self.session_options = options
         self.session_config = dict(entries)
+
+    def _check_nodes(self, path: Path, backend: str, profile, allow_cpu_fallback: bool) -> tuple:
+        """One profiled inference at the smallest accepted shape; CPU compute nodes fail the session."""
+        from runtime.backends.placement import check_placement
+        from runtime.metadata import ModelMetadata
+
+        session = self._session
+        value = session.get_inputs()[0]
+        dims = tuple(d if isinstance(d, int) else (d or "?") for d in value.shape)
+        meta = ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))
+        shape = probe_shape(dims, meta, profile)
+        try:
+            nodes = profiled_placement(session, value.name, _DTYPES.get(value.type, np.float32), shape)
+        except Exception as exc:
+            raise BackendError(f"backend '{backend}' could not run {path} at {format_shape(shape)} to check where "
+                               f"its nodes run: {first_line(exc)}",
+                               hint="check the model on ort-cpu first (gap-run --backend ort-cpu).") from None
+        return check_placement(nodes, ACCELERATORS[backend], backend=backend, path=path,
+                               allow_cpu_fallback=allow_cpu_fallback)
 
     @property
     def provider_options(self) -> dict[str, dict[str, str]]:
@@ -179,8 +225,11 @@ class OrtRunner(Runner):
     @property
     def device(self) -> dict:
         threads = self.session_options.intra_op_num_threads
-        return {"ort_providers": self._session.get_providers(),
-                "ort_intra_op_threads": threads or "default (one per core)"}
+        device = {"ort_providers": self._session.get_providers(),
+                  "ort_intra_op_threads": threads or "default (one per core)"}
+        if self.backend in ACCELERATORS:  # what onnxruntime left to the CPU on purpose, shown in gap-bench's header
+            device["ort_cpu_nodes"] = [n.describe() for n in self.cpu_nodes] or "none"
+        return device
 
     @property
     def versions(self) -> dict[str, str]:
