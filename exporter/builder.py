@@ -100,16 +100,16 @@ SUPPORTED_TENSORRT = ">= 10.0, < 12"
 #: TensorRT version that has it.
 HARDWARE_LEVELS = dict(zip(HARDWARE_COMPAT, [("NONE", (10, 0)), ("AMPERE_PLUS", (10, 0)),
                                              ("SAME_COMPUTE_CAPABILITY", (10, 9))]))
-#: Engine inspector data type names (11.x "DataType" key) and the words of the 10.x "Format/Datatype" text
+#: Words of the engine inspector's per-layer ``Format/Datatype`` value (10.x and 11.x alike): a description
+#: ("Row major linear FP16 format", "Thirty-two wide channel vectorized row major Int8 format") or, for
+#: generated kernels, the bare type name ("Half", "Float", "BFloat16", "Int8", "FP8", "Int32").
 _DATATYPES = {"int8": "int8", "half": "fp16", "fp16": "fp16", "float16": "fp16", "float": "fp32", "fp32": "fp32",
               "float32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "fp8": "fp8", "int4": "int4", "fp4": "fp4"}
 
 
 def _datatype_of(tensor: dict) -> str | None:
-    """The precision of one layer output, from either inspector schema; None for non-float bookkeeping."""
-    if "DataType" in tensor:  # TensorRT 11.x: its own key, e.g. "Half"
-        return _DATATYPES.get(str(tensor["DataType"]).strip().lower())
-    text = str(tensor.get("Format/Datatype", "")).lower()  # TensorRT 10.x: "Row major linear FP16 format"
+    """The precision of one layer output; None for non-float bookkeeping (Int32, Bool)."""
+    text = str(tensor.get("Format/Datatype", "")).lower()
     for word in re.findall(r"[a-z0-9]+", text):
         if word in _DATATYPES:
             return _DATATYPES[word]
@@ -119,8 +119,8 @@ def _datatype_of(tensor: dict) -> str | None:
 def layer_precisions(inspector_json: str) -> dict[str, int]:
     """Count layer outputs per data type in the engine inspector's JSON (needs DETAILED verbosity).
 
-    Reads the 10.x schema (``Format/Datatype`` text) and the 11.x one (separate ``Format`` and
-    ``DataType`` keys). Returns {} when the JSON holds no layer details.
+    The per-layer key is ``Format/Datatype`` in TensorRT 10 and 11 (only the top-level ``Bindings`` list
+    became ``I/O Tensors`` in 11). Returns {} when the JSON holds no layer details.
     """
     counts: Counter[str] = Counter()
     try:

@@ -111,7 +111,9 @@ def test_layer_precision_parsing_reads_both_inspector_schemas(schema, datatype, 
 def test_layer_precision_parsing_of_names_only_or_garbage():
     assert layer_precisions('{"Layers": ["conv1", "conv2"]}') == {}  # verbosity too low: names only
     assert layer_precisions("not json") == {}
-    assert layer_precisions('{"Layers": [{"Outputs": [{"Format": "kLINEAR", "DataType": "Int32"}]}]}') == {}
+    assert layer_precisions('{"Layers": [{"Outputs": [{"Format/Datatype": "Row major linear Int32 format"}]}]}') == {}
+    # a per-layer "DataType" key is no TensorRT schema (10.x and 11.x both write Format/Datatype): not read
+    assert layer_precisions('{"Layers": [{"Outputs": [{"Format": "kLINEAR", "DataType": "Half"}]}]}') == {}
 
 
 def test_an_unreadable_precision_is_an_error_and_writes_nothing(tmp_path, reference_onnx, cuda):

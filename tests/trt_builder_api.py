@@ -86,21 +86,34 @@ class Levels10Early(enum.IntEnum):  # TensorRT 10.0-10.8: no SAME_COMPUTE_CAPABI
     AMPERE_PLUS = 1
 
 
-def _layer(name: str, datatype: str, schema: int) -> dict:
-    if schema >= 11:  # 11.x: format and data type are separate keys
-        return {"Name": name, "LayerType": "CaskConvolution",
-                "Outputs": [{"Name": f"{name}_out", "Format": "Row major linear (kLINEAR)", "DataType": datatype}]}
-    words = {"Half": "FP16", "Float": "FP32", "Int8": "Int8"}[datatype]
-    return {"Name": name, "LayerType": "CaskConvolution",
-            "Outputs": [{"Name": f"{name}_out", "Format/Datatype": f"Row major linear {words} format"}]}
+#: Per-layer ``Format/Datatype`` values as TensorRT writes them, 10.x and 11.x alike (Polygraphy in the
+#: TensorRT 11.1 tree, polygraphy/backend/trt/util.py, reads ``elem["Format/Datatype"]``): a description for
+#: library kernels, the bare type name for generated kernels.
+FORMATS = {"Half": ("Channel major FP16 format where channel % 8 == 0", "Half"),
+           "Int8": ("Thirty-two wide channel vectorized row major Int8 format", "Int8"),
+           "Float": ("Row major linear FP32 format", "Float")}
+
+
+def _layer(name: str, layer_type: str, value: str) -> dict:
+    return {"Name": name, "LayerType": layer_type,
+            "Inputs": [{"Name": f"{name}_in", "Location": "Device", "Dimensions": [-1, 8, -1, -1],
+                        "Format/Datatype": value}],
+            "Outputs": [{"Name": f"{name}_out", "Location": "Device", "Dimensions": [-1, 8, -1, -1],
+                         "Format/Datatype": value}]}
 
 
 def inspector_json(datatype: str = "Half", schema: int = 11) -> str:
-    """Engine inspector JSON: two layers in ``datatype`` and a float global average, in the 11.x or 10.x schema."""
-    layers = [_layer("conv1", datatype, schema), _layer("conv2", datatype, schema), _layer("gap", "Float", schema)]
+    """Engine inspector JSON: a library-kernel conv and a generated-kernel conv in ``datatype``, and an FP32
+    global average; the top level in the 11.x (``I/O Tensors`` objects) or 10.x (``Bindings`` names) schema."""
+    described, bare = FORMATS[datatype]
+    layers = [_layer("conv1", "CaskConvolution", described), _layer("conv2", "kgen", bare),
+              _layer("gap", "CaskPooling", "Row major linear FP32 format")]
     if schema >= 11:
-        io = [{"Name": "images", "IOMode": "Input", "DataType": "Float"},
-              {"Name": "logits", "IOMode": "Output", "DataType": "Float"}]
+        profile = {"MinShape": [1, 3, 4, 4], "OptShape": [1, 3, 224, 224], "MaxShape": [16, 3, 1024, 1024]}
+        io = [{"Name": "images", "IOMode": "Input", "DataType": "Float", "Dimensions": [-1, 3, -1, -1],
+               "Location": "Device", "Format": "Row major linear", "ProfileInfo": [profile]},
+              {"Name": "logits", "IOMode": "Output", "DataType": "Float", "Dimensions": [-1, 10],
+               "Location": "Device", "Format": "Row major linear"}]
         return json.dumps({"Layers": layers, "I/O Tensors": io})
     return json.dumps({"Layers": layers, "Bindings": ["images", "logits"]})
 
