@@ -40,6 +40,10 @@ class BuildConfig:
     timing_cache: Path | None = None
     version_compatible: bool = False
     hardware_compat: str = "none"
+    #: TensorRT enables TF32 by default (BuilderFlag.TF32, NvInfer.h: "Enabled by default"), so an "FP32" engine
+    #: would compute convolutions and matrix products in TF32 on Ampere and newer. gap-build clears the flag
+    #: unless this is True; then an FP32 engine's manifest says precision "tf32", judged with its own tolerance.
+    tf32: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,12 +245,18 @@ def create_config(parsed: ParsedNetwork, input_name: str, profiles: Sequence[Pro
         cache_bytes = Path(config.timing_cache).read_bytes()
         log(f"Using timing cache {config.timing_cache} ({len(cache_bytes)} bytes)")
     cache = cfg.create_timing_cache(cache_bytes)
-    if not cfg.set_timing_cache(cache, ignore_mismatch=False):
-        log(f"Note: TensorRT rejected the timing cache {config.timing_cache} (made for another GPU or TensorRT "
-            "version); starting a new one, which replaces it after the build.")
-        cfg.set_timing_cache(cfg.create_timing_cache(b""), ignore_mismatch=False)
+    # create_timing_cache returns None for bytes it cannot read: treated like a cache set_timing_cache rejects
+    if cache is None or not cfg.set_timing_cache(cache, ignore_mismatch=False):
+        log(f"Note: TensorRT rejected the timing cache {config.timing_cache} (unreadable, or made for another GPU or "
+            "TensorRT version); starting a new one, which replaces it after the build.")
+        fresh = cfg.create_timing_cache(b"")
+        if fresh is None or not cfg.set_timing_cache(fresh, ignore_mismatch=False):
+            raise BuildError("TensorRT could not create an empty timing cache.",
+                             hint="build without --timing-cache, and report the TensorRT version.")
     if config.version_compatible:
         cfg.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if not config.tf32:
+        cfg.clear_flag(trt.BuilderFlag.TF32)
     cfg.hardware_compatibility_level = level
     return cfg
 
@@ -331,12 +341,14 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
     log(f"Building {len(profiles)} profile(s): {', '.join(map(str, profiles))} (this can take minutes) ...")
     plan = build_plan(parsed, cfg, onnx_path)
     precision, counts = inspect_precision(trt, plan, version_compatible=config.version_compatible)
+    if config.tf32 and precision == "fp32":  # FP32 layers may compute in TF32: say so, and judge it as such
+        precision = "tf32"
     manifest = EngineManifest(
         tensorrt_version=str(trt.__version__), gpu_name=device.name, compute_capability=device.compute_capability,
         precision=precision, plan_sha256=sha256_bytes(plan), onnx_sha256=sha256_file(onnx_path),
         profiles=[{info.name: [list(profile.min), list(profile.opt), list(profile.max)]} for profile in profiles],
         version_compatible=config.version_compatible, hardware_compatibility=config.hardware_compat,
-        metadata=info.metadata.to_props(), builder="gap-deploy")
+        metadata=info.metadata.to_props(), builder="gap-deploy", tf32=config.tf32)
     report = write_engine(plan, manifest, output, verify)
     save_timing_cache(cfg, config.timing_cache, log)
     return BuildResult(output, manifest, time.perf_counter() - started, counts, report)

@@ -10,9 +10,22 @@ import torch
 from exporter.checkpoint import load_model
 
 
+def tf32_mode(enabled: bool):
+    """Set PyTorch's TF32 switches for CUDA (cuDNN convolutions default to TF32, matmuls do not); returns the
+    previous (cudnn, matmul) values."""
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    return before
+
+
 def torch_reference(checkpoint, *, arch=None, num_classes=None, trust_checkpoint=False, device: str = "cpu",
-                    threads: int | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """A numpy-in, numpy-out callable running the checkpoint's model eagerly on ``device``."""
+                    threads: int | None = None, tf32: bool = False) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """A numpy-in, numpy-out callable running the checkpoint's model eagerly on ``device``.
+
+    On CUDA the reference computes in FP32 (TF32 off) unless ``tf32=True``: it is what artifacts are
+    judged against, so it must not round like TF32 itself.
+    """
     loaded = load_model(checkpoint, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
     if threads:
         torch.set_num_threads(threads)
@@ -20,6 +33,8 @@ def torch_reference(checkpoint, *, arch=None, num_classes=None, trust_checkpoint
     cuda = device.startswith("cuda")
 
     def infer(x: np.ndarray) -> np.ndarray:
+        if cuda:
+            tf32_mode(tf32)
         with torch.inference_mode():
             out = module(torch.from_numpy(x).to(device, non_blocking=True))
             if cuda:
@@ -27,4 +42,6 @@ def torch_reference(checkpoint, *, arch=None, num_classes=None, trust_checkpoint
             return out.float().cpu().numpy()
 
     info = {"torch": torch.__version__, "torch_device": device, "torch_threads": torch.get_num_threads()}
+    if cuda:
+        info["torch_tf32"] = tf32
     return infer, info

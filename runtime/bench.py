@@ -17,6 +17,7 @@ from runtime.parity import compare_outputs, random_input, tolerance_for
 from runtime.shapes import Shape, format_shape
 
 CV_WARN = 0.025  # trtexec warns when GPU compute time varies by more than 2.5%
+ENQUEUE_BOUND = 0.8  # trtexec's enqueueBoundReportingThreshold
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class BenchResult:
     speedup_vs_torch: float | None = None
     #: --cuda-graph: max abs difference between the replay and a normal execution, checked before timing
     cuda_graph_max_abs_diff: float | None = None
+    #: --cuda-graph on TensorRT: whether graphs were really replayed (False: the capture failed; see warnings)
+    cuda_graph_used: bool | None = None
     interrupted: bool = False
 
     def to_dict(self) -> dict:
@@ -136,10 +139,16 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
     first_ms = (time.perf_counter() - started) * 1e3
     parts: list = []
     graph_diff = None
-    if session.gpu_timing:  # TensorRT: H2D, GPU compute, D2H and enqueue from CUDA events
-        if settings.cuda_graph:
+    graph_note = None
+    if session.gpu_timing:  # TensorRT: H2D, GPU compute, D2H and enqueue from CUDA events, trtexec's way
+        cuda_graph = settings.cuda_graph
+        if cuda_graph:
             graph_diff = session.check_cuda_graph(x)
-            if not graph_diff <= 0.0:
+            if graph_diff is None:  # the capture failed: time without graphs, and say so
+                cuda_graph = False
+                graph_note = (f"CUDA graphs were not used: the capture failed ({session.runner.graph_failure}); "
+                              "timed with normal enqueues.")
+            elif not graph_diff <= 0.0:
                 raise BackendError(f"the CUDA-graph replay at {format_shape(shape)} differs from a normal execution "
                                    f"(max abs difference {graph_diff:.3g}); nothing was timed.",
                                    hint="benchmark without --cuda-graph and report this engine.")
@@ -147,14 +156,19 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
         from runtime.validation import prepare
 
         prepared = prepare(x, session.input_spec)  # checked once: the loop times the GPU's phases alone
+        with session.runner.timed_loop(prepared, cuda_graph=cuda_graph, transfers=settings.transfers) as timed:
+            def step():
+                done = timed.step()
+                if done is not None:
+                    parts.append(done)
 
-        def step():
-            parts.append(session.runner.infer_timed(prepared, cuda_graph=settings.cuda_graph,
-                                                    transfers=settings.transfers)[1])
+            samples, wall, interrupted = _loop(step, settings)
+            parts.extend(timed.finish())
     else:
         def step():
             session.run(x)
-    samples, wall, interrupted = _loop(step, settings)
+
+        samples, wall, interrupted = _loop(step, settings)
     if not samples:
         return None, first
     result = _result(session.backend, shape, samples, wall, interrupted)
@@ -162,6 +176,10 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
         result.cold_start_ms = {"session_create_ms": cold_start_ms, "first_inference_ms": first_ms}
     if graph_diff is not None:
         result.cuda_graph_max_abs_diff = graph_diff
+    if settings.cuda_graph and session.gpu_timing:
+        result.cuda_graph_used = graph_note is None
+        if graph_note:
+            result.warnings.append(graph_note)
     if parts:
         parts = parts[-len(samples):]
         result.gpu_ms = {name: Stats.of([getattr(p, f"{name}_ms") for p in parts])
@@ -170,12 +188,15 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
         compute_cv = float(np.std([p.compute_ms for p in parts]) / max(gpu["compute"].mean, 1e-9))
         if compute_cv > CV_WARN:
             result.warnings.append(f"GPU compute time varies: coefficient of variation {compute_cv:.1%} > 2.5%.")
-        if gpu["enqueue"].median > gpu["compute"].median:
-            result.warnings.append("enqueue-bound: the host takes longer to enqueue than the GPU to compute; "
-                                   "try --cuda-graph.")
-        if gpu["h2d"].median + gpu["d2h"].median > gpu["compute"].median:
-            result.warnings.append("transfer-bound: copies take longer than the compute; use larger batches or "
-                                   "keep data on the GPU.")
+        # trtexec's rules (samples/common/sampleReporting.cpp): enqueue above 0.8 x compute, or either copy at
+        # least as long as the compute.
+        if gpu["enqueue"].median > ENQUEUE_BOUND * gpu["compute"].median:
+            result.warnings.append(f"enqueue-bound: the host's enqueue ({gpu['enqueue'].median:.3f} ms) is above "
+                                   f"{ENQUEUE_BOUND:g}x the GPU compute ({gpu['compute'].median:.3f} ms), so the GPU "
+                                   "waits for the host; try --cuda-graph.")
+        if max(gpu["h2d"].median, gpu["d2h"].median) >= gpu["compute"].median:
+            result.warnings.append("transfer-bound: a copy takes at least as long as the compute; use larger "
+                                   "batches, --no-transfers to time without the input copy, or keep data on the GPU.")
     return result, first
 
 

@@ -53,6 +53,9 @@ class EngineManifest:
     metadata: dict[str, str] = field(default_factory=dict)
     builder: str = "gap-deploy"
     format: int = FORMAT
+    #: whether FP32 layers may compute in TF32 (gap-build --tf32); None in manifests written before gap-deploy
+    #: recorded it, whose engines kept TensorRT's default (TF32 on)
+    tf32: bool | None = None
 
     def write(self, plan: str | Path) -> Path:
         return write_text_atomic(manifest_path(plan), json.dumps(asdict(self), indent=2) + "\n")

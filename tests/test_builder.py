@@ -351,3 +351,42 @@ def test_gap_export_engine_int8_forwards_every_variant_option(tmp_path, referenc
     assert_clean_failure(result, "stop here")
     assert seen["variant"] == VariantOptions("int8", calib=calib, calib_size=(32, 32), min_top1=0.42,
                                              keep_float_ends=False)
+
+
+def test_fp32_means_fp32_tensorrt_s_tf32_default_is_cleared(tmp_path, reference_onnx, cuda):
+    # TensorRT enables BuilderFlag.TF32 by default (NvInfer.h: "Enabled by default"): gap-build clears it
+    fake = FakeBuild(datatype="Float")
+    build_engine(reference_onnx, tmp_path / "m.plan", trt=fake.module, cuda=cuda)
+    fake.config.clear_flag.assert_called_once_with(fake.module.BuilderFlag.TF32)
+    manifest = EngineManifest.read(tmp_path / "m.plan")
+    assert (manifest.precision, manifest.tf32) == ("fp32", False)
+
+
+def test_tf32_when_asked_is_recorded_as_its_own_precision(tmp_path, reference_onnx, cuda):
+    from runtime.parity import tolerance_for
+
+    fake = FakeBuild(datatype="Float")
+    build_engine(reference_onnx, tmp_path / "m.plan", BuildConfig(tf32=True), trt=fake.module, cuda=cuda)
+    assert not fake.config.clear_flag.called
+    manifest = EngineManifest.read(tmp_path / "m.plan")
+    assert (manifest.precision, manifest.tf32) == ("tf32", True)
+    assert tolerance_for("tf32", "trt").rtol > tolerance_for("fp32", "trt").rtol
+    half = FakeBuild(datatype="Half")  # an FP16 engine stays fp16 (its FP32 layers may use TF32: recorded)
+    build_engine(reference_onnx, tmp_path / "h.plan", BuildConfig(tf32=True), trt=half.module, cuda=cuda)
+    assert EngineManifest.read(tmp_path / "h.plan").precision == "fp16"
+    assert EngineManifest.read(tmp_path / "h.plan").tf32 is True
+
+
+def test_a_timing_cache_tensorrt_cannot_read_is_treated_like_a_rejected_one(tmp_path, reference_onnx, cuda):
+    # ITimingCache creation returns None for bytes TensorRT cannot read; it must never reach set_timing_cache
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"truncated")
+    fake = FakeBuild()
+    fake.config.create_timing_cache.side_effect = [None, fake.cache]
+    notes = []
+    build_engine(reference_onnx, tmp_path / "m.plan", BuildConfig(timing_cache=cache), trt=fake.module, cuda=cuda,
+                 log=notes.append)
+    assert [c.args[0] for c in fake.config.create_timing_cache.call_args_list] == [b"truncated", b""]
+    fake.config.set_timing_cache.assert_called_once_with(fake.cache, ignore_mismatch=False)
+    assert any("rejected the timing cache" in n for n in notes)
+    assert cache.read_bytes() == b"timing-cache-v2"

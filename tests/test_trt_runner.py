@@ -348,3 +348,109 @@ def test_missing_tensorrt_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt_lean", None)
     with pytest.raises(MissingDependencyError, match=r"'tensorrt' or 'tensorrt_lean'(.|\n)*gap-deploy\[lean\]"):
         trt_backend.import_tensorrt()
+
+
+def timed_runner(tmp_path, device, **kwargs):
+    """A runner whose host clock is the simulated one, so the enqueue time and the events share one timeline."""
+    engine, _ = make_engine(device=device)
+    module, _ = make_trt(engine)
+    return TrtRunner(write_plan(tmp_path, **kwargs), trt=module, cuda=Cuda(device.rt), clock=device.clock)
+
+
+def test_h2d_is_timed_from_after_the_host_copy_into_pinned_memory(tmp_path, device):
+    # Failed before: the H2D start event was recorded before the host-to-pinned memcpy, so "H2D" held it.
+    runner = timed_runner(tmp_path, device)
+    x = np.random.default_rng(8).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    staged_at_record = []
+
+    def on_record(event):
+        pinned = [np.frombuffer(buf, np.float32, x.size) for buf in device.pinned.values()
+                  if len(buf) >= x.nbytes]
+        staged_at_record.append(any(np.array_equal(p, x.ravel()) for p in pinned))
+
+    device.on_record = on_record
+    runner.infer_timed(x)
+    assert staged_at_record[0] is True  # the first event (H2D start) sees the input already in pinned memory
+    staged_at_record.clear()
+    with runner.timed_loop(x) as loop:
+        loop.step()
+        loop.finish()
+    assert staged_at_record and all(staged_at_record)
+
+
+def test_gpu_compute_excludes_the_enqueue_when_work_is_queued(tmp_path, device):
+    from tests.trt_doubles import COMPUTE_MS, H2D_MS, KERNELS
+
+    device.enqueue_ms = 1.0  # the host takes 1 ms to launch the kernels; the GPU needs 2.5 ms for them
+    runner = timed_runner(tmp_path, device)
+    x = np.ones((1, 3, 8, 8), np.float32)
+    runner.infer_timed(x)
+    _, idle = runner.infer_timed(x, transfers=False)  # idle stream, no copy in front: the GPU waits for launches
+    assert idle.compute_ms == pytest.approx(COMPUTE_MS + 1.0 / KERNELS)
+    with runner.timed_loop(x) as loop:
+        timings = [t for t in (loop.step() for _ in range(10)) if t] + loop.finish()
+    assert len(timings) == 10
+    steady = timings[2:]  # from the third on, the previous inference is still on the GPU at each enqueue
+    assert all(t.compute_ms == pytest.approx(COMPUTE_MS) for t in steady)
+    assert all(t.h2d_ms == pytest.approx(H2D_MS) for t in steady)
+    assert all(t.enqueue_ms == pytest.approx(1.0) for t in steady)
+    np.testing.assert_allclose(loop.output(), expected_logits(x), rtol=1e-5)
+
+
+def test_a_graph_is_replayed_only_for_the_shape_and_profile_it_was_captured_for(tmp_path, device):
+    # TensorRT's developer guide ("CUDA Graphs"): recapture after the input shape or the profile changes. The
+    # double makes work captured before such a change stale (NaN). Failed before: A -> B -> A replayed A's graph.
+    runner, *_ = open_runner(tmp_path, device)
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    b = rng.standard_normal((1, 3, 8, 12)).astype(np.float32)
+    large = rng.standard_normal((1, 3, 70, 70)).astype(np.float32)  # profile 1
+    for x in (a, b, a, large, a):
+        out, _ = runner.infer_timed(x, cuda_graph=True)
+        np.testing.assert_allclose(out, expected_logits(x), rtol=1e-5)
+    assert device.rt.cudaStreamBeginCapture.call_count == 5
+    for _ in range(3):  # the same shape again: replayed, not recaptured
+        np.testing.assert_allclose(runner.infer_timed(a, cuda_graph=True)[0], expected_logits(a), rtol=1e-5)
+    assert device.rt.cudaStreamBeginCapture.call_count == 5
+    assert device.rt.cudaGraphExecDestroy.call_count == 4  # one graph alive at a time, the others destroyed
+
+
+def test_a_failed_capture_destroys_nothing_twice_clears_the_error_and_runs_normally(tmp_path, device):
+    runner, *_ = open_runner(tmp_path, device)
+    device.failing_capture = True
+    x = np.random.default_rng(9).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    out, _ = runner.infer_timed(x, cuda_graph=True)
+    np.testing.assert_allclose(out, expected_logits(x), rtol=1e-5)
+    assert "cudaErrorStreamCaptureInvalidated" in runner.graph_failure
+    assert device.rt.cudaGetLastError.called and device.sticky_error == device.rt.cudaError_t.cudaSuccess
+    assert runner.check_cuda_graph(x) is None
+    device.failing_capture = False
+    assert runner.check_cuda_graph(x) == 0.0 and runner.graph_failure is None
+
+
+def test_close_sets_the_device_first(tmp_path):
+    # cudaSetDevice is per host thread: closing from another thread must free on the runner's GPU
+    device = FakeDevice(count=2)
+    engine, _ = make_engine()
+    module, _ = make_trt(engine)
+    runner = TrtRunner(write_plan(tmp_path), device=1, trt=module, cuda=Cuda(device.rt))
+    runner.infer(np.ones((1, 3, 8, 8), np.float32))
+    freed_on = []
+    free = device.rt.cudaFree.side_effect
+    device.rt.cudaFree.side_effect = lambda p: (freed_on.append(device.current_device.get(threading.get_ident(), 0)),
+                                                free(p))[1]
+    thread = threading.Thread(target=runner.close)
+    thread.start()
+    thread.join()
+    assert freed_on == [1, 1] and device.memory == {}
+    runner.close()  # a second close is harmless
+
+
+def test_tensorrt_gets_the_stream_as_an_int_handle(tmp_path, device):
+    # cuda-bindings returns cudaStream_t objects; TensorRT's stream_handle is typing.SupportsInt, and
+    # int(cuda_obj) is deprecated from cuda-bindings 12.9.1/13: the runner passes get_cuda_native_handle's int.
+    runner, _, context, _ = open_runner(tmp_path, device)
+    runner.infer(np.ones((1, 3, 100, 100), np.float32))  # profile 1: set_optimization_profile_async too
+    for call in (context.execute_async_v3, context.set_optimization_profile_async):
+        handle = call.call_args.args[-1]
+        assert type(handle) is int and handle in device.stream_flags

@@ -6,8 +6,17 @@ autospec cannot read from pybind11/Cython: arity, keywords and basic types, from
 docstrings. Device memory (and pinned host memory) is host memory (ctypes), so data really flows
 through the copies. The fake engine computes with ONNX Runtime on a small real CNN
 (:func:`reference_model`), which is position-sensitive: a transposed, mis-strided or stale buffer
-gives other logits. CUDA events read a simulated device clock that each copy and each execution
-advances by a different amount, so a swapped event pair shows.
+gives other logits.
+
+Time is simulated as CUDA documents it (CUDA Runtime API, "Stream Management" and "Event Management"):
+work in a stream runs in issue order and cannot start before the host has issued it; an event completes
+when the work recorded before it has completed (at once on an idle stream), and cudaEventElapsedTime is
+the difference of the completion times; cudaEventSynchronize and cudaStreamSynchronize make the host
+wait for that. So the host has a clock (``host``, advanced by the enqueue's launches, ``enqueue_ms``)
+and each stream a tail (when its queued work ends). ``execute_async_v3`` launches ``KERNELS`` kernels
+spread over the enqueue time, each taking COMPUTE_MS / KERNELS once launched: on an idle stream the
+GPU waits for the launches, with work already queued it does not. Streams and events are the
+bindings' own ``cudaStream_t`` / ``cudaEvent_t`` objects, as cuda-bindings returns them.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ BINDING_TYPES = types_of(trt, cudart)
 PROFILES = [((1, 3, 4, 4), (1, 3, 32, 32), (8, 3, 64, 64)), ((1, 3, 65, 65), (1, 3, 128, 128), (4, 3, 256, 256))]
 #: simulated device time, in ms, that each kind of work adds to the clock the events read
 H2D_MS, COMPUTE_MS, D2H_MS = 0.75, 2.5, 0.125
+KERNELS = 4  # kernels one enqueue launches
 
 
 def strict(cls, **kwargs):
@@ -72,15 +82,26 @@ def expected_logits(x: np.ndarray) -> np.ndarray:
     return _reference_session().run(None, {"images": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-class FakeDevice:
-    """A CUDA runtime whose device memory is host memory, with a simulated clock for events."""
+def _key(obj) -> int:
+    """A stream's or event's integer handle (what the runner must pass on to TensorRT)."""
+    from cuda.bindings.utils import get_cuda_native_handle
 
-    def __init__(self, name="NVIDIA H100 80GB HBM3", major=9, minor=0, count=1):
+    return obj if isinstance(obj, int) else int(get_cuda_native_handle(obj))
+
+
+class FakeDevice:
+    """A CUDA runtime whose device memory is host memory, with simulated host and stream clocks."""
+
+    def __init__(self, name="NVIDIA H100 80GB HBM3", major=9, minor=0, count=1, total_memory=80 << 30):
         self.memory: dict[int, ctypes.Array] = {}
         self.pinned: dict[int, ctypes.Array] = {}
         self.name, self.major, self.minor, self.count = name, major, minor, count
-        self.clock = 0.0
+        self.total_memory = total_memory
+        self.host = 0.0  # the host's clock, ms
+        self.tails: dict[int, float] = {}  # stream handle -> when its queued work ends, ms
+        self.enqueue_ms = 0.0  # host time one execute_async_v3 takes to launch its kernels
         self.event_times: dict[int, float] = {}
+        self.on_record = None  # called with the event at each cudaEventRecord (to observe ordering)
         self.current_device: dict[int, int] = {}  # host thread id -> device
         self.stream_flags: dict[int, int] = {}
         self.rt = rt = make_strict(mock.create_autospec(cudart, instance=False), cudart, types=BINDING_TYPES)
@@ -96,20 +117,25 @@ class FakeDevice:
         rt.cudaFree.side_effect = lambda p: (self.memory.pop(p) and OK,)
         rt.cudaMallocHost.side_effect = lambda n: self._alloc(self.pinned, n)
         rt.cudaFreeHost.side_effect = lambda p: (self.pinned.pop(p) and OK,)
+        rt.cudaMemGetInfo.side_effect = lambda: (OK, self.total_memory - sum(map(ctypes.sizeof, self.memory.values())),
+                                                 self.total_memory)
         rt.cudaMemcpyAsync.side_effect = self._memcpy
         rt.cudaMemsetAsync.side_effect = lambda p, v, n, s: (ctypes.memset(p, v, n) and OK,)
-        rt.cudaStreamCreate.side_effect = lambda: (OK, 7)
+        rt.cudaStreamCreate.side_effect = lambda: self._stream_with_flags(cudart.cudaStreamDefault)
         rt.cudaStreamCreateWithFlags.side_effect = self._stream_with_flags
         rt.cudaStreamDestroy.side_effect = lambda s: (OK,)
-        rt.cudaStreamSynchronize.side_effect = lambda s: (OK,)
+        rt.cudaStreamSynchronize.side_effect = self._stream_sync
         rt.cudaEventCreate.side_effect = self._event
         rt.cudaEventDestroy.side_effect = lambda e: (OK,)
-        rt.cudaEventRecord.side_effect = lambda e, s: (self.event_times.__setitem__(e, self.clock) or OK,)
-        rt.cudaEventElapsedTime.side_effect = lambda a, b: (OK, self.event_times[b] - self.event_times[a])
+        rt.cudaEventRecord.side_effect = self._record
+        rt.cudaEventSynchronize.side_effect = self._event_sync
+        rt.cudaEventElapsedTime.side_effect = lambda a, b: (OK, self.event_times[_key(b)] - self.event_times[_key(a)])
         # Capture records the enqueued work instead of running it; a launch replays it, as CUDA graphs do.
         self.capturing: list | None = None
         self.graphs: dict[int, list] = {}
         self.broken_replay = False  # a replay that computes nothing (to prove the replay check can fail)
+        self.failing_capture = False  # cudaStreamEndCapture reports an invalidated capture
+        self.sticky_error = OK  # what cudaGetLastError returns (and resets)
         rt.cudaStreamBeginCapture.side_effect = self._begin_capture
         rt.cudaStreamEndCapture.side_effect = self._end_capture
         rt.cudaGraphInstantiate.side_effect = lambda g, flags: (OK, g + 1)
@@ -117,20 +143,29 @@ class FakeDevice:
         rt.cudaGraphExecDestroy.side_effect = lambda g: (OK,)
         rt.cudaGraphDestroy.side_effect = lambda g: (OK,)
         rt.cudaGetErrorName.side_effect = lambda err: (OK, err.name.encode())
+        rt.cudaGetLastError.side_effect = self._last_error
+
+    def _last_error(self):
+        err, self.sticky_error = self.sticky_error, OK
+        return (err,)
 
     def _begin_capture(self, stream, mode):
         self.capturing = []
         return (OK,)
 
     def _end_capture(self, stream):
+        work, self.capturing = self.capturing, None
+        if self.failing_capture:
+            self.sticky_error = cudart.cudaError_t.cudaErrorStreamCaptureInvalidated
+            return cudart.cudaError_t.cudaErrorStreamCaptureInvalidated, None
         handle = 2 * len(self.graphs) + 500
-        self.graphs[handle], self.graphs[handle + 1], self.capturing = self.capturing, self.capturing, None
+        self.graphs[handle], self.graphs[handle + 1] = work, work
         return OK, handle
 
     def _launch(self, graph_exec, stream):
         if not self.broken_replay:
             for work in self.graphs[graph_exec]:
-                work()
+                work(_key(stream), 0.0)  # a graph launch issues every kernel at once
         return (OK,)
 
     def _set_device(self, index):
@@ -151,21 +186,48 @@ class FakeDevice:
                        for pool in (self.memory, self.pinned) for base, buf in pool.items()):
                 raise AssertionError(f"cudaMemcpyAsync on unregistered memory {pointer:#x}")
         ctypes.memmove(dst, src, n)
-        self.clock += H2D_MS if kind == cudart.cudaMemcpyKind.cudaMemcpyHostToDevice else D2H_MS
+        self.queue(_key(stream), H2D_MS if kind == cudart.cudaMemcpyKind.cudaMemcpyHostToDevice else D2H_MS)
+        return (OK,)
+
+    def queue(self, stream: int, ms: float, issued_at: float | None = None) -> None:
+        """Work of ``ms`` on ``stream``: it starts when the stream is free and the host has issued it."""
+        start = max(self.tails.get(stream, 0.0), self.host if issued_at is None else issued_at)
+        self.tails[stream] = start + ms
+
+    def kernels(self, stream: int, enqueue_ms: float) -> None:
+        """One enqueue: KERNELS launches spread over ``enqueue_ms`` of host time, then the host goes on."""
+        began = self.host
+        for i in range(KERNELS):
+            self.queue(stream, COMPUTE_MS / KERNELS, issued_at=began + enqueue_ms * (i + 1) / KERNELS)
+        self.host = began + enqueue_ms
+
+    def _record(self, event, stream):
+        self.event_times[_key(event)] = max(self.tails.get(_key(stream), 0.0), self.host)
+        if self.on_record is not None:
+            self.on_record(_key(event))
+        return (OK,)
+
+    def _event_sync(self, event):
+        self.host = max(self.host, self.event_times[_key(event)])
+        return (OK,)
+
+    def _stream_sync(self, stream):
+        self.host = max(self.host, self.tails.get(_key(stream), 0.0))
         return (OK,)
 
     def _stream_with_flags(self, flags):
         handle = 100 + len(self.stream_flags)
         self.stream_flags[handle] = int(flags)
-        return OK, handle
+        return OK, cudart.cudaStream_t(handle)
 
     def _event(self):
-        event = len(self.event_times) + 1000 + id(self) % 7
-        self.event_times[event] = 0.0
-        return OK, event
+        handle = len(self.event_times) + 1000 + id(self) % 7
+        self.event_times[handle] = 0.0
+        return OK, cudart.cudaEvent_t(handle)
 
-    def advance(self, ms: float) -> None:
-        self.clock += ms
+    def clock(self) -> float:
+        """The host clock in seconds, for TrtRunner(clock=...)."""
+        return self.host / 1e3
 
 
 def _thread() -> int:
@@ -188,11 +250,17 @@ def make_engine(profiles=PROFILES, compute=expected_logits, device: FakeDevice |
     engine.get_tensor_profile_shape.side_effect = lambda n, p: profiles[p]
     engine.create_execution_context.return_value = context
 
-    state = {"profile": 0, "shape": None, "addr": {}}
+    # ``epoch`` changes with every new input shape or profile: TensorRT's developer guide ("CUDA Graphs") says a
+    # graph must be recaptured after such a change, so replaying work captured in another epoch is stale.
+    state = {"profile": 0, "shape": None, "addr": {}, "epoch": 0}
 
     def set_profile(index, stream):
+        if not isinstance(stream, int):  # pybind11 takes typing.SupportsInt; the bindings' objects are not ints
+            raise TypeError(f"stream_handle must be an int, got {type(stream).__name__}")
         if not 0 <= index < len(profiles):  # the binding raises; it does not return False
             raise RuntimeError(f"profile index {index} out of range")
+        if index != state["profile"]:
+            state["epoch"] += 1
         state["profile"] = index
         return True
 
@@ -200,24 +268,39 @@ def make_engine(profiles=PROFILES, compute=expected_logits, device: FakeDevice |
         lo, _, hi = profiles[state["profile"]]
         if not all(a <= s <= b for s, a, b in zip(shape, lo, hi)):
             return False
+        if tuple(shape) != state["shape"]:
+            state["epoch"] += 1
         state["shape"] = tuple(shape)
         return True
 
-    def run(shape, addr):
+    def run(shape, addr, epoch):
         n, c, h, w = shape
+        if epoch != state["epoch"]:  # stale graph: what it computes is undefined; make that visible
+            count = n * NUM_CLASSES
+            nan = np.full(count, np.nan, np.float32)
+            ctypes.memmove(addr["logits"], nan.ctypes.data, nan.nbytes)
+            return
         count = n * c * h * w
         x = np.frombuffer((ctypes.c_float * count).from_address(addr["images"]), dtype=np.float32)
         out = np.ascontiguousarray(compute(x.reshape(n, c, h, w).copy()), dtype=np.float32)
         ctypes.memmove(addr["logits"], out.ctypes.data, out.nbytes)
-        if device is not None:
-            device.advance(COMPUTE_MS)
 
     def execute(stream):
-        shape, addr = state["shape"], dict(state["addr"])  # what the kernels are launched with
+        if not isinstance(stream, int):
+            raise TypeError(f"stream_handle must be an int, got {type(stream).__name__}")
+        shape, addr, epoch = state["shape"], dict(state["addr"]), state["epoch"]  # what the kernels get
+
+        def work(handle, enqueue_ms):
+            run(shape, addr, epoch)
+            if device is not None:
+                device.kernels(handle, enqueue_ms)
+
         if device is not None and device.capturing is not None:
-            device.capturing.append(lambda: run(shape, addr))
+            device.capturing.append(work)
         else:
-            run(shape, addr)
+            run(shape, addr, epoch)
+            if device is not None:
+                device.kernels(stream, device.enqueue_ms)
         return True
 
     context.set_optimization_profile_async.side_effect = set_profile

@@ -71,19 +71,23 @@ def engine_options(f):
         click.option("--hardware-compat", type=click.Choice(HARDWARE_COMPAT), default=HARDWARE_COMPAT[0],
                      show_default=True, help="Run on other GPUs: any Ampere or newer, or any of the same compute "
                      "capability (slower kernels)."),
+        click.option("--tf32", is_flag=True,
+                     help="Let FP32 layers compute in TF32 (TensorRT's own default; faster on Ampere and newer, "
+                     "~1e-3 relative error). Off by default, so an fp32 engine computes in FP32; with it the "
+                     "manifest records precision tf32."),
     ]):
         f = decorator(f)
     return f
 
 
 def build_config(*, min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible,
-                 hardware_compat):
+                 hardware_compat, tf32=False):
     """The engine options (shared by gap-build and gap-export --engine) as a BuildConfig."""
     from exporter.builder import BuildConfig
 
     return BuildConfig(profiles=parse_profiles(min_shape, opt_shape, max_shape, profiles), workspace_gib=workspace,
                        timing_cache=timing_cache, version_compatible=version_compatible,
-                       hardware_compat=hardware_compat)
+                       hardware_compat=hardware_compat, tf32=tf32)
 
 
 def print_variant(variant) -> None:
@@ -130,7 +134,7 @@ def print_build(result, wanted: str) -> None:
               help="Run the engine at min/opt/max of every profile against ONNX Runtime (CPU) before writing.")
 @report_errors
 def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers, keep_fp32, fp32_fallback, min_shape,
-         opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat, verify):
+         opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat, tf32, verify):
     """Build a TensorRT engine from MODEL.onnx (TensorRT 10 or 11, strongly typed).
 
     Needs the full TensorRT and an NVIDIA GPU (pip install 'gap-deploy[gpu]'). Example:
@@ -154,7 +158,7 @@ def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers,
         keep_float_ends=not int8_all_layers, keep_fp32=tuple(keep_fp32), fp32_fallback=fp32_fallback)
     config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
                           workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
-                          hardware_compat=hardware_compat)
+                          hardware_compat=hardware_compat, tf32=tf32)
     from exporter.builder import build_with_precision
 
     result = build_with_precision(model, output, variant=variant, config=config, verify=verify, log=info)

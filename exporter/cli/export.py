@@ -86,7 +86,7 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
          opset, simplify, verify, verify_shapes, atol, rtol, report, precision, calib, min_top1, int8_all_layers,
          keep_fp32, fp32_fallback, engine,
-         min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat,
+         min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat, tf32,
          summary):
     """Export the GAP CNN in MODEL (a state_dict .pt/.pth, a checkpoint dict or .safetensors) to ONNX.
 
@@ -127,7 +127,8 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
         import_builder()  # no TensorRT: say so now, not after the export
         engine_config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
                                      profiles=profiles, workspace=workspace, timing_cache=timing_cache,
-                                     version_compatible=version_compatible, hardware_compat=hardware_compat)
+                                     version_compatible=version_compatible, hardware_compat=hardware_compat,
+                                     tf32=tf32)
     shapes = None
     if verify_shapes:
         shapes = [verify_shape(text.strip()) for text in verify_shapes.split(",") if text.strip()]

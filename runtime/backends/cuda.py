@@ -45,6 +45,21 @@ class DeviceInfo:
         return f"{self.major}.{self.minor}"
 
 
+def native_handle(obj) -> int:
+    """The integer handle of a cuda-bindings object (a stream, for TensorRT's ``stream_handle: int``).
+
+    cuda-bindings 12.9.1 and 13 deprecate ``int(cuda_obj)`` in favour of
+    ``cuda.bindings.utils.get_cuda_native_handle``; older bindings only have ``int()``.
+    """
+    if isinstance(obj, int):
+        return obj
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    return int(get_cuda_native_handle(obj))
+
+
 class Cuda:
     def __init__(self, cudart=None):
         self.rt = cudart if cudart is not None else load_cudart()
@@ -98,6 +113,24 @@ class Cuda:
     def synchronize(self, stream) -> None:
         self._check("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(stream))
 
+    def wait_event(self, event) -> None:
+        """Block the host until ``event`` (and the work recorded before it) has completed."""
+        self._check("cudaEventSynchronize", self.rt.cudaEventSynchronize(event))
+
+    def clear_error(self) -> str:
+        """Read and reset the thread's last CUDA error (after a failed graph capture); returns its name."""
+        err = self.rt.cudaGetLastError()
+        err = err[0] if isinstance(err, tuple) else err
+        if err == self.rt.cudaError_t.cudaSuccess:
+            return ""
+        name = self.rt.cudaGetErrorName(err)[1]
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    def memory_info(self) -> tuple[int, int]:
+        """(free, total) bytes of the current device."""
+        free, total = self._check("cudaMemGetInfo", self.rt.cudaMemGetInfo())
+        return int(free), int(total)
+
     def copy_to_device(self, dst: int, src: int, nbytes: int, stream) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         self._check("cudaMemcpyAsync(HtoD)", self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream))
@@ -134,9 +167,11 @@ class Cuda:
     def launch(self, graph_exec, stream) -> None:
         self._check("cudaGraphLaunch", self.rt.cudaGraphLaunch(graph_exec, stream))
 
-    def destroy_graph(self, graph, graph_exec) -> None:
-        self._check("cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy(graph_exec))
-        self._check("cudaGraphDestroy", self.rt.cudaGraphDestroy(graph))
+    def destroy_graph(self, graph, graph_exec=None) -> None:
+        if graph_exec is not None:
+            self._check("cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy(graph_exec))
+        if graph is not None:
+            self._check("cudaGraphDestroy", self.rt.cudaGraphDestroy(graph))
 
 
 class DeviceBuffer:

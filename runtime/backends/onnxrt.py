@@ -109,12 +109,13 @@ def session_setup(backend: str, path: Path, *, input_name: str, dims, meta, prov
     onnxruntime. User ``provider_options`` override the defaults of the backend's own provider. No config
     entry forbids the CPU: that is checked per node once the session runs (see check_nodes)."""
     chain = PROVIDER_CHAIN[backend]
-    primary_options: dict[str, str] = {}
+    defaults: dict[str, dict[str, str]] = {p: {} for p in chain}
+    if "CUDAExecutionProvider" in defaults:  # FP32 means FP32: cuDNN's TF32 (on by default) off, as in gap-build
+        defaults["CUDAExecutionProvider"]["use_tf32"] = "0"
     if backend == "ort-trt":
-        primary_options = trt_provider_options(path, input_name, dims, meta, cache_dir=cache_dir, profile=profile)
-    primary_options.update({k: str(v) for k, v in (provider_options or {}).items()})
-    providers = [(chain[0], primary_options)] + [(p, {}) for p in chain[1:]]
-    return providers, {}
+        defaults[chain[0]] = trt_provider_options(path, input_name, dims, meta, cache_dir=cache_dir, profile=profile)
+    defaults[chain[0]].update({k: str(v) for k, v in (provider_options or {}).items()})
+    return [(p, defaults[p]) for p in chain], {}
 
 
 def probe_shape(dims, meta, profile=None) -> tuple[int, ...]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from runtime._lazy import require
 from runtime.backends.base import Runner, TensorInfo
-from runtime.backends.cuda import Cuda, DeviceBuffer
+from runtime.backends.cuda import Cuda, DeviceBuffer, native_handle
 from runtime.errors import (
     ArtifactError,
     BackendError,
@@ -57,8 +59,10 @@ class TrtRunner(Runner):
     backend = "trt"
     gpu_timing = True
 
-    def __init__(self, path: Path, *, trust_engine: bool = False, device: int = 0, trt=None, cuda: Cuda | None = None):
+    def __init__(self, path: Path, *, trust_engine: bool = False, device: int = 0, trt=None, cuda: Cuda | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         path = check_input_file(path, "TensorRT engine")
+        self._clock = clock  # host seconds, for the enqueue time
         self._trt = trt = trt if trt is not None else import_tensorrt()
         self._cuda = cuda = cuda if cuda is not None else Cuda()
         plan = path.read_bytes()
@@ -95,12 +99,18 @@ class TrtRunner(Runner):
         self._in_name, self._out_name = ins[0], outs[0]
         self._out_dtype = np.dtype(self.outputs[0].dtype)
         self._stream = cuda.create_stream()
+        self._stream_handle = native_handle(self._stream)  # TensorRT takes the stream as an int
         self._in_buf, self._out_buf = DeviceBuffer(cuda), DeviceBuffer(cuda)
         self._in_host, self._out_host = DeviceBuffer(cuda, pinned=True), DeviceBuffer(cuda, pinned=True)
         self._events = [cuda.create_event() for _ in range(4)]
-        self._graphs: dict[tuple, tuple] = {}
+        # At most one CUDA graph, valid for exactly one (shape, profile, buffer addresses): TensorRT's developer
+        # guide ("CUDA Graphs") requires a recapture when the shapes or the profile change, so A -> B -> A
+        # captures A again instead of replaying a graph made before B ran.
+        self._graph: tuple | None = None  # (key, graph, graph_exec)
+        #: why the last CUDA-graph capture failed (the run then went on without a graph); None when it did not
+        self.graph_failure: str | None = None
         self._active_profile = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def _check_manifest(self, path: Path, plan: bytes, trust: bool, device: int, lean: bool) -> EngineManifest | None:
         if not manifest_path(path).exists():
@@ -143,7 +153,7 @@ class TrtRunner(Runner):
         profile = self._profile_for(array.shape)
         if profile != self._active_profile:
             try:
-                switched = ctx.set_optimization_profile_async(profile, self._stream)
+                switched = ctx.set_optimization_profile_async(profile, self._stream_handle)
             except RuntimeError as exc:  # the binding raises on failure
                 raise BackendError(f"TensorRT refused to switch to optimization profile {profile}: {exc}") from None
             if switched is False:
@@ -155,19 +165,16 @@ class TrtRunner(Runner):
                                hint="rebuild the engine with gap-build.")
         out_shape = tuple(int(d) for d in ctx.get_tensor_shape(self._out_name))
         out_bytes = int(np.prod(out_shape)) * self._out_dtype.itemsize
-        moved = False
         for buffer, nbytes in ((self._in_buf, array.nbytes), (self._out_buf, out_bytes),
                                (self._in_host, array.nbytes), (self._out_host, out_bytes)):
-            moved |= buffer.ensure(nbytes)
-        if moved:
-            self._drop_graphs()
+            buffer.ensure(nbytes)  # a moved buffer changes the graph key: the next graph is captured anew
         for name, buffer in ((self._in_name, self._in_buf), (self._out_name, self._out_buf)):
             if not ctx.set_tensor_address(name, buffer.ptr):
                 raise BackendError(f"TensorRT refused the device address of tensor '{name}'.")
         return out_shape, out_bytes
 
     def _enqueue(self) -> None:
-        if not self._context.execute_async_v3(self._stream):
+        if not self._context.execute_async_v3(self._stream_handle):
             raise BackendError("TensorRT execute_async_v3 failed; see the TensorRT log above.")
 
     @property
@@ -188,7 +195,9 @@ class TrtRunner(Runner):
         """Run once and time H2D, GPU compute (CUDA events), D2H and the host-side enqueue call.
 
         The input is staged through pinned host memory, as trtexec does, so the copies are truly
-        asynchronous. ``cuda_graph`` captures the enqueue once per shape and replays it;
+        asynchronous; H2D is timed from after that host copy. On an idle stream "compute" also holds the
+        gaps while the host enqueues: :meth:`timed_loop` measures as trtexec does, with work queued.
+        ``cuda_graph`` replays the graph captured for this shape and profile (captured on first use);
         ``transfers=False`` skips the input copy and computes on what the previous call left on the
         device (same shape, same data: gap-bench runs the input once before timing).
         """
@@ -196,17 +205,13 @@ class TrtRunner(Runner):
         with self._lock:
             cuda.set_device(self._device)  # per host thread: this call may come from any thread
             out_shape, out_bytes = self._prepare(array)
-            cuda.record(e0, stream)
             if transfers:
                 self._in_host.view(array.shape, array.dtype)[...] = array
+            cuda.record(e0, stream)
+            if transfers:
                 cuda.copy_to_device(self._in_buf.ptr, self._in_host.ptr, array.nbytes, stream)
             cuda.record(e1, stream)
-            started = time.perf_counter()
-            if cuda_graph:
-                cuda.launch(self._graph_for(array.shape), stream)
-            else:
-                self._enqueue()
-            enqueue_ms = (time.perf_counter() - started) * 1e3
+            enqueue_ms = self._launch(array.shape, cuda_graph)
             cuda.record(e2, stream)
             cuda.copy_to_host(self._out_host.ptr, self._out_buf.ptr, out_bytes, stream)
             cuda.record(e3, stream)
@@ -215,54 +220,147 @@ class TrtRunner(Runner):
             timing = GpuTiming(cuda.elapsed_ms(e0, e1), cuda.elapsed_ms(e1, e2), cuda.elapsed_ms(e2, e3), enqueue_ms)
         return out, timing
 
-    def check_cuda_graph(self, array: np.ndarray) -> float:
-        """Max abs difference between a CUDA-graph replay and a normal execution on the same input.
+    def _launch(self, shape, cuda_graph: bool) -> float:
+        """Enqueue the inference (or replay its graph); returns the host's enqueue time in ms."""
+        graph = self._graph_exec_for(shape) if cuda_graph else None
+        started = self._clock()
+        if graph is not None:
+            self._cuda.launch(graph, self._stream)
+        else:
+            self._enqueue()
+        return (self._clock() - started) * 1e3
+
+    @contextlib.contextmanager
+    def timed_loop(self, array: np.ndarray, *, cuda_graph: bool = False, transfers: bool = True):
+        """A benchmark loop that measures as trtexec does: two inferences in flight on the stream.
+
+        Each ``step()`` enqueues one inference (H2D from pinned memory, compute, D2H, four events) and
+        returns the timing of the one enqueued two steps before, which it first waits for; ``finish()``
+        returns the rest. Because the next inference is queued while the GPU still computes the previous
+        one, its compute-start event fires when the GPU really starts, not when the host began to
+        enqueue: GPU compute excludes the enqueue latency unless the host cannot keep up (enqueue-bound).
+        The input is copied into pinned memory once, so H2D is the device copy alone. The runner is held
+        (its lock) for the whole loop.
+        """
+        cuda, stream = self._cuda, self._stream
+        with self._lock:
+            cuda.set_device(self._device)
+            out_shape, out_bytes = self._prepare(array)
+            self._in_host.view(array.shape, array.dtype)[...] = array
+            cuda.copy_to_device(self._in_buf.ptr, self._in_host.ptr, array.nbytes, stream)
+            if cuda_graph:  # captured before the first timed inference, not inside it
+                self._graph_exec_for(array.shape)
+            cuda.synchronize(stream)
+            slots = [[cuda.create_event() for _ in range(4)] for _ in range(2)]
+            pending: list[float | None] = [None, None]  # enqueue ms of the inference in flight in each slot
+            count = [0]
+
+            def read(slot: int) -> GpuTiming:
+                e0, e1, e2, e3 = slots[slot]
+                cuda.wait_event(e3)
+                enqueue_ms, pending[slot] = pending[slot], None
+                return GpuTiming(cuda.elapsed_ms(e0, e1), cuda.elapsed_ms(e1, e2), cuda.elapsed_ms(e2, e3), enqueue_ms)
+
+            def step() -> GpuTiming | None:
+                slot = count[0] % 2
+                count[0] += 1
+                done = read(slot) if pending[slot] is not None else None
+                e0, e1, e2, e3 = slots[slot]
+                cuda.record(e0, stream)
+                if transfers:
+                    cuda.copy_to_device(self._in_buf.ptr, self._in_host.ptr, array.nbytes, stream)
+                cuda.record(e1, stream)
+                pending[slot] = self._launch(array.shape, cuda_graph)
+                cuda.record(e2, stream)
+                cuda.copy_to_host(self._out_host.ptr, self._out_buf.ptr, out_bytes, stream)
+                cuda.record(e3, stream)
+                return done
+
+            def finish() -> list[GpuTiming]:
+                order = [(count[0] + k) % 2 for k in range(2)]  # the older inference first
+                return [read(slot) for slot in order if pending[slot] is not None]
+
+            try:
+                yield TimedLoop(step, finish, lambda: self._out_host.view(out_shape, self._out_dtype).copy())
+            finally:
+                with contextlib.suppress(GapError):
+                    cuda.synchronize(stream)
+                for event in (e for slot in slots for e in slot):
+                    with contextlib.suppress(GapError):
+                        cuda.destroy_event(event)
+
+    def check_cuda_graph(self, array: np.ndarray) -> float | None:
+        """Max abs difference between a CUDA-graph replay and a normal execution on the same input; None when
+        no graph could be captured (``graph_failure`` says why; inference then runs without graphs).
 
         The output buffer is filled with NaN bytes before the replay, so a replay that computes
         nothing, or on stale addresses or a stale shape, shows here before anything is timed.
         """
         normal = self.infer_timed(array)[0]
-        self._graph_for_shape(array)  # capture first: capturing runs the enqueue once
         with self._lock:
             self._cuda.set_device(self._device)
+            self._prepare(array)
+            if self._graph_exec_for(array.shape) is None:  # capturing runs the enqueue once
+                return None
             self._cuda.memset(self._out_buf.ptr, 0xFF, self._out_buf.nbytes, self._stream)
-        replayed = self.infer_timed(array, cuda_graph=True)[0]
+            replayed = self.infer_timed(array, cuda_graph=True)[0]
         if normal.shape != replayed.shape or not np.isfinite(replayed).all():
             return float("inf")
         return float(np.max(np.abs(normal.astype(np.float64) - replayed.astype(np.float64)))) if normal.size else 0.0
 
-    def _graph_for_shape(self, array: np.ndarray) -> None:
-        with self._lock:
-            self._cuda.set_device(self._device)
-            self._prepare(array)
-            self._graph_for(array.shape)
-
-    def _graph_for(self, shape) -> object:
-        key = tuple(shape)
-        if key not in self._graphs:
-            self._enqueue()  # TensorRT must run once after a shape change before it can be captured
-            self._cuda.begin_capture(self._stream)
+    def _graph_exec_for(self, shape):
+        """The graph for this shape, profile and buffers (captured now if it is not the current one), or None
+        when capturing fails: the failed graph is destroyed, the CUDA error cleared, ``graph_failure`` set."""
+        key = (tuple(shape), self._active_profile, self._in_buf.ptr, self._out_buf.ptr)
+        if self._graph is not None and self._graph[0] == key:
+            return self._graph[2]
+        self._drop_graphs()
+        cuda = self._cuda
+        self._enqueue()  # TensorRT must run once after a shape change before it can be captured
+        graph = None
+        try:
+            cuda.begin_capture(self._stream)
             try:
                 self._enqueue()
             finally:
-                graph = self._cuda.end_capture(self._stream)
-            self._graphs[key] = (graph, self._cuda.instantiate(graph))
-        return self._graphs[key][1]
+                graph = cuda.end_capture(self._stream)
+            graph_exec = cuda.instantiate(graph)
+        except GapError as exc:
+            if graph is not None:
+                with contextlib.suppress(GapError):
+                    cuda.destroy_graph(graph)
+            cuda.clear_error()
+            self.graph_failure = first_line(exc)
+            return None
+        self._graph, self.graph_failure = (key, graph, graph_exec), None
+        return graph_exec
 
     def _drop_graphs(self) -> None:
-        for graph, graph_exec in self._graphs.values():
+        if self._graph is not None:
+            _, graph, graph_exec = self._graph
+            self._graph = None
             self._cuda.destroy_graph(graph, graph_exec)
-        self._graphs.clear()
 
     def close(self) -> None:
         with self._lock:
+            if self._stream is None:
+                return
+            self._cuda.set_device(self._device)  # the buffers, events and stream belong to that device
             self._drop_graphs()
             for buffer in (self._in_buf, self._out_buf, self._in_host, self._out_host):
                 buffer.free()
             for event in self._events:
                 self._cuda.destroy_event(event)
             self._events = []
-            if self._stream is not None:
-                self._cuda.destroy_stream(self._stream)
-                self._stream = None
+            self._cuda.destroy_stream(self._stream)
+            self._stream = None
             self._context = self._engine = None
+
+
+@dataclass(frozen=True)
+class TimedLoop:
+    """What :meth:`TrtRunner.timed_loop` yields: ``step()``, ``finish()`` and ``output()`` (the last result)."""
+
+    step: Callable[[], GpuTiming | None]
+    finish: Callable[[], list[GpuTiming]]
+    output: Callable[[], np.ndarray]
