@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -296,8 +297,12 @@ def inspect_precision(trt, plan: bytes, *, version_compatible: bool) -> tuple[st
 
 
 def write_engine(plan: bytes, manifest: EngineManifest, output: Path,
-                 verify: Callable[[Path], ParityReport] | None = None) -> ParityReport | None:
-    """Step 6: plan and manifest appear together, after ``verify(temp_plan)`` passed, or not at all."""
+                 verify: Callable[[Path], ParityReport] | None = None,
+                 together: Sequence[tuple[Path, Path]] = ()) -> ParityReport | None:
+    """Step 6: plan and manifest (and the finished files in ``together``: the precision variant the engine was
+    built from) appear together, after ``verify(temp_plan)`` passed, or not at all."""
+    from runtime.files import write_together
+
     temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     report = None
     try:
@@ -308,8 +313,7 @@ def write_engine(plan: bytes, manifest: EngineManifest, output: Path,
             if not report.passed:
                 raise BuildError("the engine's outputs differ from ONNX Runtime's; the engine was not written.",
                                  note=report.format_table())
-        os.replace(manifest_path(temp), manifest_path(output))
-        os.replace(temp, output)
+        write_together([*together, (manifest_path(output), manifest_path(temp)), (output, temp)])
     finally:
         for leftover in (temp, manifest_path(temp)):
             with contextlib.suppress(FileNotFoundError):
@@ -319,11 +323,13 @@ def write_engine(plan: bytes, manifest: EngineManifest, output: Path,
 
 def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig = BuildConfig(), *, trt=None,
                  cuda=None, verify: Callable[[Path], ParityReport] | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> BuildResult:
+                 log: Callable[[str], None] = lambda _: None,
+                 together: Sequence[tuple[Path, Path]] = ()) -> BuildResult:
     """Build ``onnx_path`` into ``output`` (+ ``output.json`` manifest), atomically.
 
     ``verify(temp_plan)`` runs on the finished plan before it is moved into place and returns a parity
-    report; if it fails, neither the plan nor the manifest is written.
+    report; if it fails, neither the plan nor the manifest is written. ``together`` lists (target,
+    finished file) pairs published with them (see write_engine).
     """
     onnx_path, output = Path(onnx_path), check_output_path(output)
     info = read_onnx_input(onnx_path)
@@ -349,7 +355,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
         profiles=[{info.name: [list(profile.min), list(profile.opt), list(profile.max)]} for profile in profiles],
         version_compatible=config.version_compatible, hardware_compatibility=config.hardware_compat,
         metadata=info.metadata.to_props(), builder="gap-deploy", tf32=config.tf32)
-    report = write_engine(plan, manifest, output, verify)
+    report = write_engine(plan, manifest, output, verify, together)
     save_timing_cache(cfg, config.timing_cache, log)
     return BuildResult(output, manifest, time.perf_counter() - started, counts, report)
 
@@ -415,8 +421,8 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, variant: 
     """gap-build's pipeline: [precision variant, verified on CPU] -> engine -> [engine vs ONNX Runtime].
 
     The variant goes through the same pipeline as gap-export's (exporter.precision.convert_verified), so
-    every option (``min_top1``, ``keep_float_ends``) applies here too. The variant ONNX is written only
-    once the engine built from it is in place.
+    every option (``min_top1``, ``keep_float_ends``) applies here too. The variant ONNX, the plan and the
+    manifest appear together once the engine built from the variant is verified, or none of them does.
     """
     from exporter.precision import convert_verified, variant_path
 
@@ -427,18 +433,30 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, variant: 
     trt = trt if trt is not None else import_builder()
     cuda, _ = build_device(cuda)
 
-    source, result_variant = onnx_path, None
+    source, result_variant, staged = onnx_path, None, None
     have = info.metadata.precision
-    if variant is not None and variant.precision != have:
-        if have != "fp32":
-            raise UsageError(f"{onnx_path} is already {have}; convert from the FP32 model instead.")
-        log(f"Converting to {variant.precision} and verifying against the FP32 model on the CPU ...")
-        result_variant = convert_verified(onnx.load(str(onnx_path)), variant,
-                                          verify_shapes_for(info, variant.calib_size))
-        source = variant_path(onnx_path, variant.precision)
-        write_bytes_atomic(source, result_variant.model.SerializeToString())
+    try:
+        if variant is not None and variant.precision != have:
+            if have != "fp32":
+                raise UsageError(f"{onnx_path} is already {have}; convert from the FP32 model instead.")
+            source = check_output_path(variant_path(onnx_path, variant.precision))
+            log(f"Converting to {variant.precision} and verifying against the FP32 model on the CPU ...")
+            result_variant = convert_verified(onnx.load(str(onnx_path)), variant,
+                                              verify_shapes_for(info, variant.calib_size))
+            # Staged beside its target (TensorRT parses a file, and the verifier reads it); published with the
+            # plan and the manifest only once the engine is verified, so a failed build leaves nothing behind.
+            fd, name = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".onnx", dir=source.parent)
+            os.close(fd)
+            staged = Path(name)
+            staged.write_bytes(result_variant.model.SerializeToString())
+        built_from = staged or source
+        profiles = tuple(config.profiles) or (default_profile(read_onnx_input(built_from)),)
+        checker = engine_verifier(built_from, profiles, trt=trt, cuda=cuda) if verify else None
+        result = build_engine(built_from, output, config, trt=trt, cuda=cuda, verify=checker, log=log,
+                              together=[(source, staged)] if staged else ())
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+    if staged is not None:
         log(f"Wrote {source}")
-    profiles = tuple(config.profiles) or (default_profile(read_onnx_input(source)),)
-    checker = engine_verifier(source, profiles, trt=trt, cuda=cuda) if verify else None
-    result = build_engine(source, output, config, trt=trt, cuda=cuda, verify=checker, log=log)
     return PipelineResult(result, result_variant, source)

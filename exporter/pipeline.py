@@ -7,8 +7,6 @@ anything fails. The CLI only parses options, calls :func:`run_export` and prints
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -19,7 +17,7 @@ from exporter.builder import BuildConfig, PipelineResult
 from exporter.onnx_export import ExportOptions
 from exporter.precision import VariantOptions, VariantResult, convert_verified, variant_path
 from runtime.errors import OutputPathError, UsageError
-from runtime.files import check_output_path
+from runtime.files import check_output_path, write_together
 from runtime.parity import FP32, ParityReport, Tolerance
 from runtime.shapes import format_shape
 
@@ -70,52 +68,6 @@ def onnx_files(model, output: Path) -> tuple[list[tuple[Path, bytes | Path]], Pa
     onnx.save_model(copy, str(staging / output.name), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
     return [(data, staging / data.name), (output, staging / output.name)], staging
-
-
-def write_together(files: Sequence[tuple[Path, bytes | Path]]) -> None:
-    """Write every file, then move them all into place: all of them appear, or none.
-
-    Each file goes to a temporary beside its target first (a Path is a finished file in the same
-    filesystem, moved as it is). Before the moves, every existing target is
-    hard-linked aside; if a move fails (a full disk, Ctrl-C), the targets already moved get their old
-    content back and new ones are removed, so a failed run leaves the folder as it was.
-    """
-    temps: list[tuple[str, Path]] = []
-    backups: dict[Path, str] = {}
-    moved: list[Path] = []
-    try:
-        for path, data in files:
-            if isinstance(data, Path):
-                temps.append((str(data), path))
-                continue
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-        for _, path in temps:
-            if path.is_file():
-                backup = f"{path.parent / ('.' + path.name)}.{os.getpid()}.bak"
-                os.link(path, backup)
-                backups[path] = backup
-        try:
-            for tmp, path in temps:
-                os.replace(tmp, path)
-                moved.append(path)
-        except BaseException:
-            for path in moved:
-                if path in backups:
-                    os.replace(backups.pop(path), path)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-            raise
-    finally:
-        for leftover in [tmp for tmp, _ in temps] + list(backups.values()):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
 
 
 def write_models(models: Sequence[tuple[Path, object]]) -> None:

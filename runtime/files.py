@@ -8,7 +8,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from runtime.errors import ArtifactError, InputTypeError, OutputPathError
@@ -149,3 +149,49 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path, "w") as handle:
         handle.write(text)
     return Path(path)
+
+
+def write_together(files: Sequence[tuple[Path, bytes | Path]]) -> None:
+    """Write every file, then move them all into place: all of them appear, or none.
+
+    Each file goes to a temporary beside its target first (a Path is a finished file in the same
+    filesystem, moved as it is). Before the moves, every existing target is
+    hard-linked aside; if a move fails (a full disk, Ctrl-C), the targets already moved get their old
+    content back and new ones are removed, so a failed run leaves the folder as it was.
+    """
+    temps: list[tuple[str, Path]] = []
+    backups: dict[Path, str] = {}
+    moved: list[Path] = []
+    try:
+        for path, data in files:
+            if isinstance(data, Path):
+                temps.append((str(data), path))
+                continue
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+        for _, path in temps:
+            if path.is_file():
+                backup = f"{path.parent / ('.' + path.name)}.{os.getpid()}.bak"
+                os.link(path, backup)
+                backups[path] = backup
+        try:
+            for tmp, path in temps:
+                os.replace(tmp, path)
+                moved.append(path)
+        except BaseException:
+            for path in moved:
+                if path in backups:
+                    os.replace(backups.pop(path), path)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            raise
+    finally:
+        for leftover in [tmp for tmp, _ in temps] + list(backups.values()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)

@@ -1,6 +1,7 @@
 """The TensorRT builder against spec'd doubles: the calls it makes, and what it writes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from exporter.builder import (  # noqa: E402
 from exporter.precision import VariantOptions
 from runtime.backends.cuda import Cuda  # noqa: E402
 from runtime.errors import BuildError, MissingDependencyError  # noqa: E402
+from runtime.files import sha256_file  # noqa: E402
 from runtime.manifest import EngineManifest, manifest_path  # noqa: E402
 from tests.conftest import assert_clean_failure  # noqa: E402
 from tests.trt_builder_api import FakeBuild, IParserError
@@ -256,7 +258,36 @@ def test_fp16_conversion_before_the_build(tmp_path, reference_onnx, cuda):
     result = build_with_precision(src, tmp_path / "m.fp16.plan", variant=VariantOptions("fp16", calib_size=(32, 32)),
                                   verify=False, trt=fake.module, cuda=cuda)
     assert result.source == tmp_path / "m.fp16.onnx" and result.variant.sweep.passed
-    fake.parser.parse_from_file.assert_called_once_with(str(tmp_path / "m.fp16.onnx"))
+    parsed = Path(fake.parser.parse_from_file.call_args.args[0])  # the staged variant, beside its target
+    assert parsed.parent == tmp_path and parsed.name.startswith(".m.fp16.onnx.") and not parsed.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fp16.onnx", "m.fp16.plan", "m.fp16.plan.json", "m.onnx"]
+    assert EngineManifest.read(tmp_path / "m.fp16.plan").onnx_sha256 == sha256_file(tmp_path / "m.fp16.onnx")
+
+
+@pytest.mark.parametrize("failure", ["build", "verify", "interrupt"])
+def test_variant_plan_and_manifest_appear_together_or_not_at_all(tmp_path, reference_onnx, cuda, failure):
+    # Failed before: the variant ONNX was written before the engine was built, so a failed build left it.
+    src = tmp_path / "m.onnx"
+    src.write_bytes(reference_onnx.read_bytes())
+    old = {name: f"old {name}".encode() for name in ("m.fp16.onnx", "m.fp16.plan", "m.fp16.plan.json")}
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    profile = Profile((1, 3, 4, 4), (1, 3, 32, 32), (2, 3, 64, 48))
+    shapes = [(profile.min, profile.opt, profile.max)]
+    fake = FakeBuild(datatype="Half", profiles=shapes)
+    expected: type[BaseException] = BuildError
+    if failure == "build":
+        fake.builder.build_serialized_network.return_value = None  # TensorRT's own failure signal
+    elif failure == "verify":
+        fake = FakeBuild(datatype="Half", compute=lambda x: np.zeros((len(x), 10), np.float32), profiles=shapes)
+    else:
+        fake.builder.build_serialized_network.side_effect = KeyboardInterrupt  # Ctrl-C during the build
+        expected = KeyboardInterrupt
+    with pytest.raises(expected):
+        build_with_precision(src, tmp_path / "m.fp16.plan", variant=VariantOptions("fp16", calib_size=(32, 32)),
+                             config=BuildConfig(profiles=(profile,)), trt=fake.module, cuda=cuda)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*old, "m.onnx"])  # no staged or temp file
+    assert all((tmp_path / name).read_bytes() == data for name, data in old.items())  # the old trio intact
 
 
 def test_gap_build_without_tensorrt(tmp_path, reference_onnx):
