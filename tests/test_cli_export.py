@@ -186,22 +186,23 @@ def test_a_bad_calib_fails_before_any_file_is_replaced(tmp_path, reference_ckpt,
 def test_fp32_and_variant_appear_together_or_not_at_all(tmp_path, monkeypatch):
     """A failure while moving the second file puts the first one back as it was."""
     import exporter.pipeline as pipeline
+    import runtime.files as files
 
     out, variant = tmp_path / "m.onnx", tmp_path / "m.fp16.onnx"
     out.write_bytes(b"old fp32")
-    real_replace = pipeline.os.replace
+    real_replace = files.os.replace
 
     def failing_replace(src, dst):
         if str(dst).endswith(".fp16.onnx"):
             raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(pipeline.os, "replace", failing_replace)
+    monkeypatch.setattr(files.os, "replace", failing_replace)
     with pytest.raises(OSError, match="No space left"):
         pipeline.write_together([(out, b"new fp32"), (variant, b"new fp16")])
     assert out.read_bytes() == b"old fp32" and not variant.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporaries, no backups left
-    monkeypatch.setattr(pipeline.os, "replace", real_replace)
+    monkeypatch.setattr(files.os, "replace", real_replace)
     pipeline.write_together([(out, b"new fp32"), (variant, b"new fp16")])
     assert out.read_bytes() == b"new fp32" and variant.read_bytes() == b"new fp16"
 
