@@ -26,7 +26,7 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# On a machine with an NVIDIA GPU and TensorRT (see README), e.g. `make test-gpu EXTRAS=gpu,lean,dev`:
+# On a machine with an NVIDIA GPU and TensorRT (see README): `make test-gpu EXTRAS=gpu-cu13,test` (or gpu-cu12,test):
 # the GPU proof (fails at once without a GPU), then the marked end-to-end tests.
 test-gpu: venv
 	PYTHON=$(BIN)/python scripts/gpu_check.sh

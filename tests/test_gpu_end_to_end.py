@@ -1,7 +1,7 @@
 """End-to-end on real hardware: build engines and run them. Skipped without TensorRT and a GPU.
 
 Run with `make test-gpu` or scripts/gpu_check.sh on a machine with an NVIDIA GPU and
-`pip install -e '.[gpu,dev]'`.
+`pip install -e '.[gpu-cu13,test]'` (or gpu-cu12).
 """
 
 import numpy as np
