@@ -221,8 +221,9 @@ class Session:
                              "they exist for TensorRT engines (backend 'trt').")
         return self._runner.infer_timed(prepare(images, self._spec), cuda_graph=cuda_graph, transfers=transfers)
 
-    def check_cuda_graph(self, images: np.ndarray) -> float:
-        """Max abs difference between a CUDA-graph replay and a normal execution on ``images``."""
+    def check_cuda_graph(self, images: np.ndarray) -> float | None:
+        """Max abs difference between a CUDA-graph replay and a normal execution on ``images``; None when no
+        graph could be captured (``runner.graph_failure`` says why; inference then runs without one)."""
         if not self.gpu_timing:
             raise UsageError(f"backend '{self.backend}' has no CUDA graphs; they exist for TensorRT engines.")
         return self._runner.check_cuda_graph(prepare(images, self._spec))

@@ -11,11 +11,12 @@ Facts the checker is built on (read from the packages' own metadata on PyPI, 202
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
 ORT_GPU_CUDA = {"1.24.4": 12, "1.25.1": 12, "1.26.0": 12, "1.27.0": 13, "1.29.0": 13, "1.30.0": 13, "1.31.1": 13}

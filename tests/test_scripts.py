@@ -86,6 +86,29 @@ def test_gpu_check_without_a_gpu_stops_at_once_with_a_clear_message():
     assert "Traceback" not in done.stderr and "PASS" not in done.stdout
 
 
+def test_the_cuda_only_proof_without_a_gpu_stops_at_once_with_a_clear_message():
+    import os
+    import subprocess
+
+    if importlib_util_find("cupy"):
+        pytest.skip("CuPy is installed: this machine may really run the CUDA proof")
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh"), "--cuda-only"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("gpu_check --cuda-only: needs an NVIDIA GPU with PyTorch CUDA, CuPy and "
+                                   "cuda-bindings: missing cupy.")
+    assert "Traceback" not in done.stderr and not done.stdout
+
+
+def test_gpu_check_sh_and_py_name_the_same_extras():
+    import re
+
+    named = [set(re.findall(r"\.\[([a-z0-9,-]+)\]", (SCRIPTS / name).read_text())) for name in ("gpu_check.sh",
+                                                                                            "gpu_check.py")]
+    assert named[0] == named[1] == {"gpu-cu13,test"}
+
+
 def importlib_util_find(name: str) -> bool:
     import importlib.util
 

@@ -29,8 +29,9 @@ class Runner:
 
     Subclasses set ``backend`` (the name users pass to ``runtime.load``), ``inputs``, ``outputs`` and
     ``props`` (the model's metadata map), and must be safe to call from several threads. Runners that
-    time the GPU's phases themselves (TensorRT) set ``gpu_timing`` and implement ``infer_timed`` and
-    ``check_cuda_graph``; ``device`` and ``versions`` describe where the runner really executes.
+    time the GPU's phases themselves (TensorRT) set ``gpu_timing`` and implement ``infer_timed``,
+    ``timed_loop`` (benchmarks, work queued as trtexec keeps it) and ``check_cuda_graph``; ``device`` and
+    ``versions`` describe where the runner really executes.
     """
 
     backend: str
@@ -50,8 +51,9 @@ class Runner:
         """(output, GpuTiming) for runners with ``gpu_timing``."""
         raise NotImplementedError(f"backend '{self.backend}' has no GPU phase timing")
 
-    def check_cuda_graph(self, array: np.ndarray) -> float:
-        """Max abs difference between a CUDA-graph replay and a normal execution (``gpu_timing`` runners)."""
+    def check_cuda_graph(self, array: np.ndarray) -> float | None:
+        """Max abs difference between a CUDA-graph replay and a normal execution (``gpu_timing`` runners); None
+        when no graph could be captured."""
         raise NotImplementedError(f"backend '{self.backend}' has no CUDA graphs")
 
     @property
