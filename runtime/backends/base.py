@@ -51,6 +51,10 @@ class Runner:
         """(output, GpuTiming) for runners with ``gpu_timing``."""
         raise NotImplementedError(f"backend '{self.backend}' has no GPU phase timing")
 
+    def timed_loop(self, array: np.ndarray, *, cuda_graph: bool = False, transfers: bool = True):
+        """A context manager yielding step()/finish() for benchmarks (``gpu_timing`` runners)."""
+        raise NotImplementedError(f"backend '{self.backend}' has no GPU phase timing")
+
     def check_cuda_graph(self, array: np.ndarray) -> float | None:
         """Max abs difference between a CUDA-graph replay and a normal execution (``gpu_timing`` runners); None
         when no graph could be captured."""
