@@ -76,7 +76,7 @@ def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None,
         reason = str(exc).replace(repr(source), repr(path)) if not isinstance(source, (str, Path)) else str(exc)
         raise ArtifactError(f"{path} is not a readable image: {reason}") from None
     if size is not None:
-        pixels = _resize(pixels, size)
+        pixels = resize_hwc(pixels, size)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
@@ -108,7 +108,7 @@ def _pixels(image, channels: int, path) -> np.ndarray:
     return rgb if channels == 3 else np.concatenate([rgb, np.ones_like(gray)], axis=2)
 
 
-def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_hwc(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of (H, W, C) float pixels to ``size`` (H, W), channel by channel, without rounding."""
     from PIL import Image
 

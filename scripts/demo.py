@@ -22,6 +22,7 @@ from runtime.shapes import format_shape  # noqa: E402
 DEMO = ROOT / "demo"
 BIN = Path(sys.executable).parent
 EVAL_SIZES = (16, 32, 48, 64, 96, 128, 192)
+TUNE_SIZES = (16, 24, 32, 40, 48, 64, 80, 96, 128)
 
 
 def step(title: str, *cmd: str, check: bool = True) -> int:
@@ -63,6 +64,11 @@ def main() -> None:
          "gap-eval", f"fp32={onnx_path}", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", f"int8={DEMO / 'gapcnn.int8.onnx'}",
          "--data", DEMO / "heldout", *[arg for s in EVAL_SIZES for arg in ("--imgsz", str(s))],
          "--json", DEMO / "accuracy.json", "--plot", DEMO / "accuracy.png")
+    shutil.rmtree(DEMO / "deploy", ignore_errors=True)  # --emit writes a new folder, never over an old one
+    step("Which size and precision to deploy: the fastest point at >= 75% top-1 (gap-tune)",
+         "gap-tune", f"fp32={onnx_path}", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", f"int8={DEMO / 'gapcnn.int8.onnx'}",
+         "--data", DEMO / "heldout", "--sizes", ",".join(map(str, TUNE_SIZES)), "--min-top1", "0.75",
+         "--json", DEMO / "tune.json", "--plot", DEMO / "tune.png", "--emit", DEMO / "deploy")
     summary(time.perf_counter() - started)
 
 
@@ -89,6 +95,12 @@ def summary(seconds: float) -> None:
         print(f"  {name:>5}: " + "  ".join(f"{row[s]['top1']:.0%}".rjust(len(s) + 2) for s in sizes))
     best = max(sizes, key=lambda s: acc["accuracy"]["fp32"][s]["top1"])
     print(f"Best at {best}px (training used 32-96 px); see demo/accuracy.png and the README on why it falls off.")
+    decision = load("tune.json")["decision"]
+    if decision:
+        chosen = decision["chosen"]
+        print(f"gap-tune, fastest at >= 75% top-1: {chosen['artifact']} on {chosen['backend']} at {chosen['size']}px: "
+              f"top-1 {chosen['top1']:.0%} ({chosen['top1_low']:.0%}-{chosen['top1_high']:.0%}), "
+              f"{chosen['latency_ms']:.3f} ms; see demo/tune.png and demo/deploy/README.md")
     print(f"Demo finished in {seconds:.0f} s.")
 
 

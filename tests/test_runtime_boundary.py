@@ -90,6 +90,27 @@ def test_gap_bench_on_onnx_runs_without_torch(reference_onnx):
     assert "ort-cpu" in result.stdout and "1x3x16x16" in result.stdout
 
 
+def test_gap_tune_runs_without_torch(reference_onnx, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "class3"
+    folder.mkdir()
+    Image.new("RGB", (20, 30), (200, 10, 10)).save(folder / "red.png")
+    result = _python(f"""
+        import sys
+        from exporter.cli.tune import main
+        sys.argv = ['gap-tune', {str(reference_onnx)!r}, '--data', {str(tmp_path)!r}, '--sizes', '8',
+                    '--duration', '0.05', '--min-top1', '0']
+        try:
+            main()
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+        assert sorted(n for n in ('torch', 'onnxscript', 'torchinfo') if sys.modules.get(n)) == []
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "Chosen for top-1 >= 0.0%" in result.stdout
+
+
 def _sources(package: str):
     from pathlib import Path
 

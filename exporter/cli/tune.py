@@ -1,0 +1,142 @@
+"""gap-tune: which input size, precision and backend to deploy, decided from measurements on your own data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from runtime.cli.common import FiniteFloat, fail, info, report_errors, write_json
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--data", "folder", required=True, type=click.Path(path_type=Path),
+              help="Labelled images: one sub-folder per class, named like the model's classes.")
+@click.option("--sizes", "sizes", multiple=True, metavar="SPEC",
+              help="Input sizes: START:STOP:STEP (e.g. 32:256:16), a list (32,48,64) or HxW; repeatable. "
+                   "Default: half to twice the export size in quarter steps, above the model's minimum.")
+@click.option("--no-native", is_flag=True, help="Leave out the 'native' point (each image at its own size).")
+@click.option("--backend", "backends", multiple=True, metavar="NAME",
+              help="Backends to measure (repeatable). Default: every one that really works here "
+                   "(ort-trt only when named: it builds an engine per start).")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 4096),
+              help="Batch size the latency and throughput are measured at.")
+@click.option("--max-images", type=click.IntRange(1, None), metavar="N",
+              help="At most N images per class (the first in name order); the intervals widen accordingly.")
+@click.option("--duration", default=0.5, show_default=True, type=FiniteFloat(0.05, 600),
+              help="Seconds of timing per point, after 0.1 s of warm-up.")
+@click.option("--min-top1", type=FiniteFloat(0.0, 1.0), metavar="X", help="Choose the fastest point with top-1 >= X "
+              "(0.75 or 75%%: give 0.75).")
+@click.option("--max-ms", type=FiniteFloat(0.0, 1e9), metavar="Y", help="Choose the most accurate point with median "
+              "latency <= Y ms at --batch.")
+@click.option("--min-ips", type=FiniteFloat(0.0, 1e12), metavar="Z",
+              help="Choose the most accurate point with throughput >= Z images/s.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write every figure as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a PNG of top-1 against latency with the Pareto front (needs gap-deploy[plot]).")
+@click.option("--emit", "emit_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write what deploying the chosen point needs into this new folder (needs a constraint and "
+                   "gap-deploy[convert]).")
+@report_errors
+def main(artifacts, folder, sizes, no_native, backends, batch, max_images, duration, min_top1, max_ms, min_ips,
+         json_path, plot_path, emit_dir):
+    """Measure ARTIFACTS (.onnx, .plan, bundles; NAME=PATH to name them) at many input sizes on your labelled
+    images, and choose what to deploy.
+
+    For every artifact x backend x size: top-1 and top-5 with 95% Wilson intervals (points whose intervals
+    overlap are tied), and median/p99 latency and throughput at --batch, timed with gap-bench's harness in
+    the same run. Prints the table and the Pareto front of accuracy against latency; with one of
+    --min-top1, --max-ms or --min-ips, the chosen point, why, and what the next better points cost.
+    Ctrl-C stops and still prints and writes what was measured (exit 130). Example:
+
+        gap-tune fp32=model.onnx fp16=model.fp16.onnx int8=model.int8.onnx --data val/ --sizes 32:128:16 \\
+            --min-top1 0.75 --plot tune.png --emit deploy/
+    """
+    from runtime.bench import BenchSettings
+    from runtime.cli.eval import parse_artifact
+    from runtime.errors import UsageError
+    from runtime.files import check_distinct, check_output_path
+    from runtime.session import BACKENDS, check_artifact
+    from runtime.tune import decide, format_table, parse_sizes, plot, tune
+
+    named = dict(parse_artifact(a) for a in artifacts)
+    if len(named) != len(artifacts):
+        raise click.BadParameter("two artifacts have the same name; name them with NAME=PATH.",
+                                 param_hint="ARTIFACTS")
+    for path in named.values():
+        check_artifact(path)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}.")
+    constraints = {"--min-top1": min_top1, "--max-ms": max_ms, "--min-ips": min_ips}
+    given = [k for k, v in constraints.items() if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} cannot go together; give one constraint.")
+    if emit_dir and not given:
+        raise UsageError("--emit needs a constraint (--min-top1, --max-ms or --min-ips) to know what to deploy.")
+    parsed = parse_sizes(sizes) if sizes else None
+    for path in (json_path, plot_path):
+        if path:
+            check_output_path(path)
+    if emit_dir:
+        from runtime._lazy import require
+
+        require("onnx", purpose="for --emit", hint="pip install 'gap-deploy[convert]'.")
+        if emit_dir.exists() and (not emit_dir.is_dir() or any(emit_dir.iterdir())):
+            raise UsageError(f"--emit folder {emit_dir} exists and is not empty; choose a new folder.")
+    check_distinct({f"artifact {n}": p for n, p in named.items()},
+                   {"--json": json_path, "--plot": plot_path, "--emit": emit_dir})
+    if plot_path:
+        from runtime._lazy import require
+
+        require("matplotlib", purpose="for --plot")
+    settings = BenchSettings(warmup_s=0.1, duration_s=duration, min_iterations=5)
+    bar = None
+
+    def planned(points: int, seconds: float) -> None:
+        nonlocal bar
+        info(f"Measuring {points} point(s) (artifact x backend x size); estimated at most {seconds:.0f} s ...")
+        bar = click.progressbar(length=points, label="Tuning", file=sys.stderr)
+        bar.__enter__()
+
+    def advance(label: str) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        result = tune(named, folder, sizes=parsed, native=not no_native, backends=list(backends) or None,
+                      batch=batch, max_per_class=max_images, settings=settings, progress=advance, on_plan=planned)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    decision = None
+    if given and result.points:
+        decision = decide(result.points, min_top1=min_top1, max_ms=max_ms, min_ips=min_ips)
+    click.echo(format_table(result, decision))
+    seconds = result.seconds
+    info(f"Sweep: {seconds['total']:.1f} s (decoding {seconds['decode']:.1f} s once, evaluating "
+         f"{seconds['evaluate']:.1f} s, timing {seconds['bench']:.1f} s).")
+    if json_path:
+        write_json(json_path, result.to_dict(decision))
+        info(f"Wrote {json_path}")
+    if plot_path and result.points:
+        plot(result, plot_path, decision)
+        info(f"Wrote {plot_path}")
+    if emit_dir and decision and not result.interrupted:
+        from exporter.emit import emit
+
+        files = emit(result, decision, named, emit_dir, log=info)
+        info(f"Wrote {emit_dir}: {', '.join(files)}")
+    for item in result.errors:
+        click.echo(click.style("Skipped: ", fg="yellow") + f"{item['file']} at {item['size']}: {item['error']}",
+                   err=True)
+    if result.interrupted:
+        click.echo("Interrupted: the figures above are what was measured.", err=True)
+        sys.exit(130)
+    if result.errors:
+        fail(f"{len(result.errors)} image(s) could not be evaluated (listed above); the figures leave them out.")

@@ -1,0 +1,111 @@
+"""gap-tune --emit: what deploying the chosen point needs, written through the existing library functions.
+
+For an ONNX artifact: the model fixed to the chosen shape (exporter.pack.fixed_variant), a gap-pack bundle
+with that fixed variant (NNAPI and Core ML need static shapes), a gap-triton repository serving it, the
+gap-build command whose profile has its opt at the chosen size, the gap-run command, and a README saying
+which point was chosen from which measurements. For an engine only the commands and the README (an engine's
+profiles are fixed when it is built). The folder appears whole or not at all. No torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+
+from runtime.errors import OutputPathError
+from runtime.tune import Decision, TuneResult, tied
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def commands(decision: Decision, artifact: Path) -> dict[str, str]:
+    """The command lines that deploy the chosen point."""
+    point = decision.chosen
+    b, c, h, w = point.shape
+    run = ["gap-run", str(artifact), "IMAGES/", "--backend", point.backend]
+    if point.size != "native":
+        run += ["--imgsz", f"{h}x{w}"]
+    lines = {"gap-run": shlex.join(run)}
+    if artifact.suffix == ".onnx":
+        lines["gap-build"] = shlex.join(["gap-build", str(artifact), "--min", _shape((1, c, h, w)),
+                                         "--opt", _shape((b, c, h, w)), "--max", _shape((max(b, 8), c, h, w)),
+                                         "-o", f"{artifact.stem}.{h}x{w}.plan"])
+    return lines
+
+
+def readme(result: TuneResult, decision: Decision, artifact: Path, files: list[str], lines: dict[str, str]) -> str:
+    point = decision.chosen
+    low, high = point.interval
+    front = "\n".join(f"| {p.label} | {p.top1:.1%} ({p.interval[0]:.1%}-{p.interval[1]:.1%}) | {p.latency_ms:.3f} | "
+                      f"{p.throughput_ips:.1f} |{' chosen' if p is point else (' tied' if tied(p, point) else '')}"
+                      for p in result.front())
+    text = [f"# Deploying {point.label}", "",
+            f"Chosen by gap-tune for **{decision.constraint}**: {decision.reason}.", "",
+            f"- Artifact: `{artifact}` on backend `{point.backend}`, input {point.size} "
+            f"(timed at {_shape(point.shape)}).",
+            f"- Top-1 {point.top1:.1%} (95% Wilson interval {low:.1%}-{high:.1%}) and top-5 {point.top5:.1%} on "
+            f"{point.images} labelled images of `{result.folder}`; median latency {point.latency_ms:.3f} ms, p99 "
+            f"{point.p99_ms:.3f} ms, {point.throughput_ips:.1f} images/s at batch {result.batch}, measured on the "
+            "machine that ran gap-tune.",
+            f"- Resizing: {result.resize_policy}.", "",
+            "## The Pareto front it was chosen from", "",
+            "| point | top-1 (95% interval) | median ms | images/s | |", "| --- | --- | --- | --- | --- |", front, "",
+            "## Files", ""]
+    text += [f"- `{name}`" for name in files] + ["", "## Commands", ""]
+    text += [f"```bash\n{line}\n```" for line in lines.values()]
+    if artifact.suffix != ".onnx":
+        text += ["", "The artifact is an engine: its profiles were fixed when it was built, so no static ONNX, "
+                 "bundle or Triton repository is written here; rebuild from the ONNX with the opt at "
+                 f"{point.size} to tune its kernels for this size."]
+    return "\n".join(text) + "\n"
+
+
+def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
+         log=lambda _: None) -> list[str]:
+    """Write the deployment of ``decision.chosen`` into ``folder`` (new or empty); returns the files written."""
+    import onnx
+
+    from exporter.pack import fixed_variant, pack
+    from exporter.triton import ServeOptions, write_repository
+
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise OutputPathError(f"--emit folder {folder} exists and is not empty.",
+                              hint="choose a new folder; it is written whole, never over another.")
+    if not folder.parent.is_dir():
+        raise OutputPathError(f"folder {folder.parent} does not exist.", hint=f"mkdir -p {folder.parent}")
+    point = decision.chosen
+    artifact = Path(artifacts[point.artifact])
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        files: list[str] = []
+        lines = commands(decision, artifact)
+        if artifact.suffix == ".onnx" and point.size != "native":
+            b, c, h, w = point.shape
+            static = staging / f"{artifact.stem}.{h}x{w}.onnx"
+            static.write_bytes(fixed_variant(onnx.load(str(artifact)), point.shape).SerializeToString())
+            files.append(static.name)
+            log(f"Packing a gap-pack bundle fixed to {_shape(point.shape)} ...")
+            pack(artifact, staging / "bundle", fixed=[point.shape], log=log)
+            files.append("bundle/")
+            write_repository([static], staging / "triton", ServeOptions(name=f"{artifact.stem.split('.')[0]}_{h}x{w}"))
+            files.append("triton/")
+        for name, line in lines.items():
+            (staging / f"{name}.sh").write_text(f"#!/bin/sh\n{line}\n")
+            files.append(f"{name}.sh")
+        (staging / "tune.json").write_text(json.dumps(result.to_dict(decision), indent=2, default=str) + "\n")
+        files.append("tune.json")
+        (staging / "README.md").write_text(readme(result, decision, artifact, files, lines))
+        files.append("README.md")
+        if folder.exists():
+            folder.rmdir()  # empty, checked above
+        os.replace(staging, folder)
+        return files
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,492 @@
+"""gap-tune's measurements and decision: which input size, precision and backend to deploy.
+
+For every artifact x backend x input size, top-1/top-5 on the user's labelled images (resized exactly as
+``gap-run --imgsz`` resizes them) and latency/throughput at one batch size, measured with gap-bench's
+harness in the same run. Each image is decoded once and each session created once. Accuracy comes with
+its Wilson 95% interval: two points whose intervals overlap are tied, not ranked. From the points: the
+Pareto front of accuracy against latency, and a decision under one constraint. torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import GapError, UsageError, first_line
+
+Z95 = 1.959963984540054  # the two-sided 95% normal quantile
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (Wilson 1927; Newcombe 1998, method 3)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends, not 1e-17 away
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+@dataclass(frozen=True)
+class TunePoint:
+    artifact: str
+    backend: str
+    size: str  # "64", "48x80" or "native"
+    shape: tuple[int, int, int, int]  # what latency was measured at (B, C, H, W)
+    correct: int
+    top5_correct: int
+    images: int
+    latency_ms: float  # median at ``shape``
+    p99_ms: float
+    throughput_ips: float
+
+    @property
+    def top1(self) -> float:
+        return self.correct / self.images if self.images else 0.0
+
+    @property
+    def top5(self) -> float:
+        return self.top5_correct / self.images if self.images else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson(self.correct, self.images)
+
+    @property
+    def series(self) -> str:
+        return f"{self.artifact}/{self.backend}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.series} @ {self.size}"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        low, high = self.interval
+        data.update(shape=list(self.shape), top1=self.top1, top5=self.top5, top1_low=low, top1_high=high)
+        return data
+
+
+SPEEDS = ("latency", "throughput")
+
+
+def _cost(point: TunePoint, speed: str) -> float:
+    """Lower is better: latency, or minus throughput."""
+    return point.latency_ms if speed == "latency" else -point.throughput_ips
+
+
+def dominates(a: TunePoint, b: TunePoint, speed: str = "latency") -> bool:
+    """``a`` is at least as accurate and at least as fast as ``b``, and strictly better in one of them."""
+    no_worse = a.top1 >= b.top1 and _cost(a, speed) <= _cost(b, speed)
+    return no_worse and (a.top1 > b.top1 or _cost(a, speed) < _cost(b, speed))
+
+
+def pareto_front(points: Sequence[TunePoint], speed: str = "latency") -> list[TunePoint]:
+    """The points no other point dominates, fastest first."""
+    if speed not in SPEEDS:
+        raise UsageError(f"speed {speed!r}; choose latency or throughput.")
+    front = [p for p in points if not any(dominates(q, p, speed) for q in points if q is not p)]
+    return sorted(front, key=lambda p: (_cost(p, speed), -p.top1))
+
+
+def tied(a: TunePoint, b: TunePoint) -> bool:
+    """Whether the accuracies of ``a`` and ``b`` cannot be told apart: their Wilson intervals overlap."""
+    (a_low, a_high), (b_low, b_high) = a.interval, b.interval
+    return a_low <= b_high and b_low <= a_high
+
+
+@dataclass(frozen=True)
+class Decision:
+    chosen: TunePoint
+    constraint: str  # e.g. "top-1 >= 75%"
+    reason: str
+    #: points more accurate than the chosen one on the front: (point, top-1 gained, extra ms)
+    better: tuple[tuple[TunePoint, float, float], ...] = ()
+    #: points whose accuracy is tied with the chosen one's and that met the constraint
+    tied_with: tuple[TunePoint, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"chosen": self.chosen.to_dict(), "constraint": self.constraint, "reason": self.reason,
+                "better": [{"point": p.to_dict(), "top1_gain": g, "extra_ms": c} for p, g, c in self.better],
+                "tied_with": [p.label for p in self.tied_with]}
+
+
+def decide(points: Sequence[TunePoint], *, min_top1: float | None = None, max_ms: float | None = None,
+           min_ips: float | None = None) -> Decision:
+    """One point under exactly one constraint.
+
+    - ``min_top1``: the fastest point whose top-1 is at least that;
+    - ``max_ms``: the most accurate point whose median latency is within the budget;
+    - ``min_ips``: the most accurate point whose throughput is at least that.
+    For the last two, points whose accuracy is tied with the best one (overlapping intervals) count as
+    equally accurate, and the fastest of them is chosen. Remaining ties go to the faster point.
+    """
+    given = [c for c in (min_top1, max_ms, min_ips) if c is not None]
+    if len(given) != 1:
+        raise UsageError("give exactly one constraint: --min-top1, --max-ms or --min-ips.")
+    if not points:
+        raise UsageError("no measured point to choose from.")
+    fastest = lambda ps: min(ps, key=lambda p: (p.latency_ms, -p.top1))  # noqa: E731
+    if min_top1 is not None:
+        constraint = f"top-1 >= {min_top1:.1%}"
+        ok = [p for p in points if p.top1 >= min_top1]
+        if not ok:
+            best = max(points, key=lambda p: p.top1)
+            raise UsageError(f"no point reaches {constraint}; the most accurate is {best.label} at "
+                             f"{best.top1:.1%} (95% interval {best.interval[0]:.1%}-{best.interval[1]:.1%}).",
+                             hint="lower --min-top1, add sizes or artifacts, or train for these sizes.")
+        chosen = fastest(ok)
+        reason = f"the fastest of the {len(ok)} point(s) with {constraint}"
+        if chosen.interval[0] < min_top1:
+            reason += (f"; its 95% interval reaches down to {chosen.interval[0]:.1%}, so {chosen.images} images "
+                       f"cannot confirm {min_top1:.0%} (use more images, or a higher --min-top1 for a margin)")
+        peers = tuple(p for p in ok if p is not chosen and tied(p, chosen))
+    else:
+        if max_ms is not None:
+            constraint = f"median latency <= {max_ms:g} ms"
+            ok = [p for p in points if p.latency_ms <= max_ms]
+            closest = min(points, key=lambda p: p.latency_ms)
+            missing = f"the fastest is {closest.label} at {closest.latency_ms:.3f} ms"
+        else:
+            constraint = f"throughput >= {min_ips:g} images/s"
+            ok = [p for p in points if p.throughput_ips >= min_ips]
+            closest = max(points, key=lambda p: p.throughput_ips)
+            missing = f"the highest is {closest.label} at {closest.throughput_ips:.1f} images/s"
+        if not ok:
+            raise UsageError(f"no point meets {constraint}; {missing}.",
+                             hint="relax the constraint, add smaller sizes, or a faster backend or precision.")
+        best = max(ok, key=lambda p: (p.top1, -p.latency_ms))
+        peers = tuple(p for p in ok if tied(p, best))
+        chosen = fastest(peers)
+        reason = (f"the most accurate of the {len(ok)} point(s) with {constraint}"
+                  + (f"; {len(peers)} are tied in accuracy (overlapping 95% intervals), so the fastest of them"
+                     if len(peers) > 1 else ""))
+        peers = tuple(p for p in peers if p is not chosen)
+    better = tuple((p, p.top1 - chosen.top1, p.latency_ms - chosen.latency_ms)
+                   for p in pareto_front(points) if p.top1 > chosen.top1)
+    return Decision(chosen, constraint, reason, better, peers)
+
+
+@dataclass
+class TuneResult:
+    folder: str
+    classes: tuple[str, ...]
+    batch: int
+    images: int
+    points: list[TunePoint] = field(default_factory=list)
+    #: seconds spent decoding, evaluating and timing, and the whole sweep
+    seconds: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+    errors: list[dict] = field(default_factory=list)
+    resize_policy: str = ("each image resized to the size with bilinear interpolation on its [0, 1] pixels, "
+                          "aspect ratio not kept (gap-run --imgsz); 'native' runs every image at its own size")
+
+    def front(self, speed: str = "latency") -> list[TunePoint]:
+        return pareto_front(self.points, speed)
+
+    def to_dict(self, decision: Decision | None = None) -> dict:
+        front = {p.label for p in self.front()}
+        return {"folder": self.folder, "classes": list(self.classes), "batch": self.batch, "images": self.images,
+                "resize_policy": self.resize_policy, "interrupted": self.interrupted, "seconds": self.seconds,
+                "points": [dict(p.to_dict(), on_front=p.label in front) for p in self.points],
+                "front": [p.label for p in self.front()], "errors": self.errors,
+                "decision": decision.to_dict() if decision else None}
+
+
+def parse_sizes(texts: Sequence[str]) -> list[tuple[int, int]]:
+    """``32:256:16`` (start:stop:step, stop included), ``32,48,64``, ``48x80``; repeatable."""
+    sizes: list[tuple[int, int]] = []
+    for text in texts:
+        for part in str(text).replace(" ", "").split(","):
+            if not part:
+                continue
+            try:
+                if ":" in part:
+                    start, stop, *step = (int(v) for v in part.split(":"))
+                    if len(step) > 1:
+                        raise ValueError
+                    step_value = step[0] if step else 16
+                    if start < 1 or stop < start or step_value < 1:
+                        raise ValueError
+                    sizes += [(s, s) for s in range(start, stop + 1, step_value)]
+                elif "x" in part.lower():
+                    h, w = (int(v) for v in part.lower().split("x"))
+                    sizes.append((h, w))
+                else:
+                    sizes.append((int(part), int(part)))
+            except ValueError:
+                raise UsageError(f"--sizes {part!r} is not N, HxW or START:STOP:STEP (e.g. 32:256:16).") from None
+    if any(h < 1 or w < 1 or h > 8192 or w > 8192 for h, w in sizes):
+        raise UsageError("--sizes must lie between 1 and 8192 pixels.")
+    return list(dict.fromkeys(sizes))
+
+
+def default_sizes(meta) -> list[tuple[int, int]]:
+    """Half to twice the export size in quarter steps (64 -> 32..128 by 16), never below the model's minimum."""
+    export = meta.export_height or 224
+    step = max(export // 4, 1)
+    low = max(export // 2, meta.min_height, meta.min_width, 1)
+    return [(s, s) for s in range(low, 2 * export + 1, step)]
+
+
+def size_label(size: tuple[int, int] | None) -> str:
+    if size is None:
+        return "native"
+    return f"{size[0]}" if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+def resize_chw(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A decoded [0, 1] CHW image resized as ``gap-run --imgsz`` resizes it (runtime.images)."""
+    from runtime.images import resize_hwc
+
+    return np.ascontiguousarray(resize_hwc(chw.transpose(1, 2, 0), size).transpose(2, 0, 1))
+
+
+def sample_per_class(files: Sequence[Path], labels: Sequence[int], max_per_class: int | None):
+    """At most ``max_per_class`` files of each class, the first in sorted order (deterministic)."""
+    if max_per_class is None:
+        return list(files), list(labels)
+    kept: dict[int, int] = {}
+    out_files, out_labels = [], []
+    for path, label in zip(files, labels):
+        if kept.get(label, 0) < max_per_class:
+            kept[label] = kept.get(label, 0) + 1
+            out_files.append(path)
+            out_labels.append(label)
+    return out_files, out_labels
+
+
+def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
+         sizes: Sequence[tuple[int, int]] | None = None, native: bool = True, backends: Sequence[str] | None = None,
+         batch: int = 1, max_per_class: int | None = None, settings=None,
+         progress: Callable[[str], None] | None = None,
+         on_plan: Callable[[int, float], None] | None = None) -> TuneResult:
+    """Measure every artifact x backend x size (see the module doc); Ctrl-C returns what was measured.
+
+    ``on_plan(points, seconds)`` is called once before the sweep with the number of points and an
+    estimate of its length (the timing's fixed cost plus the evaluation, from one probe batch at the
+    largest size); ``progress(label)`` after each point.
+    """
+    import runtime
+    from runtime.bench import BenchSettings, bench_session
+    from runtime.classify import prepare_image
+    from runtime.evaluate import read_labelled_folder
+    from runtime.images import load_image
+    from runtime.session import ENGINE_SUFFIXES, ONNX_BACKENDS, available_backends
+
+    if not artifacts:
+        raise UsageError("gap-tune needs at least one artifact.")
+    if batch < 1:
+        raise UsageError(f"batch must be >= 1, got {batch}.")
+    settings = settings or BenchSettings(warmup_s=0.1, duration_s=0.5, min_iterations=5)
+    started = time.perf_counter()
+    works = {name for name, why in available_backends().items() if why is None}
+    sessions: dict[tuple[str, str], object] = {}
+    result: TuneResult | None = None
+    try:
+        for name, path in artifacts.items():
+            is_engine = Path(path).suffix in ENGINE_SUFFIXES
+            wanted = list(backends) if backends else (["trt"] if is_engine else
+                                                       [b for b in ONNX_BACKENDS if b in works and b != "ort-trt"])
+            usable = [b for b in wanted if (b == "trt") == is_engine]
+            if not usable:
+                raise UsageError(f"no backend given runs artifact '{name}' ({path}); asked for {', '.join(wanted)}.")
+            for backend in usable:
+                sessions[(name, backend)] = runtime.load(path, backend)
+        metas = [s.metadata for s in sessions.values()]
+        first = metas[0]
+        for (name, _), session in sessions.items():
+            if (session.metadata.class_names, session.metadata.num_classes) != (first.class_names, first.num_classes):
+                raise UsageError(f"artifact '{name}' has other classes than '{next(iter(sessions))[0]}'; tune "
+                                 "artifacts of one model.")
+        specs = {key: s.input_spec for key, s in sessions.items()}
+        min_h = max(s.min_height for s in specs.values())
+        min_w = max(s.min_width for s in specs.values())
+        chosen_sizes = list(sizes) if sizes else default_sizes(first)
+        small = [s for s in chosen_sizes if s[0] < min_h or s[1] < min_w]
+        if small:
+            raise UsageError(f"size(s) {', '.join(size_label(s) for s in small)} are below the models' minimum input "
+                             f"{min_h}x{min_w}.", hint=f"start --sizes at {max(min_h, min_w)} or above.")
+        data = read_labelled_folder(folder, first.class_names, first.num_classes)
+        files, labels = sample_per_class(data.files, data.labels, max_per_class)
+        result = TuneResult(str(folder), data.classes, batch, 0)
+        channels = {key: (spec.channels or first.in_channels or 3) for key, spec in specs.items()}
+        decode_started = time.perf_counter()
+        decoded: dict[int, list] = {}  # channels -> decoded [0, 1] CHW images (None where unreadable)
+        for c in sorted(set(channels.values())):
+            decoded[c] = []
+            for path in files:
+                try:
+                    decoded[c].append(load_image(path, c))
+                except GapError as exc:
+                    result.errors.append({"file": str(path), "size": "any", "error": first_line(exc)})
+                    decoded[c].append(None)
+        keep = [i for i in range(len(files)) if all(decoded[c][i] is not None for c in decoded)]
+        if not keep:
+            raise UsageError(f"no image of {folder} could be read.", note="see the per-file errors.")
+        truth = np.asarray([labels[i] for i in keep])
+        result.images = len(keep)
+        result.seconds["decode"] = time.perf_counter() - decode_started
+        result.seconds["evaluate"] = result.seconds["bench"] = 0.0
+        all_sizes = ([None] if native else []) + chosen_sizes
+        if on_plan:
+            key, session = next(iter(sessions.items()))
+            largest = max(chosen_sizes, key=lambda s: s[0] * s[1]) if chosen_sizes else None
+            probe = []
+            for i in keep[:16]:
+                raw = decoded[channels[key]][i]
+                try:
+                    probe.append(prepare_image(session, raw if largest is None else resize_chw(raw, largest)))
+                except GapError:
+                    pass  # too small at its own size: reported when its point runs
+            t0 = time.perf_counter()
+            if probe:
+                session.run_many(probe, max_batch=16)
+            per_image = (time.perf_counter() - t0) / max(len(probe), 1)
+            points = len(sessions) * len(all_sizes)
+            bench_s = settings.warmup_s + (settings.duration_s if settings.iterations is None else 0.0)
+            on_plan(points, points * (bench_s + per_image * len(keep) + 0.05))
+        for size in all_sizes:
+            label = size_label(size)
+            prepared: dict[tuple, list] = {}
+            for key, session in sessions.items():
+                c = channels[key]
+                cache_key = (c, session.metadata.normalization(), specs[key])
+                t0 = time.perf_counter()
+                if cache_key not in prepared:  # one preprocessing and input spec: the images are shared
+                    images = []
+                    for i in keep:
+                        raw = decoded[c][i] if size is None else resize_chw(decoded[c][i], size)
+                        try:
+                            images.append(prepare_image(session, raw))
+                        except GapError as exc:
+                            result.errors.append({"file": str(files[i]), "size": label, "error": first_line(exc)})
+                            images.append(None)
+                    prepared[cache_key] = images
+                images = prepared[cache_key]
+                ok = [j for j, img in enumerate(images) if img is not None]
+                if not ok:
+                    raise UsageError(f"no image could run at size {label} on {key[0]}/{key[1]}.",
+                                     note="see the per-file errors.")
+                logits = np.stack(session.run_many([images[j] for j in ok], max_batch=max(batch, 16)))
+                y = truth[ok]
+                order = np.argsort(-logits, axis=1)[:, :min(5, logits.shape[1])]
+                correct = int(np.sum(order[:, 0] == y))
+                top5 = int(np.sum((order == y[:, None]).any(axis=1)))
+                t1 = time.perf_counter()
+                if size is None:  # latency at the median image size
+                    hs = sorted(images[j].shape[1] for j in ok)
+                    ws = sorted(images[j].shape[2] for j in ok)
+                    hw = (hs[len(hs) // 2], ws[len(ws) // 2])
+                else:
+                    hw = size
+                shape = (batch, images[ok[0]].shape[0], *hw)
+                timed, _ = bench_session(session, shape, settings)
+                if timed is None:  # interrupted before a single timed iteration
+                    raise KeyboardInterrupt
+                result.seconds["evaluate"] += t1 - t0
+                result.seconds["bench"] += time.perf_counter() - t1
+                result.points.append(TunePoint(key[0], key[1], label, shape, correct, top5, len(ok),
+                                               timed.latency_ms.median, timed.latency_ms.p99, timed.throughput_ips))
+                if progress:
+                    progress(result.points[-1].label)
+                if timed.interrupted:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        if result is None:
+            raise
+        result.interrupted = True
+    finally:
+        for session in sessions.values():
+            session.close()
+    result.seconds["total"] = time.perf_counter() - started
+    return result
+
+
+def format_table(result: TuneResult, decision: Decision | None = None) -> str:
+    front = {p.label for p in result.front()}
+    head = (f"{'artifact/backend':>20} {'size':>7} {'top-1':>6} {'95% interval':>13} {'top-5':>6} "
+            f"{'median ms':>9} {'p99 ms':>8} {'img/s':>8}  front")
+    lines = [f"gap-tune on {result.folder}: {result.images} images, {len(result.classes)} classes, batch "
+             f"{result.batch}" + (" (interrupted: partial)" if result.interrupted else ""), head, "-" * len(head)]
+    for p in sorted(result.points, key=lambda p: (p.series, p.latency_ms)):
+        low, high = p.interval
+        mark = "*" if p.label in front else ""
+        if decision and p is decision.chosen:
+            mark += "  <- chosen"
+        lines.append(f"{p.series:>20} {p.size:>7} {p.top1:6.1%} {low:6.1%}-{high:6.1%} {p.top5:6.1%} "
+                     f"{p.latency_ms:9.3f} {p.p99_ms:8.3f} {p.throughput_ips:8.1f}  {mark}")
+    lines.append("* on the Pareto front of top-1 against median latency; accuracies whose 95% intervals overlap "
+                 "are tied.")
+    if decision:
+        c = decision.chosen
+        lines.append(f"\nChosen for {decision.constraint}: {c.label}: top-1 {c.top1:.1%} "
+                     f"({c.interval[0]:.1%}-{c.interval[1]:.1%}), {c.latency_ms:.3f} ms median at "
+                     f"{'x'.join(map(str, c.shape))}, {c.throughput_ips:.1f} images/s.")
+        lines.append(f"Why: {decision.reason}.")
+        if decision.tied_with:
+            shown = [p.label for p in decision.tied_with[:6]]
+            more = len(decision.tied_with) - len(shown)
+            lines.append("Tied with it in accuracy (and slower): " + ", ".join(shown)
+                         + (f" and {more} more" if more > 0 else ""))
+        for p, gain, cost in decision.better:
+            lines.append(f"Next better: {p.label}: +{gain:.1%} top-1 for {cost:+.3f} ms"
+                         + ("" if not tied(p, c) else " (tied: the intervals overlap)"))
+    return "\n".join(lines)
+
+
+def plot(result: TuneResult, path: str | os.PathLike, decision: Decision | None = None) -> Path:
+    """Top-1 against median latency: one colour per artifact/backend, the front drawn and labelled with
+    sizes, dominated points grey, the chosen point starred."""
+    import io
+
+    from runtime._lazy import require
+    from runtime.files import write_bytes_atomic
+
+    matplotlib = require("matplotlib", purpose="for --plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = result.front()
+    on_front = {p.label for p in front}
+    fig, ax = plt.subplots(figsize=(9.5, 5))
+    for index, series in enumerate(dict.fromkeys(p.series for p in result.points)):
+        mine = [p for p in result.points if p.series == series]
+        good = [p for p in mine if p.label in on_front]
+        grey = [p for p in mine if p.label not in on_front]
+        ax.scatter([p.latency_ms for p in grey], [p.top1 for p in grey], facecolor="0.8", edgecolor=f"C{index}",
+                   linewidth=1, s=24, zorder=2)  # dominated: grey, its series in the edge
+        ax.scatter([p.latency_ms for p in good], [p.top1 for p in good], color=f"C{index}", s=40, zorder=3,
+                   label=series)
+        for p in mine:
+            low, high = p.interval
+            ax.plot([p.latency_ms] * 2, [low, high], color=f"C{index}" if p.label in on_front else "0.8",
+                    linewidth=1, zorder=1)
+    ax.plot([p.latency_ms for p in front], [p.top1 for p in front], color="black", linewidth=1, linestyle="--",
+            zorder=2, label="Pareto front")
+    for p in front:
+        ax.annotate(p.size, (p.latency_ms, p.top1), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if decision:
+        c = decision.chosen
+        ax.scatter([c.latency_ms], [c.top1], marker="*", s=260, color="gold", edgecolor="black", zorder=4,
+                   label=f"chosen: {c.label}")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"median latency at batch {result.batch} (ms, log scale)")
+    ax.set_ylabel("top-1 accuracy (95% interval)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    ax.set_title(f"Accuracy against latency on {Path(result.folder).name} ({result.images} images)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes_atomic(path, buffer.getvalue())
