@@ -60,9 +60,9 @@ def readme(result: TuneResult, decision: Decision, artifact: Path, files: list[s
     text += [f"- `{name}`" for name in files] + ["", "## Commands", ""]
     text += [f"```bash\n{line}\n```" for line in lines.values()]
     if artifact.suffix != ".onnx":
-        text += ["", "The artifact is an engine: its profiles were fixed when it was built, so no static ONNX, "
-                 "bundle or Triton repository is written here; rebuild from the ONNX with the opt at "
-                 f"{point.size} to tune its kernels for this size."]
+        text += ["", "The artifact is not an ONNX file (an engine, whose profiles were fixed when it was built, or a "
+                 "bundle), so no static ONNX, bundle or Triton repository is written here; run gap-tune on the "
+                 f"FP32 ONNX, or rebuild the engine from it with the opt at {point.size}."]
     return "\n".join(text) + "\n"
 
 
