@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import numpy as np
 
-from runtime.errors import GapError, first_line
 from runtime.images import load_image, normalize, softmax
 from runtime.metadata import ModelMetadata
 from runtime.validation import check_image
@@ -24,21 +26,52 @@ def prepare_image(session, chw: np.ndarray) -> np.ndarray:
     return normalized
 
 
-def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, progress=None) -> dict:
-    """Top-k classes per image file. Unreadable or too-small files are reported, the rest classified."""
+def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, window: int | None = None,
+                  workers: int | None = None, stats=None) -> Iterator[dict]:
+    """Classify image files as a stream: one dict per file, in input order, each as soon as it and every
+    earlier file are done: ``{"file", "size", "top"}``, or ``{"file", "error"}`` for a file that cannot be
+    read or run. Decoding overlaps inference and at most ``window`` decoded images are held
+    (runtime.stream). ``stats`` (a StreamStats) receives where the time went."""
+    from runtime.stream import StreamStats, in_order, stream_batches
+
     meta, spec = session.metadata, session.input_spec
     channels = spec.channels or meta.in_channels or 3
-    ready, errors = [], []
-    for path in paths:
-        try:  # size/profile checks per file, so one bad file cannot sink a batch
-            ready.append((path, prepare_image(session, load_image(path, channels, imgsz))))
-        except GapError as exc:
-            errors.append({"file": str(path), "error": first_line(exc)})
+    paths = list(paths)
+    stats = stats if stats is not None else StreamStats()
+
+    def load(path):  # size/profile checks per file, so one bad file cannot sink a batch
+        return prepare_image(session, load_image(path, channels, imgsz))
+
+    def results():
+        for batch in stream_batches(paths, load, batch_size=batch_size, window=window, workers=workers, stats=stats):
+            if batch.error is not None:
+                yield batch.indices[0], {"file": str(paths[batch.indices[0]]), "error": batch.error}
+                continue
+            t0 = time.perf_counter()
+            logits = session.run_many(list(batch.images), max_batch=batch_size)
+            stats.infer_s += time.perf_counter() - t0
+            for index, chw, row in zip(batch.indices, batch.images, logits):
+                yield index, {"file": str(paths[index]), "size": [int(chw.shape[1]), int(chw.shape[2])],
+                              "top": top_classes(row, meta, topk)}
+
+    yield from in_order(results(), len(paths))
+
+
+def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, progress=None,
+             window: int | None = None, workers: int | None = None) -> dict:
+    """Top-k classes per image file. Unreadable or too-small files are reported, the rest classified.
+
+    Streams (iter_classify): memory is bounded by the window, not by the number of files; the report's
+    ``stats`` says where the time went.
+    """
+    from runtime.stream import StreamStats
+
+    stats = StreamStats()
+    results, errors = [], []
+    for item in iter_classify(session, paths, topk=topk, imgsz=imgsz, batch_size=batch_size, window=window,
+                              workers=workers, stats=stats):
+        (errors if "error" in item else results).append(item)
         if progress:
             progress(1)
-    logits = session.run_many([chw for _, chw in ready], max_batch=batch_size) if ready else []
-    results = []
-    for (path, chw), row in zip(ready, logits):
-        results.append({"file": str(path), "size": [int(chw.shape[1]), int(chw.shape[2])],
-                        "top": top_classes(row, meta, topk)})
-    return {"artifact": str(session.path), "backend": session.backend, "results": results, "errors": errors}
+    return {"artifact": str(session.path), "backend": session.backend, "results": results, "errors": errors,
+            "stats": stats.to_dict()}

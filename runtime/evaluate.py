@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import ArtifactError, GapError, UsageError, first_line
+from runtime.errors import ArtifactError, UsageError
 from runtime.images import IMAGE_SUFFIXES, load_image
 
 Size = tuple[int, int] | None  # None: each image at its own size
@@ -95,9 +95,8 @@ class EvalResult:
                 "agreement": self.agreement, "errors": self.errors}
 
 
-def _scores(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> ArtifactScores:
-    k = min(5, logits.shape[1])
-    top5 = np.argsort(-logits, axis=1)[:, :k]
+def _scores(top5: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> ArtifactScores:
+    """Scores from each image's top-5 class indices (most probable first)."""
     top1 = top5[:, 0]
     per_class = {}
     for index, name in enumerate(classes):
@@ -109,12 +108,23 @@ def _scores(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> A
 
 def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, sizes: Sequence[Size] = (None,),
              *, backend: str | None = None, batch_size: int = 32,
-             progress: Callable[[int], None] | None = None) -> EvalResult:
-    """Top-1/top-5 of each artifact at each size on ``folder``, per class, and top-1 agreement between them."""
+             progress: Callable[[int], None] | None = None, window: int | None = None, stats=None) -> EvalResult:
+    """Top-1/top-5 of each artifact at each size on ``folder``, per class, and top-1 agreement between them.
+
+    The images stream (runtime.stream): decoded on worker threads while batches run, at most ``window``
+    held at once, each decoded once per size for all artifacts that share a preprocessing and input spec.
+    Only each image's top-5 classes are kept, so memory does not grow with the number of images.
+    ``stats`` (a StreamStats) adds up where the time went.
+    """
+    import time
+
     import runtime
+    from runtime.classify import prepare_image
+    from runtime.stream import StreamStats, stream_batches
 
     if not artifacts:
         raise UsageError("evaluate needs at least one artifact.")
+    stats = stats if stats is not None else StreamStats()
     sessions = {}
     try:
         for name, path in artifacts.items():
@@ -127,62 +137,55 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
                                  "artifacts of one model.")
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         labels_all = np.asarray(data.labels)
+        count = len(data.files)
         scores: dict[str, dict[str, ArtifactScores]] = {name: {} for name in sessions}
         agreement: dict[str, dict[str, float]] = {}
         errors: list[dict] = []
         for size in sizes:
             label = size_label(size)
-            predictions: dict[str, np.ndarray] = {}
-            ok_mask = np.ones(len(data.files), bool)
-            cache: dict[tuple, list] = {}
+            groups: dict[tuple, list[str]] = {}  # one preprocessing and input spec: the images are shared
             for name, session in sessions.items():
                 meta, spec = session.metadata, session.input_spec
-                key = (meta.normalization(), spec.channels or meta.in_channels or 3, spec)
-                if key not in cache:  # artifacts with one preprocessing and input spec share their images
-                    cache[key] = _load_all(data.files, session, key[1], size, errors, label, progress)
-                images = cache[key]
-                ok_mask &= np.array([img is not None for img in images])
-                chosen = [img for img in images if img is not None]
-                logits = session.run_many(chosen, max_batch=batch_size) if chosen else []
-                full = np.full(len(images), -1)
-                rows = iter(logits)
-                for i, img in enumerate(images):
-                    if img is not None:
-                        full[i] = int(np.argmax(next(rows)))
-                predictions[name] = (full, np.stack(logits) if len(logits) else np.zeros((0, 1)),
-                                     np.array([img is not None for img in images]))
-            for name, (_, logits, mask) in predictions.items():
-                if len(logits) == 0:
-                    raise ArtifactError(f"no image of {folder} could be evaluated at size {label}.",
-                                        note="see the per-file errors.")
-                scores[name][label] = _scores(logits, labels_all[mask], data.classes)
-            names = list(predictions)
+                groups.setdefault((meta.normalization(), spec.channels or meta.in_channels or 3, spec), []).append(name)
+            top5 = {name: np.full((count, 5), -1) for name in sessions}
+            ok_mask = np.ones(count, bool)
+            for (_, channels, _), names in groups.items():
+                lead = sessions[names[0]]
+
+                def load(path, lead=lead, channels=channels, size=size):
+                    return prepare_image(lead, load_image(path, channels, size))
+
+                for batch in stream_batches(data.files, load, batch_size=batch_size, window=window, stats=stats):
+                    if progress:
+                        progress(len(batch.indices))
+                    if batch.error is not None:
+                        index = batch.indices[0]
+                        errors.append({"file": str(data.files[index]), "size": label, "error": batch.error})
+                        ok_mask[index] = False
+                        continue
+                    rows = list(batch.indices)
+                    for name in names:
+                        t0 = time.perf_counter()
+                        logits = np.stack(sessions[name].run_many(list(batch.images), max_batch=batch_size))
+                        stats.infer_s += time.perf_counter() - t0
+                        k = min(5, logits.shape[1])
+                        top5[name][rows, :k] = np.argsort(-logits, axis=1)[:, :k]
+            if not ok_mask.any():
+                raise ArtifactError(f"no image of {folder} could be evaluated at size {label}.",
+                                    note="see the per-file errors.")
+            for name in sessions:
+                scores[name][label] = _scores(top5[name][ok_mask], labels_all[ok_mask], data.classes)
+            names = list(sessions)
             agreement[label] = {}
             for i, a in enumerate(names):
                 for b in names[i + 1:]:
-                    pa, pb = predictions[a][0][ok_mask], predictions[b][0][ok_mask]
+                    pa, pb = top5[a][ok_mask, 0], top5[b][ok_mask, 0]
                     agreement[label][f"{a} vs {b}"] = float(np.mean(pa == pb)) if len(pa) else math.nan
         return EvalResult(str(folder), data.classes, {n: str(p) for n, p in artifacts.items()},
                           [size_label(s) for s in sizes], scores, agreement, errors)
     finally:
         for session in sessions.values():
             session.close()
-
-
-def _load_all(files, session, channels, size, errors, label, progress) -> list:
-    """Every file prepared for ``session`` (None where it failed, with its error recorded)."""
-    from runtime.classify import prepare_image
-
-    images = []
-    for path in files:
-        try:
-            images.append(prepare_image(session, load_image(path, channels, size)))
-        except GapError as exc:
-            errors.append({"file": str(path), "size": label, "error": first_line(exc)})
-            images.append(None)
-        if progress:
-            progress(1)
-    return images
 
 
 def format_table(result: EvalResult) -> str:

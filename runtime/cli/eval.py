@@ -69,9 +69,14 @@ def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
     count = sum(1 for p in Path(folder).glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else 0
     info(f"Evaluating {len(named)} artifact(s) on {folder} ({count} images) at "
          f"{', '.join(s and f'{s[0]}x{s[1]}' or 'native' for s in parsed)} ...")
+    from runtime.stream import StreamStats
+
+    stats = StreamStats()
     with click.progressbar(length=max(count * len(parsed), 1), label="Evaluating", file=sys.stderr) as bar:
-        result = evaluate(named, folder, parsed, backend=backend, batch_size=batch_size, progress=bar.update)
+        result = evaluate(named, folder, parsed, backend=backend, batch_size=batch_size, progress=bar.update,
+                          stats=stats)
     click.echo(format_table(result))
+    info(stats.summary())
     if json_path:
         write_json(json_path, result.to_dict())
         info(f"Wrote {json_path}")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from runtime.classify import classify
+from runtime.classify import iter_classify
 from runtime.cli.common import FiniteFloat, fail, image_size, info, report_errors
 from runtime.session import BACKENDS
+from runtime.stream import StreamStats
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -22,14 +24,19 @@ def print_skipped(errors) -> None:
         click.echo(click.style("Skipped: ", fg="yellow") + said, err=True)
 
 
-def report(result: dict, total: int, as_json: bool) -> None:
-    """gap-run's output for a classification report, local or remote; exit 1 when any file failed."""
+def result_line(item: dict) -> str:
+    tops = "  ".join(f"{t['name']} {t['prob']:.3f}" for t in item["top"])
+    return f"{item['file']} ({item['size'][0]}x{item['size'][1]}): {tops}"
+
+
+def report(result: dict, total: int, as_json: bool, printed: bool = False) -> None:
+    """gap-run's output for a classification report, local or remote (``printed``: the result lines were
+    printed as they came); exit 1 when any file failed."""
     if as_json:
         click.echo(json.dumps(result, indent=2))
-    else:
+    elif not printed:
         for item in result["results"]:
-            tops = "  ".join(f"{t['name']} {t['prob']:.3f}" for t in item["top"])
-            click.echo(f"{item['file']} ({item['size'][0]}x{item['size'][1]}): {tops}")
+            click.echo(result_line(item))
     print_skipped(result["errors"])
     if result["errors"]:
         info(f"{len(result['errors'])} of {total} image(s) failed.")
@@ -128,9 +135,23 @@ def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engi
     if size:
         check_memory((batch_size, session.input_spec.channels or 3, *size), "--imgsz with --batch-size")
     info(f"{artifact} on {session.backend}: {len(paths)} image(s)")
-    if len(paths) >= 20:
-        with click.progressbar(length=len(paths), label="Classifying", file=sys.stderr) as bar:
-            result = classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size, progress=bar.update)
-    else:
-        result = classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size)
-    report(result, len(paths), as_json)
+    stats = StreamStats()
+    results, errors = [], []
+    # A progress bar on stderr for many images, unless the result lines go to the same terminal (they are the
+    # progress there).
+    show_bar = len(paths) >= 20 and (as_json or not sys.stdout.isatty())
+    with click.progressbar(length=len(paths), label="Classifying", file=sys.stderr) if show_bar \
+            else contextlib.nullcontext() as bar:
+        # a stream: each line is printed as soon as it and every earlier image are done, in input order
+        for item in iter_classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size, stats=stats):
+            if "error" in item:
+                errors.append(item)
+            elif as_json:
+                results.append(item)
+            else:
+                click.echo(result_line(item))
+            if bar is not None:
+                bar.update(1)
+    info(stats.summary())
+    report({"artifact": str(session.path), "backend": session.backend, "results": results, "errors": errors,
+            "stats": stats.to_dict()}, len(paths), as_json, printed=not as_json)

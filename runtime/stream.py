@@ -1,0 +1,162 @@
+"""Images as a stream: decoded by a thread pool while batches run, in bounded memory.
+
+``stream_batches`` reads and decodes items ahead of the consumer on worker threads (Pillow and ONNX
+Runtime release the GIL, so decoding overlaps inference) and groups the decoded images by size into
+batches. At most ``window`` decoded images exist at any time, counting those still being decoded, those
+decoded but not yet taken, and those waiting in a size group: peak memory depends on the window, never on
+the number of images. A group is handed over when it holds ``batch_size`` images; when the window is full
+of groups that are not, the largest group goes as it is. At the end every group goes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.errors import GapError, UsageError, first_line
+
+#: default decoded images held at once: a few batches' worth for every worker
+DEFAULT_WINDOW = 256
+
+
+@dataclass
+class StreamStats:
+    """Where a stream's time went, and the most decoded images it held at once."""
+
+    images: int = 0
+    failed: int = 0
+    decode_s: float = 0.0  # summed over the worker threads
+    wait_s: float = 0.0  # the consumer waiting for a decode
+    infer_s: float = 0.0  # filled in by the consumer around its inference calls
+    wall_s: float = 0.0
+    workers: int = 0
+    window: int = 0
+    peak_held: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_decode(self, seconds: float) -> None:
+        with self._lock:
+            self.decode_s += seconds
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "failed": self.failed, "wall_s": self.wall_s,
+                "images_per_s": self.images_per_s, "decode_s": self.decode_s, "wait_s": self.wait_s,
+                "infer_s": self.infer_s, "workers": self.workers, "window": self.window, "peak_held": self.peak_held}
+
+    def summary(self) -> str:
+        return (f"{self.images} image(s) in {self.wall_s:.2f} s: {self.images_per_s:.1f} images/s; decoding "
+                f"{self.decode_s:.2f} s over {self.workers} thread(s), waiting for images {self.wait_s:.2f} s, "
+                f"inference {self.infer_s:.2f} s")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Decoded images of one size (``indices`` into the input), or one item that failed (``error``)."""
+
+    indices: tuple[int, ...]
+    images: tuple[np.ndarray, ...] = ()
+    error: str | None = None
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, batch_size: int = 16,
+                   window: int | None = None, workers: int | None = None,
+                   stats: StreamStats | None = None) -> Iterator[Batch]:
+    """Batches of decoded images of one size each, while the next ones decode (see the module doc).
+
+    ``load(item)`` returns a CHW array or raises GapError, which becomes a ``Batch`` with ``error`` for
+    that item alone. Every input index appears in exactly one yielded Batch.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}.")
+    workers = workers or default_workers()
+    window = window or max(DEFAULT_WINDOW, 2 * batch_size)
+    if window < batch_size + workers:
+        raise UsageError(f"window ({window}) must hold a batch ({batch_size}) and the decodes in flight ({workers}).")
+    stats = stats if stats is not None else StreamStats()
+    stats.workers, stats.window = workers, window
+    started = time.perf_counter()
+
+    def decode(index: int):
+        t0 = time.perf_counter()
+        try:
+            return load(items[index])
+        except GapError as exc:
+            return exc
+        finally:
+            stats.add_decode(time.perf_counter() - t0)
+
+    groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+    held = 0  # decoded images in groups
+    pending: deque = deque()  # futures in input order
+    submitted = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gap-decode") as pool:
+        try:
+            while True:
+                while submitted < len(items) and held + len(pending) < window:
+                    pending.append(pool.submit(decode, submitted))
+                    submitted += 1
+                stats.peak_held = max(stats.peak_held, held + len(pending))
+                if not pending:
+                    break
+                t0 = time.perf_counter()
+                index = submitted - len(pending)
+                result = pending.popleft().result()
+                stats.wait_s += time.perf_counter() - t0
+                if isinstance(result, GapError):
+                    stats.failed += 1
+                    yield Batch((index,), error=first_line(result))
+                    continue
+                key = (result.shape, result.dtype.str)
+                group = groups.setdefault(key, [])
+                group.append((index, result))
+                held += 1
+                if len(group) >= batch_size:
+                    del groups[key]
+                    held -= len(group)
+                    stats.images += len(group)
+                    yield Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
+                elif held >= window - workers and submitted < len(items):
+                    # the groups fill the window (but for room for the decodes in flight) and none is a full
+                    # batch: send the largest one now, so that decoding can go on
+                    key = max(groups, key=lambda k: len(groups[k]))
+                    group = groups.pop(key)
+                    held -= len(group)
+                    stats.images += len(group)
+                    yield Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
+            for group in groups.values():
+                stats.images += len(group)
+                yield Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
+            groups.clear()
+        finally:
+            for future in pending:  # an early stop (an error, Ctrl-C): never decode what nobody will take
+                future.cancel()
+            stats.wall_s = time.perf_counter() - started
+
+
+def in_order(results: Iterable[tuple[int, object]], count: int) -> Iterator[object]:
+    """Yield the values of (index, value) pairs, arriving in any order, in index order 0..count-1, each as
+    soon as every earlier one has arrived."""
+    waiting: dict[int, object] = {}
+    next_index = 0
+    for index, value in results:
+        waiting[index] = value
+        while next_index in waiting:
+            yield waiting.pop(next_index)
+            next_index += 1
+    if next_index != count:
+        raise RuntimeError(f"stream ended at item {next_index} of {count}")

@@ -1,0 +1,131 @@
+"""Streaming: decoded images held are bounded by the window (counted with weak references), the results are
+the ones the load-everything path gives, in input order, and the stream says where its time went."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+import pytest
+
+from runtime.errors import ArtifactError, UsageError
+from runtime.stream import StreamStats, in_order, stream_batches
+
+
+class Counting:
+    """A loader that keeps a weak reference to every array it returns, so the live ones can be counted."""
+
+    def __init__(self, make):
+        self.make, self.refs, self.peak, self.lock = make, [], 0, threading.Lock()
+
+    def __call__(self, item):
+        array = self.make(item)
+        with self.lock:
+            self.refs = [r for r in self.refs if r() is not None]
+            self.refs.append(weakref.ref(array))
+            self.peak = max(self.peak, len(self.refs))
+        return array
+
+
+def sizes(i: int) -> tuple[int, int]:
+    return [(8, 8), (9, 13), (8, 8), (16, 4), (8, 8)][i % 5]
+
+
+def test_a_stream_far_larger_than_its_window_never_holds_more_than_the_window():
+    load = Counting(lambda i: np.full((3, *sizes(i)), float(i), np.float32))
+    stats = StreamStats()
+    seen = []
+    for batch in stream_batches(range(2000), load, batch_size=8, window=24, workers=2, stats=stats):
+        assert len({a.shape for a in batch.images}) <= 1 and len(batch.images) <= 8
+        assert [int(a[0, 0, 0]) for a in batch.images] == list(batch.indices)  # each image with its index
+        seen += batch.indices
+        del batch
+    assert sorted(seen) == list(range(2000))
+    assert stats.peak_held <= 24 and stats.images == 2000
+    assert load.peak <= 24 + 8  # the window, plus the batch the consumer holds while it runs
+    assert stats.decode_s > 0 and stats.wall_s > 0
+
+
+def test_bad_items_fail_alone_and_the_window_must_hold_a_batch():
+    def load(i):
+        if i % 7 == 3:
+            raise ArtifactError(f"item {i} is broken")
+        return np.zeros((1, 4, 4), np.float32)
+
+    batches = list(stream_batches(range(50), load, batch_size=4, window=10, workers=2))
+    errors = [b for b in batches if b.error]
+    assert [b.indices[0] for b in errors] == [i for i in range(50) if i % 7 == 3]
+    assert "item 3 is broken" in errors[0].error
+    assert sorted(i for b in batches for i in b.indices) == list(range(50))
+    with pytest.raises(UsageError, match="must hold a batch"):
+        list(stream_batches(range(5), load, batch_size=8, window=9, workers=2))
+
+
+def test_results_come_out_in_input_order_as_soon_as_they_can():
+    out = list(in_order([(2, "c"), (0, "a"), (1, "b"), (4, "e"), (3, "d")], 5))
+    assert out == ["a", "b", "c", "d", "e"]
+    with pytest.raises(RuntimeError, match="ended at item 1 of 3"):
+        list(in_order([(0, "a"), (2, "c")], 3))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(5)
+    for i in range(150):
+        h, w = sizes(i)
+        Image.fromarray(rng.integers(0, 256, (h * 2, w * 2, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    (root / "999.png").write_bytes(b"not a png")
+    return root
+
+
+def load_everything(session, paths, topk=5, batch_size=16):
+    """Today's path before streaming, written out: every image decoded first, then Session.run_many."""
+    from runtime.classify import prepare_image, top_classes
+    from runtime.images import load_image
+
+    ready, errors = [], []
+    for path in paths:
+        try:
+            ready.append((path, prepare_image(session, load_image(path, 3))))
+        except ArtifactError as exc:
+            errors.append(str(path))
+    logits = session.run_many([chw for _, chw in ready], max_batch=batch_size)
+    return [{"file": str(p), "size": [int(c.shape[1]), int(c.shape[2])], "top": top_classes(r, session.metadata,
+                                                                                               topk)}
+            for (p, c), r in zip(ready, logits)], errors
+
+
+def test_gap_run_s_stream_gives_today_s_results_in_order_with_a_bounded_window(folder, reference_onnx, monkeypatch):
+    import runtime
+    import runtime.classify as classify
+    from runtime.images import collect_images
+
+    paths = collect_images([folder])
+    real = classify.load_image
+    counting = Counting(lambda args: real(*args))
+    monkeypatch.setattr(classify, "load_image", lambda *args: counting(args))
+    with runtime.load(reference_onnx, "ort-cpu") as session:
+        expected, bad = load_everything(session, paths)
+        stats = StreamStats()
+        streamed = list(classify.iter_classify(session, paths, batch_size=16, window=40, workers=2, stats=stats))
+    assert [item["file"] for item in streamed] == [str(p) for p in paths]  # input order, errors in place
+    assert [item for item in streamed if "error" not in item] == expected  # identical, probabilities included
+    assert [item["file"] for item in streamed if "error" in item] == bad
+    assert stats.peak_held <= 40 and counting.peak <= 40 + 16 and stats.images == 150
+    assert stats.infer_s > 0 and "images/s" in stats.summary()
+
+
+def test_gap_run_prints_the_stream_s_figures(folder, reference_onnx):
+    from click.testing import CliRunner
+
+    from runtime.cli.run import main
+
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder)])
+    assert result.exit_code == 1  # the broken file
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 150 and lines[0].startswith(str(folder / "000.png"))
+    assert "150 image(s) in" in result.stderr and "decoding" in result.stderr and "inference" in result.stderr
