@@ -429,6 +429,10 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, variant: 
     onnx_path = Path(onnx_path)
     check_output_path(output)
     info = read_onnx_input(onnx_path)
+    if info.metadata.int8_layout == "cpu" or (variant is not None and variant.int8_layout == "cpu"):
+        raise UsageError(f"the INT8 'cpu' layout (UINT8 activations, non-zero zero points) cannot be built by "
+                         f"TensorRT{f': {onnx_path} has it' if info.metadata.int8_layout == 'cpu' else ''}.",
+                         hint="export with --int8-layout tensorrt (the default) for gap-build.")
     # Fail for a missing TensorRT or GPU before anything is written.
     trt = trt if trt is not None else import_builder()
     cuda, _ = build_device(cuda)

@@ -7,6 +7,7 @@ can check it against the FP32 model on any machine. torch is not needed.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import tempfile
@@ -43,6 +44,8 @@ class VariantResult:
     before_fallback: ParityReport | None = None
     #: FP16: what the fallback tried, step by step
     fallback_steps: tuple[str, ...] = ()
+    #: INT8: measured median latency of FP32 and of the variant (see measure_latency)
+    latency: dict | None = None
 
     @property
     def top1_agreement(self) -> float:
@@ -208,13 +211,23 @@ def float_ends(model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: INT8 graph layouts. Both have explicit QuantizeLinear/DequantizeLinear, INT8 weights per channel on axis 0
+#: (symmetric) and float biases. "tensorrt": symmetric INT8 activations (zero points 0), what TensorRT builds.
+#: "cpu": asymmetric UINT8 activations (ONNX Runtime's U8S8 format for x86 and ARM CPUs), so a Relu is folded
+#: into the quantized range of the op before it and ONNX Runtime runs integer kernels (QLinearConv); TensorRT
+#: cannot build it (non-zero zero points).
+INT8_LAYOUTS = ("tensorrt", "cpu")
+
+
 def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends: bool = True,
-            keep_float: Sequence[str] = ()) -> onnx.ModelProto:
-    """Explicit QuantizeLinear/DequantizeLinear, per-channel weights, symmetric int8 (what TensorRT takes).
+            keep_float: Sequence[str] = (), layout: str = "tensorrt") -> onnx.ModelProto:
+    """Explicit QuantizeLinear/DequantizeLinear in ``layout`` (INT8_LAYOUTS).
 
     ``keep_float_ends`` leaves the first convolution and the classifier in float (see float_ends);
     ``keep_float`` names more nodes to leave unquantized.
     """
+    if layout not in INT8_LAYOUTS:
+        raise UsageError(f"INT8 layout {layout!r}; choose one of {', '.join(INT8_LAYOUTS)}.")
     from runtime._lazy import require
 
     quant = require("onnxruntime.quantization", purpose="for INT8 quantization")
@@ -235,24 +248,53 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
 
         try:
             with quiet_loggers(""):
+                cpu = layout == "cpu"
                 quant.quantize_static(
                     str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
-                    activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
+                    activation_type=quant.QuantType.QUInt8 if cpu else quant.QuantType.QInt8,
+                    weight_type=quant.QuantType.QInt8,
                     calibrate_method=quant.CalibrationMethod.MinMax,
                     nodes_to_exclude=list(dict.fromkeys([*(float_ends(model) if keep_float_ends else []),
                                                          *keep_float])),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                    extra_options={"ActivationSymmetric": not cpu, "WeightSymmetric": True,
                                    # TensorRT dequantizes INT8 only: an INT32 bias DQ does not build.
                                    "QuantizeBias": False})
         except Exception as exc:
             raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from None
         quantized = onnx.load(str(dst))
     quantized = _with_precision(quantized, "int8")
-    if keep_float:
-        from runtime.onnx_file import set_metadata
+    from runtime.onnx_file import set_metadata
 
-        set_metadata(quantized, metadata_of(quantized).replace(fp32_layers=tuple(keep_float)))
+    meta = metadata_of(quantized)
+    set_metadata(quantized, meta.replace(fp32_layers=tuple(keep_float) or meta.fp32_layers, int8_layout=layout))
     return quantized
+
+
+def measure_latency(fp32: onnx.ModelProto, variant: onnx.ModelProto, shape: Shape, *,
+                    seconds: float = 0.6) -> dict:
+    """Median latency of ``fp32`` and ``variant`` on ONNX Runtime's CPU provider at ``shape``, measured in
+    turns (A B A B ...) within one process, so a drifting machine affects both alike. Sessions are made as
+    runtime.backends.onnxrt makes them (with its session options)."""
+    import time
+
+    from runtime.backends.onnxrt import cpu_session
+    from runtime.parity import random_input
+
+    sessions = [cpu_session(m.SerializeToString()) for m in (fp32, variant)]
+    x = random_input(shape, 0)
+    name = sessions[0].get_inputs()[0].name
+    samples: list[list[float]] = [[], []]
+    for s in sessions:
+        s.run(None, {name: x})
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(samples[1]) < 5:
+        for i, s in enumerate(sessions):
+            t0 = time.perf_counter()
+            s.run(None, {name: x})
+            samples[i].append((time.perf_counter() - t0) * 1e3)
+    fp32_ms, variant_ms = (float(np.median(v)) for v in samples)
+    return {"backend": "ort-cpu", "shape": list(shape), "fp32_ms": fp32_ms, "variant_ms": variant_ms,
+            "speedup": fp32_ms / variant_ms if variant_ms > 0 else 0.0}
 
 
 # ---- FP16 with an automatic FP32 fallback ------------------------------------------------------------------
@@ -403,7 +445,7 @@ def keep_sensitive_layers(fp32: onnx.ModelProto, attempt, inputs: Sequence[np.nd
 
 def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibration: np.ndarray,
                        tolerance: Tolerance, *, keep_float_ends: bool = True, keep_fp32: Sequence[str] = (),
-                       fallback: bool = True) -> VariantResult:
+                       fallback: bool = True, layout: str = "tensorrt") -> VariantResult:
     """INT8 judged on the calibration images; when it misses its top-1 gate, the most error-sensitive layers
     stay in float (unquantized) until it passes. Raises ExportError naming the layers when nothing works."""
     from runtime.parity import ort_cpu_infer
@@ -411,7 +453,7 @@ def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibrati
     reference = ort_cpu_infer(fp32)
 
     def attempt(layers: Sequence[str]) -> VariantResult:
-        model = to_int8(fp32, calibration, keep_float_ends=keep_float_ends, keep_float=layers)
+        model = to_int8(fp32, calibration, keep_float_ends=keep_float_ends, keep_float=layers, layout=layout)
         candidate = ort_cpu_infer(model)
         # Judged on real images: on random noise the logits of a trained model nearly tie, and top-1
         # agreement there says nothing. The random sweep still proves every shape runs.
@@ -424,9 +466,10 @@ def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibrati
         return VariantResult(model, "int8", sweep, real, fp32_layers=tuple(layers))
 
     layers = resolve_layers(fp32, keep_fp32)
+    latency_shape = (1, *calibration.shape[1:])
     first = attempt(layers)
     if first.passed or not fallback:
-        return first
+        return dataclasses.replace(first, latency=measure_latency(fp32, first.model, latency_shape))
     steps: list[str] = []
     result, layers = keep_sensitive_layers(fp32, attempt, [calibration], layers, first, steps)
     if not result.passed:
@@ -436,13 +479,14 @@ def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibrati
                           hint="use more or more representative --calib images, keep more layers with --keep-fp32, "
                                "or lower --min-top1.")
     return VariantResult(result.model, "int8", result.sweep, result.real_data, fp32_layers=tuple(layers),
-                         before_fallback=first.real_data, fallback_steps=tuple(steps))
+                         before_fallback=first.real_data, fallback_steps=tuple(steps),
+                         latency=measure_latency(fp32, result.model, latency_shape))
 
 
 def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape], *,
                  calibration: np.ndarray | None = None, tolerance: Tolerance | None = None,
                  keep_float_ends: bool = True, keep_fp32: Sequence[str] = (),
-                 fallback: bool = True) -> VariantResult:
+                 fallback: bool = True, int8_layout: str = "tensorrt") -> VariantResult:
     """Convert and verify against the FP32 model with ONNX Runtime (CPU)."""
 
     if precision not in ("fp16", "int8"):
@@ -452,7 +496,7 @@ def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape],
             raise ExportError("INT8 needs calibration data.",
                               hint="pass --calib DIR (image files) or --calib FILE.npy.")
         return int8_with_fallback(fp32, shapes, calibration, tolerance or INT8, keep_float_ends=keep_float_ends,
-                                  keep_fp32=keep_fp32, fallback=fallback)
+                                  keep_fp32=keep_fp32, fallback=fallback, layout=int8_layout)
     return fp16_with_fallback(fp32, shapes, tolerance or fp16_tolerance(fp32), keep_fp32=keep_fp32,
                               fallback=fallback)
 
@@ -472,12 +516,16 @@ class VariantOptions:
     keep_fp32: tuple[str, ...] = ()
     #: when the gate is missed, keep the layers that cause it in FP32 automatically
     fp32_fallback: bool = True
+    #: INT8 graph layout: "tensorrt" (symmetric, what gap-build takes) or "cpu" (fast on ONNX Runtime's CPU)
+    int8_layout: str = "tensorrt"
 
     def __post_init__(self):
         if self.precision not in ("fp16", "int8"):
             raise UsageError(f"precision {self.precision!r} has no variant; choose fp16 or int8.")
         if self.precision == "int8" and self.calib is None:
             raise UsageError("INT8 needs calibration data.", hint="pass --calib DIR (image files) or --calib FILE.npy.")
+        if self.int8_layout not in INT8_LAYOUTS:
+            raise UsageError(f"INT8 layout {self.int8_layout!r}; choose one of {', '.join(INT8_LAYOUTS)}.")
 
     def tolerance(self, fp32: onnx.ModelProto) -> Tolerance:
         return fp16_tolerance(fp32) if self.precision == "fp16" else Tolerance(INT8.atol, INT8.rtol, self.min_top1)
@@ -489,7 +537,7 @@ def convert_verified(fp32: onnx.ModelProto, options: VariantOptions, shapes: Seq
         if options.precision == "int8" else None
     variant = make_variant(fp32, options.precision, shapes, calibration=data, tolerance=options.tolerance(fp32),
                            keep_float_ends=options.keep_float_ends, keep_fp32=options.keep_fp32,
-                           fallback=options.fp32_fallback)
+                           fallback=options.fp32_fallback, int8_layout=options.int8_layout)
     if not variant.passed:
         hint = ("use more or more representative --calib images, or lower --min-top1."
                 if options.precision == "int8" else None)

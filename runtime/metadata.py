@@ -44,6 +44,8 @@ class ModelMetadata:
     source_sha256: str | None = None
     #: FP16 models: the layers kept in float32 (by hand or by the automatic fallback)
     fp32_layers: tuple[str, ...] | None = None
+    #: INT8 models: the graph layout ("tensorrt": symmetric; "cpu": asymmetric UINT8 activations)
+    int8_layout: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def class_name(self, index: int) -> str:
@@ -125,6 +127,7 @@ class ModelMetadata:
             toolkit_version=known.get("toolkit_version"),
             source_sha256=known.get("source_sha256"),
             fp32_layers=seq("fp32_layers", str),
+            int8_layout=known.get("int8_layout"),
             extra=extra,
         )
         meta.validate(bad)

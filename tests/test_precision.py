@@ -1,5 +1,7 @@
 """FP16 and INT8 ONNX variants, verified against the FP32 model on the CPU."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -287,3 +289,88 @@ def test_int8_fallback_leaves_sensitive_layers_in_float_until_the_gate_passes(fp
     with pytest.raises(ExportError, match="INT8 misses its gate even with these layers left in float"):
         make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, keep_float_ends=False,
                      tolerance=Tolerance(np.inf, -1.0, 0.0))  # a gate nothing can pass
+
+
+def test_the_cpu_int8_layout_is_u8s8_with_relu_folded(fp32, calibration):
+    """ONNX Runtime's CPU format: UINT8 activations with their zero points, INT8 weights per channel (zero points
+    0, axis 0), float biases; the Relu after a quantized convolution is folded into its output's range."""
+    from onnx import numpy_helper
+
+    from exporter.precision import metadata_of
+
+    result = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0),
+                          int8_layout="cpu")
+    graph = result.model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    init_types = {i.name: i.data_type for i in graph.initializer}
+    activation_types = set()
+    for node in (n for n in graph.node if n.op_type == "DequantizeLinear"):
+        if node.input[0] in init_types:  # weights
+            assert init_types[node.input[0]] == onnx.TensorProto.INT8 and np.all(inits[node.input[2]] == 0)
+        else:
+            activation_types.add(inits[node.input[2]].dtype)
+    assert activation_types == {np.dtype(np.uint8)}
+    producers = {out: n for n in graph.node for out in n.output}
+    for relu in (n for n in graph.node if n.op_type == "Relu"):  # only where the convolution stays float
+        assert producers[relu.input[0]].name in ("node_conv2d",), relu.name
+    assert metadata_of(result.model).int8_layout == "cpu" and result.latency["backend"] == "ort-cpu"
+    tensorrt = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0))
+    assert metadata_of(tensorrt.model).int8_layout == "tensorrt"
+
+
+def test_the_session_keeps_the_pool_after_a_float_layer_in_float(fp32, calibration, tmp_path):
+    """onnxruntime's QDQPropagationTransformer would move the QuantizeLinear above the first MaxPool (a slow UINT8
+    pool in NCHW); the runtime's sessions turn it off, and the pool stays in float beside its float conv."""
+    import onnxruntime as ort
+
+    from runtime.backends.onnxrt import DISABLED_OPTIMIZERS
+
+    model = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0),
+                         int8_layout="cpu").model
+
+    def pool_input_producer(disabled) -> str:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"opt{len(disabled)}.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(disabled))
+        graph = onnx.load(options.optimized_model_filepath).graph
+        producers = {out: n for n in graph.node for out in n.output}
+        pool = next(n for n in graph.node if n.op_type == "MaxPool")
+        return producers[pool.input[0]].op_type
+
+    assert pool_input_producer(()) == "QuantizeLinear"  # what the transformer does
+    assert pool_input_producer(DISABLED_OPTIMIZERS) != "QuantizeLinear"
+
+
+def test_gap_build_refuses_the_cpu_layout(tmp_path, fp32, calibration):
+    from exporter.builder import build_with_precision
+    from runtime.errors import UsageError
+
+    model = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0),
+                         int8_layout="cpu").model
+    path = tmp_path / "m.int8.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(UsageError, match="'cpu' layout .* cannot be built by TensorRT: .*m.int8.onnx has it"):
+        build_with_precision(path, tmp_path / "m.plan")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx"]
+
+
+@pytest.mark.parametrize("speedup, warned", [(0.8, True), (1.3, False)])
+def test_gap_export_reports_int8_latency_and_warns_when_slower(tmp_path, reference_ckpt, calibration, monkeypatch,
+                                                               speedup, warned):
+    import exporter.precision as precision
+    from exporter.cli.export import main
+
+    # the measurement itself is a benchmark (scripts/bench_stream.py); here only what is done with its figures
+    monkeypatch.setattr(precision, "measure_latency", lambda fp32, variant, shape, **kw: {
+        "backend": "ort-cpu", "shape": list(shape), "fp32_ms": 1.0, "variant_ms": 1.0 / speedup, "speedup": speedup})
+    np.save(tmp_path / "calib.npy", calibration)
+    result = CliRunner().invoke(main, [str(reference_ckpt), "--dynamic", "--imgsz", "32", "-o",
+                                       str(tmp_path / "m.onnx"), "--precision", "int8", "--calib",
+                                       str(tmp_path / "calib.npy"), "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert f"({speedup:.2f}x)" in result.output
+    advice = "slower than FP32 on ort-cpu; for a CPU deployment export with --int8-layout cpu"
+    assert (advice in result.output) is warned
+    report = json.loads((tmp_path / "r.json").read_text())["precision_variant"]
+    assert report["latency"]["speedup"] == speedup and report["int8_layout"] == "tensorrt"

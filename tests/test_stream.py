@@ -91,7 +91,7 @@ def load_everything(session, paths, topk=5, batch_size=16):
     for path in paths:
         try:
             ready.append((path, prepare_image(session, load_image(path, 3))))
-        except ArtifactError as exc:
+        except ArtifactError:
             errors.append(str(path))
     logits = session.run_many([chw for _, chw in ready], max_batch=batch_size)
     return [{"file": str(p), "size": [int(c.shape[1]), int(c.shape[2])], "top": top_classes(r, session.metadata,

@@ -97,6 +97,19 @@ def print_variant(variant) -> None:
             click.echo(report.format_table())
     for step in variant.fallback_steps:
         info(f"FP32 fallback: {step}")
+    if variant.latency:
+        lat = variant.latency
+        info(f"{variant.precision.upper()} latency on {lat['backend']} at {'x'.join(map(str, lat['shape']))}: "
+             f"{lat['variant_ms']:.3f} ms against FP32 {lat['fp32_ms']:.3f} ms ({lat['speedup']:.2f}x)")
+        if lat["speedup"] < 1.0:
+            from exporter.precision import metadata_of
+
+            layout = metadata_of(variant.model).int8_layout
+            advice = ("for a CPU deployment export with --int8-layout cpu (TensorRT's layout is built for "
+                      "TensorRT, where gap-bench measures the engine)" if layout == "tensorrt" else
+                      "deploy FP32 on this CPU, or check gap-tune's table")
+            click.echo(click.style("Warning: ", fg="yellow") + f"the {variant.precision.upper()} model is "
+                       f"{1 / lat['speedup']:.2f}x slower than FP32 on {lat['backend']}; {advice}.", err=True)
     if variant.fp32_layers:
         worst = max(r.rel_err for r in variant.sweep.rows)
         before = (f"; worst relative error {max(r.rel_err for r in variant.before_fallback.rows):.2e} before, "

@@ -77,6 +77,9 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
                    "the FP32 model on the CPU.")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="INT8 calibration data: a folder of images (resized to --imgsz) or an .npy NCHW array.")
+@click.option("--int8-layout", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="INT8 graph: tensorrt (symmetric: what gap-build and TensorRT take) or cpu (UINT8 activations, "
+                   "Relu folded: integer kernels on ONNX Runtime's CPU provider; TensorRT cannot build it).")
 @precision_options
 @click.option("--engine", is_flag=True, help="Also build a TensorRT engine (needs TensorRT and a GPU; see gap-build).")
 @engine_options
@@ -84,7 +87,8 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
               help="Print the layer table (output shape and parameters per layer at --imgsz) and exit.")
 @report_errors
 def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
-         opset, simplify, verify, verify_shapes, atol, rtol, report, precision, calib, min_top1, int8_all_layers,
+         opset, simplify, verify, verify_shapes, atol, rtol, report, precision, calib, int8_layout, min_top1,
+         int8_all_layers,
          keep_fp32, fp32_fallback, engine,
          min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat, tf32,
          summary):
@@ -134,7 +138,8 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
         shapes = [verify_shape(text.strip()) for text in verify_shapes.split(",") if text.strip()]
     variant = None if precision == "fp32" else VariantOptions(precision, calib=calib, calib_size=size,
                                                               min_top1=min_top1, keep_float_ends=not int8_all_layers,
-                                                              keep_fp32=tuple(keep_fp32), fp32_fallback=fp32_fallback)
+                                                              keep_fp32=tuple(keep_fp32), fp32_fallback=fp32_fallback,
+                                                              int8_layout=int8_layout)
     from exporter.onnx_export import ExportOptions  # torch is imported here, after argument checks
     from exporter.pipeline import ExportJob, run_export
     from runtime.errors import ParityError
@@ -185,6 +190,12 @@ def print_outcome(outcome) -> None:
         print_build(outcome.build, outcome.variant.precision if outcome.variant else "fp32")
 
 
+def _layout_of(variant) -> str | None:
+    from exporter.precision import metadata_of
+
+    return metadata_of(variant.model).int8_layout
+
+
 def report_payload(model, outcome) -> dict:
     exp, variant = outcome.export, outcome.variant
     variant_report = None
@@ -193,7 +204,8 @@ def report_payload(model, outcome) -> dict:
                           "precision": variant.precision, "sweep": variant.sweep.to_dict(),
                           "real_data": variant.real_data.to_dict() if variant.real_data else None,
                           "fp32_layers": list(variant.fp32_layers), "fallback_steps": list(variant.fallback_steps),
-                          "before_fallback": variant.before_fallback.to_dict() if variant.before_fallback else None}
+                          "before_fallback": variant.before_fallback.to_dict() if variant.before_fallback else None,
+                          "int8_layout": _layout_of(variant), "latency": variant.latency}
     return {"precision_variant": variant_report, "model": str(model), "output": str(outcome.path),
             "arch": outcome.arch, "dynamic": exp.dynamic, "input_dims": list(exp.input_dims),
             "output_dims": list(exp.output_dims), "opset": exp.opset, "metadata": exp.metadata.to_props(),
