@@ -271,9 +271,10 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
 
 
 def measure_latency(fp32: onnx.ModelProto, variant: onnx.ModelProto, shape: Shape, *,
-                    seconds: float = 0.6) -> dict:
+                    seconds: float = 1.0) -> dict:
     """Median latency of ``fp32`` and ``variant`` on ONNX Runtime's CPU provider at ``shape``, measured in
-    turns (A B A B ...) within one process, so a drifting machine affects both alike. Sessions are made as
+    turns (A B A B ...) within one process, the speed-up as the median of the pairs' ratios, so a drifting
+    machine affects both alike. Sessions are made as
     runtime.backends.onnxrt makes them (with its session options)."""
     import time
 
@@ -293,8 +294,9 @@ def measure_latency(fp32: onnx.ModelProto, variant: onnx.ModelProto, shape: Shap
             s.run(None, {name: x})
             samples[i].append((time.perf_counter() - t0) * 1e3)
     fp32_ms, variant_ms = (float(np.median(v)) for v in samples)
+    pairs = np.asarray(samples[0]) / np.maximum(np.asarray(samples[1]), 1e-9)  # pair by pair: drift cancels
     return {"backend": "ort-cpu", "shape": list(shape), "fp32_ms": fp32_ms, "variant_ms": variant_ms,
-            "speedup": fp32_ms / variant_ms if variant_ms > 0 else 0.0}
+            "speedup": float(np.median(pairs))}
 
 
 # ---- FP16 with an automatic FP32 fallback ------------------------------------------------------------------
@@ -321,8 +323,9 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
     copy = onnx.ModelProto()
     copy.CopyFrom(inferred)
     present = {o.name for o in copy.graph.output}
-    for name in names:
-        if name in known and name not in present:
+    produced = {t for n in copy.graph.node for t in n.output} | {i.name for i in copy.graph.input}
+    for name in names:  # a stale value_info (a tensor a quantizer folded away, e.g. before a Relu) is no output
+        if name in known and name in produced and name not in present:
             copy.graph.output.append(known[name])
     return copy
 
@@ -360,12 +363,31 @@ def overflowing_layers(fp32: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> l
     return found
 
 
+#: activations a quantizer may fold into the range of the op before them
+FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
+
+
 def sensitive_layers(fp32: onnx.ModelProto, fp16: onnx.ModelProto, inputs: Sequence[np.ndarray],
                      exclude: Sequence[str] = ()) -> list[tuple[str, float]]:
     """Weighted layers ranked by how much relative error they add in FP16 (their output's error minus the
     largest error among their inputs), most harmful first."""
     nodes = [n for n in fp32.graph.node if n.op_type in COMPUTE_OPS and n.name and n.name not in exclude]
-    tensors = sorted({t for n in nodes for t in [n.output[0], *n.input[:1]]})
+    produced = {t for n in fp16.graph.node for t in n.output} | {i.name for i in fp16.graph.input}
+    consumers: dict[str, list] = {}
+    for n in fp32.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+
+    def comparable(tensor: str) -> str:
+        """``tensor``, or, where the variant folded it away (a Relu folded into an INT8 op's range), the output
+        of the activation chain that follows it."""
+        while tensor not in produced and len(consumers.get(tensor, [])) == 1 \
+                and consumers[tensor][0].op_type in FOLDABLE_ACTIVATIONS:
+            tensor = consumers[tensor][0].output[0]
+        return tensor
+
+    ends = {n.name: (comparable(n.output[0]), comparable(n.input[0])) for n in nodes}
+    tensors = sorted({t for pair in ends.values() for t in pair})
     ref, got = activations(fp32, tensors, inputs), activations(fp16, tensors, inputs)
 
     def error(name: str) -> float:
@@ -375,7 +397,7 @@ def sensitive_layers(fp32: onnx.ModelProto, fp16: onnx.ModelProto, inputs: Seque
         den = sum(float(np.linalg.norm(a)) for a in ref[name])
         return math.inf if not math.isfinite(num) else num / max(den, 1e-30)
 
-    ranked = [(n.name, error(n.output[0]) - error(n.input[0])) for n in nodes]
+    ranked = [(n.name, error(ends[n.name][0]) - error(ends[n.name][1])) for n in nodes]
     return sorted(ranked, key=lambda item: -item[1])
 
 
@@ -443,6 +465,31 @@ def keep_sensitive_layers(fp32: onnx.ModelProto, attempt, inputs: Sequence[np.nd
     return result, layers
 
 
+def _gate_score(result: VariantResult) -> tuple[float, float]:
+    judged = result.real_data or result.sweep
+    return (min(r.top1_agreement for r in judged.rows), -max(r.rel_err for r in judged.rows))
+
+
+def keep_layers_by_measure(fp32: onnx.ModelProto, attempt, inputs: Sequence[np.ndarray], layers: list[str],
+                           result: VariantResult, steps: list[str], *, candidates: int = 4) -> tuple[VariantResult,
+                                                                                                   list[str]]:
+    """Keep layers in float one at a time until ``attempt`` passes: at each step the ``candidates`` most
+    error-sensitive remaining layers are each tried, and the one that gains the most on the gate (top-1
+    agreement, then relative error) is kept. Fewer float layers than a growing group: each costs speed."""
+    while not result.passed:
+        ranked = [name for name, growth in sensitive_layers(fp32, result.model, inputs, exclude=layers)
+                  if growth > 0][:candidates]
+        if not ranked:
+            break
+        tried = {name: attempt(layers + [name]) for name in ranked}
+        best = max(ranked, key=lambda name: _gate_score(tried[name]))
+        layers, result = layers + [best], tried[best]
+        top1, neg_err = _gate_score(result)
+        steps.append(f"kept {best} in float (best of {', '.join(ranked)} by measurement) -> worst relative error "
+                     f"{-neg_err:.2e}, top-1 {top1:.1%}")
+    return result, layers
+
+
 def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibration: np.ndarray,
                        tolerance: Tolerance, *, keep_float_ends: bool = True, keep_fp32: Sequence[str] = (),
                        fallback: bool = True, layout: str = "tensorrt") -> VariantResult:
@@ -451,6 +498,9 @@ def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibrati
     from runtime.parity import ort_cpu_infer
 
     reference = ort_cpu_infer(fp32)
+
+    if layout == "cpu":  # the float layers are chosen by measured accuracy (keep_layers_by_measure), not position
+        keep_float_ends = False
 
     def attempt(layers: Sequence[str]) -> VariantResult:
         model = to_int8(fp32, calibration, keep_float_ends=keep_float_ends, keep_float=layers, layout=layout)
@@ -471,7 +521,10 @@ def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibrati
     if first.passed or not fallback:
         return dataclasses.replace(first, latency=measure_latency(fp32, first.model, latency_shape))
     steps: list[str] = []
-    result, layers = keep_sensitive_layers(fp32, attempt, [calibration], layers, first, steps)
+    if layout == "cpu":  # every float layer costs integer kernels here: choose them one by one, by measurement
+        result, layers = keep_layers_by_measure(fp32, attempt, [calibration], layers, first, steps)
+    else:
+        result, layers = keep_sensitive_layers(fp32, attempt, [calibration], layers, first, steps)
     if not result.passed:
         raise ExportError("INT8 misses its gate even with these layers left in float: "
                           f"{', '.join(layers) or '(none)'}; no INT8 model was written.",

@@ -275,6 +275,19 @@ def test_every_family_exports_in_fp16_with_the_default_gate(tmp_path, family):
     assert variant.top1_agreement == 1.0
 
 
+def test_cpu_int8_chooses_its_float_layers_by_measurement_not_position(fp32, calibration):
+    """The cpu layout starts from every layer quantized; when the gate is missed, each step tries the most
+    sensitive remaining layers and keeps the one that gains most. A planted gate the first layer alone cannot
+    meet shows the steps; the result passes, with fewer float layers than layers tried."""
+    result = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, int8_layout="cpu",
+                          tolerance=Tolerance(np.inf, np.inf, 0.99))
+    assert result.passed and result.real_data.rows[0].top1_agreement >= 0.99
+    assert result.before_fallback.rows[0].top1_agreement < 0.99 and result.fallback_steps  # it had to choose
+    for step in result.fallback_steps:
+        assert "by measurement" in step
+    assert len(result.fp32_layers) == len(result.fallback_steps)  # one layer per step, never a group
+
+
 def test_int8_fallback_leaves_sensitive_layers_in_float_until_the_gate_passes(fp32, calibration):
     """All layers INT8 cannot reach a relative error of 1e-3 on the calibration images; the fallback leaves
     the most sensitive layers unquantized, records them, and passes."""
@@ -325,8 +338,9 @@ def test_the_session_keeps_the_pool_after_a_float_layer_in_float(fp32, calibrati
 
     from runtime.backends.onnxrt import DISABLED_OPTIMIZERS
 
-    model = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0),
-                         int8_layout="cpu").model
+    from exporter.precision import to_int8
+
+    model = to_int8(fp32, calibration, keep_float_ends=True, layout="cpu")  # the first conv (and its pool) float
 
     def pool_input_producer(disabled) -> str:
         options = ort.SessionOptions()
