@@ -336,9 +336,8 @@ def test_the_session_keeps_the_pool_after_a_float_layer_in_float(fp32, calibrati
     pool in NCHW); the runtime's sessions turn it off, and the pool stays in float beside its float conv."""
     import onnxruntime as ort
 
-    from runtime.backends.onnxrt import DISABLED_OPTIMIZERS
-
     from exporter.precision import to_int8
+    from runtime.backends.onnxrt import DISABLED_OPTIMIZERS
 
     model = to_int8(fp32, calibration, keep_float_ends=True, layout="cpu")  # the first conv (and its pool) float
 
