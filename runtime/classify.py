@@ -12,11 +12,18 @@ from runtime.metadata import ModelMetadata
 from runtime.validation import check_image
 
 
+def top_classes_batch(logits: np.ndarray, meta: ModelMetadata, k: int) -> list[list[dict]]:
+    """:func:`top_classes` for every row of a (N, classes) batch at once (one softmax and one sort)."""
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1)[:, :k]
+    return [[{"index": int(i), "name": meta.class_name(int(i)), "prob": float(row[i])} for i in top]
+            for row, top in zip(probs, order)]
+
+
 def top_classes(logits: np.ndarray, meta: ModelMetadata, k: int) -> list[dict]:
     """The ``k`` most probable classes of one logits row: index, name and softmax probability."""
-    probs = softmax(np.asarray(logits, dtype=np.float64))
-    order = np.argsort(-probs)[:min(k, probs.size)]
-    return [{"index": int(i), "name": meta.class_name(int(i)), "prob": float(probs[i])} for i in order]
+    return top_classes_batch(np.asarray(logits)[None, :], meta, k)[0]
 
 
 def prepare_image(session, chw: np.ndarray) -> np.ndarray:
@@ -50,9 +57,10 @@ def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int 
             t0 = time.perf_counter()
             logits = session.run_many(list(batch.images), max_batch=batch_size)
             stats.infer_s += time.perf_counter() - t0
-            for index, chw, row in zip(batch.indices, batch.images, logits):
+            tops = top_classes_batch(np.stack(logits), meta, topk)
+            for index, chw, top in zip(batch.indices, batch.images, tops):
                 yield index, {"file": str(paths[index]), "size": [int(chw.shape[1]), int(chw.shape[2])],
-                              "top": top_classes(row, meta, topk)}
+                              "top": top}
 
     yield from in_order(results(), len(paths))
 

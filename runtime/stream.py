@@ -70,7 +70,10 @@ class Batch:
 
 
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    """One decoding thread per core but one (left to inference and the consumer), at most 8. Measured on 2
+    cores, 10,000 48x48 PNGs, the demo model: 1 thread 2,046 images/s, 2 threads 1,962, 3 threads 1,705 (the
+    decoders' Python work and the consumer contend for the GIL)."""
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
 def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, batch_size: int = 16,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -186,6 +186,8 @@ class TuneResult:
     seconds: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
     errors: list[dict] = field(default_factory=list)
+    #: True when the decoded images did not fit the memory set aside for them, and each size decoded anew
+    streamed: bool = False
     resize_policy: str = ("each image resized to the size with bilinear interpolation on its [0, 1] pixels, "
                           "aspect ratio not kept (gap-run --imgsz); 'native' runs every image at its own size")
 
@@ -195,7 +197,8 @@ class TuneResult:
     def to_dict(self, decision: Decision | None = None) -> dict:
         front = {p.label for p in self.front()}
         return {"folder": self.folder, "classes": list(self.classes), "batch": self.batch, "images": self.images,
-                "resize_policy": self.resize_policy, "interrupted": self.interrupted, "seconds": self.seconds,
+                "streamed": self.streamed, "resize_policy": self.resize_policy, "interrupted": self.interrupted,
+                "seconds": self.seconds,
                 "points": [dict(p.to_dict(), on_front=p.label in front) for p in self.points],
                 "front": [p.label for p in self.front()], "errors": self.errors,
                 "decision": decision.to_dict() if decision else None}
@@ -268,25 +271,30 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
          sizes: Sequence[tuple[int, int]] | None = None, native: bool = True, backends: Sequence[str] | None = None,
          batch: int = 1, max_per_class: int | None = None, settings=None,
          progress: Callable[[str], None] | None = None,
-         on_plan: Callable[[int, float], None] | None = None) -> TuneResult:
+         on_plan: Callable[[int, float], None] | None = None, hold_bytes: int | None = None) -> TuneResult:
     """Measure every artifact x backend x size (see the module doc); Ctrl-C returns what was measured.
 
-    ``on_plan(points, seconds)`` is called once before the sweep with the number of points and an
-    estimate of its length (the timing's fixed cost plus the evaluation, from one probe batch at the
-    largest size); ``progress(label)`` after each point.
+    Each image is decoded once and held for all sizes while the decoded images fit in ``hold_bytes``
+    (default: a quarter of the memory limit of runtime.limits); beyond that the sweep streams instead,
+    decoding each image once per size (shared by the artifacts), in bounded memory (runtime.stream), and
+    ``result.streamed`` says so. ``on_plan(points, seconds)`` is called once before the sweep with the
+    number of points and an estimate of its length; ``progress(label)`` after each point.
     """
     import runtime
     from runtime.bench import BenchSettings, bench_session
     from runtime.classify import prepare_image
     from runtime.evaluate import read_labelled_folder
     from runtime.images import load_image
+    from runtime.limits import limit_bytes
     from runtime.session import ENGINE_SUFFIXES, ONNX_BACKENDS, available_backends
+    from runtime.stream import Batch, stream_batches
 
     if not artifacts:
         raise UsageError("gap-tune needs at least one artifact.")
     if batch < 1:
         raise UsageError(f"batch must be >= 1, got {batch}.")
     settings = settings or BenchSettings(warmup_s=0.1, duration_s=0.5, min_iterations=5)
+    hold_bytes = limit_bytes() // 4 if hold_bytes is None else hold_bytes
     started = time.perf_counter()
     works = {name for name, why in available_backends().items() if why is None}
     sessions: dict[tuple[str, str], object] = {}
@@ -301,8 +309,7 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
                 raise UsageError(f"no backend given runs artifact '{name}' ({path}); asked for {', '.join(wanted)}.")
             for backend in usable:
                 sessions[(name, backend)] = runtime.load(path, backend)
-        metas = [s.metadata for s in sessions.values()]
-        first = metas[0]
+        first = next(iter(sessions.values())).metadata
         for (name, _), session in sessions.items():
             if (session.metadata.class_names, session.metadata.num_classes) != (first.class_names, first.num_classes):
                 raise UsageError(f"artifact '{name}' has other classes than '{next(iter(sessions))[0]}'; tune "
@@ -319,87 +326,127 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
         files, labels = sample_per_class(data.files, data.labels, max_per_class)
         result = TuneResult(str(folder), data.classes, batch, 0)
         channels = {key: (spec.channels or first.in_channels or 3) for key, spec in specs.items()}
+        # sessions that share a preprocessing and input spec share their prepared images
+        groups: dict[tuple, list] = {}
+        for key, session in sessions.items():
+            groups.setdefault((channels[key], session.metadata.normalization(), specs[key]), []).append(key)
         decode_started = time.perf_counter()
-        decoded: dict[int, list] = {}  # channels -> decoded [0, 1] CHW images (None where unreadable)
-        for c in sorted(set(channels.values())):
-            decoded[c] = []
+        held: dict[int, list] | None = {}  # channels -> decoded [0, 1] CHW images (None where unreadable)
+        held_size = 0
+        for c in sorted({k[0] for k in groups}):
+            held[c] = []
             for path in files:
                 try:
-                    decoded[c].append(load_image(path, c))
+                    image = load_image(path, c)
                 except GapError as exc:
                     result.errors.append({"file": str(path), "size": "any", "error": first_line(exc)})
-                    decoded[c].append(None)
-        keep = [i for i in range(len(files)) if all(decoded[c][i] is not None for c in decoded)]
-        if not keep:
-            raise UsageError(f"no image of {folder} could be read.", note="see the per-file errors.")
+                    image = None
+                held[c].append(image)
+                held_size += image.nbytes if image is not None else 0
+                if held_size > hold_bytes:
+                    break
+            if held_size > hold_bytes:
+                held, result.streamed = None, True  # too many to hold: stream, decoding once per size
+                result.errors = [e for e in result.errors if e["size"] != "any"]
+                break
+        keep = list(range(len(files)))
+        if held is not None:
+            keep = [i for i in keep if all(held[c][i] is not None for c in held)]
+            if not keep:
+                raise UsageError(f"no image of {folder} could be read.", note="see the per-file errors.")
         truth = np.asarray([labels[i] for i in keep])
         result.images = len(keep)
         result.seconds["decode"] = time.perf_counter() - decode_started
         result.seconds["evaluate"] = result.seconds["bench"] = 0.0
         all_sizes = ([None] if native else []) + chosen_sizes
         if on_plan:
+            bench_s = settings.warmup_s + (settings.duration_s if settings.iterations is None else 0.0)
+            per_image = result.seconds["decode"] / max(len(files), 1) if result.streamed else 0.0
             key, session = next(iter(sessions.items()))
             largest = max(chosen_sizes, key=lambda s: s[0] * s[1]) if chosen_sizes else None
             probe = []
             for i in keep[:16]:
-                raw = decoded[channels[key]][i]
                 try:
+                    raw = held[channels[key]][i] if held is not None else load_image(files[i], channels[key])
                     probe.append(prepare_image(session, raw if largest is None else resize_chw(raw, largest)))
                 except GapError:
-                    pass  # too small at its own size: reported when its point runs
+                    pass  # unreadable or too small at its own size: reported when its point runs
             t0 = time.perf_counter()
             if probe:
                 session.run_many(probe, max_batch=16)
-            per_image = (time.perf_counter() - t0) / max(len(probe), 1)
+            per_image += (time.perf_counter() - t0) / max(len(probe), 1)
             points = len(sessions) * len(all_sizes)
-            bench_s = settings.warmup_s + (settings.duration_s if settings.iterations is None else 0.0)
             on_plan(points, points * (bench_s + per_image * len(keep) + 0.05))
+
+        def held_batches(size, lead, c) -> Iterator:
+            by_shape: dict[tuple, list] = {}
+            for j, i in enumerate(keep):
+                raw = held[c][i] if size is None else resize_chw(held[c][i], size)
+                try:
+                    image = prepare_image(lead, raw)
+                except GapError as exc:
+                    yield Batch((j,), error=first_line(exc))
+                    continue
+                group = by_shape.setdefault(image.shape, [])
+                group.append((j, image))
+                if len(group) == 64:
+                    yield Batch(tuple(x for x, _ in group), tuple(a for _, a in group))
+                    group.clear()
+            for group in by_shape.values():
+                if group:
+                    yield Batch(tuple(x for x, _ in group), tuple(a for _, a in group))
+
+        def streamed_batches(size, lead, c) -> Iterator:
+            def load(path):
+                return prepare_image(lead, load_image(path, c, size))
+
+            return stream_batches([files[i] for i in keep], load, batch_size=64)
+
         for size in all_sizes:
             label = size_label(size)
-            prepared: dict[tuple, list] = {}
-            for key, session in sessions.items():
-                c = channels[key]
-                cache_key = (c, session.metadata.normalization(), specs[key])
+            for (c, _, _), keys in groups.items():
+                lead = sessions[keys[0]]
                 t0 = time.perf_counter()
-                if cache_key not in prepared:  # one preprocessing and input spec: the images are shared
-                    images = []
-                    for i in keep:
-                        raw = decoded[c][i] if size is None else resize_chw(decoded[c][i], size)
-                        try:
-                            images.append(prepare_image(session, raw))
-                        except GapError as exc:
-                            result.errors.append({"file": str(files[i]), "size": label, "error": first_line(exc)})
-                            images.append(None)
-                    prepared[cache_key] = images
-                images = prepared[cache_key]
-                ok = [j for j, img in enumerate(images) if img is not None]
-                if not ok:
-                    raise UsageError(f"no image could run at size {label} on {key[0]}/{key[1]}.",
+                top = {key: np.full((len(keep), 5), -1) for key in keys}
+                ran = np.zeros(len(keep), bool)
+                shapes = []
+                for item in (held_batches if held is not None else streamed_batches)(size, lead, c):
+                    if item.error is not None:
+                        result.errors.append({"file": str(files[keep[item.indices[0]]]), "size": label,
+                                              "error": item.error})
+                        continue
+                    rows = list(item.indices)
+                    ran[rows] = True
+                    shapes += [img.shape for img in item.images]
+                    for key in keys:
+                        logits = np.stack(sessions[key].run_many(list(item.images), max_batch=max(batch, 16)))
+                        k = min(5, logits.shape[1])
+                        top[key][rows, :k] = np.argsort(-logits, axis=1)[:, :k]
+                if not ran.any():
+                    raise UsageError(f"no image could run at size {label} on {', '.join(k[0] for k in keys)}.",
                                      note="see the per-file errors.")
-                logits = np.stack(session.run_many([images[j] for j in ok], max_batch=max(batch, 16)))
-                y = truth[ok]
-                order = np.argsort(-logits, axis=1)[:, :min(5, logits.shape[1])]
-                correct = int(np.sum(order[:, 0] == y))
-                top5 = int(np.sum((order == y[:, None]).any(axis=1)))
-                t1 = time.perf_counter()
+                result.seconds["evaluate"] += time.perf_counter() - t0
                 if size is None:  # latency at the median image size
-                    hs = sorted(images[j].shape[1] for j in ok)
-                    ws = sorted(images[j].shape[2] for j in ok)
+                    hs, ws = sorted(s[1] for s in shapes), sorted(s[2] for s in shapes)
                     hw = (hs[len(hs) // 2], ws[len(ws) // 2])
                 else:
                     hw = size
-                shape = (batch, images[ok[0]].shape[0], *hw)
-                timed, _ = bench_session(session, shape, settings)
-                if timed is None:  # interrupted before a single timed iteration
-                    raise KeyboardInterrupt
-                result.seconds["evaluate"] += t1 - t0
-                result.seconds["bench"] += time.perf_counter() - t1
-                result.points.append(TunePoint(key[0], key[1], label, shape, correct, top5, len(ok),
-                                               timed.latency_ms.median, timed.latency_ms.p99, timed.throughput_ips))
-                if progress:
-                    progress(result.points[-1].label)
-                if timed.interrupted:
-                    raise KeyboardInterrupt
+                y = truth[ran]
+                for key in keys:
+                    got = top[key][ran]
+                    correct, top5 = int(np.sum(got[:, 0] == y)), int(np.sum((got == y[:, None]).any(axis=1)))
+                    t1 = time.perf_counter()
+                    timed, _ = bench_session(sessions[key], (batch, c, *hw), settings)
+                    if timed is None:  # interrupted before a single timed iteration
+                        raise KeyboardInterrupt
+                    result.seconds["bench"] += time.perf_counter() - t1
+                    result.points.append(TunePoint(key[0], key[1], label, (batch, c, *hw), correct, top5,
+                                                   int(ran.sum()), timed.latency_ms.median, timed.latency_ms.p99,
+                                                   timed.throughput_ips))
+                    if progress:
+                        progress(result.points[-1].label)
+                    if timed.interrupted:
+                        raise KeyboardInterrupt
     except KeyboardInterrupt:
         if result is None:
             raise

@@ -104,7 +104,7 @@ def int8_latency(model_path: Path, calibration: np.ndarray) -> list[dict]:
 
     import tests.families as fam
     from exporter import export_onnx, load_model
-    from exporter.precision import measure_latency, to_int8
+    from exporter.precision import make_variant, measure_latency
     from runtime.parity import ort_cpu_infer
 
     rows = []
@@ -119,7 +119,9 @@ def int8_latency(model_path: Path, calibration: np.ndarray) -> list[dict]:
         for name, fp32 in models.items():
             reference = ort_cpu_infer(fp32)(calibration)
             for layout in ("tensorrt", "cpu"):
-                int8 = to_int8(fp32, calibration, layout=layout)
+                # as gap-export makes them: the float layers by position (tensorrt) or by measurement (cpu)
+                int8 = make_variant(fp32, "int8", [tuple(calibration[:1].shape)], calibration=calibration,
+                                    int8_layout=layout).model
                 agree = float(np.mean(ort_cpu_infer(int8)(calibration).argmax(1) == reference.argmax(1)))
                 lat = measure_latency(fp32, int8, (1, 3, 224, 224), seconds=1.5)
                 rows.append({"model": name, "layout": layout, "fp32_ms": lat["fp32_ms"], "int8_ms": lat["variant_ms"],
@@ -135,6 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--counts", default="1000,10000,50000")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-int8", action="store_true")
+    parser.add_argument("--skip-stream", action="store_true", help="only the INT8 latency table")
     parser.add_argument("--work", type=Path, help="folder for the image sets (default: a temporary one)")
     args = parser.parse_args(argv)
     if not args.model.is_file():
@@ -149,10 +152,12 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": str(args.model), "runs": []}
     print(f"images in {work}; model {args.model}", flush=True)
-    folders = {n: make_folder(work, n, classes) for n in counts}
-    results["bounds"] = b = bounds(args.model, folders[counts[0]])
-    print(f"bounds on {b['cores']} cores: decoding alone {b['decode_only_ips']:.0f} images/s, inference alone "
-          f"{b['infer_only_ips']:.0f} images/s, CPU-work bound {b['cpu_work_bound_ips']:.0f} images/s", flush=True)
+    folders = {} if args.skip_stream else {n: make_folder(work, n, classes) for n in counts}
+    counts = [] if args.skip_stream else counts
+    b = results["bounds"] = bounds(args.model, folders[counts[0]]) if counts else {}
+    if counts:
+        print(f"bounds on {b['cores']} cores: decoding alone {b['decode_only_ips']:.0f} images/s, inference alone "
+              f"{b['infer_only_ips']:.0f} images/s, CPU-work bound {b['cpu_work_bound_ips']:.0f} images/s", flush=True)
     for n in counts:
         class_folders = [str(d) for d in sorted(folders[n].iterdir())]
         for tool, command in (("gap-run", [str(BIN / "gap-run"), str(args.model), *class_folders]),
@@ -164,7 +169,7 @@ def main(argv=None) -> int:
             print(f"{tool:>8} {n:>6} images: {row['wall_s']:7.1f} s  {row['images_per_s']:6.0f} images/s "
                   f"({row['share_of_bound']:.0%} of the CPU-work bound)  peak RSS {row['peak_rss_mb']:6.0f} MB",
                   flush=True)
-    for tool in ("gap-run", "gap-eval"):
+    for tool in ("gap-run", "gap-eval") if counts else ():
         rows = [r for r in results["runs"] if r["tool"] == tool]
         print(f"{tool}: peak RSS at {rows[-1]['images']} images / at {rows[0]['images']}: "
               f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}x")

@@ -220,3 +220,15 @@ def test_ctrl_c_keeps_and_writes_what_was_measured(tmp_path, labelled, reference
     assert result.exit_code == 130
     data = json.loads(out.read_text())
     assert data["interrupted"] is True and [p["size"] for p in data["points"]] == ["native", "8"]
+
+
+def test_a_sweep_too_large_to_hold_streams_with_the_same_figures(labelled, reference_onnx):
+    from runtime.bench import BenchSettings
+    from runtime.tune import tune
+
+    settings = BenchSettings(warmup_s=0, iterations=3)
+    held = tune({"a": reference_onnx}, labelled, sizes=[(8, 8), (16, 16)], settings=settings)
+    streamed = tune({"a": reference_onnx}, labelled, sizes=[(8, 8), (16, 16)], settings=settings, hold_bytes=0)
+    assert not held.streamed and streamed.streamed
+    assert [(p.size, p.correct, p.top5_correct, p.images, p.shape) for p in streamed.points] == \
+        [(p.size, p.correct, p.top5_correct, p.images, p.shape) for p in held.points]
