@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.errors import OutputPathError
+from runtime.errors import ArtifactError, OutputPathError, first_line
 from runtime.tune import Decision, TuneResult, tied
 
 
@@ -89,7 +89,12 @@ def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.P
         if artifact.suffix == ".onnx" and point.size != "native":
             b, c, h, w = point.shape
             static = staging / f"{artifact.stem}.{h}x{w}.onnx"
-            static.write_bytes(fixed_variant(onnx.load(str(artifact)), point.shape).SerializeToString())
+            try:
+                fixed = fixed_variant(onnx.load(str(artifact)), point.shape)
+            except Exception as exc:  # onnx's checker and shape tools raise their own types
+                raise ArtifactError(f"cannot fix {artifact} to {_shape(point.shape)}: {first_line(exc)}",
+                                    hint="re-export the model with gap-export.") from None
+            static.write_bytes(fixed.SerializeToString())
             files.append(static.name)
             log(f"Packing a gap-pack bundle fixed to {_shape(point.shape)} ...")
             pack(artifact, staging / "bundle", fixed=[point.shape], log=log)

@@ -96,7 +96,7 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> E
     from exporter.onnx_export import export_verified
 
     output = check_output_path(job.output)
-    extra = variant_path(output, job.variant.precision) if job.variant else None
+    extra = variant_path(output, job.variant.precision, job.variant.int8_layout) if job.variant else None
     if extra is not None:
         check_output_path(extra)
     log(f"Loading {job.checkpoint} ...")

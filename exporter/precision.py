@@ -600,5 +600,7 @@ def convert_verified(fp32: onnx.ModelProto, options: VariantOptions, shapes: Seq
     return variant
 
 
-def variant_path(fp32_path: Path, precision: str) -> Path:
-    return fp32_path.with_name(f"{fp32_path.stem}.{precision}.onnx")
+def variant_path(fp32_path: Path, precision: str, int8_layout: str = "tensorrt") -> Path:
+    """MODEL.fp16.onnx, MODEL.int8.onnx (TensorRT's layout) or MODEL.int8-cpu.onnx (the CPU layout)."""
+    suffix = "int8-cpu" if precision == "int8" and int8_layout == "cpu" else precision
+    return fp32_path.with_name(f"{fp32_path.stem}.{suffix}.onnx")

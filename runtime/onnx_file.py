@@ -66,9 +66,10 @@ def _tensors(graph):
 
 def set_metadata(proto, meta: ModelMetadata) -> None:
     """Replace the toolkit's metadata_props (keys ``gap.*``), keeping anyone else's."""
-    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("gap.")]
+    merged = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("gap.")}
+    merged.update(meta.to_props())  # one entry per key: ONNX's checker refuses duplicates
     del proto.metadata_props[:]
-    for key, value in [*keep, *meta.to_props().items()]:
+    for key, value in merged.items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "gap-deploy"
     proto.producer_version = __version__

@@ -57,6 +57,10 @@ def main() -> None:
     step("INT8 (QDQ) variant, calibrated on 128 images, top-1 agreement checked",
          "gap-export", ckpt, "--dynamic", "--imgsz", "64", "--class-names", DEMO / "classes.txt", "-o", onnx_path,
          "--precision", "int8", "--calib", DEMO / "calib", "--min-top1", "0.9", "--report", DEMO / "export_int8.json")
+    step("INT8 for the CPU (UINT8 activations, Relu folded, float layers chosen by measurement), timed against FP32",
+         "gap-export", ckpt, "--dynamic", "--imgsz", "64", "--class-names", DEMO / "classes.txt", "-o", onnx_path,
+         "--precision", "int8", "--int8-layout", "cpu", "--calib", DEMO / "calib", "--min-top1", "0.9",
+         "--report", DEMO / "export_int8_cpu.json")
     if not (DEMO / "heldout").is_dir():
         step("Held-out labelled images (one folder per class, drawn at 64 px, never seen in training)",
              sys.executable, "scripts/demo_data.py", DEMO / "heldout")
@@ -67,6 +71,7 @@ def main() -> None:
     shutil.rmtree(DEMO / "deploy", ignore_errors=True)  # --emit writes a new folder, never over an old one
     step("Which size and precision to deploy: the fastest point at >= 75% top-1 (gap-tune)",
          "gap-tune", f"fp32={onnx_path}", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", f"int8={DEMO / 'gapcnn.int8.onnx'}",
+         f"int8-cpu={DEMO / 'gapcnn.int8-cpu.onnx'}",
          "--data", DEMO / "heldout", "--sizes", ",".join(map(str, TUNE_SIZES)), "--min-top1", "0.75",
          "--json", DEMO / "tune.json", "--plot", DEMO / "tune.png", "--emit", DEMO / "deploy")
     summary(time.perf_counter() - started)
@@ -89,6 +94,12 @@ def summary(seconds: float) -> None:
     real = int8["real_data"]["shapes"][0]
     print(f"INT8 vs FP32 on 128 calibration images: top-1 agreement {real['top1_agreement']:.1%}, "
           f"relative error {real['rel_err']:.2f}")
+    for name in ("export_int8.json", "export_int8_cpu.json"):
+        variant = load(name)["precision_variant"]
+        lat = variant["latency"]
+        print(f"INT8 ({variant['int8_layout']} layout) on ort-cpu at {'x'.join(map(str, lat['shape']))}: "
+              f"{lat['variant_ms']:.3f} ms against FP32 {lat['fp32_ms']:.3f} ms ({lat['speedup']:.2f}x), top-1 "
+              f"agreement {variant['real_data']['shapes'][0]['top1_agreement']:.0%}")
     sizes = acc["sizes"]
     print("Top-1 by input size (gap-eval): " + "  ".join(f"{s}px" for s in sizes))
     for name, row in acc["accuracy"].items():

@@ -327,6 +327,9 @@ def test_the_cpu_int8_layout_is_u8s8_with_relu_folded(fp32, calibration):
     for relu in (n for n in graph.node if n.op_type == "Relu"):  # only where the convolution stays float
         assert producers[relu.input[0]].name in ("node_conv2d",), relu.name
     assert metadata_of(result.model).int8_layout == "cpu" and result.latency["backend"] == "ort-cpu"
+    keys = [p.key for p in result.model.metadata_props]
+    assert len(keys) == len(set(keys))  # onnx's checker (and so gap-pack, gap-tune --emit) refuses duplicates
+    onnx.checker.check_model(result.model)
     tensorrt = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0))
     assert metadata_of(tensorrt.model).int8_layout == "tensorrt"
 

@@ -73,7 +73,8 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the export summary and the parity report as JSON.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="Also write an FP16 (MODEL.fp16.onnx) or INT8 QDQ (MODEL.int8.onnx) variant, verified against "
+              help="Also write an FP16 (MODEL.fp16.onnx) or INT8 QDQ (MODEL.int8.onnx; MODEL.int8-cpu.onnx with "
+                   "--int8-layout cpu) variant, verified against "
                    "the FP32 model on the CPU.")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="INT8 calibration data: a folder of images (resized to --imgsz) or an .npy NCHW array.")
