@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.errors import ArtifactError, OutputPathError, first_line
+from runtime.errors import ArtifactError, first_line
 from runtime.tune import Decision, TuneResult, tied
 
 
@@ -73,13 +73,9 @@ def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.P
 
     from exporter.pack import fixed_variant, pack
     from exporter.triton import ServeOptions, write_repository
+    from runtime.files import check_new_folder
 
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise OutputPathError(f"--emit folder {folder} exists and is not empty.",
-                              hint="choose a new folder; it is written whole, never over another.")
-    if not folder.parent.is_dir():
-        raise OutputPathError(f"folder {folder.parent} does not exist.", hint=f"mkdir -p {folder.parent}")
+    folder = check_new_folder(folder, "--emit folder")
     point = decision.chosen
     artifact = Path(artifacts[point.artifact])
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

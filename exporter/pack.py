@@ -26,8 +26,8 @@ from pathlib import Path
 import onnx
 
 from exporter._quiet import quiet_loggers
-from runtime.errors import ExportError, OutputPathError, UsageError, first_line
-from runtime.files import sha256_file
+from runtime.errors import ExportError, UsageError, first_line
+from runtime.files import check_new_folder, sha256_file
 from runtime.metadata import ModelMetadata
 from runtime.parity import ParityReport, compare, ort_cpu_infer, tolerance_for
 from runtime.shapes import Shape, format_shape
@@ -136,12 +136,7 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     from runtime.onnx_file import check_onnx_file
 
     source = check_onnx_file(onnx_path)
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise OutputPathError(f"bundle folder {folder} exists and is not empty.",
-                              hint="choose a new folder; a bundle is written whole, never over another.")
-    if not folder.parent.is_dir():
-        raise OutputPathError(f"output folder {folder.parent} does not exist.", hint=f"mkdir -p {folder.parent}")
+    folder = check_new_folder(folder, "bundle folder")
     model = onnx.load(str(source))
     meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]

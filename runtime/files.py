@@ -82,6 +82,18 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def check_new_folder(folder: str | os.PathLike, what: str) -> Path:
+    """A folder that is written whole (staged beside it, then moved into place): it must not exist, or be an
+    empty folder, and its parent must exist."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise OutputPathError(f"{what} {folder} exists and is not empty.",
+                              hint="choose a new folder; it is written whole, never over another.")
+    if not folder.parent.is_dir():
+        raise OutputPathError(f"output folder {folder.parent} does not exist.", hint=f"mkdir -p {folder.parent}")
+    return folder
+
+
 def _identity(path: Path) -> tuple:
     """What makes two paths the same file: (device, inode) when it exists, else the resolved path."""
     try:

@@ -61,11 +61,10 @@ def preflight() -> str | None:
     works, why = trt_works()
     if not works:
         return f"no usable GPU: {why}"
-    import torch
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_check_cuda import torch_cuda_problem
 
-    if not torch.cuda.is_available():
-        return "PyTorch has no CUDA device (install a CUDA build of torch)"
-    return None
+    return torch_cuda_problem()
 
 
 class Check:

@@ -82,6 +82,11 @@ def preflight() -> str | None:
             return "no CUDA device found"
     except GapError as exc:
         return f"no usable GPU: {str(exc).splitlines()[0]}"
+    return torch_cuda_problem()
+
+
+def torch_cuda_problem() -> str | None:
+    """None when PyTorch sees a CUDA device, else what is wrong (shared with gpu_check.py)."""
     import torch
 
     if not torch.cuda.is_available():

@@ -58,18 +58,13 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
             --min-top1 0.75 --plot tune.png --emit deploy/
     """
     from runtime.bench import BenchSettings
-    from runtime.cli.eval import parse_artifact
+    from runtime.cli.eval import named_artifacts
     from runtime.errors import UsageError
     from runtime.files import check_distinct, check_output_path
-    from runtime.session import BACKENDS, check_artifact
+    from runtime.session import BACKENDS
     from runtime.tune import decide, format_table, parse_sizes, plot, tune
 
-    named = dict(parse_artifact(a) for a in artifacts)
-    if len(named) != len(artifacts):
-        raise click.BadParameter("two artifacts have the same name; name them with NAME=PATH.",
-                                 param_hint="ARTIFACTS")
-    for path in named.values():
-        check_artifact(path)
+    named = named_artifacts(artifacts)
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}.")

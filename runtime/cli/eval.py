@@ -24,6 +24,19 @@ def parse_artifact(text: str) -> tuple[str, Path]:
     return (path.name[: -len(path.suffix)] if path.suffix else path.name), path
 
 
+def named_artifacts(artifacts) -> dict[str, Path]:
+    """gap-eval's and gap-tune's ARTIFACTS: each ``NAME=PATH`` or ``PATH``, names unique, files checked."""
+    from runtime.session import check_artifact
+
+    named = dict(parse_artifact(a) for a in artifacts)
+    if len(named) != len(artifacts):
+        raise click.BadParameter("two artifacts have the same name; name them with NAME=PATH.",
+                                 param_hint="ARTIFACTS")
+    for path in named.values():
+        check_artifact(path)
+    return named
+
+
 @click.command(context_settings=CONTEXT)
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--data", "folder", required=True, type=click.Path(path_type=Path),
@@ -49,14 +62,7 @@ def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
     from runtime.evaluate import evaluate, format_table, plot
     from runtime.files import check_distinct, check_output_path
     from runtime.images import IMAGE_SUFFIXES
-    from runtime.session import check_artifact
-
-    named = dict(parse_artifact(a) for a in artifacts)
-    if len(named) != len(artifacts):
-        raise click.BadParameter("two artifacts have the same name; name them with NAME=PATH.",
-                                 param_hint="ARTIFACTS")
-    for path in named.values():
-        check_artifact(path)
+    named = named_artifacts(artifacts)
     parsed = [image_size(s) for s in sizes] or [None]
     for path in (json_path, plot_path):
         if path:
