@@ -185,15 +185,20 @@ def run_batch(job: BatchJob) -> BatchResult:
     The output (a Parquet dataset folder) is written to a temporary folder beside it and moved into place
     when the job has finished, so a failed job leaves no partial output and never a half-replaced one.
     """
+    from runtime.files import check_distinct, check_new_folder
     from runtime.session import check_artifact
 
     check_artifact(job.artifact)
-    output = Path(job.output)
+    given = Path(job.output)
+    # A link is written through: the folder it names is the output. An existing folder is never replaced:
+    # it may be anything (an image folder, earlier results someone still needs).
+    output = Path(os.path.realpath(given)) if given.is_symlink() else given
     if output.exists() and not output.is_dir():
-        raise OutputPathError(f"output {output} exists and is not a Parquet dataset folder.",
+        raise OutputPathError(f"output {given} exists and is not a folder.",
                               hint="choose a new path (a folder of Parquet files is written).")
-    if not output.parent.is_dir():
-        raise OutputPathError(f"output folder {output.parent} does not exist.", hint=f"mkdir -p {output.parent}")
+    check_new_folder(output, "--output folder")
+    local = {f"image source {s}": s for s in job.sources if "://" not in str(s)}
+    check_distinct({"ARTIFACT": job.artifact, **local}, {"--output": output})
     paths, early_errors = expand_sources(job.sources)
     ray = connect(job.address)
     data = require("ray.data", purpose="for --ray")
@@ -224,15 +229,9 @@ def run_batch(job: BatchJob) -> BatchResult:
         result.write_parquet(str(staging / "data"))
         written = read_results(staging / "data", columns=["path", "error"])
         errors = [{"file": row["path"], "error": row["error"]} for row in written if row["error"]]
-        old = staging / "previous"
         if output.exists():
-            os.replace(output, old)  # kept until the new results are in place
-        try:
-            os.replace(staging / "data", output)
-        except OSError:
-            if old.exists():
-                os.replace(old, output)
-            raise
+            output.rmdir()  # empty, checked above; fails (and keeps it) if anything appeared in it since
+        os.replace(staging / "data", output)
         return BatchResult(output, len(written), errors, time.perf_counter() - started, workers)
     except GapError:
         raise

@@ -103,12 +103,32 @@ def _identity(path: Path) -> tuple:
         return ("path", os.path.realpath(path))
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (resolved) is ``folder`` (resolved) or lies below it."""
+    inner, outer = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return inner == outer or outer in inner.parents
+
+
 def check_distinct(inputs: dict[str, str | os.PathLike | None], outputs: dict[str, str | os.PathLike | None]) -> None:
-    """Refuse an output that is the same file as an input, or as another output of the same command.
+    """Refuse an output that is the same file as an input, or as another output of the same command, or that
+    lies inside an input folder (an image folder, a labelled data set, a bundle: every file in it is an input),
+    or an output folder that holds an input.
 
     Compared by resolved path and by inode, so links, ``./x`` and ``../dir/x`` cannot sneak past. The
     names are the user's (flag names in a CLI, parameter names in the library).
     """
+    folders = {name: Path(p) for name, p in inputs.items() if p is not None and Path(p).is_dir()}
+    for out_name, out in outputs.items():
+        if out is None:
+            continue
+        for in_name, folder in folders.items():
+            if _inside(Path(out), folder):
+                raise OutputPathError(f"{out_name} {out} is inside {in_name} {folder}; writing it could replace "
+                                      "one of its files.", hint=f"choose a path outside {folder} for {out_name}.")
+        for in_name, path in inputs.items():
+            if path is not None and Path(out).is_dir() and _inside(Path(path), Path(out)):
+                raise OutputPathError(f"{in_name} {path} is inside {out_name} {out}; writing that folder could "
+                                      "destroy it.", hint=f"choose another folder for {out_name}.")
     seen: dict[tuple, str] = {}
     for name, path in inputs.items():
         if path is not None:

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import assert_clean_failure
+
 pytest.importorskip("torch")
 
 from exporter.cli.build import main as gap_build  # noqa: E402
@@ -522,3 +524,46 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch)
     with pytest.raises(OutputPathError, match=r"cannot write .*report.json: No space left on device(.|\n)*free some"):
         files.write_text_atomic(target, "new")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+# ---- outputs inside input folders (issue: the aliasing rule did not reach into folders) ------------------------
+
+@pytest.fixture
+def labelled_set(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "class1").mkdir(parents=True)
+    Image.new("RGB", (12, 12), (10, 200, 30)).save(root / "class1" / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("command", ["gap-eval", "gap-tune"])
+@pytest.mark.parametrize("option, inside", [("--json", "class1/a.png"), ("--plot", "class1/a.png"),
+                                            ("--json", "results.json")])
+def test_an_output_inside_the_data_folder_is_refused_and_nothing_changes(labelled_set, reference_onnx, command,
+                                                                        option, inside):
+    from exporter.cli.tune import main as tune
+    from runtime.cli.eval import main as evaluate
+
+    target = labelled_set / inside
+    before = {p: p.read_bytes() for p in labelled_set.rglob("*") if p.is_file()}
+    args = [str(reference_onnx), "--data", str(labelled_set), option, str(target)]
+    result = CliRunner().invoke(evaluate if command == "gap-eval" else tune, args)
+    assert_clean_failure(result, f"{option} {target} is inside --data {labelled_set}")
+    assert {p: p.read_bytes() for p in labelled_set.rglob("*") if p.is_file()} == before
+    assert target.exists() == (inside != "results.json")
+
+
+def test_an_output_folder_that_holds_an_input_is_refused(tmp_path):
+    from runtime.errors import OutputPathError
+    from runtime.files import check_distinct
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.ort").write_bytes(b"ort")
+    with pytest.raises(OutputPathError, match="is inside ARTIFACT"):
+        check_distinct({"ARTIFACT": bundle}, {"--json": bundle / "model.json"})
+    with pytest.raises(OutputPathError, match="MODEL .* is inside -o/--output"):
+        check_distinct({"MODEL": bundle / "model.ort"}, {"-o/--output": bundle})
+    check_distinct({"ARTIFACT": bundle}, {"--json": tmp_path / "out.json"})  # beside it is fine

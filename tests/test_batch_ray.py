@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,18 +81,38 @@ def test_every_row_equals_local_gap_run(local_ray, folder, reference_onnx, tmp_p
     assert result.workers == 2
 
 
-def test_cli_path_and_an_existing_output_is_replaced_whole(local_ray, folder, reference_onnx, tmp_path):
-    from runtime.cli.run import main
+def snapshot(root: Path) -> dict:
+    """Every file below ``root`` with its bytes (folders included by their paths)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_fifo() else None)
+            for p in sorted(root.rglob("*"))}
 
-    out = tmp_path / "r.parquet"
-    out.mkdir()
-    (out / "old.parquet").write_bytes(b"previous results")
+
+def test_an_existing_folder_is_never_replaced_and_links_are_written_through(local_ray, folder, reference_onnx,
+                                                                             tmp_path):
+    """Failed before: the output folder, whatever it was (the image folder itself, earlier results), was moved
+    aside and deleted after the job."""
+    from runtime.cli.run import main
+    from tests.conftest import assert_clean_failure
+
     glob = str(folder / "0[0-4]?.png")  # a glob: 50 images
-    result = CliRunner().invoke(main, [str(reference_onnx), glob, "--ray", "--output", str(out), "--workers", "1",
+    old = tmp_path / "r.parquet"
+    old.mkdir()
+    (old / "old.parquet").write_bytes(b"previous results")
+    images_before, old_before = snapshot(folder), snapshot(old)
+    for output, fragment in ((folder, "exists and is not empty"), (old, "exists and is not empty"),
+                             (folder / "results", "is inside image source")):
+        result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--ray", "--output", str(output)])
+        assert_clean_failure(result, fragment)
+    assert snapshot(folder) == images_before and snapshot(old) == old_before  # byte for byte
+    target = tmp_path / "real"
+    target.mkdir()  # empty: it is used
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    result = CliRunner().invoke(main, [str(reference_onnx), glob, "--ray", "--output", str(link), "--workers", "1",
                                        "--imgsz", "24"])
     assert result.exit_code == 0, result.output
-    assert "50 row(s)" in result.output and not (out / "old.parquet").exists()
-    rows = read_results(out)
+    assert link.is_symlink() and "50 row(s)" in result.output  # the link stays; its folder holds the results
+    rows = read_results(target)
     assert len(rows) == 50 and all(r["height"] == 24 and r["width"] == 24 for r in rows)
 
 

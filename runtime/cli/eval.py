@@ -67,7 +67,8 @@ def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
     for path in (json_path, plot_path):
         if path:
             check_output_path(path)
-    check_distinct({f"artifact {n}": p for n, p in named.items()}, {"--json": json_path, "--plot": plot_path})
+    check_distinct({**{f"artifact {n}": p for n, p in named.items()}, "--data": folder},
+                   {"--json": json_path, "--plot": plot_path})
     if plot_path:
         from runtime._lazy import require
 
