@@ -84,7 +84,8 @@ def _pixels(image, channels: int, path) -> np.ndarray:
     """(H, W, channels) float32 in [0, 1]."""
     mode = image.mode
     if mode not in _HIGH_DEPTH and mode not in ("I", "F"):
-        return np.asarray(image.convert(_MODES[channels]), dtype=np.float32) / 255.0
+        pixels = np.asarray(image.convert(_MODES[channels]), dtype=np.float32) / 255.0
+        return pixels[:, :, None] if pixels.ndim == 2 else pixels  # "L" (1 channel) decodes to H x W
     values = np.asarray(image, dtype=np.float64)
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)

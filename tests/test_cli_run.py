@@ -100,3 +100,33 @@ def test_16_bit_and_float_images_keep_their_range(tmp_path):
 
     with pytest.raises(ArtifactError, match="no pixel range this tool knows"):
         load_image(tmp_path / "wild.tiff", 3)
+
+
+def test_grayscale_models_run_on_8_bit_images_like_rgb_ones(tmp_path):
+    """Failed before: every 1-channel model failed on every 8-bit image ("axes don't match array": the grayscale
+    image decoded to H x W and was transposed as if it had a channel axis), in gap-run, gap-eval and Ray."""
+    import torch
+    from PIL import Image
+
+    from exporter import export_onnx, load_model
+    from runtime.cli.eval import main as evaluate
+    from runtime.images import load_image
+    from tests.conftest import make_reference
+
+    ckpt = tmp_path / "gray.pt"
+    torch.save(make_reference(in_channels=1).state_dict(), ckpt)
+    model = export_onnx(load_model(ckpt), tmp_path / "gray.onnx", dynamic=True, imgsz=(16, 16),
+                        class_names=tuple(f"class{i}" for i in range(10))).path
+    (tmp_path / "data" / "class2").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i, mode in enumerate(("L", "RGB", "P")):
+        pixels = rng.integers(0, 256, (14 + i, 18), dtype=np.uint8)
+        Image.fromarray(pixels).convert(mode).save(tmp_path / "data" / "class2" / f"{i}_{mode}.png")
+    images = sorted((tmp_path / "data" / "class2").iterdir())
+    assert [load_image(p, 1).shape for p in images] == [(1, 14, 18), (1, 15, 18), (1, 16, 18)]
+    assert load_image(images[0], 1, (9, 7)).shape == (1, 9, 7)
+    result = CliRunner().invoke(main, [str(model), *map(str, images)])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip().splitlines()) == 3
+    result = CliRunner().invoke(evaluate, [str(model), "--data", str(tmp_path / "data"), "--imgsz", "12"])
+    assert result.exit_code == 0, result.output
