@@ -110,6 +110,33 @@ def num_classes_of(module: nn.Module, in_channels: int, side: int) -> int:
     return int(out.shape[1])
 
 
+#: node metadata that records where the exporting machine keeps its source files
+PRIVATE_NODE_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def strip_stack_traces(model) -> int:
+    """Remove PRIVATE_NODE_METADATA from every node (functions and subgraphs included); returns how many."""
+    removed = 0
+
+    def graphs(graph):
+        yield graph
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.g.node:
+                    yield from graphs(attribute.g)
+                for sub in attribute.graphs:
+                    yield from graphs(sub)
+
+    nodes = [n for g in graphs(model.graph) for n in g.node] + [n for f in model.functions for n in f.node]
+    for node in nodes:
+        keep = [(p.key, p.value) for p in node.metadata_props if p.key not in PRIVATE_NODE_METADATA]
+        removed += len(node.metadata_props) - len(keep)
+        del node.metadata_props[:]
+        for key, value in keep:
+            node.metadata_props.add(key=key, value=value)
+    return removed
+
+
 def export_model(
     loaded: LoadedModel,
     *,
@@ -121,8 +148,14 @@ def export_model(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     simplify: bool = False,
+    keep_stack_traces: bool = False,
 ) -> OnnxExport:
-    """Trace ``loaded.module`` to ONNX in memory; check its graph and dims; attach the metadata."""
+    """Trace ``loaded.module`` to ONNX in memory; check its graph and dims; attach the metadata.
+
+    The exporter's per-node source stack traces (``pkg.torch.onnx.stack_trace``: the exporting machine's
+    absolute paths and source lines) are removed unless ``keep_stack_traces``; the module paths
+    (``pkg.torch.onnx.name_scopes``) stay, for gap-debug.
+    """
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}.."
                           f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET}).")
@@ -163,6 +196,8 @@ def export_model(
         proto, simplified = _simplify(proto), True
         _check_io(proto, dynamic, (batch, channels, height, width), num_classes)
     set_metadata(proto, meta)
+    if not keep_stack_traces:
+        strip_stack_traces(proto)
     proto = check_and_infer(proto)
     dims_in = _dims(proto.graph.input[0])
     dims_out = _dims(proto.graph.output[0])
@@ -311,6 +346,8 @@ class ExportOptions:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     simplify: bool = False
+    #: keep the exporter's per-node source stack traces (absolute paths of this machine); off by default
+    keep_stack_traces: bool = False
 
 
 def export_verified(loaded: LoadedModel, options: ExportOptions = ExportOptions(), *, verify: bool = True,

@@ -62,6 +62,9 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 @click.option("--opset", default=DEFAULT_OPSET, show_default=True,
               type=click.IntRange(SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1), help="ONNX opset.")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (parity is checked after it).")
+@click.option("--keep-stack-traces", is_flag=True,
+              help="Keep the exporter's per-node source stack traces in the ONNX (they hold this machine's absolute "
+                   "paths and source lines; removed by default, module names are kept).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare ONNX Runtime with PyTorch on a sweep of shapes before writing.")
 @click.option("--verify-shapes", metavar="BxCxHxW|HxW,...",
@@ -88,8 +91,8 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
               help="Print the layer table (output shape and parameters per layer at --imgsz) and exit.")
 @report_errors
 def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
-         opset, simplify, verify, verify_shapes, atol, rtol, report, precision, calib, int8_layout, min_top1,
-         int8_all_layers,
+         opset, simplify, keep_stack_traces, verify, verify_shapes, atol, rtol, report, precision, calib, int8_layout,
+         min_top1, int8_all_layers,
          keep_fp32, fp32_fallback, engine,
          min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat, tf32,
          summary):
@@ -147,7 +150,8 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     from runtime.parity import Tolerance
 
     job = ExportJob(model, out_path, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint,
-                    options=ExportOptions(dynamic, size, batch, opset, names, mean_v, std_v, simplify),
+                    options=ExportOptions(dynamic, size, batch, opset, names, mean_v, std_v, simplify,
+                                          keep_stack_traces),
                     verify=verify, verify_shapes=shapes, tolerance=Tolerance(atol=atol, rtol=rtol),
                     variant=variant, engine=engine_config)
     try:
