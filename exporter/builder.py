@@ -30,6 +30,7 @@ from runtime.parity import ParityReport
 from runtime.profiles import Profile
 from runtime.profiles import default_profile as profiles_default
 from runtime.shapes import Shape
+from runtime.trust import load_key
 
 GPU_HINT = "pip install 'gap-deploy[gpu]' on a machine with an NVIDIA GPU and driver."
 
@@ -354,7 +355,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
         precision=precision, plan_sha256=sha256_bytes(plan), onnx_sha256=sha256_file(onnx_path),
         profiles=[{info.name: [list(profile.min), list(profile.opt), list(profile.max)]} for profile in profiles],
         version_compatible=config.version_compatible, hardware_compatibility=config.hardware_compat,
-        metadata=info.metadata.to_props(), builder="gap-deploy", tf32=config.tf32)
+        metadata=info.metadata.to_props(), builder="gap-deploy", tf32=config.tf32).signed(load_key(create=True))
     report = write_engine(plan, manifest, output, verify, together)
     save_timing_cache(cfg, config.timing_cache, log)
     return BuildResult(output, manifest, time.perf_counter() - started, counts, report)

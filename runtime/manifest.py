@@ -56,6 +56,19 @@ class EngineManifest:
     #: whether FP32 layers may compute in TF32 (gap-build --tf32); None in manifests written before gap-deploy
     #: recorded it, whose engines kept TensorRT's default (TF32 on)
     tf32: bool | None = None
+    #: HMAC-SHA256 of every other field under this user's key (runtime/trust.py): what grants trust
+    signature: str | None = None
+
+    def fields(self) -> dict:
+        return asdict(self)
+
+    def signed(self, key: bytes) -> EngineManifest:
+        """This manifest with its signature under ``key``."""
+        from dataclasses import replace
+
+        from runtime.trust import sign
+
+        return replace(self, signature=sign(self.fields(), key))
 
     def write(self, plan: str | Path) -> Path:
         return write_text_atomic(manifest_path(plan), json.dumps(asdict(self), indent=2) + "\n")

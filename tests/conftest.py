@@ -33,6 +33,23 @@ def randomize_batchnorm(module, seed: int = 0):
     return module.eval()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def signing_key_home(tmp_path_factory):
+    """Engine manifests are signed with a key from $GAP_DEPLOY_HOME (runtime/trust.py): the tests' own, never the
+    user's ~/.config/gap-deploy."""
+    import os
+
+    home = tmp_path_factory.mktemp("gap-deploy-home")
+    home.chmod(0o700)
+    previous = os.environ.get("GAP_DEPLOY_HOME")
+    os.environ["GAP_DEPLOY_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("GAP_DEPLOY_HOME", None)
+    else:
+        os.environ["GAP_DEPLOY_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def reference_ckpt(tmp_path_factory) -> Path:
     import torch

@@ -13,6 +13,7 @@ from runtime.files import sha256_bytes  # noqa: E402
 from runtime.manifest import EngineManifest, manifest_path  # noqa: E402
 from runtime.metadata import ModelMetadata  # noqa: E402
 from runtime.session import Session  # noqa: E402
+from runtime.trust import load_key  # noqa: E402
 from tests.trt_doubles import FakeDevice, expected_logits, make_engine, make_trt, trt  # noqa: F401
 
 PLAN = b"serialized-engine-bytes" * 10
@@ -28,7 +29,7 @@ def write_plan(tmp_path, **overrides):
                   metadata=ModelMetadata(arch="GapCNN", in_channels=3, num_classes=10, min_height=4,
                                          min_width=4, class_names=tuple("abcdefghij")).to_props())
     fields.update(overrides)
-    EngineManifest(**fields).write(plan)
+    EngineManifest(**fields).signed(load_key(create=True)).write(plan)  # as gap-build signs it
     return plan
 
 
@@ -454,3 +455,43 @@ def test_tensorrt_gets_the_stream_as_an_int_handle(tmp_path, device):
     for call in (context.execute_async_v3, context.set_optimization_profile_async):
         handle = call.call_args.args[-1]
         assert type(handle) is int and handle in device.stream_flags
+
+
+def test_a_hand_written_manifest_grants_no_trust(tmp_path, device):
+    """Failed before: a manifest anyone can write (right SHA-256, version_compatible, builder "gap-deploy") made the
+    plan deserialize, engine host code allowed. Trust now comes from this user's key (runtime/trust.py)."""
+    engine, _ = make_engine(device=device)
+    module, runtime = make_trt(engine)
+    plan = write_plan(tmp_path, version_compatible=True)
+    fields = EngineManifest.read(plan).fields()
+    forged = EngineManifest(**{**fields, "signature": None})
+    forged.write(plan)
+    with pytest.raises(UntrustedCodeError, match=r"not signed by this user's gap-deploy key(.|\n)*--trust-engine"):
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    EngineManifest(**{**fields, "signature": "0" * 64}).write(plan)  # a made-up signature
+    with pytest.raises(UntrustedCodeError, match="not signed"):
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    EngineManifest(**{**fields, "precision": "int8"}).write(plan)  # a signed manifest edited afterwards
+    with pytest.raises(UntrustedCodeError, match="not signed"):
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    assert not runtime.deserialize_cuda_engine.called and runtime.engine_host_code_allowed is not True
+    forged.write(plan)
+    trusted = TrtRunner(plan, trust_engine=True, trt=module, cuda=Cuda(device.rt))  # the explicit flag
+    assert trusted.manifest.precision == "fp16" and runtime.engine_host_code_allowed is True
+
+
+def test_a_signing_key_others_can_write_grants_nothing(tmp_path, device, monkeypatch):
+    from runtime import trust
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("GAP_DEPLOY_HOME", str(home))
+    plan = write_plan(tmp_path)  # signed with a new key in that home
+    assert (home / "engine.key").stat().st_mode & 0o777 == 0o600
+    open_runner(tmp_path, device)  # signed by this user's key: runs
+    (home / "engine.key").chmod(0o666)
+    with pytest.raises(UntrustedCodeError, match="can be written by other users"):
+        trust.load_key()
+    engine, _ = make_engine(device=device)
+    module, _ = make_trt(engine)
+    with pytest.raises(UntrustedCodeError, match="can be written by other users"):
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))

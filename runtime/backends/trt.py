@@ -73,10 +73,9 @@ class TrtRunner(Runner):
         cuda.set_device(device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        if self.manifest is not None and self.manifest.version_compatible and \
-                self.manifest.builder.startswith("gap-deploy"):
-            # Version-compatible plans embed the lean runtime's host code: allowed only for engines this
-            # tool built and whose SHA-256 the manifest has just confirmed.
+        if self.manifest is not None and self.manifest.version_compatible:
+            # Version-compatible plans embed the lean runtime's host code: allowed only for a plan whose manifest
+            # this user's gap-build signed (or that the caller trusts), checked above with its SHA-256.
             self._runtime.engine_host_code_allowed = True
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
@@ -121,10 +120,20 @@ class TrtRunner(Runner):
                 "GPU cannot be checked; a plan file is executable code.",
                 hint="build it with gap-build (which writes the manifest), or pass --trust-engine "
                      "(trust_engine=True) for a plan from a source you trust.")
+        from runtime.trust import is_signed
+
         manifest = EngineManifest.read(path)
         info = self._cuda.device(device)
         manifest.check(plan=path, plan_sha256=sha256_bytes(plan), tensorrt_version=self._trt.__version__,
                        gpu_name=info.name, compute_capability=info.compute_capability, lean=lean)
+        if not trust and not is_signed(manifest.fields()):
+            raise UntrustedCodeError(
+                f"engine {path}'s manifest is not signed by this user's gap-deploy key, so nothing says who made the "
+                "plan; a manifest is a file anyone can write, and a plan file is executable code.",
+                note="gap-build signs the manifests it writes (runtime/trust.py; the key is in $GAP_DEPLOY_HOME or "
+                     "~/.config/gap-deploy).",
+                hint="rebuild it here with gap-build, share the key of the machine that built it, or pass "
+                     "--trust-engine (trust_engine=True) for a plan from a source you trust.")
         return manifest
 
     def _info(self, name: str, with_profiles: bool = False) -> TensorInfo:
