@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import ArtifactError, MissingDependencyError, OutputPathError, UsageError, first_line
+from runtime.files import safe_name
 from runtime.metadata import ModelMetadata
 from runtime.shapes import format_shape
 
@@ -192,37 +193,52 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repo: str | os.Path
              (f"{options.name}_{i}" if options.name else info.path.name.split(".")[0]) for i, info in enumerate(infos)]
     if len(set(names)) != len(names):
         names = [f"{n}_{info.path.suffix[1:]}_{info.metadata.precision}" for n, info in zip(names, infos)]
+    names = [safe_name(n, "model name") for n in names]  # names and metadata values become folders
+    if len(set(names)) != len(names):
+        raise UsageError(f"the artifacts' model names collide ({', '.join(names)}); nothing was written.",
+                         hint="give artifacts distinct file names, or one --name per run.")
+    taken = [repo / n for n in names if (repo / n).exists()]
+    if taken:
+        raise OutputPathError(f"{taken[0]} exists; a model folder is never written over. Nothing was written.",
+                              hint="choose another --name or repository.")
     repo.mkdir(exist_ok=True)
-    written = []
-    for name, info in zip(names, infos):
-        target = repo / name
-        if target.exists():
-            raise OutputPathError(f"{target} exists; a model folder is never written over.",
-                                  hint="choose another --name or repository.")
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
-        try:
-            filename = info.path.name if options.backend == "python" else DEFAULT_FILENAME[info.platform]
-            version = staging / str(options.version)
-            version.mkdir()
-            shutil.copyfile(info.path, version / filename)
-            if options.backend == "python":
-                shutil.copyfile(PYTHON_MODEL, version / "model.py")
-            from runtime.manifest import manifest_path
-
-            if manifest_path(info.path).is_file():  # beside the plan: Triton ignores it, the checker reads it
-                shutil.copyfile(manifest_path(info.path), version / manifest_path(filename).name)
-            names_ = info.metadata.class_names or tuple(str(i) for i in range(max(info.num_classes, 0)))
-            (staging / "labels.txt").write_text("\n".join(names_) + "\n")
-            (staging / "config.pbtxt").write_text(config_text(info, name, options, filename))
-            problems = check_model_folder(staging, expected_name=name, artifact=info)
-            if problems:
-                raise ArtifactError(f"the config written for {name} does not pass its own check.",
-                                    note="\n".join(map(str, problems)))
-            os.replace(staging, target)
-            written.append(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    written: list[Path] = []
+    try:
+        for name, info in zip(names, infos):
+            written.append(_write_model_folder(repo, name, info, options))
+    except BaseException:  # all the models appear, or none: remove the ones this run put in
+        for folder in written:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return written
+
+
+def _write_model_folder(repo: Path, name: str, info: ArtifactInfo, options: ServeOptions) -> Path:
+    """One model folder, staged inside the repository, checked, then moved into place."""
+    target = repo / name
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    try:
+        filename = info.path.name if options.backend == "python" else DEFAULT_FILENAME[info.platform]
+        version = staging / str(options.version)
+        version.mkdir()
+        shutil.copyfile(info.path, version / filename)
+        if options.backend == "python":
+            shutil.copyfile(PYTHON_MODEL, version / "model.py")
+        from runtime.manifest import manifest_path
+
+        if manifest_path(info.path).is_file():  # beside the plan: Triton ignores it, the checker reads it
+            shutil.copyfile(manifest_path(info.path), version / manifest_path(filename).name)
+        names_ = info.metadata.class_names or tuple(str(i) for i in range(max(info.num_classes, 0)))
+        (staging / "labels.txt").write_text("\n".join(names_) + "\n")
+        (staging / "config.pbtxt").write_text(config_text(info, name, options, filename))
+        problems = check_model_folder(staging, expected_name=name, artifact=info)
+        if problems:
+            raise ArtifactError(f"the config written for {name} does not pass its own check.",
+                                note="\n".join(map(str, problems)))
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 # ---- the checker -------------------------------------------------------------------------------------------

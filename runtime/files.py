@@ -82,6 +82,24 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return p
 
 
+#: what a name that becomes one path component may hold
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def safe_name(text: str, what: str) -> str:
+    """``text`` when it can be one file or folder name inside an output (letters, digits, ``_ . -``, not starting
+    with a dot, at most 128 characters); else OutputPathError. Every name built from user input or from a
+    model's metadata goes through here before it becomes part of a path."""
+    text = str(text)
+    if not text or len(text) > 128 or text[0] == "." or not set(text) <= _NAME_CHARS:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise OutputPathError(f"{what} {shown!r} cannot be a file or folder name here.",
+                              note="names may hold letters, digits, '_', '.' and '-', may not start with '.', and "
+                                   "have at most 128 characters: no '/', '..' or other path syntax.",
+                              hint=f"give a plain {what}.")
+    return text
+
+
 def check_new_folder(folder: str | os.PathLike, what: str) -> Path:
     """A folder that is written whole (staged beside it, then moved into place): it must not exist, or be an
     empty folder, and its parent must exist."""

@@ -11,6 +11,7 @@ pytest.importorskip("tritonclient")
 
 from exporter.cli.triton import main  # noqa: E402
 from exporter.triton import ServeOptions, check_repository, parse_config, write_repository  # noqa: E402
+from runtime.errors import UsageError  # noqa: E402
 from runtime.files import sha256_bytes  # noqa: E402
 from runtime.manifest import EngineManifest  # noqa: E402
 from runtime.metadata import ModelMetadata  # noqa: E402
@@ -138,3 +139,44 @@ def test_several_artifacts_give_several_models(tmp_path, reference_onnx, fp16_pl
     assert [p.name for p in written] == ["gapcnn", "model"]
     assert (repo / "model" / "3" / "model.plan").is_file() and (repo / "model" / "3" / "model.plan.json").is_file()
     assert check_repository(repo) == (["gapcnn", "model"], [])
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["/../x", "../outside", "a/b", ".hidden", "x" * 200, "new\nline"])
+def test_a_model_name_never_becomes_a_path_outside_the_repository(tmp_path, reference_onnx, name):
+    """Failed before: --name "/../x" wrote the model folder outside the repository."""
+    repo = tmp_path / "work" / "repo"
+    repo.parent.mkdir()
+    result = CliRunner().invoke(main, [str(reference_onnx), "-o", str(repo), "--name", name])
+    assert_clean_failure(result, "cannot be a file or folder name here")
+    assert _tree(tmp_path / "work") == []  # nothing written anywhere, the repository included
+
+
+def test_metadata_values_never_become_paths_and_collisions_write_nothing(tmp_path, reference_onnx):
+    """Failed before: two artifacts named alike took their folder names from the metadata's precision, which
+    can hold "x/../../outside", and a collision left a half-written repository."""
+    import onnx
+
+    from runtime.errors import OutputPathError
+
+    first, second = tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx"
+    for path in (first, second):
+        path.parent.mkdir()
+        model = onnx.load(str(reference_onnx))
+        for prop in model.metadata_props:
+            if prop.key == "gap.precision":
+                prop.value = "x/../../outside"
+        onnx.save(model, str(path))
+    repo = tmp_path / "repo"
+    with pytest.raises(OutputPathError, match="cannot be a file or folder name"):
+        write_repository([first, second], repo)
+    assert not repo.exists() and _tree(tmp_path) == ["a", "a/m.onnx", "b", "b/m.onnx"]
+    plain = tmp_path / "c" / "m.onnx"
+    plain.parent.mkdir()
+    plain.write_bytes(reference_onnx.read_bytes())
+    with pytest.raises(UsageError, match="collide"):  # the same name twice, even with the fallback suffixes
+        write_repository([plain, plain], repo)
+    assert not repo.exists()
