@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Runner, TensorInfo
-from runtime.errors import ArtifactError, BackendUnavailableError, InputError, InputTypeError, UsageError
+from runtime.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    GapError,
+    InputError,
+    InputTypeError,
+    UsageError,
+    first_line,
+)
 from runtime.files import check_input_file
 from runtime.limits import check_memory
 from runtime.metadata import ModelMetadata
@@ -145,7 +153,30 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
                              hint="load the bundle without shape= for any size, or gap-pack --fixed that shape.")
     if chosen is None:
         raise ArtifactError(f"bundle {folder} lists no dynamic ORT model.", hint="write it again with gap-pack.")
-    return folder / chosen
+    return _checked_bundle_file(folder, chosen, ort_files[chosen])
+
+
+def _checked_bundle_file(folder: Path, name: str, entry) -> Path:
+    """The bundle's file ``name``: a plain name inside the bundle (no path, no link out of it) whose bytes have
+    the SHA-256 model.json lists (a swapped or damaged file is refused)."""
+    from runtime.files import safe_name, sha256_file
+
+    try:
+        safe_name(name, "bundle file name")
+    except GapError as exc:
+        raise ArtifactError(f"bundle {folder}'s model.json names a file {name!r} that is no plain file name in the "
+                            f"bundle: {first_line(exc)}", hint="write the bundle again with gap-pack.") from None
+    path = folder / name
+    inside = Path(os.path.realpath(path)).parent == Path(os.path.realpath(folder))
+    if not inside or not path.is_file():
+        raise ArtifactError(f"bundle file {path} is missing, or a link out of the bundle.",
+                            hint="write the bundle again with gap-pack.")
+    expected = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(expected, str) or sha256_file(path) != expected:
+        raise ArtifactError(f"bundle file {path} does not match the SHA-256 in {folder / BUNDLE_FILE}: it was "
+                            "replaced or damaged after gap-pack wrote the bundle.",
+                            hint="write the bundle again with gap-pack.")
+    return path
 
 
 class Session:

@@ -179,3 +179,31 @@ def test_gap_run_takes_a_bundle_folder(bundle, tmp_path):
     result = CliRunner().invoke(gap_run, [str(folder), str(tmp_path / "a.png"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["artifact"].endswith("model.ort")
+
+
+def test_a_swapped_or_escaping_bundle_file_is_refused(bundle, tmp_path, reference_onnx):
+    """Failed before: model.json's SHA-256s were never checked (a swapped model.ort ran), and its file names
+    could point outside the bundle."""
+    import json
+    import shutil
+
+    import runtime
+    from runtime.errors import ArtifactError
+
+    bundle = bundle[0]
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    (copy / "model.ort").write_bytes((copy / "model_2x3x32x48.ort").read_bytes())  # another model, same name
+    with pytest.raises(ArtifactError, match="does not match the SHA-256"):
+        runtime.load(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(bundle, copy)
+    described = json.loads((copy / "model.json").read_text())
+    entry = described["files"].pop("model.ort")
+    shutil.copy(copy / "model.ort", tmp_path / "outside.ort")
+    described["files"]["../outside.ort"] = entry
+    (copy / "model.json").write_text(json.dumps(described))
+    with pytest.raises(ArtifactError, match="no plain file name in the bundle"):
+        runtime.load(copy)
+    with runtime.load(bundle) as session:  # the untouched bundle still loads
+        assert session.backend == "ort-cpu"
