@@ -136,7 +136,12 @@ def _pickled_globals(path: Path) -> list[str]:
 
 
 def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
-    return CheckpointError(f"cannot read checkpoint {path}: {first_line(exc)}",
+    reason = first_line(exc)
+    # torch's own text for an unpicklable file invites a retry with weights_only=False: never pass that on (a
+    # payload in the file would run); say what is known instead.
+    if "weights_only" in reason.lower() or "weights only" in reason.lower():
+        reason = "its contents are not a checkpoint of tensors that torch can read safely (weights_only=True)"
+    return CheckpointError(f"cannot read checkpoint {path}: {reason}",
                            hint="is it a file written by torch.save or a .safetensors file? "
                                 "It may be truncated; copy or save it again.")
 

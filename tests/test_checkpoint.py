@@ -3,6 +3,7 @@
 import os
 import re
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -203,3 +204,31 @@ def test_unreadable_files(tmp_path, reference_ckpt, case):
     with pytest.raises(ArtifactError, match=expected) as info:
         load_model(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "pickle with a payload", "truncated zip"])
+def test_torchs_advice_to_load_unsafely_is_never_passed_on(tmp_path, kind):
+    """Failed before for random bytes: torch's message inviting a retry with weights_only=False reached the user."""
+    import pickle
+
+    import torch
+
+    from exporter.checkpoint import load_model
+    from runtime.errors import GapError
+
+    path = tmp_path / "model.pt"
+    if kind == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "pickle with a payload":
+        class Payload:
+            def __reduce__(self):
+                return (print, ("this must never run",))
+
+        path.write_bytes(pickle.dumps({"w": Payload()}))
+    else:
+        torch.save({"w": torch.zeros(3)}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(GapError) as caught:
+        load_model(path)
+    text = str(caught.value).lower()
+    assert "weights_only=false" not in text and "will likely succeed" not in text and "arbitrary code" not in text
