@@ -72,8 +72,9 @@ def _with_precision(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: Sequence[str] = ()) -> onnx.ModelProto:
     """Weights and compute in float16, float32 I/O; the nodes named in ``keep_fp32`` stay float32."""
-    from onnxconverter_common import float16
+    from runtime._lazy import require
 
+    float16 = require("onnxconverter_common.float16", purpose="for FP16 variants")
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32))
     try:
         with warnings.catch_warnings():

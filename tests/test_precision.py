@@ -390,3 +390,16 @@ def test_gap_export_reports_int8_latency_and_warns_when_slower(tmp_path, referen
     assert (advice in result.output) is warned
     report = json.loads((tmp_path / "r.json").read_text())["precision_variant"]
     assert report["latency"]["speedup"] == speedup and report["int8_layout"] == "tensorrt"
+
+
+def test_a_missing_fp16_converter_names_its_extra(fp32, monkeypatch):
+    """Failed before: a raw ModuleNotFoundError traceback for onnxconverter_common without the [convert] extra."""
+    import sys
+
+    from exporter.precision import to_fp16
+    from runtime.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "onnxconverter_common", None)
+    monkeypatch.delitem(sys.modules, "onnxconverter_common.float16", raising=False)
+    with pytest.raises(MissingDependencyError, match=r"gap-deploy\[convert\]"):
+        to_fp16(fp32)
