@@ -382,7 +382,7 @@ def check_graphs(proof: Proof) -> dict:
         x = random_batch((3, 3, 33, 47), 13)
         after_failure = rel_err(runner.infer_timed(x, cuda_graph=True)[0], engine.reference(x))
         engine.contexts[0].fail_in_capture = False
-        recovered = runner.check_cuda_graph(x)
+        recovered = runner.check_cuda_graph(random_batch((2, 3, 33, 47), 14))  # not retried for the failed shape
     finally:
         proof.cuda.begin_capture = real_begin
         runner.close()

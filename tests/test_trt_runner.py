@@ -425,8 +425,12 @@ def test_a_failed_capture_destroys_nothing_twice_clears_the_error_and_runs_norma
     assert "cudaErrorStreamCaptureInvalidated" in runner.graph_failure
     assert device.rt.cudaGetLastError.called and device.sticky_error == device.rt.cudaError_t.cudaSuccess
     assert runner.check_cuda_graph(x) is None
+    tries = device.rt.cudaStreamBeginCapture.call_count
+    runner.infer_timed(x, cuda_graph=True)  # the same shape, profile and buffers: not captured again
+    assert device.rt.cudaStreamBeginCapture.call_count == tries
     device.failing_capture = False
-    assert runner.check_cuda_graph(x) == 0.0 and runner.graph_failure is None
+    y = np.random.default_rng(10).standard_normal((1, 3, 12, 10)).astype(np.float32)
+    assert runner.check_cuda_graph(y) == 0.0 and runner.graph_failure is None  # another shape captures
 
 
 def test_close_sets_the_device_first(tmp_path):

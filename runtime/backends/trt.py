@@ -108,6 +108,7 @@ class TrtRunner(Runner):
         self._graph: tuple | None = None  # (key, graph, graph_exec)
         #: why the last CUDA-graph capture failed (the run then went on without a graph); None when it did not
         self.graph_failure: str | None = None
+        self._failed_key: tuple | None = None
         self._active_profile = 0
         self._lock = threading.RLock()
 
@@ -323,6 +324,8 @@ class TrtRunner(Runner):
         key = (tuple(shape), self._active_profile, self._in_buf.ptr, self._out_buf.ptr)
         if self._graph is not None and self._graph[0] == key:
             return self._graph[2]
+        if self._failed_key == key:  # failed for exactly this: not tried again at every call
+            return None
         self._drop_graphs()
         cuda = self._cuda
         self._enqueue()  # TensorRT must run once after a shape change before it can be captured
@@ -339,9 +342,9 @@ class TrtRunner(Runner):
                 with contextlib.suppress(GapError):
                     cuda.destroy_graph(graph)
             cuda.clear_error()
-            self.graph_failure = first_line(exc)
+            self.graph_failure, self._failed_key = first_line(exc), key
             return None
-        self._graph, self.graph_failure = (key, graph, graph_exec), None
+        self._graph, self.graph_failure, self._failed_key = (key, graph, graph_exec), None, None
         return graph_exec
 
     def _drop_graphs(self) -> None:
