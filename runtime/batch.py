@@ -160,9 +160,35 @@ class Classifier:
         return to_table(rows, self.logits)
 
 
+#: seconds a cluster's address gets to answer before gap-run says so (ray.init itself waits for minutes)
+CONNECT_TIMEOUT_S = 5.0
+
+
+def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail at once, with a message, when nothing listens at a Ray address (HOST:PORT or ray://HOST:PORT)."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"Ray address {address!r} is not HOST:PORT (or ray://HOST:PORT).",
+                         hint="pass the address `ray start --head` printed, or --ray alone for a local Ray.")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise GapError(f"no Ray cluster answers at {address} within {timeout_s:g} s: {exc.strerror or exc}.",
+                       hint="start one with `ray start --head` and pass the address it prints (or set RAY_ADDRESS), "
+                            "or use --ray without an address for a local one.") from None
+
+
 def connect(address: str, num_cpus: int | None = None):
-    """Join ``address`` (or RAY_ADDRESS) or start a local Ray; returns the ray module."""
+    """Join ``address`` (or RAY_ADDRESS) or start a local Ray; returns the ray module. An address nobody
+    answers at fails within CONNECT_TIMEOUT_S instead of ray.init's minutes of retries."""
     ray = require("ray", purpose="for --ray", hint=f"pip install 'gap-deploy[ray]' (ray[data] >= {RAY_FLOOR}).")
+    target = address if address != "auto" else os.environ.get("RAY_ADDRESS", "")
+    if target and target != "auto":
+        probe_address(target)  # also when this process already runs Ray: the address asked for must answer
     if ray.is_initialized():
         return ray
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -205,6 +231,13 @@ def run_batch(job: BatchJob) -> BatchResult:
     gpu = 1 if job.backend in GPU_BACKENDS else 0
     cpus = float(ray.cluster_resources().get("CPU", 1))
     workers = job.workers or max(1, int((cpus - 1) / job.cpus_per_worker) if cpus > 1 else 1)
+    if workers * job.cpus_per_worker > cpus:  # Ray would wait for them for ever
+        raise UsageError(f"{workers} worker(s) x {job.cpus_per_worker:g} CPU(s) ask for "
+                         f"{workers * job.cpus_per_worker:g} CPUs; the cluster has {cpus:g}.",
+                         hint="lower --workers or --cpus-per-worker (or add nodes to the cluster first).")
+    if gpu and workers > float(ray.cluster_resources().get("GPU", 0)):
+        raise UsageError(f"{workers} worker(s) on backend {job.backend} need {workers} GPU(s); the cluster has "
+                         f"{ray.cluster_resources().get('GPU', 0):g}.", hint="lower --workers, or use ort-cpu.")
     started = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:

@@ -122,3 +122,43 @@ def test_ray_needs_an_output_and_a_reachable_cluster(reference_onnx, folder, tmp
 
     result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--ray"])
     assert_clean_failure(result, "--ray and --output go together", code=2)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound and closed again: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("how", ["--ray ADDRESS", "RAY_ADDRESS"])
+def test_a_cluster_nobody_answers_at_fails_at_once(reference_onnx, folder, tmp_path, monkeypatch, how):
+    """Failed before: ray.init retried for minutes (for ever with RAY_ADDRESS set) at an address with no cluster."""
+    import time
+
+    from runtime.cli.run import main
+    from tests.conftest import assert_clean_failure
+
+    address = f"127.0.0.1:{_closed_port()}"
+    if how == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        ray_args = ["--ray"]
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        ray_args = ["--ray", address]
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), *ray_args, "--output",
+                                       str(tmp_path / "r.parquet")])
+    assert_clean_failure(result, f"no Ray cluster answers at {address}", "ray start --head")
+    assert time.perf_counter() - started < 30 and not (tmp_path / "r.parquet").exists()
+
+
+def test_workers_the_cluster_can_never_hold_are_refused(local_ray, reference_onnx, folder, tmp_path):
+    from runtime.cli.run import main
+    from tests.conftest import assert_clean_failure
+
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--ray", "--output", str(tmp_path / "r"),
+                                       "--workers", "8", "--cpus-per-worker", "1"])
+    assert_clean_failure(result, "8 worker(s) x 1 CPU(s) ask for 8 CPUs; the cluster has 2", code=2)
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))
