@@ -19,6 +19,9 @@ from runtime._lazy import require
 from runtime.errors import ArtifactError, BackendUnavailableError, GapError, UsageError, first_line
 from runtime.metadata import ModelMetadata
 
+#: the longest one request (a config read, one inference) may take, whatever the server sends meanwhile
+REQUEST_DEADLINE_S = 60.0
+
 
 @dataclass
 class RemoteModel:
@@ -29,16 +32,31 @@ class RemoteModel:
     max_batch: int
     metadata: ModelMetadata
     latencies_ms: list[float] = field(default_factory=list)
+    deadline_s: float = REQUEST_DEADLINE_S
 
 
-def connect(server: str, model: str, *, concurrency: int = 8, timeout_s: float = 10.0) -> RemoteModel:
-    """Reach ``server`` (HOST:PORT), find ``model`` and read its config; one clear error for each failure."""
+def _deadline(seconds: float):
+    """A bound on a whole call of tritonclient's (gevent-based) HTTP client, not only on each read: a server
+    that answers a byte at a time cannot hold it longer."""
+    import gevent
+
+    return gevent.Timeout(seconds, TimeoutError(f"no complete answer within {seconds:g} s"))
+
+
+def connect(server: str, model: str, *, concurrency: int = 8, timeout_s: float = 10.0,
+            deadline_s: float = REQUEST_DEADLINE_S) -> RemoteModel:
+    """Reach ``server`` (HOST:PORT, http://HOST:PORT or https://HOST:PORT), find ``model`` and read its config;
+    one clear error for each failure. Every request has an overall deadline of ``deadline_s``."""
     http = require("tritonclient.http", purpose="for --server", hint="pip install 'gap-deploy[triton]'")
-    url = server.split("://", 1)[-1]
+    scheme, _, url = server.rpartition("://")
+    if scheme not in ("", "http", "https"):
+        raise UsageError(f"--server {server}: scheme {scheme!r} is not http or https.",
+                         hint="give HOST:PORT, http://HOST:PORT or https://HOST:PORT.")
     try:
         client = http.InferenceServerClient(url=url, concurrency=concurrency, connection_timeout=timeout_s,
-                                            network_timeout=max(timeout_s, 60.0))
-        live = client.is_server_live()
+                                            network_timeout=max(timeout_s, 60.0), ssl=scheme == "https")
+        with _deadline(deadline_s):
+            live = client.is_server_live()
     except Exception as exc:
         raise BackendUnavailableError(f"cannot reach a Triton server at {server}: {first_line(exc)}",
                                       hint="check the address and that tritonserver runs (its HTTP port, "
@@ -46,18 +64,31 @@ def connect(server: str, model: str, *, concurrency: int = 8, timeout_s: float =
     if not live:
         raise BackendUnavailableError(f"the Triton server at {server} is not live yet.", hint="wait and retry.")
     try:
-        config = client.get_model_config(model)
+        with _deadline(deadline_s):
+            config = client.get_model_config(model)
     except Exception as exc:
+        if isinstance(exc, TimeoutError):
+            raise BackendUnavailableError(f"the Triton server at {server} sent no complete config for '{model}': "
+                                          f"{first_line(exc)}.", hint="check the server; a proxy in between?") from None
         try:
-            known = [m["name"] for m in client.get_model_repository_index()]
+            with _deadline(deadline_s):
+                known = [m["name"] for m in client.get_model_repository_index()]
         except Exception:
             known = []
         raise UsageError(f"the Triton server at {server} has no ready model '{model}': {first_line(exc)}",
                          note=f"its repository holds: {', '.join(known) or '(nothing)'}",
                          hint="give --model one of those names.") from None
-    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-    return RemoteModel(client, model, config["input"][0]["name"], config["output"][0]["name"],
-                       int(config.get("max_batch_size", 0)) or 1, ModelMetadata.from_props(params))
+    try:
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        max_batch = int(config.get("max_batch_size", 0))
+        names = config["input"][0]["name"], config["output"][0]["name"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"the Triton server at {server} sent a config for '{model}' that cannot be read: "
+                            f"{type(exc).__name__} {first_line(exc)}.") from None
+    if max_batch < 0:
+        raise ArtifactError(f"the config of '{model}' at {server} has max_batch_size {max_batch}; it must be 0 "
+                            "(no batching) or more.", hint="fix the model's config.pbtxt (gap-triton writes it).")
+    return RemoteModel(client, model, *names, max_batch or 1, ModelMetadata.from_props(params), deadline_s=deadline_s)
 
 
 def infer(remote: RemoteModel, batches: Sequence[np.ndarray]) -> list[np.ndarray | GapError]:
@@ -70,10 +101,16 @@ def infer(remote: RemoteModel, batches: Sequence[np.ndarray]) -> list[np.ndarray
         pending.append((time.perf_counter(), remote.client.async_infer(
             remote.name, [tensor], outputs=[http.InferRequestedOutput(remote.output_name)])))
     results: list[np.ndarray | GapError] = []
-    for started, request in pending:
+    for batch, (started, request) in zip(batches, pending):
         try:
-            result = request.get_result()
-            results.append(result.as_numpy(remote.output_name))
+            left = max(remote.deadline_s - (time.perf_counter() - started), 0.001)
+            with _deadline(left):
+                result = request.get_result(block=True, timeout=left)
+                output = result.as_numpy(remote.output_name)
+            if output is None or output.ndim != 2 or output.shape[0] != len(batch):
+                got = "no output" if output is None else f"shape {tuple(output.shape)}"
+                raise ValueError(f"it answered {len(batch)} image(s) with {got}")
+            results.append(output)
         except Exception as exc:  # InferenceServerException: the server's own message (the runtime's, for python)
             results.append(GapError(f"Triton refused the request: {first_line(exc)}"))
         remote.latencies_ms.append((time.perf_counter() - started) * 1e3)
