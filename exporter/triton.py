@@ -170,13 +170,20 @@ def config_text(info: ArtifactInfo, name: str, options: ServeOptions, filename: 
 
 
 def _opt_shape(info: ArtifactInfo) -> tuple:
+    """The warm-up shape: the engine's opt shape, or 1 x C x 224 (at least the model's minimum); one whose
+    tensors could never fit in memory (a forged minimum of 99999, say) is refused, not written into a config."""
+    from runtime.limits import check_memory
+
     if info.profiles:
-        return tuple(info.profiles[0][1])
-    c = info.dims[0]
-    side = max(224, info.metadata.min_height, info.metadata.min_width)
-    h = info.dims[1] if info.dims[1] > 0 else side
-    w = info.dims[2] if info.dims[2] > 0 else side
-    return (1, c, h, w)
+        shape = tuple(info.profiles[0][1])
+    else:
+        c = info.dims[0]
+        side = max(224, info.metadata.min_height, info.metadata.min_width)
+        h = info.dims[1] if info.dims[1] > 0 else side
+        w = info.dims[2] if info.dims[2] > 0 else side
+        shape = (1, c, h, w)
+    check_memory(shape, f"the warm-up input of {info.path.name}")
+    return shape
 
 
 def write_repository(artifacts: Sequence[str | os.PathLike], repo: str | os.PathLike,
@@ -299,7 +306,8 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
 
     if config.name and config.name != model:
         add("name", config.name, f"folder name {model!r}", f'name: "{model}"')
-    versions = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    # by number, as Triton orders them (it serves the highest): as strings, "10" would sort before "2"
+    versions = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     if not versions:
         add("layout", "no numbered version folder", "VERSION/model file", "put the model in 1/")
         return problems

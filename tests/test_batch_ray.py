@@ -162,3 +162,21 @@ def test_workers_the_cluster_can_never_hold_are_refused(local_ray, reference_onn
                                        "--workers", "8", "--cpus-per-worker", "1"])
     assert_clean_failure(result, "8 worker(s) x 1 CPU(s) ask for 8 CPUs; the cluster has 2", code=2)
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))
+
+
+def test_object_store_uris_reach_ray_as_written(reference_onnx, tmp_path, monkeypatch):
+    """Failed before: click's Path type turned s3://bucket/x into s3:/bucket/x, so object stores never worked
+    from the CLI. Only what the CLI hands to runtime.batch is checked here (no object store is reachable)."""
+    import runtime.batch as batch
+    from runtime.cli.run import main
+
+    seen = {}
+
+    def record(job):
+        seen["sources"] = job.sources
+        raise batch.GapError("stop here")
+
+    monkeypatch.setattr(batch, "run_batch", record)
+    CliRunner().invoke(main, [str(reference_onnx), "s3://bucket/images/", "gs://other/x.png", "--ray", "--output",
+                              str(tmp_path / "r")])
+    assert seen["sources"] == ("s3://bucket/images/", "gs://other/x.png")

@@ -180,3 +180,32 @@ def test_metadata_values_never_become_paths_and_collisions_write_nothing(tmp_pat
     with pytest.raises(UsageError, match="collide"):  # the same name twice, even with the fallback suffixes
         write_repository([plain, plain], repo)
     assert not repo.exists()
+
+
+def test_the_checker_reads_version_folders_as_numbers(tmp_path, reference_onnx):
+    """Failed before: version folders sorted as strings, so 2 was checked while Triton serves 10."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    write_repository([reference_onnx], repo, ServeOptions(version=2))
+    shutil.copytree(repo / "gapcnn" / "2", repo / "gapcnn" / "10")
+    (repo / "gapcnn" / "10" / "model.onnx").write_bytes(b"not a model")  # the version Triton would serve
+    names, problems = check_repository(repo)
+    assert problems and any("10" in str(p) for p in problems)
+
+
+def test_a_warm_up_that_could_never_fit_is_refused(tmp_path, reference_onnx):
+    """Failed before: a forged gap.min_height of 99999 put a 1x3x99999x99999 warm-up into the config."""
+    import onnx
+
+    from runtime.errors import ResourceError
+
+    model = onnx.load(str(reference_onnx))
+    for prop in model.metadata_props:
+        if prop.key in ("gap.min_height", "gap.min_width"):
+            prop.value = "99999"
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ResourceError):
+        write_repository([path], tmp_path / "repo")
+    assert not (tmp_path / "repo" / "m").exists()

@@ -76,7 +76,7 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 
 @click.command(context_settings=CONTEXT)
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1)  # str: click.Path would turn s3://bucket into s3:/bucket
 @click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes shown per image.")
 @click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
 @click.option("--imgsz", metavar="N|HxW", help="Resize every image first. Default: keep each image's size "
