@@ -40,7 +40,9 @@ def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int 
     read or run. Decoding overlaps inference and at most ``window`` decoded images are held
     (runtime.stream). ``stats`` (a StreamStats) receives where the time went."""
     from runtime.stream import StreamStats, in_order, stream_batches
+    from runtime.validation import check_session
 
+    check_session(session, "iter_classify")
     meta, spec = session.metadata, session.input_spec
     channels = spec.channels or meta.in_channels or 3
     paths = list(paths)

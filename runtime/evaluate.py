@@ -120,10 +120,14 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
 
     import runtime
     from runtime.classify import prepare_image
+    from runtime.errors import InputTypeError
     from runtime.stream import StreamStats, stream_batches
+    from runtime.validation import int_tuple
 
-    if not artifacts:
-        raise UsageError("evaluate needs at least one artifact.")
+    if not isinstance(artifacts, dict) or not artifacts:
+        raise InputTypeError("evaluate needs a dict of artifacts, {name: path}, with at least one entry; got "
+                             f"{type(artifacts).__name__}.")
+    sizes = [None if s is None else int_tuple(s, 2, "each size") for s in sizes]
     stats = stats if stats is not None else StreamStats()
     sessions = {}
     try:

@@ -144,7 +144,9 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
     if shape is None:
         chosen = next((name for name, entry in ort_files.items() if not entry.get("shape")), None)
     else:
-        wanted = [int(d) for d in shape]
+        from runtime.validation import int_tuple
+
+        wanted = list(int_tuple(shape, 4, "shape="))
         chosen = next((name for name, entry in ort_files.items() if entry.get("shape") == wanted), None)
         if chosen is None:
             have = [format_shape(e["shape"]) for e in ort_files.values() if e.get("shape")]

@@ -283,14 +283,18 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     import runtime
     from runtime.bench import BenchSettings, bench_session
     from runtime.classify import prepare_image
+    from runtime.errors import InputTypeError
     from runtime.evaluate import read_labelled_folder
     from runtime.images import load_image
     from runtime.limits import limit_bytes
     from runtime.session import ENGINE_SUFFIXES, ONNX_BACKENDS, available_backends
     from runtime.stream import Batch, stream_batches
+    from runtime.validation import int_tuple
 
-    if not artifacts:
-        raise UsageError("gap-tune needs at least one artifact.")
+    if not isinstance(artifacts, dict) or not artifacts:
+        raise InputTypeError("tune needs a dict of artifacts, {name: path}, with at least one entry; got "
+                             f"{type(artifacts).__name__}.")
+    sizes = None if sizes is None else [int_tuple(s, 2, "each size") for s in sizes]
     if batch < 1:
         raise UsageError(f"batch must be >= 1, got {batch}.")
     settings = settings or BenchSettings(warmup_s=0.1, duration_s=0.5, min_iterations=5)

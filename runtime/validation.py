@@ -95,3 +95,27 @@ def check_image(chw: np.ndarray, spec: InputSpec) -> None:
         got = f"{chw.ndim}-D" if isinstance(chw, np.ndarray) else type(chw).__name__
         raise InputError(f"input '{spec.name}' image must be CHW (3-D); got {got}.")
     check_shape((spec.fixed[0] or 1, *chw.shape), spec)
+
+
+def int_tuple(value, length: int, what: str) -> tuple[int, ...]:
+    """``value`` as ``length`` positive whole numbers (a list or tuple of ints), or InputTypeError saying what
+    was given: the check API callers get for shapes and sizes (a string such as "1x3x64x64" is no shape)."""
+    from runtime.errors import InputTypeError
+
+    ok = isinstance(value, (list, tuple)) and len(value) == length and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)
+    if not ok:
+        raise InputTypeError(f"{what} must be {length} positive whole numbers (a tuple such as "
+                             f"{(1, 3, 224, 224)[-length:]}), got {value!r:.80}.")
+    return tuple(int(v) for v in value)
+
+
+def check_session(session, what: str):
+    """``session`` when it is a runtime.Session, else InputTypeError (runtime.load makes one)."""
+    from runtime.errors import InputTypeError
+    from runtime.session import Session
+
+    if not isinstance(session, Session):
+        raise InputTypeError(f"{what} needs a runtime.Session (from runtime.load), got {type(session).__name__}.")
+    return session
+

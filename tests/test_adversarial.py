@@ -567,3 +567,26 @@ def test_an_output_folder_that_holds_an_input_is_refused(tmp_path):
     with pytest.raises(OutputPathError, match="MODEL .* is inside -o/--output"):
         check_distinct({"MODEL": bundle / "model.ort"}, {"-o/--output": bundle})
     check_distinct({"ARTIFACT": bundle}, {"--json": tmp_path / "out.json"})  # beside it is fine
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda b, m, d: __import__("runtime").load(b, shape="1x3x32x48"), "shape= must be 4 positive whole numbers"),
+    (lambda b, m, d: __import__("runtime").load(b, shape=[1, 3, "a", 4]), "shape= must be 4 positive whole"),
+    (lambda b, m, d: __import__("runtime.evaluate", fromlist=["_"]).evaluate(str(m), d), "a dict of artifacts"),
+    (lambda b, m, d: __import__("runtime.evaluate", fromlist=["_"]).evaluate({"a": m}, d, sizes=[5]),
+     "each size must be 2 positive whole numbers"),
+    (lambda b, m, d: list(__import__("runtime.classify", fromlist=["_"]).iter_classify(None, [])),
+     "needs a runtime.Session"),
+    (lambda b, m, d: __import__("runtime.tune", fromlist=["_"]).tune({"a": m}, d, sizes=["32"]),
+     "each size must be 2 positive whole numbers"),
+])
+def test_api_misuse_gets_the_toolkit_s_own_error(tmp_path, reference_onnx, labelled_set, call, fragment):
+    """Failed before: ValueError, AttributeError or TypeError from deep inside (e.g. "'str' object has no
+    attribute 'items'")."""
+    from exporter.pack import pack
+    from runtime.errors import GapError
+
+    bundle = tmp_path / "bundle"
+    pack(reference_onnx, bundle, fixed=[(1, 3, 32, 48)])
+    with pytest.raises(GapError, match=fragment):
+        call(bundle, reference_onnx, labelled_set)
