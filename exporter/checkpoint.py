@@ -79,8 +79,23 @@ def load_model(
                 from None
 
     module.eval()
+    check_finite_weights(module, path)
     return LoadedModel(module=module, arch=arch_name, in_channels=first_conv_channels(module),
                        source=path, source_sha256=digest, notes=tuple(notes))
+
+
+def check_finite_weights(module, path) -> None:
+    """NaN or infinite weights say so by name (they would only show later as "differs from PyTorch ... nan")."""
+    bad = []
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()})")
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinite weights: {', '.join(bad[:6])}"
+                              + (f" and {len(bad) - 6} more tensors" if len(bad) > 6 else "") + ".",
+                              hint="the training diverged or the file was damaged: use an earlier checkpoint.")
 
 
 def _read(path: Path, trust: bool, notes: list[str]):

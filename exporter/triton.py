@@ -320,6 +320,10 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
             return problems
         if not (versions[-1] / "model.py").is_file():
             add("layout", "no model.py", f"{versions[-1].name}/model.py", "write the repository with gap-triton")
+        elif (versions[-1] / "model.py").read_bytes() != PYTHON_MODEL.read_bytes():
+            # the checker never runs a model.py: one that is not gap-deploy's is not checked, and says so
+            add("model.py", "a model.py that is not gap-deploy's (not checked: it was not run)",
+                "gap-deploy's exporter/triton_model.py", "write the repository with gap-triton, or check it yourself")
     else:
         if platform not in DEFAULT_FILENAME:
             add("platform", platform or "(none)", "onnxruntime_onnx or tensorrt_plan", "set platform")

@@ -232,3 +232,20 @@ def test_torchs_advice_to_load_unsafely_is_never_passed_on(tmp_path, kind):
         load_model(path)
     text = str(caught.value).lower()
     assert "weights_only=false" not in text and "will likely succeed" not in text and "arbitrary code" not in text
+
+
+def test_nan_weights_are_named(tmp_path):
+    """Failed before: reported only as "differs from PyTorch ... nan" after the export."""
+    import torch
+
+    from exporter.checkpoint import load_model
+    from runtime.errors import CheckpointError
+    from tests.conftest import make_reference
+
+    model = make_reference()
+    state = model.state_dict()
+    state["conv2.0.weight"][0, 0, 0, 0] = float("nan")
+    state["fcn.bias"][1] = float("inf")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"NaN or infinite weights: conv2.0.weight \(1 of \d+\), fcn.bias"):
+        load_model(tmp_path / "nan.pt")

@@ -130,3 +130,15 @@ def test_grayscale_models_run_on_8_bit_images_like_rgb_ones(tmp_path):
     assert len(result.stdout.strip().splitlines()) == 3
     result = CliRunner().invoke(evaluate, [str(model), "--data", str(tmp_path / "data"), "--imgsz", "12"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_newline_in_a_file_name_never_splits_a_line(tmp_path, reference_onnx):
+    from PIL import Image
+
+    Image.new("RGB", (12, 12), (9, 9, 9)).save(tmp_path / "two\nlines.png")
+    (tmp_path / "bad\nname.png").write_bytes(b"not an image")
+    result = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stdout.count("\n") == 1 and "two\\nlines.png (12x12)" in result.stdout
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("Skipped")]
+    assert len(skipped) == 1 and "bad\\nname.png" in skipped[0]

@@ -209,3 +209,13 @@ def test_a_warm_up_that_could_never_fit_is_refused(tmp_path, reference_onnx):
     with pytest.raises(ResourceError):
         write_repository([path], tmp_path / "repo")
     assert not (tmp_path / "repo" / "m").exists()
+
+
+def test_a_foreign_python_model_is_not_reported_as_checked(tmp_path, reference_onnx):
+    """Failed before: --check said every config agrees for a python model.py that is not gap-deploy's."""
+    repo = tmp_path / "repo"
+    write_repository([reference_onnx], repo, ServeOptions(backend="python"))
+    assert check_repository(repo)[1] == []
+    (repo / "gapcnn" / "1" / "model.py").write_text("import os\n")
+    problems = check_repository(repo)[1]
+    assert any("not gap-deploy's (not checked" in str(p) for p in problems)

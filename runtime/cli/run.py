@@ -21,12 +21,18 @@ def print_skipped(errors) -> None:
     """One "Skipped:" line per failed file, on stderr, naming the file once."""
     for item in errors:
         said = item["error"] if item["file"] in item["error"] else f"{item['file']}: {item['error']}"
+        said = printable(said)
         click.echo(click.style("Skipped: ", fg="yellow") + said, err=True)
+
+
+def printable(name: str) -> str:
+    """A file name on one line: control characters (a newline would split gap-run's line) as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def result_line(item: dict) -> str:
     tops = "  ".join(f"{t['name']} {t['prob']:.3f}" for t in item["top"])
-    return f"{item['file']} ({item['size'][0]}x{item['size'][1]}): {tops}"
+    return f"{printable(item['file'])} ({item['size'][0]}x{item['size'][1]}): {tops}"
 
 
 def report(result: dict, total: int, as_json: bool, printed: bool = False) -> None:
