@@ -272,7 +272,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
 
 
 def measure_latency(fp32: onnx.ModelProto, variant: onnx.ModelProto, shape: Shape, *,
-                    seconds: float = 1.0) -> dict:
+                    seconds: float = 0.5) -> dict:
     """Median latency of ``fp32`` and ``variant`` on ONNX Runtime's CPU provider at ``shape``, measured in
     turns (A B A B ...) within one process, the speed-up as the median of the pairs' ratios, so a drifting
     machine affects both alike. Sessions are made as

@@ -213,6 +213,7 @@ def test_the_minimum_probe_accepts_any_failure_as_too_small():
     assert find_min_size(Large(), 3) == 300  # found by doubling and bisection, not 300 forward passes
 
 
+@pytest.mark.slow
 def test_no_artifact_carries_the_exporting_machine_s_paths(tmp_path, reference_ckpt):
     """Failed before: the dynamo exporter's per-node stack traces put 23 absolute paths into the seed model's 9
     nodes. Every file gap-export, gap-pack and gap-triton write is searched for the source folders' paths."""
