@@ -95,6 +95,12 @@ class EvalResult:
                 "agreement": self.agreement, "errors": self.errors}
 
 
+def record_top5(top5: np.ndarray, rows, logits: np.ndarray) -> None:
+    """Write each row's five most probable classes (most probable first) into ``top5`` (N x 5, -1 = none)."""
+    k = min(5, logits.shape[1])
+    top5[rows, :k] = np.argsort(-logits, axis=1)[:, :k]
+
+
 def _scores(top5: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> ArtifactScores:
     """Scores from each image's top-5 class indices (most probable first)."""
     top1 = top5[:, 0]
@@ -172,8 +178,7 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
                         t0 = time.perf_counter()
                         logits = np.stack(sessions[name].run_many(list(batch.images), max_batch=batch_size))
                         stats.infer_s += time.perf_counter() - t0
-                        k = min(5, logits.shape[1])
-                        top5[name][rows, :k] = np.argsort(-logits, axis=1)[:, :k]
+                        record_top5(top5[name], rows, logits)
             if not ok_mask.any():
                 raise ArtifactError(f"no image of {folder} could be evaluated at size {label}.",
                                     note="see the per-file errors.")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import GapError, UsageError, first_line
+from runtime.evaluate import record_top5, size_label
 
 Z95 = 1.959963984540054  # the two-sided 95% normal quantile
 
@@ -240,12 +241,6 @@ def default_sizes(meta) -> list[tuple[int, int]]:
     return [(s, s) for s in range(low, 2 * export + 1, step)]
 
 
-def size_label(size: tuple[int, int] | None) -> str:
-    if size is None:
-        return "native"
-    return f"{size[0]}" if size[0] == size[1] else f"{size[0]}x{size[1]}"
-
-
 def resize_chw(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A decoded [0, 1] CHW image resized as ``gap-run --imgsz`` resizes it (runtime.images)."""
     from runtime.images import resize_hwc
@@ -424,8 +419,7 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
                     shapes += [img.shape for img in item.images]
                     for key in keys:
                         logits = np.stack(sessions[key].run_many(list(item.images), max_batch=max(batch, 16)))
-                        k = min(5, logits.shape[1])
-                        top[key][rows, :k] = np.argsort(-logits, axis=1)[:, :k]
+                        record_top5(top[key], rows, logits)
                 if not ran.any():
                     raise UsageError(f"no image could run at size {label} on {', '.join(k[0] for k in keys)}.",
                                      note="see the per-file errors.")

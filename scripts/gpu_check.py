@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from runtime.shapes import format_shape  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from gpu_check_cuda import Steps, missing_modules, torch_cuda_problem  # noqa: E402
 
 PROFILE = ((1, 3, 4, 4), (1, 3, 64, 64), (8, 3, 512, 512))
 ODD_SHAPES = [(1, 3, 37, 53), (3, 3, 61, 45), (1, 3, 5, 11), (2, 3, 224, 160)]
@@ -44,16 +46,8 @@ REAL_SHAPES = [(8, 3, 64, 64), (8, 3, 37, 53), (8, 3, 96, 128)]
 
 def preflight() -> str | None:
     """None when this machine can run the check, else what is missing."""
-    missing = []
-    for module in ("tensorrt", "torch", "onnxruntime"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    try:
-        from cuda.bindings import runtime  # noqa: F401
-    except ImportError:
-        missing.append("cuda-python")
+    missing = missing_modules({"tensorrt": "tensorrt", "torch": "torch", "onnxruntime": "onnxruntime",
+                               "cuda.bindings.runtime": "cuda-python"})
     if missing:
         return f"missing {', '.join(missing)} (pip install -e '.[gpu-cu13,test]', or gpu-cu12,test)"
     from runtime.backends.trt import trt_works
@@ -61,29 +55,13 @@ def preflight() -> str | None:
     works, why = trt_works()
     if not works:
         return f"no usable GPU: {why}"
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from gpu_check_cuda import torch_cuda_problem
-
     return torch_cuda_problem()
 
 
-class Check:
+class Check(Steps):
     def __init__(self, out: Path):
+        super().__init__()
         self.out = out
-        self.rows: list[dict] = []
-
-    def step(self, name: str, work: Callable[[], str]) -> bool:
-        print(f"\n=== {name}", flush=True)
-        started = time.perf_counter()
-        try:
-            detail, ok = work(), True
-        except Exception as exc:  # every failure is a failed step, reported, never hidden
-            traceback.print_exc()
-            detail, ok = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False
-        seconds = time.perf_counter() - started
-        self.rows.append({"step": name, "passed": ok, "seconds": round(seconds, 2), "detail": detail})
-        print(f"--- {'PASS' if ok else 'FAIL'} ({seconds:.1f} s): {detail}", flush=True)
-        return ok
 
     def summary(self) -> str:
         width = max(len(r["step"]) for r in self.rows)

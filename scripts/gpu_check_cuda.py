@@ -60,18 +60,23 @@ extern "C" __global__ void weighted_gap(const float* x, const float* w, float* o
 """
 
 
+def missing_modules(modules: dict[str, str]) -> list[str]:
+    """The labels of the modules (import name -> label) that cannot be imported here (shared with gpu_check.py)."""
+    import importlib
+
+    missing = []
+    for name, label in modules.items():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(label)
+    return missing
+
+
 def preflight() -> str | None:
     """None when this machine can run the CUDA proof, else what is missing."""
-    missing = []
-    for module in ("cupy", "torch"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    try:
-        from cuda.bindings import runtime  # noqa: F401
-    except ImportError:
-        missing.append("cuda-bindings (pip install cuda-python)")
+    missing = missing_modules({"cupy": "cupy", "torch": "torch",
+                               "cuda.bindings.runtime": "cuda-bindings (pip install cuda-python)"})
     if missing:
         return f"missing {', '.join(missing)}"
     from runtime.backends.cuda import Cuda
@@ -209,13 +214,34 @@ def stand_in_tensorrt(engine: StandInEngine):
                                  nptype=lambda dtype: np.float32)
 
 
-class Proof:
+class Steps:
+    """The proof's steps: each runs once, a failure is recorded with its traceback and never hidden; ``rows`` is
+    the summary (shared with gpu_check.py)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def step(self, name: str, work: Callable[[], object]) -> bool:
+        print(f"\n=== {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            detail, ok = work(), True
+        except Exception as exc:  # every failure is a failed step, reported, never hidden
+            traceback.print_exc()
+            detail, ok = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False
+        seconds = round(time.perf_counter() - started, 2)
+        self.rows.append({"step": name, "passed": ok, "seconds": seconds, "detail": detail})
+        print(f"--- {'PASS' if ok else 'FAIL'} ({seconds} s): {json.dumps(detail, default=str)[:600]}", flush=True)
+        return ok
+
+
+class Proof(Steps):
     def __init__(self):
         from runtime.backends.cuda import Cuda
 
+        super().__init__()
         self.cuda = Cuda()
         self.folder = Path(tempfile.mkdtemp(prefix="gap-cuda-check-"))
-        self.rows: list[dict] = []
 
     def runner(self, engine: StandInEngine | None = None):
         """A real TrtRunner on a stand-in plan whose manifest matches this GPU."""
@@ -232,18 +258,6 @@ class Proof:
                        profiles=[{"images": [list(s) for s in p]} for p in engine.profiles], tf32=False).write(plan)
         # trusted by flag: the stand-in plan is made here (signing would make a key in the user's config folder)
         return TrtRunner(plan, trust_engine=True, trt=stand_in_tensorrt(engine), cuda=self.cuda), engine
-
-    def step(self, name: str, work: Callable[[], dict]) -> None:
-        print(f"=== {name}", flush=True)
-        started = time.perf_counter()
-        try:
-            detail, ok = work(), True
-        except Exception as exc:  # every failure is a failed step, reported, never hidden
-            traceback.print_exc()
-            detail, ok = {"error": f"{type(exc).__name__}: {exc}"}, False
-        seconds = round(time.perf_counter() - started, 2)
-        self.rows.append({"step": name, "passed": ok, "seconds": seconds, "detail": detail})
-        print(f"--- {'PASS' if ok else 'FAIL'} ({seconds} s): {json.dumps(detail, default=str)[:600]}", flush=True)
 
 
 def rel_err(got: np.ndarray, ref: np.ndarray) -> float:

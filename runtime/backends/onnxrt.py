@@ -212,7 +212,7 @@ class OrtRunner(Runner):
 
         session = self._session
         value = session.get_inputs()[0]
-        dims = tuple(d if isinstance(d, int) else (d or "?") for d in value.shape)
+        dims = self._info(value).shape
         meta = ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))
         shape = probe_shape(dims, meta, profile)
         try:
