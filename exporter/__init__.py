@@ -1,6 +1,6 @@
 """gap-deploy's exporter: PyTorch GAP CNNs -> ONNX (FP32/FP16/INT8) -> TensorRT engines.
 
-    from exporter import load_model, export_onnx
+    from gap_deploy.exporter import load_model, export_onnx
     loaded = load_model("model.pt")                          # weights_only=True, always
     result = export_onnx(loaded, "model.onnx", dynamic=True)  # verified against PyTorch, then written
     print(result.parity.format_table())
@@ -11,21 +11,21 @@ used where torch is not installed.
 
 from __future__ import annotations
 
-from runtime._lazy import require
+from gap_deploy.runtime._lazy import require
 
 _EXPORTS = {
-    "GapCNN": "exporter.model",
-    "LoadedModel": "exporter.checkpoint",
-    "load_model": "exporter.checkpoint",
-    "export_model": "exporter.onnx_export",
-    "export_onnx": "exporter.onnx_export",
-    "ExportResult": "exporter.onnx_export",
-    "ParityError": "runtime.errors",
-    "export_verified": "exporter.onnx_export",
-    "run_export": "exporter.pipeline",
-    "ExportJob": "exporter.pipeline",
-    "check_parity": "exporter.parity",
-    "default_verify_shapes": "exporter.parity",
+    "GapCNN": "gap_deploy.exporter.model",
+    "LoadedModel": "gap_deploy.exporter.checkpoint",
+    "load_model": "gap_deploy.exporter.checkpoint",
+    "export_model": "gap_deploy.exporter.onnx_export",
+    "export_onnx": "gap_deploy.exporter.onnx_export",
+    "ExportResult": "gap_deploy.exporter.onnx_export",
+    "ParityError": "gap_deploy.runtime.errors",
+    "export_verified": "gap_deploy.exporter.onnx_export",
+    "run_export": "gap_deploy.exporter.pipeline",
+    "ExportJob": "gap_deploy.exporter.pipeline",
+    "check_parity": "gap_deploy.exporter.parity",
+    "default_verify_shapes": "gap_deploy.exporter.parity",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -33,5 +33,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(require(_EXPORTS[name], purpose=f"for exporter.{name}"), name)
-    raise AttributeError(f"module 'exporter' has no attribute {name!r}")
+        return getattr(require(_EXPORTS[name], purpose=f"for gap_deploy.exporter.{name}"), name)
+    raise AttributeError(f"module 'gap_deploy.exporter' has no attribute {name!r}")

@@ -19,18 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-
-from exporter.precision import VariantOptions, VariantResult
-from runtime._lazy import require
-from runtime.errors import BackendUnavailableError, BuildError, GapError, UsageError, first_line
-from runtime.files import check_output_path, sha256_bytes, sha256_file, write_bytes_atomic
-from runtime.manifest import HARDWARE_COMPAT, EngineManifest, manifest_path
-from runtime.metadata import ModelMetadata
-from runtime.parity import ParityReport
-from runtime.profiles import Profile
-from runtime.profiles import default_profile as profiles_default
-from runtime.shapes import Shape
-from runtime.trust import load_key
+from gap_deploy.exporter.precision import VariantOptions, VariantResult
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.errors import BackendUnavailableError, BuildError, GapError, UsageError, first_line
+from gap_deploy.runtime.files import check_output_path, sha256_bytes, sha256_file, write_bytes_atomic
+from gap_deploy.runtime.manifest import HARDWARE_COMPAT, EngineManifest, manifest_path
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.parity import ParityReport
+from gap_deploy.runtime.profiles import Profile
+from gap_deploy.runtime.profiles import default_profile as profiles_default
+from gap_deploy.runtime.shapes import Shape
+from gap_deploy.runtime.trust import load_key
 
 GPU_HINT = "pip install 'gap-deploy[gpu]' on a machine with an NVIDIA GPU and driver."
 
@@ -66,7 +65,7 @@ class OnnxInput:
 
 
 def read_onnx_input(path: Path) -> OnnxInput:
-    from runtime.onnx_file import check_onnx_file
+    from gap_deploy.runtime.onnx_file import check_onnx_file
 
     check_onnx_file(path)
     model = onnx.load(str(path), load_external_data=False)
@@ -182,7 +181,7 @@ def hardware_level(trt, choice: str):
 def build_device(cuda=None):
     """(cuda, device 0), or BackendUnavailableError: TensorRT builds engines on the GPU they target."""
     if cuda is None:
-        from runtime.backends.cuda import Cuda
+        from gap_deploy.runtime.backends.cuda import Cuda
 
         cuda = Cuda()
     try:
@@ -302,7 +301,7 @@ def write_engine(plan: bytes, manifest: EngineManifest, output: Path,
                  together: Sequence[tuple[Path, Path]] = ()) -> ParityReport | None:
     """Step 6: plan and manifest (and the finished files in ``together``: the precision variant the engine was
     built from) appear together, after ``verify(temp_plan)`` passed, or not at all."""
-    from runtime.files import write_together
+    from gap_deploy.runtime.files import write_together
 
     temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     report = None
@@ -383,7 +382,7 @@ class PipelineResult:
 
 def verify_shapes_for(info: OnnxInput, size: tuple[int, int]) -> list[Shape]:
     """The CPU sweep for a precision variant: the model's static dims where it has them, else the default sweep."""
-    from runtime.parity import default_verify_shapes
+    from gap_deploy.runtime.parity import default_verify_shapes
 
     def fixed(axis: int) -> int | None:
         dim = info.dims[axis]
@@ -401,8 +400,8 @@ def engine_verifier(source: Path, profiles: Sequence[Profile], *, trt, cuda) -> 
     """Step 5: run a finished plan at min/opt/max of every profile against ONNX Runtime (CPU) on ``source``."""
 
     def verify(plan: Path) -> ParityReport:
-        from runtime.backends.trt import TrtRunner
-        from runtime.parity import compare, ort_cpu_infer, tolerance_for
+        from gap_deploy.runtime.backends.trt import TrtRunner
+        from gap_deploy.runtime.parity import compare, ort_cpu_infer, tolerance_for
 
         runner = TrtRunner(plan, trt=trt, cuda=cuda)
         try:
@@ -425,7 +424,7 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, variant: 
     every option (``min_top1``, ``keep_float_ends``) applies here too. The variant ONNX, the plan and the
     manifest appear together once the engine built from the variant is verified, or none of them does.
     """
-    from exporter.precision import convert_verified, variant_path
+    from gap_deploy.exporter.precision import convert_verified, variant_path
 
     onnx_path = Path(onnx_path)
     check_output_path(output)

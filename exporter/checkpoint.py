@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from gap_deploy.exporter.model import REFERENCE_KEYS, GapCNN
+from gap_deploy.runtime.errors import CheckpointError, UntrustedCodeError, first_line
+from gap_deploy.runtime.files import check_input_file, sha256_file
 from torch import nn
-
-from exporter.model import REFERENCE_KEYS, GapCNN
-from runtime.errors import CheckpointError, UntrustedCodeError, first_line
-from runtime.files import check_input_file, sha256_file
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "ema", "module")
 _PREFIXES = {"module.": "DataParallel/DistributedDataParallel", "_orig_mod.": "torch.compile"}
@@ -100,7 +99,7 @@ def check_finite_weights(module, path) -> None:
 
 def _read(path: Path, trust: bool, notes: list[str]):
     if path.suffix == ".safetensors":
-        from runtime._lazy import require
+        from gap_deploy.runtime._lazy import require
 
         st = require("safetensors.torch", purpose="to read .safetensors weights")
         try:

@@ -16,8 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.errors import ArtifactError, first_line
-from runtime.tune import Decision, TuneResult, tied
+from gap_deploy.runtime.errors import ArtifactError, first_line
+from gap_deploy.runtime.tune import Decision, TuneResult, tied
 
 
 def _shape(shape) -> str:
@@ -70,10 +70,9 @@ def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.P
          log=lambda _: None) -> list[str]:
     """Write the deployment of ``decision.chosen`` into ``folder`` (new or empty); returns the files written."""
     import onnx
-
-    from exporter.pack import fixed_variant, pack
-    from exporter.triton import ServeOptions, write_repository
-    from runtime.files import check_new_folder
+    from gap_deploy.exporter.pack import fixed_variant, pack
+    from gap_deploy.exporter.triton import ServeOptions, write_repository
+    from gap_deploy.runtime.files import check_new_folder
 
     folder = check_new_folder(folder, "--emit folder")
     point = decision.chosen

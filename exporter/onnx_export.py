@@ -12,18 +12,17 @@ from pathlib import Path
 
 import onnx
 import torch
+from gap_deploy.exporter._quiet import quiet_loggers
+from gap_deploy.exporter.checkpoint import LoadedModel
+from gap_deploy.exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
+from gap_deploy.runtime.errors import ExportError, ParityError, UsageError, first_line
+from gap_deploy.runtime.limits import check_memory
+from gap_deploy.runtime.metadata import ModelMetadata, default_normalization
+from gap_deploy.runtime.onnx_file import set_metadata
+from gap_deploy.runtime.parity import FP32, ParityReport, Tolerance
+from gap_deploy.runtime.shapes import Shape, format_shape
+from gap_deploy.runtime.version import __version__
 from torch import nn
-
-from exporter._quiet import quiet_loggers
-from exporter.checkpoint import LoadedModel
-from exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
-from runtime.errors import ExportError, ParityError, UsageError, first_line
-from runtime.limits import check_memory
-from runtime.metadata import ModelMetadata, default_normalization
-from runtime.onnx_file import set_metadata
-from runtime.parity import FP32, ParityReport, Tolerance
-from runtime.shapes import Shape, format_shape
-from runtime.version import __version__
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -284,7 +283,7 @@ def _check_io(proto: onnx.ModelProto, dynamic: bool, static_shape, num_classes: 
 
 
 def check_and_infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-    from runtime import parity
+    from gap_deploy.runtime import parity
 
     try:
         if proto.ByteSize() > parity.EXTERNAL_DATA_THRESHOLD:  # one protobuf cannot pass 2 GiB: check on disk
@@ -315,7 +314,7 @@ def _check_and_infer_on_disk(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
-    from runtime._lazy import require
+    from gap_deploy.runtime._lazy import require
 
     onnxslim = require("onnxslim", purpose="for --simplify")
     sink = io.StringIO()
@@ -354,7 +353,7 @@ def export_verified(loaded: LoadedModel, options: ExportOptions = ExportOptions(
                     verify_shapes: Sequence[Shape] | None = None, tolerance: Tolerance = FP32,
                     destination: str = "the output") -> tuple[OnnxExport, ParityReport | None]:
     """Export in memory and verify against PyTorch; raises ParityError (nothing written) when it differs."""
-    from exporter.parity import check_parity, default_verify_shapes
+    from gap_deploy.exporter.parity import check_parity, default_verify_shapes
 
     exported = export_model(loaded, **asdict(options))
     imgsz, batch = options.imgsz, options.batch
@@ -400,8 +399,8 @@ def export_onnx(
     A model that fails verification is not written (and a file already at ``output`` is left as it
     was): a failed export never looks like a finished one. ``ParityError.report`` holds the figures.
     """
-    from exporter.pipeline import write_models
-    from runtime.files import check_output_path
+    from gap_deploy.exporter.pipeline import write_models
+    from gap_deploy.runtime.files import check_output_path
 
     output = check_output_path(output)
     options = ExportOptions(dynamic, imgsz, batch, opset, class_names, mean, std, simplify)

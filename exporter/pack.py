@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-
-from exporter._quiet import quiet_loggers
-from runtime.errors import ExportError, UsageError, first_line
-from runtime.files import check_new_folder, sha256_file
-from runtime.metadata import ModelMetadata
-from runtime.parity import ParityReport, compare, ort_cpu_infer, tolerance_for
-from runtime.shapes import Shape, format_shape
+from gap_deploy.exporter._quiet import quiet_loggers
+from gap_deploy.runtime.errors import ExportError, UsageError, first_line
+from gap_deploy.runtime.files import check_new_folder, sha256_file
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.parity import ParityReport, compare, ort_cpu_infer, tolerance_for
+from gap_deploy.runtime.shapes import Shape, format_shape
 
 ACCELERATORS = ("NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram")
 OPERATOR_CONFIG = "required_operators_and_types.config"
@@ -59,7 +58,7 @@ class PackResult:
 
 
 def _ort_tools():
-    from runtime._lazy import require
+    from gap_deploy.runtime._lazy import require
 
     convert = require("onnxruntime.tools.convert_onnx_models_to_ort", purpose="to write ORT-format models")
     checker = require("onnxruntime.tools.mobile_helpers.usability_checker", purpose="to check mobile usability")
@@ -133,7 +132,7 @@ def _check_shapes(meta: ModelMetadata, channels: int, fixed: Shape | None) -> li
 def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequence[Shape] = (),
          log=lambda _: None) -> PackResult:
     """Write the bundle ``folder`` for ``onnx_path`` (an FP32, FP16 or INT8 ONNX from gap-export)."""
-    from runtime.onnx_file import check_onnx_file
+    from gap_deploy.runtime.onnx_file import check_onnx_file
 
     source = check_onnx_file(onnx_path)
     folder = check_new_folder(folder, "bundle folder")

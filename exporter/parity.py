@@ -7,10 +7,17 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import torch
+from gap_deploy.runtime.parity import (
+    FP32,
+    Infer,
+    ParityReport,
+    Tolerance,
+    compare,
+    default_verify_shapes,
+    ort_cpu_infer,
+)
+from gap_deploy.runtime.shapes import Shape
 from torch import nn
-
-from runtime.parity import FP32, Infer, ParityReport, Tolerance, compare, default_verify_shapes, ort_cpu_infer
-from runtime.shapes import Shape
 
 __all__ = ["check_parity", "default_verify_shapes", "ort_cpu_infer", "torch_infer"]
 

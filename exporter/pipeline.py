@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.builder import BuildConfig, PipelineResult
-from exporter.onnx_export import ExportOptions
-from exporter.precision import VariantOptions, VariantResult, convert_verified, variant_path
-from runtime.errors import OutputPathError, UsageError
-from runtime.files import check_output_path, write_together
-from runtime.parity import FP32, ParityReport, Tolerance
-from runtime.shapes import format_shape
+from gap_deploy.exporter.builder import BuildConfig, PipelineResult
+from gap_deploy.exporter.onnx_export import ExportOptions
+from gap_deploy.exporter.precision import VariantOptions, VariantResult, convert_verified, variant_path
+from gap_deploy.runtime.errors import OutputPathError, UsageError
+from gap_deploy.runtime.files import check_output_path, write_together
+from gap_deploy.runtime.parity import FP32, ParityReport, Tolerance
+from gap_deploy.runtime.shapes import format_shape
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,7 @@ def onnx_files(model, output: Path) -> tuple[list[tuple[Path, bytes | Path]], Pa
     (protobuf's 2 GiB limit), the graph plus ``OUTPUT.data`` with the weights, staged in a hidden folder
     beside ``output`` (returned, for cleanup)."""
     import onnx
-
-    from runtime import parity
+    from gap_deploy.runtime import parity
 
     if model.ByteSize() <= parity.EXTERNAL_DATA_THRESHOLD:
         return [(output, model.SerializeToString())], None
@@ -92,8 +91,8 @@ def write_models(models: Sequence[tuple[Path, object]]) -> None:
 
 def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> ExportOutcome:
     """Load, export and verify; make and verify the precision variant; write both; then build the engine."""
-    from exporter.checkpoint import load_model
-    from exporter.onnx_export import export_verified
+    from gap_deploy.exporter.checkpoint import load_model
+    from gap_deploy.exporter.onnx_export import export_verified
 
     output = check_output_path(job.output)
     extra = variant_path(output, job.variant.precision, job.variant.int8_layout) if job.variant else None
@@ -103,8 +102,8 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> E
     loaded = load_model(job.checkpoint, arch=job.arch, num_classes=job.num_classes,
                         trust_checkpoint=job.trust_checkpoint)
     if job.variant is not None and job.variant.precision == "int8":  # a bad --calib fails before any write
-        from exporter.precision import load_calibration
-        from runtime.metadata import ModelMetadata
+        from gap_deploy.exporter.precision import load_calibration
+        from gap_deploy.runtime.metadata import ModelMetadata
 
         load_calibration(job.variant.calib, ModelMetadata(in_channels=loaded.in_channels), size=job.variant.calib_size)
     opts = job.options
@@ -130,7 +129,7 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> E
         models.append((extra, outcome.variant.model))
     write_models(models)
     if job.engine is not None:  # the engine pipeline makes and checks the variant itself, from the file
-        from exporter.builder import build_with_precision
+        from gap_deploy.exporter.builder import build_with_precision
 
         suffix = f".{job.variant.precision}" if job.variant else ""
         outcome.build = build_with_precision(output, output.with_name(f"{output.stem}{suffix}.plan"),

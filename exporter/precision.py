@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from runtime.errors import ArtifactError, ExportError, UsageError, first_line
-from runtime.metadata import ModelMetadata
-from runtime.parity import INT8, ParityReport, Tolerance, compare, random_input
-from runtime.shapes import Shape
+from gap_deploy.runtime.errors import ArtifactError, ExportError, UsageError, first_line
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.parity import INT8, ParityReport, Tolerance, compare, random_input
+from gap_deploy.runtime.shapes import Shape
 
 PRECISIONS = ("fp32", "fp16", "int8")
 #: Kept in FP32 in the FP16 model: the global average sums H*W values (overflows float16 beyond 65504
@@ -64,7 +63,7 @@ def metadata_of(model: onnx.ModelProto) -> ModelMetadata:
 
 
 def _with_precision(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
-    from runtime.onnx_file import set_metadata
+    from gap_deploy.runtime.onnx_file import set_metadata
 
     set_metadata(model, metadata_of(model).replace(precision=precision))
     return model
@@ -72,7 +71,7 @@ def _with_precision(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: Sequence[str] = ()) -> onnx.ModelProto:
     """Weights and compute in float16, float32 I/O; the nodes named in ``keep_fp32`` stay float32."""
-    from runtime._lazy import require
+    from gap_deploy.runtime._lazy import require
 
     float16 = require("onnxconverter_common.float16", purpose="for FP16 variants")
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32))
@@ -89,7 +88,7 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: Sequence[str] = ()) -> onnx.Model
     converted = _with_precision(converted, "fp16")
     if keep_fp32:
         _restore_fp32_weights(model, converted, keep_fp32)
-        from runtime.onnx_file import set_metadata
+        from gap_deploy.runtime.onnx_file import set_metadata
 
         set_metadata(converted, metadata_of(converted).replace(fp32_layers=tuple(keep_fp32)))
     return converted
@@ -166,7 +165,7 @@ def load_calibration(source: str | Path, metadata: ModelMetadata, *, size: tuple
 
     ``source`` is a folder of images (resized to ``size``) or a ``.npy`` array already in NCHW float32.
     """
-    from runtime.images import collect_images, load_image, normalize
+    from gap_deploy.runtime.images import collect_images, load_image, normalize
 
     source = Path(source)
     channels = metadata.in_channels or 3
@@ -229,7 +228,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
     """
     if layout not in INT8_LAYOUTS:
         raise UsageError(f"INT8 layout {layout!r}; choose one of {', '.join(INT8_LAYOUTS)}.")
-    from runtime._lazy import require
+    from gap_deploy.runtime._lazy import require
 
     quant = require("onnxruntime.quantization", purpose="for INT8 quantization")
     input_name = model.graph.input[0].name
@@ -245,7 +244,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
     with tempfile.TemporaryDirectory(prefix="gap-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
-        from exporter._quiet import quiet_loggers
+        from gap_deploy.exporter._quiet import quiet_loggers
 
         try:
             with quiet_loggers(""):
@@ -264,7 +263,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
             raise ExportError(f"INT8 quantization failed: {first_line(exc)}") from None
         quantized = onnx.load(str(dst))
     quantized = _with_precision(quantized, "int8")
-    from runtime.onnx_file import set_metadata
+    from gap_deploy.runtime.onnx_file import set_metadata
 
     meta = metadata_of(quantized)
     set_metadata(quantized, meta.replace(fp32_layers=tuple(keep_float) or meta.fp32_layers, int8_layout=layout))
@@ -279,8 +278,8 @@ def measure_latency(fp32: onnx.ModelProto, variant: onnx.ModelProto, shape: Shap
     runtime.backends.onnxrt makes them (with its session options)."""
     import time
 
-    from runtime.backends.onnxrt import cpu_session
-    from runtime.parity import random_input
+    from gap_deploy.runtime.backends.onnxrt import cpu_session
+    from gap_deploy.runtime.parity import random_input
 
     sessions = [cpu_session(m.SerializeToString()) for m in (fp32, variant)]
     x = random_input(shape, 0)
@@ -333,7 +332,7 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
 
 def activations(model: onnx.ModelProto, tensors: Sequence[str], inputs: Sequence[np.ndarray]) -> dict[str, list]:
     """The values of ``tensors`` for each input, from ONNX Runtime (CPU)."""
-    from runtime._lazy import require
+    from gap_deploy.runtime._lazy import require
 
     ort = require("onnxruntime", purpose="to inspect activations")
     probe = _with_outputs(model, tensors)
@@ -406,7 +405,7 @@ def fp16_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], tolerance
                        keep_fp32: Sequence[str] = (), fallback: bool = True) -> VariantResult:
     """FP16 that passes its gate: first as asked, then with the overflowing layers in FP32, then with the
     most error-sensitive layers in FP32, in growing groups. Raises ExportError naming the layers tried."""
-    from runtime.parity import ort_cpu_infer
+    from gap_deploy.runtime.parity import ort_cpu_infer
 
     reference = ort_cpu_infer(fp32)
 
@@ -496,7 +495,7 @@ def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibrati
                        fallback: bool = True, layout: str = "tensorrt") -> VariantResult:
     """INT8 judged on the calibration images; when it misses its top-1 gate, the most error-sensitive layers
     stay in float (unquantized) until it passes. Raises ExportError naming the layers when nothing works."""
-    from runtime.parity import ort_cpu_infer
+    from gap_deploy.runtime.parity import ort_cpu_infer
 
     reference = ort_cpu_infer(fp32)
 

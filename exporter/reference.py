@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-
-from exporter.checkpoint import load_model
+from gap_deploy.exporter.checkpoint import load_model
 
 
 def tf32_mode(enabled: bool):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.errors import ExportError, first_line
+from gap_deploy.runtime.limits import check_memory
 from torch import nn
-
-from runtime._lazy import require
-from runtime.errors import ExportError, first_line
-from runtime.limits import check_memory
 
 
 def layer_table(module: nn.Module, in_channels: int, height: int, width: int, batch: int = 1) -> str:

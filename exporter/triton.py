@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import ArtifactError, MissingDependencyError, OutputPathError, UsageError, first_line
-from runtime.files import safe_name
-from runtime.metadata import ModelMetadata
-from runtime.shapes import format_shape
+from gap_deploy.runtime.errors import ArtifactError, MissingDependencyError, OutputPathError, UsageError, first_line
+from gap_deploy.runtime.files import safe_name
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.shapes import format_shape
 
 PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan", ".engine": "tensorrt_plan"}
 DEFAULT_FILENAME = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -66,7 +66,7 @@ class ArtifactInfo:
 
 def read_artifact(path: str | os.PathLike) -> ArtifactInfo:
     """What a config needs, from an ONNX file or a plan's manifest."""
-    from runtime.files import check_input_file
+    from gap_deploy.runtime.files import check_input_file
 
     path = check_input_file(path, "artifact")
     platform = PLATFORMS.get(path.suffix)
@@ -74,8 +74,7 @@ def read_artifact(path: str | os.PathLike) -> ArtifactInfo:
         raise UsageError(f"{path.name}: Triton serves .onnx and .plan artifacts; use --backend python for others.")
     if platform == "onnxruntime_onnx":
         import onnx
-
-        from runtime.onnx_file import check_onnx_file
+        from gap_deploy.runtime.onnx_file import check_onnx_file
 
         check_onnx_file(path)
         model = onnx.load(str(path), load_external_data=False)
@@ -86,7 +85,7 @@ def read_artifact(path: str | os.PathLike) -> ArtifactInfo:
         classes = out_dims[-1] if out_dims and out_dims[-1] > 0 else (meta.num_classes or -1)
         return ArtifactInfo(path, platform, value.name, out.name, tuple(dims[1:]), classes, meta,
                             dims[0] if dims and dims[0] > 0 else None, ())
-    from runtime.manifest import EngineManifest, manifest_path
+    from gap_deploy.runtime.manifest import EngineManifest, manifest_path
 
     if not manifest_path(path).is_file():
         raise ArtifactError(f"{path} has no gap-build manifest, so its profiles are unknown.",
@@ -148,7 +147,7 @@ def config_text(info: ArtifactInfo, name: str, options: ServeOptions, filename: 
               f'"{info.input_name}" value {{ data_type: TYPE_FP32 dims: {_list(opt[1:])} random_data: true }} }} }}',
               "]"]
     if options.ort_tensorrt and info.platform == "onnxruntime_onnx" and not python:
-        from runtime.profiles import default_profile
+        from gap_deploy.runtime.profiles import default_profile
 
         profile = default_profile((info.static_batch or -1, *dims), info.metadata)
         precision = {"fp16": "FP16", "int8": "INT8"}.get(info.metadata.precision, "FP32")
@@ -172,7 +171,7 @@ def config_text(info: ArtifactInfo, name: str, options: ServeOptions, filename: 
 def _opt_shape(info: ArtifactInfo) -> tuple:
     """The warm-up shape: the engine's opt shape, or 1 x C x 224 (at least the model's minimum); one whose
     tensors could never fit in memory (a forged minimum of 99999, say) is refused, not written into a config."""
-    from runtime.limits import check_memory
+    from gap_deploy.runtime.limits import check_memory
 
     if info.profiles:
         shape = tuple(info.profiles[0][1])
@@ -231,7 +230,7 @@ def _write_model_folder(repo: Path, name: str, info: ArtifactInfo, options: Serv
         shutil.copyfile(info.path, version / filename)
         if options.backend == "python":
             shutil.copyfile(PYTHON_MODEL, version / "model.py")
-        from runtime.manifest import manifest_path
+        from gap_deploy.runtime.manifest import manifest_path
 
         if manifest_path(info.path).is_file():  # beside the plan: Triton ignores it, the checker reads it
             shutil.copyfile(manifest_path(info.path), version / manifest_path(filename).name)

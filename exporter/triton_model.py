@@ -21,7 +21,7 @@ class TritonPythonModel:
         for path in reversed(json.loads(params.get("sys_path", "[]"))):  # the stub ignores PYTHONPATH
             if path not in sys.path:
                 sys.path.insert(0, path)
-        import runtime
+        from gap_deploy import runtime
 
         folder = os.path.join(args["model_repository"], args["model_version"])
         self.session = runtime.load(os.path.join(folder, params["artifact"]),

@@ -1,6 +1,6 @@
 """gap-deploy's runtime: run exported GAP CNNs without PyTorch.
 
-    import runtime
+    from gap_deploy import runtime
     with runtime.load("model.onnx") as session:      # best available backend, said in session.backend
         logits = session.run(images)                  # float32 NCHW, any size >= the model's minimum
         outs = session.run_many([img_a, img_b])       # mixed sizes, grouped into batches, input order kept
@@ -8,7 +8,7 @@
 This package never imports torch (a test proves it); heavy backends are imported when first used.
 """
 
-from runtime.errors import (
+from gap_deploy.runtime.errors import (
     ArtifactError,
     BackendUnavailableError,
     GapError,
@@ -16,9 +16,9 @@ from runtime.errors import (
     InputTypeError,
     ManifestMismatchError,
 )
-from runtime.metadata import ModelMetadata
-from runtime.session import Session, TensorInfo, available_backends, load
-from runtime.version import __version__
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.session import Session, TensorInfo, available_backends, load
+from gap_deploy.runtime.version import __version__
 
 __all__ = [
     "ArtifactError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from runtime.errors import MissingDependencyError
+from gap_deploy.runtime.errors import MissingDependencyError
 
 _EXTRA_FOR = {
     "torch": "cpu",
@@ -19,7 +19,7 @@ _EXTRA_FOR = {
     "tensorrt": "gpu",
     "tensorrt_lean": "lean",
     "cuda": "gpu",
-    "exporter": "cpu",
+    "gap_deploy": "cpu",
     "matplotlib": "plot",
     "ray": "ray",
     "pyarrow": "ray",

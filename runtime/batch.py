@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from runtime._lazy import require
-from runtime.errors import GapError, OutputPathError, UsageError, first_line
-from runtime.images import IMAGE_SUFFIXES
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.errors import GapError, OutputPathError, UsageError, first_line
+from gap_deploy.runtime.images import IMAGE_SUFFIXES
 
 GPU_BACKENDS = ("trt", "ort-cuda", "ort-trt")
 RAY_FLOOR = "2.40"
@@ -127,7 +126,7 @@ class Classifier:
 
     def __init__(self, artifact: str, backend: str | None, imgsz, topk: int, logits: bool, trust_engine: bool,
                  threads: int | None = None):
-        import runtime
+        from gap_deploy import runtime
 
         self.session = runtime.load(artifact, backend, trust_engine=trust_engine, threads=threads)
         self.imgsz, self.topk, self.logits = imgsz, topk, logits
@@ -135,8 +134,8 @@ class Classifier:
         self.channels = spec.channels or meta.in_channels or 3
 
     def __call__(self, batch: dict) -> dict:
-        from runtime.classify import prepare_image, top_classes
-        from runtime.images import decode_image, load_image
+        from gap_deploy.runtime.classify import prepare_image, top_classes
+        from gap_deploy.runtime.images import decode_image, load_image
 
         paths = [str(p) for p in batch["path"]]
         contents = batch["bytes"] if "bytes" in batch else [None] * len(paths)
@@ -211,8 +210,8 @@ def run_batch(job: BatchJob) -> BatchResult:
     The output (a Parquet dataset folder) is written to a temporary folder beside it and moved into place
     when the job has finished, so a failed job leaves no partial output and never a half-replaced one.
     """
-    from runtime.files import check_distinct, check_new_folder
-    from runtime.session import check_artifact
+    from gap_deploy.runtime.files import check_distinct, check_new_folder
+    from gap_deploy.runtime.session import check_artifact
 
     check_artifact(job.artifact)
     given = Path(job.output)

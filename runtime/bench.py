@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from runtime.parity import compare_outputs, random_input, tolerance_for
-from runtime.shapes import Shape, format_shape
+from gap_deploy.runtime.parity import compare_outputs, random_input, tolerance_for
+from gap_deploy.runtime.shapes import Shape, format_shape
 
 CV_WARN = 0.025  # trtexec warns when GPU compute time varies by more than 2.5%
 ENQUEUE_BOUND = 0.8  # trtexec's enqueueBoundReportingThreshold
@@ -127,7 +126,7 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
     With ``settings.cuda_graph`` the replay's outputs are first compared with a normal execution's on the
     same input; a replay that differs is an error, never a timed result.
     """
-    from runtime.errors import BackendError, UsageError
+    from gap_deploy.runtime.errors import BackendError, UsageError
 
     if (settings.cuda_graph or not settings.transfers) and not session.gpu_timing:
         option = "--cuda-graph" if settings.cuda_graph else "--no-transfers"
@@ -153,7 +152,7 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
                                    f"(max abs difference {graph_diff:.3g}); nothing was timed.",
                                    hint="benchmark without --cuda-graph and report this engine.")
 
-        from runtime.validation import prepare
+        from gap_deploy.runtime.validation import prepare
 
         prepared = prepare(x, session.input_spec)  # checked once: the loop times the GPU's phases alone
         with session.runner.timed_loop(prepared, cuda_graph=cuda_graph, transfers=settings.transfers) as timed:
@@ -232,7 +231,7 @@ def environment(session, extra_versions: dict[str, str] | None = None) -> tuple[
     """(device, versions) for the report, so a result can be reproduced: where the session really runs."""
     import sys
 
-    from runtime.version import __version__
+    from gap_deploy.runtime.version import __version__
 
     device = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), **session.device}
     versions = {"gap-deploy": __version__, "python": sys.version.split()[0], "numpy": np.__version__,

@@ -6,10 +6,9 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-
-from runtime.images import load_image, normalize, softmax
-from runtime.metadata import ModelMetadata
-from runtime.validation import check_image
+from gap_deploy.runtime.images import load_image, normalize, softmax
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.validation import check_image
 
 
 def top_classes_batch(logits: np.ndarray, meta: ModelMetadata, k: int) -> list[list[dict]]:
@@ -39,8 +38,8 @@ def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int 
     earlier file are done: ``{"file", "size", "top"}``, or ``{"file", "error"}`` for a file that cannot be
     read or run. Decoding overlaps inference and at most ``window`` decoded images are held
     (runtime.stream). ``stats`` (a StreamStats) receives where the time went."""
-    from runtime.stream import StreamStats, in_order, stream_batches
-    from runtime.validation import check_session
+    from gap_deploy.runtime.stream import StreamStats, in_order, stream_batches
+    from gap_deploy.runtime.validation import check_session
 
     check_session(session, "iter_classify")
     meta, spec = session.metadata, session.input_spec
@@ -74,7 +73,7 @@ def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16,
     Streams (iter_classify): memory is bounded by the window, not by the number of files; the report's
     ``stats`` says where the time went.
     """
-    from runtime.stream import StreamStats
+    from gap_deploy.runtime.stream import StreamStats
 
     stats = StreamStats()
     results, errors = [], []

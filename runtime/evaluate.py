@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from runtime.errors import ArtifactError, UsageError
-from runtime.images import IMAGE_SUFFIXES, load_image
+from gap_deploy.runtime.errors import ArtifactError, UsageError
+from gap_deploy.runtime.images import IMAGE_SUFFIXES, load_image
 
 Size = tuple[int, int] | None  # None: each image at its own size
 
@@ -124,11 +123,11 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
     """
     import time
 
-    import runtime
-    from runtime.classify import prepare_image
-    from runtime.errors import InputTypeError
-    from runtime.stream import StreamStats, stream_batches
-    from runtime.validation import int_tuple
+    from gap_deploy import runtime
+    from gap_deploy.runtime.classify import prepare_image
+    from gap_deploy.runtime.errors import InputTypeError
+    from gap_deploy.runtime.stream import StreamStats, stream_batches
+    from gap_deploy.runtime.validation import int_tuple
 
     if not isinstance(artifacts, dict) or not artifacts:
         raise InputTypeError("evaluate needs a dict of artifacts, {name: path}, with at least one entry; got "
@@ -224,8 +223,8 @@ def plot(result: EvalResult, path: str | os.PathLike, title: str = "") -> Path:
     """Top-1 (solid) and top-5 (dashed) accuracy against input size, one colour per artifact."""
     import io
 
-    from runtime._lazy import require
-    from runtime.files import write_bytes_atomic
+    from gap_deploy.runtime._lazy import require
+    from gap_deploy.runtime.files import write_bytes_atomic
 
     matplotlib = require("matplotlib", purpose="for --plot")
     matplotlib.use("Agg")

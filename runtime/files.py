@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from runtime.errors import ArtifactError, InputTypeError, OutputPathError
+from gap_deploy.runtime.errors import ArtifactError, InputTypeError, OutputPathError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

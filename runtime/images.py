@@ -7,9 +7,8 @@ import stat
 from pathlib import Path
 
 import numpy as np
-
-from runtime.errors import ArtifactError
-from runtime.metadata import ModelMetadata
+from gap_deploy.runtime.errors import ArtifactError
+from gap_deploy.runtime.metadata import ModelMetadata
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -54,9 +53,8 @@ def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None
 
 def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None, *, name: str) -> np.ndarray:
     """:func:`load_image` for a path or an open binary file (bytes read by Ray from any filesystem)."""
+    from gap_deploy.runtime.limits import check_memory
     from PIL import Image, UnidentifiedImageError
-
-    from runtime.limits import check_memory
 
     path = name
     if channels not in _MODES:

@@ -16,7 +16,7 @@ import math
 import os
 import time
 
-from runtime.errors import ResourceError
+from gap_deploy.runtime.errors import ResourceError
 
 ACTIVATION_FACTOR = 32
 LIMIT_ENV = "GAP_MEMORY_LIMIT"

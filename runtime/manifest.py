@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runtime.errors import ArtifactError, ManifestMismatchError
-from runtime.files import write_text_atomic
+from gap_deploy.runtime.errors import ArtifactError, ManifestMismatchError
+from gap_deploy.runtime.files import write_text_atomic
 
 FORMAT = 1
 HARDWARE_COMPAT = ("none", "ampere+", "same-cc")
@@ -66,7 +66,7 @@ class EngineManifest:
         """This manifest with its signature under ``key``."""
         from dataclasses import replace
 
-        from runtime.trust import sign
+        from gap_deploy.runtime.trust import sign
 
         return replace(self, signature=sign(self.fields(), key))
 

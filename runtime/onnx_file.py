@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.errors import ArtifactError, first_line
-from runtime.files import check_input_file
-from runtime.metadata import ModelMetadata
-from runtime.version import __version__
+from gap_deploy.runtime.errors import ArtifactError, first_line
+from gap_deploy.runtime.files import check_input_file
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.version import __version__
 
 
 def check_onnx_file(path: str | os.PathLike) -> Path:

@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from runtime.shapes import Shape, format_shape
+from gap_deploy.runtime.shapes import Shape, format_shape
 
 Infer = Callable[[np.ndarray], np.ndarray]
 
@@ -59,7 +58,7 @@ def tolerance_for(precision: str, backend: str = "ort-cpu") -> Tolerance:
     if backend == "ort-trt" and precision == "fp32":  # the TensorRT provider has no TF32 switch: keep its default
         precision = "tf32"
     if precision not in table:  # never judge an artifact with a tolerance meant for another precision
-        from runtime.errors import UsageError
+        from gap_deploy.runtime.errors import UsageError
 
         raise UsageError(f"no tolerance for precision {precision!r}; known: {', '.join(table)}.")
     return table[precision]
@@ -154,7 +153,7 @@ def ort_cpu_infer(model) -> Infer:
     """
     import tempfile
 
-    from runtime._lazy import require
+    from gap_deploy.runtime._lazy import require
 
     ort = require("onnxruntime", purpose="to verify the exported model")
     if not hasattr(model, "SerializeToString"):

@@ -6,9 +6,9 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from runtime._lazy import require
-from runtime.files import write_bytes_atomic
-from runtime.shapes import format_shape
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.files import write_bytes_atomic
+from gap_deploy.runtime.shapes import format_shape
 
 
 def plot_results(results: Sequence, path: str | Path, title: str = "") -> Path:

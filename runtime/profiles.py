@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runtime.errors import InputError
-from runtime.metadata import ModelMetadata
-from runtime.shapes import Shape, format_shape, parse_shape
+from gap_deploy.runtime.errors import InputError
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.shapes import Shape, format_shape, parse_shape
 
 DEFAULT_OPT_SIDE = 224
 DEFAULT_MAX_SIDE = 1024

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
-from runtime._lazy import require
-from runtime.errors import MissingDependencyError
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.errors import MissingDependencyError
 
 GROUP = "gap_deploy.references"
 

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from runtime.backends.base import Runner, TensorInfo
-from runtime.errors import (
+from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.errors import (
     ArtifactError,
     BackendUnavailableError,
     GapError,
@@ -18,11 +17,11 @@ from runtime.errors import (
     UsageError,
     first_line,
 )
-from runtime.files import check_input_file
-from runtime.limits import check_memory
-from runtime.metadata import ModelMetadata
-from runtime.shapes import format_shape
-from runtime.validation import InputSpec, prepare
+from gap_deploy.runtime.files import check_input_file
+from gap_deploy.runtime.limits import check_memory
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.shapes import format_shape
+from gap_deploy.runtime.validation import InputSpec, prepare
 
 ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
 ENGINE_BACKENDS = ("trt",)
@@ -33,8 +32,8 @@ DEFAULT_MAX_BATCH = 16
 
 def available_backends() -> dict[str, str | None]:
     """Every backend name with None where it really works here, else the reason it does not."""
-    from runtime.backends.onnxrt import provider_works
-    from runtime.backends.trt import trt_works
+    from gap_deploy.runtime.backends.onnxrt import provider_works
+    from gap_deploy.runtime.backends.trt import trt_works
 
     status: dict[str, str | None] = {}
     for name in ONNX_BACKENDS:
@@ -56,7 +55,7 @@ def _choose(path: Path, backend: str | None) -> str:
         return backend
     if is_engine:
         return "trt"
-    from runtime.backends.onnxrt import provider_works
+    from gap_deploy.runtime.backends.onnxrt import provider_works
 
     # ort-trt is never the default: it builds an engine while the session starts (minutes).
     return "ort-cuda" if provider_works("ort-cuda")[0] else "ort-cpu"
@@ -92,12 +91,12 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
         raise UsageError("shape= picks a fixed-shape variant of a gap-pack bundle; pass the bundle's folder.")
     name = _choose(path, backend)
     if name == "trt":
-        from runtime.backends.trt import TrtRunner
+        from gap_deploy.runtime.backends.trt import TrtRunner
 
         runner: Runner = TrtRunner(path, trust_engine=trust_engine)
     else:
-        from runtime.backends.onnxrt import OrtRunner, provider_works
-        from runtime.onnx_file import check_onnx_file
+        from gap_deploy.runtime.backends.onnxrt import OrtRunner, provider_works
+        from gap_deploy.runtime.onnx_file import check_onnx_file
 
         if path.suffix == ".ort":  # ORT format: no external data, and the onnx package cannot parse it
             check_input_file(path, "ORT model")
@@ -109,7 +108,7 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
                 f"backend '{name}' is not available: {provider_works(name)[1]}.",
                 note=f"available here: {', '.join(working) or 'none'}.",
                 hint="install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, and TensorRT for ort-trt.")
-        from runtime.profiles import Profile
+        from gap_deploy.runtime.profiles import Profile
 
         runner = OrtRunner(path, name, threads=threads, provider_options=provider_options,
                            cache_dir=Path(cache_dir) if cache_dir else None,
@@ -144,7 +143,7 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
     if shape is None:
         chosen = next((name for name, entry in ort_files.items() if not entry.get("shape")), None)
     else:
-        from runtime.validation import int_tuple
+        from gap_deploy.runtime.validation import int_tuple
 
         wanted = list(int_tuple(shape, 4, "shape="))
         chosen = next((name for name, entry in ort_files.items() if entry.get("shape") == wanted), None)
@@ -161,7 +160,7 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
 def _checked_bundle_file(folder: Path, name: str, entry) -> Path:
     """The bundle's file ``name``: a plain name inside the bundle (no path, no link out of it) whose bytes have
     the SHA-256 model.json lists (a swapped or damaged file is refused)."""
-    from runtime.files import safe_name, sha256_file
+    from gap_deploy.runtime.files import safe_name, sha256_file
 
     try:
         safe_name(name, "bundle file name")

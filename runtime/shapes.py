@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.errors import InputError
+from gap_deploy.runtime.errors import InputError
 
 Shape = tuple[int, int, int, int]
 MAX_DIM = (1 << 31) - 1

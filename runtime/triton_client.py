@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from runtime._lazy import require
-from runtime.errors import ArtifactError, BackendUnavailableError, GapError, UsageError, first_line
-from runtime.metadata import ModelMetadata
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError, GapError, UsageError, first_line
+from gap_deploy.runtime.metadata import ModelMetadata
 
 #: the longest one request (a config read, one inference) may take, whatever the server sends meanwhile
 REQUEST_DEADLINE_S = 60.0
@@ -120,8 +119,8 @@ def infer(remote: RemoteModel, batches: Sequence[np.ndarray]) -> list[np.ndarray
 def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5, imgsz=None,
                     progress: Callable[[int], None] | None = None) -> dict:
     """gap-run's report (results, errors) for ``paths``, classified by the Triton server."""
-    from runtime.classify import top_classes
-    from runtime.images import load_image, normalize
+    from gap_deploy.runtime.classify import top_classes
+    from gap_deploy.runtime.images import load_image, normalize
 
     meta = remote.metadata
     channels = meta.in_channels or 3

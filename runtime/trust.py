@@ -19,7 +19,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from runtime.errors import UntrustedCodeError
+from gap_deploy.runtime.errors import UntrustedCodeError
 
 HOME_ENV = "GAP_DEPLOY_HOME"
 KEY_FILE = "engine.key"

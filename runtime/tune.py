@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from runtime.errors import GapError, UsageError, first_line
-from runtime.evaluate import record_top5, size_label
+from gap_deploy.runtime.errors import GapError, UsageError, first_line
+from gap_deploy.runtime.evaluate import record_top5, size_label
 
 Z95 = 1.959963984540054  # the two-sided 95% normal quantile
 
@@ -243,7 +242,7 @@ def default_sizes(meta) -> list[tuple[int, int]]:
 
 def resize_chw(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A decoded [0, 1] CHW image resized as ``gap-run --imgsz`` resizes it (runtime.images)."""
-    from runtime.images import resize_hwc
+    from gap_deploy.runtime.images import resize_hwc
 
     return np.ascontiguousarray(resize_hwc(chw.transpose(1, 2, 0), size).transpose(2, 0, 1))
 
@@ -275,16 +274,16 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     ``result.streamed`` says so. ``on_plan(points, seconds)`` is called once before the sweep with the
     number of points and an estimate of its length; ``progress(label)`` after each point.
     """
-    import runtime
-    from runtime.bench import BenchSettings, bench_session
-    from runtime.classify import prepare_image
-    from runtime.errors import InputTypeError
-    from runtime.evaluate import read_labelled_folder
-    from runtime.images import load_image
-    from runtime.limits import limit_bytes
-    from runtime.session import ENGINE_SUFFIXES, ONNX_BACKENDS, available_backends
-    from runtime.stream import Batch, stream_batches
-    from runtime.validation import int_tuple
+    from gap_deploy import runtime
+    from gap_deploy.runtime.bench import BenchSettings, bench_session
+    from gap_deploy.runtime.classify import prepare_image
+    from gap_deploy.runtime.errors import InputTypeError
+    from gap_deploy.runtime.evaluate import read_labelled_folder
+    from gap_deploy.runtime.images import load_image
+    from gap_deploy.runtime.limits import limit_bytes
+    from gap_deploy.runtime.session import ENGINE_SUFFIXES, ONNX_BACKENDS, available_backends
+    from gap_deploy.runtime.stream import Batch, stream_batches
+    from gap_deploy.runtime.validation import int_tuple
 
     if not isinstance(artifacts, dict) or not artifacts:
         raise InputTypeError("tune needs a dict of artifacts, {name: path}, with at least one entry; got "
@@ -493,8 +492,8 @@ def plot(result: TuneResult, path: str | os.PathLike, decision: Decision | None 
     sizes, dominated points grey, the chosen point starred."""
     import io
 
-    from runtime._lazy import require
-    from runtime.files import write_bytes_atomic
+    from gap_deploy.runtime._lazy import require
+    from gap_deploy.runtime.files import write_bytes_atomic
 
     matplotlib = require("matplotlib", purpose="for --plot")
     matplotlib.use("Agg")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from runtime.errors import InputError, InputTypeError
-from runtime.shapes import format_shape
+from gap_deploy.runtime.errors import InputError, InputTypeError
+from gap_deploy.runtime.shapes import format_shape
 
 _FLOATS = (np.float16, np.float32, np.float64)
 
@@ -100,7 +99,7 @@ def check_image(chw: np.ndarray, spec: InputSpec) -> None:
 def int_tuple(value, length: int, what: str) -> tuple[int, ...]:
     """``value`` as ``length`` positive whole numbers (a list or tuple of ints), or InputTypeError saying what
     was given: the check API callers get for shapes and sizes (a string such as "1x3x64x64" is no shape)."""
-    from runtime.errors import InputTypeError
+    from gap_deploy.runtime.errors import InputTypeError
 
     ok = isinstance(value, (list, tuple)) and len(value) == length and all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)
@@ -112,8 +111,8 @@ def int_tuple(value, length: int, what: str) -> tuple[int, ...]:
 
 def check_session(session, what: str):
     """``session`` when it is a runtime.Session, else InputTypeError (runtime.load makes one)."""
-    from runtime.errors import InputTypeError
-    from runtime.session import Session
+    from gap_deploy.runtime.errors import InputTypeError
+    from gap_deploy.runtime.session import Session
 
     if not isinstance(session, Session):
         raise InputTypeError(f"{what} needs a runtime.Session (from runtime.load), got {type(session).__name__}.")

@@ -21,9 +21,8 @@ import numpy as np
 
 def reference_onnx(folder: Path) -> Path:
     import torch
-
-    from exporter import export_onnx, load_model
-    from exporter.model import GapCNN
+    from gap_deploy.exporter import export_onnx, load_model
+    from gap_deploy.exporter.model import GapCNN
 
     torch.manual_seed(0)
     ckpt = folder / "gapcnn.pt"
@@ -32,7 +31,7 @@ def reference_onnx(folder: Path) -> Path:
 
 
 def measure(model: Path, shape, rounds: int, block: int) -> dict:
-    import runtime
+    from gap_deploy import runtime
 
     session = runtime.load(model, "ort-cpu")
     bare = session.runner.ort_session
@@ -58,7 +57,7 @@ def measure(model: Path, shape, rounds: int, block: int) -> dict:
                 times[name].append(time.perf_counter() - t0)
     med_w, med_p = statistics.median(times["wrapped"]), statistics.median(times["plain"])
     # The harness's own work, timed alone (no backend call): what the ratio above should reflect.
-    from runtime.validation import prepare
+    from gap_deploy.runtime.validation import prepare
 
     checks = []
     for _ in range(2000):

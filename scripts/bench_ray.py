@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()
 
 
 def make_folder(folder: Path, count: int, side: int) -> Path:
@@ -43,10 +46,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import runtime
-    from runtime.batch import BatchJob, connect, run_batch
-    from runtime.classify import classify
-    from runtime.images import collect_images
+    from gap_deploy import runtime
+    from gap_deploy.runtime.batch import BatchJob, connect, run_batch
+    from gap_deploy.runtime.classify import classify
+    from gap_deploy.runtime.images import collect_images
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     folder = args.folder

@@ -29,7 +29,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()
 BIN = Path(sys.executable).parent
 UNIQUE = 1000
 
@@ -72,9 +75,9 @@ def whole_process(command: list[str]) -> dict:
 
 def bounds(model: Path, folder: Path, batch: int = 16, sample: int = 500) -> dict:
     """Core-seconds per image of decoding alone and of inference alone (pre-decoded batches), in this process."""
-    import runtime
-    from runtime.classify import prepare_image
-    from runtime.images import collect_images, load_image
+    from gap_deploy import runtime
+    from gap_deploy.runtime.classify import prepare_image
+    from gap_deploy.runtime.images import collect_images, load_image
 
     files = sorted(p for d in sorted(folder.iterdir()) for p in collect_images([d]))[:sample]
 
@@ -101,11 +104,11 @@ def int8_latency(model_path: Path, calibration: np.ndarray) -> list[dict]:
     """INT8 (both layouts) against FP32 at 1x3x224x224 for the model and every family of tests/families.py."""
     import onnx
     import torch
+    from gap_deploy.exporter import export_onnx, load_model
+    from gap_deploy.exporter.precision import make_variant, measure_latency
+    from gap_deploy.runtime.parity import ort_cpu_infer
 
     import tests.families as fam
-    from exporter import export_onnx, load_model
-    from exporter.precision import make_variant, measure_latency
-    from runtime.parity import ort_cpu_infer
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="gap-bench-int8-") as tmp:
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
     if not args.model.is_file():
         print(f"bench_stream: {args.model} does not exist; run `make demo` first or pass a model.", file=sys.stderr)
         return 2
-    import runtime
+    from gap_deploy import runtime
 
     with runtime.load(args.model, "ort-cpu") as session:
         classes = list(session.metadata.class_names or [str(i) for i in range(session.metadata.num_classes or 10)])
@@ -175,8 +178,7 @@ def main(argv=None) -> int:
               f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}x")
     if not args.skip_int8:
         import onnx
-
-        from exporter.precision import load_calibration, metadata_of
+        from gap_deploy.exporter.precision import load_calibration, metadata_of
 
         calib_dir = args.model.parent / "calib"
         meta = metadata_of(onnx.load(str(args.model)))

@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from runtime.shapes import format_shape  # noqa: E402
+sys.path.insert(0, str(ROOT / "scripts"))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()
+from gap_deploy.runtime.shapes import format_shape  # noqa: E402
 
 DEMO = ROOT / "demo"
 BIN = Path(sys.executable).parent

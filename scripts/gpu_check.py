@@ -30,8 +30,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from runtime.shapes import format_shape  # noqa: E402
+sys.path.insert(0, str(ROOT / "scripts"))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()
+from gap_deploy.runtime.shapes import format_shape  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from gpu_check_cuda import Steps, missing_modules, torch_cuda_problem  # noqa: E402
@@ -50,7 +53,7 @@ def preflight() -> str | None:
                                "cuda.bindings.runtime": "cuda-python"})
     if missing:
         return f"missing {', '.join(missing)} (pip install -e '.[gpu-cu13,test]', or gpu-cu12,test)"
-    from runtime.backends.trt import trt_works
+    from gap_deploy.runtime.backends.trt import trt_works
 
     works, why = trt_works()
     if not works:
@@ -97,11 +100,11 @@ def main(argv=None) -> int:
         print(f"gpu_check: needs an NVIDIA GPU and TensorRT: {problem}.", file=sys.stderr)
         return 2
 
-    import runtime
-    from exporter.builder import BuildConfig, Profile, build_with_precision
-    from exporter.precision import VariantOptions
-    from exporter.reference import torch_reference
-    from runtime.parity import tolerance_for
+    from gap_deploy import runtime
+    from gap_deploy.exporter.builder import BuildConfig, Profile, build_with_precision
+    from gap_deploy.exporter.precision import VariantOptions
+    from gap_deploy.exporter.reference import torch_reference
+    from gap_deploy.runtime.parity import tolerance_for
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -264,8 +267,8 @@ def main(argv=None) -> int:
             raise AssertionError(done.stderr)
         report = json.loads(done.stdout)
         with runtime.load(onnx_path, "ort-cpu") as cpu:
-            from runtime.classify import classify
-            from runtime.images import collect_images
+            from gap_deploy.runtime.classify import classify
+            from gap_deploy.runtime.images import collect_images
 
             cpu_report = classify(cpu, collect_images([data / "samples"]))
         agree = sum(a["top"][0]["index"] == b["top"][0]["index"]
@@ -309,8 +312,8 @@ def main(argv=None) -> int:
 def heldout_batch(folder: Path, shape) -> np.ndarray:
     """Held-out images (scripts/demo_data.py's evaluation seed, one folder per class) at ``shape``, normalized as
     the model expects; the classes interleaved, so every batch holds several."""
-    from runtime.images import collect_images, load_image, normalize
-    from runtime.metadata import ModelMetadata
+    from gap_deploy.runtime.images import collect_images, load_image, normalize
+    from gap_deploy.runtime.metadata import ModelMetadata
 
     files = sorted(collect_images(sorted(p for p in folder.iterdir() if p.is_dir())),
                    key=lambda p: (p.stem, p.parent.name))

@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from checkout import use_checkout  # noqa: E402
+
+use_checkout()
 
 CLASSES = 10
 PROFILES = [((1, 3, 4, 4), (1, 3, 64, 64), (8, 3, 512, 512)), ((1, 3, 513, 513), (1, 3, 600, 600), (2, 3, 768, 768))]
@@ -79,8 +82,8 @@ def preflight() -> str | None:
                                "cuda.bindings.runtime": "cuda-bindings (pip install cuda-python)"})
     if missing:
         return f"missing {', '.join(missing)}"
-    from runtime.backends.cuda import Cuda
-    from runtime.errors import GapError
+    from gap_deploy.runtime.backends.cuda import Cuda
+    from gap_deploy.runtime.errors import GapError
 
     try:
         if Cuda().device_count() < 1:
@@ -237,7 +240,7 @@ class Steps:
 
 class Proof(Steps):
     def __init__(self):
-        from runtime.backends.cuda import Cuda
+        from gap_deploy.runtime.backends.cuda import Cuda
 
         super().__init__()
         self.cuda = Cuda()
@@ -245,9 +248,9 @@ class Proof(Steps):
 
     def runner(self, engine: StandInEngine | None = None):
         """A real TrtRunner on a stand-in plan whose manifest matches this GPU."""
-        from runtime.backends.trt import TrtRunner
-        from runtime.files import sha256_bytes
-        from runtime.manifest import EngineManifest
+        from gap_deploy.runtime.backends.trt import TrtRunner
+        from gap_deploy.runtime.files import sha256_bytes
+        from gap_deploy.runtime.manifest import EngineManifest
 
         engine = engine or StandInEngine()
         plan = self.folder / "stand-in.plan"
@@ -272,8 +275,7 @@ def check_environment(proof: Proof) -> dict:
     import cuda.bindings
     import cupy
     import torch
-
-    from runtime.backends.cuda import native_handle
+    from gap_deploy.runtime.backends.cuda import native_handle
 
     stream = proof.cuda.create_stream()
     with warnings.catch_warnings(record=True) as seen:
@@ -291,7 +293,7 @@ def check_environment(proof: Proof) -> dict:
 def check_wrapper(proof: Proof) -> dict:
     import ctypes
 
-    from runtime.errors import CudaError
+    from gap_deploy.runtime.errors import CudaError
 
     cuda, size = proof.cuda, 1 << 22
     device, host = cuda.malloc(size), cuda.malloc_host(size)
@@ -410,9 +412,8 @@ def check_graphs(proof: Proof) -> dict:
 
 def check_timing(proof: Proof) -> dict:
     import cupy
-
-    from runtime.bench import BenchSettings, bench_session
-    from runtime.session import Session
+    from gap_deploy.runtime.bench import BenchSettings, bench_session
+    from gap_deploy.runtime.session import Session
 
     runner, engine = proof.runner()
     big = random_batch((8, 3, 512, 512), 0)
@@ -497,9 +498,8 @@ def check_close(proof: Proof) -> dict:
 
 def check_torch_tf32(proof: Proof) -> dict:
     import torch
-
-    from exporter.model import GapCNN
-    from exporter.reference import tf32_mode
+    from gap_deploy.exporter.model import GapCNN
+    from gap_deploy.exporter.reference import tf32_mode
 
     torch.manual_seed(0)
     model = GapCNN(in_channels=3, num_classes=CLASSES).eval()

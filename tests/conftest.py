@@ -12,8 +12,7 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 def make_reference(num_classes: int = 10, in_channels: int = 3, seed: int = 0):
     import torch
-
-    from exporter.model import GapCNN
+    from gap_deploy.exporter.model import GapCNN
 
     torch.manual_seed(seed)
     return GapCNN(in_channels=in_channels, num_classes=num_classes).eval()
@@ -62,7 +61,7 @@ def reference_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reference_onnx(tmp_path_factory, reference_ckpt) -> Path:
     """The reference CNN exported with dynamic axes and verified (the path every later issue builds on)."""
-    from exporter import export_onnx, load_model
+    from gap_deploy.exporter import export_onnx, load_model
 
     out = tmp_path_factory.mktemp("onnx") / "gapcnn.onnx"
     export_onnx(load_model(reference_ckpt), out, dynamic=True, imgsz=(64, 64),

@@ -8,6 +8,7 @@ with a message, in bounded time.
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 import time
@@ -23,10 +24,14 @@ from tests.conftest import assert_clean_failure
 
 pytest.importorskip("torch")
 
-from exporter.cli.build import main as gap_build  # noqa: E402
-from exporter.cli.export import main as gap_export  # noqa: E402
-from runtime.cli.bench import main as gap_bench  # noqa: E402
-from runtime.cli.run import main as gap_run  # noqa: E402
+from gap_deploy.exporter.cli.build import main as gap_build  # noqa: E402
+from gap_deploy.exporter.cli.export import main as gap_export  # noqa: E402
+from gap_deploy.runtime.cli.bench import main as gap_bench  # noqa: E402
+from gap_deploy.runtime.cli.run import main as gap_run  # noqa: E402
+
+
+def _rt():
+    return importlib.import_module("gap_deploy.runtime")
 
 SENTINEL = b"sentinel: must survive every failure\n"
 LIMIT_S = 30
@@ -432,7 +437,7 @@ def test_cli_bad_input(name, base, tmp_path, monkeypatch):
 
 
 def _api_closed(ws):
-    import runtime
+    from gap_deploy import runtime
 
     session = runtime.load(ws / "model.onnx")
     session.close()
@@ -449,7 +454,7 @@ def _fixed_reshape_onnx(ws):
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, "h", "w"])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 192])], [shape])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(ws / "foreign.onnx"))
-    import runtime
+    from gap_deploy import runtime
 
     session = runtime.load(ws / "foreign.onnx")
     assert session.run(np.zeros((1, 3, 8, 8), np.float32)).shape == (1, 192)
@@ -468,7 +473,7 @@ def _nul_external_data(ws):
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])], [weight])
     onnx.save(helper.make_model(graph), str(ws / "nul.onnx"))
-    import runtime
+    from gap_deploy import runtime
 
     runtime.load(ws / "nul.onnx")
 
@@ -476,28 +481,28 @@ def _nul_external_data(ws):
 API_CASES = {
     "foreign-model-fails-at-run-time": (_fixed_reshape_onnx, "BackendError", "failed to run the model"),
     "external-data-nul-byte": (_nul_external_data, "ArtifactError", "invalid external-data location"),
-    "load-none": (lambda ws: __import__("runtime").load(None), "InputTypeError", "needs a path"),
-    "load-int": (lambda ws: __import__("runtime").load(3), "InputTypeError", "needs a path"),
-    "load-fifo": (lambda ws: (os.mkfifo(ws / "f.onnx"), __import__("runtime").load(ws / "f.onnx")),
+    "load-none": (lambda ws: _rt().load(None), "InputTypeError", "needs a path"),
+    "load-int": (lambda ws: _rt().load(3), "InputTypeError", "needs a path"),
+    "load-fifo": (lambda ws: (os.mkfifo(ws / "f.onnx"), _rt().load(ws / "f.onnx")),
                   "ArtifactError", "not a regular file"),
     "run-after-close": (_api_closed, "UsageError", "is closed"),
-    "run-nan-checked": (lambda ws: __import__("runtime").load(ws / "model.onnx").run(
+    "run-nan-checked": (lambda ws: _rt().load(ws / "model.onnx").run(
         np.full((1, 3, 8, 8), np.nan, np.float32), check_finite=True), "InputError", "NaN"),
-    "run-int-dtype": (lambda ws: __import__("runtime").load(ws / "model.onnx").run(
+    "run-int-dtype": (lambda ws: _rt().load(ws / "model.onnx").run(
         np.zeros((1, 3, 8, 8), np.int64)), "InputTypeError", "dtype int64"),
-    "run-many-2d": (lambda ws: __import__("runtime").load(ws / "model.onnx").run_many([np.zeros((8, 8))]),
+    "run-many-2d": (lambda ws: _rt().load(ws / "model.onnx").run_many([np.zeros((8, 8))]),
                     "InputError", "list of CHW images"),
-    "run-huge-batch": (lambda ws: __import__("runtime").load(ws / "model.onnx").run(
+    "run-huge-batch": (lambda ws: _rt().load(ws / "model.onnx").run(
         np.broadcast_to(np.zeros((1, 3, 512, 512), np.float32), (4096, 3, 512, 512))), "ResourceError",
         "GAP_MEMORY_LIMIT"),
-    "metadata-forged": (lambda ws: __import__("runtime").ModelMetadata.from_props({"gap.num_classes": "0"}),
+    "metadata-forged": (lambda ws: _rt().ModelMetadata.from_props({"gap.num_classes": "0"}),
                         "MetadataError", "below 1"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(API_CASES))
 def test_api_bad_input(name, base, tmp_path):
-    from runtime.errors import GapError
+    from gap_deploy.runtime.errors import GapError
 
     call, kind, message = API_CASES[name]
     (tmp_path / "model.onnx").write_bytes((base / "model.onnx").read_bytes())
@@ -511,8 +516,8 @@ def test_api_bad_input(name, base, tmp_path):
 def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     import errno
 
-    from runtime import files
-    from runtime.errors import OutputPathError
+    from gap_deploy.runtime import files
+    from gap_deploy.runtime.errors import OutputPathError
 
     target = tmp_path / "report.json"
     target.write_text("old")
@@ -543,8 +548,8 @@ def labelled_set(tmp_path):
                                             ("--json", "results.json")])
 def test_an_output_inside_the_data_folder_is_refused_and_nothing_changes(labelled_set, reference_onnx, command,
                                                                         option, inside):
-    from exporter.cli.tune import main as tune
-    from runtime.cli.eval import main as evaluate
+    from gap_deploy.exporter.cli.tune import main as tune
+    from gap_deploy.runtime.cli.eval import main as evaluate
 
     target = labelled_set / inside
     before = {p: p.read_bytes() for p in labelled_set.rglob("*") if p.is_file()}
@@ -556,8 +561,8 @@ def test_an_output_inside_the_data_folder_is_refused_and_nothing_changes(labelle
 
 
 def test_an_output_folder_that_holds_an_input_is_refused(tmp_path):
-    from runtime.errors import OutputPathError
-    from runtime.files import check_distinct
+    from gap_deploy.runtime.errors import OutputPathError
+    from gap_deploy.runtime.files import check_distinct
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
@@ -570,21 +575,21 @@ def test_an_output_folder_that_holds_an_input_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("call, fragment", [
-    (lambda b, m, d: __import__("runtime").load(b, shape="1x3x32x48"), "shape= must be 4 positive whole numbers"),
-    (lambda b, m, d: __import__("runtime").load(b, shape=[1, 3, "a", 4]), "shape= must be 4 positive whole"),
-    (lambda b, m, d: __import__("runtime.evaluate", fromlist=["_"]).evaluate(str(m), d), "a dict of artifacts"),
-    (lambda b, m, d: __import__("runtime.evaluate", fromlist=["_"]).evaluate({"a": m}, d, sizes=[5]),
+    (lambda b, m, d: _rt().load(b, shape="1x3x32x48"), "shape= must be 4 positive whole numbers"),
+    (lambda b, m, d: _rt().load(b, shape=[1, 3, "a", 4]), "shape= must be 4 positive whole"),
+    (lambda b, m, d: importlib.import_module("gap_deploy.runtime.evaluate").evaluate(str(m), d), "a dict of artifacts"),
+    (lambda b, m, d: importlib.import_module("gap_deploy.runtime.evaluate").evaluate({"a": m}, d, sizes=[5]),
      "each size must be 2 positive whole numbers"),
-    (lambda b, m, d: list(__import__("runtime.classify", fromlist=["_"]).iter_classify(None, [])),
+    (lambda b, m, d: list(importlib.import_module("gap_deploy.runtime.classify").iter_classify(None, [])),
      "needs a runtime.Session"),
-    (lambda b, m, d: __import__("runtime.tune", fromlist=["_"]).tune({"a": m}, d, sizes=["32"]),
+    (lambda b, m, d: importlib.import_module("gap_deploy.runtime.tune").tune({"a": m}, d, sizes=["32"]),
      "each size must be 2 positive whole numbers"),
 ])
 def test_api_misuse_gets_the_toolkit_s_own_error(tmp_path, reference_onnx, labelled_set, call, fragment):
     """Failed before: ValueError, AttributeError or TypeError from deep inside (e.g. "'str' object has no
     attribute 'items'")."""
-    from exporter.pack import pack
-    from runtime.errors import GapError
+    from gap_deploy.exporter.pack import pack
+    from gap_deploy.runtime.errors import GapError
 
     bundle = tmp_path / "bundle"
     pack(reference_onnx, bundle, fixed=[(1, 3, 32, 48)])

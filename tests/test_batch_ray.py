@@ -13,9 +13,9 @@ from click.testing import CliRunner
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from runtime.batch import BatchJob, connect, read_results, run_batch  # noqa: E402
-from runtime.classify import classify  # noqa: E402
-from runtime.images import collect_images  # noqa: E402
+from gap_deploy.runtime.batch import BatchJob, connect, read_results, run_batch  # noqa: E402
+from gap_deploy.runtime.classify import classify  # noqa: E402
+from gap_deploy.runtime.images import collect_images  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SIZES = [(32, 32), (48, 40), (64, 64), (20, 31), (100, 57)]
@@ -57,7 +57,7 @@ def folder(tmp_path_factory):
 
 
 def test_every_row_equals_local_gap_run(local_ray, folder, reference_onnx, tmp_path):
-    import runtime
+    from gap_deploy import runtime
 
     out = tmp_path / "results.parquet"
     result = run_batch(BatchJob(reference_onnx, (str(folder),), out, topk=3, batch_size=16, workers=2,
@@ -91,7 +91,8 @@ def test_an_existing_folder_is_never_replaced_and_links_are_written_through(loca
                                                                              tmp_path):
     """Failed before: the output folder, whatever it was (the image folder itself, earlier results), was moved
     aside and deleted after the job."""
-    from runtime.cli.run import main
+    from gap_deploy.runtime.cli.run import main
+
     from tests.conftest import assert_clean_failure
 
     glob = str(folder / "0[0-4]?.png")  # a glob: 50 images
@@ -117,7 +118,8 @@ def test_an_existing_folder_is_never_replaced_and_links_are_written_through(loca
 
 
 def test_ray_needs_an_output_and_a_reachable_cluster(reference_onnx, folder, tmp_path):
-    from runtime.cli.run import main
+    from gap_deploy.runtime.cli.run import main
+
     from tests.conftest import assert_clean_failure
 
     result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--ray"])
@@ -137,7 +139,8 @@ def test_a_cluster_nobody_answers_at_fails_at_once(reference_onnx, folder, tmp_p
     """Failed before: ray.init retried for minutes (for ever with RAY_ADDRESS set) at an address with no cluster."""
     import time
 
-    from runtime.cli.run import main
+    from gap_deploy.runtime.cli.run import main
+
     from tests.conftest import assert_clean_failure
 
     address = f"127.0.0.1:{_closed_port()}"
@@ -155,7 +158,8 @@ def test_a_cluster_nobody_answers_at_fails_at_once(reference_onnx, folder, tmp_p
 
 
 def test_workers_the_cluster_can_never_hold_are_refused(local_ray, reference_onnx, folder, tmp_path):
-    from runtime.cli.run import main
+    from gap_deploy.runtime.cli.run import main
+
     from tests.conftest import assert_clean_failure
 
     result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--ray", "--output", str(tmp_path / "r"),
@@ -167,8 +171,8 @@ def test_workers_the_cluster_can_never_hold_are_refused(local_ray, reference_onn
 def test_object_store_uris_reach_ray_as_written(reference_onnx, tmp_path, monkeypatch):
     """Failed before: click's Path type turned s3://bucket/x into s3:/bucket/x, so object stores never worked
     from the CLI. Only what the CLI hands to runtime.batch is checked here (no object store is reachable)."""
-    import runtime.batch as batch
-    from runtime.cli.run import main
+    import gap_deploy.runtime.batch as batch
+    from gap_deploy.runtime.cli.run import main
 
     seen = {}
 

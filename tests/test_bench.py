@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from gap_deploy.runtime.bench import BenchSettings, Stats, _loop, bench_session, environment
+from gap_deploy.runtime.cli.bench import main
 
-from runtime.bench import BenchSettings, Stats, _loop, bench_session, environment
-from runtime.cli.bench import main
 from tests.conftest import assert_clean_failure
 
 FAST = ["--warmup", "0", "--iterations", "5"]
@@ -42,7 +42,7 @@ def test_ctrl_c_keeps_what_was_measured():
 
 
 def test_ort_session_bench(reference_onnx):
-    import runtime
+    from gap_deploy import runtime
 
     with runtime.load(reference_onnx) as s:
         result, output = bench_session(s, (2, 3, 32, 32), BenchSettings(warmup_s=0, iterations=8), cold_start_ms=12.0)
@@ -53,9 +53,10 @@ def test_ort_session_bench(reference_onnx):
 
 
 def test_tensorrt_timing_parts_with_spec_d_doubles(tmp_path):
-    from runtime.backends.cuda import Cuda
-    from runtime.backends.trt import TrtRunner
-    from runtime.session import Session
+    from gap_deploy.runtime.backends.cuda import Cuda
+    from gap_deploy.runtime.backends.trt import TrtRunner
+    from gap_deploy.runtime.session import Session
+
     from tests.test_trt_runner import write_plan
     from tests.trt_doubles import COMPUTE_MS, D2H_MS, H2D_MS, FakeDevice, make_engine, make_trt
 
@@ -76,10 +77,11 @@ def test_tensorrt_timing_parts_with_spec_d_doubles(tmp_path):
 
 
 def test_a_cuda_graph_replay_that_differs_is_never_timed(tmp_path):
-    from runtime.backends.cuda import Cuda
-    from runtime.backends.trt import TrtRunner
-    from runtime.errors import BackendError
-    from runtime.session import Session
+    from gap_deploy.runtime.backends.cuda import Cuda
+    from gap_deploy.runtime.backends.trt import TrtRunner
+    from gap_deploy.runtime.errors import BackendError
+    from gap_deploy.runtime.session import Session
+
     from tests.test_trt_runner import write_plan
     from tests.trt_doubles import FakeDevice, make_engine, make_trt
 
@@ -92,9 +94,10 @@ def test_a_cuda_graph_replay_that_differs_is_never_timed(tmp_path):
 
 
 def _timed_session(tmp_path, device):
-    from runtime.backends.cuda import Cuda
-    from runtime.backends.trt import TrtRunner
-    from runtime.session import Session
+    from gap_deploy.runtime.backends.cuda import Cuda
+    from gap_deploy.runtime.backends.trt import TrtRunner
+    from gap_deploy.runtime.session import Session
+
     from tests.test_trt_runner import write_plan
     from tests.trt_doubles import make_engine, make_trt
 
@@ -175,7 +178,7 @@ def test_plot_is_a_png(tmp_path, reference_onnx):
 
 
 def test_interrupt_prints_partial_results_and_exits_130(tmp_path, reference_onnx, monkeypatch):
-    import runtime.bench as bench
+    import gap_deploy.runtime.bench as bench
 
     real = bench._loop
     calls = {"n": 0}
@@ -214,7 +217,7 @@ def test_missing_files(tmp_path, reference_onnx):
 
 
 def test_gpu_backends_are_judged_with_gpu_tolerances():
-    from runtime.bench import BenchResult, Stats, attach_parity
+    from gap_deploy.runtime.bench import BenchResult, Stats, attach_parity
 
     stats = Stats.of([1.0])
     ref = np.array([[1.0, 2.0, 3.0]], np.float32)

@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner  # noqa: E402
-
-from exporter.builder import (  # noqa: E402
+from gap_deploy.exporter.builder import (  # noqa: E402
     BuildConfig,
     Profile,
     build_engine,
@@ -16,11 +15,12 @@ from exporter.builder import (  # noqa: E402
     layer_precisions,
     read_onnx_input,
 )
-from exporter.precision import VariantOptions
-from runtime.backends.cuda import Cuda  # noqa: E402
-from runtime.errors import BuildError, MissingDependencyError  # noqa: E402
-from runtime.files import sha256_file  # noqa: E402
-from runtime.manifest import EngineManifest, manifest_path  # noqa: E402
+from gap_deploy.exporter.precision import VariantOptions
+from gap_deploy.runtime.backends.cuda import Cuda  # noqa: E402
+from gap_deploy.runtime.errors import BuildError, MissingDependencyError  # noqa: E402
+from gap_deploy.runtime.files import sha256_file  # noqa: E402
+from gap_deploy.runtime.manifest import EngineManifest, manifest_path  # noqa: E402
+
 from tests.conftest import assert_clean_failure  # noqa: E402
 from tests.trt_builder_api import FakeBuild, IParserError
 from tests.trt_doubles import FakeDevice
@@ -119,7 +119,7 @@ def test_layer_precision_parsing_of_names_only_or_garbage():
 
 
 def test_an_unreadable_precision_is_an_error_and_writes_nothing(tmp_path, reference_onnx, cuda):
-    from runtime.parity import tolerance_for
+    from gap_deploy.runtime.parity import tolerance_for
 
     fake = FakeBuild()
     fake.inspector.get_engine_information.return_value = '{"Layers": ["conv1", "conv2"]}'
@@ -211,7 +211,7 @@ def test_bad_profiles(tmp_path, reference_onnx, cuda, profile, message):
 
 def test_static_onnx_with_a_dynamic_profile_says_re_export(tmp_path, reference_ckpt, cuda):
     pytest.importorskip("torch")
-    from exporter import export_onnx, load_model
+    from gap_deploy.exporter import export_onnx, load_model
 
     static = tmp_path / "static.onnx"
     export_onnx(load_model(reference_ckpt), static, dynamic=False, imgsz=(32, 32), verify=False)
@@ -291,7 +291,7 @@ def test_variant_plan_and_manifest_appear_together_or_not_at_all(tmp_path, refer
 
 
 def test_gap_build_without_tensorrt(tmp_path, reference_onnx):
-    from exporter.cli.build import main
+    from gap_deploy.exporter.cli.build import main
 
     result = CliRunner().invoke(main, [str(reference_onnx), "-o", str(tmp_path / "m.plan")])
     assert_clean_failure(result, "needs the full TensorRT", "pip install 'gap-deploy[gpu]'")
@@ -300,7 +300,7 @@ def test_gap_build_without_tensorrt(tmp_path, reference_onnx):
 
 def test_gap_export_engine_without_tensorrt_fails_before_exporting(tmp_path, reference_ckpt):
     pytest.importorskip("torch")
-    from exporter.cli.export import main
+    from gap_deploy.exporter.cli.export import main
 
     result = CliRunner().invoke(main, [str(reference_ckpt), "--dynamic", "--engine", "-o", str(tmp_path / "m.onnx")])
     assert_clean_failure(result, "needs the full TensorRT")
@@ -310,7 +310,7 @@ def test_gap_export_engine_without_tensorrt_fails_before_exporting(tmp_path, ref
 def test_import_builder_names_the_extra(monkeypatch):
     import sys
 
-    from exporter.builder import import_builder
+    from gap_deploy.exporter.builder import import_builder
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(MissingDependencyError, match=r"gap-deploy\[gpu\]"):
@@ -323,7 +323,7 @@ def test_import_builder_names_the_extra(monkeypatch):
     (["--precision", "int8"], "needs --calib"),
 ])
 def test_gap_build_usage_errors(reference_onnx, args, message):
-    from exporter.cli.build import main
+    from gap_deploy.exporter.cli.build import main
 
     result = CliRunner().invoke(main, [str(reference_onnx), *args])
     assert_clean_failure(result, message, code=2)
@@ -337,7 +337,7 @@ def test_manifest_json_is_readable(tmp_path, reference_onnx, cuda):
 
 
 def test_no_gpu_is_a_clear_error_before_anything_is_written(tmp_path, reference_onnx):
-    from runtime.errors import BackendUnavailableError
+    from gap_deploy.runtime.errors import BackendUnavailableError
 
     device = FakeDevice()
     device.rt.cudaGetDeviceCount.side_effect = lambda: (device.rt.cudaError_t.cudaErrorNoDevice, None)
@@ -351,7 +351,7 @@ def test_no_gpu_is_a_clear_error_before_anything_is_written(tmp_path, reference_
 
 def test_static_batch_2_onnx_gets_a_variant_at_its_own_batch(tmp_path, reference_ckpt, cuda):
     pytest.importorskip("torch")
-    from exporter import export_onnx, load_model
+    from gap_deploy.exporter import export_onnx, load_model
 
     static = tmp_path / "static.onnx"
     export_onnx(load_model(reference_ckpt), static, dynamic=False, imgsz=(32, 40), batch=2, verify=False)
@@ -363,8 +363,8 @@ def test_static_batch_2_onnx_gets_a_variant_at_its_own_batch(tmp_path, reference
 def test_gap_export_engine_int8_forwards_every_variant_option(tmp_path, reference_ckpt, monkeypatch):
     """gap-export --engine goes through the one variant pipeline, so --min-top1 and --int8-all-layers arrive."""
     pytest.importorskip("torch")
-    import exporter.builder as builder
-    from exporter.cli.export import main
+    import gap_deploy.exporter.builder as builder
+    from gap_deploy.exporter.cli.export import main
 
     seen = {}
 
@@ -394,7 +394,7 @@ def test_fp32_means_fp32_tensorrt_s_tf32_default_is_cleared(tmp_path, reference_
 
 
 def test_tf32_when_asked_is_recorded_as_its_own_precision(tmp_path, reference_onnx, cuda):
-    from runtime.parity import tolerance_for
+    from gap_deploy.runtime.parity import tolerance_for
 
     fake = FakeBuild(datatype="Float")
     build_engine(reference_onnx, tmp_path / "m.plan", BuildConfig(tf32=True), trt=fake.module, cuda=cuda)

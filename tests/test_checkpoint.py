@@ -8,9 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from exporter.checkpoint import load_model  # noqa: E402
-from exporter.model import GapCNN  # noqa: E402
-from runtime.errors import ArtifactError, CheckpointError, UntrustedCodeError  # noqa: E402
+from gap_deploy.exporter.checkpoint import load_model  # noqa: E402
+from gap_deploy.exporter.model import GapCNN  # noqa: E402
+from gap_deploy.runtime.errors import ArtifactError, CheckpointError, UntrustedCodeError  # noqa: E402
+
 from tests.conftest import make_reference  # noqa: E402
 
 
@@ -130,7 +131,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, ref):
     path = tmp_path / "w.pt"
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"missing keys \(1\): conv2.0.bias; unexpected keys \(1\): extra.weight"):
-        load_model(path, arch="exporter.model:GapCNN")
+        load_model(path, arch="gap_deploy.exporter.model:GapCNN")
 
 
 def test_wrong_shape_shows_both_shapes(tmp_path, ref):
@@ -212,9 +213,8 @@ def test_torchs_advice_to_load_unsafely_is_never_passed_on(tmp_path, kind):
     import pickle
 
     import torch
-
-    from exporter.checkpoint import load_model
-    from runtime.errors import GapError
+    from gap_deploy.exporter.checkpoint import load_model
+    from gap_deploy.runtime.errors import GapError
 
     path = tmp_path / "model.pt"
     if kind == "random bytes":
@@ -237,9 +237,9 @@ def test_torchs_advice_to_load_unsafely_is_never_passed_on(tmp_path, kind):
 def test_nan_weights_are_named(tmp_path):
     """Failed before: reported only as "differs from PyTorch ... nan" after the export."""
     import torch
+    from gap_deploy.exporter.checkpoint import load_model
+    from gap_deploy.runtime.errors import CheckpointError
 
-    from exporter.checkpoint import load_model
-    from runtime.errors import CheckpointError
     from tests.conftest import make_reference
 
     model = make_reference()

@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
+from gap_deploy.exporter.cli.export import main  # noqa: E402
 
-from exporter.cli.export import main  # noqa: E402
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 
@@ -93,8 +93,7 @@ def test_tolerances_must_be_finite_and_not_negative(tmp_path, reference_ckpt, op
 ])
 def test_bad_checkpoints(tmp_path, reference_ckpt, case, message):
     import torch
-
-    from exporter.model import GapCNN
+    from gap_deploy.exporter.model import GapCNN
 
     path = tmp_path / "bad.pt"
     state = torch.load(reference_ckpt, weights_only=True)
@@ -119,7 +118,7 @@ def test_bad_checkpoints(tmp_path, reference_ckpt, case, message):
     elif case == "unexpected-keys":
         state["head.weight"] = torch.zeros(2)
         torch.save(state, path)
-    arch = ["--arch", "exporter.model:GapCNN"] if case.endswith("keys") or case == "wrong-shape" else []
+    arch = ["--arch", "gap_deploy.exporter.model:GapCNN"] if case.endswith("keys") or case == "wrong-shape" else []
     out = tmp_path / "out.onnx"
     result = run(path, "--dynamic", "-o", out, *arch)
     assert_clean_failure(result, message)
@@ -185,8 +184,8 @@ def test_a_bad_calib_fails_before_any_file_is_replaced(tmp_path, reference_ckpt,
 
 def test_fp32_and_variant_appear_together_or_not_at_all(tmp_path, monkeypatch):
     """A failure while moving the second file puts the first one back as it was."""
-    import exporter.pipeline as pipeline
-    import runtime.files as files
+    import gap_deploy.exporter.pipeline as pipeline
+    import gap_deploy.runtime.files as files
 
     out, variant = tmp_path / "m.onnx", tmp_path / "m.fp16.onnx"
     out.write_bytes(b"old fp32")
@@ -208,7 +207,7 @@ def test_fp32_and_variant_appear_together_or_not_at_all(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_during_int8_leaves_the_old_files(tmp_path, reference_ckpt, monkeypatch):
-    import exporter.precision as precision
+    import gap_deploy.exporter.precision as precision
 
     out = tmp_path / "m.onnx"
     out.write_bytes(b"old fp32")

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from gap_deploy.runtime.cli.run import main
 
-from runtime.cli.run import main
 from tests.conftest import assert_clean_failure
 
 PIL = pytest.importorskip("PIL.Image")
@@ -40,8 +40,8 @@ def test_folder_with_one_broken_file(folder, reference_onnx):
 
 
 def test_results_match_the_session_on_normalized_pixels(folder, reference_onnx):
-    import runtime
-    from runtime.images import load_image, normalize, softmax
+    from gap_deploy import runtime
+    from gap_deploy.runtime.images import load_image, normalize, softmax
 
     result = CliRunner().invoke(main, [str(reference_onnx), str(folder / "rgb.png"), "--json", "-k", "10"])
     assert result.exit_code == 0, result.output
@@ -82,9 +82,8 @@ def test_many_images_show_progress(tmp_path, reference_onnx):
 
 
 def test_16_bit_and_float_images_keep_their_range(tmp_path):
+    from gap_deploy.runtime.images import load_image
     from PIL import Image
-
-    from runtime.images import load_image
 
     ramp = np.linspace(0, 1, 32 * 40).reshape(32, 40)
     Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "g16.png")
@@ -96,7 +95,7 @@ def test_16_bit_and_float_images_keep_their_range(tmp_path):
         np.testing.assert_allclose(pixels[0], ramp, atol=1e-4)  # not clipped to white or black
         np.testing.assert_array_equal(pixels[0], pixels[2])
     Image.fromarray((ramp * 1e6).astype(np.float32)).save(tmp_path / "wild.tiff")
-    from runtime.errors import ArtifactError
+    from gap_deploy.runtime.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="no pixel range this tool knows"):
         load_image(tmp_path / "wild.tiff", 3)
@@ -106,11 +105,11 @@ def test_grayscale_models_run_on_8_bit_images_like_rgb_ones(tmp_path):
     """Failed before: every 1-channel model failed on every 8-bit image ("axes don't match array": the grayscale
     image decoded to H x W and was transposed as if it had a channel axis), in gap-run, gap-eval and Ray."""
     import torch
+    from gap_deploy.exporter import export_onnx, load_model
+    from gap_deploy.runtime.cli.eval import main as evaluate
+    from gap_deploy.runtime.images import load_image
     from PIL import Image
 
-    from exporter import export_onnx, load_model
-    from runtime.cli.eval import main as evaluate
-    from runtime.images import load_image
     from tests.conftest import make_reference
 
     ckpt = tmp_path / "gray.pt"

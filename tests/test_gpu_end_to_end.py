@@ -15,7 +15,7 @@ def _need_gpu_tensorrt():
         import tensorrt  # noqa: F401
     except ImportError:
         pytest.skip("the full TensorRT is not installed (pip install 'gap-deploy[gpu]')")
-    from runtime.backends.trt import trt_works
+    from gap_deploy.runtime.backends.trt import trt_works
 
     works, why = trt_works()
     if not works:
@@ -25,9 +25,9 @@ def _need_gpu_tensorrt():
 @pytest.mark.parametrize("precision, rtol", [("fp32", 5e-3), ("fp16", 1e-2)])  # fp32 engines use TF32
 def test_build_and_run_engine(tmp_path, reference_onnx, precision, rtol):
     _need_gpu_tensorrt()
-    import runtime
-    from exporter.builder import BuildConfig, Profile, build_with_precision
-    from exporter.precision import VariantOptions
+    from gap_deploy import runtime
+    from gap_deploy.exporter.builder import BuildConfig, Profile, build_with_precision
+    from gap_deploy.exporter.precision import VariantOptions
 
     src = tmp_path / "m.onnx"
     src.write_bytes(reference_onnx.read_bytes())
@@ -48,9 +48,8 @@ def test_bench_an_engine_against_torch_on_the_gpu(tmp_path, reference_onnx, refe
     import json
 
     from click.testing import CliRunner
-
-    from exporter.builder import BuildConfig, Profile, build_with_precision
-    from runtime.cli.bench import main
+    from gap_deploy.exporter.builder import BuildConfig, Profile, build_with_precision
+    from gap_deploy.runtime.cli.bench import main
 
     plan = tmp_path / "m.plan"
     build_with_precision(reference_onnx, plan, config=BuildConfig(profiles=(

@@ -2,7 +2,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from exporter.model import REFERENCE_KEYS, GapCNN  # noqa: E402
+from gap_deploy.exporter.model import REFERENCE_KEYS, GapCNN  # noqa: E402
 
 
 def test_layer_names_match_the_classic_training_code():

@@ -9,11 +9,12 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from exporter import export_model, export_onnx, load_model  # noqa: E402
-from exporter.onnx_export import ParityError, find_min_size  # noqa: E402
-from exporter.parity import default_verify_shapes, torch_infer  # noqa: E402
-from runtime.errors import ExportError, OutputPathError  # noqa: E402
-from runtime.metadata import ModelMetadata  # noqa: E402
+from gap_deploy.exporter import export_model, export_onnx, load_model  # noqa: E402
+from gap_deploy.exporter.onnx_export import ParityError, find_min_size  # noqa: E402
+from gap_deploy.exporter.parity import default_verify_shapes, torch_infer  # noqa: E402
+from gap_deploy.runtime.errors import ExportError, OutputPathError  # noqa: E402
+from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
+
 from tests.conftest import make_reference, randomize_batchnorm  # noqa: E402
 from tests.families import FAMILIES  # noqa: E402
 
@@ -117,7 +118,7 @@ def test_a_wrong_graph_fails_verification(tmp_path, reference_ckpt, monkeypatch)
     """The default tolerance catches a graph that differs from the model (here: another model's weights)."""
     loaded = load_model(reference_ckpt)
     exported = export_model(loaded, dynamic=True, imgsz=(32, 32))
-    from exporter.parity import check_parity
+    from gap_deploy.exporter.parity import check_parity
 
     other = make_reference(seed=99)
     report = check_parity(other, exported.model, default_verify_shapes(3, (32, 32), 4, dynamic=True))
@@ -166,9 +167,8 @@ def test_gap_families_export_dynamic_and_match(tmp_path, family):
 def test_models_above_the_protobuf_limit_use_external_data(tmp_path, reference_ckpt, monkeypatch):
     """Exercised with the 2 GiB threshold lowered to 10 kB: graph + OUTPUT.data, checked, verified, loadable."""
     import numpy as np
-
-    import runtime
-    from runtime import parity
+    from gap_deploy import runtime
+    from gap_deploy.runtime import parity
 
     monkeypatch.setattr(parity, "EXTERNAL_DATA_THRESHOLD", 10_000)
     out = tmp_path / "big.onnx"
@@ -192,8 +192,7 @@ def test_models_above_the_protobuf_limit_use_external_data(tmp_path, reference_c
 def test_the_minimum_probe_accepts_any_failure_as_too_small():
     """A model that asserts on small inputs (or raises KeyError) still gets its minimum found."""
     import torch
-
-    from exporter.onnx_export import find_min_size
+    from gap_deploy.exporter.onnx_export import find_min_size
 
     class Picky(torch.nn.Module):
         def forward(self, x):
@@ -222,10 +221,9 @@ def test_no_artifact_carries_the_exporting_machine_s_paths(tmp_path, reference_c
     import onnx
     import torch
     from click.testing import CliRunner
-
-    from exporter.cli.export import main as export
-    from exporter.cli.pack import main as pack
-    from exporter.cli.triton import main as triton
+    from gap_deploy.exporter.cli.export import main as export
+    from gap_deploy.exporter.cli.pack import main as pack
+    from gap_deploy.exporter.cli.triton import main as triton
 
     out = tmp_path / "m.onnx"
     calib = tmp_path / "calib.npy"

@@ -17,20 +17,19 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-import runtime  # noqa: E402
-from runtime.backends import onnxrt  # noqa: E402
-from runtime.backends.onnxrt import (  # noqa: E402
+from gap_deploy import runtime  # noqa: E402
+from gap_deploy.runtime.backends import onnxrt  # noqa: E402
+from gap_deploy.runtime.backends.onnxrt import (  # noqa: E402
     ACCELERATORS,
     PROVIDER_CHAIN,
     profiled_placement,
     session_setup,
 )
-from runtime.backends.placement import NodePlacement, check_placement, read_profile  # noqa: E402
-from runtime.errors import BackendUnavailableError  # noqa: E402
-from runtime.metadata import ModelMetadata  # noqa: E402
-from runtime.profiles import Profile  # noqa: E402
+from gap_deploy.runtime.backends.placement import NodePlacement, check_placement, read_profile  # noqa: E402
+from gap_deploy.runtime.errors import BackendUnavailableError  # noqa: E402
+from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
+from gap_deploy.runtime.profiles import Profile  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 ORT = onnxrt._ort()
 META = ModelMetadata(in_channels=3, min_height=4, min_width=4)

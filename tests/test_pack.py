@@ -12,10 +12,11 @@ from click.testing import CliRunner
 
 pytest.importorskip("onnxruntime")
 
-import runtime  # noqa: E402
-from exporter.cli.pack import main  # noqa: E402
-from exporter.pack import pack  # noqa: E402
-from runtime.errors import InputError, UsageError  # noqa: E402
+from gap_deploy import runtime  # noqa: E402
+from gap_deploy.exporter.cli.pack import main  # noqa: E402
+from gap_deploy.exporter.pack import pack  # noqa: E402
+from gap_deploy.runtime.errors import InputError, UsageError  # noqa: E402
+
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 
@@ -93,9 +94,9 @@ def test_runtime_loads_a_bundle_and_its_fixed_variants(bundle):
 @pytest.mark.slow
 def test_a_family_member_packs_too(tmp_path):
     import torch
+    from gap_deploy.exporter import export_onnx, load_model
 
     import tests.families as fam
-    from exporter import export_onnx, load_model
     from tests.conftest import randomize_batchnorm
 
     torch.manual_seed(0)
@@ -149,8 +150,8 @@ def test_the_runtime_runs_without_the_onnx_package(bundle, reference_onnx, tmp_p
         for name in ("onnx", "onnxconverter_common", "torch"):
             sys.modules[name] = None  # any import of them now fails
         import importlib, pkgutil, numpy as np, runtime
-        from runtime.errors import ArtifactError
-        for m in pkgutil.walk_packages(runtime.__path__, "runtime."):
+        from gap_deploy.runtime.errors import ArtifactError
+        for m in pkgutil.walk_packages(runtime.__path__, "gap_deploy.runtime."):
             importlib.import_module(m.name)
         x = np.random.default_rng(0).standard_normal((1, 3, 37, 53)).astype(np.float32)
         with runtime.load({str(reference_onnx)!r}) as a, runtime.load({str(folder)!r}) as b:
@@ -170,9 +171,8 @@ def test_the_runtime_runs_without_the_onnx_package(bundle, reference_onnx, tmp_p
 
 
 def test_gap_run_takes_a_bundle_folder(bundle, tmp_path):
+    from gap_deploy.runtime.cli.run import main as gap_run
     from PIL import Image
-
-    from runtime.cli.run import main as gap_run
 
     folder, _ = bundle
     Image.fromarray(np.full((40, 30, 3), 99, np.uint8)).save(tmp_path / "a.png")
@@ -187,8 +187,8 @@ def test_a_swapped_or_escaping_bundle_file_is_refused(bundle, tmp_path, referenc
     import json
     import shutil
 
-    import runtime
-    from runtime.errors import ArtifactError
+    from gap_deploy import runtime
+    from gap_deploy.runtime.errors import ArtifactError
 
     bundle = bundle[0]
     copy = tmp_path / "bundle"

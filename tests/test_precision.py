@@ -9,10 +9,11 @@ from click.testing import CliRunner
 
 pytest.importorskip("onnxruntime")
 
-from exporter.parity import default_verify_shapes  # noqa: E402
-from exporter.precision import load_calibration, make_variant, metadata_of  # noqa: E402
-from runtime.errors import ArtifactError, ExportError  # noqa: E402
-from runtime.parity import Tolerance  # noqa: E402
+from gap_deploy.exporter.parity import default_verify_shapes  # noqa: E402
+from gap_deploy.exporter.precision import load_calibration, make_variant, metadata_of  # noqa: E402
+from gap_deploy.runtime.errors import ArtifactError, ExportError  # noqa: E402
+from gap_deploy.runtime.parity import Tolerance  # noqa: E402
+
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 SHAPES = default_verify_shapes(3, (64, 64), 4, dynamic=True)
@@ -67,7 +68,7 @@ def test_int8_is_qdq_per_channel_and_symmetric(fp32, calibration):
 
 
 def test_int8_keeps_the_first_conv_and_the_classifier_in_float(fp32, calibration):
-    from exporter.precision import float_ends
+    from gap_deploy.exporter.precision import float_ends
 
     ends = float_ends(fp32)
     assert [n.op_type for n in fp32.graph.node if n.name in ends] == ["Conv", "Gemm"]
@@ -123,7 +124,7 @@ def test_calibration_from_images_and_npy(tmp_path, reference_onnx):
 @pytest.mark.slow
 def test_gap_export_int8_cli(tmp_path, reference_ckpt, calibration):
     pytest.importorskip("torch")
-    from exporter.cli.export import main
+    from gap_deploy.exporter.cli.export import main
 
     npy = tmp_path / "calib.npy"
     np.save(npy, calibration)
@@ -174,8 +175,7 @@ def test_int8_graph_is_what_tensorrt_can_build(fp32, calibration):
 
 def _export_arch(tmp_path, name, imgsz=(32, 32)):
     import torch
-
-    from exporter import export_onnx, load_model
+    from gap_deploy.exporter import export_onnx, load_model
 
     torch.manual_seed(0)
     import tests.families as fam
@@ -217,7 +217,7 @@ def test_keep_fp32_by_hand_and_a_pattern_that_matches_nothing(fp32):
     result = make_variant(fp32, "fp16", SHAPES[:2], keep_fp32=["node_conv2d*"], fallback=False)
     kept = [n.name for n in fp32.graph.node if n.name.startswith("node_conv2d")]
     assert result.fp32_layers == tuple(kept) and metadata_of(result.model).fp32_layers == tuple(kept)
-    from runtime.errors import UsageError
+    from gap_deploy.runtime.errors import UsageError
 
     with pytest.raises(UsageError, match="'nothing_like_this' matches no layer"):
         make_variant(fp32, "fp16", SHAPES[:2], keep_fp32=["nothing_like_this"])
@@ -225,10 +225,9 @@ def test_keep_fp32_by_hand_and_a_pattern_that_matches_nothing(fp32):
 
 def test_the_fp16_gate_fails_a_broken_conversion(fp32):
     """A conversion that gets one layer's weights 5% wrong: the depth-derived gate must refuse it."""
+    from gap_deploy.exporter.precision import fp16_tolerance, to_fp16
+    from gap_deploy.runtime.parity import compare, ort_cpu_infer, random_input
     from onnx import numpy_helper
-
-    from exporter.precision import fp16_tolerance, to_fp16
-    from runtime.parity import compare, ort_cpu_infer, random_input
 
     broken = to_fp16(fp32)
     weight = next(i for i in broken.graph.initializer if len(i.dims) == 4)
@@ -243,9 +242,8 @@ def test_the_fp16_gate_fails_a_broken_conversion(fp32):
 
 
 def test_the_fp16_gate_grows_with_depth():
+    from gap_deploy.exporter.precision import FLOAT16_UNIT_ROUNDOFF, fp16_tolerance
     from onnx import helper
-
-    from exporter.precision import FLOAT16_UNIT_ROUNDOFF, fp16_tolerance
 
     def chain(depth):
         nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"y{i - 1}", "w"], [f"y{i}"]) for i in range(depth)]
@@ -261,9 +259,9 @@ def test_the_fp16_gate_grows_with_depth():
                                     "SqueezeNetish"])
 def test_every_family_exports_in_fp16_with_the_default_gate(tmp_path, family):
     import torch
+    from gap_deploy.exporter import export_onnx, load_model
 
     import tests.families as fam
-    from exporter import export_onnx, load_model
     from tests.conftest import randomize_batchnorm
 
     torch.manual_seed(0)
@@ -307,9 +305,8 @@ def test_int8_fallback_leaves_sensitive_layers_in_float_until_the_gate_passes(fp
 def test_the_cpu_int8_layout_is_u8s8_with_relu_folded(fp32, calibration):
     """ONNX Runtime's CPU format: UINT8 activations with their zero points, INT8 weights per channel (zero points
     0, axis 0), float biases; the Relu after a quantized convolution is folded into its output's range."""
+    from gap_deploy.exporter.precision import metadata_of
     from onnx import numpy_helper
-
-    from exporter.precision import metadata_of
 
     result = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0),
                           int8_layout="cpu")
@@ -338,9 +335,8 @@ def test_the_session_keeps_the_pool_after_a_float_layer_in_float(fp32, calibrati
     """onnxruntime's QDQPropagationTransformer would move the QuantizeLinear above the first MaxPool (a slow UINT8
     pool in NCHW); the runtime's sessions turn it off, and the pool stays in float beside its float conv."""
     import onnxruntime as ort
-
-    from exporter.precision import to_int8
-    from runtime.backends.onnxrt import DISABLED_OPTIMIZERS
+    from gap_deploy.exporter.precision import to_int8
+    from gap_deploy.runtime.backends.onnxrt import DISABLED_OPTIMIZERS
 
     model = to_int8(fp32, calibration, keep_float_ends=True, layout="cpu")  # the first conv (and its pool) float
 
@@ -359,8 +355,8 @@ def test_the_session_keeps_the_pool_after_a_float_layer_in_float(fp32, calibrati
 
 
 def test_gap_build_refuses_the_cpu_layout(tmp_path, fp32, calibration):
-    from exporter.builder import build_with_precision
-    from runtime.errors import UsageError
+    from gap_deploy.exporter.builder import build_with_precision
+    from gap_deploy.runtime.errors import UsageError
 
     model = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0),
                          int8_layout="cpu").model
@@ -374,8 +370,8 @@ def test_gap_build_refuses_the_cpu_layout(tmp_path, fp32, calibration):
 @pytest.mark.parametrize("speedup, warned", [(0.8, True), (1.3, False)])
 def test_gap_export_reports_int8_latency_and_warns_when_slower(tmp_path, reference_ckpt, calibration, monkeypatch,
                                                                speedup, warned):
-    import exporter.precision as precision
-    from exporter.cli.export import main
+    import gap_deploy.exporter.precision as precision
+    from gap_deploy.exporter.cli.export import main
 
     # the measurement itself is a benchmark (scripts/bench_stream.py); here only what is done with its figures
     monkeypatch.setattr(precision, "measure_latency", lambda fp32, variant, shape, **kw: {
@@ -396,8 +392,8 @@ def test_a_missing_fp16_converter_names_its_extra(fp32, monkeypatch):
     """Failed before: a raw ModuleNotFoundError traceback for onnxconverter_common without the [convert] extra."""
     import sys
 
-    from exporter.precision import to_fp16
-    from runtime.errors import MissingDependencyError
+    from gap_deploy.exporter.precision import to_fp16
+    from gap_deploy.runtime.errors import MissingDependencyError
 
     monkeypatch.setitem(sys.modules, "onnxconverter_common", None)
     monkeypatch.delitem(sys.modules, "onnxconverter_common.float16", raising=False)

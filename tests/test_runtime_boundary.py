@@ -21,11 +21,12 @@ def test_torch_is_really_blocked():
 
 def test_every_runtime_module_imports_without_torch():
     result = _python("""
-        import importlib, pkgutil, sys, runtime
-        names = [m.name for m in pkgutil.walk_packages(runtime.__path__, 'runtime.')]
+        import importlib, pkgutil, sys
+        from gap_deploy import runtime
+        names = [m.name for m in pkgutil.walk_packages(runtime.__path__, 'gap_deploy.runtime.')]
         for name in names:
             importlib.import_module(name)
-        heavy = sorted(n for n in ('torch', 'onnxscript', 'torchinfo', 'exporter') if sys.modules.get(n))
+        heavy = sorted(n for n in ('torch', 'onnxscript', 'torchinfo', 'gap_deploy.exporter') if sys.modules.get(n))
         print(len(names), heavy)
     """)
     assert result.returncode == 0, result.stderr
@@ -35,7 +36,8 @@ def test_every_runtime_module_imports_without_torch():
 
 def test_load_and_run_an_exported_model_without_torch(reference_onnx):
     result = _python(f"""
-        import numpy as np, onnxruntime as ort, runtime
+        import numpy as np, onnxruntime as ort
+        from gap_deploy import runtime
         session = runtime.load({str(reference_onnx)!r})
         bare = ort.InferenceSession({str(reference_onnx)!r}, providers=['CPUExecutionProvider'])
         for shape in [(1, 3, 4, 4), (1, 3, 37, 53), (2, 3, 64, 64), (3, 3, 120, 17)]:
@@ -49,7 +51,8 @@ def test_load_and_run_an_exported_model_without_torch(reference_onnx):
     assert result.stdout.split() == ["ort-cpu", "4", "class3"]
 
 
-@pytest.mark.parametrize("module", ["runtime.cli.run", "exporter.cli.build", "runtime.cli.bench"])
+@pytest.mark.parametrize("module", ["gap_deploy.runtime.cli.run", "gap_deploy.exporter.cli.build",
+                                    "gap_deploy.runtime.cli.bench"])
 def test_cli_help_works_without_torch(module):
     result = _python(f"""
         import importlib, sys
@@ -63,9 +66,9 @@ def test_cli_help_works_without_torch(module):
 def test_building_and_precision_variants_need_no_torch(reference_onnx):
     result = _python(f"""
         import sys, onnx
-        import exporter.builder, exporter.cli.build
-        from exporter.precision import make_variant
-        from runtime.parity import default_verify_shapes
+        import gap_deploy.exporter.builder, gap_deploy.exporter.cli.build
+        from gap_deploy.exporter.precision import make_variant
+        from gap_deploy.runtime.parity import default_verify_shapes
         fp32 = onnx.load({str(reference_onnx)!r})
         result = make_variant(fp32, "fp16", default_verify_shapes(3, (32, 32), 4, dynamic=True))
         print(result.passed, sorted(n for n in ('torch', 'onnxscript') if sys.modules.get(n)))
@@ -77,7 +80,7 @@ def test_building_and_precision_variants_need_no_torch(reference_onnx):
 def test_gap_bench_on_onnx_runs_without_torch(reference_onnx):
     result = _python(f"""
         import sys
-        from runtime.cli.bench import main
+        from gap_deploy.runtime.cli.bench import main
         sys.argv = ['gap-bench', {str(reference_onnx)!r}, '--shape', '1x3x16x16', '--warmup', '0',
                     '--iterations', '3']
         try:
@@ -98,7 +101,7 @@ def test_gap_tune_runs_without_torch(reference_onnx, tmp_path):
     Image.new("RGB", (20, 30), (200, 10, 10)).save(folder / "red.png")
     result = _python(f"""
         import sys
-        from exporter.cli.tune import main
+        from gap_deploy.exporter.cli.tune import main
         sys.argv = ['gap-tune', {str(reference_onnx)!r}, '--data', {str(tmp_path)!r}, '--sizes', '8',
                     '--duration', '0.05', '--min-top1', '0']
         try:
@@ -118,16 +121,30 @@ def _sources(package: str):
     return sorted((root / package).rglob("*.py"))
 
 
+def _imported(tree) -> list[tuple[int, str]]:
+    """(line, full module name) of every import in ``tree``: ``from gap_deploy import exporter`` is
+    gap_deploy.exporter, ``from gap_deploy.runtime.files import x`` is gap_deploy.runtime.files."""
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.lineno, node.module))
+            if node.module == "gap_deploy":
+                found += [(node.lineno, f"gap_deploy.{a.name}") for a in node.names]
+    return found
+
+
 def test_no_runtime_module_imports_the_exporter():
     """The arrow runs one way: exporter -> runtime. Read from the source, so a lazy import counts too."""
     import ast
 
     offenders = []
     for path in _sources("runtime"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] == "exporter"]
+        offenders += [f"{path.name}:{line} {name}" for line, name in _imported(ast.parse(path.read_text()))
+                      if name.startswith("gap_deploy.exporter") or name.split(".")[0] == "exporter"]
     assert offenders == []
 
 
@@ -150,7 +167,7 @@ def test_a_missing_checkpoint_is_reported_before_torch_is_imported(tmp_path):
     """'checkpoint does not exist' must not wait for torch: here torch cannot even be imported."""
     result = _python(f"""
         import sys
-        from exporter.cli.export import main
+        from gap_deploy.exporter.cli.export import main
         sys.argv = ['gap-export', {str(tmp_path / 'missing.pt')!r}, '--dynamic']
         main()
     """)

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 ort = pytest.importorskip("onnxruntime")
 
-import runtime  # noqa: E402
-from runtime.errors import ArtifactError, BackendUnavailableError, InputError, InputTypeError, UsageError  # noqa: E402
+from gap_deploy import runtime  # noqa: E402
+from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError, InputError, InputTypeError, UsageError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, reference_onnx):
 
 def test_static_model_checks_fixed_dims(tmp_path, reference_ckpt):
     pytest.importorskip("torch")
-    from exporter import export_onnx, load_model
+    from gap_deploy.exporter import export_onnx, load_model
 
     out = tmp_path / "static.onnx"
     export_onnx(load_model(reference_ckpt), out, dynamic=False, imgsz=(32, 32), verify=False)
@@ -204,7 +204,7 @@ def test_static_model_checks_fixed_dims(tmp_path, reference_ckpt):
 @pytest.fixture(scope="module")
 def batch4_onnx(tmp_path_factory, reference_ckpt):
     pytest.importorskip("torch")
-    from exporter import export_onnx, load_model
+    from gap_deploy.exporter import export_onnx, load_model
 
     out = tmp_path_factory.mktemp("static4") / "static4.onnx"
     export_onnx(load_model(reference_ckpt), out, dynamic=False, imgsz=(32, 32), batch=4, verify=False)
@@ -222,9 +222,8 @@ def test_static_batch_model_runs_a_short_last_chunk(batch4_onnx, reference_onnx)
 
 
 def test_gap_run_classifies_with_a_static_batch_model(tmp_path, batch4_onnx):
+    from gap_deploy.runtime.cli.run import main
     from PIL import Image
-
-    from runtime.cli.run import main
 
     for i in range(5):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(

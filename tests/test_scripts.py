@@ -34,8 +34,7 @@ def test_dataset_is_deterministic_and_classes_differ():
 def test_training_writes_a_loadable_checkpoint(tmp_path):
     pytest.importorskip("torch")
     import train_demo
-
-    from exporter.checkpoint import load_model
+    from gap_deploy.exporter.checkpoint import load_model
 
     assert train_demo.main(["--out", str(tmp_path), "--steps", "3", "--batch", "4"]) == 0
     loaded = load_model(tmp_path / "gapcnn.pt")
@@ -57,7 +56,7 @@ def test_augmentation_crops_and_flips():
 
 
 def test_held_out_folder_is_what_gap_eval_reads(tmp_path):
-    from runtime.evaluate import read_labelled_folder
+    from gap_deploy.runtime.evaluate import read_labelled_folder
 
     assert demo_data.write_labelled_folder(tmp_path, per_class=2, size=24) == 20
     data = read_labelled_folder(tmp_path, demo_data.CLASSES, 10)

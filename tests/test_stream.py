@@ -8,9 +8,8 @@ import weakref
 
 import numpy as np
 import pytest
-
-from runtime.errors import ArtifactError, UsageError
-from runtime.stream import StreamStats, in_order, stream_batches
+from gap_deploy.runtime.errors import ArtifactError, UsageError
+from gap_deploy.runtime.stream import StreamStats, in_order, stream_batches
 
 
 class Counting:
@@ -84,8 +83,8 @@ def folder(tmp_path_factory):
 
 def load_everything(session, paths, topk=5, batch_size=16):
     """Today's path before streaming, written out: every image decoded first, then Session.run_many."""
-    from runtime.classify import prepare_image, top_classes
-    from runtime.images import load_image
+    from gap_deploy.runtime.classify import prepare_image, top_classes
+    from gap_deploy.runtime.images import load_image
 
     ready, errors = [], []
     for path in paths:
@@ -100,9 +99,9 @@ def load_everything(session, paths, topk=5, batch_size=16):
 
 
 def test_gap_run_s_stream_gives_today_s_results_in_order_with_a_bounded_window(folder, reference_onnx, monkeypatch):
-    import runtime
-    import runtime.classify as classify
-    from runtime.images import collect_images
+    import gap_deploy.runtime.classify as classify
+    from gap_deploy import runtime
+    from gap_deploy.runtime.images import collect_images
 
     paths = collect_images([folder])
     real = classify.load_image
@@ -121,8 +120,7 @@ def test_gap_run_s_stream_gives_today_s_results_in_order_with_a_bounded_window(f
 
 def test_gap_run_prints_the_stream_s_figures(folder, reference_onnx):
     from click.testing import CliRunner
-
-    from runtime.cli.run import main
+    from gap_deploy.runtime.cli.run import main
 
     result = CliRunner().invoke(main, [str(reference_onnx), str(folder)])
     assert result.exit_code == 1  # the broken file

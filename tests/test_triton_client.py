@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("tritonclient.http")
 
-from runtime.errors import ArtifactError, BackendUnavailableError  # noqa: E402
-from runtime.triton_client import connect, infer  # noqa: E402
+from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError  # noqa: E402
+from gap_deploy.runtime.triton_client import connect, infer  # noqa: E402
 
 CONFIG = {"name": "m", "max_batch_size": 8,
           "input": [{"name": "images", "data_type": "TYPE_FP32", "dims": [3, -1, -1]}],
@@ -105,7 +105,7 @@ def test_a_negative_max_batch_size_is_refused(fake):
 
 def test_https_is_tls_and_other_schemes_are_refused(fake):
     """Failed before: --server https://... silently talked plain HTTP."""
-    from runtime.errors import UsageError
+    from gap_deploy.runtime.errors import UsageError
 
     address, _ = fake
     with pytest.raises(BackendUnavailableError, match="cannot reach a Triton server at https://"):

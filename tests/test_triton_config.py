@@ -9,12 +9,13 @@ from click.testing import CliRunner
 
 pytest.importorskip("tritonclient")
 
-from exporter.cli.triton import main  # noqa: E402
-from exporter.triton import ServeOptions, check_repository, parse_config, write_repository  # noqa: E402
-from runtime.errors import UsageError  # noqa: E402
-from runtime.files import sha256_bytes  # noqa: E402
-from runtime.manifest import EngineManifest  # noqa: E402
-from runtime.metadata import ModelMetadata  # noqa: E402
+from gap_deploy.exporter.cli.triton import main  # noqa: E402
+from gap_deploy.exporter.triton import ServeOptions, check_repository, parse_config, write_repository  # noqa: E402
+from gap_deploy.runtime.errors import UsageError  # noqa: E402
+from gap_deploy.runtime.files import sha256_bytes  # noqa: E402
+from gap_deploy.runtime.manifest import EngineManifest  # noqa: E402
+from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
+
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 PROFILES = [((1, 3, 4, 4), (1, 3, 224, 224), (8, 3, 512, 512)),
@@ -159,8 +160,7 @@ def test_metadata_values_never_become_paths_and_collisions_write_nothing(tmp_pat
     """Failed before: two artifacts named alike took their folder names from the metadata's precision, which
     can hold "x/../../outside", and a collision left a half-written repository."""
     import onnx
-
-    from runtime.errors import OutputPathError
+    from gap_deploy.runtime.errors import OutputPathError
 
     first, second = tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx"
     for path in (first, second):
@@ -197,8 +197,7 @@ def test_the_checker_reads_version_folders_as_numbers(tmp_path, reference_onnx):
 def test_a_warm_up_that_could_never_fit_is_refused(tmp_path, reference_onnx):
     """Failed before: a forged gap.min_height of 99999 put a 1x3x99999x99999 warm-up into the config."""
     import onnx
-
-    from runtime.errors import ResourceError
+    from gap_deploy.runtime.errors import ResourceError
 
     model = onnx.load(str(reference_onnx))
     for prop in model.metadata_props:

@@ -24,7 +24,7 @@ if distribution() is None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, reference_onnx):
-    from exporter.triton import ServeOptions, write_repository
+    from gap_deploy.exporter.triton import ServeOptions, write_repository
 
     work = tmp_path_factory.mktemp("triton")
     paths = (str(ROOT), *site.getsitepackages())  # the python stub ignores PYTHONPATH
@@ -35,8 +35,8 @@ def server(tmp_path_factory, reference_onnx):
 
 
 def test_concurrent_requests_equal_the_runtime(server, reference_onnx):
-    import runtime
-    from runtime.triton_client import connect, infer
+    from gap_deploy import runtime
+    from gap_deploy.runtime.triton_client import connect, infer
 
     url, _ = server
     remote = connect(url, "gapcnn", concurrency=16)
@@ -62,8 +62,8 @@ def test_concurrent_requests_equal_the_runtime(server, reference_onnx):
 
 
 def test_a_request_below_the_minimum_gets_the_runtime_message(server):
-    from runtime.errors import GapError
-    from runtime.triton_client import connect, infer
+    from gap_deploy.runtime.errors import GapError
+    from gap_deploy.runtime.triton_client import connect, infer
 
     url, _ = server
     (output,) = infer(connect(url, "gapcnn"), [np.zeros((1, 3, 3, 3), np.float32)])
@@ -72,9 +72,8 @@ def test_a_request_below_the_minimum_gets_the_runtime_message(server):
 
 
 def test_gap_run_server_equals_local_gap_run(server, reference_onnx, tmp_path):
+    from gap_deploy.runtime.cli.run import main
     from PIL import Image
-
-    from runtime.cli.run import main
 
     url, _ = server
     rng = np.random.default_rng(1)
@@ -93,9 +92,9 @@ def test_gap_run_server_equals_local_gap_run(server, reference_onnx, tmp_path):
 
 
 def test_unknown_model_and_unreachable_server(server, tmp_path):
+    from gap_deploy.runtime.cli.run import main
     from PIL import Image
 
-    from runtime.cli.run import main
     from tests.conftest import assert_clean_failure
 
     url, _ = server

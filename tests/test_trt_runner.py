@@ -5,15 +5,15 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from gap_deploy.runtime.backends.cuda import Cuda, CudaError  # noqa: E402
+from gap_deploy.runtime.backends.trt import TrtRunner  # noqa: E402
+from gap_deploy.runtime.errors import ArtifactError, GapError, InputError, ManifestMismatchError, UntrustedCodeError  # noqa: E402
+from gap_deploy.runtime.files import sha256_bytes  # noqa: E402
+from gap_deploy.runtime.manifest import EngineManifest, manifest_path  # noqa: E402
+from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
+from gap_deploy.runtime.session import Session  # noqa: E402
+from gap_deploy.runtime.trust import load_key  # noqa: E402
 
-from runtime.backends.cuda import Cuda, CudaError  # noqa: E402
-from runtime.backends.trt import TrtRunner  # noqa: E402
-from runtime.errors import ArtifactError, GapError, InputError, ManifestMismatchError, UntrustedCodeError  # noqa: E402
-from runtime.files import sha256_bytes  # noqa: E402
-from runtime.manifest import EngineManifest, manifest_path  # noqa: E402
-from runtime.metadata import ModelMetadata  # noqa: E402
-from runtime.session import Session  # noqa: E402
-from runtime.trust import load_key  # noqa: E402
 from tests.trt_doubles import FakeDevice, expected_logits, make_engine, make_trt, trt  # noqa: F401
 
 PLAN = b"serialized-engine-bytes" * 10
@@ -167,7 +167,7 @@ def test_the_device_is_set_in_every_inference_thread(tmp_path):
 
 
 def test_a_profile_switch_that_raises_becomes_a_backend_error(tmp_path, device):
-    from runtime.errors import BackendError
+    from gap_deploy.runtime.errors import BackendError
 
     runner, _, context, _ = open_runner(tmp_path, device)
     context.set_optimization_profile_async.side_effect = RuntimeError("profile switch failed")
@@ -176,7 +176,7 @@ def test_a_profile_switch_that_raises_becomes_a_backend_error(tmp_path, device):
 
 
 def test_a_refused_tensor_address_is_an_error(tmp_path, device):
-    from runtime.errors import BackendError
+    from gap_deploy.runtime.errors import BackendError
 
     runner, _, context, _ = open_runner(tmp_path, device)
     context.set_tensor_address.side_effect = lambda n, p: False
@@ -341,8 +341,8 @@ def test_no_driver_is_reported():
 def test_missing_tensorrt_names_the_extra(monkeypatch):
     import sys
 
-    from runtime.backends import trt as trt_backend
-    from runtime.errors import MissingDependencyError
+    from gap_deploy.runtime.backends import trt as trt_backend
+    from gap_deploy.runtime.errors import MissingDependencyError
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # None in sys.modules: the import fails
     assert trt_backend.import_tensorrt().__name__ == "tensorrt_lean"  # the lean runtime is the fallback
@@ -485,7 +485,7 @@ def test_a_hand_written_manifest_grants_no_trust(tmp_path, device):
 
 
 def test_a_signing_key_others_can_write_grants_nothing(tmp_path, device, monkeypatch):
-    from runtime import trust
+    from gap_deploy.runtime import trust
 
     home = tmp_path / "home"
     monkeypatch.setenv("GAP_DEPLOY_HOME", str(home))

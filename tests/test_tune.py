@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from gap_deploy.runtime.errors import UsageError
+from gap_deploy.runtime.tune import TunePoint, decide, pareto_front, tied, wilson
 
-from runtime.errors import UsageError
-from runtime.tune import TunePoint, decide, pareto_front, tied, wilson
 from tests.conftest import assert_clean_failure
 
 
@@ -128,21 +128,21 @@ def labelled(tmp_path_factory) -> Path:
 
 
 def run(*args):
-    from exporter.cli.tune import main
+    from gap_deploy.exporter.cli.tune import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_resizing_matches_gap_run_imgsz(labelled):
-    from runtime.images import load_image
-    from runtime.tune import resize_chw
+    from gap_deploy.runtime.images import load_image
+    from gap_deploy.runtime.tune import resize_chw
 
     path = labelled / "class1" / "3.png"
     np.testing.assert_array_equal(resize_chw(load_image(path, 3), (17, 40)), load_image(path, 3, (17, 40)))
 
 
 def test_the_sweep_on_a_real_model_agrees_with_gap_eval(tmp_path, labelled, reference_onnx):
-    from runtime.evaluate import evaluate
+    from gap_deploy.runtime.evaluate import evaluate
 
     out = tmp_path / "tune.json"
     result = run(f"a={reference_onnx}", "--data", labelled, "--sizes", "8,16", "--duration", "0.05",
@@ -161,8 +161,7 @@ def test_the_sweep_on_a_real_model_agrees_with_gap_eval(tmp_path, labelled, refe
 
 def test_emit_writes_the_deployment_of_the_chosen_point(tmp_path, labelled, reference_onnx):
     import onnx
-
-    from exporter.triton import check_repository
+    from gap_deploy.exporter.triton import check_repository
 
     deploy = tmp_path / "deploy"
     result = run(f"a={reference_onnx}", "--data", labelled, "--sizes", "16", "--no-native", "--duration", "0.05",
@@ -204,7 +203,7 @@ def test_classes_the_model_does_not_have_are_refused(tmp_path, reference_onnx):
 
 
 def test_ctrl_c_keeps_and_writes_what_was_measured(tmp_path, labelled, reference_onnx, monkeypatch):
-    import runtime.bench as bench
+    import gap_deploy.runtime.bench as bench
 
     real, calls = bench.bench_session, []
 
@@ -223,8 +222,8 @@ def test_ctrl_c_keeps_and_writes_what_was_measured(tmp_path, labelled, reference
 
 
 def test_a_sweep_too_large_to_hold_streams_with_the_same_figures(labelled, reference_onnx):
-    from runtime.bench import BenchSettings
-    from runtime.tune import tune
+    from gap_deploy.runtime.bench import BenchSettings
+    from gap_deploy.runtime.tune import tune
 
     settings = BenchSettings(warmup_s=0, iterations=3)
     held = tune({"a": reference_onnx}, labelled, sizes=[(8, 8), (16, 16)], settings=settings)

@@ -5,20 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from exporter.builder import BuildConfig
-from runtime.cli.common import FiniteFloat, image_size, info, report_errors, shape_option
-from runtime.files import check_distinct, check_input_file
-from runtime.manifest import HARDWARE_COMPAT
-from runtime.parity import INT8
+from gap_deploy.exporter.builder import BuildConfig
+from gap_deploy.runtime.cli.common import FiniteFloat, image_size, info, report_errors, shape_option
+from gap_deploy.runtime.files import check_distinct, check_input_file
+from gap_deploy.runtime.manifest import HARDWARE_COMPAT
+from gap_deploy.runtime.parity import INT8
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def parse_profiles(min_shape, opt_shape, max_shape, profiles, channels=None):
     """--min/--opt/--max make one profile, each --profile MIN:OPT:MAX another; none: the default."""
-    from runtime.errors import InputError
-    from runtime.profiles import Profile
+    from gap_deploy.runtime.errors import InputError
+    from gap_deploy.runtime.profiles import Profile
 
     result = []
     if min_shape or opt_shape or max_shape:
@@ -83,7 +82,7 @@ def engine_options(f):
 def build_config(*, min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible,
                  hardware_compat, tf32=False):
     """The engine options (shared by gap-build and gap-export --engine) as a BuildConfig."""
-    from exporter.builder import BuildConfig
+    from gap_deploy.exporter.builder import BuildConfig
 
     return BuildConfig(profiles=parse_profiles(min_shape, opt_shape, max_shape, profiles), workspace_gib=workspace,
                        timing_cache=timing_cache, version_compatible=version_compatible,
@@ -102,7 +101,7 @@ def print_variant(variant) -> None:
         info(f"{variant.precision.upper()} latency on {lat['backend']} at {'x'.join(map(str, lat['shape']))}: "
              f"{lat['variant_ms']:.3f} ms against FP32 {lat['fp32_ms']:.3f} ms ({lat['speedup']:.2f}x)")
         if lat["speedup"] < 1.0:
-            from exporter.precision import metadata_of
+            from gap_deploy.exporter.precision import metadata_of
 
             layout = metadata_of(variant.model).int8_layout
             advice = ("for a CPU deployment export with --int8-layout cpu (TensorRT's layout is built for "
@@ -156,7 +155,7 @@ def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers,
     """
     if precision == "int8" and calib is None:
         raise click.BadParameter("--precision int8 needs --calib DIR or --calib FILE.npy.", param_hint="--calib")
-    from exporter.precision import VariantOptions
+    from gap_deploy.exporter.precision import VariantOptions
 
     check_input_file(model, "ONNX model")
     size = image_size(calib_size)
@@ -172,7 +171,7 @@ def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers,
     config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
                           workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
                           hardware_compat=hardware_compat, tf32=tf32)
-    from exporter.builder import build_with_precision
+    from gap_deploy.exporter.builder import build_with_precision
 
     result = build_with_precision(model, output, variant=variant, config=config, verify=verify, log=info)
     print_build(result, variant.precision if variant else "fp32")

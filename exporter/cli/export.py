@@ -5,14 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from exporter.cli.build import build_config, engine_options, precision_options, print_build, print_variant
-from exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
-from exporter.precision import VariantOptions
-from runtime.cli.common import FiniteFloat, fail, floats, image_size, info, report_errors, shape_option, write_json
-from runtime.errors import ArtifactError
-from runtime.files import check_distinct, check_input_file, check_output_path
-from runtime.parity import FP32
+from gap_deploy.exporter.cli.build import build_config, engine_options, precision_options, print_build, print_variant
+from gap_deploy.exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
+from gap_deploy.exporter.precision import VariantOptions
+from gap_deploy.runtime.cli.common import (
+    FiniteFloat,
+    fail,
+    floats,
+    image_size,
+    info,
+    report_errors,
+    shape_option,
+    write_json,
+)
+from gap_deploy.runtime.errors import ArtifactError
+from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
+from gap_deploy.runtime.parity import FP32
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -111,8 +119,8 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     if precision == "int8" and calib is None:
         raise click.BadParameter("--precision int8 needs --calib DIR or --calib FILE.npy.", param_hint="--calib")
     if summary:
-        from exporter.checkpoint import load_model  # torch is imported here, after argument checks
-        from exporter.summary import layer_table
+        from gap_deploy.exporter.checkpoint import load_model  # torch is imported here, after argument checks
+        from gap_deploy.exporter.summary import layer_table
 
         loaded = load_model(model, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
         click.echo(layer_table(loaded.module, loaded.in_channels, *size))
@@ -130,7 +138,7 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
                     "--timing-cache": timing_cache}, outputs)
     engine_config = None
     if engine:
-        from exporter.builder import import_builder
+        from gap_deploy.exporter.builder import import_builder
 
         import_builder()  # no TensorRT: say so now, not after the export
         engine_config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
@@ -144,10 +152,10 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
                                                               min_top1=min_top1, keep_float_ends=not int8_all_layers,
                                                               keep_fp32=tuple(keep_fp32), fp32_fallback=fp32_fallback,
                                                               int8_layout=int8_layout)
-    from exporter.onnx_export import ExportOptions  # torch is imported here, after argument checks
-    from exporter.pipeline import ExportJob, run_export
-    from runtime.errors import ParityError
-    from runtime.parity import Tolerance
+    from gap_deploy.exporter.onnx_export import ExportOptions  # torch is imported here, after argument checks
+    from gap_deploy.exporter.pipeline import ExportJob, run_export
+    from gap_deploy.runtime.errors import ParityError
+    from gap_deploy.runtime.parity import Tolerance
 
     job = ExportJob(model, out_path, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint,
                     options=ExportOptions(dynamic, size, batch, opset, names, mean_v, std_v, simplify,
@@ -196,7 +204,7 @@ def print_outcome(outcome) -> None:
 
 
 def _layout_of(variant) -> str | None:
-    from exporter.precision import metadata_of
+    from gap_deploy.exporter.precision import metadata_of
 
     return metadata_of(variant.model).int8_layout
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from runtime.cli.common import info, report_errors, shape_option, write_json
+from gap_deploy.runtime.cli.common import info, report_errors, shape_option, write_json
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -31,8 +30,8 @@ def main(model, output, fixed, json_path):
 
         gap-pack model.onnx -o model_bundle --fixed 1x3x224x224
     """
-    from exporter.pack import format_usability, pack
-    from runtime.files import check_distinct, check_input_file, check_output_path
+    from gap_deploy.exporter.pack import format_usability, pack
+    from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
 
     check_input_file(model, "ONNX model")
     shapes = [shape_option(s) for s in fixed]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from runtime.cli.common import fail, info, report_errors
+from gap_deploy.runtime.cli.common import fail, info, report_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -45,7 +44,7 @@ def main(artifacts, repo, check_repo, name, version, backend, kind, count, gpus,
         gap-triton model.onnx --backend python -o repo/
         gap-triton --check repo/
     """
-    from exporter.triton import ServeOptions, check_repository, write_repository
+    from gap_deploy.exporter.triton import ServeOptions, check_repository, write_repository
 
     if check_repo is not None:
         models, problems = check_repository(check_repo)

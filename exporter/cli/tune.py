@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 import click
-
-from runtime.cli.common import FiniteFloat, fail, info, report_errors, write_json
+from gap_deploy.runtime.cli.common import FiniteFloat, fail, info, report_errors, write_json
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -57,12 +56,12 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
         gap-tune fp32=model.onnx fp16=model.fp16.onnx int8=model.int8.onnx --data val/ --sizes 32:128:16 \\
             --min-top1 0.75 --plot tune.png --emit deploy/
     """
-    from runtime.bench import BenchSettings
-    from runtime.cli.eval import named_artifacts
-    from runtime.errors import UsageError
-    from runtime.files import check_distinct, check_output_path
-    from runtime.session import BACKENDS
-    from runtime.tune import decide, format_table, parse_sizes, plot, tune
+    from gap_deploy.runtime.bench import BenchSettings
+    from gap_deploy.runtime.cli.eval import named_artifacts
+    from gap_deploy.runtime.errors import UsageError
+    from gap_deploy.runtime.files import check_distinct, check_output_path
+    from gap_deploy.runtime.session import BACKENDS
+    from gap_deploy.runtime.tune import decide, format_table, parse_sizes, plot, tune
 
     named = named_artifacts(artifacts)
     unknown = [b for b in backends if b not in BACKENDS]
@@ -79,7 +78,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
         if path:
             check_output_path(path)
     if emit_dir:
-        from runtime._lazy import require
+        from gap_deploy.runtime._lazy import require
 
         require("onnx", purpose="for --emit", hint="pip install 'gap-deploy[convert]'.")
         if emit_dir.exists() and (not emit_dir.is_dir() or any(emit_dir.iterdir())):
@@ -87,7 +86,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
     check_distinct({**{f"artifact {n}": p for n, p in named.items()}, "--data": folder},
                    {"--json": json_path, "--plot": plot_path, "--emit": emit_dir})
     if plot_path:
-        from runtime._lazy import require
+        from gap_deploy.runtime._lazy import require
 
         require("matplotlib", purpose="for --plot")
     settings = BenchSettings(warmup_s=0.1, duration_s=duration, min_iterations=5)
@@ -123,7 +122,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
         plot(result, plot_path, decision)
         info(f"Wrote {plot_path}")
     if emit_dir and decision and not result.interrupted:
-        from exporter.emit import emit
+        from gap_deploy.exporter.emit import emit
 
         files = emit(result, decision, named, emit_dir, log=info)
         info(f"Wrote {emit_dir}: {', '.join(files)}")

@@ -9,9 +9,8 @@ import ctypes
 from dataclasses import dataclass
 
 import numpy as np
-
-from runtime._lazy import require
-from runtime.errors import CudaError
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.errors import CudaError
 
 #: The fix for the CUDA errors a user meets; anything else points at the driver.
 _HINTS = {

@@ -6,11 +6,10 @@ import functools
 from pathlib import Path
 
 import numpy as np
-
-from runtime._lazy import require
-from runtime.backends.base import Runner, TensorInfo
-from runtime.errors import ArtifactError, BackendError, BackendUnavailableError, first_line
-from runtime.shapes import format_shape
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.errors import ArtifactError, BackendError, BackendUnavailableError, first_line
+from gap_deploy.runtime.shapes import format_shape
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -50,7 +49,7 @@ def cpu_session(model, threads: int | None = None):
 
 def _model_input(path: Path):
     """(dims, metadata, input name) of a model file, read by ONNX Runtime on the CPU (no onnx package)."""
-    from runtime.metadata import ModelMetadata
+    from gap_deploy.runtime.metadata import ModelMetadata
 
     session = _ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     value = session.get_inputs()[0]
@@ -109,7 +108,7 @@ def trt_provider_options(path: Path, input_name: str, dims, meta, *, cache_dir: 
                          profile=None) -> dict[str, str]:
     """TensorRT execution provider options: engine and timing caches beside the model, so the second start
     does not rebuild; the input's profile from the model's metadata (gap-build's default) or ``profile``."""
-    from runtime.profiles import default_profile
+    from gap_deploy.runtime.profiles import default_profile
 
     cache = str(cache_dir if cache_dir is not None else Path(path).resolve().parent / CACHE_FOLDER)
     profile = profile or default_profile(dims, meta)
@@ -140,14 +139,14 @@ def session_setup(backend: str, path: Path, *, input_name: str, dims, meta, prov
 
 def probe_shape(dims, meta, profile=None) -> tuple[int, ...]:
     """The smallest input the model (or the TensorRT profile) accepts: what the placement probe runs."""
-    from runtime.profiles import default_profile
+    from gap_deploy.runtime.profiles import default_profile
 
     return tuple((profile or default_profile(dims, meta)).min)
 
 
 def profiled_placement(session, input_name: str, dtype, shape) -> list:
     """Run ``session`` (created with profiling on) once at ``shape`` and read where each node ran."""
-    from runtime.backends.placement import read_profile
+    from gap_deploy.runtime.backends.placement import read_profile
 
     try:
         session.run(None, {input_name: np.zeros(shape, dtype=dtype)})
@@ -207,8 +206,8 @@ class OrtRunner(Runner):
 
     def _check_nodes(self, path: Path, backend: str, profile, allow_cpu_fallback: bool) -> tuple:
         """One profiled inference at the smallest accepted shape; CPU compute nodes fail the session."""
-        from runtime.backends.placement import check_placement
-        from runtime.metadata import ModelMetadata
+        from gap_deploy.runtime.backends.placement import check_placement
+        from gap_deploy.runtime.metadata import ModelMetadata
 
         session = self._session
         value = session.get_inputs()[0]

@@ -63,7 +63,7 @@ def check_placement(nodes: list[NodePlacement], accelerators: tuple[str, ...], *
     ``accelerators`` are the providers the backend means to compute on (ort-cuda: CUDA; ort-trt:
     TensorRT and CUDA). With ``allow_cpu_fallback`` every CPU node is accepted and returned.
     """
-    from runtime.errors import BackendUnavailableError
+    from gap_deploy.runtime.errors import BackendUnavailableError
 
     if not nodes:
         raise BackendUnavailableError(f"backend '{backend}' ran {path} but onnxruntime's profile lists no node, so "

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from runtime._lazy import require
-from runtime.backends.base import Runner, TensorInfo
-from runtime.backends.cuda import Cuda, DeviceBuffer, native_handle
-from runtime.errors import (
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.backends.cuda import Cuda, DeviceBuffer, native_handle
+from gap_deploy.runtime.errors import (
     ArtifactError,
     BackendError,
     GapError,
@@ -22,9 +21,9 @@ from runtime.errors import (
     UntrustedCodeError,
     first_line,
 )
-from runtime.files import check_input_file, sha256_bytes
-from runtime.manifest import EngineManifest, manifest_path
-from runtime.shapes import format_shape
+from gap_deploy.runtime.files import check_input_file, sha256_bytes
+from gap_deploy.runtime.manifest import EngineManifest, manifest_path
+from gap_deploy.runtime.shapes import format_shape
 
 _AXES = ("batch", "channels", "height", "width")
 
@@ -121,7 +120,7 @@ class TrtRunner(Runner):
                 "GPU cannot be checked; a plan file is executable code.",
                 hint="build it with gap-build (which writes the manifest), or pass --trust-engine "
                      "(trust_engine=True) for a plan from a source you trust.")
-        from runtime.trust import is_signed
+        from gap_deploy.runtime.trust import is_signed
 
         manifest = EngineManifest.read(path)
         info = self._cuda.device(device)

@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import click
-
-from runtime.bench import BenchSettings
-from runtime.cli.common import FiniteFloat, info, report_errors, shape_option, write_json
-from runtime.session import BACKENDS
-from runtime.shapes import format_shape
+from gap_deploy.runtime.bench import BenchSettings
+from gap_deploy.runtime.cli.common import FiniteFloat, info, report_errors, shape_option, write_json
+from gap_deploy.runtime.session import BACKENDS
+from gap_deploy.runtime.shapes import format_shape
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -30,8 +29,7 @@ def default_shape(session):
 def check_reference_fits(reference, session, shape, checkpoint) -> None:
     """The --torch model must take the artifact's input and give its number of classes, or no figure means anything."""
     import numpy as np
-
-    from runtime.errors import UsageError, first_line
+    from gap_deploy.runtime.errors import UsageError, first_line
 
     probe = np.zeros((1, *shape[1:]), dtype=np.float32)
     try:
@@ -81,12 +79,12 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
 
         gap-bench model.onnx --shape 1x3x224x224 --shape 4x3x97x131 --torch model.pt --json out.json
     """
-    import runtime
-    from runtime.bench import attach_parity, bench_reference, bench_session, environment, format_table
-    from runtime.files import check_distinct, check_input_file, check_output_path
-    from runtime.limits import check_memory
-    from runtime.session import check_artifact
-    from runtime.validation import check_shape
+    from gap_deploy import runtime
+    from gap_deploy.runtime.bench import attach_parity, bench_reference, bench_session, environment, format_table
+    from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
+    from gap_deploy.runtime.limits import check_memory
+    from gap_deploy.runtime.session import check_artifact
+    from gap_deploy.runtime.validation import check_shape
 
     parsed = [shape_option(s) for s in shapes]
     check_artifact(artifact)
@@ -95,7 +93,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
             check_output_path(path)
     check_distinct({"ARTIFACT": artifact, "--torch": torch_ckpt}, {"--json": json_path, "--plot": plot_path})
     if plot_path:
-        from runtime._lazy import require
+        from gap_deploy.runtime._lazy import require
 
         require("matplotlib", purpose="for --plot")
     if torch_ckpt:
@@ -111,7 +109,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
 
     reference, extra_versions = None, {}
     if torch_ckpt:
-        from runtime.references import load_reference
+        from gap_deploy.runtime.references import load_reference
 
         torch_reference = load_reference("torch")  # registered by the exporter side; runtime never imports it
 
@@ -169,7 +167,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
                                "interrupted": interrupted, "results": [r.to_dict() for r in results]})
         info(f"Wrote {json_path}")
     if plot_path and results:
-        from runtime.plot import plot_results
+        from gap_deploy.runtime.plot import plot_results
 
         plot_results(results, plot_path, title=f"{artifact.name} ({session.metadata.precision})")
         info(f"Wrote {plot_path}")

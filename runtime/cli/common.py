@@ -10,10 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-
-from runtime.errors import GapError, InputError, UsageError
-from runtime.files import write_text_atomic
-from runtime.shapes import parse_shape
+from gap_deploy.runtime.errors import GapError, InputError, UsageError
+from gap_deploy.runtime.files import write_text_atomic
+from gap_deploy.runtime.shapes import parse_shape
 
 #: No image side beyond this is taken from the command line (the memory check refuses most far earlier).
 MAX_SIDE = 65536

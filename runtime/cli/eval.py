@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import click
-
-from runtime.cli.common import fail, image_size, info, report_errors, write_json
-from runtime.session import BACKENDS
+from gap_deploy.runtime.cli.common import fail, image_size, info, report_errors, write_json
+from gap_deploy.runtime.session import BACKENDS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -26,7 +25,7 @@ def parse_artifact(text: str) -> tuple[str, Path]:
 
 def named_artifacts(artifacts) -> dict[str, Path]:
     """gap-eval's and gap-tune's ARTIFACTS: each ``NAME=PATH`` or ``PATH``, names unique, files checked."""
-    from runtime.session import check_artifact
+    from gap_deploy.runtime.session import check_artifact
 
     named = dict(parse_artifact(a) for a in artifacts)
     if len(named) != len(artifacts):
@@ -59,9 +58,9 @@ def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
 
         gap-eval fp32=model.onnx fp16=model.fp16.onnx int8=model.int8.onnx --data val/ --imgsz 32 --imgsz 64
     """
-    from runtime.evaluate import evaluate, format_table, plot
-    from runtime.files import check_distinct, check_output_path
-    from runtime.images import IMAGE_SUFFIXES
+    from gap_deploy.runtime.evaluate import evaluate, format_table, plot
+    from gap_deploy.runtime.files import check_distinct, check_output_path
+    from gap_deploy.runtime.images import IMAGE_SUFFIXES
     named = named_artifacts(artifacts)
     parsed = [image_size(s) for s in sizes] or [None]
     for path in (json_path, plot_path):
@@ -70,13 +69,13 @@ def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
     check_distinct({**{f"artifact {n}": p for n, p in named.items()}, "--data": folder},
                    {"--json": json_path, "--plot": plot_path})
     if plot_path:
-        from runtime._lazy import require
+        from gap_deploy.runtime._lazy import require
 
         require("matplotlib", purpose="for --plot")
     count = sum(1 for p in Path(folder).glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else 0
     info(f"Evaluating {len(named)} artifact(s) on {folder} ({count} images) at "
          f"{', '.join(s and f'{s[0]}x{s[1]}' or 'native' for s in parsed)} ...")
-    from runtime.stream import StreamStats
+    from gap_deploy.runtime.stream import StreamStats
 
     stats = StreamStats()
     with click.progressbar(length=max(count * len(parsed), 1), label="Evaluating", file=sys.stderr) as bar:

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import click
-
-from runtime.classify import iter_classify
-from runtime.cli.common import FiniteFloat, fail, image_size, info, report_errors
-from runtime.session import BACKENDS
-from runtime.stream import StreamStats
+from gap_deploy.runtime.classify import iter_classify
+from gap_deploy.runtime.cli.common import FiniteFloat, fail, image_size, info, report_errors
+from gap_deploy.runtime.session import BACKENDS
+from gap_deploy.runtime.stream import StreamStats
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -50,8 +49,8 @@ def report(result: dict, total: int, as_json: bool, printed: bool = False) -> No
 
 
 def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency) -> None:
-    from runtime.images import IMAGE_SUFFIXES, collect_images
-    from runtime.triton_client import classify_remote, connect
+    from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images
+    from gap_deploy.runtime.triton_client import classify_remote, connect
 
     paths = collect_images(images)
     if not paths:
@@ -64,7 +63,7 @@ def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency) -
 
 def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch_size, workers, cpus_per_worker,
                logits, trust_engine) -> None:
-    from runtime.batch import BatchJob, run_batch
+    from gap_deploy.runtime.batch import BatchJob, run_batch
 
     if address is None or output is None:
         raise click.UsageError("--ray and --output go together: --ray [ADDRESS] --output results.parquet.")
@@ -127,10 +126,10 @@ def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engi
         return run_on_ray(artifact, images, ray_address, output, topk=topk, backend=backend, imgsz=imgsz,
                           batch_size=batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
                           trust_engine=trust_engine)
-    import runtime
-    from runtime.images import IMAGE_SUFFIXES, collect_images
-    from runtime.limits import check_memory
-    from runtime.session import check_artifact
+    from gap_deploy import runtime
+    from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images
+    from gap_deploy.runtime.limits import check_memory
+    from gap_deploy.runtime.session import check_artifact
 
     size = image_size(imgsz) if imgsz else None
     check_artifact(artifact)
