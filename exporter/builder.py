@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+
 from gap_deploy.exporter.precision import VariantOptions, VariantResult
 from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import BackendUnavailableError, BuildError, GapError, UsageError, first_line
 from gap_deploy.runtime.files import check_output_path, sha256_bytes, sha256_file, write_bytes_atomic
 from gap_deploy.runtime.manifest import HARDWARE_COMPAT, EngineManifest, manifest_path
-from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.parity import ParityReport
 from gap_deploy.runtime.profiles import Profile
-from gap_deploy.runtime.profiles import default_profile as profiles_default
 from gap_deploy.runtime.shapes import Shape
 from gap_deploy.runtime.trust import load_key
 
@@ -57,40 +57,20 @@ class BuildResult:
     parity: ParityReport | None = None
 
 
-@dataclass(frozen=True)
-class OnnxInput:
-    name: str
-    dims: tuple[int | str, ...]
-    metadata: ModelMetadata
+def read_onnx_input(path: Path) -> ArtifactSpec:
+    """The ONNX model's spec (runtime.artifact.describe): gap-build takes one image input."""
+    return describe(path)
 
 
-def read_onnx_input(path: Path) -> OnnxInput:
-    from gap_deploy.runtime.onnx_file import check_onnx_file
-
-    check_onnx_file(path)
-    model = onnx.load(str(path), load_external_data=False)
-    if len(model.graph.input) != 1:
-        raise BuildError(f"{path} has {len(model.graph.input)} inputs; gap-build takes one image input.")
-    value = model.graph.input[0]
-    dims = tuple(d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim)
-    meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
-    return OnnxInput(value.name, dims, meta)
-
-
-def default_profile(info: OnnxInput) -> Profile:
-    """The runtime's default profile for this ONNX (runtime.profiles.default_profile)."""
-    return profiles_default(info.dims, info.metadata)
-
-
-def check_profiles(info: OnnxInput, profiles: Sequence[Profile], path: Path) -> None:
+def check_profiles(info: ArtifactSpec, profiles: Sequence[Profile], path: Path) -> None:
     meta = info.metadata
     for profile in profiles:
         for a, b in ((profile.min, profile.opt), (profile.opt, profile.max)):
             if any(x > y for x, y in zip(a, b)):
                 raise BuildError(f"profile {profile} is not ordered: need min <= opt <= max in every dim.")
         for axis, label in enumerate(("batch", "channels", "height", "width")):
-            dim = info.dims[axis]
-            if isinstance(dim, int) and dim > 0 and not (profile.min[axis] == profile.max[axis] == dim):
+            dim = info.fixed(axis)
+            if dim is not None and not (profile.min[axis] == profile.max[axis] == dim):
                 hint = "re-export with gap-export --dynamic" if axis != 1 else f"use {dim} channels"
                 raise BuildError(f"{path} has a static {label} of {dim}, but profile {profile} asks for "
                                  f"{profile.min[axis]}..{profile.max[axis]}.", hint=f"{hint}.")
@@ -333,7 +313,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
     """
     onnx_path, output = Path(onnx_path), check_output_path(output)
     info = read_onnx_input(onnx_path)
-    profiles = tuple(config.profiles) or (default_profile(info),)
+    profiles = tuple(config.profiles) or (info.default_profile(),)
     check_profiles(info, profiles, onnx_path)
     if config.hardware_compat not in HARDWARE_LEVELS:
         raise UsageError(f"hardware_compat {config.hardware_compat!r}; choose one of {', '.join(HARDWARE_LEVELS)}.")
@@ -343,7 +323,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
     started = time.perf_counter()
     log(f"Parsing {onnx_path} (TensorRT {trt.__version__}, {device.name}) ...")
     parsed = parse_network(trt, onnx_path)
-    cfg = create_config(parsed, info.name, profiles, config, log)
+    cfg = create_config(parsed, info.input_name, profiles, config, log)
     log(f"Building {len(profiles)} profile(s): {', '.join(map(str, profiles))} (this can take minutes) ...")
     plan = build_plan(parsed, cfg, onnx_path)
     precision, counts = inspect_precision(trt, plan, version_compatible=config.version_compatible)
@@ -352,7 +332,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
     manifest = EngineManifest(
         tensorrt_version=str(trt.__version__), gpu_name=device.name, compute_capability=device.compute_capability,
         precision=precision, plan_sha256=sha256_bytes(plan), onnx_sha256=sha256_file(onnx_path),
-        profiles=[{info.name: [list(profile.min), list(profile.opt), list(profile.max)]} for profile in profiles],
+        profiles=[{info.input_name: [list(profile.min), list(profile.opt), list(profile.max)]} for profile in profiles],
         version_compatible=config.version_compatible, hardware_compatibility=config.hardware_compat,
         metadata=info.metadata.to_props(), builder="gap-deploy", tf32=config.tf32).signed(load_key(create=True))
     report = write_engine(plan, manifest, output, verify, together)
@@ -380,20 +360,15 @@ class PipelineResult:
         return self.build.parity
 
 
-def verify_shapes_for(info: OnnxInput, size: tuple[int, int]) -> list[Shape]:
+def verify_shapes_for(info: ArtifactSpec, size: tuple[int, int]) -> list[Shape]:
     """The CPU sweep for a precision variant: the model's static dims where it has them, else the default sweep."""
     from gap_deploy.runtime.parity import default_verify_shapes
 
-    def fixed(axis: int) -> int | None:
-        dim = info.dims[axis]
-        return dim if isinstance(dim, int) and dim > 0 else None
-
-    channels = fixed(1) or info.metadata.in_channels or 3
-    if fixed(2) and fixed(3):
-        return [(fixed(0) or 1, channels, fixed(2), fixed(3))]
-    shapes = default_verify_shapes(channels, size, max(info.metadata.min_height, info.metadata.min_width),
+    if info.static_size:
+        return [(info.static_batch or 1, info.channels, *info.static_size)]
+    shapes = default_verify_shapes(info.channels, size, max(info.metadata.min_height, info.metadata.min_width),
                                    dynamic=True)
-    return [(fixed(0) or s[0], *s[1:]) for s in shapes] if fixed(0) else shapes
+    return [(info.static_batch, *s[1:]) for s in shapes] if info.static_batch else shapes
 
 
 def engine_verifier(source: Path, profiles: Sequence[Profile], *, trt, cuda) -> Callable[[Path], ParityReport]:
@@ -454,7 +429,7 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, variant: 
             staged = Path(name)
             staged.write_bytes(result_variant.model.SerializeToString())
         built_from = staged or source
-        profiles = tuple(config.profiles) or (default_profile(read_onnx_input(built_from)),)
+        profiles = tuple(config.profiles) or (read_onnx_input(built_from).default_profile(),)
         checker = engine_verifier(built_from, profiles, trt=trt, cuda=cuda) if verify else None
         result = build_engine(built_from, output, config, trt=trt, cuda=cuda, verify=checker, log=log,
                               together=[(source, staged)] if staged else ())

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from gap_deploy.exporter.model import REFERENCE_KEYS, GapCNN
 from gap_deploy.runtime.errors import CheckpointError, UntrustedCodeError, first_line
 from gap_deploy.runtime.files import check_input_file, sha256_file
-from torch import nn
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "ema", "module")
 _PREFIXES = {"module.": "DataParallel/DistributedDataParallel", "_orig_mod.": "torch.compile"}

@@ -70,6 +70,7 @@ def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.P
          log=lambda _: None) -> list[str]:
     """Write the deployment of ``decision.chosen`` into ``folder`` (new or empty); returns the files written."""
     import onnx
+
     from gap_deploy.exporter.pack import fixed_variant, pack
     from gap_deploy.exporter.triton import ServeOptions, write_repository
     from gap_deploy.runtime.files import check_new_folder

@@ -12,17 +12,19 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
+
 from gap_deploy.exporter._quiet import quiet_loggers
 from gap_deploy.exporter.checkpoint import LoadedModel
 from gap_deploy.exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
-from gap_deploy.runtime.errors import ExportError, ParityError, UsageError, first_line
+from gap_deploy.runtime.artifact import describe
+from gap_deploy.runtime.errors import ArtifactError, ExportError, ParityError, UsageError, first_line
 from gap_deploy.runtime.limits import check_memory
 from gap_deploy.runtime.metadata import ModelMetadata, default_normalization
 from gap_deploy.runtime.onnx_file import set_metadata
 from gap_deploy.runtime.parity import FP32, ParityReport, Tolerance
 from gap_deploy.runtime.shapes import Shape, format_shape
 from gap_deploy.runtime.version import __version__
-from torch import nn
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -198,8 +200,8 @@ def export_model(
     if not keep_stack_traces:
         strip_stack_traces(proto)
     proto = check_and_infer(proto)
-    dims_in = _dims(proto.graph.input[0])
-    dims_out = _dims(proto.graph.output[0])
+    spec = describe(proto)
+    dims_in, dims_out = spec.written_dims, spec.written_output_dims
     return OnnxExport(proto, meta, dynamic, dims_in, dims_out, opset, simplified,
                       time.perf_counter() - started)
 
@@ -236,22 +238,15 @@ def _trace(module: nn.Module, example: torch.Tensor, dynamic: bool, min_side: in
     return program.model_proto
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str, ...]:
-    return tuple(d.dim_param if d.dim_param else d.dim_value
-                 for d in value_info.type.tensor_type.shape.dim)
-
-
 def _name_dynamic_dims(proto: onnx.ModelProto) -> None:
     """Give the symbolic input dims the names batch/height/width everywhere in the graph.
 
     Exporters name them after their own symbols (s0, s1, ...); users, trtexec profiles and the
     runtime read the input's names.
     """
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    renames = {}
-    for axis, name in DYNAMIC_DIMS.items():
-        if axis < len(dims) and dims[axis].dim_param and dims[axis].dim_param != name:
-            renames[dims[axis].dim_param] = name
+    written = describe(proto).dim_names
+    renames = {written[axis]: name for axis, name in DYNAMIC_DIMS.items()
+               if axis < len(written) and written[axis] and written[axis] != name}
     if not renames:
         return
     graph = proto.graph
@@ -262,11 +257,11 @@ def _name_dynamic_dims(proto: onnx.ModelProto) -> None:
 
 
 def _check_io(proto: onnx.ModelProto, dynamic: bool, static_shape, num_classes: int) -> None:
-    graph = proto.graph
-    if len(graph.input) != 1 or len(graph.output) != 1:
-        raise ExportError(f"the exported graph has {len(graph.input)} inputs and {len(graph.output)} outputs; "
-                          "gap-deploy expects one image input and one logits output.")
-    got_in, got_out = _dims(graph.input[0]), _dims(graph.output[0])
+    try:
+        spec = describe(proto)
+    except ArtifactError as exc:
+        raise ExportError(f"the exported graph does not fit: {first_line(exc)}") from None
+    got_in, got_out = spec.written_dims, spec.written_output_dims
     channels = static_shape[1]
     if dynamic:
         want_in: tuple = ("batch", channels, "height", "width")

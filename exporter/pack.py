@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+
 from gap_deploy.exporter._quiet import quiet_loggers
+from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import ExportError, UsageError, first_line
 from gap_deploy.runtime.files import check_new_folder, sha256_file
 from gap_deploy.runtime.metadata import ModelMetadata
@@ -71,7 +73,7 @@ def fixed_variant(model: onnx.ModelProto, shape: Shape) -> onnx.ModelProto:
     _, _, utils = _ort_tools()
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
-    utils.make_input_shape_fixed(fixed.graph, fixed.graph.input[0].name, list(shape))
+    utils.make_input_shape_fixed(fixed.graph, describe(fixed).input_name, list(shape))
     utils.fix_output_shapes(fixed)
     return fixed
 
@@ -137,9 +139,8 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     source = check_onnx_file(onnx_path)
     folder = check_new_folder(folder, "bundle folder")
     model = onnx.load(str(source))
-    meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
-    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    channels = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else (meta.in_channels or 3)
+    spec = describe(model)
+    meta, channels = spec.metadata, spec.channels
     for shape in fixed:
         if shape[1] != channels:
             raise UsageError(f"fixed shape {format_shape(shape)} has {shape[1]} channels; the model takes {channels}.")
@@ -148,7 +149,7 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
                              f"{meta.min_height}x{meta.min_width}.")
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        result = _build(model, source, staging, meta, channels, list(dict.fromkeys(fixed)), log)
+        result = _build(model, source, staging, spec, list(dict.fromkeys(fixed)), log)
         if folder.exists():
             folder.rmdir()  # empty, checked above
         os.replace(staging, folder)  # the bundle appears whole
@@ -158,7 +159,8 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(model, source: Path, out: Path, meta: ModelMetadata, channels: int, fixed: list[Shape], log) -> PackResult:
+def _build(model, source: Path, out: Path, spec: ArtifactSpec, fixed: list[Shape], log) -> PackResult:
+    meta, channels = spec.metadata, spec.channels
     work = out / ".work"
     work.mkdir()
     variants: list[tuple[str, onnx.ModelProto, Shape | None]] = [("model", model, None)]
@@ -199,7 +201,7 @@ def _build(model, source: Path, out: Path, meta: ModelMetadata, channels: int, f
     (out / "labels.txt").write_text("\n".join(names) + "\n")
     mean, std = meta.normalization()
     description = {
-        "format": 1, "input": model.graph.input[0].name, "output": model.graph.output[0].name, "layout": "NCHW",
+        "format": 1, "input": spec.input_name, "output": spec.output_name, "layout": "NCHW",
         "channels": channels, "channel_order": "RGB" if channels == 3 else ("gray" if channels == 1 else "RGBA"),
         "pixel_scale": "pixels / 255, then (x - mean) / std", "mean": list(mean), "std": list(std),
         "min_height": meta.min_height, "min_width": meta.min_width, "precision": meta.precision,

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import torch
+from torch import nn
+
 from gap_deploy.runtime.parity import (
     FP32,
     Infer,
@@ -17,7 +19,6 @@ from gap_deploy.runtime.parity import (
     ort_cpu_infer,
 )
 from gap_deploy.runtime.shapes import Shape
-from torch import nn
 
 __all__ = ["check_parity", "default_verify_shapes", "ort_cpu_infer", "torch_infer"]
 

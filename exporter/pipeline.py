@@ -56,6 +56,7 @@ def onnx_files(model, output: Path) -> tuple[list[tuple[Path, bytes | Path]], Pa
     (protobuf's 2 GiB limit), the graph plus ``OUTPUT.data`` with the weights, staged in a hidden folder
     beside ``output`` (returned, for cleanup)."""
     import onnx
+
     from gap_deploy.runtime import parity
 
     if model.ByteSize() <= parity.EXTERNAL_DATA_THRESHOLD:
@@ -103,9 +104,11 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> E
                         trust_checkpoint=job.trust_checkpoint)
     if job.variant is not None and job.variant.precision == "int8":  # a bad --calib fails before any write
         from gap_deploy.exporter.precision import load_calibration
+        from gap_deploy.runtime.artifact import for_metadata
         from gap_deploy.runtime.metadata import ModelMetadata
 
-        load_calibration(job.variant.calib, ModelMetadata(in_channels=loaded.in_channels), size=job.variant.calib_size)
+        load_calibration(job.variant.calib, for_metadata(ModelMetadata(in_channels=loaded.in_channels)),
+                         size=job.variant.calib_size)
     opts = job.options
     log(f"Exporting {loaded.arch} ({'dynamic batch/height/width' if opts.dynamic else 'static'}, opset {opts.opset})"
         + (" and verifying against PyTorch" if job.verify else "") + " ...")

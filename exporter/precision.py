@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import ArtifactError, ExportError, UsageError, first_line
 from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.parity import INT8, ParityReport, Tolerance, compare, random_input
@@ -59,7 +61,7 @@ class VariantResult:
 
 
 def metadata_of(model: onnx.ModelProto) -> ModelMetadata:
-    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
+    return describe(model).metadata
 
 
 def _with_precision(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
@@ -159,16 +161,16 @@ def fp16_tolerance(model: onnx.ModelProto) -> Tolerance:
     return Tolerance(atol=10 * rtol, rtol=rtol, atol_relative=True)
 
 
-def load_calibration(source: str | Path, metadata: ModelMetadata, *, size: tuple[int, int],
+def load_calibration(source: str | Path, spec: ArtifactSpec, *, size: tuple[int, int],
                      limit: int = 256) -> np.ndarray:
-    """Calibration batch (N, C, H, W) float32, normalized as the model expects.
+    """Calibration batch (N, C, H, W) float32, normalized as the model ``spec`` describes expects.
 
     ``source`` is a folder of images (resized to ``size``) or a ``.npy`` array already in NCHW float32.
     """
     from gap_deploy.runtime.images import collect_images, load_image, normalize
 
     source = Path(source)
-    channels = metadata.in_channels or 3
+    channels, metadata = spec.channels, spec.metadata
     if not source.exists():
         raise ArtifactError(f"calibration data {source} does not exist.",
                             hint="give a folder of images or an .npy NCHW array.")
@@ -231,7 +233,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
     from gap_deploy.runtime._lazy import require
 
     quant = require("onnxruntime.quantization", purpose="for INT8 quantization")
-    input_name = model.graph.input[0].name
+    input_name = describe(model).input_name
 
     class Reader(quant.CalibrationDataReader):
         def __init__(self):
@@ -586,7 +588,7 @@ class VariantOptions:
 
 def convert_verified(fp32: onnx.ModelProto, options: VariantOptions, shapes: Sequence[Shape]) -> VariantResult:
     """Make the variant, verify it against the FP32 model on the CPU, and raise when it fails its gate."""
-    data = load_calibration(options.calib, metadata_of(fp32), size=options.calib_size) \
+    data = load_calibration(options.calib, describe(fp32), size=options.calib_size) \
         if options.precision == "int8" else None
     variant = make_variant(fp32, options.precision, shapes, calibration=data, tolerance=options.tolerance(fp32),
                            keep_float_ends=options.keep_float_ends, keep_fp32=options.keep_fp32,

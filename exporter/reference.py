@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
 from gap_deploy.exporter.checkpoint import load_model
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.errors import ExportError, first_line
 from gap_deploy.runtime.limits import check_memory
-from torch import nn
 
 
 def layer_table(module: nn.Module, in_channels: int, height: int, width: int, batch: int = 1) -> str:

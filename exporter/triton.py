@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import ArtifactError, MissingDependencyError, OutputPathError, UsageError, first_line
 from gap_deploy.runtime.files import safe_name
-from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.shapes import format_shape
 
 PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan", ".engine": "tensorrt_plan"}
@@ -51,62 +51,32 @@ class ServeOptions:
     python_paths: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class ArtifactInfo:
-    path: Path
-    platform: str
-    input_name: str
-    output_name: str
-    dims: tuple  # input dims without the batch: ints, -1 for dynamic
-    num_classes: int
-    metadata: ModelMetadata
-    static_batch: int | None
-    profiles: tuple  # ((min, opt, max), ...) of full NCHW shapes; () for ONNX
-
-
-def read_artifact(path: str | os.PathLike) -> ArtifactInfo:
-    """What a config needs, from an ONNX file or a plan's manifest."""
+def read_artifact(path: str | os.PathLike) -> ArtifactSpec:
+    """What a config needs, from an ONNX file or a plan's manifest (runtime.artifact.describe)."""
     from gap_deploy.runtime.files import check_input_file
 
     path = check_input_file(path, "artifact")
-    platform = PLATFORMS.get(path.suffix)
-    if platform is None:
+    if path.suffix not in PLATFORMS:
         raise UsageError(f"{path.name}: Triton serves .onnx and .plan artifacts; use --backend python for others.")
-    if platform == "onnxruntime_onnx":
-        import onnx
-        from gap_deploy.runtime.onnx_file import check_onnx_file
-
-        check_onnx_file(path)
-        model = onnx.load(str(path), load_external_data=False)
-        meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})
-        value, out = model.graph.input[0], model.graph.output[0]
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
-        out_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in out.type.tensor_type.shape.dim]
-        classes = out_dims[-1] if out_dims and out_dims[-1] > 0 else (meta.num_classes or -1)
-        return ArtifactInfo(path, platform, value.name, out.name, tuple(dims[1:]), classes, meta,
-                            dims[0] if dims and dims[0] > 0 else None, ())
-    from gap_deploy.runtime.manifest import EngineManifest, manifest_path
-
-    if not manifest_path(path).is_file():
-        raise ArtifactError(f"{path} has no gap-build manifest, so its profiles are unknown.",
-                            hint="build it with gap-build, or serve the ONNX model.")
-    manifest = EngineManifest.read(path)
-    meta = ModelMetadata.from_props(manifest.metadata)
-    (input_name, shapes), = manifest.profiles[0].items()
-    profiles = tuple(tuple(tuple(s) for s in next(iter(p.values()))) for p in manifest.profiles)
-    c = profiles[0][0][1]
-    dims = tuple(lo if lo == hi else -1 for lo, hi in zip(profiles[0][0][2:], profiles[0][2][2:]))
-    return ArtifactInfo(path, platform, input_name, "logits", (c, *dims), meta.num_classes or -1, meta, None, profiles)
+    return describe(path)
 
 
-def max_batch_for(info: ArtifactInfo, wanted: int | None) -> int:
+def platform_of(info: ArtifactSpec) -> str:
+    return PLATFORMS[info.path.suffix]
+
+
+def config_dims(info: ArtifactSpec) -> list[int]:
+    """The input dims as a config writes them: without the batch, -1 where symbolic."""
+    return [d or -1 for d in info.dims[1:]]
+
+
+def classes_of(info: ArtifactSpec) -> int:
+    return info.num_classes or -1
+
+
+def max_batch_for(info: ArtifactSpec, wanted: int | None) -> int:
     """Triton's max_batch_size: never above what every profile (or a static batch) allows."""
-    if info.static_batch:
-        limit = info.static_batch
-    elif info.profiles:
-        limit = min(p[2][0] for p in info.profiles)
-    else:
-        limit = 16
+    limit = info.max_batch
     if wanted is not None and wanted > limit:
         raise UsageError(f"max_batch {wanted} is above what {info.path.name} takes ({limit}).",
                          hint="rebuild the engine with a larger max batch (gap-build --max), or lower it.")
@@ -117,17 +87,17 @@ def _list(values) -> str:
     return "[ " + ", ".join(str(v) for v in values) + " ]"
 
 
-def config_text(info: ArtifactInfo, name: str, options: ServeOptions, filename: str) -> str:
+def config_text(info: ArtifactSpec, name: str, options: ServeOptions, filename: str) -> str:
     python = options.backend == "python"
     kind = options.kind if options.kind != "auto" else ("KIND_CPU" if python else "KIND_GPU")
     max_batch = max_batch_for(info, options.max_batch)
-    dims = [int(d) for d in info.dims]
-    lines = [f'name: "{name}"', 'backend: "python"' if python else f'platform: "{info.platform}"',
+    dims = config_dims(info)
+    lines = [f'name: "{name}"', 'backend: "python"' if python else f'platform: "{platform_of(info)}"',
              f"max_batch_size: {max_batch}"]
-    if not python and filename != DEFAULT_FILENAME[info.platform]:
+    if not python and filename != DEFAULT_FILENAME[platform_of(info)]:
         lines.append(f'default_model_filename: "{filename}"')
     lines += ["input [", f'  {{ name: "{info.input_name}" data_type: TYPE_FP32 dims: {_list(dims)} }}', "]",
-              "output [", f'  {{ name: "{info.output_name}" data_type: TYPE_FP32 dims: [ {info.num_classes} ] '
+              "output [", f'  {{ name: "{info.output_name}" data_type: TYPE_FP32 dims: [ {classes_of(info)} ] '
               f'label_filename: "labels.txt" }}', "]"]
     groups = [None] if python or not info.profiles else list(range(len(info.profiles)))
     lines.append("instance_group [")
@@ -146,15 +116,11 @@ def config_text(info: ArtifactInfo, name: str, options: ServeOptions, filename: 
     lines += ["model_warmup [", f'  {{ name: "opt {format_shape(opt)}" batch_size: {opt[0]} inputs {{ key: '
               f'"{info.input_name}" value {{ data_type: TYPE_FP32 dims: {_list(opt[1:])} random_data: true }} }} }}',
               "]"]
-    if options.ort_tensorrt and info.platform == "onnxruntime_onnx" and not python:
-        from gap_deploy.runtime.profiles import default_profile
+    if options.ort_tensorrt and platform_of(info) == "onnxruntime_onnx" and not python:
+        from gap_deploy.runtime.backends.onnxrt import trt_profile_options
 
-        profile = default_profile((info.static_batch or -1, *dims), info.metadata)
         precision = {"fp16": "FP16", "int8": "INT8"}.get(info.metadata.precision, "FP32")
-        params = {"precision_mode": precision, "trt_engine_cache_enable": "1",
-                  "trt_profile_min_shapes": f"{info.input_name}:{format_shape(profile.min)}",
-                  "trt_profile_opt_shapes": f"{info.input_name}:{format_shape(profile.opt)}",
-                  "trt_profile_max_shapes": f"{info.input_name}:{format_shape(profile.max)}"}
+        params = {"precision_mode": precision, "trt_engine_cache_enable": "1", **trt_profile_options(info)}
         body = " ".join(f'parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items())
         lines.append(f'optimization {{ execution_accelerators {{ gpu_execution_accelerator: [ {{ name: "tensorrt" '
                      f"{body} }} ] }} }}")
@@ -168,19 +134,16 @@ def config_text(info: ArtifactInfo, name: str, options: ServeOptions, filename: 
     return "\n".join(lines) + "\n"
 
 
-def _opt_shape(info: ArtifactInfo) -> tuple:
+def _opt_shape(info: ArtifactSpec) -> tuple:
     """The warm-up shape: the engine's opt shape, or 1 x C x 224 (at least the model's minimum); one whose
     tensors could never fit in memory (a forged minimum of 99999, say) is refused, not written into a config."""
     from gap_deploy.runtime.limits import check_memory
 
     if info.profiles:
-        shape = tuple(info.profiles[0][1])
+        shape = tuple(info.profiles[0].opt)
     else:
-        c = info.dims[0]
         side = max(224, info.metadata.min_height, info.metadata.min_width)
-        h = info.dims[1] if info.dims[1] > 0 else side
-        w = info.dims[2] if info.dims[2] > 0 else side
-        shape = (1, c, h, w)
+        shape = (1, info.channels, info.fixed(2) or side, info.fixed(3) or side)
     check_memory(shape, f"the warm-up input of {info.path.name}")
     return shape
 
@@ -219,12 +182,12 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repo: str | os.Path
     return written
 
 
-def _write_model_folder(repo: Path, name: str, info: ArtifactInfo, options: ServeOptions) -> Path:
+def _write_model_folder(repo: Path, name: str, info: ArtifactSpec, options: ServeOptions) -> Path:
     """One model folder, staged inside the repository, checked, then moved into place."""
     target = repo / name
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
     try:
-        filename = info.path.name if options.backend == "python" else DEFAULT_FILENAME[info.platform]
+        filename = info.path.name if options.backend == "python" else DEFAULT_FILENAME[platform_of(info)]
         version = staging / str(options.version)
         version.mkdir()
         shutil.copyfile(info.path, version / filename)
@@ -234,7 +197,7 @@ def _write_model_folder(repo: Path, name: str, info: ArtifactInfo, options: Serv
 
         if manifest_path(info.path).is_file():  # beside the plan: Triton ignores it, the checker reads it
             shutil.copyfile(manifest_path(info.path), version / manifest_path(filename).name)
-        names_ = info.metadata.class_names or tuple(str(i) for i in range(max(info.num_classes, 0)))
+        names_ = info.metadata.class_names or tuple(str(i) for i in range(max(classes_of(info), 0)))
         (staging / "labels.txt").write_text("\n".join(names_) + "\n")
         (staging / "config.pbtxt").write_text(config_text(info, name, options, filename))
         problems = check_model_folder(staging, expected_name=name, artifact=info)
@@ -290,7 +253,7 @@ def parse_config(text: str, where: str):
 
 
 def check_model_folder(folder: Path, *, expected_name: str | None = None,
-                       artifact: ArtifactInfo | None = None) -> list[Problem]:
+                       artifact: ArtifactSpec | None = None) -> list[Problem]:
     """Every disagreement between ``folder``'s config.pbtxt, its layout and its artifact."""
     pb = model_config_module()
     model = expected_name or folder.name
@@ -349,7 +312,7 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
         if tensor.data_type != pb.TYPE_FP32:
             add("input.data_type", pb.DataType.Name(tensor.data_type), "TYPE_FP32", "data_type: TYPE_FP32")
         dims = list(tensor.dims)
-        want = list(info.dims)
+        want = config_dims(info)
         if config.max_batch_size == 0:  # without batching, the dims include the batch
             want = [info.static_batch or -1, *want]
         if dims != want:
@@ -360,17 +323,17 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
         tensor = config.output[0]
         if tensor.name != info.output_name:
             add("output.name", tensor.name, info.output_name, f'name: "{info.output_name}"')
-        if list(tensor.dims)[-1:] != [info.num_classes]:
-            add("output.dims", list(tensor.dims), [info.num_classes], f"dims: [ {info.num_classes} ]")
+        if list(tensor.dims)[-1:] != [classes_of(info)]:
+            add("output.dims", list(tensor.dims), [classes_of(info)], f"dims: [ {classes_of(info)} ]")
         if tensor.label_filename:
             labels = folder / tensor.label_filename
             if not labels.is_file():
                 add("output.label_filename", tensor.label_filename, "an existing file", "write labels.txt")
             else:
                 count = len([line for line in labels.read_text().splitlines() if line.strip()])
-                if count != info.num_classes:
-                    add("labels", f"{count} labels", f"{info.num_classes} classes", "one label per class, in order")
-    limit = info.static_batch or (min(p[2][0] for p in info.profiles) if info.profiles else None)
+                if count != classes_of(info):
+                    add("labels", f"{count} labels", f"{classes_of(info)} classes", "one label per class, in order")
+    limit = info.static_batch or (min(p.max[0] for p in info.profiles) if info.profiles else None)
     if limit is not None and config.max_batch_size > limit:
         add("max_batch_size", config.max_batch_size, f"at most {limit} (the smallest profile max batch)",
             f"max_batch_size: {limit}")

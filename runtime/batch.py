@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.errors import GapError, OutputPathError, UsageError, first_line
 from gap_deploy.runtime.images import IMAGE_SUFFIXES
@@ -130,8 +131,7 @@ class Classifier:
 
         self.session = runtime.load(artifact, backend, trust_engine=trust_engine, threads=threads)
         self.imgsz, self.topk, self.logits = imgsz, topk, logits
-        meta, spec = self.session.metadata, self.session.input_spec
-        self.channels = spec.channels or meta.in_channels or 3
+        self.channels = self.session.spec.channels
 
     def __call__(self, batch: dict) -> dict:
         from gap_deploy.runtime.classify import prepare_image, top_classes

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
 from gap_deploy.runtime.parity import compare_outputs, random_input, tolerance_for
 from gap_deploy.runtime.shapes import Shape, format_shape
 

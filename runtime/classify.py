@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+
 from gap_deploy.runtime.images import load_image, normalize, softmax
 from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.validation import check_image
@@ -42,8 +43,8 @@ def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int 
     from gap_deploy.runtime.validation import check_session
 
     check_session(session, "iter_classify")
-    meta, spec = session.metadata, session.input_spec
-    channels = spec.channels or meta.in_channels or 3
+    meta = session.metadata
+    channels = session.spec.channels
     paths = list(paths)
     stats = stats if stats is not None else StreamStats()
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from gap_deploy.runtime.errors import ArtifactError, UsageError
 from gap_deploy.runtime.images import IMAGE_SUFFIXES, load_image
 
@@ -155,7 +156,7 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
             groups: dict[tuple, list[str]] = {}  # one preprocessing and input spec: the images are shared
             for name, session in sessions.items():
                 meta, spec = session.metadata, session.input_spec
-                groups.setdefault((meta.normalization(), spec.channels or meta.in_channels or 3, spec), []).append(name)
+                groups.setdefault((meta.normalization(), session.spec.channels, spec), []).append(name)
             top5 = {name: np.full((count, 5), -1) for name in sessions}
             ok_mask = np.ones(count, bool)
             for (_, channels, _), names in groups.items():

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
+
 from gap_deploy.runtime.errors import ArtifactError
 from gap_deploy.runtime.metadata import ModelMetadata
 
@@ -53,8 +54,9 @@ def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None
 
 def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None, *, name: str) -> np.ndarray:
     """:func:`load_image` for a path or an open binary file (bytes read by Ray from any filesystem)."""
-    from gap_deploy.runtime.limits import check_memory
     from PIL import Image, UnidentifiedImageError
+
+    from gap_deploy.runtime.limits import check_memory
 
     path = name
     if channels not in _MODES:

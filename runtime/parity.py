@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
 from gap_deploy.runtime.shapes import Shape, format_shape
 
 Infer = Callable[[np.ndarray], np.ndarray]

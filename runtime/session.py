@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from gap_deploy.runtime.backends.base import Runner, TensorInfo
 from gap_deploy.runtime.errors import (
     ArtifactError,
@@ -19,7 +20,6 @@ from gap_deploy.runtime.errors import (
 )
 from gap_deploy.runtime.files import check_input_file
 from gap_deploy.runtime.limits import check_memory
-from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.shapes import format_shape
 from gap_deploy.runtime.validation import InputSpec, prepare
 
@@ -190,28 +190,29 @@ class Session:
         self.backend = runner.backend
         self.inputs: tuple[TensorInfo, ...] = runner.inputs
         self.outputs: tuple[TensorInfo, ...] = runner.outputs
-        if len(self.inputs) != 1 or len(self.outputs) != 1:
-            raise ArtifactError(f"{path} has {len(self.inputs)} inputs and {len(self.outputs)} outputs; "
-                                "gap-deploy runs image classifiers with one input and one output.")
-        self.metadata = ModelMetadata.from_props(runner.props)
-        info = self.inputs[0]
-        if len(info.shape) != 4:
-            raise ArtifactError(f"{path}: input '{info.name}' has rank {len(info.shape)}; expected NCHW images.")
-        if np.dtype(info.dtype).kind != "f":
-            raise ArtifactError(f"{path}: input '{info.name}' is {np.dtype(info.dtype).name}; gap-deploy runs image "
+        from gap_deploy.runtime.artifact import from_tensors
+        from gap_deploy.runtime.profiles import Profile
+
+        info = self.inputs[0] if self.inputs else None
+        profiles = tuple(Profile(*p) for p in info.profiles) if info is not None else ()
+        #: the artifact as runtime.artifact describes every artifact
+        self.spec = spec = from_tensors(self.inputs, self.outputs, runner.props, path=path, profiles=profiles)
+        self.metadata = spec.metadata
+        if len(spec.dims) != 4:
+            raise ArtifactError(f"{path}: input '{spec.input_name}' has rank {len(spec.dims)}; expected NCHW images.")
+        if spec.dtype.kind != "f":
+            raise ArtifactError(f"{path}: input '{spec.input_name}' is {spec.dtype.name}; gap-deploy runs image "
                                 "models with a float input.", hint="export the model with gap-export.")
-        channels = info.fixed(1) or self.metadata.in_channels
-        profiles = tuple((p[0], p[2]) for p in info.profiles)
         min_h, min_w = self.metadata.min_height, self.metadata.min_width
         if profiles:  # an engine accepts nothing below its smallest profile minimum
-            min_h = max(min_h, min(lo[2] for lo, _ in profiles))
-            min_w = max(min_w, min(lo[3] for lo, _ in profiles))
-        static = (info.fixed(0), channels, info.fixed(2), info.fixed(3))
-        if all(static):  # a static model declares its input size: refuse one that can never fit here
-            check_memory(static, f"{path}: the model's fixed input")
-        self._spec = InputSpec(name=info.name, channels=channels, dtype=info.dtype, min_height=min_h,
-                               min_width=min_w, profiles=profiles,
-                               fixed=(info.fixed(0), info.fixed(2), info.fixed(3)))
+            min_h = max(min_h, min(p.min[2] for p in profiles))
+            min_w = max(min_w, min(p.min[3] for p in profiles))
+        if spec.static_size and spec.static_batch:  # a static model declares its input size: refuse one that can
+            check_memory((spec.static_batch, spec.channels, *spec.static_size),  # never fit here
+                         f"{path}: the model's fixed input")
+        self._spec = InputSpec(name=spec.input_name, channels=spec.declared_channels, dtype=spec.dtype,
+                               min_height=min_h, min_width=min_w, profiles=tuple((p.min, p.max) for p in profiles),
+                               fixed=(spec.fixed(0), spec.fixed(2), spec.fixed(3)))
 
     @property
     def input_spec(self) -> InputSpec:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from gap_deploy.runtime.errors import GapError, UsageError, first_line
 
 #: default decoded images held at once: a few batches' worth for every worker

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.artifact import ArtifactSpec, from_tensors
+from gap_deploy.runtime.backends.base import TensorInfo
 from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError, GapError, UsageError, first_line
 from gap_deploy.runtime.metadata import ModelMetadata
 
@@ -31,6 +34,8 @@ class RemoteModel:
     max_batch: int
     metadata: ModelMetadata
     latencies_ms: list[float] = field(default_factory=list)
+    #: the served model as runtime.artifact describes it, from the config (input dims without the batch)
+    spec: ArtifactSpec | None = None
     deadline_s: float = REQUEST_DEADLINE_S
 
 
@@ -81,13 +86,19 @@ def connect(server: str, model: str, *, concurrency: int = 8, timeout_s: float =
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         max_batch = int(config.get("max_batch_size", 0))
         names = config["input"][0]["name"], config["output"][0]["name"]
+        batch = (None,) if max_batch > 0 else ()  # with batching, Triton's dims leave the batch out
+        in_shape = (*batch, *(int(d) for d in config["input"][0].get("dims", [])))
+        out_shape = (*batch, *(int(d) for d in config["output"][0].get("dims", [])))
+        spec = from_tensors([TensorInfo(names[0], np.dtype(np.float32), in_shape)],
+                            [TensorInfo(names[1], np.dtype(np.float32), out_shape)], params)
+        meta = spec.metadata
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise ArtifactError(f"the Triton server at {server} sent a config for '{model}' that cannot be read: "
                             f"{type(exc).__name__} {first_line(exc)}.") from None
     if max_batch < 0:
         raise ArtifactError(f"the config of '{model}' at {server} has max_batch_size {max_batch}; it must be 0 "
                             "(no batching) or more.", hint="fix the model's config.pbtxt (gap-triton writes it).")
-    return RemoteModel(client, model, *names, max_batch or 1, ModelMetadata.from_props(params), deadline_s=deadline_s)
+    return RemoteModel(client, model, *names, max_batch or 1, meta, deadline_s=deadline_s, spec=spec)
 
 
 def infer(remote: RemoteModel, batches: Sequence[np.ndarray]) -> list[np.ndarray | GapError]:
@@ -123,7 +134,7 @@ def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5
     from gap_deploy.runtime.images import load_image, normalize
 
     meta = remote.metadata
-    channels = meta.in_channels or 3
+    channels = remote.spec.channels
     groups: dict[tuple, list[tuple[Path, np.ndarray]]] = {}
     errors = []
     for path in paths:

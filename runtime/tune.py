@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from gap_deploy.runtime.errors import GapError, UsageError, first_line
 from gap_deploy.runtime.evaluate import record_top5, size_label
 
@@ -323,7 +324,7 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         files, labels = sample_per_class(data.files, data.labels, max_per_class)
         result = TuneResult(str(folder), data.classes, batch, 0)
-        channels = {key: (spec.channels or first.in_channels or 3) for key, spec in specs.items()}
+        channels = {key: sessions[key].spec.channels for key, spec in specs.items()}
         # sessions that share a preprocessing and input spec share their prepared images
         groups: dict[tuple, list] = {}
         for key, session in sessions.items():

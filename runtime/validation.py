@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from gap_deploy.runtime.errors import InputError, InputTypeError
 from gap_deploy.runtime.shapes import format_shape
 

@@ -21,6 +21,7 @@ import numpy as np
 
 def reference_onnx(folder: Path) -> Path:
     import torch
+
     from gap_deploy.exporter import export_onnx, load_model
     from gap_deploy.exporter.model import GapCNN
 

@@ -104,11 +104,11 @@ def int8_latency(model_path: Path, calibration: np.ndarray) -> list[dict]:
     """INT8 (both layouts) against FP32 at 1x3x224x224 for the model and every family of tests/families.py."""
     import onnx
     import torch
+
+    import tests.families as fam
     from gap_deploy.exporter import export_onnx, load_model
     from gap_deploy.exporter.precision import make_variant, measure_latency
     from gap_deploy.runtime.parity import ort_cpu_infer
-
-    import tests.families as fam
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="gap-bench-int8-") as tmp:
@@ -178,6 +178,7 @@ def main(argv=None) -> int:
               f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.2f}x")
     if not args.skip_int8:
         import onnx
+
         from gap_deploy.exporter.precision import load_calibration, metadata_of
 
         calib_dir = args.model.parent / "calib"

@@ -275,6 +275,7 @@ def check_environment(proof: Proof) -> dict:
     import cuda.bindings
     import cupy
     import torch
+
     from gap_deploy.runtime.backends.cuda import native_handle
 
     stream = proof.cuda.create_stream()
@@ -412,6 +413,7 @@ def check_graphs(proof: Proof) -> dict:
 
 def check_timing(proof: Proof) -> dict:
     import cupy
+
     from gap_deploy.runtime.bench import BenchSettings, bench_session
     from gap_deploy.runtime.session import Session
 
@@ -498,6 +500,7 @@ def check_close(proof: Proof) -> dict:
 
 def check_torch_tf32(proof: Proof) -> dict:
     import torch
+
     from gap_deploy.exporter.model import GapCNN
     from gap_deploy.exporter.reference import tf32_mode
 

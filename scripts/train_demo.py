@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_data import CLASSES, make_batch, make_image, normalize  # noqa: E402
+
 from gap_deploy.exporter.model import GapCNN  # noqa: E402
 
 TRAIN_SIZES = (32, 40, 48, 56, 64, 80, 96)

@@ -12,6 +12,7 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 def make_reference(num_classes: int = 10, in_channels: int = 3, seed: int = 0):
     import torch
+
     from gap_deploy.exporter.model import GapCNN
 
     torch.manual_seed(seed)

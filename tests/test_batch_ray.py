@@ -92,7 +92,6 @@ def test_an_existing_folder_is_never_replaced_and_links_are_written_through(loca
     """Failed before: the output folder, whatever it was (the image folder itself, earlier results), was moved
     aside and deleted after the job."""
     from gap_deploy.runtime.cli.run import main
-
     from tests.conftest import assert_clean_failure
 
     glob = str(folder / "0[0-4]?.png")  # a glob: 50 images
@@ -119,7 +118,6 @@ def test_an_existing_folder_is_never_replaced_and_links_are_written_through(loca
 
 def test_ray_needs_an_output_and_a_reachable_cluster(reference_onnx, folder, tmp_path):
     from gap_deploy.runtime.cli.run import main
-
     from tests.conftest import assert_clean_failure
 
     result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--ray"])
@@ -140,7 +138,6 @@ def test_a_cluster_nobody_answers_at_fails_at_once(reference_onnx, folder, tmp_p
     import time
 
     from gap_deploy.runtime.cli.run import main
-
     from tests.conftest import assert_clean_failure
 
     address = f"127.0.0.1:{_closed_port()}"
@@ -159,7 +156,6 @@ def test_a_cluster_nobody_answers_at_fails_at_once(reference_onnx, folder, tmp_p
 
 def test_workers_the_cluster_can_never_hold_are_refused(local_ray, reference_onnx, folder, tmp_path):
     from gap_deploy.runtime.cli.run import main
-
     from tests.conftest import assert_clean_failure
 
     result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--ray", "--output", str(tmp_path / "r"),

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from gap_deploy.runtime.bench import BenchSettings, Stats, _loop, bench_session, environment
 from gap_deploy.runtime.cli.bench import main
-
 from tests.conftest import assert_clean_failure
 
 FAST = ["--warmup", "0", "--iterations", "5"]
@@ -56,7 +56,6 @@ def test_tensorrt_timing_parts_with_spec_d_doubles(tmp_path):
     from gap_deploy.runtime.backends.cuda import Cuda
     from gap_deploy.runtime.backends.trt import TrtRunner
     from gap_deploy.runtime.session import Session
-
     from tests.test_trt_runner import write_plan
     from tests.trt_doubles import COMPUTE_MS, D2H_MS, H2D_MS, FakeDevice, make_engine, make_trt
 
@@ -81,7 +80,6 @@ def test_a_cuda_graph_replay_that_differs_is_never_timed(tmp_path):
     from gap_deploy.runtime.backends.trt import TrtRunner
     from gap_deploy.runtime.errors import BackendError
     from gap_deploy.runtime.session import Session
-
     from tests.test_trt_runner import write_plan
     from tests.trt_doubles import FakeDevice, make_engine, make_trt
 
@@ -97,7 +95,6 @@ def _timed_session(tmp_path, device):
     from gap_deploy.runtime.backends.cuda import Cuda
     from gap_deploy.runtime.backends.trt import TrtRunner
     from gap_deploy.runtime.session import Session
-
     from tests.test_trt_runner import write_plan
     from tests.trt_doubles import make_engine, make_trt
 

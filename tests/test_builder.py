@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner  # noqa: E402
+
 from gap_deploy.exporter.builder import (  # noqa: E402
     BuildConfig,
     Profile,
     build_engine,
     build_with_precision,
-    default_profile,
     layer_precisions,
     read_onnx_input,
 )
@@ -20,7 +20,6 @@ from gap_deploy.runtime.backends.cuda import Cuda  # noqa: E402
 from gap_deploy.runtime.errors import BuildError, MissingDependencyError  # noqa: E402
 from gap_deploy.runtime.files import sha256_file  # noqa: E402
 from gap_deploy.runtime.manifest import EngineManifest, manifest_path  # noqa: E402
-
 from tests.conftest import assert_clean_failure  # noqa: E402
 from tests.trt_builder_api import FakeBuild, IParserError
 from tests.trt_doubles import FakeDevice
@@ -32,7 +31,7 @@ def cuda():
 
 
 def test_default_profile_from_metadata(reference_onnx):
-    profile = default_profile(read_onnx_input(reference_onnx))
+    profile = read_onnx_input(reference_onnx).default_profile()
     assert profile == Profile((1, 3, 4, 4), (1, 3, 224, 224), (16, 3, 1024, 1024))
 
 

@@ -11,7 +11,6 @@ torch = pytest.importorskip("torch")
 from gap_deploy.exporter.checkpoint import load_model  # noqa: E402
 from gap_deploy.exporter.model import GapCNN  # noqa: E402
 from gap_deploy.runtime.errors import ArtifactError, CheckpointError, UntrustedCodeError  # noqa: E402
-
 from tests.conftest import make_reference  # noqa: E402
 
 
@@ -213,6 +212,7 @@ def test_torchs_advice_to_load_unsafely_is_never_passed_on(tmp_path, kind):
     import pickle
 
     import torch
+
     from gap_deploy.exporter.checkpoint import load_model
     from gap_deploy.runtime.errors import GapError
 
@@ -237,9 +237,9 @@ def test_torchs_advice_to_load_unsafely_is_never_passed_on(tmp_path, kind):
 def test_nan_weights_are_named(tmp_path):
     """Failed before: reported only as "differs from PyTorch ... nan" after the export."""
     import torch
+
     from gap_deploy.exporter.checkpoint import load_model
     from gap_deploy.runtime.errors import CheckpointError
-
     from tests.conftest import make_reference
 
     model = make_reference()

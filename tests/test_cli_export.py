@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
-from gap_deploy.exporter.cli.export import main  # noqa: E402
 
+from gap_deploy.exporter.cli.export import main  # noqa: E402
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 
@@ -93,6 +93,7 @@ def test_tolerances_must_be_finite_and_not_negative(tmp_path, reference_ckpt, op
 ])
 def test_bad_checkpoints(tmp_path, reference_ckpt, case, message):
     import torch
+
     from gap_deploy.exporter.model import GapCNN
 
     path = tmp_path / "bad.pt"

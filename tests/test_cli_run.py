@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from gap_deploy.runtime.cli.run import main
 
+from gap_deploy.runtime.cli.run import main
 from tests.conftest import assert_clean_failure
 
 PIL = pytest.importorskip("PIL.Image")
@@ -82,8 +82,9 @@ def test_many_images_show_progress(tmp_path, reference_onnx):
 
 
 def test_16_bit_and_float_images_keep_their_range(tmp_path):
-    from gap_deploy.runtime.images import load_image
     from PIL import Image
+
+    from gap_deploy.runtime.images import load_image
 
     ramp = np.linspace(0, 1, 32 * 40).reshape(32, 40)
     Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "g16.png")
@@ -105,11 +106,11 @@ def test_grayscale_models_run_on_8_bit_images_like_rgb_ones(tmp_path):
     """Failed before: every 1-channel model failed on every 8-bit image ("axes don't match array": the grayscale
     image decoded to H x W and was transposed as if it had a channel axis), in gap-run, gap-eval and Ray."""
     import torch
+    from PIL import Image
+
     from gap_deploy.exporter import export_onnx, load_model
     from gap_deploy.runtime.cli.eval import main as evaluate
     from gap_deploy.runtime.images import load_image
-    from PIL import Image
-
     from tests.conftest import make_reference
 
     ckpt = tmp_path / "gray.pt"

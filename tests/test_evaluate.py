@@ -12,7 +12,6 @@ from gap_deploy import runtime  # noqa: E402
 from gap_deploy.runtime.cli.eval import main  # noqa: E402
 from gap_deploy.runtime.evaluate import evaluate  # noqa: E402
 from gap_deploy.runtime.images import load_image, normalize  # noqa: E402
-
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 CLASSES = tuple(f"class{i}" for i in range(10))  # the reference fixture's class names
@@ -59,6 +58,7 @@ def test_accuracy_equals_a_direct_computation(reference_onnx, labelled, size):
 
 def test_cli_json_agreement_plot_and_fp16(tmp_path, reference_onnx, labelled):
     import onnx
+
     from gap_deploy.exporter.precision import make_variant
     from gap_deploy.runtime.parity import default_verify_shapes
 

@@ -48,6 +48,7 @@ def test_bench_an_engine_against_torch_on_the_gpu(tmp_path, reference_onnx, refe
     import json
 
     from click.testing import CliRunner
+
     from gap_deploy.exporter.builder import BuildConfig, Profile, build_with_precision
     from gap_deploy.runtime.cli.bench import main
 

@@ -14,7 +14,6 @@ from gap_deploy.exporter.onnx_export import ParityError, find_min_size  # noqa: 
 from gap_deploy.exporter.parity import default_verify_shapes, torch_infer  # noqa: E402
 from gap_deploy.runtime.errors import ExportError, OutputPathError  # noqa: E402
 from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
-
 from tests.conftest import make_reference, randomize_batchnorm  # noqa: E402
 from tests.families import FAMILIES  # noqa: E402
 
@@ -167,6 +166,7 @@ def test_gap_families_export_dynamic_and_match(tmp_path, family):
 def test_models_above_the_protobuf_limit_use_external_data(tmp_path, reference_ckpt, monkeypatch):
     """Exercised with the 2 GiB threshold lowered to 10 kB: graph + OUTPUT.data, checked, verified, loadable."""
     import numpy as np
+
     from gap_deploy import runtime
     from gap_deploy.runtime import parity
 
@@ -192,6 +192,7 @@ def test_models_above_the_protobuf_limit_use_external_data(tmp_path, reference_c
 def test_the_minimum_probe_accepts_any_failure_as_too_small():
     """A model that asserts on small inputs (or raises KeyError) still gets its minimum found."""
     import torch
+
     from gap_deploy.exporter.onnx_export import find_min_size
 
     class Picky(torch.nn.Module):
@@ -221,6 +222,7 @@ def test_no_artifact_carries_the_exporting_machine_s_paths(tmp_path, reference_c
     import onnx
     import torch
     from click.testing import CliRunner
+
     from gap_deploy.exporter.cli.export import main as export
     from gap_deploy.exporter.cli.pack import main as pack
     from gap_deploy.exporter.cli.triton import main as triton

@@ -17,6 +17,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
 from gap_deploy import runtime  # noqa: E402
 from gap_deploy.runtime.backends import onnxrt  # noqa: E402
 from gap_deploy.runtime.backends.onnxrt import (  # noqa: E402
@@ -29,11 +31,19 @@ from gap_deploy.runtime.backends.placement import NodePlacement, check_placement
 from gap_deploy.runtime.errors import BackendUnavailableError  # noqa: E402
 from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
 from gap_deploy.runtime.profiles import Profile  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 ORT = onnxrt._ort()
 META = ModelMetadata(in_channels=3, min_height=4, min_width=4)
 DIMS = ("batch", 3, "height", "width")
+
+
+def _spec(input_name: str):
+    """What runtime.artifact.describe reads from a model with these dims and this metadata."""
+    from gap_deploy.runtime.artifact import from_tensors
+    from gap_deploy.runtime.backends.base import TensorInfo
+
+    return from_tensors([TensorInfo(input_name, np.dtype(np.float32), DIMS)],
+                        [TensorInfo("logits", np.dtype(np.float32), ("batch", 10))], META.to_props())
 CUDA, TRT, CPU = "CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"
 
 
@@ -73,7 +83,7 @@ def shape_only_model() -> bytes:
 
 def real_session(model: bytes, backend: str, tmp_path: Path, *, profiling: bool = False, **setup):
     """A real onnxruntime session with exactly the providers and config entries ``backend`` uses."""
-    providers, entries = session_setup(backend, tmp_path / "m.onnx", input_name="images", dims=DIMS, meta=META,
+    providers, entries = session_setup(backend, tmp_path / "m.onnx", spec=_spec("images"),
                                        **setup)
     options = ORT.SessionOptions()
     options.log_severity_level = 4
@@ -165,7 +175,7 @@ def test_a_mixed_gpu_profile_fails_only_on_cpu_compute(tmp_path):
 
 
 def test_ort_trt_registers_tensorrt_then_cuda_then_cpu_with_caches_and_profile(tmp_path):
-    providers, config = session_setup("ort-trt", tmp_path / "m.onnx", input_name="images", dims=DIMS, meta=META)
+    providers, config = session_setup("ort-trt", tmp_path / "m.onnx", spec=_spec("images"))
     assert [p for p, _ in providers] == [TRT, CUDA, CPU]
     assert config == {}
     trt = providers[0][1]
@@ -176,7 +186,7 @@ def test_ort_trt_registers_tensorrt_then_cuda_then_cpu_with_caches_and_profile(t
 
 
 def test_user_profile_cache_and_options_override_the_defaults(tmp_path):
-    providers, _ = session_setup("ort-trt", tmp_path / "m.onnx", input_name="input", dims=DIMS, meta=META,
+    providers, _ = session_setup("ort-trt", tmp_path / "m.onnx", spec=_spec("input"),
                                  cache_dir=tmp_path / "cache", profile=Profile.parse("1x3x32x32:2x3x64x64:4x3x96x96"),
                                  provider_options={"trt_fp16_enable": True, "trt_engine_cache_enable": "False"})
     options = providers[0][1]
@@ -226,5 +236,5 @@ def test_the_gpu_runner_checks_placement_on_a_real_profiled_session(reference_on
 
 
 def test_the_default_cache_folder_is_beside_the_model(reference_onnx):
-    providers, _ = session_setup("ort-trt", Path(reference_onnx), input_name="images", dims=DIMS, meta=META)
+    providers, _ = session_setup("ort-trt", Path(reference_onnx), spec=_spec("images"))
     assert Path(providers[0][1]["trt_engine_cache_path"]).parent == Path(reference_onnx).resolve().parent

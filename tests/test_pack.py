@@ -16,7 +16,6 @@ from gap_deploy import runtime  # noqa: E402
 from gap_deploy.exporter.cli.pack import main  # noqa: E402
 from gap_deploy.exporter.pack import pack  # noqa: E402
 from gap_deploy.runtime.errors import InputError, UsageError  # noqa: E402
-
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 
@@ -94,9 +93,9 @@ def test_runtime_loads_a_bundle_and_its_fixed_variants(bundle):
 @pytest.mark.slow
 def test_a_family_member_packs_too(tmp_path):
     import torch
-    from gap_deploy.exporter import export_onnx, load_model
 
     import tests.families as fam
+    from gap_deploy.exporter import export_onnx, load_model
     from tests.conftest import randomize_batchnorm
 
     torch.manual_seed(0)
@@ -171,8 +170,9 @@ def test_the_runtime_runs_without_the_onnx_package(bundle, reference_onnx, tmp_p
 
 
 def test_gap_run_takes_a_bundle_folder(bundle, tmp_path):
-    from gap_deploy.runtime.cli.run import main as gap_run
     from PIL import Image
+
+    from gap_deploy.runtime.cli.run import main as gap_run
 
     folder, _ = bundle
     Image.fromarray(np.full((40, 30, 3), 99, np.uint8)).save(tmp_path / "a.png")

@@ -11,9 +11,9 @@ pytest.importorskip("onnxruntime")
 
 from gap_deploy.exporter.parity import default_verify_shapes  # noqa: E402
 from gap_deploy.exporter.precision import load_calibration, make_variant, metadata_of  # noqa: E402
+from gap_deploy.runtime.artifact import for_metadata  # noqa: E402
 from gap_deploy.runtime.errors import ArtifactError, ExportError  # noqa: E402
 from gap_deploy.runtime.parity import Tolerance  # noqa: E402
-
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 SHAPES = default_verify_shapes(3, (64, 64), 4, dynamic=True)
@@ -104,21 +104,21 @@ def test_calibration_from_images_and_npy(tmp_path, reference_onnx):
     meta = metadata_of(onnx.load(str(reference_onnx)))
     for i in range(5):
         Image.fromarray(np.full((20 + i, 30, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
-    batch = load_calibration(tmp_path, meta, size=(16, 24))
+    batch = load_calibration(tmp_path, for_metadata(meta), size=(16, 24))
     assert batch.shape == (5, 3, 16, 24) and batch.dtype == np.float32
     expected = (0.0 - 0.485) / 0.229  # black pixel, normalized with the stored ImageNet mean/std
     assert batch[0, 0, 0, 0] == pytest.approx(expected)
     npy = tmp_path / "c.npy"
     np.save(npy, np.zeros((4, 3, 8, 8), np.float32))
-    assert load_calibration(npy, meta, size=(8, 8)).shape == (4, 3, 8, 8)
+    assert load_calibration(npy, for_metadata(meta), size=(8, 8)).shape == (4, 3, 8, 8)
     np.save(npy, np.zeros((4, 8, 8), np.float32))
     with pytest.raises(ArtifactError, match="expected float"):
-        load_calibration(npy, meta, size=(8, 8))
+        load_calibration(npy, for_metadata(meta), size=(8, 8))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match="holds no image files"):
-        load_calibration(tmp_path / "empty", meta, size=(8, 8))
+        load_calibration(tmp_path / "empty", for_metadata(meta), size=(8, 8))
     with pytest.raises(ArtifactError, match="missing does not exist"):
-        load_calibration(tmp_path / "missing", meta, size=(8, 8))
+        load_calibration(tmp_path / "missing", for_metadata(meta), size=(8, 8))
 
 
 @pytest.mark.slow
@@ -175,6 +175,7 @@ def test_int8_graph_is_what_tensorrt_can_build(fp32, calibration):
 
 def _export_arch(tmp_path, name, imgsz=(32, 32)):
     import torch
+
     from gap_deploy.exporter import export_onnx, load_model
 
     torch.manual_seed(0)
@@ -225,9 +226,10 @@ def test_keep_fp32_by_hand_and_a_pattern_that_matches_nothing(fp32):
 
 def test_the_fp16_gate_fails_a_broken_conversion(fp32):
     """A conversion that gets one layer's weights 5% wrong: the depth-derived gate must refuse it."""
+    from onnx import numpy_helper
+
     from gap_deploy.exporter.precision import fp16_tolerance, to_fp16
     from gap_deploy.runtime.parity import compare, ort_cpu_infer, random_input
-    from onnx import numpy_helper
 
     broken = to_fp16(fp32)
     weight = next(i for i in broken.graph.initializer if len(i.dims) == 4)
@@ -242,8 +244,9 @@ def test_the_fp16_gate_fails_a_broken_conversion(fp32):
 
 
 def test_the_fp16_gate_grows_with_depth():
-    from gap_deploy.exporter.precision import FLOAT16_UNIT_ROUNDOFF, fp16_tolerance
     from onnx import helper
+
+    from gap_deploy.exporter.precision import FLOAT16_UNIT_ROUNDOFF, fp16_tolerance
 
     def chain(depth):
         nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"y{i - 1}", "w"], [f"y{i}"]) for i in range(depth)]
@@ -259,9 +262,9 @@ def test_the_fp16_gate_grows_with_depth():
                                     "SqueezeNetish"])
 def test_every_family_exports_in_fp16_with_the_default_gate(tmp_path, family):
     import torch
-    from gap_deploy.exporter import export_onnx, load_model
 
     import tests.families as fam
+    from gap_deploy.exporter import export_onnx, load_model
     from tests.conftest import randomize_batchnorm
 
     torch.manual_seed(0)
@@ -305,8 +308,9 @@ def test_int8_fallback_leaves_sensitive_layers_in_float_until_the_gate_passes(fp
 def test_the_cpu_int8_layout_is_u8s8_with_relu_folded(fp32, calibration):
     """ONNX Runtime's CPU format: UINT8 activations with their zero points, INT8 weights per channel (zero points
     0, axis 0), float biases; the Relu after a quantized convolution is folded into its output's range."""
-    from gap_deploy.exporter.precision import metadata_of
     from onnx import numpy_helper
+
+    from gap_deploy.exporter.precision import metadata_of
 
     result = make_variant(fp32, "int8", SHAPES[:1], calibration=calibration, tolerance=Tolerance(np.inf, np.inf, 0),
                           int8_layout="cpu")
@@ -335,6 +339,7 @@ def test_the_session_keeps_the_pool_after_a_float_layer_in_float(fp32, calibrati
     """onnxruntime's QDQPropagationTransformer would move the QuantizeLinear above the first MaxPool (a slow UINT8
     pool in NCHW); the runtime's sessions turn it off, and the pool stays in float beside its float conv."""
     import onnxruntime as ort
+
     from gap_deploy.exporter.precision import to_int8
     from gap_deploy.runtime.backends.onnxrt import DISABLED_OPTIMIZERS
 

@@ -222,8 +222,9 @@ def test_static_batch_model_runs_a_short_last_chunk(batch4_onnx, reference_onnx)
 
 
 def test_gap_run_classifies_with_a_static_batch_model(tmp_path, batch4_onnx):
-    from gap_deploy.runtime.cli.run import main
     from PIL import Image
+
+    from gap_deploy.runtime.cli.run import main
 
     for i in range(5):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(

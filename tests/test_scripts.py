@@ -34,6 +34,7 @@ def test_dataset_is_deterministic_and_classes_differ():
 def test_training_writes_a_loadable_checkpoint(tmp_path):
     pytest.importorskip("torch")
     import train_demo
+
     from gap_deploy.exporter.checkpoint import load_model
 
     assert train_demo.main(["--out", str(tmp_path), "--steps", "3", "--batch", "4"]) == 0

@@ -8,6 +8,7 @@ import weakref
 
 import numpy as np
 import pytest
+
 from gap_deploy.runtime.errors import ArtifactError, UsageError
 from gap_deploy.runtime.stream import StreamStats, in_order, stream_batches
 
@@ -120,6 +121,7 @@ def test_gap_run_s_stream_gives_today_s_results_in_order_with_a_bounded_window(f
 
 def test_gap_run_prints_the_stream_s_figures(folder, reference_onnx):
     from click.testing import CliRunner
+
     from gap_deploy.runtime.cli.run import main
 
     result = CliRunner().invoke(main, [str(reference_onnx), str(folder)])

@@ -15,7 +15,6 @@ from gap_deploy.runtime.errors import UsageError  # noqa: E402
 from gap_deploy.runtime.files import sha256_bytes  # noqa: E402
 from gap_deploy.runtime.manifest import EngineManifest  # noqa: E402
 from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
-
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 PROFILES = [((1, 3, 4, 4), (1, 3, 224, 224), (8, 3, 512, 512)),
@@ -160,6 +159,7 @@ def test_metadata_values_never_become_paths_and_collisions_write_nothing(tmp_pat
     """Failed before: two artifacts named alike took their folder names from the metadata's precision, which
     can hold "x/../../outside", and a collision left a half-written repository."""
     import onnx
+
     from gap_deploy.runtime.errors import OutputPathError
 
     first, second = tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx"
@@ -197,6 +197,7 @@ def test_the_checker_reads_version_folders_as_numbers(tmp_path, reference_onnx):
 def test_a_warm_up_that_could_never_fit_is_refused(tmp_path, reference_onnx):
     """Failed before: a forged gap.min_height of 99999 put a 1x3x99999x99999 warm-up into the config."""
     import onnx
+
     from gap_deploy.runtime.errors import ResourceError
 
     model = onnx.load(str(reference_onnx))

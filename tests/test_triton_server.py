@@ -72,8 +72,9 @@ def test_a_request_below_the_minimum_gets_the_runtime_message(server):
 
 
 def test_gap_run_server_equals_local_gap_run(server, reference_onnx, tmp_path):
-    from gap_deploy.runtime.cli.run import main
     from PIL import Image
+
+    from gap_deploy.runtime.cli.run import main
 
     url, _ = server
     rng = np.random.default_rng(1)
@@ -92,9 +93,9 @@ def test_gap_run_server_equals_local_gap_run(server, reference_onnx, tmp_path):
 
 
 def test_unknown_model_and_unreachable_server(server, tmp_path):
-    from gap_deploy.runtime.cli.run import main
     from PIL import Image
 
+    from gap_deploy.runtime.cli.run import main
     from tests.conftest import assert_clean_failure
 
     url, _ = server

@@ -5,6 +5,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+
 from gap_deploy.runtime.backends.cuda import Cuda, CudaError  # noqa: E402
 from gap_deploy.runtime.backends.trt import TrtRunner  # noqa: E402
 from gap_deploy.runtime.errors import ArtifactError, GapError, InputError, ManifestMismatchError, UntrustedCodeError  # noqa: E402
@@ -13,7 +14,6 @@ from gap_deploy.runtime.manifest import EngineManifest, manifest_path  # noqa: E
 from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
 from gap_deploy.runtime.session import Session  # noqa: E402
 from gap_deploy.runtime.trust import load_key  # noqa: E402
-
 from tests.trt_doubles import FakeDevice, expected_logits, make_engine, make_trt, trt  # noqa: F401
 
 PLAN = b"serialized-engine-bytes" * 10

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from gap_deploy.runtime.errors import UsageError
 from gap_deploy.runtime.tune import TunePoint, decide, pareto_front, tied, wilson
-
 from tests.conftest import assert_clean_failure
 
 
@@ -161,6 +161,7 @@ def test_the_sweep_on_a_real_model_agrees_with_gap_eval(tmp_path, labelled, refe
 
 def test_emit_writes_the_deployment_of_the_chosen_point(tmp_path, labelled, reference_onnx):
     import onnx
+
     from gap_deploy.exporter.triton import check_repository
 
     deploy = tmp_path / "deploy"

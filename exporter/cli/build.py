@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from gap_deploy.exporter.builder import BuildConfig
 from gap_deploy.runtime.cli.common import FiniteFloat, image_size, info, report_errors, shape_option
 from gap_deploy.runtime.files import check_distinct, check_input_file

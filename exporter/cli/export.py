@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from gap_deploy.exporter.cli.build import build_config, engine_options, precision_options, print_build, print_variant
 from gap_deploy.exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
 from gap_deploy.exporter.precision import VariantOptions

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from gap_deploy.runtime.cli.common import info, report_errors, shape_option, write_json
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

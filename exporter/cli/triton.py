@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from gap_deploy.runtime.cli.common import fail, info, report_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from gap_deploy.runtime.cli.common import FiniteFloat, fail, info, report_errors, write_json
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A model input or output. ``shape`` holds ints for fixed dims and names (str) for symbolic ones.
+    """A model input or output as a backend reports it. ``shape`` holds ints for fixed dims and, for symbolic
+    ones, their name (str) or None. runtime.artifact.from_tensors reads these into the ArtifactSpec.
 
     ``profiles`` (TensorRT only) lists each optimization profile's (min, opt, max) shapes.
     """
@@ -18,10 +19,6 @@ class TensorInfo:
     dtype: np.dtype
     shape: tuple[int | str, ...]
     profiles: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = field(default_factory=tuple)
-
-    def fixed(self, axis: int) -> int | None:
-        dim = self.shape[axis] if axis < len(self.shape) else None
-        return dim if isinstance(dim, int) and dim > 0 else None
 
 
 class Runner:

@@ -9,6 +9,7 @@ import ctypes
 from dataclasses import dataclass
 
 import numpy as np
+
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.errors import CudaError
 

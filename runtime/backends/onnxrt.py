@@ -6,6 +6,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.backends.base import Runner, TensorInfo
 from gap_deploy.runtime.errors import ArtifactError, BackendError, BackendUnavailableError, first_line
@@ -47,14 +48,10 @@ def cpu_session(model, threads: int | None = None):
                                 providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
 
-def _model_input(path: Path):
-    """(dims, metadata, input name) of a model file, read by ONNX Runtime on the CPU (no onnx package)."""
-    from gap_deploy.runtime.metadata import ModelMetadata
-
-    session = _ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    value = session.get_inputs()[0]
-    dims = tuple(d if isinstance(d, int) else (d or "?") for d in value.shape)
-    return dims, ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map)), value.name
+def tensor_info(arg) -> TensorInfo:
+    """An onnxruntime NodeArg as a TensorInfo: fixed dims as ints, symbolic ones by name (None if unnamed)."""
+    shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
+    return TensorInfo(arg.name, np.dtype(_DTYPES.get(arg.type, object)), shape)
 
 
 def _ort():
@@ -104,25 +101,25 @@ ACCELERATORS = {"ort-cuda": ("CUDAExecutionProvider",),
 CACHE_FOLDER = ".gap-trt-cache"
 
 
-def trt_provider_options(path: Path, input_name: str, dims, meta, *, cache_dir: Path | None = None,
-                         profile=None) -> dict[str, str]:
+def trt_profile_options(spec, profile=None) -> dict[str, str]:
+    """The TensorRT provider's profile entries for ``spec``'s input: ``profile``, or the default profile. Used by
+    ort-trt and by gap-triton's TensorRT accelerator."""
+    profile = profile or spec.default_profile()
+    name = spec.input_name
+    return {"trt_profile_min_shapes": f"{name}:{format_shape(profile.min)}",
+            "trt_profile_opt_shapes": f"{name}:{format_shape(profile.opt)}",
+            "trt_profile_max_shapes": f"{name}:{format_shape(profile.max)}"}
+
+
+def trt_provider_options(path: Path, spec, *, cache_dir: Path | None = None, profile=None) -> dict[str, str]:
     """TensorRT execution provider options: engine and timing caches beside the model, so the second start
     does not rebuild; the input's profile from the model's metadata (gap-build's default) or ``profile``."""
-    from gap_deploy.runtime.profiles import default_profile
-
     cache = str(cache_dir if cache_dir is not None else Path(path).resolve().parent / CACHE_FOLDER)
-    profile = profile or default_profile(dims, meta)
-    name = input_name
-    return {
-        "trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
-        "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache,
-        "trt_profile_min_shapes": f"{name}:{format_shape(profile.min)}",
-        "trt_profile_opt_shapes": f"{name}:{format_shape(profile.opt)}",
-        "trt_profile_max_shapes": f"{name}:{format_shape(profile.max)}",
-    }
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache, **trt_profile_options(spec, profile)}
 
 
-def session_setup(backend: str, path: Path, *, input_name: str, dims, meta, provider_options: dict | None = None,
+def session_setup(backend: str, path: Path, *, spec=None, provider_options: dict | None = None,
                   cache_dir: Path | None = None, profile=None) -> tuple[list, dict[str, str]]:
     """(providers with their options, session config entries) for ``backend``: what OrtRunner passes to
     onnxruntime. User ``provider_options`` override the defaults of the backend's own provider. No config
@@ -132,16 +129,14 @@ def session_setup(backend: str, path: Path, *, input_name: str, dims, meta, prov
     if "CUDAExecutionProvider" in defaults:  # FP32 means FP32: cuDNN's TF32 (on by default) off, as in gap-build
         defaults["CUDAExecutionProvider"]["use_tf32"] = "0"
     if backend == "ort-trt":
-        defaults[chain[0]] = trt_provider_options(path, input_name, dims, meta, cache_dir=cache_dir, profile=profile)
+        defaults[chain[0]] = trt_provider_options(path, spec, cache_dir=cache_dir, profile=profile)
     defaults[chain[0]].update({k: str(v) for k, v in (provider_options or {}).items()})
     return [(p, defaults[p]) for p in chain], {}
 
 
-def probe_shape(dims, meta, profile=None) -> tuple[int, ...]:
+def probe_shape(spec, profile=None) -> tuple[int, ...]:
     """The smallest input the model (or the TensorRT profile) accepts: what the placement probe runs."""
-    from gap_deploy.runtime.profiles import default_profile
-
-    return tuple((profile or default_profile(dims, meta)).min)
+    return tuple((profile or spec.default_profile()).min)
 
 
 def profiled_placement(session, input_name: str, dtype, shape) -> list:
@@ -172,9 +167,11 @@ class OrtRunner(Runner):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        dims, meta, input_name = _model_input(path) if backend == "ort-trt" else ((), None, "images")
-        providers, entries = session_setup(backend, path, input_name=input_name, dims=dims, meta=meta,
-                                           provider_options=provider_options, cache_dir=cache_dir, profile=profile)
+        from gap_deploy.runtime.artifact import describe
+
+        spec = describe(path) if backend == "ort-trt" else None
+        providers, entries = session_setup(backend, path, spec=spec, provider_options=provider_options,
+                                           cache_dir=cache_dir, profile=profile)
         for key, value in entries.items():
             options.add_session_config_entry(key, value)
         if backend == "ort-trt":
@@ -197,8 +194,8 @@ class OrtRunner(Runner):
             if gpu:
                 self.cpu_nodes = self._check_nodes(path, backend, profile, allow_cpu_fallback)
         self.backend = backend
-        self.inputs = tuple(self._info(i) for i in self._session.get_inputs())
-        self.outputs = tuple(self._info(o) for o in self._session.get_outputs())
+        self.inputs = tuple(tensor_info(i) for i in self._session.get_inputs())
+        self.outputs = tuple(tensor_info(o) for o in self._session.get_outputs())
         self.props = dict(self._session.get_modelmeta().custom_metadata_map)
         self._in_name, self._out_names = self.inputs[0].name, [self.outputs[0].name]
         self.session_options = options
@@ -206,14 +203,14 @@ class OrtRunner(Runner):
 
     def _check_nodes(self, path: Path, backend: str, profile, allow_cpu_fallback: bool) -> tuple:
         """One profiled inference at the smallest accepted shape; CPU compute nodes fail the session."""
+        from gap_deploy.runtime.artifact import from_tensors
         from gap_deploy.runtime.backends.placement import check_placement
-        from gap_deploy.runtime.metadata import ModelMetadata
 
         session = self._session
         value = session.get_inputs()[0]
-        dims = self._info(value).shape
-        meta = ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))
-        shape = probe_shape(dims, meta, profile)
+        spec = from_tensors([tensor_info(value)], [tensor_info(a) for a in session.get_outputs()],
+                            dict(session.get_modelmeta().custom_metadata_map), path=path)
+        shape = probe_shape(spec, profile)
         try:
             nodes = profiled_placement(session, value.name, _DTYPES.get(value.type, np.float32), shape)
         except Exception as exc:
@@ -227,11 +224,6 @@ class OrtRunner(Runner):
     def provider_options(self) -> dict[str, dict[str, str]]:
         """The options onnxruntime really applied, per provider (read back from the session)."""
         return dict(self._session.get_provider_options())
-
-    @staticmethod
-    def _info(arg) -> TensorInfo:
-        shape = tuple(d if isinstance(d, int) else (d or "?") for d in arg.shape)
-        return TensorInfo(arg.name, np.dtype(_DTYPES.get(arg.type, object)), shape)
 
     def infer(self, array: np.ndarray) -> np.ndarray:
         try:

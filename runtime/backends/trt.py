@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.backends.base import Runner, TensorInfo
 from gap_deploy.runtime.backends.cuda import Cuda, DeviceBuffer, native_handle

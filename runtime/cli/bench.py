@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+
 from gap_deploy.runtime.bench import BenchSettings
 from gap_deploy.runtime.cli.common import FiniteFloat, info, report_errors, shape_option, write_json
 from gap_deploy.runtime.session import BACKENDS
@@ -17,18 +18,17 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def default_shape(session):
     """A static model's shape, a TensorRT profile's opt shape, else 1 x C x the export size (224 if unknown)."""
-    spec, meta = session.input_spec, session.metadata
-    info_ = session.inputs[0]
-    if info_.profiles:
-        return tuple(info_.profiles[0][1])
-    b, h, w = spec.fixed
-    channels = spec.channels or meta.in_channels or 3
-    return (b or 1, channels, h or meta.export_height or 224, w or meta.export_width or 224)
+    spec, meta = session.spec, session.metadata
+    if spec.profiles:
+        return tuple(spec.profiles[0].opt)
+    return (spec.static_batch or 1, spec.channels, spec.fixed(2) or meta.export_height or 224,
+            spec.fixed(3) or meta.export_width or 224)
 
 
 def check_reference_fits(reference, session, shape, checkpoint) -> None:
     """The --torch model must take the artifact's input and give its number of classes, or no figure means anything."""
     import numpy as np
+
     from gap_deploy.runtime.errors import UsageError, first_line
 
     probe = np.zeros((1, *shape[1:]), dtype=np.float32)

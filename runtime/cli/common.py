@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+
 from gap_deploy.runtime.errors import GapError, InputError, UsageError
 from gap_deploy.runtime.files import write_text_atomic
 from gap_deploy.runtime.shapes import parse_shape

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from gap_deploy.runtime.cli.common import fail, image_size, info, report_errors, write_json
 from gap_deploy.runtime.session import BACKENDS
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from gap_deploy.runtime.classify import iter_classify
 from gap_deploy.runtime.cli.common import FiniteFloat, fail, image_size, info, report_errors
 from gap_deploy.runtime.session import BACKENDS
@@ -138,7 +139,7 @@ def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engi
         fail(f"no image files in {', '.join(map(str, images))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
     session = runtime.load(artifact, backend, trust_engine=trust_engine)
     if size:
-        check_memory((batch_size, session.input_spec.channels or 3, *size), "--imgsz with --batch-size")
+        check_memory((batch_size, session.spec.channels, *size), "--imgsz with --batch-size")
     info(f"{artifact} on {session.backend}: {len(paths)} image(s)")
     stats = StreamStats()
     results, errors = [], []
