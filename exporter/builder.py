@@ -7,11 +7,8 @@ and recorded in the manifest, so an FP16 request that built FP32 cannot go unnot
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -24,10 +21,13 @@ from gap_deploy.exporter.precision import VariantOptions, VariantResult
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import BackendUnavailableError, BuildError, GapError, UsageError, first_line
-from gap_deploy.runtime.files import check_output_path, sha256_bytes, sha256_file, write_bytes_atomic
-from gap_deploy.runtime.manifest import HARDWARE_COMPAT, EngineManifest, manifest_path
+from gap_deploy.runtime.files import check_output_path, sha256_bytes, sha256_file
+from gap_deploy.runtime.manifest import HARDWARE_COMPAT, EngineManifest
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.naming import manifest_path
 from gap_deploy.runtime.parity import ParityReport
 from gap_deploy.runtime.profiles import Profile
+from gap_deploy.runtime.publish import Publication, publish_bytes
 from gap_deploy.runtime.shapes import Shape
 from gap_deploy.runtime.trust import load_key
 
@@ -259,7 +259,7 @@ def save_timing_cache(cfg, path: Path | None, log: Callable[[str], None] = lambd
     if cache is None:
         log(f"Note: TensorRT returned no timing cache; {path} was left as it was.")
         return
-    write_bytes_atomic(path, bytes(cache.serialize()))
+    publish_bytes(path, bytes(cache.serialize()))
 
 
 def inspect_precision(trt, plan: bytes, *, version_compatible: bool) -> tuple[str, dict[str, int]]:
@@ -276,43 +276,43 @@ def inspect_precision(trt, plan: bytes, *, version_compatible: bool) -> tuple[st
     return summarize_precision(counts), counts
 
 
-def write_engine(plan: bytes, manifest: EngineManifest, output: Path,
-                 verify: Callable[[Path], ParityReport] | None = None,
-                 together: Sequence[tuple[Path, Path]] = ()) -> ParityReport | None:
-    """Step 6: plan and manifest (and the finished files in ``together``: the precision variant the engine was
-    built from) appear together, after ``verify(temp_plan)`` passed, or not at all."""
-    from gap_deploy.runtime.files import write_together
-
-    temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    report = None
-    try:
-        write_bytes_atomic(temp, plan)
-        manifest.write(temp)
-        if verify is not None:
-            report = verify(temp)
-            if not report.passed:
-                raise BuildError("the engine's outputs differ from ONNX Runtime's; the engine was not written.",
-                                 note=report.format_table())
-        write_together([*together, (manifest_path(output), manifest_path(temp)), (output, temp)])
-    finally:
-        for leftover in (temp, manifest_path(temp)):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+def write_engine(plan: bytes, manifest: EngineManifest, output: Path, pub: Publication,
+                 verify: Callable[[Path], ParityReport] | None = None) -> ParityReport | None:
+    """Step 6: stage the plan and its manifest in ``pub`` and run ``verify(staged_plan)`` on them; they appear
+    (with whatever else ``pub`` holds: the ONNX files the engine was built from) when ``pub`` is published."""
+    staged = pub.write_bytes(output, plan)
+    pub.add(manifest_path(output), manifest_path(staged))  # beside the staged plan, where a runner looks for it
+    manifest_path(staged).write_text(manifest.to_json())
+    if verify is None:
+        return None
+    report = verify(staged)
+    if not report.passed:
+        raise BuildError("the engine's outputs differ from ONNX Runtime's; the engine was not written.",
+                         note=report.format_table())
     return report
+
+
+def check_buildable(meta: ModelMetadata, variant: VariantOptions | None, source: Path | str) -> None:
+    """TensorRT builds what the ONNX parser takes; the INT8 'cpu' layout it does not."""
+    if meta.int8_layout == "cpu" or (variant is not None and variant.int8_layout == "cpu"):
+        raise UsageError(f"the INT8 'cpu' layout (UINT8 activations, non-zero zero points) cannot be built by "
+                         f"TensorRT{f': {source} has it' if meta.int8_layout == 'cpu' else ''}.",
+                         hint="export with --int8-layout tensorrt (the default) for gap-build.")
 
 
 def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig = BuildConfig(), *, trt=None,
                  cuda=None, verify: Callable[[Path], ParityReport] | None = None,
-                 log: Callable[[str], None] = lambda _: None,
-                 together: Sequence[tuple[Path, Path]] = ()) -> BuildResult:
+                 log: Callable[[str], None] = lambda _: None, publication: Publication | None = None,
+                 spec: ArtifactSpec | None = None) -> BuildResult:
     """Build ``onnx_path`` into ``output`` (+ ``output.json`` manifest), atomically.
 
-    ``verify(temp_plan)`` runs on the finished plan before it is moved into place and returns a parity
-    report; if it fails, neither the plan nor the manifest is written. ``together`` lists (target,
-    finished file) pairs published with them (see write_engine).
+    ``verify(staged_plan)`` runs on the finished plan before it is moved into place and returns a parity
+    report; if it fails, neither the plan nor the manifest is written. With ``publication`` the plan and the
+    manifest are staged there (to appear with the ONNX files of the same run) instead of published at once;
+    ``spec`` is ``onnx_path``'s description when the caller holds it already.
     """
     onnx_path, output = Path(onnx_path), check_output_path(output)
-    info = read_onnx_input(onnx_path)
+    info = spec or read_onnx_input(onnx_path)
     profiles = tuple(config.profiles) or (info.default_profile(),)
     check_profiles(info, profiles, onnx_path)
     if config.hardware_compat not in HARDWARE_LEVELS:
@@ -335,7 +335,11 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
         profiles=[{info.input_name: [list(profile.min), list(profile.opt), list(profile.max)]} for profile in profiles],
         version_compatible=config.version_compatible, hardware_compatibility=config.hardware_compat,
         metadata=info.metadata.to_props(), builder="gap-deploy", tf32=config.tf32).signed(load_key(create=True))
-    report = write_engine(plan, manifest, output, verify, together)
+    if publication is None:
+        with Publication() as pub:
+            report = write_engine(plan, manifest, output, pub, verify)
+    else:
+        report = write_engine(plan, manifest, output, publication, verify)
     save_timing_cache(cfg, config.timing_cache, log)
     return BuildResult(output, manifest, time.perf_counter() - started, counts, report)
 
@@ -371,8 +375,10 @@ def verify_shapes_for(info: ArtifactSpec, size: tuple[int, int]) -> list[Shape]:
     return [(info.static_batch, *s[1:]) for s in shapes] if info.static_batch else shapes
 
 
-def engine_verifier(source: Path, profiles: Sequence[Profile], *, trt, cuda) -> Callable[[Path], ParityReport]:
-    """Step 5: run a finished plan at min/opt/max of every profile against ONNX Runtime (CPU) on ``source``."""
+def engine_verifier(source, config: BuildConfig, spec: ArtifactSpec, *, trt, cuda) -> Callable[[Path], ParityReport]:
+    """Step 5: run a finished plan at min/opt/max of every profile against ONNX Runtime (CPU) on ``source`` (a
+    path or the in-memory model)."""
+    profiles = tuple(config.profiles) or (spec.default_profile(),)
 
     def verify(plan: Path) -> ParityReport:
         from gap_deploy.runtime.backends.trt import TrtRunner
@@ -381,7 +387,7 @@ def engine_verifier(source: Path, profiles: Sequence[Profile], *, trt, cuda) -> 
         runner = TrtRunner(plan, trt=trt, cuda=cuda)
         try:
             built = runner.manifest.precision
-            return compare(ort_cpu_infer(str(source)), runner.infer, profile_shapes(profiles),
+            return compare(ort_cpu_infer(source), runner.infer, profile_shapes(profiles),
                            tolerance_for(built, "trt"), reference_name="ONNX Runtime CPU",
                            candidate_name=f"TensorRT ({built})")
         finally:
@@ -399,43 +405,41 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, variant: 
     every option (``min_top1``, ``keep_float_ends``) applies here too. The variant ONNX, the plan and the
     manifest appear together once the engine built from the variant is verified, or none of them does.
     """
-    from gap_deploy.exporter.precision import convert_verified, variant_path
+    from gap_deploy.exporter.precision import convert_verified
+    from gap_deploy.runtime.naming import variant_path
 
     onnx_path = Path(onnx_path)
     check_output_path(output)
     info = read_onnx_input(onnx_path)
-    if info.metadata.int8_layout == "cpu" or (variant is not None and variant.int8_layout == "cpu"):
-        raise UsageError(f"the INT8 'cpu' layout (UINT8 activations, non-zero zero points) cannot be built by "
-                         f"TensorRT{f': {onnx_path} has it' if info.metadata.int8_layout == 'cpu' else ''}.",
-                         hint="export with --int8-layout tensorrt (the default) for gap-build.")
+    check_buildable(info.metadata, variant, onnx_path)
     # Fail for a missing TensorRT or GPU before anything is written.
     trt = trt if trt is not None else import_builder()
     cuda, _ = build_device(cuda)
-
-    source, result_variant, staged = onnx_path, None, None
     have = info.metadata.precision
-    try:
-        if variant is not None and variant.precision != have:
-            if have != "fp32":
-                raise UsageError(f"{onnx_path} is already {have}; convert from the FP32 model instead.")
-            source = check_output_path(variant_path(onnx_path, variant.precision))
-            log(f"Converting to {variant.precision} and verifying against the FP32 model on the CPU ...")
-            result_variant = convert_verified(onnx.load(str(onnx_path)), variant,
-                                              verify_shapes_for(info, variant.calib_size))
-            # Staged beside its target (TensorRT parses a file, and the verifier reads it); published with the
-            # plan and the manifest only once the engine is verified, so a failed build leaves nothing behind.
-            fd, name = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".onnx", dir=source.parent)
-            os.close(fd)
-            staged = Path(name)
-            staged.write_bytes(result_variant.model.SerializeToString())
-        built_from = staged or source
-        profiles = tuple(config.profiles) or (read_onnx_input(built_from).default_profile(),)
-        checker = engine_verifier(built_from, profiles, trt=trt, cuda=cuda) if verify else None
-        result = build_engine(built_from, output, config, trt=trt, cuda=cuda, verify=checker, log=log,
-                              together=[(source, staged)] if staged else ())
-    finally:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
-    if staged is not None:
-        log(f"Wrote {source}")
+    if variant is None or variant.precision == have:
+        result = build_engine(onnx_path, output, config, trt=trt, cuda=cuda, log=log, spec=info,
+                              verify=engine_verifier(str(onnx_path), config, info, trt=trt, cuda=cuda) if verify
+                              else None)
+        return PipelineResult(result, None, onnx_path)
+    if have != "fp32":
+        raise UsageError(f"{onnx_path} is already {have}; convert from the FP32 model instead.")
+    source = check_output_path(variant_path(onnx_path, variant.precision, variant.int8_layout))
+    log(f"Converting to {variant.precision} and verifying against the FP32 model on the CPU ...")
+    result_variant = convert_verified(onnx.load(str(onnx_path)), variant, verify_shapes_for(info, variant.calib_size))
+    with Publication() as pub:
+        result = stage_engine(pub, result_variant.model, source, output, config, verify=verify, trt=trt, cuda=cuda,
+                              log=log)
+    log(f"Wrote {source}")
     return PipelineResult(result, result_variant, source)
+
+
+def stage_engine(pub: Publication, model, onnx_target: Path, output: Path, config: BuildConfig, *, verify: bool,
+                 trt=None, cuda=None, log: Callable[[str], None] = lambda _: None) -> BuildResult:
+    """Stage ``model`` at ``onnx_target`` in ``pub`` (unless it is staged there already) and the engine built
+    from it (TensorRT parses the staged file; the verifier runs the in-memory model on ONNX Runtime): all of
+    them appear when ``pub`` is published."""
+    staged = pub.staged(onnx_target) or pub.write_model(onnx_target, model)[-1]
+    spec = describe(model)
+    checker = engine_verifier(model, config, spec, trt=trt, cuda=cuda) if verify else None
+    return build_engine(staged, output, config, trt=trt, cuda=cuda, verify=checker, log=log, publication=pub,
+                        spec=spec)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
-import tempfile
 from pathlib import Path
 
 from gap_deploy.runtime.errors import ArtifactError, first_line
@@ -73,13 +71,13 @@ def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.P
 
     from gap_deploy.exporter.pack import fixed_variant, pack
     from gap_deploy.exporter.triton import ServeOptions, write_repository
-    from gap_deploy.runtime.files import check_new_folder
+    from gap_deploy.runtime.onnx_file import save_onnx
+    from gap_deploy.runtime.publish import Publication
 
-    folder = check_new_folder(folder, "--emit folder")
     point = decision.chosen
     artifact = Path(artifacts[point.artifact])
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with Publication() as pub:  # the folder appears whole
+        staging = pub.folder(folder, "--emit folder")
         files: list[str] = []
         lines = commands(decision, artifact)
         if artifact.suffix == ".onnx" and point.size != "native":
@@ -90,7 +88,7 @@ def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.P
             except Exception as exc:  # onnx's checker and shape tools raise their own types
                 raise ArtifactError(f"cannot fix {artifact} to {_shape(point.shape)}: {first_line(exc)}",
                                     hint="re-export the model with gap-export.") from None
-            static.write_bytes(fixed.SerializeToString())
+            save_onnx(fixed, static)
             files.append(static.name)
             log(f"Packing a gap-pack bundle fixed to {_shape(point.shape)} ...")
             pack(artifact, staging / "bundle", fixed=[point.shape], log=log)
@@ -104,9 +102,4 @@ def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.P
         files.append("tune.json")
         (staging / "README.md").write_text(readme(result, decision, artifact, files, lines))
         files.append("README.md")
-        if folder.exists():
-            folder.rmdir()  # empty, checked above
-        os.replace(staging, folder)
-        return files
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return files

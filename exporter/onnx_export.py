@@ -21,7 +21,7 @@ from gap_deploy.runtime.artifact import describe
 from gap_deploy.runtime.errors import ArtifactError, ExportError, ParityError, UsageError, first_line
 from gap_deploy.runtime.limits import check_memory
 from gap_deploy.runtime.metadata import ModelMetadata, default_normalization
-from gap_deploy.runtime.onnx_file import set_metadata
+from gap_deploy.runtime.onnx_file import fits_one_protobuf, save_onnx, set_metadata
 from gap_deploy.runtime.parity import FP32, ParityReport, Tolerance
 from gap_deploy.runtime.shapes import Shape, format_shape
 from gap_deploy.runtime.version import __version__
@@ -278,10 +278,8 @@ def _check_io(proto: onnx.ModelProto, dynamic: bool, static_shape, num_classes: 
 
 
 def check_and_infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-    from gap_deploy.runtime import parity
-
     try:
-        if proto.ByteSize() > parity.EXTERNAL_DATA_THRESHOLD:  # one protobuf cannot pass 2 GiB: check on disk
+        if not fits_one_protobuf(proto):  # one protobuf cannot pass 2 GiB: check on disk
             return _check_and_infer_on_disk(proto)
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
         onnx.checker.check_model(inferred, full_check=True)
@@ -297,10 +295,7 @@ def _check_and_infer_on_disk(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory(prefix="gap-check-") as folder:
         src, dst = f"{folder}/model.onnx", f"{folder}/inferred.onnx"
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        onnx.save_model(copy, src, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx.data", size_threshold=1024)
+        save_onnx(proto, src)
         onnx.shape_inference.infer_shapes_path(src, dst, check_type=True, strict_mode=True)
         onnx.checker.check_model(dst, full_check=True)
         inferred = onnx.load(dst, load_external_data=False)
@@ -394,12 +389,13 @@ def export_onnx(
     A model that fails verification is not written (and a file already at ``output`` is left as it
     was): a failed export never looks like a finished one. ``ParityError.report`` holds the figures.
     """
-    from gap_deploy.exporter.pipeline import write_models
     from gap_deploy.runtime.files import check_output_path
+    from gap_deploy.runtime.publish import Publication
 
     output = check_output_path(output)
     options = ExportOptions(dynamic, imgsz, batch, opset, class_names, mean, std, simplify)
     exported, report = export_verified(loaded, options, verify=verify, verify_shapes=verify_shapes,
                                        tolerance=tolerance, destination=str(output))
-    write_models([(output, exported.model)])  # above 2 GiB: graph + OUTPUT.data
+    with Publication() as pub:
+        pub.write_model(output, exported.model)  # above 2 GiB: graph + OUTPUT.data
     return ExportResult(path=output, export=exported, parity=report)

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,9 @@ from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import ExportError, UsageError, first_line
 from gap_deploy.runtime.files import check_new_folder, sha256_file
 from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.onnx_file import save_onnx
 from gap_deploy.runtime.parity import ParityReport, compare, ort_cpu_infer, tolerance_for
+from gap_deploy.runtime.publish import Publication
 from gap_deploy.runtime.shapes import Shape, format_shape
 
 ACCELERATORS = ("NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram")
@@ -147,16 +148,10 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
         if shape[2] < meta.min_height or shape[3] < meta.min_width:
             raise UsageError(f"fixed shape {format_shape(shape)} is below the model's minimum "
                              f"{meta.min_height}x{meta.min_width}.")
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        result = _build(model, source, staging, spec, list(dict.fromkeys(fixed)), log)
-        if folder.exists():
-            folder.rmdir()  # empty, checked above
-        os.replace(staging, folder)  # the bundle appears whole
-        result.folder = folder
-        return result
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with Publication() as pub:  # the bundle appears whole, once every file in it is checked
+        result = _build(model, source, pub.folder(folder, "bundle folder"), spec, list(dict.fromkeys(fixed)), log)
+    result.folder = folder
+    return result
 
 
 def _build(model, source: Path, out: Path, spec: ArtifactSpec, fixed: list[Shape], log) -> PackResult:
@@ -172,7 +167,7 @@ def _build(model, source: Path, out: Path, spec: ArtifactSpec, fixed: list[Shape
     reference = ort_cpu_infer(model)
     for stem, variant, shape in variants:
         onnx_file = out / f"{stem}.onnx"
-        onnx.save(variant, str(onnx_file))
+        save_onnx(variant, onnx_file)
         log(f"Converting {onnx_file.name} to ORT format ...")
         ort_tmp, config = to_ort(onnx_file, work)
         ort_file = out / f"{stem}.ort"

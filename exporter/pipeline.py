@@ -1,24 +1,26 @@
 """gap-export's job as one library function: checkpoint -> verified ONNX [-> precision variant] [-> engine].
 
-Every input is checked before the first write (the calibration data included), the ONNX files of one
-run appear together or not at all, and an existing file at any output path is left as it was when
-anything fails. The CLI only parses options, calls :func:`run_export` and prints what it returns.
+Every input is checked before the first write (the calibration data included). The model stays in memory on
+the way to the engine; the files of one run (FP32 ONNX, variant, plan, manifest) appear together or not at
+all (runtime.publish), and an existing file at any output path is left as it was when anything fails, a
+failed engine build and Ctrl-C included. The CLI only parses options, calls :func:`run_export` and prints
+what it returns.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gap_deploy.exporter.builder import BuildConfig, PipelineResult
 from gap_deploy.exporter.onnx_export import ExportOptions
-from gap_deploy.exporter.precision import VariantOptions, VariantResult, convert_verified, variant_path
-from gap_deploy.runtime.errors import OutputPathError, UsageError
-from gap_deploy.runtime.files import check_output_path, write_together
+from gap_deploy.exporter.precision import VariantOptions, VariantResult, convert_verified
+from gap_deploy.runtime.errors import UsageError
+from gap_deploy.runtime.files import check_output_path
+from gap_deploy.runtime.naming import engine_path, variant_path
 from gap_deploy.runtime.parity import FP32, ParityReport, Tolerance
+from gap_deploy.runtime.publish import Publication
 from gap_deploy.runtime.shapes import format_shape
 
 
@@ -29,7 +31,7 @@ class ExportJob:
     arch: str | None = None
     num_classes: int | None = None
     trust_checkpoint: bool = False
-    options: ExportOptions = ExportOptions(dynamic=False)
+    options: ExportOptions = field(default_factory=ExportOptions)
     verify: bool = True
     #: BxCxHxW shapes, or (H, W) pairs that take the model's channels
     verify_shapes: Sequence[tuple[int, ...]] | None = None
@@ -51,47 +53,8 @@ class ExportOutcome:
     build: PipelineResult | None = None
 
 
-def onnx_files(model, output: Path) -> tuple[list[tuple[Path, bytes | Path]], Path | None]:
-    """What writing ``model`` to ``output`` takes: one file, or, above runtime.parity.EXTERNAL_DATA_THRESHOLD
-    (protobuf's 2 GiB limit), the graph plus ``OUTPUT.data`` with the weights, staged in a hidden folder
-    beside ``output`` (returned, for cleanup)."""
-    import onnx
-
-    from gap_deploy.runtime import parity
-
-    if model.ByteSize() <= parity.EXTERNAL_DATA_THRESHOLD:
-        return [(output, model.SerializeToString())], None
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # save_model rewrites the tensors it externalizes
-    data = output.with_name(output.name + ".data")
-    onnx.save_model(copy, str(staging / output.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
-    return [(data, staging / data.name), (output, staging / output.name)], staging
-
-
-def write_models(models: Sequence[tuple[Path, object]]) -> None:
-    """Write ONNX models (with external data above 2 GiB) so that all of them appear, or none."""
-    files: list[tuple[Path, bytes | Path]] = []
-    stagings: list[Path] = []
-    try:
-        for path, model in models:
-            parts, staging = onnx_files(model, path)
-            files += parts
-            if staging is not None:
-                stagings.append(staging)
-        write_together(files)
-    except OSError as exc:
-        raise OutputPathError(f"cannot write {', '.join(str(p) for p, _ in models)}: {exc.strerror or exc}.",
-                              note="the files that were there before are unchanged.",
-                              hint="free some disk space, or choose another folder.") from None
-    finally:
-        for staging in stagings:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> ExportOutcome:
-    """Load, export and verify; make and verify the precision variant; write both; then build the engine."""
+def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, trt=None, cuda=None) -> ExportOutcome:
+    """Load, export and verify; make and verify the precision variant; build the engine; publish them together."""
     from gap_deploy.exporter.checkpoint import load_model
     from gap_deploy.exporter.onnx_export import export_verified
 
@@ -99,6 +62,14 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> E
     extra = variant_path(output, job.variant.precision, job.variant.int8_layout) if job.variant else None
     if extra is not None:
         check_output_path(extra)
+    if job.engine is not None:
+        from gap_deploy.exporter.builder import build_device, check_buildable, import_builder
+        from gap_deploy.runtime.metadata import ModelMetadata
+
+        check_buildable(ModelMetadata(), job.variant, output)
+        check_output_path(engine_path(output, job.variant.precision if job.variant else None))
+        trt = trt if trt is not None else import_builder()  # no TensorRT or GPU: said before the export
+        cuda, _ = build_device(cuda)
     log(f"Loading {job.checkpoint} ...")
     loaded = load_model(job.checkpoint, arch=job.arch, num_classes=job.num_classes,
                         trust_checkpoint=job.trust_checkpoint)
@@ -122,20 +93,22 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None) -> E
     exported, report = export_verified(loaded, opts, verify=job.verify, verify_shapes=shapes,
                                        tolerance=job.tolerance, destination=str(output))
     outcome = ExportOutcome(output, exported, report, list(loaded.notes), loaded.arch)
-    models = [(output, exported.model)]
-    if job.variant is not None and job.engine is None:
+    if job.variant is not None:  # one sweep, whether an engine follows or not: the FP32 model's own
         meta = exported.metadata
-        shapes = [r.shape for r in report.rows] if report else [(opts.batch, meta.in_channels, *opts.imgsz)]
+        sweep = [r.shape for r in report.rows] if report else [(opts.batch, meta.in_channels, *opts.imgsz)]
         log(f"Converting to {job.variant.precision} and verifying against the FP32 ONNX ...")
-        outcome.variant = convert_verified(exported.model, job.variant, shapes)
+        outcome.variant = convert_verified(exported.model, job.variant, sweep)
         outcome.variant_path = extra
-        models.append((extra, outcome.variant.model))
-    write_models(models)
-    if job.engine is not None:  # the engine pipeline makes and checks the variant itself, from the file
-        from gap_deploy.exporter.builder import build_with_precision
+    # The FP32 model, the variant and (with --engine) the plan and its manifest appear together, or none of them.
+    with Publication() as pub:
+        pub.write_model(output, exported.model)
+        if outcome.variant is not None:
+            pub.write_model(extra, outcome.variant.model)
+        if job.engine is not None:
+            from gap_deploy.exporter.builder import stage_engine
 
-        suffix = f".{job.variant.precision}" if job.variant else ""
-        outcome.build = build_with_precision(output, output.with_name(f"{output.stem}{suffix}.plan"),
-                                             variant=job.variant, config=job.engine, verify=job.verify, log=log)
-        outcome.variant = outcome.build.variant
+            built, source = (outcome.variant.model, extra) if outcome.variant is not None else (exported.model, output)
+            plan = engine_path(output, job.variant.precision if job.variant else None)
+            build = stage_engine(pub, built, source, plan, job.engine, verify=job.verify, trt=trt, cuda=cuda, log=log)
+            outcome.build = PipelineResult(build, outcome.variant, source)
     return outcome

@@ -22,6 +22,7 @@ import onnx
 from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import ArtifactError, ExportError, UsageError, first_line
 from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.onnx_file import save_onnx
 from gap_deploy.runtime.parity import INT8, ParityReport, Tolerance, compare, random_input
 from gap_deploy.runtime.shapes import Shape
 
@@ -245,7 +246,7 @@ def to_int8(model: onnx.ModelProto, calibration: np.ndarray, *, keep_float_ends:
 
     with tempfile.TemporaryDirectory(prefix="gap-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(model, str(src))
+        save_onnx(model, src)
         from gap_deploy.exporter._quiet import quiet_loggers
 
         try:
@@ -544,16 +545,22 @@ def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape],
                  fallback: bool = True, int8_layout: str = "tensorrt") -> VariantResult:
     """Convert and verify against the FP32 model with ONNX Runtime (CPU)."""
 
-    if precision not in ("fp16", "int8"):
-        raise ExportError(f"precision {precision!r} has no variant; choose fp16 or int8.")
+    check_variant_request(precision, calibration if calibration is None or len(calibration) else None)
     if precision == "int8":
-        if calibration is None or len(calibration) == 0:
-            raise ExportError("INT8 needs calibration data.",
-                              hint="pass --calib DIR (image files) or --calib FILE.npy.")
         return int8_with_fallback(fp32, shapes, calibration, tolerance or INT8, keep_float_ends=keep_float_ends,
                                   keep_fp32=keep_fp32, fallback=fallback, layout=int8_layout)
     return fp16_with_fallback(fp32, shapes, tolerance or fp16_tolerance(fp32), keep_fp32=keep_fp32,
                               fallback=fallback)
+
+
+def check_variant_request(precision: str, calibration) -> None:
+    """The one check of a variant request: fp16 or int8, and INT8 with calibration data (a folder, an .npy file
+    or an array); UsageError otherwise."""
+    if precision not in ("fp16", "int8"):
+        raise UsageError(f"precision {precision!r} has no variant; choose fp16 or int8.")
+    if precision == "int8" and calibration is None:
+        raise UsageError("--precision int8 needs calibration data.",
+                         hint="pass --calib DIR (image files) or --calib FILE.npy (NCHW float32, normalized).")
 
 
 @dataclass(frozen=True)
@@ -575,10 +582,7 @@ class VariantOptions:
     int8_layout: str = "tensorrt"
 
     def __post_init__(self):
-        if self.precision not in ("fp16", "int8"):
-            raise UsageError(f"precision {self.precision!r} has no variant; choose fp16 or int8.")
-        if self.precision == "int8" and self.calib is None:
-            raise UsageError("INT8 needs calibration data.", hint="pass --calib DIR (image files) or --calib FILE.npy.")
+        check_variant_request(self.precision, self.calib)
         if self.int8_layout not in INT8_LAYOUTS:
             raise UsageError(f"INT8 layout {self.int8_layout!r}; choose one of {', '.join(INT8_LAYOUTS)}.")
 

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import ArtifactError, MissingDependencyError, OutputPathError, UsageError, first_line
 from gap_deploy.runtime.files import safe_name
+from gap_deploy.runtime.naming import manifest_path
+from gap_deploy.runtime.publish import Publication
 from gap_deploy.runtime.shapes import format_shape
 
 PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan", ".engine": "tensorrt_plan"}
@@ -171,43 +172,29 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repo: str | os.Path
         raise OutputPathError(f"{taken[0]} exists; a model folder is never written over. Nothing was written.",
                               hint="choose another --name or repository.")
     repo.mkdir(exist_ok=True)
-    written: list[Path] = []
-    try:
+    with Publication() as pub:  # all the models appear, or none
         for name, info in zip(names, infos):
-            written.append(_write_model_folder(repo, name, info, options))
-    except BaseException:  # all the models appear, or none: remove the ones this run put in
-        for folder in written:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return written
+            _stage_model_folder(pub.folder(repo / name, "model folder"), name, info, options)
+    return [repo / n for n in names]
 
 
-def _write_model_folder(repo: Path, name: str, info: ArtifactSpec, options: ServeOptions) -> Path:
-    """One model folder, staged inside the repository, checked, then moved into place."""
-    target = repo / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
-    try:
-        filename = info.path.name if options.backend == "python" else DEFAULT_FILENAME[platform_of(info)]
-        version = staging / str(options.version)
-        version.mkdir()
-        shutil.copyfile(info.path, version / filename)
-        if options.backend == "python":
-            shutil.copyfile(PYTHON_MODEL, version / "model.py")
-        from gap_deploy.runtime.manifest import manifest_path
-
-        if manifest_path(info.path).is_file():  # beside the plan: Triton ignores it, the checker reads it
-            shutil.copyfile(manifest_path(info.path), version / manifest_path(filename).name)
-        names_ = info.metadata.class_names or tuple(str(i) for i in range(max(classes_of(info), 0)))
-        (staging / "labels.txt").write_text("\n".join(names_) + "\n")
-        (staging / "config.pbtxt").write_text(config_text(info, name, options, filename))
-        problems = check_model_folder(staging, expected_name=name, artifact=info)
-        if problems:
-            raise ArtifactError(f"the config written for {name} does not pass its own check.",
-                                note="\n".join(map(str, problems)))
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+def _stage_model_folder(staging: Path, name: str, info: ArtifactSpec, options: ServeOptions) -> None:
+    """One model folder, filled in its staging twin and checked there; runtime.publish moves it into place."""
+    filename = info.path.name if options.backend == "python" else DEFAULT_FILENAME[platform_of(info)]
+    version = staging / str(options.version)
+    version.mkdir()
+    shutil.copyfile(info.path, version / filename)
+    if options.backend == "python":
+        shutil.copyfile(PYTHON_MODEL, version / "model.py")
+    if manifest_path(info.path).is_file():  # beside the plan: Triton ignores it, the checker reads it
+        shutil.copyfile(manifest_path(info.path), version / manifest_path(filename).name)
+    names_ = info.metadata.class_names or tuple(str(i) for i in range(max(classes_of(info), 0)))
+    (staging / "labels.txt").write_text("\n".join(names_) + "\n")
+    (staging / "config.pbtxt").write_text(config_text(info, name, options, filename))
+    problems = check_model_folder(staging, expected_name=name, artifact=info)
+    if problems:
+        raise ArtifactError(f"the config written for {name} does not pass its own check.",
+                            note="\n".join(map(str, problems)))
 
 
 # ---- the checker -------------------------------------------------------------------------------------------

@@ -17,9 +17,7 @@ import glob
 import io
 import math
 import os
-import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -211,6 +209,7 @@ def run_batch(job: BatchJob) -> BatchResult:
     when the job has finished, so a failed job leaves no partial output and never a half-replaced one.
     """
     from gap_deploy.runtime.files import check_distinct, check_new_folder
+    from gap_deploy.runtime.publish import Publication
     from gap_deploy.runtime.session import check_artifact
 
     check_artifact(job.artifact)
@@ -238,8 +237,9 @@ def run_batch(job: BatchJob) -> BatchResult:
         raise UsageError(f"{workers} worker(s) on backend {job.backend} need {workers} GPU(s); the cluster has "
                          f"{ray.cluster_resources().get('GPU', 0):g}.", hint="lower --workers, or use ort-cpu.")
     started = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    pub = Publication()
     try:
+        staging = pub.folder(output, "--output folder")
         parts = []
         local = [p for p in paths if "://" not in p]
         remote = [p for p in paths if "://" in p]
@@ -258,19 +258,17 @@ def run_batch(job: BatchJob) -> BatchResult:
         if early_errors:
             parts.append(data.from_arrow(to_table(early_errors, job.logits)))
         result = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-        result.write_parquet(str(staging / "data"))
-        written = read_results(staging / "data", columns=["path", "error"])
+        result.write_parquet(str(staging))
+        written = read_results(staging, columns=["path", "error"])
         errors = [{"file": row["path"], "error": row["error"]} for row in written if row["error"]]
-        if output.exists():
-            output.rmdir()  # empty, checked above; fails (and keeps it) if anything appeared in it since
-        os.replace(staging / "data", output)
+        pub.commit()  # the results appear whole; an output folder that gained files meanwhile is kept
         return BatchResult(output, len(written), errors, time.perf_counter() - started, workers)
     except GapError:
         raise
     except Exception as exc:  # Ray wraps worker failures (a model that does not load, ...) in its own errors
         raise GapError(f"the Ray job failed: {first_line(exc)}", hint="see the Ray log above.") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        pub.discard()
 
 
 def read_results(path: str | os.PathLike, columns: Sequence[str] | None = None) -> list[dict]:

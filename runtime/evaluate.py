@@ -225,7 +225,7 @@ def plot(result: EvalResult, path: str | os.PathLike, title: str = "") -> Path:
     import io
 
     from gap_deploy.runtime._lazy import require
-    from gap_deploy.runtime.files import write_bytes_atomic
+    from gap_deploy.runtime.publish import publish_bytes
 
     matplotlib = require("matplotlib", purpose="for --plot")
     matplotlib.use("Agg")
@@ -251,4 +251,4 @@ def plot(result: EvalResult, path: str | os.PathLike, title: str = "") -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return publish_bytes(path, buffer.getvalue())

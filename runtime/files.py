@@ -1,14 +1,10 @@
-"""File helpers shared by every command: atomic writes, hashing, up-front path checks."""
+"""File helpers shared by every command: hashing, up-front path checks, names (writing: runtime.publish)."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import os
 import stat
-import tempfile
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from gap_deploy.runtime.errors import ArtifactError, InputTypeError, OutputPathError
@@ -161,87 +157,3 @@ def check_distinct(inputs: dict[str, str | os.PathLike | None], outputs: dict[st
             raise OutputPathError(f"{name} {path} is the same file as {other}; writing it would destroy that.",
                                   hint=f"choose another path for {name}.")
         seen[ident] = seen[resolved] = name
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator:
-    """Open a temporary file beside ``path``; on success it replaces ``path`` in one step.
-
-    On any exception the temporary file is removed, so a failed run leaves no partial artifact and
-    never clobbers a good one. A symbolic link at ``path`` keeps pointing where it did: its target is
-    replaced. A write error (a full disk) becomes an OutputPathError naming the file.
-    """
-    target = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        try:
-            with os.fdopen(fd, mode) as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}.",
-                                  hint="free some disk space, or choose another folder." if exc.errno == errno.ENOSPC
-                                  else None) from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_output(path, "wb") as handle:
-        handle.write(data)
-    return Path(path)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    with atomic_output(path, "w") as handle:
-        handle.write(text)
-    return Path(path)
-
-
-def write_together(files: Sequence[tuple[Path, bytes | Path]]) -> None:
-    """Write every file, then move them all into place: all of them appear, or none.
-
-    Each file goes to a temporary beside its target first (a Path is a finished file in the same
-    filesystem, moved as it is). Before the moves, every existing target is
-    hard-linked aside; if a move fails (a full disk, Ctrl-C), the targets already moved get their old
-    content back and new ones are removed, so a failed run leaves the folder as it was.
-    """
-    temps: list[tuple[str, Path]] = []
-    backups: dict[Path, str] = {}
-    moved: list[Path] = []
-    try:
-        for path, data in files:
-            if isinstance(data, Path):
-                temps.append((str(data), path))
-                continue
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-        for _, path in temps:
-            if path.is_file():
-                backup = f"{path.parent / ('.' + path.name)}.{os.getpid()}.bak"
-                os.link(path, backup)
-                backups[path] = backup
-        try:
-            for tmp, path in temps:
-                os.replace(tmp, path)
-                moved.append(path)
-        except BaseException:
-            for path in moved:
-                if path in backups:
-                    os.replace(backups.pop(path), path)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-            raise
-    finally:
-        for leftover in [tmp for tmp, _ in temps] + list(backups.values()):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)

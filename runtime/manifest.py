@@ -12,15 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gap_deploy.runtime.errors import ArtifactError, ManifestMismatchError
-from gap_deploy.runtime.files import write_text_atomic
+from gap_deploy.runtime.naming import manifest_path  # noqa: F401 (the engine's sidecar, named in runtime.naming)
+from gap_deploy.runtime.publish import publish_text
 
 FORMAT = 1
 HARDWARE_COMPAT = ("none", "ampere+", "same-cc")
-
-
-def manifest_path(plan: str | Path) -> Path:
-    plan = Path(plan)
-    return plan.with_name(plan.name + ".json")
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -70,8 +66,11 @@ class EngineManifest:
 
         return replace(self, signature=sign(self.fields(), key))
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
     def write(self, plan: str | Path) -> Path:
-        return write_text_atomic(manifest_path(plan), json.dumps(asdict(self), indent=2) + "\n")
+        return publish_text(manifest_path(plan), self.to_json())
 
     @classmethod
     def read(cls, plan: str | Path) -> EngineManifest:

@@ -1,4 +1,4 @@
-"""Checks on an .onnx file before a backend opens it."""
+"""ONNX files: the checks before a backend opens one, the metadata writer, and the one writer of ONNX files."""
 
 from __future__ import annotations
 
@@ -62,6 +62,34 @@ def _tensors(graph):
                 yield from _tensors(attr.g)
             for sub in attr.graphs:
                 yield from _tensors(sub)
+
+
+#: Above this size a model cannot travel as one protobuf (2 GiB limit): it is saved with external data.
+EXTERNAL_DATA_THRESHOLD = (1 << 31) - (1 << 26)
+
+
+def fits_one_protobuf(model) -> bool:
+    return model.ByteSize() <= EXTERNAL_DATA_THRESHOLD
+
+
+def save_onnx(model, path: str | os.PathLike) -> list[Path]:
+    """Write ``model`` to ``path``: one file, or, when one protobuf cannot hold it, the graph plus all weights
+    in PATH.data beside it (a relative location, so the pair can move together). The model is not changed.
+    Returns the files written (the weights first)."""
+    from gap_deploy.runtime._lazy import require
+    from gap_deploy.runtime.naming import external_data_path
+
+    path = Path(path)
+    if fits_one_protobuf(model):
+        path.write_bytes(model.SerializeToString())
+        return [path]
+    onnx = require("onnx", purpose="to write ONNX models above 2 GiB")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # save_model rewrites the tensors it externalizes
+    data = external_data_path(path)
+    onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+                    size_threshold=1024)
+    return [data, path]
 
 
 def set_metadata(proto, meta: ModelMetadata) -> None:

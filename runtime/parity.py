@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -142,35 +143,26 @@ def compare(reference: Infer, candidate: Infer, shapes: Iterable[Shape], toleran
     return ParityReport(reference_name, candidate_name, tolerance, tuple(rows))
 
 
-#: Above this size a model cannot travel as one protobuf (2 GiB limit): it is saved with external data.
-EXTERNAL_DATA_THRESHOLD = (1 << 31) - (1 << 26)
-
-
 def ort_cpu_infer(model) -> Infer:
     """ONNX Runtime on the CPU, for a model in memory (not yet written) or on disk.
 
-    A model in memory above EXTERNAL_DATA_THRESHOLD is spilled to a temporary folder with external data
-    first: one protobuf cannot exceed 2 GiB.
+    A model in memory that one protobuf cannot hold (2 GiB) is spilled to a temporary folder with external data
+    first (runtime.onnx_file.save_onnx).
     """
     import tempfile
 
     from gap_deploy.runtime._lazy import require
+    from gap_deploy.runtime.onnx_file import fits_one_protobuf, save_onnx
 
     ort = require("onnxruntime", purpose="to verify the exported model")
     if not hasattr(model, "SerializeToString"):
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    elif model.ByteSize() <= EXTERNAL_DATA_THRESHOLD:
+    elif fits_one_protobuf(model):
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     else:
-        import onnx
-
         with tempfile.TemporaryDirectory(prefix="gap-verify-") as folder:
-            path = f"{folder}/model.onnx"
-            spilled = onnx.ModelProto()
-            spilled.CopyFrom(model)
-            onnx.save_model(spilled, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location="model.onnx.data", size_threshold=1024)
-            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            path = save_onnx(model, Path(folder) / "model.onnx")[-1]
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     return lambda x: session.run([out_name], {in_name: x})[0]
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gap_deploy.runtime._lazy import require
-from gap_deploy.runtime.files import write_bytes_atomic
+from gap_deploy.runtime.publish import publish_bytes
 from gap_deploy.runtime.shapes import format_shape
 
 
@@ -39,4 +39,4 @@ def plot_results(results: Sequence, path: str | Path, title: str = "") -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return publish_bytes(path, buffer.getvalue())

@@ -494,7 +494,7 @@ def plot(result: TuneResult, path: str | os.PathLike, decision: Decision | None 
     import io
 
     from gap_deploy.runtime._lazy import require
-    from gap_deploy.runtime.files import write_bytes_atomic
+    from gap_deploy.runtime.publish import publish_bytes
 
     matplotlib = require("matplotlib", purpose="for --plot")
     matplotlib.use("Agg")
@@ -534,4 +534,4 @@ def plot(result: TuneResult, path: str | os.PathLike, decision: Decision | None 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return publish_bytes(path, buffer.getvalue())

@@ -516,7 +516,7 @@ def test_api_bad_input(name, base, tmp_path):
 def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     import errno
 
-    from gap_deploy.runtime import files
+    from gap_deploy.runtime import publish as files
     from gap_deploy.runtime.errors import OutputPathError
 
     target = tmp_path / "report.json"
@@ -527,7 +527,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch)
 
     monkeypatch.setattr(files.os, "fsync", no_space)
     with pytest.raises(OutputPathError, match=r"cannot write .*report.json: No space left on device(.|\n)*free some"):
-        files.write_text_atomic(target, "new")
+        files.publish_text(target, "new")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 
 

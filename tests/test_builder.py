@@ -258,7 +258,7 @@ def test_fp16_conversion_before_the_build(tmp_path, reference_onnx, cuda):
                                   verify=False, trt=fake.module, cuda=cuda)
     assert result.source == tmp_path / "m.fp16.onnx" and result.variant.sweep.passed
     parsed = Path(fake.parser.parse_from_file.call_args.args[0])  # the staged variant, beside its target
-    assert parsed.parent == tmp_path and parsed.name.startswith(".m.fp16.onnx.") and not parsed.exists()
+    assert parsed.parent.parent == tmp_path and parsed.parent.name.startswith(".m.fp16.onnx.") and not parsed.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fp16.onnx", "m.fp16.plan", "m.fp16.plan.json", "m.onnx"]
     assert EngineManifest.read(tmp_path / "m.fp16.plan").onnx_sha256 == sha256_file(tmp_path / "m.fp16.onnx")
 
@@ -363,16 +363,17 @@ def test_gap_export_engine_int8_forwards_every_variant_option(tmp_path, referenc
     """gap-export --engine goes through the one variant pipeline, so --min-top1 and --int8-all-layers arrive."""
     pytest.importorskip("torch")
     import gap_deploy.exporter.builder as builder
+    import gap_deploy.exporter.pipeline as pipeline
     from gap_deploy.exporter.cli.export import main
 
     seen = {}
 
-    def fake_build(onnx_path, output, *, variant=None, config=None, verify=True, log=None, **_):
+    def fake_convert(model, variant, shapes):
         seen["variant"] = variant
         raise BuildError("stop here")
 
     monkeypatch.setattr(builder, "import_builder", lambda: FakeBuild().module)
-    monkeypatch.setattr(builder, "build_with_precision", fake_build)
+    monkeypatch.setattr(pipeline, "convert_verified", fake_convert)
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
     args = [str(reference_ckpt), "--dynamic", "--imgsz", "32", "-o", str(tmp_path / "m.onnx"), "--engine",

@@ -185,8 +185,14 @@ def test_a_bad_calib_fails_before_any_file_is_replaced(tmp_path, reference_ckpt,
 
 def test_fp32_and_variant_appear_together_or_not_at_all(tmp_path, monkeypatch):
     """A failure while moving the second file puts the first one back as it was."""
-    import gap_deploy.exporter.pipeline as pipeline
-    import gap_deploy.runtime.files as files
+    import gap_deploy.runtime.publish as files
+    from gap_deploy.runtime.errors import OutputPathError
+    from gap_deploy.runtime.publish import Publication
+
+    def write_together(pairs):
+        with Publication() as pub:
+            for path, data in pairs:
+                pub.write_bytes(path, data)
 
     out, variant = tmp_path / "m.onnx", tmp_path / "m.fp16.onnx"
     out.write_bytes(b"old fp32")
@@ -198,12 +204,12 @@ def test_fp32_and_variant_appear_together_or_not_at_all(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(files.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="No space left"):
-        pipeline.write_together([(out, b"new fp32"), (variant, b"new fp16")])
+    with pytest.raises(OutputPathError, match="No space left"):
+        write_together([(out, b"new fp32"), (variant, b"new fp16")])
     assert out.read_bytes() == b"old fp32" and not variant.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporaries, no backups left
     monkeypatch.setattr(files.os, "replace", real_replace)
-    pipeline.write_together([(out, b"new fp32"), (variant, b"new fp16")])
+    write_together([(out, b"new fp32"), (variant, b"new fp16")])
     assert out.read_bytes() == b"new fp32" and variant.read_bytes() == b"new fp16"
 
 

@@ -168,9 +168,9 @@ def test_models_above_the_protobuf_limit_use_external_data(tmp_path, reference_c
     import numpy as np
 
     from gap_deploy import runtime
-    from gap_deploy.runtime import parity
+    from gap_deploy.runtime import onnx_file
 
-    monkeypatch.setattr(parity, "EXTERNAL_DATA_THRESHOLD", 10_000)
+    monkeypatch.setattr(onnx_file, "EXTERNAL_DATA_THRESHOLD", 10_000)
     out = tmp_path / "big.onnx"
     result = export_onnx(load_model(reference_ckpt), out, dynamic=True, imgsz=(32, 32))
     assert result.parity.passed  # verified through a spilled copy: the in-memory path cannot take it
@@ -183,7 +183,7 @@ def test_models_above_the_protobuf_limit_use_external_data(tmp_path, reference_c
     locations = {e.value for t in stored.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"big.onnx.data"}  # relative, inside the model's folder
     x = np.random.default_rng(0).standard_normal((2, 3, 37, 53)).astype(np.float32)
-    monkeypatch.setattr(parity, "EXTERNAL_DATA_THRESHOLD", 1 << 40)
+    monkeypatch.setattr(onnx_file, "EXTERNAL_DATA_THRESHOLD", 1 << 40)
     small = export_onnx(load_model(reference_ckpt), tmp_path / "small.onnx", dynamic=True, imgsz=(32, 32))
     with runtime.load(out) as big, runtime.load(small.path) as plain:
         np.testing.assert_allclose(big.run(x), plain.run(x), rtol=1e-6)

@@ -94,7 +94,9 @@ def test_int8_threshold_fails_when_agreement_drops(fp32, calibration):
 
 
 def test_int8_needs_calibration(fp32):
-    with pytest.raises(ExportError, match="needs calibration data"):
+    from gap_deploy.runtime.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs calibration data"):
         make_variant(fp32, "int8", SHAPES)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from gap_deploy.runtime.errors import GapError, InputError, UsageError
-from gap_deploy.runtime.files import write_text_atomic
+from gap_deploy.runtime.publish import publish_text
 from gap_deploy.runtime.shapes import parse_shape
 
 #: No image side beyond this is taken from the command line (the memory check refuses most far earlier).
@@ -110,7 +110,7 @@ def image_size(text: str) -> tuple[int, int]:
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    return write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
+    return publish_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value):
