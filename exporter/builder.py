@@ -46,6 +46,10 @@ class BuildConfig:
     #: unless this is True; then an FP32 engine's manifest says precision "tf32", judged with its own tolerance.
     tf32: bool = False
 
+    def __post_init__(self):
+        if self.hardware_compat not in HARDWARE_COMPAT:  # checked once, before any work
+            raise UsageError(f"hardware_compat {self.hardware_compat!r}; choose one of {', '.join(HARDWARE_COMPAT)}.")
+
 
 @dataclass(frozen=True)
 class BuildResult:
@@ -147,8 +151,6 @@ def tensorrt_version(trt) -> tuple[int, int]:
 
 def hardware_level(trt, choice: str):
     """The HardwareCompatibilityLevel for ``choice``, looked up alone (10.0-10.8 lack SAME_COMPUTE_CAPABILITY)."""
-    if choice not in HARDWARE_LEVELS:
-        raise UsageError(f"hardware_compat {choice!r}; choose one of {', '.join(HARDWARE_LEVELS)}.")
     member, since = HARDWARE_LEVELS[choice]
     level = getattr(trt.HardwareCompatibilityLevel, member, None)
     if level is None:
@@ -315,8 +317,6 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
     info = spec or read_onnx_input(onnx_path)
     profiles = tuple(config.profiles) or (info.default_profile(),)
     check_profiles(info, profiles, onnx_path)
-    if config.hardware_compat not in HARDWARE_LEVELS:
-        raise UsageError(f"hardware_compat {config.hardware_compat!r}; choose one of {', '.join(HARDWARE_LEVELS)}.")
     trt = trt if trt is not None else import_builder()
     cuda, device = build_device(cuda)
 

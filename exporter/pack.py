@@ -34,7 +34,6 @@ from gap_deploy.runtime.parity import ParityReport, compare, ort_cpu_infer, tole
 from gap_deploy.runtime.publish import Publication
 from gap_deploy.runtime.shapes import Shape, format_shape
 
-ACCELERATORS = ("NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram")
 OPERATOR_CONFIG = "required_operators_and_types.config"
 #: Shapes every dynamic model file is checked at (the minimum is added per model)
 CHECK_SIDES = [(37, 53), (64, 64), (224, 224), (97, 31)]

@@ -26,7 +26,6 @@ from gap_deploy.runtime.onnx_file import save_onnx
 from gap_deploy.runtime.parity import INT8, ParityReport, Tolerance, compare, random_input
 from gap_deploy.runtime.shapes import Shape
 
-PRECISIONS = ("fp32", "fp16", "int8")
 #: Kept in FP32 in the FP16 model: the global average sums H*W values (overflows float16 beyond 65504
 #: on large images), and softmax/normalizations need the range.
 FP16_KEEP_FP32 = ["ReduceMean", "GlobalAveragePool", "Softmax", "LogSoftmax", "ReduceSum", "Exp", "Pow"]

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.backends.table import facts
 from gap_deploy.runtime.errors import GapError, OutputPathError, UsageError, first_line
 from gap_deploy.runtime.images import IMAGE_SUFFIXES
 
-GPU_BACKENDS = ("trt", "ort-cuda", "ort-trt")
 RAY_FLOOR = "2.40"
 
 
@@ -226,7 +226,7 @@ def run_batch(job: BatchJob) -> BatchResult:
     paths, early_errors = expand_sources(job.sources)
     ray = connect(job.address)
     data = require("ray.data", purpose="for --ray")
-    gpu = 1 if job.backend in GPU_BACKENDS else 0
+    gpu = facts(job.backend).ray_gpus
     cpus = float(ray.cluster_resources().get("CPU", 1))
     workers = job.workers or max(1, int((cpus - 1) / job.cpus_per_worker) if cpus > 1 else 1)
     if workers * job.cpus_per_worker > cpus:  # Ray would wait for them for ever

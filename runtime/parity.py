@@ -51,13 +51,15 @@ TOLERANCES = {"fp32": FP32, "fp16": FP16, "int8": INT8}
 #: kernels. Top-1 on random inputs is not required.
 GPU_TOLERANCES = {"fp32": Tolerance(atol=1e-3, rtol=1e-3), "tf32": Tolerance(atol=1e-2, rtol=2e-3),
                   "fp16": Tolerance(atol=5e-2, rtol=5e-3), "int8": Tolerance(atol=math.inf, rtol=0.1)}
-GPU_BACKENDS = ("trt", "ort-cuda", "ort-trt")
 
 
 def tolerance_for(precision: str, backend: str = "ort-cpu") -> Tolerance:
     """The tolerance an artifact of ``precision`` running on ``backend`` is judged with."""
-    table = GPU_TOLERANCES if backend in GPU_BACKENDS else TOLERANCES
-    if backend == "ort-trt" and precision == "fp32":  # the TensorRT provider has no TF32 switch: keep its default
+    from gap_deploy.runtime.backends.table import facts
+
+    backend_facts = facts(backend)
+    table = GPU_TOLERANCES if backend_facts.tolerances == "gpu" else TOLERANCES
+    if backend_facts.fp32_is_tf32 and precision == "fp32":  # the TensorRT provider has no TF32 switch
         precision = "tf32"
     if precision not in table:  # never judge an artifact with a tolerance meant for another precision
         from gap_deploy.runtime.errors import UsageError

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.backends.table import ENGINE_BACKENDS, ONNX_BACKENDS, facts
 from gap_deploy.runtime.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -23,8 +24,6 @@ from gap_deploy.runtime.limits import check_memory
 from gap_deploy.runtime.shapes import format_shape
 from gap_deploy.runtime.validation import InputSpec, prepare
 
-ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
-ENGINE_BACKENDS = ("trt",)
 BACKENDS = ONNX_BACKENDS + ENGINE_BACKENDS
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 DEFAULT_MAX_BATCH = 16
@@ -90,7 +89,7 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     elif shape is not None:
         raise UsageError("shape= picks a fixed-shape variant of a gap-pack bundle; pass the bundle's folder.")
     name = _choose(path, backend)
-    if name == "trt":
+    if facts(name).artifact == "engine":
         from gap_deploy.runtime.backends.trt import TrtRunner
 
         runner: Runner = TrtRunner(path, trust_engine=trust_engine)
@@ -244,15 +243,8 @@ class Session:
 
     @property
     def gpu_timing(self) -> bool:
-        """Whether ``run_timed`` reports H2D / compute / D2H / enqueue (TensorRT engines)."""
+        """Whether the runner times H2D / compute / D2H / enqueue itself (TensorRT engines; gap-bench uses it)."""
         return self._runner.gpu_timing
-
-    def run_timed(self, images: np.ndarray, *, cuda_graph: bool = False, transfers: bool = True):
-        """(logits, GpuTiming) for one checked batch; only where ``gpu_timing`` is True."""
-        if not self.gpu_timing:
-            raise UsageError(f"backend '{self.backend}' has no GPU phase timing or CUDA graphs; "
-                             "they exist for TensorRT engines (backend 'trt').")
-        return self._runner.infer_timed(prepare(images, self._spec), cuda_graph=cuda_graph, transfers=transfers)
 
     def check_cuda_graph(self, images: np.ndarray) -> float | None:
         """Max abs difference between a CUDA-graph replay and a normal execution on ``images``; None when no

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gap_deploy.runtime.backends.table import facts
 from gap_deploy.runtime.errors import GapError, UsageError, first_line
 from gap_deploy.runtime.evaluate import record_top5, size_label
 
@@ -276,13 +277,14 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     number of points and an estimate of its length; ``progress(label)`` after each point.
     """
     from gap_deploy import runtime
+    from gap_deploy.runtime.backends.table import ENGINE_BACKENDS, ONNX_BACKENDS
     from gap_deploy.runtime.bench import BenchSettings, bench_session
     from gap_deploy.runtime.classify import prepare_image
     from gap_deploy.runtime.errors import InputTypeError
     from gap_deploy.runtime.evaluate import read_labelled_folder
     from gap_deploy.runtime.images import load_image
     from gap_deploy.runtime.limits import limit_bytes
-    from gap_deploy.runtime.session import ENGINE_SUFFIXES, ONNX_BACKENDS, available_backends
+    from gap_deploy.runtime.session import ENGINE_SUFFIXES, available_backends
     from gap_deploy.runtime.stream import Batch, stream_batches
     from gap_deploy.runtime.validation import int_tuple
 
@@ -301,9 +303,9 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     try:
         for name, path in artifacts.items():
             is_engine = Path(path).suffix in ENGINE_SUFFIXES
-            wanted = list(backends) if backends else (["trt"] if is_engine else
-                                                       [b for b in ONNX_BACKENDS if b in works and b != "ort-trt"])
-            usable = [b for b in wanted if (b == "trt") == is_engine]
+            quick = [b for b in ONNX_BACKENDS if b in works and not facts(b).builds_at_start]
+            wanted = list(backends) if backends else (list(ENGINE_BACKENDS) if is_engine else quick)
+            usable = [b for b in wanted if (facts(b).artifact == "engine") == is_engine]
             if not usable:
                 raise UsageError(f"no backend given runs artifact '{name}' ({path}); asked for {', '.join(wanted)}.")
             for backend in usable:

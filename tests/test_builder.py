@@ -372,7 +372,9 @@ def test_gap_export_engine_int8_forwards_every_variant_option(tmp_path, referenc
         seen["variant"] = variant
         raise BuildError("stop here")
 
+    real_device = builder.build_device
     monkeypatch.setattr(builder, "import_builder", lambda: FakeBuild().module)
+    monkeypatch.setattr(builder, "build_device", lambda cuda=None: real_device(Cuda(FakeDevice().rt)))
     monkeypatch.setattr(pipeline, "convert_verified", fake_convert)
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))

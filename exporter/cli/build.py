@@ -7,15 +7,13 @@ from pathlib import Path
 import click
 
 from gap_deploy.exporter.builder import BuildConfig
-from gap_deploy.runtime.cli.common import FiniteFloat, image_size, info, report_errors, shape_option
+from gap_deploy.runtime.cli.common import FiniteFloat, gap_command, image_size, info, report_errors, shape_option
 from gap_deploy.runtime.files import check_distinct, check_input_file
 from gap_deploy.runtime.manifest import HARDWARE_COMPAT
 from gap_deploy.runtime.parity import INT8
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-
-def parse_profiles(min_shape, opt_shape, max_shape, profiles, channels=None):
+def parse_profiles(min_shape, opt_shape, max_shape, profiles):
     """--min/--opt/--max make one profile, each --profile MIN:OPT:MAX another; none: the default."""
     from gap_deploy.runtime.errors import InputError
     from gap_deploy.runtime.profiles import Profile
@@ -132,7 +130,7 @@ def print_build(result, wanted: str) -> None:
                    f"{manifest.precision}; see the layer counts above.", err=True)
 
 
-@click.command(context_settings=CONTEXT)
+@gap_command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Engine file. Default: MODEL with .plan "
               "(MODEL.fp16.plan etc. for a converted precision). The manifest goes to OUTPUT.json.")

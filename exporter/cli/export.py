@@ -13,6 +13,7 @@ from gap_deploy.runtime.cli.common import (
     FiniteFloat,
     fail,
     floats,
+    gap_command,
     image_size,
     info,
     report_errors,
@@ -22,8 +23,6 @@ from gap_deploy.runtime.cli.common import (
 from gap_deploy.runtime.errors import ArtifactError
 from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
 from gap_deploy.runtime.parity import FP32
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _read_class_names(path: Path) -> tuple[str, ...]:
@@ -44,7 +43,7 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-@click.command(context_settings=CONTEXT)
+@gap_command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="ONNX file to write. Default: MODEL with .onnx (.fp16.onnx / .int8.onnx for variants).")

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.cli.common import info, report_errors, shape_option, write_json
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from gap_deploy.runtime.cli.common import gap_command, info, report_errors, shape_option, write_json
 
 
-@click.command(context_settings=CONTEXT)
+@gap_command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Bundle folder (new or empty). "
               "Default: MODEL without .onnx, plus _bundle.")

@@ -6,18 +6,17 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.cli.common import fail, info, report_errors
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from gap_deploy.runtime.cli.common import fail, gap_command, info, report_errors
 
 
-@click.command(context_settings=CONTEXT)
+@gap_command()
 @click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "repo", type=click.Path(path_type=Path), help="The model repository to write into.")
 @click.option("--check", "check_repo", type=click.Path(path_type=Path),
               help="Check the repository REPO (written by anyone) against Triton's schema and its artifacts.")
 @click.option("--name", help="Model name (default: the artifact's file name without suffixes).")
-@click.option("--version", default=1, show_default=True, type=click.IntRange(1), help="Model version folder.")
+@click.option("--model-version", "version", default=1, show_default=True, type=click.IntRange(1),
+              help="The model version folder (Triton serves the highest).")
 @click.option("--backend", type=click.Choice(["auto", "python"]), default="auto", show_default=True,
               help="auto: onnxruntime_onnx / tensorrt_plan; python: the gap-deploy runtime inside Triton.")
 @click.option("--kind", type=click.Choice(["auto", "KIND_GPU", "KIND_CPU"]), default="auto", show_default=True,

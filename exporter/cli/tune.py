@@ -7,12 +7,10 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.cli.common import FiniteFloat, fail, info, report_errors, write_json
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from gap_deploy.runtime.cli.common import FiniteFloat, fail, gap_command, info, report_errors, write_json
 
 
-@click.command(context_settings=CONTEXT)
+@gap_command()
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--data", "folder", required=True, type=click.Path(path_type=Path),
               help="Labelled images: one sub-folder per class, named like the model's classes.")

@@ -9,14 +9,12 @@ import numpy as np
 
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.backends.table import BACKENDS, facts
 from gap_deploy.runtime.errors import ArtifactError, BackendError, BackendUnavailableError, first_line
 from gap_deploy.runtime.shapes import format_shape
 
-PROVIDERS = {
-    "ort-cpu": "CPUExecutionProvider",
-    "ort-cuda": "CUDAExecutionProvider",
-    "ort-trt": "TensorrtExecutionProvider",
-}
+#: backend -> the provider that must run its model (runtime.backends.table)
+PROVIDERS = {name: f.provider for name, f in BACKENDS.items() if f.provider}
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
            "tensor(bool)": np.bool_}
@@ -72,7 +70,7 @@ def provider_works(backend: str) -> tuple[bool, str]:
     provider = PROVIDERS[backend]
     if provider not in ort.get_available_providers():
         return False, f"this onnxruntime build has no {provider}"
-    if backend == "ort-cpu":
+    if not facts(backend).gpu:
         return True, ""
     try:
         options = ort.SessionOptions()
@@ -128,7 +126,7 @@ def session_setup(backend: str, path: Path, *, spec=None, provider_options: dict
     defaults: dict[str, dict[str, str]] = {p: {} for p in chain}
     if "CUDAExecutionProvider" in defaults:  # FP32 means FP32: cuDNN's TF32 (on by default) off, as in gap-build
         defaults["CUDAExecutionProvider"]["use_tf32"] = "0"
-    if backend == "ort-trt":
+    if facts(backend).builds_at_start:  # the TensorRT provider: its engine caches and profile
         defaults[chain[0]] = trt_provider_options(path, spec, cache_dir=cache_dir, profile=profile)
     defaults[chain[0]].update({k: str(v) for k, v in (provider_options or {}).items()})
     return [(p, defaults[p]) for p in chain], {}
@@ -169,12 +167,12 @@ class OrtRunner(Runner):
             options.intra_op_num_threads = threads
         from gap_deploy.runtime.artifact import describe
 
-        spec = describe(path) if backend == "ort-trt" else None
+        spec = describe(path) if facts(backend).builds_at_start else None
         providers, entries = session_setup(backend, path, spec=spec, provider_options=provider_options,
                                            cache_dir=cache_dir, profile=profile)
         for key, value in entries.items():
             options.add_session_config_entry(key, value)
-        if backend == "ort-trt":
+        if facts(backend).builds_at_start:
             Path(providers[0][1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         gpu = backend in ACCELERATORS
         with tempfile.TemporaryDirectory(prefix="gap-placement-") as scratch:

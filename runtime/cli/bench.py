@@ -8,12 +8,11 @@ from pathlib import Path
 
 import click
 
+from gap_deploy.runtime.backends.table import facts
 from gap_deploy.runtime.bench import BenchSettings
-from gap_deploy.runtime.cli.common import FiniteFloat, info, report_errors, shape_option, write_json
+from gap_deploy.runtime.cli.common import FiniteFloat, gap_command, info, report_errors, shape_option, write_json
 from gap_deploy.runtime.session import BACKENDS
 from gap_deploy.runtime.shapes import format_shape
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def default_shape(session):
@@ -44,7 +43,7 @@ def check_reference_fits(reference, session, shape, checkpoint) -> None:
                                                       "(and --num-classes if it needs one).")
 
 
-@click.command(context_settings=CONTEXT)
+@gap_command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
 @click.option("--shape", "shapes", multiple=True, metavar="BxCxHxW",
@@ -113,7 +112,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
 
         torch_reference = load_reference("torch")  # registered by the exporter side; runtime never imports it
 
-        device = "cpu" if session.backend == "ort-cpu" else "cuda"
+        device = facts(session.backend).device
         info(f"Loading {torch_ckpt} into PyTorch ({device}) ...")
         reference, extra_versions = torch_reference(torch_ckpt, arch=arch, num_classes=num_classes,
                                                     trust_checkpoint=trust_checkpoint, device=device, threads=threads)
@@ -129,7 +128,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     for shape in parsed:
         done += 1
         info(f"[{done}/{total}] {session.backend} {format_shape(shape)} ...")
-        cold = create_ms if session.backend.startswith("ort") and not results else None  # measured once
+        cold = create_ms if facts(session.backend).cold_start_measured and not results else None  # measured once
         result, output = bench_session(session, shape, settings, cold_start_ms=cold)
         if result is None:
             interrupted = True

@@ -1,11 +1,14 @@
-"""What every gap-* command shares: error reporting, exit codes and option parsing."""
+"""What every gap-* command shares: the command decorator (help, --version, --debug), error reporting, exit codes
+and option parsing."""
 
 from __future__ import annotations
 
 import functools
 import json
 import math
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,25 +20,76 @@ from gap_deploy.runtime.shapes import parse_shape
 
 #: No image side beyond this is taken from the command line (the memory check refuses most far earlier).
 MAX_SIDE = 65536
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+#: GAP_DEBUG=1 in the environment (or --debug) prints a failure's whole chain of exceptions
+DEBUG_VARIABLE = "GAP_DEBUG"
+
+
+def _set_debug(ctx, param, value) -> None:
+    if value:
+        ctx.meta[DEBUG_VARIABLE] = True  # this invocation only (the environment is left alone)
+
+
+def gap_command(**settings) -> Callable:
+    """``click.command`` for every gap-* command: -h/--help, --version, and --debug."""
+
+    def decorate(function: Callable) -> click.Command:
+        from gap_deploy.runtime.version import __version__
+
+        function = click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                                help=f"On failure, print the chain of exceptions behind the message (or set "
+                                     f"{DEBUG_VARIABLE}=1).")(function)
+        function = click.version_option(__version__, "--version", prog_name="gap-deploy",
+                                        message="%(prog)s %(version)s")(function)
+        return click.command(context_settings=CONTEXT, **settings)(function)
+
+    return decorate
+
+
+def debug_enabled() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(DEBUG_VARIABLE)) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+def print_cause(exc: BaseException) -> None:
+    """Every exception in ``exc``'s chain, the first cause first, each with its traceback: what ``raise ... from
+    None`` hides from users but a maintainer needs."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for item in reversed(chain):
+        click.echo("".join(traceback.format_exception(type(item), item, item.__traceback__, chain=False)).rstrip(),
+                   err=True)
+        if item is not exc:
+            click.echo("... which led to:", err=True)
 
 
 def report_errors(command: Callable) -> Callable:
     """User errors become one message on stderr and exit 1 (options that cannot go together: 2, as click's own
-    usage errors); Ctrl-C exits 130. No tracebacks."""
+    usage errors); Ctrl-C exits 130. No tracebacks, unless GAP_DEBUG=1 / --debug asks for the causes."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except UsageError as exc:
+            _debug(exc)
             fail(str(exc), code=2)
         except GapError as exc:
+            _debug(exc)
             fail(str(exc))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _debug(exc: BaseException) -> None:
+    if debug_enabled():
+        print_cause(exc)
 
 
 def fail(message: str, code: int = 1):

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.cli.common import fail, image_size, info, report_errors, write_json
+from gap_deploy.runtime.cli.common import fail, gap_command, image_size, info, report_errors, write_json
 from gap_deploy.runtime.session import BACKENDS
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def parse_artifact(text: str) -> tuple[str, Path]:
@@ -37,7 +35,7 @@ def named_artifacts(artifacts) -> dict[str, Path]:
     return named
 
 
-@click.command(context_settings=CONTEXT)
+@gap_command()
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--data", "folder", required=True, type=click.Path(path_type=Path),
               help="Labelled images: one sub-folder per class, named like the model's classes.")

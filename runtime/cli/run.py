@@ -10,11 +10,9 @@ from pathlib import Path
 import click
 
 from gap_deploy.runtime.classify import iter_classify
-from gap_deploy.runtime.cli.common import FiniteFloat, fail, image_size, info, report_errors
+from gap_deploy.runtime.cli.common import FiniteFloat, fail, gap_command, image_size, info, report_errors
 from gap_deploy.runtime.session import BACKENDS
 from gap_deploy.runtime.stream import StreamStats
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def print_skipped(errors) -> None:
@@ -80,7 +78,28 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
         sys.exit(1)
 
 
-@click.command(context_settings=CONTEXT)
+#: the options each of gap-run's three modes reads; any other option given is refused (exit 2), never ignored
+MODE_OPTIONS = {
+    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "trust_engine"},
+    "ray": {"topk", "backend", "imgsz", "trust_engine", "ray_address", "output", "workers", "cpus_per_worker",
+            "logits", "ray_batch_size"},
+    "server": {"topk", "imgsz", "as_json", "server", "server_model", "concurrency"},
+}
+MODE_NAMES = {"local": "a local run (no --ray, no --server)", "ray": "--ray", "server": "--server"}
+
+
+def refuse_unused(ctx: click.Context, mode: str) -> None:
+    """A usage error naming the first option given on the command line that ``mode`` does not read."""
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or not param.expose_value or param.name in MODE_OPTIONS[mode]:
+            continue
+        if ctx.get_parameter_source(param.name) not in (None, click.core.ParameterSource.DEFAULT):
+            users = [MODE_NAMES[m] for m, names in MODE_OPTIONS.items() if param.name in names]
+            raise click.UsageError(f"{param.opts[0]} does not apply to {MODE_NAMES[mode]}; it is read only by "
+                                   f"{' and '.join(users) or 'no mode'}. Nothing was run.")
+
+
+@gap_command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1)  # str: click.Path would turn s3://bucket into s3:/bucket
 @click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes shown per image.")
@@ -88,7 +107,7 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 @click.option("--imgsz", metavar="N|HxW", help="Resize every image first. Default: keep each image's size "
               "(a GAP network takes any size above its minimum).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Most images of one size run together.")
+              help="Most images of one size run together (local runs; --ray has --ray-batch-size).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
@@ -101,14 +120,17 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 @click.option("--cpus-per-worker", default=0.5, show_default=True, type=FiniteFloat(0.01, 1024),
               help="--ray: CPUs each actor asks for (a fraction leaves CPUs for the read tasks).")
 @click.option("--logits", is_flag=True, help="--ray: also write each image's logits.")
+@click.option("--ray-batch-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="--ray: images per batch handed to a worker (Ray Data's map_batches batch size).")
 @click.option("--server", metavar="HOST:PORT", help="Classify through a Triton server's HTTP API (see gap-triton); "
               "every positional argument is then an image.")
 @click.option("--model", "server_model", help="--server: the model's name on the server.")
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
               help="--server: requests in flight at once.")
+@click.pass_context
 @report_errors
-def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engine, ray_address, output, workers,
-         cpus_per_worker, logits, server, server_model, concurrency):
+def main(ctx, artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engine, ray_address, output, workers,
+         cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency):
     """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx or .plan).
 
     Images are converted to the model's channels, normalized with the mean/std stored in the model,
@@ -116,16 +138,21 @@ def main(artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engi
     reported and skipped; the exit code is then 1.
 
     With --ray, Ray Data reads and classifies the images on a local Ray or a cluster and writes one
-    Parquet row per image to --output (the same answers as without --ray).
+    Parquet row per image to --output (the same answers as without --ray). With --server, a Triton server
+    classifies them and every positional argument is an image. An option that the chosen mode does not read
+    is refused (exit 2).
     """
-    if server is not None or server_model is not None:
+    mode = "server" if server is not None or server_model is not None else \
+        "ray" if ray_address is not None or output is not None else "local"
+    refuse_unused(ctx, mode)
+    if mode == "server":
         if not (server and server_model):
             raise click.UsageError("--server and --model go together: --server HOST:PORT --model NAME IMAGES...")
         return run_on_server(server, server_model, (str(artifact), *images), topk=topk, imgsz=imgsz,
                              as_json=as_json, concurrency=concurrency)
-    if ray_address is not None or output is not None:
+    if mode == "ray":
         return run_on_ray(artifact, images, ray_address, output, topk=topk, backend=backend, imgsz=imgsz,
-                          batch_size=batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
+                          batch_size=ray_batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
                           trust_engine=trust_engine)
     from gap_deploy import runtime
     from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images
