@@ -170,7 +170,7 @@ def _build(model, source: Path, out: Path, spec: ArtifactSpec, fixed: list[Shape
         log(f"Converting {onnx_file.name} to ORT format ...")
         ort_tmp, config = to_ort(onnx_file, work)
         ort_file = out / f"{stem}.ort"
-        os.replace(ort_tmp, ort_file)
+        shutil.move(ort_tmp, ort_file)  # from the work folder inside the staged bundle
         operators.update(line.strip() for line in config.read_text().splitlines()
                          if line.strip() and not line.startswith("#"))
         shapes = _check_shapes(meta, channels, shape)

@@ -39,8 +39,8 @@ def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int 
     earlier file are done: ``{"file", "size", "top"}``, or ``{"file", "error"}`` for a file that cannot be
     read or run. Decoding overlaps inference and at most ``window`` decoded images are held
     (runtime.stream). ``stats`` (a StreamStats) receives where the time went."""
+    from gap_deploy.runtime.session import check_session
     from gap_deploy.runtime.stream import StreamStats, in_order, stream_batches
-    from gap_deploy.runtime.validation import check_session
 
     check_session(session, "iter_classify")
     meta = session.metadata

@@ -309,3 +309,11 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session({str(self.path)!r}, backend={self.backend!r})"
+
+
+def check_session(session, what: str):
+    """``session`` when it is a runtime.Session, else InputTypeError (runtime.load makes one)."""
+    if not isinstance(session, Session):
+        raise InputTypeError(f"{what} needs a runtime.Session (from runtime.load), got {type(session).__name__}.")
+    return session
+

@@ -108,14 +108,3 @@ def int_tuple(value, length: int, what: str) -> tuple[int, ...]:
         raise InputTypeError(f"{what} must be {length} positive whole numbers (a tuple such as "
                              f"{(1, 3, 224, 224)[-length:]}), got {value!r:.80}.")
     return tuple(int(v) for v in value)
-
-
-def check_session(session, what: str):
-    """``session`` when it is a runtime.Session, else InputTypeError (runtime.load makes one)."""
-    from gap_deploy.runtime.errors import InputTypeError
-    from gap_deploy.runtime.session import Session
-
-    if not isinstance(session, Session):
-        raise InputTypeError(f"{what} needs a runtime.Session (from runtime.load), got {type(session).__name__}.")
-    return session
-

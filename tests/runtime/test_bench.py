@@ -56,7 +56,7 @@ def test_tensorrt_timing_parts_with_spec_d_doubles(tmp_path):
     from gap_deploy.runtime.backends.cuda import Cuda
     from gap_deploy.runtime.backends.trt import TrtRunner
     from gap_deploy.runtime.session import Session
-    from tests.test_trt_runner import write_plan
+    from tests.runtime.backends.test_trt import write_plan
     from tests.trt_doubles import COMPUTE_MS, D2H_MS, H2D_MS, FakeDevice, make_engine, make_trt
 
     device = FakeDevice()
@@ -80,7 +80,7 @@ def test_a_cuda_graph_replay_that_differs_is_never_timed(tmp_path):
     from gap_deploy.runtime.backends.trt import TrtRunner
     from gap_deploy.runtime.errors import BackendError
     from gap_deploy.runtime.session import Session
-    from tests.test_trt_runner import write_plan
+    from tests.runtime.backends.test_trt import write_plan
     from tests.trt_doubles import FakeDevice, make_engine, make_trt
 
     device = FakeDevice()
@@ -95,7 +95,7 @@ def _timed_session(tmp_path, device):
     from gap_deploy.runtime.backends.cuda import Cuda
     from gap_deploy.runtime.backends.trt import TrtRunner
     from gap_deploy.runtime.session import Session
-    from tests.test_trt_runner import write_plan
+    from tests.runtime.backends.test_trt import write_plan
     from tests.trt_doubles import make_engine, make_trt
 
     module, _ = make_trt(make_engine(device=device)[0])

@@ -173,3 +173,135 @@ def test_a_missing_checkpoint_is_reported_before_torch_is_imported(tmp_path):
     """)
     assert result.returncode == 1, result.stderr
     assert "missing.pt does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- the structure's rules (issue 19), read from the source --------------------------------------------------
+
+PACKAGES = {"gap_deploy.runtime": "runtime", "gap_deploy.exporter": "exporter"}
+
+
+def _module_files() -> dict[str, "Path"]:
+    """gap_deploy.* module name -> its file, as the installed package maps the folders."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    modules = {}
+    for package, folder in PACKAGES.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = path.relative_to(root / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            modules[".".join((package, *parts))] = path
+    return modules
+
+
+def _top_level_imports(tree) -> set[str]:
+    """Modules imported when the module itself is imported (not inside functions)."""
+    import ast
+
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_no_import_cycles():
+    """Module-level imports form no cycle (a lazy import inside a function is how a rare upward need is met)."""
+    import ast
+
+    files = _module_files()
+    graph = {name: {n for n in _top_level_imports(ast.parse(path.read_text())) if n in files and n != name}
+             for name, path in files.items()}
+    for name, targets in graph.items():  # a package's __init__ is imported with its modules: not an edge back
+        graph[name] = {t for t in targets if not name.startswith(t + ".")}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_one_reader_of_an_onnx_models_input():
+    """Only runtime/artifact.py reads graph.input / graph.output; everyone else asks runtime.artifact.describe."""
+    import re
+
+    pattern = re.compile(r"graph\.(input|output)\s*\[|len\([^)]*graph\.(input|output)\)")
+    offenders = [f"{path.name}:{n}" for name, path in _module_files().items() if name != "gap_deploy.runtime.artifact"
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+
+
+def test_no_backend_name_is_tested_outside_the_table():
+    """`backend == "ort-trt"`, `startswith("ort")`, `in ("trt", ...)`: facts come from runtime/backends/table.py."""
+    import ast
+
+    from gap_deploy.runtime.backends.table import BACKENDS
+
+    names = set(BACKENDS)
+    offenders = []
+    for name, path in _module_files().items():
+        if name == "gap_deploy.runtime.backends.table":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                consts = [o for o in operands if isinstance(o, ast.Constant)]
+                consts += [e for o in operands if isinstance(o, (ast.Tuple, ast.List, ast.Set)) for e in o.elts
+                           if isinstance(e, ast.Constant)]
+                if any(c.value in names for c in consts):
+                    offenders.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr == "startswith" and node.args and isinstance(node.args[0], ast.Constant) and \
+                    str(node.args[0].value) in ("ort", "ort-", "trt"):
+                offenders.append(f"{path.name}:{node.lineno} startswith")
+    assert offenders == []
+
+
+def test_one_way_to_publish_and_one_onnx_writer():
+    """Files appear only through runtime/publish.py (no os.replace or staging folders elsewhere), and ONNX files
+    are written only by runtime/onnx_file.save_onnx (onnx.save / save_model nowhere else)."""
+    import re
+
+    rules = {"gap_deploy.runtime.publish": re.compile(r"os\.replace\(|tempfile\.mkdtemp\("),
+             "gap_deploy.runtime.onnx_file": re.compile(r"onnx\.save\(|onnx\.save_model\(|\.save_model\(")}
+    offenders = []
+    for name, path in _module_files().items():
+        for owner, pattern in rules.items():
+            if name != owner:
+                offenders += [f"{path.name}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1)
+                              if pattern.search(line)]
+    assert offenders == []
+
+
+def test_nothing_imports_upward_or_by_the_bare_folder_names():
+    """Libraries never import a CLI module; no code imports `runtime` or `exporter` by the folder name (installed,
+    they are gap_deploy.runtime and gap_deploy.exporter: a bare name would find an application's own package)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for name, path in _module_files().items():
+        is_cli = ".cli." in name or name.endswith(".cli")
+        for line, imported in _imported(ast.parse(path.read_text())):
+            if not is_cli and ".cli" in imported and imported.startswith("gap_deploy."):
+                offenders.append(f"{path.name}:{line} imports {imported}")
+    for path in [*root.glob("tests/**/*.py"), *root.glob("scripts/*.py"), *_module_files().values()]:
+        for line, imported in _imported(ast.parse(path.read_text())):
+            if imported.split(".")[0] in ("runtime", "exporter"):
+                offenders.append(f"{path.relative_to(root)}:{line} imports {imported}")
+    assert offenders == []

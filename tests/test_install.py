@@ -1,0 +1,79 @@
+"""`pip install .` (not editable) into a fresh venv beside another distribution with a top-level `runtime` package:
+both import, and gap-run works, also from a folder that holds an application's own runtime/ package.
+
+The fresh venv gets no packages from an index: the test's own interpreter lends its site-packages (numpy, click,
+Pillow, onnxruntime, setuptools) through a .pth line, which puts that folder on sys.path without processing the
+.pth files inside it, so this checkout's editable install is not active in the fresh venv.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _tracked_copy(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+def _pip(python: Path, *args: str) -> None:
+    result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                             "--no-index", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_installed_names_cannot_collide_with_a_runtime_package(tmp_path, reference_onnx):
+    from PIL import Image
+
+    env = tmp_path / "fresh"
+    venv.EnvBuilder(with_pip=True).create(env)
+    python = env / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    subprocess.run([str(python), "-m", "pip", "uninstall", "--quiet", "-y", "setuptools"], check=True,
+                   capture_output=True, timeout=120)  # the venv's own (old) setuptools: ours builds instead
+    (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    other = tmp_path / "other"  # an unrelated distribution whose import name is `runtime`
+    (other / "runtime").mkdir(parents=True)
+    (other / "runtime" / "__init__.py").write_text("WHO = 'another project'\n")
+    (other / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\nbuild-backend = '
+                                          '"setuptools.build_meta"\n[project]\nname = "runtime-other"\nversion = "1"\n'
+                                          '[tool.setuptools]\npackages = ["runtime"]\n')
+    _pip(python, str(other))
+    _pip(python, str(_tracked_copy(tmp_path / "src")))  # pip install . from a clean copy, not editable
+
+    app = tmp_path / "app"  # an application with its own runtime/ folder, run from its own folder
+    (app / "runtime").mkdir(parents=True)
+    (app / "runtime" / "__init__.py").write_text("WHO = 'the application'\n")
+    check = subprocess.run([str(python), "-c", (
+        "import runtime, gap_deploy.runtime as ours\n"
+        "import gap_deploy.runtime.session as s\n"
+        "print(runtime.WHO, '|', ours.__file__.startswith(%r), '|', s.Session.__name__)" % str(site))],
+        cwd=app, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == "the application | True | Session"
+    elsewhere = subprocess.run([str(python), "-c", "import runtime; print(runtime.WHO)"], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60)
+    assert elsewhere.stdout.strip() == "another project"  # the other distribution still imports
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(app / "red.png")
+    run = subprocess.run([str(env / "bin" / "gap-run"), str(reference_onnx), "red.png", "-k", "1"], cwd=app,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("red.png (") and "class" in run.stdout
+    assert not (site / "gap_deploy" / "__init__.py").exists()  # a namespace: nothing else claims the top level
