@@ -180,8 +180,8 @@ def test_a_missing_checkpoint_is_reported_before_torch_is_imported(tmp_path):
 PACKAGES = {"gap_deploy.runtime": "runtime", "gap_deploy.exporter": "exporter"}
 
 
-def _module_files() -> dict[str, "Path"]:
-    """gap_deploy.* module name -> its file, as the installed package maps the folders."""
+def _module_files() -> dict:
+    """gap_deploy.* module name -> its file (a Path), as the installed package maps the folders."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]

@@ -60,10 +60,10 @@ def test_installed_names_cannot_collide_with_a_runtime_package(tmp_path, referen
     app = tmp_path / "app"  # an application with its own runtime/ folder, run from its own folder
     (app / "runtime").mkdir(parents=True)
     (app / "runtime" / "__init__.py").write_text("WHO = 'the application'\n")
-    check = subprocess.run([str(python), "-c", (
-        "import runtime, gap_deploy.runtime as ours\n"
-        "import gap_deploy.runtime.session as s\n"
-        "print(runtime.WHO, '|', ours.__file__.startswith(%r), '|', s.Session.__name__)" % str(site))],
+    code = ("import runtime, gap_deploy.runtime as ours\n"
+            "import gap_deploy.runtime.session as s\n"
+            f"print(runtime.WHO, '|', ours.__file__.startswith({str(site)!r}), '|', s.Session.__name__)")
+    check = subprocess.run([str(python), "-c", code],
         cwd=app, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "the application | True | Session"
