@@ -8,6 +8,7 @@ sizes run as separate batches, never padded (padding would change every global a
 
 import json
 import os
+import site
 import sys
 
 import numpy as np
@@ -18,9 +19,13 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        for path in reversed(json.loads(params.get("sys_path", "[]"))):  # the stub ignores PYTHONPATH
+        paths = json.loads(params.get("sys_path", "[]"))
+        for path in reversed(paths):  # the stub ignores PYTHONPATH
             if path not in sys.path:
                 sys.path.insert(0, path)
+        for path in paths:  # their .pth files too: an editable install of gap-deploy is found through one
+            if os.path.isdir(path):
+                site.addsitedir(path)
         from gap_deploy import runtime
 
         folder = os.path.join(args["model_repository"], args["model_version"])
@@ -32,11 +37,11 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        groups = {}
-        for index, request in enumerate(requests):
-            images = _to_numpy(pb_utils.get_input_tensor_by_name(request, self.input_name))
-            groups.setdefault(images.shape[1:], []).append((index, images))
-        for items in groups.values():
+        from gap_deploy.runtime.shapes import batches_by_shape
+
+        arrays = [(index, _to_numpy(pb_utils.get_input_tensor_by_name(request, self.input_name)))
+                  for index, request in enumerate(requests)]
+        for items in batches_by_shape(arrays, lambda item: item[1].shape[1:]):
             batch = np.concatenate([images for _, images in items])
             try:
                 logits = self.session.run(batch)

@@ -21,7 +21,7 @@ from gap_deploy.runtime.errors import (
 )
 from gap_deploy.runtime.files import check_input_file
 from gap_deploy.runtime.limits import check_memory
-from gap_deploy.runtime.shapes import format_shape
+from gap_deploy.runtime.shapes import batches_by_shape, format_shape
 from gap_deploy.runtime.validation import InputSpec, prepare
 
 BACKENDS = ONNX_BACKENDS + ENGINE_BACKENDS
@@ -269,27 +269,23 @@ class Session:
         """
         if max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {max_batch}.")
-        groups: dict[tuple, list[int]] = {}
         for index, image in enumerate(images):
             if not isinstance(image, np.ndarray) or image.ndim != 3:
                 got = f"{image.ndim}-D" if isinstance(image, np.ndarray) else type(image).__name__
                 raise InputError(f"run_many takes a list of CHW images; item {index} is {got}.",
                                  hint="use Session.run for a batch (N, C, H, W).")
-            groups.setdefault((image.shape, image.dtype.str), []).append(index)
         results: list[np.ndarray | None] = [None] * len(images)
         fixed_batch = self._spec.fixed[0]
-        step = fixed_batch or max_batch
-        for indices in groups.values():
-            for start in range(0, len(indices), step):
-                chunk = indices[start:start + step]
-                batch = [images[i] for i in chunk]
-                if fixed_batch and len(batch) < fixed_batch:
-                    # A static batch takes exactly N images: fill the short last chunk by repeating its own
-                    # images and drop their outputs. Safe for a GAP network: each image is averaged alone.
-                    batch += [batch[k % len(chunk)] for k in range(fixed_batch - len(chunk))]
-                logits = self.run(np.stack(batch), cast=cast, check_finite=check_finite)
-                for i, row in zip(chunk, logits):
-                    results[i] = row
+        for chunk in batches_by_shape(range(len(images)), lambda i: (images[i].shape, images[i].dtype.str),
+                                      fixed_batch or max_batch):
+            batch = [images[i] for i in chunk]
+            if fixed_batch and len(batch) < fixed_batch:
+                # A static batch takes exactly N images: fill the short last chunk by repeating its own
+                # images and drop their outputs. Safe for a GAP network: each image is averaged alone.
+                batch += [batch[k % len(chunk)] for k in range(fixed_batch - len(chunk))]
+            logits = self.run(np.stack(batch), cast=cast, check_finite=check_finite)
+            for i, row in zip(chunk, logits):
+                results[i] = row
         return results  # type: ignore[return-value]
 
     def _check_open(self) -> None:

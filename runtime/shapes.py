@@ -27,5 +27,15 @@ def parse_shape(text: str, channels: int | None = None) -> Shape:
     return tuple(dims)  # type: ignore[return-value]
 
 
+def batches_by_shape(items, shape_of, limit: int | None = None) -> list[list]:
+    """``items`` grouped by ``shape_of(item)`` in first-seen order, each group cut into batches of at most
+    ``limit``. Different shapes never share a batch: padding would change every global average."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(shape_of(item), []).append(item)
+    step = limit or max((len(g) for g in groups.values()), default=1)
+    return [group[i:i + step] for group in groups.values() for i in range(0, len(group), step)]
+
+
 def format_shape(shape) -> str:
     return "x".join(str(int(d)) for d in shape)

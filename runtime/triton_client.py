@@ -20,6 +20,7 @@ from gap_deploy.runtime.artifact import ArtifactSpec, from_tensors
 from gap_deploy.runtime.backends.base import TensorInfo
 from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError, GapError, UsageError, first_line
 from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.shapes import batches_by_shape
 
 #: the longest one request (a config read, one inference) may take, whatever the server sends meanwhile
 REQUEST_DEADLINE_S = 60.0
@@ -135,18 +136,16 @@ def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5
 
     meta = remote.metadata
     channels = remote.spec.channels
-    groups: dict[tuple, list[tuple[Path, np.ndarray]]] = {}
+    loaded: list[tuple[Path, np.ndarray]] = []
     errors = []
     for path in paths:
         try:
-            chw = normalize(load_image(path, channels, imgsz), meta)
-            groups.setdefault(chw.shape, []).append((path, chw))
+            loaded.append((path, normalize(load_image(path, channels, imgsz), meta)))
         except ArtifactError as exc:
             errors.append({"file": str(path), "error": first_line(exc)})
         if progress:
             progress(1)
-    chunks = [items[i:i + remote.max_batch] for items in groups.values()
-              for i in range(0, len(items), remote.max_batch)]
+    chunks = batches_by_shape(loaded, lambda item: item[1].shape, remote.max_batch)
     outputs = infer(remote, [np.stack([chw for _, chw in chunk]) for chunk in chunks])
     results = []
     for chunk, output in zip(chunks, outputs):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import types
 from pathlib import Path
 
 import click
@@ -10,6 +12,7 @@ from gap_deploy.exporter.builder import BuildConfig
 from gap_deploy.runtime.cli.common import FiniteFloat, gap_command, image_size, info, report_errors, shape_option
 from gap_deploy.runtime.files import check_distinct, check_input_file
 from gap_deploy.runtime.manifest import HARDWARE_COMPAT
+from gap_deploy.runtime.naming import engine_path, manifest_path, variant_path
 from gap_deploy.runtime.parity import INT8
 
 
@@ -31,9 +34,41 @@ def parse_profiles(min_shape, opt_shape, max_shape, profiles):
     return tuple(result)
 
 
-def precision_options(f):
-    """Options shared by gap-build and gap-export that shape a precision variant."""
-    for decorator in reversed([
+def grouped(target: str, decorators):
+    """Options that reach the command as one value: ``target`` (a SimpleNamespace of their values), so a
+    command's signature holds the group, not each of its options."""
+
+    def decorate(f):
+        probe = click.command()(functools.reduce(lambda g, d: d(g), reversed(decorators), lambda: None))
+        names = [param.name for param in probe.params]
+
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            kwargs[target] = types.SimpleNamespace(**{name: kwargs.pop(name) for name in names})
+            return f(*args, **kwargs)
+
+        wrapper.__click_params__ = list(getattr(f, "__click_params__", []))
+        for decorator in reversed(decorators):
+            wrapper = decorator(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def variant_options(precision: str | None, calib, calib_size: tuple[int, int], args, int8_layout: str = "tensorrt"):
+    """The VariantOptions of a command's --precision, --calib and precision_options; None for FP32. Checked here
+    (INT8 without --calib is a usage error) before any work."""
+    from gap_deploy.exporter.precision import VariantOptions
+
+    if precision in (None, "fp32"):
+        return None
+    return VariantOptions(precision, calib=calib, calib_size=calib_size, min_top1=args.min_top1,
+                          keep_float_ends=not args.int8_all_layers, keep_fp32=tuple(args.keep_fp32),
+                          fp32_fallback=args.fp32_fallback, int8_layout=int8_layout)
+
+
+def _precision_decorators():
+    return [
         click.option("--min-top1", type=FiniteFloat(0, 1), default=INT8.min_top1, show_default=True,
                      help="INT8: fail when top-1 agreement with FP32 on the calibration images drops below this."),
         click.option("--int8-all-layers", is_flag=True,
@@ -45,14 +80,15 @@ def precision_options(f):
         click.option("--fp32-fallback/--no-fp32-fallback", default=True, show_default=True,
                      help="When FP16 or INT8 misses its gate, keep the layers that cause it in FP32 automatically "
                           "(FP16: activations beyond float16's range first; then the most error-sensitive)."),
-    ]):
-        f = decorator(f)
-    return f
+    ]
 
 
-def engine_options(f):
-    """Options shared by gap-build and gap-export --engine."""
-    for decorator in reversed([
+#: Options shared by gap-build and gap-export that shape a precision variant: one value, ``variant_args``.
+precision_options = grouped("variant_args", _precision_decorators())
+
+
+def _engine_decorators():
+    return [
         click.option("--min", "min_shape", metavar="BxCxHxW", help="Smallest input of the profile. Default: 1 x C x "
                      "the model's minimum size."),
         click.option("--opt", "opt_shape", metavar="BxCxHxW", help="Shape TensorRT tunes for. Default: 1xCx224x224."),
@@ -73,19 +109,18 @@ def engine_options(f):
                      help="Let FP32 layers compute in TF32 (TensorRT's own default; faster on Ampere and newer, "
                      "~1e-3 relative error). Off by default, so an fp32 engine computes in FP32; with it the "
                      "manifest records precision tf32."),
-    ]):
-        f = decorator(f)
-    return f
+    ]
 
 
-def build_config(*, min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible,
-                 hardware_compat, tf32=False):
+#: Options shared by gap-build and gap-export --engine: one value, ``engine_args``.
+engine_options = grouped("engine_args", _engine_decorators())
+
+
+def build_config(args) -> BuildConfig:
     """The engine options (shared by gap-build and gap-export --engine) as a BuildConfig."""
-    from gap_deploy.exporter.builder import BuildConfig
-
-    return BuildConfig(profiles=parse_profiles(min_shape, opt_shape, max_shape, profiles), workspace_gib=workspace,
-                       timing_cache=timing_cache, version_compatible=version_compatible,
-                       hardware_compat=hardware_compat, tf32=tf32)
+    return BuildConfig(profiles=parse_profiles(args.min_shape, args.opt_shape, args.max_shape, args.profiles),
+                       workspace_gib=args.workspace, timing_cache=args.timing_cache,
+                       version_compatible=args.version_compatible, hardware_compat=args.hardware_compat, tf32=args.tf32)
 
 
 def print_variant(variant) -> None:
@@ -144,32 +179,22 @@ def print_build(result, wanted: str) -> None:
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run the engine at min/opt/max of every profile against ONNX Runtime (CPU) before writing.")
 @report_errors
-def main(model, output, precision, calib, calib_size, min_top1, int8_all_layers, keep_fp32, fp32_fallback, min_shape,
-         opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat, tf32, verify):
+def main(model, output, precision, calib, calib_size, variant_args, engine_args, verify):
     """Build a TensorRT engine from MODEL.onnx (TensorRT 10 or 11, strongly typed).
 
     Needs the full TensorRT and an NVIDIA GPU (pip install 'gap-deploy[gpu]'). Example:
 
         gap-build model.onnx --precision fp16 --min 1x3x32x32 --opt 1x3x224x224 --max 8x3x512x512
     """
-    if precision == "int8" and calib is None:
-        raise click.BadParameter("--precision int8 needs --calib DIR or --calib FILE.npy.", param_hint="--calib")
-    from gap_deploy.exporter.precision import VariantOptions
-
     check_input_file(model, "ONNX model")
     size = image_size(calib_size)
-    suffix = "" if precision in (None, "fp32") else f".{precision}"
-    output = output or model.with_name(f"{model.stem}{suffix}.plan")
-    outputs = {"-o/--output": output, "the engine manifest": output.with_name(output.name + ".json")}
-    if suffix:
-        outputs[f"the {precision} model"] = model.with_name(f"{model.stem}{suffix}.onnx")
-    check_distinct({"MODEL": model, "--calib": calib, "--timing-cache": timing_cache}, outputs)
-    variant = None if precision in (None, "fp32") else VariantOptions(
-        precision, calib=calib, calib_size=size, min_top1=min_top1,
-        keep_float_ends=not int8_all_layers, keep_fp32=tuple(keep_fp32), fp32_fallback=fp32_fallback)
-    config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, profiles=profiles,
-                          workspace=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
-                          hardware_compat=hardware_compat, tf32=tf32)
+    variant = variant_options(precision, calib, size, variant_args)
+    output = output or engine_path(model, precision)
+    outputs = {"-o/--output": output, "the engine manifest": manifest_path(output)}
+    if variant is not None:
+        outputs[f"the {precision} model"] = variant_path(model, precision)
+    check_distinct({"MODEL": model, "--calib": calib, "--timing-cache": engine_args.timing_cache}, outputs)
+    config = build_config(engine_args)
     from gap_deploy.exporter.builder import build_with_precision
 
     result = build_with_precision(model, output, variant=variant, config=config, verify=verify, log=info)

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.exporter.cli.build import build_config, engine_options, precision_options, print_build, print_variant
+from gap_deploy.exporter.cli.build import (
+    build_config,
+    engine_options,
+    precision_options,
+    print_build,
+    print_variant,
+    variant_options,
+)
 from gap_deploy.exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
-from gap_deploy.exporter.precision import VariantOptions
 from gap_deploy.runtime.cli.common import (
     FiniteFloat,
     fail,
@@ -22,6 +28,7 @@ from gap_deploy.runtime.cli.common import (
 )
 from gap_deploy.runtime.errors import ArtifactError
 from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
+from gap_deploy.runtime.naming import engine_path, manifest_path, onnx_for_checkpoint, variant_path
 from gap_deploy.runtime.parity import FP32
 
 
@@ -100,10 +107,7 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 @report_errors
 def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
          opset, simplify, keep_stack_traces, verify, verify_shapes, atol, rtol, report, precision, calib, int8_layout,
-         min_top1, int8_all_layers,
-         keep_fp32, fp32_fallback, engine,
-         min_shape, opt_shape, max_shape, profiles, workspace, timing_cache, version_compatible, hardware_compat, tf32,
-         summary):
+         variant_args, engine, engine_args, summary):
     """Export the GAP CNN in MODEL (a state_dict .pt/.pth, a checkpoint dict or .safetensors) to ONNX.
 
     The model is verified against PyTorch with ONNX Runtime before the file is written; a model that
@@ -115,9 +119,8 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     size = image_size(imgsz)
     mean_v, std_v = floats(mean), floats(std)
     names = _read_class_names(class_names) if class_names else None
-    out_path = output or model.with_suffix(".onnx")
-    if precision == "int8" and calib is None:
-        raise click.BadParameter("--precision int8 needs --calib DIR or --calib FILE.npy.", param_hint="--calib")
+    out_path = output or onnx_for_checkpoint(model)
+    variant = variant_options(precision, calib, size, variant_args, int8_layout)  # INT8 without --calib: exit 2
     if summary:
         from gap_deploy.exporter.checkpoint import load_model  # torch is imported here, after argument checks
         from gap_deploy.exporter.summary import layer_table
@@ -129,29 +132,17 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     if report:
         check_output_path(report)
     outputs = {"-o/--output": out_path, "--report": report}
-    if precision != "fp32":
-        outputs[f"the {precision} model"] = out_path.with_name(f"{out_path.stem}.{precision}.onnx")
+    if variant is not None:
+        outputs[f"the {precision} model"] = variant_path(out_path, precision, int8_layout)
     if engine:
-        plan = out_path.with_name(f"{out_path.stem}{'' if precision == 'fp32' else '.' + precision}.plan")
-        outputs.update({"the engine": plan, "the engine manifest": plan.with_name(plan.name + ".json")})
+        plan = engine_path(out_path, precision)
+        outputs.update({"the engine": plan, "the engine manifest": manifest_path(plan)})
     check_distinct({"MODEL": model, "--calib": calib, "--class-names": class_names,
-                    "--timing-cache": timing_cache}, outputs)
-    engine_config = None
-    if engine:
-        from gap_deploy.exporter.builder import import_builder
-
-        import_builder()  # no TensorRT: say so now, not after the export
-        engine_config = build_config(min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-                                     profiles=profiles, workspace=workspace, timing_cache=timing_cache,
-                                     version_compatible=version_compatible, hardware_compat=hardware_compat,
-                                     tf32=tf32)
+                    "--timing-cache": engine_args.timing_cache}, outputs)
+    engine_config = build_config(engine_args) if engine else None
     shapes = None
     if verify_shapes:
         shapes = [verify_shape(text.strip()) for text in verify_shapes.split(",") if text.strip()]
-    variant = None if precision == "fp32" else VariantOptions(precision, calib=calib, calib_size=size,
-                                                              min_top1=min_top1, keep_float_ends=not int8_all_layers,
-                                                              keep_fp32=tuple(keep_fp32), fp32_fallback=fp32_fallback,
-                                                              int8_layout=int8_layout)
     from gap_deploy.exporter.onnx_export import ExportOptions  # torch is imported here, after argument checks
     from gap_deploy.exporter.pipeline import ExportJob, run_export
     from gap_deploy.runtime.errors import ParityError

@@ -319,7 +319,7 @@ def test_import_builder_names_the_extra(monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--min", "1x3x4x4"], "give --min, --opt and --max together"),
     (["--profile", "1x3x4x4:1x3x8x8"], "is not MIN:OPT:MAX"),
-    (["--precision", "int8"], "needs --calib"),
+    (["--precision", "int8"], "needs calibration data"),
 ])
 def test_gap_build_usage_errors(reference_onnx, args, message):
     from gap_deploy.exporter.cli.build import main
