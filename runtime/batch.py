@@ -226,7 +226,7 @@ def run_batch(job: BatchJob) -> BatchResult:
     paths, early_errors = expand_sources(job.sources)
     ray = connect(job.address)
     data = require("ray.data", purpose="for --ray")
-    gpu = facts(job.backend).ray_gpus
+    gpu = facts(job.backend).ray_gpus if job.backend else 0  # the default picks per worker, reserving none
     cpus = float(ray.cluster_resources().get("CPU", 1))
     workers = job.workers or max(1, int((cpus - 1) / job.cpus_per_worker) if cpus > 1 else 1)
     if workers * job.cpus_per_worker > cpus:  # Ray would wait for them for ever

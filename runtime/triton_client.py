@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.artifact import ArtifactSpec, from_tensors
 from gap_deploy.runtime.backends.base import TensorInfo
 from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError, GapError, UsageError, first_line
@@ -26,9 +25,107 @@ from gap_deploy.runtime.shapes import batches_by_shape
 REQUEST_DEADLINE_S = 60.0
 
 
+#: the most bytes one answer may hold: a config or an error is small; logits are rows x classes x 4 bytes
+MAX_ANSWER_BYTES = 64 << 20
+
+
+class _Http:
+    """KServe v2 over HTTP(S) with the standard library's http.client, every answer bounded.
+
+    Not tritonclient's HTTP client: its timeouts bound each read, not an answer (a server sending a byte at a
+    time holds it for ever), and it inflates a gzip or deflate answer whole, asked for or not
+    (tritonclient/http/_infer_result.py: ``gzip.decompress(response.read())``): 1 MB becomes 16 GB. Here every
+    request has one deadline, enforced by closing the socket when it passes; answers are read up to
+    MAX_ANSWER_BYTES (or what the request can need), and a compressed answer, which this client never asks
+    for, is refused.
+    """
+
+    def __init__(self, server: str, *, timeout_s: float, deadline_s: float):
+        scheme, _, rest = server.rpartition("://")
+        if scheme not in ("", "http", "https"):
+            raise UsageError(f"--server {server}: scheme {scheme!r} is not http or https.",
+                             hint="give HOST:PORT, http://HOST:PORT or https://HOST:PORT.")
+        self.server, self.tls = server, scheme == "https"
+        self.address = rest.rstrip("/")
+        self.timeout_s, self.deadline_s = timeout_s, deadline_s
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                limit: int = MAX_ANSWER_BYTES, status_only: bool = False) -> tuple[int, dict, bytes]:
+        """(status, headers, body); TimeoutError past the deadline, ValueError for an answer that breaks a bound.
+        ``status_only``: the body is not read (a health check)."""
+        import http.client
+        import socket
+        import threading
+
+        kind = http.client.HTTPSConnection if self.tls else http.client.HTTPConnection
+        conn = kind(self.address, timeout=min(self.timeout_s, self.deadline_s))
+        expired = threading.Event()
+
+        sockets = []
+
+        def cut() -> None:  # the deadline passed: whatever recv is blocked returns now
+            expired.set()
+            for sock in sockets:  # held here: http.client drops its own reference once the answer is begun
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(self.deadline_s, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.connect()
+            sockets.append(conn.sock)
+            if expired.is_set():
+                cut()
+            conn.request(method, path, body=body, headers={"Accept-Encoding": "identity", **(headers or {})})
+            response = conn.getresponse()
+            if status_only:
+                return response.status, {}, b""
+            encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+            if encoding != "identity":
+                raise ValueError(f"it sent a {encoding}-compressed answer, which this client never asks for")
+            length = response.getheader("Content-Length")
+            if length is not None and (not length.strip().isdigit() or int(length) > limit):
+                raise ValueError(f"it announced an answer of {length.strip()[:20]} bytes (at most {limit} are read)")
+            chunks, size = [], 0
+            while True:
+                chunk = response.read1(1 << 16)
+                if not chunk:
+                    if expired.is_set():  # the cut ended the answer, not the server
+                        raise TimeoutError(f"no complete answer within {self.deadline_s:g} s")
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise ValueError(f"its answer passed {limit} bytes")
+                chunks.append(chunk)
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, b"".join(chunks)
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise TimeoutError(f"no complete answer within {self.deadline_s:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+            conn.close()
+
+    def json(self, method: str, path: str, body: bytes | None = None):
+        import json
+
+        status, _, data = self.request(method, path, body)
+        try:
+            payload = json.loads(data) if data else {}
+        except ValueError:
+            raise ValueError(f"it answered {path} with HTTP {status} and no JSON") from None
+        if status != 200:
+            error = payload.get("error") if isinstance(payload, dict) else None
+            raise ValueError(f"HTTP {status}: {str(error or payload)[:200]}")
+        return payload
+
+
 @dataclass
 class RemoteModel:
-    client: object
+    client: _Http
     name: str
     input_name: str
     output_name: str
@@ -38,46 +135,34 @@ class RemoteModel:
     #: the served model as runtime.artifact describes it, from the config (input dims without the batch)
     spec: ArtifactSpec | None = None
     deadline_s: float = REQUEST_DEADLINE_S
-
-
-def _deadline(seconds: float):
-    """A bound on a whole call of tritonclient's (gevent-based) HTTP client, not only on each read: a server
-    that answers a byte at a time cannot hold it longer."""
-    import gevent
-
-    return gevent.Timeout(seconds, TimeoutError(f"no complete answer within {seconds:g} s"))
+    concurrency: int = 8
 
 
 def connect(server: str, model: str, *, concurrency: int = 8, timeout_s: float = 10.0,
             deadline_s: float = REQUEST_DEADLINE_S) -> RemoteModel:
     """Reach ``server`` (HOST:PORT, http://HOST:PORT or https://HOST:PORT), find ``model`` and read its config;
     one clear error for each failure. Every request has an overall deadline of ``deadline_s``."""
-    http = require("tritonclient.http", purpose="for --server", hint="pip install 'gap-deploy[triton]'")
-    scheme, _, url = server.rpartition("://")
-    if scheme not in ("", "http", "https"):
-        raise UsageError(f"--server {server}: scheme {scheme!r} is not http or https.",
-                         hint="give HOST:PORT, http://HOST:PORT or https://HOST:PORT.")
+    from urllib.parse import quote
+
+    client = _Http(server, timeout_s=timeout_s, deadline_s=deadline_s)
     try:
-        client = http.InferenceServerClient(url=url, concurrency=concurrency, connection_timeout=timeout_s,
-                                            network_timeout=max(timeout_s, 60.0), ssl=scheme == "https")
-        with _deadline(deadline_s):
-            live = client.is_server_live()
+        live, _, _ = client.request("GET", "/v2/health/live", status_only=True)
     except Exception as exc:
         raise BackendUnavailableError(f"cannot reach a Triton server at {server}: {first_line(exc)}",
                                       hint="check the address and that tritonserver runs (its HTTP port, "
                                            "8000 by default).") from None
-    if not live:
-        raise BackendUnavailableError(f"the Triton server at {server} is not live yet.", hint="wait and retry.")
+    if live != 200:
+        raise BackendUnavailableError(f"the Triton server at {server} is not live yet (HTTP {live}).",
+                                      hint="wait and retry.")
     try:
-        with _deadline(deadline_s):
-            config = client.get_model_config(model)
+        config = client.json("GET", f"/v2/models/{quote(model, safe='')}/config")
     except Exception as exc:
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, (TimeoutError, OSError)) or "compressed" in str(exc) or "bytes" in str(exc):
             raise BackendUnavailableError(f"the Triton server at {server} sent no complete config for '{model}': "
                                           f"{first_line(exc)}.", hint="check the server; a proxy in between?") from None
         try:
-            with _deadline(deadline_s):
-                known = [m["name"] for m in client.get_model_repository_index()]
+            index = client.json("POST", "/v2/repository/index", b"{}")
+            known = [str(m.get("name")) for m in index if isinstance(m, dict)] if isinstance(index, list) else []
         except Exception:
             known = []
         raise UsageError(f"the Triton server at {server} has no ready model '{model}': {first_line(exc)}",
@@ -86,7 +171,7 @@ def connect(server: str, model: str, *, concurrency: int = 8, timeout_s: float =
     try:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         max_batch = int(config.get("max_batch_size", 0))
-        names = config["input"][0]["name"], config["output"][0]["name"]
+        names = str(config["input"][0]["name"]), str(config["output"][0]["name"])
         batch = (None,) if max_batch > 0 else ()  # with batching, Triton's dims leave the batch out
         in_shape = (*batch, *(int(d) for d in config["input"][0].get("dims", [])))
         out_shape = (*batch, *(int(d) for d in config["output"][0].get("dims", [])))
@@ -99,33 +184,81 @@ def connect(server: str, model: str, *, concurrency: int = 8, timeout_s: float =
     if max_batch < 0:
         raise ArtifactError(f"the config of '{model}' at {server} has max_batch_size {max_batch}; it must be 0 "
                             "(no batching) or more.", hint="fix the model's config.pbtxt (gap-triton writes it).")
-    return RemoteModel(client, model, *names, max_batch or 1, meta, deadline_s=deadline_s, spec=spec)
+    return RemoteModel(client, model, *names, max_batch or 1, meta, deadline_s=deadline_s, spec=spec,
+                       concurrency=concurrency)
+
+
+def _infer_one(remote: RemoteModel, batch: np.ndarray) -> np.ndarray:
+    """One request with the binary tensor extension (KServe v2 as Triton implements it), checked: the logits
+    (len(batch), classes) float32, or ValueError / TimeoutError / OSError saying what the server did."""
+    import json
+    from urllib.parse import quote
+
+    data = np.ascontiguousarray(batch, dtype=np.float32).tobytes()
+    header = json.dumps({"inputs": [{"name": remote.input_name, "shape": list(batch.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(data)}}],
+                         "outputs": [{"name": remote.output_name, "parameters": {"binary_data": True}}]}).encode()
+    classes = remote.spec.num_classes if remote.spec is not None else None
+    limit = min(MAX_ANSWER_BYTES, (1 << 20) + len(batch) * 4 * classes) if classes else MAX_ANSWER_BYTES
+    status, headers, body = remote.client.request(
+        "POST", f"/v2/models/{quote(remote.name, safe='')}/infer", header + data,
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}, limit)
+    split = headers.get("inference-header-content-length")
+    try:
+        head_size = int(split) if split is not None else len(body)
+        if not 0 <= head_size <= len(body):
+            raise ValueError
+        answer = json.loads(body[:head_size])
+    except ValueError:
+        raise ValueError(f"HTTP {status} with an answer that is not KServe v2 JSON") from None
+    if status != 200 or not isinstance(answer, dict):
+        error = answer.get("error") if isinstance(answer, dict) else answer
+        raise ValueError(str(error)[:300] if error else f"HTTP {status}")
+    outputs = [o for o in answer.get("outputs", []) if isinstance(o, dict) and o.get("name") == remote.output_name]
+    if not outputs:
+        raise ValueError(f"it answered without the output '{remote.output_name}'")
+    out = outputs[0]
+    shape = tuple(int(d) for d in out.get("shape", []))
+    if out.get("datatype") != "FP32" or len(shape) != 2 or shape[0] < 0 or shape[1] < 0:
+        raise ValueError(f"it answered {out.get('datatype')!r} of shape {shape}, not FP32 (N, classes)")
+    size = (out.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        raw = body[head_size:head_size + int(size)]
+        if int(size) != shape[0] * shape[1] * 4 or len(raw) != int(size):
+            raise ValueError(f"its binary output holds {len(raw)} bytes for shape {shape}")
+        values = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    else:
+        values = np.asarray(out.get("data", []), dtype=np.float32)
+        if values.size != shape[0] * shape[1]:
+            raise ValueError(f"its output holds {values.size} values for shape {shape}")
+        values = values.reshape(shape)
+    if values.shape[0] != len(batch):
+        raise ValueError(f"it answered {len(batch)} image(s) with shape {tuple(values.shape)}")
+    if classes and values.shape[1] != classes:
+        raise ValueError(f"it answered {values.shape[1]} classes; the model's config has {classes}")
+    if not np.isfinite(values).all():
+        raise ValueError("it answered NaN or infinite logits")
+    return values
 
 
 def infer(remote: RemoteModel, batches: Sequence[np.ndarray]) -> list[np.ndarray | GapError]:
-    """Send every batch as one concurrent request; the logits per batch, or the server's error."""
-    http = require("tritonclient.http", purpose="for --server")
-    pending = []
-    for batch in batches:
-        tensor = http.InferInput(remote.input_name, list(batch.shape), "FP32")
-        tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        pending.append((time.perf_counter(), remote.client.async_infer(
-            remote.name, [tensor], outputs=[http.InferRequestedOutput(remote.output_name)])))
-    results: list[np.ndarray | GapError] = []
-    for batch, (started, request) in zip(batches, pending):
+    """Send every batch as one request, ``remote.concurrency`` at a time; the logits per batch, or what went
+    wrong with it (each within the request deadline)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(batch):
+        started = time.perf_counter()
         try:
-            left = max(remote.deadline_s - (time.perf_counter() - started), 0.001)
-            with _deadline(left):
-                result = request.get_result(block=True, timeout=left)
-                output = result.as_numpy(remote.output_name)
-            if output is None or output.ndim != 2 or output.shape[0] != len(batch):
-                got = "no output" if output is None else f"shape {tuple(output.shape)}"
-                raise ValueError(f"it answered {len(batch)} image(s) with {got}")
-            results.append(output)
-        except Exception as exc:  # InferenceServerException: the server's own message (the runtime's, for python)
-            results.append(GapError(f"Triton refused the request: {first_line(exc)}"))
-        remote.latencies_ms.append((time.perf_counter() - started) * 1e3)
-    return results
+            return _infer_one(remote, batch)
+        except Exception as exc:  # the server's own message (the runtime's, for the python backend), or ours
+            return GapError(f"Triton refused the request: {first_line(exc)}")
+        finally:
+            remote.latencies_ms.append((time.perf_counter() - started) * 1e3)
+
+    if not batches:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(remote.concurrency, len(batches)))) as pool:
+        return list(pool.map(one, batches))
 
 
 def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5, imgsz=None,

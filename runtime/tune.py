@@ -380,22 +380,17 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
             on_plan(points, points * (bench_s + per_image * len(keep) + 0.05))
 
         def held_batches(size, lead, c) -> Iterator:
-            by_shape: dict[tuple, list] = {}
+            """Chunks of 64 prepared images in order (Session.run_many groups them by shape)."""
+            chunk: list = []
             for j, i in enumerate(keep):
                 raw = held[c][i] if size is None else resize_chw(held[c][i], size)
                 try:
-                    image = prepare_image(lead, raw)
+                    chunk.append((j, prepare_image(lead, raw)))
                 except GapError as exc:
                     yield Batch((j,), error=first_line(exc))
-                    continue
-                group = by_shape.setdefault(image.shape, [])
-                group.append((j, image))
-                if len(group) == 64:
-                    yield Batch(tuple(x for x, _ in group), tuple(a for _, a in group))
-                    group.clear()
-            for group in by_shape.values():
-                if group:
-                    yield Batch(tuple(x for x, _ in group), tuple(a for _, a in group))
+                if len(chunk) == 64 or (chunk and j == len(keep) - 1):
+                    yield Batch(tuple(x for x, _ in chunk), tuple(a for _, a in chunk))
+                    chunk = []
 
         def streamed_batches(size, lead, c) -> Iterator:
             def load(path):

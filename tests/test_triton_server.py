@@ -45,9 +45,9 @@ def test_concurrent_requests_equal_the_runtime(server, reference_onnx):
     # 24 requests per size, sent together (as gap-run's client sends them: one size after another), batch 1 and 3;
     # Triton's dynamic batcher only joins requests of equal shape that arrive together
     batches = [rng.standard_normal((1 + (i % 4 == 0) * 2, 3, *sizes[i // 24])).astype(np.float32) for i in range(72)]
-    before = remote.client.get_inference_statistics("gapcnn")["model_stats"][0]
+    before = remote.client.json("GET", "/v2/models/gapcnn/stats")["model_stats"][0]
     outputs = infer(remote, batches)
-    after = remote.client.get_inference_statistics("gapcnn")["model_stats"][0]
+    after = remote.client.json("GET", "/v2/models/gapcnn/stats")["model_stats"][0]
     with runtime.load(reference_onnx) as session:
         mismatches = sum(not np.array_equal(out, session.run(x)) for x, out in zip(batches, outputs))
     assert all(isinstance(o, np.ndarray) for o in outputs)

@@ -11,8 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-pytest.importorskip("tritonclient.http")
-
 from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError  # noqa: E402
 from gap_deploy.runtime.triton_client import connect, infer  # noqa: E402
 
@@ -58,8 +56,66 @@ class Fake(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", 0))
         self.rfile.read(length)
         rows = self.behaviour.get("rows", 1)
+        lie = self.behaviour.get("lie")
+        if lie is not None:
+            return LIES[lie](self, rows)
         self._json({"model_name": "m", "outputs": [{"name": "logits", "datatype": "FP32", "shape": [rows, 10],
                                                      "data": [0.5] * (rows * 10)}]})
+
+    def raw(self, body: bytes, code: int = 200, headers: dict | None = None, length: bool = True):
+        self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def _endless(handler, rows):
+    """No length, and bytes until the client hangs up."""
+    handler.send_response(200)
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    try:
+        for _ in range(10_000):  # 640 MB at most, far more than the client reads
+            handler.wfile.write(b"0" * 65536)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def _binary(handler, rows, *, datatype="FP32", size=None, shape=None, values=None):
+    data = np.asarray(values if values is not None else np.full((rows, 10), 0.5), "<f4").tobytes()
+    head = json.dumps({"outputs": [{"name": "logits", "datatype": datatype, "shape": shape or [rows, 10],
+                                    "parameters": {"binary_data_size": size if size is not None else len(data)}}]})
+    handler.raw(head.encode() + data, headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+LIES = {
+    "gzip": lambda h, rows: h.raw(__import__("gzip").compress(b"\0" * (16 << 20)),
+                                  headers={"Content-Encoding": "gzip"}),
+    "deflate": lambda h, rows: h.raw(__import__("zlib").compress(b"\0" * (1 << 20)),
+                                     headers={"Content-Encoding": "deflate"}),
+    "huge-length": lambda h, rows: h.raw(b"{}", headers={"Content-Length": str(10 ** 12)}, length=False),
+    "bad-length": lambda h, rows: h.raw(b"{}", headers={"Content-Length": "-5"}, length=False),
+    "endless": _endless,
+    "not-json": lambda h, rows: h.raw(b"<html>proxy error</html>"),
+    "error-500": lambda h, rows: h.raw(json.dumps({"error": "model crashed on input"}).encode(), code=500),
+    "no-output": lambda h, rows: h.raw(json.dumps({"outputs": []}).encode()),
+    "other-output": lambda h, rows: h.raw(json.dumps({"outputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 10],
+                                                                    "data": [0] * rows * 10}]}).encode()),
+    "int64": lambda h, rows: _binary(h, rows, datatype="INT64"),
+    "short-binary": lambda h, rows: _binary(h, rows, size=4 * rows * 10 + 400),
+    "split-beyond-body": lambda h, rows: h.raw(b"{}", headers={"Inference-Header-Content-Length": "999999"}),
+    "rank-3": lambda h, rows: _binary(h, rows, shape=[rows, 10, 1]),
+    "wrong-classes": lambda h, rows: _binary(h, rows, shape=[rows, 5], values=np.zeros((rows, 5))),
+    "nan": lambda h, rows: _binary(h, rows, values=np.full((rows, 10), np.nan)),
+    "values-short": lambda h, rows: h.raw(json.dumps({"outputs": [{"name": "logits", "datatype": "FP32",
+                                                                    "shape": [rows, 10], "data": [0.5]}]}).encode()),
+}
 
 
 @pytest.fixture
@@ -113,3 +169,59 @@ def test_https_is_tls_and_other_schemes_are_refused(fake):
     with pytest.raises(UsageError, match="scheme 'ftp' is not http or https"):
         connect(f"ftp://{address}", "m")
     assert connect(f"http://{address}", "m").max_batch == 8
+
+
+LIE_MESSAGES = {
+    "gzip": "gzip-compressed answer", "deflate": "deflate-compressed answer",
+    "huge-length": "announced an answer of 1000000000000 bytes", "bad-length": "announced an answer of -5 bytes",
+    "endless": "its answer passed", "not-json": "not KServe v2 JSON", "error-500": "model crashed on input",
+    "no-output": "without the output 'logits'", "other-output": "without the output 'logits'",
+    "int64": "'INT64' of shape", "short-binary": "binary output holds", "split-beyond-body": "not KServe v2 JSON",
+    "rank-3": "not FP32 (N, classes)", "wrong-classes": "answered 5 classes; the model's config has 10",
+    "nan": "NaN or infinite logits", "values-short": "holds 1 values for shape (2, 10)",
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIE_MESSAGES))
+def test_a_lying_server_costs_one_clear_error_per_request_and_bounded_time_and_memory(fake, lie):
+    """Failed before (gzip): tritonclient inflated the whole answer; the others ended in tracebacks or wrong rows."""
+    import tracemalloc
+
+    address, behaviour = fake
+    remote = connect(address, "m", deadline_s=5.0)
+    behaviour["lie"], behaviour["rows"] = lie, 2
+    tracemalloc.start()
+    started = time.perf_counter()
+    out = infer(remote, [np.zeros((2, 3, 8, 8), np.float32)])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert time.perf_counter() - started < 10
+    assert isinstance(out[0], Exception) and LIE_MESSAGES[lie] in str(out[0]), out
+    assert peak < 80 << 20  # never the inflated 16 MB x N, never the endless body
+
+
+def test_a_lying_server_through_gap_run_is_one_line_per_image_and_exit_1(fake, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from gap_deploy.runtime.cli.run import main
+
+    address, behaviour = fake
+    behaviour["lie"] = "gzip"
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(main, ["--server", address, "--model", "m", str(tmp_path / "a.png")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "gzip-compressed answer" in result.output and "a.png" in result.output
+
+
+def test_binary_answers_are_read(fake):
+    address, behaviour = fake
+    remote = connect(address, "m")
+    behaviour["rows"] = 2
+    LIES["fine-binary"] = lambda h, rows: _binary(h, rows, values=np.arange(rows * 10).reshape(rows, 10))
+    behaviour["lie"] = "fine-binary"
+    try:
+        (out,) = infer(remote, [np.zeros((2, 3, 8, 8), np.float32)])
+    finally:
+        del LIES["fine-binary"]
+    np.testing.assert_array_equal(out, np.arange(20, dtype=np.float32).reshape(2, 10))
