@@ -19,7 +19,6 @@ from gap_deploy.runtime.artifact import ArtifactSpec, from_tensors
 from gap_deploy.runtime.backends.base import TensorInfo
 from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError, GapError, UsageError, first_line
 from gap_deploy.runtime.metadata import ModelMetadata
-from gap_deploy.runtime.shapes import batches_by_shape
 
 #: the longest one request (a config read, one inference) may take, whatever the server sends meanwhile
 REQUEST_DEADLINE_S = 60.0
@@ -263,31 +262,48 @@ def infer(remote: RemoteModel, batches: Sequence[np.ndarray]) -> list[np.ndarray
 
 def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5, imgsz=None,
                     progress: Callable[[int], None] | None = None) -> dict:
-    """gap-run's report (results, errors) for ``paths``, classified by the Triton server."""
+    """gap-run's report (results, errors) for ``paths``, classified by the Triton server.
+
+    Streams as gap-run does locally (runtime.stream): images decode on worker threads into batches of one size
+    (at most the config's max_batch_size), ``remote.concurrency`` requests go out together, and no more than
+    the stream's window of decoded images is held, however many files there are."""
     from gap_deploy.runtime.classify import top_classes
     from gap_deploy.runtime.images import load_image, normalize
+    from gap_deploy.runtime.stream import stream_batches
 
     meta = remote.metadata
     channels = remote.spec.channels
-    loaded: list[tuple[Path, np.ndarray]] = []
-    errors = []
-    for path in paths:
-        try:
-            loaded.append((path, normalize(load_image(path, channels, imgsz), meta)))
-        except ArtifactError as exc:
-            errors.append({"file": str(path), "error": first_line(exc)})
-        if progress:
-            progress(1)
-    chunks = batches_by_shape(loaded, lambda item: item[1].shape, remote.max_batch)
-    outputs = infer(remote, [np.stack([chw for _, chw in chunk]) for chunk in chunks])
-    results = []
-    for chunk, output in zip(chunks, outputs):
-        if isinstance(output, GapError):
-            errors += [{"file": str(path), "error": str(output)} for path, _ in chunk]
+    paths = list(paths)
+    results, errors, waiting = [], [], []
+
+    def load(path):
+        return normalize(load_image(path, channels, imgsz), meta)
+
+    def send() -> None:
+        outputs = infer(remote, [np.stack(batch.images) for batch in waiting])
+        for batch, output in zip(waiting, outputs):
+            if isinstance(output, GapError):
+                errors.extend({"file": str(paths[i]), "error": str(output)} for i in batch.indices)
+            else:
+                results.extend({"file": str(paths[i]), "size": [int(chw.shape[1]), int(chw.shape[2])],
+                                "top": top_classes(row, meta, topk)}
+                               for i, chw, row in zip(batch.indices, batch.images, output))
+            if progress:
+                progress(len(batch.indices))
+        waiting.clear()
+
+    for batch in stream_batches(paths, load, batch_size=remote.max_batch):
+        if batch.error is not None:
+            errors.append({"file": str(paths[batch.indices[0]]), "error": batch.error})
+            if progress:
+                progress(1)
             continue
-        for (path, chw), row in zip(chunk, output):
-            results.append({"file": str(path), "size": [int(chw.shape[1]), int(chw.shape[2])],
-                            "top": top_classes(row, meta, topk)})
+        waiting.append(batch)
+        if len(waiting) >= remote.concurrency:
+            send()
+    if waiting:
+        send()
     order = {str(p): i for i, p in enumerate(paths)}
     results.sort(key=lambda r: order[r["file"]])
+    errors.sort(key=lambda r: order.get(r["file"], -1))
     return {"artifact": f"triton:{remote.name}", "backend": "triton", "results": results, "errors": errors}
