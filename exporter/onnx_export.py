@@ -79,8 +79,8 @@ def find_min_size(module: nn.Module, in_channels: int, limit: int = MIN_SIZE_SEA
     if high is None:
         raise ExportError(f"the model failed on every input size from 1x1 to {limit}x{limit} with {in_channels} "
                           f"channels (last: {last_error[0] if last_error else 'no output'}).",
-                          hint="check that the model takes NCHW images with that many channels; a model whose "
-                               f"minimum is above {limit} is not supported.")
+                          hint="check that the model takes NCHW images with that many channels; for a model whose "
+                               f"minimum is above {limit}, export at that size (--imgsz).")
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (low, middle) if runs(middle) else (middle, high)
@@ -163,8 +163,9 @@ def export_model(
     started = time.perf_counter()
     module, channels = loaded.module.eval(), loaded.in_channels
     check_memory((2 if dynamic else batch, channels, *imgsz), "the export size (--batch x C x --imgsz)")
-    min_side = find_min_size(module, channels)
     height, width = imgsz
+    # the search reaches the export size at least: a model that runs only from 600 up, exported at 600, is found
+    min_side = find_min_size(module, channels, max(MIN_SIZE_SEARCH_LIMIT, min(height, width)))
     if min(height, width) < min_side:
         raise ExportError(f"the export size (imgsz) {height}x{width} is below this model's minimum input size "
                           f"{min_side}x{min_side}.", hint=f"export at {max(min_side, 32)} or larger (--imgsz).")

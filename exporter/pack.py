@@ -141,7 +141,10 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     model = onnx.load(str(source))
     spec = describe(model)
     meta, channels = spec.metadata, spec.channels
+    from gap_deploy.runtime.limits import check_memory
+
     for shape in fixed:
+        check_memory(shape, f"--fixed {format_shape(shape)}")  # its parity sweep allocates it
         if shape[1] != channels:
             raise UsageError(f"fixed shape {format_shape(shape)} has {shape[1]} channels; the model takes {channels}.")
         if shape[2] < meta.min_height or shape[3] < meta.min_width:

@@ -177,8 +177,12 @@ def load_calibration(source: str | Path, spec: ArtifactSpec, *, size: tuple[int,
     if source.suffix == ".npy":
         try:
             data = np.load(source, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"cannot read calibration array {source}: {exc}") from None
+        except (OSError, ValueError, EOFError) as exc:
+            # numpy's advice for object arrays (load with allow_pickle=True) is never passed on: that runs code
+            why = ("it is not an .npy array of numbers (it holds pickled Python objects, or is no .npy file at all); "
+                   "it was not loaded" if "pickle" in str(exc) else first_line(exc))
+            raise ArtifactError(f"cannot read calibration array {source}: {why}.",
+                                hint="save the batch with numpy.save(path, array), float32 NCHW.") from None
         if not isinstance(data, np.ndarray):  # an .npz archive named .npy
             data.close()
             raise ArtifactError(f"calibration array {source} is an .npz archive, not one .npy array.",
@@ -186,12 +190,19 @@ def load_calibration(source: str | Path, spec: ArtifactSpec, *, size: tuple[int,
         if data.ndim != 4 or data.shape[1] != channels or not np.issubdtype(data.dtype, np.floating):
             raise ArtifactError(f"calibration array {source} has shape {data.shape} dtype {data.dtype}; "
                                 f"expected float (N, {channels}, H, W), normalized like the model's input.")
+        if data.shape[2] < metadata.min_height or data.shape[3] < metadata.min_width or len(data) == 0:
+            raise ArtifactError(f"calibration array {source} holds {len(data)} image(s) of {data.shape[2]}x"
+                                f"{data.shape[3]}; this model's minimum input is {metadata.min_height}x"
+                                f"{metadata.min_width}.", hint="calibrate at the size you deploy.")
         data = np.ascontiguousarray(data[:limit], dtype=np.float32)
         if not np.isfinite(data).all():
             raise ArtifactError(f"calibration array {source} contains NaN or infinite values.")
         return data
     if not source.is_dir():
         raise ArtifactError(f"calibration data {source} is neither a folder of images nor a .npy file.")
+    if size[0] < metadata.min_height or size[1] < metadata.min_width:
+        raise ArtifactError(f"calibration size {size[0]}x{size[1]} is below this model's minimum input "
+                            f"{metadata.min_height}x{metadata.min_width}.", hint="calibrate at the size you deploy.")
     files = collect_images([source])[:limit]
     if not files:
         raise ArtifactError(f"calibration folder {source} holds no image files.")

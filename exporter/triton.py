@@ -239,6 +239,37 @@ def parse_config(text: str, where: str):
                             hint="see Triton's model_config.proto for the fields and their types.") from None
 
 
+#: the most a config.pbtxt or labels.txt may hold before the checker reads it (a real one is a few kB)
+MAX_TEXT_BYTES = 4 << 20
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A small UTF-8 text file of the repository, or ArtifactError saying why not (never a traceback)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_TEXT_BYTES + 1)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read the {what}: {exc.strerror or exc}.") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise ArtifactError(f"{path}: the {what} is larger than {MAX_TEXT_BYTES >> 20} MiB; no real one is.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{path}: the {what} is not UTF-8 text (byte {exc.start}).") from None
+
+
+def _plain_file_name(name: str, field_: str, model: str, add) -> bool:
+    """Whether ``name`` (a file the config names) is a plain name inside the model folder; else a problem."""
+    from gap_deploy.runtime.errors import GapError
+
+    try:
+        safe_name(name, field_)
+        return True
+    except GapError:
+        add(field_, repr(name)[:80], "a plain file name inside the model folder", "name a file in the folder")
+        return False
+
+
 def check_model_folder(folder: Path, *, expected_name: str | None = None,
                        artifact: ArtifactSpec | None = None) -> list[Problem]:
     """Every disagreement between ``folder``'s config.pbtxt, its layout and its artifact."""
@@ -247,7 +278,7 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
     config_path = folder / "config.pbtxt"
     if not config_path.is_file():
         return [Problem(model, "config.pbtxt", "(missing)", "a model folder", "write one (gap-triton)")]
-    config = parse_config(config_path.read_text(), str(config_path))
+    config = parse_config(_read_text(config_path, "config"), str(config_path))
     problems: list[Problem] = []
 
     def add(field_: str, have, want, fix: str):
@@ -267,6 +298,8 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
         if not filename:
             add("parameters.artifact", "(missing)", "the artifact's file name", 'parameters { key: "artifact" ... }')
             return problems
+        if not _plain_file_name(filename, "parameters.artifact", model, add):
+            return problems
         if not (versions[-1] / "model.py").is_file():
             add("layout", "no model.py", f"{versions[-1].name}/model.py", "write the repository with gap-triton")
         elif (versions[-1] / "model.py").read_bytes() != PYTHON_MODEL.read_bytes():
@@ -278,6 +311,8 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
             add("platform", platform or "(none)", "onnxruntime_onnx or tensorrt_plan", "set platform")
             return problems
         filename = config.default_model_filename or DEFAULT_FILENAME[platform]
+        if not _plain_file_name(filename, "default_model_filename", model, add):
+            return problems
     model_file = versions[-1] / filename
     if not model_file.is_file():
         other = next((p for p in versions[-1].iterdir() if p.suffix in PLATFORMS and not python), None)
@@ -312,12 +347,12 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
             add("output.name", tensor.name, info.output_name, f'name: "{info.output_name}"')
         if list(tensor.dims)[-1:] != [classes_of(info)]:
             add("output.dims", list(tensor.dims), [classes_of(info)], f"dims: [ {classes_of(info)} ]")
-        if tensor.label_filename:
+        if tensor.label_filename and _plain_file_name(tensor.label_filename, "output.label_filename", model, add):
             labels = folder / tensor.label_filename
             if not labels.is_file():
                 add("output.label_filename", tensor.label_filename, "an existing file", "write labels.txt")
             else:
-                count = len([line for line in labels.read_text().splitlines() if line.strip()])
+                count = len([line for line in _read_text(labels, "labels file").splitlines() if line.strip()])
                 if count != classes_of(info):
                     add("labels", f"{count} labels", f"{classes_of(info)} classes", "one label per class, in order")
     limit = info.static_batch or (min(p.max[0] for p in info.profiles) if info.profiles else None)
@@ -358,5 +393,6 @@ def check_repository(repo: str | os.PathLike) -> tuple[list[str], list[Problem]]
         try:
             problems += check_model_folder(folder)
         except (ArtifactError, UsageError) as exc:
-            problems.append(Problem(folder.name, "config.pbtxt", first_line(exc), "a parseable config", "fix it"))
+            problems.append(Problem(folder.name, "config.pbtxt", first_line(exc), "a readable, valid config",
+                                    "correct it (Triton's model_config.proto), or write it with gap-triton"))
     return [m.name for m in models], problems

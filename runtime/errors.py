@@ -7,6 +7,8 @@ without a traceback. Messages say what failed (file, expected and actual values)
 
 from __future__ import annotations
 
+import re
+
 
 class GapError(Exception):
     """Base class of every error the toolkit raises on purpose."""
@@ -98,9 +100,35 @@ class OutputPathError(GapError):
     """An output file cannot be written where the user asked."""
 
 
+#: onnxruntime's C++ framing: "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ", and source locations such as
+#: "/onnxruntime_src/onnxruntime/core/providers/cpu/nn/conv.cc:123 onnxruntime::Conv<float>::Compute(...) "
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*")
+_CPP_LOCATION = re.compile(r"(/[\w./+-]+\.(?:cc|cpp|cxx|h|hpp|cu)):\d+\s+(?:[\w:<>~,* ]+\([^()]*\)\s*(?:const\s*)?)?")
+
+
+def plain_text(text: str) -> str:
+    """A library's message as a user can read it: onnxruntime's C++ framing and source locations removed."""
+    text = _ORT_PREFIX.sub("", text)
+    text = _CPP_LOCATION.sub("", text)
+    return re.sub(r"\s{2,}", " ", text).strip()
+
+
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, or its class name when the message is empty."""
+    """The first non-empty line of an exception's message (library framing removed: plain_text), or its class
+    name when the message is empty."""
     for line in str(exc).splitlines():
         if line.strip():
-            return line.strip()
+            return plain_text(line) or type(exc).__name__
     return type(exc).__name__
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is anywhere in ``exc``'s chain (a library that wraps Ctrl-C in its own error,
+    as exporters do, must still end as an interruption)."""
+    seen = []
+    while exc is not None and exc not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return False

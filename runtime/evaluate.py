@@ -39,7 +39,7 @@ def read_labelled_folder(folder: str | os.PathLike, class_names: Sequence[str] |
     for a model without names, to its class indices 0..N-1)."""
     root = Path(folder)
     if not root.is_dir():
-        raise ArtifactError(f"labelled folder {root} is not a folder.",
+        raise ArtifactError(f"labelled folder {root} {'is not a folder' if root.exists() else 'does not exist'}.",
                             hint="give a folder with one sub-folder of images per class.")
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subfolders:
@@ -112,6 +112,16 @@ def _scores(top5: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> Art
                           int(len(labels)), per_class, [int(p) for p in top1])
 
 
+def check_sizes_fit(sessions, sizes) -> None:
+    """UsageError when a size (H, W) is below the minimum input of any of ``sessions`` (gap-eval and gap-tune)."""
+    specs = [s.input_spec for s in sessions.values()]
+    min_h, min_w = max(s.min_height for s in specs), max(s.min_width for s in specs)
+    small = [s for s in sizes if s is not None and (s[0] < min_h or s[1] < min_w)]
+    if small:
+        raise UsageError(f"size(s) {', '.join(size_label(s) for s in small)} are below the models' minimum input "
+                         f"{min_h}x{min_w}.", hint=f"start the sizes at {max(min_h, min_w)} or above.")
+
+
 def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, sizes: Sequence[Size] = (None,),
              *, backend: str | None = None, batch_size: int = 32,
              progress: Callable[[int], None] | None = None, window: int | None = None, stats=None) -> EvalResult:
@@ -145,6 +155,7 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
             if (meta.class_names, meta.num_classes) != (first.class_names, first.num_classes):
                 raise UsageError(f"artifact '{name}' has other classes than '{next(iter(metas))}'; compare "
                                  "artifacts of one model.")
+        check_sizes_fit(sessions, sizes)
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         labels_all = np.asarray(data.labels)
         count = len(data.files)

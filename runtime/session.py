@@ -133,12 +133,17 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
     """The ORT file of a gap-pack bundle: the dynamic one, or the fixed variant made for ``shape``."""
     import json
 
+    where = folder / BUNDLE_FILE
     try:
-        files = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))["files"]
-        ort_files = {name: entry for name, entry in files.items() if name.endswith(".ort")}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ArtifactError(f"cannot read bundle description {folder / BUNDLE_FILE}: {exc}",
+        description = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read bundle description {where}: {first_line(exc)}",
                             hint="write the bundle again with gap-pack.") from None
+    files = description.get("files") if isinstance(description, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in files.items()):
+        raise ArtifactError(f"{where} is not a gap-pack bundle description: it lists no files (a JSON object of "
+                            "file name -> entry).", hint="write the bundle again with gap-pack.")
+    ort_files = {name: entry for name, entry in files.items() if name.endswith(".ort")}
     if shape is None:
         chosen = next((name for name, entry in ort_files.items() if not entry.get("shape")), None)
     else:

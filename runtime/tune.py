@@ -20,7 +20,7 @@ import numpy as np
 
 from gap_deploy.runtime.backends.table import facts
 from gap_deploy.runtime.errors import GapError, UsageError, first_line
-from gap_deploy.runtime.evaluate import record_top5, size_label
+from gap_deploy.runtime.evaluate import check_sizes_fit, record_top5, size_label
 
 Z95 = 1.959963984540054  # the two-sided 95% normal quantile
 
@@ -316,13 +316,8 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
                 raise UsageError(f"artifact '{name}' has other classes than '{next(iter(sessions))[0]}'; tune "
                                  "artifacts of one model.")
         specs = {key: s.input_spec for key, s in sessions.items()}
-        min_h = max(s.min_height for s in specs.values())
-        min_w = max(s.min_width for s in specs.values())
         chosen_sizes = list(sizes) if sizes else default_sizes(first)
-        small = [s for s in chosen_sizes if s[0] < min_h or s[1] < min_w]
-        if small:
-            raise UsageError(f"size(s) {', '.join(size_label(s) for s in small)} are below the models' minimum input "
-                             f"{min_h}x{min_w}.", hint=f"start --sizes at {max(min_h, min_w)} or above.")
+        check_sizes_fit(sessions, chosen_sizes)
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         files, labels = sample_per_class(data.files, data.labels, max_per_class)
         result = TuneResult(str(folder), data.classes, batch, 0)

@@ -404,25 +404,35 @@ def test_the_suite_is_large_enough():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_cli_bad_input(name, base, tmp_path, monkeypatch):
-    case = CASES[name]
+    _run_case(name, CASES[name], base, tmp_path, monkeypatch)
+
+
+def _run_case(name, case, base, tmp_path, monkeypatch, server: str | None = None):
+    import shutil
+
     ws = tmp_path / "ws"
     ws.mkdir()
     for item in base.iterdir():
-        (ws / item.name).write_bytes(item.read_bytes())
+        if item.is_dir():
+            shutil.copytree(item, ws / item.name)
+        else:
+            (ws / item.name).write_bytes(item.read_bytes())
     monkeypatch.chdir(ws)
     if case.setup:
         case.setup(ws)
     for output in case.outputs:
+        (ws / output).parent.mkdir(parents=True, exist_ok=True)
         (ws / output).write_bytes(SENTINEL)
     before = _snapshot(ws)
+    args = [a.replace("{server}", server or "") for a in case.args]
     started = time.perf_counter()
-    result = CliRunner().invoke(CLIS[case.cli], case.args)
+    result = CliRunner().invoke(CLIS[case.cli], args)
     elapsed = time.perf_counter() - started
     output = result.output
     assert result.exit_code == case.code, f"{name}: exit {result.exit_code}\n{output}\n{result.exception!r}"
     assert isinstance(result.exception, SystemExit), f"{name}: {result.exception!r}"  # never an uncaught exception
     assert "Traceback" not in output
-    errors = output.count("Error:") + output.count("Skipped:")
+    errors = sum(line.startswith(("Error:", "Skipped:")) for line in output.splitlines())
     assert errors == 1, f"{name}: {errors} messages\n{output}"
     assert case.message in output, f"{name}: {case.message!r} not in\n{output}"
     if case.absent:
@@ -432,8 +442,11 @@ def test_cli_bad_input(name, base, tmp_path, monkeypatch):
     changed = [k for k, v in before.items() if after.get(k) != v]
     assert changed == [], f"{name}: changed or removed {changed}"
     assert not (ws / "pwned.txt").exists()
-    leftovers = [k for k in after if k not in before and (k.endswith(".tmp") or k.startswith("."))]
-    assert leftovers == []
+    leftovers = [k for k in after if k not in before and (k.endswith(".tmp") or k.startswith(".")
+                                                           or "/." in k)]
+    assert leftovers == [], f"{name}: left {leftovers}"
+    new_files = sorted(k for k in after if k not in before)
+    assert new_files == [], f"{name}: wrote {new_files}"
 
 
 def _api_closed(ws):
@@ -595,3 +608,408 @@ def test_api_misuse_gets_the_toolkit_s_own_error(tmp_path, reference_onnx, label
     pack(reference_onnx, bundle, fixed=[(1, 3, 32, 48)])
     with pytest.raises(GapError, match=fragment):
         call(bundle, reference_onnx, labelled_set)
+
+
+# ---- round three (issue 20): gap-triton, gap-pack, gap-eval, gap-tune, gap-run --server/--ray, bundles ---------
+# Each case runs through the same harness as CASES: exit code, exactly one message, no traceback, a bounded time,
+# and every file of the workspace (inputs, sentinels at the outputs, folders' contents) byte-identical afterwards.
+# "{server}" in the arguments is the fake KServe v2 server of tests/fake_triton.py on 127.0.0.1.
+
+from gap_deploy.exporter.cli.pack import main as gap_pack  # noqa: E402
+from gap_deploy.exporter.cli.triton import main as gap_triton  # noqa: E402
+from gap_deploy.exporter.cli.tune import main as gap_tune  # noqa: E402
+from gap_deploy.runtime.cli.eval import main as gap_eval  # noqa: E402
+from tests import fake_triton  # noqa: E402
+
+CLIS.update({"pack": gap_pack, "triton": gap_triton, "tune": gap_tune, "eval": gap_eval})
+
+
+def _repo(ws, *, python=False):
+    """A repository gap-triton wrote for model.onnx, at ws/repo/model."""
+    from gap_deploy.exporter.triton import ServeOptions, write_repository
+
+    write_repository([ws / "model.onnx"], ws / "repo", ServeOptions(backend="python" if python else "auto"))
+    return ws / "repo" / "model"
+
+
+def _edit_config(ws, old, new):
+    folder = _repo(ws)
+    config = folder / "config.pbtxt"
+    text = config.read_text()
+    assert old in text, old
+    config.write_text(text.replace(old, new, 1))
+
+
+def _write_config(ws, data: bytes):
+    (_repo(ws) / "config.pbtxt").write_bytes(data)
+
+
+def _bundle_json(ws, change):
+    import json
+
+    path = ws / "bundle" / "model.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(change(data)))
+
+
+def _bundle_files(data, change):
+    data["files"] = change(data["files"])
+    return data
+
+
+def _labelled(ws, *classes):
+    """ws/lab/<class>/<i>.png; the reference model's classes are class0..class9."""
+    from PIL import Image
+
+    for i, name in enumerate(classes):
+        (ws / "lab" / name).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 24), (40 * i, 10, 10)).save(ws / "lab" / name / f"{i}.png")
+
+
+def _behave(**changes):
+    return lambda ws: (fake_triton.Fake.behaviour.update(changes), _images(ws, "a.png"))
+
+
+def _forged_copy(ws, folder, key, value):
+    (ws / folder).mkdir()
+    _forged_onnx(ws, f"{folder}/model.onnx", key, value)
+
+
+def _broken_arch(ws):
+    _arch_file(ws, "broken.py", "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                                "        self.c = nn.Conv2d(3, 4, 3)\n    def forward(self, x):\n"
+                                "        raise RuntimeError('always broken')\n")
+    _save_state(ws, "broken.pt", lambda: __import__("torch").nn.Conv2d(3, 4, 3).state_dict())
+    _prefix_state(ws, "broken.pt", "c.")
+
+
+SERVER = ["--server", "{server}", "--model", "m", "imgs"]
+TRITON = ["model.onnx", "-o", "repo"]
+EVAL = ["model.onnx", "--data", "lab"]
+TUNE = ["model.onnx", "--data", "lab", "--sizes", "8", "--duration", "0.05", "--min-top1", "0"]
+ROUND3 = {
+    # ---- gap-triton: names and metadata that become paths, collisions, bad artifacts and numbers
+    "triton-name-traversal": Case("triton", [*TRITON, "--name", "/../x"], 1, "cannot be a file or folder name"),
+    "triton-name-dotdot": Case("triton", [*TRITON, "--name", ".."], 1, "cannot be a file or folder name"),
+    "triton-name-slash": Case("triton", [*TRITON, "--name", "a/b"], 1, "cannot be a file or folder name"),
+    "triton-name-hidden": Case("triton", [*TRITON, "--name", ".hidden"], 1, "cannot be a file or folder name"),
+    "triton-name-long": Case("triton", [*TRITON, "--name", "a" * 200], 1, "cannot be a file or folder name"),
+    "triton-name-nul": Case("triton", [*TRITON, "--name", "a\x01b"], 1, "cannot be a file or folder name"),
+    "triton-precision-traversal": Case("triton", ["model.onnx", "sub/model.onnx", "-o", "repo"], 1,
+                                       "cannot be a file or folder name",
+                                       setup=lambda ws: _forged_copy(ws, "sub", "gap.precision", "x/../../outside")),
+    "triton-names-collide": Case("triton", ["model.onnx", "sub/model.onnx", "-o", "repo"], 2, "collide",
+                                 setup=lambda ws: (ws / "sub").mkdir() or
+                                 (ws / "sub" / "model.onnx").write_bytes((ws / "model.onnx").read_bytes())),
+    "triton-existing-model-folder": Case("triton", TRITON, 1, "never written over", ["repo/model/keep.txt"],
+                                         lambda ws: (ws / "repo" / "model").mkdir(parents=True)),
+    "triton-output-is-file": Case("triton", ["model.onnx", "-o", "model.onnx"], 1, "is not a folder"),
+    "triton-output-parent-missing": Case("triton", ["model.onnx", "-o", "no/such/repo"], 1, "does not exist"),
+    "triton-random-onnx": Case("triton", ["rand.onnx", "-o", "repo"], 1, "cannot read ONNX model",
+                               setup=lambda ws: (ws / "rand.onnx").write_bytes(os.urandom(2048))),
+    "triton-suffix": Case("triton", ["notes.txt", "-o", "repo"], 2, "Triton serves .onnx and .plan",
+                          setup=lambda ws: (ws / "notes.txt").write_text("x")),
+    "triton-plan-no-manifest": Case("triton", ["e.plan", "-o", "repo"], 1, "has no gap-build manifest",
+                                    setup=lambda ws: (ws / "e.plan").write_bytes(b"plan")),
+    "triton-plan-manifest-garbage": Case("triton", ["e.plan", "-o", "repo"], 1, "manifest",
+                                         setup=lambda ws: _plan_with_manifest(ws, "{")),
+    "triton-forged-warmup": Case("triton", ["forged.onnx", "-o", "repo"], 1, "GAP_MEMORY_LIMIT",
+                                 setup=lambda ws: _forged_onnx(ws, "forged.onnx", "gap.min_height", "99999")),
+    "triton-forged-metadata": Case("triton", ["forged.onnx", "-o", "repo"], 1, "is invalid",
+                                   setup=lambda ws: _forged_onnx(ws, "forged.onnx", "gap.num_classes", "-4")),
+    "triton-max-batch-above": Case("triton", [*TRITON, "--max-batch", "64"], 2, "above what"),
+    "triton-max-batch-zero": Case("triton", [*TRITON, "--max-batch", "0"], 2, "--max-batch"),
+    "triton-version-zero": Case("triton", [*TRITON, "--model-version", "0"], 2, "--model-version"),
+    "triton-count-zero": Case("triton", [*TRITON, "--count", "0"], 2, "--count"),
+    "triton-nothing": Case("triton", [], 2, "ARTIFACTS"),
+    # ---- gap-triton --check: repositories anyone can write
+    "check-missing": Case("triton", ["--check", "nope"], 1, "is not a folder"),
+    "check-empty": Case("triton", ["--check", "repo"], 1, "holds no model folders",
+                        setup=lambda ws: (ws / "repo").mkdir()),
+    "check-binary-config": Case("triton", ["--check", "repo"], 1, "not UTF-8 text",
+                                setup=lambda ws: _write_config(ws, b"\xff\xfe" + os.urandom(200))),
+    "check-truncated-config": Case("triton", ["--check", "repo"], 1, "not a valid Triton ModelConfig",
+                                   setup=lambda ws: _write_config(ws, b'name: "model"\nmax_batch_size: ')),
+    "check-wrong-type": Case("triton", ["--check", "repo"], 1, "Expected string",
+                             setup=lambda ws: _write_config(ws, b'name: "model" input [ { name: 5 } ]')),
+    "check-huge-config": Case("triton", ["--check", "repo"], 1, "larger than 4 MiB",
+                              setup=lambda ws: _write_config(ws, b"#" * (5 << 20))),
+    "check-dims-overflow": Case("triton", ["--check", "repo"], 1, "Value out of range",
+                                setup=lambda ws: _edit_config(ws, "dims: [ 3, -1, -1 ]",
+                                                              "dims: [ 3, 1" + "0" * 25 + " ]")),
+    "check-label-traversal": Case("triton", ["--check", "repo"], 1, "plain file name inside the model folder",
+                                  setup=lambda ws: _edit_config(ws, 'label_filename: "labels.txt"',
+                                                                'label_filename: "../../../../etc/passwd"')),
+    "check-filename-traversal": Case("triton", ["--check", "repo"], 1, "plain file name inside the model folder",
+                                     setup=lambda ws: _edit_config(ws, "max_batch_size: 16", 'max_batch_size: 16\n'
+                                                                   'default_model_filename: "../../model.onnx"')),
+    "check-labels-binary": Case("triton", ["--check", "repo"], 1, "labels file is not UTF-8",
+                                setup=lambda ws: (_repo(ws) / "labels.txt").write_bytes(b"a\xff\n")),
+    "check-labels-count": Case("triton", ["--check", "repo"], 1, "9 labels",
+                               setup=lambda ws: (_repo(ws) / "labels.txt").write_text("x\n" * 9)),
+    "check-version-as-number": Case("triton", ["--check", "repo"], 1, "no 10/model.onnx",
+                                    setup=lambda ws: (_repo(ws) / "10").mkdir()),
+    "check-no-version": Case("triton", ["--check", "repo"], 1, "no numbered version folder",
+                             setup=lambda ws: __import__("shutil").rmtree(_repo(ws) / "1")),
+    "check-foreign-model-py": Case("triton", ["--check", "repo"], 1, "not gap-deploy's (not checked",
+                                   setup=lambda ws: (_repo(ws, python=True) / "1" / "model.py").write_text("x = 1\n")),
+    "check-platform": Case("triton", ["--check", "repo"], 1, "platform",
+                           setup=lambda ws: _edit_config(ws, 'platform: "onnxruntime_onnx"',
+                                                         'platform: "tensorrt_plan"')),
+    "check-dims": Case("triton", ["--check", "repo"], 1, "input.dims",
+                       setup=lambda ws: _edit_config(ws, "dims: [ 3, -1, -1 ]", "dims: [ 1, -1, -1 ]")),
+    "check-name": Case("triton", ["--check", "repo"], 1, "folder name",
+                       setup=lambda ws: _edit_config(ws, 'name: "model"', 'name: "other"')),
+    "check-random-model": Case("triton", ["--check", "repo"], 1, "cannot read ONNX model",
+                               setup=lambda ws: (_repo(ws) / "1" / "model.onnx").write_bytes(os.urandom(999))),
+    "check-no-config": Case("triton", ["--check", "repo"], 1, "(missing)",
+                            setup=lambda ws: (_repo(ws) / "config.pbtxt").unlink()),
+    "check-max-batch-negative": Case("triton", ["--check", "repo"], 1, "max_batch_size",
+                                     setup=lambda ws: _edit_config(ws, "max_batch_size: 16", "max_batch_size: -3")),
+    # ---- gap-pack
+    "pack-fixed-huge": Case("pack", ["model.onnx", "-o", "b2", "--fixed", "1x3x100000x100000"], 1, "GAP_MEMORY_LIMIT"),
+    "pack-fixed-channels": Case("pack", ["model.onnx", "-o", "b2", "--fixed", "1x5x8x8"], 2, "has 5 channels"),
+    "pack-fixed-below-min": Case("pack", ["model.onnx", "-o", "b2", "--fixed", "1x3x2x2"], 2, "below the model's"),
+    "pack-fixed-text": Case("pack", ["model.onnx", "-o", "b2", "--fixed", "axb"], 2, "is not of the form"),
+    "pack-fixed-zero": Case("pack", ["model.onnx", "-o", "b2", "--fixed", "0x3x8x8"], 2, "below 1"),
+    "pack-output-not-empty": Case("pack", ["model.onnx", "-o", "b2"], 1, "exists and is not empty", ["b2/keep.txt"],
+                                  lambda ws: (ws / "b2").mkdir()),
+    "pack-output-is-file": Case("pack", ["model.onnx", "-o", "model.pt"], 1, "exists and is not empty"),
+    "pack-output-parent-missing": Case("pack", ["model.onnx", "-o", "no/such/b"], 1, "does not exist"),
+    "pack-random": Case("pack", ["rand.onnx", "-o", "b2"], 1, "cannot read ONNX model",
+                        setup=lambda ws: (ws / "rand.onnx").write_bytes(os.urandom(3000))),
+    "pack-missing": Case("pack", ["nope.onnx", "-o", "b2"], 1, "does not exist"),
+    "pack-forged-metadata": Case("pack", ["forged.onnx", "-o", "b2"], 1, "is invalid",
+                                 setup=lambda ws: _forged_onnx(ws, "forged.onnx", "gap.min_width", "wide")),
+    "pack-json-is-model": Case("pack", ["model.onnx", "-o", "b2", "--json", "model.onnx"], 1, "same file as"),
+    "pack-json-inside-output": Case("pack", ["model.onnx", "-o", "bundle", "--json", "bundle/x.json"], 1,
+                                    "exists and is not empty"),
+    # ---- bundles run by gap-run and gap-bench
+    "bundle-json-garbage": Case("run", ["bundle", "imgs"], 1, "cannot read bundle description",
+                                setup=lambda ws: ((ws / "bundle" / "model.json").write_text("{"), _images(ws,
+                                    "a.png"))),
+    "bundle-json-list": Case("run", ["bundle", "imgs"], 1, "is not a gap-pack bundle description",
+                             setup=lambda ws: ((ws / "bundle" / "model.json").write_text("[]"), _images(ws, "a.png"))),
+    "bundle-files-list": Case("run", ["bundle", "imgs"], 1, "is not a gap-pack bundle description",
+                              setup=lambda ws: (_bundle_json(ws, lambda d: {**d, "files": [1]}), _images(ws, "a.png"))),
+    "bundle-missing-ort": Case("run", ["bundle", "imgs"], 1, "is missing, or a link out of the bundle",
+                               setup=lambda ws: ((ws / "bundle" / "model.ort").unlink(), _images(ws, "a.png"))),
+    "bundle-swapped-ort": Case("run", ["bundle", "imgs"], 1, "does not match the SHA-256",
+                               setup=lambda ws: ((ws / "bundle" / "model.ort").write_bytes(
+                                   (ws / "bundle" / "model_1x3x32x32.ort").read_bytes()), _images(ws, "a.png"))),
+    "bundle-name-traversal": Case("run", ["bundle", "imgs"], 1, "no plain file name",
+                                  setup=lambda ws: (_bundle_json(ws, lambda d: _bundle_files(d, lambda f: {
+                                      "../model.ort" if k == "model.ort" else k: v for k, v in f.items()})),
+                                                    _images(ws, "a.png"))),
+    "bundle-link-out": Case("run", ["bundle", "imgs"], 1, "is missing, or a link out of the bundle",
+                            setup=lambda ws: ((ws / "bundle" / "model.ort").unlink(),
+                                              os.symlink(ws / "model.onnx", ws / "bundle" / "model.ort"),
+                                              _images(ws, "a.png"))),
+    "bundle-no-dynamic": Case("run", ["bundle", "imgs"], 1, "lists no dynamic ORT model",
+                              setup=lambda ws: (_bundle_json(ws, lambda d: _bundle_files(d, lambda f: {
+                                  k: v for k, v in f.items() if k != "model.ort"})), _images(ws, "a.png"))),
+    "bundle-sha-number": Case("run", ["bundle", "imgs"], 1, "does not match the SHA-256",
+                              setup=lambda ws: (_bundle_json(ws, lambda d: _bundle_files(d, lambda f: {
+                                  k: {**v, "sha256": 5} for k, v in f.items()})), _images(ws, "a.png"))),
+    "bench-bundle-swapped": Case("bench", ["bundle", "--shape", "1x3x32x32"], 1, "does not match the SHA-256",
+                                 setup=lambda ws: (ws / "bundle" / "model.ort").write_bytes(
+                                     (ws / "bundle" / "model_1x3x32x32.ort").read_bytes())),
+    "run-output-inside-bundle": Case("run", ["bundle", "imgs", "--ray", "--output", "bundle/out"], 1, "inside",
+                                     setup=lambda ws: _images(ws, "a.png")),
+    # ---- gap-eval
+    "eval-data-missing": Case("eval", ["model.onnx", "--data", "nope"], 1, "does not exist"),
+    "eval-data-is-file": Case("eval", ["model.onnx", "--data", "model.pt"], 1, "is not a folder"),
+    "eval-data-empty": Case("eval", ["model.onnx", "--data", "lab"], 1, "lab",
+                            setup=lambda ws: (ws / "lab").mkdir()),
+    "eval-unknown-class": Case("eval", EVAL, 1, "rename the folders", setup=lambda ws: _labelled(ws, "zebra")),
+    "eval-json-inside-data": Case("eval", [*EVAL, "--json", "lab/class0/r.json"], 1, "inside",
+                                  setup=lambda ws: _labelled(ws, "class0", "class1")),
+    "eval-plot-inside-data": Case("eval", [*EVAL, "--plot", "lab/p.png"], 1, "inside",
+                                  setup=lambda ws: _labelled(ws, "class0", "class1")),
+    "eval-json-is-image": Case("eval", [*EVAL, "--json", "lab/class0/0.png"], 1, "inside",
+                               setup=lambda ws: _labelled(ws, "class0", "class1")),
+    "eval-json-is-artifact": Case("eval", [*EVAL, "--json", "model.onnx"], 1, "same file as",
+                                  setup=lambda ws: _labelled(ws, "class0", "class1")),
+    "eval-json-dev-null": Case("eval", [*EVAL, "--json", "/dev/null"], 1, "not a regular file",
+                               setup=lambda ws: _labelled(ws, "class0", "class1")),
+    "eval-imgsz-zero": Case("eval", [*EVAL, "--imgsz", "0"], 2, "is not a size",
+                            setup=lambda ws: _labelled(ws, "class0", "class1")),
+    "eval-imgsz-below-min": Case("eval", [*EVAL, "--imgsz", "2"], 2, "below",
+                                 setup=lambda ws: _labelled(ws, "class0", "class1")),
+    "eval-random-artifact": Case("eval", ["rand.onnx", "--data", "lab"], 1, "cannot read ONNX model",
+                                 setup=lambda ws: ((ws / "rand.onnx").write_bytes(os.urandom(999)),
+                                                   _labelled(ws, "class0"))),
+    "eval-batch-zero": Case("eval", [*EVAL, "--batch-size", "0"], 2, "--batch-size",
+                            setup=lambda ws: _labelled(ws, "class0")),
+    "eval-trt-on-onnx": Case("eval", [*EVAL, "--backend", "trt"], 2, "cannot run an ONNX model",
+                             setup=lambda ws: _labelled(ws, "class0")),
+    # ---- gap-tune
+    "tune-sizes-zero": Case("tune", [*TUNE[:4], "0"], 2, "between 1 and", setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-huge": Case("tune", [*TUNE[:4], "99999999"], 2, "between 1 and",
+                            setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-text": Case("tune", [*TUNE[:4], "big"], 2, "--sizes", setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-below-min": Case("tune", [*TUNE[:4], "2"], 2, "below the models' minimum",
+                                 setup=lambda ws: _labelled(ws, "class0")),
+    "tune-emit-not-empty": Case("tune", [*TUNE, "--emit", "deploy"], 2, "exists and is not empty",
+                                ["deploy/keep.txt"], lambda ws: ((ws / "deploy").mkdir(), _labelled(ws, "class0"))),
+    "tune-emit-inside-data": Case("tune", [*TUNE, "--emit", "lab/deploy"], 1, "inside",
+                                  setup=lambda ws: _labelled(ws, "class0")),
+    "tune-json-inside-data": Case("tune", [*TUNE, "--json", "lab/t.json"], 1, "inside",
+                                  setup=lambda ws: _labelled(ws, "class0")),
+    "tune-plot-is-artifact": Case("tune", [*TUNE, "--plot", "model.onnx"], 1, "same file as",
+                                  setup=lambda ws: _labelled(ws, "class0")),
+    "tune-min-top1-nan": Case("tune", [*TUNE[:7], "--min-top1", "nan"], 2, "not a finite",
+                              setup=lambda ws: _labelled(ws, "class0")),
+    "tune-duration-inf": Case("tune", [*TUNE[:4], "8", "--duration", "inf"], 2, "not a finite",
+                              setup=lambda ws: _labelled(ws, "class0")),
+    "tune-data-missing": Case("tune", ["model.onnx", "--data", "nope", "--sizes", "8"], 1, "does not exist"),
+    "tune-artifact-missing": Case("tune", ["nope.onnx", "--data", "lab", "--sizes", "8"], 1, "does not exist",
+                                  setup=lambda ws: _labelled(ws, "class0")),
+    "tune-two-constraints": Case("tune", [*TUNE, "--max-ms", "5"], 2, "cannot go together",
+                                 setup=lambda ws: _labelled(ws, "class0")),
+    "tune-unknown-class": Case("tune", TUNE, 1, "rename the folders", setup=lambda ws: _labelled(ws, "zebra")),
+    # ---- gap-run --server against a lying server (one image: one "Skipped:" line naming it, exit 1)
+    **{f"server-lie-{lie}": Case("run", SERVER, 1, fake_triton.LIE_MESSAGES[lie],
+                                 setup=_behave(lie=lie, rows=1 if lie != "values-short" else 2))
+       for lie in sorted(fake_triton.LIE_MESSAGES) if lie != "values-short"},
+    "server-unknown-model": Case("run", ["--server", "{server}", "--model", "zz", "imgs"], 2, "has no ready model 'zz'",
+                                 setup=lambda ws: _images(ws, "a.png")),
+    "server-unreachable": Case("run", ["--server", "127.0.0.1:1", "--model", "m", "imgs"], 1,
+                               "cannot reach a Triton server", setup=lambda ws: _images(ws, "a.png")),
+    "server-scheme": Case("run", ["--server", "ftp://{server}", "--model", "m", "imgs"], 2, "is not http or https",
+                          setup=lambda ws: _images(ws, "a.png")),
+    "server-negative-max-batch": Case("run", SERVER, 1, "max_batch_size -3",
+                                      setup=_behave(config={"max_batch_size": -3})),
+    "server-config-not-a-config": Case("run", SERVER, 1, "cannot be read", setup=_behave(raw_config=[1, 2])),
+    "server-config-no-input": Case("run", SERVER, 1, "cannot be read", setup=_behave(config={"input": []})),
+    "server-config-bad-dims": Case("run", SERVER, 1, "cannot be read",
+                                   setup=_behave(config={"input": [{"name": "images", "dims": ["x"]}]})),
+    "server-forged-metadata": Case("run", SERVER, 1, "is invalid",
+                                   setup=_behave(config={"parameters": {"gap.std": {"string_value": "[0, 0, 0]"}}})),
+    "server-no-images": Case("run", ["--server", "{server}", "--model", "m", "empty"], 1, "no image files",
+                             setup=lambda ws: (ws / "empty").mkdir()),
+    "server-with-ray": Case("run", [*SERVER, "--ray"], 2, "--ray does not apply"),
+    # ---- gap-run --ray: refused before any Ray work
+    "ray-output-not-empty": Case("run", ["model.onnx", "imgs", "--ray", "--output", "res"], 1,
+                                 "exists and is not empty", ["res/keep.txt"],
+                                 lambda ws: ((ws / "res").mkdir(), _images(ws, "a.png"))),
+    "ray-output-inside-images": Case("run", ["model.onnx", "imgs", "--ray", "--output", "imgs/res"], 1, "inside",
+                                     setup=lambda ws: _images(ws, "a.png")),
+    "ray-output-is-file": Case("run", ["model.onnx", "imgs", "--ray", "--output", "model.pt"], 1,
+                               "exists and is not a folder", setup=lambda ws: _images(ws, "a.png")),
+    "ray-output-holds-artifact": Case("run", ["sub/model.onnx", "imgs", "--ray", "--output", "sub"], 1,
+                                      "exists and is not empty",
+                                      setup=lambda ws: ((ws / "sub").mkdir(), (ws / "sub" / "model.onnx").write_bytes(
+                                          (ws / "model.onnx").read_bytes()), _images(ws, "a.png"))),
+    "ray-without-output": Case("run", ["model.onnx", "imgs", "--ray"], 2, "go together",
+                               setup=lambda ws: _images(ws, "a.png")),
+    "ray-batch-size-local": Case("run", ["model.onnx", "imgs", "--ray-batch-size", "4"], 2, "does not apply",
+                                 setup=lambda ws: _images(ws, "a.png")),
+    # ---- left from the first rounds
+    "export-calib-below-min": Case("export", [*EXPORT, "--precision", "int8", "--calib", "c.npy", "-o", "out.onnx"],
+                                   1, "minimum input is 4x4", ["out.onnx", "out.int8.onnx"],
+                                   lambda ws: np.save(ws / "c.npy", np.zeros((4, 3, 2, 2), np.float32))),
+    "export-calib-random-npy": Case("export", [*EXPORT, "--precision", "int8", "--calib", "r.npy", "-o", "out.onnx"],
+                                    1, "it was not loaded", ["out.onnx", "out.int8.onnx"],
+                                    lambda ws: (ws / "r.npy").write_bytes(os.urandom(1000)), absent="allow_pickle"),
+    "export-calib-object-npy": Case("export", [*EXPORT, "--precision", "int8", "--calib", "o.npy", "-o", "out.onnx"],
+                                    1, "it was not loaded", ["out.onnx", "out.int8.onnx"],
+                                    lambda ws: np.save(ws / "o.npy", np.array([{"a": 1}], dtype=object)),
+                                    absent="allow_pickle"),
+    "export-fails-at-every-size": Case("export", ["broken.pt", "--arch", "broken.py:Net", "--dynamic", "--imgsz",
+                                                  "600", "-o", "out.onnx"], 1, "from 1x1 to 600x600", ["out.onnx"],
+                                       _broken_arch),
+}
+
+
+
+@pytest.fixture(scope="module")
+def round3_base(base, tmp_path_factory):
+    """base, plus a gap-pack bundle of model.onnx (dynamic, and fixed to 1x3x32x32)."""
+    import shutil
+
+    from gap_deploy.exporter.pack import pack
+
+    folder = tmp_path_factory.mktemp("adversarial-round3")
+    for item in base.iterdir():
+        shutil.copy(item, folder / item.name)
+    pack(folder / "model.onnx", folder / "bundle", fixed=[(1, 3, 32, 32)])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    with fake_triton.serve() as (address, _):
+        yield address
+
+
+def test_round_three_adds_at_least_100_cases():
+    assert len(ROUND3) >= 100
+
+
+@pytest.mark.parametrize("name", sorted(ROUND3))
+def test_round_three(name, round3_base, fake_server, tmp_path, monkeypatch):
+    try:
+        _run_case(name, ROUND3[name], round3_base, tmp_path, monkeypatch, server=fake_server)
+    finally:
+        fake_triton.Fake.behaviour.clear()
+
+
+def test_ctrl_c_inside_the_exporter_exits_130_and_writes_nothing(base, tmp_path, monkeypatch):
+    """torch's exporter reports a KeyboardInterrupt as its own failure; that must still end as Ctrl-C (exit 130),
+    not as 'torch.onnx.export failed' (exit 1)."""
+    import torch
+
+    def interrupted_export(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Failed to export the model with torch.export.") from exc
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted_export)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.pt").write_bytes((base / "model.pt").read_bytes())
+    (tmp_path / "out.onnx").write_bytes(SENTINEL)
+    result = CliRunner().invoke(gap_export, [*EXPORT, "-o", "out.onnx"])
+    assert result.exit_code == 130 and "Interrupted." in result.output and "Traceback" not in result.output
+    assert "export failed" not in result.output
+    assert (tmp_path / "out.onnx").read_bytes() == SENTINEL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "out.onnx"]
+
+
+def test_ctrl_c_while_onnxruntime_imports_exits_130(base, tmp_path, monkeypatch):
+    import gap_deploy.runtime._lazy as lazy
+
+    real = lazy.importlib.import_module
+
+    def import_module(name, *args):
+        if name.split(".")[0] == "onnxruntime":
+            raise KeyboardInterrupt
+        return real(name, *args)
+
+    _images(tmp_path, "a.png")
+    monkeypatch.setattr(lazy.importlib, "import_module", import_module)
+    result = CliRunner().invoke(gap_run, [str(base / "model.onnx"), str(tmp_path / "imgs"), "--backend", "ort-cpu"])
+    assert result.exit_code == 130 and "Interrupted." in result.output and "Traceback" not in result.output
+
+
+def test_onnxruntime_failures_read_without_its_cpp_framing(tmp_path):
+    """A model that fails inside onnxruntime: the message keeps onnxruntime's reason, not its C++ framing
+    ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION :", source paths and function signatures)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from gap_deploy.runtime.errors import GapError
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [5, -1])
+    graph = helper.make_graph([helper.make_node("Reshape", ["images", "shape"], ["flat"], name="r"),
+                               helper.make_node("ReduceMean", ["flat"], ["logits"], axes=[1], keepdims=1)], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 1])], [shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    with _rt().load(tmp_path / "m.onnx", "ort-cpu") as session:
+        with pytest.raises(GapError) as caught:
+            session.run(np.zeros((1, 3, 8, 8), np.float32))  # 192 values cannot be 5 rows
+    text = str(caught.value)
+    assert "cannot be reshaped" in text or "Reshape" in text, text
+    assert "[ONNXRuntimeError]" not in text and "onnxruntime_src" not in text and ".cc:" not in text, text

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.errors import GapError, InputError, UsageError
+from gap_deploy.runtime.errors import GapError, InputError, UsageError, interrupted
 from gap_deploy.runtime.publish import publish_text
 from gap_deploy.runtime.shapes import parse_shape
 
@@ -78,13 +78,19 @@ def report_errors(command: Callable) -> Callable:
             _debug(exc)
             fail(str(exc), code=2)
         except GapError as exc:
+            if interrupted(exc):  # Ctrl-C inside a library that reported it as its own failure
+                _interrupted()
             _debug(exc)
             fail(str(exc))
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            _interrupted()
 
     return wrapper
+
+
+def _interrupted() -> None:
+    click.echo("Interrupted.", err=True)
+    sys.exit(130)
 
 
 def _debug(exc: BaseException) -> None:
