@@ -614,9 +614,3 @@ def convert_verified(fp32: onnx.ModelProto, options: VariantOptions, shapes: Seq
                           note="\n".join(r.format_table() for r in (variant.real_data, variant.sweep) if r),
                           hint=hint)
     return variant
-
-
-def variant_path(fp32_path: Path, precision: str, int8_layout: str = "tensorrt") -> Path:
-    """MODEL.fp16.onnx, MODEL.int8.onnx (TensorRT's layout) or MODEL.int8-cpu.onnx (the CPU layout)."""
-    suffix = "int8-cpu" if precision == "int8" and int8_layout == "cpu" else precision
-    return fp32_path.with_name(f"{fp32_path.stem}.{suffix}.onnx")

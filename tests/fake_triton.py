@@ -4,6 +4,9 @@ for the client tests and the adversarial suite. ``serve()`` starts it on a free 
 from __future__ import annotations
 
 import contextlib
+import functools
+import gzip
+import io
 import json
 import threading
 import time
@@ -96,9 +99,20 @@ def _binary(handler, rows, *, datatype="FP32", size=None, shape=None, values=Non
     handler.raw(head.encode() + data, headers={"Inference-Header-Content-Length": str(len(head))})
 
 
+@functools.cache
+def gzip_bomb(inflated: int = 256 << 20) -> bytes:
+    """A gzip stream of ``inflated`` zero bytes (about 250 kB), made a chunk at a time so the fake never holds the
+    inflated bytes itself: a client that inflates it allocates them."""
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb") as stream:
+        block = b"\0" * (1 << 20)
+        for _ in range(inflated >> 20):
+            stream.write(block)
+    return out.getvalue()
+
+
 LIES = {
-    "gzip": lambda h, rows: h.raw(__import__("gzip").compress(b"\0" * (16 << 20)),
-                                  headers={"Content-Encoding": "gzip"}),
+    "gzip": lambda h, rows: h.raw(gzip_bomb(), headers={"Content-Encoding": "gzip"}),
     "deflate": lambda h, rows: h.raw(__import__("zlib").compress(b"\0" * (1 << 20)),
                                      headers={"Content-Encoding": "deflate"}),
     "huge-length": lambda h, rows: h.raw(b"{}", headers={"Content-Length": str(10 ** 12)}, length=False),

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gap_deploy.runtime.cli.common import gap_command, info, report_errors, shape_option, write_json
+from gap_deploy.runtime.naming import bundle_folder
 
 
 @gap_command()
@@ -34,7 +35,7 @@ def main(model, output, fixed, json_path):
 
     check_input_file(model, "ONNX model")
     shapes = [shape_option(s) for s in fixed]
-    output = output or model.with_name(f"{model.stem}_bundle")
+    output = output or bundle_folder(model)
     if json_path:
         check_output_path(json_path)
     check_distinct({"MODEL": model}, {"-o/--output": output, "--json": json_path})

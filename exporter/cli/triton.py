@@ -40,6 +40,7 @@ def main(artifacts, repo, check_repo, name, version, backend, kind, count, gpus,
          preferred, max_queue_delay_us, ort_tensorrt, python_paths):
     """Write a Triton model repository for ARTIFACTS (.onnx, .plan), or --check one.
 
+    \b
         gap-triton model.onnx model.fp16.plan -o repo/
         gap-triton model.onnx --backend python -o repo/
         gap-triton --check repo/
