@@ -163,7 +163,7 @@ CONNECT_TIMEOUT_S = 5.0
 
 def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Fail at once, with a message, when nothing listens at a Ray address (HOST:PORT or ray://HOST:PORT)."""
-    import socket
+    from gap_deploy.runtime.waits import Deadline, reachable
 
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
@@ -171,9 +171,8 @@ def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         raise UsageError(f"Ray address {address!r} is not HOST:PORT (or ray://HOST:PORT).",
                          hint="pass the address `ray start --head` printed, or --ray alone for a local Ray.")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
+        reachable(host.strip("[]"), int(port), Deadline(timeout_s, f"answer from a Ray cluster at {address}"))
+    except OSError as exc:  # TimeoutError included
         raise GapError(f"no Ray cluster answers at {address} within {timeout_s:g} s: {exc.strerror or exc}.",
                        hint="start one with `ray start --head` and pass the address it prints (or set RAY_ADDRESS), "
                             "or use --ray without an address for a local one.") from None

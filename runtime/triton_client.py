@@ -19,6 +19,7 @@ from gap_deploy.runtime.artifact import ArtifactSpec, from_tensors
 from gap_deploy.runtime.backends.base import TensorInfo
 from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError, GapError, UsageError, first_line
 from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.waits import Deadline, shutdown
 
 #: the longest one request (a config read, one inference) may take, whatever the server sends meanwhile
 REQUEST_DEADLINE_S = 60.0
@@ -36,7 +37,7 @@ class _Http:
     (tritonclient/http/_infer_result.py: ``gzip.decompress(response.read())``): 1 MB becomes 16 GB. Here every
     request has one deadline, enforced by closing the socket when it passes; answers are read up to
     MAX_ANSWER_BYTES (or what the request can need), and a compressed answer, which this client never asks
-    for, is refused.
+    for, is refused. The deadline is runtime.waits.Deadline, the one bounded wait.
     """
 
     def __init__(self, server: str, *, timeout_s: float, deadline_s: float):
@@ -53,59 +54,45 @@ class _Http:
         """(status, headers, body); TimeoutError past the deadline, ValueError for an answer that breaks a bound.
         ``status_only``: the body is not read (a health check)."""
         import http.client
-        import socket
-        import threading
 
         kind = http.client.HTTPSConnection if self.tls else http.client.HTTPConnection
         conn = kind(self.address, timeout=min(self.timeout_s, self.deadline_s))
-        expired = threading.Event()
-
-        sockets = []
-
-        def cut() -> None:  # the deadline passed: whatever recv is blocked returns now
-            expired.set()
-            for sock in sockets:  # held here: http.client drops its own reference once the answer is begun
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        timer = threading.Timer(self.deadline_s, cut)
-        timer.daemon = True
-        timer.start()
+        deadline = Deadline(self.deadline_s, "complete answer")
+        sockets: list = []  # held here: http.client drops its own reference once the answer is begun
         try:
-            conn.connect()
-            sockets.append(conn.sock)
-            if expired.is_set():
-                cut()
-            conn.request(method, path, body=body, headers={"Accept-Encoding": "identity", **(headers or {})})
-            response = conn.getresponse()
-            if status_only:
-                return response.status, {}, b""
-            encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
-            if encoding != "identity":
-                raise ValueError(f"it sent a {encoding}-compressed answer, which this client never asks for")
-            length = response.getheader("Content-Length")
-            if length is not None and (not length.strip().isdigit() or int(length) > limit):
-                raise ValueError(f"it announced an answer of {length.strip()[:20]} bytes (at most {limit} are read)")
-            chunks, size = [], 0
-            while True:
-                chunk = response.read1(1 << 16)
-                if not chunk:
-                    if expired.is_set():  # the cut ended the answer, not the server
-                        raise TimeoutError(f"no complete answer within {self.deadline_s:g} s")
-                    break
-                size += len(chunk)
-                if size > limit:
-                    raise ValueError(f"its answer passed {limit} bytes")
-                chunks.append(chunk)
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, b"".join(chunks)
+            with deadline.enforce(lambda: [shutdown(sock) for sock in sockets]):
+                conn.connect()
+                sockets.append(conn.sock)
+                if deadline.expired:
+                    raise deadline.error()
+                conn.request(method, path, body=body, headers={"Accept-Encoding": "identity", **(headers or {})})
+                response = conn.getresponse()
+                if status_only:
+                    return response.status, {}, b""
+                encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+                if encoding != "identity":
+                    raise ValueError(f"it sent a {encoding}-compressed answer, which this client never asks for")
+                length = response.getheader("Content-Length")
+                if length is not None and (not length.strip().isdigit() or int(length) > limit):
+                    raise ValueError(f"it announced an answer of {length.strip()[:20]} bytes (at most {limit} are "
+                                     "read)")
+                chunks, size = [], 0
+                while True:
+                    chunk = response.read1(1 << 16)
+                    if not chunk:
+                        if deadline.expired:  # the cut ended the answer, not the server
+                            raise deadline.error()
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise ValueError(f"its answer passed {limit} bytes")
+                    chunks.append(chunk)
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, b"".join(chunks)
         except (OSError, http.client.HTTPException):
-            if expired.is_set():
-                raise TimeoutError(f"no complete answer within {self.deadline_s:g} s") from None
+            if deadline.expired:
+                raise deadline.error() from None
             raise
         finally:
-            timer.cancel()
             conn.close()
 
     def json(self, method: str, path: str, body: bytes | None = None):
