@@ -365,8 +365,16 @@ def export_verified(loaded: LoadedModel, options: ExportOptions = ExportOptions(
             f"the exported model differs from PyTorch at {len(report.failures())} of {len(report.rows)} "
             f"shapes (worst: {format_shape(worst.shape)}, max abs err {worst.max_abs_err:.3g}, "
             f"rel err {worst.rel_err:.3g}); {destination} was not written.",
-            report=report, hint="rerun with --report FILE.json for the figures; --atol/--rtol change the tolerance.")
+            report=report, hint="rerun with --report FILE.json for the figures; --atol/--rtol change the tolerance.\n"
+                                f"find the first layer that departs: {debug_command(loaded, worst.shape, imgsz=imgsz)}")
     return exported, report
+
+
+def debug_command(loaded: LoadedModel, shape: Shape, **kwargs) -> str:
+    """The gap-debug command line that explains a failed check of ``loaded``'s export at ``shape``."""
+    from gap_deploy.exporter.debug_run import command_line
+
+    return command_line(loaded.source, shape, arch=loaded.arch, **kwargs)
 
 
 def export_onnx(

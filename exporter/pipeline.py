@@ -16,7 +16,7 @@ from pathlib import Path
 from gap_deploy.exporter.builder import BuildConfig, PipelineResult
 from gap_deploy.exporter.onnx_export import ExportOptions
 from gap_deploy.exporter.precision import VariantOptions, VariantResult, convert_verified
-from gap_deploy.runtime.errors import UsageError
+from gap_deploy.runtime.errors import ExportError, UsageError
 from gap_deploy.runtime.files import check_output_path
 from gap_deploy.runtime.naming import engine_path, variant_path
 from gap_deploy.runtime.parity import FP32, ParityReport, Tolerance
@@ -97,7 +97,13 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
         meta = exported.metadata
         sweep = [r.shape for r in report.rows] if report else [(opts.batch, meta.in_channels, *opts.imgsz)]
         log(f"Converting to {job.variant.precision} and verifying against the FP32 ONNX ...")
-        outcome.variant = convert_verified(exported.model, job.variant, sweep)
+        try:
+            outcome.variant = convert_verified(exported.model, job.variant, sweep)
+        except ExportError as exc:  # the gate failed: say how to see which layer
+            from gap_deploy.exporter.onnx_export import debug_command
+
+            raise exc.with_hint("see which layer departs: " + debug_command(
+                loaded, sweep[0], precision=job.variant.precision, calib=job.variant.calib)) from None
         outcome.variant_path = extra
     # The FP32 model, the variant and (with --engine) the plan and its manifest appear together, or none of them.
     with Publication() as pub:

@@ -21,6 +21,7 @@ import onnx
 
 from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import ArtifactError, ExportError, UsageError, first_line
+from gap_deploy.runtime.layers import FLOAT16_MAX, activations, layer_error
 from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.onnx_file import save_onnx
 from gap_deploy.runtime.parity import INT8, ParityReport, Tolerance, compare, random_input
@@ -135,7 +136,6 @@ def _restore_fp32_weights(fp32: onnx.ModelProto, converted: onnx.ModelProto, kee
 # ---- FP16 gate: derived from float16's precision and the model's depth -----------------------------------
 
 FLOAT16_UNIT_ROUNDOFF = 2.0 ** -11  # 4.9e-4: half the spacing of float16 numbers near 1
-FLOAT16_MAX = 65504.0
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: FP16 must keep the FP32 model's top-1 on at least this share of the sweep's images (random inputs can
 #: nearly tie, so one flip in ten is allowed; a broken conversion flips most of them)
@@ -329,37 +329,6 @@ def resolve_layers(model: onnx.ModelProto, patterns: Sequence[str]) -> list[str]
     return chosen
 
 
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the tensors ``names`` (typed from shape inference)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
-    copy = onnx.ModelProto()
-    copy.CopyFrom(inferred)
-    present = {o.name for o in copy.graph.output}
-    produced = {t for n in copy.graph.node for t in n.output} | {i.name for i in copy.graph.input}
-    for name in names:  # a stale value_info (a tensor a quantizer folded away, e.g. before a Relu) is no output
-        if name in known and name in produced and name not in present:
-            copy.graph.output.append(known[name])
-    return copy
-
-
-def activations(model: onnx.ModelProto, tensors: Sequence[str], inputs: Sequence[np.ndarray]) -> dict[str, list]:
-    """The values of ``tensors`` for each input, from ONNX Runtime (CPU)."""
-    from gap_deploy.runtime._lazy import require
-
-    ort = require("onnxruntime", purpose="to inspect activations")
-    probe = _with_outputs(model, tensors)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    input_name = session.get_inputs()[0].name
-    found: dict[str, list] = {n: [] for n in names if n in tensors}
-    for x in inputs:
-        for name, value in zip(names, session.run(names, {input_name: x})):
-            if name in found:
-                found[name].append(np.asarray(value, dtype=np.float64))
-    return found
-
-
 def overflowing_layers(fp32: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[tuple[str, float]]:
     """Nodes that produce or read values beyond float16's range (65504) in the FP32 model on ``inputs``:
     (node name, max |value|). A node reading such a value must stay FP32 too, or its input overflows."""
@@ -383,7 +352,7 @@ FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
 def sensitive_layers(fp32: onnx.ModelProto, fp16: onnx.ModelProto, inputs: Sequence[np.ndarray],
                      exclude: Sequence[str] = ()) -> list[tuple[str, float]]:
     """Weighted layers ranked by how much relative error they add in FP16 (their output's error minus the
-    largest error among their inputs), most harmful first."""
+    error of their input, each runtime.layers.layer_error as gap-debug reports it), most harmful first."""
     nodes = [n for n in fp32.graph.node if n.op_type in COMPUTE_OPS and n.name and n.name not in exclude]
     produced = {t for n in fp16.graph.node for t in n.output} | {i.name for i in fp16.graph.input}
     consumers: dict[str, list] = {}
@@ -403,12 +372,10 @@ def sensitive_layers(fp32: onnx.ModelProto, fp16: onnx.ModelProto, inputs: Seque
     tensors = sorted({t for pair in ends.values() for t in pair})
     ref, got = activations(fp32, tensors, inputs), activations(fp16, tensors, inputs)
 
-    def error(name: str) -> float:
+    def error(name: str) -> float:  # the measurement gap-debug reports (runtime.layers.layer_error)
         if name not in ref or name not in got:
             return 0.0
-        num = sum(float(np.linalg.norm(a - b)) for a, b in zip(ref[name], got[name]))
-        den = sum(float(np.linalg.norm(a)) for a in ref[name])
-        return math.inf if not math.isfinite(num) else num / max(den, 1e-30)
+        return layer_error(ref[name], got[name]).rel_err
 
     ranked = [(n.name, error(ends[n.name][0]) - error(ends[n.name][1])) for n in nodes]
     return sorted(ranked, key=lambda item: -item[1])

@@ -19,6 +19,12 @@ class GapError(Exception):
         self.hint = hint
         super().__init__(self._compose())
 
+    def with_hint(self, hint: str) -> GapError:
+        """This error with ``hint`` added to its own (the message is composed again)."""
+        self.hint = f"{self.hint}\n{hint}" if self.hint else hint
+        self.args = (self._compose(),)
+        return self
+
     def _compose(self) -> str:
         parts = [self.message]
         if self.note:

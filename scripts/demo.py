@@ -71,6 +71,9 @@ def main() -> None:
          "gap-eval", f"fp32={onnx_path}", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", f"int8={DEMO / 'gapcnn.int8.onnx'}",
          "--data", DEMO / "heldout", *[arg for s in EVAL_SIZES for arg in ("--imgsz", str(s))],
          "--json", DEMO / "accuracy.json", "--plot", DEMO / "accuracy.png")
+    step("Where each artifact departs from PyTorch, layer by layer, named by the PyTorch module (gap-debug)",
+         "gap-debug", ckpt, onnx_path, DEMO / "gapcnn.fp16.onnx", DEMO / "gapcnn.int8.onnx", "--imgsz", "64",
+         "--images", DEMO / "heldout", "--json", DEMO / "debug.json", "--plot", DEMO / "debug.png")
     shutil.rmtree(DEMO / "deploy", ignore_errors=True)  # --emit writes a new folder, never over an old one
     step("Which size and precision to deploy: the fastest point at >= 75% top-1 (gap-tune)",
          "gap-tune", f"fp32={onnx_path}", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", f"int8={DEMO / 'gapcnn.int8.onnx'}",

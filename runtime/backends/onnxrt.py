@@ -35,11 +35,12 @@ PROBE_MODEL = (b'\x08\x08:7\n\x0c\n\x01x\x12\x01y"\x04Relu\x12\x05probeZ\x0f\n\x
 DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
 
 
-def cpu_session(model, threads: int | None = None):
-    """An onnxruntime CPU session for a model path or bytes, with the session options every backend uses."""
+def cpu_session(model, threads: int | None = None, *, quiet: bool = False):
+    """An onnxruntime CPU session for a model path or bytes, with the session options every backend uses.
+    ``quiet``: onnxruntime logs nothing, not even errors (a probe whose failure is reported by the caller)."""
     ort = _ort()
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4 if quiet else 3
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,

@@ -1,0 +1,94 @@
+"""gap-debug: the first layer where an artifact departs from PyTorch, named by the PyTorch module that made it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gap_deploy.runtime.cli.common import (
+    FiniteFloat,
+    gap_command,
+    image_size,
+    info,
+    report_errors,
+    shape_option,
+    write_json,
+)
+from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
+from gap_deploy.runtime.layers import DEFAULT_CHUNK
+
+
+@gap_command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--arch", metavar="MODULE:CALLABLE", help="Architecture for the state_dict (as gap-export).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Passed to the --arch callable.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow TorchScript or pickled modules (runs code).")
+@click.option("--shape", "shapes", multiple=True, metavar="BxCxHxW",
+              help="Random inputs of this shape (repeatable). Default: 1 x C x the export size.")
+@click.option("--images", type=click.Path(path_type=Path), help="A folder of images instead of random inputs "
+              "(normalized as the model's metadata says, at --imgsz).")
+@click.option("--imgsz", default="224", show_default=True, metavar="N|HxW",
+              help="The export size of the in-memory FP32 export, and the size --images are resized to.")
+@click.option("--max-images", default=8, show_default=True, type=click.IntRange(1, 1024),
+              help="--images: use at most this many.")
+@click.option("--tolerance", type=FiniteFloat(0), help="Relative error a layer may reach. Default: 1e-4 for FP32, "
+              "1e-2 for FP16, 0.1 for INT8 (the variant's precision from its metadata).")
+@click.option("--chunk", default=DEFAULT_CHUNK, show_default=True, type=click.IntRange(1, 4096),
+              help="Layers compared per pass: ONNX tensors exposed and PyTorch activations held at once.")
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), help="Also convert the FP32 export in memory, as "
+              "the converter makes it before any gate or FP32 fallback, and compare it: why a gate failed.")
+@click.option("--calib", type=click.Path(path_type=Path), help="--precision int8: calibration images or .npy.")
+@click.option("--int8-layout", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="--precision int8: the graph layout.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write every figure.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a PNG of the error against depth, one line per artifact.")
+@report_errors
+def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, images, imgsz, max_images, tolerance,
+         chunk, precision, calib, int8_layout, json_path, plot_path):
+    """Compare every layer of CHECKPOINT's PyTorch model with ARTIFACTS (FP32 ONNX, FP16/INT8 variants).
+
+    Without ARTIFACTS, the FP32 ONNX gap-export would write is made in memory and compared. Each layer is
+    named as the model's code names it (conv2.0 (Conv2d 32->64, 3x3)) with its ONNX nodes; the first layer
+    over the tolerance and the layers that add the most error by themselves are reported. Example:
+
+    \b
+        gap-debug model.pt model.onnx model.fp16.onnx --shape 1x3x224x224 --plot debug.png
+    """
+    check_input_file(checkpoint, "checkpoint")
+    for artifact in artifacts:
+        check_input_file(artifact, "artifact")
+        if artifact.suffix != ".onnx":
+            raise click.BadParameter(f"{artifact}: gap-debug compares ONNX artifacts (.onnx).",
+                                     param_hint="ARTIFACTS")
+    size = image_size(imgsz)
+    parsed = [shape_option(s) for s in shapes]
+    if precision is not None:
+        from gap_deploy.exporter.precision import check_variant_request
+
+        check_variant_request(precision, calib)  # INT8 without --calib: a usage error before any work
+    check_distinct({"CHECKPOINT": checkpoint, "--images": images, "--calib": calib,
+                    **{f"artifact {a}": a for a in artifacts}},
+                   {"--json": json_path, "--plot": plot_path})
+    for path in (json_path, plot_path):
+        if path is not None:
+            check_output_path(path)
+    from gap_deploy.exporter.debug_run import DebugJob, run_debug  # torch is imported here, after the checks
+
+    reports = run_debug(DebugJob(checkpoint, tuple(artifacts), arch=arch, num_classes=num_classes,
+                                 trust_checkpoint=trust_checkpoint, shapes=tuple(parsed), images=images,
+                                 imgsz=size, max_images=max_images, tolerance=tolerance, chunk=chunk,
+                                 precision=precision, calib=calib, int8_layout=int8_layout), log=info)
+    for report in reports:
+        click.echo(report.format())
+        click.echo("")
+    if json_path:
+        write_json(json_path, {"reports": [r.to_dict() for r in reports]})
+        info(f"Wrote {json_path}")
+    if plot_path:
+        from gap_deploy.exporter.debug import plot
+
+        plot(reports, plot_path)
+        info(f"Wrote {plot_path}")

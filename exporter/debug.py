@@ -1,0 +1,422 @@
+"""gap-debug: the first layer where an ONNX artifact departs from PyTorch, named by the PyTorch module that made it.
+
+How a layer is found on both sides: the dynamo exporter records, on every ONNX node, the PyTorch module path it
+came from (node metadata ``pkg.torch.onnx.name_scopes``: ``['', 'conv2', 'conv2.0', 'conv2d_1']`` is module
+``conv2.0``, inside ``conv2``). A module's ONNX output is the tensor that a node inside the module's subtree
+produces and a node outside it (or the graph's output) reads; its ONNX inputs are the tensors its nodes read
+from outside. The artifact's nodes are mapped by name to the FP32 export of the same checkpoint, made here in
+memory, so FP16 and INT8 variants (whose converters drop node metadata) are attributed too.
+
+Per layer, for the same inputs: the error against PyTorch's output of that module (runtime.layers.layer_error:
+relative and max abs error, cosine, values beyond float16's range, NaN/Inf), and the error the layer adds by
+itself: the artifact's nodes of that layer alone (an extracted sub-model) run on PyTorch's own input to the
+module, so an error inherited from an earlier layer is not blamed on this one.
+
+Memory: layers are taken ``chunk`` at a time. For each chunk, PyTorch runs once with forward hooks on that
+chunk's modules only, and ONNX Runtime runs once with that chunk's tensors added as outputs; the values are
+compared and dropped before the next chunk. At most one chunk of activations (per input) is held.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from gap_deploy.runtime.layers import DEFAULT_CHUNK, LayerError, layer_error, tensor_values
+from gap_deploy.runtime.shapes import Shape, format_shape
+
+SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+#: ONNX ops that only move or reshape values: never "the layer" a module's output comes from on their own
+_SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Constant", "ConstantOfShape", "Cast"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One PyTorch module and the ONNX tensors and nodes that are its output, inputs and body."""
+
+    path: str
+    label: str  # as the user wrote it: "conv2.0 (Conv2d 32->64, 3x3)"
+    depth: int  # order of the module's output in the graph
+    output: str
+    inputs: tuple[str, ...]
+    nodes: tuple[str, ...]
+    #: a module without children (a named block holds others: its error includes theirs)
+    leaf: bool = True
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Graph order; where a block and its last child share the output tensor, the child comes first."""
+        return self.depth, -self.path.count(".")
+
+
+@dataclass
+class LayerResult:
+    layer: Layer
+    error: LayerError | None = None
+    #: the error of this layer alone, on PyTorch's input to it; None where it could not be isolated
+    added: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"module": self.layer.path, "label": self.layer.label, "depth": self.layer.depth,
+                "onnx_output": self.layer.output, "onnx_nodes": list(self.layer.nodes),
+                "error": self.error.to_dict() if self.error else None,
+                "added_rel_err": None if self.added is None or not math.isfinite(self.added) else self.added,
+                "note": self.note}
+
+
+@dataclass
+class DebugReport:
+    artifact: str
+    tolerance: float
+    shapes: list[Shape]
+    layers: list[LayerResult]
+    unattributed: list[dict] = field(default_factory=list)
+    chunk: int = DEFAULT_CHUNK
+
+    @property
+    def first_over(self) -> LayerResult | None:
+        """The first layer (in graph order) whose error passes the tolerance or that holds NaN/Inf."""
+        for result in sorted(self.layers, key=lambda r: r.layer.order):
+            if result.error and (result.error.rel_err > self.tolerance or result.error.nonfinite):
+                return result
+        return None
+
+    @property
+    def first_beyond_fp16(self) -> LayerResult | None:
+        for result in sorted(self.layers, key=lambda r: r.layer.order):
+            if result.error and result.error.beyond_fp16:
+                return result
+        return None
+
+    def top_added(self, count: int = 5) -> list[LayerResult]:
+        known = [r for r in self.layers if r.added is not None and r.layer.leaf]
+        return sorted(known, key=lambda r: -(r.added if math.isfinite(r.added) else 1e300))[:count]
+
+    def to_dict(self) -> dict:
+        first, over16 = self.first_over, self.first_beyond_fp16
+        return {"artifact": self.artifact, "tolerance": self.tolerance, "shapes": [list(s) for s in self.shapes],
+                "chunk": self.chunk, "first_over_tolerance": first.layer.path if first else None,
+                "first_beyond_float16": over16.layer.path if over16 else None,
+                "most_added": [r.layer.path for r in self.top_added()],
+                "layers": [r.to_dict() for r in sorted(self.layers, key=lambda r: r.layer.order)],
+                "unattributed": self.unattributed}
+
+    def format(self, top: int = 5) -> str:
+        counts: dict[str, int] = {}
+        for shape in self.shapes:
+            counts[format_shape(shape)] = counts.get(format_shape(shape), 0) + 1
+        at = ", ".join(f"{n} x {k}" if n > 1 else k for k, n in counts.items())
+        lines = [f"{self.artifact}: {len(self.layers)} layer(s) compared with PyTorch on {at} "
+                 f"(tolerance rel err {self.tolerance:g})"]
+        first = self.first_over
+        if first is None:
+            lines.append("No layer is over the tolerance.")
+        elif first.layer.path == "":
+            lines.append(f"No module departs, but the model's output does (rel err {first.error.rel_err:.3g}): the "
+                         "difference is made by the forward code between modules (a Python branch the trace froze, "
+                         "a functional op).")
+        else:
+            lines.append(f"First layer over the tolerance: {first.layer.label}: rel err {first.error.rel_err:.3g}"
+                         f"{', NaN/Inf' if first.error.nonfinite else ''} (ONNX: {', '.join(first.layer.nodes)})")
+        over16 = self.first_beyond_fp16
+        if over16 is not None:
+            peak = over16.error.beyond_fp16
+            lines.append(f"First layer beyond float16's range: {over16.layer.label}: {peak} value(s) above 65504 "
+                         "(keep it in FP32: gap-export --keep-fp32)")
+        lines.append(f"{'layer (graph order)':<44} {'rel err':>10} {'added':>10} {'max abs':>10} {'cosine':>8}  note")
+        for result in sorted(self.layers, key=lambda r: r.layer.order):
+            e = result.error
+            added = "-" if result.added is None else f"{result.added:.3g}"
+            if e is None:
+                lines.append(f"{result.layer.label[:44]:<44} {'-':>10} {added:>10} {'-':>10} {'-':>8}  {result.note}")
+                continue
+            mark = " <" if result is first else ""
+            lines.append(f"{result.layer.label[:44]:<44} {e.rel_err:>10.3g} {added:>10} {e.max_abs_err:>10.3g} "
+                         f"{e.cosine:>8.5f}  {result.note}{mark}")
+        most = self.top_added(top)
+        if most:
+            lines.append("Most error added by the layer itself (modules without children): " + "; ".join(
+                f"{r.layer.path} {r.added:.3g}" for r in most))
+        for item in self.unattributed:
+            lines.append(f"Unattributed ONNX node {item['node']} ({item['op']}): {item['reason']}")
+        return "\n".join(lines)
+
+
+# ---- attribution --------------------------------------------------------------------------------------------
+
+def node_scopes(model: onnx.ModelProto) -> dict[str, str | None]:
+    """ONNX node name -> the innermost PyTorch module path it came from ('' for the model's own forward), or
+    None where the node carries no name_scopes (made by an optimizer or a converter)."""
+    scopes: dict[str, str | None] = {}
+    for node in model.graph.node:
+        value = next((p.value for p in node.metadata_props if p.key == SCOPE_KEY), None)
+        path = None
+        if value is not None:
+            try:
+                parts = ast.literal_eval(value)
+                path = parts[-2] if isinstance(parts, list) and len(parts) >= 2 else ""
+            except (ValueError, SyntaxError):
+                path = None
+        scopes[node.name] = path
+    return scopes
+
+
+def _inside(scope: str | None, path: str) -> bool:
+    return scope is not None and (path == "" or scope == path or scope.startswith(path + "."))
+
+
+def describe_module(path: str, module: nn.Module) -> str:
+    """``conv2.0 (Conv2d 32->64, 3x3)``: the module path and what it is, as the user wrote it."""
+    kind = type(module).__name__
+    detail = ""
+    if isinstance(module, nn.Conv2d):
+        k = "x".join(map(str, module.kernel_size))
+        groups = f", groups {module.groups}" if module.groups > 1 else ""
+        detail = f" {module.in_channels}->{module.out_channels}, {k}{groups}"
+    elif isinstance(module, nn.Linear):
+        detail = f" {module.in_features}->{module.out_features}"
+    elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+        detail = f" {getattr(module, 'num_features', '')}".rstrip()
+    return f"{path or '(model)'} ({kind}{detail})"
+
+
+def attribute(module: nn.Module, reference: onnx.ModelProto, artifact: onnx.ModelProto
+              ) -> tuple[list[Layer], list[dict]]:
+    """The layers of ``module`` found in ``artifact`` (attributed through ``reference``'s node metadata, by node
+    name where the artifact has none), and the compute nodes that no module claims, each with the reason."""
+    ref_scopes = node_scopes(reference)
+    art_scopes = node_scopes(artifact)
+    scopes = {name: (art_scopes.get(name) if art_scopes.get(name) is not None else ref_scopes.get(name))
+              for name in art_scopes}
+    graph = artifact.graph
+    _inherit_scopes(graph, scopes)
+    stored = {i.name for i in graph.initializer}
+    order = {t: i for i, node in enumerate(graph.node) for t in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    outputs = {o.name for o in graph.output}
+    unattributed = [{"node": n.name, "op": n.op_type,
+                     "reason": "no pkg.torch.onnx.name_scopes, and no node of that name in the FP32 export "
+                               "(made by an optimizer or by the conversion)"}
+                    for n in graph.node if scopes.get(n.name) is None and n.op_type not in ("Constant",)
+                    and not _is_quantization_helper(n)]
+    layers = []
+    for path, sub in module.named_modules():
+        if path == "":
+            continue
+        body = [n for n in graph.node if _inside(scopes.get(n.name), path)]
+        if not body:
+            continue
+        names = {n.name for n in body}
+        produced = {t for n in body for t in n.output}
+        leaving = [t for t in produced if t in outputs or any(c.name not in names for c in consumers.get(t, []))]
+        leaving = [t for t in leaving if any(n.op_type not in _SHAPE_OPS for n in body if t in n.output)] or leaving
+        if len(leaving) != 1:
+            continue  # a module with several outputs (or none leaving) is compared through its parts
+        entering = sorted({t for n in body for t in n.input if t and t not in produced and t not in stored
+                           and not _is_constant(t, graph)})
+        layers.append(Layer(path, describe_module(path, sub), order.get(leaving[0], len(graph.node)), leaving[0],
+                            tuple(entering), tuple(n.name for n in body), leaf=not any(True for _ in sub.children())))
+    # the model's own output last: a departure there and in no module is in the forward code between modules
+    # (a Python branch the trace froze, a functional op)
+    layers.append(Layer("", f"(model output) ({type(module).__name__})", len(graph.node) + 1, graph.output[0].name,
+                        (graph.input[0].name,), tuple(n.name for n in graph.node), leaf=False))
+    return layers, unattributed
+
+
+def _inherit_scopes(graph, scopes: dict[str, str | None]) -> None:
+    """Nodes a conversion added (Q/DQ pairs, Casts) belong to the layer they serve: a QuantizeLinear (and its
+    DequantizeLinear, and a Cast) to the layer whose output it converts; a weight's DequantizeLinear to the layer
+    that reads it. Applied until nothing changes."""
+    producer = {t: n for n in graph.node for t in n.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    stored = {i.name for i in graph.initializer}
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.node:
+            if scopes.get(node.name) is not None or not _is_quantization_helper(node) or not node.input:
+                continue
+            source = producer.get(node.input[0])
+            if node.input[0] in stored or source is None or source.op_type == "Constant":
+                users = [scopes.get(c.name) for c in consumers.get(node.output[0], [])]
+                scope = next((u for u in users if u is not None), None)  # a weight's DQ: the layer reading it
+            else:
+                scope = scopes.get(source.name)  # an activation's Q/DQ/Cast: the layer that produced it
+            if scope is not None:
+                scopes[node.name] = scope
+                changed = True
+
+
+def _is_quantization_helper(node) -> bool:
+    return node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast")
+
+
+def _is_constant(tensor: str, graph) -> bool:
+    return any(n.op_type == "Constant" and tensor in n.output for n in graph.node)
+
+
+# ---- measuring ----------------------------------------------------------------------------------------------
+
+def _torch_values(module: nn.Module, paths: Sequence[str], inputs: Sequence[np.ndarray]
+                  ) -> dict[str, tuple[list[np.ndarray], list[np.ndarray | None]]]:
+    """path -> (outputs per input, first positional input per input), from forward hooks on ``paths`` only."""
+    named = dict(module.named_modules())
+    found: dict[str, tuple[list, list]] = {p: ([], []) for p in paths}
+    handles = []
+
+    def hook(path):
+        def record(_mod, args, output):
+            if isinstance(output, torch.Tensor):
+                found[path][0].append(output.detach().cpu().numpy().copy())
+                first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                found[path][1].append(None if first is None else first.detach().cpu().numpy().copy())
+        return record
+
+    for path in paths:
+        handles.append(named[path].register_forward_hook(hook(path)))
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                module(torch.from_numpy(x))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _sub_model(artifact: onnx.ModelProto, layer: Layer, dtypes: dict[str, np.dtype]) -> onnx.ModelProto:
+    """The layer's nodes alone, as a model from its one input to its output (Constant nodes and initializers it
+    reads come along); tensor types as ONNX Runtime produced them in the whole artifact."""
+    from onnx import helper
+
+    graph = artifact.graph
+    body = set(layer.nodes)
+    nodes = [n for n in graph.node if n.name in body]
+    needed = {t for n in nodes for t in n.input}
+    constants = [n for n in graph.node if n.op_type == "Constant" and n.name not in body and set(n.output) & needed]
+    inits = [i for i in graph.initializer if i.name in needed]
+
+    def info(name: str):
+        kind = helper.np_dtype_to_tensor_dtype(np.dtype(dtypes[name]))
+        return helper.make_tensor_value_info(name, kind, None)
+
+    sub = helper.make_graph([*constants, *nodes], "layer", [info(layer.inputs[0])], [info(layer.output)], inits)
+    model = helper.make_model(sub, opset_imports=list(artifact.opset_import))
+    model.ir_version = artifact.ir_version
+    return model
+
+
+def _added_error(artifact: onnx.ModelProto, layer: Layer, torch_in: list, torch_out: list,
+                 onnx_values: dict[str, list]) -> tuple[float | None, str]:
+    """The error of the layer's nodes alone, run on PyTorch's own input to the module."""
+    if layer.path == "":
+        return None, "the whole model"
+    if len(layer.inputs) != 1 or any(x is None for x in torch_in):
+        return None, f"not isolated: {len(layer.inputs)} ONNX inputs"
+    seen_in = onnx_values.get(layer.inputs[0])
+    if not seen_in or layer.output not in onnx_values:
+        return None, "not isolated: its input is not a tensor of this artifact"
+    if seen_in[0].shape != torch_in[0].shape:
+        return None, (f"fused with the layer before it (its ONNX input {layer.inputs[0]} is "
+                      f"{format_shape(seen_in[0].shape)}, PyTorch's input is {format_shape(torch_in[0].shape)})")
+    dtypes = {name: values[0].dtype for name, values in onnx_values.items() if values}
+    from gap_deploy.runtime.backends.onnxrt import cpu_session
+    from gap_deploy.runtime.errors import first_line
+
+    try:
+        session = cpu_session(_sub_model(artifact, layer, dtypes).SerializeToString(), quiet=True)
+        name = session.get_inputs()[0].name
+        with np.errstate(over="ignore"):  # PyTorch's values beyond float16's range become inf, as in the artifact
+            feeds = [x.astype(dtypes[layer.inputs[0]]) for x in torch_in]
+        got = [np.asarray(session.run(None, {name: x})[0]) for x in feeds]
+    except Exception as exc:  # an op that needs more than the layer's own nodes
+        return None, f"not isolated: {first_line(exc)[:80]}"
+    if any(g.shape != o.shape for g, o in zip(got, torch_out)):
+        return None, "not isolated: the layer's ONNX output has another shape"
+    return layer_error(torch_out, got).rel_err, ""
+
+
+def debug_artifact(module: nn.Module, reference: onnx.ModelProto, artifact: onnx.ModelProto, name: str,
+                   inputs: Sequence[np.ndarray], *, tolerance: float = 1e-4, chunk: int = DEFAULT_CHUNK,
+                   log: Callable[[str], None] = lambda _: None) -> DebugReport:
+    """Every layer of ``module`` against its tensor in ``artifact`` on ``inputs`` (NCHW float32 arrays)."""
+    module = module.eval()
+    layers, unattributed = attribute(module, reference, artifact)
+    results: list[LayerResult] = []
+    ordered = sorted(layers, key=lambda layer: layer.order)
+    for start in range(0, len(ordered), max(1, chunk)):
+        part = ordered[start:start + max(1, chunk)]
+        log(f"  layers {start + 1}-{start + len(part)} of {len(ordered)} ...")
+        torch_side = _torch_values(module, [layer.path for layer in part], inputs)
+        onnx_side: dict[str, list] = {}
+        wanted = [layer.output for layer in part] + [layer.inputs[0] for layer in part if len(layer.inputs) == 1]
+        for values in tensor_values(artifact, wanted, inputs, chunk=len(wanted)):
+            onnx_side.update(values)
+        for layer in part:
+            out, ins = torch_side[layer.path]
+            got = onnx_side.get(layer.output)
+            if got is None or len(out) != len(inputs):
+                results.append(LayerResult(layer, note="not in this artifact (folded or fused by the conversion)"))
+                continue
+            if any(g.shape != o.shape for g, o in zip(got, out)):
+                results.append(LayerResult(layer, note=f"ONNX shape {got[0].shape} vs PyTorch {out[0].shape}"))
+                continue
+            error = layer_error(out, [g.astype(np.float32) for g in got])
+            added, note = _added_error(artifact, layer, ins, out, onnx_side)
+            results.append(LayerResult(layer, error, added, note))
+        del torch_side, onnx_side
+    return DebugReport(name, tolerance, [tuple(x.shape) for x in inputs], results, unattributed, chunk)
+
+
+def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:
+    """Relative error against depth, one line per artifact (log scale), the first layer over tolerance marked."""
+    from gap_deploy.runtime._lazy import require
+    from gap_deploy.runtime.publish import publish_bytes
+
+    require("matplotlib", purpose="for --plot")
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for report in reports:
+        rows = [r for r in sorted(report.layers, key=lambda r: r.layer.depth) if r.error is not None]
+        xs = list(range(len(rows)))
+        ys = [max(r.error.rel_err, 1e-12) if math.isfinite(r.error.rel_err) else 1e6 for r in rows]
+        (line,) = ax.plot(xs, ys, marker="o", label=report.artifact)
+        ax.axhline(report.tolerance, color=line.get_color(), linestyle="--", linewidth=1, alpha=0.7,
+                   label=f"its tolerance ({report.tolerance:g})")
+        first = report.first_over
+        if first in rows:
+            i = rows.index(first)
+            ax.annotate(first.layer.path, (i, ys[i]), textcoords="offset points", xytext=(5, 8), fontsize=8)
+            ax.plot([i], [ys[i]], marker="*", markersize=14, color="red")
+        if rows:
+            ax.set_xticks(xs, [r.layer.path or "(output)" for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("relative error against PyTorch")
+    ax.set_xlabel("layer (graph order)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return publish_bytes(path, buffer.getvalue())

@@ -1,0 +1,132 @@
+"""gap-debug's job as one library function: load the checkpoint, export the FP32 reference in memory, make the
+inputs, and compare each artifact layer by layer (exporter.debug)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gap_deploy.runtime.errors import UsageError
+from gap_deploy.runtime.layers import DEFAULT_CHUNK
+from gap_deploy.runtime.shapes import Shape, format_shape
+
+#: a layer's relative error that counts as departing from PyTorch, per precision (an FP16 layer rounds to ~1e-3)
+LAYER_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "int8": 0.1}
+
+
+@dataclass(frozen=True)
+class DebugJob:
+    checkpoint: Path
+    artifacts: tuple[Path, ...] = ()
+    arch: str | None = None
+    num_classes: int | None = None
+    trust_checkpoint: bool = False
+    shapes: tuple[Shape, ...] = ()
+    images: Path | None = None
+    imgsz: tuple[int, int] = (224, 224)
+    max_images: int = 8
+    tolerance: float | None = None
+    chunk: int = DEFAULT_CHUNK
+    #: also make this variant in memory, as converted before any FP32 fallback, and compare it ("fp16", "int8")
+    precision: str | None = None
+    calib: Path | None = None
+    int8_layout: str = "tensorrt"
+
+
+def command_line(checkpoint, shape: Shape | None = None, *, arch: str | None = None, precision: str | None = None,
+                 calib=None, imgsz: tuple[int, int] | None = None) -> str:
+    """The gap-debug command that explains a failed comparison (the hint of a failed parity check or gate)."""
+    import shlex
+
+    parts = ["gap-debug", str(checkpoint)]
+    if arch and ":" in arch:
+        parts += ["--arch", arch]
+    if precision and precision != "fp32":
+        parts += ["--precision", precision] + (["--calib", str(calib)] if calib else [])
+    if shape is not None:
+        parts += ["--shape", format_shape(shape)]
+        imgsz = imgsz or (shape[2], shape[3])
+    if imgsz:
+        parts += ["--imgsz", f"{imgsz[0]}x{imgsz[1]}"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _inputs(job: DebugJob, channels: int, meta) -> list[np.ndarray]:
+    from gap_deploy.runtime.limits import check_memory
+
+    if job.images is not None:
+        from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images, load_image, normalize
+
+        folder = Path(job.images)
+        subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        files = collect_images([folder, *subfolders])[:job.max_images]  # a labelled folder's classes too
+        if not files:
+            raise UsageError(f"no image files in {job.images} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        return [normalize(load_image(f, channels, job.imgsz), meta)[None].astype(np.float32) for f in files]
+    shapes = list(job.shapes) or [(1, channels, *job.imgsz)]
+    rng = np.random.default_rng(0)
+    arrays = []
+    for shape in shapes:
+        if shape[1] != channels:
+            raise UsageError(f"--shape {format_shape(shape)} has {shape[1]} channels; the model takes {channels}.")
+        if shape[2] < meta.min_height or shape[3] < meta.min_width:
+            raise UsageError(f"--shape {format_shape(shape)} is below the model's minimum input "
+                             f"{meta.min_height}x{meta.min_width}.")
+        check_memory(shape, f"--shape {format_shape(shape)}")
+        arrays.append(rng.standard_normal(shape).astype(np.float32))
+    return arrays
+
+
+def _variant(job: DebugJob, fp32, channels: int, log) -> object:
+    """The FP16 or INT8 conversion of ``fp32`` as the converter makes it, before any gate or FP32 fallback: what
+    a failed gate measured."""
+    from gap_deploy.exporter.precision import check_variant_request, load_calibration, to_fp16, to_int8
+    from gap_deploy.runtime.artifact import describe
+
+    check_variant_request(job.precision, job.calib)
+    log(f"Converting to {job.precision} in memory (no gate, no FP32 fallback) ...")
+    if job.precision == "fp16":
+        return to_fp16(fp32)
+    data = load_calibration(job.calib, describe(fp32), size=job.imgsz)
+    return to_int8(fp32, data, layout=job.int8_layout)
+
+
+def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> list:
+    """A DebugReport per artifact (the in-memory FP32 export when ``job.artifacts`` is empty)."""
+    import onnx
+
+    from gap_deploy.exporter.checkpoint import load_model
+    from gap_deploy.exporter.debug import debug_artifact
+    from gap_deploy.exporter.onnx_export import export_model
+    from gap_deploy.runtime.artifact import describe
+    from gap_deploy.runtime.onnx_file import check_onnx_file
+
+    log(f"Loading {job.checkpoint} ...")
+    loaded = load_model(job.checkpoint, arch=job.arch, num_classes=job.num_classes,
+                        trust_checkpoint=job.trust_checkpoint)
+    log("Exporting the FP32 reference in memory (its node metadata names the PyTorch modules) ...")
+    reference = export_model(loaded, dynamic=True, imgsz=job.imgsz, keep_stack_traces=False)
+    meta = reference.metadata
+    inputs = _inputs(job, loaded.in_channels, meta)
+    artifacts: list[tuple[str, object]] = [(str(a), a) for a in job.artifacts]
+    if not artifacts:
+        artifacts.append(("in-memory FP32 export", reference.model))
+    if job.precision not in (None, "fp32"):
+        artifacts.append((f"in-memory {job.precision} (before any FP32 fallback)", _variant(job, reference.model,
+                                                                                             loaded.in_channels, log)))
+    reports = []
+    for name, path in artifacts:
+        if isinstance(path, onnx.ModelProto):
+            model = path
+        else:
+            check_onnx_file(path)
+            model = onnx.load(str(path))
+        precision = describe(model).metadata.precision
+        tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(precision, 1e-4)
+        log(f"Comparing {name} ({precision}) with PyTorch, {job.chunk} layer(s) per pass ...")
+        reports.append(debug_artifact(loaded.module, reference.model, model, name, inputs, tolerance=tolerance,
+                                      chunk=job.chunk, log=log))
+    return reports
