@@ -30,6 +30,7 @@ import onnx
 import torch
 from torch import nn
 
+from gap_deploy.runtime.artifact import describe
 from gap_deploy.runtime.layers import DEFAULT_CHUNK, LayerError, layer_error, tensor_values
 from gap_deploy.runtime.shapes import Shape, format_shape
 
@@ -230,8 +231,9 @@ def attribute(module: nn.Module, reference: onnx.ModelProto, artifact: onnx.Mode
                             tuple(entering), tuple(n.name for n in body), leaf=not any(True for _ in sub.children())))
     # the model's own output last: a departure there and in no module is in the forward code between modules
     # (a Python branch the trace froze, a functional op)
-    layers.append(Layer("", f"(model output) ({type(module).__name__})", len(graph.node) + 1, graph.output[0].name,
-                        (graph.input[0].name,), tuple(n.name for n in graph.node), leaf=False))
+    spec = describe(artifact)
+    layers.append(Layer("", f"(model output) ({type(module).__name__})", len(graph.node) + 1, spec.output_name,
+                        (spec.input_name,), tuple(n.name for n in graph.node), leaf=False))
     return layers, unattributed
 
 

@@ -36,24 +36,6 @@ class DebugJob:
     int8_layout: str = "tensorrt"
 
 
-def command_line(checkpoint, shape: Shape | None = None, *, arch: str | None = None, precision: str | None = None,
-                 calib=None, imgsz: tuple[int, int] | None = None) -> str:
-    """The gap-debug command that explains a failed comparison (the hint of a failed parity check or gate)."""
-    import shlex
-
-    parts = ["gap-debug", str(checkpoint)]
-    if arch and ":" in arch:
-        parts += ["--arch", arch]
-    if precision and precision != "fp32":
-        parts += ["--precision", precision] + (["--calib", str(calib)] if calib else [])
-    if shape is not None:
-        parts += ["--shape", format_shape(shape)]
-        imgsz = imgsz or (shape[2], shape[3])
-    if imgsz:
-        parts += ["--imgsz", f"{imgsz[0]}x{imgsz[1]}"]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
 def _inputs(job: DebugJob, channels: int, meta) -> list[np.ndarray]:
     from gap_deploy.runtime.limits import check_memory
 

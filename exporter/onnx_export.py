@@ -370,11 +370,23 @@ def export_verified(loaded: LoadedModel, options: ExportOptions = ExportOptions(
     return exported, report
 
 
-def debug_command(loaded: LoadedModel, shape: Shape, **kwargs) -> str:
-    """The gap-debug command line that explains a failed check of ``loaded``'s export at ``shape``."""
-    from gap_deploy.exporter.debug_run import command_line
+def debug_command(loaded: LoadedModel, shape: Shape | None = None, *, precision: str | None = None, calib=None,
+                  imgsz: tuple[int, int] | None = None) -> str:
+    """The gap-debug command line that explains a failed check of ``loaded``'s export (the hint of a failed
+    parity check or precision gate): the checkpoint, its --arch, the failing shape and the export size."""
+    import shlex
 
-    return command_line(loaded.source, shape, arch=loaded.arch, **kwargs)
+    parts = ["gap-debug", str(loaded.source)]
+    if loaded.arch and ":" in loaded.arch:
+        parts += ["--arch", loaded.arch]
+    if precision and precision != "fp32":
+        parts += ["--precision", precision] + (["--calib", str(calib)] if calib else [])
+    if shape is not None:
+        parts += ["--shape", format_shape(shape)]
+        imgsz = imgsz or (shape[2], shape[3])
+    if imgsz:
+        parts += ["--imgsz", f"{imgsz[0]}x{imgsz[1]}"]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def export_onnx(

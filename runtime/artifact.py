@@ -203,7 +203,7 @@ def describe(source) -> ArtifactSpec:
     if source is None or not isinstance(source, (str, os.PathLike)):
         raise ArtifactError(f"an artifact is a path or an onnx.ModelProto, got {type(source).__name__}.")
     path = Path(source)
-    from gap_deploy.runtime.session import ENGINE_SUFFIXES, bundle_model, is_bundle
+    from gap_deploy.runtime.bundle import ENGINE_SUFFIXES, bundle_model, is_bundle
 
     if is_bundle(path):
         return _from_onnxruntime(bundle_model(path, None))

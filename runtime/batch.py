@@ -207,9 +207,9 @@ def run_batch(job: BatchJob) -> BatchResult:
     The output (a Parquet dataset folder) is written to a temporary folder beside it and moved into place
     when the job has finished, so a failed job leaves no partial output and never a half-replaced one.
     """
+    from gap_deploy.runtime.bundle import check_artifact
     from gap_deploy.runtime.files import check_distinct, check_new_folder
     from gap_deploy.runtime.publish import Publication
-    from gap_deploy.runtime.session import check_artifact
 
     check_artifact(job.artifact)
     given = Path(job.output)

@@ -279,12 +279,13 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     from gap_deploy import runtime
     from gap_deploy.runtime.backends.table import ENGINE_BACKENDS, ONNX_BACKENDS
     from gap_deploy.runtime.bench import BenchSettings, bench_session
+    from gap_deploy.runtime.bundle import ENGINE_SUFFIXES
     from gap_deploy.runtime.classify import prepare_image
     from gap_deploy.runtime.errors import InputTypeError
     from gap_deploy.runtime.evaluate import read_labelled_folder
     from gap_deploy.runtime.images import load_image
     from gap_deploy.runtime.limits import limit_bytes
-    from gap_deploy.runtime.session import ENGINE_SUFFIXES, available_backends
+    from gap_deploy.runtime.session import available_backends
     from gap_deploy.runtime.stream import Batch, stream_batches
     from gap_deploy.runtime.validation import int_tuple
 

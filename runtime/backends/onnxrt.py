@@ -10,7 +10,7 @@ import numpy as np
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.backends.base import Runner, TensorInfo
 from gap_deploy.runtime.backends.table import BACKENDS, facts
-from gap_deploy.runtime.errors import ArtifactError, BackendError, BackendUnavailableError, first_line
+from gap_deploy.runtime.errors import ArtifactError, BackendError, BackendUnavailableError, UsageError, first_line
 from gap_deploy.runtime.shapes import format_shape
 
 #: backend -> the provider that must run its model (runtime.backends.table)
@@ -153,7 +153,10 @@ def profiled_placement(session, input_name: str, dtype, shape) -> list:
 
 
 class OrtRunner(Runner):
-    def __init__(self, path: Path, backend: str = "ort-cpu", *, threads: int | None = None,
+    """``spec`` (runtime.artifact.describe of ``path``) is needed by the GPU backends: ort-trt's default profile
+    and the placement probe's smallest input."""
+
+    def __init__(self, path: Path, backend: str = "ort-cpu", *, spec=None, threads: int | None = None,
                  provider_options: dict | None = None, cache_dir: Path | None = None, profile=None,
                  allow_cpu_fallback: bool = False):
         import tempfile
@@ -166,9 +169,8 @@ class OrtRunner(Runner):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        from gap_deploy.runtime.artifact import describe
-
-        spec = describe(path) if facts(backend).builds_at_start else None
+        if spec is None and facts(backend).gpu:
+            raise UsageError(f"backend '{backend}' needs the model's spec (runtime.artifact.describe) to start.")
         providers, entries = session_setup(backend, path, spec=spec, provider_options=provider_options,
                                            cache_dir=cache_dir, profile=profile)
         for key, value in entries.items():
@@ -191,7 +193,7 @@ class OrtRunner(Runner):
                                               f"the session runs on {self._session.get_providers()} only.")
             self.cpu_nodes: tuple = ()
             if gpu:
-                self.cpu_nodes = self._check_nodes(path, backend, profile, allow_cpu_fallback)
+                self.cpu_nodes = self._check_nodes(path, backend, spec, profile, allow_cpu_fallback)
         self.backend = backend
         self.inputs = tuple(tensor_info(i) for i in self._session.get_inputs())
         self.outputs = tuple(tensor_info(o) for o in self._session.get_outputs())
@@ -200,15 +202,12 @@ class OrtRunner(Runner):
         self.session_options = options
         self.session_config = dict(entries)
 
-    def _check_nodes(self, path: Path, backend: str, profile, allow_cpu_fallback: bool) -> tuple:
+    def _check_nodes(self, path: Path, backend: str, spec, profile, allow_cpu_fallback: bool) -> tuple:
         """One profiled inference at the smallest accepted shape; CPU compute nodes fail the session."""
-        from gap_deploy.runtime.artifact import from_tensors
         from gap_deploy.runtime.backends.placement import check_placement
 
         session = self._session
         value = session.get_inputs()[0]
-        spec = from_tensors([tensor_info(value)], [tensor_info(a) for a in session.get_outputs()],
-                            dict(session.get_modelmeta().custom_metadata_map), path=path)
         shape = probe_shape(spec, profile)
         try:
             nodes = profiled_placement(session, value.name, _DTYPES.get(value.type, np.float32), shape)

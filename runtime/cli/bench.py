@@ -80,9 +80,9 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     """
     from gap_deploy import runtime
     from gap_deploy.runtime.bench import attach_parity, bench_reference, bench_session, environment, format_table
+    from gap_deploy.runtime.bundle import check_artifact
     from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
     from gap_deploy.runtime.limits import check_memory
-    from gap_deploy.runtime.session import check_artifact
     from gap_deploy.runtime.validation import check_shape
 
     parsed = [shape_option(s) for s in shapes]

@@ -24,7 +24,7 @@ def parse_artifact(text: str) -> tuple[str, Path]:
 
 def named_artifacts(artifacts) -> dict[str, Path]:
     """gap-eval's and gap-tune's ARTIFACTS: each ``NAME=PATH`` or ``PATH``, names unique, files checked."""
-    from gap_deploy.runtime.session import check_artifact
+    from gap_deploy.runtime.bundle import check_artifact
 
     named = dict(parse_artifact(a) for a in artifacts)
     if len(named) != len(artifacts):

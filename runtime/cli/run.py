@@ -155,9 +155,9 @@ def main(ctx, artifact, images, topk, backend, imgsz, batch_size, as_json, trust
                           batch_size=ray_batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
                           trust_engine=trust_engine)
     from gap_deploy import runtime
+    from gap_deploy.runtime.bundle import check_artifact
     from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images
     from gap_deploy.runtime.limits import check_memory
-    from gap_deploy.runtime.session import check_artifact
 
     size = image_size(imgsz) if imgsz else None
     check_artifact(artifact)

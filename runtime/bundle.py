@@ -1,0 +1,83 @@
+"""gap-pack bundles as the runtime reads them: a folder with model.json naming its files, each checked (a plain
+name inside the bundle, the SHA-256 model.json lists) before any backend opens it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from gap_deploy.runtime.errors import ArtifactError, GapError, UsageError, first_line
+from gap_deploy.runtime.files import check_input_file
+from gap_deploy.runtime.shapes import format_shape
+
+#: what an engine file is called: these run on TensorRT, everything else on ONNX Runtime
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+
+
+BUNDLE_FILE = "model.json"
+
+
+def is_bundle(path) -> bool:
+    """Whether ``path`` is a gap-pack bundle folder (a folder with model.json)."""
+    return isinstance(path, (str, os.PathLike)) and Path(path).is_dir() and (Path(path) / BUNDLE_FILE).is_file()
+
+
+def check_artifact(path) -> Path:
+    """A model file, or a gap-pack bundle folder; else the file check's clear error."""
+    return Path(path) if is_bundle(path) else check_input_file(path, "artifact")
+
+
+def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
+    """The ORT file of a gap-pack bundle: the dynamic one, or the fixed variant made for ``shape``."""
+    import json
+
+    where = folder / BUNDLE_FILE
+    try:
+        description = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read bundle description {where}: {first_line(exc)}",
+                            hint="write the bundle again with gap-pack.") from None
+    files = description.get("files") if isinstance(description, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in files.items()):
+        raise ArtifactError(f"{where} is not a gap-pack bundle description: it lists no files (a JSON object of "
+                            "file name -> entry).", hint="write the bundle again with gap-pack.")
+    ort_files = {name: entry for name, entry in files.items() if name.endswith(".ort")}
+    if shape is None:
+        chosen = next((name for name, entry in ort_files.items() if not entry.get("shape")), None)
+    else:
+        from gap_deploy.runtime.validation import int_tuple
+
+        wanted = list(int_tuple(shape, 4, "shape="))
+        chosen = next((name for name, entry in ort_files.items() if entry.get("shape") == wanted), None)
+        if chosen is None:
+            have = [format_shape(e["shape"]) for e in ort_files.values() if e.get("shape")]
+            raise UsageError(f"bundle {folder} has no variant fixed to {format_shape(wanted)}; it has "
+                             f"{', '.join(have) or 'none'} (and model.ort for any size).",
+                             hint="load the bundle without shape= for any size, or gap-pack --fixed that shape.")
+    if chosen is None:
+        raise ArtifactError(f"bundle {folder} lists no dynamic ORT model.", hint="write it again with gap-pack.")
+    return _checked_bundle_file(folder, chosen, ort_files[chosen])
+
+
+def _checked_bundle_file(folder: Path, name: str, entry) -> Path:
+    """The bundle's file ``name``: a plain name inside the bundle (no path, no link out of it) whose bytes have
+    the SHA-256 model.json lists (a swapped or damaged file is refused)."""
+    from gap_deploy.runtime.files import safe_name, sha256_file
+
+    try:
+        safe_name(name, "bundle file name")
+    except GapError as exc:
+        raise ArtifactError(f"bundle {folder}'s model.json names a file {name!r} that is no plain file name in the "
+                            f"bundle: {first_line(exc)}", hint="write the bundle again with gap-pack.") from None
+    path = folder / name
+    inside = Path(os.path.realpath(path)).parent == Path(os.path.realpath(folder))
+    if not inside or not path.is_file():
+        raise ArtifactError(f"bundle file {path} is missing, or a link out of the bundle.",
+                            hint="write the bundle again with gap-pack.")
+    expected = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(expected, str) or sha256_file(path) != expected:
+        raise ArtifactError(f"bundle file {path} does not match the SHA-256 in {folder / BUNDLE_FILE}: it was "
+                            "replaced or damaged after gap-pack wrote the bundle.",
+                            hint="write the bundle again with gap-pack.")
+    return path
