@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from gap_deploy.runtime.artifact import describe
-from gap_deploy.runtime.layers import DEFAULT_CHUNK, LayerError, layer_error, tensor_values
+from gap_deploy.runtime.layers import DEFAULT_CHUNK, LayerError, added_error, layer_error, tensor_values
 from gap_deploy.runtime.shapes import Shape, format_shape
 
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"
@@ -301,28 +301,6 @@ def _torch_values(module: nn.Module, paths: Sequence[str], inputs: Sequence[np.n
     return found
 
 
-def _sub_model(artifact: onnx.ModelProto, layer: Layer, dtypes: dict[str, np.dtype]) -> onnx.ModelProto:
-    """The layer's nodes alone, as a model from its one input to its output (Constant nodes and initializers it
-    reads come along); tensor types as ONNX Runtime produced them in the whole artifact."""
-    from onnx import helper
-
-    graph = artifact.graph
-    body = set(layer.nodes)
-    nodes = [n for n in graph.node if n.name in body]
-    needed = {t for n in nodes for t in n.input}
-    constants = [n for n in graph.node if n.op_type == "Constant" and n.name not in body and set(n.output) & needed]
-    inits = [i for i in graph.initializer if i.name in needed]
-
-    def info(name: str):
-        kind = helper.np_dtype_to_tensor_dtype(np.dtype(dtypes[name]))
-        return helper.make_tensor_value_info(name, kind, None)
-
-    sub = helper.make_graph([*constants, *nodes], "layer", [info(layer.inputs[0])], [info(layer.output)], inits)
-    model = helper.make_model(sub, opset_imports=list(artifact.opset_import))
-    model.ir_version = artifact.ir_version
-    return model
-
-
 def _added_error(artifact: onnx.ModelProto, layer: Layer, torch_in: list, torch_out: list,
                  onnx_values: dict[str, list]) -> tuple[float | None, str]:
     """The error of the layer's nodes alone, run on PyTorch's own input to the module."""
@@ -337,20 +315,12 @@ def _added_error(artifact: onnx.ModelProto, layer: Layer, torch_in: list, torch_
         return None, (f"fused with the layer before it (its ONNX input {layer.inputs[0]} is "
                       f"{format_shape(seen_in[0].shape)}, PyTorch's input is {format_shape(torch_in[0].shape)})")
     dtypes = {name: values[0].dtype for name, values in onnx_values.items() if values}
-    from gap_deploy.runtime.backends.onnxrt import cpu_session
-    from gap_deploy.runtime.errors import first_line
-
     try:
-        session = cpu_session(_sub_model(artifact, layer, dtypes).SerializeToString(), quiet=True)
-        name = session.get_inputs()[0].name
-        with np.errstate(over="ignore"):  # PyTorch's values beyond float16's range become inf, as in the artifact
-            feeds = [x.astype(dtypes[layer.inputs[0]]) for x in torch_in]
-        got = [np.asarray(session.run(None, {name: x})[0]) for x in feeds]
+        return added_error(artifact, layer.nodes, layer.inputs[0], layer.output, torch_in, torch_out, dtypes), ""
     except Exception as exc:  # an op that needs more than the layer's own nodes
+        from gap_deploy.runtime.errors import first_line
+
         return None, f"not isolated: {first_line(exc)[:80]}"
-    if any(g.shape != o.shape for g, o in zip(got, torch_out)):
-        return None, "not isolated: the layer's ONNX output has another shape"
-    return layer_error(torch_out, got).rel_err, ""
 
 
 def debug_artifact(module: nn.Module, reference: onnx.ModelProto, artifact: onnx.ModelProto, name: str,

@@ -109,3 +109,66 @@ def activations(model, tensors: Sequence[str], inputs: Sequence[np.ndarray]) -> 
     for part in tensor_values(model, tensors, inputs):
         merged.update(part)
     return merged
+
+
+#: nodes a conversion adds around a layer: its input's quantization or cast belongs to the layer when measured
+HELPER_OPS = ("QuantizeLinear", "DequantizeLinear", "Cast")
+
+
+def extract(model, nodes: Sequence[str], input_name: str, output_name: str, dtypes: dict):
+    """The nodes ``nodes`` of ``model`` as a model of their own, from ``input_name`` to ``output_name``; the
+    initializers they read come along, and so do the nodes that make their weights from initializers alone
+    (a weight's DequantizeLinear, a Constant). Tensor types are ``dtypes`` (as ONNX Runtime produced them)."""
+    from onnx import helper
+
+    graph = model.graph
+    stored = {i.name: i for i in graph.initializer}
+    producer = {t: n for n in graph.node for t in n.output}
+    chosen = {n.name: n for n in graph.node if n.name in set(nodes)}
+
+    def from_weights(node) -> bool:
+        return all(not t or t in stored or (t in producer and producer[t].op_type == "Constant") for t in node.input)
+
+    grew = True
+    while grew:
+        grew = False
+        for node in list(chosen.values()):
+            for t in node.input:
+                source = producer.get(t)
+                if t and t != input_name and t not in stored and source is not None and source.name not in chosen \
+                        and from_weights(source):
+                    chosen[source.name] = source
+                    grew = True
+    for node in list(chosen.values()):  # the Constants those weight nodes read
+        for t in node.input:
+            source = producer.get(t)
+            if source is not None and source.op_type == "Constant" and source.name not in chosen:
+                chosen[source.name] = source
+    order = {n.name: i for i, n in enumerate(graph.node)}
+    body = sorted(chosen.values(), key=lambda n: order[n.name])
+    needed = {t for n in body for t in n.input}
+
+    def info(name: str):
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtypes[name])), None)
+
+    sub = helper.make_graph(body, "layer", [info(input_name)], [info(output_name)],
+                            [stored[t] for t in sorted(needed) if t in stored])
+    extracted = helper.make_model(sub, opset_imports=list(model.opset_import))
+    extracted.ir_version = model.ir_version
+    return extracted
+
+
+def added_error(model, nodes: Sequence[str], input_name: str, output_name: str, reference_in: Sequence[np.ndarray],
+                reference_out: Sequence[np.ndarray], dtypes: dict) -> float:
+    """The relative error a layer adds by itself: its nodes alone (``extract``) run on the reference's own input
+    to it, against the reference's output (layer_error). Raises where the nodes cannot run alone."""
+    from gap_deploy.runtime.backends.onnxrt import cpu_session
+
+    session = cpu_session(extract(model, nodes, input_name, output_name, dtypes).SerializeToString(), quiet=True)
+    name = session.get_inputs()[0].name
+    with np.errstate(over="ignore"):  # values beyond float16's range become inf, as in the model itself
+        feeds = [np.asarray(x).astype(dtypes[input_name]) for x in reference_in]
+    got = [np.asarray(session.run(None, {name: x})[0]) for x in feeds]
+    if any(g.shape != np.shape(r) for g, r in zip(got, reference_out)):
+        raise ValueError("the layer's output has another shape than the reference's")
+    return layer_error(reference_out, [g.astype(np.float32) for g in got]).rel_err
