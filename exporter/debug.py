@@ -373,7 +373,7 @@ def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:
         rows = [r for r in sorted(report.layers, key=lambda r: r.layer.depth) if r.error is not None]
         xs = list(range(len(rows)))
         ys = [max(r.error.rel_err, 1e-12) if math.isfinite(r.error.rel_err) else 1e6 for r in rows]
-        (line,) = ax.plot(xs, ys, marker="o", label=report.artifact)
+        (line,) = ax.plot(xs, ys, marker="o", label=Path(report.artifact).name)
         ax.axhline(report.tolerance, color=line.get_color(), linestyle="--", linewidth=1, alpha=0.7,
                    label=f"its tolerance ({report.tolerance:g})")
         first = report.first_over
@@ -386,7 +386,7 @@ def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("relative error against PyTorch")
     ax.set_xlabel("layer (graph order)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
