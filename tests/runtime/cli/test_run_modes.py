@@ -79,7 +79,7 @@ def test_debug_prints_the_hidden_cause(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["gap-export", "gap-build", "gap-run", "gap-bench", "gap-eval", "gap-pack",
-                                     "gap-triton", "gap-tune"])
+                                     "gap-triton", "gap-tune", "gap-debug"])
 def test_every_command_prints_its_version(command):
     from importlib.metadata import entry_points
 
