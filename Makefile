@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt Makefile
 test: venv
 	$(BIN)/python -m pytest -q
 
-# The inner loop: everything but the tests marked slow (real servers, training, every family): about 2 minutes.
+# The inner loop: everything but the tests marked slow (real servers, training, every family): about 2.5 minutes.
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
