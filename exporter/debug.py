@@ -82,6 +82,8 @@ class DebugReport:
     layers: list[LayerResult]
     unattributed: list[dict] = field(default_factory=list)
     chunk: int = DEFAULT_CHUNK
+    #: what the figures are (a TensorRT engine's: rebuilt with marked outputs)
+    note: str = ""
 
     @property
     def first_over(self) -> LayerResult | None:
@@ -109,7 +111,7 @@ class DebugReport:
                 "first_beyond_float16": over16.layer.path if over16 else None,
                 "most_added": [r.layer.path for r in self.top_added()],
                 "layers": [r.to_dict() for r in sorted(self.layers, key=lambda r: r.layer.order)],
-                "unattributed": self.unattributed}
+                "unattributed": self.unattributed, "note": self.note}
 
     def format(self, top: int = 5) -> str:
         counts: dict[str, int] = {}
@@ -118,6 +120,8 @@ class DebugReport:
         at = ", ".join(f"{n} x {k}" if n > 1 else k for k, n in counts.items())
         lines = [f"{self.artifact}: {len(self.layers)} layer(s) compared with PyTorch on {at} "
                  f"(tolerance rel err {self.tolerance:g})"]
+        if self.note:
+            lines.append(f"Note: {self.note}")
         first = self.first_over
         if first is None:
             lines.append("No layer is over the tolerance.")
@@ -353,6 +357,75 @@ def debug_artifact(module: nn.Module, reference: onnx.ModelProto, artifact: onnx
             results.append(LayerResult(layer, error, added, note))
         del torch_side, onnx_side
     return DebugReport(name, tolerance, [tuple(x.shape) for x in inputs], results, unattributed, chunk)
+
+
+#: what a report of an engine rebuilt with marked outputs says about its figures
+FUSION_NOTE = ("TensorRT engines rebuilt per chunk with that chunk's tensors marked as outputs: TensorRT cannot "
+               "fuse a layer whose output is marked, so these engines may fuse (and round) differently from the "
+               "deployed plan; the figures are theirs.")
+
+
+def debug_engine(module: nn.Module, reference: onnx.ModelProto, source: onnx.ModelProto, name: str,
+                 inputs: Sequence[np.ndarray], config, *, trt, cuda, tolerance: float = 1e-2,
+                 chunk: int = DEFAULT_CHUNK, log: Callable[[str], None] = lambda _: None) -> DebugReport:
+    """The report for a TensorRT engine of ``source`` (the ONNX the plan was built from): per chunk of layers,
+    the network is parsed again, the chunk's tensors are marked as outputs, an engine is built (the timing cache
+    of the first build reused by the next ones) and run, and its values compared with PyTorch's. The error a
+    layer adds alone is not measured for engines (a layer cannot be run alone in TensorRT without rebuilding)."""
+    import dataclasses
+    import tempfile
+
+    from gap_deploy.exporter.builder import build_plan, create_config, parse_network, save_timing_cache
+    from gap_deploy.runtime.backends.trt import TrtRunner
+    from gap_deploy.runtime.onnx_file import save_onnx
+
+    module = module.eval()
+    layers, unattributed = attribute(module, reference, source)
+    ordered = sorted(layers, key=lambda layer: layer.order)
+    spec = describe(source)
+    profiles = tuple(config.profiles) or (spec.default_profile(),)
+    results: list[LayerResult] = []
+    with tempfile.TemporaryDirectory(prefix="gap-debug-trt-") as work:
+        onnx_path = save_onnx(source, Path(work) / "model.onnx")[-1]
+        cache = Path(work) / "timing.cache"
+        config = dataclasses.replace(config, timing_cache=cache, profiles=profiles)
+        for start in range(0, len(ordered), max(1, chunk)):
+            part = ordered[start:start + max(1, chunk)]
+            log(f"  TensorRT: layers {start + 1}-{start + len(part)} of {len(ordered)}: marking, building ...")
+            parsed = parse_network(trt, onnx_path)
+            network = parsed.network
+            tensors = {}
+            for i in range(network.num_layers):
+                layer = network.get_layer(i)
+                for j in range(layer.num_outputs):
+                    tensor = layer.get_output(j)
+                    tensors[tensor.name] = tensor
+            marked = [layer for layer in part if layer.output in tensors and layer.path]
+            for output in dict.fromkeys(layer.output for layer in marked):  # a block and its last child share one
+                network.mark_output(tensors[output])
+            cfg = create_config(parsed, spec.input_name, profiles, config, log)
+            plan = Path(work) / f"chunk{start}.plan"
+            plan.write_bytes(build_plan(parsed, cfg, onnx_path))
+            save_timing_cache(cfg, cache, log)
+            runner = TrtRunner(plan, trust_engine=True, trt=trt, cuda=cuda, marked_outputs=True)
+            try:
+                seen = [runner.infer_outputs(x) for x in inputs]
+            finally:
+                runner.close()
+            torch_side = _torch_values(module, [layer.path for layer in part], inputs)
+            for layer in part:
+                out, _ = torch_side[layer.path]
+                got = [values.get(layer.output if layer.path else spec.output_name) for values in seen]
+                if layer not in marked and layer.path:
+                    results.append(LayerResult(layer, note="not a tensor of the TensorRT network"))
+                elif any(g is None for g in got) or any(g.shape != o.shape for g, o in zip(got, out)):
+                    results.append(LayerResult(layer, note="the engine did not give this tensor"))
+                else:
+                    results.append(LayerResult(layer, layer_error(out, [g.astype(np.float32) for g in got]),
+                                               None, "engine"))
+    report = DebugReport(name, tolerance, [tuple(x.shape) for x in inputs], results, unattributed, chunk)
+    report.note = FUSION_NOTE
+    return report
 
 
 def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gap_deploy.runtime.bundle import ENGINE_SUFFIXES
 from gap_deploy.runtime.errors import UsageError
 from gap_deploy.runtime.layers import DEFAULT_CHUNK
 from gap_deploy.runtime.shapes import Shape, format_shape
@@ -76,6 +77,42 @@ def _variant(job: DebugJob, fp32, channels: int, log) -> object:
     return to_int8(fp32, data, layout=job.int8_layout)
 
 
+def engine_source(plan: Path) -> Path:
+    """The ONNX a gap-build plan was built from: the .onnx beside it whose SHA-256 its manifest records."""
+    from gap_deploy.runtime.files import sha256_file
+    from gap_deploy.runtime.manifest import EngineManifest
+
+    manifest = EngineManifest.read(plan)
+    for candidate in sorted(plan.parent.glob("*.onnx")):
+        if sha256_file(candidate) == manifest.onnx_sha256:
+            return candidate
+    raise UsageError(f"the ONNX {plan.name} was built from is not beside it (no .onnx in {plan.parent} has the "
+                     "SHA-256 its manifest records).", hint="put the model the plan was built from next to it.")
+
+
+def _debug_plan(job: DebugJob, plan: Path, loaded, reference, inputs, log):
+    """A plan: rebuilt from its ONNX (found by SHA-256) per chunk with that chunk's tensors marked as outputs,
+    with the manifest's profiles and TF32 setting."""
+    import onnx
+
+    from gap_deploy.exporter.builder import BuildConfig, build_device, import_builder
+    from gap_deploy.exporter.debug import debug_engine
+    from gap_deploy.runtime.manifest import EngineManifest
+    from gap_deploy.runtime.profiles import Profile
+
+    trt = import_builder()
+    cuda, _ = build_device()
+    manifest = EngineManifest.read(plan)
+    source = engine_source(plan)
+    profiles = tuple(Profile(*(tuple(v) for v in next(iter(p.values())))) for p in manifest.profiles)
+    config = BuildConfig(profiles=profiles, tf32=bool(manifest.tf32), hardware_compat=manifest.hardware_compatibility)
+    tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(manifest.precision, 1e-2)
+    log(f"Comparing {plan} (TensorRT, {manifest.precision}, from {source.name}) with PyTorch, {job.chunk} layer(s) "
+        "per build ...")
+    return debug_engine(loaded.module, reference, onnx.load(str(source)), str(plan), inputs, config, trt=trt,
+                        cuda=cuda, tolerance=tolerance, chunk=job.chunk, log=log)
+
+
 def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> list:
     """A DebugReport per artifact (the in-memory FP32 export when ``job.artifacts`` is empty)."""
     import onnx
@@ -101,6 +138,9 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
                                                                                              loaded.in_channels, log)))
     reports = []
     for name, path in artifacts:
+        if not isinstance(path, onnx.ModelProto) and Path(path).suffix in ENGINE_SUFFIXES:
+            reports.append(_debug_plan(job, Path(path), loaded, reference.model, inputs, log))
+            continue
         if isinstance(path, onnx.ModelProto):
             model = path
         else:

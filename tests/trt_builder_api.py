@@ -32,7 +32,20 @@ class Builder:
 class INetworkDefinition:
     num_inputs = 0
     num_outputs = 0
+    num_layers = 0
     def get_input(self, index: int): ...
+    def get_layer(self, index: int): ...
+    def mark_output(self, tensor: ITensor): ...
+
+
+class ILayer:
+    name = ""
+    num_outputs = 0
+    def get_output(self, index: int): ...
+
+
+class ITensor:
+    name = ""
 
 
 class IBuilderConfig:
@@ -126,7 +139,7 @@ class FakeBuild:
     """A TensorRT module for the builder: strict doubles wired together, calls recorded."""
 
     def __init__(self, version="11.4.0.106", datatype="Half", compute=None, profiles=None, schema=None,
-                 device: FakeDevice | None = None):
+                 device: FakeDevice | None = None, extra=None):
         self.builder = stub(Builder)
         self.network = stub(INetworkDefinition)
         self.config = stub(IBuilderConfig)
@@ -145,7 +158,7 @@ class FakeBuild:
         kwargs = {"compute": compute} if compute else {}
         if profiles:
             kwargs["profiles"] = profiles
-        self.engine, self.context = make_engine(device=device, **kwargs)
+        self.engine, self.context = make_engine(device=device, extra=extra, **kwargs)
         self.inspector = stub(IEngineInspector)
         major = int(version.split(".")[0])
         self.inspector.get_engine_information.return_value = inspector_json(datatype, schema or major)

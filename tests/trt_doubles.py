@@ -236,16 +236,21 @@ def _thread() -> int:
     return threading.get_ident()
 
 
-def make_engine(profiles=PROFILES, compute=expected_logits, device: FakeDevice | None = None):
-    """A strict ICudaEngine + IExecutionContext pair; ``compute`` maps the input batch to the logits."""
+def make_engine(profiles=PROFILES, compute=expected_logits, device: FakeDevice | None = None, extra=None):
+    """A strict ICudaEngine + IExecutionContext pair; ``compute`` maps the input batch to the logits.
+
+    ``extra`` (name -> function of the input batch) adds outputs, as an engine built with intermediate tensors
+    marked as outputs has them (INetworkDefinition.mark_output)."""
     engine = strict(trt.ICudaEngine, instance=True)
     context = strict(trt.IExecutionContext, instance=True)
-    names = ["images", "logits"]
-    engine.num_io_tensors = 2
+    extra = dict(extra or {})
+    names = ["images", "logits", *extra]
+    engine.num_io_tensors = len(names)
     engine.num_optimization_profiles = len(profiles)
     engine.get_tensor_name.side_effect = names.__getitem__
     engine.get_tensor_mode.side_effect = lambda n: trt.TensorIOMode.INPUT if n == "images" else trt.TensorIOMode.OUTPUT
-    engine.get_tensor_shape.side_effect = lambda n: (-1, 3, -1, -1) if n == "images" else (-1, NUM_CLASSES)
+    engine.get_tensor_shape.side_effect = lambda n: (-1, 3, -1, -1) if n == "images" else \
+        (-1, NUM_CLASSES) if n == "logits" else (-1,) * extra[n](np.zeros(profiles[0][0], np.float32)).ndim
     engine.get_tensor_dtype.side_effect = lambda n: trt.DataType.FLOAT
     engine.get_tensor_profile_shape.side_effect = lambda n, p: profiles[p]
     engine.create_execution_context.return_value = context
@@ -284,6 +289,10 @@ def make_engine(profiles=PROFILES, compute=expected_logits, device: FakeDevice |
         x = np.frombuffer((ctypes.c_float * count).from_address(addr["images"]), dtype=np.float32)
         out = np.ascontiguousarray(compute(x.reshape(n, c, h, w).copy()), dtype=np.float32)
         ctypes.memmove(addr["logits"], out.ctypes.data, out.nbytes)
+        for name, fn in extra.items():
+            if name in addr:  # an output whose address was set, as TensorRT writes only those
+                value = np.ascontiguousarray(fn(x.reshape(n, c, h, w).copy()), dtype=np.float32)
+                ctypes.memmove(addr[name], value.ctypes.data, value.nbytes)
 
     def execute(stream):
         if not isinstance(stream, int):
@@ -305,7 +314,8 @@ def make_engine(profiles=PROFILES, compute=expected_logits, device: FakeDevice |
 
     context.set_optimization_profile_async.side_effect = set_profile
     context.set_input_shape.side_effect = set_input_shape
-    context.get_tensor_shape.side_effect = lambda n: (state["shape"][0], NUM_CLASSES)
+    context.get_tensor_shape.side_effect = lambda n: (state["shape"][0], NUM_CLASSES) if n == "logits" else \
+        tuple(extra[n](np.zeros(state["shape"], np.float32)).shape)
     context.set_tensor_address.side_effect = lambda n, p: state["addr"].__setitem__(n, p) or True
     context.execute_async_v3.side_effect = execute
     return engine, context

@@ -48,11 +48,13 @@ from gap_deploy.runtime.layers import DEFAULT_CHUNK
 @report_errors
 def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, images, imgsz, max_images, tolerance,
          chunk, precision, calib, int8_layout, json_path, plot_path):
-    """Compare every layer of CHECKPOINT's PyTorch model with ARTIFACTS (FP32 ONNX, FP16/INT8 variants).
+    """Compare every layer of CHECKPOINT's PyTorch model with ARTIFACTS (FP32 ONNX, FP16/INT8 variants, plans).
 
     Without ARTIFACTS, the FP32 ONNX gap-export would write is made in memory and compared. Each layer is
     named as the model's code names it (conv2.0 (Conv2d 32->64, 3x3)) with its ONNX nodes; the first layer
-    over the tolerance and the layers that add the most error by themselves are reported. Example:
+    over the tolerance and the layers that add the most error by themselves are reported. A gap-build plan is
+    rebuilt from its ONNX per chunk with that chunk's tensors marked as outputs (needs TensorRT and a GPU; the
+    marking can change TensorRT's fusions, which the report says). Example:
 
     \b
         gap-debug model.pt model.onnx model.fp16.onnx --shape 1x3x224x224 --plot debug.png
@@ -60,8 +62,9 @@ def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, ima
     check_input_file(checkpoint, "checkpoint")
     for artifact in artifacts:
         check_input_file(artifact, "artifact")
-        if artifact.suffix != ".onnx":
-            raise click.BadParameter(f"{artifact}: gap-debug compares ONNX artifacts (.onnx).",
+        if artifact.suffix not in (".onnx", ".plan", ".engine"):
+            raise click.BadParameter(f"{artifact}: gap-debug compares ONNX artifacts (.onnx) and gap-build plans "
+                                     "(.plan, with their manifest and the ONNX they were built from beside them).",
                                      param_hint="ARTIFACTS")
     size = image_size(imgsz)
     parsed = [shape_option(s) for s in shapes]

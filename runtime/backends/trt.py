@@ -60,7 +60,7 @@ class TrtRunner(Runner):
     gpu_timing = True
 
     def __init__(self, path: Path, *, trust_engine: bool = False, device: int = 0, trt=None, cuda: Cuda | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, marked_outputs: bool = False):
         path = check_input_file(path, "TensorRT engine")
         self._clock = clock  # host seconds, for the enqueue time
         self._trt = trt = trt if trt is not None else import_tensorrt()
@@ -92,8 +92,11 @@ class TrtRunner(Runner):
         outs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.inputs = tuple(self._info(n, with_profiles=True) for n in ins)
         self.outputs = tuple(self._info(n) for n in outs)
-        if len(ins) != 1 or len(outs) != 1:
+        # marked_outputs: an engine built with intermediate tensors marked as outputs (gap-debug): infer_outputs
+        # reads every one; the Session still refuses such an engine
+        if len(ins) != 1 or not outs or (len(outs) != 1 and not marked_outputs):
             raise ArtifactError(f"engine {path} has {len(ins)} inputs and {len(outs)} outputs; expected 1 and 1.")
+        self._extra: dict[str, tuple[DeviceBuffer, DeviceBuffer]] = {}
         self.props = dict(self.manifest.metadata) if self.manifest else {}
         self._in_name, self._out_name = ins[0], outs[0]
         self._out_dtype = np.dtype(self.outputs[0].dtype)
@@ -182,6 +185,34 @@ class TrtRunner(Runner):
             if not ctx.set_tensor_address(name, buffer.ptr):
                 raise BackendError(f"TensorRT refused the device address of tensor '{name}'.")
         return out_shape, out_bytes
+
+    def infer_outputs(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the engine for one input (engines with marked intermediate outputs, for gap-debug)."""
+        cuda, stream, ctx = self._cuda, self._stream, self._context
+        with self._lock:
+            cuda.set_device(self._device)
+            self._prepare(array)  # the profile, the input shape and the first output's buffers
+            shapes = {}
+            for info in self.outputs:
+                shape = tuple(int(d) for d in ctx.get_tensor_shape(info.name))
+                nbytes = int(np.prod(shape)) * np.dtype(info.dtype).itemsize
+                if info.name == self._out_name:
+                    device_buf, host_buf = self._out_buf, self._out_host
+                else:
+                    device_buf, host_buf = self._extra.setdefault(
+                        info.name, (DeviceBuffer(cuda), DeviceBuffer(cuda, pinned=True)))
+                    device_buf.ensure(nbytes)
+                    host_buf.ensure(nbytes)
+                    if not ctx.set_tensor_address(info.name, device_buf.ptr):
+                        raise BackendError(f"TensorRT refused the device address of tensor '{info.name}'.")
+                shapes[info.name] = (shape, nbytes, device_buf, host_buf, np.dtype(info.dtype))
+            self._in_host.view(array.shape, array.dtype)[...] = array
+            cuda.copy_to_device(self._in_buf.ptr, self._in_host.ptr, array.nbytes, stream)
+            self._enqueue()
+            for _shape, nbytes, device_buf, host_buf, _ in shapes.values():
+                cuda.copy_to_host(host_buf.ptr, device_buf.ptr, nbytes, stream)
+            cuda.synchronize(stream)
+            return {name: host.view(shape, dtype).copy() for name, (shape, _, _, host, dtype) in shapes.items()}
 
     def _enqueue(self) -> None:
         if not self._context.execute_async_v3(self._stream_handle):
@@ -359,7 +390,8 @@ class TrtRunner(Runner):
                 return
             self._cuda.set_device(self._device)  # the buffers, events and stream belong to that device
             self._drop_graphs()
-            for buffer in (self._in_buf, self._out_buf, self._in_host, self._out_host):
+            for buffer in (self._in_buf, self._out_buf, self._in_host, self._out_host,
+                           *(b for pair in self._extra.values() for b in pair)):
                 buffer.free()
             for event in self._events:
                 self._cuda.destroy_event(event)

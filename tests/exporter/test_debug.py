@@ -252,3 +252,79 @@ def test_a_failed_fp16_gate_points_at_gap_debug(tmp_path):
     assert result.exit_code == 1, result.output
     assert "gap-debug" in result.output and "--precision fp16" in result.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_plan_is_rebuilt_per_chunk_with_marked_outputs_and_names_the_planted_fault(monkeypatch):
+    """A TensorRT plan, with TensorRT as the spec'd doubles of tests/trt_builder_api.py (the full builder and a GPU
+    are not here). What the doubles take from TensorRT's documentation: the ONNX parser names each layer's output
+    tensor after the ONNX tensor (ILayer.get_output, ITensor.name), INetworkDefinition.mark_output makes a tensor an
+    engine output, and an engine built so has those outputs. The engine double computes what the faulty ONNX
+    computes (onnxruntime), so the test checks the marking, the builds and the comparison, not TensorRT's kernels."""
+    from gap_deploy.exporter.builder import BuildConfig
+    from gap_deploy.exporter.debug import FUSION_NOTE, debug_engine
+    from gap_deploy.runtime.backends.cuda import Cuda
+    from gap_deploy.runtime.layers import tensor_values
+    from gap_deploy.runtime.profiles import Profile
+    from tests.trt_builder_api import FakeBuild, ILayer, ITensor, stub
+    from tests.trt_doubles import FakeDevice
+
+    module = make_reference(seed=3)
+    fp32 = _export(module)
+    faulty = _scale_weight(fp32, "conv2.0.weight", 1.05)
+    names = [n.output[0] for n in faulty.graph.node]
+    cache: dict[bytes, dict] = {}
+
+    def values(x):
+        key = x.tobytes() + bytes(str(x.shape), "ascii")
+        if key not in cache:
+            found = {}
+            for part in tensor_values(faulty, names, [x], chunk=len(names)):
+                found.update({k: v[0] for k, v in part.items()})
+            cache[key] = found
+        return cache[key]
+
+    fake = FakeBuild(datatype="Float", compute=lambda x: values(x)["logits"],
+                     extra={n: (lambda x, n=n: values(x)[n]) for n in names if n != "logits"})
+
+    def layer(index):
+        double = stub(ILayer)
+        double.name, double.num_outputs = faulty.graph.node[index].name, 1
+        tensor = stub(ITensor)
+        tensor.name = faulty.graph.node[index].output[0]
+        double.get_output.side_effect = lambda j: tensor
+        return double
+
+    fake.network.num_layers = len(faulty.graph.node)
+    fake.network.get_layer.side_effect = layer
+    config = BuildConfig(profiles=(Profile((1, 3, 4, 4), (1, 3, 32, 32), (8, 3, 64, 64)),))
+    report = debug_engine(module, fp32, faulty, "m.plan", _inputs((1, 3, 32, 32), (2, 3, 37, 53)), config,
+                          trt=fake.module, cuda=Cuda(FakeDevice().rt), tolerance=1e-4, chunk=4)
+    assert report.first_over.layer.path == "conv2.0" and report.note == FUSION_NOTE
+    marked = [c.args[0].name for c in fake.network.mark_output.call_args_list]
+    compared = [r.layer.output for r in report.layers if r.layer.path]
+    assert set(marked) == set(compared)  # every compared layer's tensor marked, in its chunk's build
+    assert len(marked) <= len(compared)  # a tensor a block shares with its last child is marked once per build
+    builds = fake.builder.build_serialized_network.call_count
+    assert builds == -(-len(compared) // 4) >= 3  # one engine per chunk of 4
+    caches = [c.args[0] for c in fake.config.create_timing_cache.call_args_list]
+    assert caches[0] == b"" and all(c == b"timing-cache-v2" for c in caches[1:])  # the first build's cache reused
+    assert all(r.added is None for r in report.layers)  # a TensorRT layer is not run alone
+    assert "Note: TensorRT engines rebuilt per chunk" in report.format()
+
+
+def test_a_plan_s_onnx_is_found_beside_it_by_its_sha256(tmp_path, reference_onnx):
+    from gap_deploy.exporter.debug_run import engine_source
+    from gap_deploy.runtime.errors import UsageError
+    from gap_deploy.runtime.files import sha256_file
+    from gap_deploy.runtime.manifest import EngineManifest
+
+    (tmp_path / "other.onnx").write_bytes(b"not it")
+    (tmp_path / "m.onnx").write_bytes(reference_onnx.read_bytes())
+    (tmp_path / "m.plan").write_bytes(b"plan")
+    EngineManifest(tensorrt_version="11.4.0.106", gpu_name="NVIDIA H100", compute_capability="9.0",
+                   precision="fp32", plan_sha256="0" * 64, onnx_sha256=sha256_file(reference_onnx),
+                   profiles=[{"images": [[1, 3, 4, 4], [1, 3, 32, 32], [8, 3, 64, 64]]}]).write(tmp_path / "m.plan")
+    assert engine_source(tmp_path / "m.plan") == tmp_path / "m.onnx"
+    (tmp_path / "m.onnx").write_bytes(b"changed")
+    with pytest.raises(UsageError, match="is not beside it"):
+        engine_source(tmp_path / "m.plan")
