@@ -131,9 +131,22 @@ def _check_shapes(meta: ModelMetadata, channels: int, fixed: Shape | None) -> li
         [(2, channels, max(64, side), max(48, side))]
 
 
+TARGETS = ("ort", "openvino")
+
+
 def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequence[Shape] = (),
-         log=lambda _: None) -> PackResult:
-    """Write the bundle ``folder`` for ``onnx_path`` (an FP32, FP16 or INT8 ONNX from gap-export)."""
+         target: str = "ort", precision: str = "fp32", log=lambda _: None) -> PackResult:
+    """Write the bundle ``folder`` for ``onnx_path`` (an FP32, FP16 or INT8 ONNX from gap-export) for ``target``:
+    "ort" (ONNX Runtime Mobile) or "openvino" (OpenVINO IR, FP32 unless ``precision`` is "fp16")."""
+    if target not in TARGETS:
+        raise UsageError(f"target {target!r}; choose one of {', '.join(TARGETS)}.")
+    if precision not in ("fp32", "fp16"):
+        raise UsageError(f"precision {precision!r}; a bundle is fp32 or (OpenVINO) fp16.")
+    if target == "ort" and precision != "fp32":
+        raise UsageError("an ORT bundle holds the ONNX it is given: make the FP16 variant with gap-export "
+                         "--precision fp16 and pack that.")
+    if target == "openvino" and fixed:
+        raise UsageError("--fixed variants are for the ORT target's NNAPI and Core ML; OpenVINO runs any size.")
     from gap_deploy.runtime.onnx_file import check_onnx_file
 
     source = check_onnx_file(onnx_path)
@@ -151,7 +164,11 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
             raise UsageError(f"fixed shape {format_shape(shape)} is below the model's minimum "
                              f"{meta.min_height}x{meta.min_width}.")
     with Publication() as pub:  # the bundle appears whole, once every file in it is checked
-        result = _build(model, source, pub.folder(folder, "bundle folder"), spec, list(dict.fromkeys(fixed)), log)
+        staged = pub.folder(folder, "bundle folder")
+        if target == "openvino":
+            result = _build_openvino(model, source, staged, spec, precision, log)
+        else:
+            result = _build(model, source, staged, spec, list(dict.fromkeys(fixed)), log)
     result.folder = folder
     return result
 
@@ -209,6 +226,83 @@ def _build(model, source: Path, out: Path, spec: ArtifactSpec, fixed: list[Shape
     (out / "usability.txt").write_text(format_usability(usable) + "\n")
     (out / "README.md").write_text(bundle_readme(description))
     return PackResult(out, files, usable, parity, sorted(operators))
+
+
+def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precision: str, log) -> PackResult:
+    """model.xml + model.bin from the ONNX by OpenVINO's converter, saved FP32 (OpenVINO's save_model compresses
+    weights to FP16 unless told not to: ``compress_to_fp16`` defaults to True) or FP16 when asked; run by OpenVINO
+    here at the sweep's sizes against the source ONNX (judged with the FP16 tolerance for FP16) before the bundle
+    is published."""
+    from gap_deploy.runtime._lazy import require
+    from gap_deploy.runtime.backends.openvino import HINT, RT_INFO_SECTION, OvRunner
+
+    ov = require("openvino", purpose="for gap-pack --target openvino", hint=HINT)
+    meta, channels = spec.metadata, spec.channels
+    log(f"Converting {source.name} to OpenVINO IR ({precision}) ...")
+    try:
+        converted = ov.convert_model(str(source))
+    except Exception as exc:
+        raise ExportError(f"OpenVINO's converter failed on {source.name}: {first_line(exc)}") from None
+    for key, value in meta.to_props().items():
+        if key.startswith("gap."):
+            converted.set_rt_info(value, [RT_INFO_SECTION, key[len("gap."):]])
+    if precision == "fp16":
+        converted.set_rt_info("fp16", [RT_INFO_SECTION, "precision"])
+    xml = out / "model.xml"
+    ov.save_model(converted, str(xml), compress_to_fp16=(precision == "fp16"))
+    runner = OvRunner(xml)
+    shapes = _check_shapes(meta, channels, None)
+    tolerance = tolerance_for("fp16" if precision == "fp16" else meta.precision)
+    report = compare(ort_cpu_infer(model), runner.infer, shapes, tolerance, reference_name=f"source {source.name}",
+                     candidate_name=f"model.xml (OpenVINO, {precision})")
+    if not report.passed:
+        raise ExportError(f"the OpenVINO model does not match {source.name}; no bundle was written.",
+                          note=report.format_table())
+    dims = runner.inputs[0].shape
+    accepts = (f"N x {channels} x H x W with H >= {meta.min_height} and W >= {meta.min_width}"
+               if dims[2] is None and dims[3] is None else f"the fixed size {dims}")
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size, "format": p.suffix[1:], "shape": None,
+                      "accepts": accepts} for p in (xml, out / "model.bin")}
+    names = list(meta.class_names or [str(i) for i in range(meta.num_classes or 0)])
+    (out / "labels.txt").write_text("\n".join(names) + "\n")
+    mean, std = meta.normalization()
+    description = {
+        "format": 1, "target": "openvino", "openvino": ov.__version__, "input": spec.input_name,
+        "output": spec.output_name, "layout": "NCHW", "channels": channels,
+        "channel_order": "RGB" if channels == 3 else ("gray" if channels == 1 else "RGBA"),
+        "pixel_scale": "pixels / 255, then (x - mean) / std", "mean": list(mean), "std": list(std),
+        "min_height": meta.min_height, "min_width": meta.min_width, "precision": precision,
+        "input_dims": ["?" if d is None else d for d in dims], "num_classes": meta.num_classes, "class_names": names,
+        "source": source.name, "source_sha256": sha256_file(source), "files": files,
+        "verification": report.to_dict()}
+    (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
+    (out / "verification.txt").write_text(report.format_table() + "\n")
+    (out / "README.md").write_text(openvino_readme(description))
+    return PackResult(out, files, [], {"model.xml": report}, [])
+
+
+def openvino_readme(d: dict) -> str:
+    return f"""# {d['source']} for OpenVINO ({d['precision']})
+
+`model.xml` + `model.bin` take any size N x {d['channels']} x H x W with H >= {d['min_height']} and W >= \
+{d['min_width']} (input dims {d['input_dims']}), checked against {d['source']} with OpenVINO {d['openvino']} on the CPU
+at the sizes in `verification.txt` before this bundle was written. Weights are {d['precision'].upper()}
+(gap-pack saves FP32 unless `--precision fp16` was given; OpenVINO's own `save_model` would compress to FP16).
+
+Input `{d['input']}`: float32 NCHW, {d['channel_order']}, pixels / 255 then (x - mean) / std with mean
+{d['mean']} and std {d['std']}. Output `{d['output']}`: (N, {d['num_classes']}) logits; class names in
+`labels.txt`. Only `pip install openvino` is needed to run it (no torch):
+
+```python
+import numpy as np, openvino as ov
+core = ov.Core()
+# f32: OpenVINO's CPU plugin picks bf16 on CPUs that have it unless told otherwise
+model = core.compile_model("model.xml", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})
+logits = model(images)[0]          # images: float32 (N, {d['channels']}, H, W), normalized as above
+```
+
+Or with gap-deploy's runtime, the same checks as every backend: `runtime.load("this_folder")` (backend ov-cpu).
+"""
 
 
 def format_usability(rows: Sequence[Usability]) -> str:

@@ -172,6 +172,14 @@ def _from_onnxruntime(path: Path) -> ArtifactSpec:
                         dict(session.get_modelmeta().custom_metadata_map), path=path)
 
 
+def _from_openvino(path: Path) -> ArtifactSpec:
+    """An OpenVINO IR: read by OpenVINO (its gap.* metadata from the IR's rt_info)."""
+    from gap_deploy.runtime.backends.openvino import OvRunner
+
+    runner = OvRunner(path)
+    return from_tensors(runner.inputs, runner.outputs, runner.props, path=path)
+
+
 def _from_manifest(path: Path) -> ArtifactSpec:
     from gap_deploy.runtime.manifest import EngineManifest, manifest_path
 
@@ -206,9 +214,11 @@ def describe(source) -> ArtifactSpec:
     from gap_deploy.runtime.bundle import ENGINE_SUFFIXES, bundle_model, is_bundle
 
     if is_bundle(path):
-        return _from_onnxruntime(bundle_model(path, None))
+        return describe(bundle_model(path, None))
     if path.suffix in ENGINE_SUFFIXES:
         return _from_manifest(path)
+    if path.suffix == ".xml":
+        return _from_openvino(path)
     if path.suffix == ".ort":
         return _from_onnxruntime(path)
     from gap_deploy.runtime.onnx_file import check_onnx_file

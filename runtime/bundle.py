@@ -23,6 +23,13 @@ def is_bundle(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and Path(path).is_dir() and (Path(path) / BUNDLE_FILE).is_file()
 
 
+def kind_of(path) -> str:
+    """"engine", "openvino" or "onnx": what runs ``path`` (for a bundle folder, the model it holds)."""
+    from gap_deploy.runtime.backends.table import artifact_kind
+
+    return artifact_kind(bundle_model(Path(path), None) if is_bundle(path) else path)
+
+
 def check_artifact(path) -> Path:
     """A model file, or a gap-pack bundle folder; else the file check's clear error."""
     return Path(path) if is_bundle(path) else check_input_file(path, "artifact")
@@ -42,7 +49,8 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in files.items()):
         raise ArtifactError(f"{where} is not a gap-pack bundle description: it lists no files (a JSON object of "
                             "file name -> entry).", hint="write the bundle again with gap-pack.")
-    ort_files = {name: entry for name, entry in files.items() if name.endswith(".ort")}
+    # the bundle's runnable files: ORT format (gap-pack's default target) or OpenVINO IR (--target openvino)
+    ort_files = {name: entry for name, entry in files.items() if name.endswith((".ort", ".xml"))}
     if shape is None:
         chosen = next((name for name, entry in ort_files.items() if not entry.get("shape")), None)
     else:
@@ -56,7 +64,14 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
                              f"{', '.join(have) or 'none'} (and model.ort for any size).",
                              hint="load the bundle without shape= for any size, or gap-pack --fixed that shape.")
     if chosen is None:
-        raise ArtifactError(f"bundle {folder} lists no dynamic ORT model.", hint="write it again with gap-pack.")
+        raise ArtifactError(f"bundle {folder} lists no dynamic model (ORT or OpenVINO).",
+                            hint="write it again with gap-pack.")
+    if chosen.endswith(".xml"):  # OpenVINO reads the weights beside the IR: they are checked too
+        weights = chosen[:-4] + ".bin"
+        if weights not in files:
+            raise ArtifactError(f"bundle {folder} lists {chosen} without its weights {weights}.",
+                                hint="write the bundle again with gap-pack.")
+        _checked_bundle_file(folder, weights, files[weights])
     return _checked_bundle_file(folder, chosen, ort_files[chosen])
 
 

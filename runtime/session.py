@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from gap_deploy.runtime.backends.base import Runner, TensorInfo
-from gap_deploy.runtime.backends.table import ENGINE_BACKENDS, ONNX_BACKENDS, facts
-from gap_deploy.runtime.bundle import ENGINE_SUFFIXES, bundle_model, is_bundle
+from gap_deploy.runtime.backends.table import ENGINE_BACKENDS, ONNX_BACKENDS, OPENVINO_BACKENDS, artifact_kind, facts
+from gap_deploy.runtime.bundle import bundle_model, is_bundle
 from gap_deploy.runtime.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -23,7 +23,7 @@ from gap_deploy.runtime.limits import check_memory
 from gap_deploy.runtime.shapes import batches_by_shape
 from gap_deploy.runtime.validation import InputSpec, prepare
 
-BACKENDS = ONNX_BACKENDS + ENGINE_BACKENDS
+BACKENDS = ONNX_BACKENDS + ENGINE_BACKENDS + OPENVINO_BACKENDS
 DEFAULT_MAX_BATCH = 16
 
 
@@ -38,20 +38,27 @@ def available_backends() -> dict[str, str | None]:
         status[name] = None if works else why
     works, why = trt_works()
     status["trt"] = None if works else why
+    from gap_deploy.runtime.backends.openvino import ov_works
+
+    works, why = ov_works()
+    for name in OPENVINO_BACKENDS:
+        status[name] = None if works else why
     return status
 
 
+_KIND_NAMES = {"engine": "a TensorRT engine", "openvino": "an OpenVINO model", "onnx": "an ONNX model"}
+
+
 def _choose(path: Path, backend: str | None) -> str:
-    is_engine = path.suffix in ENGINE_SUFFIXES
-    allowed = ENGINE_BACKENDS if is_engine else ONNX_BACKENDS
+    kind = artifact_kind(path)
+    allowed = {"engine": ENGINE_BACKENDS, "openvino": OPENVINO_BACKENDS, "onnx": ONNX_BACKENDS}[kind]
     if backend is not None:
         if backend not in allowed:
-            kind = "a TensorRT engine" if is_engine else "an ONNX model"
-            raise UsageError(f"backend '{backend}' cannot run {kind} ({path.name}); "
+            raise UsageError(f"backend '{backend}' cannot run {_KIND_NAMES[kind]} ({path.name}); "
                              f"choose one of {', '.join(allowed)}.")
         return backend
-    if is_engine:
-        return "trt"
+    if kind != "onnx":
+        return allowed[0]
     from gap_deploy.runtime.backends.onnxrt import provider_works
 
     # ort-trt is never the default: it builds an engine while the session starts (minutes).
@@ -91,6 +98,10 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
         from gap_deploy.runtime.backends.trt import TrtRunner
 
         runner: Runner = TrtRunner(path, trust_engine=trust_engine)
+    elif facts(name).artifact == "openvino":
+        from gap_deploy.runtime.backends.openvino import OvRunner
+
+        runner = OvRunner(check_input_file(path, "OpenVINO model"), threads=threads)
     else:
         from gap_deploy.runtime.backends.onnxrt import OrtRunner, provider_works
         from gap_deploy.runtime.onnx_file import check_onnx_file

@@ -277,9 +277,9 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     number of points and an estimate of its length; ``progress(label)`` after each point.
     """
     from gap_deploy import runtime
-    from gap_deploy.runtime.backends.table import ENGINE_BACKENDS, ONNX_BACKENDS
+    from gap_deploy.runtime.backends.table import ENGINE_BACKENDS, ONNX_BACKENDS, OPENVINO_BACKENDS
     from gap_deploy.runtime.bench import BenchSettings, bench_session
-    from gap_deploy.runtime.bundle import ENGINE_SUFFIXES
+    from gap_deploy.runtime.bundle import kind_of
     from gap_deploy.runtime.classify import prepare_image
     from gap_deploy.runtime.errors import InputTypeError
     from gap_deploy.runtime.evaluate import read_labelled_folder
@@ -303,10 +303,11 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     result: TuneResult | None = None
     try:
         for name, path in artifacts.items():
-            is_engine = Path(path).suffix in ENGINE_SUFFIXES
+            kind = kind_of(path)
             quick = [b for b in ONNX_BACKENDS if b in works and not facts(b).builds_at_start]
-            wanted = list(backends) if backends else (list(ENGINE_BACKENDS) if is_engine else quick)
-            usable = [b for b in wanted if (facts(b).artifact == "engine") == is_engine]
+            default = {"engine": list(ENGINE_BACKENDS), "openvino": list(OPENVINO_BACKENDS), "onnx": quick}[kind]
+            wanted = list(backends) if backends else default
+            usable = [b for b in wanted if facts(b).artifact == kind]
             if not usable:
                 raise UsageError(f"no backend given runs artifact '{name}' ({path}); asked for {', '.join(wanted)}.")
             for backend in usable:

@@ -805,7 +805,7 @@ ROUND3 = {
                             setup=lambda ws: ((ws / "bundle" / "model.ort").unlink(),
                                               os.symlink(ws / "model.onnx", ws / "bundle" / "model.ort"),
                                               _images(ws, "a.png"))),
-    "bundle-no-dynamic": Case("run", ["bundle", "imgs"], 1, "lists no dynamic ORT model",
+    "bundle-no-dynamic": Case("run", ["bundle", "imgs"], 1, "lists no dynamic model",
                               setup=lambda ws: (_bundle_json(ws, lambda d: _bundle_files(d, lambda f: {
                                   k: v for k, v in f.items() if k != "model.ort"})), _images(ws, "a.png"))),
     "bundle-sha-number": Case("run", ["bundle", "imgs"], 1, "does not match the SHA-256",

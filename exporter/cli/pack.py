@@ -16,10 +16,14 @@ from gap_deploy.runtime.naming import bundle_folder
               "Default: MODEL without .onnx, plus _bundle.")
 @click.option("--fixed", "fixed", multiple=True, metavar="BxCxHxW",
               help="Also a variant fixed to this shape, for NNAPI and CoreML (repeatable), e.g. 1x3x224x224.")
+@click.option("--target", type=click.Choice(["ort", "openvino"]), default="ort", show_default=True,
+              help="ort: ONNX Runtime Mobile (model.ort, --fixed variants); openvino: OpenVINO IR (model.xml + .bin).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="--target openvino: the weights' precision (FP32 unless asked; OpenVINO's own default is FP16).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the usability report as JSON here (it is always in BUNDLE/model.json).")
 @report_errors
-def main(model, output, fixed, json_path):
+def main(model, output, fixed, target, precision, json_path):
     """Write an ONNX Runtime Mobile bundle for MODEL (.onnx from gap-export) and report what each phone
     accelerator will run.
 
@@ -39,13 +43,14 @@ def main(model, output, fixed, json_path):
     if json_path:
         check_output_path(json_path)
     check_distinct({"MODEL": model}, {"-o/--output": output, "--json": json_path})
-    result = pack(model, output, fixed=shapes, log=info)
+    result = pack(model, output, fixed=shapes, target=target, precision=precision, log=info)
     for name, report in result.parity.items():
         worst = max(r.rel_err for r in report.rows)
         info(f"{name}: matches {model.name} at {len(report.rows)} shape(s), worst relative error {worst:.1e}")
-    click.echo(format_usability(result.usability))
-    click.echo(f"Operators for a reduced build: {len(result.operators)} line(s) in "
-               f"{result.folder / 'required_operators_and_types.config'}")
+    if target == "ort":
+        click.echo(format_usability(result.usability))
+        click.echo(f"Operators for a reduced build: {len(result.operators)} line(s) in "
+                   f"{result.folder / 'required_operators_and_types.config'}")
     click.echo(f"Wrote {result.folder}: {', '.join(sorted(result.files))}, labels.txt, model.json, README.md")
     if json_path:
         write_json(json_path, {"bundle": str(result.folder), "usability": [vars(u) for u in result.usability]})

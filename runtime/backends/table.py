@@ -5,6 +5,7 @@
     ort-cuda  .onnx/.ort       cuda    gpu         no (use_tf32=0)        no               yes
     ort-trt   .onnx/.ort       cuda    gpu         yes (no TF32 switch)   yes (minutes)    yes
     trt       .plan/.engine    cuda    gpu         no (gap-build clears)  no               no
+    ov-cpu    .xml (OpenVINO)  cpu     cpu         no (f32 hint)          no               yes
 
 A GPU backend's Ray worker reserves one GPU.
 """
@@ -19,7 +20,7 @@ from gap_deploy.runtime.errors import UsageError
 @dataclass(frozen=True)
 class BackendFacts:
     name: str
-    #: "onnx" (ONNX Runtime: .onnx, .ort, bundles) or "engine" (TensorRT plans)
+    #: "onnx" (ONNX Runtime: .onnx, .ort, bundles), "engine" (TensorRT plans) or "openvino" (OpenVINO IR .xml)
     artifact: str
     #: where the model computes: "cpu" or "cuda" (also the device a PyTorch reference runs on beside it)
     device: str
@@ -52,9 +53,20 @@ BACKENDS: dict[str, BackendFacts] = {f.name: f for f in (
     BackendFacts("ort-cuda", "onnx", "cuda", "CUDAExecutionProvider"),
     BackendFacts("ort-trt", "onnx", "cuda", "TensorrtExecutionProvider", fp32_is_tf32=True, builds_at_start=True),
     BackendFacts("trt", "engine", "cuda", None, cold_start_measured=False),
+    BackendFacts("ov-cpu", "openvino", "cpu", None),
 )}
 ONNX_BACKENDS = tuple(n for n, f in BACKENDS.items() if f.artifact == "onnx")
 ENGINE_BACKENDS = tuple(n for n, f in BACKENDS.items() if f.artifact == "engine")
+OPENVINO_BACKENDS = tuple(n for n, f in BACKENDS.items() if f.artifact == "openvino")
+#: an artifact's file suffix -> its kind (anything else is ONNX Runtime's)
+ARTIFACT_SUFFIXES = {".plan": "engine", ".engine": "engine", ".trt": "engine", ".xml": "openvino"}
+
+
+def artifact_kind(path) -> str:
+    """"engine", "openvino" or "onnx", from a file's suffix."""
+    from pathlib import Path
+
+    return ARTIFACT_SUFFIXES.get(Path(path).suffix.lower(), "onnx")
 
 
 def facts(backend: str) -> BackendFacts:

@@ -1,0 +1,94 @@
+"""OpenVINO IR (model.xml + model.bin, from gap-pack --target openvino) on OpenVINO's CPU plugin.
+
+FP32 means FP32: the CPU plugin chooses bf16 for an f32 model on CPUs with native bf16 support unless told
+otherwise (OpenVINO's "Precision Control" guide: ``inference_precision`` defaults to bf16 there), so every
+model is compiled with ``INFERENCE_PRECISION_HINT`` f32; an IR saved with FP16 weights still computes in f32.
+The model's gap.* metadata travels in the IR's rt_info (section ``gap``), written by gap-pack.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.errors import ArtifactError, BackendError, first_line
+from gap_deploy.runtime.shapes import format_shape
+
+RT_INFO_SECTION = "gap"
+HINT = "pip install 'gap-deploy[openvino]'"
+
+
+def _ov():
+    return require("openvino", purpose="to run OpenVINO models", hint=HINT)
+
+
+def ov_works() -> tuple[bool, str]:
+    try:
+        ov = _ov()
+        return ("CPU" in ov.Core().available_devices), "OpenVINO finds no CPU device"
+    except Exception as exc:  # not installed, or its plugins do not load
+        return False, first_line(exc)
+
+
+def metadata_of(model) -> dict[str, str]:
+    """The gap.* metadata gap-pack stored in an IR's rt_info."""
+    info = model.get_rt_info()
+    if RT_INFO_SECTION not in info:
+        return {}
+    section = info[RT_INFO_SECTION]
+    return {f"gap.{k}": (v.astype(str) if hasattr(v, "astype") else str(v)) for k, v in dict(section).items()}
+
+
+def _dims(partial_shape) -> tuple[int | None, ...]:
+    return tuple(d.get_length() if d.is_static else None for d in partial_shape)
+
+
+def _type_name(value) -> str:
+    """An OpenVINO element type as its short name ("f32"); other values as text."""
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+class OvRunner(Runner):
+    backend = "ov-cpu"
+
+    def __init__(self, path: Path, *, threads: int | None = None):
+        ov = _ov()
+        self._ov_version = ov.__version__
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+            config = {"INFERENCE_PRECISION_HINT": "f32"}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+            self._compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:
+            raise ArtifactError(f"OpenVINO cannot load {path}: {first_line(exc)}",
+                                hint="write the bundle again with gap-pack --target openvino.") from None
+        self.inputs = tuple(TensorInfo(p.get_any_name(), np.dtype(np.float32), _dims(p.get_partial_shape()))
+                            for p in model.inputs)
+        self.outputs = tuple(TensorInfo(p.get_any_name(), np.dtype(np.float32), _dims(p.get_partial_shape()))
+                             for p in model.outputs)
+        self.props = metadata_of(model)
+        self._threads = threads
+        self._lock = threading.Lock()  # one infer request: calls are serialized
+
+    def infer(self, array: np.ndarray) -> np.ndarray:
+        with self._lock:
+            try:
+                return np.asarray(self._compiled(array)[0]).copy()
+            except Exception as exc:
+                raise BackendError(f"OpenVINO failed to run the model on input {format_shape(array.shape)}: "
+                                   f"{first_line(exc)}", hint="check the model on ort-cpu first.") from None
+
+    @property
+    def device(self) -> dict:
+        return {"device": "CPU (OpenVINO)", "threads": self._threads or "default",
+                "inference_precision": _type_name(self._compiled.get_property("INFERENCE_PRECISION_HINT"))}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {"openvino": self._ov_version}

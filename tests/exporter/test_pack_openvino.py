@@ -1,0 +1,126 @@
+"""gap-pack --target openvino: OpenVINO IR bundles, run by OpenVINO's own CPU runtime here and compared with the
+source ONNX (and PyTorch's export of it) at several sizes; FP32 unless FP16 is asked for."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+from gap_deploy import runtime  # noqa: E402
+from gap_deploy.exporter.pack import pack  # noqa: E402
+from gap_deploy.runtime.errors import ArtifactError, InputError, UsageError  # noqa: E402
+
+SHAPES = [(1, 3, 4, 4), (1, 3, 5, 11), (1, 3, 37, 53), (2, 3, 64, 48), (3, 3, 61, 45), (1, 3, 224, 160)]
+
+
+def _float_types(xml) -> set[str]:
+    """The element types of every floating-point constant of an IR (its weights)."""
+    model = ov.Core().read_model(str(xml))
+    return {str(o.get_element_type()) for op in model.get_ops() if op.get_type_name() == "Constant"
+            for o in op.outputs() if o.get_element_type().is_real()}
+
+
+def _family_onnx(tmp_path, name):
+    import torch
+
+    import tests.families as fam
+    from gap_deploy.exporter import export_onnx, load_model
+
+    torch.manual_seed(0)
+    torch.save(getattr(fam, name)().state_dict(), tmp_path / f"{name}.pt")
+    return export_onnx(load_model(tmp_path / f"{name}.pt", arch=f"tests.families:{name}"), tmp_path / f"{name}.onnx",
+                       dynamic=True, imgsz=(32, 32)).path
+
+
+@pytest.mark.parametrize("model", ["reference", "ResNetish", "MobileNetish"])
+def test_an_openvino_bundle_matches_the_onnx_at_every_size(tmp_path, reference_onnx, model):
+    source = reference_onnx if model == "reference" else _family_onnx(tmp_path, model)
+    result = pack(source, tmp_path / "bundle", target="openvino")
+    assert sorted(result.files) == ["model.bin", "model.xml"]
+    description = json.loads((tmp_path / "bundle" / "model.json").read_text())
+    assert description["target"] == "openvino" and description["precision"] == "fp32"
+    assert description["input_dims"] == ["?", 3, "?", "?"]  # dynamic height and width, measured from the IR
+    assert len(description["verification"]["shapes"]) >= 5  # checked by OpenVINO before the bundle appeared
+    import onnxruntime as ort
+
+    bare = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    minimum = runtime.load(source).metadata.min_height
+    with runtime.load(tmp_path / "bundle") as session:
+        assert session.backend == "ov-cpu" and session.metadata.num_classes == 10
+        for shape in [(1, 3, minimum, minimum), *[s for s in SHAPES if min(s[2:]) >= minimum]]:
+            x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+            want = bare.run(None, {"images": x})[0]
+            got = session.run(x)
+            assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5, shape
+
+
+def test_openvino_s_fp16_default_is_not_taken_silently(tmp_path, reference_onnx):
+    """OpenVINO's save_model compresses weights to FP16 by default (compress_to_fp16=True): shown here on the
+    same model; gap-pack's bundle keeps FP32 unless --precision fp16 asks, and then says so."""
+    ov.save_model(ov.convert_model(str(reference_onnx)), str(tmp_path / "default.xml"))
+    assert "<Type: 'float16'>" in _float_types(tmp_path / "default.xml")  # the converter's default
+    pack(reference_onnx, tmp_path / "fp32", target="openvino")
+    assert _float_types(tmp_path / "fp32" / "model.xml") == {"<Type: 'float32'>"}
+    pack(reference_onnx, tmp_path / "fp16", target="openvino", precision="fp16")
+    assert "<Type: 'float16'>" in _float_types(tmp_path / "fp16" / "model.xml")
+    description = json.loads((tmp_path / "fp16" / "model.json").read_text())
+    assert description["precision"] == "fp16" and description["verification"]["passed"]
+    with runtime.load(tmp_path / "fp16") as session:
+        assert session.metadata.precision == "fp16"
+        assert session.device["inference_precision"] == "f32"  # compute stays f32 on the CPU
+
+
+def test_an_openvino_bundle_is_checked_like_every_artifact(tmp_path, reference_onnx):
+    bundle = tmp_path / "bundle"
+    pack(reference_onnx, bundle, target="openvino")
+    with runtime.load(bundle) as session:
+        with pytest.raises(InputError, match="below this model's minimum"):
+            session.run(np.zeros((1, 3, 2, 2), np.float32))
+    with pytest.raises(UsageError, match="cannot run an OpenVINO model"):
+        runtime.load(bundle / "model.xml", "ort-cpu")
+    weights = bundle / "model.bin"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactError, match="does not match the SHA-256"):
+        runtime.load(bundle)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"target": "openvino", "fixed": [(1, 3, 32, 32)]}, "OpenVINO runs any size"),
+    ({"target": "ort", "precision": "fp16"}, "gap-export --precision fp16"),
+    ({"target": "coreml"}, "choose one of ort, openvino"),
+])
+def test_pack_refuses_what_a_target_does_not_take(tmp_path, reference_onnx, kwargs, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        pack(reference_onnx, tmp_path / "b", **kwargs)
+    assert not (tmp_path / "b").exists()
+
+
+def test_gap_tune_and_gap_eval_compare_the_openvino_bundle_with_onnx_runtime(tmp_path, reference_onnx):
+    """The bundle runs behind the same Session, so the measuring commands take it beside the ONNX model."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from gap_deploy.exporter.cli.tune import main as gap_tune
+    from gap_deploy.runtime.cli.eval import main as gap_eval
+
+    pack(reference_onnx, tmp_path / "bundle", target="openvino")
+    for i in range(2):
+        (tmp_path / "data" / f"class{i}").mkdir(parents=True)
+        Image.new("RGB", (24, 20), (200 * i, 30, 30)).save(tmp_path / "data" / f"class{i}" / "a.png")
+    result = CliRunner().invoke(gap_tune, [f"ort={reference_onnx}", f"ov={tmp_path / 'bundle'}", "--data",
+                                           str(tmp_path / "data"), "--sizes", "16", "--duration", "0.05",
+                                           "--min-top1", "0", "--json", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+    points = json.loads((tmp_path / "t.json").read_text())["points"]
+    assert {(p["artifact"], p["backend"]) for p in points} == {("ort", "ort-cpu"), ("ov", "ov-cpu")}
+    by_size = {}
+    for p in points:
+        by_size.setdefault(p["size"], set()).add(p["top1"])
+    assert all(len(v) == 1 for v in by_size.values())  # the same answers on both runtimes
+    result = CliRunner().invoke(gap_eval, [f"ort={reference_onnx}", f"ov={tmp_path / 'bundle'}", "--data",
+                                           str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
