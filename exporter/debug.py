@@ -430,16 +430,9 @@ def debug_engine(module: nn.Module, reference: onnx.ModelProto, source: onnx.Mod
 
 def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:
     """Relative error against depth, one line per artifact (log scale), the first layer over tolerance marked."""
-    from gap_deploy.runtime._lazy import require
-    from gap_deploy.runtime.publish import publish_bytes
+    from gap_deploy.runtime.plot import publish_figure, pyplot
 
-    require("matplotlib", purpose="for --plot")
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for report in reports:
@@ -461,7 +454,4 @@ def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:
     ax.set_xlabel("layer (graph order)")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return publish_bytes(path, buffer.getvalue())
+    return publish_figure(fig, path)

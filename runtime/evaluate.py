@@ -233,14 +233,9 @@ def format_table(result: EvalResult) -> str:
 
 def plot(result: EvalResult, path: str | os.PathLike, title: str = "") -> Path:
     """Top-1 (solid) and top-5 (dashed) accuracy against input size, one colour per artifact."""
-    import io
+    from gap_deploy.runtime.plot import publish_figure, pyplot
 
-    from gap_deploy.runtime._lazy import require
-    from gap_deploy.runtime.publish import publish_bytes
-
-    matplotlib = require("matplotlib", purpose="for --plot")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(9.5, 4.5))
     xs = range(len(result.sizes))
@@ -259,7 +254,4 @@ def plot(result: EvalResult, path: str | os.PathLike, title: str = "") -> Path:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # beside the curves, never on them
     ax.set_title(title or f"Accuracy by input size on {Path(result.folder).name}")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return publish_bytes(path, buffer.getvalue())
+    return publish_figure(fig, path)

@@ -1,4 +1,5 @@
-"""gap-bench --plot: latency and throughput against resolution, per backend (matplotlib, optional)."""
+"""Plots (matplotlib, optional): the one way every --plot gets pyplot and writes its PNG, and gap-bench's
+latency and throughput against resolution, per backend."""
 
 from __future__ import annotations
 
@@ -11,10 +12,25 @@ from gap_deploy.runtime.publish import publish_bytes
 from gap_deploy.runtime.shapes import format_shape
 
 
-def plot_results(results: Sequence, path: str | Path, title: str = "") -> Path:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed), or the error naming the [plot] extra."""
     matplotlib = require("matplotlib", purpose="for --plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def publish_figure(fig, path: str | Path) -> Path:
+    """``fig`` as a PNG at ``path``, published whole (runtime.publish); the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    pyplot().close(fig)
+    return publish_bytes(path, buffer.getvalue())
+
+
+def plot_results(results: Sequence, path: str | Path, title: str = "") -> Path:
+    plt = pyplot()
 
     shapes = sorted({r.shape for r in results}, key=lambda s: (s[2] * s[3], s[0]))
     labels = [format_shape(s) for s in shapes]
@@ -36,7 +52,4 @@ def plot_results(results: Sequence, path: str | Path, title: str = "") -> Path:
         ax.legend()
     fig.suptitle(title or "gap-bench")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return publish_bytes(path, buffer.getvalue())
+    return publish_figure(fig, path)

@@ -485,14 +485,9 @@ def format_table(result: TuneResult, decision: Decision | None = None) -> str:
 def plot(result: TuneResult, path: str | os.PathLike, decision: Decision | None = None) -> Path:
     """Top-1 against median latency: one colour per artifact/backend, the front drawn and labelled with
     sizes, dominated points grey, the chosen point starred."""
-    import io
+    from gap_deploy.runtime.plot import publish_figure, pyplot
 
-    from gap_deploy.runtime._lazy import require
-    from gap_deploy.runtime.publish import publish_bytes
-
-    matplotlib = require("matplotlib", purpose="for --plot")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     front = result.front()
     on_front = {p.label for p in front}
@@ -525,7 +520,4 @@ def plot(result: TuneResult, path: str | os.PathLike, decision: Decision | None 
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.set_title(f"Accuracy against latency on {Path(result.folder).name} ({result.images} images)")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return publish_bytes(path, buffer.getvalue())
+    return publish_figure(fig, path)
