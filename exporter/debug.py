@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from gap_deploy.runtime.artifact import describe
-from gap_deploy.runtime.layers import DEFAULT_CHUNK, LayerError, added_error, layer_error, tensor_values
+from gap_deploy.runtime.layers import DEFAULT_CHUNK, HELPER_OPS, LayerError, added_error, layer_error, tensor_values
 from gap_deploy.runtime.shapes import Shape, format_shape
 
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"
@@ -215,7 +215,7 @@ def attribute(module: nn.Module, reference: onnx.ModelProto, artifact: onnx.Mode
                      "reason": "no pkg.torch.onnx.name_scopes, and no node of that name in the FP32 export "
                                "(made by an optimizer or by the conversion)"}
                     for n in graph.node if scopes.get(n.name) is None and n.op_type not in ("Constant",)
-                    and not _is_quantization_helper(n)]
+                    and n.op_type not in HELPER_OPS]
     layers = []
     for path, sub in module.named_modules():
         if path == "":
@@ -255,7 +255,7 @@ def _inherit_scopes(graph, scopes: dict[str, str | None]) -> None:
     while changed:
         changed = False
         for node in graph.node:
-            if scopes.get(node.name) is not None or not _is_quantization_helper(node) or not node.input:
+            if scopes.get(node.name) is not None or node.op_type not in HELPER_OPS or not node.input:
                 continue
             source = producer.get(node.input[0])
             if node.input[0] in stored or source is None or source.op_type == "Constant":
@@ -266,10 +266,6 @@ def _inherit_scopes(graph, scopes: dict[str, str | None]) -> None:
             if scope is not None:
                 scopes[node.name] = scope
                 changed = True
-
-
-def _is_quantization_helper(node) -> bool:
-    return node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast")
 
 
 def _is_constant(tensor: str, graph) -> bool:
