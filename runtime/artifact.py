@@ -173,11 +173,11 @@ def _from_onnxruntime(path: Path) -> ArtifactSpec:
 
 
 def _from_openvino(path: Path) -> ArtifactSpec:
-    """An OpenVINO IR: read by OpenVINO (its gap.* metadata from the IR's rt_info)."""
-    from gap_deploy.runtime.backends.openvino import OvRunner
+    """An OpenVINO IR: read (not compiled) by OpenVINO; its gap.* metadata from the IR's rt_info."""
+    from gap_deploy.runtime.backends.openvino import read_ir
 
-    runner = OvRunner(path)
-    return from_tensors(runner.inputs, runner.outputs, runner.props, path=path)
+    _, inputs, outputs, props = read_ir(path)
+    return from_tensors(inputs, outputs, props, path=path)
 
 
 def _from_manifest(path: Path) -> ArtifactSpec:

@@ -8,6 +8,7 @@ The model's gap.* metadata travels in the IR's rt_info (section ``gap``), writte
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def _ov():
     return require("openvino", purpose="to run OpenVINO models", hint=HINT)
 
 
+@functools.cache
 def ov_works() -> tuple[bool, str]:
     try:
         ov = _ov()
@@ -47,6 +49,21 @@ def _dims(partial_shape) -> tuple[int | None, ...]:
     return tuple(d.get_length() if d.is_static else None for d in partial_shape)
 
 
+def read_ir(path: Path):
+    """(model, inputs, outputs, props) of an IR, read but not compiled (what runtime.artifact.describe needs)."""
+    ov = _ov()
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as exc:
+        raise ArtifactError(f"OpenVINO cannot load {path}: {first_line(exc)}",
+                            hint="write the bundle again with gap-pack --target openvino.") from None
+    inputs = tuple(TensorInfo(p.get_any_name(), np.dtype(np.float32), _dims(p.get_partial_shape()))
+                   for p in model.inputs)
+    outputs = tuple(TensorInfo(p.get_any_name(), np.dtype(np.float32), _dims(p.get_partial_shape()))
+                    for p in model.outputs)
+    return model, inputs, outputs, metadata_of(model)
+
+
 def _type_name(value) -> str:
     """An OpenVINO element type as its short name ("f32"); other values as text."""
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
@@ -58,21 +75,15 @@ class OvRunner(Runner):
     def __init__(self, path: Path, *, threads: int | None = None):
         ov = _ov()
         self._ov_version = ov.__version__
-        core = ov.Core()
+        model, self.inputs, self.outputs, self.props = read_ir(path)
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            model = core.read_model(str(path))
-            config = {"INFERENCE_PRECISION_HINT": "f32"}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = int(threads)
-            self._compiled = core.compile_model(model, "CPU", config)
+            self._compiled = ov.Core().compile_model(model, "CPU", config)
         except Exception as exc:
-            raise ArtifactError(f"OpenVINO cannot load {path}: {first_line(exc)}",
+            raise ArtifactError(f"OpenVINO cannot compile {path}: {first_line(exc)}",
                                 hint="write the bundle again with gap-pack --target openvino.") from None
-        self.inputs = tuple(TensorInfo(p.get_any_name(), np.dtype(np.float32), _dims(p.get_partial_shape()))
-                            for p in model.inputs)
-        self.outputs = tuple(TensorInfo(p.get_any_name(), np.dtype(np.float32), _dims(p.get_partial_shape()))
-                             for p in model.outputs)
-        self.props = metadata_of(model)
         self._threads = threads
         self._lock = threading.Lock()  # one infer request: calls are serialized
 
