@@ -211,21 +211,27 @@ def _build(model, source: Path, out: Path, spec: ArtifactSpec, fixed: list[Shape
     (out / OPERATOR_CONFIG).write_text("# Operators and types gap-pack found in this bundle's models, for a reduced "
                                        "ONNX Runtime build\n" + "\n".join(sorted(operators)) + "\n")
     shutil.rmtree(work)
-    names = list(meta.class_names or [str(i) for i in range(meta.num_classes or 0)])
-    (out / "labels.txt").write_text("\n".join(names) + "\n")
-    mean, std = meta.normalization()
-    description = {
-        "format": 1, "input": spec.input_name, "output": spec.output_name, "layout": "NCHW",
-        "channels": channels, "channel_order": "RGB" if channels == 3 else ("gray" if channels == 1 else "RGBA"),
-        "pixel_scale": "pixels / 255, then (x - mean) / std", "mean": list(mean), "std": list(std),
-        "min_height": meta.min_height, "min_width": meta.min_width, "precision": meta.precision,
-        "num_classes": meta.num_classes, "class_names": names, "source": source.name,
-        "source_sha256": sha256_file(source), "files": files,
-        "usability": [vars(u) for u in usable]}
+    description = _describe_bundle(out, spec, source, files, precision=meta.precision,
+                                   usability=[vars(u) for u in usable])
     (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
     (out / "usability.txt").write_text(format_usability(usable) + "\n")
     (out / "README.md").write_text(bundle_readme(description))
     return PackResult(out, files, usable, parity, sorted(operators))
+
+
+def _describe_bundle(out: Path, spec: ArtifactSpec, source: Path, files: dict, **fields) -> dict:
+    """What every bundle's model.json says (input, layout, normalization, minimum size, classes, source, files),
+    with the target's own ``fields``; labels.txt is written beside it."""
+    meta, channels = spec.metadata, spec.channels
+    names = list(meta.class_names or [str(i) for i in range(meta.num_classes or 0)])
+    (out / "labels.txt").write_text("\n".join(names) + "\n")
+    mean, std = meta.normalization()
+    return {"format": 1, "input": spec.input_name, "output": spec.output_name, "layout": "NCHW",
+            "channels": channels, "channel_order": "RGB" if channels == 3 else ("gray" if channels == 1 else "RGBA"),
+            "pixel_scale": "pixels / 255, then (x - mean) / std", "mean": list(mean), "std": list(std),
+            "min_height": meta.min_height, "min_width": meta.min_width, "num_classes": meta.num_classes,
+            "class_names": names, "source": source.name, "source_sha256": sha256_file(source), "files": files,
+            **fields}
 
 
 def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precision: str, log) -> PackResult:
@@ -263,18 +269,9 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
                if dims[2] is None and dims[3] is None else f"the fixed size {dims}")
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size, "format": p.suffix[1:], "shape": None,
                       "accepts": accepts} for p in (xml, out / "model.bin")}
-    names = list(meta.class_names or [str(i) for i in range(meta.num_classes or 0)])
-    (out / "labels.txt").write_text("\n".join(names) + "\n")
-    mean, std = meta.normalization()
-    description = {
-        "format": 1, "target": "openvino", "openvino": ov.__version__, "input": spec.input_name,
-        "output": spec.output_name, "layout": "NCHW", "channels": channels,
-        "channel_order": "RGB" if channels == 3 else ("gray" if channels == 1 else "RGBA"),
-        "pixel_scale": "pixels / 255, then (x - mean) / std", "mean": list(mean), "std": list(std),
-        "min_height": meta.min_height, "min_width": meta.min_width, "precision": precision,
-        "input_dims": ["?" if d is None else d for d in dims], "num_classes": meta.num_classes, "class_names": names,
-        "source": source.name, "source_sha256": sha256_file(source), "files": files,
-        "verification": report.to_dict()}
+    description = _describe_bundle(out, spec, source, files, target="openvino", openvino=ov.__version__,
+                                   precision=precision, input_dims=["?" if d is None else d for d in dims],
+                                   verification=report.to_dict())
     (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
     (out / "verification.txt").write_text(report.format_table() + "\n")
     (out / "README.md").write_text(openvino_readme(description))
