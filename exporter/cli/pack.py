@@ -24,13 +24,15 @@ from gap_deploy.runtime.naming import bundle_folder
               help="Also write the usability report as JSON here (it is always in BUNDLE/model.json).")
 @report_errors
 def main(model, output, fixed, target, precision, json_path):
-    """Write an ONNX Runtime Mobile bundle for MODEL (.onnx from gap-export) and report what each phone
-    accelerator will run.
+    """Write a bundle for MODEL (.onnx from gap-export): ONNX Runtime Mobile (the default) with a report of what
+    each phone accelerator will run, or OpenVINO IR with --target openvino (FP32 unless --precision fp16).
 
     The bundle holds model.onnx and model.ort (any size), a model_BxCxHxW.onnx/.ort pair per --fixed shape,
     required_operators_and_types.config for a reduced ONNX Runtime build, labels.txt, model.json (input,
     layout, normalization, minimum size, classes, the sizes each file takes, SHA-256s), usability.txt and a
-    README with Android and iOS code. Every file is checked against MODEL before the bundle is written.
+    README with Android and iOS code. An OpenVINO bundle holds model.xml + model.bin, labels.txt, model.json,
+    verification.txt and a README with the loading code. Every file is checked against MODEL, by the runtime
+    that will run it, before the bundle is written.
 
         gap-pack model.onnx -o model_bundle --fixed 1x3x224x224
     """

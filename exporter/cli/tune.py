@@ -43,7 +43,7 @@ from gap_deploy.runtime.cli.common import FiniteFloat, fail, gap_command, info, 
 @report_errors
 def main(artifacts, folder, sizes, no_native, backends, batch, max_images, duration, min_top1, max_ms, min_ips,
          json_path, plot_path, emit_dir):
-    """Measure ARTIFACTS (.onnx, .plan, bundles; NAME=PATH to name them) at many input sizes on your labelled
+    """Measure ARTIFACTS (.onnx, .plan, .xml, bundles; NAME=PATH to name them) at many input sizes on your labelled
     images, and choose what to deploy.
 
     For every artifact x backend x size: top-1 and top-5 with 95% Wilson intervals (points whose intervals

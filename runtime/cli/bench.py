@@ -72,7 +72,8 @@ def check_reference_fits(reference, session, shape, checkpoint) -> None:
 @report_errors
 def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch_ckpt, arch, num_classes,
          trust_checkpoint, cuda_graph, transfers, json_path, plot_path, trust_engine):
-    """Benchmark ARTIFACT (.onnx or .plan): latency percentiles, throughput, and against PyTorch with --torch.
+    """Benchmark ARTIFACT (.onnx, .plan, OpenVINO .xml, or a gap-pack bundle): latency percentiles, throughput,
+    and against PyTorch with --torch.
 
     Example:
 

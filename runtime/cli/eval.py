@@ -49,7 +49,8 @@ def named_artifacts(artifacts) -> dict[str, Path]:
               help="Write a PNG of accuracy against input size (needs matplotlib: gap-deploy[plot]).")
 @report_errors
 def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
-    """Accuracy of ARTIFACTS (.onnx, .plan; NAME=PATH to name them) on a labelled folder, at one or more sizes.
+    """Accuracy of ARTIFACTS (.onnx, .plan, .xml, bundles; NAME=PATH to name them) on a labelled folder, at one
+    or more sizes.
 
     Top-1 and top-5 per artifact and size, top-1 agreement between artifacts, top-1 per class, JSON and a
     plot of accuracy against size: whether the model is as good at other sizes as at its training size,

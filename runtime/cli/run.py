@@ -131,7 +131,8 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
 @report_errors
 def main(ctx, artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engine, ray_address, output, workers,
          cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency):
-    """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx or .plan).
+    """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx, .plan, OpenVINO .xml, or a
+    gap-pack bundle).
 
     Images are converted to the model's channels, normalized with the mean/std stored in the model,
     and kept at their own size unless --imgsz is given. Files that cannot be read or are too small are
