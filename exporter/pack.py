@@ -131,22 +131,47 @@ def _check_shapes(meta: ModelMetadata, channels: int, fixed: Shape | None) -> li
         [(2, channels, max(64, side), max(48, side))]
 
 
-TARGETS = ("ort", "openvino")
+TARGETS = ("ort", "openvino", "ncnn", "litert", "executorch", "coreml")
 
 
 def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequence[Shape] = (),
-         target: str = "ort", precision: str = "fp32", log=lambda _: None) -> PackResult:
+         target: str = "ort", precision: str = "fp32", checkpoint=None, max_side: int | None = None,
+         max_batch: int | None = None, log=lambda _: None) -> PackResult:
     """Write the bundle ``folder`` for ``onnx_path`` (an FP32, FP16 or INT8 ONNX from gap-export) for ``target``:
-    "ort" (ONNX Runtime Mobile) or "openvino" (OpenVINO IR, FP32 unless ``precision`` is "fp16")."""
+    "ort" (ONNX Runtime Mobile), "openvino" (OpenVINO IR), "ncnn" (pnnx from the ONNX), or "litert",
+    "executorch", "coreml", converted from ``checkpoint`` (the exporter's LoadedModel of the PyTorch model the
+    ONNX came from) and judged against the ONNX. FP32 unless ``precision`` is "fp16" (OpenVINO, ncnn, Core ML).
+    ``max_side`` and ``max_batch`` bound ExecuTorch's and Core ML's dynamic dims."""
+    from gap_deploy.exporter import pack_edge
+
     if target not in TARGETS:
         raise UsageError(f"target {target!r}; choose one of {', '.join(TARGETS)}.")
     if precision not in ("fp32", "fp16"):
-        raise UsageError(f"precision {precision!r}; a bundle is fp32 or (OpenVINO) fp16.")
-    if target == "ort" and precision != "fp32":
-        raise UsageError("an ORT bundle holds the ONNX it is given: make the FP16 variant with gap-export "
-                         "--precision fp16 and pack that.")
-    if target == "openvino" and fixed:
-        raise UsageError("--fixed variants are for the ORT target's NNAPI and Core ML; OpenVINO runs any size.")
+        raise UsageError(f"precision {precision!r}; a bundle is fp32 or fp16.")
+    if precision == "fp16" and target not in pack_edge.FP16_TARGETS:
+        why = ("an ORT bundle holds the ONNX it is given: make the FP16 variant with gap-export --precision fp16 and "
+               "pack that." if target == "ort" else
+               f"the {target} target is FP32 only here (its converter has no FP16 option gap-pack can verify).")
+        raise UsageError(f"--precision fp16 with --target {target}: {why}",
+                         hint=f"FP16 bundles: --target {', '.join(pack_edge.FP16_TARGETS)}.")
+    if target != "ort" and fixed:
+        raise UsageError(f"--fixed variants are for the ORT target's NNAPI and Core ML; the {target} target runs "
+                         "any size.")
+    if target in pack_edge.TORCH_TARGETS and checkpoint is None:
+        raise UsageError(f"--target {target} converts from PyTorch: pass --checkpoint, the PyTorch model "
+                         f"{Path(onnx_path).name} was exported from.",
+                         hint=f"gap-pack {Path(onnx_path).name} --target {target} --checkpoint model.pt")
+    if target not in pack_edge.TORCH_TARGETS and checkpoint is not None:
+        raise UsageError(f"--target {target} converts the ONNX itself; --checkpoint is for "
+                         f"{', '.join(pack_edge.TORCH_TARGETS)}.")
+    bounded = target in ("executorch", "coreml")
+    if not bounded and (max_side is not None or max_batch is not None):
+        raise UsageError("--max-side and --max-batch bound the ExecuTorch and Core ML targets' dynamic dims; "
+                         f"the {target} target has no such bound.")
+    max_side = pack_edge.DEFAULT_MAX_SIDE if max_side is None else max_side
+    max_batch = pack_edge.DEFAULT_MAX_BATCH if max_batch is None else max_batch
+    if max_batch < 1 or max_side < 1:
+        raise UsageError("--max-side and --max-batch are at least 1.")
     from gap_deploy.runtime.onnx_file import check_onnx_file
 
     source = check_onnx_file(onnx_path)
@@ -167,10 +192,28 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
         staged = pub.folder(folder, "bundle folder")
         if target == "openvino":
             result = _build_openvino(model, source, staged, spec, precision, log)
+        elif target != "ort":
+            if checkpoint is not None:
+                _check_source(checkpoint, meta, source, log)
+            description, report = pack_edge.build_edge(
+                target, model, source, staged, spec, precision, log, module=checkpoint and checkpoint.module,
+                max_side=max_side, max_batch=max_batch, base_shapes=_check_shapes(meta, channels, None),
+                describe_bundle=_describe_bundle)
+            (staged / "README.md").write_text(pack_edge.edge_readme(description))
+            result = PackResult(staged, description["files"], [], {} if report is None else
+                                {next(iter(description["files"])): report}, [])
         else:
             result = _build(model, source, staged, spec, list(dict.fromkeys(fixed)), log)
     result.folder = folder
     return result
+
+
+def _check_source(checkpoint, meta: ModelMetadata, source: Path, log) -> None:
+    """A checkpoint other than the one the ONNX names (gap.source_sha256) is said; the bundle is still judged
+    against the ONNX, so a checkpoint with other weights fails the check."""
+    if meta.source_sha256 and meta.source_sha256 != checkpoint.source_sha256:
+        log(f"note: {checkpoint.source.name} is not the file {source.name} was exported from (SHA-256 differs); "
+            "the bundle must still match the ONNX.")
 
 
 def _build(model, source: Path, out: Path, spec: ArtifactSpec, fixed: list[Shape], log) -> PackResult:

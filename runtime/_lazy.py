@@ -23,6 +23,13 @@ _EXTRA_FOR = {
     "matplotlib": "plot",
     "ray": "ray",
     "pyarrow": "ray",
+    "openvino": "openvino",
+    "ncnn": "ncnn-run",
+    "pnnx": "ncnn",
+    "ai_edge_litert": "litert-run",
+    "litert_torch": "litert",
+    "executorch": "executorch",
+    "coremltools": "coreml",
 }
 
 

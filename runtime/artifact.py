@@ -180,6 +180,16 @@ def _from_openvino(path: Path) -> ArtifactSpec:
     return from_tensors(inputs, outputs, props, path=path)
 
 
+def _from_bundle(folder: Path, model: Path) -> ArtifactSpec:
+    """An ncnn, LiteRT or ExecuTorch bundle: its model.json's metadata and input description (the files hold none)."""
+    from gap_deploy.runtime.bundle import bundle_props
+
+    props, (input_name, output_name) = bundle_props(folder)
+    meta = ModelMetadata.from_props(props)
+    return ArtifactSpec(input_name, output_name, (None, meta.in_channels, None, None), (None, meta.num_classes), meta,
+                        np.dtype(np.float32), ("batch", None, "height", "width"), (), model)
+
+
 def _from_manifest(path: Path) -> ArtifactSpec:
     from gap_deploy.runtime.manifest import EngineManifest, manifest_path
 
@@ -211,10 +221,15 @@ def describe(source) -> ArtifactSpec:
     if source is None or not isinstance(source, (str, os.PathLike)):
         raise ArtifactError(f"an artifact is a path or an onnx.ModelProto, got {type(source).__name__}.")
     path = Path(source)
+    from gap_deploy.runtime.backends.table import BUNDLE_ONLY_KINDS, artifact_kind
     from gap_deploy.runtime.bundle import ENGINE_SUFFIXES, bundle_model, is_bundle
 
     if is_bundle(path):
-        return describe(bundle_model(path, None))
+        model = bundle_model(path, None)
+        return _from_bundle(path, model) if artifact_kind(model) in BUNDLE_ONLY_KINDS else describe(model)
+    if artifact_kind(path) in BUNDLE_ONLY_KINDS:
+        raise ArtifactError(f"{path} carries no description of its input: it is read from the gap-pack bundle "
+                            "folder that holds it (model.json).", hint="pass the bundle folder.")
     if path.suffix in ENGINE_SUFFIXES:
         return _from_manifest(path)
     if path.suffix == ".xml":

@@ -65,6 +65,9 @@ class BenchResult:
     gpu_ms: dict[str, Stats] | None = None
     parity: dict | None = None
     speedup_vs_torch: float | None = None
+    #: gap-bench --compare: the artifact this row ran, and its median latency over the first artifact's
+    artifact: str | None = None
+    latency_vs_first: float | None = None
     #: --cuda-graph: max abs difference between the replay and a normal execution, checked before timing
     cuda_graph_max_abs_diff: float | None = None
     #: --cuda-graph on TensorRT: whether graphs were really replayed (False: the capture failed; see warnings)
@@ -211,9 +214,10 @@ def bench_reference(name: str, infer: Callable[[np.ndarray], np.ndarray], shape:
     return _result(name, shape, samples, wall, interrupted), output
 
 
-def attach_parity(result: BenchResult, output: np.ndarray, reference: np.ndarray, precision: str) -> None:
+def attach_parity(result: BenchResult, output: np.ndarray, reference: np.ndarray, precision: str,
+                  reference_name: str = "PyTorch") -> None:
     row = compare_outputs(reference, output, tolerance_for(precision, result.backend), result.shape)
-    result.parity = {"reference": "PyTorch", "precision": precision, "max_abs_err": row.max_abs_err,
+    result.parity = {"reference": reference_name, "precision": precision, "max_abs_err": row.max_abs_err,
                      "rel_err": row.rel_err, "top1_agreement": row.top1_agreement, "passed": row.passed}
 
 
@@ -243,13 +247,15 @@ def environment(session, extra_versions: dict[str, str] | None = None) -> tuple[
 
 def format_table(results: Sequence[BenchResult]) -> str:
     head = (f"{'backend':>10} {'shape':>14} {'median ms':>10} {'mean':>8} {'p90':>8} {'p99':>8} {'min':>8} "
-            f"{'max':>8} {'img/s':>9} {'cv':>6} {'iters':>6}  vs torch")
+            f"{'max':>8} {'img/s':>9} {'cv':>6} {'iters':>6}  vs torch / vs the first artifact")
     lines = [head, "-" * len(head)]
     for r in results:
         s = r.latency_ms
         extra = ""
         if r.speedup_vs_torch is not None:
             extra = f"{r.speedup_vs_torch:5.2f}x"
+        if r.latency_vs_first is not None:
+            extra = f"latency {r.latency_vs_first:5.2f}x the first"
         if r.parity is not None:
             extra += (f"  max abs {r.parity['max_abs_err']:.2e} rel {r.parity['rel_err']:.2e} "
                       f"{'ok' if r.parity['passed'] else 'MISMATCH'}")

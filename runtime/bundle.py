@@ -24,7 +24,7 @@ def is_bundle(path) -> bool:
 
 
 def kind_of(path) -> str:
-    """"engine", "openvino" or "onnx": what runs ``path`` (for a bundle folder, the model it holds)."""
+    """The artifact kind of ``path`` (runtime.backends.table.artifact_kind; for a bundle folder, of its model)."""
     from gap_deploy.runtime.backends.table import artifact_kind
 
     return artifact_kind(bundle_model(Path(path), None) if is_bundle(path) else path)
@@ -35,8 +35,13 @@ def check_artifact(path) -> Path:
     return Path(path) if is_bundle(path) else check_input_file(path, "artifact")
 
 
-def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
-    """The ORT file of a gap-pack bundle: the dynamic one, or the fixed variant made for ``shape``."""
+#: a bundle's runnable files, by suffix, and the file each reads beside it (checked too)
+RUNNABLE_SUFFIXES = (".ort", ".xml", ".param", ".tflite", ".pte")
+COMPANIONS = {".xml": ".bin", ".param": ".bin"}
+
+
+def read_description(folder: Path) -> dict:
+    """A bundle's model.json, with its "files" map checked to be one (file name -> entry)."""
     import json
 
     where = folder / BUNDLE_FILE
@@ -49,30 +54,58 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in files.items()):
         raise ArtifactError(f"{where} is not a gap-pack bundle description: it lists no files (a JSON object of "
                             "file name -> entry).", hint="write the bundle again with gap-pack.")
-    # the bundle's runnable files: ORT format (gap-pack's default target) or OpenVINO IR (--target openvino)
-    ort_files = {name: entry for name, entry in files.items() if name.endswith((".ort", ".xml"))}
+    return description
+
+
+def bundle_props(folder: Path) -> tuple[dict[str, str], tuple[str, str]]:
+    """(gap.* metadata, (input name, output name)) from model.json, for the models whose files carry neither
+    (ncnn, LiteRT, ExecuTorch)."""
+    description = read_description(folder)
+    props = description.get("metadata", {})
+    if not isinstance(props, dict) or not all(isinstance(k, str) and k.startswith("gap.") and isinstance(v, str)
+                                              for k, v in props.items()):
+        raise ArtifactError(f"{folder / BUNDLE_FILE}'s \"metadata\" is no map of gap.* names to strings.",
+                            hint="write the bundle again with gap-pack.")
+    names = description.get("input"), description.get("output")
+    if not all(isinstance(n, str) and n for n in names):
+        raise ArtifactError(f"{folder / BUNDLE_FILE} names no input and output tensor.",
+                            hint="write the bundle again with gap-pack.")
+    return props, names
+
+
+def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
+    """The runnable file of a gap-pack bundle (ORT, OpenVINO, ncnn, LiteRT or ExecuTorch): the dynamic one, or
+    the fixed variant made for ``shape``; it and the file it reads beside it match model.json's SHA-256s."""
+    description = read_description(folder)
+    if description.get("target") == "coreml":
+        raise ArtifactError(f"bundle {folder} holds a Core ML model, which runs only on Apple's OSes (coremltools' "
+                            "predict is macOS only): gap-deploy's runtime cannot run it here.",
+                            hint="on a Mac: follow the bundle's README.md to check it against verification.json.")
+    files = description["files"]
+    runnable = {name: entry for name, entry in files.items() if name.endswith(RUNNABLE_SUFFIXES)}
     if shape is None:
-        chosen = next((name for name, entry in ort_files.items() if not entry.get("shape")), None)
+        chosen = next((name for name, entry in runnable.items() if not entry.get("shape")), None)
     else:
         from gap_deploy.runtime.validation import int_tuple
 
         wanted = list(int_tuple(shape, 4, "shape="))
-        chosen = next((name for name, entry in ort_files.items() if entry.get("shape") == wanted), None)
+        chosen = next((name for name, entry in runnable.items() if entry.get("shape") == wanted), None)
         if chosen is None:
-            have = [format_shape(e["shape"]) for e in ort_files.values() if e.get("shape")]
+            have = [format_shape(e["shape"]) for e in runnable.values() if e.get("shape")]
             raise UsageError(f"bundle {folder} has no variant fixed to {format_shape(wanted)}; it has "
                              f"{', '.join(have) or 'none'} (and model.ort for any size).",
                              hint="load the bundle without shape= for any size, or gap-pack --fixed that shape.")
     if chosen is None:
-        raise ArtifactError(f"bundle {folder} lists no dynamic model (ORT or OpenVINO).",
+        raise ArtifactError(f"bundle {folder} lists no dynamic model ({', '.join(RUNNABLE_SUFFIXES)}).",
                             hint="write it again with gap-pack.")
-    if chosen.endswith(".xml"):  # OpenVINO reads the weights beside the IR: they are checked too
-        weights = chosen[:-4] + ".bin"
+    companion = COMPANIONS.get(Path(chosen).suffix)
+    if companion:  # OpenVINO and ncnn read the weights beside the graph: they are checked too
+        weights = Path(chosen).stem + companion
         if weights not in files:
             raise ArtifactError(f"bundle {folder} lists {chosen} without its weights {weights}.",
                                 hint="write the bundle again with gap-pack.")
         _checked_bundle_file(folder, weights, files[weights])
-    return _checked_bundle_file(folder, chosen, ort_files[chosen])
+    return _checked_bundle_file(folder, chosen, runnable[chosen])
 
 
 def _checked_bundle_file(folder: Path, name: str, entry) -> Path:

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from gap_deploy.runtime.backends.base import Runner, TensorInfo
-from gap_deploy.runtime.backends.table import ENGINE_BACKENDS, ONNX_BACKENDS, OPENVINO_BACKENDS, artifact_kind, facts
-from gap_deploy.runtime.bundle import bundle_model, is_bundle
+from gap_deploy.runtime.backends.table import BACKENDS as BACKEND_FACTS
+from gap_deploy.runtime.backends.table import BUNDLE_ONLY_KINDS, artifact_kind, backends_for, facts
+from gap_deploy.runtime.bundle import bundle_model, bundle_props, is_bundle
 from gap_deploy.runtime.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -23,35 +24,46 @@ from gap_deploy.runtime.limits import check_memory
 from gap_deploy.runtime.shapes import batches_by_shape
 from gap_deploy.runtime.validation import InputSpec, prepare
 
-BACKENDS = ONNX_BACKENDS + ENGINE_BACKENDS + OPENVINO_BACKENDS
+BACKENDS = tuple(BACKEND_FACTS)
 DEFAULT_MAX_BATCH = 16
+
+
+def _probe(name: str) -> tuple[bool, str]:
+    """Whether backend ``name`` really works here, and why not (each probe cached by its module)."""
+    kind = facts(name).artifact
+    if kind == "onnx":
+        from gap_deploy.runtime.backends.onnxrt import provider_works
+
+        return provider_works(name)
+    if kind == "engine":
+        from gap_deploy.runtime.backends.trt import trt_works
+
+        return trt_works()
+    if kind == "openvino":
+        from gap_deploy.runtime.backends.openvino import ov_works
+
+        return ov_works()
+    from gap_deploy.runtime.backends import edge
+
+    return {"ncnn": edge.ncnn_works, "litert": edge.litert_works, "executorch": edge.executorch_works}[kind]()
 
 
 def available_backends() -> dict[str, str | None]:
     """Every backend name with None where it really works here, else the reason it does not."""
-    from gap_deploy.runtime.backends.onnxrt import provider_works
-    from gap_deploy.runtime.backends.trt import trt_works
-
     status: dict[str, str | None] = {}
-    for name in ONNX_BACKENDS:
-        works, why = provider_works(name)
-        status[name] = None if works else why
-    works, why = trt_works()
-    status["trt"] = None if works else why
-    from gap_deploy.runtime.backends.openvino import ov_works
-
-    works, why = ov_works()
-    for name in OPENVINO_BACKENDS:
+    for name in BACKENDS:
+        works, why = _probe(name)
         status[name] = None if works else why
     return status
 
 
-_KIND_NAMES = {"engine": "a TensorRT engine", "openvino": "an OpenVINO model", "onnx": "an ONNX model"}
+_KIND_NAMES = {"engine": "a TensorRT engine", "openvino": "an OpenVINO model", "onnx": "an ONNX model",
+               "ncnn": "an ncnn model", "litert": "a LiteRT model", "executorch": "an ExecuTorch program"}
 
 
 def _choose(path: Path, backend: str | None) -> str:
     kind = artifact_kind(path)
-    allowed = {"engine": ENGINE_BACKENDS, "openvino": OPENVINO_BACKENDS, "onnx": ONNX_BACKENDS}[kind]
+    allowed = backends_for(kind)
     if backend is not None:
         if backend not in allowed:
             raise UsageError(f"backend '{backend}' cannot run {_KIND_NAMES[kind]} ({path.name}); "
@@ -89,33 +101,43 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"runtime.load needs a path (str or os.PathLike), got {type(path).__name__}.")
     path = Path(path)
+    contract = None
     if is_bundle(path):
-        path = bundle_model(path, shape)
+        folder, path = path, bundle_model(path, shape)
+        if artifact_kind(path) in BUNDLE_ONLY_KINDS:
+            contract = bundle_props(folder)
     elif shape is not None:
         raise UsageError("shape= picks a fixed-shape variant of a gap-pack bundle; pass the bundle's folder.")
     name = _choose(path, backend)
-    if facts(name).artifact == "engine":
+    kind = facts(name).artifact
+    if kind in BUNDLE_ONLY_KINDS:
+        _check_works(name)
+        from gap_deploy.runtime.backends import edge
+
+        runner_class = {"ncnn": edge.NcnnRunner, "litert": edge.LiteRtRunner, "executorch": edge.ExecuTorchRunner}
+        if contract is None:
+            raise ArtifactError(f"{path} carries no description of its input: {_KIND_NAMES[kind]} is opened from "
+                                "the gap-pack bundle folder that holds it (its model.json says the input).",
+                                hint="pass the bundle folder.")
+        runner: Runner = runner_class[kind](check_input_file(path, _KIND_NAMES[kind]), *contract, threads=threads)
+    elif kind == "engine":
         from gap_deploy.runtime.backends.trt import TrtRunner
 
-        runner: Runner = TrtRunner(path, trust_engine=trust_engine)
+        runner = TrtRunner(path, trust_engine=trust_engine)
     elif facts(name).artifact == "openvino":
         from gap_deploy.runtime.backends.openvino import OvRunner
 
         runner = OvRunner(check_input_file(path, "OpenVINO model"), threads=threads)
     else:
-        from gap_deploy.runtime.backends.onnxrt import OrtRunner, provider_works
+        from gap_deploy.runtime.backends.onnxrt import OrtRunner
         from gap_deploy.runtime.onnx_file import check_onnx_file
 
         if path.suffix == ".ort":  # ORT format: no external data, and the onnx package cannot parse it
             check_input_file(path, "ORT model")
         else:
             check_onnx_file(path)
-        if backend is not None and not provider_works(name)[0]:
-            working = [n for n, why in available_backends().items() if why is None]
-            raise BackendUnavailableError(
-                f"backend '{name}' is not available: {provider_works(name)[1]}.",
-                note=f"available here: {', '.join(working) or 'none'}.",
-                hint="install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, and TensorRT for ort-trt.")
+        if backend is not None:
+            _check_works(name)
         from gap_deploy.runtime.artifact import describe
         from gap_deploy.runtime.profiles import Profile
 
@@ -125,6 +147,22 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
                            profile=Profile.parse(trt_profile) if trt_profile else None,
                            allow_cpu_fallback=allow_cpu_fallback)
     return Session(runner, path)
+
+
+_ORT_GPU_HINT = "install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, and TensorRT for ort-trt."
+_INSTALL_HINTS = {"ort-cuda": _ORT_GPU_HINT, "ort-trt": _ORT_GPU_HINT, "ncnn-cpu": "pip install 'gap-deploy[ncnn-run]'",
+                  "litert-cpu": "pip install 'gap-deploy[litert-run]'",
+                  "et-xnnpack": "pip install 'gap-deploy[executorch]' -c constraints/cpu.txt"}
+
+
+def _check_works(name: str) -> None:
+    """BackendUnavailableError, naming what works here, when backend ``name`` does not."""
+    works, why = _probe(name)
+    if not works:
+        working = [n for n, reason in available_backends().items() if reason is None]
+        raise BackendUnavailableError(f"backend '{name}' is not available: {why}.",
+                                      note=f"available here: {', '.join(working) or 'none'}.",
+                                      hint=_INSTALL_HINTS.get(name, "see the README's install section."))
 
 
 class Session:

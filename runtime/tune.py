@@ -277,7 +277,7 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     number of points and an estimate of its length; ``progress(label)`` after each point.
     """
     from gap_deploy import runtime
-    from gap_deploy.runtime.backends.table import ENGINE_BACKENDS, ONNX_BACKENDS, OPENVINO_BACKENDS
+    from gap_deploy.runtime.backends.table import ONNX_BACKENDS, backends_for
     from gap_deploy.runtime.bench import BenchSettings, bench_session
     from gap_deploy.runtime.bundle import kind_of
     from gap_deploy.runtime.classify import prepare_image
@@ -305,7 +305,7 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
         for name, path in artifacts.items():
             kind = kind_of(path)
             quick = [b for b in ONNX_BACKENDS if b in works and not facts(b).builds_at_start]
-            default = {"engine": list(ENGINE_BACKENDS), "openvino": list(OPENVINO_BACKENDS), "onnx": quick}[kind]
+            default = quick if kind == "onnx" else list(backends_for(kind))
             wanted = list(backends) if backends else default
             usable = [b for b in wanted if facts(b).artifact == kind]
             if not usable:

@@ -101,3 +101,38 @@ def test_the_documented_install_lines_are_coherent(combo, major):
 def test_the_checker_refuses_a_mixed_set(extras, message):
     with pytest.raises(AssertionError, match=message):
         check_extra(extras, "gpu")
+
+
+RUNTIME_ONLY = ["edge", "openvino", "ncnn-run", "litert-run"]
+CONVERTING = ["ncnn", "litert", "executorch", "coreml"]
+
+
+def _resolve(requirements: list[str]) -> dict[str, str]:
+    """What pip would install for ``requirements`` into an empty environment, with this project's constraints
+    (name -> version), from pip's own resolver (``--dry-run --report``)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                           "--report", "-", "-c", str(ROOT / "constraints" / "cpu.txt"), *requirements],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and ("No matching distribution" in done.stderr or "connection" in done.stderr.lower()):
+        pytest.skip(f"no package index here: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    return {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in report["install"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RUNTIME_ONLY + CONVERTING)
+def test_no_edge_extra_changes_torch_and_runtime_extras_need_none(name):
+    """An app on a board installs only a runtime extra: it must not pull torch. A converting extra may need torch,
+    but with the constraints file it resolves to the pinned CPU wheel, never another build."""
+    resolved = _resolve([str(r) for r in closure(EXTRAS, name)])
+    pinned = (ROOT / "constraints" / "cpu.txt").read_text().split("torch==")[1].split()[0]
+    if name in RUNTIME_ONLY:
+        assert "torch" not in resolved, f"[{name}] pulls torch {resolved.get('torch')}"
+    else:
+        assert resolved.get("torch", pinned).split("+")[0] == pinned  # the local CPU wheel is 2.13.0+cpu
+    assert not any(n.startswith("nvidia-") for n in resolved), f"[{name}] pulls CUDA libraries"

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from gap_deploy.runtime.cli.common import gap_command, info, report_errors, shape_option, write_json
+from gap_deploy.runtime.errors import UsageError
 from gap_deploy.runtime.naming import bundle_folder
 
 
@@ -16,25 +17,41 @@ from gap_deploy.runtime.naming import bundle_folder
               "Default: MODEL without .onnx, plus _bundle.")
 @click.option("--fixed", "fixed", multiple=True, metavar="BxCxHxW",
               help="Also a variant fixed to this shape, for NNAPI and CoreML (repeatable), e.g. 1x3x224x224.")
-@click.option("--target", type=click.Choice(["ort", "openvino"]), default="ort", show_default=True,
-              help="ort: ONNX Runtime Mobile (model.ort, --fixed variants); openvino: OpenVINO IR (model.xml + .bin).")
+@click.option("--target", type=click.Choice(["ort", "openvino", "ncnn", "litert", "executorch", "coreml"]),
+              default="ort", show_default=True,
+              help="ort: ONNX Runtime Mobile (model.ort, --fixed variants); openvino: OpenVINO IR (model.xml + .bin); "
+                   "ncnn: model.param + .bin (pnnx); litert: model.tflite; executorch: model.pte (XNNPACK); "
+                   "coreml: model.mlpackage. litert, executorch and coreml convert from --checkpoint.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="--target openvino: the weights' precision (FP32 unless asked; OpenVINO's own default is FP16).")
+              help="openvino, ncnn, coreml: FP32 unless asked, whatever the converter's own default (FP16 for all "
+                   "three); judged with the FP16 tolerance when fp16.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="litert, executorch, coreml: the PyTorch "
+              "checkpoint MODEL was exported from (loaded as gap-export does); the bundle is judged against MODEL.")
+@click.option("--arch", metavar="MODULE:CALLABLE", help="Architecture for --checkpoint (as in gap-export).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="num_classes for --arch.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow a pickled/TorchScript --checkpoint (runs code).")
+@click.option("--max-side", type=click.IntRange(min=2), help="executorch, coreml: the largest height and width the "
+              "program accepts (ExecuTorch plans its memory for it).  [default: 640]")
+@click.option("--max-batch", type=click.IntRange(min=1), help="executorch, coreml: the largest batch.  [default: 4]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the usability report as JSON here (it is always in BUNDLE/model.json).")
 @report_errors
-def main(model, output, fixed, target, precision, json_path):
-    """Write a bundle for MODEL (.onnx from gap-export): ONNX Runtime Mobile (the default) with a report of what
-    each phone accelerator will run, or OpenVINO IR with --target openvino (FP32 unless --precision fp16).
+def main(model, output, fixed, target, precision, checkpoint, arch, num_classes, trust_checkpoint, max_side,
+         max_batch, json_path):
+    """Write a bundle for MODEL (.onnx from gap-export) for one runtime: ONNX Runtime Mobile (the default) with a
+    report of what each phone accelerator will run, OpenVINO, ncnn, LiteRT, ExecuTorch or Core ML. FP32 unless
+    --precision fp16, whatever the converter's default.
 
     The bundle holds model.onnx and model.ort (any size), a model_BxCxHxW.onnx/.ort pair per --fixed shape,
     required_operators_and_types.config for a reduced ONNX Runtime build, labels.txt, model.json (input,
     layout, normalization, minimum size, classes, the sizes each file takes, SHA-256s), usability.txt and a
     README with Android and iOS code. An OpenVINO bundle holds model.xml + model.bin, labels.txt, model.json,
-    verification.txt and a README with the loading code. Every file is checked against MODEL, by the runtime
-    that will run it, before the bundle is written.
+    verification.txt and a README with the loading code; so do the other targets, with their own model files.
+    Every file is run by the runtime that will run it and compared with MODEL before the bundle is written;
+    Core ML cannot run on Linux: its program is reloaded and inspected, and the bundle says it was not executed.
 
         gap-pack model.onnx -o model_bundle --fixed 1x3x224x224
+        gap-pack model.onnx --target litert --checkpoint model.pt
     """
     from gap_deploy.exporter.pack import format_usability, pack
     from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
@@ -44,8 +61,17 @@ def main(model, output, fixed, target, precision, json_path):
     output = output or bundle_folder(model)
     if json_path:
         check_output_path(json_path)
-    check_distinct({"MODEL": model}, {"-o/--output": output, "--json": json_path})
-    result = pack(model, output, fixed=shapes, target=target, precision=precision, log=info)
+    check_distinct({"MODEL": model, "--checkpoint": checkpoint}, {"-o/--output": output, "--json": json_path})
+    loaded = None
+    if checkpoint is not None:
+        from gap_deploy.exporter.checkpoint import load_model
+
+        check_input_file(checkpoint, "checkpoint")
+        loaded = load_model(checkpoint, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
+    elif arch or num_classes or trust_checkpoint:
+        raise UsageError("--arch, --num-classes and --trust-checkpoint describe --checkpoint; none was given.")
+    result = pack(model, output, fixed=shapes, target=target, precision=precision, checkpoint=loaded,
+                  max_side=max_side, max_batch=max_batch, log=info)
     for name, report in result.parity.items():
         worst = max(r.rel_err for r in report.rows)
         info(f"{name}: matches {model.name} at {len(report.rows)} shape(s), worst relative error {worst:.1e}")
@@ -53,6 +79,7 @@ def main(model, output, fixed, target, precision, json_path):
         click.echo(format_usability(result.usability))
         click.echo(f"Operators for a reduced build: {len(result.operators)} line(s) in "
                    f"{result.folder / 'required_operators_and_types.config'}")
-    click.echo(f"Wrote {result.folder}: {', '.join(sorted(result.files))}, labels.txt, model.json, README.md")
+    names = sorted({name.split("/")[0] for name in result.files})
+    click.echo(f"Wrote {result.folder}: {', '.join(names)}, labels.txt, model.json, README.md")
     if json_path:
         write_json(json_path, {"bundle": str(result.folder), "usability": [vars(u) for u in result.usability]})

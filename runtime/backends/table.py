@@ -6,6 +6,11 @@
     ort-trt   .onnx/.ort       cuda    gpu         yes (no TF32 switch)   yes (minutes)    yes
     trt       .plan/.engine    cuda    gpu         no (gap-build clears)  no               no
     ov-cpu    .xml (OpenVINO)  cpu     cpu         no (f32 hint)          no               yes
+    ncnn-cpu  .param (ncnn)    cpu     cpu         no (fp16 options off)  no               yes
+    litert-cpu .tflite (LiteRT) cpu    cpu         no                     no               yes
+    et-xnnpack .pte (ExecuTorch) cpu   cpu         no                     no               yes
+
+ncnn, LiteRT and ExecuTorch models are opened from their gap-pack bundle (model.json carries their metadata).
 
 A GPU backend's Ray worker reserves one GPU.
 """
@@ -20,7 +25,8 @@ from gap_deploy.runtime.errors import UsageError
 @dataclass(frozen=True)
 class BackendFacts:
     name: str
-    #: "onnx" (ONNX Runtime: .onnx, .ort, bundles), "engine" (TensorRT plans) or "openvino" (OpenVINO IR .xml)
+    #: "onnx" (ONNX Runtime: .onnx, .ort, bundles), "engine" (TensorRT plans), "openvino" (OpenVINO IR .xml),
+    #: "ncnn" (.param + .bin), "litert" (.tflite) or "executorch" (.pte)
     artifact: str
     #: where the model computes: "cpu" or "cuda" (also the device a PyTorch reference runs on beside it)
     device: str
@@ -54,16 +60,26 @@ BACKENDS: dict[str, BackendFacts] = {f.name: f for f in (
     BackendFacts("ort-trt", "onnx", "cuda", "TensorrtExecutionProvider", fp32_is_tf32=True, builds_at_start=True),
     BackendFacts("trt", "engine", "cuda", None, cold_start_measured=False),
     BackendFacts("ov-cpu", "openvino", "cpu", None),
+    BackendFacts("ncnn-cpu", "ncnn", "cpu", None),
+    BackendFacts("litert-cpu", "litert", "cpu", None),
+    BackendFacts("et-xnnpack", "executorch", "cpu", None),
 )}
 ONNX_BACKENDS = tuple(n for n, f in BACKENDS.items() if f.artifact == "onnx")
 ENGINE_BACKENDS = tuple(n for n, f in BACKENDS.items() if f.artifact == "engine")
-OPENVINO_BACKENDS = tuple(n for n, f in BACKENDS.items() if f.artifact == "openvino")
 #: an artifact's file suffix -> its kind (anything else is ONNX Runtime's)
-ARTIFACT_SUFFIXES = {".plan": "engine", ".engine": "engine", ".trt": "engine", ".xml": "openvino"}
+ARTIFACT_SUFFIXES = {".plan": "engine", ".engine": "engine", ".trt": "engine", ".xml": "openvino",
+                     ".param": "ncnn", ".tflite": "litert", ".pte": "executorch"}
+#: the kinds whose files carry no metadata: opened from their gap-pack bundle
+BUNDLE_ONLY_KINDS = ("ncnn", "litert", "executorch")
+
+
+def backends_for(kind: str) -> tuple[str, ...]:
+    """The backends that run an artifact of ``kind`` (the first is its default, except ONNX's)."""
+    return tuple(n for n, f in BACKENDS.items() if f.artifact == kind)
 
 
 def artifact_kind(path) -> str:
-    """"engine", "openvino" or "onnx", from a file's suffix."""
+    """"engine", "openvino", "ncnn", "litert", "executorch" or "onnx", from a file's suffix."""
     from pathlib import Path
 
     return ARTIFACT_SUFFIXES.get(Path(path).suffix.lower(), "onnx")

@@ -65,33 +65,43 @@ def check_reference_fits(reference, session, shape, checkpoint) -> None:
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture the enqueue in a CUDA graph and replay it.")
 @click.option("--transfers/--no-transfers", default=True, show_default=True,
               help="TensorRT: copy the input host-to-device every iteration (the output is always copied back).")
+@click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), metavar="ARTIFACT",
+              help="Another artifact of the same model (an OpenVINO, ncnn, LiteRT or ExecuTorch bundle, an ORT "
+                   "bundle, ...) timed in the same run, shape by shape, on its own default backend: its latency "
+                   "over ARTIFACT's, and its logits against ARTIFACT's on the same input. Repeatable.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write a PNG of latency and throughput against resolution (needs matplotlib: gap-deploy[plot]).")
 @click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
 @report_errors
 def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch_ckpt, arch, num_classes,
-         trust_checkpoint, cuda_graph, transfers, json_path, plot_path, trust_engine):
+         trust_checkpoint, cuda_graph, transfers, compare, json_path, plot_path, trust_engine):
     """Benchmark ARTIFACT (.onnx, .plan, OpenVINO .xml, or a gap-pack bundle): latency percentiles, throughput,
-    and against PyTorch with --torch.
+    against PyTorch with --torch, and against other targets' bundles with --compare.
 
     Example:
 
         gap-bench model.onnx --shape 1x3x224x224 --shape 4x3x97x131 --torch model.pt --json out.json
+
+        gap-bench model.onnx --threads 1 --compare model_ncnn --compare model_litert
     """
     from gap_deploy import runtime
     from gap_deploy.runtime.bench import attach_parity, bench_reference, bench_session, environment, format_table
     from gap_deploy.runtime.bundle import check_artifact
+    from gap_deploy.runtime.errors import UsageError
     from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
     from gap_deploy.runtime.limits import check_memory
     from gap_deploy.runtime.validation import check_shape
 
     parsed = [shape_option(s) for s in shapes]
     check_artifact(artifact)
+    for other in compare:
+        check_artifact(other)
     for path in (json_path, plot_path):
         if path:
             check_output_path(path)
-    check_distinct({"ARTIFACT": artifact, "--torch": torch_ckpt}, {"--json": json_path, "--plot": plot_path})
+    check_distinct({"ARTIFACT": artifact, "--torch": torch_ckpt, **{f"--compare {c}": c for c in compare}},
+                   {"--json": json_path, "--plot": plot_path})
     if plot_path:
         from gap_deploy.runtime._lazy import require
 
@@ -101,10 +111,19 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     started = time.perf_counter()
     session = runtime.load(artifact, backend, threads=threads, trust_engine=trust_engine)
     create_ms = (time.perf_counter() - started) * 1e3
+    others = []
+    for other in compare:
+        started = time.perf_counter()
+        other_session = runtime.load(other, threads=threads)
+        others.append((other, other_session, (time.perf_counter() - started) * 1e3))
+        if other_session.metadata.num_classes != session.metadata.num_classes:
+            raise UsageError(f"--compare {other} has {other_session.metadata.num_classes} classes, ARTIFACT has "
+                             f"{session.metadata.num_classes}: compare artifacts of one model.")
     parsed = parsed or [default_shape(session)]
 
     for shape in parsed:  # every shape is checked before anything is timed or allocated
-        check_shape(shape, session.input_spec)
+        for each in (session, *(o[1] for o in others)):
+            check_shape(shape, each.input_spec)
         check_memory(shape, "--shape")
 
     reference, extra_versions = None, {}
@@ -124,7 +143,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     device_info, versions = environment(session, {k: str(v) for k, v in extra_versions.items()})
     info(f"{artifact} on {session.backend} ({session.metadata.precision}); {device_info}")
     results, interrupted = [], False
-    total = len(parsed) * (2 if reference else 1)
+    total = len(parsed) * (1 + bool(reference) + len(others))
     done = 0
     for shape in parsed:
         done += 1
@@ -134,6 +153,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
         if result is None:
             interrupted = True
             break
+        result.artifact = str(artifact)
         results.append(result)
         if reference is not None:
             done += 1
@@ -146,7 +166,23 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
                 break
             result.speedup_vs_torch = ref_result.latency_ms.median / result.latency_ms.median
             results.append(ref_result)
-        if result.interrupted:
+        for other, other_session, other_ms in others:
+            if result.interrupted:
+                break
+            done += 1
+            info(f"[{done}/{total}] {other_session.backend} ({other}) {format_shape(shape)} ...")
+            cold = other_ms if facts(other_session.backend).cold_start_measured and shape == parsed[0] else None
+            other_result, other_output = bench_session(other_session, shape, settings, cold_start_ms=cold)
+            if other_result is None:
+                interrupted = True
+                break
+            other_result.artifact = str(other)
+            other_result.latency_vs_first = other_result.latency_ms.median / result.latency_ms.median
+            attach_parity(other_result, other_output, output, other_session.metadata.precision,
+                          reference_name=str(artifact))
+            results.append(other_result)
+            interrupted = interrupted or other_result.interrupted
+        if result.interrupted or interrupted:
             interrupted = True
             break
 

@@ -89,9 +89,9 @@ def test_an_openvino_bundle_is_checked_like_every_artifact(tmp_path, reference_o
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    ({"target": "openvino", "fixed": [(1, 3, 32, 32)]}, "OpenVINO runs any size"),
+    ({"target": "openvino", "fixed": [(1, 3, 32, 32)]}, "openvino target runs any size"),
     ({"target": "ort", "precision": "fp16"}, "gap-export --precision fp16"),
-    ({"target": "coreml"}, "choose one of ort, openvino"),
+    ({"target": "coreml"}, "converts from PyTorch"),
 ])
 def test_pack_refuses_what_a_target_does_not_take(tmp_path, reference_onnx, kwargs, fragment):
     with pytest.raises(UsageError, match=fragment):

@@ -1,0 +1,494 @@
+"""gap-pack's phone and board targets: ncnn (from the ONNX, by pnnx), LiteRT, ExecuTorch and Core ML (from the
+PyTorch model, by litert-torch, ExecuTorch's exporter and coremltools).
+
+Every target is FP32 unless FP16 is asked for, whatever its converter's default (pnnx stores FP16 weights and
+ncnn computes in FP16 unless told not to; coremltools' ML programs compute in FP16 by default). Each bundle is
+opened by gap-deploy's runtime the way an app's code would open it (``runtime.load(bundle)``: its own runtime,
+its model.json) and compared with the FP32 ONNX at the sweep's shapes, the smallest and the largest accepted
+included, before it is published; a Core ML bundle cannot be executed on Linux, so its reloaded program is
+checked instead (inputs, shape ranges, the precision of every op) and its report says it was not executed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from gap_deploy.runtime.artifact import ArtifactSpec
+from gap_deploy.runtime.errors import ExportError, UsageError, first_line
+from gap_deploy.runtime.files import sha256_file
+from gap_deploy.runtime.parity import ParityReport, compare, ort_cpu_infer, tolerance_for
+from gap_deploy.runtime.shapes import Shape, format_shape
+
+#: targets converted from the PyTorch model (the ONNX cannot feed their converters)
+TORCH_TARGETS = ("litert", "executorch", "coreml")
+#: targets with a --precision fp16 choice (LiteRT and ExecuTorch bundles are FP32 only here)
+FP16_TARGETS = ("openvino", "ncnn", "coreml")
+PNNX_TIMEOUT_S = 600
+DEFAULT_MAX_SIDE = 640
+DEFAULT_MAX_BATCH = 4
+#: the backend that runs each target's bundle here
+BACKEND = {"ncnn": "ncnn-cpu", "litert": "litert-cpu", "executorch": "et-xnnpack"}
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Send what a converter prints (Python and C++, file descriptors 1 and 2) to a temporary file; the list
+    yielded gets its last lines, for an error message."""
+    tail: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(sys.stdout), contextlib.redirect_stderr(sys.stderr):
+                yield tail
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace").splitlines()
+            tail += [line for line in text if line.strip()][-8:]
+
+
+def _converter_failed(what: str, exc: BaseException, tail: list[str]) -> ExportError:
+    return ExportError(f"{what} failed: {first_line(exc)}", note="\n".join(tail[-8:]) or None,
+                       hint="gap-pack --target ort (ONNX Runtime Mobile) takes every model gap-export writes.")
+
+
+def _dims(spec: ArtifactSpec, max_side: int, max_batch: int):
+    """torch.export's dynamic dims: batch 1..max_batch, height and width from the model's minimum to max_side."""
+    import torch
+
+    meta = spec.metadata
+    low_h, low_w = max(2, meta.min_height), max(2, meta.min_width)  # torch.export specializes sizes 0 and 1
+    if max_side < max(low_h, low_w) + 2:
+        raise UsageError(f"--max-side {max_side} is not above the model's minimum input size "
+                         f"{meta.min_height}x{meta.min_width} (it must exceed it by 2 or more).")
+    return {0: torch.export.Dim("batch", min=1, max=max_batch), 2: torch.export.Dim("height", min=low_h, max=max_side),
+            3: torch.export.Dim("width", min=low_w, max=max_side)}
+
+
+#: the smallest batch bound torch.export keeps dynamic: with the example's batch 2 as the bound, a batch of 1
+#: is refused by the lowered program (measured with ExecuTorch 1.5.1: execute() fails with error 0x10)
+MIN_BATCH_BOUND = 3
+
+
+def _example(spec: ArtifactSpec, batch: int, max_side: int = DEFAULT_MAX_SIDE):
+    """A sample input for the converters: batch 2 (a batch of 1 is specialized away), the export size, kept
+    strictly inside the dynamic range (a sample on a bound fixes the program to it)."""
+    import torch
+
+    meta = spec.metadata
+    side_h = min(max(meta.export_height or 64, meta.min_height + 1), max_side - 1)
+    side_w = min(max(meta.export_width or 64, meta.min_width + 1), max_side - 1)
+    return torch.zeros(batch, spec.channels, side_h, side_w)
+
+
+def check_shapes(spec: ArtifactSpec, base: list[Shape], max_side: int | None, max_batch: int | None) -> list[Shape]:
+    """The sweep, plus the largest input a bounded target accepts (its bound is measured, not assumed)."""
+    shapes = [s for s in base if max_side is None or max(s[2], s[3]) <= max_side]
+    if max_side is not None:
+        shapes.append((1, spec.channels, max_side, max_side))
+    if max_batch is not None:
+        side = max(spec.metadata.min_height, spec.metadata.min_width)
+        shapes.append((max_batch, spec.channels, max(side, 32), max(side, 32)))
+    return list(dict.fromkeys(shapes))
+
+
+# --- conversion, one function per target: each writes its files into ``out`` and returns their names -------------
+
+def convert_ncnn(source: Path, out: Path, spec: ArtifactSpec, precision: str, log) -> tuple[list[str], dict]:
+    """pnnx (its executable, from the pnnx package) converts the ONNX; two input shapes make H and W dynamic.
+    ``fp16=0`` keeps FP32 weights (pnnx's default is fp16=1)."""
+    from gap_deploy.runtime._lazy import require
+
+    pnnx = require("pnnx", purpose="for gap-pack --target ncnn", hint="pip install 'gap-deploy[ncnn]'")
+    meta, c = spec.metadata, spec.channels
+    h, w = max(64, meta.min_height), max(64, meta.min_width)
+    h2, w2 = max(37, meta.min_height + 1), max(53, meta.min_width + 3)
+    work = out / ".pnnx"
+    work.mkdir()
+    onnx_copy = work / "model.onnx"
+    shutil.copyfile(source, onnx_copy)
+    command = [pnnx.EXEC_PATH, onnx_copy.name, f"inputshape=[1,{c},{h},{w}]", f"inputshape2=[1,{c},{h2},{w2}]",
+               "device=cpu", f"fp16={int(precision == 'fp16')}"]
+    log(f"Converting {source.name} to ncnn with pnnx ({precision}) ...")
+    try:
+        done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"pnnx did not finish converting {source.name} in {PNNX_TIMEOUT_S} s.") from None
+    param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
+    if done.returncode != 0 or not param.is_file() or not weights.is_file():
+        tail = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-8:]
+        raise ExportError(f"pnnx could not convert {source.name} to ncnn (exit {done.returncode}).",
+                          note="\n".join(tail) or None,
+                          hint="gap-pack --target ort takes every model gap-export writes.")
+    shutil.move(param, out / "model.param")
+    shutil.move(weights, out / "model.bin")
+    shutil.rmtree(work)
+    return ["model.param", "model.bin"], {"pnnx": getattr(pnnx, "__version__", "unknown")}
+
+
+def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log) -> tuple[list[str], dict]:
+    """litert-torch, with dynamic batch, height and width; a model whose dynamic batch it cannot lower (it fails
+    on ``torch.flatten(x, 1)`` with one) is converted with batch 1, which the runtime feeds image by image."""
+    from gap_deploy.runtime._lazy import require
+
+    litert_torch = require("litert_torch", purpose="for gap-pack --target litert",
+                           hint="pip install 'gap-deploy[litert]' -c constraints/cpu.txt")
+    dims = _dims(spec, 4096, 1024)  # torch.export's bounds only: the .tflite's signature has none
+    path, notes = out / "model.tflite", {}
+    log("Converting the PyTorch model to LiteRT with litert-torch ...")
+    import torch.fx.experimental._config as fx_config
+
+    with captured_output() as tail, fx_config.patch(backed_size_oblivious=True):
+        try:
+            converted = litert_torch.convert(module, (_example(spec, 2),), dynamic_shapes=(dims,))
+        except Exception as exc:
+            notes["fixed_batch"] = ("litert-torch could not lower a dynamic batch (it fails on torch.flatten(x, 1) "
+                                    f"with one: {first_line(exc)[:120]}); batch 1, fed image by image")
+            try:
+                converted = litert_torch.convert(module, (_example(spec, 1),), dynamic_shapes=({2: dims[2],
+                                                                                               3: dims[3]},))
+            except Exception as exc2:
+                raise _converter_failed("litert-torch's conversion", exc2, tail) from None
+        try:
+            converted.export(str(path))
+        except Exception as exc:
+            raise _converter_failed("writing the LiteRT model", exc, tail) from None
+    import litert_torch as lt
+
+    return ["model.tflite"], {"litert_torch": getattr(lt, "__version__", "unknown"), **notes}
+
+
+def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, log, *, max_side: int,
+                       max_batch: int) -> tuple[list[str], dict]:
+    """torch.export with dynamic batch (1..max_batch), height and width (minimum..max_side), lowered to XNNPACK.
+    The example has batch 2 and the export runs with ``backed_size_oblivious`` (a batch-1 example fixes the
+    batch, and torch.export otherwise adds a guard excluding sizes of 4 to 7 after two 2x2 pools)."""
+    from gap_deploy.runtime._lazy import require
+
+    require("executorch.exir", purpose="for gap-pack --target executorch",
+            hint="pip install 'gap-deploy[executorch]' -c constraints/cpu.txt")
+    import torch
+    import torch.fx.experimental._config as fx_config
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    dims = _dims(spec, max_side, max_batch)
+    log(f"Exporting the PyTorch model for ExecuTorch (XNNPACK; batch <= {max_batch}, sides <= {max_side}) ...")
+    with captured_output() as tail:
+        try:
+            with fx_config.patch(backed_size_oblivious=True):
+                program = torch.export.export(module, (_example(spec, 2, max_side),), dynamic_shapes=(dims,))
+            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+        except Exception as exc:
+            raise _converter_failed("ExecuTorch's export", exc, tail) from None
+    (out / "model.pte").write_bytes(lowered.buffer)
+    import executorch
+
+    return ["model.pte"], {"executorch": getattr(executorch, "__version__", "unknown")}
+
+
+def convert_coreml(module, out: Path, spec: ArtifactSpec, precision: str, log, *, max_side: int,
+                   max_batch: int) -> tuple[list[str], dict]:
+    """coremltools from a trace, as an ML program (iOS 16+) with RangeDim batch, height and width; its
+    compute precision is set (FLOAT32 unless fp16 is asked: coremltools' own default for ML programs is FP16)."""
+    from gap_deploy.runtime._lazy import require
+
+    with captured_output():
+        ct = require("coremltools", purpose="for gap-pack --target coreml", hint="pip install 'gap-deploy[coreml]'")
+    import numpy as np
+    import torch
+
+    meta = spec.metadata
+    example = _example(spec, 1, max_side)
+    shape = ct.Shape(shape=(ct.RangeDim(1, max_batch, 1), spec.channels,
+                            ct.RangeDim(meta.min_height, max_side, example.shape[2]),
+                            ct.RangeDim(meta.min_width, max_side, example.shape[3])))
+    log(f"Converting the PyTorch model to Core ML ({precision}) with coremltools ...")
+    with captured_output() as tail:
+        try:
+            with torch.no_grad():
+                traced = torch.jit.trace(module, example)
+            model = ct.convert(traced, inputs=[ct.TensorType(name=spec.input_name, shape=shape, dtype=np.float32)],
+                               outputs=[ct.TensorType(name=spec.output_name)], convert_to="mlprogram",
+                               compute_precision=(ct.precision.FLOAT16 if precision == "fp16"
+                                                  else ct.precision.FLOAT32),
+                               minimum_deployment_target=ct.target.iOS16)
+            model.save(str(out / "model.mlpackage"))
+        except Exception as exc:
+            raise _converter_failed("coremltools' conversion", exc, tail) from None
+    return ["model.mlpackage"], {"coremltools": ct.__version__}
+
+
+def inspect_coreml(package: Path) -> dict:
+    """What can be checked of a saved Core ML program without Apple's runtime: it reloads, its input and output
+    (names, shape ranges), the ops it uses, and the element type every op produces."""
+    from coremltools.proto import MIL_pb2
+
+    with captured_output():
+        import coremltools as ct
+
+        model = ct.models.MLModel(str(package), skip_model_load=True)
+    spec = model.get_spec()
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise ExportError(f"{package.name} is not an ML program ({spec.WhichOneof('Type')}).")
+    desc = spec.description.input[0]
+    ranges = [[r.lowerBound, r.upperBound] for r in desc.type.multiArrayType.shapeRange.sizeRanges]
+    ops: dict[str, int] = {}
+    types: dict[str, int] = {}
+    for function in spec.mlProgram.functions.values():
+        for op in function.block_specializations[function.opset].operations:
+            ops[op.type] = ops.get(op.type, 0) + 1
+            for output in op.outputs:
+                if output.type.WhichOneof("type") == "tensorType":
+                    name = MIL_pb2.DataType.Name(output.type.tensorType.dataType)
+                    types[name] = types.get(name, 0) + 1
+    return {"input": desc.name, "input_dtype": ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(
+        desc.type.multiArrayType.dataType), "input_ranges": ranges, "output": spec.description.output[0].name,
+        "spec_version": spec.specificationVersion, "ops": dict(sorted(ops.items())),
+        "op_output_types": dict(sorted(types.items()))}
+
+
+# --- the bundle -------------------------------------------------------------------------------------------------
+
+def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, precision: str, log, *,
+               module=None, max_side: int = DEFAULT_MAX_SIDE, max_batch: int = DEFAULT_MAX_BATCH,
+               base_shapes: list[Shape], describe_bundle) -> tuple[dict, ParityReport | None]:
+    """Convert, write model.json, then open the staged bundle with the runtime and compare it with the ONNX.
+    Returns (model.json's content, the parity report: None for Core ML, which is inspected, not run)."""
+    import json
+    from dataclasses import replace
+
+    if target == "ncnn":
+        names, versions = convert_ncnn(source, out, spec, precision, log)
+        bounds = (None, None)
+    elif target == "litert":
+        names, versions = convert_litert(module, out, spec, precision, log)
+        bounds = (None, None)
+    elif target == "executorch":
+        if max_batch < MIN_BATCH_BOUND:
+            log(f"note: ExecuTorch's batch bound is {MIN_BATCH_BOUND} (torch.export keeps no smaller one dynamic); "
+                f"--max-batch {max_batch} raised to it.")
+            max_batch = MIN_BATCH_BOUND
+        names, versions = convert_executorch(module, out, spec, precision, log, max_side=max_side,
+                                             max_batch=max_batch)
+        bounds = (max_side, max_batch)
+    else:
+        names, versions = convert_coreml(module, out, spec, precision, log, max_side=max_side, max_batch=max_batch)
+        bounds = (max_side, max_batch)
+    fixed_batch = versions.pop("fixed_batch", None)
+    meta = spec.metadata
+    props = replace(meta, precision="fp16" if precision == "fp16" else meta.precision).to_props()
+    if bounds[0]:
+        props["gap.max_side"] = str(bounds[0])  # read by the ExecuTorch runner
+    accepts = {"batch": [1, 1 if fixed_batch else bounds[1]], "height": [meta.min_height, bounds[0]],
+               "width": [meta.min_width, bounds[0]]}
+    files = {}
+    for name in names:
+        path = out / name
+        if path.is_dir():  # an .mlpackage: its files, each with its SHA-256
+            for inner in sorted(p for p in path.rglob("*") if p.is_file()):
+                rel = inner.relative_to(out).as_posix()
+                files[rel] = {"sha256": sha256_file(inner), "bytes": inner.stat().st_size, "format": "mlpackage",
+                              "shape": None}
+        else:
+            files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "format": path.suffix[1:],
+                           "shape": None, "accepts": accepts}
+    description = describe_bundle(out, spec, source, files, target=target, precision=precision, metadata=props,
+                                  accepts=accepts, versions=versions)
+    if fixed_batch:
+        description["notes"] = [fixed_batch]
+    if target == "ncnn":
+        from gap_deploy.runtime.backends.edge import ncnn_blobs
+
+        description["blobs"] = list(ncnn_blobs(out / "model.param"))
+    (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
+    if target == "coreml":
+        inspected = inspect_coreml(out / "model.mlpackage")
+        wanted = "FLOAT16" if precision == "fp16" else "FLOAT32"
+        other = [t for t in inspected["op_output_types"] if t.startswith("FLOAT") and t != wanted]
+        if precision == "fp32" and other:
+            raise ExportError(f"the Core ML program computes in {', '.join(other)} although FP32 was asked for; no "
+                              "bundle was written.")
+        description["verification"] = {"executed": False, "why": "Core ML runs only on Apple's OSes (coremltools' "
+                                        "predict is macOS only)", "inspected": inspected}
+        description["check"] = write_coreml_check(model, spec, base_shapes, out, precision)
+        (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
+        (out / "verification.json").write_text(json.dumps(description["verification"], indent=2) + "\n")
+        return description, None
+    from gap_deploy import runtime
+
+    shapes = check_shapes(spec, base_shapes, *bounds)
+    backend = BACKEND[target]
+    with captured_output():  # the runtimes' own start-up lines ("Created TensorFlow Lite XNNPACK delegate")
+        session = runtime.load(out, backend)
+    with session:
+        report = compare(ort_cpu_infer(model), session.run, shapes, tolerance_for(precision, backend),
+                         reference_name=f"source {source.name}", candidate_name=f"{names[0]} ({backend}, {precision})")
+        description["device"] = session.device  # e.g. ExecuTorch's planned input, ncnn's FP16 switches
+    if not report.passed:
+        raise ExportError(f"the {target} model does not match {source.name}; no bundle was written.",
+                          note=report.format_table())
+    description["verification"] = report.to_dict()
+    (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
+    (out / "verification.txt").write_text(report.format_table() + "\n")
+    return description, report
+
+
+def write_coreml_check(model, spec: ArtifactSpec, base_shapes: list[Shape], out: Path, precision: str) -> dict:
+    """check_data.npz: inputs and the FP32 ONNX's logits for them, so the program can be run and judged on a
+    Mac (README.md); the shapes up to 224 pixels of the sweep."""
+    import numpy as np
+
+    from gap_deploy.runtime.parity import random_input
+
+    reference = ort_cpu_infer(model)
+    arrays, shapes = {}, [s for s in base_shapes if max(s[2], s[3]) <= 224]
+    for i, shape in enumerate(shapes):
+        x = random_input(shape, i)
+        arrays[f"input_{i}"], arrays[f"expected_{i}"] = x, reference(x)
+    np.savez_compressed(out / "check_data.npz", **arrays)
+    tolerance = tolerance_for(precision)
+    return {"shapes": [format_shape(s) for s in shapes], "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol}}
+
+
+_LOADING = {
+    "ncnn": """## C++ (Android NDK, ARM Linux), ncnn
+
+```cpp
+#include "net.h"
+ncnn::Net net;
+net.opt.use_fp16_storage = {fp16}; net.opt.use_fp16_packed = {fp16}; net.opt.use_fp16_arithmetic = {fp16};
+net.load_param("model.param");
+net.load_model("model.bin");
+ncnn::Mat in = ncnn::Mat::from_pixels(rgb, ncnn::Mat::PIXEL_RGB, w, h);   // one image: ncnn has no batch axis
+in.substract_mean_normalize(mean255, inv_std255);   // mean * 255 and 1 / (std * 255), per channel
+ncnn::Extractor ex = net.create_extractor();
+ex.input("{ncnn_in}", in);
+ncnn::Mat logits;
+ex.extract("{ncnn_out}", logits);                  // {num_classes} values
+```
+
+Python (`pip install ncnn`): `net = ncnn.Net(); net.opt.use_fp16_storage = {fp16py} ...` as above, or
+gap-deploy's runtime: `runtime.load("this_folder")` (backend ncnn-cpu) with the same input checks as every backend.
+""",
+    "litert": """## Android (Kotlin), `com.google.ai.edge.litert:litert`
+
+```kotlin
+val interpreter = Interpreter(loadModelFile("model.tflite"), Interpreter.Options().setNumThreads(4))
+interpreter.resizeInput(0, intArrayOf(1, {channels}, h, w))   // NCHW, any size in the range below
+interpreter.allocateTensors()
+val logits = Array(1) {{ FloatArray({num_classes}) }}
+interpreter.run(chw, logits)                                  // chw: FloatBuffer, normalized as above
+```
+
+Python without torch or TensorFlow (`pip install ai-edge-litert`):
+
+```python
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path="model.tflite")
+index = it.get_input_details()[0]["index"]
+it.resize_tensor_input(index, list(images.shape)); it.allocate_tensors()
+it.set_tensor(index, images); it.invoke()
+logits = it.get_tensor(it.get_output_details()[0]["index"])
+```
+
+Or gap-deploy's runtime: `runtime.load("this_folder")` (backend litert-cpu).
+""",
+    "executorch": """## Android (Kotlin), `org.pytorch:executorch-android`
+
+```kotlin
+val module = Module.load(filesDir.resolve("model.pte").path)
+val input = Tensor.fromBlob(chw, longArrayOf(1, {channels}, h, w))      // within the planned range below
+val logits = module.forward(EValue.from(input))[0].toTensor().dataAsFloatArray
+```
+
+C++ (`executorch::extension::Module`): `Module module("model.pte");`
+`auto out = module.forward(from_blob(chw, {{1, {channels}, h, w}}));`
+
+Python (`pip install executorch`, which links torch): `executorch.runtime.Runtime.get().load_program("model.pte")
+.load_method("forward").execute([torch.from_numpy(images)])`, or gap-deploy's runtime: `runtime.load("this_folder")`
+(backend et-xnnpack), which splits a batch larger than the plan and refuses an image larger than it.
+""",
+    "coreml": """## iOS / macOS (Swift)
+
+```swift
+let config = MLModelConfiguration()
+config.computeUnits = .all
+let model = try MLModel(contentsOf: MLModel.compileModel(at: Bundle.main.url(forResource: "model",
+                                                                                withExtension: "mlpackage")!),
+                        configuration: config)
+let input = try MLMultiArray(shape: [1, {channels}, h, w].map {{ NSNumber(value: $0) }}, dataType: .float32)
+let out = try model.prediction(from: MLDictionaryFeatureProvider(dictionary: ["{input}": input]))
+let logits = out.featureValue(for: "{output}")!.multiArrayValue!
+```
+
+## Not executed here: check it on a Mac
+
+gap-pack ran on Linux, where Core ML cannot execute (coremltools' `predict` is macOS only). It checked what can be
+checked without running: the program reloads, its input `{input}` takes the ranges below, and every op's output
+type is {precision_type} (`verification.json`). `check_data.npz` holds inputs and the FP32 ONNX's logits for them;
+on a Mac (`pip install coremltools numpy`):
+
+```python
+import coremltools as ct, numpy as np
+model = ct.models.MLModel("model.mlpackage")
+data = np.load("check_data.npz")
+for i in range(len(data.files) // 2):
+    x, want = data[f"input_{{i}}"], data[f"expected_{{i}}"]
+    got = model.predict({{"{input}": x}})["{output}"]
+    print(x.shape, float(np.abs(got - want).max()), np.allclose(got, want, atol={atol}, rtol={rtol}))
+```
+""",
+}
+
+
+def edge_readme(d: dict) -> str:
+    """The README of an ncnn, LiteRT, ExecuTorch or Core ML bundle: contract, range, checks, loading code."""
+    target, accepts = d["target"], d["accepts"]
+    title = {"ncnn": "ncnn", "litert": "LiteRT", "executorch": "ExecuTorch (XNNPACK)", "coreml": "Core ML"}[target]
+    files = sorted({name.split("/")[0] for name in d["files"]})
+
+    def span(lo, hi):
+        return f"{lo}..{hi}" if hi else f">= {lo}"
+    verification = d.get("verification", {})
+    if verification.get("executed") is False:
+        checked = "not executed here (Core ML needs Apple's OS); the program was reloaded and inspected"
+    else:
+        rows = verification.get("rows", [])
+        worst = max((r.get("rel_err", 0) for r in rows), default=float("nan"))
+        checked = (f"run with gap-deploy's runtime ({BACKEND.get(target)}) and compared with {d['source']} at "
+                   f"{len(rows)} shapes (worst relative error {worst:.1e}; `verification.txt`)")
+    tol = d.get("check", {}).get("tolerance", {"atol": "", "rtol": ""})
+    loading = _LOADING[target].format(
+        fp16="true" if d["precision"] == "fp16" else "false", fp16py=d["precision"] == "fp16",
+        channels=d["channels"], num_classes=d["num_classes"], input=d["input"], output=d["output"],
+        ncnn_in=d.get("blobs", ["in0", "out0"])[0], ncnn_out=d.get("blobs", ["in0", "out0"])[1],
+        precision_type="FLOAT16" if d["precision"] == "fp16" else "FLOAT32", atol=tol["atol"], rtol=tol["rtol"])
+    return f"""# {d['source']} for {title} ({d['precision']})
+
+Files: {', '.join(f'`{n}`' for n in files)}, `labels.txt`, `model.json`. Accepts N x {d['channels']} x H x W with
+N {span(*accepts['batch'])}, H {span(*accepts['height'])}, W {span(*accepts['width'])}; {checked}.
+{'Weights and arithmetic are FP16, asked for with --precision fp16.' if d['precision'] == 'fp16' else
+ 'FP32: gap-pack turned off every FP16 default of the converter and runtime.'}
+
+Input `{d['input']}`: float32 NCHW, {d['channel_order']}, pixels / 255 then (x - mean) / std with mean
+{d['mean']} and std {d['std']}. Output `{d['output']}`: (N, {d['num_classes']}) logits; class names in
+`labels.txt`.
+
+{loading}"""

@@ -1,0 +1,290 @@
+"""The mobile and board runtimes, each behind the Runner protocol: ncnn, LiteRT and ExecuTorch (XNNPACK).
+
+Their model files carry no gap.* metadata of their own, so they are opened from the gap-pack bundle that holds
+them: ``props`` is the bundle's model.json "metadata" (runtime.bundle.bundle_props), and the input's channel
+count and class count come from it. What each runtime takes:
+
+- ncnn (``.param`` + ``.bin`` from pnnx): one image per extraction (an ncnn Mat has no batch dimension), so a
+  batch runs image by image. ncnn's ``Option`` turns on FP16 storage, packing and arithmetic by default
+  (``use_fp16_storage``/``use_fp16_packed``/``use_fp16_arithmetic`` are true in ncnn's option.cpp): an FP32 bundle
+  runs with all three off, an FP16 one (model.json precision "fp16") with them on.
+- LiteRT (``.tflite`` from litert-torch): the interpreter is resized to each input shape (``resize_tensor_input``,
+  then ``allocate_tensors``), within its ``shape_signature``; a model converted with batch 1 (litert-torch cannot
+  lower ``flatten`` with a dynamic batch) runs a batch image by image.
+- ExecuTorch (``.pte`` lowered to XNNPACK): the program plans its memory for the largest input it was exported
+  for and refuses more elements than that (``set_inputs`` fails with "bounded tensor"); a batch larger than the
+  plan runs in chunks, an image larger than the plan is refused before it reaches ExecuTorch. ExecuTorch's Python
+  bindings take and return torch tensors, so this one backend loads torch (through executorch, never here); on a
+  phone the C++ runtime runs the same ``.pte`` without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from gap_deploy.runtime._lazy import require
+from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.errors import ArtifactError, BackendError, InputError, first_line
+from gap_deploy.runtime.metadata import ModelMetadata
+from gap_deploy.runtime.shapes import format_shape
+
+REPACK = "write the bundle again with gap-pack."
+
+
+class _EdgeRunner(Runner):
+    """What the three share: metadata from the bundle, a lock (one interpreter each), errors said once."""
+
+    runtime_name = ""
+
+    def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], threads: int | None):
+        self.props = dict(props)
+        meta = ModelMetadata.from_props(self.props)
+        if not meta.in_channels or not meta.num_classes:
+            raise ArtifactError(f"{path}'s bundle says no input channels or classes (gap.in_channels, "
+                                "gap.num_classes in model.json's metadata).", hint=REPACK)
+        self.precision = meta.precision
+        self.inputs = (TensorInfo(names[0], np.dtype(np.float32), (None, meta.in_channels, None, None)),)
+        self.outputs = (TensorInfo(names[1], np.dtype(np.float32), (None, meta.num_classes)),)
+        self._threads = threads
+        self._lock = threading.Lock()
+
+    def infer(self, array: np.ndarray) -> np.ndarray:
+        with self._lock:
+            try:
+                return self._infer(array)
+            except (InputError, ArtifactError):
+                raise
+            except Exception as exc:
+                raise BackendError(f"{self.runtime_name} failed to run the model on input {format_shape(array.shape)}: "
+                                   f"{first_line(exc)}", hint="check the model on ort-cpu first.") from None
+
+    def _infer(self, array: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _each_image(self, array: np.ndarray, one) -> np.ndarray:
+        return np.stack([one(array[i:i + 1]) for i in range(array.shape[0])])
+
+
+# --- ncnn -------------------------------------------------------------------------------------------------------
+
+NCNN_HINT = "pip install 'gap-deploy[ncnn-run]'"
+
+
+@functools.cache
+def ncnn_works() -> tuple[bool, str]:
+    try:
+        ncnn = require("ncnn", purpose="to run ncnn models", hint=NCNN_HINT)
+        ncnn.Net()
+        return True, ""
+    except Exception as exc:
+        return False, first_line(exc)
+
+
+def ncnn_blobs(param: Path) -> tuple[str, str]:
+    """(input blob, output blob) of an ncnn .param: the Input layer's top, and the last layer's top."""
+    try:
+        lines = [line.split() for line in param.read_text(encoding="ascii").splitlines()[2:] if line.strip()]
+        layers = [(f[0], int(f[2]), int(f[3]), f[4:]) for f in lines]
+        inputs = [io[0] for kind, _, _, io in layers if kind == "Input"]
+        last_kind, bottoms, tops, io = layers[-1]
+        return inputs[0], io[bottoms:bottoms + tops][0]
+    except (OSError, UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise ArtifactError(f"{param} is not an ncnn .param file with one input: {first_line(exc)}",
+                            hint=REPACK) from None
+
+
+class NcnnRunner(_EdgeRunner):
+    backend = "ncnn-cpu"
+    runtime_name = "ncnn"
+
+    def __init__(self, param: Path, props: dict[str, str], names: tuple[str, str], *,
+                 threads: int | None = None):
+        super().__init__(param, props, names, threads)
+        ncnn = require("ncnn", purpose="to run ncnn models", hint=NCNN_HINT)
+        self._ncnn, self._version = ncnn, getattr(ncnn, "__version__", "unknown")
+        self._in, self._out = ncnn_blobs(param)
+        net = ncnn.Net()
+        fp16 = self.precision == "fp16"
+        for option in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"):
+            setattr(net.opt, option, fp16)
+        net.opt.use_bf16_storage = False
+        net.opt.use_vulkan_compute = False
+        if threads:
+            net.opt.num_threads = int(threads)
+        weights = param.with_suffix(".bin")
+        if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
+            raise ArtifactError(f"ncnn cannot load {param.name} + {weights.name}.", hint=REPACK)
+        self._net = net
+
+    def _infer(self, array: np.ndarray) -> np.ndarray:
+        def one(image: np.ndarray) -> np.ndarray:
+            extractor = self._net.create_extractor()
+            try:
+                extractor.input(self._in, self._ncnn.Mat(np.ascontiguousarray(image[0])).clone())
+                code, out = extractor.extract(self._out)
+                if code != 0:
+                    raise BackendError(f"ncnn's extractor returned {code} for input {format_shape(image.shape)}.")
+                return np.array(out, dtype=np.float32).reshape(-1)
+            finally:
+                extractor.clear()
+        return self._each_image(array, one)
+
+    @property
+    def device(self) -> dict:
+        opt = self._net.opt
+        return {"device": "CPU (ncnn)", "threads": self._threads or "default",
+                "fp16_storage": opt.use_fp16_storage, "fp16_arithmetic": opt.use_fp16_arithmetic}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {"ncnn": self._version}
+
+
+# --- LiteRT -----------------------------------------------------------------------------------------------------
+
+LITERT_HINT = "pip install 'gap-deploy[litert-run]'"
+
+
+@functools.cache
+def litert_works() -> tuple[bool, str]:
+    try:
+        require("ai_edge_litert.interpreter", purpose="to run LiteRT models", hint=LITERT_HINT)
+        return True, ""
+    except Exception as exc:
+        return False, first_line(exc)
+
+
+def litert_signature(path: Path, threads: int | None = None):
+    """(interpreter, input detail, output detail) of a .tflite file."""
+    module = require("ai_edge_litert.interpreter", purpose="to run LiteRT models", hint=LITERT_HINT)
+    try:
+        interpreter = module.Interpreter(model_path=str(path), num_threads=threads or None)
+    except Exception as exc:
+        raise ArtifactError(f"LiteRT cannot load {path}: {first_line(exc)}", hint=REPACK) from None
+    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
+    if len(ins) != 1 or len(outs) != 1:
+        raise ArtifactError(f"{path} has {len(ins)} inputs and {len(outs)} outputs; a GAP classifier has one each.",
+                            hint=REPACK)
+    return interpreter, ins[0], outs[0]
+
+
+class LiteRtRunner(_EdgeRunner):
+    backend = "litert-cpu"
+    runtime_name = "LiteRT"
+
+    def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
+                 threads: int | None = None):
+        super().__init__(path, props, names, threads)
+        import ai_edge_litert
+
+        self._version = getattr(ai_edge_litert, "__version__", "unknown")
+        self._interpreter, self._input, self._output = litert_signature(path, threads)
+        signature = [int(d) for d in self._input["shape_signature"]]
+        if len(signature) != 4:
+            raise ArtifactError(f"{path}'s input has rank {len(signature)}; expected NCHW images.", hint=REPACK)
+        self.batch_fixed = signature[0] if signature[0] > 0 else None
+        self._shape: tuple[int, ...] | None = None
+
+    def _run(self, array: np.ndarray) -> np.ndarray:
+        interpreter, index = self._interpreter, self._input["index"]
+        if array.shape != self._shape:
+            interpreter.resize_tensor_input(index, list(array.shape), strict=True)
+            interpreter.allocate_tensors()
+            self._shape = array.shape
+        interpreter.set_tensor(index, np.ascontiguousarray(array, dtype=np.float32))
+        interpreter.invoke()
+        return np.array(interpreter.get_tensor(self._output["index"]), dtype=np.float32)
+
+    def _infer(self, array: np.ndarray) -> np.ndarray:
+        if self.batch_fixed == 1 and array.shape[0] != 1:
+            return self._each_image(array, lambda image: self._run(image)[0])
+        return self._run(array)
+
+    @property
+    def device(self) -> dict:
+        return {"device": "CPU (LiteRT, XNNPACK delegate)", "threads": self._threads or "default",
+                "batch": self.batch_fixed or "any"}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {"ai-edge-litert": self._version}
+
+
+# --- ExecuTorch ---------------------------------------------------------------------------------------------------
+
+EXECUTORCH_HINT = "pip install 'gap-deploy[executorch]' -c constraints/cpu.txt (it links torch)"
+
+
+@functools.cache
+def executorch_works() -> tuple[bool, str]:
+    """Found without importing it: importing executorch imports torch, which a probe must not cost. Loading a
+    program is the real test (a failure there says so)."""
+    import importlib.util
+
+    try:
+        missing = [n for n in ("executorch", "torch") if importlib.util.find_spec(n) is None]
+    except (ImportError, ValueError) as exc:  # a package whose import is blocked or broken
+        return False, first_line(exc)
+    return (not missing), f"{' and '.join(missing)} not installed ({EXECUTORCH_HINT})"
+
+
+def executorch_method(path: Path):
+    """(method, planned input sizes) of a .pte program's ``forward``."""
+    module = require("executorch.runtime", purpose="to run ExecuTorch programs", hint=EXECUTORCH_HINT)
+    try:
+        program = module.Runtime.get().load_program(Path(path))
+        method = program.load_method("forward")
+        meta = method.metadata
+        if meta.num_inputs() != 1 or meta.num_outputs() != 1:
+            raise ValueError(f"{meta.num_inputs()} inputs and {meta.num_outputs()} outputs, not one each")
+        planned = tuple(int(v) for v in meta.input_tensor_meta(0).sizes())
+    except Exception as exc:
+        raise ArtifactError(f"ExecuTorch cannot load {path}: {first_line(exc)}", hint=REPACK) from None
+    return method, planned
+
+
+class ExecuTorchRunner(_EdgeRunner):
+    backend = "et-xnnpack"
+    runtime_name = "ExecuTorch"
+
+    def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
+                 threads: int | None = None):
+        super().__init__(path, props, names, threads)
+        import executorch
+
+        self._version = getattr(executorch, "__version__", "unknown")
+        self._method, self.planned = executorch_method(path)
+        self.capacity = int(np.prod(self.planned))  # elements the program's input buffer holds
+        try:  # the sides torch.export was told (gap-pack writes them; ExecuTorch itself checks only the total)
+            self.max_side = int(self.props.get("gap.max_side", max(self.planned[2:])))
+        except ValueError:
+            raise ArtifactError(f"{path}'s bundle metadata gap.max_side is no whole number.", hint=REPACK) from None
+
+    def _infer(self, array: np.ndarray) -> np.ndarray:
+        per_image = int(np.prod(array.shape[1:]))
+        if max(array.shape[2:]) > self.max_side or per_image > self.capacity:
+            raise InputError(f"input {format_shape(array.shape)} is larger than this ExecuTorch program was planned "
+                             f"for: sides up to {self.max_side} (its largest input {format_shape(self.planned)}).",
+                             hint="resize the image, or gap-pack --target "
+                             "executorch again with a larger --max-side.")
+        torch = require("torch", purpose="for ExecuTorch's Python bindings, which take torch tensors",
+                        hint=EXECUTORCH_HINT)  # already loaded by executorch itself
+        step = max(1, self.capacity // per_image)
+        parts = []
+        for start in range(0, array.shape[0], step):
+            tensor = torch.from_numpy(np.ascontiguousarray(array[start:start + step], dtype=np.float32))
+            parts.append(self._method.execute([tensor])[0].numpy().astype(np.float32, copy=True))
+        return np.concatenate(parts)
+
+    @property
+    def device(self) -> dict:
+        return {"device": "CPU (ExecuTorch, XNNPACK)", "threads": "default",
+                "planned_input": format_shape(self.planned)}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {"executorch": self._version}

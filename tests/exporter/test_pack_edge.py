@@ -1,0 +1,332 @@
+"""gap-pack's ncnn, LiteRT, ExecuTorch and Core ML targets, with the real converters and runtimes: each bundle is
+run by its own runtime and compared with the FP32 ONNX at several sizes (Core ML, which cannot execute on Linux,
+is reloaded and inspected); no converter's FP16 default is taken silently."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gap_deploy import runtime
+from gap_deploy.exporter.pack import pack
+from gap_deploy.runtime.errors import ArtifactError, ExportError, InputError, UsageError
+
+TARGETS = {"ncnn": "ncnn", "litert": "ai_edge_litert", "executorch": "executorch", "coreml": "coremltools"}
+#: shapes checked here beside gap-pack's own sweep: odd, non-square, batches; the minimum is added per model
+SHAPES = [(1, 3, 37, 53), (2, 3, 64, 48), (3, 3, 61, 45), (1, 3, 224, 160), (1, 3, 97, 31)]
+FAMILIES = ["ResNetish", "MobileNetish"]
+
+
+def _needs(target):
+    pytest.importorskip(TARGETS[target])
+    if target == "litert":
+        pytest.importorskip("litert_torch")
+    if target == "ncnn":
+        pytest.importorskip("pnnx")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, reference_onnx, reference_ckpt):
+    """model name -> (FP32 ONNX, checkpoint): the reference CNN and two families."""
+    import torch
+
+    import tests.families as fam
+    from gap_deploy.exporter import export_onnx, load_model
+
+    folder = tmp_path_factory.mktemp("edge_sources")
+    found = {"reference": (reference_onnx, reference_ckpt, None)}
+    for name in FAMILIES:
+        torch.manual_seed(0)
+        ckpt = folder / f"{name}.pt"
+        module = getattr(fam, name)()
+        from tests.conftest import randomize_batchnorm
+
+        randomize_batchnorm(module)
+        torch.save(module.state_dict(), ckpt)
+        arch = f"tests.families:{name}"
+        onnx_path = export_onnx(load_model(ckpt, arch=arch), folder / f"{name}.onnx", dynamic=True,
+                                imgsz=(64, 64)).path
+        found[name] = (onnx_path, ckpt, arch)
+    return found
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, sources):
+    """(target, model) -> bundle folder, made once for the module."""
+    from gap_deploy.exporter.checkpoint import load_model
+
+    folder = tmp_path_factory.mktemp("edge_bundles")
+    made = {}
+
+    def get(target, model):
+        if (target, model) not in made:
+            _needs(target)
+            onnx_path, ckpt, arch = sources[model]
+            loaded = load_model(ckpt, arch=arch) if target in ("litert", "executorch", "coreml") else None
+            out = folder / f"{target}_{model}"
+            pack(onnx_path, out, target=target, checkpoint=loaded)
+            made[(target, model)] = out
+        return made[(target, model)]
+    return get
+
+
+def _bare_onnx(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["reference", *FAMILIES])
+@pytest.mark.parametrize("target", ["ncnn", "litert", "executorch"])
+def test_a_bundle_matches_the_onnx_at_every_size_on_its_own_runtime(bundles, sources, target, model):
+    bundle = bundles(target, model)
+    description = json.loads((bundle / "model.json").read_text())
+    assert description["target"] == target and description["precision"] == "fp32"
+    verification = description["verification"]
+    assert verification["passed"] and len(verification["shapes"]) >= 5  # checked before the bundle appeared
+    onnx_path = sources[model][0]
+    bare = _bare_onnx(onnx_path)
+    with runtime.load(bundle) as session:
+        assert session.backend == {"ncnn": "ncnn-cpu", "litert": "litert-cpu", "executorch": "et-xnnpack"}[target]
+        assert session.metadata.num_classes == 10 and session.spec.input_name == bare.get_inputs()[0].name
+        minimum = session.metadata.min_height
+        for i, shape in enumerate([(1, 3, minimum, minimum), *SHAPES]):
+            x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
+            want = bare.run(None, {bare.get_inputs()[0].name: x})[0]
+            got = session.run(x)
+            assert got.shape == want.shape
+            assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5, (target, model, shape)
+        with pytest.raises(InputError, match="below this model's minimum"):
+            session.run(np.zeros((1, 3, minimum - 1, minimum), np.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["reference", *FAMILIES])
+def test_a_core_ml_bundle_is_inspected_and_says_it_was_not_executed(bundles, model):
+    bundle = bundles("coreml", model)
+    description = json.loads((bundle / "model.json").read_text())
+    verification = description["verification"]
+    assert verification["executed"] is False and "macOS only" in verification["why"]
+    inspected = verification["inspected"]
+    assert inspected["input_ranges"][2][0] == description["min_height"] and inspected["input_ranges"][1] == [3, 3]
+    assert {"conv", "reduce_mean"} & set(inspected["ops"])
+    assert "FLOAT16" not in inspected["op_output_types"] and inspected["op_output_types"]["FLOAT32"] > 0
+    assert "not executed" in (bundle / "README.md").read_text().lower()
+    data = np.load(bundle / "check_data.npz")
+    assert len(data.files) >= 8  # inputs and the ONNX's logits, to check on a Mac
+    with pytest.raises(ArtifactError, match="runs only on Apple"):
+        runtime.load(bundle)
+
+
+def _ncnn_run(bundle, x, fp16):
+    import ncnn
+
+    net = ncnn.Net()
+    if not fp16:
+        net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = False
+    net.load_param(str(bundle / "model.param"))
+    net.load_model(str(bundle / "model.bin"))
+    blobs = json.loads((bundle / "model.json").read_text())["blobs"]
+    ex = net.create_extractor()
+    ex.input(blobs[0], ncnn.Mat(x[0]).clone())
+    return np.array(ex.extract(blobs[1])[1])
+
+
+def test_ncnn_s_fp16_defaults_are_not_taken_silently(tmp_path, bundles, reference_onnx):
+    """pnnx writes FP16 weights unless fp16=0 and ncnn's Option computes in FP16 unless switched off (both
+    shown here on the same model); gap-pack's FP32 bundle has neither, its FP16 bundle says so."""
+    _needs("ncnn")
+    import ncnn
+
+    assert ncnn.Net().opt.use_fp16_storage and ncnn.Net().opt.use_fp16_arithmetic  # ncnn's defaults
+    fp32 = bundles("ncnn", "reference")
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    want = _bare_onnx(reference_onnx).run(None, {"images": x})[0][0]
+    rel = lambda got: float(np.abs(got - want).max() / np.abs(want).max())  # noqa: E731
+    assert rel(_ncnn_run(fp32, x, fp16=True)) > 1e-4  # ncnn's default options would change the model
+    assert rel(_ncnn_run(fp32, x, fp16=False)) < 1e-5
+    with runtime.load(fp32) as session:
+        assert session.device["fp16_storage"] is False and session.device["fp16_arithmetic"] is False
+    fp16 = tmp_path / "fp16"
+    pack(reference_onnx, fp16, target="ncnn", precision="fp16")
+    description = json.loads((fp16 / "model.json").read_text())
+    assert description["precision"] == "fp16" and description["verification"]["tolerance"]["rtol"] > 1e-4
+    # pnnx stores FP16 weights: the weight file is about half the FP32 one
+    assert (fp16 / "model.bin").stat().st_size < 0.6 * (fp32 / "model.bin").stat().st_size
+    with runtime.load(fp16) as session:
+        assert session.metadata.precision == "fp16" and session.device["fp16_arithmetic"] is True
+
+
+def test_litert_and_executorch_bundles_hold_fp32_only(bundles):
+    """Neither converter has an FP16 default; this checks that none crept in (every float tensor of the .tflite,
+    the program's input and output), and gap-pack refuses --precision fp16 for both."""
+    _needs("litert")
+    _needs("executorch")
+    from ai_edge_litert.interpreter import Interpreter
+
+    tensors = Interpreter(model_path=str(bundles("litert", "reference") / "model.tflite")).get_tensor_details()
+    floats = {np.dtype(t["dtype"]).name for t in tensors if np.dtype(t["dtype"]).kind == "f"}
+    assert floats == {"float32"}
+    from executorch.runtime import Runtime
+
+    meta = Runtime.get().load_program(bundles("executorch", "reference") / "model.pte").load_method("forward").metadata
+    assert "Float" in str(meta.input_tensor_meta(0)) and "Half" not in str(meta)
+
+
+def test_core_ml_s_fp16_default_is_not_taken_silently(tmp_path, sources, monkeypatch):
+    """coremltools' ML programs compute in FP16 unless compute_precision says otherwise: shown on the same model;
+    an FP32 request that yields FP16 ops is refused (the check can fail), --precision fp16 is said."""
+    _needs("coreml")
+    import coremltools as ct
+    import torch
+
+    from gap_deploy.exporter import pack_edge
+    from gap_deploy.exporter.checkpoint import load_model
+
+    onnx_path, ckpt, _ = sources["reference"]
+    loaded = load_model(ckpt)
+    traced = torch.jit.trace(loaded.module, torch.zeros(1, 3, 64, 64))
+    ct.convert(traced, inputs=[ct.TensorType(name="images", shape=(1, 3, 64, 64))], convert_to="mlprogram",
+               minimum_deployment_target=ct.target.iOS16).save(str(tmp_path / "default.mlpackage"))
+    assert "FLOAT16" in pack_edge.inspect_coreml(tmp_path / "default.mlpackage")["op_output_types"]
+
+    pack(onnx_path, tmp_path / "fp16", target="coreml", checkpoint=loaded, precision="fp16")
+    description = json.loads((tmp_path / "fp16" / "model.json").read_text())
+    assert description["precision"] == "fp16"
+    assert "FLOAT16" in description["verification"]["inspected"]["op_output_types"]
+
+    real = pack_edge.convert_coreml
+    monkeypatch.setattr(pack_edge, "convert_coreml", lambda *a, **k: real(a[0], a[1], a[2], "fp16", *a[4:], **k))
+    with pytest.raises(ExportError, match="computes in FLOAT16 although FP32"):
+        pack(onnx_path, tmp_path / "forced", target="coreml", checkpoint=loaded)
+    assert not (tmp_path / "forced").exists()
+
+
+def test_executorch_s_planned_range_is_measured_and_enforced(tmp_path, sources):
+    """ExecuTorch plans memory for the largest input: the bundle's sweep includes it, a larger image is refused
+    before ExecuTorch sees it, and a batch beyond the plan runs in chunks."""
+    _needs("executorch")
+    from gap_deploy.exporter.checkpoint import load_model
+
+    onnx_path, ckpt, _ = sources["reference"]
+    pack(onnx_path, tmp_path / "b", target="executorch", checkpoint=load_model(ckpt), max_side=96, max_batch=3)
+    description = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert description["accepts"] == {"batch": [1, 3], "height": [4, 96], "width": [4, 96]}
+    assert [1, 3, 96, 96] in [row["shape"] for row in description["verification"]["shapes"]]
+    bare = _bare_onnx(onnx_path)
+    with runtime.load(tmp_path / "b") as session:
+        with pytest.raises(InputError, match="larger than this ExecuTorch program was planned for"):
+            session.run(np.zeros((1, 3, 128, 128), np.float32))
+        x = np.random.default_rng(3).standard_normal((7, 3, 96, 96)).astype(np.float32)
+        np.testing.assert_allclose(session.run(x), bare.run(None, {"images": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"target": "litert"}, "converts from PyTorch: pass --checkpoint"),
+    ({"target": "litert", "precision": "fp16", "checkpoint": object()}, "FP32 only here"),
+    ({"target": "ncnn", "max_side": 128}, "no such bound"),
+    ({"target": "ncnn", "fixed": [(1, 3, 32, 32)]}, "runs any size"),
+    ({"target": "ncnn", "checkpoint": object()}, "converts the ONNX itself"),
+    ({"target": "tflite"}, "choose one of"),
+])
+def test_pack_refuses_what_an_edge_target_does_not_take(tmp_path, reference_onnx, kwargs, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        pack(reference_onnx, tmp_path / "b", **kwargs)
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_edge_bundle_is_checked_like_every_artifact(tmp_path, bundles):
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundles("ncnn", "reference"), bundle)
+    with pytest.raises(ArtifactError, match="from the gap-pack bundle folder"):
+        runtime.load(bundle / "model.param")  # the file alone carries no input description
+    with pytest.raises(UsageError, match="cannot run an ncnn model"):
+        runtime.load(bundle, "ort-cpu")
+    description = json.loads((bundle / "model.json").read_text())
+    description["metadata"]["gap.min_height"] = "lots"
+    (bundle / "model.json").write_text(json.dumps(description))
+    with pytest.raises(ArtifactError, match="gap.min_height"):
+        runtime.load(bundle)
+    weights = bundle / "model.bin"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactError, match="does not match the SHA-256"):
+        runtime.load(bundle)
+
+
+def _labelled_folder(root):
+    from PIL import Image
+
+    for i in range(2):
+        (root / f"class{i}").mkdir(parents=True)
+        Image.new("RGB", (24, 20), (200 * i, 30, 30)).save(root / f"class{i}" / "a.png")
+        Image.new("RGB", (17, 31), (30, 200 * i, 90)).save(root / f"class{i}" / "b.png")
+    return root
+
+
+@pytest.mark.slow
+def test_gap_bench_compares_the_targets_in_one_run(tmp_path, bundles, reference_onnx):
+    """One gap-bench run times ONNX Runtime and every runnable target at the same shapes and checks their logits
+    against the first artifact's on the same input."""
+    from click.testing import CliRunner
+
+    from gap_deploy.runtime.cli.bench import main as gap_bench
+
+    targets = [t for t in ("ncnn", "litert", "executorch") if _has(t)]
+    args = [str(reference_onnx), "--threads", "1", "--iterations", "5", "--warmup", "0", "--shape", "1x3x37x53",
+            "--shape", "2x3x64x48", "--json", str(tmp_path / "b.json")]
+    for target in targets:
+        args += ["--compare", str(bundles(target, "reference"))]
+    result = CliRunner().invoke(gap_bench, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["backend"] for r in rows] == (["ort-cpu"] + [f"{'ncnn-cpu litert-cpu et-xnnpack'.split()[i]}"
+                                                           for i, t in enumerate(("ncnn", "litert", "executorch"))
+                                                           if t in targets]) * 2
+    for row in rows[1:]:
+        if row["backend"] != "ort-cpu":
+            assert row["latency_vs_first"] > 0 and row["parity"]["passed"]
+            assert row["parity"]["reference"] == str(reference_onnx) and row["artifact"] != str(reference_onnx)
+    assert "the first" in result.output
+
+
+def _has(target):
+    import importlib.util
+
+    return importlib.util.find_spec(TARGETS[target]) is not None
+
+
+@pytest.mark.slow
+def test_gap_run_eval_and_tune_take_the_edge_bundles(tmp_path, bundles, reference_onnx):
+    """The bundles run behind the same Session: the classifying and measuring commands take them beside the ONNX
+    and give the same answers."""
+    from click.testing import CliRunner
+
+    from gap_deploy.exporter.cli.tune import main as gap_tune
+    from gap_deploy.runtime.cli.eval import main as gap_eval
+    from gap_deploy.runtime.cli.run import main as gap_run
+
+    data = _labelled_folder(tmp_path / "data")
+    targets = [t for t in ("ncnn", "litert", "executorch") if _has(t)]
+    answers = {}
+    for name, path in [("ort", reference_onnx)] + [(t, bundles(t, "reference")) for t in targets]:
+        images = [str(f) for f in sorted(data.rglob("*.png"))]
+        result = CliRunner().invoke(gap_run, [str(path), *images, "--json", "-k", "1"])
+        assert result.exit_code == 0, result.output
+        rows = json.loads(result.stdout)["results"]
+        answers[name] = [(r["file"], r["top"][0]["index"], round(r["top"][0]["prob"], 4)) for r in rows]
+    assert len(answers["ort"]) == 4
+    assert all(a == answers["ort"] for a in answers.values())
+    named = [f"ort={reference_onnx}"] + [f"{t}={bundles(t, 'reference')}" for t in targets]
+    result = CliRunner().invoke(gap_eval, [*named, "--data", str(data), "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(gap_tune, [*named, "--data", str(data), "--sizes", "16", "--duration", "0.05",
+                                           "--min-top1", "0", "--json", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+    points = json.loads((tmp_path / "t.json").read_text())["points"]
+    assert {p["artifact"] for p in points} == {"ort", *targets}
+    assert len({p["top1"] for p in points}) == 1  # the same accuracy on every runtime
