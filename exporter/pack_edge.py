@@ -99,7 +99,10 @@ def _example(spec: ArtifactSpec, batch: int, max_side: int = DEFAULT_MAX_SIDE):
 
 def check_shapes(spec: ArtifactSpec, base: list[Shape], max_side: int | None, max_batch: int | None) -> list[Shape]:
     """The sweep, plus the largest input a bounded target accepts (its bound is measured, not assumed)."""
-    shapes = [s for s in base if max_side is None or max(s[2], s[3]) <= max_side]
+    meta = spec.metadata
+    shapes = [(1, spec.channels, meta.min_height, meta.min_width)]  # the smallest the model accepts
+    shapes += [s for s in base if (max_side is None or max(s[2], s[3]) <= max_side)
+               and s[2] >= meta.min_height and s[3] >= meta.min_width]
     if max_side is not None:
         shapes.append((1, spec.channels, max_side, max_side))
     if max_batch is not None:
@@ -264,6 +267,55 @@ def inspect_coreml(package: Path) -> dict:
         "op_output_types": dict(sorted(types.items()))}
 
 
+class Recording:
+    """A candidate for runtime.parity.compare that turns a runtime's failure at one shape into a failed row (NaN
+    logits) and keeps its message, so the report shows every shape and the hint can name the sizes that work."""
+
+    def __init__(self, infer, num_classes: int):
+        self.infer, self.num_classes, self.errors = infer, num_classes, []
+
+    def __call__(self, x):
+        import numpy as np
+
+        from gap_deploy.runtime.errors import BackendError
+
+        try:
+            return self.infer(x)
+        except BackendError as exc:
+            self.errors.append(f"{format_shape(x.shape)}: {first_line(exc)}")
+            return np.full((x.shape[0], self.num_classes), np.nan, np.float32)
+
+    def note(self, report: ParityReport) -> str:
+        return "\n".join([report.format_table(), *self.errors])
+
+
+def verify(reference, infer, shapes, tolerance, *, num_classes: int, source: Path, candidate: str,
+           what: str) -> ParityReport:
+    """Compare ``infer`` with ``reference`` at ``shapes``; ExportError (no bundle) with the table, the runtime's
+    own errors and, where it applies, the --min-side that would pack the sizes that match."""
+    recording = Recording(infer, num_classes)
+    report = compare(reference, recording, shapes, tolerance, reference_name=f"source {source.name}",
+                     candidate_name=candidate)
+    if not report.passed:
+        raise ExportError(f"the {what} model does not match {source.name}; no bundle was written.",
+                          note=recording.note(report), hint=smaller_sizes_hint(report))
+    return report
+
+
+def smaller_sizes_hint(report: ParityReport) -> str | None:
+    """When only sizes below some that pass fail, the --min-side that packs the rest."""
+    failed = [r.shape for r in report.rows if not r.passed]
+    passed = [r.shape for r in report.rows if r.passed]
+    if not failed or not passed:
+        return None
+    worst = max(max(s[2], s[3]) for s in failed)
+    smallest_good = min(min(s[2], s[3]) for s in passed)
+    if worst >= smallest_good:
+        return None
+    return (f"it differs only at sizes up to {worst} pixels: --min-side {smallest_good} packs a bundle that "
+            f"refuses smaller images (and is checked from there up).")
+
+
 # --- the bundle -------------------------------------------------------------------------------------------------
 
 def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, precision: str, log, *,
@@ -338,12 +390,10 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
     with captured_output():  # the runtimes' own start-up lines ("Created TensorFlow Lite XNNPACK delegate")
         session = runtime.load(out, backend)
     with session:
-        report = compare(ort_cpu_infer(model), session.run, shapes, tolerance_for(precision, backend),
-                         reference_name=f"source {source.name}", candidate_name=f"{names[0]} ({backend}, {precision})")
+        report = verify(ort_cpu_infer(model), session.run, shapes, tolerance_for(precision, backend),
+                        num_classes=meta.num_classes, source=source, candidate=f"{names[0]} ({backend}, {precision})",
+                        what=target)
         description["device"] = session.device  # e.g. ExecuTorch's planned input, ncnn's FP16 switches
-    if not report.passed:
-        raise ExportError(f"the {target} model does not match {source.name}; no bundle was written.",
-                          note=report.format_table())
     description["verification"] = report.to_dict()
     (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
     (out / "verification.txt").write_text(report.format_table() + "\n")

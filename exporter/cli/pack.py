@@ -33,11 +33,14 @@ from gap_deploy.runtime.naming import bundle_folder
 @click.option("--max-side", type=click.IntRange(min=2), help="executorch, coreml: the largest height and width the "
               "program accepts (ExecuTorch plans its memory for it).  [default: 640]")
 @click.option("--max-batch", type=click.IntRange(min=1), help="executorch, coreml: the largest batch.  [default: 4]")
+@click.option("--min-side", type=click.IntRange(min=1), help="Every target but ort: the smallest height and width "
+              "the bundle accepts, above the model's own minimum (for a runtime that differs only at the smallest "
+              "sizes; the failed check's hint names it).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the usability report as JSON here (it is always in BUNDLE/model.json).")
 @report_errors
 def main(model, output, fixed, target, precision, checkpoint, arch, num_classes, trust_checkpoint, max_side,
-         max_batch, json_path):
+         max_batch, min_side, json_path):
     """Write a bundle for MODEL (.onnx from gap-export) for one runtime: ONNX Runtime Mobile (the default) with a
     report of what each phone accelerator will run, OpenVINO, ncnn, LiteRT, ExecuTorch or Core ML. FP32 unless
     --precision fp16, whatever the converter's default.
@@ -71,7 +74,7 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
     elif arch or num_classes or trust_checkpoint:
         raise UsageError("--arch, --num-classes and --trust-checkpoint describe --checkpoint; none was given.")
     result = pack(model, output, fixed=shapes, target=target, precision=precision, checkpoint=loaded,
-                  max_side=max_side, max_batch=max_batch, log=info)
+                  max_side=max_side, max_batch=max_batch, min_side=min_side, log=info)
     for name, report in result.parity.items():
         worst = max(r.rel_err for r in report.rows)
         info(f"{name}: matches {model.name} at {len(report.rows)} shape(s), worst relative error {worst:.1e}")

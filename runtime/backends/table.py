@@ -1,14 +1,14 @@
 """Every fact about a backend, in one table: code looks a backend up here instead of testing its name.
 
-    backend   runs             device  tolerances  FP32 in TF32           builds at start  cold start timed
-    ort-cpu   .onnx/.ort       cpu     cpu         no                     no               yes
-    ort-cuda  .onnx/.ort       cuda    gpu         no (use_tf32=0)        no               yes
-    ort-trt   .onnx/.ort       cuda    gpu         yes (no TF32 switch)   yes (minutes)    yes
-    trt       .plan/.engine    cuda    gpu         no (gap-build clears)  no               no
-    ov-cpu    .xml (OpenVINO)  cpu     cpu         no (f32 hint)          no               yes
-    ncnn-cpu  .param (ncnn)    cpu     cpu         no (fp16 options off)  no               yes
-    litert-cpu .tflite (LiteRT) cpu    cpu         no                     no               yes
-    et-xnnpack .pte (ExecuTorch) cpu   cpu         no                     no               yes
+    backend     runs               device  tolerances  FP32 in TF32           builds at start  cold start timed
+    ort-cpu     .onnx/.ort         cpu     cpu         no                     no               yes
+    ort-cuda    .onnx/.ort         cuda    gpu         no (use_tf32=0)        no               yes
+    ort-trt     .onnx/.ort         cuda    gpu         yes (no TF32 switch)   yes (minutes)    yes
+    trt         .plan/.engine      cuda    gpu         no (gap-build clears)  no               no
+    ov-cpu      .xml (OpenVINO)    cpu     cpu         no (f32 hint)          no               yes
+    ncnn-cpu    .param (ncnn)      cpu     cpu         no (FP16 options off)  no               yes
+    litert-cpu  .tflite (LiteRT)   cpu     cpu         no                     no               yes
+    et-xnnpack  .pte (ExecuTorch)  cpu     cpu         no                     no               yes
 
 ncnn, LiteRT and ExecuTorch models are opened from their gap-pack bundle (model.json carries their metadata).
 

@@ -231,6 +231,7 @@ def test_executorch_s_planned_range_is_measured_and_enforced(tmp_path, sources):
     ({"target": "ncnn", "fixed": [(1, 3, 32, 32)]}, "runs any size"),
     ({"target": "ncnn", "checkpoint": object()}, "converts the ONNX itself"),
     ({"target": "tflite"}, "choose one of"),
+    ({"target": "ort", "min_side": 8}, "--min-side raises"),
 ])
 def test_pack_refuses_what_an_edge_target_does_not_take(tmp_path, reference_onnx, kwargs, fragment):
     with pytest.raises(UsageError, match=fragment):
@@ -330,3 +331,64 @@ def test_gap_run_eval_and_tune_take_the_edge_bundles(tmp_path, bundles, referenc
     points = json.loads((tmp_path / "t.json").read_text())["points"]
     assert {p["artifact"] for p in points} == {"ort", *targets}
     assert len({p["top1"] for p in points}) == 1  # the same accuracy on every runtime
+
+
+#: which target takes which of the other families (measured; README's "which family runs where" table): a
+#: refusal must be clean (a GapError, no bundle folder left), a bundle must pass its own runtime's check
+REFUSED = {
+    "EfficientNetish": set(),
+    "DenseNetish": set(),
+    # pnnx aborts on the channel shuffle; torch.export guards the 1x1 map after the stride-4 stem; coremltools
+    # cannot trace the shuffle's view with dynamic sizes
+    "ShuffleNetish": {"ncnn", "litert", "executorch", "coreml"},
+    # ceil-mode pools: torch.export keeps only multiples of 8 in one program; OpenVINO (raises) and ncnn (NaN)
+    # differ from ONNX Runtime at the minimum size, where a pooling window is larger than its input: packed with
+    # the --min-side the refusal names
+    "SqueezeNetish": {"litert", "executorch"},
+}
+MIN_SIDE = {"SqueezeNetish": {"openvino", "ncnn"}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(REFUSED))
+def test_every_family_on_every_target_is_packed_and_checked_or_cleanly_refused(tmp_path, family):
+    import torch
+
+    import tests.families as fam
+    from gap_deploy.exporter import export_onnx, load_model
+    from gap_deploy.runtime.errors import GapError
+    from tests.conftest import randomize_batchnorm
+
+    torch.manual_seed(0)
+    module = getattr(fam, family)()
+    randomize_batchnorm(module)
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", arch=f"tests.families:{family}")
+    onnx_path = export_onnx(loaded, tmp_path / "m.onnx", dynamic=True, imgsz=(64, 64)).path
+    outcome = {}
+    for target in ("openvino", *TARGETS):
+        if target != "openvino" and not _has(target):
+            continue
+        out = tmp_path / target
+        try:
+            pack(onnx_path, out, target=target, checkpoint=loaded if target in ("litert", "executorch", "coreml")
+                 else None)
+            description = json.loads((out / "model.json").read_text())
+            verification = description["verification"]
+            assert verification.get("passed") or verification.get("executed") is False
+            outcome[target] = "packed"
+        except GapError as exc:
+            assert not out.exists() and "Traceback" not in str(exc)
+            outcome[target] = "refused"
+            hint = getattr(exc, "hint", None) or ""
+            if "--min-side" in hint:
+                side = int(hint.split("--min-side ")[1].split()[0])
+                pack(onnx_path, out, target=target, min_side=side)
+                with runtime.load(out) as session:
+                    assert session.metadata.min_height == side
+                    with pytest.raises(InputError, match="below this model's minimum"):
+                        session.run(np.zeros((1, 3, side - 1, side - 1), np.float32))
+                outcome[target] = "min-side"
+    expected = {t: ("refused" if t in REFUSED[family] else "min-side" if t in MIN_SIDE.get(family, ())
+                    else "packed") for t in outcome}
+    assert outcome == expected
