@@ -85,4 +85,6 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
     names = sorted({name.split("/")[0] for name in result.files})
     click.echo(f"Wrote {result.folder}: {', '.join(names)}, labels.txt, model.json, README.md")
     if json_path:
-        write_json(json_path, {"bundle": str(result.folder), "usability": [vars(u) for u in result.usability]})
+        write_json(json_path, {"bundle": str(result.folder), "target": target, "precision": precision,
+                               "files": sorted(result.files), "usability": [vars(u) for u in result.usability],
+                               "parity": {name: report.to_dict() for name, report in result.parity.items()}})

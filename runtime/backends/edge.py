@@ -39,6 +39,9 @@ class _EdgeRunner(Runner):
     """What the three share: metadata from the bundle, a lock (one interpreter each), errors said once."""
 
     runtime_name = ""
+    #: the package that runs the model, for ``versions``
+    package = ""
+    _version = "unknown"
 
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], threads: int | None):
         self.props = dict(props)
@@ -67,6 +70,10 @@ class _EdgeRunner(Runner):
 
     def _each_image(self, array: np.ndarray, one) -> np.ndarray:
         return np.stack([one(array[i:i + 1]) for i in range(array.shape[0])])
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {self.package: self._version}
 
 
 # --- ncnn -------------------------------------------------------------------------------------------------------
@@ -99,7 +106,7 @@ def ncnn_blobs(param: Path) -> tuple[str, str]:
 
 class NcnnRunner(_EdgeRunner):
     backend = "ncnn-cpu"
-    runtime_name = "ncnn"
+    runtime_name = package = "ncnn"
 
     def __init__(self, param: Path, props: dict[str, str], names: tuple[str, str], *,
                  threads: int | None = None):
@@ -139,10 +146,6 @@ class NcnnRunner(_EdgeRunner):
         return {"device": "CPU (ncnn)", "threads": self._threads or "default",
                 "fp16_storage": opt.use_fp16_storage, "fp16_arithmetic": opt.use_fp16_arithmetic}
 
-    @property
-    def versions(self) -> dict[str, str]:
-        return {"ncnn": self._version}
-
 
 # --- LiteRT -----------------------------------------------------------------------------------------------------
 
@@ -174,7 +177,7 @@ def litert_signature(path: Path, threads: int | None = None):
 
 class LiteRtRunner(_EdgeRunner):
     backend = "litert-cpu"
-    runtime_name = "LiteRT"
+    runtime_name, package = "LiteRT", "ai-edge-litert"
 
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
                  threads: int | None = None):
@@ -208,10 +211,6 @@ class LiteRtRunner(_EdgeRunner):
     def device(self) -> dict:
         return {"device": "CPU (LiteRT, XNNPACK delegate)", "threads": self._threads or "default",
                 "batch": self.batch_fixed or "any"}
-
-    @property
-    def versions(self) -> dict[str, str]:
-        return {"ai-edge-litert": self._version}
 
 
 # --- ExecuTorch ---------------------------------------------------------------------------------------------------
@@ -249,7 +248,7 @@ def executorch_method(path: Path):
 
 class ExecuTorchRunner(_EdgeRunner):
     backend = "et-xnnpack"
-    runtime_name = "ExecuTorch"
+    runtime_name, package = "ExecuTorch", "executorch"
 
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
                  threads: int | None = None):
@@ -273,7 +272,7 @@ class ExecuTorchRunner(_EdgeRunner):
                              "executorch again with a larger --max-side.")
         torch = require("torch", purpose="for ExecuTorch's Python bindings, which take torch tensors",
                         hint=EXECUTORCH_HINT)  # already loaded by executorch itself
-        step = max(1, self.capacity // per_image)
+        step = max(1, min(self.planned[0], self.capacity // per_image))  # within the exported batch bound
         parts = []
         for start in range(0, array.shape[0], step):
             tensor = torch.from_numpy(np.ascontiguousarray(array[start:start + step], dtype=np.float32))
@@ -284,7 +283,3 @@ class ExecuTorchRunner(_EdgeRunner):
     def device(self) -> dict:
         return {"device": "CPU (ExecuTorch, XNNPACK)", "threads": "default",
                 "planned_input": format_shape(self.planned)}
-
-    @property
-    def versions(self) -> dict[str, str]:
-        return {"executorch": self._version}

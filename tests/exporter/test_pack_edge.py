@@ -392,3 +392,61 @@ def test_every_family_on_every_target_is_packed_and_checked_or_cleanly_refused(t
     expected = {t: ("refused" if t in REFUSED[family] else "min-side" if t in MIN_SIDE.get(family, ())
                     else "packed") for t in outcome}
     assert outcome == expected
+
+
+def test_gap_pack_cli_writes_an_edge_bundle_and_refuses_cleanly(tmp_path, reference_onnx, reference_ckpt):
+    _needs("ncnn")
+    from click.testing import CliRunner
+
+    from gap_deploy.exporter.cli.pack import main as gap_pack
+    from tests.conftest import assert_clean_failure
+
+    result = CliRunner().invoke(gap_pack, [str(reference_onnx), "--target", "ncnn", "-o", str(tmp_path / "b"),
+                                           "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["target"] == "ncnn" and report["files"] == ["model.bin", "model.param"]
+    assert report["parity"]["model.param"]["passed"] and len(report["parity"]["model.param"]["shapes"]) >= 5
+    for args, fragment, code in [
+        (["--target", "litert"], "pass --checkpoint", 2),
+        (["--target", "ncnn", "--arch", "x:y"], "describe --checkpoint; none was given", 2),
+        (["--target", "executorch", "--checkpoint", str(tmp_path / "missing.pt")], "does not exist", 1),
+    ]:
+        out = tmp_path / f"refused{len(args)}"
+        result = CliRunner().invoke(gap_pack, [str(reference_onnx), "-o", str(out), *args])
+        assert_clean_failure(result, fragment, code=code)
+        assert not out.exists()
+
+
+def test_a_precision_variant_is_not_packed_for_an_edge_target(tmp_path, reference_onnx):
+    """The edge targets convert the FP32 model and are judged against the FP32 ONNX; an FP16 ONNX is refused
+    with the way to an FP16 bundle."""
+    import onnx
+
+    from gap_deploy.exporter.precision import to_fp16
+    from gap_deploy.runtime.onnx_file import save_onnx
+
+    variant = tmp_path / "m.fp16.onnx"
+    save_onnx(to_fp16(onnx.load(str(reference_onnx))), variant)
+    with pytest.raises(UsageError, match="fp16 variant"):
+        pack(variant, tmp_path / "b", target="ncnn")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("forged, fragment", [
+    ({"../model.tflite": {"sha256": "0" * 64}}, "no plain file name"),
+    ({"model.param": {"sha256": "0" * 64}}, "without its weights model.bin"),
+    ({"model.pte": {"sha256": "0" * 64}}, "does not match the SHA-256"),
+])
+def test_a_forged_edge_bundle_description_is_refused(tmp_path, reference_onnx, forged, fragment):
+    """model.json is a file anyone can write: its names never leave the bundle, its SHA-256s must hold, and a
+    graph without its weights is refused (before any runtime reads a byte)."""
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (tmp_path / "model.tflite").write_bytes(b"outside")
+    for name in ("model.param", "model.pte"):
+        (bundle / name).write_bytes(b"forged")
+    (bundle / "model.json").write_text(json.dumps({"files": forged, "input": "images", "output": "logits",
+                                                   "metadata": {"gap.in_channels": "3", "gap.num_classes": "2"}}))
+    with pytest.raises(ArtifactError, match=fragment):
+        runtime.load(bundle)
