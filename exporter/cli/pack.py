@@ -54,6 +54,7 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
     Core ML cannot run on Linux: its program is reloaded and inspected, and the bundle says it was not executed.
 
         gap-pack model.onnx -o model_bundle --fixed 1x3x224x224
+
         gap-pack model.onnx --target litert --checkpoint model.pt
     """
     from gap_deploy.exporter.pack import format_usability, pack

@@ -6,16 +6,18 @@ count and class count come from it. What each runtime takes:
 
 - ncnn (``.param`` + ``.bin`` from pnnx): one image per extraction (an ncnn Mat has no batch dimension), so a
   batch runs image by image. ncnn's ``Option`` turns on FP16 storage, packing and arithmetic by default
-  (``use_fp16_storage``/``use_fp16_packed``/``use_fp16_arithmetic`` are true in ncnn's option.cpp): an FP32 bundle
-  runs with all three off, an FP16 one (model.json precision "fp16") with them on.
+  (``use_fp16_storage``/``use_fp16_packed``/``use_fp16_arithmetic`` are true on a new ``ncnn.Net()``, ncnn
+  1.0.20261020; tests/exporter/test_pack_edge.py checks it): an FP32 bundle runs with all three off, an FP16 one
+  (model.json precision "fp16") with them on.
 - LiteRT (``.tflite`` from litert-torch): the interpreter is resized to each input shape (``resize_tensor_input``,
   then ``allocate_tensors``), within its ``shape_signature``; a model converted with batch 1 (litert-torch cannot
   lower ``flatten`` with a dynamic batch) runs a batch image by image.
 - ExecuTorch (``.pte`` lowered to XNNPACK): the program plans its memory for the largest input it was exported
   for and refuses more elements than that (``set_inputs`` fails with "bounded tensor"); a batch larger than the
   plan runs in chunks, an image larger than the plan is refused before it reaches ExecuTorch. ExecuTorch's Python
-  bindings take and return torch tensors, so this one backend loads torch (through executorch, never here); on a
-  phone the C++ runtime runs the same ``.pte`` without it.
+  bindings take and return torch tensors, so this one backend needs torch (executorch imports it; the runner only
+  wraps arrays with it, imported when a program runs, never when the runtime is imported); on a phone the C++
+  runtime runs the same ``.pte`` without it.
 """
 
 from __future__ import annotations
