@@ -153,7 +153,8 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     if precision == "fp16" and target not in pack_edge.FP16_TARGETS:
         why = ("an ORT bundle holds the ONNX it is given: make the FP16 variant with gap-export --precision fp16 and "
                "pack that." if target == "ort" else
-               f"the {target} target is FP32 only here (its converter has no FP16 option gap-pack can verify).")
+               f"the {target} target is FP32 only here (litert-torch has no FP16 option without TensorFlow's "
+               "converter, which gap-deploy does not install).")
         raise UsageError(f"--precision fp16 with --target {target}: {why}",
                          hint=f"FP16 bundles: --target {', '.join(pack_edge.FP16_TARGETS)}.")
     if target != "ort" and fixed:

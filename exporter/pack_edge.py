@@ -28,8 +28,9 @@ from gap_deploy.runtime.shapes import Shape, format_shape
 
 #: targets converted from the PyTorch model (the ONNX cannot feed their converters)
 TORCH_TARGETS = ("litert", "executorch", "coreml")
-#: targets with a --precision fp16 choice (LiteRT and ExecuTorch bundles are FP32 only here)
-FP16_TARGETS = ("openvino", "ncnn", "coreml")
+#: targets with a --precision fp16 choice (LiteRT bundles are FP32 only here: litert-torch has no FP16 option
+#: without TensorFlow's converter)
+FP16_TARGETS = ("openvino", "ncnn", "executorch", "coreml")
 PNNX_TIMEOUT_S = 600
 DEFAULT_MAX_SIDE = 640
 DEFAULT_MAX_BATCH = 4
@@ -181,7 +182,9 @@ def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, lo
                        max_batch: int) -> tuple[list[str], dict]:
     """torch.export with dynamic batch (1..max_batch), height and width (minimum..max_side), lowered to XNNPACK.
     The example has batch 2 and the export runs with ``backed_size_oblivious`` (a batch-1 example fixes the
-    batch, and torch.export otherwise adds a guard excluding sizes of 4 to 7 after two 2x2 pools)."""
+    batch, and torch.export otherwise adds a guard excluding sizes of 4 to 7 after two 2x2 pools). FP16 is a
+    half-precision copy of the module, exported with a half example: XNNPACK runs it in FP16 and the program
+    takes and gives float16 (the runtime converts)."""
     from gap_deploy.runtime._lazy import require
 
     require("executorch.exir", purpose="for gap-pack --target executorch",
@@ -192,11 +195,17 @@ def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, lo
     from executorch.exir import to_edge_transform_and_lower
 
     dims = _dims(spec, max_side, max_batch)
-    log(f"Exporting the PyTorch model for ExecuTorch (XNNPACK; batch <= {max_batch}, sides <= {max_side}) ...")
+    example = _example(spec, 2, max_side)
+    if precision == "fp16":
+        import copy
+
+        module, example = copy.deepcopy(module).half(), example.half()
+    log(f"Exporting the PyTorch model for ExecuTorch (XNNPACK, {precision}; batch <= {max_batch}, sides <= "
+        f"{max_side}) ...")
     with captured_output() as tail:
         try:
             with fx_config.patch(backed_size_oblivious=True):
-                program = torch.export.export(module, (_example(spec, 2, max_side),), dynamic_shapes=(dims,))
+                program = torch.export.export(module, (example,), dynamic_shapes=(dims,))
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
         except Exception as exc:
             raise _converter_failed("ExecuTorch's export", exc, tail) from None

@@ -233,8 +233,12 @@ def executorch_works() -> tuple[bool, str]:
     return (not missing), f"{' and '.join(missing)} not installed ({EXECUTORCH_HINT})"
 
 
+#: ExecuTorch's ScalarType codes (c10's numbering) of the float inputs a program may take
+SCALAR_TYPES = {5: np.float16, 6: np.float32}
+
+
 def executorch_method(path: Path):
-    """(method, planned input sizes) of a .pte program's ``forward``."""
+    """(method, planned input sizes, input dtype) of a .pte program's ``forward``."""
     module = require("executorch.runtime", purpose="to run ExecuTorch programs", hint=EXECUTORCH_HINT)
     try:
         program = module.Runtime.get().load_program(Path(path))
@@ -243,9 +247,12 @@ def executorch_method(path: Path):
         if meta.num_inputs() != 1 or meta.num_outputs() != 1:
             raise ValueError(f"{meta.num_inputs()} inputs and {meta.num_outputs()} outputs, not one each")
         planned = tuple(int(v) for v in meta.input_tensor_meta(0).sizes())
+        code = int(meta.input_tensor_meta(0).dtype())
+        if code not in SCALAR_TYPES:
+            raise ValueError(f"its input has scalar type {code}, not float32 or float16")
     except Exception as exc:
         raise ArtifactError(f"ExecuTorch cannot load {path}: {first_line(exc)}", hint=REPACK) from None
-    return method, planned
+    return method, planned, np.dtype(SCALAR_TYPES[code])
 
 
 class ExecuTorchRunner(_EdgeRunner):
@@ -258,7 +265,8 @@ class ExecuTorchRunner(_EdgeRunner):
         import executorch
 
         self._version = getattr(executorch, "__version__", "unknown")
-        self._method, self.planned = executorch_method(path)
+        # an FP16 program (gap-pack --precision fp16) takes and gives float16: the runner converts at its edges
+        self._method, self.planned, self.program_dtype = executorch_method(path)
         self.capacity = int(np.prod(self.planned))  # elements the program's input buffer holds
         try:  # the sides torch.export was told (gap-pack writes them; ExecuTorch itself checks only the total)
             self.max_side = int(self.props.get("gap.max_side", max(self.planned[2:])))
@@ -277,11 +285,11 @@ class ExecuTorchRunner(_EdgeRunner):
         step = max(1, min(self.planned[0], self.capacity // per_image))  # within the exported batch bound
         parts = []
         for start in range(0, array.shape[0], step):
-            tensor = torch.from_numpy(np.ascontiguousarray(array[start:start + step], dtype=np.float32))
-            parts.append(self._method.execute([tensor])[0].numpy().astype(np.float32, copy=True))
+            tensor = torch.from_numpy(np.ascontiguousarray(array[start:start + step], dtype=self.program_dtype))
+            parts.append(self._method.execute([tensor])[0].float().numpy().copy())
         return np.concatenate(parts)
 
     @property
     def device(self) -> dict:
         return {"device": "CPU (ExecuTorch, XNNPACK)", "threads": "default",
-                "planned_input": format_shape(self.planned)}
+                "planned_input": format_shape(self.planned), "program_dtype": self.program_dtype.name}

@@ -162,7 +162,7 @@ def test_ncnn_s_fp16_defaults_are_not_taken_silently(tmp_path, bundles, referenc
 
 def test_litert_and_executorch_bundles_hold_fp32_only(bundles):
     """Neither converter has an FP16 default; this checks that none crept in (every float tensor of the .tflite,
-    the program's input and output), and gap-pack refuses --precision fp16 for both."""
+    the program's input and output)."""
     _needs("litert")
     _needs("executorch")
     from ai_edge_litert.interpreter import Interpreter
@@ -450,3 +450,23 @@ def test_a_forged_edge_bundle_description_is_refused(tmp_path, reference_onnx, f
                                                    "metadata": {"gap.in_channels": "3", "gap.num_classes": "2"}}))
     with pytest.raises(ArtifactError, match=fragment):
         runtime.load(bundle)
+
+
+def test_an_executorch_fp16_bundle_is_asked_for_said_and_judged_as_fp16(tmp_path, bundles, sources):
+    """--precision fp16 lowers a half copy of the model to XNNPACK's FP16 kernels: the program takes float16 (the
+    runner converts), model.json says fp16, and it is judged with the FP16 tolerance; FP32 stays the default."""
+    _needs("executorch")
+    from gap_deploy.exporter.checkpoint import load_model
+
+    onnx_path, ckpt, arch = sources["ResNetish"]
+    pack(onnx_path, tmp_path / "fp16", target="executorch", checkpoint=load_model(ckpt, arch=arch),
+         precision="fp16")
+    description = json.loads((tmp_path / "fp16" / "model.json").read_text())
+    assert description["precision"] == "fp16" and description["verification"]["passed"]
+    assert description["verification"]["tolerance"]["rtol"] > 1e-4  # the FP16 gate, not the FP32 one
+    worst = max(r["rel_err"] for r in description["verification"]["shapes"])
+    assert 1e-5 < worst < 1e-2  # really computed in FP16 (an FP32 program is near 1e-7)
+    with runtime.load(tmp_path / "fp16") as session:
+        assert session.device["program_dtype"] == "float16" and session.metadata.precision == "fp16"
+    with runtime.load(bundles("executorch", "ResNetish")) as session:
+        assert session.device["program_dtype"] == "float32"
