@@ -374,6 +374,8 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
                                   accepts=accepts, versions=versions)
     if fixed_batch:
         description["notes"] = [fixed_batch]
+        for note in description["notes"]:
+            log(f"note: {note}")
     if target == "ncnn":
         from gap_deploy.runtime.backends.edge import ncnn_blobs
 

@@ -81,10 +81,12 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
          trust_engine: bool = False, provider_options: dict | None = None, cache_dir: str | os.PathLike | None = None,
          trt_profile: str | None = None, allow_cpu_fallback: bool = False,
          shape: Sequence[int] | None = None) -> Session:
-    """Open an artifact: ``.onnx`` on ONNX Runtime, ``.plan``/``.engine`` on TensorRT.
+    """Open an artifact: ``.onnx`` on ONNX Runtime, ``.plan``/``.engine`` on TensorRT, an OpenVINO ``.xml`` on
+    OpenVINO, a gap-pack bundle on the runtime it was made for.
 
-    ``backend`` is one of ort-cpu, ort-cuda, ort-trt, trt; by default the best one that really works
-    here (``Session.backend`` says which). A backend that was asked for and does not work raises
+    ``backend`` is one of runtime.backends.table's (ort-cpu, ort-cuda, ort-trt, trt, ov-cpu, ncnn-cpu,
+    litert-cpu, et-xnnpack); by default the best one that really works here for the artifact
+    (``Session.backend`` says which). A backend that was asked for and does not work raises
     BackendUnavailableError listing those that do: never a silent fallback, not even per node: on
     ort-cuda and ort-trt one profiled inference at the smallest accepted shape shows where every node
     runs, and a compute node on the CPU fails the session unless ``allow_cpu_fallback=True``; shape
@@ -95,8 +97,10 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     model); ``trt_profile`` ("MIN:OPT:MAX", gap-build's syntax) replaces the profile taken from the
     model's metadata. ``Session.provider_options`` reads back what onnxruntime applied.
 
-    A gap-pack bundle folder loads its dynamic ``model.ort``, or with ``shape=(N, C, H, W)`` the
-    fixed-shape variant made for that shape; ``.ort`` files load like ``.onnx`` ones.
+    A gap-pack bundle folder loads its dynamic model (``model.ort``, ``model.xml``, ``model.param``,
+    ``model.tflite`` or ``model.pte``, each with the SHA-256 model.json lists), or with ``shape=(N, C, H, W)``
+    an ORT bundle's fixed-shape variant made for that shape; ``.ort`` files load like ``.onnx`` ones. ncnn,
+    LiteRT and ExecuTorch files carry no metadata and load only from their bundle.
     """
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"runtime.load needs a path (str or os.PathLike), got {type(path).__name__}.")
