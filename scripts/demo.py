@@ -74,6 +74,15 @@ def main() -> None:
     step("Where each artifact departs from PyTorch, layer by layer, named by the PyTorch module (gap-debug)",
          "gap-debug", ckpt, onnx_path, DEMO / "gapcnn.fp16.onnx", DEMO / "gapcnn.int8.onnx", "--imgsz", "64",
          "--images", DEMO / "heldout", "--json", DEMO / "debug.json", "--plot", DEMO / "debug.png")
+    edge = {"openvino": DEMO / "openvino", "ncnn": DEMO / "ncnn", "litert": DEMO / "litert"}
+    for target, folder in edge.items():
+        shutil.rmtree(folder, ignore_errors=True)  # gap-pack writes a new folder, never over an old one
+        step(f"{target} bundle, run by its own runtime and checked against the FP32 ONNX before it appears (gap-pack)",
+             "gap-pack", onnx_path, "--target", target, "-o", folder,
+             *(["--checkpoint", ckpt] if target == "litert" else []))
+    step("Every target timed in one run against ONNX Runtime, logits compared (gap-bench --compare)",
+         "gap-bench", onnx_path, "--threads", "1", "--shape", "1x3x224x224", "--duration", "1",
+         *[arg for folder in edge.values() for arg in ("--compare", folder)], "--json", DEMO / "bench_edge.json")
     shutil.rmtree(DEMO / "deploy", ignore_errors=True)  # --emit writes a new folder, never over an old one
     step("Which size and precision to deploy: the fastest point at >= 75% top-1 (gap-tune)",
          "gap-tune", f"fp32={onnx_path}", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", f"int8={DEMO / 'gapcnn.int8.onnx'}",
@@ -112,6 +121,10 @@ def summary(seconds: float) -> None:
         print(f"  {name:>5}: " + "  ".join(f"{row[s]['top1']:.0%}".rjust(len(s) + 2) for s in sizes))
     best = max(sizes, key=lambda s: acc["accuracy"]["fp32"][s]["top1"])
     print(f"Best at {best}px (training used 32-96 px); see demo/accuracy.png and the README on why it falls off.")
+    for row in load("bench_edge.json")["results"][1:]:
+        print(f"{row['backend']} at {format_shape(row['shape'])}: {row['latency_vs_first']:.2f}x ONNX Runtime's "
+              f"latency, logits {'match' if row['parity']['passed'] else 'DIFFER'} (relative error "
+              f"{row['parity']['rel_err']:.1e})")
     decision = load("tune.json")["decision"]
     if decision:
         chosen = decision["chosen"]
