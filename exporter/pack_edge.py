@@ -98,14 +98,19 @@ def _example(spec: ArtifactSpec, batch: int, max_side: int = DEFAULT_MAX_SIDE):
     return torch.zeros(batch, spec.channels, side_h, side_w)
 
 
+#: the largest size an unbounded target (ncnn, LiteRT) is checked at, written in model.json ("largest_checked")
+UNBOUNDED_CHECK_SIDE = 640
+
+
 def check_shapes(spec: ArtifactSpec, base: list[Shape], max_side: int | None, max_batch: int | None) -> list[Shape]:
-    """The sweep, plus the largest input a bounded target accepts (its bound is measured, not assumed)."""
+    """The sweep, plus the largest input a bounded target accepts (its bound is measured, not assumed); an
+    unbounded one is checked up to UNBOUNDED_CHECK_SIDE."""
     meta = spec.metadata
     shapes = [(1, spec.channels, meta.min_height, meta.min_width)]  # the smallest the model accepts
     shapes += [s for s in base if (max_side is None or max(s[2], s[3]) <= max_side)
                and s[2] >= meta.min_height and s[3] >= meta.min_width]
-    if max_side is not None:
-        shapes.append((1, spec.channels, max_side, max_side))
+    side = UNBOUNDED_CHECK_SIDE if max_side is None else max_side
+    shapes.append((1, spec.channels, max(side, meta.min_height), max(side, meta.min_width)))
     if max_batch is not None:
         side = max(spec.metadata.min_height, spec.metadata.min_width)
         shapes.append((max_batch, spec.channels, max(side, 32), max(side, 32)))
@@ -406,6 +411,7 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
                         what=target)
         description["device"] = session.device  # e.g. ExecuTorch's planned input, ncnn's FP16 switches
     description["verification"] = report.to_dict()
+    description["accepts"]["largest_checked"] = list(max(shapes, key=lambda x: x[2] * x[3])[2:])
     (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
     (out / "verification.txt").write_text(report.format_table() + "\n")
     return description, report
@@ -544,7 +550,8 @@ def edge_readme(d: dict) -> str:
     return f"""# {d['source']} for {title} ({d['precision']})
 
 Files: {', '.join(f'`{n}`' for n in files)}, `labels.txt`, `model.json`. Accepts N x {d['channels']} x H x W with
-N {span(*accepts['batch'])}, H {span(*accepts['height'])}, W {span(*accepts['width'])}; {checked}.
+N {span(*accepts['batch'])}, H {span(*accepts['height'])}, W {span(*accepts['width'])} (checked up to \
+{'x'.join(map(str, accepts.get('largest_checked', [])))}); {checked}.
 {'Weights and arithmetic are FP16, asked for with --precision fp16.' if d['precision'] == 'fp16' else
  'FP32: gap-pack turned off every FP16 default of the converter and runtime.'}
 

@@ -87,6 +87,9 @@ def test_a_bundle_matches_the_onnx_at_every_size_on_its_own_runtime(bundles, sou
     assert description["target"] == target and description["precision"] == "fp32"
     verification = description["verification"]
     assert verification["passed"] and len(verification["shapes"]) >= 5  # checked before the bundle appeared
+    largest = 640 if target != "executorch" else description["accepts"]["height"][1]
+    assert description["accepts"]["largest_checked"] == [largest, largest]
+    assert [1, 3, largest, largest] in [row["shape"] for row in verification["shapes"]]
     onnx_path = sources[model][0]
     bare = _bare_onnx(onnx_path)
     with runtime.load(bundle) as session:
@@ -214,7 +217,8 @@ def test_executorch_s_planned_range_is_measured_and_enforced(tmp_path, sources):
     onnx_path, ckpt, _ = sources["reference"]
     pack(onnx_path, tmp_path / "b", target="executorch", checkpoint=load_model(ckpt), max_side=96, max_batch=3)
     description = json.loads((tmp_path / "b" / "model.json").read_text())
-    assert description["accepts"] == {"batch": [1, 3], "height": [4, 96], "width": [4, 96]}
+    assert description["accepts"] == {"batch": [1, 3], "height": [4, 96], "width": [4, 96],
+                                      "largest_checked": [96, 96]}
     assert [1, 3, 96, 96] in [row["shape"] for row in description["verification"]["shapes"]]
     bare = _bare_onnx(onnx_path)
     with runtime.load(tmp_path / "b") as session:
