@@ -124,3 +124,33 @@ def test_gap_tune_and_gap_eval_compare_the_openvino_bundle_with_onnx_runtime(tmp
     result = CliRunner().invoke(gap_eval, [f"ort={reference_onnx}", f"ov={tmp_path / 'bundle'}", "--data",
                                            str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
+
+
+def test_a_failed_openvino_inference_does_not_poison_the_next_ones(tmp_path):
+    """Measured with OpenVINO 2026.4.1: SqueezeNet's ceil-mode pools make an inference at 9x9 raise, and then the
+    same compiled model answered later sizes wrongly about one time in four (rel. error up to 0.4). The runner
+    compiles afresh after a failure; eight fail-then-run rounds here would all pass unpoisoned with p ~ 0.1."""
+    import onnxruntime as ort
+    import torch
+
+    import tests.families as fam
+    from gap_deploy.exporter import export_onnx, load_model
+    from gap_deploy.runtime.backends.openvino import OvRunner
+    from gap_deploy.runtime.errors import BackendError
+    from tests.conftest import randomize_batchnorm
+
+    torch.manual_seed(0)
+    module = fam.SqueezeNetish()
+    randomize_batchnorm(module)
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    source = export_onnx(load_model(tmp_path / "m.pt", arch="tests.families:SqueezeNetish"), tmp_path / "m.onnx",
+                         dynamic=True, imgsz=(64, 64)).path
+    pack(source, tmp_path / "b", target="openvino", min_side=31)
+    bare = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 37, 53)).astype(np.float32)
+    want = bare.run(None, {"images": x})[0]
+    for _ in range(8):
+        runner = OvRunner(tmp_path / "b" / "model.xml")
+        with pytest.raises(BackendError, match="compiled again"):
+            runner.infer(np.zeros((1, 3, 9, 9), np.float32))
+        np.testing.assert_allclose(runner.infer(x), want, rtol=1e-4, atol=1e-4)
