@@ -41,9 +41,8 @@ class _EdgeRunner(Runner):
     """What the three share: metadata from the bundle, a lock (one interpreter each), errors said once."""
 
     runtime_name = ""
-    #: the package that runs the model, for ``versions``
+    #: the distribution that runs the model, for ``versions``
     package = ""
-    _version = "unknown"
 
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], threads: int | None):
         self.props = dict(props)
@@ -56,6 +55,12 @@ class _EdgeRunner(Runner):
         self.outputs = (TensorInfo(names[1], np.dtype(np.float32), (None, meta.num_classes)),)
         self._threads = threads
         self._lock = threading.Lock()
+        import importlib.metadata
+
+        try:
+            self._version = importlib.metadata.version(self.package)
+        except importlib.metadata.PackageNotFoundError:
+            self._version = "unknown"
 
     def infer(self, array: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -114,7 +119,7 @@ class NcnnRunner(_EdgeRunner):
                  threads: int | None = None):
         super().__init__(param, props, names, threads)
         ncnn = require("ncnn", purpose="to run ncnn models", hint=NCNN_HINT)
-        self._ncnn, self._version = ncnn, getattr(ncnn, "__version__", "unknown")
+        self._ncnn = ncnn
         self._in, self._out = ncnn_blobs(param)
         net = ncnn.Net()
         fp16 = self.precision == "fp16"
@@ -184,9 +189,6 @@ class LiteRtRunner(_EdgeRunner):
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
                  threads: int | None = None):
         super().__init__(path, props, names, threads)
-        import ai_edge_litert
-
-        self._version = getattr(ai_edge_litert, "__version__", "unknown")
         self._interpreter, self._input, self._output = litert_signature(path, threads)
         signature = [int(d) for d in self._input["shape_signature"]]
         if len(signature) != 4:
@@ -262,9 +264,6 @@ class ExecuTorchRunner(_EdgeRunner):
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
                  threads: int | None = None):
         super().__init__(path, props, names, threads)
-        import executorch
-
-        self._version = getattr(executorch, "__version__", "unknown")
         # an FP16 program (gap-pack --precision fp16) takes and gives float16: the runner converts at its edges
         self._method, self.planned, self.program_dtype = executorch_method(path)
         self.capacity = int(np.prod(self.planned))  # elements the program's input buffer holds
