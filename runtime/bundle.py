@@ -80,7 +80,8 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
     if description.get("target") == "coreml":
         raise ArtifactError(f"bundle {folder} holds a Core ML model, which runs only on Apple's OSes (coremltools' "
                             "predict is macOS only): gap-deploy's runtime cannot run it here.",
-                            hint="on a Mac: follow the bundle's README.md to check it against verification.json.")
+                            hint="on a Mac: the bundle's README.md runs it against check_data.npz (inputs and the "
+                                 "ONNX's logits).")
     files = description["files"]
     runnable = {name: entry for name, entry in files.items() if name.endswith(RUNNABLE_SUFFIXES)}
     if shape is None:
