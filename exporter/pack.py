@@ -191,6 +191,11 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
                          min_width=max(spec.metadata.min_width, min_side))
         spec = replace(spec, metadata=raised)
     meta, channels = spec.metadata, spec.channels
+    if target not in ("ort", "openvino") and meta.precision != "fp32":
+        raise UsageError(f"{source.name} is a {meta.precision} variant; the {target} target converts the FP32 model "
+                         "and judges it against the FP32 ONNX.",
+                         hint=f"pack the FP32 ONNX (with --precision fp16 for an FP16 {target} bundle)."
+                         if target in pack_edge.FP16_TARGETS else "pack the FP32 ONNX.")
     from gap_deploy.runtime.limits import check_memory
 
     for shape in fixed:
@@ -205,11 +210,6 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
         if target == "openvino":
             result = _build_openvino(model, source, staged, spec, precision, log)
         elif target != "ort":
-            if meta.precision != "fp32":
-                raise UsageError(f"{source.name} is a {meta.precision} variant; the {target} target converts the "
-                                 "FP32 model and judges it against the FP32 ONNX.",
-                                 hint=f"pack the FP32 ONNX (with --precision fp16 for an FP16 {target} bundle)."
-                                 if target in pack_edge.FP16_TARGETS else "pack the FP32 ONNX.")
             if checkpoint is not None:
                 _check_source(checkpoint, meta, source, log)
             description, report = pack_edge.build_edge(

@@ -311,23 +311,26 @@ def verify(reference, infer, shapes, tolerance, *, num_classes: int, source: Pat
     report = compare(reference, recording, shapes, tolerance, reference_name=f"source {source.name}",
                      candidate_name=candidate)
     if not report.passed:
-        raise ExportError(f"the {what} model does not match {source.name}; no bundle was written.",
-                          note=recording.note(report), hint=smaller_sizes_hint(report))
+        worst, side = suggested_min_side(report) or (None, None)
+        error = ExportError(f"the {what} model does not match {source.name}; no bundle was written.",
+                            note=recording.note(report), hint=None if side is None else
+                            f"it differs only at sizes up to {worst} pixels: --min-side {side} packs a bundle that "
+                            "refuses smaller images (and is checked from there up).")
+        error.min_side = side  # for callers that retry (scripts/edge_matrix.py)
+        raise error
     return report
 
 
-def smaller_sizes_hint(report: ParityReport) -> str | None:
-    """When only sizes below some that pass fail, the --min-side that packs the rest."""
+def suggested_min_side(report: ParityReport) -> tuple[int, int] | None:
+    """When only sizes below some that pass fail: (the largest failing side, the smallest passing side, the
+    --min-side that packs the rest). None when a failing size is as large as a passing one."""
     failed = [r.shape for r in report.rows if not r.passed]
     passed = [r.shape for r in report.rows if r.passed]
     if not failed or not passed:
         return None
     worst = max(max(s[2], s[3]) for s in failed)
     smallest_good = min(min(s[2], s[3]) for s in passed)
-    if worst >= smallest_good:
-        return None
-    return (f"it differs only at sizes up to {worst} pixels: --min-side {smallest_good} packs a bundle that "
-            f"refuses smaller images (and is checked from there up).")
+    return (worst, smallest_good) if worst < smallest_good else None
 
 
 # --- the bundle -------------------------------------------------------------------------------------------------

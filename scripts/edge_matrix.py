@@ -58,9 +58,9 @@ def cell(target: str, onnx_path: Path, loaded, out: Path) -> dict:
     try:
         result = pack(onnx_path, out, target=target, checkpoint=checkpoint)
     except GapError as exc:
-        if "--min-side" not in (exc.hint or ""):
+        min_side = getattr(exc, "min_side", None)  # set when only the smallest sizes differ
+        if min_side is None:
             return {"ok": False, "why": str(exc).splitlines()[0]}
-        min_side = int(exc.hint.split("--min-side ")[1].split()[0])  # only the smallest sizes differ
         try:
             result = pack(onnx_path, out, target=target, checkpoint=checkpoint, min_side=min_side)
         except GapError as exc2:

@@ -384,9 +384,9 @@ def test_every_family_on_every_target_is_packed_and_checked_or_cleanly_refused(t
         except GapError as exc:
             assert not out.exists() and "Traceback" not in str(exc)
             outcome[target] = "refused"
-            hint = getattr(exc, "hint", None) or ""
-            if "--min-side" in hint:
-                side = int(hint.split("--min-side ")[1].split()[0])
+            side = getattr(exc, "min_side", None)
+            if side is not None:
+                assert f"--min-side {side}" in exc.hint  # the refusal names the fix
                 pack(onnx_path, out, target=target, min_side=side)
                 with runtime.load(out) as session:
                     assert session.metadata.min_height == side
