@@ -2,9 +2,10 @@
 
 The writer knows what a config needs from the ONNX (input/output names, dims, classes, minimum size,
 precision) or the engine manifest (profiles), so the config cannot drift from what was built:
-``max_batch_size`` never above the smallest max batch of the plan's profiles, one instance group per
-profile, dims ``[C, -1, -1]`` for a dynamic model, labels for Triton's classification extension, dynamic
-batching and a warm-up at the profile's opt shape. The python backend (``backend="python"``) serves any
+``max_batch_size`` never above the smallest max batch of the plan's profiles, and 0 (full dims, no batching)
+for a model whose batch is fixed; one instance group listing every profile (each instance holds them all and
+Triton picks one per request by shape); dims ``[C, -1, -1]`` for a dynamic model, labels for Triton's
+classification extension, dynamic batching and a warm-up at profile 0's opt shape. The python backend (``backend="python"``) serves any
 artifact through the gap-deploy runtime, with its input checks and messages.
 
 The checker parses config.pbtxt against Triton's own ModelConfig schema (tritonclient ships
@@ -76,7 +77,18 @@ def classes_of(info: ArtifactSpec) -> int:
 
 
 def max_batch_for(info: ArtifactSpec, wanted: int | None) -> int:
-    """Triton's max_batch_size: never above what every profile (or a static batch) allows."""
+    """Triton's max_batch_size: never above what every profile allows, and 0 for a model whose batch is fixed.
+
+    With ``max_batch_size > 0`` Triton prepends a batch dim of -1 to ``dims`` and its onnxruntime backend
+    requires the model's first dim to be -1 (onnxruntime_backend src/onnxruntime_utils.cc, CompareDimsSupported:
+    "for the model to support batching ... the first dimension must be -1"): a static-batch ONNX (gap-export
+    without --dynamic) is served with ``max_batch_size: 0`` and its full shape in ``dims``."""
+    if info.static_batch:
+        if wanted is not None:
+            raise UsageError(f"{info.path.name} has a fixed batch of {info.static_batch}, so Triton serves it with "
+                             "max_batch_size 0 (no batching); --max-batch does not apply.",
+                             hint="drop --max-batch, or export with gap-export --dynamic to batch requests.")
+        return 0
     limit = info.max_batch
     if wanted is not None and wanted > limit:
         raise UsageError(f"max_batch {wanted} is above what {info.path.name} takes ({limit}).",
@@ -92,7 +104,7 @@ def config_text(info: ArtifactSpec, name: str, options: ServeOptions, filename: 
     python = options.backend == "python"
     kind = options.kind if options.kind != "auto" else ("KIND_CPU" if python else "KIND_GPU")
     max_batch = max_batch_for(info, options.max_batch)
-    dims = config_dims(info)
+    dims = config_dims(info) if max_batch else [info.static_batch, *config_dims(info)]
     lines = [f'name: "{name}"', 'backend: "python"' if python else f'platform: "{platform_of(info)}"',
              f"max_batch_size: {max_batch}"]
     if not python and filename != DEFAULT_FILENAME[platform_of(info)]:
@@ -100,31 +112,36 @@ def config_text(info: ArtifactSpec, name: str, options: ServeOptions, filename: 
     lines += ["input [", f'  {{ name: "{info.input_name}" data_type: TYPE_FP32 dims: {_list(dims)} }}', "]",
               "output [", f'  {{ name: "{info.output_name}" data_type: TYPE_FP32 dims: [ {classes_of(info)} ] '
               f'label_filename: "labels.txt" }}', "]"]
-    groups = [None] if python or not info.profiles else list(range(len(info.profiles)))
-    lines.append("instance_group [")
-    for index, profile in enumerate(groups):
-        gpus = f" gpus: {_list(options.gpus)}" if kind == "KIND_GPU" else ""
-        prof = f' profile: [ "{profile}" ]' if profile is not None else ""
-        comma = "," if index < len(groups) - 1 else ""
-        lines.append(f"  {{ count: {options.count} kind: {kind}{gpus}{prof} }}{comma}")
-    lines.append("]")
+    # One group holding every profile: Triton's scheduler does not route requests by shape, so an instance that
+    # held only some profiles would refuse the shapes of the others (see _check_profiles).
+    gpus = f" gpus: {_list(options.gpus)}" if kind == "KIND_GPU" else ""
+    prof = "" if python or not info.profiles else \
+        " profile: " + _list(f'"{i}"' for i in range(len(info.profiles)))
+    lines += ["instance_group [", f"  {{ count: {options.count} kind: {kind}{gpus}{prof} }}", "]"]
     if options.dynamic_batching and max_batch > 1:
         preferred = options.preferred_batch_sizes or tuple(b for b in (4, 8, 16) if b <= max_batch)
         lines.append(f"dynamic_batching {{ preferred_batch_size: {_list(preferred)} "
                      f"max_queue_delay_microseconds: {options.max_queue_delay_us} }}" if preferred else
                      f"dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}")
     opt = _opt_shape(info)
-    lines += ["model_warmup [", f'  {{ name: "opt {format_shape(opt)}" batch_size: {opt[0]} inputs {{ key: '
-              f'"{info.input_name}" value {{ data_type: TYPE_FP32 dims: {_list(opt[1:])} random_data: true }} }} }}',
+    # without batching, a warm-up's dims are the full shape and its batch_size 1 (model_config.proto, ModelWarmup)
+    warm_batch, warm_dims = (opt[0], opt[1:]) if max_batch else (1, opt)
+    lines += ["model_warmup [", f'  {{ name: "opt {format_shape(opt)}" batch_size: {warm_batch} inputs {{ key: '
+              f'"{info.input_name}" value {{ data_type: TYPE_FP32 dims: {_list(warm_dims)} random_data: true }} }} }}',
               "]"]
     if options.ort_tensorrt and platform_of(info) == "onnxruntime_onnx" and not python:
         from gap_deploy.runtime.backends.onnxrt import trt_profile_options
 
-        precision = {"fp16": "FP16", "int8": "INT8"}.get(info.metadata.precision, "FP32")
-        params = {"precision_mode": precision, "trt_engine_cache_enable": "1", **trt_profile_options(info)}
+        # No precision_mode: Triton maps FP16/INT8 to trt_fp16_enable/trt_int8_enable (onnxruntime_backend
+        # src/onnxruntime.cc), which makes ONNX Runtime's TensorRT EP build a weakly typed network that may run in
+        # FP16 the layers gap-deploy verified in FP32. Left at its default, the EP obeys the ONNX's own types (its
+        # casts and Q/DQ nodes), as gap-deploy's ort-trt backend does.
+        params = {"trt_engine_cache_enable": "1", **trt_profile_options(info)}
         body = " ".join(f'parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items())
         lines.append(f'optimization {{ execution_accelerators {{ gpu_execution_accelerator: [ {{ name: "tensorrt" '
                      f"{body} }} ] }} }}")
+    if not python and _version_compatible(info):
+        lines.insert(0, f"# {VC_NOTE}")
     # The model's gap.* metadata (normalization, minimum size, classes) rides along, so a client such as
     # gap-run --server can preprocess exactly as gap-run does without a copy of the model.
     params = dict(info.metadata.to_props())
@@ -133,6 +150,25 @@ def config_text(info: ArtifactSpec, name: str, options: ServeOptions, filename: 
     lines += [f'parameters {{ key: {json.dumps(k)} value {{ string_value: {json.dumps(v)} }} }}'
               for k, v in params.items() if k.startswith("gap.") or python]
     return "\n".join(lines) + "\n"
+
+
+#: Triton's TensorRT backend refuses version-compatible plans unless the server is told otherwise
+#: (tensorrt_backend README, "Command line options": version-compatible; src/loader.cc)
+VC_NOTE = ("a version-compatible plan: start tritonserver with --backend-config=tensorrt,version-compatible=true, "
+           "or Triton's TensorRT backend refuses to load it.")
+
+
+def _version_compatible(info: ArtifactSpec) -> bool:
+    from gap_deploy.runtime.manifest import EngineManifest
+
+    if info.path is None or platform_of(info) != "tensorrt_plan" or not manifest_path(info.path).is_file():
+        return False
+    return bool(EngineManifest.read(info.path).version_compatible)
+
+
+def notes_for(info: ArtifactSpec) -> list[str]:
+    """What a server operator must know about this artifact beyond its config (printed by gap-triton)."""
+    return [VC_NOTE] if _version_compatible(info) else []
 
 
 def _opt_shape(info: ArtifactSpec) -> tuple:
@@ -287,7 +323,9 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
     if config.name and config.name != model:
         add("name", config.name, f"folder name {model!r}", f'name: "{model}"')
     # by number, as Triton orders them (it serves the highest): as strings, "10" would sort before "2"
-    versions = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    # ASCII digits only: Python's isdigit() also takes "١" or "²", which Triton does not read as a version
+    versions = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()),
+                      key=lambda p: int(p.name))
     if not versions:
         add("layout", "no numbered version folder", "VERSION/model file", "put the model in 1/")
         return problems
@@ -355,29 +393,82 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
                 count = len([line for line in _read_text(labels, "labels file").splitlines() if line.strip()])
                 if count != classes_of(info):
                     add("labels", f"{count} labels", f"{classes_of(info)} classes", "one label per class, in order")
-    limit = info.static_batch or (min(p.max[0] for p in info.profiles) if info.profiles else None)
-    if limit is not None and config.max_batch_size > limit:
+    if info.static_batch and config.max_batch_size > 0:
+        # onnxruntime_backend src/onnxruntime_utils.cc, CompareDimsSupported: with max_batch_size > 0 "the first
+        # dimension must be -1"; the backend refuses to load a model whose batch is fixed
+        add("max_batch_size", config.max_batch_size,
+            f"a fixed batch of {info.static_batch} (Triton's rule: max_batch_size > 0 needs a first dim of -1)",
+            "max_batch_size: 0 with the full shape in dims, or export with gap-export --dynamic")
+    elif info.profiles and config.max_batch_size > min(p.max[0] for p in info.profiles):
+        limit = min(p.max[0] for p in info.profiles)
         add("max_batch_size", config.max_batch_size, f"at most {limit} (the smallest profile max batch)",
             f"max_batch_size: {limit}")
     if info.profiles:
-        for group in config.instance_group:
-            for profile in group.profile:
-                if not profile.isdigit() or int(profile) >= len(info.profiles):
-                    add("instance_group.profile", profile, f"0..{len(info.profiles) - 1}", "name existing profiles")
+        _check_profiles(config, info, add)
     if config.HasField("dynamic_batching") and config.max_batch_size:
         bad = [b for b in config.dynamic_batching.preferred_batch_size if b > config.max_batch_size]
         if bad:
             add("dynamic_batching.preferred_batch_size", bad, f"<= max_batch_size {config.max_batch_size}",
                 "drop the larger sizes")
     for warm in config.model_warmup:
-        if warm.batch_size > max(config.max_batch_size, 1):
-            add("model_warmup.batch_size", warm.batch_size, f"<= {config.max_batch_size}", "lower it")
-        for key, value in warm.inputs.items():
-            if key != info.input_name:
-                add("model_warmup.inputs", key, info.input_name, f'key: "{info.input_name}"')
-            elif info.metadata.min_height and list(value.dims)[1:2] and list(value.dims)[1] < info.metadata.min_height:
-                add("model_warmup.dims", list(value.dims), f"height >= {info.metadata.min_height}", "warm up larger")
+        _check_warmup(config, warm, info, add)
     return problems
+
+
+def _check_profiles(config, info: ArtifactSpec, add) -> None:
+    """Every instance group of a multi-profile plan must hold every profile.
+
+    model_config.proto (ModelInstanceGroup.profile): the profiles listed are those "available to this instance
+    group", Triton "will choose the optimal profile based on the shapes of the input tensors" among them, and
+    with none listed "the server will select the first optimization profile". The scheduler does not pick an
+    instance by shape, so a group holding only some profiles refuses the shapes of the others
+    (tensorrt_backend src/tensorrt_utils.cc, ValidateDimension: "model expected the shape of dimension ...
+    to be between min and max")."""
+    count = len(info.profiles)
+    everything = [str(i) for i in range(count)]
+    for index, group in enumerate(config.instance_group):
+        listed = list(group.profile)
+        bad = [p for p in listed if not (p.isascii() and p.isdigit()) or int(p) >= count]
+        if bad:
+            add("instance_group.profile", ", ".join(bad), f"0..{count - 1}", "name existing profiles")
+            continue
+        if count > 1 and sorted(set(listed or ["0"]), key=int) != everything:
+            add(f"instance_group[{index}].profile", f"[{', '.join(listed) or 'none: profile 0 only'}]",
+                f"{count} profiles, every one needed on every instance (Triton does not route requests to an "
+                "instance by shape)", "one group with profile: " + _list(f'"{p}"' for p in everything))
+
+
+def _warmup_shape(config, warm) -> list[int] | None:
+    for value in warm.inputs.values():
+        dims = [int(d) for d in value.dims]
+        return [max(warm.batch_size, 1), *dims] if config.max_batch_size > 0 else dims
+    return None
+
+
+def _check_warmup(config, warm, info: ArtifactSpec, add) -> None:
+    """A warm-up sample the model cannot run fails the instance's initialization, and with it the load (core
+    src/backend_model_instance.cc, TritonModelInstance::WarmUp: "failed to run warmup sample")."""
+    if warm.batch_size > max(config.max_batch_size, 1):
+        add("model_warmup.batch_size", warm.batch_size, f"<= {max(config.max_batch_size, 1)}", "lower it")
+    for key in warm.inputs:
+        if key != info.input_name:
+            add("model_warmup.inputs", key, info.input_name, f'key: "{info.input_name}"')
+            return
+    shape = _warmup_shape(config, warm)
+    if shape is None:
+        return
+    if len(shape) != 4:
+        add("model_warmup.dims", shape[1:] if config.max_batch_size > 0 else shape,
+            "C, H, W (with max_batch_size 0: N, C, H, W)", "give the warm-up the input's dims")
+        return
+    if info.profiles:
+        if not any(all(lo <= s <= hi for s, lo, hi in zip(shape, p.min, p.max)) for p in info.profiles):
+            ranges = "; ".join(f"{format_shape(p.min)} to {format_shape(p.max)}" for p in info.profiles)
+            add("model_warmup", f"shape {format_shape(shape)}", f"a shape inside a profile ({ranges}); a warm-up "
+                "outside every profile fails the model's load", "warm up at a profile's opt shape")
+    elif info.metadata.min_height and (shape[2] < info.metadata.min_height or shape[3] < info.metadata.min_width):
+        add("model_warmup.dims", f"shape {format_shape(shape)}",
+            f"at least {info.metadata.min_height}x{info.metadata.min_width}", "warm up larger")
 
 
 def check_repository(repo: str | os.PathLike) -> tuple[list[str], list[Problem]]:

@@ -31,7 +31,7 @@ from gap_deploy.runtime.cli.common import fail, gap_command, info, report_errors
 @click.option("--max-queue-delay-us", default=1000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="How long the dynamic batcher waits to fill a batch.")
 @click.option("--ort-tensorrt", is_flag=True, help="ONNX on GPU: ONNX Runtime's TensorRT accelerator, with the "
-              "model's profile, engine cache on, precision from the model.")
+              "model's profile and engine cache on; the precision is the ONNX's own (no precision_mode).")
 @click.option("--python-path", "python_paths", multiple=True, metavar="DIR",
               help="--backend python: folders the Triton python stub must import from (it ignores PYTHONPATH); "
                    "not needed where gap-deploy is installed for the stub's Python.")
@@ -45,7 +45,7 @@ def main(artifacts, repo, check_repo, name, version, backend, kind, count, gpus,
         gap-triton model.onnx --backend python -o repo/
         gap-triton --check repo/
     """
-    from gap_deploy.exporter.triton import ServeOptions, check_repository, write_repository
+    from gap_deploy.exporter.triton import ServeOptions, check_repository, notes_for, read_artifact, write_repository
 
     if check_repo is not None:
         models, problems = check_repository(check_repo)
@@ -65,6 +65,8 @@ def main(artifacts, repo, check_repo, name, version, backend, kind, count, gpus,
                            max_batch=max_batch, dynamic_batching=dynamic_batching,
                            preferred_batch_sizes=tuple(preferred), max_queue_delay_us=max_queue_delay_us,
                            ort_tensorrt=ort_tensorrt, python_paths=tuple(str(Path(p).resolve()) for p in python_paths))
-    for folder in write_repository(artifacts, repo, options):
+    for artifact, folder in zip(artifacts, write_repository(artifacts, repo, options)):
         info(f"Wrote {folder} (config.pbtxt, labels.txt, {version}/)")
         click.echo((folder / "config.pbtxt").read_text())
+        for note in notes_for(read_artifact(artifact)) if backend != "python" else ():
+            info(f"Note: {folder.name} is {note}")

@@ -61,7 +61,7 @@ def test_plan_repository_follows_the_profiles(tmp_path, fp16_plan):
     write_repository([fp16_plan], repo, ServeOptions(name="gap_fp16"))
     parsed = parse_config(config(repo, "gap_fp16"), "config")
     assert parsed.platform == "tensorrt_plan" and parsed.max_batch_size == 4  # the smaller profile max batch
-    assert [list(g.profile) for g in parsed.instance_group] == [["0"], ["1"]]  # one group per profile
+    assert [list(g.profile) for g in parsed.instance_group] == [["0", "1"]]  # one group holding every profile
     warmup = parsed.model_warmup[0]
     assert warmup.batch_size == 1 and list(warmup.inputs["images"].dims) == [3, 224, 224]  # the opt shape
     assert check_repository(repo)[1] == []
@@ -88,7 +88,7 @@ BROKEN = [
     ("dims: [ 10 ]", "dims: [ 1000 ]", "output.dims: config says [1000]", "onnx"),
     ('name: "logits"', 'name: "output0"', "output.name: config says output0", "onnx"),
     ('platform: "onnxruntime_onnx"', 'platform: "tensorrt_plan"', "platform: config says tensorrt_plan", "onnx"),
-    ('profile: [ "1" ]', 'profile: [ "7" ]', "instance_group.profile: config says 7", "plan"),
+    ('profile: [ "0", "1" ]', 'profile: [ "0", "7" ]', "instance_group.profile: config says 7", "plan"),
     ('name: "gapcnn"', 'name: "other"', "name: config says other", "onnx"),
     ("preferred_batch_size: [ 4, 8, 16 ]", "preferred_batch_size: [ 4, 32 ]",
      "dynamic_batching.preferred_batch_size: config says [32]", "onnx"),
@@ -219,3 +219,112 @@ def test_a_foreign_python_model_is_not_reported_as_checked(tmp_path, reference_o
     (repo / "gapcnn" / "1" / "model.py").write_text("import os\n")
     problems = check_repository(repo)[1]
     assert any("not gap-deploy's (not checked" in str(p) for p in problems)
+
+
+# ---- Triton's own load-time rules (gpu-review-4 D1, D2, L1; each failed before the fix) ---------------------
+
+@pytest.fixture(scope="module")
+def static_onnx(tmp_path_factory, reference_ckpt):
+    """gap-export's default: batch, height and width fixed (no --dynamic)."""
+    from gap_deploy.exporter import export_onnx, load_model
+
+    out = tmp_path_factory.mktemp("static") / "static.onnx"
+    export_onnx(load_model(reference_ckpt), out, dynamic=False, imgsz=(64, 48))
+    return out
+
+
+def test_a_static_batch_onnx_is_served_without_batching(tmp_path, static_onnx):
+    """onnxruntime_backend src/onnxruntime_utils.cc, CompareDimsSupported: with max_batch_size > 0 "the first
+    dimension must be -1", so a [1, 3, 64, 48] model under max_batch_size 1 does not load. Failed before: gap-triton
+    wrote max_batch_size 1 with dims [3, 64, 48] and --check passed it."""
+    repo = tmp_path / "repo"
+    write_repository([static_onnx], repo)
+    parsed = parse_config(config(repo, "static"), "config")
+    assert parsed.max_batch_size == 0 and list(parsed.input[0].dims) == [1, 3, 64, 48]
+    assert not parsed.HasField("dynamic_batching")
+    warm = parsed.model_warmup[0]
+    assert warm.batch_size == 1 and list(warm.inputs["images"].dims) == [1, 3, 64, 48]
+    assert check_repository(repo) == (["static"], [])
+    path = repo / "static" / "config.pbtxt"
+    text = path.read_text()
+    path.write_text(text.replace("max_batch_size: 0", "max_batch_size: 1").replace("dims: [ 1, 3, 64, 48 ]",
+                                                                                   "dims: [ 3, 64, 48 ]"))
+    result = CliRunner().invoke(main, ["--check", str(repo)])
+    assert_clean_failure(result, "max_batch_size: config says 1", "first dim of -1", "max_batch_size: 0")
+    with pytest.raises(UsageError, match="fixed batch of 1"):
+        write_repository([static_onnx], tmp_path / "other", ServeOptions(max_batch=4))
+
+
+PER_PROFILE = """instance_group [
+  { count: 1 kind: KIND_GPU gpus: [ 0 ] profile: [ "0" ] },
+  { count: 1 kind: KIND_GPU gpus: [ 0 ] profile: [ "1" ] }
+]"""
+
+
+@pytest.mark.parametrize("layout, listed", [(PER_PROFILE, "[0]"),
+                                            ("instance_group [ { count: 2 kind: KIND_GPU } ]", "[none: profile 0 only]")])
+def test_a_group_without_every_profile_is_refused(tmp_path, fp16_plan, layout, listed):
+    """model_config.proto, ModelInstanceGroup.profile: Triton picks among the profiles of the instance's own group
+    (profile 0 when none is listed) and does not route requests by shape. Failed before: gap-triton wrote one group
+    per profile, and --check passed that layout."""
+    repo = tmp_path / "repo"
+    write_repository([fp16_plan], repo, ServeOptions(name="m"))
+    path = repo / "m" / "config.pbtxt"
+    text = path.read_text()
+    start, end = text.index("instance_group ["), text.index("]\n", text.index("instance_group [")) + 2
+    path.write_text(text[:start] + layout + "\n" + text[end:])
+    result = CliRunner().invoke(main, ["--check", str(repo)])
+    assert_clean_failure(result, "instance_group[0].profile: config says " + listed,
+                         "Triton does not route requests to an instance by shape", 'profile: [ "0", "1" ]')
+
+
+def test_a_warm_up_outside_every_profile_is_refused(tmp_path, fp16_plan):
+    """core src/backend_model_instance.cc, TritonModelInstance::WarmUp: a failed warm-up sample fails the
+    instance, so the load. Failed before: only the warm-up's height against the model's minimum was checked."""
+    repo = tmp_path / "repo"
+    write_repository([fp16_plan], repo, ServeOptions(name="m"))
+    path = repo / "m" / "config.pbtxt"
+    path.write_text(path.read_text().replace("dims: [ 3, 224, 224 ]", "dims: [ 3, 600, 224 ]"))
+    result = CliRunner().invoke(main, ["--check", str(repo)])
+    assert_clean_failure(result, "model_warmup: config says shape 1x3x600x224", "a warm-up outside every profile")
+
+
+def test_the_ort_tensorrt_accelerator_keeps_the_onnx_s_own_precision(tmp_path, reference_onnx):
+    """onnxruntime_backend maps precision_mode FP16/INT8 to trt_fp16_enable/trt_int8_enable, which makes ONNX
+    Runtime's TensorRT EP build a weakly typed network. Failed before: an FP16 model got precision_mode FP16."""
+    import onnx
+
+    model = onnx.load(str(reference_onnx))
+    for prop in model.metadata_props:
+        if prop.key == "gap.precision":
+            prop.value = "fp16"
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    repo = tmp_path / "repo"
+    write_repository([path], repo, ServeOptions(ort_tensorrt=True))
+    accelerator = parse_config(config(repo, "m"), "config").optimization.execution_accelerators
+    params = accelerator.gpu_execution_accelerator[0].parameters
+    assert "precision_mode" not in params and params["trt_engine_cache_enable"] == "1"
+
+
+def test_a_version_compatible_plan_says_what_tritonserver_needs(tmp_path, fp16_plan):
+    """tensorrt_backend README: version-compatible plans load only with
+    --backend-config=tensorrt,version-compatible=true."""
+    manifest = EngineManifest.read(fp16_plan)
+    import dataclasses
+
+    dataclasses.replace(manifest, version_compatible=True).write(fp16_plan)
+    result = CliRunner().invoke(main, [str(fp16_plan), "-o", str(tmp_path / "repo"), "--name", "vc"])
+    assert result.exit_code == 0, result.output
+    assert "--backend-config=tensorrt,version-compatible=true" in result.output
+    assert (tmp_path / "repo" / "vc" / "config.pbtxt").read_text().startswith("# a version-compatible plan")
+    assert check_repository(tmp_path / "repo")[1] == []
+
+
+def test_a_version_folder_of_non_ascii_digits_is_not_a_version(tmp_path, reference_onnx):
+    """Failed before: "١" passed str.isdigit(), so --check read it as a version Triton serves."""
+    repo = tmp_path / "repo"
+    write_repository([reference_onnx], repo)
+    (repo / "gapcnn" / "1").rename(repo / "gapcnn" / "١")
+    _, problems = check_repository(repo)
+    assert any("no numbered version folder" in str(p) for p in problems)
