@@ -222,7 +222,11 @@ def create_config(parsed: ParsedNetwork, input_name: str, profiles: Sequence[Pro
     for profile in profiles:
         p = builder.create_optimization_profile()
         p.set_shape(input_name, profile.min, profile.opt, profile.max)
-        cfg.add_optimization_profile(p)
+        # -1 for a profile TensorRT finds invalid (NvInfer.h, IBuilderConfig::addOptimizationProfile): said here,
+        # not as a failed build later
+        if cfg.add_optimization_profile(p) < 0:
+            raise BuildError(f"TensorRT refused the optimization profile {profile} for input '{input_name}'.",
+                             hint="each of min <= opt <= max, per axis, within the model's fixed dims.")
     cache_bytes = b""
     if config.timing_cache and Path(config.timing_cache).is_file():
         cache_bytes = Path(config.timing_cache).read_bytes()

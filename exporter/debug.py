@@ -398,7 +398,10 @@ def debug_engine(module: nn.Module, reference: onnx.ModelProto, source: onnx.Mod
                     tensors[tensor.name] = tensor
             marked = [layer for layer in part if layer.output in tensors and layer.path]
             for output in dict.fromkeys(layer.output for layer in marked):  # a block and its last child share one
-                network.mark_output(tensors[output])
+                # the graph's own output is marked already by the parser: TensorRT reports marking it again as an
+                # API error (NvInfer.h gives markOutput no idempotency; Polygraphy unmarks before it marks)
+                if not tensors[output].is_network_output:
+                    network.mark_output(tensors[output])
             cfg = create_config(parsed, spec.input_name, profiles, config, log)
             plan = Path(work) / f"chunk{start}.plan"
             plan.write_bytes(build_plan(parsed, cfg, onnx_path))

@@ -90,6 +90,19 @@ def engine_source(plan: Path) -> Path:
                      "SHA-256 its manifest records).", hint="put the model the plan was built from next to it.")
 
 
+def plan_tf32(manifest) -> bool:
+    """Whether the deployed plan let FP32 layers compute in TF32: the manifest's record, and for a manifest written
+    before gap-deploy recorded it (``tf32`` None) TensorRT's default, which is on (NvInfer.h, BuilderFlag::kTF32:
+    "Enabled by default"). Only an explicit False means off."""
+    return manifest.tf32 is not False
+
+
+def plan_tolerance(manifest) -> float:
+    """The per-layer tolerance for a plan: TF32's for an FP32 plan that computed in TF32."""
+    key = "tf32" if manifest.precision == "fp32" and plan_tf32(manifest) else manifest.precision
+    return LAYER_TOLERANCE.get(key, 1e-2)
+
+
 def _debug_plan(job: DebugJob, plan: Path, loaded, reference, inputs, log):
     """A plan: rebuilt from its ONNX (found by SHA-256) per chunk with that chunk's tensors marked as outputs,
     with the manifest's profiles and TF32 setting."""
@@ -105,8 +118,8 @@ def _debug_plan(job: DebugJob, plan: Path, loaded, reference, inputs, log):
     manifest = EngineManifest.read(plan)
     source = engine_source(plan)
     profiles = tuple(Profile(*(tuple(v) for v in next(iter(p.values())))) for p in manifest.profiles)
-    config = BuildConfig(profiles=profiles, tf32=bool(manifest.tf32), hardware_compat=manifest.hardware_compatibility)
-    tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(manifest.precision, 1e-2)
+    config = BuildConfig(profiles=profiles, tf32=plan_tf32(manifest), hardware_compat=manifest.hardware_compatibility)
+    tolerance = job.tolerance if job.tolerance is not None else plan_tolerance(manifest)
     log(f"Comparing {plan} (TensorRT, {manifest.precision}, from {source.name}) with PyTorch, {job.chunk} layer(s) "
         "per build ...")
     return debug_engine(loaded.module, reference, onnx.load(str(source)), str(plan), inputs, config, trt=trt,

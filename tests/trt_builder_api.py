@@ -46,6 +46,7 @@ class ILayer:
 
 class ITensor:
     name = ""
+    is_network_output = False  # ITensor.is_network_output (pyGraph.cpp): True for the parser's graph outputs
 
 
 class IBuilderConfig:
@@ -154,6 +155,14 @@ class FakeBuild:
         self.config.create_timing_cache.return_value = self.cache
         self.config.get_timing_cache.return_value = self.cache
         self.config.set_timing_cache.return_value = True
+        # addOptimizationProfile returns the new profile's index, or -1 for an invalid profile (NvInfer.h,
+        # IBuilderConfig::addOptimizationProfile); ``invalid_profile`` makes it refuse
+        self.invalid_profile = False
+        self.config.add_optimization_profile.side_effect = self._add_profile
+        # markOutput on a tensor that is already an output is an API error in TensorRT ("Tensor ... is already set
+        # as an output", logged by TensorRT; Polygraphy unmarks every output before marking, polygraphy/backend/trt/
+        # util.py mark_outputs): the double raises, so code that does it fails here as its log fails on a GPU
+        self.network.mark_output.side_effect = self._mark_output
         self.parser.parse_from_file.return_value = True
         kwargs = {"compute": compute} if compute else {}
         if profiles:
@@ -174,6 +183,18 @@ class FakeBuild:
             NetworkDefinitionCreationFlag=NetworkFlags11 if major >= 11 else NetworkFlags10,
             Builder=mock.Mock(return_value=self.builder), OnnxParser=mock.Mock(return_value=self.parser),
             Runtime=mock.Mock(return_value=self.runtime))
+
+    def _add_profile(self, profile) -> int:
+        if self.invalid_profile:
+            return -1
+        self._added = getattr(self, "_added", 0) + 1
+        return self._added - 1
+
+    @staticmethod
+    def _mark_output(tensor) -> None:
+        if tensor.is_network_output:
+            raise RuntimeError(f"TensorRT API error: tensor {tensor.name} is already set as an output")
+        tensor.is_network_output = True
 
     def _profile(self):
         profile = strict(trt.IOptimizationProfile, instance=True)

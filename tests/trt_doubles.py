@@ -132,6 +132,7 @@ class FakeDevice:
         rt.cudaEventElapsedTime.side_effect = lambda a, b: (OK, self.event_times[_key(b)] - self.event_times[_key(a)])
         # Capture records the enqueued work instead of running it; a launch replays it, as CUDA graphs do.
         self.capturing: list | None = None
+        self.pending_at_capture: list[bool] = []
         self.graphs: dict[int, list] = {}
         self.broken_replay = False  # a replay that computes nothing (to prove the replay check can fail)
         self.failing_capture = False  # cudaStreamEndCapture reports an invalidated capture
@@ -150,6 +151,9 @@ class FakeDevice:
         return (err,)
 
     def _begin_capture(self, stream, mode):
+        # CUDA allows a capture to begin with work still queued; trtexec and Triton synchronize first, and
+        # this records whether the caller did (True: the stream still had unfinished work)
+        self.pending_at_capture.append(self.tails.get(_key(stream), 0.0) > self.host)
         self.capturing = []
         return (OK,)
 
@@ -297,6 +301,10 @@ def make_engine(profiles=PROFILES, compute=expected_logits, device: FakeDevice |
     def execute(stream):
         if not isinstance(stream, int):
             raise TypeError(f"stream_handle must be an int, got {type(stream).__name__}")
+        # NvInferRuntime.h, IExecutionContext::enqueueV3: "each input must have a non-null address and each output
+        # must have a non-null address or an IOutputAllocator"; it returns false otherwise
+        if any(not state["addr"].get(n) for n in names):
+            return False
         shape, addr, epoch = state["shape"], dict(state["addr"]), state["epoch"]  # what the kernels get
 
         def work(handle, enqueue_ms):

@@ -109,6 +109,7 @@ class TrtRunner(Runner):
         # guide ("CUDA Graphs") requires a recapture when the shapes or the profile change, so A -> B -> A
         # captures A again instead of replaying a graph made before B ran.
         self._graph: tuple | None = None  # (key, graph, graph_exec)
+        self._set_on_context: tuple | None = None  # (profile, shape) last set on the context: a change drops graphs
         #: why the last CUDA-graph capture failed (the run then went on without a graph); None when it did not
         self.graph_failure: str | None = None
         self._failed_key: tuple | None = None
@@ -148,7 +149,15 @@ class TrtRunner(Runner):
         if with_profiles:
             profiles = tuple(tuple(tuple(int(v) for v in s) for s in engine.get_tensor_profile_shape(name, p))
                              for p in range(engine.num_optimization_profiles))
-        return TensorInfo(name, np.dtype(trt.nptype(engine.get_tensor_dtype(name))), shape, profiles)
+        dtype = engine.get_tensor_dtype(name)
+        try:
+            numpy_type = np.dtype(trt.nptype(dtype))
+        except TypeError:  # nptype maps float32/16, int8/32/64, bool and uint8 only (BF16, FP8, INT4 raise)
+            raise ArtifactError(f"engine tensor '{name}' has data type {getattr(dtype, 'name', dtype)}, which has no "
+                                "NumPy equivalent, so gap-deploy cannot feed or read it.",
+                                hint="build the engine from an ONNX whose input and output are float32 or float16 "
+                                     "(gap-export's variants are).") from None
+        return TensorInfo(name, numpy_type, shape, profiles)
 
     def _profile_for(self, shape) -> int:
         for index, (lo, _, hi) in enumerate(self.inputs[0].profiles):
@@ -172,10 +181,16 @@ class TrtRunner(Runner):
             if switched is False:
                 raise BackendError(f"TensorRT refused to switch to optimization profile {profile}.")
             self._active_profile = profile
+        if (profile, tuple(array.shape)) != self._set_on_context:
+            # the code's rule (TensorRT's developer guide, "CUDA Graphs": recapture after the shapes or the profile
+            # change): a graph captured before this change is not replayed after it, even for its own shape
+            self._drop_graphs()
+            self._set_on_context = None
         if not ctx.set_input_shape(self._in_name, tuple(array.shape)):
             raise BackendError(f"TensorRT refused input shape {tuple(array.shape)} for '{self._in_name}', which "
                                f"lies inside profile {profile}.", note="the engine and its profiles disagree.",
                                hint="rebuild the engine with gap-build.")
+        self._set_on_context = (profile, tuple(array.shape))
         out_shape = tuple(int(d) for d in ctx.get_tensor_shape(self._out_name))
         out_bytes = int(np.prod(out_shape)) * self._out_dtype.itemsize
         for buffer, nbytes in ((self._in_buf, array.nbytes), (self._out_buf, out_bytes),
@@ -360,6 +375,9 @@ class TrtRunner(Runner):
         self._drop_graphs()
         cuda = self._cuda
         self._enqueue()  # TensorRT must run once after a shape change before it can be captured
+        # and that run must be finished before the capture begins, as trtexec (sampleInference.cpp, stream.synchronize
+        # before beginCapture) and Triton's TensorRT backend (instance_state.cc) do
+        cuda.synchronize(self._stream)
         graph = None
         try:
             cuda.begin_capture(self._stream)

@@ -71,6 +71,17 @@ def test_several_profiles(tmp_path, reference_onnx, cuda):
     assert fake.config.add_optimization_profile.call_count == 2
 
 
+def test_a_profile_tensorrt_refuses_is_said_before_the_build(tmp_path, reference_onnx, cuda):
+    """IBuilderConfig::addOptimizationProfile returns -1 for an invalid profile (NvInfer.h). Failed before
+    (gpu-review-4, risk 10): the -1 was ignored and the build went on to fail later, less directly."""
+    fake = FakeBuild()
+    fake.invalid_profile = True
+    with pytest.raises(BuildError, match="TensorRT refused the optimization profile"):
+        build_engine(reference_onnx, tmp_path / "m.plan", trt=fake.module, cuda=cuda)
+    fake.builder.build_serialized_network.assert_not_called()
+    assert not list(tmp_path.iterdir())
+
+
 def test_timing_cache_round_trip(tmp_path, reference_onnx, cuda):
     cache = tmp_path / "timing.cache"
     fake = FakeBuild()

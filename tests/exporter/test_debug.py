@@ -291,8 +291,11 @@ def test_a_plan_is_rebuilt_per_chunk_with_marked_outputs_and_names_the_planted_f
         double.name, double.num_outputs = faulty.graph.node[index].name, 1
         tensor = stub(ITensor)
         tensor.name = faulty.graph.node[index].output[0]
+        tensor.is_network_output = tensor.name in outputs  # the parser marks the graph's own outputs
         double.get_output.side_effect = lambda j: tensor
         return double
+
+    outputs = {o.name for o in faulty.graph.output}
 
     fake.network.num_layers = len(faulty.graph.node)
     fake.network.get_layer.side_effect = layer
@@ -302,7 +305,8 @@ def test_a_plan_is_rebuilt_per_chunk_with_marked_outputs_and_names_the_planted_f
     assert report.first_over.layer.path == "conv2.0" and report.note == FUSION_NOTE
     marked = [c.args[0].name for c in fake.network.mark_output.call_args_list]
     compared = [r.layer.output for r in report.layers if r.layer.path]
-    assert set(marked) == set(compared)  # every compared layer's tensor marked, in its chunk's build
+    assert "logits" in compared and "logits" not in marked  # the graph output is never marked again
+    assert set(marked) == set(compared) - outputs  # every other compared layer's tensor marked, in its chunk's build
     assert len(marked) <= len(compared)  # a tensor a block shares with its last child is marked once per build
     builds = fake.builder.build_serialized_network.call_count
     assert builds == -(-len(compared) // 4) >= 3  # one engine per chunk of 4
@@ -328,3 +332,16 @@ def test_a_plan_s_onnx_is_found_beside_it_by_its_sha256(tmp_path, reference_onnx
     (tmp_path / "m.onnx").write_bytes(b"changed")
     with pytest.raises(UsageError, match="is not beside it"):
         engine_source(tmp_path / "m.plan")
+
+
+@pytest.mark.parametrize("recorded, tf32, tolerance", [(None, True, 1e-2), (True, True, 1e-2), (False, False, 1e-4)])
+def test_a_plan_is_rebuilt_with_the_tf32_setting_it_ran_with(recorded, tf32, tolerance):
+    """A manifest written before gap-deploy recorded TF32 (tf32 None) describes an engine built with TensorRT's
+    default, TF32 on (NvInfer.h, BuilderFlag::kTF32: "Enabled by default"). Failed before (gpu-review-4 D3):
+    bool(None) rebuilt it with TF32 off and judged it with the FP32 tolerance, so not the deployed engine."""
+    from gap_deploy.exporter.debug_run import plan_tf32, plan_tolerance
+    from gap_deploy.runtime.manifest import EngineManifest
+
+    manifest = EngineManifest(tensorrt_version="10.8.0", gpu_name="NVIDIA H100", compute_capability="9.0",
+                              precision="fp32", plan_sha256="0" * 64, onnx_sha256="0" * 64, profiles=[], tf32=recorded)
+    assert plan_tf32(manifest) is tf32 and plan_tolerance(manifest) == tolerance

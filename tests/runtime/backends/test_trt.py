@@ -499,3 +499,52 @@ def test_a_signing_key_others_can_write_grants_nothing(tmp_path, device, monkeyp
     module, _ = make_trt(engine)
     with pytest.raises(UntrustedCodeError, match="can be written by other users"):
         TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+
+
+# ---- gpu-review-4: L3, the capture's sync, nptype, and the doubles that now refuse what TensorRT refuses ------
+
+def test_a_graph_is_recaptured_after_a_normal_run_of_another_shape(tmp_path, device):
+    """The runner's own rule (TensorRT's developer guide, "CUDA Graphs"): recapture after a shape or profile change.
+    Failed before (gpu-review-4 L3): graph(A) -> a normal run of B (smaller, so no buffer moved) -> graph(A)
+    replayed A's graph without recapturing, and the double's stale work gave NaN."""
+    runner, *_ = open_runner(tmp_path, device)
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    b = rng.standard_normal((1, 3, 8, 12)).astype(np.float32)
+    runner.infer_timed(a, cuda_graph=True)
+    runner.infer_timed(b)  # no graph
+    out, _ = runner.infer_timed(a, cuda_graph=True)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, expected_logits(a), rtol=1e-5)
+    assert device.rt.cudaStreamBeginCapture.call_count == 2
+
+
+def test_the_stream_is_idle_when_a_capture_begins(tmp_path, device):
+    """trtexec (sampleInference.cpp) and Triton's TensorRT backend synchronize the stream after the warm-up enqueue
+    and before cudaStreamBeginCapture. Failed before: the capture began with the warm-up still queued."""
+    runner, *_ = open_runner(tmp_path, device)
+    for shape in ((1, 3, 16, 16), (2, 3, 9, 13)):
+        runner.infer_timed(np.ones(shape, np.float32), cuda_graph=True)
+    assert device.pending_at_capture == [False, False]
+
+
+def test_an_engine_tensor_without_a_numpy_type_is_a_clear_error(tmp_path, device):
+    """tensorrt_lean's nptype raises a bare TypeError for BF16, FP8 and INT4. Failed before: that TypeError."""
+    engine, context = make_engine(device=device)
+    engine.get_tensor_dtype.side_effect = lambda n: trt.DataType.BF16 if n == "images" else trt.DataType.FLOAT
+    with pytest.raises(ArtifactError, match="tensor 'images' has data type BF16, which has no NumPy equivalent"):
+        open_runner(tmp_path, device, engine=(engine, context))
+
+
+def test_the_engine_double_refuses_an_output_without_an_address(tmp_path, device):
+    """NvInferRuntime.h, IExecutionContext::enqueueV3: every output needs a non-null address (or an output
+    allocator), else it returns false. The double did run before; the runner turns False into a BackendError."""
+    from gap_deploy.runtime.errors import BackendError
+
+    engine, _ = make_engine(device=device, extra={"mean": lambda x: x.mean(axis=(2, 3))})
+    module, _ = make_trt(engine)
+    runner = TrtRunner(write_plan(tmp_path), trt=module, cuda=Cuda(device.rt), marked_outputs=True)
+    x = np.ones((1, 3, 8, 8), np.float32)
+    with pytest.raises(BackendError, match="execute_async_v3 failed"):
+        runner.infer(x)  # infer binds the logits only
+    assert set(runner.infer_outputs(x)) == {"logits", "mean"}  # every output bound: runs
