@@ -5,8 +5,8 @@ precision) or the engine manifest (profiles), so the config cannot drift from wh
 ``max_batch_size`` never above the smallest max batch of the plan's profiles, and 0 (full dims, no batching)
 for a model whose batch is fixed; one instance group listing every profile (each instance holds them all and
 Triton picks one per request by shape); dims ``[C, -1, -1]`` for a dynamic model, labels for Triton's
-classification extension, dynamic batching and a warm-up at profile 0's opt shape. The python backend (``backend="python"``) serves any
-artifact through the gap-deploy runtime, with its input checks and messages.
+classification extension, dynamic batching and a warm-up at profile 0's opt shape. The python backend
+(``backend="python"``) serves any artifact through the gap-deploy runtime, with its input checks and messages.
 
 The checker parses config.pbtxt against Triton's own ModelConfig schema (tritonclient ships
 ``grpc/model_config_pb2.py``; it is loaded by path, without grpcio) and compares it with the artifact:

@@ -102,6 +102,15 @@ class EngineManifest:
                 hint=f"rebuild with gap-build --version-compatible, or install the full TensorRT "
                      f"{self.tensorrt_version}.")
         if self.version_compatible:
+            if lean and built[:1] != here[:1] and version_compatible_runs(built, here):
+                # NVIDIA's 11.x support matrix says TensorRT 10 version-compatible engines run with a TensorRT 11
+                # runtime, without naming the lean runtime; unverified, so not assumed (gpu-review-4, risk 3)
+                raise ManifestMismatchError(
+                    f"engine {plan} was built version-compatible with TensorRT {self.tensorrt_version}; the TensorRT "
+                    f"lean runtime {tensorrt_version} is not known to load another major version's engines.",
+                    note="NVIDIA's support matrix promises TensorRT 10 -> 11 for the full runtime only.",
+                    hint=f"install the full TensorRT {tensorrt_version} (gap-deploy[gpu]), or {rebuild} "
+                         "--version-compatible.")
             if not version_compatible_runs(built, here):
                 raise ManifestMismatchError(
                     f"engine {plan} was built version-compatible with TensorRT {self.tensorrt_version}; this machine "

@@ -81,6 +81,18 @@ def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     return float(np.max(np.abs(a64 - b64))), rel, float(np.mean(a.argmax(1) == b.argmax(1)))
 
 
+def console(name: str) -> list[str]:
+    """The command line of a gap-deploy console script: the installed one, or (a plain checkout) the same
+    entry point through scripts/checkout.py."""
+    script = Path(sys.executable).parent / name
+    if script.is_file():
+        return [str(script)]
+    module = {"gap-run": "gap_deploy.runtime.cli.run", "gap-bench": "gap_deploy.runtime.cli.bench"}[name]
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); "
+            f"from checkout import use_checkout; use_checkout(); sys.argv[0] = {name!r}; "
+            f"from {module} import main; main()"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", type=Path, default=ROOT / "demo" / "gapcnn.pt")
@@ -104,6 +116,7 @@ def main(argv=None) -> int:
     from gap_deploy.exporter.builder import BuildConfig, Profile, build_with_precision
     from gap_deploy.exporter.precision import VariantOptions
     from gap_deploy.exporter.reference import torch_reference
+    from gap_deploy.runtime.bench import replay_agrees
     from gap_deploy.runtime.parity import tolerance_for
 
     out = args.out
@@ -177,6 +190,8 @@ def main(argv=None) -> int:
                     raise AssertionError(f"{shape} after a profile switch: rel {rel:.3g}")
         return "8 runs alternating between 2 profiles match ONNX Runtime"
 
+    exact: dict[int, int] = {}
+
     def threads() -> str:
         inputs = [np.random.default_rng(i).standard_normal((1 + i % 3, 3, 8 + i % 7, 9 + i % 5)).astype(np.float32)
                   for i in range(64)]
@@ -192,11 +207,17 @@ def main(argv=None) -> int:
                 workers = [threading.Thread(target=work, args=(k, s)) for k, s in enumerate(sessions)]
                 [w.start() for w in workers]
                 [w.join() for w in workers]
-                bad = [i for i in range(64) if results[i] is None or not np.array_equal(results[i], serial[i])]
+                # TensorRT promises no bitwise run-to-run equality: held to the engine's GPU tolerance, and the
+                # exact count is reported (a mix-up between threads gives other images' logits, far beyond it)
+                bad = [i for i in range(64) if results[i] is None
+                       or not replay_agrees(float(np.max(np.abs(results[i] - serial[i]))), serial[i], "fp16", "trt")]
+                exact[len(set(map(id, sessions)))] = sum(
+                    results[i] is not None and np.array_equal(results[i], serial[i]) for i in range(64))
                 if bad:
                     raise AssertionError(f"{len(bad)} of 64 results on {len(set(map(id, sessions)))} engine(s) "
-                                         "differ from serial ones")
-        return "64 inputs on 8 threads equal serial results exactly, on one engine and on two at once"
+                                         "differ from serial ones beyond the FP16 GPU tolerance")
+        return (f"64 inputs on 8 threads equal serial results within the FP16 GPU tolerance, on one engine and on two "
+                f"at once (bitwise equal: {exact[1]}/64 and {exact[2]}/64)")
 
     def lean() -> str:
         plan = out / "model.vc.plan"
@@ -208,7 +229,8 @@ def main(argv=None) -> int:
         with runtime.load(onnx_path, "ort-cpu") as cpu:
             np.save(ref_path, cpu.run(x))
         code = ("import sys, numpy as np; sys.modules['tensorrt'] = None\n"  # only tensorrt_lean may load
-                "import runtime\n"
+                f"sys.path.insert(0, {str(ROOT / 'scripts')!r}); from checkout import use_checkout; use_checkout()\n"
+                "from gap_deploy import runtime\n"
                 f"s = runtime.load({str(plan)!r})\n"
                 "assert 'tensorrt_lean' in s.versions['tensorrt'], s.versions\n"
                 f"got, ref = s.run(np.load({str(x_path)!r})), np.load({str(ref_path)!r})\n"
@@ -220,13 +242,15 @@ def main(argv=None) -> int:
         return done.stdout.strip() + " (process without the full tensorrt)"
 
     def graphs() -> str:
+        diffs: list = []
         with runtime.load(state["fp16"]) as engine:
             for i, shape in enumerate([(1, 3, 64, 64), (8, 3, 128, 96), (1, 3, 4, 4)]):
                 x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
                 diff = engine.check_cuda_graph(x)
-                if diff != 0.0:
-                    raise AssertionError(f"{shape}: replay differs from normal execution by {diff:.3g}")
-        return "replay equals normal execution exactly at 3 shapes"
+                diffs.append(diff)
+                if diff is None or not replay_agrees(diff, engine.run(x), "fp16", "trt"):
+                    raise AssertionError(f"{shape}: replay differs from normal execution by {diff}")
+        return f"replay equals normal execution within the FP16 GPU tolerance at 3 shapes (max abs {max(diffs):.3g})"
 
     def ort_sessions() -> str:
         notes = []
@@ -261,7 +285,7 @@ def main(argv=None) -> int:
         return f"{', '.join(notes)}; ort-trt rel {rel:.1e}, start {times[0]:.1f} s then {times[1]:.1f} s (cache)"
 
     def gap_run() -> str:
-        done = subprocess.run([str(Path(sys.executable).parent / "gap-run"), str(state["fp16"]), str(data / "samples"),
+        done = subprocess.run([*console("gap-run"), str(state["fp16"]), str(data / "samples"),
                                "--json"], capture_output=True, text=True)
         if done.returncode != 0:
             raise AssertionError(done.stderr)
@@ -279,7 +303,7 @@ def main(argv=None) -> int:
 
     def bench() -> str:
         path = out / "bench.json"
-        done = subprocess.run([str(Path(sys.executable).parent / "gap-bench"), str(state["fp16"]), "--shape",
+        done = subprocess.run([*console("gap-bench"), str(state["fp16"]), "--shape",
                                "1x3x224x224", "--shape", "8x3x128x128", "--torch", str(ckpt), "--cuda-graph",
                                "--json", str(path)], text=True)
         if done.returncode != 0:

@@ -22,7 +22,8 @@ def _need_gpu_tensorrt():
         pytest.skip(f"no usable CUDA device: {why}")
 
 
-@pytest.mark.parametrize("precision, rtol", [("fp32", 5e-3), ("fp16", 1e-2)])  # fp32 engines use TF32
+# gap-build clears TF32 unless --tf32 is given (builder.create_config), so FP32 is held to the GPU FP32 tolerance
+@pytest.mark.parametrize("precision, rtol", [("fp32", 1e-3), ("fp16", 1e-2)])
 def test_build_and_run_engine(tmp_path, reference_onnx, precision, rtol):
     _need_gpu_tensorrt()
     from gap_deploy import runtime

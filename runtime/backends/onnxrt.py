@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,24 @@ def _ort():
 
 
 @functools.cache
+def load_gpu_libraries(backend: str) -> None:
+    """Make the GPU providers' libraries loadable before a GPU session starts, in any process.
+
+    onnxruntime-gpu's pip wheels do not load CUDA and cuDNN from the nvidia-* wheels by themselves:
+    ``onnxruntime.preload_dlls()`` does (onnxruntime/__init__.py; a no-op on the CPU build, and where torch
+    already loaded them). Its TensorRT provider needs libnvinfer loadable as well, which importing the
+    tensorrt wheel does. Without this, a fresh ``gap-run --backend ort-trt`` process could find the
+    providers unavailable where a process that had imported torch and tensorrt first (gpu_check) did not."""
+    ort = _ort()
+    with contextlib.suppress(Exception):  # best effort: provider_works still says what is missing
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
+    if backend == "ort-trt":
+        with contextlib.suppress(Exception):
+            importlib.import_module("tensorrt")
+
+
+@functools.cache
 def provider_works(backend: str) -> tuple[bool, str]:
     """Whether ``backend`` really runs a model here, and why not.
 
@@ -73,6 +93,7 @@ def provider_works(backend: str) -> tuple[bool, str]:
         return False, f"this onnxruntime build has no {provider}"
     if not facts(backend).gpu:
         return True, ""
+    load_gpu_libraries(backend)
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 4
@@ -97,6 +118,9 @@ PROVIDER_CHAIN = {
 #: the providers each GPU backend is meant to compute on
 ACCELERATORS = {"ort-cuda": ("CUDAExecutionProvider",),
                 "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider")}
+#: the provider a backend must compute at least one node on, or its figures are another provider's: onnxruntime
+#: hands a graph its TensorRT provider rejects (or cannot load libnvinfer for) to the CUDA provider silently
+MUST_USE = {"ort-trt": "TensorrtExecutionProvider"}
 CACHE_FOLDER = ".gap-trt-cache"
 
 
@@ -216,7 +240,7 @@ class OrtRunner(Runner):
                                f"its nodes run: {first_line(exc)}",
                                hint="check the model on ort-cpu first (gap-run --backend ort-cpu).") from None
         return check_placement(nodes, ACCELERATORS[backend], backend=backend, path=path,
-                               allow_cpu_fallback=allow_cpu_fallback)
+                               allow_cpu_fallback=allow_cpu_fallback, must_use=MUST_USE.get(backend))
 
     @property
     def provider_options(self) -> dict[str, dict[str, str]]:

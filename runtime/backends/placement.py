@@ -57,7 +57,7 @@ def read_profile(path: str | Path) -> list[NodePlacement]:
 
 
 def check_placement(nodes: list[NodePlacement], accelerators: tuple[str, ...], *, backend: str, path,
-                    allow_cpu_fallback: bool = False) -> tuple[NodePlacement, ...]:
+                    allow_cpu_fallback: bool = False, must_use: str | None = None) -> tuple[NodePlacement, ...]:
     """The shape nodes that run on the CPU; raises BackendUnavailableError for CPU compute nodes.
 
     ``accelerators`` are the providers the backend means to compute on (ort-cuda: CUDA; ort-trt:
@@ -75,6 +75,15 @@ def check_placement(nodes: list[NodePlacement], accelerators: tuple[str, ...], *
     if other:
         raise BackendUnavailableError(f"backend '{backend}' ran nodes of {path} on {', '.join(other)}, which it "
                                       f"does not use ({', '.join(accelerators)} expected).")
+    if must_use and not any(n.provider == must_use for n in nodes):
+        ran = ", ".join(sorted({n.provider for n in nodes}))
+        raise BackendUnavailableError(
+            f"backend '{backend}' ran no node of {path} on {must_use} (all ran on {ran}), so its figures would be "
+            "another provider's.",
+            note=f"onnxruntime hands a graph that {must_use} rejects, or whose libraries it cannot load, to the next "
+                 "provider without a word.",
+            hint="run it as ort-cuda, or find the provider's reason in onnxruntime's verbose log "
+                 "(SessionOptions.log_severity_level = 0).")
     if compute and not allow_cpu_fallback:
         names = ", ".join(n.describe() for n in compute[:8]) + (f" and {len(compute) - 8} more"
                                                                if len(compute) > 8 else "")

@@ -261,8 +261,8 @@ PER_PROFILE = """instance_group [
 ]"""
 
 
-@pytest.mark.parametrize("layout, listed", [(PER_PROFILE, "[0]"),
-                                            ("instance_group [ { count: 2 kind: KIND_GPU } ]", "[none: profile 0 only]")])
+@pytest.mark.parametrize("layout, listed", [
+    (PER_PROFILE, "[0]"), ("instance_group [ { count: 2 kind: KIND_GPU } ]", "[none: profile 0 only]")])
 def test_a_group_without_every_profile_is_refused(tmp_path, fp16_plan, layout, listed):
     """model_config.proto, ModelInstanceGroup.profile: Triton picks among the profiles of the instance's own group
     (profile 0 when none is listed) and does not route requests by shape. Failed before: gap-triton wrote one group

@@ -229,3 +229,16 @@ def test_gpu_backends_are_judged_with_gpu_tolerances():
         result = BenchResult(backend, (1, 3, 8, 8), stats, 1.0, 1, 1.0, 0.0)
         attach_parity(result, output, ref, precision)
         assert result.parity["passed"] is expected, (backend, precision)
+
+
+@pytest.mark.parametrize("diff, precision, agrees", [
+    (0.0, "fp32", True), (3e-6, "fp32", True),  # TensorRT promises no bitwise equality: a few ULP pass
+    (5e-2, "fp32", False), (float("inf"), "int8", False), (float("nan"), "fp16", False),
+    (0.3, "int8", True), (0.9, "int8", False)])
+def test_a_replay_is_held_to_the_engine_s_gpu_tolerance_not_to_zero(diff, precision, agrees):
+    """gpu-review-4, risk 1: gap-bench --cuda-graph refused any replay not bitwise equal to a normal run. Failed
+    before: a difference of 3e-6 (float32 reduction order) stopped the benchmark."""
+    from gap_deploy.runtime.bench import replay_agrees
+
+    output = np.array([[4.0, -2.0, 1.0]], np.float32)
+    assert replay_agrees(diff, output, precision, "trt") is agrees

@@ -144,7 +144,7 @@ def test_a_real_profile_names_every_node_and_its_provider(tmp_path):
 def test_shape_nodes_on_the_cpu_are_allowed_and_listed(tmp_path):
     session, _, _ = real_session(shape_only_model(), "ort-cpu", tmp_path, profiling=True)
     nodes = profiled_placement(session, "images", np.float32, (1, 3, 4, 4))
-    listed = check_placement(nodes, ACCELERATORS["ort-trt"], backend="ort-trt", path="m.onnx")
+    listed = check_placement(nodes, ACCELERATORS["ort-cuda"], backend="ort-cuda", path="m.onnx")
     assert {n.op_type for n in listed} == {"Shape", "Cast"}
 
 
@@ -238,3 +238,43 @@ def test_the_gpu_runner_checks_placement_on_a_real_profiled_session(reference_on
 def test_the_default_cache_folder_is_beside_the_model(reference_onnx):
     providers, _ = session_setup("ort-trt", Path(reference_onnx), spec=_spec("images"))
     assert Path(providers[0][1]["trt_engine_cache_path"]).parent == Path(reference_onnx).resolve().parent
+
+
+def test_an_ort_trt_session_that_ran_nothing_on_tensorrt_is_refused(tmp_path):
+    """gpu-review-4, risk 5: onnxruntime gives a graph its TensorRT provider rejects to the CUDA provider without a
+    word, so "ort-trt" figures could be CUDA's. Failed before: every node on CUDA passed as ort-trt."""
+    from gap_deploy.runtime.backends.onnxrt import MUST_USE
+
+    all_cuda = [NodePlacement("conv", "Conv", CUDA, ("float",)), NodePlacement("shape", "Shape", CPU, ("int64",))]
+    with pytest.raises(BackendUnavailableError, match="ran no node of m.onnx on TensorrtExecutionProvider"):
+        check_placement(all_cuda, ACCELERATORS["ort-trt"], backend="ort-trt", path="m.onnx",
+                        must_use=MUST_USE["ort-trt"])
+    partitioned = all_cuda + [NodePlacement("TRTKernel_graph_0", "TRTKernel", TRT, ("float",))]
+    assert [n.op_type for n in check_placement(partitioned, ACCELERATORS["ort-trt"], backend="ort-trt",
+                                               path="m.onnx", must_use=MUST_USE["ort-trt"])] == ["Shape"]
+
+
+def test_gpu_libraries_are_preloaded_before_a_gpu_provider_is_probed(monkeypatch):
+    """gpu-review-4, risk 4: onnxruntime.preload_dlls() (onnxruntime/__init__.py) loads CUDA and cuDNN from the
+    nvidia-* wheels; nothing called it, so a fresh process could find the providers unavailable. The real CPU
+    build is used: it lists no CUDA provider, so the probe is made to see one and must preload first."""
+    import onnxruntime as ort
+
+    from gap_deploy.runtime.backends import onnxrt
+
+    calls = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda **kw: calls.append(("preload", kw)), raising=False)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    real_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: calls.append(("session",)) or real_session(
+        a[0], a[1], providers=["CPUExecutionProvider"]))
+    onnxrt.provider_works.cache_clear()
+    onnxrt.load_gpu_libraries.cache_clear()
+    try:
+        works, why = onnxrt.provider_works("ort-cuda")
+    finally:
+        onnxrt.provider_works.cache_clear()
+        onnxrt.load_gpu_libraries.cache_clear()
+    assert [c[0] for c in calls] == ["preload", "session"]
+    assert calls[0][1] == {"cuda": True, "cudnn": True, "msvc": False}
+    assert not works and "could not be loaded" in why  # the CPU build cannot really run it, and says so

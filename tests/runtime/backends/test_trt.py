@@ -257,9 +257,10 @@ def test_manifest_mismatch_is_refused_before_deserializing(tmp_path, device, ove
     runtime.deserialize_cuda_engine.assert_not_called()
 
 
+@pytest.mark.parametrize("name", ["tensorrt", "tensorrt_lean"])
 @pytest.mark.parametrize("built, here, runs", [
-    ("10.16.1", "11.4.0.106", True),    # TensorRT 10 version-compatible engines run on TensorRT 11
-    ("10.0.1", "11.4.0.106", True),
+    ("10.16.1", "11.4.0.106", "full"),  # TensorRT 10 version-compatible engines run on TensorRT 11 (full runtime)
+    ("10.0.1", "11.4.0.106", "full"),
     ("11.1.0", "11.4.0.106", True),
     ("11.4.0.106", "11.4.0.106", True),
     ("11.5.0", "11.4.0.106", False),    # never on an older runtime
@@ -267,11 +268,17 @@ def test_manifest_mismatch_is_refused_before_deserializing(tmp_path, device, ove
     ("8.6.1", "11.4.0.106", False),     # only 10 -> 11 crosses a major version
     ("11.4.0", "12.0.0", False),        # not promised (yet) by NVIDIA
 ])
-def test_version_compatibility_allows_exactly_what_nvidia_supports(tmp_path, device, built, here, runs):
+def test_version_compatibility_allows_exactly_what_nvidia_supports(tmp_path, device, built, here, runs, name):
+    """NVIDIA's 11.x support matrix: "TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime";
+    it does not name the lean runtime, so across majors the lean runtime refuses (gpu-review-4, risk 3)."""
     engine, _ = make_engine()
-    module, runtime = make_trt(engine, here, "tensorrt_lean")
+    module, runtime = make_trt(engine, here, name)
     plan = write_plan(tmp_path, version_compatible=True, tensorrt_version=built)
-    if runs:
+    if runs == "full" and name == "tensorrt_lean":
+        with pytest.raises(ManifestMismatchError, match="lean runtime 11.4.0.106 is not known to load"):
+            TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+        runtime.deserialize_cuda_engine.assert_not_called()
+    elif runs:
         TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
         runtime.deserialize_cuda_engine.assert_called_once()
     else:
