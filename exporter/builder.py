@@ -29,7 +29,6 @@ from gap_deploy.runtime.parity import ParityReport
 from gap_deploy.runtime.profiles import Profile
 from gap_deploy.runtime.publish import Publication, publish_bytes
 from gap_deploy.runtime.shapes import Shape
-from gap_deploy.runtime.trust import load_key
 
 GPU_HINT = "pip install 'gap-deploy[gpu]' on a machine with an NVIDIA GPU and driver."
 
@@ -338,7 +337,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, config: BuildConfig 
         precision=precision, plan_sha256=sha256_bytes(plan), onnx_sha256=sha256_file(onnx_path),
         profiles=[{info.input_name: [list(profile.min), list(profile.opt), list(profile.max)]} for profile in profiles],
         version_compatible=config.version_compatible, hardware_compatibility=config.hardware_compat,
-        metadata=info.metadata.to_props(), builder="gap-deploy", tf32=config.tf32).signed(load_key(create=True))
+        metadata=info.metadata.to_props(), builder="gap-deploy", tf32=config.tf32)
     if publication is None:
         with Publication() as pub:
             report = write_engine(plan, manifest, output, pub, verify)
@@ -430,6 +429,12 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, variant: 
     source = check_output_path(variant_path(onnx_path, variant.precision, variant.int8_layout))
     log(f"Converting to {variant.precision} and verifying against the FP32 model on the CPU ...")
     result_variant = convert_verified(onnx.load(str(onnx_path)), variant, verify_shapes_for(info, variant.calib_size))
+    from gap_deploy.runtime.lineage import record_in_model, variant_lineage
+
+    record_in_model(result_variant.model, variant_lineage(
+        onnx_path.name, sha256_file(onnx_path), result_variant,
+        {"precision": variant.precision, "int8_layout": variant.int8_layout,
+         "calib": Path(variant.calib).name if variant.calib else None}))
     with Publication() as pub:
         result = stage_engine(pub, result_variant.model, source, output, config, verify=verify, trt=trt, cuda=cuda,
                               log=log)

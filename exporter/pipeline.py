@@ -17,7 +17,7 @@ from gap_deploy.exporter.builder import BuildConfig, PipelineResult
 from gap_deploy.exporter.onnx_export import ExportOptions
 from gap_deploy.exporter.precision import VariantOptions, VariantResult, convert_verified
 from gap_deploy.runtime.errors import ExportError, UsageError
-from gap_deploy.runtime.files import check_output_path
+from gap_deploy.runtime.files import check_output_path, sha256_file
 from gap_deploy.runtime.naming import engine_path, variant_path
 from gap_deploy.runtime.parity import FP32, ParityReport, Tolerance
 from gap_deploy.runtime.publish import Publication
@@ -106,9 +106,20 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
                 loaded, sweep[0], precision=job.variant.precision, calib=job.variant.calib)) from None
         outcome.variant_path = extra
     # The FP32 model, the variant and (with --engine) the plan and its manifest appear together, or none of them.
+    from gap_deploy.runtime.lineage import Lineage, record_in_model, variant_lineage, versions
+
+    record_in_model(exported.model, Lineage(
+        Path(job.checkpoint).name, loaded.source_sha256, "checkpoint", exported.metadata.toolkit_version,
+        versions("torch", "onnx", "onnxscript", "onnxslim"),
+        {"dynamic": opts.dynamic, "imgsz": list(opts.imgsz), "batch": opts.batch, "opset": opts.opset,
+         "arch": loaded.arch}, {"parity_vs_pytorch": report.to_dict() if report else None}))
     with Publication() as pub:
-        pub.write_model(output, exported.model)
+        staged_fp32 = next(p for p in pub.write_model(output, exported.model) if p.name == output.name)
         if outcome.variant is not None:
+            record_in_model(outcome.variant.model, variant_lineage(
+                output.name, sha256_file(staged_fp32), outcome.variant,
+                {"precision": job.variant.precision, "int8_layout": job.variant.int8_layout,
+                 "calib": Path(job.variant.calib).name if job.variant.calib else None}))
             pub.write_model(extra, outcome.variant.model)
         if job.engine is not None:
             from gap_deploy.exporter.builder import stage_engine

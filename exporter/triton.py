@@ -210,8 +210,28 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repo: str | os.Path
     repo.mkdir(exist_ok=True)
     with Publication() as pub:  # all the models appear, or none
         for name, info in zip(names, infos):
-            _stage_model_folder(pub.folder(repo / name, "model folder"), name, info, options)
+            _stage_model_folder(pub.folder(repo / name, "model folder", signed=False), name, info, options)
+    sign_repository(repo)
     return [repo / n for n in names]
+
+
+def sign_repository(repo: Path) -> Path | None:
+    """With a signing key in force (--sign-key, $GAP_DEPLOY_SIGN_KEY), the whole repository as it now stands is
+    signed into ``REPO.sig`` beside it, so a server can verify every model folder with one public key. Signed
+    after the models are in place (a repository may hold other models too), so a failure here leaves them
+    unsigned and says so."""
+    from gap_deploy.runtime.signing import sign_key_from_env, sign_path, signature_path
+
+    key = sign_key_from_env()
+    if key is None:
+        return None
+    with Publication(sign_key=None) as pub:
+        out = pub.file(signature_path(repo))
+        try:
+            sign_path(repo, key, out)
+        except Exception as exc:
+            raise type(exc)(f"{exc} The model folders were written; the repository is not signed.") from None
+    return signature_path(repo)
 
 
 def _stage_model_folder(staging: Path, name: str, info: ArtifactSpec, options: ServeOptions) -> None:

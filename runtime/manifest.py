@@ -52,19 +52,12 @@ class EngineManifest:
     #: whether FP32 layers may compute in TF32 (gap-build --tf32); None in manifests written before gap-deploy
     #: recorded it, whose engines kept TensorRT's default (TF32 on)
     tf32: bool | None = None
-    #: HMAC-SHA256 of every other field under this user's key (runtime/trust.py): what grants trust
+    #: the HMAC-SHA256 that manifests carried before signatures moved to runtime.signing (``<plan>.sig`` and
+    #: ``<plan>.json.sig`` under a public key): read only to say such a plan must be re-signed; never written
     signature: str | None = None
 
     def fields(self) -> dict:
         return asdict(self)
-
-    def signed(self, key: bytes) -> EngineManifest:
-        """This manifest with its signature under ``key``."""
-        from dataclasses import replace
-
-        from gap_deploy.runtime.trust import sign
-
-        return replace(self, signature=sign(self.fields(), key))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

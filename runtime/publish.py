@@ -26,13 +26,23 @@ from pathlib import Path
 
 from gap_deploy.runtime.errors import OutputPathError
 
+#: the files a Publication signs when it has a signing key: models, weights, plans and their manifests
+#: (reports, plots and other outputs are not artifacts)
+SIGNED_SUFFIXES = (".onnx", ".data", ".ort", ".plan", ".engine", ".plan.json", ".engine.json")
+
 
 class Publication:
-    def __init__(self) -> None:
+    """``sign_key`` (default: $GAP_DEPLOY_SIGN_KEY, see runtime.signing): every staged artifact file and folder is
+    signed in its staging place, and each signature (``<target>.sig``) is published with it, in the same move."""
+
+    def __init__(self, sign_key: str | os.PathLike | None = None) -> None:
+        from gap_deploy.runtime.signing import sign_key_from_env
+
         self._files: list[tuple[Path, Path]] = []  # (target, staged file)
         self._folders: list[tuple[Path, Path]] = []  # (target, staged folder)
+        self._unsigned: set[Path] = set()  # staged folders that are not signed on their own
         self._scratch: list[Path] = []  # staging folders to remove at the end
-        self._done = False
+        self._sign_key = Path(sign_key) if sign_key is not None else sign_key_from_env()
 
     # ---- staging -------------------------------------------------------------------------------------------
 
@@ -90,19 +100,35 @@ class Publication:
         target = check_output_path(target)
         return next((staged for t, staged in self._files if t == target), None)
 
-    def folder(self, target: str | os.PathLike, what: str = "output folder") -> Path:
-        """A staged folder for ``target``, which must not exist or be empty; fill it, then leave the block."""
+    def folder(self, target: str | os.PathLike, what: str = "output folder", *, signed: bool = True) -> Path:
+        """A staged folder for ``target``, which must not exist or be empty; fill it, then leave the block.
+        ``signed=False``: not signed on its own (a model folder inside a repository signed as a whole)."""
         from gap_deploy.runtime.files import check_new_folder
 
         target = check_new_folder(target, what)
         staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         self._folders.append((target, staged))
+        if not signed:
+            self._unsigned.add(staged)
         return staged
+
+    def _sign(self) -> None:
+        """Sign each staged artifact where it lies; the signatures join the files to move."""
+        from gap_deploy.runtime.signing import sign_path, signature_path
+
+        if self._sign_key is None:
+            return
+        wanted = [(t, s) for t, s in self._files if t.name.endswith(SIGNED_SUFFIXES)]
+        wanted += [(t, s) for t, s in self._folders if s not in self._unsigned]
+        for target, staged in wanted:
+            out = self.file(signature_path(target))
+            sign_path(staged, self._sign_key, out)
 
     # ---- publishing ----------------------------------------------------------------------------------------
 
     def commit(self) -> None:
         """Move everything staged into place, all of it or (restoring what was there) none of it."""
+        self._sign()
         backups: dict[Path, str] = {}
         moved: list[tuple[Path, str]] = []  # (target, "file" | "folder" | "folder-was-empty")
         try:
@@ -143,7 +169,6 @@ class Publication:
             for backup in backups.values():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(backup)
-            self._done = True
 
     def discard(self) -> None:
         for _, staged in self._files:

@@ -80,7 +80,7 @@ def _choose(path: Path, backend: str | None) -> str:
 def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | None = None,
          trust_engine: bool = False, provider_options: dict | None = None, cache_dir: str | os.PathLike | None = None,
          trt_profile: str | None = None, allow_cpu_fallback: bool = False,
-         shape: Sequence[int] | None = None) -> Session:
+         shape: Sequence[int] | None = None, verify_key=None) -> Session:
     """Open an artifact: ``.onnx`` on ONNX Runtime, ``.plan``/``.engine`` on TensorRT, an OpenVINO ``.xml`` on
     OpenVINO, a gap-pack bundle on the runtime it was made for.
 
@@ -97,6 +97,11 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     model); ``trt_profile`` ("MIN:OPT:MAX", gap-build's syntax) replaces the profile taken from the
     model's metadata. ``Session.provider_options`` reads back what onnxruntime applied.
 
+    ``verify_key`` (a public key file, a folder of ``*.pem``, or a list of them; default
+    $GAP_DEPLOY_TRUSTED_KEYS): the artifact (a bundle folder as a whole, a file with its external data) is
+    opened only when its signature verifies under one of them (runtime.signing); with neither set, files are
+    not checked, except TensorRT plans, which always need a verified signature or ``trust_engine=True``.
+
     A gap-pack bundle folder loads its dynamic model (``model.ort``, ``model.xml``, ``model.param``,
     ``model.tflite`` or ``model.pte``, each with the SHA-256 model.json lists), or with ``shape=(N, C, H, W)``
     an ORT bundle's fixed-shape variant made for that shape; ``.ort`` files load like ``.onnx`` ones. ncnn,
@@ -105,6 +110,7 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"runtime.load needs a path (str or os.PathLike), got {type(path).__name__}.")
     path = Path(path)
+    _verify_signature(path, verify_key)
     contract = None
     if is_bundle(path):
         folder, path = path, bundle_model(path, shape)
@@ -127,7 +133,7 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     elif kind == "engine":
         from gap_deploy.runtime.backends.trt import TrtRunner
 
-        runner = TrtRunner(path, trust_engine=trust_engine)
+        runner = TrtRunner(path, trust_engine=trust_engine, verify_keys=verify_key)
     elif facts(name).artifact == "openvino":
         from gap_deploy.runtime.backends.openvino import OvRunner
 
@@ -151,6 +157,23 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
                            profile=Profile.parse(trt_profile) if trt_profile else None,
                            allow_cpu_fallback=allow_cpu_fallback)
     return Session(runner, path)
+
+
+def _verify_signature(path: Path, verify_key) -> None:
+    """With trusted keys given (or $GAP_DEPLOY_TRUSTED_KEYS), the artifact's signature must verify before any of
+    its bytes reach a runtime. Plans are left to TrtRunner, which checks the plan and its manifest."""
+    from gap_deploy.runtime.signing import trusted_keys, verify_path
+
+    keys = trusted_keys(verify_key)
+    if not keys or path.suffix in (".plan", ".engine"):
+        return
+    verify_path(path, keys)
+    if path.suffix == ".onnx":
+        from gap_deploy.runtime.naming import external_data_path
+
+        data = external_data_path(path)
+        if data.exists():
+            verify_path(data, keys)
 
 
 _ORT_GPU_HINT = "install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, and TensorRT for ort-trt."

@@ -33,21 +33,43 @@ def randomize_batchnorm(module, seed: int = 0):
     return module.eval()
 
 
-@pytest.fixture(autouse=True, scope="session")
-def signing_key_home(tmp_path_factory):
-    """Engine manifests are signed with a key from $GAP_DEPLOY_HOME (runtime/trust.py): the tests' own, never the
-    user's ~/.config/gap-deploy."""
-    import os
+def make_key_pair(folder: Path, name: str = "build") -> tuple[Path, Path]:
+    """An EC P-256 key pair as PEM files (private 0600), made with cryptography (model-signing's own dependency)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    home = tmp_path_factory.mktemp("gap-deploy-home")
-    home.chmod(0o700)
-    previous = os.environ.get("GAP_DEPLOY_HOME")
-    os.environ["GAP_DEPLOY_HOME"] = str(home)
-    yield home
-    if previous is None:
-        os.environ.pop("GAP_DEPLOY_HOME", None)
-    else:
-        os.environ["GAP_DEPLOY_HOME"] = previous
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.key.pem", folder / f"{name}.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+@pytest.fixture(scope="session")
+def build_keys(tmp_path_factory) -> tuple[Path, Path]:
+    """The tests' build key pair: (private key, public key)."""
+    folder = tmp_path_factory.mktemp("keys")
+    folder.chmod(0o700)
+    return make_key_pair(folder)
+
+
+@pytest.fixture
+def trusted(build_keys, monkeypatch) -> tuple[Path, Path]:
+    """The build key's public half trusted through $GAP_DEPLOY_TRUSTED_KEYS, as a device is set up."""
+    monkeypatch.setenv("GAP_DEPLOY_TRUSTED_KEYS", str(build_keys[1]))
+    monkeypatch.delenv("GAP_DEPLOY_SIGN_KEY", raising=False)
+    return build_keys
+
+
+def sign_files(key: Path, *paths: Path) -> None:
+    """Sign each file or folder as gap-deploy's publications do (runtime.signing)."""
+    from gap_deploy.runtime.signing import sign_path, signature_path
+
+    for path in paths:
+        sign_path(path, key, signature_path(path))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,15 @@ from pathlib import Path
 import click
 
 from gap_deploy.exporter.builder import BuildConfig
-from gap_deploy.runtime.cli.common import FiniteFloat, gap_command, image_size, info, report_errors, shape_option
+from gap_deploy.runtime.cli.common import (
+    FiniteFloat,
+    gap_command,
+    image_size,
+    info,
+    report_errors,
+    shape_option,
+    sign_key_option,
+)
 from gap_deploy.runtime.files import check_distinct, check_input_file
 from gap_deploy.runtime.manifest import HARDWARE_COMPAT
 from gap_deploy.runtime.naming import engine_path, manifest_path, variant_path
@@ -178,6 +186,7 @@ def print_build(result, wanted: str) -> None:
 @engine_options
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run the engine at min/opt/max of every profile against ONNX Runtime (CPU) before writing.")
+@sign_key_option
 @report_errors
 def main(model, output, precision, calib, calib_size, variant_args, engine_args, verify):
     """Build a TensorRT engine from MODEL.onnx (TensorRT 10 or 11, strongly typed).

@@ -24,6 +24,7 @@ from gap_deploy.runtime.cli.common import (
     info,
     report_errors,
     shape_option,
+    sign_key_option,
     write_json,
 )
 from gap_deploy.runtime.errors import ArtifactError
@@ -104,6 +105,7 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 @engine_options
 @click.option("--summary", is_flag=True,
               help="Print the layer table (output shape and parameters per layer at --imgsz) and exit.")
+@sign_key_option
 @report_errors
 def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
          opset, simplify, keep_stack_traces, verify, verify_shapes, atol, rtol, report, precision, calib, int8_layout,

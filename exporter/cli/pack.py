@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.cli.common import gap_command, info, report_errors, shape_option, write_json
+from gap_deploy.runtime.cli.common import gap_command, info, report_errors, shape_option, sign_key_option, write_json
 from gap_deploy.runtime.errors import UsageError
 from gap_deploy.runtime.naming import bundle_folder
 
@@ -38,6 +38,7 @@ from gap_deploy.runtime.naming import bundle_folder
               "sizes; the failed check's hint names it).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the usability report as JSON here (it is always in BUNDLE/model.json).")
+@sign_key_option
 @report_errors
 def main(model, output, fixed, target, precision, checkpoint, arch, num_classes, trust_checkpoint, max_side,
          max_batch, min_side, json_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.cli.common import fail, gap_command, info, report_errors
+from gap_deploy.runtime.cli.common import fail, gap_command, info, report_errors, sign_key_option
 
 
 @gap_command()
@@ -35,6 +35,7 @@ from gap_deploy.runtime.cli.common import fail, gap_command, info, report_errors
 @click.option("--python-path", "python_paths", multiple=True, metavar="DIR",
               help="--backend python: folders the Triton python stub must import from (it ignores PYTHONPATH); "
                    "not needed where gap-deploy is installed for the stub's Python.")
+@sign_key_option
 @report_errors
 def main(artifacts, repo, check_repo, name, version, backend, kind, count, gpus, max_batch, dynamic_batching,
          preferred, max_queue_delay_us, ort_tensorrt, python_paths):

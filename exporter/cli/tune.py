@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.cli.common import FiniteFloat, fail, gap_command, info, report_errors, write_json
+from gap_deploy.runtime.cli.common import (
+    FiniteFloat,
+    fail,
+    gap_command,
+    info,
+    report_errors,
+    sign_key_option,
+    write_json,
+)
 
 
 @gap_command()
@@ -40,6 +48,7 @@ from gap_deploy.runtime.cli.common import FiniteFloat, fail, gap_command, info, 
 @click.option("--emit", "emit_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Write what deploying the chosen point needs into this new folder (needs a constraint and "
                    "gap-deploy[convert]).")
+@sign_key_option
 @report_errors
 def main(artifacts, folder, sizes, no_native, backends, batch, max_images, duration, min_top1, max_ms, min_ips,
          json_path, plot_path, emit_dir):

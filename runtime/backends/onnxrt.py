@@ -72,7 +72,7 @@ def load_gpu_libraries(backend: str) -> None:
     with contextlib.suppress(Exception):  # best effort: provider_works still says what is missing
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls(cuda=True, cudnn=True, msvc=False)
-    if backend == "ort-trt":
+    if "TensorrtExecutionProvider" in PROVIDER_CHAIN[backend]:
         with contextlib.suppress(Exception):
             importlib.import_module("tensorrt")
 

@@ -60,13 +60,14 @@ class TrtRunner(Runner):
     gpu_timing = True
 
     def __init__(self, path: Path, *, trust_engine: bool = False, device: int = 0, trt=None, cuda: Cuda | None = None,
-                 clock: Callable[[], float] = time.perf_counter, marked_outputs: bool = False):
+                 clock: Callable[[], float] = time.perf_counter, marked_outputs: bool = False, verify_keys=None):
         path = check_input_file(path, "TensorRT engine")
         self._clock = clock  # host seconds, for the enqueue time
         self._trt = trt = trt if trt is not None else import_tensorrt()
         self._cuda = cuda = cuda if cuda is not None else Cuda()
         plan = path.read_bytes()
         lean = trt.__name__.split(".")[0] == "tensorrt_lean"
+        self._verify_keys = verify_keys
         self.manifest = self._check_manifest(path, plan, trust_engine, device, lean)
 
         self._device = device
@@ -74,8 +75,8 @@ class TrtRunner(Runner):
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         if self.manifest is not None and self.manifest.version_compatible:
-            # Version-compatible plans embed the lean runtime's host code: allowed only for a plan whose manifest
-            # this user's gap-build signed (or that the caller trusts), checked above with its SHA-256.
+            # Version-compatible plans embed the lean runtime's host code: allowed only for a plan whose signature
+            # (and its manifest's) verified under a trusted public key (or that the caller trusts), checked above.
             self._runtime.engine_host_code_allowed = True
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
@@ -125,21 +126,31 @@ class TrtRunner(Runner):
                 "GPU cannot be checked; a plan file is executable code.",
                 hint="build it with gap-build (which writes the manifest), or pass --trust-engine "
                      "(trust_engine=True) for a plan from a source you trust.")
-        from gap_deploy.runtime.trust import is_signed
-
         manifest = EngineManifest.read(path)
+        if not trust:
+            self._check_signatures(path, manifest)
         info = self._cuda.device(device)
         manifest.check(plan=path, plan_sha256=sha256_bytes(plan), tensorrt_version=self._trt.__version__,
                        gpu_name=info.name, compute_capability=info.compute_capability, lean=lean)
-        if not trust and not is_signed(manifest.fields()):
-            raise UntrustedCodeError(
-                f"engine {path}'s manifest is not signed by this user's gap-deploy key, so nothing says who made the "
-                "plan; a manifest is a file anyone can write, and a plan file is executable code.",
-                note="gap-build signs the manifests it writes (runtime/trust.py; the key is in $GAP_DEPLOY_HOME or "
-                     "~/.config/gap-deploy).",
-                hint="rebuild it here with gap-build, share the key of the machine that built it, or pass "
-                     "--trust-engine (trust_engine=True) for a plan from a source you trust.")
         return manifest
+
+    def _check_signatures(self, path: Path, manifest: EngineManifest) -> None:
+        """Trust comes from signatures a verifier cannot make: the plan's and its manifest's, each verified under
+        a trusted public key (runtime.signing). A manifest is a file anyone can write, and a plan is code."""
+        from gap_deploy.runtime.signing import signature_path, verify_path
+
+        if manifest.signature and not signature_path(path).exists():
+            raise UntrustedCodeError(
+                f"engine {path} carries only the old shared-secret (HMAC) signature in its manifest, which no longer "
+                "grants trust: every machine that could check it could also forge it.",
+                hint="re-sign it on the build machine (gap-build --sign-key KEY.pem rebuilds and signs), then run it "
+                     "with --verify-key PUB.pem; or pass --trust-engine for a plan from a source you trust.")
+        try:
+            verify_path(path, self._verify_keys)
+            verify_path(manifest_path(path), self._verify_keys)
+        except UntrustedCodeError as exc:
+            raise exc.with_hint("Or pass --trust-engine (trust_engine=True) for a plan from a source you trust; a "
+                                "plan file is executable code.") from None
 
     def _info(self, name: str, with_profiles: bool = False) -> TensorInfo:
         engine, trt = self._engine, self._trt

@@ -73,9 +73,12 @@ def check_reference_fits(reference, session, shape, checkpoint) -> None:
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write a PNG of latency and throughput against resolution (needs matplotlib: gap-deploy[plot]).")
 @click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
+@click.option("--verify-key", "verify_key", multiple=True, type=click.Path(path_type=Path), metavar="PUB.pem",
+              help="Open the artifact only if its signature verifies under this public key (a file or a folder of "
+                   ".pem; repeatable). Default: $GAP_DEPLOY_TRUSTED_KEYS. Plans always need one (or --trust-engine).")
 @report_errors
 def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch_ckpt, arch, num_classes,
-         trust_checkpoint, cuda_graph, transfers, compare, json_path, plot_path, trust_engine):
+         trust_checkpoint, cuda_graph, transfers, compare, json_path, plot_path, trust_engine, verify_key):
     """Benchmark ARTIFACT (.onnx, .plan, OpenVINO .xml, or a gap-pack bundle): latency percentiles, throughput,
     against PyTorch with --torch, and against other targets' bundles with --compare.
 
@@ -109,7 +112,7 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     if torch_ckpt:
         check_input_file(torch_ckpt, "checkpoint")
     started = time.perf_counter()
-    session = runtime.load(artifact, backend, threads=threads, trust_engine=trust_engine)
+    session = runtime.load(artifact, backend, threads=threads, trust_engine=trust_engine, verify_key=verify_key or None)
     create_ms = (time.perf_counter() - started) * 1e3
     others = []
     for other in compare:

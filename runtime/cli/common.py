@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.errors import GapError, InputError, UsageError, interrupted
+from gap_deploy.runtime.errors import GapError, InputError, UsageError, first_line, interrupted
 from gap_deploy.runtime.publish import publish_text
 from gap_deploy.runtime.shapes import parse_shape
 
@@ -179,3 +179,26 @@ def _json_default(value):
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def _use_sign_key(ctx: click.Context, _param, value):
+    from gap_deploy.runtime.signing import ACTIVE_SIGN_KEY, check_sign_key, sign_key_from_env
+
+    if value is None and sign_key_from_env() is None:
+        return None
+    try:
+        key = check_sign_key(value if value is not None else sign_key_from_env())
+    except GapError as exc:
+        raise click.BadParameter(first_line(exc), param_hint="--sign-key") from None
+    token = ACTIVE_SIGN_KEY.set(key)
+    ctx.call_on_close(lambda: ACTIVE_SIGN_KEY.reset(token))
+    return key
+
+
+def sign_key_option(function: Callable) -> Callable:
+    """--sign-key KEY.pem for every command that writes artifacts: each artifact is signed in the same publication
+    (runtime.signing); $GAP_DEPLOY_SIGN_KEY is the default."""
+    return click.option("--sign-key", type=click.Path(path_type=Path), callback=_use_sign_key, expose_value=False,
+                        is_eager=True, envvar=None, metavar="KEY.pem",
+                        help="Sign what is written with this EC private key (OpenSSF model signing; <file>.sig beside "
+                             "each artifact). Default: $GAP_DEPLOY_SIGN_KEY.")(function)

@@ -80,7 +80,7 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 
 #: the options each of gap-run's three modes reads; any other option given is refused (exit 2), never ignored
 MODE_OPTIONS = {
-    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "trust_engine"},
+    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "trust_engine", "verify_key"},
     "ray": {"topk", "backend", "imgsz", "trust_engine", "ray_address", "output", "workers", "cpus_per_worker",
             "logits", "ray_batch_size"},
     "server": {"topk", "imgsz", "as_json", "server", "server_model", "concurrency"},
@@ -110,6 +110,9 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
               help="Most images of one size run together (local runs; --ray has --ray-batch-size).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
+@click.option("--verify-key", "verify_key", multiple=True, type=click.Path(path_type=Path), metavar="PUB.pem",
+              help="Open the artifact only if its signature verifies under this public key (a file or a folder of "
+                   ".pem; repeatable). Default: $GAP_DEPLOY_TRUSTED_KEYS. Plans always need one (or --trust-engine).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
               help="Classify with Ray Data: --ray alone joins RAY_ADDRESS or starts a local Ray; --ray ADDRESS joins "
                    "that cluster. IMAGES may also be globs or object-store URIs. Needs --output.")
@@ -130,7 +133,7 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
 @click.pass_context
 @report_errors
 def main(ctx, artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engine, ray_address, output, workers,
-         cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency):
+         cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency, verify_key):
     """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx, .plan, OpenVINO .xml, or a
     gap-pack bundle).
 
@@ -165,7 +168,7 @@ def main(ctx, artifact, images, topk, backend, imgsz, batch_size, as_json, trust
     paths = collect_images(images)
     if not paths:
         fail(f"no image files in {', '.join(map(str, images))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
-    session = runtime.load(artifact, backend, trust_engine=trust_engine)
+    session = runtime.load(artifact, backend, trust_engine=trust_engine, verify_key=verify_key or None)
     if size:
         check_memory((batch_size, session.spec.channels, *size), "--imgsz with --batch-size")
     info(f"{artifact} on {session.backend}: {len(paths)} image(s)")

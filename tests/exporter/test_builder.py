@@ -434,3 +434,24 @@ def test_a_timing_cache_tensorrt_cannot_read_is_treated_like_a_rejected_one(tmp_
     fake.config.set_timing_cache.assert_called_once_with(fake.cache, ignore_mismatch=False)
     assert any("rejected the timing cache" in n for n in notes)
     assert cache.read_bytes() == b"timing-cache-v2"
+
+
+def test_gap_build_signs_the_plan_and_its_manifest_in_the_same_publication(tmp_path, reference_onnx, cuda,
+                                                                           build_keys, monkeypatch):
+    """The build machine holds the private key; the plan and its manifest appear with their signatures, which a
+    device verifies with the public key alone (runtime.signing)."""
+    from gap_deploy.runtime.naming import manifest_path
+    from gap_deploy.runtime.signing import signature_path, verify_path
+
+    private, public = build_keys
+    monkeypatch.setenv("GAP_DEPLOY_SIGN_KEY", str(private))
+    fake = FakeBuild()
+    plan = tmp_path / "m.plan"
+    build_engine(reference_onnx, plan, trt=fake.module, cuda=cuda)
+    for path in (plan, manifest_path(plan)):
+        assert signature_path(path).is_file() and verify_path(path, public).key == public
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.plan", "m.plan.json", "m.plan.json.sig", "m.plan.sig"]
+    fake.builder.build_serialized_network.return_value = None  # a failed build leaves no signature behind
+    with pytest.raises(BuildError):
+        build_engine(reference_onnx, tmp_path / "n.plan", trt=fake.module, cuda=cuda)
+    assert not list(tmp_path.glob("n.plan*"))

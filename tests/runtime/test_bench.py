@@ -52,6 +52,16 @@ def test_ort_session_bench(reference_onnx):
     assert result.cold_start_ms["session_create_ms"] == 12.0 and result.cold_start_ms["first_inference_ms"] > 0
 
 
+@pytest.fixture
+def signed_plans(trusted):
+    """Plans written by test_trt.write_plan are signed by the build key this "device" trusts."""
+    from tests.runtime.backends.test_trt import _BUILD_KEY
+
+    _BUILD_KEY[:] = [trusted[0]]
+
+
+@pytest.mark.usefixtures("signed_plans")
+@pytest.mark.usefixtures("signed_plans")
 def test_tensorrt_timing_parts_with_spec_d_doubles(tmp_path):
     from gap_deploy.runtime.backends.cuda import Cuda
     from gap_deploy.runtime.backends.trt import TrtRunner
@@ -75,6 +85,8 @@ def test_tensorrt_timing_parts_with_spec_d_doubles(tmp_path):
     assert env["gpu"] == device.name and env["index"] == 0 and versions["tensorrt"] == "tensorrt 11.4.0.106"
 
 
+@pytest.mark.usefixtures("signed_plans")
+@pytest.mark.usefixtures("signed_plans")
 def test_a_cuda_graph_replay_that_differs_is_never_timed(tmp_path):
     from gap_deploy.runtime.backends.cuda import Cuda
     from gap_deploy.runtime.backends.trt import TrtRunner
@@ -103,6 +115,7 @@ def _timed_session(tmp_path, device):
 
 
 @pytest.mark.parametrize("enqueue_ms, bound", [(0.1, False), (1.5, False), (2.2, True), (5.0, True)])
+@pytest.mark.usefixtures("signed_plans")
 def test_the_enqueue_bound_warning_fires_exactly_when_the_host_is_the_bound(tmp_path, enqueue_ms, bound):
     # trtexec's rule (samples/common/sampleReporting.cpp): enqueue median > 0.8 x GPU compute median. Failed
     # before: compute was timed on an idle stream, so it held the enqueue and the warning could never fire.
@@ -119,6 +132,7 @@ def test_the_enqueue_bound_warning_fires_exactly_when_the_host_is_the_bound(tmp_
     assert result.gpu_ms["h2d"].median == pytest.approx(0.75)
 
 
+@pytest.mark.usefixtures("signed_plans")
 def test_a_failed_capture_is_timed_without_graphs_and_says_so(tmp_path):
     from tests.trt_doubles import FakeDevice
 

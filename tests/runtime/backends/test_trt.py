@@ -1,6 +1,7 @@
 """The TensorRT backend against spec'd doubles of the real TensorRT and CUDA APIs (no GPU needed)."""
 
 import threading
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -13,10 +14,19 @@ from gap_deploy.runtime.files import sha256_bytes  # noqa: E402
 from gap_deploy.runtime.manifest import EngineManifest, manifest_path  # noqa: E402
 from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
 from gap_deploy.runtime.session import Session  # noqa: E402
-from gap_deploy.runtime.trust import load_key  # noqa: E402
+from tests.conftest import sign_files  # noqa: E402
 from tests.trt_doubles import FakeDevice, expected_logits, make_engine, make_trt, trt  # noqa: F401
 
 PLAN = b"serialized-engine-bytes" * 10
+
+
+_BUILD_KEY: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _trusted_build_key(trusted):
+    """Every plan here is signed by the tests' build key, whose public half this "device" trusts."""
+    _BUILD_KEY[:] = [trusted[0]]
 
 
 def write_plan(tmp_path, **overrides):
@@ -29,8 +39,13 @@ def write_plan(tmp_path, **overrides):
                   metadata=ModelMetadata(arch="GapCNN", in_channels=3, num_classes=10, min_height=4,
                                          min_width=4, class_names=tuple("abcdefghij")).to_props())
     fields.update(overrides)
-    EngineManifest(**fields).signed(load_key(create=True)).write(plan)  # as gap-build signs it
+    EngineManifest(**fields).write(plan)
+    sign_files(_build_key(), plan, manifest_path(plan))  # as gap-build --sign-key signs them
     return plan
+
+
+def _build_key() -> Path:
+    return _BUILD_KEY[0]
 
 
 @pytest.fixture
@@ -469,43 +484,97 @@ def test_tensorrt_gets_the_stream_as_an_int_handle(tmp_path, device):
 
 
 def test_a_hand_written_manifest_grants_no_trust(tmp_path, device):
-    """Failed before: a manifest anyone can write (right SHA-256, version_compatible, builder "gap-deploy") made the
-    plan deserialize, engine host code allowed. Trust now comes from this user's key (runtime/trust.py)."""
+    """A manifest anyone can write (right SHA-256, version_compatible) must not make a plan load: trust comes from
+    signatures made with the build key and verified with its public half (runtime.signing)."""
+    from gap_deploy.runtime.signing import signature_path
+
     engine, _ = make_engine(device=device)
     module, runtime = make_trt(engine)
     plan = write_plan(tmp_path, version_compatible=True)
     fields = EngineManifest.read(plan).fields()
-    forged = EngineManifest(**{**fields, "signature": None})
-    forged.write(plan)
-    with pytest.raises(UntrustedCodeError, match=r"not signed by this user's gap-deploy key(.|\n)*--trust-engine"):
-        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
-    EngineManifest(**{**fields, "signature": "0" * 64}).write(plan)  # a made-up signature
-    with pytest.raises(UntrustedCodeError, match="not signed"):
-        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
     EngineManifest(**{**fields, "precision": "int8"}).write(plan)  # a signed manifest edited afterwards
-    with pytest.raises(UntrustedCodeError, match="not signed"):
+    with pytest.raises(UntrustedCodeError, match=r"model.plan.json: changed since it was signed(.|\n)*--trust-engine"):
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    signature_path(manifest_path(plan)).unlink()  # the manifest's signature removed
+    with pytest.raises(UntrustedCodeError, match="has no signature"):
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    EngineManifest(**{**fields, "signature": "0" * 64}).write(plan)  # only the old HMAC field, no .sig files
+    signature_path(plan).unlink()
+    with pytest.raises(UntrustedCodeError, match="old shared-secret \\(HMAC\\) signature"):
         TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
     assert not runtime.deserialize_cuda_engine.called and runtime.engine_host_code_allowed is not True
-    forged.write(plan)
     trusted = TrtRunner(plan, trust_engine=True, trt=module, cuda=Cuda(device.rt))  # the explicit flag
     assert trusted.manifest.precision == "fp16" and runtime.engine_host_code_allowed is True
 
 
-def test_a_signing_key_others_can_write_grants_nothing(tmp_path, device, monkeypatch):
-    from gap_deploy.runtime import trust
+def test_a_plan_signed_by_the_build_key_runs_where_only_the_public_key_is(tmp_path, device, build_keys, monkeypatch):
+    """The device holds the public key alone (no private key, no shared secret): the signed plan runs; the same
+    plan signed by another key, or replayed signatures of other bytes, are refused before TensorRT sees it."""
+    from gap_deploy.runtime.signing import signature_path
+    from tests.conftest import make_key_pair
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("GAP_DEPLOY_HOME", str(home))
-    plan = write_plan(tmp_path)  # signed with a new key in that home
-    assert (home / "engine.key").stat().st_mode & 0o777 == 0o600
-    open_runner(tmp_path, device)  # signed by this user's key: runs
-    (home / "engine.key").chmod(0o666)
-    with pytest.raises(UntrustedCodeError, match="can be written by other users"):
-        trust.load_key()
+    device_folder = tmp_path / "device"
+    device_folder.mkdir()
+    public = device_folder / "build.pub.pem"
+    public.write_bytes(build_keys[1].read_bytes())  # all the device has
+    monkeypatch.setenv("GAP_DEPLOY_TRUSTED_KEYS", str(device_folder))
+    runner, _, _, runtime = open_runner(tmp_path, device)
+    assert runner.infer(np.ones((1, 3, 8, 8), np.float32)).shape == (1, 10)
+    other_key, _ = make_key_pair(tmp_path, "other")
+    plan = tmp_path / "model.plan"
+    sign_files(other_key, plan, manifest_path(plan))
     engine, _ = make_engine(device=device)
-    module, _ = make_trt(engine)
-    with pytest.raises(UntrustedCodeError, match="can be written by other users"):
+    module, runtime = make_trt(engine)
+    with pytest.raises(UntrustedCodeError, match="was not made by a trusted key"):
         TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    other = tmp_path / "other"
+    other.mkdir()
+    second = write_plan(other, precision="fp32")  # a second, genuinely signed plan of other bytes
+    second.write_bytes(b"other bytes" * 10)
+    sign_files(build_keys[0], second)
+    signature_path(plan).write_bytes(signature_path(second).read_bytes())  # its signature replayed onto ours
+    sign_files(build_keys[0], manifest_path(plan))
+    with pytest.raises(UntrustedCodeError, match="model.plan: changed since it was signed"):
+        TrtRunner(plan, trt=module, cuda=Cuda(device.rt))
+    assert not runtime.deserialize_cuda_engine.called
+
+
+@pytest.mark.parametrize("mode, message", [(0o640, "can be read or written by other users"),
+                                           (0o604, "can be read or written by other users")])
+def test_a_signing_key_others_can_read_signs_nothing(tmp_path, build_keys, mode, message):
+    """Issue 38, class 5: a key other users can read lets them sign. Refused before anything is signed."""
+    from gap_deploy.runtime.signing import sign_path
+
+    key = tmp_path / "shared.pem"
+    key.write_bytes(build_keys[0].read_bytes())
+    key.chmod(mode)
+    target = tmp_path / "m.bin"
+    target.write_bytes(b"x")
+    with pytest.raises(UntrustedCodeError, match=message):
+        sign_path(target, key, tmp_path / "m.bin.sig")
+    assert not (tmp_path / "m.bin.sig").exists()
+
+
+def test_keys_and_signatures_that_are_not_regular_files_are_refused_without_blocking(tmp_path, build_keys):
+    """A FIFO as a key blocked a read for ever (issue 38, class 4); a symlinked key is not followed."""
+    import os
+
+    from gap_deploy.runtime.signing import sign_path, verify_path
+
+    target = tmp_path / "m.bin"
+    target.write_bytes(b"x")
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UntrustedCodeError, match="not a regular file"):
+        sign_path(target, fifo, tmp_path / "m.bin.sig")
+    link = tmp_path / "link.pem"
+    link.symlink_to(build_keys[0])
+    with pytest.raises(UntrustedCodeError, match="symbolic link"):
+        sign_path(target, link, tmp_path / "m.bin.sig")
+    sign_path(target, build_keys[0], tmp_path / "m.bin.sig")
+    with pytest.raises(UntrustedCodeError, match="public key .* is not a regular file"):
+        verify_path(target, [fifo])
+    assert verify_path(target, [build_keys[1]]).key == build_keys[1]
 
 
 # ---- gpu-review-4: L3, the capture's sync, nptype, and the doubles that now refuse what TensorRT refuses ------
