@@ -387,7 +387,8 @@ def engine_verifier(source, config: BuildConfig, spec: ArtifactSpec, *, trt, cud
         from gap_deploy.runtime.backends.trt import TrtRunner
         from gap_deploy.runtime.parity import compare, ort_cpu_infer, tolerance_for
 
-        runner = TrtRunner(plan, trt=trt, cuda=cuda)
+        # the plan this process has just built, still in its staging place (signed when it is published)
+        runner = TrtRunner(plan, trust_engine=True, trt=trt, cuda=cuda)
         try:
             built = runner.manifest.precision
             return compare(ort_cpu_infer(source), runner.infer, profile_shapes(profiles),

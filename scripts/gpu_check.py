@@ -155,7 +155,7 @@ def main(argv=None) -> int:
                 raise AssertionError("engine vs ONNX Runtime:\n" + result.engine_parity.format_table())
             tol = tolerance_for(built, "trt")
             worst, agree, total = 0.0, 0, 0
-            with runtime.load(result.build.plan) as engine:
+            with runtime.load(result.build.plan, trust_engine=True) as engine:
                 for i, shape in enumerate([*PROFILE, *ODD_SHAPES]):  # min/opt/max and odd sizes, random inputs
                     x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
                     max_abs, rel, _ = compare(engine.run(x), state["torch"](x))
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         result = build_with_precision(onnx_path, out / "model.2p.plan", config=BuildConfig(
             profiles=profiles, timing_cache=out / "timing.cache"))
         tol = tolerance_for("fp32", "trt")
-        with runtime.load(result.build.plan) as engine, runtime.load(onnx_path, "ort-cpu") as cpu:
+        with runtime.load(result.build.plan, trust_engine=True) as engine, runtime.load(onnx_path, "ort-cpu") as cpu:
             for i, shape in enumerate([(1, 3, 16, 16), (2, 3, 200, 100), (4, 3, 64, 33), (1, 3, 65, 65)] * 2):
                 x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
                 _, rel, _ = compare(engine.run(x), cpu.run(x))
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     def threads() -> str:
         inputs = [np.random.default_rng(i).standard_normal((1 + i % 3, 3, 8 + i % 7, 9 + i % 5)).astype(np.float32)
                   for i in range(64)]
-        with runtime.load(state["fp16"]) as engine, runtime.load(state["fp16"]) as other:
+        with runtime.load(state["fp16"], trust_engine=True) as engine, runtime.load(state["fp16"], trust_engine=True) as other:
             serial = [engine.run(x) for x in inputs]
             for sessions in ((engine,) * 8, (engine, other) * 4):  # one shared runner; two runners at once
                 results: list = [None] * 64
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         code = ("import sys, numpy as np; sys.modules['tensorrt'] = None\n"  # only tensorrt_lean may load
                 f"sys.path.insert(0, {str(ROOT / 'scripts')!r}); from checkout import use_checkout; use_checkout()\n"
                 "from gap_deploy import runtime\n"
-                f"s = runtime.load({str(plan)!r})\n"
+                f"s = runtime.load({str(plan)!r}, trust_engine=True)\n"
                 "assert 'tensorrt_lean' in s.versions['tensorrt'], s.versions\n"
                 f"got, ref = s.run(np.load({str(x_path)!r})), np.load({str(ref_path)!r})\n"
                 "rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)\n"
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
 
     def graphs() -> str:
         diffs: list = []
-        with runtime.load(state["fp16"]) as engine:
+        with runtime.load(state["fp16"], trust_engine=True) as engine:
             for i, shape in enumerate([(1, 3, 64, 64), (8, 3, 128, 96), (1, 3, 4, 4)]):
                 x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
                 diff = engine.check_cuda_graph(x)
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
         return f"{', '.join(notes)}; ort-trt rel {rel:.1e}, start {times[0]:.1f} s then {times[1]:.1f} s (cache)"
 
     def gap_run() -> str:
-        done = subprocess.run([*console("gap-run"), str(state["fp16"]), str(data / "samples"),
+        done = subprocess.run([*console("gap-run"), str(state["fp16"]), str(data / "samples"), "--trust-engine",
                                "--json"], capture_output=True, text=True)
         if done.returncode != 0:
             raise AssertionError(done.stderr)
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
 
     def bench() -> str:
         path = out / "bench.json"
-        done = subprocess.run([*console("gap-bench"), str(state["fp16"]), "--shape",
+        done = subprocess.run([*console("gap-bench"), str(state["fp16"]), "--trust-engine", "--shape",
                                "1x3x224x224", "--shape", "8x3x128x128", "--torch", str(ckpt), "--cuda-graph",
                                "--json", str(path)], text=True)
         if done.returncode != 0:
