@@ -300,8 +300,9 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
     here at the sweep's sizes against the source ONNX (judged with the FP16 tolerance for FP16) before the bundle
     is published."""
     from gap_deploy.runtime._lazy import require
-    from gap_deploy.runtime.backends.openvino import HINT, RT_INFO_SECTION, OvRunner
+    from gap_deploy.runtime.backends.openvino import HINT, RT_INFO_SECTION, OvRunner, no_telemetry
 
+    no_telemetry()  # before openvino (and its converter) is imported
     ov = require("openvino", purpose="for gap-pack --target openvino", hint=HINT)
     meta, channels = spec.metadata, spec.channels
     log(f"Converting {source.name} to OpenVINO IR ({precision}) ...")

@@ -23,7 +23,30 @@ RT_INFO_SECTION = "gap"
 HINT = "pip install 'gap-deploy[openvino]'"
 
 
+def no_telemetry() -> None:
+    """Keep OpenVINO's usage telemetry off in this process, before openvino is imported.
+
+    OpenVINO's converter (openvino.tools.ovc, telemetry_utils.init_ovc_telemetry) starts its telemetry with the
+    opt-in dialog off, which counts a missing consent file as consent: it writes a client ID under ~/intel and
+    starts sender threads to Google Analytics (OpenVINO's "Telemetry" page: collected by default, opt out with
+    ``opt_in_out --opt_out``). A deployment toolkit does not report its users' runs, and does not change their
+    global settings either: so the converter's own fallback is used, the no-op stub it imports when
+    ``openvino_telemetry`` cannot be imported (``sys.modules`` entry None). A process that imported
+    openvino_telemetry before gap-deploy keeps it; its Telemetry singleton is told there is no consent."""
+    import sys
+
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  (ImportError on import, by design)
+        return
+    module = sys.modules["openvino_telemetry"]
+    # the singleton's instance, as openvino_telemetry's SingletonMetaClass keeps it (a name-mangled attribute)
+    instance = getattr(getattr(module, "Telemetry", None), "_SingletonMetaClass__single_instance", None)
+    if instance is not None:
+        instance.consent = False
+
+
 def _ov():
+    no_telemetry()
     return require("openvino", purpose="to run OpenVINO models", hint=HINT)
 
 

@@ -154,3 +154,29 @@ def test_a_failed_openvino_inference_does_not_poison_the_next_ones(tmp_path):
         with pytest.raises(BackendError, match="compiled again"):
             runner.infer(np.zeros((1, 3, 9, 9), np.float32))
         np.testing.assert_allclose(runner.infer(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_openvino_s_telemetry_stays_off(tmp_path, reference_onnx):
+    """Issue 38, 4c: OpenVINO's converter counts a missing consent file as consent (init_ovc_telemetry passes
+    enable_opt_in_dialog=False), writes a client ID under ~/intel and starts sender threads. Failed before: a pack
+    left ~/intel/openvino_ga_cid. Run in a fresh process, with a HOME of its own and CI unset (openvino_telemetry
+    declines by itself when CI=true, which would hide the bug in CI)."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(home)
+    code = ("import sys, threading\n"
+            "from gap_deploy.exporter.pack import pack\n"
+            f"pack({str(reference_onnx)!r}, {str(tmp_path / 'bundle')!r}, target='openvino')\n"
+            "print('telemetry module:', sys.modules.get('openvino_telemetry'))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "telemetry module: None" in done.stdout
+    assert (tmp_path / "bundle" / "model.xml").is_file()
+    written = [str(p.relative_to(home)) for p in home.rglob("*")]
+    # no client ID, no stats, no consent file written on the user's behalf (other libraries' caches may appear)
+    assert not (home / "intel").exists() and not [w for w in written if "openvino" in w], written
