@@ -9,6 +9,7 @@ The model's gap.* metadata travels in the IR's rt_info (section ``gap``), writte
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from pathlib import Path
 
@@ -72,9 +73,33 @@ def _dims(partial_shape) -> tuple[int | None, ...]:
     return tuple(d.get_length() if d.is_static else None for d in partial_shape)
 
 
+#: how much of an IR's XML is read to find its root element (a real IR's prolog is one line)
+PROLOG_BYTES = 1 << 16
+_DECLARATIONS = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+def check_ir_xml(path: Path) -> None:
+    """Refuse an IR whose XML declares a DOCTYPE or entities, before OpenVINO parses it: no IR OpenVINO writes has
+    one, and entity declarations are how an XML file expands to gigabytes ("billion laughs"). OpenVINO's parser
+    does not expand them today; the toolkit does not rely on that. Only the prolog, before the root element, can
+    hold declarations, so a bounded head of the file is read."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(PROLOG_BYTES)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read OpenVINO model {path}: {exc.strerror or exc}.") from None
+    root = re.search(rb"<[A-Za-z_]", head)
+    prolog = head[:root.start()] if root else head
+    if _DECLARATIONS.search(prolog):
+        raise ArtifactError(f"OpenVINO model {path} declares a DOCTYPE or XML entities, which no OpenVINO IR has; "
+                            "refused before parsing (entity expansion can blow up memory).",
+                            hint="write the bundle again with gap-pack --target openvino, from a source you trust.")
+
+
 def read_ir(path: Path):
     """(model, inputs, outputs, props) of an IR, read but not compiled (what runtime.artifact.describe needs)."""
     ov = _ov()
+    check_ir_xml(path)
     try:
         model = ov.Core().read_model(str(path))
     except Exception as exc:

@@ -180,3 +180,31 @@ def test_openvino_s_telemetry_stays_off(tmp_path, reference_onnx):
     written = [str(p.relative_to(home)) for p in home.rglob("*")]
     # no client ID, no stats, no consent file written on the user's behalf (other libraries' caches may appear)
     assert not (home / "intel").exists() and not [w for w in written if "openvino" in w], written
+
+
+def test_an_ir_that_declares_entities_is_refused_before_openvino_parses_it(tmp_path, reference_onnx):
+    """Issue 38, class 9 ("billion laughs"): an IR whose model.xml carries an entity-expansion DOCTYPE (SHA-256 in
+    model.json updated, so only the XML itself can tell) was read. No parser of the toolkit may expand entities:
+    Python never parses the XML, and OpenVINO's is not handed one that declares any."""
+    import hashlib
+
+    from gap_deploy.exporter.pack import pack
+
+    bundle = tmp_path / "b"
+    pack(reference_onnx, bundle, target="openvino")
+    xml = bundle / "model.xml"
+    text = xml.read_text()
+    entities = '<!ENTITY a "lol">' + "".join(f'<!ENTITY {c} "{("&" + p + ";") * 10}">'
+                                            for p, c in zip("abcdefgh", "bcdefghi"))
+    head, rest = text.split("?>", 1)
+    xml.write_text(f"{head}?>\n<!DOCTYPE net [{entities}]>{rest}")
+    raw = (bundle / "model.json").read_text()  # its SHA-256 of model.xml updated, as a forger would
+    old = hashlib.sha256(text.encode()).hexdigest()
+    assert old in raw
+    (bundle / "model.json").write_text(raw.replace(old, hashlib.sha256(xml.read_bytes()).hexdigest()))
+    with pytest.raises(ArtifactError, match="declares a DOCTYPE or XML entities"):
+        runtime.load(bundle)
+    from gap_deploy.runtime.artifact import describe
+
+    with pytest.raises(ArtifactError, match="declares a DOCTYPE or XML entities"):
+        describe(xml)
