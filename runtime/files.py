@@ -118,18 +118,24 @@ def _identity(path: Path) -> tuple:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` (resolved) is ``folder`` (resolved) or lies below it."""
-    inner, outer = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
-    return inner == outer or outer in inner.parents
+    """Whether ``path`` is ``folder`` (resolved) or lies below it: where the path itself stands (its folder
+    resolved, its last name as given) and where it leads (resolved through a final link). A link planted inside
+    an input folder that points outside it is still inside: writing through it is writing from inside."""
+    outer = Path(os.path.realpath(folder))
+    standing = Path(os.path.realpath(path.parent if str(path.parent) else ".")) / path.name
+    return any(inner == outer or outer in inner.parents for inner in (standing, Path(os.path.realpath(path))))
 
 
-def check_distinct(inputs: dict[str, str | os.PathLike | None], outputs: dict[str, str | os.PathLike | None]) -> None:
+def check_distinct(inputs: dict[str, str | os.PathLike | None], outputs: dict[str, str | os.PathLike | None], *,
+                   output_folders: tuple[str, ...] = ()) -> None:
     """Refuse an output that is the same file as an input, or as another output of the same command, or that
     lies inside an input folder (an image folder, a labelled data set, a bundle: every file in it is an input),
-    or an output folder that holds an input.
+    or an output folder that holds an input, or (``output_folders``: the outputs that are folders written whole)
+    an output inside such a folder.
 
-    Compared by resolved path and by inode, so links, ``./x`` and ``../dir/x`` cannot sneak past. The
-    names are the user's (flag names in a CLI, parameter names in the library).
+    Compared by resolved path and by inode, so links, ``./x`` and ``../dir/x`` cannot sneak past; a link is
+    judged where it stands as well as where it leads. The names are the user's (flag names in a CLI, parameter
+    names in the library).
     """
     folders = {name: Path(p) for name, p in inputs.items() if p is not None and Path(p).is_dir()}
     for out_name, out in outputs.items():
@@ -139,6 +145,12 @@ def check_distinct(inputs: dict[str, str | os.PathLike | None], outputs: dict[st
             if _inside(Path(out), folder):
                 raise OutputPathError(f"{out_name} {out} is inside {in_name} {folder}; writing it could replace "
                                       "one of its files.", hint=f"choose a path outside {folder} for {out_name}.")
+        for folder_name in output_folders:
+            folder = outputs.get(folder_name)
+            if folder_name != out_name and folder is not None and _inside(Path(out), Path(folder)):
+                raise OutputPathError(f"{out_name} {out} is inside {folder_name} {folder}, which is written whole; "
+                                      "the two would replace each other's files.",
+                                      hint=f"choose a path outside {folder} for {out_name}.")
         for in_name, path in inputs.items():
             if path is not None and Path(out).is_dir() and _inside(Path(path), Path(out)):
                 raise OutputPathError(f"{in_name} {path} is inside {out_name} {out}; writing that folder could "

@@ -1013,3 +1013,42 @@ def test_onnxruntime_failures_read_without_its_cpp_framing(tmp_path):
     text = str(caught.value)
     assert "cannot be reshaped" in text or "Reshape" in text, text
     assert "[ONNXRuntimeError]" not in text and "onnxruntime_src" not in text and ".cc:" not in text, text
+
+
+# ---- round four, class 1: writing through links onto files outside the output ---------------------------------
+
+@pytest.mark.parametrize("command, option", [("gap-tune", "--json"), ("gap-tune", "--plot"), ("gap-eval", "--json"),
+                                             ("gap-debug", "--json"), ("gap-debug", "--plot")])
+def test_a_link_planted_inside_an_input_folder_is_never_written_through(labelled_set, reference_onnx, reference_ckpt,
+                                                                       tmp_path, command, option):
+    """Failed before: --json data/link.json, a link inside the --data/--images folder pointing at a file outside every
+    folder of the run, replaced that file (exit 0): the inside check followed the link to where it leads."""
+    from gap_deploy.exporter.cli.debug import main as debug
+    from gap_deploy.runtime.cli.eval import main as evaluate
+
+    outside = tmp_path / "precious.txt"
+    outside.write_bytes(b"the user's own file")
+    link = labelled_set / "class1" / "link.json"
+    link.symlink_to(outside)
+    if command == "gap-debug":
+        cli, args, flag = debug, [str(reference_ckpt), "--images", str(labelled_set / "class1")], "--images"
+    else:
+        cli = evaluate if command == "gap-eval" else gap_tune
+        args, flag = [str(reference_onnx), "--data", str(labelled_set)], "--data"
+    result = CliRunner().invoke(cli, [*args, option, str(link)])
+    assert_clean_failure(result, f"{option} {link} is inside {flag}")
+    assert outside.read_bytes() == b"the user's own file" and link.is_symlink()
+
+
+def test_a_report_inside_the_bundle_it_describes_is_refused(reference_onnx, tmp_path):
+    """Failed before: gap-pack -o b --json b/model.json replaced the bundle's own description after writing it (the
+    bundle no longer loaded), exit 0."""
+    bundle = tmp_path / "b"
+    for made in (False, True):  # a new folder, and an empty one (a folder target may be empty)
+        if made:
+            bundle.mkdir()
+        result = CliRunner().invoke(gap_pack, [str(reference_onnx), "-o", str(bundle), "--json",
+                                               str(bundle / "model.json")])
+        assert_clean_failure(result, f"--json {bundle / 'model.json'} is inside -o/--output {bundle}, which is "
+                                     "written whole")
+        assert bundle.exists() == made and not (made and any(bundle.iterdir()))

@@ -64,9 +64,10 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
     check_input_file(model, "ONNX model")
     shapes = [shape_option(s) for s in fixed]
     output = output or bundle_folder(model)
+    check_distinct({"MODEL": model, "--checkpoint": checkpoint}, {"-o/--output": output, "--json": json_path},
+                   output_folders=("-o/--output",))
     if json_path:
         check_output_path(json_path)
-    check_distinct({"MODEL": model, "--checkpoint": checkpoint}, {"-o/--output": output, "--json": json_path})
     loaded = None
     if checkpoint is not None:
         from gap_deploy.exporter.checkpoint import load_model

@@ -92,7 +92,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
         if emit_dir.exists() and (not emit_dir.is_dir() or any(emit_dir.iterdir())):
             raise UsageError(f"--emit folder {emit_dir} exists and is not empty; choose a new folder.")
     check_distinct({**{f"artifact {n}": p for n, p in named.items()}, "--data": folder},
-                   {"--json": json_path, "--plot": plot_path, "--emit": emit_dir})
+                   {"--json": json_path, "--plot": plot_path, "--emit": emit_dir}, output_folders=("--emit",))
     if plot_path:
         from gap_deploy.runtime._lazy import require
 
