@@ -783,7 +783,7 @@ ROUND3 = {
                                  setup=lambda ws: _forged_onnx(ws, "forged.onnx", "gap.min_width", "wide")),
     "pack-json-is-model": Case("pack", ["model.onnx", "-o", "b2", "--json", "model.onnx"], 1, "same file as"),
     "pack-json-inside-output": Case("pack", ["model.onnx", "-o", "bundle", "--json", "bundle/x.json"], 1,
-                                    "exists and is not empty"),
+                                    "is inside -o/--output bundle, which is written whole"),
     # ---- bundles run by gap-run and gap-bench
     "bundle-json-garbage": Case("run", ["bundle", "imgs"], 1, "cannot read bundle description",
                                 setup=lambda ws: ((ws / "bundle" / "model.json").write_text("{"), _images(ws,
