@@ -39,17 +39,29 @@ def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None
     error for that file alone.
     """
     path = Path(path)
+    # One step, on the descriptor: opened without blocking (a FIFO opens at once with O_NONBLOCK), then checked. A
+    # check of the path followed by an open of the path could be raced: a regular file when checked, a FIFO when
+    # opened, and the decode thread blocked for ever.
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ArtifactError(f"image {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"image {path} is a directory.") from None
     except OSError as exc:
         raise ArtifactError(f"image {path} cannot be read: {exc.strerror or exc}.") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ArtifactError(f"image {path} is a directory.")
-    if not stat.S_ISREG(st.st_mode):
-        raise ArtifactError(f"image {path} is not a regular file (a pipe, device or socket); it was not opened.")
-    return decode_image(path, channels, size, name=str(path))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ArtifactError(f"image {path} is a directory.")
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"image {path} is not a regular file (a pipe, device or socket); it was not read.")
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1
+            return decode_image(handle, channels, size, name=str(path))
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None, *, name: str) -> np.ndarray:

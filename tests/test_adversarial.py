@@ -1052,3 +1052,44 @@ def test_a_report_inside_the_bundle_it_describes_is_refused(reference_onnx, tmp_
         assert_clean_failure(result, f"--json {bundle / 'model.json'} is inside -o/--output {bundle}, which is "
                                      "written whole")
         assert bundle.exists() == made and not (made and any(bundle.iterdir()))
+
+
+def test_an_image_that_becomes_a_fifo_between_check_and_open_never_blocks(tmp_path, monkeypatch):
+    """Round four, class 4: the path was checked (a regular file) and then opened by path, so a file swapped for a
+    FIFO in between blocked a decode thread for ever. The check is now made on the opened descriptor. The race is
+    made certain here: os.stat is told to say "regular file", as it would have before the swap. Failed before: the
+    thread was still blocked after 10 s."""
+    import os
+    import stat as stat_module
+    import threading
+
+    from gap_deploy.runtime.errors import ArtifactError
+    from gap_deploy.runtime.images import load_image
+
+    fifo = tmp_path / "a.png"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+
+    def stale_stat(path, *args, **kwargs):
+        result = real_stat(path, *args, **kwargs)
+        if str(path) == str(fifo):
+            return os.stat_result((stat_module.S_IFREG | 0o644, *tuple(result)[1:]))
+        return result
+
+    monkeypatch.setattr(os, "stat", stale_stat)
+    outcome: list = []
+
+    def decode():
+        try:
+            load_image(fifo)
+            outcome.append("decoded")
+        except ArtifactError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=decode, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # unblock the reader so the test process can end, then fail
+        with open(fifo, "wb") as writer:
+            writer.write(b"x")
+    assert not worker.is_alive() and outcome and "is not a regular file" in outcome[0], outcome
