@@ -156,6 +156,12 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
                 raise UsageError(f"artifact '{name}' has other classes than '{next(iter(metas))}'; compare "
                                  "artifacts of one model.")
         check_sizes_fit(sessions, sizes)
+        from gap_deploy.runtime.limits import check_memory
+
+        for size in sizes:  # every size before any image is decoded (the stream checks each image again)
+            if size is not None:
+                for session in sessions.values():
+                    check_memory((1, session.spec.channels, *size), f"--imgsz {size_label(size)}: an input")
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         labels_all = np.asarray(data.labels)
         count = len(data.files)

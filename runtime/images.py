@@ -79,6 +79,8 @@ def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None,
             check_memory((1, channels, height, width), f"image {path}", activations=False)
             if size is None:
                 check_memory((1, channels, height, width), f"image {path} at its own size")
+            else:  # the resized image, before it is made, and the model's activations on it
+                check_memory((1, channels, *size), f"image {path} resized to")
             image.load()  # decode now, so a truncated file fails here with its name
             pixels = _pixels(image, channels, path)
     except Image.DecompressionBombError as exc:

@@ -130,7 +130,14 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, tolerance: Tol
 
 
 def random_input(shape: Sequence[int], seed: int) -> np.ndarray:
-    """Seeded standard-normal NCHW input: the same seed and shape give the same array everywhere."""
+    """Seeded standard-normal NCHW input: the same seed and shape give the same array everywhere.
+
+    Every check input is made here, so the memory a check at ``shape`` needs (the input, and the model's
+    activations on it) is checked here first: a size no machine can run is a ResourceError with the numbers,
+    not a NumPy allocation error halfway through a command."""
+    from gap_deploy.runtime.limits import check_memory
+
+    check_memory(tuple(shape), "a check input")
     return np.random.default_rng(seed).standard_normal(tuple(shape)).astype(np.float32)
 
 

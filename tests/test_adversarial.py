@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import os
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -1093,3 +1095,40 @@ def test_an_image_that_becomes_a_fifo_between_check_and_open_never_blocks(tmp_pa
         with open(fifo, "wb") as writer:
             writer.write(b"x")
     assert not worker.is_alive() and outcome and "is not a regular file" in outcome[0], outcome
+
+
+# ---- round four, class 6: sizes no machine can run, refused with numbers before anything is allocated -----------
+
+def _run_capped(args: list[str], cwd: Path, gigabytes: int = 8) -> subprocess.CompletedProcess:
+    """A gap-* command in a process whose address space is capped, so a regression fails with MemoryError instead
+    of waking the machine's OOM killer."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (gigabytes << 30, gigabytes << 30))
+
+    env = {k: v for k, v in os.environ.items() if k != "GAP_MEMORY_LIMIT"}
+    return subprocess.run([str(Path(sys.executable).with_name(args[0])), *args[1:]], cwd=cwd, env=env,
+                          preexec_fn=cap, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["gap-pack", "model.onnx", "-o", "b", "--target", "openvino", "--min-side", "100000"],
+     "a check input 1x3x100000x100000 would need about"),
+    (["gap-eval", "model.onnx", "--data", "data", "--imgsz", "65536"], "--imgsz 65536: an input 1x3x65536x65536"),
+    (["gap-run", "model.onnx", "data/c0/a.png", "--imgsz", "40000"], "would need about"),
+])
+def test_a_size_no_machine_can_run_is_refused_with_its_numbers(base, tmp_path, args, message):
+    """Failed before: gap-pack --min-side 100000 died in NumPy (a traceback), gap-eval --imgsz 65536 resized the
+    first image to 51 GB (the OOM killer ended it), each after work had begun."""
+    import shutil
+
+    from PIL import Image
+
+    shutil.copy(base / "model.onnx", tmp_path / "model.onnx")
+    (tmp_path / "data" / "c0").mkdir(parents=True)
+    Image.new("RGB", (16, 12), (9, 99, 199)).save(tmp_path / "data" / "c0" / "a.png")
+    done = _run_capped(args, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr + done.stdout, done.stderr
+    assert not (tmp_path / "b").exists()
