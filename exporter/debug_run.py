@@ -48,6 +48,7 @@ def _inputs(job: DebugJob, channels: int, meta) -> list[np.ndarray]:
         files = collect_images([folder, *subfolders])[:job.max_images]  # a labelled folder's classes too
         if not files:
             raise UsageError(f"no image files in {job.images} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        check_chunk_memory([(1, channels, *job.imgsz)] * len(files), job.chunk)
         return [normalize(load_image(f, channels, job.imgsz), meta)[None].astype(np.float32) for f in files]
     shapes = list(job.shapes) or [(1, channels, *job.imgsz)]
     rng = np.random.default_rng(0)
@@ -59,8 +60,35 @@ def _inputs(job: DebugJob, channels: int, meta) -> list[np.ndarray]:
             raise UsageError(f"--shape {format_shape(shape)} is below the model's minimum input "
                              f"{meta.min_height}x{meta.min_width}.")
         check_memory(shape, f"--shape {format_shape(shape)}")
+    check_chunk_memory([tuple(s) for s in shapes], job.chunk)
+    for shape in shapes:
         arrays.append(rng.standard_normal(shape).astype(np.float32))
     return arrays
+
+
+def check_chunk_memory(shapes: list[tuple[int, ...]], chunk: int) -> None:
+    """gap-debug holds, for every input at once, one chunk of layers' outputs from PyTorch and from the artifact's
+    runtime: about ``2 x chunk`` activations per input where a plain inference keeps a few alive
+    (runtime/limits.py's ACTIVATION_FACTOR). Refused before the export when that cannot fit, with the largest
+    --chunk that does. Failed before: 256x3x224x224 ran until the OOM killer ended the process."""
+    import math
+
+    from gap_deploy.runtime.errors import ResourceError
+    from gap_deploy.runtime.limits import ACTIVATION_FACTOR, LIMIT_ENV, _gb, limit_bytes
+
+    elements = sum(math.prod(s) for s in shapes) * 4  # bytes of the inputs
+    need = elements * (1 + ACTIVATION_FACTOR * 2 * chunk)
+    limit = limit_bytes()
+    if need <= limit:
+        return
+    fits = int((limit / max(elements, 1) - 1) // (ACTIVATION_FACTOR * 2))
+    raise ResourceError(
+        f"comparing {len(shapes)} input(s) ({', '.join(format_shape(s) for s in shapes)}) {chunk} layer(s) per pass "
+        f"would need about {_gb(need)} of memory; {_gb(limit)} is available.",
+        note=f"each pass holds about 2 x {chunk} layer outputs per input, estimated as {ACTIVATION_FACTOR} times the "
+             "input each (runtime/limits.py).",
+        hint=(f"use --chunk {fits} or less, " if fits >= 1 else "") + "use fewer or smaller inputs, or set "
+             f"{LIMIT_ENV}=<GB> to allow more.")
 
 
 def _variant(job: DebugJob, fp32, channels: int, log) -> object:

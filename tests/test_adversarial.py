@@ -1132,3 +1132,15 @@ def test_a_size_no_machine_can_run_is_refused_with_its_numbers(base, tmp_path, a
     assert done.returncode == 1, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr + done.stdout, done.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_gap_debug_refuses_a_batch_whose_layer_outputs_cannot_fit(base, tmp_path):
+    """Failed before: gap-debug --shape 256x3x224x224 passed the plain memory check (one inference), then held 2 x 16
+    layer outputs per pass until the OOM killer ended it. Now refused with the --chunk that fits."""
+    import shutil
+
+    shutil.copy(base / "model.pt", tmp_path / "model.pt")
+    done = _run_capped(["gap-debug", "model.pt", "--shape", "256x3x224x224"], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "16 layer(s) per pass would need about" in done.stderr and "Traceback" not in done.stderr
+    assert "--chunk" in done.stderr
