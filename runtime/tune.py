@@ -206,8 +206,22 @@ class TuneResult:
                 "decision": decision.to_dict() if decision else None}
 
 
+#: the most sizes one sweep measures: each is a point per artifact and backend, timed and evaluated
+MAX_SIZES = 64
+
+
+def fitting(channels: int, size: tuple[int, int], most: int) -> int:
+    """How many images of ``size`` may be held and run together: at most ``most``, and within half the memory
+    limit with their activations (runtime.limits' estimate); at least 1 (one image was checked to fit)."""
+    from gap_deploy.runtime.limits import estimate_bytes, limit_bytes
+
+    return max(1, min(most, (limit_bytes() // 2) // max(estimate_bytes((1, channels, *size)), 1)))
+
+
 def parse_sizes(texts: Sequence[str]) -> list[tuple[int, int]]:
-    """``32:256:16`` (start:stop:step, stop included), ``32,48,64``, ``48x80``; repeatable."""
+    """``32:256:16`` (start:stop:step, stop included), ``32,48,64``, ``48x80``; repeatable. At most
+    :data:`MAX_SIZES` sizes, counted before any range is expanded (``1:8192:1`` is refused in microseconds, not
+    measured for hours)."""
     sizes: list[tuple[int, int]] = []
     for text in texts:
         for part in str(text).replace(" ", "").split(","):
@@ -221,17 +235,30 @@ def parse_sizes(texts: Sequence[str]) -> list[tuple[int, int]]:
                     step_value = step[0] if step else 16
                     if start < 1 or stop < start or step_value < 1:
                         raise ValueError
+                    count = (stop - start) // step_value + 1
+                    if stop > 8192 or len(sizes) + count > MAX_SIZES:
+                        raise UsageError(
+                            f"--sizes {part} asks for {count} size(s) up to {stop}; a sweep measures at most "
+                            f"{MAX_SIZES} sizes of at most 8192 pixels.",
+                            hint=f"use a larger step (e.g. {start}:{min(stop, 8192)}:"
+                                 f"{max(step_value, -(-(min(stop, 8192) - start) // (MAX_SIZES - 1)))}).")
                     sizes += [(s, s) for s in range(start, stop + 1, step_value)]
                 elif "x" in part.lower():
                     h, w = (int(v) for v in part.lower().split("x"))
                     sizes.append((h, w))
                 else:
                     sizes.append((int(part), int(part)))
+            except UsageError:
+                raise
             except ValueError:
                 raise UsageError(f"--sizes {part!r} is not N, HxW or START:STOP:STEP (e.g. 32:256:16).") from None
     if any(h < 1 or w < 1 or h > 8192 or w > 8192 for h, w in sizes):
         raise UsageError("--sizes must lie between 1 and 8192 pixels.")
-    return list(dict.fromkeys(sizes))
+    sizes = list(dict.fromkeys(sizes))
+    if len(sizes) > MAX_SIZES:
+        raise UsageError(f"--sizes gives {len(sizes)} sizes; a sweep measures at most {MAX_SIZES}.",
+                         hint="give fewer sizes, or a range with a larger step.")
+    return sizes
 
 
 def default_sizes(meta) -> list[tuple[int, int]]:
@@ -284,7 +311,7 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     from gap_deploy.runtime.errors import InputTypeError
     from gap_deploy.runtime.evaluate import read_labelled_folder
     from gap_deploy.runtime.images import load_image
-    from gap_deploy.runtime.limits import limit_bytes
+    from gap_deploy.runtime.limits import check_memory, limit_bytes
     from gap_deploy.runtime.session import available_backends
     from gap_deploy.runtime.stream import Batch, stream_batches
     from gap_deploy.runtime.validation import int_tuple
@@ -320,6 +347,9 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
         specs = {key: s.input_spec for key, s in sessions.items()}
         chosen_sizes = list(sizes) if sizes else default_sizes(first)
         check_sizes_fit(sessions, chosen_sizes)
+        widest = max(s.spec.channels for s in sessions.values())
+        for size in chosen_sizes:  # one image at every size must fit, before any image is decoded
+            check_memory((1, widest, *size), f"--sizes {size_label(size)}: an input")
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         files, labels = sample_per_class(data.files, data.labels, max_per_class)
         result = TuneResult(str(folder), data.classes, batch, 0)
@@ -363,7 +393,8 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
             key, session = next(iter(sessions.items()))
             largest = max(chosen_sizes, key=lambda s: s[0] * s[1]) if chosen_sizes else None
             probe = []
-            for i in keep[:16]:
+            probe_count = 16 if largest is None else fitting(widest, largest, 16)
+            for i in keep[:probe_count]:
                 try:
                     raw = held[channels[key]][i] if held is not None else load_image(files[i], channels[key])
                     probe.append(prepare_image(session, raw if largest is None else resize_chw(raw, largest)))
@@ -371,21 +402,23 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
                     pass  # unreadable or too small at its own size: reported when its point runs
             t0 = time.perf_counter()
             if probe:
-                session.run_many(probe, max_batch=16)
+                session.run_many(probe, max_batch=probe_count)
             per_image += (time.perf_counter() - t0) / max(len(probe), 1)
             points = len(sessions) * len(all_sizes)
             on_plan(points, points * (bench_s + per_image * len(keep) + 0.05))
 
         def held_batches(size, lead, c) -> Iterator:
-            """Chunks of 64 prepared images in order (Session.run_many groups them by shape)."""
+            """Chunks of at most 64 prepared images in order (Session.run_many groups them by shape), fewer where
+            64 images at ``size`` and their activations would not fit."""
             chunk: list = []
+            limit = 64 if size is None else fitting(c, size, 64)
             for j, i in enumerate(keep):
                 raw = held[c][i] if size is None else resize_chw(held[c][i], size)
                 try:
                     chunk.append((j, prepare_image(lead, raw)))
                 except GapError as exc:
                     yield Batch((j,), error=first_line(exc))
-                if len(chunk) == 64 or (chunk and j == len(keep) - 1):
+                if len(chunk) == limit or (chunk and j == len(keep) - 1):
                     yield Batch(tuple(x for x, _ in chunk), tuple(a for _, a in chunk))
                     chunk = []
 
@@ -393,7 +426,10 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
             def load(path):
                 return prepare_image(lead, load_image(path, c, size))
 
-            return stream_batches([files[i] for i in keep], load, batch_size=64)
+            from gap_deploy.runtime.stream import default_workers
+
+            count = 64 if size is None else fitting(c, size, 64)  # the window: a batch and the decodes in flight
+            return stream_batches([files[i] for i in keep], load, batch_size=count, window=count + default_workers())
 
         for size in all_sizes:
             label = size_label(size)

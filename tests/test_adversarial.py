@@ -1144,3 +1144,27 @@ def test_gap_debug_refuses_a_batch_whose_layer_outputs_cannot_fit(base, tmp_path
     assert done.returncode == 1, done.stdout + done.stderr
     assert "16 layer(s) per pass would need about" in done.stderr and "Traceback" not in done.stderr
     assert "--chunk" in done.stderr
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ("4:8192:1", "asks for 8189 size(s) up to 8192; a sweep measures at most 64"),
+    ("1:100000000000:1", "asks for 100000000000 size(s)"),
+    ("32:8192:128", "--sizes 7840: an input 1x3x7840x7840 would need about"),
+])
+def test_gap_tune_refuses_a_sweep_it_cannot_run_before_decoding_anything(base, tmp_path, sizes, message):
+    """Round four, classes 4 and 4b: --sizes 4:8192:1 measured 8189 sizes (hours; a range of 10^11 was expanded
+    into a list first), and 32:8192:128 held 16-64 images resized to 8096x8096 (9.4 GB peak here) before the
+    estimate refused it. Now counted and estimated before any image is decoded."""
+    import shutil
+
+    from PIL import Image
+
+    shutil.copy(base / "model.onnx", tmp_path / "model.onnx")
+    for c in ("class0", "class1"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), (i * 40, 99, 9)).save(tmp_path / "data" / c / f"{i}.png")
+    started = time.perf_counter()
+    done = _run_capped(["gap-tune", "model.onnx", "--data", "data", "--sizes", sizes], tmp_path, gigabytes=6)
+    assert done.returncode in (1, 2) and message in done.stderr, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and time.perf_counter() - started < 30
