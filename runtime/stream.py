@@ -3,9 +3,12 @@
 ``stream_batches`` reads and decodes items ahead of the consumer on worker threads (Pillow and ONNX
 Runtime release the GIL, so decoding overlaps inference) and groups the decoded images by size into
 batches. At most ``window`` decoded images exist at any time, counting those still being decoded, those
-decoded but not yet taken, and those waiting in a size group: peak memory depends on the window, never on
-the number of images. A group is handed over when it holds ``batch_size`` images; when the window is full
-of groups that are not, the largest group goes as it is. At the end every group goes.
+decoded but not yet taken, and those waiting in a size group, and the decoded images held stay within a
+memory budget (``budget_bytes``: the decodes in flight are counted at the largest image seen so far): peak
+memory depends on the window and the budget, never on the number of images, and 40 photos of 3000x3000 are
+not all held because none of them shares a size. A group is handed over when it holds ``batch_size`` images;
+when the window or the budget is full of groups that are not, the largest group goes as it is. At the end
+every group goes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ from gap_deploy.runtime.errors import GapError, UsageError, first_line
 
 #: default decoded images held at once: a few batches' worth for every worker
 DEFAULT_WINDOW = 256
+#: default memory for decoded images held at once (at most a quarter of runtime.limits' limit)
+DEFAULT_BUDGET = 1 << 30
+
+
+def default_budget() -> int:
+    from gap_deploy.runtime.limits import limit_bytes
+
+    return min(DEFAULT_BUDGET, max(limit_bytes() // 4, 1 << 20))
 
 
 @dataclass
@@ -39,6 +50,8 @@ class StreamStats:
     workers: int = 0
     window: int = 0
     peak_held: int = 0
+    #: the most bytes of decoded images held at once (counted when they are taken from the decoders)
+    peak_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_decode(self, seconds: float) -> None:
@@ -52,7 +65,8 @@ class StreamStats:
     def to_dict(self) -> dict:
         return {"images": self.images, "failed": self.failed, "wall_s": self.wall_s,
                 "images_per_s": self.images_per_s, "decode_s": self.decode_s, "wait_s": self.wait_s,
-                "infer_s": self.infer_s, "workers": self.workers, "window": self.window, "peak_held": self.peak_held}
+                "infer_s": self.infer_s, "workers": self.workers, "window": self.window, "peak_held": self.peak_held,
+                "peak_bytes": self.peak_bytes}
 
     def summary(self) -> str:
         return (f"{self.images} image(s) in {self.wall_s:.2f} s: {self.images_per_s:.1f} images/s; decoding "
@@ -78,7 +92,7 @@ def default_workers() -> int:
 
 def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, batch_size: int = 16,
                    window: int | None = None, workers: int | None = None,
-                   stats: StreamStats | None = None) -> Iterator[Batch]:
+                   stats: StreamStats | None = None, budget_bytes: int | None = None) -> Iterator[Batch]:
     """Batches of decoded images of one size each, while the next ones decode (see the module doc).
 
     ``load(item)`` returns a CHW array or raises GapError, which becomes a ``Batch`` with ``error`` for
@@ -92,6 +106,7 @@ def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, bat
         raise UsageError(f"window ({window}) must hold a batch ({batch_size}) and the decodes in flight ({workers}).")
     stats = stats if stats is not None else StreamStats()
     stats.workers, stats.window = workers, window
+    budget = budget_bytes if budget_bytes is not None else default_budget()
     started = time.perf_counter()
 
     def decode(index: int):
@@ -105,16 +120,39 @@ def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, bat
 
     groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
     held = 0  # decoded images in groups
+    held_bytes = 0  # their bytes
+    largest = 0  # the largest decoded image so far: what a decode in flight is counted as
     pending: deque = deque()  # futures in input order
     submitted = 0
+
+    def room() -> bool:
+        if held + len(pending) >= window:
+            return False
+        if largest == 0:  # no image seen yet, so none can be counted: as many in flight as there are workers
+            return len(pending) < workers
+        # the budget, but never so tight that nothing decodes: one image in flight when nothing is held
+        return held_bytes + (len(pending) + 1) * largest <= budget or (held == 0 and not pending)
+
+    def flush_largest() -> Batch:
+        nonlocal held, held_bytes
+        key = max(groups, key=lambda k: sum(a.nbytes for _, a in groups[k]))
+        group = groups.pop(key)
+        held -= len(group)
+        held_bytes -= sum(a.nbytes for _, a in group)
+        stats.images += len(group)
+        return Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gap-decode") as pool:
         try:
             while True:
-                while submitted < len(items) and held + len(pending) < window:
+                while submitted < len(items) and room():
                     pending.append(pool.submit(decode, submitted))
                     submitted += 1
                 stats.peak_held = max(stats.peak_held, held + len(pending))
                 if not pending:
+                    if submitted < len(items) and groups:  # the budget is full of groups: free it, then go on
+                        yield flush_largest()
+                        continue
                     break
                 t0 = time.perf_counter()
                 index = submitted - len(pending)
@@ -128,19 +166,20 @@ def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, bat
                 group = groups.setdefault(key, [])
                 group.append((index, result))
                 held += 1
+                held_bytes += result.nbytes
+                largest = max(largest, result.nbytes)
+                stats.peak_bytes = max(stats.peak_bytes, held_bytes)
                 if len(group) >= batch_size:
                     del groups[key]
                     held -= len(group)
+                    held_bytes -= sum(a.nbytes for _, a in group)
                     stats.images += len(group)
                     yield Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
-                elif held >= window - workers and submitted < len(items):
-                    # the groups fill the window (but for room for the decodes in flight) and none is a full
-                    # batch: send the largest one now, so that decoding can go on
-                    key = max(groups, key=lambda k: len(groups[k]))
-                    group = groups.pop(key)
-                    held -= len(group)
-                    stats.images += len(group)
-                    yield Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
+                elif submitted < len(items) and (held >= window - workers
+                                                 or held_bytes + workers * largest > budget):
+                    # the groups fill the window or the budget (but for room for the decodes in flight) and none
+                    # is a full batch: send the largest one now, so that decoding can go on
+                    yield flush_largest()
             for group in groups.values():
                 stats.images += len(group)
                 yield Batch(tuple(i for i, _ in group), tuple(a for _, a in group))

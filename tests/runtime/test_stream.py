@@ -129,3 +129,48 @@ def test_gap_run_prints_the_stream_s_figures(folder, reference_onnx):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 150 and lines[0].startswith(str(folder / "000.png"))
     assert "150 image(s) in" in result.stderr and "decoding" in result.stderr and "inference" in result.stderr
+
+
+def test_photos_of_different_sizes_are_held_within_the_memory_budget():
+    """Issue 38, 4b: the window counted images, not bytes, so 40 PNGs near 3000x3000 of 40 different sizes (105 MiB
+    each decoded) were all held before the first was classified: none shares a size, so no batch filled. Scaled
+    down: 40 images of about 1 MB, each its own size, under an 8 MB budget. Failed before: all 40 were alive at
+    once (40 MB)."""
+    lock, live, peak = threading.Lock(), [], [0]
+
+    def make(i):
+        array = np.full((3, 300 + i, 300), float(i), np.float32)  # ~1.08 MB, a size of its own
+        with lock:
+            live[:] = [r for r in live if r() is not None]
+            live.append(weakref.ref(array))
+            peak[0] = max(peak[0], sum(r().nbytes for r in live if r() is not None))
+        return array
+
+    stats = StreamStats()
+    seen = []
+    budget = 8 << 20
+    for batch in stream_batches(range(40), make, batch_size=8, window=256, workers=2, stats=stats,
+                                budget_bytes=budget):
+        seen += batch.indices
+        del batch
+    biggest = 3 * 339 * 300 * 4
+    assert sorted(seen) == list(range(40))
+    assert stats.peak_bytes <= budget and peak[0] <= budget + 3 * biggest  # the budget, the decodes in flight,
+    # and the batch the consumer holds
+
+
+@pytest.mark.parametrize("budget_mb", [1, 3, 5])
+def test_a_tight_budget_never_drops_an_image(budget_mb):
+    """Images of ~1 MB in groups of equal sizes under budgets of 1 to 5 images: every index comes out once, each
+    batch of one size, whatever the budget does to the grouping."""
+    items = range(60)
+
+    def make(i):
+        return np.full((3, 300 + i % 4, 300), float(i), np.float32)
+
+    seen = []
+    for batch in stream_batches(items, make, batch_size=8, window=64, workers=2, budget_bytes=budget_mb << 20):
+        assert len({a.shape for a in batch.images}) <= 1
+        assert [int(a[0, 0, 0]) for a in batch.images] == list(batch.indices)
+        seen += batch.indices if batch.error is None else []
+    assert sorted(seen) == list(items)
