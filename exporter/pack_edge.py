@@ -362,7 +362,10 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
         bounds = (max_side, max_batch)
     fixed_batch = versions.pop("fixed_batch", None)
     meta = spec.metadata
-    props = replace(meta, precision="fp16" if precision == "fp16" else meta.precision).to_props()
+    # the model's own gap.* description only: the ONNX's other props (its signed lineage among them) stay in the
+    # ONNX, which model.json names by SHA-256 as the bundle's source
+    props = {k: v for k, v in replace(meta, precision="fp16" if precision == "fp16" else meta.precision)
+             .to_props().items() if k.startswith("gap.")}
     if bounds[0]:
         props["gap.max_side"] = str(bounds[0])  # read by the ExecuTorch runner
     accepts = {"batch": [1, 1 if fixed_batch else bounds[1]], "height": [meta.min_height, bounds[0]],

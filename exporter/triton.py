@@ -144,7 +144,7 @@ def config_text(info: ArtifactSpec, name: str, options: ServeOptions, filename: 
         lines.insert(0, f"# {VC_NOTE}")
     # The model's gap.* metadata (normalization, minimum size, classes) rides along, so a client such as
     # gap-run --server can preprocess exactly as gap-run does without a copy of the model.
-    params = dict(info.metadata.to_props())
+    params = {k: v for k, v in info.metadata.to_props().items() if k.startswith("gap.")}
     if python:
         params.update({"artifact": filename, "sys_path": json.dumps(list(options.python_paths))})
     lines += [f'parameters {{ key: {json.dumps(k)} value {{ string_value: {json.dumps(v)} }} }}'

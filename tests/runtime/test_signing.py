@@ -193,3 +193,19 @@ def test_a_signing_key_is_checked_before_any_work(reference_ckpt, tmp_path):
                                              "--sign-key", str(key)])
     assert_clean_failure(result, "could not sign")
     assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob("*.sig"))  # all or nothing
+
+
+@pytest.mark.parametrize("target", ["ort", "ncnn"])
+def test_an_onnx_with_its_lineage_packs_on_every_target(signed_exports, tmp_path, target):
+    """The lineage rides in the ONNX's metadata under a key of its own (gap_deploy.lineage). Failed before: gap-pack
+    copied every metadata prop into model.json, whose "metadata" holds gap.* only, so an ncnn, LiteRT or ExecuTorch
+    bundle of any gap-export output was refused."""
+    from gap_deploy.exporter.pack import pack
+
+    if target == "ncnn":
+        pytest.importorskip("pnnx")
+        pytest.importorskip("ncnn")
+    out = tmp_path / target
+    pack(signed_exports / "m.onnx", out, target=target)
+    with runtime.load(out) as session:
+        assert session.run(np.ones((1, 3, 32, 32), np.float32)).shape == (1, 10)
