@@ -30,7 +30,7 @@ import numpy as np
 
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.backends.base import Runner, TensorInfo
-from gap_deploy.runtime.errors import ArtifactError, BackendError, InputError, first_line
+from gap_deploy.runtime.errors import ArtifactError, BackendError, GapError, InputError, first_line
 from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.shapes import format_shape
 
@@ -61,6 +61,35 @@ class _EdgeRunner(Runner):
             self._version = importlib.metadata.version(self.package)
         except importlib.metadata.PackageNotFoundError:
             self._version = "unknown"
+
+    def model_channels(self) -> int | None:
+        """The input channels the loaded model itself declares; None where its runtime does not say."""
+        return None
+
+    def check_description(self, path: Path) -> None:
+        """Believe model.json only where the loaded model agrees with it: model.json is a file anyone can write, with
+        SHA-256s to match. Its channels against what the runtime reports, then one inference at its own minimum
+        size: the model must run there, finitely, and give one logit per class it claims."""
+        meta = ModelMetadata.from_props(self.props)
+        said = f"{path.parent.name}/model.json"
+        channels = self.model_channels()
+        if channels is not None and channels != meta.in_channels:
+            raise ArtifactError(f"{said} says {meta.in_channels} input channel(s); the {self.runtime_name} model it "
+                                f"describes takes {channels}. The description is not believed.", hint=REPACK)
+        shape = (1, int(meta.in_channels), max(meta.min_height, 1), max(meta.min_width, 1))
+        probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        try:
+            out = self.infer(probe)
+        except GapError as exc:
+            raise ArtifactError(f"{said}'s minimum input {format_shape(shape)} is not a size the {self.runtime_name} "
+                                f"model runs: {first_line(exc)}", hint=REPACK) from None
+        if out.ndim != 2 or out.shape[0] != 1 or out.shape[1] != meta.num_classes:
+            raise ArtifactError(f"{said} says {meta.num_classes} classes; the {self.runtime_name} model gives "
+                                f"{format_shape(out.shape)} at {format_shape(shape)}. The description is not "
+                                "believed.", hint=REPACK)
+        if not np.isfinite(out).all():
+            raise ArtifactError(f"the {self.runtime_name} model gives non-finite logits at {said}'s minimum input "
+                                f"{format_shape(shape)}: that minimum is not one it runs.", hint=REPACK)
 
     def infer(self, array: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -111,6 +140,29 @@ def ncnn_blobs(param: Path) -> tuple[str, str]:
                             hint=REPACK) from None
 
 
+def ncnn_input_channels(param: Path, blob: str) -> int | None:
+    """The input channels of an ncnn .param, from the first convolution that reads the input blob: its weight size
+    over (outputs x kernel): ncnn itself does not check them, and feeding it other channels can crash the process.
+    None when the input does not go straight into a plain convolution."""
+    try:
+        for line in param.read_text(encoding="ascii").splitlines()[2:]:
+            fields = line.split()
+            if len(fields) < 4 or fields[0] not in ("Convolution", "ConvolutionDepthWise"):
+                continue
+            bottoms = fields[4:4 + int(fields[2])]
+            if blob not in bottoms:
+                continue
+            values = dict(f.split("=", 1) for f in fields[4 + int(fields[2]) + int(fields[3]):] if "=" in f)
+            outputs, kw = int(values.get("0", 0)), int(values.get("1", 0))
+            kh, size, group = int(values.get("11", kw)), int(values.get("6", 0)), int(values.get("7", 1))
+            if outputs <= 0 or kw <= 0 or kh <= 0 or size <= 0:
+                return None
+            return size * group // (outputs * kw * kh)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
 class NcnnRunner(_EdgeRunner):
     backend = "ncnn-cpu"
     runtime_name = package = "ncnn"
@@ -133,6 +185,11 @@ class NcnnRunner(_EdgeRunner):
         if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
             raise ArtifactError(f"ncnn cannot load {param.name} + {weights.name}.", hint=REPACK)
         self._net = net
+        self._param_channels = ncnn_input_channels(param, self._in)
+        self.check_description(param)
+
+    def model_channels(self) -> int | None:
+        return self._param_channels
 
     def _infer(self, array: np.ndarray) -> np.ndarray:
         def one(image: np.ndarray) -> np.ndarray:
@@ -195,6 +252,11 @@ class LiteRtRunner(_EdgeRunner):
             raise ArtifactError(f"{path}'s input has rank {len(signature)}; expected NCHW images.", hint=REPACK)
         self.batch_fixed = signature[0] if signature[0] > 0 else None
         self._shape: tuple[int, ...] | None = None
+        self._signature = signature
+        self.check_description(path)
+
+    def model_channels(self) -> int | None:
+        return self._signature[1] if self._signature[1] > 0 else None
 
     def _run(self, array: np.ndarray) -> np.ndarray:
         interpreter, index = self._interpreter, self._input["index"]
@@ -271,6 +333,10 @@ class ExecuTorchRunner(_EdgeRunner):
             self.max_side = int(self.props.get("gap.max_side", max(self.planned[2:])))
         except ValueError:
             raise ArtifactError(f"{path}'s bundle metadata gap.max_side is no whole number.", hint=REPACK) from None
+        self.check_description(path)
+
+    def model_channels(self) -> int | None:
+        return self.planned[1] if len(self.planned) == 4 and self.planned[1] > 0 else None
 
     def _infer(self, array: np.ndarray) -> np.ndarray:
         per_image = int(np.prod(array.shape[1:]))

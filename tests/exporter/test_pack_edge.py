@@ -474,3 +474,68 @@ def test_an_executorch_fp16_bundle_is_asked_for_said_and_judged_as_fp16(tmp_path
         assert session.device["program_dtype"] == "float16" and session.metadata.precision == "fp16"
     with runtime.load(bundles("executorch", "ResNetish")) as session:
         assert session.device["program_dtype"] == "float32"
+
+
+LIES = {
+    "classes": ({"gap.num_classes": "12"}, ("gap.class_names",), "says 12 classes; the {rt} model gives 1x10"),
+    "channels": ({"gap.in_channels": "1", "gap.mean": "[0.5]", "gap.std": "[0.5]"}, (),
+                 "says 1 input channel(s); the {rt} model it describes takes 3"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lie", sorted(LIES))
+@pytest.mark.parametrize("target", ["ncnn", "litert", "executorch"])
+def test_a_bundle_description_that_lies_about_its_model_is_not_believed(bundles, target, lie, tmp_path):
+    """Issue 38, class 2: model.json is a file anyone can write (it lists the other files' SHA-256s, not its own).
+    Failed before: a description claiming other classes, channels or a smaller minimum than the model it holds
+    was believed, and gap-run classified with exit 0. Now the loaded model is asked (its channels where the
+    runtime reports them; one inference at the described minimum) before anything runs."""
+    import shutil
+
+    from gap_deploy import runtime
+    from gap_deploy.runtime.errors import ArtifactError
+
+    changes, dropped, message = LIES[lie]
+    folder = tmp_path / "forged"
+    shutil.copytree(bundles(target, "reference"), folder)
+    description = json.loads((folder / "model.json").read_text())
+    description["metadata"] = {k: v for k, v in {**description["metadata"], **changes}.items() if k not in dropped}
+    (folder / "model.json").write_text(json.dumps(description))
+    runtime_name = {"ncnn": "ncnn", "litert": "LiteRT", "executorch": "ExecuTorch"}[target]
+    with pytest.raises(ArtifactError) as caught:
+        runtime.load(folder)
+    text = str(caught.value)
+    assert message.format(rt=runtime_name) in text, text
+    with runtime.load(bundles(target, "reference")) as session:  # the true description is believed
+        assert session.run(np.ones((1, 3, 8, 8), np.float32)).shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_a_described_minimum_the_model_does_not_run_at_is_not_believed(tmp_path):
+    """Issue 38, class 2, the minimum: SqueezeNetish gives NaN on ncnn at its 9x9 minimum, so it packs with
+    --min-side 31; a model.json edited back to 9x9 was believed (NaN logits, exit 0). Now the loaded model runs once
+    at the described minimum and the bundle is refused. (A minimum at which a model computes finite numbers from
+    padding cannot be told from the model alone: a signed bundle is what makes model.json unforgeable.)"""
+    _needs("ncnn")
+    import torch
+
+    import tests.families as fam
+    from gap_deploy import runtime
+    from gap_deploy.exporter import export_onnx, load_model
+    from gap_deploy.runtime.errors import ArtifactError
+
+    torch.manual_seed(0)
+    torch.save(fam.SqueezeNetish().state_dict(), tmp_path / "sq.pt")
+    onnx_path = export_onnx(load_model(tmp_path / "sq.pt", arch="tests.families:SqueezeNetish"), tmp_path / "sq.onnx",
+                            dynamic=True, imgsz=(64, 64)).path
+    bundle = tmp_path / "b"
+    pack(onnx_path, bundle, target="ncnn", min_side=31)
+    with runtime.load(bundle) as session:
+        assert session.metadata.min_height == 31
+    description = json.loads((bundle / "model.json").read_text())
+    description["metadata"].update({"gap.min_height": "9", "gap.min_width": "9"})
+    (bundle / "model.json").write_text(json.dumps(description))
+    with pytest.raises(ArtifactError, match="non-finite logits at b/model.json's minimum input 1x3x9x9|minimum input "
+                                            "1x3x9x9 is not a size"):
+        runtime.load(bundle)
