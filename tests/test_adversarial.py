@@ -1147,9 +1147,9 @@ def test_gap_debug_refuses_a_batch_whose_layer_outputs_cannot_fit(base, tmp_path
 
 
 @pytest.mark.parametrize("sizes, message", [
-    ("4:8192:1", "asks for 8189 size(s) up to 8192; a sweep measures at most 64"),
-    ("1:100000000000:1", "asks for 100000000000 size(s)"),
-    ("32:8192:128", "--sizes 7840: an input 1x3x7840x7840 would need about"),
+    ("4:8192:1", r"asks for 8189 size\(s\) up to 8192; a sweep measures at most 64"),
+    ("1:100000000000:1", r"asks for 100000000000 size\(s\)"),
+    ("32:8192:128", r"--sizes (\d+): an input 1x3x\1x\1 would need about"),  # which size: the machine's memory
 ])
 def test_gap_tune_refuses_a_sweep_it_cannot_run_before_decoding_anything(base, tmp_path, sizes, message):
     """Round four, classes 4 and 4b: --sizes 4:8192:1 measured 8189 sizes (hours; a range of 10^11 was expanded
@@ -1166,5 +1166,7 @@ def test_gap_tune_refuses_a_sweep_it_cannot_run_before_decoding_anything(base, t
             Image.new("RGB", (40, 30), (i * 40, 99, 9)).save(tmp_path / "data" / c / f"{i}.png")
     started = time.perf_counter()
     done = _run_capped(["gap-tune", "model.onnx", "--data", "data", "--sizes", sizes], tmp_path, gigabytes=6)
-    assert done.returncode in (1, 2) and message in done.stderr, done.stdout + done.stderr
+    import re
+
+    assert done.returncode in (1, 2) and re.search(message, done.stderr), done.stdout + done.stderr
     assert "Traceback" not in done.stderr and time.perf_counter() - started < 30
