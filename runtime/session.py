@@ -80,7 +80,7 @@ def _choose(path: Path, backend: str | None) -> str:
 def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | None = None,
          trust_engine: bool = False, provider_options: dict | None = None, cache_dir: str | os.PathLike | None = None,
          trt_profile: str | None = None, allow_cpu_fallback: bool = False,
-         shape: Sequence[int] | None = None, verify_key=None) -> Session:
+         shape: Sequence[int] | None = None, verify_key=None, check_description: bool = True) -> Session:
     """Open an artifact: ``.onnx`` on ONNX Runtime, ``.plan``/``.engine`` on TensorRT, an OpenVINO ``.xml`` on
     OpenVINO, a gap-pack bundle on the runtime it was made for.
 
@@ -101,6 +101,10 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     $GAP_DEPLOY_TRUSTED_KEYS): the artifact (a bundle folder as a whole, a file with its external data) is
     opened only when its signature verifies under one of them (runtime.signing); with neither set, files are
     not checked, except TensorRT plans, which always need a verified signature or ``trust_engine=True``.
+
+    An ncnn, LiteRT or ExecuTorch bundle's model.json is believed only where the loaded model agrees with it
+    (channels, classes, one finite inference at its minimum); ``check_description=False`` is for gap-pack,
+    which judges the bundle it is staging by its whole sweep instead.
 
     A gap-pack bundle folder loads its dynamic model (``model.ort``, ``model.xml``, ``model.param``,
     ``model.tflite`` or ``model.pte``, each with the SHA-256 model.json lists), or with ``shape=(N, C, H, W)``
@@ -129,7 +133,8 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
             raise ArtifactError(f"{path} carries no description of its input: {_KIND_NAMES[kind]} is opened from "
                                 "the gap-pack bundle folder that holds it (its model.json says the input).",
                                 hint="pass the bundle folder.")
-        runner: Runner = runner_class[kind](check_input_file(path, _KIND_NAMES[kind]), *contract, threads=threads)
+        runner: Runner = runner_class[kind](check_input_file(path, _KIND_NAMES[kind]), *contract, threads=threads,
+                                            check_description=check_description)
     elif kind == "engine":
         from gap_deploy.runtime.backends.trt import TrtRunner
 
@@ -224,7 +229,8 @@ class Session:
                          f"{path}: the model's fixed input")
         self._spec = InputSpec(name=spec.input_name, channels=spec.declared_channels, dtype=spec.dtype,
                                min_height=min_h, min_width=min_w, profiles=tuple((p.min, p.max) for p in profiles),
-                               fixed=(spec.fixed(0), spec.fixed(2), spec.fixed(3)))
+                               fixed=(spec.fixed(0), spec.fixed(2), spec.fixed(3)),
+                               max_side=getattr(runner, "max_side", None))  # checked per image, like the minimum
 
     @property
     def input_spec(self) -> InputSpec:

@@ -23,6 +23,8 @@ class InputSpec:
     profiles: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
     #: A static model's fixed (batch, height, width); None where a dim is symbolic.
     fixed: tuple[int | None, int | None, int | None] = (None, None, None)
+    #: The largest height or width the backend was planned for (an ExecuTorch program's bound); None: any.
+    max_side: int | None = None
 
 
 def prepare(images, spec: InputSpec, *, cast: bool = False, check_finite: bool = False) -> np.ndarray:
@@ -75,6 +77,10 @@ def check_shape(shape: tuple[int, ...], spec: InputSpec) -> None:
         raise InputError(f"input '{spec.name}' is {h}x{w}, below this model's minimum of "
                          f"{spec.min_height}x{spec.min_width}.",
                          hint="upscale the image, or export a model with a smaller minimum.")
+    if spec.max_side is not None and max(h, w) > spec.max_side:
+        raise InputError(f"input '{spec.name}' is {h}x{w}, above the largest side this model was planned for "
+                         f"({spec.max_side}).", hint="resize the image, or pack the model again with a larger "
+                                                      "--max-side.")
     for axis, (got, want) in enumerate(zip((n, h, w), spec.fixed)):
         if want is not None and got != want:
             label = ("batch", "height", "width")[axis]

@@ -168,7 +168,7 @@ class NcnnRunner(_EdgeRunner):
     runtime_name = package = "ncnn"
 
     def __init__(self, param: Path, props: dict[str, str], names: tuple[str, str], *,
-                 threads: int | None = None):
+                 threads: int | None = None, check_description: bool = True):
         super().__init__(param, props, names, threads)
         ncnn = require("ncnn", purpose="to run ncnn models", hint=NCNN_HINT)
         self._ncnn = ncnn
@@ -186,7 +186,8 @@ class NcnnRunner(_EdgeRunner):
             raise ArtifactError(f"ncnn cannot load {param.name} + {weights.name}.", hint=REPACK)
         self._net = net
         self._param_channels = ncnn_input_channels(param, self._in)
-        self.check_description(param)
+        if check_description:
+            self.check_description(param)
 
     def model_channels(self) -> int | None:
         return self._param_channels
@@ -244,7 +245,7 @@ class LiteRtRunner(_EdgeRunner):
     runtime_name, package = "LiteRT", "ai-edge-litert"
 
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
-                 threads: int | None = None):
+                 threads: int | None = None, check_description: bool = True):
         super().__init__(path, props, names, threads)
         self._interpreter, self._input, self._output = litert_signature(path, threads)
         signature = [int(d) for d in self._input["shape_signature"]]
@@ -253,7 +254,8 @@ class LiteRtRunner(_EdgeRunner):
         self.batch_fixed = signature[0] if signature[0] > 0 else None
         self._shape: tuple[int, ...] | None = None
         self._signature = signature
-        self.check_description(path)
+        if check_description:
+            self.check_description(path)
 
     def model_channels(self) -> int | None:
         return self._signature[1] if self._signature[1] > 0 else None
@@ -324,7 +326,7 @@ class ExecuTorchRunner(_EdgeRunner):
     runtime_name, package = "ExecuTorch", "executorch"
 
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
-                 threads: int | None = None):
+                 threads: int | None = None, check_description: bool = True):
         super().__init__(path, props, names, threads)
         # an FP16 program (gap-pack --precision fp16) takes and gives float16: the runner converts at its edges
         self._method, self.planned, self.program_dtype = executorch_method(path)
@@ -333,7 +335,8 @@ class ExecuTorchRunner(_EdgeRunner):
             self.max_side = int(self.props.get("gap.max_side", max(self.planned[2:])))
         except ValueError:
             raise ArtifactError(f"{path}'s bundle metadata gap.max_side is no whole number.", hint=REPACK) from None
-        self.check_description(path)
+        if check_description:
+            self.check_description(path)
 
     def model_channels(self) -> int | None:
         return self.planned[1] if len(self.planned) == 4 and self.planned[1] > 0 else None

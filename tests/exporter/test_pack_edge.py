@@ -5,6 +5,7 @@ is reloaded and inspected); no converter's FP16 default is taken silently."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -539,3 +540,27 @@ def test_a_described_minimum_the_model_does_not_run_at_is_not_believed(tmp_path)
     with pytest.raises(ArtifactError, match="non-finite logits at b/model.json's minimum input 1x3x9x9|minimum input "
                                             "1x3x9x9 is not a size"):
         runtime.load(bundle)
+
+
+@pytest.mark.slow
+def test_an_image_beyond_an_executorch_bound_fails_alone(bundles, tmp_path):
+    """Issue 38, class 8: one image larger than the program's planned side stopped the whole run (the ExecuTorch
+    runner raised inside a batch); the images after it were never classified and --json printed nothing. The bound
+    is now part of the input spec, checked per image like the minimum."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from gap_deploy.runtime.cli.run import main as gap_run
+
+    _needs("executorch")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name, size in (("a.png", (40, 30)), ("b.png", (700, 20)), ("c.png", (33, 35))):
+        Image.new("RGB", size, (30, 90, 150)).save(images / name)
+    result = CliRunner().invoke(gap_run, [str(bundles("executorch", "reference")), str(images), "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    rows = {Path(r["file"]).name: r for r in report["results"]}
+    errors = {Path(r["file"]).name: r["error"] for r in report["errors"]}
+    assert set(rows) == {"a.png", "c.png"} and "top" in rows["a.png"] and "top" in rows["c.png"]
+    assert set(errors) == {"b.png"} and "above the largest side this model was planned for" in errors["b.png"]
