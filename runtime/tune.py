@@ -476,7 +476,7 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
                     if timed.interrupted:
                         raise KeyboardInterrupt
     except KeyboardInterrupt:
-        if result is None:
+        if result is None or not result.points:  # nothing measured yet (loading, decoding, the probe): no result
             raise
         result.interrupted = True
     finally:

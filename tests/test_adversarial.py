@@ -1170,3 +1170,31 @@ def test_gap_tune_refuses_a_sweep_it_cannot_run_before_decoding_anything(base, t
 
     assert done.returncode in (1, 2) and re.search(message, done.stderr), done.stdout + done.stderr
     assert "Traceback" not in done.stderr and time.perf_counter() - started < 30
+
+
+# ---- round four, class 7: Ctrl-C ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("when", [1, 4])
+def test_ctrl_c_while_gap_tune_decodes_exits_130_and_writes_nothing(labelled_set, reference_onnx, tmp_path,
+                                                                    monkeypatch, when):
+    """Failed before: Ctrl-C while gap-tune decoded the images (before any point was measured) came back as an
+    'interrupted' result with no figures, and the table's formatting crashed (KeyError, exit 1)."""
+    import gap_deploy.runtime.images as images
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (12 + i, 12), (i, 50, 90)).save(labelled_set / "class1" / f"x{i}.png")
+    real, calls = images.load_image, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == when:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(images, "load_image", interrupted)
+    out = tmp_path / "t.json"
+    result = CliRunner().invoke(gap_tune, [str(reference_onnx), "--data", str(labelled_set), "--sizes", "16",
+                                           "--json", str(out)])
+    assert result.exit_code == 130 and "Interrupted." in result.output and "Traceback" not in result.output
+    assert not out.exists()
