@@ -1179,8 +1179,9 @@ def test_ctrl_c_while_gap_tune_decodes_exits_130_and_writes_nothing(labelled_set
                                                                     monkeypatch, when):
     """Failed before: Ctrl-C while gap-tune decoded the images (before any point was measured) came back as an
     'interrupted' result with no figures, and the table's formatting crashed (KeyError, exit 1)."""
-    import gap_deploy.runtime.images as images
     from PIL import Image
+
+    import gap_deploy.runtime.images as images
 
     for i in range(4):
         Image.new("RGB", (12 + i, 12), (i, 50, 90)).save(labelled_set / "class1" / f"x{i}.png")

@@ -23,6 +23,7 @@ count and class count come from it. What each runtime takes:
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from pathlib import Path
 
@@ -112,6 +113,64 @@ class _EdgeRunner(Runner):
         return {self.package: self._version}
 
 
+# --- a first load where a crash cannot take the caller down ------------------------------------------------------
+
+#: (runner, SHA-256s of its files) that loaded and ran once in a child process without dying
+_SURVIVED: set[tuple[str, tuple[str, ...]]] = set()
+_CHILD = ("import json, sys\n"
+          "from gap_deploy.runtime.backends import edge\n"
+          "edge._load_here(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]))\n")
+#: the longest a first load in a child may take (ExecuTorch's child imports torch: seconds)
+CHILD_TIMEOUT_S = 300
+
+
+def _load_here(kind: str, path: str, props: dict, names: list) -> None:
+    """The child's side: load the model and run it once at its described minimum (check_description)."""
+    runner_class = {"ncnn": NcnnRunner, "executorch": ExecuTorchRunner}[kind]
+    runner_class(Path(path), props, tuple(names), check_description=True, isolate=False)
+
+
+def load_in_child_first(kind: str, runtime_name: str, files: tuple[Path, ...], props: dict, names: tuple) -> None:
+    """Load and run a model once in a child process before this process touches it.
+
+    ncnn and ExecuTorch are C++ libraries that abort or crash on some damaged files instead of raising: a .pte
+    whose backend id holds a byte that is not UTF-8 ends in std::terminate (SIGABRT) inside ExecuTorch's
+    bindings, and ncnn can segfault after a failed load. model.json's SHA-256s prove the files are the ones it
+    lists, not that they are sound. So the first load of each file happens in a child: when the child dies of a
+    signal, the file is refused with that signal; when it raises, this process loads it and says why itself.
+    A file that survived once is not tried again in this process."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    digests = tuple(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+    if (kind, digests) in _SURVIVED:
+        return
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the same imports as here
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHILD, kind, str(files[0]), json.dumps(props),
+                               json.dumps(list(names))], env=env, capture_output=True, text=True,
+                              timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ArtifactError(f"{runtime_name} did not finish loading {files[0]} within {CHILD_TIMEOUT_S} s (tried in a "
+                            "separate process).", hint=REPACK) from None
+    code = done.returncode
+    if code < 0 or code in (128 + signal.SIGABRT, 128 + signal.SIGSEGV):
+        number = -code if code < 0 else code - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        said = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("W1")][-1:]
+        raise ArtifactError(f"{runtime_name} crashed ({name}) loading {files[0]}: the file is damaged or was not made "
+                            "for this runtime. It was loaded in a separate process first, so this one goes on.",
+                            note=said[0][:300] if said else None, hint=REPACK)
+    if code == 0:
+        _SURVIVED.add((kind, digests))
+
+
 # --- ncnn -------------------------------------------------------------------------------------------------------
 
 NCNN_HINT = "pip install 'gap-deploy[ncnn-run]'"
@@ -168,8 +227,10 @@ class NcnnRunner(_EdgeRunner):
     runtime_name = package = "ncnn"
 
     def __init__(self, param: Path, props: dict[str, str], names: tuple[str, str], *,
-                 threads: int | None = None, check_description: bool = True):
+                 threads: int | None = None, check_description: bool = True, isolate: bool | None = None):
         super().__init__(param, props, names, threads)
+        if check_description if isolate is None else isolate:
+            load_in_child_first("ncnn", "ncnn", (param, param.with_suffix(".bin")), props, names)
         ncnn = require("ncnn", purpose="to run ncnn models", hint=NCNN_HINT)
         self._ncnn = ncnn
         self._in, self._out = ncnn_blobs(param)
@@ -326,8 +387,10 @@ class ExecuTorchRunner(_EdgeRunner):
     runtime_name, package = "ExecuTorch", "executorch"
 
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
-                 threads: int | None = None, check_description: bool = True):
+                 threads: int | None = None, check_description: bool = True, isolate: bool | None = None):
         super().__init__(path, props, names, threads)
+        if check_description if isolate is None else isolate:
+            load_in_child_first("executorch", "ExecuTorch", (path,), props, names)
         # an FP16 program (gap-pack --precision fp16) takes and gives float16: the runner converts at its edges
         self._method, self.planned, self.program_dtype = executorch_method(path)
         self.capacity = int(np.prod(self.planned))  # elements the program's input buffer holds

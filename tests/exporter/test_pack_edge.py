@@ -564,3 +564,33 @@ def test_an_image_beyond_an_executorch_bound_fails_alone(bundles, tmp_path):
     errors = {Path(r["file"]).name: r["error"] for r in report["errors"]}
     assert set(rows) == {"a.png", "c.png"} and "top" in rows["a.png"] and "top" in rows["c.png"]
     assert set(errors) == {"b.png"} and "above the largest side this model was planned for" in errors["b.png"]
+
+
+@pytest.mark.slow
+def test_a_program_that_aborts_executorch_is_refused_and_the_caller_goes_on(bundles, tmp_path):
+    """Issue 38, class 3: a .pte whose XNNPACK backend id holds a byte that is not UTF-8 (SHA-256 in model.json
+    updated) makes ExecuTorch's bindings end in std::terminate: SIGABRT, the whole process gone (reproduced here,
+    exit 134). The first load of each file now happens in a child process. Failed before: this test's process
+    aborted (pytest itself died)."""
+    import hashlib
+    import shutil
+
+    from gap_deploy import runtime
+    from gap_deploy.runtime.errors import ArtifactError
+
+    _needs("executorch")
+    folder = tmp_path / "damaged"
+    shutil.copytree(bundles("executorch", "reference"), folder)
+    program = folder / "model.pte"
+    data = bytearray(program.read_bytes())
+    at = data.index(b"XnnpackBackend")
+    old = hashlib.sha256(bytes(data)).hexdigest()
+    data[at + 8] = 0xFF
+    program.write_bytes(bytes(data))
+    text = (folder / "model.json").read_text()
+    assert old in text
+    (folder / "model.json").write_text(text.replace(old, hashlib.sha256(bytes(data)).hexdigest()))
+    with pytest.raises(ArtifactError, match="ExecuTorch crashed \\(SIGABRT\\) loading .*model.pte"):
+        runtime.load(folder)
+    with runtime.load(bundles("executorch", "reference")) as session:  # this process is alive and loads the sound one
+        assert session.run(np.ones((1, 3, 8, 8), np.float32)).shape == (1, 10)
