@@ -168,9 +168,11 @@ def node_scopes(model: onnx.ModelProto) -> dict[str, str | None]:
         if value is not None:
             try:
                 parts = ast.literal_eval(value)
-                path = parts[-2] if isinstance(parts, list) and len(parts) >= 2 else ""
-            except (ValueError, SyntaxError):
-                path = None
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                parts = None
+            # a list of module paths (strings); anything else (a number, a list of numbers) names no module
+            if isinstance(parts, list) and all(isinstance(v, str) for v in parts):
+                path = parts[-2] if len(parts) >= 2 else ""
         scopes[node.name] = path
     return scopes
 

@@ -178,6 +178,17 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
         artifacts.append((f"in-memory {job.precision} (before any FP32 fallback)", _variant(job, reference.model,
                                                                                              loaded.in_channels, log)))
     reports = []
+    ours = describe(reference.model)
+    for name, path in artifacts:  # every artifact against the checkpoint's model, before any comparison runs
+        if isinstance(path, onnx.ModelProto) or Path(path).suffix in ENGINE_SUFFIXES:
+            continue
+        theirs = describe(check_onnx_file(path))
+        for what, mine, other in (("input channel(s)", ours.channels, theirs.declared_channels),
+                                  ("classes", ours.num_classes, theirs.num_classes)):
+            if other is not None and mine is not None and other != mine:
+                raise UsageError(f"{name} has {other} {what}; {job.checkpoint}'s model has {mine}: it was not exported "
+                                 "from this checkpoint, so no layer of it can be compared.",
+                                 hint="give the checkpoint the artifact was exported from.")
     for name, path in artifacts:
         if not isinstance(path, onnx.ModelProto) and Path(path).suffix in ENGINE_SUFFIXES:
             reports.append(_debug_plan(job, Path(path), loaded, reference.model, inputs, log))

@@ -191,6 +191,11 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
                          min_width=max(spec.metadata.min_width, min_side))
         spec = replace(spec, metadata=raised)
     meta, channels = spec.metadata, spec.channels
+    if fixed and (spec.static_size or spec.static_batch):
+        raise UsageError(f"{source.name} is already static (input {'x'.join(str(d) for d in spec.written_dims)}): "
+                         "--fixed variants fix a dynamic model's sizes, and this one runs at its own size only.",
+                         hint="pack it without --fixed, or export with gap-export --dynamic and give the sizes to "
+                              "--fixed.")
     if target not in ("ort", "openvino") and meta.precision != "fp32":
         raise UsageError(f"{source.name} is a {meta.precision} variant; the {target} target converts the FP32 model "
                          "and judges it against the FP32 ONNX.",

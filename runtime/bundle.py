@@ -40,15 +40,22 @@ RUNNABLE_SUFFIXES = (".ort", ".xml", ".param", ".tflite", ".pte")
 COMPANIONS = {".xml": ".bin", ".param": ".bin"}
 
 
+#: the most a bundle's model.json may hold before it is read
+DESCRIPTION_LIMIT = 16 << 20
+
+
 def read_description(folder: Path) -> dict:
     """A bundle's model.json, with its "files" map checked to be one (file name -> entry)."""
     import json
 
+    from gap_deploy.runtime.signing import read_regular
+
     where = folder / BUNDLE_FILE
-    try:
-        description = json.loads(where.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"cannot read bundle description {where}: {first_line(exc)}",
+    try:  # a regular file of at most 16 MiB (a real one is a few kB), read from its descriptor, nested shallowly
+        description = json.loads(read_regular(where, "bundle description", limit=DESCRIPTION_LIMIT).decode("utf-8"))
+    except (GapError, ValueError, RecursionError) as exc:
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else first_line(exc)
+        raise ArtifactError(f"cannot read bundle description {where}: {reason}",
                             hint="write the bundle again with gap-pack.") from None
     files = description.get("files") if isinstance(description, dict) else None
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in files.items()):

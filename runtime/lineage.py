@@ -117,10 +117,10 @@ def _beside(path: Path, name: str) -> Path | None:
 
 
 def _model_json(folder: Path) -> dict:
-    from gap_deploy.runtime.signing import read_regular
+    from gap_deploy.runtime.bundle import read_description
 
     try:
-        data = json.loads(read_regular(folder / "model.json", "bundle description"))
+        data = read_description(folder)
     except ValueError as exc:
         raise ArtifactError(f"{folder}/model.json is not JSON ({exc}).") from None
     return data if isinstance(data, dict) else {}

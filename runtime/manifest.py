@@ -59,6 +59,21 @@ class EngineManifest:
     def fields(self) -> dict:
         return asdict(self)
 
+    def check_types(self) -> None:
+        """ValueError naming the field whose JSON type is not the one gap-build writes (a manifest is a file anyone
+        can write: a string where the metadata map belongs must be a message, not an AttributeError later)."""
+        for name in ("tensorrt_version", "gpu_name", "compute_capability", "precision", "plan_sha256", "onnx_sha256"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f'"{name}" is {type(getattr(self, name)).__name__}, not a string')
+        if not isinstance(self.metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                          for k, v in self.metadata.items()):
+            raise ValueError('"metadata" is not a map of names to strings')
+        if not isinstance(self.profiles, list) or not all(isinstance(p, dict) for p in self.profiles):
+            raise ValueError('"profiles" is not a list of objects')
+        for name in ("version_compatible",):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f'"{name}" is not true or false')
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
@@ -74,7 +89,9 @@ class EngineManifest:
                 raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
             if data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-            return cls(**data)
+            manifest = cls(**data)
+            manifest.check_types()
+            return manifest
         except FileNotFoundError:
             raise
         except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:

@@ -114,7 +114,7 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"runtime.load needs a path (str or os.PathLike), got {type(path).__name__}.")
     path = Path(path)
-    _verify_signature(path, verify_key)
+    signed = _verify_signature(path, verify_key)
     contract = None
     if is_bundle(path):
         folder, path = path, bundle_model(path, shape)
@@ -133,8 +133,10 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
             raise ArtifactError(f"{path} carries no description of its input: {_KIND_NAMES[kind]} is opened from "
                                 "the gap-pack bundle folder that holds it (its model.json says the input).",
                                 hint="pass the bundle folder.")
+        # a bundle whose signature verified was run by the build machine that signed it: no first load in a child
         runner: Runner = runner_class[kind](check_input_file(path, _KIND_NAMES[kind]), *contract, threads=threads,
-                                            check_description=check_description)
+                                            check_description=check_description,
+                                            isolate=check_description and not signed)
     elif kind == "engine":
         from gap_deploy.runtime.backends.trt import TrtRunner
 
@@ -164,14 +166,15 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     return Session(runner, path)
 
 
-def _verify_signature(path: Path, verify_key) -> None:
+def _verify_signature(path: Path, verify_key) -> bool:
     """With trusted keys given (or $GAP_DEPLOY_TRUSTED_KEYS), the artifact's signature must verify before any of
-    its bytes reach a runtime. Plans are left to TrtRunner, which checks the plan and its manifest."""
+    its bytes reach a runtime; returns whether it did. Plans are left to TrtRunner, which checks the plan and its
+    manifest."""
     from gap_deploy.runtime.signing import trusted_keys, verify_path
 
     keys = trusted_keys(verify_key)
     if not keys or path.suffix in (".plan", ".engine"):
-        return
+        return False
     verify_path(path, keys)
     if path.suffix == ".onnx":
         from gap_deploy.runtime.naming import external_data_path
@@ -179,6 +182,7 @@ def _verify_signature(path: Path, verify_key) -> None:
         data = external_data_path(path)
         if data.exists():
             verify_path(data, keys)
+    return True
 
 
 _ORT_GPU_HINT = "install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, and TensorRT for ort-trt."

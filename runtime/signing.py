@@ -42,7 +42,7 @@ def _model_signing():
                    hint="pip install 'gap-deploy[sign]' (model-signing and pyOpenSSL).")
 
 
-def read_regular(path: Path, what: str, *, private: bool = False) -> bytes:
+def read_regular(path: Path, what: str, *, private: bool = False, limit: int = MAX_KEY_BYTES) -> bytes:
     """The bytes of a small regular file, checked on the opened descriptor (never blocks on a FIFO or device);
     with ``private``, refused when its mode lets group or others read or write it."""
     try:
@@ -60,11 +60,14 @@ def read_regular(path: Path, what: str, *, private: bool = False) -> bytes:
                 f"the {what} {path} can be read or written by other users (mode {stat.S_IMODE(info.st_mode):o}), so "
                 "anyone who can read it can sign as you.", hint=f"chmod 600 {path}, and make a new key if others "
                                                                "may have copied it.")
-        if info.st_size > MAX_KEY_BYTES:
-            raise UntrustedCodeError(f"the {what} {path} is larger than {MAX_KEY_BYTES >> 20} MiB; no real one is.")
+        if info.st_size > limit:
+            raise UntrustedCodeError(f"the {what} {path} is larger than {limit >> 20} MiB; no real one is.")
         with os.fdopen(fd, "rb", closefd=True) as handle:
             fd = -1
-            return handle.read(MAX_KEY_BYTES + 1)
+            data = handle.read(limit + 1)
+        if len(data) > limit:  # grew since the check
+            raise UntrustedCodeError(f"the {what} {path} is larger than {limit >> 20} MiB; no real one is.")
+        return data
     finally:
         if fd >= 0:
             os.close(fd)

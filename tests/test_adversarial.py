@@ -1199,3 +1199,82 @@ def test_ctrl_c_while_gap_tune_decodes_exits_130_and_writes_nothing(labelled_set
                                            "--json", str(out)])
     assert result.exit_code == 130 and "Interrupted." in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("[" * 100_000 + "]" * 100_000), "model.json: it nests too deeply"),
+    (lambda p: p.write_bytes(b" " * (17 << 20) + b"{}"), "is larger than 16 MiB; no real one is"),
+    (lambda p: (p.unlink(), os.mkfifo(p)), "is a directory, not a file"),  # a FIFO is no model.json: no bundle
+])
+def test_a_bundle_description_that_is_no_description_is_one_message(base, tmp_path, make, message):
+    """Round four, class 6: a 100,000-deep model.json raised RecursionError out of json (a traceback), a huge one was
+    read whole, and a FIFO would block the read. model.json is now read from its descriptor, bounded, and its
+    nesting error said."""
+    import shutil
+
+    from gap_deploy.exporter.pack import pack
+
+    bundle = tmp_path / "b"
+    pack(base / "model.onnx", bundle)
+    make(bundle / "model.json")
+    _images(tmp_path, "a.png")
+    started = time.perf_counter()
+    result = CliRunner().invoke(gap_run, [str(bundle), str(tmp_path / "imgs")])
+    assert_clean_failure(result, message)
+    assert time.perf_counter() - started < 30
+    shutil.rmtree(bundle)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("metadata", "a string", '"metadata" is not a map of names to strings'),
+    ("metadata", {"gap.arch": 5}, '"metadata" is not a map of names to strings'),
+    ("profiles", "x", '"profiles" is not a list of objects'),
+    ("gpu_name", 7, '"gpu_name" is int, not a string'),
+    ("version_compatible", "yes", '"version_compatible" is not true or false'),
+])
+def test_a_manifest_of_the_wrong_types_is_one_message(tmp_path, field, value, message):
+    """Round three's remainder: a plan manifest whose metadata is a string crashed gap-triton (AttributeError, a
+    traceback). The manifest's JSON types are checked when it is read, for every command."""
+    import json
+
+    from gap_deploy.exporter.cli.triton import main as triton
+    from gap_deploy.runtime.manifest import EngineManifest
+
+    manifest = EngineManifest(tensorrt_version="11.4.0.106", gpu_name="X", compute_capability="9.0", precision="fp32",
+                              plan_sha256="0" * 64, onnx_sha256="0" * 64,
+                              profiles=[{"images": [[1, 3, 4, 4], [1, 3, 8, 8], [1, 3, 16, 16]]}])
+    (tmp_path / "p.plan").write_bytes(b"plan")
+    data = json.loads(manifest.to_json())
+    data[field] = value
+    (tmp_path / "p.plan.json").write_text(json.dumps(data))
+    result = CliRunner().invoke(triton, [str(tmp_path / "p.plan"), "-o", str(tmp_path / "repo")])
+    assert_clean_failure(result, "cannot read engine manifest", message)
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("fixed", ["1x3x64x64", "1x3x32x32"])
+def test_fixed_variants_of_a_static_model_are_refused_before_anything_is_written(tmp_path, reference_ckpt, fixed):
+    """Round three's remainder: gap-pack --fixed on a static model ended in onnxruntime's tools ("Can't replace
+    existing fixed size of 32 with 64", or the model-fix error for its own size), with a traceback."""
+    from gap_deploy.exporter import export_onnx, load_model
+
+    static = export_onnx(load_model(reference_ckpt), tmp_path / "static.onnx", dynamic=False, imgsz=(32, 32)).path
+    result = CliRunner().invoke(gap_pack, [str(static), "-o", str(tmp_path / "b"), "--fixed", fixed])
+    assert_clean_failure(result, "is already static (input 1x3x32x32)", code=2)
+    assert not (tmp_path / "b").exists()
+
+
+def test_gap_debug_refuses_an_onnx_not_exported_from_the_checkpoint(tmp_path, reference_ckpt):
+    """Round four, class 6: a 1-channel ONNX given with a 3-channel checkpoint failed inside onnxruntime
+    ("index: 1 Got: 3 Expected: 1", a traceback). The artifacts are compared with the checkpoint's model first."""
+    import torch
+
+    from gap_deploy.exporter import export_onnx, load_model
+    from gap_deploy.exporter.cli.debug import main as debug
+    from tests.conftest import make_reference
+
+    torch.save(make_reference(in_channels=1).state_dict(), tmp_path / "g1.pt")
+    one = export_onnx(load_model(tmp_path / "g1.pt"), tmp_path / "g1.onnx", dynamic=True, imgsz=(32, 32)).path
+    result = CliRunner().invoke(debug, [str(reference_ckpt), str(one)])
+    assert_clean_failure(result, "g1.onnx has 1 input channel(s)", "has 3: it was not exported from this checkpoint",
+                         code=2)

@@ -306,7 +306,8 @@ class LiteRtRunner(_EdgeRunner):
     runtime_name, package = "LiteRT", "ai-edge-litert"
 
     def __init__(self, path: Path, props: dict[str, str], names: tuple[str, str], *,
-                 threads: int | None = None, check_description: bool = True):
+                 threads: int | None = None, check_description: bool = True, isolate: bool | None = None):
+        # isolate: not needed here, LiteRT's interpreter verifies the flatbuffer before it runs anything
         super().__init__(path, props, names, threads)
         self._interpreter, self._input, self._output = litert_signature(path, threads)
         signature = [int(d) for d in self._input["shape_signature"]]

@@ -345,3 +345,20 @@ def test_a_plan_is_rebuilt_with_the_tf32_setting_it_ran_with(recorded, tf32, tol
     manifest = EngineManifest(tensorrt_version="10.8.0", gpu_name="NVIDIA H100", compute_capability="9.0",
                               precision="fp32", plan_sha256="0" * 64, onnx_sha256="0" * 64, profiles=[], tf32=recorded)
     assert plan_tf32(manifest) is tf32 and plan_tolerance(manifest) == tolerance
+
+
+@pytest.mark.parametrize("value", ["5", "[1, 2]", "['a', 3]", "[" * 200 + "]" * 200, "not python"])
+def test_name_scopes_that_are_no_list_of_module_paths_name_no_module(value):
+    """Issue 38, class 6: name_scopes metadata holding a number (or a list of numbers) became a "module path" of
+    type int, and gap-debug crashed on it (a traceback). Such a node now names no module, like a node an
+    optimizer made."""
+    import onnx
+    from onnx import helper
+
+    from gap_deploy.exporter.debug import SCOPE_KEY, node_scopes
+
+    node = helper.make_node("Relu", ["x"], ["y"], name="r")
+    node.metadata_props.add(key=SCOPE_KEY, value=value)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    assert node_scopes(helper.make_model(graph)) == {"r": None}
