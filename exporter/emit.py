@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -93,7 +94,10 @@ def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.P
             log(f"Packing a gap-pack bundle fixed to {_shape(point.shape)} ...")
             pack(artifact, staging / "bundle", fixed=[point.shape], log=log)
             files.append("bundle/")
-            write_repository([static], staging / "triton", ServeOptions(name=f"{artifact.stem.split('.')[0]}_{h}x{w}"))
+            # Triton's model name is a folder name: characters a name cannot hold become "_" (only that name; the
+            # artifact keeps its own file name)
+            stem = re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.stem.split(".")[0]).lstrip(".") or "model"
+            write_repository([static], staging / "triton", ServeOptions(name=f"{stem}_{h}x{w}"))
             files.append("triton/")
         for name, line in lines.items():
             (staging / f"{name}.sh").write_text(f"#!/bin/sh\n{line}\n")

@@ -106,6 +106,8 @@ class Publication:
         from gap_deploy.runtime.files import check_new_folder
 
         target = check_new_folder(target, what)
+        if target.is_symlink():  # a link to an empty folder is written through, as a link at a file target is
+            target = Path(os.path.realpath(target))
         staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         self._folders.append((target, staged))
         if not signed:

@@ -1278,3 +1278,15 @@ def test_gap_debug_refuses_an_onnx_not_exported_from_the_checkpoint(tmp_path, re
     result = CliRunner().invoke(debug, [str(reference_ckpt), str(one)])
     assert_clean_failure(result, "g1.onnx has 1 input channel(s)", "has 3: it was not exported from this checkpoint",
                          code=2)
+
+
+def test_gap_pack_writes_through_a_link_to_an_empty_folder(reference_onnx, tmp_path):
+    """Round four, 8b: -o a symlink to an empty folder was refused by gap-pack (the commit could not remove the
+    link as a folder) although gap-export writes through a link at its output. One rule: written through."""
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    result = CliRunner().invoke(gap_pack, [str(reference_onnx), "-o", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and (real / "model.json").is_file()

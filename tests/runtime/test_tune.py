@@ -232,3 +232,25 @@ def test_a_sweep_too_large_to_hold_streams_with_the_same_figures(labelled, refer
     assert not held.streamed and streamed.streamed
     assert [(p.size, p.correct, p.top5_correct, p.images, p.shape) for p in streamed.points] == \
         [(p.size, p.correct, p.top5_correct, p.images, p.shape) for p in held.points]
+
+
+def test_an_artifact_named_with_a_space_is_emitted_under_a_triton_name_it_can_hold(tmp_path, labelled, reference_onnx):
+    """Issue 38, 8b: "my model.onnx" could not be emitted for Triton, although only the Triton model's name (a folder
+    name) needed changing: the emit failed on safe_name. Now the Triton name replaces the characters a name cannot
+    hold; every other file keeps the artifact's own name. An -o/--emit that is a link to an empty folder is written
+    through (one rule with gap-export's file outputs)."""
+    import shutil
+
+    from gap_deploy.exporter.triton import check_repository
+
+    spaced = tmp_path / "my model.onnx"
+    shutil.copy(reference_onnx, spaced)
+    real = tmp_path / "real-deploy"
+    real.mkdir()
+    deploy = tmp_path / "deploy-link"
+    deploy.symlink_to(real)
+    result = run(f"a={spaced}", "--data", labelled, "--sizes", "16", "--no-native", "--duration", "0.05",
+                 "--max-ms", "1000", "--emit", deploy)
+    assert result.exit_code == 0, result.output
+    assert deploy.is_symlink() and (real / "triton" / "my_model_16x16" / "config.pbtxt").is_file()
+    assert check_repository(real / "triton")[1] == []
