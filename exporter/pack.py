@@ -210,7 +210,11 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
         if shape[2] < meta.min_height or shape[3] < meta.min_width:
             raise UsageError(f"fixed shape {format_shape(shape)} is below the model's minimum "
                              f"{meta.min_height}x{meta.min_width}.")
-    with Publication() as pub:  # the bundle appears whole, once every file in it is checked
+    from gap_deploy.runtime.errors import ctrl_c_kept
+
+    # the bundle appears whole, once every file in it is checked; Ctrl-C during the converters and runtimes stays
+    # Ctrl-C (ctrl_c_kept), raised inside the publication, so nothing appears
+    with Publication() as pub, ctrl_c_kept(f"gap-pack --target {target}"):
         staged = pub.folder(folder, "bundle folder")
         if target == "openvino":
             result = _build_openvino(model, source, staged, spec, precision, log)

@@ -7,6 +7,7 @@ without a traceback. Messages say what failed (file, expected and actual values)
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 
@@ -138,3 +139,36 @@ def interrupted(exc: BaseException) -> bool:
         seen.append(exc)
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+@contextlib.contextmanager
+def ctrl_c_kept(what: str = "a third-party call"):
+    """Ctrl-C inside third-party code stays Ctrl-C: some converters (coremltools, torch.export) catch the
+    KeyboardInterrupt that Python raises in them and go on, or turn it into their own error, so a run that was
+    interrupted finished and wrote its files (exit 0). SIGINT is recorded here as well as raised; after the block
+    (or from the library's own error) it becomes a KeyboardInterrupt, inside the caller's Publication, so nothing
+    is published. Only in the main thread, where Python delivers signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        hit.append(signum)
+        raise KeyboardInterrupt(f"interrupted during {what}")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    except Exception:
+        if hit:
+            raise KeyboardInterrupt(f"interrupted during {what}") from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hit:
+        raise KeyboardInterrupt(f"interrupted during {what}")

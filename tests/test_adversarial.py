@@ -1290,3 +1290,31 @@ def test_gap_pack_writes_through_a_link_to_an_empty_folder(reference_onnx, tmp_p
     result = CliRunner().invoke(gap_pack, [str(reference_onnx), "-o", str(link)])
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and (real / "model.json").is_file()
+
+
+def test_ctrl_c_that_a_converter_swallows_still_stops_gap_pack_and_publishes_nothing(reference_onnx, tmp_path,
+                                                                                  monkeypatch):
+    """Round four, class 7: Ctrl-C during a converter ended with the bundle written and exit 0: Python raises
+    KeyboardInterrupt inside the converter, which may catch it and go on. The stand-in converter here does exactly
+    that (catches the KeyboardInterrupt and returns); a real SIGINT is sent to this process. Failed before: pack
+    returned and published the folder."""
+    import os
+    import signal
+    import threading
+
+    import gap_deploy.exporter.pack_edge as pack_edge
+    from gap_deploy.exporter.pack import pack
+
+    def swallowing_converter(*args, **kwargs):
+        timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass  # what a converter that catches BaseException does
+        raise RuntimeError("stopped")  # and its own error afterwards
+
+    monkeypatch.setattr(pack_edge, "build_edge", swallowing_converter)
+    with pytest.raises(KeyboardInterrupt):
+        pack(reference_onnx, tmp_path / "b", target="ncnn")
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
