@@ -136,7 +136,8 @@ TARGETS = ("ort", "openvino", "ncnn", "litert", "executorch", "coreml")
 
 def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequence[Shape] = (),
          target: str = "ort", precision: str = "fp32", checkpoint=None, max_side: int | None = None,
-         max_batch: int | None = None, min_side: int | None = None, log=lambda _: None) -> PackResult:
+         max_batch: int | None = None, min_side: int | None = None, other_weights: bool = False,
+         log=lambda _: None) -> PackResult:
     """Write the bundle ``folder`` for ``onnx_path`` (an FP32, FP16 or INT8 ONNX from gap-export) for ``target``:
     "ort" (ONNX Runtime Mobile), "openvino" (OpenVINO IR), "ncnn" (pnnx from the ONNX), or "litert",
     "executorch", "coreml", converted from ``checkpoint`` (the exporter's LoadedModel of the PyTorch model the
@@ -220,7 +221,7 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
             result = _build_openvino(model, source, staged, spec, precision, log)
         elif target != "ort":
             if checkpoint is not None:
-                _check_source(checkpoint, meta, source, log)
+                _check_source(checkpoint, meta, source, log, target=target, other_weights=other_weights)
             description, report = pack_edge.build_edge(
                 target, model, source, staged, spec, precision, log, module=checkpoint and checkpoint.module,
                 max_side=max_side, max_batch=max_batch, base_shapes=_check_shapes(meta, channels, None),
@@ -234,10 +235,17 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     return result
 
 
-def _check_source(checkpoint, meta: ModelMetadata, source: Path, log) -> None:
+def _check_source(checkpoint, meta: ModelMetadata, source: Path, log, *, target: str = "",
+                  other_weights: bool = False) -> None:
     """A checkpoint other than the one the ONNX names (gap.source_sha256) is said; the bundle is still judged
-    against the ONNX, so a checkpoint with other weights fails the check."""
+    against the ONNX, so a checkpoint with other weights fails the check. Core ML cannot run here, so nothing
+    would catch other weights: refused unless ``other_weights``."""
     if meta.source_sha256 and meta.source_sha256 != checkpoint.source_sha256:
+        if target == "coreml" and not other_weights:
+            raise UsageError(f"{checkpoint.source.name} is not the file {source.name} was exported from (SHA-256 "
+                             "differs), and a Core ML bundle cannot be run here to show that its weights are the "
+                             "ONNX's.", hint="give the checkpoint the ONNX was exported from, or pass --other-weights "
+                                             "if these are the weights you mean to ship.")
         log(f"note: {checkpoint.source.name} is not the file {source.name} was exported from (SHA-256 differs); "
             "the bundle must still match the ONNX.")
 

@@ -1318,3 +1318,19 @@ def test_ctrl_c_that_a_converter_swallows_still_stops_gap_pack_and_publishes_not
     with pytest.raises(KeyboardInterrupt):
         pack(reference_onnx, tmp_path / "b", target="ncnn")
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_core_ml_bundle_from_other_weights_is_refused_unless_asked(reference_onnx, tmp_path):
+    """Round four, 8b: a Core ML bundle packed from a checkpoint with other weights was written: Core ML cannot run
+    here, so no check could show it. Refused now, naming --other-weights."""
+    pytest.importorskip("coremltools")
+    import torch
+
+    from tests.conftest import make_reference
+
+    other = tmp_path / "other.pt"
+    torch.save(make_reference(seed=9).state_dict(), other)
+    result = CliRunner().invoke(gap_pack, [str(reference_onnx), "--target", "coreml", "--checkpoint", str(other),
+                                           "-o", str(tmp_path / "b")])
+    assert_clean_failure(result, "is not the file gapcnn.onnx was exported from", "--other-weights", code=2)
+    assert not (tmp_path / "b").exists()

@@ -38,10 +38,12 @@ from gap_deploy.runtime.naming import bundle_folder
               "sizes; the failed check's hint names it).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the usability report as JSON here (it is always in BUNDLE/model.json).")
+@click.option("--other-weights", is_flag=True, help="coreml: pack a --checkpoint that is not the one MODEL was "
+              "exported from (Core ML cannot run here, so nothing would show other weights; refused without it).")
 @sign_key_option
 @report_errors
 def main(model, output, fixed, target, precision, checkpoint, arch, num_classes, trust_checkpoint, max_side,
-         max_batch, min_side, json_path):
+         max_batch, min_side, json_path, other_weights):
     """Write a bundle for MODEL (.onnx from gap-export) for one runtime: ONNX Runtime Mobile (the default) with a
     report of what each phone accelerator will run, OpenVINO, ncnn, LiteRT, ExecuTorch or Core ML. FP32 unless
     --precision fp16, whatever the converter's default.
@@ -77,7 +79,7 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
     elif arch or num_classes or trust_checkpoint:
         raise UsageError("--arch, --num-classes and --trust-checkpoint describe --checkpoint; none was given.")
     result = pack(model, output, fixed=shapes, target=target, precision=precision, checkpoint=loaded,
-                  max_side=max_side, max_batch=max_batch, min_side=min_side, log=info)
+                  max_side=max_side, max_batch=max_batch, min_side=min_side, other_weights=other_weights, log=info)
     for name, report in result.parity.items():
         worst = max(r.rel_err for r in report.rows)
         info(f"{name}: matches {model.name} at {len(report.rows)} shape(s), worst relative error {worst:.1e}")
