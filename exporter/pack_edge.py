@@ -411,7 +411,7 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
     backend = BACKEND[target]
     with captured_output():  # the runtimes' own start-up lines ("Created TensorFlow Lite XNNPACK delegate")
         # staged here (signed when published); its description is judged by the whole sweep below
-        session = runtime.load(out, backend, verify_key=(), check_description=False)
+        session = runtime.load(out, backend, verify_key=False, check_description=False)
     with session:
         report = verify(ort_cpu_infer(model), session.run, shapes, tolerance_for(precision, backend),
                         num_classes=meta.num_classes, source=source, candidate=f"{names[0]} ({backend}, {precision})",

@@ -170,12 +170,15 @@ def _verify_signature(path: Path, verify_key) -> bool:
     """With trusted keys given (or $GAP_DEPLOY_TRUSTED_KEYS), the artifact's signature must verify before any of
     its bytes reach a runtime; returns whether it did. Plans are left to TrtRunner, which checks the plan and its
     manifest."""
-    from gap_deploy.runtime.signing import trusted_keys, verify_path
+    from gap_deploy.runtime.signing import TRUSTED_KEYS_ENV, trusted_keys, verify_path
 
-    keys = trusted_keys(verify_key)
-    if not keys or path.suffix in (".plan", ".engine"):
+    if verify_key is False:  # the caller's own staged files (gap-pack's check), not yet signed
         return False
-    verify_path(path, keys)
+    asked = verify_key is not None or bool(os.environ.get(TRUSTED_KEYS_ENV, "").strip())
+    if not asked or path.suffix in (".plan", ".engine"):
+        return False
+    keys = trusted_keys(verify_key)
+    verify_path(path, keys)  # refuses when the keys asked for are none (an empty folder): never unchecked
     if path.suffix == ".onnx":
         from gap_deploy.runtime.naming import external_data_path
 

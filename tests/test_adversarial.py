@@ -1334,3 +1334,273 @@ def test_a_core_ml_bundle_from_other_weights_is_refused_unless_asked(reference_o
                                            "-o", str(tmp_path / "b")])
     assert_clean_failure(result, "is not the file gapcnn.onnx was exported from", "--other-weights", code=2)
     assert not (tmp_path / "b").exists()
+
+
+# ---- round four: the suite's style (exit code, one message, no traceback, < 30 s, every file byte-identical) -----
+
+from gap_deploy.exporter.cli.debug import main as gap_debug  # noqa: E402
+from gap_deploy.runtime.cli.verify import main as gap_verify  # noqa: E402
+
+CLIS.update({"debug": gap_debug, "verify": gap_verify})
+
+
+def _keys(ws, mode=0o600):
+    from tests.conftest import make_key_pair
+
+    private, public = make_key_pair(ws, "k")
+    private.chmod(mode)
+    return private, public
+
+
+def _signed_onnx(ws):
+    from tests.conftest import sign_files
+
+    private, _ = _keys(ws)
+    (ws / "s.onnx").write_bytes((ws / "model.onnx").read_bytes())
+    sign_files(private, ws / "s.onnx")
+
+
+def _signed_then(ws, change):
+    _signed_onnx(ws)
+    change(ws)
+
+
+def _link_in_lab(ws, name="l.json"):
+    _labelled(ws, "class0", "class1")
+    (ws / "outside.txt").write_bytes(SENTINEL)
+    os.symlink(ws / "outside.txt", ws / "lab" / name)
+
+
+def _flip(path: Path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+ROUND4 = {
+    # ---- signing keys given to the writers
+    "export-sign-key-missing": Case("export", [*EXPORT, "-o", "out.onnx", "--sign-key", "nope.pem"], 2,
+                                    "does not exist", ["out.onnx"]),
+    "export-sign-key-readable": Case("export", [*EXPORT, "-o", "out.onnx", "--sign-key", "k.key.pem"], 2,
+                                     "can be read or written by other users", ["out.onnx"],
+                                     lambda ws: _keys(ws, 0o644)),
+    "export-sign-key-group": Case("export", [*EXPORT, "-o", "out.onnx", "--sign-key", "k.key.pem"], 2,
+                                  "can be read or written by other users", ["out.onnx"], lambda ws: _keys(ws, 0o640)),
+    "export-sign-key-fifo": Case("export", [*EXPORT, "-o", "out.onnx", "--sign-key", "f.pem"], 2,
+                                 "not a regular file", ["out.onnx"], lambda ws: os.mkfifo(ws / "f.pem")),
+    "export-sign-key-dir": Case("export", [*EXPORT, "-o", "out.onnx", "--sign-key", "lab"], 2, "signing key",
+                                ["out.onnx"], lambda ws: _labelled(ws, "class0")),
+    "export-sign-key-symlink": Case("export", [*EXPORT, "-o", "out.onnx", "--sign-key", "l.pem"], 2,
+                                    "symbolic link", ["out.onnx"],
+                                    lambda ws: (_keys(ws), os.symlink(ws / "k.key.pem", ws / "l.pem"))),
+    "export-sign-key-public": Case("export", [*EXPORT, "-o", "out.onnx", "--sign-key", "k.pub.pem"], 1,
+                                   "could not sign", ["out.onnx"], lambda ws: (ws / "k.pub.pem").chmod(0o600)
+                                   if _keys(ws) else None),
+    "export-sign-key-garbage": Case("export", [*EXPORT, "-o", "out.onnx", "--sign-key", "g.pem"], 1,
+                                    "could not sign", ["out.onnx"],
+                                    lambda ws: ((ws / "g.pem").write_text("garbage"), (ws / "g.pem").chmod(0o600))),
+    "pack-sign-key-readable": Case("pack", ["model.onnx", "-o", "b", "--sign-key", "k.key.pem"], 2,
+                                   "can be read or written", setup=lambda ws: _keys(ws, 0o644)),
+    "triton-sign-key-missing": Case("triton", ["model.onnx", "-o", "repo", "--sign-key", "nope.pem"], 2,
+                                    "does not exist"),
+    "tune-sign-key-fifo": Case("tune", [*TUNE, "--sign-key", "f.pem"], 2, "not a regular file",
+                               setup=lambda ws: (_labelled(ws, "class0"), os.mkfifo(ws / "f.pem"))),
+    # ---- verification on load
+    "run-verify-no-signature": Case("run", ["model.onnx", "imgs", "--verify-key", "k.pub.pem"], 1,
+                                    "has no signature", setup=lambda ws: (_keys(ws), _images(ws, "a.png"))),
+    "run-verify-other-key": Case("run", ["s.onnx", "imgs", "--verify-key", "o.pub.pem"], 1,
+                                 "was not made by a trusted key",
+                                 setup=lambda ws: (_signed_onnx(ws), _images(ws, "a.png"),
+                                                   __import__("tests.conftest").conftest.make_key_pair(ws, "o"))),
+    "run-verify-flipped": Case("run", ["s.onnx", "imgs", "--verify-key", "k.pub.pem"], 1,
+                               "changed since it was signed",
+                               setup=lambda ws: (_signed_then(ws, lambda w: _flip(w / "s.onnx")),
+                                                 _images(ws, "a.png"))),
+    "run-verify-sig-garbage": Case("run", ["s.onnx", "imgs", "--verify-key", "k.pub.pem"], 1, "s.onnx",
+                                   setup=lambda ws: (_signed_then(ws, lambda w: (w / "s.onnx.sig").write_text("{")),
+                                                     _images(ws, "a.png"))),
+    "run-verify-sig-fifo": Case("run", ["s.onnx", "imgs", "--verify-key", "k.pub.pem"], 1, "not a regular file",
+                                setup=lambda ws: (_signed_then(ws, lambda w: ((w / "s.onnx.sig").unlink(),
+                                                                              os.mkfifo(w / "s.onnx.sig"))),
+                                                  _images(ws, "a.png"))),
+    "run-verify-key-fifo": Case("run", ["s.onnx", "imgs", "--verify-key", "f.pem"], 1, "not a regular file",
+                                setup=lambda ws: (_signed_onnx(ws), os.mkfifo(ws / "f.pem"), _images(ws, "a.png"))),
+    "run-verify-key-garbage": Case("run", ["s.onnx", "imgs", "--verify-key", "g.pem"], 1, "trusted key",
+                                   setup=lambda ws: (_signed_onnx(ws), (ws / "g.pem").write_text("x"),
+                                                     _images(ws, "a.png"))),
+    "run-verify-empty-key-folder": Case("run", ["s.onnx", "imgs", "--verify-key", "keys"], 1,
+                                        "no trusted public key", setup=lambda ws: (
+                                            _signed_onnx(ws), (ws / "keys").mkdir(), _images(ws, "a.png"))),
+    "run-verify-on-ray": Case("run", ["s.onnx", "imgs", "--ray", "--output", "o", "--verify-key", "k.pub.pem"], 2,
+                              "--verify-key", setup=lambda ws: (_signed_onnx(ws), _images(ws, "a.png"))),
+    "bench-verify-no-signature": Case("bench", ["model.onnx", "--verify-key", "k.pub.pem"], 1, "has no signature",
+                                      setup=lambda ws: _keys(ws)),
+    "bench-verify-flipped": Case("bench", ["s.onnx", "--verify-key", "k.pub.pem"], 1, "changed since it was signed",
+                                 setup=lambda ws: _signed_then(ws, lambda w: _flip(w / "s.onnx"))),
+    # ---- gap-verify
+    "verify-missing": Case("verify", ["nope.onnx", "--key", "k.pub.pem"], 1, "nope.onnx",
+                           setup=lambda ws: _keys(ws)),
+    "verify-no-key": Case("verify", ["s.onnx"], 1, "no trusted public key", setup=_signed_onnx),
+    "verify-no-signature": Case("verify", ["model.onnx", "--key", "k.pub.pem"], 1, "has no signature",
+                                setup=lambda ws: _keys(ws)),
+    "verify-flipped": Case("verify", ["s.onnx", "--key", "k.pub.pem"], 1, "changed since it was signed",
+                           setup=lambda ws: _signed_then(ws, lambda w: _flip(w / "s.onnx"))),
+    "verify-other-key": Case("verify", ["s.onnx", "--key", "o.pub.pem"], 1, "not made by a trusted key",
+                             setup=lambda ws: (_signed_onnx(ws),
+                                               __import__("tests.conftest").conftest.make_key_pair(ws, "o"))),
+    "verify-json-is-artifact": Case("verify", ["s.onnx", "--key", "k.pub.pem", "--json", "s.onnx"], 1,
+                                    "same file as ARTIFACT", setup=_signed_onnx),
+    "verify-random-file": Case("verify", ["r.bin", "--key", "k.pub.pem"], 1, "r.bin",
+                               setup=lambda ws: (_keys(ws), (ws / "r.bin").write_bytes(os.urandom(100)))),
+    # ---- links planted inside input folders, and reports inside folders written whole
+    "tune-json-link-in-data": Case("tune", [*TUNE, "--json", "lab/l.json"], 1, "is inside --data",
+                                   setup=_link_in_lab),
+    "tune-plot-link-in-data": Case("tune", [*TUNE, "--plot", "lab/l.png"], 1, "is inside --data",
+                                   setup=lambda ws: _link_in_lab(ws, "l.png")),
+    "eval-json-link-in-data": Case("eval", [*EVAL, "--json", "lab/l.json"], 1, "is inside --data",
+                                   setup=_link_in_lab),
+    "debug-json-link-in-images": Case("debug", ["model.pt", "--images", "lab", "--json", "lab/l.json"], 1,
+                                      "is inside --images", setup=_link_in_lab),
+    "tune-json-inside-emit": Case("tune", [*TUNE, "--emit", "d", "--json", "d/r.json"], 1,
+                                  "which is written whole", setup=lambda ws: _labelled(ws, "class0")),
+    "tune-plot-inside-emit": Case("tune", [*TUNE, "--emit", "d", "--plot", "d/p.png"], 1,
+                                  "which is written whole", setup=lambda ws: _labelled(ws, "class0")),
+    "pack-json-in-new-bundle": Case("pack", ["model.onnx", "-o", "nb", "--json", "nb/model.json"], 1,
+                                    "which is written whole"),
+    # ---- gap-tune sizes
+    "tune-sizes-range-huge": Case("tune", [*TUNE[:3], "--sizes", "1:100000000000:1"], 2, "a sweep measures at most",
+                                  setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-range-8189": Case("tune", [*TUNE[:3], "--sizes", "4:8192:1"], 2, "use a larger step",
+                                  setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-list-65": Case("tune", [*TUNE[:3], "--sizes", ",".join(str(8 + i) for i in range(65))], 2,
+                               "at most 64", setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-stop-above": Case("tune", [*TUNE[:3], "--sizes", "8:9000:1000"], 2, "at most 8192 pixels",
+                                  setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-step-zero": Case("tune", [*TUNE[:3], "--sizes", "8:64:0"], 2, "is not N, HxW or START:STOP:STEP",
+                                 setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-backwards": Case("tune", [*TUNE[:3], "--sizes", "64:8:8"], 2, "is not N, HxW or START:STOP:STEP",
+                                 setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-four-parts": Case("tune", [*TUNE[:3], "--sizes", "8:16:4:2"], 2, "is not N, HxW",
+                                  setup=lambda ws: _labelled(ws, "class0")),
+    "tune-sizes-huge-memory": Case("tune", [*TUNE[:3], "--sizes", "8192"], 1, "would need about",
+                                   setup=lambda ws: _labelled(ws, "class0")),
+    # ---- memory before allocation
+    "eval-imgsz-65536": Case("eval", [*EVAL, "--imgsz", "65536"], 1, "would need about",
+                             setup=lambda ws: _labelled(ws, "class0")),
+    "pack-min-side-huge": Case("pack", ["model.onnx", "-o", "b", "--target", "openvino", "--min-side", "100000"], 1,
+                               "would need about"),
+    "debug-shape-batch-256": Case("debug", ["model.pt", "--shape", "256x3x224x224"], 1, "--chunk"),
+    "debug-chunk-huge-shape": Case("debug", ["model.pt", "--shape", "64x3x512x512", "--chunk", "64"], 1,
+                                   "would need about"),
+    # ---- descriptions, manifests and IRs that lie or are no description
+    "run-bundle-json-deep": Case("run", ["b", "imgs"], 1, "nests too deeply",
+                                 setup=lambda ws: (_pack(ws), (ws / "b" / "model.json").write_text(
+                                     "[" * 100_000 + "]" * 100_000), _images(ws, "a.png"))),
+    "run-bundle-json-huge": Case("run", ["b", "imgs"], 1, "larger than 16 MiB",
+                                 setup=lambda ws: (_pack(ws), (ws / "b" / "model.json").write_bytes(
+                                     b" " * (17 << 20)), _images(ws, "a.png"))),
+    "triton-manifest-metadata-string": Case("triton", ["e.plan", "-o", "repo"], 1, '"metadata" is not a map',
+                                            setup=lambda ws: _plan_with_manifest(ws, _manifest_text(
+                                                metadata="a string"))),
+    "triton-manifest-profiles-string": Case("triton", ["e.plan", "-o", "repo"], 1, '"profiles" is not a list',
+                                            setup=lambda ws: _plan_with_manifest(ws, _manifest_text(profiles="x"))),
+    "triton-manifest-gpu-number": Case("triton", ["e.plan", "-o", "repo"], 1, '"gpu_name" is int',
+                                       setup=lambda ws: _plan_with_manifest(ws, _manifest_text(gpu_name=7))),
+    "triton-manifest-vc-text": Case("triton", ["e.plan", "-o", "repo"], 1, '"version_compatible" is not true',
+                                    setup=lambda ws: _plan_with_manifest(ws, _manifest_text(version_compatible="1"))),
+    "pack-fixed-on-static": Case("pack", ["static.onnx", "-o", "b", "--fixed", "1x3x64x64"], 2, "already static",
+                                 setup=lambda ws: _static(ws)),
+    "pack-fixed-own-size-static": Case("pack", ["static.onnx", "-o", "b", "--fixed", "1x3x32x32"], 2,
+                                       "already static", setup=lambda ws: _static(ws)),
+    "debug-onnx-other-channels": Case("debug", ["model.pt", "g1.onnx"], 2, "has 1 input channel(s)",
+                                      setup=lambda ws: _one_channel(ws)),
+    # ---- Triton repositories Triton would not load
+    "triton-check-group-per-profile": Case("triton", ["--check", "repo"], 1, "every one needed on every instance",
+                                           setup=lambda ws: _repo_edit(ws, "per-profile")),
+    "triton-check-static-batching": Case("triton", ["--check", "repo"], 1, "first dim of -1",
+                                         setup=lambda ws: _repo_edit(ws, "static")),
+    "triton-check-warmup-outside": Case("triton", ["--check", "repo"], 1, "a warm-up outside every profile",
+                                        setup=lambda ws: _repo_edit(ws, "warmup")),
+    "triton-check-arabic-version": Case("triton", ["--check", "repo"], 1, "no numbered version folder",
+                                        setup=lambda ws: _repo_edit(ws, "version")),
+    "triton-static-max-batch": Case("triton", ["static.onnx", "-o", "repo", "--max-batch", "4"], 2,
+                                    "fixed batch of 1", setup=lambda ws: _static(ws)),
+}
+
+
+def _manifest_text(**changes) -> str:
+    import json
+
+    from gap_deploy.runtime.manifest import EngineManifest
+
+    data = json.loads(EngineManifest(tensorrt_version="11.4.0.106", gpu_name="X", compute_capability="9.0",
+                                     precision="fp32", plan_sha256="0" * 64, onnx_sha256="0" * 64,
+                                     profiles=[{"images": [[1, 3, 4, 4], [1, 3, 8, 8], [1, 3, 16, 16]]}]).to_json())
+    data.update(changes)
+    return json.dumps(data)
+
+
+def _pack(ws):
+    from gap_deploy.exporter.pack import pack
+
+    pack(ws / "model.onnx", ws / "b")
+
+
+def _static(ws):
+    from gap_deploy.exporter import export_onnx, load_model
+
+    export_onnx(load_model(ws / "model.pt"), ws / "static.onnx", dynamic=False, imgsz=(32, 32))
+
+
+def _one_channel(ws):
+    import torch
+
+    from gap_deploy.exporter import export_onnx, load_model
+    from tests.conftest import make_reference
+
+    torch.save(make_reference(in_channels=1).state_dict(), ws / "g1.pt")
+    export_onnx(load_model(ws / "g1.pt"), ws / "g1.onnx", dynamic=True, imgsz=(32, 32))
+
+
+def _repo_edit(ws, how):
+    from gap_deploy.exporter.triton import ServeOptions, write_repository
+    from gap_deploy.runtime.files import sha256_bytes
+    from gap_deploy.runtime.manifest import EngineManifest
+    from gap_deploy.runtime.metadata import ModelMetadata
+
+    if how == "static":
+        _static(ws)
+        write_repository([ws / "static.onnx"], ws / "repo")
+        path = ws / "repo" / "static" / "config.pbtxt"
+        path.write_text(path.read_text().replace("max_batch_size: 0", "max_batch_size: 1")
+                        .replace("dims: [ 1, 3, 32, 32 ]", "dims: [ 3, 32, 32 ]"))
+        return
+    if how == "version":
+        write_repository([ws / "model.onnx"], ws / "repo")
+        (ws / "repo" / "model" / "1").rename(ws / "repo" / "model" / "\u0661")
+        return
+    plan = ws / "p.plan"
+    plan.write_bytes(b"engine")
+    EngineManifest(tensorrt_version="11.4.0.106", gpu_name="G", compute_capability="9.0", precision="fp16",
+                   plan_sha256=sha256_bytes(b"engine"), onnx_sha256="0" * 64,
+                   profiles=[{"images": [[1, 3, 4, 4], [1, 3, 224, 224], [8, 3, 512, 512]]},
+                             {"images": [[1, 3, 513, 513], [1, 3, 768, 768], [4, 3, 1024, 1024]]}],
+                   metadata=ModelMetadata(arch="GapCNN", in_channels=3, num_classes=10, min_height=4,
+                                          min_width=4).to_props()).write(plan)
+    write_repository([plan], ws / "repo", ServeOptions(name="m"))
+    path = ws / "repo" / "m" / "config.pbtxt"
+    text = path.read_text()
+    if how == "per-profile":
+        text = text.replace('profile: [ "0", "1" ]', 'profile: [ "0" ]')
+    else:
+        text = text.replace("dims: [ 3, 224, 224 ]", "dims: [ 3, 600, 224 ]")
+    path.write_text(text)
+
+
+def test_round_four_adds_at_least_50_cases_here():
+    assert len(ROUND4) >= 50
+
+
+@pytest.mark.parametrize("name", sorted(ROUND4))
+def test_round_four(name, base, tmp_path, monkeypatch):
+    _run_case(name, ROUND4[name], base, tmp_path, monkeypatch)

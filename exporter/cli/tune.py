@@ -82,6 +82,8 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
     if emit_dir and not given:
         raise UsageError("--emit needs a constraint (--min-top1, --max-ms or --min-ips) to know what to deploy.")
     parsed = parse_sizes(sizes) if sizes else None
+    check_distinct({**{f"artifact {n}": p for n, p in named.items()}, "--data": folder},
+                   {"--json": json_path, "--plot": plot_path, "--emit": emit_dir}, output_folders=("--emit",))
     for path in (json_path, plot_path):
         if path:
             check_output_path(path)
@@ -91,8 +93,6 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
         require("onnx", purpose="for --emit", hint="pip install 'gap-deploy[convert]'.")
         if emit_dir.exists() and (not emit_dir.is_dir() or any(emit_dir.iterdir())):
             raise UsageError(f"--emit folder {emit_dir} exists and is not empty; choose a new folder.")
-    check_distinct({**{f"artifact {n}": p for n, p in named.items()}, "--data": folder},
-                   {"--json": json_path, "--plot": plot_path, "--emit": emit_dir}, output_folders=("--emit",))
     if plot_path:
         from gap_deploy.runtime._lazy import require
 

@@ -46,8 +46,12 @@ def main(artifact, keys, rerun_parity_, json_path):
         gap-verify bundle/ --key keys/ --rerun-parity
         gap-verify repo/ --key build.pub.pem        # a Triton repository, signed as a whole
     """
+    from gap_deploy.runtime.files import check_distinct, check_output_path
     from gap_deploy.runtime.lineage import walk
 
+    if json_path and str(json_path) != "-":
+        check_distinct({"ARTIFACT": artifact}, {"--json": json_path})
+        check_output_path(json_path)
     links = walk(artifact, list(keys) or None)
     rows = []
     for index, link in enumerate(links):
