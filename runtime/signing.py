@@ -15,6 +15,7 @@ description that is not a regular file (checked on the opened descriptor, so a F
 from __future__ import annotations
 
 import contextvars
+import errno
 import os
 import re
 import stat
@@ -48,7 +49,7 @@ def read_regular(path: Path, what: str, *, private: bool = False, limit: int = M
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
-        reason = "it is a symbolic link" if exc.errno == 40 else (exc.strerror or str(exc))
+        reason = "it is a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         raise UntrustedCodeError(f"cannot open the {what} {path}: {reason}.",
                                  hint=f"give the {what} as a regular file.") from None
     try:

@@ -199,6 +199,6 @@ def sign_key_option(function: Callable) -> Callable:
     """--sign-key KEY.pem for every command that writes artifacts: each artifact is signed in the same publication
     (runtime.signing); $GAP_DEPLOY_SIGN_KEY is the default."""
     return click.option("--sign-key", type=click.Path(path_type=Path), callback=_use_sign_key, expose_value=False,
-                        is_eager=True, envvar=None, metavar="KEY.pem",
+                        is_eager=True, metavar="KEY.pem",
                         help="Sign what is written with this EC private key (OpenSSF model signing; <file>.sig beside "
                              "each artifact). Default: $GAP_DEPLOY_SIGN_KEY.")(function)
