@@ -14,6 +14,7 @@ compared with the source ONNX before the bundle is written; the bundle appears w
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -26,7 +27,7 @@ import onnx
 
 from gap_deploy.exporter._quiet import quiet_loggers
 from gap_deploy.runtime.artifact import ArtifactSpec, describe
-from gap_deploy.runtime.errors import ExportError, UsageError, first_line
+from gap_deploy.runtime.errors import ExportError, OutputPathError, UsageError, first_line
 from gap_deploy.runtime.files import check_new_folder, sha256_file
 from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.onnx_file import save_onnx
@@ -215,7 +216,7 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
 
     # the bundle appears whole, once every file in it is checked; Ctrl-C during the converters and runtimes stays
     # Ctrl-C (ctrl_c_kept), raised inside the publication, so nothing appears
-    with Publication() as pub, ctrl_c_kept(f"gap-pack --target {target}"):
+    with Publication() as pub, ctrl_c_kept(f"gap-pack --target {target}"), _write_errors(folder):
         staged = pub.folder(folder, "bundle folder")
         if target == "openvino":
             result = _build_openvino(model, source, staged, spec, precision, log)
@@ -233,6 +234,19 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
             result = _build(model, source, staged, spec, list(dict.fromkeys(fixed)), log)
     result.folder = folder
     return result
+
+
+@contextlib.contextmanager
+def _write_errors(folder):
+    """A converter or runtime that fails to write into the staged bundle (a full disk, a read-only folder) is the
+    bundle's write error, said once, not an OSError traceback; nothing is published."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputPathError(f"cannot write bundle {folder}: {exc.strerror or exc}.",
+                              note="nothing was published; what was there before is unchanged.",
+                              hint="free some disk space, or choose another folder."
+                              if exc.errno == errno.ENOSPC else "choose a folder you can write to.") from None
 
 
 def _check_source(checkpoint, meta: ModelMetadata, source: Path, log, *, target: str = "",
@@ -333,7 +347,12 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
     if precision == "fp16":
         converted.set_rt_info("fp16", [RT_INFO_SECTION, "precision"])
     xml = out / "model.xml"
-    ov.save_model(converted, str(xml), compress_to_fp16=(precision == "fp16"))
+    try:
+        ov.save_model(converted, str(xml), compress_to_fp16=(precision == "fp16"))
+    except RuntimeError as exc:  # OpenVINO says only "basic_ios::clear: iostream error" for a full disk
+        raise OutputPathError(f"OpenVINO could not write {xml.name} into the bundle: {first_line(exc)}.",
+                              note="nothing was published; a full disk or a folder that cannot be written gives "
+                                   "this.", hint="free some disk space, or choose another folder.") from None
     runner = OvRunner(xml)
     shapes = _check_shapes(meta, channels, None)
     tolerance = tolerance_for("fp16" if precision == "fp16" else meta.precision)

@@ -207,7 +207,11 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repo: str | os.Path
     if taken:
         raise OutputPathError(f"{taken[0]} exists; a model folder is never written over. Nothing was written.",
                               hint="choose another --name or repository.")
-    repo.mkdir(exist_ok=True)
+    try:
+        repo.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create model repository {repo}: {exc.strerror or exc}.",
+                              hint="choose a folder you can write to.") from None
     with Publication() as pub:  # all the models appear, or none
         for name, info in zip(names, infos):
             _stage_model_folder(pub.folder(repo / name, "model folder", signed=False), name, info, options)

@@ -51,7 +51,10 @@ class Publication:
         from gap_deploy.runtime.files import check_output_path
 
         target = check_output_path(target)
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        except OSError as exc:
+            raise _write_error([target], exc) from None
         os.close(fd)
         staged = Path(name)
         self._files.append((target, staged))
@@ -108,7 +111,10 @@ class Publication:
         target = check_new_folder(target, what)
         if target.is_symlink():  # a link to an empty folder is written through, as a link at a file target is
             target = Path(os.path.realpath(target))
-        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        except OSError as exc:  # a read-only or immutable parent, a full disk
+            raise _write_error([target], exc) from None
         self._folders.append((target, staged))
         if not signed:
             self._unsigned.add(staged)
@@ -144,6 +150,7 @@ class Publication:
                     backups[staged_target] = backup
             try:
                 for target, staged in self._folders:
+                    os.chmod(staged, 0o755)  # mkdtemp made it 0700: a published folder reads like any other
                     was_empty = target.is_dir()
                     if was_empty:
                         target.rmdir()  # empty, as checked; fails (and keeps it) if anything appeared since

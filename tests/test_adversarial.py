@@ -1604,3 +1604,61 @@ def test_round_four_adds_at_least_50_cases_here():
 @pytest.mark.parametrize("name", sorted(ROUND4))
 def test_round_four(name, base, tmp_path, monkeypatch):
     _run_case(name, ROUND4[name], base, tmp_path, monkeypatch)
+
+
+# ---- round four, class 6: an output folder that cannot be written, and a full disk (real ones, not doubles) -----
+
+@pytest.fixture
+def immutable_folder(tmp_path):
+    """A folder with the immutable attribute (chattr +i): not even root may add to it."""
+    folder = tmp_path / "frozen"
+    folder.mkdir()
+    (folder / "keep.txt").write_bytes(SENTINEL)
+    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize("args", [["gap-pack", "model.onnx", "-o", "{f}/b"],
+                                  ["gap-triton", "model.onnx", "-o", "{f}/r"],
+                                  ["gap-export", "model.pt", "-o", "{f}/m.onnx", "--no-verify"]])
+def test_an_immutable_output_folder_is_one_message(base, immutable_folder, args):
+    """Failed before: gap-pack and gap-triton into an immutable folder ended in PermissionError tracebacks (mkdtemp
+    and mkdir); the staging folder and the repository are now created inside the publication's own error rule."""
+    clis = {"gap-pack": gap_pack, "gap-triton": gap_triton, "gap-export": gap_export}
+    filled = [a.replace("{f}", str(immutable_folder)) if "{f}" in a else str(base / a) if (base / a).exists() else a
+              for a in args[1:]]
+    result = CliRunner().invoke(clis[args[0]], filled)
+    assert_clean_failure(result, str(immutable_folder))
+    assert sorted(p.name for p in immutable_folder.iterdir()) == ["keep.txt"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 60 kB tmpfs: a bundle does not fit."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:  # lazily if a file in it is still open (a runtime that has not let go yet)
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("target", ["ort", "openvino", "ncnn"])
+def test_a_full_disk_during_gap_pack_is_one_message_and_leaves_nothing(base, tiny_disk, target):
+    """Failed before: a full disk during gap-pack gave OSError tracebacks (ORT's converter, pnnx's copy) or OpenVINO's
+    RuntimeError "basic_ios::clear: iostream error"."""
+    if target != "ort":
+        pytest.importorskip({"openvino": "openvino", "ncnn": "pnnx"}[target])
+    result = CliRunner().invoke(gap_pack, [str(base / "model.onnx"), "-o", str(tiny_disk / "b"), "--target", target])
+    assert_clean_failure(result, "could not write" if target == "openvino" else "No space left on device")
+    assert list(tiny_disk.iterdir()) == []
