@@ -1525,7 +1525,29 @@ ROUND4 = {
                                         setup=lambda ws: _repo_edit(ws, "version")),
     "triton-static-max-batch": Case("triton", ["static.onnx", "-o", "repo", "--max-batch", "4"], 2,
                                     "fixed batch of 1", setup=lambda ws: _static(ws)),
+    # ---- signed bundles
+    "verify-bundle-unsigned": Case("verify", ["b", "--key", "k.pub.pem"], 1, "has no signature",
+                                   setup=lambda ws: (_pack(ws), _keys(ws))),
+    "run-verify-bundle-added-file": Case("run", ["b", "imgs", "--verify-key", "k.pub.pem"], 1,
+                                         "not signed (added after signing)", setup=lambda ws: _signed_bundle_then(
+                                             ws, lambda w: (w / "b" / "extra.txt").write_text("later"))),
+    "run-verify-bundle-flipped": Case("run", ["b", "imgs", "--verify-key", "k.pub.pem"], 1,
+                                      "changed since it was signed", setup=lambda ws: _signed_bundle_then(
+                                          ws, lambda w: _flip(w / "b" / "labels.txt"))),
+    "run-verify-bundle-file-removed": Case("run", ["b", "imgs", "--verify-key", "k.pub.pem"], 1, "b",
+                                           setup=lambda ws: _signed_bundle_then(
+                                               ws, lambda w: (w / "b" / "README.md").unlink())),
 }
+
+
+def _signed_bundle_then(ws, change):
+    from tests.conftest import sign_files
+
+    _pack(ws)
+    private, _ = _keys(ws)
+    sign_files(private, ws / "b")
+    change(ws)
+    _images(ws, "a.png")
 
 
 def _manifest_text(**changes) -> str:
@@ -1597,8 +1619,8 @@ def _repo_edit(ws, how):
     path.write_text(text)
 
 
-def test_round_four_adds_at_least_50_cases_here():
-    assert len(ROUND4) >= 50
+def test_round_four_adds_at_least_60_cases_here():
+    assert len(ROUND4) >= 60
 
 
 @pytest.mark.parametrize("name", sorted(ROUND4))
