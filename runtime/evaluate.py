@@ -41,7 +41,9 @@ def read_labelled_folder(folder: str | os.PathLike, class_names: Sequence[str] |
     if not root.is_dir():
         raise ArtifactError(f"labelled folder {root} {'is not a folder' if root.exists() else 'does not exist'}.",
                             hint="give a folder with one sub-folder of images per class.")
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    from gap_deploy.runtime.files import folder_entries
+
+    subfolders = [p for p in folder_entries(root, "labelled folder") if p.is_dir() and not p.name.startswith(".")]
     if not subfolders:
         raise ArtifactError(f"labelled folder {root} has no class sub-folders.",
                             hint="put each class's images in a sub-folder named after the class.")
@@ -54,7 +56,7 @@ def read_labelled_folder(folder: str | os.PathLike, class_names: Sequence[str] |
                             hint="rename the folders to the model's class names (export with --class-names).")
     files, labels = [], []
     for sub in subfolders:
-        for path in sorted(sub.iterdir()):
+        for path in folder_entries(sub, "class folder"):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 files.append(path)
                 labels.append(names.index(sub.name))

@@ -169,3 +169,15 @@ def check_distinct(inputs: dict[str, str | os.PathLike | None], outputs: dict[st
             raise OutputPathError(f"{name} {path} is the same file as {other}; writing it would destroy that.",
                                   hint=f"choose another path for {name}.")
         seen[ident] = seen[resolved] = name
+
+
+def folder_entries(folder: Path, what: str = "folder") -> list[Path]:
+    """The entries of ``folder``, sorted; an ArtifactError naming it when it cannot be listed (no read permission,
+    removed meanwhile), never an OSError traceback."""
+    from gap_deploy.runtime.errors import ArtifactError
+
+    try:
+        return sorted(Path(folder).iterdir())
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {what} {folder}: {exc.strerror or exc}.",
+                            hint="give a folder you can read (chmod, or run as its owner).") from None

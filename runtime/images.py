@@ -20,7 +20,10 @@ def collect_images(paths) -> list[Path]:
     found: list[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
-            found.extend(sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            from gap_deploy.runtime.files import folder_entries
+
+            found.extend(p for p in folder_entries(item, "image folder")
+                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         else:
             found.append(item)
     return found

@@ -1684,3 +1684,27 @@ def test_a_full_disk_during_gap_pack_is_one_message_and_leaves_nothing(base, tin
     result = CliRunner().invoke(gap_pack, [str(base / "model.onnx"), "-o", str(tiny_disk / "b"), "--target", target])
     assert_clean_failure(result, "could not write" if target == "openvino" else "No space left on device")
     assert list(tiny_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "eval", "tune"])
+def test_a_folder_that_cannot_be_listed_is_one_message(base, tmp_path, monkeypatch, command):
+    """Round four, class 6: an unreadable class or image folder (mode 000) raised PermissionError from iterdir, a
+    traceback. As root (this machine and CI) mode 000 does not stop a read, so the folder's listing is made to raise
+    what os.scandir raises there: PermissionError(EACCES), per Python's documentation."""
+    import errno
+
+    _labelled(tmp_path, "class0")
+    locked = tmp_path / "lab" / "class0"
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    args = {"run": [str(base / "model.onnx"), str(locked)],
+            "eval": [str(base / "model.onnx"), "--data", str(tmp_path / "lab")],
+            "tune": [str(base / "model.onnx"), "--data", str(tmp_path / "lab"), "--sizes", "8"]}[command]
+    result = CliRunner().invoke(CLIS[command], args)
+    assert_clean_failure(result, "cannot read", f"{locked}: Permission denied")
