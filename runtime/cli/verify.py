@@ -69,7 +69,9 @@ def main(artifact, keys, rerun_parity_, json_path):
             verdict = "passed" if row["parity_rerun"]["passed"] else "FAILED"
             info(f"  parity against {links[index + 1].path.name} re-run at {len(row['parity_rerun']['shapes'])} "
                  f"shape(s): {verdict}")
-    if json_path:
+    if json_path and str(json_path) == "-":
+        click.echo(json.dumps({"artifact": str(artifact), "chain": rows}, indent=2))
+    elif json_path:
         write_json(json_path, {"artifact": str(artifact), "chain": rows})
     failed = [r for r in rows if r.get("parity_rerun") and not r["parity_rerun"]["passed"]]
     if failed:

@@ -209,3 +209,16 @@ def test_an_onnx_with_its_lineage_packs_on_every_target(signed_exports, tmp_path
     pack(signed_exports / "m.onnx", out, target=target)
     with runtime.load(out) as session:
         assert session.run(np.ones((1, 3, 32, 32), np.float32)).shape == (1, 10)
+
+
+def test_gap_verify_json_dash_is_stdout(signed_exports, build_keys, tmp_path, monkeypatch):
+    """--json - prints the chain; it wrote a file named "-" before."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(gap_verify, [str(signed_exports / "m.onnx"), "--key", str(build_keys[1]),
+                                             "--json", "-"])
+    assert result.exit_code == 0, result.output
+    chain = json.loads(result.stdout[result.stdout.index("{"):result.stdout.rindex("}") + 1])["chain"]
+    assert [Path(c["path"]).name for c in chain] == ["m.onnx", "gapcnn.pt"]
+    assert not (tmp_path / "-").exists()
