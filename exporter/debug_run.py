@@ -107,13 +107,11 @@ def _variant(job: DebugJob, fp32, channels: int, log) -> object:
 
 def engine_source(plan: Path) -> Path:
     """The ONNX a gap-build plan was built from: the .onnx beside it whose SHA-256 its manifest records."""
-    from gap_deploy.runtime.files import sha256_file
-    from gap_deploy.runtime.manifest import EngineManifest
+    from gap_deploy.runtime.lineage import plan_source
 
-    manifest = EngineManifest.read(plan)
-    for candidate in sorted(plan.parent.glob("*.onnx")):
-        if sha256_file(candidate) == manifest.onnx_sha256:
-            return candidate
+    found = plan_source(plan)
+    if found is not None:
+        return found
     raise UsageError(f"the ONNX {plan.name} was built from is not beside it (no .onnx in {plan.parent} has the "
                      "SHA-256 its manifest records).", hint="put the model the plan was built from next to it.")
 

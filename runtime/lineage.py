@@ -89,9 +89,7 @@ def parent_of(path: Path) -> tuple[str, Path | None, str, str | None, Lineage | 
     if path.suffix in (".plan", ".engine"):
         from gap_deploy.runtime.manifest import EngineManifest
 
-        manifest = EngineManifest.read(path)
-        found = next((p for p in sorted(path.parent.glob("*.onnx")) if _sha256(p) == manifest.onnx_sha256), None)
-        return "plan", found, manifest.onnx_sha256, "onnx", None
+        return "plan", plan_source(path), EngineManifest.read(path).onnx_sha256, "onnx", None
     if path.suffix in (".onnx", ".ort"):
         from gap_deploy.runtime.artifact import describe
 
@@ -102,6 +100,14 @@ def parent_of(path: Path) -> tuple[str, Path | None, str, str | None, Lineage | 
         return "onnx", _beside(path, lineage.parent_name), lineage.parent_sha256, lineage.parent_role, lineage
     raise ArtifactError(f"{path}: not an artifact gap-verify knows (ONNX, ORT, plan, gap-pack bundle, Triton "
                         "repository).")
+
+
+def plan_source(plan: Path) -> Path | None:
+    """The .onnx beside a gap-build plan whose SHA-256 its manifest records (the ONNX it was built from), or None."""
+    from gap_deploy.runtime.manifest import EngineManifest
+
+    recorded = EngineManifest.read(plan).onnx_sha256
+    return next((p for p in sorted(plan.parent.glob("*.onnx")) if _sha256(p) == recorded), None)
 
 
 def _beside(path: Path, name: str) -> Path | None:
@@ -119,11 +125,7 @@ def _beside(path: Path, name: str) -> Path | None:
 def _model_json(folder: Path) -> dict:
     from gap_deploy.runtime.bundle import read_description
 
-    try:
-        data = read_description(folder)
-    except ValueError as exc:
-        raise ArtifactError(f"{folder}/model.json is not JSON ({exc}).") from None
-    return data if isinstance(data, dict) else {}
+    return read_description(folder)  # a dict, or ArtifactError saying why not
 
 
 def is_triton_repository(path: Path) -> bool:

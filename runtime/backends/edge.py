@@ -139,13 +139,14 @@ def load_in_child_first(kind: str, runtime_name: str, files: tuple[Path, ...], p
     lists, not that they are sound. So the first load of each file happens in a child: when the child dies of a
     signal, the file is refused with that signal; when it raises, this process loads it and says why itself.
     A file that survived once is not tried again in this process."""
-    import hashlib
     import os
     import signal
     import subprocess
     import sys
 
-    digests = tuple(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+    from gap_deploy.runtime.files import sha256_file
+
+    digests = tuple(sha256_file(f) for f in files)
     if (kind, digests) in _SURVIVED:
         return
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the same imports as here
