@@ -41,7 +41,7 @@ def _inputs(job: DebugJob, channels: int, meta) -> list[np.ndarray]:
     from gap_deploy.runtime.limits import check_memory
 
     if job.images is not None:
-        from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images, load_image, normalize
+        from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images
 
         folder = Path(job.images)
         subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
@@ -49,7 +49,8 @@ def _inputs(job: DebugJob, channels: int, meta) -> list[np.ndarray]:
         if not files:
             raise UsageError(f"no image files in {job.images} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
         check_chunk_memory([(1, channels, *job.imgsz)] * len(files), job.chunk)
-        return [normalize(load_image(f, channels, job.imgsz), meta)[None].astype(np.float32) for f in files]
+        contract = meta.preprocessing(job.imgsz).validate(channels)  # the model's own preprocessing, at --imgsz
+        return [contract.load(f, channels)[None].astype(np.float32) for f in files]
     shapes = list(job.shapes) or [(1, channels, *job.imgsz)]
     rng = np.random.default_rng(0)
     arrays = []

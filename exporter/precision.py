@@ -165,9 +165,10 @@ def load_calibration(source: str | Path, spec: ArtifactSpec, *, size: tuple[int,
                      limit: int = 256) -> np.ndarray:
     """Calibration batch (N, C, H, W) float32, normalized as the model ``spec`` describes expects.
 
-    ``source`` is a folder of images (resized to ``size``) or a ``.npy`` array already in NCHW float32.
+    ``source`` is a folder of images (made by the model's preprocessing contract at ``size``) or a ``.npy``
+    array already in NCHW float32.
     """
-    from gap_deploy.runtime.images import collect_images, load_image, normalize
+    from gap_deploy.runtime.images import collect_images
 
     source = Path(source)
     channels, metadata = spec.channels, spec.metadata
@@ -206,7 +207,8 @@ def load_calibration(source: str | Path, spec: ArtifactSpec, *, size: tuple[int,
     files = collect_images([source])[:limit]
     if not files:
         raise ArtifactError(f"calibration folder {source} holds no image files.")
-    batch = [normalize(load_image(f, channels, size), metadata) for f in files]
+    contract = metadata.preprocessing(size).validate(channels)  # the model's own preprocessing, at the size
+    batch = [contract.load(f, channels) for f in files]
     return np.stack(batch).astype(np.float32)
 
 

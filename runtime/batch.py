@@ -50,6 +50,8 @@ class BatchJob:
     #: "auto": RAY_ADDRESS if set, else a local Ray; or a cluster address ("ray://host:10001", "host:6379")
     address: str = "auto"
     trust_engine: bool = False
+    #: runtime.preprocess's decoder: "exact" or "fast"
+    decode: str = "exact"
 
 
 @dataclass
@@ -124,16 +126,18 @@ class Classifier:
     """A Ray Data callable class: one Session per actor, one output row per image."""
 
     def __init__(self, artifact: str, backend: str | None, imgsz, topk: int, logits: bool, trust_engine: bool,
-                 threads: int | None = None):
+                 threads: int | None = None, decode: str = "exact"):
         from gap_deploy import runtime
 
         self.session = runtime.load(artifact, backend, trust_engine=trust_engine, threads=threads)
-        self.imgsz, self.topk, self.logits = imgsz, topk, logits
+        self.topk, self.logits, self.decode = topk, logits, decode
         self.channels = self.session.spec.channels
+        # the model's preprocessing contract: the one implementation gap-run, gap-eval and Triton's client use
+        self.contract = self.session.metadata.preprocessing(imgsz).validate(self.channels)
 
     def __call__(self, batch: dict) -> dict:
-        from gap_deploy.runtime.classify import prepare_image, top_classes
-        from gap_deploy.runtime.images import decode_image, load_image
+        from gap_deploy.runtime.classify import top_classes
+        from gap_deploy.runtime.validation import check_image
 
         paths = [str(p) for p in batch["path"]]
         contents = batch["bytes"] if "bytes" in batch else [None] * len(paths)
@@ -142,10 +146,11 @@ class Classifier:
         for index, (path, data) in enumerate(zip(paths, contents)):
             try:
                 if data is None:  # a local (or shared) file: read here, as gap-run does
-                    chw = load_image(path, self.channels, self.imgsz)
+                    chw = self.contract.load(path, self.channels, decode=self.decode)
                 else:  # bytes Ray read from another filesystem (s3://, gs://, ...)
-                    chw = decode_image(io.BytesIO(bytes(data)), self.channels, self.imgsz, name=path)
-                ready.append((index, prepare_image(self.session, chw)))
+                    chw = self.contract.decode(io.BytesIO(bytes(data)), self.channels, decode=self.decode, name=path)
+                check_image(chw, self.session.input_spec)
+                ready.append((index, chw))
                 rows.append({"path": path, "height": int(chw.shape[1]), "width": int(chw.shape[2]), "error": None})
             except GapError as exc:
                 rows.append(error_row(path, first_line(exc)))
@@ -251,7 +256,8 @@ def run_batch(job: BatchJob) -> BatchResult:
         for ds in sources:
             parts.append(ds.map_batches(
                 Classifier, fn_constructor_args=(str(job.artifact), job.backend, job.imgsz, job.topk, job.logits,
-                                                 job.trust_engine, max(1, math.ceil(job.cpus_per_worker))),
+                                                 job.trust_engine, max(1, math.ceil(job.cpus_per_worker)),
+                                                 job.decode),
                 batch_size=job.batch_size, batch_format="numpy", compute=data.ActorPoolStrategy(size=workers),
                 num_cpus=job.cpus_per_worker, num_gpus=gpu))
         if early_errors:

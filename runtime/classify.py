@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from gap_deploy.runtime.images import load_image, normalize, softmax
+from gap_deploy.runtime.images import normalize, softmax
 from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.validation import check_image
 
@@ -33,8 +33,22 @@ def prepare_image(session, chw: np.ndarray) -> np.ndarray:
     return normalized
 
 
+def image_loader(session, imgsz=None, *, decode: str = "exact"):
+    """``path -> input tensor`` for ``session``: its model's preprocessing contract (at ``imgsz`` when given,
+    runtime.preprocess), then the size and profile checks, so one bad file fails alone."""
+    contract = session.metadata.preprocessing(imgsz)
+    channels = session.spec.channels
+    contract.validate(channels)
+
+    def load(path):
+        chw = contract.load(path, channels, decode=decode)
+        check_image(chw, session.input_spec)
+        return chw
+    return load
+
+
 def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, window: int | None = None,
-                  workers: int | None = None, stats=None) -> Iterator[dict]:
+                  workers: int | None = None, stats=None, decode: str = "exact") -> Iterator[dict]:
     """Classify image files as a stream: one dict per file, in input order, each as soon as it and every
     earlier file are done: ``{"file", "size", "top"}``, or ``{"file", "error"}`` for a file that cannot be
     read or run. Decoding overlaps inference and at most ``window`` decoded images are held
@@ -44,12 +58,9 @@ def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int 
 
     check_session(session, "iter_classify")
     meta = session.metadata
-    channels = session.spec.channels
     paths = list(paths)
     stats = stats if stats is not None else StreamStats()
-
-    def load(path):  # size/profile checks per file, so one bad file cannot sink a batch
-        return prepare_image(session, load_image(path, channels, imgsz))
+    load = image_loader(session, imgsz, decode=decode)
 
     def results():
         for batch in stream_batches(paths, load, batch_size=batch_size, window=window, workers=workers, stats=stats):
@@ -68,7 +79,7 @@ def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int 
 
 
 def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, progress=None,
-             window: int | None = None, workers: int | None = None) -> dict:
+             window: int | None = None, workers: int | None = None, decode: str = "exact") -> dict:
     """Top-k classes per image file. Unreadable or too-small files are reported, the rest classified.
 
     Streams (iter_classify): memory is bounded by the window, not by the number of files; the report's
@@ -79,7 +90,7 @@ def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16,
     stats = StreamStats()
     results, errors = [], []
     for item in iter_classify(session, paths, topk=topk, imgsz=imgsz, batch_size=batch_size, window=window,
-                              workers=workers, stats=stats):
+                              workers=workers, stats=stats, decode=decode):
         (errors if "error" in item else results).append(item)
         if progress:
             progress(1)

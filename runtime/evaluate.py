@@ -1,8 +1,10 @@
 """Accuracy of artifacts on a labelled image folder, per precision and per input size (gap-eval).
 
 The folder holds one sub-folder per class, named like the model's classes. Every artifact sees the same
-images at each size (resized with ``size``, or at their own size with ``None``), normalized as its
-metadata says, through the runtime (no torch). Images that cannot be read or are below the model's
+images at each size, made by each artifact's preprocessing contract (runtime.preprocess: the model's own
+size and resize policy, or ``size`` in its place; ``None``: the contract's own size), through the runtime (no
+torch). With ``decodes=("exact", "fast")`` every artifact is scored with both decoders side by side, with their
+top-1 agreement and the probability of the true class they differ by. Images that cannot be read or are below the model's
 minimum become per-file errors and are left out of the figures.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gap_deploy.runtime.errors import ArtifactError, UsageError
-from gap_deploy.runtime.images import IMAGE_SUFFIXES, load_image
+from gap_deploy.runtime.images import IMAGE_SUFFIXES
 
 Size = tuple[int, int] | None  # None: each image at its own size
 
@@ -83,6 +85,8 @@ class EvalResult:
     scores: dict[str, dict[str, ArtifactScores]]  # artifact -> size label -> scores
     agreement: dict[str, dict[str, float]]  # size label -> "a vs b" -> share of equal top-1
     errors: list[dict]
+    #: size label -> "a vs b" -> largest and mean |difference| of the probability given to the true class
+    probability_difference: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         def clean(value):
@@ -94,7 +98,8 @@ class EvalResult:
                              for a, row in self.scores.items()},
                 "per_class": {a: {s: {c: clean(x) for c, x in v.per_class.items()} for s, v in row.items()}
                               for a, row in self.scores.items()},
-                "agreement": self.agreement, "errors": self.errors}
+                "agreement": self.agreement, "probability_difference": self.probability_difference,
+                "errors": self.errors}
 
 
 def record_top5(top5: np.ndarray, rows, logits: np.ndarray) -> None:
@@ -126,7 +131,8 @@ def check_sizes_fit(sessions, sizes) -> None:
 
 def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, sizes: Sequence[Size] = (None,),
              *, backend: str | None = None, batch_size: int = 32,
-             progress: Callable[[int], None] | None = None, window: int | None = None, stats=None) -> EvalResult:
+             progress: Callable[[int], None] | None = None, window: int | None = None, stats=None,
+             decodes: Sequence[str] = ("exact",)) -> EvalResult:
     """Top-1/top-5 of each artifact at each size on ``folder``, per class, and top-1 agreement between them.
 
     The images stream (runtime.stream): decoded on worker threads while batches run, at most ``window``
@@ -137,8 +143,10 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
     import time
 
     from gap_deploy import runtime
-    from gap_deploy.runtime.classify import prepare_image
+    from gap_deploy.runtime.images import softmax
+    from gap_deploy.runtime.classify import image_loader
     from gap_deploy.runtime.errors import InputTypeError
+    from gap_deploy.runtime.preprocess import DECODES
     from gap_deploy.runtime.stream import StreamStats, stream_batches
     from gap_deploy.runtime.validation import int_tuple
 
@@ -146,6 +154,8 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
         raise InputTypeError("evaluate needs a dict of artifacts, {name: path}, with at least one entry; got "
                              f"{type(artifacts).__name__}.")
     sizes = [None if s is None else int_tuple(s, 2, "each size") for s in sizes]
+    if not decodes or any(d not in DECODES for d in decodes) or len(set(decodes)) != len(decodes):
+        raise UsageError(f"decodes must be distinct values of {', '.join(DECODES)}; got {list(decodes)!r}.")
     stats = stats if stats is not None else StreamStats()
     sessions = {}
     try:
@@ -167,50 +177,57 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         labels_all = np.asarray(data.labels)
         count = len(data.files)
-        scores: dict[str, dict[str, ArtifactScores]] = {name: {} for name in sessions}
+        # one run per artifact and decoder: "name", or "name (exact)" and "name (fast)" side by side
+        runs = {(name if len(decodes) == 1 else f"{name} ({d})"): (name, d) for name in sessions for d in decodes}
+        scores: dict[str, dict[str, ArtifactScores]] = {run: {} for run in runs}
         agreement: dict[str, dict[str, float]] = {}
+        differences: dict[str, dict[str, dict[str, float]]] = {}
         errors: list[dict] = []
         for size in sizes:
             label = size_label(size)
-            groups: dict[tuple, list[str]] = {}  # one preprocessing and input spec: the images are shared
-            for name, session in sessions.items():
-                meta, spec = session.metadata, session.input_spec
-                groups.setdefault((meta.normalization(), session.spec.channels, spec), []).append(name)
-            top5 = {name: np.full((count, 5), -1) for name in sessions}
+            groups: dict[tuple, list[str]] = {}  # one preprocessing, decoder and input spec: the images are shared
+            for run, (name, decode) in runs.items():
+                session = sessions[name]
+                contract = session.metadata.preprocessing(size)
+                key = (contract, contract.space_for(decode), decode, session.spec.channels, session.input_spec)
+                groups.setdefault(key, []).append(run)
+            top5 = {run: np.full((count, 5), -1) for run in runs}
+            truth_prob = {run: np.full(count, np.nan) for run in runs}
             ok_mask = np.ones(count, bool)
-            for (_, channels, _), names in groups.items():
-                lead = sessions[names[0]]
-
-                def load(path, lead=lead, channels=channels, size=size):
-                    return prepare_image(lead, load_image(path, channels, size))
-
+            for (_, _, decode, _, _), group in groups.items():
+                load = image_loader(sessions[runs[group[0]][0]], size, decode=decode)
                 for batch in stream_batches(data.files, load, batch_size=batch_size, window=window, stats=stats):
                     if progress:
                         progress(len(batch.indices))
                     if batch.error is not None:
                         index = batch.indices[0]
-                        errors.append({"file": str(data.files[index]), "size": label, "error": batch.error})
+                        errors.append({"file": str(data.files[index]), "size": label, "error": batch.error}
+                                      | ({"decode": decode} if len(decodes) > 1 else {}))
                         ok_mask[index] = False
                         continue
                     rows = list(batch.indices)
-                    for name in names:
+                    for run in group:
                         t0 = time.perf_counter()
-                        logits = np.stack(sessions[name].run_many(list(batch.images), max_batch=batch_size))
+                        logits = np.stack(sessions[runs[run][0]].run_many(list(batch.images), max_batch=batch_size))
                         stats.infer_s += time.perf_counter() - t0
-                        record_top5(top5[name], rows, logits)
+                        record_top5(top5[run], rows, logits)
+                        probs = softmax(logits.astype(np.float64))
+                        truth_prob[run][rows] = probs[np.arange(len(rows)), labels_all[rows]]
             if not ok_mask.any():
                 raise ArtifactError(f"no image of {folder} could be evaluated at size {label}.",
                                     note="see the per-file errors.")
-            for name in sessions:
-                scores[name][label] = _scores(top5[name][ok_mask], labels_all[ok_mask], data.classes)
-            names = list(sessions)
-            agreement[label] = {}
+            for run in runs:
+                scores[run][label] = _scores(top5[run][ok_mask], labels_all[ok_mask], data.classes)
+            names = list(runs)
+            agreement[label], differences[label] = {}, {}
             for i, a in enumerate(names):
                 for b in names[i + 1:]:
                     pa, pb = top5[a][ok_mask, 0], top5[b][ok_mask, 0]
                     agreement[label][f"{a} vs {b}"] = float(np.mean(pa == pb)) if len(pa) else math.nan
+                    gap = np.abs(truth_prob[a][ok_mask] - truth_prob[b][ok_mask])
+                    differences[label][f"{a} vs {b}"] = {"max": float(gap.max()), "mean": float(gap.mean())}
         return EvalResult(str(folder), data.classes, {n: str(p) for n, p in artifacts.items()},
-                          [size_label(s) for s in sizes], scores, agreement, errors)
+                          [size_label(s) for s in sizes], scores, agreement, errors, differences)
     finally:
         for session in sessions.values():
             session.close()
@@ -228,7 +245,10 @@ def format_table(result: EvalResult) -> str:
         lines.append("\nTop-1 agreement between artifacts:")
         for size, pairs in result.agreement.items():
             for pair, value in pairs.items():
-                lines.append(f"  {size:>7}  {pair}: {value:.1%}")
+                gap = result.probability_difference.get(size, {}).get(pair)
+                lines.append(f"  {size:>7}  {pair}: {value:.1%}" + (
+                    f" (probability of the true class differs by {gap['max']:.2g} at most, {gap['mean']:.2g} "
+                    "on average)" if gap else ""))
     first = names[0]
     lines.append(f"\nTop-1 per class ({first}):")
     sizes = list(result.scores[first])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +35,23 @@ _HIGH_DEPTH = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 655
 
 
 def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Pixels in [0, 1] as (channels, H, W) float32; any Pillow mode is converted, ``size`` is (H, W).
+    """Pixels in [0, 1] as (channels, H, W) float32, stretched to ``size`` (H, W) when given: the contract of a
+    model exported without one (runtime.preprocess.legacy), not normalized.
 
     Only regular files are opened (a FIFO would block). 16-bit and 32-bit integer images are scaled by
     their bit depth, float images by their range ([0, 1], [0, 255] or [0, 65535]), never clipped. The
     memory an image needs is checked from its header before it is decoded; a decompression bomb is an
     error for that file alone.
     """
+    from gap_deploy.runtime.preprocess import legacy
+
+    with open_regular(path) as handle:
+        return legacy(size).pixels(handle, channels, name=str(path))
+
+
+@contextmanager
+def open_regular(path: str | Path):
+    """An image file opened for reading, refused unless it is a regular file."""
     path = Path(path)
     # One step, on the descriptor: opened without blocking (a FIFO opens at once with O_NONBLOCK), then checked. A
     # check of the path followed by an open of the path could be raced: a regular file when checked, a FIFO when
@@ -59,42 +70,69 @@ def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None
             raise ArtifactError(f"image {path} is a directory.")
         if not stat.S_ISREG(st.st_mode):
             raise ArtifactError(f"image {path} is not a regular file (a pipe, device or socket); it was not read.")
-        with os.fdopen(fd, "rb") as handle:
-            fd = -1
-            return decode_image(handle, channels, size, name=str(path))
+        handle = os.fdopen(fd, "rb")
+        fd = -1
     finally:
         if fd >= 0:
             os.close(fd)
+    with handle:
+        yield handle
 
 
 def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None, *, name: str) -> np.ndarray:
-    """:func:`load_image` for a path or an open binary file (bytes read by Ray from any filesystem)."""
+    """:func:`load_image` for an open binary file (bytes read by Ray from any filesystem)."""
+    from gap_deploy.runtime.preprocess import legacy
+
+    return legacy(size).pixels(source, channels, name=name)
+
+
+def decoded(source, channels: int, name: str, space: str, draft=None, output_size=None):
+    """Decode an image file for runtime.preprocess: ``(image, (width, height))``, the file's own size
+    and its pixels as an 8-bit PIL image in L/RGB/RGBA (space "uint8") or (H, W, channels) float32 in [0, 1]
+    (space "float"). ``draft(width, height)`` may name a smaller (W, H) a JPEG can be decoded at (fast
+    decoding); ``output_size(width, height)`` gives the tensor's (H, W), whose memory is checked first."""
     from PIL import Image, UnidentifiedImageError
 
     from gap_deploy.runtime.limits import check_memory
 
-    path = name
     if channels not in _MODES:
         raise ArtifactError(f"cannot turn images into {channels}-channel input; supported: 1, 3 or 4 channels.")
     try:
         with Image.open(source) as image:
             width, height = image.size
-            check_memory((1, channels, height, width), f"image {path}", activations=False)
-            if size is None:
-                check_memory((1, channels, height, width), f"image {path} at its own size")
-            else:  # the resized image, before it is made, and the model's activations on it
-                check_memory((1, channels, *size), f"image {path} resized to")
+            check_memory((1, channels, height, width), f"image {name}", activations=False)
+            out = output_size(width, height) if output_size else (height, width)
+            check_memory((1, channels, *out), f"image {name}" + (" at its own size" if out == (height, width)
+                                                                 else " resized to"))
+            smaller = draft(width, height) if draft is not None and image.format == "JPEG" else None
+            if smaller is not None:
+                image.draft(None, smaller)  # libjpeg decodes at 1/2, 1/4 or 1/8 scale, still >= smaller
             image.load()  # decode now, so a truncated file fails here with its name
-            pixels = _pixels(image, channels, path)
+            if space == "uint8":
+                return _as_8bit(image, channels, name), (width, height)
+            return _pixels(image, channels, name), (width, height)
     except Image.DecompressionBombError as exc:
-        raise ArtifactError(f"{path} is refused as a decompression bomb: {exc}",
+        raise ArtifactError(f"{name} is refused as a decompression bomb: {exc}",
                             hint="downscale the image first if it is genuine.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = str(exc).replace(repr(source), repr(path)) if not isinstance(source, (str, Path)) else str(exc)
-        raise ArtifactError(f"{path} is not a readable image: {reason}") from None
-    if size is not None:
-        pixels = resize_hwc(pixels, size)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        reason = str(exc).replace(repr(source), repr(name)) if not isinstance(source, (str, Path)) else str(exc)
+        raise ArtifactError(f"{name} is not a readable image: {reason}") from None
+
+
+def _as_8bit(image, channels: int, path):
+    """An 8-bit PIL image in the model's mode; deeper images are scaled by their depth and rounded."""
+    from PIL import Image
+
+    if image.mode not in _HIGH_DEPTH and image.mode not in ("I", "F"):
+        return image.convert(_MODES[channels])
+    pixels = np.rint(_pixels(image, channels, path) * 255.0).astype(np.uint8)
+    return Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, _MODES[channels])
+
+
+def as_float(image) -> np.ndarray:
+    """An 8-bit PIL image as (H, W, C) float32 in [0, 1]."""
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255)
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
 def _pixels(image, channels: int, path) -> np.ndarray:
@@ -127,12 +165,11 @@ def _pixels(image, channels: int, path) -> np.ndarray:
 
 
 def resize_hwc(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (H, W, C) float pixels to ``size`` (H, W), channel by channel, without rounding."""
-    from PIL import Image
+    """Antialiased bilinear resize of (H, W, C) float pixels to ``size`` (H, W), without rounding
+    (runtime.preprocess.resize_float: the one resize implementation)."""
+    from gap_deploy.runtime.preprocess import resize_float
 
-    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[:, :, c], dtype=np.float32)).resize(
-        (size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32) for c in range(pixels.shape[2])]
-    return np.stack(planes, axis=2)
+    return resize_float(pixels, (size[1], size[0]), "bilinear", True)
 
 
 def normalize(chw: np.ndarray, metadata: ModelMetadata) -> np.ndarray:

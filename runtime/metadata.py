@@ -46,6 +46,8 @@ class ModelMetadata:
     fp32_layers: tuple[str, ...] | None = None
     #: INT8 models: the graph layout ("tensorrt": symmetric; "cpu": asymmetric UINT8 activations)
     int8_layout: str | None = None
+    #: the preprocessing contract's JSON (runtime.preprocess.Preprocess.to_json); mean and std are the fields above
+    preprocess: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def class_name(self, index: int) -> str:
@@ -57,6 +59,16 @@ class ModelMetadata:
         if self.mean is not None and self.std is not None:
             return self.mean, self.std
         return default_normalization(self.in_channels or 3)
+
+    def preprocessing(self, size: tuple[int, int] | None = None):
+        """The model's preprocessing contract (runtime.preprocess), at ``size`` (``--imgsz``) when given. A model
+        exported without one gets the legacy contract: its own size, or stretched to ``size``."""
+        from gap_deploy.runtime.preprocess import Preprocess, legacy
+
+        mean, std = self.normalization()
+        if self.preprocess is None:
+            return legacy(size, mean, std)
+        return Preprocess.from_json(self.preprocess, mean=mean, std=std).sized(size)
 
     def replace(self, **changes) -> ModelMetadata:
         values = asdict(self)
@@ -128,6 +140,7 @@ class ModelMetadata:
             source_sha256=known.get("source_sha256"),
             fp32_layers=seq("fp32_layers", str),
             int8_layout=known.get("int8_layout"),
+            preprocess=known.get("preprocess"),
             extra=extra,
         )
         meta.validate(bad)
@@ -142,5 +155,13 @@ class ModelMetadata:
                 raise bad(name, f"{len(values)} values for {channels} input channels")
         if self.std is not None and any(v <= 0 for v in self.std):
             raise bad("std", "every std must be > 0 (a std of 0 divides by zero)")
+        if self.preprocess is not None:
+            from gap_deploy.runtime.preprocess import Preprocess
+
+            def lie(why: str):
+                return bad("preprocess", why)
+
+            mean, std = self.normalization()
+            Preprocess.from_json(self.preprocess, mean=mean, std=std, bad=lie).validate(channels, bad=lie)
         if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
             raise bad("class_names", f"{len(self.class_names)} names for {self.num_classes} classes")

@@ -248,23 +248,24 @@ def infer(remote: RemoteModel, batches: Sequence[np.ndarray]) -> list[np.ndarray
 
 
 def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5, imgsz=None,
-                    progress: Callable[[int], None] | None = None) -> dict:
+                    progress: Callable[[int], None] | None = None, decode: str = "exact") -> dict:
     """gap-run's report (results, errors) for ``paths``, classified by the Triton server.
 
     Streams as gap-run does locally (runtime.stream): images decode on worker threads into batches of one size
     (at most the config's max_batch_size), ``remote.concurrency`` requests go out together, and no more than
     the stream's window of decoded images is held, however many files there are."""
     from gap_deploy.runtime.classify import top_classes
-    from gap_deploy.runtime.images import load_image, normalize
     from gap_deploy.runtime.stream import stream_batches
 
     meta = remote.metadata
     channels = remote.spec.channels
+    contract = meta.preprocessing(imgsz)  # the contract the repository's config carries (gap.preprocess)
+    contract.validate(channels)
     paths = list(paths)
     results, errors, waiting = [], [], []
 
     def load(path):
-        return normalize(load_image(path, channels, imgsz), meta)
+        return contract.load(path, channels, decode=decode)
 
     def send() -> None:
         outputs = infer(remote, [np.stack(batch.images) for batch in waiting])

@@ -269,11 +269,21 @@ def default_sizes(meta) -> list[tuple[int, int]]:
     return [(s, s) for s in range(low, 2 * export + 1, step)]
 
 
-def resize_chw(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A decoded [0, 1] CHW image resized as ``gap-run --imgsz`` resizes it (runtime.images)."""
-    from gap_deploy.runtime.images import resize_hwc
+def read_file(contract, path, channels: int):
+    """One image file decoded for ``contract`` (runtime.preprocess), before any resize: held for every size."""
+    from gap_deploy.runtime.images import open_regular
 
-    return np.ascontiguousarray(resize_hwc(chw.transpose(1, 2, 0), size).transpose(2, 0, 1))
+    with open_regular(path) as handle:
+        return contract.read(handle, channels, name=str(path))
+
+
+def prepared(session, contract, decoded) -> np.ndarray:
+    """A decoded image made into ``session``'s input by ``contract`` (at one size), with the size checks."""
+    from gap_deploy.runtime.validation import check_image
+
+    chw = contract.finish(decoded)
+    check_image(chw, session.input_spec)
+    return chw
 
 
 def sample_per_class(files: Sequence[Path], labels: Sequence[int], max_per_class: int | None):
@@ -307,10 +317,8 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     from gap_deploy.runtime.backends.table import ONNX_BACKENDS, backends_for
     from gap_deploy.runtime.bench import BenchSettings, bench_session
     from gap_deploy.runtime.bundle import kind_of
-    from gap_deploy.runtime.classify import prepare_image
     from gap_deploy.runtime.errors import InputTypeError
     from gap_deploy.runtime.evaluate import read_labelled_folder
-    from gap_deploy.runtime.images import load_image
     from gap_deploy.runtime.limits import check_memory, limit_bytes
     from gap_deploy.runtime.session import available_backends
     from gap_deploy.runtime.stream import Batch, stream_batches
@@ -354,22 +362,24 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
         files, labels = sample_per_class(data.files, data.labels, max_per_class)
         result = TuneResult(str(folder), data.classes, batch, 0)
         channels = {key: sessions[key].spec.channels for key, spec in specs.items()}
-        # sessions that share a preprocessing and input spec share their prepared images
+        # sessions that share a preprocessing contract and input spec share their prepared images; each size is
+        # the contract at that size (runtime.preprocess), made from images decoded once
         groups: dict[tuple, list] = {}
         for key, session in sessions.items():
-            groups.setdefault((channels[key], session.metadata.normalization(), specs[key]), []).append(key)
+            contract = session.metadata.preprocessing().validate(channels[key])
+            groups.setdefault((channels[key], contract, specs[key]), []).append(key)
         decode_started = time.perf_counter()
-        held: dict[int, list] | None = {}  # channels -> decoded [0, 1] CHW images (None where unreadable)
+        held: dict[tuple, list] | None = {}  # (channels, contract) -> decoded images (None where unreadable)
         held_size = 0
-        for c in sorted({k[0] for k in groups}):
-            held[c] = []
+        for c, contract in dict.fromkeys((k[0], k[1]) for k in groups):
+            held[c, contract] = []
             for path in files:
                 try:
-                    image = load_image(path, c)
+                    image = read_file(contract, path, c)
                 except GapError as exc:
                     result.errors.append({"file": str(path), "size": "any", "error": first_line(exc)})
                     image = None
-                held[c].append(image)
+                held[c, contract].append(image)
                 held_size += image.nbytes if image is not None else 0
                 if held_size > hold_bytes:
                     break
@@ -379,7 +389,7 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
                 break
         keep = list(range(len(files)))
         if held is not None:
-            keep = [i for i in keep if all(held[c][i] is not None for c in held)]
+            keep = [i for i in keep if all(held[g][i] is not None for g in held)]
             if not keep:
                 raise UsageError(f"no image of {folder} could be read.", note="see the per-file errors.")
         truth = np.asarray([labels[i] for i in keep])
@@ -390,14 +400,15 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
         if on_plan:
             bench_s = settings.warmup_s + (settings.duration_s if settings.iterations is None else 0.0)
             per_image = result.seconds["decode"] / max(len(files), 1) if result.streamed else 0.0
-            key, session = next(iter(sessions.items()))
+            (c0, contract0, _), (key, *_) = next(iter(groups.items()))
+            session = sessions[key]
             largest = max(chosen_sizes, key=lambda s: s[0] * s[1]) if chosen_sizes else None
             probe = []
             probe_count = 16 if largest is None else fitting(widest, largest, 16)
             for i in keep[:probe_count]:
                 try:
-                    raw = held[channels[key]][i] if held is not None else load_image(files[i], channels[key])
-                    probe.append(prepare_image(session, raw if largest is None else resize_chw(raw, largest)))
+                    raw = held[c0, contract0][i] if held is not None else read_file(contract0, files[i], c0)
+                    probe.append(prepared(session, contract0.sized(largest), raw))
                 except GapError:
                     pass  # unreadable or too small at its own size: reported when its point runs
             t0 = time.perf_counter()
@@ -407,24 +418,26 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
             points = len(sessions) * len(all_sizes)
             on_plan(points, points * (bench_s + per_image * len(keep) + 0.05))
 
-        def held_batches(size, lead, c) -> Iterator:
+        def held_batches(size, lead, c, contract) -> Iterator:
             """Chunks of at most 64 prepared images in order (Session.run_many groups them by shape), fewer where
             64 images at ``size`` and their activations would not fit."""
             chunk: list = []
             limit = 64 if size is None else fitting(c, size, 64)
+            at_size = contract.sized(size)
             for j, i in enumerate(keep):
-                raw = held[c][i] if size is None else resize_chw(held[c][i], size)
                 try:
-                    chunk.append((j, prepare_image(lead, raw)))
+                    chunk.append((j, prepared(lead, at_size, held[c, contract][i])))
                 except GapError as exc:
                     yield Batch((j,), error=first_line(exc))
                 if len(chunk) == limit or (chunk and j == len(keep) - 1):
                     yield Batch(tuple(x for x, _ in chunk), tuple(a for _, a in chunk))
                     chunk = []
 
-        def streamed_batches(size, lead, c) -> Iterator:
+        def streamed_batches(size, lead, c, contract) -> Iterator:
+            at_size = contract.sized(size)
+
             def load(path):
-                return prepare_image(lead, load_image(path, c, size))
+                return prepared(lead, at_size, read_file(at_size, path, c))
 
             from gap_deploy.runtime.stream import default_workers
 
@@ -433,13 +446,13 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
 
         for size in all_sizes:
             label = size_label(size)
-            for (c, _, _), keys in groups.items():
+            for (c, contract, _), keys in groups.items():
                 lead = sessions[keys[0]]
                 t0 = time.perf_counter()
                 top = {key: np.full((len(keep), 5), -1) for key in keys}
                 ran = np.zeros(len(keep), bool)
                 shapes = []
-                for item in (held_batches if held is not None else streamed_batches)(size, lead, c):
+                for item in (held_batches if held is not None else streamed_batches)(size, lead, c, contract):
                     if item.error is not None:
                         result.errors.append({"file": str(files[keep[item.indices[0]]]), "size": label,
                                               "error": item.error})

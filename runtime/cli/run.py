@@ -47,7 +47,7 @@ def report(result: dict, total: int, as_json: bool, printed: bool = False) -> No
         sys.exit(1)
 
 
-def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency) -> None:
+def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency, decode) -> None:
     from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images
     from gap_deploy.runtime.triton_client import classify_remote, connect
 
@@ -56,19 +56,20 @@ def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency) -
         fail(f"no image files in {', '.join(images)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
     remote = connect(server, model, concurrency=concurrency)
     info(f"{model} on Triton at {server}: {len(paths)} image(s)")
-    result = classify_remote(remote, paths, topk=topk, imgsz=image_size(imgsz) if imgsz else None)
+    result = classify_remote(remote, paths, topk=topk, imgsz=image_size(imgsz) if imgsz else None, decode=decode)
     report(result, len(paths), as_json)
 
 
 def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch_size, workers, cpus_per_worker,
-               logits, trust_engine) -> None:
+               logits, trust_engine, decode) -> None:
     from gap_deploy.runtime.batch import BatchJob, run_batch
 
     if address is None or output is None:
         raise click.UsageError("--ray and --output go together: --ray [ADDRESS] --output results.parquet.")
     job = BatchJob(artifact, tuple(map(str, images)), output, backend=backend,
                    imgsz=image_size(imgsz) if imgsz else None, topk=topk, logits=logits, batch_size=batch_size,
-                   workers=workers, cpus_per_worker=cpus_per_worker, address=address, trust_engine=trust_engine)
+                   workers=workers, cpus_per_worker=cpus_per_worker, address=address, trust_engine=trust_engine,
+                   decode=decode)
     result = run_batch(job)
     click.echo(f"Wrote {result.output}: {result.rows} row(s) from {result.workers} worker(s) in {result.seconds:.1f} s"
                f" ({result.rows / max(result.seconds, 1e-9):.1f} images/s).")
@@ -80,10 +81,10 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 
 #: the options each of gap-run's three modes reads; any other option given is refused (exit 2), never ignored
 MODE_OPTIONS = {
-    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "trust_engine", "verify_key"},
-    "ray": {"topk", "backend", "imgsz", "trust_engine", "ray_address", "output", "workers", "cpus_per_worker",
+    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "trust_engine", "verify_key", "decode"},
+    "ray": {"topk", "backend", "imgsz", "decode", "trust_engine", "ray_address", "output", "workers", "cpus_per_worker",
             "logits", "ray_batch_size"},
-    "server": {"topk", "imgsz", "as_json", "server", "server_model", "concurrency"},
+    "server": {"topk", "imgsz", "decode", "as_json", "server", "server_model", "concurrency"},
 }
 MODE_NAMES = {"local": "a local run (no --ray, no --server)", "ray": "--ray", "server": "--server"}
 
@@ -104,8 +105,13 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
 @click.argument("images", nargs=-1)  # str: click.Path would turn s3://bucket into s3:/bucket
 @click.option("--topk", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes shown per image.")
 @click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
-@click.option("--imgsz", metavar="N|HxW", help="Resize every image first. Default: keep each image's size "
-              "(a GAP network takes any size above its minimum).")
+@click.option("--imgsz", metavar="N|HxW", help="The input size, in place of the one in the model's preprocessing "
+              "(its resize policy, crop and interpolation are kept). Default: the model's own preprocessing; a model "
+              "exported without one keeps each image's size (a GAP network takes any size above its minimum).")
+@click.option("--decode", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
+              help="exact: the model's preprocessing to the letter. fast: JPEGs decoded at reduced scale by libjpeg "
+                   "and resized as 8-bit when the target is at most half the image (several times faster on photos; "
+                   "gap-eval --decode both measures what it costs).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Most images of one size run together (local runs; --ray has --ray-batch-size).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
@@ -132,13 +138,13 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
               help="--server: requests in flight at once.")
 @click.pass_context
 @report_errors
-def main(ctx, artifact, images, topk, backend, imgsz, batch_size, as_json, trust_engine, ray_address, output, workers,
-         cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency, verify_key):
+def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_json, trust_engine, ray_address, output,
+         workers, cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency, verify_key):
     """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx, .plan, OpenVINO .xml, or a
     gap-pack bundle).
 
-    Images are converted to the model's channels, normalized with the mean/std stored in the model,
-    and kept at their own size unless --imgsz is given. Files that cannot be read or are too small are
+    Images become the model's input as its preprocessing contract says (resize policy, interpolation, crop,
+    channel order, scale, mean/std: stored in the model by gap-export, and the same in every runtime). Files that cannot be read or are too small are
     reported and skipped; the exit code is then 1.
 
     With --ray, Ray Data reads and classifies the images on a local Ray or a cluster and writes one
@@ -153,11 +159,11 @@ def main(ctx, artifact, images, topk, backend, imgsz, batch_size, as_json, trust
         if not (server and server_model):
             raise click.UsageError("--server and --model go together: --server HOST:PORT --model NAME IMAGES...")
         return run_on_server(server, server_model, (str(artifact), *images), topk=topk, imgsz=imgsz,
-                             as_json=as_json, concurrency=concurrency)
+                             as_json=as_json, concurrency=concurrency, decode=decode)
     if mode == "ray":
         return run_on_ray(artifact, images, ray_address, output, topk=topk, backend=backend, imgsz=imgsz,
                           batch_size=ray_batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
-                          trust_engine=trust_engine)
+                          trust_engine=trust_engine, decode=decode)
     from gap_deploy import runtime
     from gap_deploy.runtime.bundle import check_artifact
     from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images
@@ -180,7 +186,8 @@ def main(ctx, artifact, images, topk, backend, imgsz, batch_size, as_json, trust
     with click.progressbar(length=len(paths), label="Classifying", file=sys.stderr) if show_bar \
             else contextlib.nullcontext() as bar:
         # a stream: each line is printed as soon as it and every earlier image are done, in input order
-        for item in iter_classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size, stats=stats):
+        for item in iter_classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size, stats=stats,
+                                  decode=decode):
             if "error" in item:
                 errors.append(item)
             elif as_json:

@@ -103,11 +103,12 @@ def test_gap_run_s_stream_gives_today_s_results_in_order_with_a_bounded_window(f
     import gap_deploy.runtime.classify as classify
     from gap_deploy import runtime
     from gap_deploy.runtime.images import collect_images
+    from gap_deploy.runtime.preprocess import Preprocess
 
     paths = collect_images([folder])
-    real = classify.load_image
-    counting = Counting(lambda args: real(*args))
-    monkeypatch.setattr(classify, "load_image", lambda *args: counting(args))
+    real = Preprocess.load
+    counting = Counting(lambda call: real(*call[0], **call[1]))
+    monkeypatch.setattr(Preprocess, "load", lambda *args, **kwargs: counting((args, kwargs)))
     with runtime.load(reference_onnx, "ort-cpu") as session:
         expected, bad = load_everything(session, paths)
         stats = StreamStats()

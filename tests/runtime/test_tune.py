@@ -133,12 +133,20 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_resizing_matches_gap_run_imgsz(labelled):
-    from gap_deploy.runtime.images import load_image
-    from gap_deploy.runtime.tune import resize_chw
+@pytest.mark.parametrize("contract", [
+    {}, {"resize": "shorter-side", "size": (20, 20), "crop_fraction": 0.875, "interpolation": "bicubic",
+         "space": "uint8"}, {"resize": "letterbox", "size": (20, 30), "pad_value": 114}])
+def test_an_image_decoded_once_and_finished_at_each_size_is_what_gap_run_makes(labelled, contract):
+    """gap-tune holds each decoded image and finishes it at every size: the same tensor gap-run makes from the file
+    with --imgsz, for the legacy contract and for stored ones."""
+    from gap_deploy.runtime.preprocess import Preprocess
+    from gap_deploy.runtime.tune import read_file
 
+    base = Preprocess(**contract, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
     path = labelled / "class1" / "3.png"
-    np.testing.assert_array_equal(resize_chw(load_image(path, 3), (17, 40)), load_image(path, 3, (17, 40)))
+    held = read_file(base, path, 3)
+    for size in [(17, 40), (33, 33)]:
+        np.testing.assert_array_equal(base.sized(size).finish(held), base.sized(size).load(path, 3))
 
 
 def test_the_sweep_on_a_real_model_agrees_with_gap_eval(tmp_path, labelled, reference_onnx):

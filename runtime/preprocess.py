@@ -1,0 +1,464 @@
+"""The preprocessing contract: how an image file becomes the model's input tensor, and the one implementation of it.
+
+Every artifact carries a :class:`Preprocess` (ONNX metadata key ``gap.preprocess``, copied into plan manifests,
+bundles' model.json and Triton's config), and every place that turns image files into tensors (gap-run, gap-eval,
+gap-tune, gap-debug --images, INT8 calibration, Triton's client, the Ray workers) calls :meth:`Preprocess.load`
+here. The exporter fills the contract in from the user's own torchvision or timm eval transform and checks it
+against that transform on image files before anything is written (exporter.preprocess).
+
+The steps, in order:
+
+1. **decode** the file with Pillow to 8-bit L/RGB/RGBA (1, 3 or 4 channels; 16-bit and float images are scaled
+   by their depth, see runtime.images) -- what ``Image.open(f).convert("RGB")`` gives for 8-bit files;
+2. **resize** by a policy: ``none`` (the image's own size), ``stretch`` (to the size, aspect not kept),
+   ``shorter-side`` (the shorter side to ``min(size) / crop_fraction``, aspect kept, as torchvision's
+   ``Resize(int)``), ``letterbox`` (fit inside the size, aspect kept, padded with ``pad_value``);
+   ``stretch`` and ``shorter-side`` then **centre-crop** to the size (torchvision's ``CenterCrop``).
+   The arithmetic is that of the space the user's transform resized in: ``uint8`` is Pillow on the 8-bit image
+   (torchvision's Resize on a PIL image; Pillow always antialiases), ``float`` is
+   ``torch.nn.functional.interpolate`` on [0, 1] floats (torchvision's Resize on a float tensor), reproduced
+   here in NumPy with its index and weight rules, with or without antialias;
+3. **scale** pixels to [0, ``pixel_scale``] (1: ``ToTensor``; 255: a float conversion without scaling);
+4. **order** the channels (``RGB`` or ``BGR``), then **normalize** ``(x - mean) / std`` per model channel.
+
+``decode="fast"`` trades exactness for speed where the contract allows it: a JPEG is decoded at 1/2, 1/4 or 1/8
+scale by libjpeg (Pillow's draft mode, DCT-domain) when the resize target is at most half the source, and the
+resize runs on 8-bit pixels with Pillow's reducing step. Its cost in top-1 is measured by ``gap-eval --decode
+both`` and by gap-export's preprocessing check, never assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from gap_deploy.runtime.errors import MetadataError, UsageError
+
+POLICIES = ("none", "stretch", "shorter-side", "letterbox")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+SPACES = ("uint8", "float")
+CHANNEL_ORDERS = ("RGB", "BGR")
+DECODES = ("exact", "fast")
+#: the JSON keys of gap.preprocess (mean and std live in gap.mean / gap.std, read by every runtime)
+_FIELDS = ("resize", "size", "crop_fraction", "interpolation", "antialias", "space", "channel_order",
+           "pixel_scale", "pad_value")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    resize: str = "none"
+    #: (H, W) of the model input; None only with resize "none"
+    size: tuple[int, int] | None = None
+    #: stretch / shorter-side: the centre crop keeps this fraction of the resized image (1: no crop)
+    crop_fraction: float = 1.0
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    #: where the resize runs: "uint8" (Pillow, 8-bit) or "float" (torch's interpolate arithmetic)
+    space: str = "float"
+    channel_order: str = "RGB"
+    #: what a full-scale pixel becomes before normalization: 1.0 ([0, 1], ToTensor) or 255.0
+    pixel_scale: float = 1.0
+    #: letterbox: the border's value on the 0-255 scale
+    pad_value: int = 0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    # ----------------------------------------------------------------------------------------- storage
+    def to_json(self) -> str:
+        values = {k: v for k, v in asdict(self).items() if k in _FIELDS}
+        values["size"] = list(self.size) if self.size else None
+        return json.dumps(values, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, mean=None, std=None, bad=None) -> Preprocess:
+        """Read what :meth:`to_json` wrote; ``bad(why)`` makes the error (default: a MetadataError)."""
+        bad = bad or (lambda why: MetadataError(f"the model's preprocessing contract is invalid: {why}.",
+                                                hint="re-export the model with gap-export."))
+        try:
+            values = json.loads(text)
+        except ValueError:
+            raise bad("not valid JSON") from None
+        if not isinstance(values, dict):
+            raise bad("not a JSON object")
+        unknown = sorted(set(values) - set(_FIELDS))
+        if unknown:
+            raise bad(f"unknown field(s) {', '.join(unknown)}")
+        size = values.get("size")
+        if size is not None:
+            if not (isinstance(size, list) and len(size) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+                raise bad(f"size {size!r} is not [height, width] in whole pixels")
+            values["size"] = tuple(size)
+        for name, kind in (("crop_fraction", (int, float)), ("pixel_scale", (int, float)), ("pad_value", int),
+                           ("antialias", bool)):
+            if name in values and (not isinstance(values[name], kind)
+                                   or (kind is not bool and isinstance(values[name], bool))):
+                raise bad(f"{name} {values[name]!r} has the wrong type")
+        contract = cls(**values, mean=mean, std=std)
+        contract.validate(bad=bad)
+        return contract
+
+    def validate(self, channels: int | None = None, *, bad=None) -> Preprocess:
+        """Every field within its range and the fields consistent with each other; returns self."""
+        bad = bad or (lambda why: UsageError(f"invalid preprocessing: {why}."))
+
+        def choice(name, value, allowed):
+            if value not in allowed:
+                raise bad(f"{name} {value!r} is not one of {', '.join(allowed)}")
+
+        choice("resize", self.resize, POLICIES)
+        choice("interpolation", self.interpolation, INTERPOLATIONS)
+        choice("space", self.space, SPACES)
+        choice("channel_order", self.channel_order, CHANNEL_ORDERS)
+        if self.resize == "none":
+            if self.size is not None:
+                raise bad("resize 'none' keeps each image's own size, so it takes no size")
+        elif self.size is None or len(self.size) != 2 or min(self.size) < 1 or max(self.size) > 16384:
+            raise bad(f"resize {self.resize!r} needs a size of 1 to 16384 pixels per side, not {self.size!r}")
+        if not (isinstance(self.crop_fraction, (int, float)) and math.isfinite(self.crop_fraction)
+                and 0.05 <= self.crop_fraction <= 1.0):
+            raise bad(f"crop_fraction {self.crop_fraction!r} is outside 0.05 to 1 (the share of the resized image "
+                      "the centre crop keeps)")
+        if self.crop_fraction != 1.0 and self.resize not in ("stretch", "shorter-side"):
+            raise bad(f"crop_fraction applies to the stretch and shorter-side policies, not {self.resize!r}")
+        if self.pixel_scale not in (1.0, 255.0):
+            raise bad(f"pixel_scale {self.pixel_scale!r} is not 1 (pixels in [0, 1]) or 255 (pixels in [0, 255])")
+        if not 0 <= self.pad_value <= 255:
+            raise bad(f"pad_value {self.pad_value!r} is outside 0 to 255")
+        if self.space == "float" and self.interpolation == "lanczos":
+            raise bad("lanczos has no float arithmetic (torch's interpolate has none): it needs space 'uint8'")
+        if self.space == "uint8" and not self.antialias and self.interpolation != "nearest":
+            raise bad("Pillow (space 'uint8') always antialiases: antialias false needs space 'float'")
+        if channels is not None and self.channel_order == "BGR" and channels != 3:
+            raise bad(f"channel order BGR needs 3 channels, the model takes {channels}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and channels is not None and len(values) not in (1, channels):
+                raise bad(f"{len(values)} {name} values for {channels} channels")
+        if self.std is not None and any(not v > 0 for v in self.std):
+            raise bad("every std must be > 0")
+        return self
+
+    # ---------------------------------------------------------------------------------------- overrides
+    def sized(self, size: tuple[int, int] | None) -> Preprocess:
+        """``--imgsz``: the same contract at another input size (resize "none" becomes a stretch to it)."""
+        if size is None:
+            return self
+        return replace(self, resize="stretch" if self.resize == "none" else self.resize, size=tuple(size))
+
+    def normalized_with(self, mean, std) -> Preprocess:
+        return replace(self, mean=tuple(mean) if mean is not None else None,
+                       std=tuple(std) if std is not None else None)
+
+    # ---------------------------------------------------------------------------------------- geometry
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(W, H) of an image of ``width`` x ``height`` after the resize step, before the crop or padding."""
+        if self.resize == "none":
+            return width, height
+        out_h, out_w = self.size
+        if self.resize == "stretch":
+            return _scaled(out_w, self.crop_fraction), _scaled(out_h, self.crop_fraction)
+        if self.resize == "shorter-side":  # torchvision's _compute_resized_output_size for one size
+            target = _scaled(min(out_h, out_w), self.crop_fraction)
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = target, int(target * long / short)
+            return (new_short, new_long) if width <= height else (new_long, new_short)
+        scale = min(out_h / height, out_w / width)  # letterbox
+        return max(1, min(out_w, round(width * scale))), max(1, min(out_h, round(height * scale)))
+
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
+        """(left, top, right, bottom) of the centre crop of a resized ``width`` x ``height`` image, as
+        torchvision's CenterCrop rounds it (Python's round); None when nothing is cropped or the crop is larger
+        than the image on a side (then :meth:`_centre_crop` pads first, as CenterCrop does)."""
+        if self.resize not in ("stretch", "shorter-side"):
+            return None
+        out_h, out_w = self.size
+        if (width, height) == (out_w, out_h) or width < out_w or height < out_h:
+            return None
+        top, left = int(round((height - out_h) / 2.0)), int(round((width - out_w) / 2.0))
+        return left, top, left + out_w, top + out_h
+
+    def _centre_crop(self, pixels: np.ndarray) -> np.ndarray:
+        """torchvision's CenterCrop on (H, W, C): zero padding where the crop is larger (left/top get the smaller
+        half), then the crop at the rounded offsets."""
+        if self.resize not in ("stretch", "shorter-side"):
+            return pixels
+        out_h, out_w = self.size
+        height, width = pixels.shape[:2]
+        if (height, width) == (out_h, out_w):
+            return pixels
+        if out_w > width or out_h > height:
+            pad_w, pad_h = max(out_w - width, 0), max(out_h - height, 0)
+            pixels = np.pad(pixels, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
+            height, width = pixels.shape[:2]
+            if (height, width) == (out_h, out_w):
+                return pixels
+        top, left = int(round((height - out_h) / 2.0)), int(round((width - out_w) / 2.0))
+        return pixels[top:top + out_h, left:left + out_w]
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(H, W) of the tensor made from an image of ``width`` x ``height``."""
+        if self.resize == "none":
+            return height, width
+        return tuple(self.size)
+
+    # ------------------------------------------------------------------------------------------ apply
+    def load(self, path: str | Path, channels: int = 3, *, decode: str = "exact") -> np.ndarray:
+        """Image file -> normalized (channels, H, W) float32, as this contract says."""
+        from gap_deploy.runtime.images import open_regular
+
+        with open_regular(path) as handle:
+            return self.decode(handle, channels, decode=decode, name=str(path))
+
+    def decode(self, source, channels: int = 3, *, decode: str = "exact", name: str) -> np.ndarray:
+        """:meth:`load` for an open binary file (bytes Ray read from any filesystem)."""
+        return self.finish(self.read(source, channels, decode=decode, name=name), decode=decode)
+
+    def pixels(self, source, channels: int = 3, *, decode: str = "exact", name: str) -> np.ndarray:
+        """Steps 1-3 (decode, resize and crop, scale, channel order): (channels, H, W) float32, not normalized."""
+        return self.finish(self.read(source, channels, decode=decode, name=name), decode=decode, normalize=False)
+
+    def read(self, source, channels: int = 3, *, decode: str = "exact", name: str) -> Decoded:
+        """Step 1 alone: the decoded image, before any resize. gap-tune holds these and finishes each at every
+        size it measures (the contract's space must be the same at each)."""
+        from gap_deploy.runtime.images import decoded
+
+        if decode not in DECODES:
+            raise UsageError(f"decode {decode!r} is not one of {', '.join(DECODES)}.")
+        image, full_size = decoded(source, channels, name, self.space_for(decode), self._draft(decode),
+                                   self.output_size)
+        return Decoded(image, full_size)
+
+    def finish(self, image: Decoded, *, decode: str = "exact", normalize: bool = True) -> np.ndarray:
+        """Steps 2-4 on what :meth:`read` returned: (channels, H, W) float32."""
+        chw = self._finish(self._geometry(image.pixels, image.size, decode))
+        return self.normalize(chw) if normalize else chw
+
+    def from_image(self, image, *, decode: str = "exact") -> np.ndarray:
+        """Steps 2-4 for an already decoded 8-bit PIL image (what gap-export's check hands the user's transform)."""
+        from gap_deploy.runtime.images import as_float
+
+        source = image if self.space_for(decode) == "uint8" else as_float(image)
+        return self.finish(Decoded(source, image.size), decode=decode)
+
+    def space_for(self, decode: str) -> str:
+        return "uint8" if decode == "fast" and self._fast_allowed() else self.space
+
+    def _fast_allowed(self) -> bool:
+        # Pillow always antialiases: a contract without antialias keeps its exact arithmetic
+        return self.resize != "none" and (self.antialias or self.interpolation == "nearest")
+
+    def _draft(self, decode: str):
+        """For fast decoding: the smallest (W, H) a JPEG may be decoded at for an image of a given size."""
+        if decode != "fast" or not self._fast_allowed():
+            return None
+
+        def at_least(width: int, height: int) -> tuple[int, int] | None:
+            w, h = self.resized_size(width, height)
+            return (2 * w, 2 * h) if 2 * w <= width and 2 * h <= height else None
+        return at_least
+
+    def _geometry(self, image, full_size: tuple[int, int], decode: str) -> np.ndarray:
+        """Resize, crop or pad: (H, W, C) uint8 or float32. ``full_size`` is the file's own (W, H): the
+        resize target is computed from it, also when the decoder already scaled the image down (draft)."""
+        width, height = full_size
+        target = self.resized_size(width, height)
+        if isinstance(image, np.ndarray):  # float space: only the rows and columns the crop keeps
+            box = self.crop_box(*target)
+            pixels = resize_float(image, target, self.interpolation, self.antialias, box=box)
+            if box is None:
+                pixels = self._centre_crop(pixels)
+            return self._pad(pixels, target, 1 / 255) if self.resize == "letterbox" else pixels
+        if image.size != target:
+            gap = 2.0 if decode == "fast" else None
+            image = image.resize(target, _PIL_FILTERS[self.interpolation], reducing_gap=gap)
+        pixels = np.asarray(image)
+        pixels = self._centre_crop(pixels[:, :, None] if pixels.ndim == 2 else pixels)
+        return self._pad(pixels, target, 1) if self.resize == "letterbox" else pixels
+
+    def _pad(self, pixels: np.ndarray, target: tuple[int, int], unit: float) -> np.ndarray:
+        out_h, out_w = self.size
+        canvas = np.full((out_h, out_w, pixels.shape[2]), self.pad_value * unit, dtype=pixels.dtype)
+        top, left = (out_h - target[1]) // 2, (out_w - target[0]) // 2
+        canvas[top:top + target[1], left:left + target[0]] = pixels
+        return canvas
+
+    def _finish(self, hwc: np.ndarray) -> np.ndarray:
+        if hwc.dtype == np.uint8:  # as ToTensor: a float32 division by 255
+            chw = hwc.transpose(2, 0, 1).astype(np.float32)
+            if self.pixel_scale == 1.0:
+                chw /= np.float32(255)
+        else:
+            chw = hwc.transpose(2, 0, 1).astype(np.float32, copy=True)
+            if self.pixel_scale != 1.0:
+                chw *= np.float32(self.pixel_scale)
+        if self.channel_order == "BGR":
+            chw = chw[::-1]
+        return np.ascontiguousarray(chw)
+
+    def normalize(self, chw: np.ndarray) -> np.ndarray:
+        """Step 4: ``(x - mean) / std`` per channel, in float32 (torchvision's Normalize)."""
+        if self.mean is None or self.std is None:
+            return chw
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
+        return (chw - mean) / std
+
+    # ------------------------------------------------------------------------------------------- text
+    def steps(self) -> list[tuple[str, str]]:
+        """(step, what it does) rows: what gap-export prints and the README's table shows."""
+        rows = [("decode", "Pillow, 8-bit " + {"uint8": "(resized as 8-bit)", "float": "(resized as float)"}
+                 [self.space])]
+        if self.resize == "none":
+            rows.append(("resize", "none: each image at its own size"))
+        else:
+            h, w = self.size
+            how = f"{self.interpolation}{', antialias' if self.antialias else ', no antialias'} ({self.space})"
+            if self.resize == "shorter-side":
+                rows.append(("resize", f"shorter side to {_scaled(min(h, w), self.crop_fraction)}, {how}"))
+            elif self.resize == "stretch":
+                rows.append(("resize", f"stretch to {_scaled(h, self.crop_fraction)}x"
+                                       f"{_scaled(w, self.crop_fraction)}, {how}"))
+            else:
+                rows.append(("resize", f"letterbox into {h}x{w}, {how}, padded with {self.pad_value}"))
+            if self.crop_fraction != 1.0 or self.resize == "shorter-side":
+                rows.append(("crop", f"centre {h}x{w} (crop fraction {self.crop_fraction:.4g})"))
+        rows.append(("scale", "pixels to [0, 1]" if self.pixel_scale == 1.0 else "pixels to [0, 255]"))
+        rows.append(("channels", self.channel_order))
+        if self.mean is not None and self.std is not None:
+            rows.append(("normalize", f"mean {_nums(self.mean)}, std {_nums(self.std)}"))
+        return rows
+
+    def describe(self) -> str:
+        return "; ".join(f"{step}: {text}" for step, text in self.steps())
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image: an 8-bit PIL image (space uint8) or (H, W, C) float32 in [0, 1] (space float), and the
+    file's own (width, height) (a JPEG decoded in draft mode is smaller than the file)."""
+
+    pixels: object
+    size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        if isinstance(self.pixels, np.ndarray):
+            return int(self.pixels.nbytes)
+        return self.pixels.width * self.pixels.height * len(self.pixels.getbands())
+
+
+def _nums(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _scaled(size: int, crop_fraction: float) -> int:
+    """The resize target whose centre crop of ``crop_fraction`` is ``size`` (timm: floor(size / crop_pct)); the
+    small epsilon keeps 224 / (224 / 232) at 232 when the division lands a hair below it."""
+    return size if crop_fraction == 1.0 else int(math.floor(size / crop_fraction + 1e-6))
+
+
+def _pil_filters():
+    from PIL import Image
+
+    r = Image.Resampling
+    return {"nearest": r.NEAREST, "bilinear": r.BILINEAR, "bicubic": r.BICUBIC, "lanczos": r.LANCZOS}
+
+
+class _Filters(dict):
+    def __missing__(self, key):
+        self.update(_pil_filters())
+        return dict.__getitem__(self, key)
+
+
+_PIL_FILTERS = _Filters()
+
+
+# ------------------------------------------------------------------------------ torch's interpolate, in NumPy
+def _aa_filter(interpolation: str):
+    if interpolation == "bilinear":
+        return lambda x: np.clip(1.0 - np.abs(x), 0.0, None), 2
+    a = -0.5  # the antialiased bicubic kernel uses Pillow's a = -0.5 (aten UpSampleKernel.cpp, aa_filter)
+
+    def cubic(x):
+        x = np.abs(x)
+        return np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
+                        np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    return cubic, 4
+
+
+def axis_weights(in_size: int, out_size: int, interpolation: str, antialias: bool) -> np.ndarray:
+    """(out_size, in_size) matrix W with ``out = W @ in`` along one axis, as ``torch.nn.functional.interpolate``
+    (align_corners=False, sizes given, no scale factor) computes it on the CPU: ``nearest`` picks
+    floor(dst * in / out); ``bilinear``/``bicubic`` without antialias sample at (dst + 0.5) * in / out - 0.5 with
+    edge indices clamped (bicubic a = -0.75); with antialias the filter is stretched by the downscale factor and
+    each row's weights renormalized (aten/src/ATen/native/cpu/UpSampleKernel.cpp, _compute_weights_aa)."""
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    if interpolation == "nearest":
+        scale = np.float32(in_size) / np.float32(out_size)
+        src = np.minimum(np.floor(rows.astype(np.float32) * scale).astype(np.int64), in_size - 1)
+        weights[rows, src] = 1.0
+        return weights
+    scale = in_size / out_size
+    if antialias:
+        filt, interp_size = _aa_filter(interpolation)
+        support = interp_size * 0.5 * scale if scale >= 1.0 else interp_size * 0.5
+        invscale = 1.0 / scale if scale >= 1.0 else 1.0
+        for i in range(out_size):
+            center = scale * (i + 0.5)
+            xmin = max(int(center - support + 0.5), 0)
+            xmax = min(int(center + support + 0.5), in_size)
+            taps = np.arange(xmin, xmax)
+            w = filt((taps - center + 0.5) * invscale)
+            total = w.sum()
+            weights[i, xmin:xmax] = w / total if total != 0 else w
+        return weights
+    # torch computes the source index in the input's float type (float32): the same rounding here
+    src = (np.float32(in_size / out_size) * (rows.astype(np.float32) + np.float32(0.5)) - np.float32(0.5)).astype(
+        np.float64)
+    if interpolation == "bilinear":
+        src = np.maximum(src, 0.0)
+        i0 = src.astype(np.int64)
+        i1 = np.minimum(i0 + 1, in_size - 1)
+        l1 = src - i0
+        np.add.at(weights, (rows, i0), 1.0 - l1)
+        np.add.at(weights, (rows, i1), l1)
+        return weights
+    a = -0.75  # bicubic without antialias: torch's cubic convolution, indices clamped at the edges
+    base = np.floor(src).astype(np.int64)
+    t = src - base
+    coeffs = (((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+              ((a + 2) * t - (a + 3)) * t * t + 1,
+              ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+              ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a)
+    for k, c in enumerate(coeffs):
+        np.add.at(weights, (rows, np.clip(base - 1 + k, 0, in_size - 1)), c)
+    return weights
+
+
+def resize_float(pixels: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear",
+                 antialias: bool = True, *, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Resize (H, W, C) float pixels to ``size`` = (W, H) with torch's interpolate arithmetic (axis_weights),
+    computing only the rows and columns of ``box`` (left, top, right, bottom) when a crop follows."""
+    height, width = pixels.shape[:2]
+    out_w, out_h = size
+    left, top, right, bottom = box if box is not None else (0, 0, out_w, out_h)
+    rows = axis_weights(height, out_h, interpolation, antialias)[top:bottom].astype(np.float32)
+    cols = axis_weights(width, out_w, interpolation, antialias)[left:right].astype(np.float32)
+    if (out_w, out_h) == (width, height) and box is None:
+        return pixels.astype(np.float32, copy=False)
+    data = np.ascontiguousarray(pixels, dtype=np.float32)
+    # rows first (H' x H) @ (H x W*C), then columns, as two matrix products over all channels at once
+    tall = (rows @ data.reshape(height, -1)).reshape(rows.shape[0], width, -1)
+    return np.einsum("wx,hxc->hwc", cols, tall, optimize=True).astype(np.float32, copy=False)
+
+
+def legacy(size: tuple[int, int] | None, mean=None, std=None) -> Preprocess:
+    """The contract of a model exported without one: each image at its own size, or stretched to ``--imgsz``
+    with antialiased bilinear on float pixels (what gap-run did before contracts)."""
+    return Preprocess(mean=tuple(mean) if mean else None, std=tuple(std) if std else None).sized(size)
