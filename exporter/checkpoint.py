@@ -240,39 +240,9 @@ def _reference_for(state: dict, path: Path, num_classes: int | None) -> tuple[nn
 
 def build_arch(spec: str, num_classes: int | None = None) -> tuple[nn.Module, str]:
     """Instantiate ``module:callable`` (a module path or a .py file), with num_classes if given."""
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise CheckpointError(f"--arch {spec!r} is not of the form MODULE:CALLABLE.",
-                              hint="e.g. --arch torchvision.models:resnet18 or --arch nets/my_net.py:build.")
-    source = Path(module_name)
-    try:
-        if source.suffix == ".py":
-            if not source.is_file():
-                raise CheckpointError(f"--arch file {source} does not exist.")
-            spec_obj = importlib.util.spec_from_file_location(f"_gap_arch_{source.stem}", source)
-            module = importlib.util.module_from_spec(spec_obj)
-            sys.modules[spec_obj.name] = module
-            with _quiet_import():
-                spec_obj.loader.exec_module(module)
-        else:
-            with _quiet_import():
-                module = importlib.import_module(module_name)
-    except CheckpointError:
-        raise
-    except SystemExit as exc:  # a script that parses argv or exits at import
-        raise CheckpointError(f"--arch module {module_name!r} exited while being imported (exit {exc.code}).",
-                              note="it runs code at import (for example argparse or sys.exit); gap-export needs "
-                                   "a module that only defines the model.",
-                              hint="move the script part under `if __name__ == \"__main__\":`.") from None
-    except Exception as exc:
-        raise CheckpointError(f"cannot import --arch module {module_name!r}: {first_line(exc)}",
-                              hint="give an importable module (pip-installed or on PYTHONPATH) or a .py path."
-                              ) from None
-    factory = module
-    for part in attr.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise CheckpointError(f"--arch: {module_name!r} has no attribute {attr!r}.")
+    factory = import_attribute(spec, "--arch",
+                               "e.g. --arch torchvision.models:resnet18 or --arch nets/my_net.py:build.")
+    attr = spec.rpartition(":")[2]
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
         model = factory(**kwargs)
@@ -281,6 +251,44 @@ def build_arch(spec: str, num_classes: int | None = None) -> tuple[nn.Module, st
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"--arch {spec} returned a {type(model).__name__}, not a torch.nn.Module.")
     return model, spec
+
+
+def import_attribute(spec: str, option: str, example: str, error=CheckpointError):
+    """The object named by ``MODULE:NAME`` (an importable module or a .py file; NAME may be dotted), for an option
+    (--arch, --preprocess) whose errors say which option and how to fix it."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise error(f"{option} {spec!r} is not of the form MODULE:CALLABLE (a module or a .py file, a colon, a name).",
+                    hint=example)
+    source = Path(module_name)
+    try:
+        if source.suffix == ".py":
+            if not source.is_file():
+                raise error(f"{option} file {source} does not exist.", hint=example)
+            spec_obj = importlib.util.spec_from_file_location(f"_gap_user_{source.stem}", source)
+            module = importlib.util.module_from_spec(spec_obj)
+            sys.modules[spec_obj.name] = module
+            with _quiet_import():
+                spec_obj.loader.exec_module(module)
+        else:
+            with _quiet_import():
+                module = importlib.import_module(module_name)
+    except error:
+        raise
+    except SystemExit as exc:  # a script that parses argv or exits at import
+        raise error(f"{option} module {module_name!r} exited while being imported (exit {exc.code}).",
+                    note="it runs code at import (for example argparse or sys.exit); gap-export needs "
+                         "a module that only defines things.",
+                    hint="move the script part under `if __name__ == \"__main__\":`.") from None
+    except Exception as exc:
+        raise error(f"cannot import {option} module {module_name!r}: {first_line(exc)}",
+                    hint="give an importable module (pip-installed or on PYTHONPATH) or a .py path.") from None
+    found = module
+    for part in attr.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise error(f"{option}: {module_name!r} has no attribute {attr!r}.")
+    return found
 
 
 @contextlib.contextmanager

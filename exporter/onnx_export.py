@@ -7,7 +7,7 @@ import io
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import onnx
@@ -150,12 +150,15 @@ def export_model(
     std: tuple[float, ...] | None = None,
     simplify: bool = False,
     keep_stack_traces: bool = False,
+    preprocess=None,
 ) -> OnnxExport:
     """Trace ``loaded.module`` to ONNX in memory; check its graph and dims; attach the metadata.
 
     The exporter's per-node source stack traces (``pkg.torch.onnx.stack_trace``: the exporting machine's
     absolute paths and source lines) are removed unless ``keep_stack_traces``; the module paths
-    (``pkg.torch.onnx.name_scopes``) stay, for gap-debug.
+    (``pkg.torch.onnx.name_scopes``) stay, for gap-debug. ``preprocess`` (runtime.preprocess.Preprocess) is
+    the preprocessing contract stored with the model; its mean/std are used where ``mean``/``std`` are not
+    given. Without one the model carries the default contract: each image at its own size.
     """
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}.."
@@ -180,12 +183,23 @@ def export_model(
     if std is not None and any(v <= 0 for v in std):
         raise ExportError("std values must be > 0 (they divide the pixels).")
     default_mean, default_std = default_normalization(channels)
+    if preprocess is not None:
+        mean = mean if mean is not None else preprocess.mean
+        std = std if std is not None else preprocess.std
+        preprocess.validate(channels, bad=lambda why: ExportError(f"the preprocessing contract: {why}."))
+        if preprocess.size is not None and min(preprocess.size) < min_side:
+            raise ExportError(f"the preprocessing makes {preprocess.size[0]}x{preprocess.size[1]} inputs, below this "
+                              f"model's minimum input size {min_side}x{min_side}.")
+    else:
+        from gap_deploy.runtime.preprocess import Preprocess
+
+        preprocess = Preprocess()
     meta = ModelMetadata(
         arch=loaded.arch, in_channels=channels, num_classes=num_classes, class_names=class_names,
         mean=_broadcast(mean, channels) or default_mean, std=_broadcast(std, channels) or default_std,
         min_height=min_side, min_width=min_side, export_height=height, export_width=width, precision="fp32",
         toolkit_version=__version__,
-        source_sha256=loaded.source_sha256)
+        source_sha256=loaded.source_sha256, preprocess=preprocess.to_json())
 
     example_batch = 2 if dynamic else batch  # a size-1 example invites the tracer to specialize the dim
     example = torch.randn(example_batch, channels, height, width)
@@ -338,6 +352,8 @@ class ExportOptions:
     simplify: bool = False
     #: keep the exporter's per-node source stack traces (absolute paths of this machine); off by default
     keep_stack_traces: bool = False
+    #: the preprocessing contract (runtime.preprocess.Preprocess) stored with the model
+    preprocess: object = None
 
 
 def export_verified(loaded: LoadedModel, options: ExportOptions = ExportOptions(), *, verify: bool = True,
@@ -346,7 +362,7 @@ def export_verified(loaded: LoadedModel, options: ExportOptions = ExportOptions(
     """Export in memory and verify against PyTorch; raises ParityError (nothing written) when it differs."""
     from gap_deploy.exporter.parity import check_parity, default_verify_shapes
 
-    exported = export_model(loaded, **asdict(options))
+    exported = export_model(loaded, **{f.name: getattr(options, f.name) for f in fields(options)})
     imgsz, batch = options.imgsz, options.batch
     if not verify:
         return exported, None

@@ -9,9 +9,11 @@ what it returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from gap_deploy.exporter.builder import BuildConfig, PipelineResult
 from gap_deploy.exporter.onnx_export import ExportOptions
@@ -22,6 +24,22 @@ from gap_deploy.runtime.naming import engine_path, variant_path
 from gap_deploy.runtime.parity import FP32, ParityReport, Tolerance
 from gap_deploy.runtime.publish import Publication
 from gap_deploy.runtime.shapes import format_shape
+
+
+@dataclass(frozen=True)
+class PreprocessJob:
+    """Where the preprocessing contract comes from, and what it is checked against (exporter.preprocess)."""
+
+    #: "FILE.py:fn", "module:fn" (the user's eval transform) or "timm" (the model's pretrained_cfg); None: flags only
+    source: str | None = None
+    #: contract fields given as flags (resize, crop_fraction, interpolation, ...): they win over the source
+    overrides: Mapping[str, object] = field(default_factory=dict)
+    #: the transform the check runs ("FILE.py:fn" / "module:fn"); default: the source's transform
+    check: str | None = None
+    #: image files for the check; default: images drawn with natural statistics and awkward sizes
+    images: Path | None = None
+    #: --imgsz was given on the command line (otherwise the transform's size is the export size)
+    size_given: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,7 @@ class ExportJob:
     variant: VariantOptions | None = None
     #: build a TensorRT engine too (from the variant when there is one)
     engine: BuildConfig | None = None
+    preprocess: PreprocessJob = field(default_factory=PreprocessJob)
 
 
 @dataclass
@@ -51,6 +70,8 @@ class ExportOutcome:
     variant: VariantResult | None = None
     variant_path: Path | None = None
     build: PipelineResult | None = None
+    #: exporter.preprocess.PreprocessCheck, when there was a transform to check against
+    preprocess_check: object = None
 
 
 def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, trt=None, cuda=None) -> ExportOutcome:
@@ -80,7 +101,7 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
 
         load_calibration(job.variant.calib, for_metadata(ModelMetadata(in_channels=loaded.in_channels)),
                          size=job.variant.calib_size)
-    opts = job.options
+    opts, transform = resolve_preprocess(job, loaded)
     log(f"Exporting {loaded.arch} ({'dynamic batch/height/width' if opts.dynamic else 'static'}, opset {opts.opset})"
         + (" and verifying against PyTorch" if job.verify else "") + " ...")
     shapes = None
@@ -93,6 +114,7 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
     exported, report = export_verified(loaded, opts, verify=job.verify, verify_shapes=shapes,
                                        tolerance=job.tolerance, destination=str(output))
     outcome = ExportOutcome(output, exported, report, list(loaded.notes), loaded.arch)
+    outcome.preprocess_check = check_contract(job, opts.preprocess, transform, exported, loaded.in_channels, log)
     if job.variant is not None:  # one sweep, whether an engine follows or not: the FP32 model's own
         meta = exported.metadata
         sweep = [r.shape for r in report.rows] if report else [(opts.batch, meta.in_channels, *opts.imgsz)]
@@ -129,3 +151,80 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
             build = stage_engine(pub, built, source, plan, job.engine, verify=job.verify, trt=trt, cuda=cuda, log=log)
             outcome.build = PipelineResult(build, outcome.variant, source)
     return outcome
+
+
+def resolve_preprocess(job: ExportJob, loaded):
+    """The export options with the preprocessing contract filled in, and the transform it came from (or None)."""
+    from dataclasses import replace
+
+    from gap_deploy.exporter.preprocess import PreprocessError, contract_from_transform, load_transform, timm_transform
+    from gap_deploy.runtime.preprocess import Preprocess
+
+    spec, opts = job.preprocess, job.options
+    transform = None
+    if spec.source == "timm":
+        transform = timm_transform(loaded.module)
+    elif spec.source is not None:
+        transform = load_transform(spec.source)
+    contract = contract_from_transform(transform, loaded.in_channels) if transform is not None else Preprocess()
+    overrides = dict(spec.overrides)
+    for name, values in (("mean", opts.mean), ("std", opts.std)):
+        if values is not None and len(values) not in (1, loaded.in_channels):
+            raise ExportError(f"--{name} has {len(values)} values; the model has {loaded.in_channels} input channels.",
+                              hint=f"give 1 or {loaded.in_channels} comma-separated values.")
+    if opts.mean is not None:
+        overrides["mean"] = opts.mean
+    if opts.std is not None:
+        overrides["std"] = opts.std
+    contract = replace(contract, **overrides)
+    if contract.resize != "none" and contract.size is None:
+        contract = replace(contract, size=tuple(opts.imgsz))
+    if contract.resize == "none" and contract.crop_fraction != 1.0:
+        raise UsageError("--crop-fraction needs a resize policy that crops (--resize shorter-side or stretch).")
+    imgsz = tuple(opts.imgsz)
+    if contract.size is not None and tuple(contract.size) != imgsz:
+        if spec.size_given:
+            raise UsageError(f"--imgsz {imgsz[0]}x{imgsz[1]} differs from the {contract.size[0]}x{contract.size[1]} "
+                             f"inputs the preprocessing makes ({spec.source or 'the flags'}).",
+                             hint="leave --imgsz out (the preprocessing's size is the export size), or change the "
+                                  "transform's CenterCrop/Resize.")
+        imgsz = tuple(contract.size)
+    if contract.mean is None or contract.std is None:
+        from gap_deploy.runtime.metadata import default_normalization
+
+        mean, std = default_normalization(loaded.in_channels)
+        contract = replace(contract, mean=contract.mean or mean, std=contract.std or std)
+    contract.validate(loaded.in_channels, bad=lambda why: PreprocessError(f"the preprocessing: {why}."))
+    return replace(opts, imgsz=imgsz, preprocess=contract, mean=None, std=None), transform
+
+
+def check_contract(job: ExportJob, contract, transform, exported, channels: int, log):
+    """exporter.preprocess.check_preprocess against --check-transform (or the source transform), on --images or
+    drawn images; raises PreprocessError naming the step when they disagree. None without a transform."""
+    from gap_deploy.exporter.preprocess import PreprocessError, SampleImages, check_preprocess, load_transform
+    from gap_deploy.runtime.parity import ort_cpu_infer
+
+    spec = job.preprocess
+    checker, name = transform, spec.source
+    if spec.check is not None:
+        checker, name = load_transform(spec.check, "--check-transform"), spec.check
+    if checker is None:
+        return None
+    log(f"Checking the preprocessing against {name} on "
+        f"{spec.images or 'drawn images (natural statistics, odd sizes, gray, RGBA, 16-bit)'} ...")
+    run = ort_cpu_infer(exported.model)
+    batch = 1 if exported.dynamic else job.options.batch  # a static batch runs B copies
+
+    def infer(chw):
+        return run(np.repeat(chw[None], batch, axis=0).astype(np.float32))[0]
+    with SampleImages(spec.images) as files:
+        result = check_preprocess(contract, checker, name, files, channels, infer)
+    if not result.passed:
+        worst = max(result.rows, key=lambda r: r.levels)
+        raise PreprocessError(
+            f"the preprocessing contract disagrees with {name}: {result.finding}.",
+            note=f"largest tensor difference {worst.levels:.3g}/255 of the pixel range on {worst.file} (limit 1); "
+                 f"top-1 agreement {result.agreement:.0%}; nothing was written.\n" + result.format(),
+            hint="make the flags (or the transform given to --preprocess) say what the transform does, or fix the "
+                 "transform.")
+    return result

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from gap_deploy.runtime.images import normalize, softmax
+from gap_deploy.runtime.images import softmax
 from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.validation import check_image
 
@@ -24,13 +24,6 @@ def top_classes_batch(logits: np.ndarray, meta: ModelMetadata, k: int) -> list[l
 def top_classes(logits: np.ndarray, meta: ModelMetadata, k: int) -> list[dict]:
     """The ``k`` most probable classes of one logits row: index, name and softmax probability."""
     return top_classes_batch(np.asarray(logits)[None, :], meta, k)[0]
-
-
-def prepare_image(session, chw: np.ndarray) -> np.ndarray:
-    """Normalize a [0, 1] CHW image as the model expects and check that it can run (size, profiles)."""
-    normalized = normalize(chw, session.metadata)
-    check_image(normalized, session.input_spec)
-    return normalized
 
 
 def image_loader(session, imgsz=None, *, decode: str = "exact"):

@@ -4,8 +4,8 @@ The folder holds one sub-folder per class, named like the model's classes. Every
 images at each size, made by each artifact's preprocessing contract (runtime.preprocess: the model's own
 size and resize policy, or ``size`` in its place; ``None``: the contract's own size), through the runtime (no
 torch). With ``decodes=("exact", "fast")`` every artifact is scored with both decoders side by side, with their
-top-1 agreement and the probability of the true class they differ by. Images that cannot be read or are below the model's
-minimum become per-file errors and are left out of the figures.
+top-1 agreement and the probability of the true class they differ by. Images that cannot be read or are below
+the model's minimum become per-file errors and are left out of the figures.
 """
 
 from __future__ import annotations
@@ -143,9 +143,9 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
     import time
 
     from gap_deploy import runtime
-    from gap_deploy.runtime.images import softmax
     from gap_deploy.runtime.classify import image_loader
     from gap_deploy.runtime.errors import InputTypeError
+    from gap_deploy.runtime.images import softmax
     from gap_deploy.runtime.preprocess import DECODES
     from gap_deploy.runtime.stream import StreamStats, stream_batches
     from gap_deploy.runtime.validation import int_tuple

@@ -1,4 +1,4 @@
-"""Image files -> normalized CHW float32 arrays, as the model's metadata says (Pillow)."""
+"""Image files opened safely and decoded with Pillow (runtime.preprocess turns them into the model's input)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from gap_deploy.runtime.errors import ArtifactError
-from gap_deploy.runtime.metadata import ModelMetadata
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -32,21 +31,6 @@ def collect_images(paths) -> list[Path]:
 
 #: Pillow modes that hold more than 8 bits per pixel, and the full-scale value of each
 _HIGH_DEPTH = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
-
-
-def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Pixels in [0, 1] as (channels, H, W) float32, stretched to ``size`` (H, W) when given: the contract of a
-    model exported without one (runtime.preprocess.legacy), not normalized.
-
-    Only regular files are opened (a FIFO would block). 16-bit and 32-bit integer images are scaled by
-    their bit depth, float images by their range ([0, 1], [0, 255] or [0, 65535]), never clipped. The
-    memory an image needs is checked from its header before it is decoded; a decompression bomb is an
-    error for that file alone.
-    """
-    from gap_deploy.runtime.preprocess import legacy
-
-    with open_regular(path) as handle:
-        return legacy(size).pixels(handle, channels, name=str(path))
 
 
 @contextmanager
@@ -77,13 +61,6 @@ def open_regular(path: str | Path):
             os.close(fd)
     with handle:
         yield handle
-
-
-def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None, *, name: str) -> np.ndarray:
-    """:func:`load_image` for an open binary file (bytes read by Ray from any filesystem)."""
-    from gap_deploy.runtime.preprocess import legacy
-
-    return legacy(size).pixels(source, channels, name=name)
 
 
 def decoded(source, channels: int, name: str, space: str, draft=None, output_size=None):
@@ -162,21 +139,6 @@ def _pixels(image, channels: int, path) -> np.ndarray:
         return gray
     rgb = np.repeat(gray, 3, axis=2)
     return rgb if channels == 3 else np.concatenate([rgb, np.ones_like(gray)], axis=2)
-
-
-def resize_hwc(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Antialiased bilinear resize of (H, W, C) float pixels to ``size`` (H, W), without rounding
-    (runtime.preprocess.resize_float: the one resize implementation)."""
-    from gap_deploy.runtime.preprocess import resize_float
-
-    return resize_float(pixels, (size[1], size[0]), "bilinear", True)
-
-
-def normalize(chw: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
-    mean, std = metadata.normalization()
-    m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
-    return (chw - m) / s
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ both`` and by gap-export's preprocessing check, never assumed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -378,87 +379,104 @@ class _Filters(dict):
 _PIL_FILTERS = _Filters()
 
 
-# ------------------------------------------------------------------------------ torch's interpolate, in NumPy
-def _aa_filter(interpolation: str):
-    if interpolation == "bilinear":
-        return lambda x: np.clip(1.0 - np.abs(x), 0.0, None), 2
-    a = -0.5  # the antialiased bicubic kernel uses Pillow's a = -0.5 (aten UpSampleKernel.cpp, aa_filter)
-
-    def cubic(x):
-        x = np.abs(x)
-        return np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
-                        np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
-    return cubic, 4
-
-
-def axis_weights(in_size: int, out_size: int, interpolation: str, antialias: bool) -> np.ndarray:
-    """(out_size, in_size) matrix W with ``out = W @ in`` along one axis, as ``torch.nn.functional.interpolate``
-    (align_corners=False, sizes given, no scale factor) computes it on the CPU: ``nearest`` picks
-    floor(dst * in / out); ``bilinear``/``bicubic`` without antialias sample at (dst + 0.5) * in / out - 0.5 with
-    edge indices clamped (bicubic a = -0.75); with antialias the filter is stretched by the downscale factor and
-    each row's weights renormalized (aten/src/ATen/native/cpu/UpSampleKernel.cpp, _compute_weights_aa)."""
-    weights = np.zeros((out_size, in_size), dtype=np.float64)
+# ------------------------------------------------------------------------------ torch's interpolate, reproduced
+@functools.lru_cache(maxsize=64)
+def axis_taps(in_size: int, out_size: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    """(index, weight) arrays of shape (out_size, taps): ``out[i] = sum_k weight[i, k] * in[index[i, k]]`` along one
+    axis, as ``torch.nn.functional.interpolate`` (align_corners=False, sizes given, antialias off) computes it on
+    the CPU: ``nearest`` picks floor(dst * in / out); ``bilinear``/``bicubic`` sample at (dst + 0.5) * in / out -
+    0.5 (bilinear clamps it at 0) with the edge indices clamped, bicubic with a = -0.75 (aten/src/ATen/native/
+    UpSample.h: area_pixel_compute_source_index, cubic_convolution1/2). The source index is computed in float32,
+    as torch does for float inputs. Cached by sizes: images of one size share them."""
     rows = np.arange(out_size)
+    scale = np.float32(in_size) / np.float32(out_size)
     if interpolation == "nearest":
-        scale = np.float32(in_size) / np.float32(out_size)
-        src = np.minimum(np.floor(rows.astype(np.float32) * scale).astype(np.int64), in_size - 1)
-        weights[rows, src] = 1.0
-        return weights
-    scale = in_size / out_size
-    if antialias:
-        filt, interp_size = _aa_filter(interpolation)
-        support = interp_size * 0.5 * scale if scale >= 1.0 else interp_size * 0.5
-        invscale = 1.0 / scale if scale >= 1.0 else 1.0
-        for i in range(out_size):
-            center = scale * (i + 0.5)
-            xmin = max(int(center - support + 0.5), 0)
-            xmax = min(int(center + support + 0.5), in_size)
-            taps = np.arange(xmin, xmax)
-            w = filt((taps - center + 0.5) * invscale)
-            total = w.sum()
-            weights[i, xmin:xmax] = w / total if total != 0 else w
-        return weights
-    # torch computes the source index in the input's float type (float32): the same rounding here
-    src = (np.float32(in_size / out_size) * (rows.astype(np.float32) + np.float32(0.5)) - np.float32(0.5)).astype(
-        np.float64)
+        index = np.minimum(np.floor(rows.astype(np.float32) * scale).astype(np.int64), in_size - 1)
+        return _frozen(index[:, None]), _frozen(np.ones((out_size, 1), np.float32))
+    src = (scale * (rows.astype(np.float32) + np.float32(0.5)) - np.float32(0.5)).astype(np.float64)
     if interpolation == "bilinear":
         src = np.maximum(src, 0.0)
         i0 = src.astype(np.int64)
-        i1 = np.minimum(i0 + 1, in_size - 1)
         l1 = src - i0
-        np.add.at(weights, (rows, i0), 1.0 - l1)
-        np.add.at(weights, (rows, i1), l1)
-        return weights
-    a = -0.75  # bicubic without antialias: torch's cubic convolution, indices clamped at the edges
+        index = np.stack([i0, np.minimum(i0 + 1, in_size - 1)], axis=1)
+        return _frozen(index), _frozen(np.stack([1.0 - l1, l1], axis=1).astype(np.float32))
+    a = -0.75
     base = np.floor(src).astype(np.int64)
     t = src - base
-    coeffs = (((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
-              ((a + 2) * t - (a + 3)) * t * t + 1,
-              ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
-              ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a)
-    for k, c in enumerate(coeffs):
-        np.add.at(weights, (rows, np.clip(base - 1 + k, 0, in_size - 1)), c)
-    return weights
+    weights = np.stack([((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+                        ((a + 2) * t - (a + 3)) * t * t + 1,
+                        ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+                        ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a], axis=1)
+    index = np.clip(base[:, None] + np.arange(-1, 3)[None, :], 0, in_size - 1)
+    return _frozen(index), _frozen(weights.astype(np.float32))
+
+
+def _frozen(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
 
 
 def resize_float(pixels: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear",
                  antialias: bool = True, *, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """Resize (H, W, C) float pixels to ``size`` = (W, H) with torch's interpolate arithmetic (axis_weights),
-    computing only the rows and columns of ``box`` (left, top, right, bottom) when a crop follows."""
+    """Resize (H, W, C) float pixels to ``size`` = (W, H) as torch's interpolate does on float tensors, keeping
+    only ``box`` (left, top, right, bottom) when a crop follows.
+
+    With antialias (bilinear, bicubic) this is Pillow's float ("F" mode) resampling per channel: torch's
+    antialiased kernel is Pillow's algorithm (its support, centre, truncation and renormalization, bicubic with
+    a = -0.5; aten/src/ATen/native/cpu/UpSampleKernel.cpp), computed there in float32 and in Pillow in double,
+    within 1e-5 of each other. Without antialias, and for nearest, the taps of :func:`axis_taps`."""
     height, width = pixels.shape[:2]
     out_w, out_h = size
     left, top, right, bottom = box if box is not None else (0, 0, out_w, out_h)
-    rows = axis_weights(height, out_h, interpolation, antialias)[top:bottom].astype(np.float32)
-    cols = axis_weights(width, out_w, interpolation, antialias)[left:right].astype(np.float32)
-    if (out_w, out_h) == (width, height) and box is None:
-        return pixels.astype(np.float32, copy=False)
+    if (out_w, out_h) == (width, height):
+        return np.array(pixels[top:bottom, left:right], dtype=np.float32)
     data = np.ascontiguousarray(pixels, dtype=np.float32)
-    # rows first (H' x H) @ (H x W*C), then columns, as two matrix products over all channels at once
-    tall = (rows @ data.reshape(height, -1)).reshape(rows.shape[0], width, -1)
-    return np.einsum("wx,hxc->hwc", cols, tall, optimize=True).astype(np.float32, copy=False)
+    if antialias and interpolation in ("bilinear", "bicubic"):
+        from PIL import Image
+
+        planes = [np.asarray(Image.fromarray(data[:, :, c]).resize((out_w, out_h), _PIL_FILTERS[interpolation]),
+                             dtype=np.float32) for c in range(data.shape[2])]
+        return np.ascontiguousarray(np.stack(planes, axis=2)[top:bottom, left:right])
+    index, weight = (a[top:bottom] for a in axis_taps(height, out_h, interpolation))
+    tall = sum(weight[:, k, None, None] * data[index[:, k]] for k in range(index.shape[1]))
+    index, weight = (a[left:right] for a in axis_taps(width, out_w, interpolation))
+    wide = sum(weight[None, :, k, None] * tall[:, index[:, k]] for k in range(index.shape[1]))
+    return np.ascontiguousarray(wide, dtype=np.float32)
 
 
 def legacy(size: tuple[int, int] | None, mean=None, std=None) -> Preprocess:
     """The contract of a model exported without one: each image at its own size, or stretched to ``--imgsz``
     with antialiased bilinear on float pixels (what gap-run did before contracts)."""
     return Preprocess(mean=tuple(mean) if mean else None, std=tuple(std) if std else None).sized(size)
+
+
+# ---------------------------------------------------------------- the contract of a model exported without one
+def load_image(path: str | Path, channels: int = 3, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Pixels in [0, 1] as (channels, H, W) float32, stretched to ``size`` (H, W) when given: the contract of a
+    model exported without one (runtime.preprocess.legacy), not normalized.
+
+    Only regular files are opened (a FIFO would block). 16-bit and 32-bit integer images are scaled by
+    their bit depth, float images by their range ([0, 1], [0, 255] or [0, 65535]), never clipped. The
+    memory an image needs is checked from its header before it is decoded; a decompression bomb is an
+    error for that file alone.
+    """
+    from gap_deploy.runtime.images import open_regular
+
+    with open_regular(path) as handle:
+        return legacy(size).pixels(handle, channels, name=str(path))
+
+
+def decode_image(source, channels: int = 3, size: tuple[int, int] | None = None, *, name: str) -> np.ndarray:
+    """:func:`load_image` for an open binary file (bytes read by Ray from any filesystem)."""
+    return legacy(size).pixels(source, channels, name=name)
+
+
+def resize_hwc(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bilinear resize of (H, W, C) float pixels to ``size`` (H, W), without rounding
+    (runtime.preprocess.resize_float: the one resize implementation)."""
+    return resize_float(pixels, (size[1], size[0]), "bilinear", True)
+
+
+def normalize(chw: np.ndarray, metadata) -> np.ndarray:
+    """``(chw - mean) / std`` with the model's mean and std (runtime.preprocess.Preprocess.normalize)."""
+    return metadata.preprocessing().normalize(chw)

@@ -76,8 +76,8 @@ def whole_process(command: list[str]) -> dict:
 def bounds(model: Path, folder: Path, batch: int = 16, sample: int = 500) -> dict:
     """Core-seconds per image of decoding alone and of inference alone (pre-decoded batches), in this process."""
     from gap_deploy import runtime
-    from gap_deploy.runtime.classify import prepare_image
-    from gap_deploy.runtime.images import collect_images, load_image
+    from gap_deploy.runtime.classify import image_loader
+    from gap_deploy.runtime.images import collect_images
 
     files = sorted(p for d in sorted(folder.iterdir()) for p in collect_images([d]))[:sample]
 
@@ -87,7 +87,8 @@ def bounds(model: Path, folder: Path, batch: int = 16, sample: int = 500) -> dic
 
     with runtime.load(model, "ort-cpu") as session:
         t0 = cpu()
-        images = [prepare_image(session, load_image(p, 3)) for p in files]
+        load = image_loader(session)  # the model's preprocessing contract, as gap-run makes its tensors
+        images = [load(p) for p in files]
         decode = (cpu() - t0) / len(files)
         session.run_many(images[:batch], max_batch=batch)  # warm
         t0 = cpu()

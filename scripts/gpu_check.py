@@ -337,14 +337,15 @@ def main(argv=None) -> int:
 def heldout_batch(folder: Path, shape) -> np.ndarray:
     """Held-out images (scripts/demo_data.py's evaluation seed, one folder per class) at ``shape``, normalized as
     the model expects; the classes interleaved, so every batch holds several."""
-    from gap_deploy.runtime.images import collect_images, load_image, normalize
+    from gap_deploy.runtime.images import collect_images
     from gap_deploy.runtime.metadata import ModelMetadata
 
     files = sorted(collect_images(sorted(p for p in folder.iterdir() if p.is_dir())),
                    key=lambda p: (p.stem, p.parent.name))
     n, c, h, w = shape
     meta = ModelMetadata(in_channels=c)
-    return np.stack([normalize(load_image(f, c, (h, w)), meta) for f in files[:n]]).astype(np.float32)
+    contract = meta.preprocessing((h, w))  # the model's own preprocessing, at this size
+    return np.stack([contract.load(f, c) for f in files[:n]]).astype(np.float32)
 
 
 if __name__ == "__main__":

@@ -1066,7 +1066,7 @@ def test_an_image_that_becomes_a_fifo_between_check_and_open_never_blocks(tmp_pa
     import threading
 
     from gap_deploy.runtime.errors import ArtifactError
-    from gap_deploy.runtime.images import load_image
+    from gap_deploy.runtime.preprocess import load_image
 
     fifo = tmp_path / "a.png"
     os.mkfifo(fifo)
@@ -1181,11 +1181,11 @@ def test_ctrl_c_while_gap_tune_decodes_exits_130_and_writes_nothing(labelled_set
     'interrupted' result with no figures, and the table's formatting crashed (KeyError, exit 1)."""
     from PIL import Image
 
-    import gap_deploy.runtime.images as images
+    from gap_deploy.runtime.preprocess import Preprocess
 
     for i in range(4):
         Image.new("RGB", (12 + i, 12), (i, 50, 90)).save(labelled_set / "class1" / f"x{i}.png")
-    real, calls = images.load_image, []
+    real, calls = Preprocess.read, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -1193,7 +1193,7 @@ def test_ctrl_c_while_gap_tune_decodes_exits_130_and_writes_nothing(labelled_set
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(images, "load_image", interrupted)
+    monkeypatch.setattr(Preprocess, "read", interrupted)
     out = tmp_path / "t.json"
     result = CliRunner().invoke(gap_tune, [str(reference_onnx), "--data", str(labelled_set), "--sizes", "16",
                                            "--json", str(out)])

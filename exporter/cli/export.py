@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -9,6 +10,7 @@ import click
 from gap_deploy.exporter.cli.build import (
     build_config,
     engine_options,
+    grouped,
     precision_options,
     print_build,
     print_variant,
@@ -51,6 +53,47 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+def preprocess_job(args):
+    """gap-export's preprocessing options (a namespace from ``grouped``) as a PreprocessJob."""
+    from gap_deploy.exporter.pipeline import PreprocessJob
+
+    fields = ("resize", "crop_fraction", "interpolation", "antialias", "space", "channel_order", "pixel_scale",
+              "pad_value")
+    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    if "pixel_scale" in overrides:
+        overrides["pixel_scale"] = float(overrides["pixel_scale"])
+    return PreprocessJob(source=args.preprocess, overrides=overrides, check=args.check_transform, images=args.images)
+
+
+preprocess_options = grouped("preprocess_args", [
+    click.option("--preprocess", metavar="FILE.py:fn|module:fn|timm",
+                 help="Where the preprocessing comes from: a function returning your torchvision eval transform "
+                      "(Resize, CenterCrop, ToTensor, Normalize; v1 or v2), or timm (the model's pretrained_cfg). "
+                      "It is stored in every artifact and checked on image files before anything is written."),
+    click.option("--check-transform", metavar="FILE.py:fn|module:fn",
+                 help="The transform the check runs against the contract. Default: the --preprocess transform."),
+    click.option("--images", type=click.Path(path_type=Path),
+                 help="Image files for the preprocessing check (up to 32). Default: images drawn with natural "
+                      "statistics: 500x375, 375x500, 1280x720, 33x97, gray, RGBA and 16-bit."),
+    click.option("--resize", type=click.Choice(["none", "stretch", "shorter-side", "letterbox"]),
+                 help="Resize policy (overrides --preprocess): none (each image's own size), stretch, shorter-side "
+                      "(+ centre crop), letterbox (fit and pad). Default without --preprocess: none."),
+    click.option("--crop-fraction", type=click.FloatRange(0.05, 1.0),
+                 help="Share of the resized image the centre crop keeps (shorter-side/stretch), e.g. 0.875."),
+    click.option("--interpolation", type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos"]),
+                 help="Resize interpolation (overrides --preprocess). Default: bilinear."),
+    click.option("--antialias/--no-antialias", default=None,
+                 help="Antialias when downscaling (--no-antialias needs --resize-space float)."),
+    click.option("--resize-space", "space", type=click.Choice(["uint8", "float"]),
+                 help="Where the resize runs: uint8 (Pillow on the 8-bit image, as torchvision on PIL images) or "
+                      "float (torch's interpolate, as torchvision on float tensors). Default: float."),
+    click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), help="Model input channel order. Default: RGB."),
+    click.option("--pixel-scale", type=click.Choice(["1", "255"]),
+                 help="Pixels run 0-1 (ToTensor) or 0-255 before Normalize. Default: 1."),
+    click.option("--pad-value", type=click.IntRange(0, 255), help="Letterbox border value (0-255). Default: 0."),
+])
+
+
 @gap_command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
@@ -58,8 +101,9 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 @click.option("--dynamic", is_flag=True,
               help="Symbolic batch, height and width (any size >= the model's minimum). "
                    "Without it the model is static at --batch x C x --imgsz.")
-@click.option("--imgsz", default="224", show_default=True, metavar="N|HxW",
-              help="Example (static: the only) input size.")
+@click.option("--imgsz", metavar="N|HxW",
+              help="Example (static: the only) input size. Default: the size the preprocessing makes (the "
+                   "transform's CenterCrop), else 224.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Batch size of a static export.")
 @click.option("--arch", metavar="MODULE:CALLABLE",
@@ -75,6 +119,7 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
               "the metadata. Default: ImageNet's (0.485,0.456,0.406) for 3 channels, 0.5 otherwise.")
 @click.option("--std", metavar="S1,S2,...", help="Input normalization std. Default: ImageNet's "
               "(0.229,0.224,0.225) for 3 channels, 0.5 otherwise.")
+@preprocess_options
 @click.option("--opset", default=DEFAULT_OPSET, show_default=True,
               type=click.IntRange(SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1), help="ONNX opset.")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (parity is checked after it).")
@@ -108,8 +153,8 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
 @sign_key_option
 @report_errors
 def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoint, class_names, mean, std,
-         opset, simplify, keep_stack_traces, verify, verify_shapes, atol, rtol, report, precision, calib, int8_layout,
-         variant_args, engine, engine_args, summary):
+         preprocess_args, opset, simplify, keep_stack_traces, verify, verify_shapes, atol, rtol, report, precision,
+         calib, int8_layout, variant_args, engine, engine_args, summary):
     """Export the GAP CNN in MODEL (a state_dict .pt/.pth, a checkpoint dict or .safetensors) to ONNX.
 
     The model is verified against PyTorch with ONNX Runtime before the file is written; a model that
@@ -118,7 +163,8 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
         gap-export model.pt --dynamic
     """
     check_input_file(model, "checkpoint")  # before torch is imported: a typo answers at once
-    size = image_size(imgsz)
+    size = image_size(imgsz or "224")
+    preprocess = replace(preprocess_job(preprocess_args), size_given=imgsz is not None)
     mean_v, std_v = floats(mean), floats(std)
     names = _read_class_names(class_names) if class_names else None
     out_path = output or onnx_for_checkpoint(model)
@@ -140,7 +186,7 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
         plan = engine_path(out_path, precision)
         outputs.update({"the engine": plan, "the engine manifest": manifest_path(plan)})
     check_distinct({"MODEL": model, "--calib": calib, "--class-names": class_names,
-                    "--timing-cache": engine_args.timing_cache}, outputs)
+                    "--timing-cache": engine_args.timing_cache, "--images": preprocess.images}, outputs)
     engine_config = build_config(engine_args) if engine else None
     shapes = None
     if verify_shapes:
@@ -154,7 +200,7 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
                     options=ExportOptions(dynamic, size, batch, opset, names, mean_v, std_v, simplify,
                                           keep_stack_traces),
                     verify=verify, verify_shapes=shapes, tolerance=Tolerance(atol=atol, rtol=rtol),
-                    variant=variant, engine=engine_config)
+                    variant=variant, engine=engine_config, preprocess=preprocess)
     try:
         outcome = run_export(job, log=info)
     except ParityError as exc:
@@ -181,6 +227,12 @@ def print_outcome(outcome) -> None:
     for note in outcome.notes:
         info(f"Note: {note}")
     exp = outcome.export
+    if outcome.preprocess_check is not None:
+        click.echo(outcome.preprocess_check.format())
+    else:
+        contract = exp.metadata.preprocessing()
+        click.echo("Preprocessing contract (not checked: no transform given, see --preprocess):\n" + "\n".join(
+            f"  {step:>9}  {text}" for step, text in contract.steps()))
     if outcome.parity is not None:
         click.echo(outcome.parity.format_table())
     dims = ", ".join(map(str, exp.input_dims))
@@ -215,4 +267,6 @@ def report_payload(model, outcome) -> dict:
     return {"precision_variant": variant_report, "model": str(model), "output": str(outcome.path),
             "arch": outcome.arch, "dynamic": exp.dynamic, "input_dims": list(exp.input_dims),
             "output_dims": list(exp.output_dims), "opset": exp.opset, "metadata": exp.metadata.to_props(),
-            "notes": list(outcome.notes), "parity": outcome.parity.to_dict() if outcome.parity else None}
+            "notes": list(outcome.notes), "parity": outcome.parity.to_dict() if outcome.parity else None,
+            "preprocess": (outcome.preprocess_check.to_dict() if outcome.preprocess_check is not None
+                           else {"contract": dict(exp.metadata.preprocessing().steps()), "checked": False})}

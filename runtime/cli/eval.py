@@ -40,7 +40,12 @@ def named_artifacts(artifacts) -> dict[str, Path]:
 @click.option("--data", "folder", required=True, type=click.Path(path_type=Path),
               help="Labelled images: one sub-folder per class, named like the model's classes.")
 @click.option("--imgsz", "sizes", multiple=True, metavar="N|HxW",
-              help="Resize every image to this size; repeat for a sweep. Default: each image at its own size.")
+              help="The input size, in place of the model's preprocessing's own (its resize policy, crop and "
+                   "interpolation kept); repeat for a sweep. Default: the model's preprocessing as stored.")
+@click.option("--decode", type=click.Choice(["exact", "fast", "both"]), default="exact", show_default=True,
+              help="exact: the preprocessing to the letter; fast: JPEGs decoded at reduced scale and resized as "
+                   "8-bit (see gap-run --decode); both: every artifact both ways, side by side, with their top-1 "
+                   "agreement and how far the probability of the true class moves.")
 @click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
               help="Most images of one size run together.")
@@ -48,7 +53,7 @@ def named_artifacts(artifacts) -> dict[str, Path]:
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write a PNG of accuracy against input size (needs matplotlib: gap-deploy[plot]).")
 @report_errors
-def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
+def main(artifacts, folder, sizes, decode, backend, batch_size, json_path, plot_path):
     """Accuracy of ARTIFACTS (.onnx, .plan, .xml, bundles; NAME=PATH to name them) on a labelled folder, at one
     or more sizes.
 
@@ -78,9 +83,11 @@ def main(artifacts, folder, sizes, backend, batch_size, json_path, plot_path):
     from gap_deploy.runtime.stream import StreamStats
 
     stats = StreamStats()
-    with click.progressbar(length=max(count * len(parsed), 1), label="Evaluating", file=sys.stderr) as bar:
+    decodes = ("exact", "fast") if decode == "both" else (decode,)
+    with click.progressbar(length=max(count * len(parsed) * len(decodes), 1), label="Evaluating",
+                           file=sys.stderr) as bar:
         result = evaluate(named, folder, parsed, backend=backend, batch_size=batch_size, progress=bar.update,
-                          stats=stats)
+                          stats=stats, decodes=decodes)
     click.echo(format_table(result))
     info(stats.summary())
     if json_path:

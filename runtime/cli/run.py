@@ -144,8 +144,8 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
     gap-pack bundle).
 
     Images become the model's input as its preprocessing contract says (resize policy, interpolation, crop,
-    channel order, scale, mean/std: stored in the model by gap-export, and the same in every runtime). Files that cannot be read or are too small are
-    reported and skipped; the exit code is then 1.
+    channel order, scale, mean/std: stored in the model by gap-export, and the same in every runtime). Files
+    that cannot be read or are too small are reported and skipped; the exit code is then 1.
 
     With --ray, Ray Data reads and classifies the images on a local Ray or a cluster and writes one
     Parquet row per image to --output (the same answers as without --ray). With --server, a Triton server

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 from gap_deploy import runtime  # noqa: E402
 from gap_deploy.runtime.cli.eval import main  # noqa: E402
 from gap_deploy.runtime.evaluate import evaluate  # noqa: E402
-from gap_deploy.runtime.images import load_image, normalize  # noqa: E402
+from gap_deploy.runtime.preprocess import load_image, normalize  # noqa: E402
 from tests.conftest import assert_clean_failure  # noqa: E402
 
 CLASSES = tuple(f"class{i}" for i in range(10))  # the reference fixture's class names

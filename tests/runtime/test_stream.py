@@ -84,13 +84,16 @@ def folder(tmp_path_factory):
 
 def load_everything(session, paths, topk=5, batch_size=16):
     """Today's path before streaming, written out: every image decoded first, then Session.run_many."""
-    from gap_deploy.runtime.classify import prepare_image, top_classes
-    from gap_deploy.runtime.images import load_image
+    from gap_deploy.runtime.classify import top_classes
+    from gap_deploy.runtime.preprocess import load_image, normalize
+    from gap_deploy.runtime.validation import check_image
 
     ready, errors = [], []
     for path in paths:
         try:
-            ready.append((path, prepare_image(session, load_image(path, 3))))
+            chw = normalize(load_image(path, 3), session.metadata)
+            check_image(chw, session.input_spec)
+            ready.append((path, chw))
         except ArtifactError:
             errors.append(str(path))
     logits = session.run_many([chw for _, chw in ready], max_batch=batch_size)

@@ -41,7 +41,8 @@ def test_folder_with_one_broken_file(folder, reference_onnx):
 
 def test_results_match_the_session_on_normalized_pixels(folder, reference_onnx):
     from gap_deploy import runtime
-    from gap_deploy.runtime.images import load_image, normalize, softmax
+    from gap_deploy.runtime.images import softmax
+    from gap_deploy.runtime.preprocess import load_image, normalize
 
     result = CliRunner().invoke(main, [str(reference_onnx), str(folder / "rgb.png"), "--json", "-k", "10"])
     assert result.exit_code == 0, result.output
@@ -84,7 +85,7 @@ def test_many_images_show_progress(tmp_path, reference_onnx):
 def test_16_bit_and_float_images_keep_their_range(tmp_path):
     from PIL import Image
 
-    from gap_deploy.runtime.images import load_image
+    from gap_deploy.runtime.preprocess import load_image
 
     ramp = np.linspace(0, 1, 32 * 40).reshape(32, 40)
     Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "g16.png")
@@ -110,7 +111,7 @@ def test_grayscale_models_run_on_8_bit_images_like_rgb_ones(tmp_path):
 
     from gap_deploy.exporter import export_onnx, load_model
     from gap_deploy.runtime.cli.eval import main as evaluate
-    from gap_deploy.runtime.images import load_image
+    from gap_deploy.runtime.preprocess import load_image
     from tests.conftest import make_reference
 
     ckpt = tmp_path / "gray.pt"
