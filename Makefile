@@ -3,11 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# A second environment: a user's workstation with torchvision and timm (see constraints/torchvision.txt), where the
+# tests run gap-export --preprocess and the user's own transforms, and judge this one's results against them.
+TVENV  := .venv-tv
+TVSTAMP := $(TVENV)/.installed
 EXTRAS ?= cpu,dev
 
 .PHONY: venv test test-fast test-gpu demo lint clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(TVSTAMP)
 
 # Rebuilt only when the dependency declarations change, so a second `make venv` takes no time.
 $(STAMP): pyproject.toml constraints/cpu.txt Makefile
@@ -21,6 +25,12 @@ $(STAMP): pyproject.toml constraints/cpu.txt Makefile
 	# Only its binaries are used, so none of its Python dependencies (it pins numpy < 2) are installed.
 	$(BIN)/python -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
+
+$(TVSTAMP): pyproject.toml constraints/torchvision.txt Makefile
+	test -x $(TVENV)/bin/python || $(PYTHON) -m venv $(TVENV)
+	$(TVENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TVENV)/bin/python -m pip install --quiet -c constraints/torchvision.txt -e '.[cpu]' torchvision timm
+	touch $(TVSTAMP)
 
 test: venv
 	$(BIN)/python -m pytest -q
@@ -42,4 +52,4 @@ lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) demo *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TVENV) demo *.egg-info .pytest_cache .ruff_cache

@@ -174,16 +174,25 @@ def expected_probs(work: Path, spec: str, onnx: Path, files: list[Path]) -> dict
     return {k: np.asarray(v) for k, v in json.loads(out.read_text()).items()}
 
 
+_EXPORTS: dict = {}
+
+
+def export_with(work: Path, name: str):
+    """gap-export --preprocess user_transforms.py:<name> in the torchvision environment, and the user's own
+    probabilities: their transform + onnxruntime on the exported ONNX (once per module)."""
+    if name not in _EXPORTS:
+        onnx = work / f"{name}.onnx"
+        result = tv(TV / "gap-export", "gapcnn.pt", "--dynamic", "--preprocess", f"user_transforms.py:{name}",
+                    "--class-names", "names.txt", "-o", onnx, "--report", f"{name}.json", cwd=work)
+        assert "Checked against user_transforms.py:" in result.stdout
+        _EXPORTS[name] = (name, onnx, expected_probs(work, name, onnx, photos(work)),
+                          json.loads((work / f"{name}.json").read_text()))
+    return _EXPORTS[name]
+
+
 @pytest.fixture(scope="module", params=["bilinear", "bicubic", "v2_bicubic", "tensor_antialias"])
 def exported(work, request):
-    """gap-export --preprocess user_transforms.py:<name> in the torchvision environment, and the user's own
-    probabilities: their transform + onnxruntime on the exported ONNX."""
-    name = request.param
-    onnx = work / f"{name}.onnx"
-    result = tv(TV / "gap-export", "gapcnn.pt", "--dynamic", "--preprocess", f"user_transforms.py:{name}",
-                "--class-names", "names.txt", "-o", onnx, "--report", f"{name}.json", cwd=work)
-    assert "Checked against user_transforms.py:" in result.stdout
-    return name, onnx, expected_probs(work, name, onnx, photos(work)), json.loads((work / f"{name}.json").read_text())
+    return export_with(work, request.param)
 
 
 def by_class(top: list[dict]) -> np.ndarray:
@@ -236,14 +245,13 @@ def test_gap_eval_gives_the_user_s_top1(work, exported):
     assert result.scores["m"]["native"].predictions == [int(np.argmax(expected[str(f)])) for f in files]
 
 
-def test_ray_workers_give_the_user_s_probabilities(work, exported, tmp_path):
+@pytest.mark.parametrize("name", ["bicubic", "tensor_antialias"])  # a Pillow and a float contract
+def test_ray_workers_give_the_user_s_probabilities(work, name, tmp_path):
     import ray
 
     from gap_deploy.runtime.batch import BatchJob, connect, read_results, run_batch
 
-    name, onnx, expected, _ = exported
-    if name not in ("bicubic", "tensor_antialias"):
-        pytest.skip("one Pillow and one float contract through Ray")
+    name, onnx, expected, _ = export_with(work, name)
     os.environ.pop("RAY_ADDRESS", None)
     connect("auto", num_cpus=2)
     try:
@@ -259,17 +267,16 @@ def test_ray_workers_give_the_user_s_probabilities(work, exported, tmp_path):
         np.testing.assert_allclose(got, expected[row["path"]], atol=1e-4, rtol=0)
 
 
-def test_a_real_tritonserver_gives_the_user_s_probabilities(work, exported, tmp_path):
+@pytest.mark.parametrize("name", ["bicubic", "tensor_antialias"])  # a Pillow and a float contract
+def test_a_real_tritonserver_gives_the_user_s_probabilities(work, name, tmp_path):
     pytest.importorskip("tritonclient.http")
     from gap_deploy.exporter.triton import ServeOptions, write_repository
     from gap_deploy.runtime.cli.run import main
     from tests.triton_server import distribution, tritonserver
 
-    name, onnx, expected, _ = exported
     if distribution() is None:
         pytest.skip("the tritonserver bundled by nvidia-pytriton is not installed (make venv installs it)")
-    if name not in ("bicubic", "tensor_antialias"):
-        pytest.skip("one Pillow and one float contract through Triton")
+    name, onnx, expected, _ = export_with(work, name)
     paths = (str(ROOT), *site.getsitepackages())
     write_repository([onnx], tmp_path / "repo", ServeOptions(backend="python", python_paths=paths, max_batch=8))
     with tritonserver(tmp_path / "repo", tmp_path) as (url, _):
