@@ -9,6 +9,7 @@ with a message, in bounded time.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import struct
 import subprocess
@@ -1617,6 +1618,70 @@ def _repo_edit(ws, how):
     else:
         text = text.replace("dims: [ 3, 224, 224 ]", "dims: [ 3, 600, 224 ]")
     path.write_text(text)
+
+
+def _lying_contract(ws, **change):
+    """model.onnx with its gap.preprocess edited: a contract written by hand."""
+    import onnx
+
+    model = onnx.load(str(ws / "model.onnx"))
+    prop = next(p for p in model.metadata_props if p.key == "gap.preprocess")
+    values = json.loads(prop.value) | {"resize": "shorter-side", "size": [32, 32]} | change
+    prop.value = json.dumps(values)
+    onnx.save(model, str(ws / "lying.onnx"))
+    _images(ws, "a.png")
+    _labelled(ws, "class0")
+
+
+# Issue 29: the preprocessing contract, where it comes from and what a forged one does
+PREPROCESS = {
+    "run-contract-crop-zero": Case("run", ["lying.onnx", "imgs"], 1, "crop_fraction 0 is outside 0.05 to 1",
+                                   setup=lambda ws: _lying_contract(ws, crop_fraction=0)),
+    "run-contract-crop-five": Case("run", ["lying.onnx", "imgs"], 1, "crop_fraction 5 is outside 0.05 to 1",
+                                   setup=lambda ws: _lying_contract(ws, crop_fraction=5)),
+    "run-contract-interpolation": Case("run", ["lying.onnx", "imgs"], 1, "interpolation 'sinc' is not one of",
+                                       setup=lambda ws: _lying_contract(ws, interpolation="sinc")),
+    "run-contract-huge-size": Case("run", ["lying.onnx", "imgs"], 1, "needs a size of 1 to 16384",
+                                   setup=lambda ws: _lying_contract(ws, size=[10 ** 9, 10 ** 9])),
+    "eval-contract-lies": Case("eval", ["lying.onnx", "--data", "lab", "--json", "e.json"], 1,
+                               "gap.preprocess", ["e.json"], lambda ws: _lying_contract(ws, crop_fraction=5)),
+    "tune-contract-lies": Case("tune", ["lying.onnx", "--data", "lab", "--json", "t.json"], 1,
+                               "gap.preprocess", ["t.json"], lambda ws: _lying_contract(ws, pixel_scale=3)),
+    "export-preprocess-missing-file": Case("export", [*EXPORT, "-o", "out.onnx", "--preprocess", "nope.py:make"], 1,
+                                           "--preprocess file nope.py does not exist", ["out.onnx"]),
+    "export-preprocess-not-importable": Case("export", [*EXPORT, "-o", "out.onnx", "--preprocess", "bad.py:make"],
+                                             1, "cannot import --preprocess module 'bad.py'", ["out.onnx"],
+                                             lambda ws: (ws / "bad.py").write_text("import no_such_thing_xyz\n")),
+    "export-preprocess-no-colon": Case("export", [*EXPORT, "-o", "out.onnx", "--preprocess", "make"], 1,
+                                       "is not of the form MODULE:CALLABLE", ["out.onnx"]),
+    "export-preprocess-not-a-transform": Case("export", [*EXPORT, "-o", "out.onnx", "--preprocess", "t.py:make"], 1,
+                                              "step 1 of the transform", ["out.onnx"],
+                                              lambda ws: (ws / "t.py").write_text("def make():\n    return 42\n")),
+    "export-preprocess-raises": Case("export", [*EXPORT, "-o", "out.onnx", "--preprocess", "t.py:make"], 1,
+                                     "calling it failed", ["out.onnx"],
+                                     lambda ws: (ws / "t.py").write_text("def make():\n    1 / 0\n")),
+    "export-preprocess-timm-missing": Case("export", [*EXPORT, "-o", "out.onnx", "--preprocess", "timm"], 1,
+                                           "timm", ["out.onnx"]),
+    "export-crop-fraction-range": Case("export", [*EXPORT, "-o", "out.onnx", "--resize", "shorter-side",
+                                                  "--crop-fraction", "5"], 2, "--crop-fraction", ["out.onnx"]),
+    "export-crop-without-resize": Case("export", [*EXPORT, "-o", "out.onnx", "--crop-fraction", "0.8"], 2,
+                                       "--crop-fraction needs a resize policy that crops", ["out.onnx"]),
+    "export-no-antialias-in-pillow": Case("export", [*EXPORT, "-o", "out.onnx", "--resize", "stretch",
+                                                     "--resize-space", "uint8", "--no-antialias"], 1,
+                                          "always antialiases", ["out.onnx"]),
+    "export-imgsz-against-transform": Case("export", ["model.pt", "--dynamic", "--imgsz", "32", "-o", "out.onnx",
+                                                      "--resize", "stretch", "--check-transform", "nope.py:f"], 1,
+                                           "--check-transform file nope.py does not exist", ["out.onnx"]),
+    "export-images-missing": Case("export", [*EXPORT, "-o", "out.onnx", "--check-transform", "t.py:make",
+                                             "--images", "nowhere"], 2, "--images nowhere is not a folder",
+                                  ["out.onnx"],
+                                  lambda ws: (ws / "t.py").write_text("def make():\n    return lambda im: im\n")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREPROCESS))
+def test_preprocessing_bad_input(name, base, tmp_path, monkeypatch):
+    _run_case(name, PREPROCESS[name], base, tmp_path, monkeypatch)
 
 
 def test_round_four_adds_at_least_60_cases_here():

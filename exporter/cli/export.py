@@ -165,6 +165,8 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     check_input_file(model, "checkpoint")  # before torch is imported: a typo answers at once
     size = image_size(imgsz or "224")
     preprocess = replace(preprocess_job(preprocess_args), size_given=imgsz is not None)
+    if preprocess.images is not None and not preprocess.images.is_dir():
+        raise click.BadParameter(f"--images {preprocess.images} is not a folder of images.", param_hint="--images")
     mean_v, std_v = floats(mean), floats(std)
     names = _read_class_names(class_names) if class_names else None
     out_path = output or onnx_for_checkpoint(model)
