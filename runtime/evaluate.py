@@ -159,8 +159,10 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
     stats = stats if stats is not None else StreamStats()
     sessions = {}
     try:
+        from gap_deploy.runtime.stream import inference_threads
+
         for name, path in artifacts.items():
-            sessions[name] = runtime.load(path, backend)
+            sessions[name] = runtime.load(path, backend, threads=inference_threads())
         metas = {name: s.metadata for name, s in sessions.items()}
         first = next(iter(metas.values()))
         for name, meta in metas.items():

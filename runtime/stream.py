@@ -90,6 +90,14 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
+def inference_threads() -> int:
+    """CPU threads for the model while a stream decodes: the cores the decoding threads leave. Measured on 2 cores
+    (scripts/bench_decode.py's 2,000 JPEGs of 500x375 at 224, the demo model): ONNX Runtime's default (a thread per
+    core, spinning while idle) 205 images/s, one thread 306; 3,000 48x48 PNGs 4,648 against 5,572; at 512 px,
+    where inference dominates, 54 against 56."""
+    return max(1, (os.cpu_count() or 1) - default_workers())
+
+
 def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, batch_size: int = 16,
                    window: int | None = None, workers: int | None = None,
                    stats: StreamStats | None = None, budget_bytes: int | None = None) -> Iterator[Batch]:

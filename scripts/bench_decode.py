@@ -34,7 +34,6 @@ from checkout import use_checkout  # noqa: E402
 
 use_checkout()
 BIN = Path(sys.executable).parent
-SIZE = "224"
 
 
 def make_photos(heldout: Path, root: Path, per_class: int) -> Path:
@@ -94,12 +93,13 @@ def cpu_bound(model: Path, files: list[Path], batch: int = 16) -> dict:
     """Core-seconds per image of decoding alone and of inference alone, in this process (bench_stream's bound)."""
     from gap_deploy import runtime
     from gap_deploy.runtime.classify import image_loader
+    from gap_deploy.runtime.stream import inference_threads
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    with runtime.load(model, "ort-cpu") as session:
+    with runtime.load(model, "ort-cpu", threads=inference_threads()) as session:  # as gap-run runs it
         load = image_loader(session, (224, 224))
         t0 = cpu()
         images = [load(p) for p in files]
@@ -118,8 +118,10 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout", type=Path, default=ROOT / "demo" / "heldout")
     parser.add_argument("--per-class", type=int, default=6)
     parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--size", default="224", help="--imgsz of the photo runs (the small JPEGs run at 224)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    size = args.size
     if not args.model.exists() or not args.heldout.is_dir():
         print(f"{args.model} or {args.heldout} is missing: run `make demo` first.", file=sys.stderr)
         return 2
@@ -131,24 +133,25 @@ def main(argv=None) -> int:
         runs = {}
         for decode in ("exact", "fast"):
             runs[decode] = whole_process([str(BIN / "gap-eval"), str(args.model), "--data", str(photos),
-                                          "--imgsz", SIZE, "--decode", decode])
+                                          "--imgsz", size, "--decode", decode])
             print(f"gap-eval --decode {decode}: {count} photos of 4000x3000 in {runs[decode]['wall_s']:.1f} s = "
                   f"{ips(runs[decode], count):.2f} images/s", flush=True)
         both = root / "both.json"
-        whole_process([str(BIN / "gap-eval"), str(args.model), "--data", str(photos), "--imgsz", SIZE,
+        whole_process([str(BIN / "gap-eval"), str(args.model), "--data", str(photos), "--imgsz", size,
                        "--decode", "both", "--json", str(both)])
         result = json.loads(both.read_text())
         name = Path(args.model).stem
         pair = f"{name} (exact) vs {name} (fast)"
-        photo = {"images": count, "exact_ips": ips(runs["exact"], count), "fast_ips": ips(runs["fast"], count),
-                 "top1_exact": result["accuracy"][f"{name} (exact)"]["224"]["top1"],
-                 "top1_fast": result["accuracy"][f"{name} (fast)"]["224"]["top1"],
-                 "top1_agreement": result["agreement"]["224"][pair],
-                 "true_class_probability_difference": result["probability_difference"]["224"][pair]}
+        photo = {"size": size, "images": count, "exact_ips": ips(runs["exact"], count),
+                 "fast_ips": ips(runs["fast"], count),
+                 "top1_exact": result["accuracy"][f"{name} (exact)"][size]["top1"],
+                 "top1_fast": result["accuracy"][f"{name} (fast)"][size]["top1"],
+                 "top1_agreement": result["agreement"][size][pair],
+                 "true_class_probability_difference": result["probability_difference"][size][pair]}
         photo["speedup"] = photo["fast_ips"] / photo["exact_ips"]
         folders = [str(p) for p in sorted(photos.iterdir())]
         for decode in ("exact", "fast"):
-            run = whole_process([str(BIN / "gap-run"), str(args.model), *folders, "--imgsz", SIZE, "--decode",
+            run = whole_process([str(BIN / "gap-run"), str(args.model), *folders, "--imgsz", size, "--decode",
                                  decode, "--json"])
             photo[f"gap_run_{decode}_ips"] = ips(run, count)
         photo["gap_run_speedup"] = photo["gap_run_fast_ips"] / photo["gap_run_exact_ips"]
@@ -162,9 +165,9 @@ def main(argv=None) -> int:
         small = make_small(root, args.small)
         files = sorted(small.iterdir())
         bound = cpu_bound(args.model, files[:500])
-        run = whole_process([str(BIN / "gap-run"), str(args.model), str(small), "--imgsz", SIZE, "--json"])
+        run = whole_process([str(BIN / "gap-run"), str(args.model), str(small), "--imgsz", "224", "--json"])
         fewer = make_small(root, 500)
-        run_500 = whole_process([str(BIN / "gap-run"), str(args.model), str(fewer), "--imgsz", SIZE, "--json"])
+        run_500 = whole_process([str(BIN / "gap-run"), str(args.model), str(fewer), "--imgsz", "224", "--json"])
         pools = decode_pools(args.model, files[:1000])
         small_report = {"images": len(files), "gap_run_ips": ips(run, len(files)), **bound,
                         "fraction_of_bound": ips(run, len(files)) / bound["bound_ips"],

@@ -174,7 +174,10 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
     paths = collect_images(images)
     if not paths:
         fail(f"no image files in {', '.join(map(str, images))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
-    session = runtime.load(artifact, backend, trust_engine=trust_engine, verify_key=verify_key or None)
+    from gap_deploy.runtime.stream import inference_threads
+
+    session = runtime.load(artifact, backend, trust_engine=trust_engine, verify_key=verify_key or None,
+                           threads=inference_threads())
     if size:
         check_memory((batch_size, session.spec.channels, *size), "--imgsz with --batch-size")
     info(f"{artifact} on {session.backend}: {len(paths)} image(s)")
