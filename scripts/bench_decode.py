@@ -56,6 +56,8 @@ def make_small(root: Path, count: int) -> Path:
     from gap_deploy.exporter.preprocess import natural_image
 
     unique, folder = root / "unique", root / f"small_{count}"
+    if folder.exists():
+        return folder
     if not unique.exists():
         unique.mkdir()
         rng = __import__("numpy").random.default_rng(0)
