@@ -49,7 +49,7 @@ def _inputs(job: DebugJob, channels: int, meta) -> list[np.ndarray]:
         if not files:
             raise UsageError(f"no image files in {job.images} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
         check_chunk_memory([(1, channels, *job.imgsz)] * len(files), job.chunk)
-        contract = meta.preprocessing(job.imgsz).validate(channels)  # the model's own preprocessing, at --imgsz
+        contract = meta.preprocessing(job.imgsz, channels)  # the model's own preprocessing, at --imgsz
         return [contract.load(f, channels)[None].astype(np.float32) for f in files]
     shapes = list(job.shapes) or [(1, channels, *job.imgsz)]
     rng = np.random.default_rng(0)

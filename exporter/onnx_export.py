@@ -138,6 +138,16 @@ def strip_stack_traces(model) -> int:
     return removed
 
 
+def check_normalization(mean, std, channels: int) -> None:
+    """--mean/--std: 1 or ``channels`` values each, every std > 0."""
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) not in (1, channels):
+            raise ExportError(f"{name} has {len(values)} values; the model has {channels} input channels.",
+                              hint=f"give 1 or {channels} comma-separated values.")
+    if std is not None and any(v <= 0 for v in std):
+        raise ExportError("std values must be > 0 (they divide the pixels).")
+
+
 def export_model(
     loaded: LoadedModel,
     *,
@@ -176,12 +186,7 @@ def export_model(
     if class_names is not None and len(class_names) != num_classes:
         raise ExportError(f"{len(class_names)} class names given but the model has {num_classes} classes.",
                           hint="give one name per class, in class-index order.")
-    for name, values in (("mean", mean), ("std", std)):
-        if values is not None and len(values) not in (1, channels):
-            raise ExportError(f"{name} has {len(values)} values; the model has {channels} input channels.",
-                              hint=f"give 1 or {channels} comma-separated values.")
-    if std is not None and any(v <= 0 for v in std):
-        raise ExportError("std values must be > 0 (they divide the pixels).")
+    check_normalization(mean, std, channels)
     default_mean, default_std = default_normalization(channels)
     if preprocess is not None:
         mean = mean if mean is not None else preprocess.mean

@@ -157,6 +157,7 @@ def resolve_preprocess(job: ExportJob, loaded):
     """The export options with the preprocessing contract filled in, and the transform it came from (or None)."""
     from dataclasses import replace
 
+    from gap_deploy.exporter.onnx_export import check_normalization
     from gap_deploy.exporter.preprocess import PreprocessError, contract_from_transform, load_transform, timm_transform
     from gap_deploy.runtime.preprocess import Preprocess
 
@@ -168,10 +169,7 @@ def resolve_preprocess(job: ExportJob, loaded):
         transform = load_transform(spec.source)
     contract = contract_from_transform(transform, loaded.in_channels) if transform is not None else Preprocess()
     overrides = dict(spec.overrides)
-    for name, values in (("mean", opts.mean), ("std", opts.std)):
-        if values is not None and len(values) not in (1, loaded.in_channels):
-            raise ExportError(f"--{name} has {len(values)} values; the model has {loaded.in_channels} input channels.",
-                              hint=f"give 1 or {loaded.in_channels} comma-separated values.")
+    check_normalization(opts.mean, opts.std, loaded.in_channels)
     if opts.mean is not None:
         overrides["mean"] = opts.mean
     if opts.std is not None:

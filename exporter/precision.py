@@ -207,7 +207,7 @@ def load_calibration(source: str | Path, spec: ArtifactSpec, *, size: tuple[int,
     files = collect_images([source])[:limit]
     if not files:
         raise ArtifactError(f"calibration folder {source} holds no image files.")
-    contract = metadata.preprocessing(size).validate(channels)  # the model's own preprocessing, at the size
+    contract = metadata.preprocessing(size, channels)  # the model's own preprocessing, at the size
     batch = [contract.load(f, channels) for f in files]
     return np.stack(batch).astype(np.float32)
 

@@ -133,7 +133,7 @@ class Classifier:
         self.topk, self.logits, self.decode = topk, logits, decode
         self.channels = self.session.spec.channels
         # the model's preprocessing contract: the one implementation gap-run, gap-eval and Triton's client use
-        self.contract = self.session.metadata.preprocessing(imgsz).validate(self.channels)
+        self.contract = self.session.metadata.preprocessing(imgsz, self.channels)
 
     def __call__(self, batch: dict) -> dict:
         from gap_deploy.runtime.classify import top_classes

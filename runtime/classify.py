@@ -29,9 +29,8 @@ def top_classes(logits: np.ndarray, meta: ModelMetadata, k: int) -> list[dict]:
 def image_loader(session, imgsz=None, *, decode: str = "exact"):
     """``path -> input tensor`` for ``session``: its model's preprocessing contract (at ``imgsz`` when given,
     runtime.preprocess), then the size and profile checks, so one bad file fails alone."""
-    contract = session.metadata.preprocessing(imgsz)
     channels = session.spec.channels
-    contract.validate(channels)
+    contract = session.metadata.preprocessing(imgsz, channels)
 
     def load(path):
         chw = contract.load(path, channels, decode=decode)

@@ -191,12 +191,12 @@ def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
             for run, (name, decode) in runs.items():
                 session = sessions[name]
                 contract = session.metadata.preprocessing(size)
-                key = (contract, contract.space_for(decode), decode, session.spec.channels, session.input_spec)
+                key = (contract, decode, session.spec.channels, session.input_spec)
                 groups.setdefault(key, []).append(run)
             top5 = {run: np.full((count, 5), -1) for run in runs}
             truth_prob = {run: np.full(count, np.nan) for run in runs}
             ok_mask = np.ones(count, bool)
-            for (_, _, decode, _, _), group in groups.items():
+            for (_, decode, _, _), group in groups.items():
                 load = image_loader(sessions[runs[group[0]][0]], size, decode=decode)
                 for batch in stream_batches(data.files, load, batch_size=batch_size, window=window, stats=stats):
                     if progress:

@@ -60,15 +60,18 @@ class ModelMetadata:
             return self.mean, self.std
         return default_normalization(self.in_channels or 3)
 
-    def preprocessing(self, size: tuple[int, int] | None = None):
-        """The model's preprocessing contract (runtime.preprocess), at ``size`` (``--imgsz``) when given. A model
-        exported without one gets the legacy contract: its own size, or stretched to ``size``."""
+    def preprocessing(self, size: tuple[int, int] | None = None, channels: int | None = None):
+        """The model's preprocessing contract (runtime.preprocess), at ``size`` (``--imgsz``) when given, checked
+        against the ``channels`` the model really takes when given. A model exported without one gets the legacy
+        contract: its own size, or stretched to ``size``."""
         from gap_deploy.runtime.preprocess import Preprocess, legacy
 
         mean, std = self.normalization()
         if self.preprocess is None:
-            return legacy(size, mean, std)
-        return Preprocess.from_json(self.preprocess, mean=mean, std=std).sized(size)
+            contract = legacy(size, mean, std)
+        else:
+            contract = Preprocess.from_json(self.preprocess, mean=mean, std=std).sized(size)
+        return contract.validate(channels) if channels is not None else contract
 
     def replace(self, **changes) -> ModelMetadata:
         values = asdict(self)

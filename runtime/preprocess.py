@@ -190,16 +190,14 @@ class Preprocess:
             return pixels
         out_h, out_w = self.size
         height, width = pixels.shape[:2]
-        if (height, width) == (out_h, out_w):
-            return pixels
         if out_w > width or out_h > height:
             pad_w, pad_h = max(out_w - width, 0), max(out_h - height, 0)
             pixels = np.pad(pixels, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
-            height, width = pixels.shape[:2]
-            if (height, width) == (out_h, out_w):
-                return pixels
-        top, left = int(round((height - out_h) / 2.0)), int(round((width - out_w) / 2.0))
-        return pixels[top:top + out_h, left:left + out_w]
+        box = self.crop_box(pixels.shape[1], pixels.shape[0])
+        if box is None:
+            return pixels
+        left, top, right, bottom = box
+        return pixels[top:bottom, left:right]
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(H, W) of the tensor made from an image of ``width`` x ``height``."""
@@ -276,7 +274,7 @@ class Preprocess:
             return self._pad(pixels, target, 1 / 255) if self.resize == "letterbox" else pixels
         if image.size != target:
             gap = 2.0 if decode == "fast" else None
-            image = image.resize(target, _PIL_FILTERS[self.interpolation], reducing_gap=gap)
+            image = image.resize(target, _pil_filter(self.interpolation), reducing_gap=gap)
         pixels = np.asarray(image)
         pixels = self._centre_crop(pixels[:, :, None] if pixels.ndim == 2 else pixels)
         return self._pad(pixels, target, 1) if self.resize == "letterbox" else pixels
@@ -363,20 +361,11 @@ def _scaled(size: int, crop_fraction: float) -> int:
     return size if crop_fraction == 1.0 else int(math.floor(size / crop_fraction + 1e-6))
 
 
-def _pil_filters():
+def _pil_filter(interpolation: str):
+    """Pillow's resampling filter of the same name (NEAREST, BILINEAR, BICUBIC, LANCZOS)."""
     from PIL import Image
 
-    r = Image.Resampling
-    return {"nearest": r.NEAREST, "bilinear": r.BILINEAR, "bicubic": r.BICUBIC, "lanczos": r.LANCZOS}
-
-
-class _Filters(dict):
-    def __missing__(self, key):
-        self.update(_pil_filters())
-        return dict.__getitem__(self, key)
-
-
-_PIL_FILTERS = _Filters()
+    return Image.Resampling[interpolation.upper()]
 
 
 # ------------------------------------------------------------------------------ torch's interpolate, reproduced
@@ -434,7 +423,7 @@ def resize_float(pixels: np.ndarray, size: tuple[int, int], interpolation: str =
     if antialias and interpolation in ("bilinear", "bicubic"):
         from PIL import Image
 
-        planes = [np.asarray(Image.fromarray(data[:, :, c]).resize((out_w, out_h), _PIL_FILTERS[interpolation]),
+        planes = [np.asarray(Image.fromarray(data[:, :, c]).resize((out_w, out_h), _pil_filter(interpolation)),
                              dtype=np.float32) for c in range(data.shape[2])]
         return np.ascontiguousarray(np.stack(planes, axis=2)[top:bottom, left:right])
     index, weight = (a[top:bottom] for a in axis_taps(height, out_h, interpolation))

@@ -259,8 +259,7 @@ def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5
 
     meta = remote.metadata
     channels = remote.spec.channels
-    contract = meta.preprocessing(imgsz)  # the contract the repository's config carries (gap.preprocess)
-    contract.validate(channels)
+    contract = meta.preprocessing(imgsz, channels)  # the contract the repository's config carries (gap.preprocess)
     paths = list(paths)
     results, errors, waiting = [], [], []
 

@@ -366,7 +366,7 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
         # the contract at that size (runtime.preprocess), made from images decoded once
         groups: dict[tuple, list] = {}
         for key, session in sessions.items():
-            contract = session.metadata.preprocessing().validate(channels[key])
+            contract = session.metadata.preprocessing(channels=channels[key])
             groups.setdefault((channels[key], contract, specs[key]), []).append(key)
         decode_started = time.perf_counter()
         held: dict[tuple, list] | None = {}  # (channels, contract) -> decoded images (None where unreadable)
