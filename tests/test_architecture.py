@@ -117,7 +117,7 @@ def test_gap_tune_runs_without_torch(reference_onnx, tmp_path):
 def _sources(package: str):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1] / "gap_deploy"
     return sorted((root / package).rglob("*.py"))
 
 
@@ -177,20 +177,16 @@ def test_a_missing_checkpoint_is_reported_before_torch_is_imported(tmp_path):
 
 # ---- the structure's rules (issue 19), read from the source --------------------------------------------------
 
-PACKAGES = {"gap_deploy.runtime": "runtime", "gap_deploy.exporter": "exporter"}
-
-
 def _module_files() -> dict:
-    """gap_deploy.* module name -> its file (a Path), as the installed package maps the folders."""
+    """gap_deploy.* module name -> its file (a Path): the import name is the path under the checkout."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     modules = {}
-    for package, folder in PACKAGES.items():
-        for path in sorted((root / folder).rglob("*.py")):
-            parts = path.relative_to(root / folder).with_suffix("").parts
-            parts = parts[:-1] if parts[-1] == "__init__" else parts
-            modules[".".join((package, *parts))] = path
+    for path in sorted((root / "gap_deploy").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        modules[".".join(parts)] = path
     return modules
 
 

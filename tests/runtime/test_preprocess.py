@@ -150,7 +150,7 @@ def test_fields_that_cannot_go_together_are_refused():
 
 def _package_files():
     for folder in ("runtime", "exporter"):
-        yield from (ROOT / folder).rglob("*.py")
+        yield from (ROOT / "gap_deploy" / folder).rglob("*.py")
 
 
 def test_there_is_one_implementation_of_image_to_tensor():
@@ -158,7 +158,7 @@ def test_there_is_one_implementation_of_image_to_tensor():
     module of the package calls Image.open, an image's .resize/.draft/.reduce, or the legacy load_image +
     normalize pair (kept for tests and scripts), so gap-run, gap-eval, gap-tune, gap-debug, calibration, Triton's
     client and the Ray workers cannot drift apart."""
-    allowed = {ROOT / "runtime" / "images.py", ROOT / "runtime" / "preprocess.py"}
+    allowed = {ROOT / "gap_deploy" / "runtime" / "images.py", ROOT / "gap_deploy" / "runtime" / "preprocess.py"}
     offenders = []
     for path in _package_files():
         if path in allowed:
@@ -180,5 +180,5 @@ def test_there_is_one_implementation_of_image_to_tensor():
 
 @pytest.mark.parametrize("module", ["classify", "evaluate", "tune", "batch", "triton_client"])
 def test_every_consumer_goes_through_the_contract(module):
-    source = (ROOT / "runtime" / f"{module}.py").read_text()
+    source = (ROOT / "gap_deploy" / "runtime" / f"{module}.py").read_text()
     assert "preprocessing(" in source or "image_loader(" in source
