@@ -301,3 +301,24 @@ def test_nothing_imports_upward_or_by_the_bare_folder_names():
             if imported.split(".")[0] in ("runtime", "exporter"):
                 offenders.append(f"{path.relative_to(root)}:{line} imports {imported}")
     assert offenders == []
+
+
+def test_the_import_path_is_the_folder_path_and_the_install_adds_no_other_name(tmp_path):
+    """Static tools resolve an import by its path: gap_deploy.runtime.session must be gap_deploy/runtime/session.py
+    of this checkout, and the install (editable here) must not put the checkout itself on sys.path, which would
+    make its runtime/, exporter/, tests/ and scripts/ importable under those bare names."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import importlib.util, gap_deploy.runtime.session as s, gap_deploy.exporter.pipeline as p\n"
+            "print(s.__file__); print(p.__file__)\n"
+            "specs = [importlib.util.find_spec(n) for n in ('runtime', 'exporter', 'tests', 'scripts')]\n"
+            "print([str(p) for s in specs if s for p in (s.submodule_search_locations or [s.origin])])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    session_file, pipeline_file, bare = done.stdout.splitlines()
+    assert Path(session_file) == root / "gap_deploy" / "runtime" / "session.py"
+    assert Path(pipeline_file) == root / "gap_deploy" / "exporter" / "pipeline.py"
+    ours = {str(root / n) for n in ("runtime", "exporter", "tests", "scripts")}
+    assert not ours & set(ast.literal_eval(bare))  # other distributions may own a top-level `tests`

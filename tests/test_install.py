@@ -76,4 +76,7 @@ def test_installed_names_cannot_collide_with_a_runtime_package(tmp_path, referen
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("red.png (") and "class" in run.stdout
-    assert not (site / "gap_deploy" / "__init__.py").exists()  # a namespace: nothing else claims the top level
+    tops = subprocess.run([str(python), "-c", "import importlib.metadata as m; "
+                           "print(m.distribution('gap-deploy').read_text('top_level.txt'))"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert tops == ["gap_deploy"]  # nothing else claims the top level

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
 from gap_deploy.runtime.errors import ArtifactError, first_line
@@ -65,7 +66,7 @@ def readme(result: TuneResult, decision: Decision, artifact: Path, files: list[s
     return "\n".join(text) + "\n"
 
 
-def emit(result: TuneResult, decision: Decision, artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike,
+def emit(result: TuneResult, decision: Decision, artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike,
          log=lambda _: None) -> list[str]:
     """Write the deployment of ``decision.chosen`` into ``folder`` (new or empty); returns the files written."""
     import onnx

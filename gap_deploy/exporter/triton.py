@@ -333,7 +333,6 @@ def _plain_file_name(name: str, field_: str, model: str, add) -> bool:
 def check_model_folder(folder: Path, *, expected_name: str | None = None,
                        artifact: ArtifactSpec | None = None) -> list[Problem]:
     """Every disagreement between ``folder``'s config.pbtxt, its layout and its artifact."""
-    pb = model_config_module()
     model = expected_name or folder.name
     config_path = folder / "config.pbtxt"
     if not config_path.is_file():
@@ -353,70 +352,97 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
     if not versions:
         add("layout", "no numbered version folder", "VERSION/model file", "put the model in 1/")
         return problems
+    model_file = _model_file(config, versions[-1], model, add)
+    if model_file is None:
+        return problems
+    info = artifact or read_artifact(model_file)
+    platform = config.platform or config.backend
+    if config.backend != "python" and PLATFORMS.get(model_file.suffix) != platform:
+        add("platform", platform, PLATFORMS.get(model_file.suffix), f'platform: "{PLATFORMS.get(model_file.suffix)}"')
+    _check_input(config, info, add)
+    _check_output(config, info, folder, model, add)
+    _check_batching(config, info, add)
+    for warm in config.model_warmup:
+        _check_warmup(config, warm, info, add)
+    return problems
+
+
+def _model_file(config, version: Path, model: str, add) -> Path | None:
+    """The model file that ``config`` names in the newest ``version`` folder, or None after adding why not:
+    for the python backend, its parameters.artifact beside gap-deploy's own model.py; otherwise the
+    platform's default_model_filename."""
     python = config.backend == "python"
     platform = config.platform or config.backend
     if python:
         filename = config.parameters["artifact"].string_value if "artifact" in config.parameters else ""
         if not filename:
             add("parameters.artifact", "(missing)", "the artifact's file name", 'parameters { key: "artifact" ... }')
-            return problems
+            return None
         if not _plain_file_name(filename, "parameters.artifact", model, add):
-            return problems
-        if not (versions[-1] / "model.py").is_file():
-            add("layout", "no model.py", f"{versions[-1].name}/model.py", "write the repository with gap-triton")
-        elif (versions[-1] / "model.py").read_bytes() != PYTHON_MODEL.read_bytes():
+            return None
+        if not (version / "model.py").is_file():
+            add("layout", "no model.py", f"{version.name}/model.py", "write the repository with gap-triton")
+        elif (version / "model.py").read_bytes() != PYTHON_MODEL.read_bytes():
             # the checker never runs a model.py: one that is not gap-deploy's is not checked, and says so
             add("model.py", "a model.py that is not gap-deploy's (not checked: it was not run)",
                 "gap-deploy's exporter/triton_model.py", "write the repository with gap-triton, or check it yourself")
     else:
         if platform not in DEFAULT_FILENAME:
             add("platform", platform or "(none)", "onnxruntime_onnx or tensorrt_plan", "set platform")
-            return problems
+            return None
         filename = config.default_model_filename or DEFAULT_FILENAME[platform]
         if not _plain_file_name(filename, "default_model_filename", model, add):
-            return problems
-    model_file = versions[-1] / filename
-    if not model_file.is_file():
-        other = next((p for p in versions[-1].iterdir() if p.suffix in PLATFORMS and not python), None)
-        if other is not None and PLATFORMS[other.suffix] != platform:
-            add("platform", platform, f"a {PLATFORMS[other.suffix]} file ({other.name})",
-                f'platform: "{PLATFORMS[other.suffix]}"')
-        else:
-            add("layout", f"no {versions[-1].name}/{filename}", "the model file", f"copy the artifact to {model_file}")
-        return problems
-    info = artifact or read_artifact(model_file)
-    if not python and PLATFORMS.get(model_file.suffix) != platform:
-        add("platform", platform, PLATFORMS.get(model_file.suffix), f'platform: "{PLATFORMS.get(model_file.suffix)}"')
+            return None
+    model_file = version / filename
+    if model_file.is_file():
+        return model_file
+    other = next((p for p in version.iterdir() if p.suffix in PLATFORMS and not python), None)
+    if other is not None and PLATFORMS[other.suffix] != platform:
+        add("platform", platform, f"a {PLATFORMS[other.suffix]} file ({other.name})",
+            f'platform: "{PLATFORMS[other.suffix]}"')
+    else:
+        add("layout", f"no {version.name}/{filename}", "the model file", f"copy the artifact to {model_file}")
+    return None
+
+
+def _check_input(config, info: ArtifactSpec, add) -> None:
+    pb = model_config_module()
     if len(config.input) != 1:
         add("input", f"{len(config.input)} inputs", "1 input", "declare exactly one input")
-    else:
-        tensor = config.input[0]
-        if tensor.name != info.input_name:
-            add("input.name", tensor.name, info.input_name, f'name: "{info.input_name}"')
-        if tensor.data_type != pb.TYPE_FP32:
-            add("input.data_type", pb.DataType.Name(tensor.data_type), "TYPE_FP32", "data_type: TYPE_FP32")
-        dims = list(tensor.dims)
-        want = config_dims(info)
-        if config.max_batch_size == 0:  # without batching, the dims include the batch
-            want = [info.static_batch or -1, *want]
-        if dims != want:
-            add("input.dims", dims, want, f"dims: {_list(want)}")
+        return
+    tensor = config.input[0]
+    if tensor.name != info.input_name:
+        add("input.name", tensor.name, info.input_name, f'name: "{info.input_name}"')
+    if tensor.data_type != pb.TYPE_FP32:
+        add("input.data_type", pb.DataType.Name(tensor.data_type), "TYPE_FP32", "data_type: TYPE_FP32")
+    dims = list(tensor.dims)
+    want = config_dims(info)
+    if config.max_batch_size == 0:  # without batching, the dims include the batch
+        want = [info.static_batch or -1, *want]
+    if dims != want:
+        add("input.dims", dims, want, f"dims: {_list(want)}")
+
+
+def _check_output(config, info: ArtifactSpec, folder: Path, model: str, add) -> None:
     if len(config.output) != 1:
         add("output", f"{len(config.output)} outputs", "1 output", "declare exactly one output")
-    else:
-        tensor = config.output[0]
-        if tensor.name != info.output_name:
-            add("output.name", tensor.name, info.output_name, f'name: "{info.output_name}"')
-        if list(tensor.dims)[-1:] != [classes_of(info)]:
-            add("output.dims", list(tensor.dims), [classes_of(info)], f"dims: [ {classes_of(info)} ]")
-        if tensor.label_filename and _plain_file_name(tensor.label_filename, "output.label_filename", model, add):
-            labels = folder / tensor.label_filename
-            if not labels.is_file():
-                add("output.label_filename", tensor.label_filename, "an existing file", "write labels.txt")
-            else:
-                count = len([line for line in _read_text(labels, "labels file").splitlines() if line.strip()])
-                if count != classes_of(info):
-                    add("labels", f"{count} labels", f"{classes_of(info)} classes", "one label per class, in order")
+        return
+    tensor = config.output[0]
+    if tensor.name != info.output_name:
+        add("output.name", tensor.name, info.output_name, f'name: "{info.output_name}"')
+    if list(tensor.dims)[-1:] != [classes_of(info)]:
+        add("output.dims", list(tensor.dims), [classes_of(info)], f"dims: [ {classes_of(info)} ]")
+    if tensor.label_filename and _plain_file_name(tensor.label_filename, "output.label_filename", model, add):
+        labels = folder / tensor.label_filename
+        if not labels.is_file():
+            add("output.label_filename", tensor.label_filename, "an existing file", "write labels.txt")
+        else:
+            count = len([line for line in _read_text(labels, "labels file").splitlines() if line.strip()])
+            if count != classes_of(info):
+                add("labels", f"{count} labels", f"{classes_of(info)} classes", "one label per class, in order")
+
+
+def _check_batching(config, info: ArtifactSpec, add) -> None:
     if info.static_batch and config.max_batch_size > 0:
         # onnxruntime_backend src/onnxruntime_utils.cc, CompareDimsSupported: with max_batch_size > 0 "the first
         # dimension must be -1"; the backend refuses to load a model whose batch is fixed
@@ -434,9 +460,6 @@ def check_model_folder(folder: Path, *, expected_name: str | None = None,
         if bad:
             add("dynamic_batching.preferred_batch_size", bad, f"<= max_batch_size {config.max_batch_size}",
                 "drop the larger sizes")
-    for warm in config.model_warmup:
-        _check_warmup(config, warm, info, add)
-    return problems
 
 
 def _check_profiles(config, info: ArtifactSpec, add) -> None:

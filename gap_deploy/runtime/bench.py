@@ -130,7 +130,7 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
     With ``settings.cuda_graph`` the replay's outputs are first compared with a normal execution's on the
     same input; a replay that differs is an error, never a timed result.
     """
-    from gap_deploy.runtime.errors import BackendError, UsageError
+    from gap_deploy.runtime.errors import UsageError
 
     if (settings.cuda_graph or not settings.transfers) and not session.gpu_timing:
         option = "--cuda-graph" if settings.cuda_graph else "--no-transfers"
@@ -141,32 +141,9 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
     first = session.run(x)
     first_ms = (time.perf_counter() - started) * 1e3
     parts: list = []
-    graph_diff = None
-    graph_note = None
+    graph_diff = graph_note = None
     if session.gpu_timing:  # TensorRT: H2D, GPU compute, D2H and enqueue from CUDA events, trtexec's way
-        cuda_graph = settings.cuda_graph
-        if cuda_graph:
-            graph_diff = session.check_cuda_graph(x)
-            if graph_diff is None:  # the capture failed: time without graphs, and say so
-                cuda_graph = False
-                graph_note = (f"CUDA graphs were not used: the capture failed ({session.runner.graph_failure}); "
-                              "timed with normal enqueues.")
-            elif not replay_agrees(graph_diff, first, session.metadata.precision, session.backend):
-                raise BackendError(f"the CUDA-graph replay at {format_shape(shape)} differs from a normal execution "
-                                   f"(max abs difference {graph_diff:.3g}, beyond the engine's GPU tolerance); "
-                                   "nothing was timed.", hint="benchmark without --cuda-graph and report this engine.")
-
-        from gap_deploy.runtime.validation import prepare
-
-        prepared = prepare(x, session.input_spec)  # checked once: the loop times the GPU's phases alone
-        with session.runner.timed_loop(prepared, cuda_graph=cuda_graph, transfers=settings.transfers) as timed:
-            def step():
-                done = timed.step()
-                if done is not None:
-                    parts.append(done)
-
-            samples, wall, interrupted = _loop(step, settings)
-            parts.extend(timed.finish())
+        samples, wall, interrupted, graph_diff, graph_note = _time_on_gpu(session, x, first, settings, parts)
     else:
         def step():
             session.run(x)
@@ -184,23 +161,120 @@ def bench_session(session, shape: Shape, settings: BenchSettings = BenchSettings
         if graph_note:
             result.warnings.append(graph_note)
     if parts:
-        parts = parts[-len(samples):]
-        result.gpu_ms = {name: Stats.of([getattr(p, f"{name}_ms") for p in parts])
-                         for name in ("h2d", "compute", "d2h", "enqueue")}
-        gpu = result.gpu_ms
-        compute_cv = float(np.std([p.compute_ms for p in parts]) / max(gpu["compute"].mean, 1e-9))
-        if compute_cv > CV_WARN:
-            result.warnings.append(f"GPU compute time varies: coefficient of variation {compute_cv:.1%} > 2.5%.")
-        # trtexec's rules (samples/common/sampleReporting.cpp): enqueue above 0.8 x compute, or either copy at
-        # least as long as the compute.
-        if gpu["enqueue"].median > ENQUEUE_BOUND * gpu["compute"].median:
-            result.warnings.append(f"enqueue-bound: the host's enqueue ({gpu['enqueue'].median:.3f} ms) is above "
-                                   f"{ENQUEUE_BOUND:g}x the GPU compute ({gpu['compute'].median:.3f} ms), so the GPU "
-                                   "waits for the host; try --cuda-graph.")
-        if max(gpu["h2d"].median, gpu["d2h"].median) >= gpu["compute"].median:
-            result.warnings.append("transfer-bound: a copy takes at least as long as the compute; use larger "
-                                   "batches, --no-transfers to time without the input copy, or keep data on the GPU.")
+        _gpu_phases(result, parts[-len(samples):])
     return result, first
+
+
+def _time_on_gpu(session, x: np.ndarray, first: np.ndarray, settings: BenchSettings, parts: list):
+    """The timed loop of a TensorRT session, each step's GPU phases into ``parts``; with ``settings.cuda_graph``
+    the replay is first checked against a normal execution. (samples, wall, interrupted, graph_diff, note)."""
+    from gap_deploy.runtime.errors import BackendError
+    from gap_deploy.runtime.validation import prepare
+
+    cuda_graph, graph_diff, graph_note = settings.cuda_graph, None, None
+    if cuda_graph:
+        graph_diff = session.check_cuda_graph(x)
+        if graph_diff is None:  # the capture failed: time without graphs, and say so
+            cuda_graph = False
+            graph_note = (f"CUDA graphs were not used: the capture failed ({session.runner.graph_failure}); "
+                          "timed with normal enqueues.")
+        elif not replay_agrees(graph_diff, first, session.metadata.precision, session.backend):
+            raise BackendError(f"the CUDA-graph replay at {format_shape(x.shape)} differs from a normal execution "
+                               f"(max abs difference {graph_diff:.3g}, beyond the engine's GPU tolerance); "
+                               "nothing was timed.", hint="benchmark without --cuda-graph and report this engine.")
+    prepared = prepare(x, session.input_spec)  # checked once: the loop times the GPU's phases alone
+    with session.runner.timed_loop(prepared, cuda_graph=cuda_graph, transfers=settings.transfers) as timed:
+        def step():
+            done = timed.step()
+            if done is not None:
+                parts.append(done)
+
+        samples, wall, interrupted = _loop(step, settings)
+        parts.extend(timed.finish())
+    return samples, wall, interrupted, graph_diff, graph_note
+
+
+def _gpu_phases(result: BenchResult, parts: list) -> None:
+    """Each GPU phase's statistics into ``result``, with trtexec's warnings about them."""
+    result.gpu_ms = {name: Stats.of([getattr(p, f"{name}_ms") for p in parts])
+                     for name in ("h2d", "compute", "d2h", "enqueue")}
+    gpu = result.gpu_ms
+    compute_cv = float(np.std([p.compute_ms for p in parts]) / max(gpu["compute"].mean, 1e-9))
+    if compute_cv > CV_WARN:
+        result.warnings.append(f"GPU compute time varies: coefficient of variation {compute_cv:.1%} > 2.5%.")
+    # trtexec's rules (samples/common/sampleReporting.cpp): enqueue above 0.8 x compute, or either copy at
+    # least as long as the compute.
+    if gpu["enqueue"].median > ENQUEUE_BOUND * gpu["compute"].median:
+        result.warnings.append(f"enqueue-bound: the host's enqueue ({gpu['enqueue'].median:.3f} ms) is above "
+                               f"{ENQUEUE_BOUND:g}x the GPU compute ({gpu['compute'].median:.3f} ms), so the GPU "
+                               "waits for the host; try --cuda-graph.")
+    if max(gpu["h2d"].median, gpu["d2h"].median) >= gpu["compute"].median:
+        result.warnings.append("transfer-bound: a copy takes at least as long as the compute; use larger "
+                               "batches, --no-transfers to time without the input copy, or keep data on the GPU.")
+
+
+@dataclass
+class Compared:
+    """Another artifact timed beside the first (gap-bench --compare): its path, open session and load time."""
+
+    path: str
+    session: object
+    load_ms: float
+
+
+def bench_shapes(session, shapes: Sequence[Shape], settings: BenchSettings, *, artifact: str,
+                 create_ms: float | None = None, reference: Callable[[np.ndarray], np.ndarray] | None = None,
+                 reference_name: str = "torch", others: Sequence[Compared] = (),
+                 progress: Callable[[str], None] | None = None) -> tuple[list[BenchResult], bool]:
+    """Every shape on ``session``, then on ``reference`` (PyTorch: speed-up and parity against it) and on each
+    of ``others`` (latency over the first's, parity against its output), one after another in one run.
+    The session's load time is reported with its first shape (where the backend's cold start means
+    something). Returns the results and whether Ctrl-C ended the run (the results are then what was measured).
+    """
+    from gap_deploy.runtime.backends.table import facts
+
+    results: list[BenchResult] = []
+    total = len(shapes) * (1 + (reference is not None) + len(others))
+    done = 0
+
+    def step(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(f"[{done}/{total}] {label} ...")
+
+    for shape in shapes:
+        step(f"{session.backend} {format_shape(shape)}")
+        cold = create_ms if facts(session.backend).cold_start_measured and not results else None  # measured once
+        result, output = bench_session(session, shape, settings, cold_start_ms=cold)
+        if result is None:
+            return results, True
+        result.artifact = artifact
+        results.append(result)
+        if reference is not None:
+            step(f"torch {format_shape(shape)}")
+            ref_result, ref_output = bench_reference(reference_name, reference, shape, settings)
+            attach_parity(result, output, ref_output, session.metadata.precision)
+            if ref_result is None:
+                return results, True
+            result.speedup_vs_torch = ref_result.latency_ms.median / result.latency_ms.median
+            results.append(ref_result)
+        if result.interrupted:
+            return results, True
+        for other in others:
+            step(f"{other.session.backend} ({other.path}) {format_shape(shape)}")
+            cold = other.load_ms if facts(other.session.backend).cold_start_measured and shape == shapes[0] else None
+            other_result, other_output = bench_session(other.session, shape, settings, cold_start_ms=cold)
+            if other_result is None:
+                return results, True
+            other_result.artifact = other.path
+            other_result.latency_vs_first = other_result.latency_ms.median / result.latency_ms.median
+            attach_parity(other_result, other_output, output, other.session.metadata.precision,
+                          reference_name=artifact)
+            results.append(other_result)
+            if other_result.interrupted:
+                return results, True
+    return results, False
 
 
 def bench_reference(name: str, infer: Callable[[np.ndarray], np.ndarray], shape: Shape,

@@ -73,11 +73,11 @@ def bundle_props(folder: Path) -> tuple[dict[str, str], tuple[str, str]]:
                                               for k, v in props.items()):
         raise ArtifactError(f"{folder / BUNDLE_FILE}'s \"metadata\" is no map of gap.* names to strings.",
                             hint="write the bundle again with gap-pack.")
-    names = description.get("input"), description.get("output")
-    if not all(isinstance(n, str) and n for n in names):
+    input_name, output_name = description.get("input"), description.get("output")
+    if not (isinstance(input_name, str) and input_name and isinstance(output_name, str) and output_name):
         raise ArtifactError(f"{folder / BUNDLE_FILE} names no input and output tensor.",
                             hint="write the bundle again with gap-pack.")
-    return props, names
+    return props, (input_name, output_name)
 
 
 def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:

@@ -132,12 +132,13 @@ def first_line(exc: BaseException) -> str:
 def interrupted(exc: BaseException) -> bool:
     """Whether a KeyboardInterrupt is anywhere in ``exc``'s chain (a library that wraps Ctrl-C in its own error,
     as exporters do, must still end as an interruption)."""
-    seen = []
-    while exc is not None and exc not in seen:
-        if isinstance(exc, KeyboardInterrupt):
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in seen:
+        if isinstance(link, KeyboardInterrupt):
             return True
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
+        seen.append(link)
+        link = link.__cause__ or link.__context__
     return False
 
 

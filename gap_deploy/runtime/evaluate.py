@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 from gap_deploy.runtime.errors import ArtifactError, UsageError
 from gap_deploy.runtime.images import IMAGE_SUFFIXES
 
-Size = tuple[int, int] | None  # None: each image at its own size
+Size = tuple[int, ...] | None  # (H, W); None: each image at its own size
 
 
 def size_label(size: Size) -> str:
@@ -129,7 +129,7 @@ def check_sizes_fit(sessions, sizes) -> None:
                          f"{min_h}x{min_w}.", hint=f"start the sizes at {max(min_h, min_w)} or above.")
 
 
-def evaluate(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, sizes: Sequence[Size] = (None,),
+def evaluate(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, sizes: Sequence[Size] = (None,),
              *, backend: str | None = None, batch_size: int = 32,
              progress: Callable[[int], None] | None = None, window: int | None = None, stats=None,
              decodes: Sequence[str] = ("exact",)) -> EvalResult:

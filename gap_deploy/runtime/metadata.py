@@ -110,7 +110,7 @@ class ModelMetadata:
                 raise bad(name, f"below {minimum}")
             return value
 
-        def seq(name: str, kind):
+        def json_list(name: str) -> list | None:
             if name not in known:
                 return None
             try:
@@ -119,21 +119,28 @@ class ModelMetadata:
                 raise bad(name, "not valid JSON") from None
             if not isinstance(values, list):
                 raise bad(name, "not a JSON list")
-            if kind is str:
-                if not all(isinstance(v, str) for v in values):
-                    raise bad(name, "not a list of strings")
-                return tuple(values)
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            return values
+
+        def strings(name: str) -> tuple[str, ...] | None:
+            values = json_list(name)
+            if values is not None and not all(isinstance(v, str) for v in values):
+                raise bad(name, "not a list of strings")
+            return None if values is None else tuple(str(v) for v in values)
+
+        def floats(name: str) -> tuple[float, ...] | None:
+            values = json_list(name)
+            if values is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in values):
                 raise bad(name, "not a list of finite numbers")
-            return tuple(float(v) for v in values)
+            return None if values is None else tuple(float(v) for v in values)
 
         meta = cls(
             arch=known.get("arch", "unknown"),
             in_channels=ints("in_channels", None),
             num_classes=ints("num_classes", None),
-            class_names=seq("class_names", str),
-            mean=seq("mean", float),
-            std=seq("std", float),
+            class_names=strings("class_names"),
+            mean=floats("mean"),
+            std=floats("std"),
             min_height=ints("min_height", 1),
             min_width=ints("min_width", 1),
             export_height=ints("export_height", None),
@@ -141,7 +148,7 @@ class ModelMetadata:
             precision=known.get("precision", "fp32"),
             toolkit_version=known.get("toolkit_version"),
             source_sha256=known.get("source_sha256"),
-            fp32_layers=seq("fp32_layers", str),
+            fp32_layers=strings("fp32_layers"),
             int8_layout=known.get("int8_layout"),
             preprocess=known.get("preprocess"),
             extra=extra,

@@ -4,6 +4,7 @@ latency and throughput against resolution, per backend."""
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def pyplot():
     return plt
 
 
-def publish_figure(fig, path: str | Path) -> Path:
+def publish_figure(fig, path: str | os.PathLike) -> Path:
     """``fig`` as a PNG at ``path``, published whole (runtime.publish); the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

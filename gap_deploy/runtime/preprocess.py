@@ -32,12 +32,17 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gap_deploy.runtime.errors import MetadataError, UsageError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 POLICIES = ("none", "stretch", "shorter-side", "letterbox")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
@@ -156,11 +161,18 @@ class Preprocess:
                        std=tuple(std) if std is not None else None)
 
     # ---------------------------------------------------------------------------------------- geometry
+    @property
+    def target(self) -> tuple[int, int]:
+        """(H, W) the resize aims at: every policy but "none" has one (:meth:`validate` holds it to that)."""
+        if self.size is None:
+            raise UsageError(f"resize {self.resize!r} has no size to aim at.")
+        return self.size[0], self.size[1]
+
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(W, H) of an image of ``width`` x ``height`` after the resize step, before the crop or padding."""
         if self.resize == "none":
             return width, height
-        out_h, out_w = self.size
+        out_h, out_w = self.target
         if self.resize == "stretch":
             return _scaled(out_w, self.crop_fraction), _scaled(out_h, self.crop_fraction)
         if self.resize == "shorter-side":  # torchvision's _compute_resized_output_size for one size
@@ -177,7 +189,7 @@ class Preprocess:
         than the image on a side (then :meth:`_centre_crop` pads first, as CenterCrop does)."""
         if self.resize not in ("stretch", "shorter-side"):
             return None
-        out_h, out_w = self.size
+        out_h, out_w = self.target
         if (width, height) == (out_w, out_h) or width < out_w or height < out_h:
             return None
         top, left = int(round((height - out_h) / 2.0)), int(round((width - out_w) / 2.0))
@@ -188,7 +200,7 @@ class Preprocess:
         half), then the crop at the rounded offsets."""
         if self.resize not in ("stretch", "shorter-side"):
             return pixels
-        out_h, out_w = self.size
+        out_h, out_w = self.target
         height, width = pixels.shape[:2]
         if out_w > width or out_h > height:
             pad_w, pad_h = max(out_w - width, 0), max(out_h - height, 0)
@@ -203,7 +215,7 @@ class Preprocess:
         """(H, W) of the tensor made from an image of ``width`` x ``height``."""
         if self.resize == "none":
             return height, width
-        return tuple(self.size)
+        return self.target
 
     # ------------------------------------------------------------------------------------------ apply
     def load(self, path: str | Path, channels: int = 3, *, decode: str = "exact") -> np.ndarray:
@@ -280,7 +292,7 @@ class Preprocess:
         return self._pad(pixels, target, 1) if self.resize == "letterbox" else pixels
 
     def _pad(self, pixels: np.ndarray, target: tuple[int, int], unit: float) -> np.ndarray:
-        out_h, out_w = self.size
+        out_h, out_w = self.target
         canvas = np.full((out_h, out_w, pixels.shape[2]), self.pad_value * unit, dtype=pixels.dtype)
         top, left = (out_h - target[1]) // 2, (out_w - target[0]) // 2
         canvas[top:top + target[1], left:left + target[0]] = pixels
@@ -315,7 +327,7 @@ class Preprocess:
         if self.resize == "none":
             rows.append(("resize", "none: each image at its own size"))
         else:
-            h, w = self.size
+            h, w = self.target
             how = f"{self.interpolation}{', antialias' if self.antialias else ', no antialias'} ({self.space})"
             if self.resize == "shorter-side":
                 rows.append(("resize", f"shorter side to {_scaled(min(h, w), self.crop_fraction)}, {how}"))
@@ -341,7 +353,7 @@ class Decoded:
     """A decoded image: an 8-bit PIL image (space uint8) or (H, W, C) float32 in [0, 1] (space float), and the
     file's own (width, height) (a JPEG decoded in draft mode is smaller than the file)."""
 
-    pixels: object
+    pixels: Image.Image | np.ndarray
     size: tuple[int, int]
 
     @property
@@ -427,9 +439,10 @@ def resize_float(pixels: np.ndarray, size: tuple[int, int], interpolation: str =
                              dtype=np.float32) for c in range(data.shape[2])]
         return np.ascontiguousarray(np.stack(planes, axis=2)[top:bottom, left:right])
     index, weight = (a[top:bottom] for a in axis_taps(height, out_h, interpolation))
-    tall = sum(weight[:, k, None, None] * data[index[:, k]] for k in range(index.shape[1]))
+    tall = functools.reduce(operator.add, (weight[:, k, None, None] * data[index[:, k]] for k in range(index.shape[1])))
     index, weight = (a[left:right] for a in axis_taps(width, out_w, interpolation))
-    wide = sum(weight[None, :, k, None] * tall[:, index[:, k]] for k in range(index.shape[1]))
+    wide = functools.reduce(operator.add, (weight[None, :, k, None] * tall[:, index[:, k]]
+                                           for k in range(index.shape[1])))
     return np.ascontiguousarray(wide, dtype=np.float32)
 
 

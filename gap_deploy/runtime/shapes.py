@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gap_deploy.runtime.errors import InputError
 
-Shape = tuple[int, int, int, int]
+Shape = tuple[int, ...]  # (N, C, H, W): the rank is checked where a shape is parsed or read from a model
 MAX_DIM = (1 << 31) - 1
 
 

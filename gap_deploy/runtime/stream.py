@@ -20,10 +20,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from gap_deploy.runtime.errors import GapError, UsageError, first_line
+
+T = TypeVar("T")
 
 #: default decoded images held at once: a few batches' worth for every worker
 DEFAULT_WINDOW = 256
@@ -198,10 +201,10 @@ def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, bat
             stats.wall_s = time.perf_counter() - started
 
 
-def in_order(results: Iterable[tuple[int, object]], count: int) -> Iterator[object]:
+def in_order(results: Iterable[tuple[int, T]], count: int) -> Iterator[T]:
     """Yield the values of (index, value) pairs, arriving in any order, in index order 0..count-1, each as
     soon as every earlier one has arrived."""
-    waiting: dict[int, object] = {}
+    waiting: dict[int, T] = {}
     next_index = 0
     for index, value in results:
         waiting[index] = value

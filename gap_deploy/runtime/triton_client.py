@@ -59,8 +59,13 @@ class _Http:
         conn = kind(self.address, timeout=min(self.timeout_s, self.deadline_s))
         deadline = Deadline(self.deadline_s, "complete answer")
         sockets: list = []  # held here: http.client drops its own reference once the answer is begun
+
+        def unblock() -> None:
+            for sock in sockets:
+                shutdown(sock)
+
         try:
-            with deadline.enforce(lambda: [shutdown(sock) for sock in sockets]):
+            with deadline.enforce(unblock):
                 conn.connect()
                 sockets.append(conn.sock)
                 if deadline.expired:
@@ -204,7 +209,7 @@ def _infer_one(remote: RemoteModel, batch: np.ndarray) -> np.ndarray:
     if not outputs:
         raise ValueError(f"it answered without the output '{remote.output_name}'")
     out = outputs[0]
-    shape = tuple(int(d) for d in out.get("shape", []))
+    shape: tuple[int, ...] = tuple(int(d) for d in out.get("shape", []))
     if out.get("datatype") != "FP32" or len(shape) != 2 or shape[0] < 0 or shape[1] < 0:
         raise ValueError(f"it answered {out.get('datatype')!r} of shape {shape}, not FP32 (N, classes)")
     size = (out.get("parameters") or {}).get("binary_data_size")
@@ -258,7 +263,7 @@ def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5
     from gap_deploy.runtime.stream import stream_batches
 
     meta = remote.metadata
-    channels = remote.spec.channels
+    channels = remote.spec.channels if remote.spec is not None else None
     contract = meta.preprocessing(imgsz, channels)  # the contract the repository's config carries (gap.preprocess)
     paths = list(paths)
     results, errors, waiting = [], [], []

@@ -12,15 +12,20 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gap_deploy.runtime.backends.table import facts
 from gap_deploy.runtime.errors import GapError, UsageError, first_line
 from gap_deploy.runtime.evaluate import check_sizes_fit, record_top5, size_label
+
+if TYPE_CHECKING:
+    from gap_deploy.runtime.session import Session
+    from gap_deploy.runtime.stream import Batch
 
 Z95 = 1.959963984540054  # the two-sided 95% normal quantile
 
@@ -300,7 +305,7 @@ def sample_per_class(files: Sequence[Path], labels: Sequence[int], max_per_class
     return out_files, out_labels
 
 
-def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
+def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, *,
          sizes: Sequence[tuple[int, int]] | None = None, native: bool = True, backends: Sequence[str] | None = None,
          batch: int = 1, max_per_class: int | None = None, settings=None,
          progress: Callable[[str], None] | None = None,
@@ -313,46 +318,26 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
     ``result.streamed`` says so. ``on_plan(points, seconds)`` is called once before the sweep with the
     number of points and an estimate of its length; ``progress(label)`` after each point.
     """
-    from gap_deploy import runtime
-    from gap_deploy.runtime.backends.table import ONNX_BACKENDS, backends_for
-    from gap_deploy.runtime.bench import BenchSettings, bench_session
-    from gap_deploy.runtime.bundle import kind_of
+    from gap_deploy.runtime.bench import BenchSettings
     from gap_deploy.runtime.errors import InputTypeError
     from gap_deploy.runtime.evaluate import read_labelled_folder
     from gap_deploy.runtime.limits import check_memory, limit_bytes
-    from gap_deploy.runtime.session import available_backends
-    from gap_deploy.runtime.stream import Batch, stream_batches
     from gap_deploy.runtime.validation import int_tuple
 
     if not isinstance(artifacts, dict) or not artifacts:
         raise InputTypeError("tune needs a dict of artifacts, {name: path}, with at least one entry; got "
                              f"{type(artifacts).__name__}.")
-    sizes = None if sizes is None else [int_tuple(s, 2, "each size") for s in sizes]
+    sizes = None if sizes is None else [(h, w) for h, w in (int_tuple(s, 2, "each size") for s in sizes)]
     if batch < 1:
         raise UsageError(f"batch must be >= 1, got {batch}.")
     settings = settings or BenchSettings(warmup_s=0.1, duration_s=0.5, min_iterations=5)
     hold_bytes = limit_bytes() // 4 if hold_bytes is None else hold_bytes
     started = time.perf_counter()
-    works = {name for name, why in available_backends().items() if why is None}
-    sessions: dict[tuple[str, str], object] = {}
+    sessions: dict[tuple[str, str], Session] = {}
     result: TuneResult | None = None
     try:
-        for name, path in artifacts.items():
-            kind = kind_of(path)
-            quick = [b for b in ONNX_BACKENDS if b in works and not facts(b).builds_at_start]
-            default = quick if kind == "onnx" else list(backends_for(kind))
-            wanted = list(backends) if backends else default
-            usable = [b for b in wanted if facts(b).artifact == kind]
-            if not usable:
-                raise UsageError(f"no backend given runs artifact '{name}' ({path}); asked for {', '.join(wanted)}.")
-            for backend in usable:
-                sessions[(name, backend)] = runtime.load(path, backend)
-        first = next(iter(sessions.values())).metadata
-        for (name, _), session in sessions.items():
-            if (session.metadata.class_names, session.metadata.num_classes) != (first.class_names, first.num_classes):
-                raise UsageError(f"artifact '{name}' has other classes than '{next(iter(sessions))[0]}'; tune "
-                                 "artifacts of one model.")
-        specs = {key: s.input_spec for key, s in sessions.items()}
+        open_sessions(artifacts, backends, sessions)
+        first = one_model(sessions)
         chosen_sizes = list(sizes) if sizes else default_sizes(first)
         check_sizes_fit(sessions, chosen_sizes)
         widest = max(s.spec.channels for s in sessions.values())
@@ -361,133 +346,19 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         files, labels = sample_per_class(data.files, data.labels, max_per_class)
         result = TuneResult(str(folder), data.classes, batch, 0)
-        channels = {key: sessions[key].spec.channels for key, spec in specs.items()}
-        # sessions that share a preprocessing contract and input spec share their prepared images; each size is
-        # the contract at that size (runtime.preprocess), made from images decoded once
-        groups: dict[tuple, list] = {}
-        for key, session in sessions.items():
-            contract = session.metadata.preprocessing(channels=channels[key])
-            groups.setdefault((channels[key], contract, specs[key]), []).append(key)
         decode_started = time.perf_counter()
-        held: dict[tuple, list] | None = {}  # (channels, contract) -> decoded images (None where unreadable)
-        held_size = 0
-        for c, contract in dict.fromkeys((k[0], k[1]) for k in groups):
-            held[c, contract] = []
-            for path in files:
-                try:
-                    image = read_file(contract, path, c)
-                except GapError as exc:
-                    result.errors.append({"file": str(path), "size": "any", "error": first_line(exc)})
-                    image = None
-                held[c, contract].append(image)
-                held_size += image.nbytes if image is not None else 0
-                if held_size > hold_bytes:
-                    break
-            if held_size > hold_bytes:
-                held, result.streamed = None, True  # too many to hold: stream, decoding once per size
-                result.errors = [e for e in result.errors if e["size"] != "any"]
-                break
-        keep = list(range(len(files)))
-        if held is not None:
-            keep = [i for i in keep if all(held[g][i] is not None for g in held)]
-            if not keep:
-                raise UsageError(f"no image of {folder} could be read.", note="see the per-file errors.")
-        truth = np.asarray([labels[i] for i in keep])
-        result.images = len(keep)
+        sweep = Sweep.decoded(sessions, files, result, hold_bytes, folder)
+        truth = np.asarray([labels[i] for i in sweep.keep])
+        result.images = len(sweep.keep)
         result.seconds["decode"] = time.perf_counter() - decode_started
         result.seconds["evaluate"] = result.seconds["bench"] = 0.0
         all_sizes = ([None] if native else []) + chosen_sizes
         if on_plan:
-            bench_s = settings.warmup_s + (settings.duration_s if settings.iterations is None else 0.0)
-            per_image = result.seconds["decode"] / max(len(files), 1) if result.streamed else 0.0
-            (c0, contract0, _), (key, *_) = next(iter(groups.items()))
-            session = sessions[key]
-            largest = max(chosen_sizes, key=lambda s: s[0] * s[1]) if chosen_sizes else None
-            probe = []
-            probe_count = 16 if largest is None else fitting(widest, largest, 16)
-            for i in keep[:probe_count]:
-                try:
-                    raw = held[c0, contract0][i] if held is not None else read_file(contract0, files[i], c0)
-                    probe.append(prepared(session, contract0.sized(largest), raw))
-                except GapError:
-                    pass  # unreadable or too small at its own size: reported when its point runs
-            t0 = time.perf_counter()
-            if probe:
-                session.run_many(probe, max_batch=probe_count)
-            per_image += (time.perf_counter() - t0) / max(len(probe), 1)
             points = len(sessions) * len(all_sizes)
-            on_plan(points, points * (bench_s + per_image * len(keep) + 0.05))
-
-        def held_batches(size, lead, c, contract) -> Iterator:
-            """Chunks of at most 64 prepared images in order (Session.run_many groups them by shape), fewer where
-            64 images at ``size`` and their activations would not fit."""
-            chunk: list = []
-            limit = 64 if size is None else fitting(c, size, 64)
-            at_size = contract.sized(size)
-            for j, i in enumerate(keep):
-                try:
-                    chunk.append((j, prepared(lead, at_size, held[c, contract][i])))
-                except GapError as exc:
-                    yield Batch((j,), error=first_line(exc))
-                if len(chunk) == limit or (chunk and j == len(keep) - 1):
-                    yield Batch(tuple(x for x, _ in chunk), tuple(a for _, a in chunk))
-                    chunk = []
-
-        def streamed_batches(size, lead, c, contract) -> Iterator:
-            at_size = contract.sized(size)
-
-            def load(path):
-                return prepared(lead, at_size, read_file(at_size, path, c))
-
-            from gap_deploy.runtime.stream import default_workers
-
-            count = 64 if size is None else fitting(c, size, 64)  # the window: a batch and the decodes in flight
-            return stream_batches([files[i] for i in keep], load, batch_size=count, window=count + default_workers())
-
+            on_plan(points, points * sweep.seconds_per_point(settings, chosen_sizes, result))
         for size in all_sizes:
-            label = size_label(size)
-            for (c, contract, _), keys in groups.items():
-                lead = sessions[keys[0]]
-                t0 = time.perf_counter()
-                top = {key: np.full((len(keep), 5), -1) for key in keys}
-                ran = np.zeros(len(keep), bool)
-                shapes = []
-                for item in (held_batches if held is not None else streamed_batches)(size, lead, c, contract):
-                    if item.error is not None:
-                        result.errors.append({"file": str(files[keep[item.indices[0]]]), "size": label,
-                                              "error": item.error})
-                        continue
-                    rows = list(item.indices)
-                    ran[rows] = True
-                    shapes += [img.shape for img in item.images]
-                    for key in keys:
-                        logits = np.stack(sessions[key].run_many(list(item.images), max_batch=max(batch, 16)))
-                        record_top5(top[key], rows, logits)
-                if not ran.any():
-                    raise UsageError(f"no image could run at size {label} on {', '.join(k[0] for k in keys)}.",
-                                     note="see the per-file errors.")
-                result.seconds["evaluate"] += time.perf_counter() - t0
-                if size is None:  # latency at the median image size
-                    hs, ws = sorted(s[1] for s in shapes), sorted(s[2] for s in shapes)
-                    hw = (hs[len(hs) // 2], ws[len(ws) // 2])
-                else:
-                    hw = size
-                y = truth[ran]
-                for key in keys:
-                    got = top[key][ran]
-                    correct, top5 = int(np.sum(got[:, 0] == y)), int(np.sum((got == y[:, None]).any(axis=1)))
-                    t1 = time.perf_counter()
-                    timed, _ = bench_session(sessions[key], (batch, c, *hw), settings)
-                    if timed is None:  # interrupted before a single timed iteration
-                        raise KeyboardInterrupt
-                    result.seconds["bench"] += time.perf_counter() - t1
-                    result.points.append(TunePoint(key[0], key[1], label, (batch, c, *hw), correct, top5,
-                                                   int(ran.sum()), timed.latency_ms.median, timed.latency_ms.p99,
-                                                   timed.throughput_ips))
-                    if progress:
-                        progress(result.points[-1].label)
-                    if timed.interrupted:
-                        raise KeyboardInterrupt
+            for group, keys in sweep.groups.items():
+                sweep.measure(size, group, keys, truth, result, batch, settings, progress)
     except KeyboardInterrupt:
         if result is None or not result.points:  # nothing measured yet (loading, decoding, the probe): no result
             raise
@@ -497,6 +368,197 @@ def tune(artifacts: dict[str, str | os.PathLike], folder: str | os.PathLike, *,
             session.close()
     result.seconds["total"] = time.perf_counter() - started
     return result
+
+
+def open_sessions(artifacts: Mapping[str, str | os.PathLike], backends: Sequence[str] | None,
+                  sessions: dict[tuple[str, str], Session]) -> None:
+    """One session per artifact x backend, into ``sessions`` as they open (the caller closes them): the backends
+    asked for that run the artifact's kind, or by default every quick ONNX backend that works here."""
+    from gap_deploy import runtime
+    from gap_deploy.runtime.backends.table import ONNX_BACKENDS, backends_for
+    from gap_deploy.runtime.bundle import kind_of
+    from gap_deploy.runtime.session import available_backends
+
+    works = {name for name, why in available_backends().items() if why is None}
+    for name, path in artifacts.items():
+        kind = kind_of(path)
+        quick = [b for b in ONNX_BACKENDS if b in works and not facts(b).builds_at_start]
+        default = quick if kind == "onnx" else list(backends_for(kind))
+        wanted = list(backends) if backends else default
+        usable = [b for b in wanted if facts(b).artifact == kind]
+        if not usable:
+            raise UsageError(f"no backend given runs artifact '{name}' ({path}); asked for {', '.join(wanted)}.")
+        for backend in usable:
+            sessions[(name, backend)] = runtime.load(path, backend)
+
+
+def one_model(sessions: dict[tuple[str, str], Session]):
+    """The metadata of the first session, after checking that every session classifies the same classes."""
+    first = next(iter(sessions.values())).metadata
+    for (name, _), session in sessions.items():
+        if (session.metadata.class_names, session.metadata.num_classes) != (first.class_names, first.num_classes):
+            raise UsageError(f"artifact '{name}' has other classes than '{next(iter(sessions))[0]}'; tune "
+                             "artifacts of one model.")
+    return first
+
+
+@dataclass
+class Sweep:
+    """The images of one sweep and the sessions that measure them. Sessions that share a preprocessing contract
+    and an input spec form a group and share their prepared images; each size is the contract at that size
+    (runtime.preprocess), made from images decoded once. ``held`` maps (channels, contract) to the decoded
+    images while they fit in memory; None when the sweep streams, decoding each image once per size."""
+
+    sessions: dict[tuple[str, str], Session]
+    files: list
+    keep: list[int]
+    groups: dict[tuple, list]
+    held: dict[tuple, list] | None
+    widest: int
+
+    @classmethod
+    def decoded(cls, sessions, files, result: TuneResult, hold_bytes: int, folder) -> Sweep:
+        groups: dict[tuple, list] = {}
+        for key, session in sessions.items():
+            channels = session.spec.channels
+            contract = session.metadata.preprocessing(channels=channels)
+            groups.setdefault((channels, contract, session.input_spec), []).append(key)
+        held = hold_images(groups, files, result, hold_bytes)
+        keep = list(range(len(files)))
+        if held is not None:
+            keep = [i for i in keep if all(held[g][i] is not None for g in held)]
+            if not keep:
+                raise UsageError(f"no image of {folder} could be read.", note="see the per-file errors.")
+        return cls(sessions, files, keep, groups, held, max(s.spec.channels for s in sessions.values()))
+
+    def seconds_per_point(self, settings, chosen_sizes, result: TuneResult) -> float:
+        """An estimate of one point's seconds: its benchmark, and the images through the first group's lead
+        session at the largest size (a probe of up to 16 images), plus decoding when the sweep streams."""
+        bench_s = settings.warmup_s + (settings.duration_s if settings.iterations is None else 0.0)
+        per_image = result.seconds["decode"] / max(len(self.files), 1) if result.streamed else 0.0
+        (c0, contract0, _), (key, *_) = next(iter(self.groups.items()))
+        session = self.sessions[key]
+        largest = max(chosen_sizes, key=lambda s: s[0] * s[1]) if chosen_sizes else None
+        probe = []
+        probe_count = 16 if largest is None else fitting(self.widest, largest, 16)
+        for i in self.keep[:probe_count]:
+            try:
+                raw = self.held[c0, contract0][i] if self.held is not None else read_file(contract0, self.files[i], c0)
+                probe.append(prepared(session, contract0.sized(largest), raw))
+            except GapError:
+                pass  # unreadable or too small at its own size: reported when its point runs
+        t0 = time.perf_counter()
+        if probe:
+            session.run_many(probe, max_batch=probe_count)
+        per_image += (time.perf_counter() - t0) / max(len(probe), 1)
+        return bench_s + per_image * len(self.keep) + 0.05
+
+    def batches(self, size, lead: Session, channels: int, contract) -> Iterator[Batch]:
+        """The kept images prepared for ``lead`` at ``size``, in order: from the held images, or streamed."""
+        if self.held is not None:
+            return self._held_batches(size, lead, channels, contract, self.held[channels, contract])
+        return self._streamed_batches(size, lead, channels, contract)
+
+    def _held_batches(self, size, lead: Session, channels: int, contract, images: list) -> Iterator[Batch]:
+        """Chunks of at most 64 prepared images in order (Session.run_many groups them by shape), fewer where
+        64 images at ``size`` and their activations would not fit."""
+        from gap_deploy.runtime.stream import Batch
+
+        chunk: list = []
+        limit = 64 if size is None else fitting(channels, size, 64)
+        at_size = contract.sized(size)
+        for j, i in enumerate(self.keep):
+            try:
+                chunk.append((j, prepared(lead, at_size, images[i])))
+            except GapError as exc:
+                yield Batch((j,), error=first_line(exc))
+            if len(chunk) == limit or (chunk and j == len(self.keep) - 1):
+                yield Batch(tuple(x for x, _ in chunk), tuple(a for _, a in chunk))
+                chunk = []
+
+    def _streamed_batches(self, size, lead: Session, channels: int, contract) -> Iterator[Batch]:
+        from gap_deploy.runtime.stream import default_workers, stream_batches
+
+        at_size = contract.sized(size)
+
+        def load(path):
+            return prepared(lead, at_size, read_file(at_size, path, channels))
+
+        count = 64 if size is None else fitting(channels, size, 64)  # the window: a batch and the decodes in flight
+        return stream_batches([self.files[i] for i in self.keep], load, batch_size=count,
+                              window=count + default_workers())
+
+    def measure(self, size, group: tuple, keys: list, truth: np.ndarray, result: TuneResult, batch: int, settings,
+                progress: Callable[[str], None] | None) -> None:
+        """One size for one group: top-1/top-5 of each of its sessions on the kept images, then each timed at
+        that size (at the median image size for native sizes); a point each into ``result``."""
+        from gap_deploy.runtime.bench import bench_session
+
+        channels, contract, _ = group
+        label = size_label(size)
+        t0 = time.perf_counter()
+        top = {key: np.full((len(self.keep), 5), -1) for key in keys}
+        ran = np.zeros(len(self.keep), bool)
+        shapes = []
+        for item in self.batches(size, self.sessions[keys[0]], channels, contract):
+            if item.error is not None:
+                result.errors.append({"file": str(self.files[self.keep[item.indices[0]]]), "size": label,
+                                      "error": item.error})
+                continue
+            rows = list(item.indices)
+            ran[rows] = True
+            shapes += [img.shape for img in item.images]
+            for key in keys:
+                logits = np.stack(self.sessions[key].run_many(list(item.images), max_batch=max(batch, 16)))
+                record_top5(top[key], rows, logits)
+        if not ran.any():
+            raise UsageError(f"no image could run at size {label} on {', '.join(k[0] for k in keys)}.",
+                             note="see the per-file errors.")
+        result.seconds["evaluate"] += time.perf_counter() - t0
+        if size is None:  # latency at the median image size
+            hs, ws = sorted(s[1] for s in shapes), sorted(s[2] for s in shapes)
+            hw = (hs[len(hs) // 2], ws[len(ws) // 2])
+        else:
+            hw = size
+        y = truth[ran]
+        for key in keys:
+            got = top[key][ran]
+            correct, top5 = int(np.sum(got[:, 0] == y)), int(np.sum((got == y[:, None]).any(axis=1)))
+            t1 = time.perf_counter()
+            timed, _ = bench_session(self.sessions[key], (batch, channels, *hw), settings)
+            if timed is None:  # interrupted before a single timed iteration
+                raise KeyboardInterrupt
+            result.seconds["bench"] += time.perf_counter() - t1
+            result.points.append(TunePoint(key[0], key[1], label, (batch, channels, *hw), correct, top5,
+                                           int(ran.sum()), timed.latency_ms.median, timed.latency_ms.p99,
+                                           timed.throughput_ips))
+            if progress:
+                progress(result.points[-1].label)
+            if timed.interrupted:
+                raise KeyboardInterrupt
+
+
+def hold_images(groups: dict[tuple, list], files: list, result: TuneResult,
+                hold_bytes: int) -> dict[tuple, list] | None:
+    """Every file decoded once per (channels, contract) of the groups, None where unreadable (its error into
+    ``result``); None instead of the images, and ``result.streamed``, once they would pass ``hold_bytes``."""
+    held: dict[tuple, list] = {}
+    held_size = 0
+    for c, contract in dict.fromkeys((k[0], k[1]) for k in groups):
+        held[c, contract] = []
+        for path in files:
+            try:
+                image = read_file(contract, path, c)
+            except GapError as exc:
+                result.errors.append({"file": str(path), "size": "any", "error": first_line(exc)})
+                image = None
+            held[c, contract].append(image)
+            held_size += image.nbytes if image is not None else 0
+            if held_size > hold_bytes:
+                result.streamed = True  # too many to hold: stream, decoding once per size
+                result.errors = [e for e in result.errors if e["size"] != "any"]
+                return None
+    return held
 
 
 def format_table(result: TuneResult, decision: Decision | None = None) -> str:

@@ -65,57 +65,16 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
             --min-top1 0.75 --plot tune.png --emit deploy/
     """
     from gap_deploy.runtime.bench import BenchSettings
-    from gap_deploy.runtime.cli.eval import named_artifacts
-    from gap_deploy.runtime.errors import UsageError
-    from gap_deploy.runtime.files import check_distinct, check_output_path
-    from gap_deploy.runtime.session import BACKENDS
-    from gap_deploy.runtime.tune import decide, format_table, parse_sizes, plot, tune
+    from gap_deploy.runtime.tune import parse_sizes
 
-    named = named_artifacts(artifacts)
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}.")
-    constraints = {"--min-top1": min_top1, "--max-ms": max_ms, "--min-ips": min_ips}
-    given = [k for k, v in constraints.items() if v is not None]
-    if len(given) > 1:
-        raise UsageError(f"{' and '.join(given)} cannot go together; give one constraint.")
-    if emit_dir and not given:
-        raise UsageError("--emit needs a constraint (--min-top1, --max-ms or --min-ips) to know what to deploy.")
+    named, given = _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_path, plot_path,
+                                  emit_dir)
     parsed = parse_sizes(sizes) if sizes else None
-    check_distinct({**{f"artifact {n}": p for n, p in named.items()}, "--data": folder},
-                   {"--json": json_path, "--plot": plot_path, "--emit": emit_dir}, output_folders=("--emit",))
-    for path in (json_path, plot_path):
-        if path:
-            check_output_path(path)
-    if emit_dir:
-        from gap_deploy.runtime._lazy import require
-
-        require("onnx", purpose="for --emit", hint="pip install 'gap-deploy[convert]'.")
-        if emit_dir.exists() and (not emit_dir.is_dir() or any(emit_dir.iterdir())):
-            raise UsageError(f"--emit folder {emit_dir} exists and is not empty; choose a new folder.")
-    if plot_path:
-        from gap_deploy.runtime._lazy import require
-
-        require("matplotlib", purpose="for --plot")
     settings = BenchSettings(warmup_s=0.1, duration_s=duration, min_iterations=5)
-    bar = None
+    result = _sweep(named, folder, sizes=parsed, native=not no_native, backends=list(backends) or None,
+                    batch=batch, max_per_class=max_images, settings=settings)
+    from gap_deploy.runtime.tune import decide, format_table, plot
 
-    def planned(points: int, seconds: float) -> None:
-        nonlocal bar
-        info(f"Measuring {points} point(s) (artifact x backend x size); estimated at most {seconds:.0f} s ...")
-        bar = click.progressbar(length=points, label="Tuning", file=sys.stderr)
-        bar.__enter__()
-
-    def advance(label: str) -> None:
-        if bar is not None:
-            bar.update(1)
-
-    try:
-        result = tune(named, folder, sizes=parsed, native=not no_native, backends=list(backends) or None,
-                      batch=batch, max_per_class=max_images, settings=settings, progress=advance, on_plan=planned)
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
     decision = None
     if given and result.points:
         decision = decide(result.points, min_top1=min_top1, max_ms=max_ms, min_ips=min_ips)
@@ -142,3 +101,62 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
         sys.exit(130)
     if result.errors:
         fail(f"{len(result.errors)} image(s) could not be evaluated (listed above); the figures leave them out.")
+
+
+def _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_path, plot_path, emit_dir):
+    """The NAME=PATH artifacts and the constraint given, once every option is known to go together and every
+    output can be written."""
+    from gap_deploy.runtime.cli.eval import named_artifacts
+    from gap_deploy.runtime.errors import UsageError
+    from gap_deploy.runtime.files import check_distinct, check_output_path
+    from gap_deploy.runtime.session import BACKENDS
+
+    named = named_artifacts(artifacts)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UsageError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}.")
+    constraints = {"--min-top1": min_top1, "--max-ms": max_ms, "--min-ips": min_ips}
+    given = [k for k, v in constraints.items() if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} cannot go together; give one constraint.")
+    if emit_dir and not given:
+        raise UsageError("--emit needs a constraint (--min-top1, --max-ms or --min-ips) to know what to deploy.")
+    check_distinct({**{f"artifact {n}": p for n, p in named.items()}, "--data": folder},
+                   {"--json": json_path, "--plot": plot_path, "--emit": emit_dir}, output_folders=("--emit",))
+    for path in (json_path, plot_path):
+        if path:
+            check_output_path(path)
+    if emit_dir:
+        from gap_deploy.runtime._lazy import require
+
+        require("onnx", purpose="for --emit", hint="pip install 'gap-deploy[convert]'.")
+        if emit_dir.exists() and (not emit_dir.is_dir() or any(emit_dir.iterdir())):
+            raise UsageError(f"--emit folder {emit_dir} exists and is not empty; choose a new folder.")
+    if plot_path:
+        from gap_deploy.runtime._lazy import require
+
+        require("matplotlib", purpose="for --plot")
+    return named, given
+
+
+def _sweep(named, folder, **options):
+    """runtime.tune.tune with a progress bar on standard error once the sweep's length is known."""
+    from gap_deploy.runtime.tune import tune
+
+    bar = None
+
+    def planned(points: int, seconds: float) -> None:
+        nonlocal bar
+        info(f"Measuring {points} point(s) (artifact x backend x size); estimated at most {seconds:.0f} s ...")
+        bar = click.progressbar(length=points, label="Tuning", file=sys.stderr)
+        bar.__enter__()
+
+    def advance(label: str) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        return tune(named, folder, progress=advance, on_plan=planned, **options)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)

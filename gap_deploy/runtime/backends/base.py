@@ -17,7 +17,7 @@ class TensorInfo:
 
     name: str
     dtype: np.dtype
-    shape: tuple[int | str, ...]
+    shape: tuple[int | str | None, ...]
     profiles: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = field(default_factory=tuple)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class Cuda:
     def __init__(self, cudart=None):
         self.rt = cudart if cudart is not None else load_cudart()
 
-    def _check(self, call: str, result):
+    def _check(self, call: str, result) -> Any:  # what cuda-bindings returned: a handle, a number, a struct
         err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
         if err != self.rt.cudaError_t.cudaSuccess:
             name = self.rt.cudaGetErrorName(err)[1]
@@ -198,7 +199,7 @@ class DeviceBuffer:
         dtype = np.dtype(dtype)
         count = int(np.prod(shape))
         raw = (ctypes.c_char * (count * dtype.itemsize)).from_address(self.ptr)
-        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+        return np.frombuffer(memoryview(raw), dtype=dtype, count=count).reshape(shape)
 
     def free(self) -> None:
         if self.ptr:

@@ -52,6 +52,7 @@ class _EdgeRunner(Runner):
             raise ArtifactError(f"{path}'s bundle says no input channels or classes (gap.in_channels, "
                                 "gap.num_classes in model.json's metadata).", hint=REPACK)
         self.precision = meta.precision
+        self._channels: int = meta.in_channels
         self.inputs = (TensorInfo(names[0], np.dtype(np.float32), (None, meta.in_channels, None, None)),)
         self.outputs = (TensorInfo(names[1], np.dtype(np.float32), (None, meta.num_classes)),)
         self._threads = threads
@@ -77,7 +78,7 @@ class _EdgeRunner(Runner):
         if channels is not None and channels != meta.in_channels:
             raise ArtifactError(f"{said} says {meta.in_channels} input channel(s); the {self.runtime_name} model it "
                                 f"describes takes {channels}. The description is not believed.", hint=REPACK)
-        shape = (1, int(meta.in_channels), max(meta.min_height, 1), max(meta.min_width, 1))
+        shape = (1, self._channels, max(meta.min_height, 1), max(meta.min_width, 1))
         probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         try:
             out = self.infer(probe)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -207,7 +208,7 @@ class OrtRunner(Runner):
                 options.enable_profiling = True
                 options.profile_file_prefix = str(Path(scratch) / "placement")
             try:
-                self._session = ort.InferenceSession(str(path), options, providers=providers,
+                self._session: Any = ort.InferenceSession(str(path), options, providers=providers,
                                                      disabled_optimizers=list(DISABLED_OPTIMIZERS))
             except Exception as exc:
                 raise ArtifactError(f"cannot read ONNX model {path}: {first_line(exc)}",

@@ -124,7 +124,7 @@ class OvRunner(Runner):
         ov = _ov()
         self._ov_version = ov.__version__
         model, self.inputs, self.outputs, self.props = read_ir(path)
-        self._config = {"INFERENCE_PRECISION_HINT": "f32"}
+        self._config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self._model, self._path = model, path

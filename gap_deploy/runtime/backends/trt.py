@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,13 +79,13 @@ class TrtRunner(Runner):
             # Version-compatible plans embed the lean runtime's host code: allowed only for a plan whose signature
             # (and its manifest's) verified under a trusted public key (or that the caller trusts), checked above.
             self._runtime.engine_host_code_allowed = True
-        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        self._engine: Any = self._runtime.deserialize_cuda_engine(plan)  # tensorrt's ICudaEngine (loaded lazily)
         if self._engine is None:
             raise ArtifactError(f"TensorRT could not deserialize engine {path}.",
                                 note="the plan is corrupt, or was built by another TensorRT version or for "
                                      "another GPU.",
                                 hint=f"rebuild it on this machine: gap-build MODEL.onnx -o {path}")
-        self._context = self._engine.create_execution_context()
+        self._context: Any = self._engine.create_execution_context()
         if self._context is None:
             raise BackendError(f"TensorRT could not create an execution context for {path} (out of GPU memory?).")
 
@@ -156,7 +157,7 @@ class TrtRunner(Runner):
         engine, trt = self._engine, self._trt
         dims = tuple(engine.get_tensor_shape(name))
         shape = tuple(d if d >= 0 else (_AXES[i] if i < len(_AXES) else f"dim{i}") for i, d in enumerate(dims))
-        profiles = ()
+        profiles: tuple = ()
         if with_profiles:
             profiles = tuple(tuple(tuple(int(v) for v in s) for s in engine.get_tensor_profile_shape(name, p))
                              for p in range(engine.num_optimization_profiles))
@@ -284,7 +285,8 @@ class TrtRunner(Runner):
             cuda.record(e3, stream)
             cuda.synchronize(stream)
             out = self._out_host.view(out_shape, self._out_dtype).copy()
-            timing = GpuTiming(cuda.elapsed_ms(e0, e1), cuda.elapsed_ms(e1, e2), cuda.elapsed_ms(e2, e3), enqueue_ms)
+            timing = GpuTiming(cuda.elapsed_ms(e0, e1), cuda.elapsed_ms(e1, e2), cuda.elapsed_ms(e2, e3),
+                                 enqueue_ms or 0.0)
         return out, timing
 
     def _launch(self, shape, cuda_graph: bool) -> float:

@@ -89,116 +89,31 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
         gap-bench model.onnx --threads 1 --compare model_ncnn --compare model_litert
     """
     from gap_deploy import runtime
-    from gap_deploy.runtime.bench import attach_parity, bench_reference, bench_session, environment, format_table
-    from gap_deploy.runtime.bundle import check_artifact
-    from gap_deploy.runtime.errors import UsageError
-    from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
-    from gap_deploy.runtime.limits import check_memory
-    from gap_deploy.runtime.validation import check_shape
+    from gap_deploy.runtime.bench import bench_shapes, environment
 
     parsed = [shape_option(s) for s in shapes]
-    check_artifact(artifact)
-    for other in compare:
-        check_artifact(other)
-    for path in (json_path, plot_path):
-        if path:
-            check_output_path(path)
-    check_distinct({"ARTIFACT": artifact, "--torch": torch_ckpt, **{f"--compare {c}": c for c in compare}},
-                   {"--json": json_path, "--plot": plot_path})
-    if plot_path:
-        from gap_deploy.runtime._lazy import require
-
-        require("matplotlib", purpose="for --plot")
-    if torch_ckpt:
-        check_input_file(torch_ckpt, "checkpoint")
+    _check_paths(artifact, compare, torch_ckpt, json_path, plot_path)
     started = time.perf_counter()
     session = runtime.load(artifact, backend, threads=threads, trust_engine=trust_engine, verify_key=verify_key or None)
     create_ms = (time.perf_counter() - started) * 1e3
-    others = []
-    for other in compare:
-        started = time.perf_counter()
-        other_session = runtime.load(other, threads=threads)
-        others.append((other, other_session, (time.perf_counter() - started) * 1e3))
-        if other_session.metadata.num_classes != session.metadata.num_classes:
-            raise UsageError(f"--compare {other} has {other_session.metadata.num_classes} classes, ARTIFACT has "
-                             f"{session.metadata.num_classes}: compare artifacts of one model.")
+    others = [_open_other(other, session, threads) for other in compare]
     parsed = parsed or [default_shape(session)]
-
-    for shape in parsed:  # every shape is checked before anything is timed or allocated
-        for each in (session, *(o[1] for o in others)):
-            check_shape(shape, each.input_spec)
-        check_memory(shape, "--shape")
-
+    _check_shapes(parsed, [session, *(o.session for o in others)])
     reference, extra_versions = None, {}
     if torch_ckpt:
-        from gap_deploy.runtime.references import load_reference
-
-        torch_reference = load_reference("torch")  # registered by the exporter side; runtime never imports it
-
-        device = facts(session.backend).device
-        info(f"Loading {torch_ckpt} into PyTorch ({device}) ...")
-        reference, extra_versions = torch_reference(torch_ckpt, arch=arch, num_classes=num_classes,
-                                                    trust_checkpoint=trust_checkpoint, device=device, threads=threads)
+        reference, extra_versions = _torch_reference(session, torch_ckpt, arch, num_classes, trust_checkpoint,
+                                                     threads)
         check_reference_fits(reference, session, parsed[0], torch_ckpt)
 
     settings = BenchSettings(warmup_s=warmup, duration_s=duration, iterations=iterations, cuda_graph=cuda_graph,
                              transfers=transfers)
     device_info, versions = environment(session, {k: str(v) for k, v in extra_versions.items()})
     info(f"{artifact} on {session.backend} ({session.metadata.precision}); {device_info}")
-    results, interrupted = [], False
-    total = len(parsed) * (1 + bool(reference) + len(others))
-    done = 0
-    for shape in parsed:
-        done += 1
-        info(f"[{done}/{total}] {session.backend} {format_shape(shape)} ...")
-        cold = create_ms if facts(session.backend).cold_start_measured and not results else None  # measured once
-        result, output = bench_session(session, shape, settings, cold_start_ms=cold)
-        if result is None:
-            interrupted = True
-            break
-        result.artifact = str(artifact)
-        results.append(result)
-        if reference is not None:
-            done += 1
-            info(f"[{done}/{total}] torch {format_shape(shape)} ...")
-            ref_result, ref_output = bench_reference(f"torch-{extra_versions['torch_device']}", reference, shape,
-                                                     settings)
-            attach_parity(result, output, ref_output, session.metadata.precision)
-            if ref_result is None:
-                interrupted = True
-                break
-            result.speedup_vs_torch = ref_result.latency_ms.median / result.latency_ms.median
-            results.append(ref_result)
-        for other, other_session, other_ms in others:
-            if result.interrupted:
-                break
-            done += 1
-            info(f"[{done}/{total}] {other_session.backend} ({other}) {format_shape(shape)} ...")
-            cold = other_ms if facts(other_session.backend).cold_start_measured and shape == parsed[0] else None
-            other_result, other_output = bench_session(other_session, shape, settings, cold_start_ms=cold)
-            if other_result is None:
-                interrupted = True
-                break
-            other_result.artifact = str(other)
-            other_result.latency_vs_first = other_result.latency_ms.median / result.latency_ms.median
-            attach_parity(other_result, other_output, output, other_session.metadata.precision,
-                          reference_name=str(artifact))
-            results.append(other_result)
-            interrupted = interrupted or other_result.interrupted
-        if result.interrupted or interrupted:
-            interrupted = True
-            break
-
-    click.echo(f"gap-bench {artifact} | backend {session.backend} | precision {session.metadata.precision} | "
-               f"transfers {'included' if transfers else 'excluded'}")
-    click.echo(f"versions: {', '.join(f'{k} {v}' for k, v in versions.items())}")
-    click.echo(f"device: {', '.join(f'{k}: {v}' for k, v in device_info.items())}")
-    if results:
-        click.echo(format_table(results))
-    for r in results:
-        for warning in r.warnings:
-            where = f"{r.backend} {format_shape(r.shape)}"
-            click.echo(click.style("Warning: ", fg="yellow") + f"{where}: {warning}", err=True)
+    results, interrupted = bench_shapes(session, parsed, settings, artifact=str(artifact), create_ms=create_ms,
+                                        reference=reference,
+                                        reference_name=f"torch-{extra_versions.get('torch_device')}",
+                                        others=others, progress=info)
+    _report(session, artifact, results, device_info, versions, transfers)
     if json_path:
         write_json(json_path, {"artifact": str(artifact), "device": device_info, "versions": versions,
                                "settings": {"warmup_s": warmup, "duration_s": duration, "iterations": iterations,
@@ -217,3 +132,76 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
     if mismatched:
         info(f"{len(mismatched)} shape(s) differ from PyTorch beyond the {session.metadata.precision} tolerance.")
         sys.exit(1)
+
+
+def _check_paths(artifact, compare, torch_ckpt, json_path, plot_path) -> None:
+    """Every input exists and every output can be written (and none is another), before anything loads."""
+    from gap_deploy.runtime.bundle import check_artifact
+    from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
+
+    check_artifact(artifact)
+    for other in compare:
+        check_artifact(other)
+    for path in (json_path, plot_path):
+        if path:
+            check_output_path(path)
+    check_distinct({"ARTIFACT": artifact, "--torch": torch_ckpt, **{f"--compare {c}": c for c in compare}},
+                   {"--json": json_path, "--plot": plot_path})
+    if plot_path:
+        from gap_deploy.runtime._lazy import require
+
+        require("matplotlib", purpose="for --plot")
+    if torch_ckpt:
+        check_input_file(torch_ckpt, "checkpoint")
+
+
+def _open_other(other, session, threads):
+    """A --compare artifact's session, with its load time; it must classify as many classes as ARTIFACT."""
+    from gap_deploy import runtime
+    from gap_deploy.runtime.bench import Compared
+    from gap_deploy.runtime.errors import UsageError
+
+    started = time.perf_counter()
+    other_session = runtime.load(other, threads=threads)
+    compared = Compared(str(other), other_session, (time.perf_counter() - started) * 1e3)
+    if other_session.metadata.num_classes != session.metadata.num_classes:
+        raise UsageError(f"--compare {other} has {other_session.metadata.num_classes} classes, ARTIFACT has "
+                         f"{session.metadata.num_classes}: compare artifacts of one model.")
+    return compared
+
+
+def _check_shapes(shapes, sessions) -> None:
+    """Every shape is checked on every session before anything is timed or allocated."""
+    from gap_deploy.runtime.limits import check_memory
+    from gap_deploy.runtime.validation import check_shape
+
+    for shape in shapes:
+        for each in sessions:
+            check_shape(shape, each.input_spec)
+        check_memory(shape, "--shape")
+
+
+def _torch_reference(session, torch_ckpt, arch, num_classes, trust_checkpoint, threads):
+    """The --torch checkpoint as a callable on the artifact's device, and the versions it reports."""
+    from gap_deploy.runtime.references import load_reference
+
+    torch_reference = load_reference("torch")  # registered by the exporter side; runtime never imports it
+    device = facts(session.backend).device
+    info(f"Loading {torch_ckpt} into PyTorch ({device}) ...")
+    return torch_reference(torch_ckpt, arch=arch, num_classes=num_classes, trust_checkpoint=trust_checkpoint,
+                           device=device, threads=threads)
+
+
+def _report(session, artifact, results, device_info, versions, transfers) -> None:
+    from gap_deploy.runtime.bench import format_table
+
+    click.echo(f"gap-bench {artifact} | backend {session.backend} | precision {session.metadata.precision} | "
+               f"transfers {'included' if transfers else 'excluded'}")
+    click.echo(f"versions: {', '.join(f'{k} {v}' for k, v in versions.items())}")
+    click.echo(f"device: {', '.join(f'{k}: {v}' for k, v in device_info.items())}")
+    if results:
+        click.echo(format_table(results))
+    for r in results:
+        for warning in r.warnings:
+            where = f"{r.backend} {format_shape(r.shape)}"
+            click.echo(click.style("Warning: ", fg="yellow") + f"{where}: {warning}", err=True)
