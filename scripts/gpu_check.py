@@ -112,42 +112,68 @@ def main(argv=None) -> int:
         print(f"gpu_check: needs an NVIDIA GPU and TensorRT: {problem}.", file=sys.stderr)
         return 2
 
-    from gap_deploy import runtime
-    from gap_deploy.exporter.builder import BuildConfig, Profile, build_with_precision
-    from gap_deploy.exporter.precision import VariantOptions
-    from gap_deploy.exporter.reference import torch_reference
-    from gap_deploy.runtime.bench import replay_agrees
-    from gap_deploy.runtime.parity import tolerance_for
-
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out)
-    ckpt, data = args.checkpoint, args.checkpoint.parent
-    onnx_path = out / "model.onnx"
-    state: dict = {}
+    steps = TrtSteps(out, args.checkpoint, args.checkpoint.parent)
+    if check.step("export and PyTorch CUDA reference", steps.prepare):
+        for precision in ("fp32", "fp16", "int8"):
+            check.step(f"{precision} engine vs ONNX Runtime and PyTorch", steps.engine_step(precision))
+        check.step("two profiles with switches", steps.two_profiles)
+        if "fp16" in steps.state:
+            check.step("8 threads on one engine", steps.threads)
+            check.step("CUDA-graph replay = normal execution", steps.graphs)
+            check.step("gap-run on real images", steps.gap_run)
+            check.step("gap-bench FP16 engine vs PyTorch CUDA", steps.bench)
+        check.step("version-compatible engine on tensorrt_lean alone", steps.lean)
+        check.step("ort-cuda and ort-trt sessions (engine cache reused)", steps.ort_sessions)
+    print("\n=== gpu_check summary\n" + check.summary())
+    passed = all(r["passed"] for r in check.rows)
+    if args.json:
+        args.json.write_text(json.dumps({"passed": passed, "steps": check.rows}, indent=2) + "\n")
+    return 0 if passed else 1
 
-    def prepare() -> str:
-        nonlocal ckpt, data
-        if not ckpt.exists():  # the trained demo model: the INT8 gate is judged on real images
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "train_demo.py"), "--out", str(out)], check=True)
-            ckpt, data = out / "gapcnn.pt", out
-        subprocess.run([str(Path(sys.executable).parent / "gap-export"), str(ckpt), "--dynamic", "--imgsz", "64",
-                        "-o", str(onnx_path)], check=True)
-        state["torch"], info = torch_reference(ckpt, device="cuda")  # TF32 off: the reference computes in FP32
+
+class TrtSteps:
+    """The TensorRT steps of the check, each returning what it measured or raising AssertionError. ``state``
+    holds what one step leaves for the next (the PyTorch reference, the held-out folder, the engines)."""
+
+    def __init__(self, out: Path, ckpt: Path, data: Path):
+        self.out, self.ckpt, self.data = out, ckpt, data
+        self.onnx_path = out / "model.onnx"
+        self.state: dict = {}
+        self.exact: dict[int, int] = {}
+
+    def prepare(self) -> str:
+        from gap_deploy.exporter.reference import torch_reference
+
+        if not self.ckpt.exists():  # the trained demo model: the INT8 gate is judged on real images
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "train_demo.py"), "--out", str(self.out)],
+                           check=True)
+            self.ckpt, self.data = self.out / "gapcnn.pt", self.out
+        subprocess.run([str(Path(sys.executable).parent / "gap-export"), str(self.ckpt), "--dynamic", "--imgsz", "64",
+                        "-o", str(self.onnx_path)], check=True)
+        # TF32 off: the reference computes in FP32
+        self.state["torch"], info = torch_reference(self.ckpt, device="cuda")
         sys.path.insert(0, str(ROOT / "scripts"))
         from demo_data import write_labelled_folder
 
-        state["heldout"] = out / "heldout"  # drawn with the evaluation seed: never trained or calibrated on
-        write_labelled_folder(state["heldout"], per_class=4)
-        return f"{ckpt} exported; PyTorch {info['torch']} on {info['torch_device']} (TF32 {info['torch_tf32']})"
+        self.state["heldout"] = self.out / "heldout"  # drawn with the evaluation seed: never trained or calibrated on
+        write_labelled_folder(self.state["heldout"], per_class=4)
+        return f"{self.ckpt} exported; PyTorch {info['torch']} on {info['torch_device']} (TF32 {info['torch_tf32']})"
 
-    def engine_step(precision: str) -> Callable[[], str]:
-        def work() -> str:
+    def engine_step(self, precision: str) -> Callable[[], str]:
+        from gap_deploy import runtime
+        from gap_deploy.exporter.builder import BuildConfig, Profile, build_with_precision
+        from gap_deploy.exporter.precision import VariantOptions
+        from gap_deploy.runtime.parity import tolerance_for
+
+        def work(self) -> str:
             variant = None if precision == "fp32" else VariantOptions(
-                precision, calib=data / "calib" if precision == "int8" else None, calib_size=(64, 64))
-            result = build_with_precision(onnx_path, out / f"model.{precision}.plan", variant=variant,
+                precision, calib=self.data / "calib" if precision == "int8" else None, calib_size=(64, 64))
+            result = build_with_precision(self.onnx_path, self.out / f"model.{precision}.plan", variant=variant,
                                           config=BuildConfig(profiles=(Profile(*PROFILE),),
-                                                             timing_cache=out / "timing.cache"))
+                                                             timing_cache=self.out / "timing.cache"))
             built = result.build.manifest.precision
             if built != precision:
                 raise AssertionError(f"{precision} was asked, the engine's layers run {built}")
@@ -158,31 +184,36 @@ def main(argv=None) -> int:
             with runtime.load(result.build.plan, trust_engine=True) as engine:
                 for i, shape in enumerate([*PROFILE, *ODD_SHAPES]):  # min/opt/max and odd sizes, random inputs
                     x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
-                    max_abs, rel, _ = compare(engine.run(x), state["torch"](x))
+                    max_abs, rel, _ = compare(engine.run(x), self.state["torch"](x))
                     if not (rel <= tol.rtol and max_abs <= tol.atol):
                         raise AssertionError(f"{shape}: max abs {max_abs:.3g}, rel {rel:.3g} against PyTorch CUDA "
                                              f"(tolerance {tol})")
                     worst = max(worst, rel)
                 for shape in REAL_SHAPES:  # held-out real images: top-1 means something there
-                    x = heldout_batch(state["heldout"], shape)
-                    got, ref = engine.run(x), state["torch"](x)
+                    x = heldout_batch(self.state["heldout"], shape)
+                    got, ref = engine.run(x), self.state["torch"](x)
                     agree += int(np.sum(got.argmax(1) == ref.argmax(1)))
                     total += len(x)
             if agree < TOP1_FLOOR[precision] * total:
                 raise AssertionError(f"top-1 agrees with PyTorch on {agree}/{total} real images, below "
                                      f"{TOP1_FLOOR[precision]:.0%}")
-            state[precision] = result.build.plan
+            self.state[precision] = result.build.plan
             return (f"built {built}, {result.build.layer_precisions}; vs PyTorch CUDA worst rel {worst:.2e}, "
                     f"top-1 {agree}/{total} real images")
         return work
 
-    def two_profiles() -> str:
+    def two_profiles(self) -> str:
+        from gap_deploy import runtime
+        from gap_deploy.exporter.builder import BuildConfig, Profile, build_with_precision
+        from gap_deploy.runtime.parity import tolerance_for
+
         profiles = (Profile((1, 3, 4, 4), (1, 3, 32, 32), (4, 3, 64, 64)),
                     Profile((1, 3, 65, 65), (1, 3, 128, 128), (2, 3, 256, 256)))
-        result = build_with_precision(onnx_path, out / "model.2p.plan", config=BuildConfig(
-            profiles=profiles, timing_cache=out / "timing.cache"))
+        result = build_with_precision(self.onnx_path, self.out / "model.2p.plan", config=BuildConfig(
+            profiles=profiles, timing_cache=self.out / "timing.cache"))
         tol = tolerance_for("fp32", "trt")
-        with runtime.load(result.build.plan, trust_engine=True) as engine, runtime.load(onnx_path, "ort-cpu") as cpu:
+        with runtime.load(result.build.plan, trust_engine=True) as engine, \
+                runtime.load(self.onnx_path, "ort-cpu") as cpu:
             for i, shape in enumerate([(1, 3, 16, 16), (2, 3, 200, 100), (4, 3, 64, 33), (1, 3, 65, 65)] * 2):
                 x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
                 _, rel, _ = compare(engine.run(x), cpu.run(x))
@@ -190,12 +221,13 @@ def main(argv=None) -> int:
                     raise AssertionError(f"{shape} after a profile switch: rel {rel:.3g}")
         return "8 runs alternating between 2 profiles match ONNX Runtime"
 
-    exact: dict[int, int] = {}
+    def threads(self) -> str:
+        from gap_deploy import runtime
+        from gap_deploy.runtime.bench import replay_agrees
 
-    def threads() -> str:
         inputs = [np.random.default_rng(i).standard_normal((1 + i % 3, 3, 8 + i % 7, 9 + i % 5)).astype(np.float32)
                   for i in range(64)]
-        plan = state["fp16"]  # built by this check moments ago: trusted without a signature
+        plan = self.state["fp16"]  # built by this check moments ago: trusted without a signature
         with runtime.load(plan, trust_engine=True) as engine, runtime.load(plan, trust_engine=True) as other:
             serial = [engine.run(x) for x in inputs]
             for sessions in ((engine,) * 8, (engine, other) * 4):  # one shared runner; two runners at once
@@ -212,22 +244,27 @@ def main(argv=None) -> int:
                 # exact count is reported (a mix-up between threads gives other images' logits, far beyond it)
                 bad = [i for i in range(64) if results[i] is None
                        or not replay_agrees(float(np.max(np.abs(results[i] - serial[i]))), serial[i], "fp16", "trt")]
-                exact[len(set(map(id, sessions)))] = sum(
+                self.exact[len(set(map(id, sessions)))] = sum(
                     results[i] is not None and np.array_equal(results[i], serial[i]) for i in range(64))
                 if bad:
                     raise AssertionError(f"{len(bad)} of 64 results on {len(set(map(id, sessions)))} engine(s) "
                                          "differ from serial ones beyond the FP16 GPU tolerance")
+        exact = self.exact
         return (f"64 inputs on 8 threads equal serial results within the FP16 GPU tolerance, on one engine and on two "
                 f"at once (bitwise equal: {exact[1]}/64 and {exact[2]}/64)")
 
-    def lean() -> str:
-        plan = out / "model.vc.plan"
-        build_with_precision(onnx_path, plan, variant=VariantOptions("fp16", calib_size=(64, 64)),
+    def lean(self) -> str:
+        from gap_deploy import runtime
+        from gap_deploy.exporter.builder import BuildConfig, Profile, build_with_precision
+        from gap_deploy.exporter.precision import VariantOptions
+
+        plan = self.out / "model.vc.plan"
+        build_with_precision(self.onnx_path, plan, variant=VariantOptions("fp16", calib_size=(64, 64)),
                              config=BuildConfig(profiles=(Profile(*PROFILE),), version_compatible=True))
-        x_path, ref_path = out / "lean_x.npy", out / "lean_ref.npy"
+        x_path, ref_path = self.out / "lean_x.npy", self.out / "lean_ref.npy"
         x = np.random.default_rng(7).standard_normal((2, 3, 37, 53)).astype(np.float32)
         np.save(x_path, x)
-        with runtime.load(onnx_path, "ort-cpu") as cpu:
+        with runtime.load(self.onnx_path, "ort-cpu") as cpu:
             np.save(ref_path, cpu.run(x))
         code = ("import sys, numpy as np; sys.modules['tensorrt'] = None\n"  # only tensorrt_lean may load
                 f"sys.path.insert(0, {str(ROOT / 'scripts')!r}); from checkout import use_checkout; use_checkout()\n"
@@ -242,9 +279,12 @@ def main(argv=None) -> int:
             raise AssertionError(f"lean run failed: {done.stdout}{done.stderr}")
         return done.stdout.strip() + " (process without the full tensorrt)"
 
-    def graphs() -> str:
+    def graphs(self) -> str:
+        from gap_deploy import runtime
+        from gap_deploy.runtime.bench import replay_agrees
+
         diffs: list = []
-        with runtime.load(state["fp16"], trust_engine=True) as engine:
+        with runtime.load(self.state["fp16"], trust_engine=True) as engine:
             for i, shape in enumerate([(1, 3, 64, 64), (8, 3, 128, 96), (1, 3, 4, 4)]):
                 x = np.random.default_rng(i).standard_normal(shape).astype(np.float32)
                 diff = engine.check_cuda_graph(x)
@@ -253,10 +293,13 @@ def main(argv=None) -> int:
                     raise AssertionError(f"{shape}: replay differs from normal execution by {diff}")
         return f"replay equals normal execution within the FP16 GPU tolerance at 3 shapes (max abs {max(diffs):.3g})"
 
-    def ort_sessions() -> str:
+    def ort_sessions(self) -> str:
+        from gap_deploy import runtime
+        from gap_deploy.runtime.parity import tolerance_for
+
         notes = []
         x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
-        with runtime.load(onnx_path, "ort-cpu") as cpu:
+        with runtime.load(self.onnx_path, "ort-cpu") as cpu:
             ref = cpu.run(x)
         def judged(backend: str, got: np.ndarray) -> float:
             tol = tolerance_for("fp32", backend)
@@ -266,14 +309,14 @@ def main(argv=None) -> int:
                                      f"(tolerance {tol.describe()})")
             return rel
 
-        with runtime.load(onnx_path, "ort-cuda") as cuda_session:
+        with runtime.load(self.onnx_path, "ort-cuda") as cuda_session:
             rel = judged("ort-cuda", cuda_session.run(x))
             notes.append(f"ort-cuda rel {rel:.1e}, CPU shape nodes {len(cuda_session.cpu_nodes)}")
-        cache = out / "ort-trt-cache"
+        cache = self.out / "ort-trt-cache"
         times = []
         for _ in range(2):
             started = time.perf_counter()
-            with runtime.load(onnx_path, "ort-trt", cache_dir=cache,
+            with runtime.load(self.onnx_path, "ort-trt", cache_dir=cache,
                               trt_profile=":".join(format_shape(s) for s in PROFILE)) as trt_session:
                 rel = judged("ort-trt", trt_session.run(x))
             times.append(time.perf_counter() - started)
@@ -285,27 +328,30 @@ def main(argv=None) -> int:
                                  f"(first {times[0]:.1f} s)")
         return f"{', '.join(notes)}; ort-trt rel {rel:.1e}, start {times[0]:.1f} s then {times[1]:.1f} s (cache)"
 
-    def gap_run() -> str:
-        done = subprocess.run([*console("gap-run"), str(state["fp16"]), str(data / "samples"), "--trust-engine",
+    def gap_run(self) -> str:
+        from gap_deploy import runtime
+
+        done = subprocess.run([*console("gap-run"), str(self.state["fp16"]), str(self.data / "samples"),
+                               "--trust-engine",
                                "--json"], capture_output=True, text=True)
         if done.returncode != 0:
             raise AssertionError(done.stderr)
         report = json.loads(done.stdout)
-        with runtime.load(onnx_path, "ort-cpu") as cpu:
+        with runtime.load(self.onnx_path, "ort-cpu") as cpu:
             from gap_deploy.runtime.classify import classify
             from gap_deploy.runtime.images import collect_images
 
-            cpu_report = classify(cpu, collect_images([data / "samples"]))
+            cpu_report = classify(cpu, collect_images([self.data / "samples"]))
         agree = sum(a["top"][0]["index"] == b["top"][0]["index"]
                     for a, b in zip(report["results"], cpu_report["results"]))
         if agree != len(cpu_report["results"]) or not report["results"]:
             raise AssertionError(f"top-1 of {agree}/{len(cpu_report['results'])} images agree with ONNX Runtime")
         return f"{len(report['results'])} images, top-1 equal to ONNX Runtime CPU"
 
-    def bench() -> str:
-        path = out / "bench.json"
-        done = subprocess.run([*console("gap-bench"), str(state["fp16"]), "--trust-engine", "--shape",
-                               "1x3x224x224", "--shape", "8x3x128x128", "--torch", str(ckpt), "--cuda-graph",
+    def bench(self) -> str:
+        path = self.out / "bench.json"
+        done = subprocess.run([*console("gap-bench"), str(self.state["fp16"]), "--trust-engine", "--shape",
+                               "1x3x224x224", "--shape", "8x3x128x128", "--torch", str(self.ckpt), "--cuda-graph",
                                "--json", str(path)], text=True)
         if done.returncode != 0:
             raise AssertionError(f"gap-bench exit {done.returncode}")
@@ -315,23 +361,6 @@ def main(argv=None) -> int:
                           f"D2H {r['gpu_ms']['d2h']['median']:.3f} enqueue {r['gpu_ms']['enqueue']['median']:.3f}) "
                           f"{r['speedup_vs_torch']:.1f}x torch" for r in rows)
         return parts
-
-    if check.step("export and PyTorch CUDA reference", prepare):
-        for precision in ("fp32", "fp16", "int8"):
-            check.step(f"{precision} engine vs ONNX Runtime and PyTorch", engine_step(precision))
-        check.step("two profiles with switches", two_profiles)
-        if "fp16" in state:
-            check.step("8 threads on one engine", threads)
-            check.step("CUDA-graph replay = normal execution", graphs)
-            check.step("gap-run on real images", gap_run)
-            check.step("gap-bench FP16 engine vs PyTorch CUDA", bench)
-        check.step("version-compatible engine on tensorrt_lean alone", lean)
-        check.step("ort-cuda and ort-trt sessions (engine cache reused)", ort_sessions)
-    print("\n=== gpu_check summary\n" + check.summary())
-    passed = all(r["passed"] for r in check.rows)
-    if args.json:
-        args.json.write_text(json.dumps({"passed": passed, "steps": check.rows}, indent=2) + "\n")
-    return 0 if passed else 1
 
 
 def heldout_batch(folder: Path, shape) -> np.ndarray:

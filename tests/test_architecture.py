@@ -322,3 +322,18 @@ def test_the_import_path_is_the_folder_path_and_the_install_adds_no_other_name(t
     assert Path(pipeline_file) == root / "gap_deploy" / "exporter" / "pipeline.py"
     ours = {str(root / n) for n in ("runtime", "exporter", "tests", "scripts")}
     assert not ours & set(ast.literal_eval(bare))  # other distributions may own a top-level `tests`
+
+
+def test_the_exporters_lazy_names_are_the_names_type_checkers_see():
+    """gap_deploy.exporter loads its public names lazily (__getattr__) and names them again under TYPE_CHECKING
+    for static tools; __all__, the lazy table and the TYPE_CHECKING imports must be the same set."""
+    import ast
+    from pathlib import Path
+
+    import gap_deploy.exporter as exporter
+
+    source = Path(exporter.__file__).read_text()
+    checked = {alias.asname or alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.If)
+               and ast.unparse(node.test) == "TYPE_CHECKING" for stmt in node.body
+               if isinstance(stmt, ast.ImportFrom) for alias in stmt.names}
+    assert set(exporter.__all__) == set(exporter._EXPORTS) == checked

@@ -259,74 +259,89 @@ def make_engine(profiles=PROFILES, compute=expected_logits, device: FakeDevice |
     engine.get_tensor_profile_shape.side_effect = lambda n, p: profiles[p]
     engine.create_execution_context.return_value = context
 
-    # ``epoch`` changes with every new input shape or profile: TensorRT's developer guide ("CUDA Graphs") says a
-    # graph must be recaptured after such a change, so replaying work captured in another epoch is stale.
-    state = {"profile": 0, "shape": None, "addr": {}, "epoch": 0}
+    kernels = _Kernels(profiles, compute, extra, names, device)
+    context.set_optimization_profile_async.side_effect = kernels.set_profile
+    context.set_input_shape.side_effect = kernels.set_input_shape
+    context.get_tensor_shape.side_effect = kernels.tensor_shape
+    context.set_tensor_address.side_effect = lambda n, p: kernels.addr.__setitem__(n, p) or True
+    context.execute_async_v3.side_effect = kernels.execute
+    return engine, context
 
-    def set_profile(index, stream):
+
+class _Kernels:
+    """What an IExecutionContext holds and does: the profile and input shape set, the tensor addresses, and
+    the work enqueued on a stream (run at once, or recorded while a FakeDevice captures a graph).
+
+    ``epoch`` changes with every new input shape or profile: TensorRT's developer guide ("CUDA Graphs") says a
+    graph must be recaptured after such a change, so replaying work captured in another epoch is stale."""
+
+    def __init__(self, profiles, compute, extra: dict, names: list, device: FakeDevice | None):
+        self.profiles, self.compute, self.extra, self.names, self.device = profiles, compute, extra, names, device
+        self.profile, self.shape, self.epoch = 0, None, 0
+        self.addr: dict = {}
+
+    def set_profile(self, index, stream):
         if not isinstance(stream, int):  # pybind11 takes typing.SupportsInt; the bindings' objects are not ints
             raise TypeError(f"stream_handle must be an int, got {type(stream).__name__}")
-        if not 0 <= index < len(profiles):  # the binding raises; it does not return False
+        if not 0 <= index < len(self.profiles):  # the binding raises; it does not return False
             raise RuntimeError(f"profile index {index} out of range")
-        if index != state["profile"]:
-            state["epoch"] += 1
-        state["profile"] = index
+        if index != self.profile:
+            self.epoch += 1
+        self.profile = index
         return True
 
-    def set_input_shape(name, shape):
-        lo, _, hi = profiles[state["profile"]]
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.profiles[self.profile]
         if not all(a <= s <= b for s, a, b in zip(shape, lo, hi)):
             return False
-        if tuple(shape) != state["shape"]:
-            state["epoch"] += 1
-        state["shape"] = tuple(shape)
+        if tuple(shape) != self.shape:
+            self.epoch += 1
+        self.shape = tuple(shape)
         return True
 
-    def run(shape, addr, epoch):
+    def tensor_shape(self, name):
+        if name == "logits":
+            return (self.shape[0], NUM_CLASSES)
+        return tuple(self.extra[name](np.zeros(self.shape, np.float32)).shape)
+
+    def run(self, shape, addr, epoch):
         n, c, h, w = shape
-        if epoch != state["epoch"]:  # stale graph: what it computes is undefined; make that visible
+        if epoch != self.epoch:  # stale graph: what it computes is undefined; make that visible
             count = n * NUM_CLASSES
             nan = np.full(count, np.nan, np.float32)
             ctypes.memmove(addr["logits"], nan.ctypes.data, nan.nbytes)
             return
         count = n * c * h * w
         x = np.frombuffer((ctypes.c_float * count).from_address(addr["images"]), dtype=np.float32)
-        out = np.ascontiguousarray(compute(x.reshape(n, c, h, w).copy()), dtype=np.float32)
+        out = np.ascontiguousarray(self.compute(x.reshape(n, c, h, w).copy()), dtype=np.float32)
         ctypes.memmove(addr["logits"], out.ctypes.data, out.nbytes)
-        for name, fn in extra.items():
+        for name, fn in self.extra.items():
             if name in addr:  # an output whose address was set, as TensorRT writes only those
                 value = np.ascontiguousarray(fn(x.reshape(n, c, h, w).copy()), dtype=np.float32)
                 ctypes.memmove(addr[name], value.ctypes.data, value.nbytes)
 
-    def execute(stream):
+    def execute(self, stream):
         if not isinstance(stream, int):
             raise TypeError(f"stream_handle must be an int, got {type(stream).__name__}")
         # NvInferRuntime.h, IExecutionContext::enqueueV3: "each input must have a non-null address and each output
         # must have a non-null address or an IOutputAllocator"; it returns false otherwise
-        if any(not state["addr"].get(n) for n in names):
+        if any(not self.addr.get(n) for n in self.names):
             return False
-        shape, addr, epoch = state["shape"], dict(state["addr"]), state["epoch"]  # what the kernels get
+        shape, addr, epoch = self.shape, dict(self.addr), self.epoch  # what the kernels get
+        device = self.device
 
         def work(handle, enqueue_ms):
-            run(shape, addr, epoch)
+            self.run(shape, addr, epoch)
             if device is not None:
                 device.kernels(handle, enqueue_ms)
 
         if device is not None and device.capturing is not None:
             device.capturing.append(work)
         else:
-            run(shape, addr, epoch)
+            self.run(shape, addr, epoch)
             if device is not None:
                 device.kernels(stream, device.enqueue_ms)
         return True
-
-    context.set_optimization_profile_async.side_effect = set_profile
-    context.set_input_shape.side_effect = set_input_shape
-    context.get_tensor_shape.side_effect = lambda n: (state["shape"][0], NUM_CLASSES) if n == "logits" else \
-        tuple(extra[n](np.zeros(state["shape"], np.float32)).shape)
-    context.set_tensor_address.side_effect = lambda n, p: state["addr"].__setitem__(n, p) or True
-    context.execute_async_v3.side_effect = execute
-    return engine, context
 
 
 def make_trt(engine, version="11.4.0.106", name="tensorrt"):

@@ -11,7 +11,17 @@ used where torch is not installed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gap_deploy.runtime._lazy import require
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors; at run time they load when first used
+    from gap_deploy.exporter.checkpoint import LoadedModel, load_model
+    from gap_deploy.exporter.model import GapCNN
+    from gap_deploy.exporter.onnx_export import ExportResult, export_model, export_onnx, export_verified
+    from gap_deploy.exporter.parity import check_parity, default_verify_shapes
+    from gap_deploy.exporter.pipeline import ExportJob, run_export
+    from gap_deploy.runtime.errors import ParityError
 
 _EXPORTS = {
     "GapCNN": "gap_deploy.exporter.model",
@@ -28,7 +38,8 @@ _EXPORTS = {
     "default_verify_shapes": "gap_deploy.exporter.parity",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["ExportJob", "ExportResult", "GapCNN", "LoadedModel", "ParityError", "check_parity",
+           "default_verify_shapes", "export_model", "export_onnx", "export_verified", "load_model", "run_export"]
 
 
 def __getattr__(name: str):

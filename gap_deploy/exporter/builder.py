@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -86,8 +87,8 @@ def check_profiles(info: ArtifactSpec, profiles: Sequence[Profile], path: Path) 
 SUPPORTED_TENSORRT = ">= 10.0, < 12"
 #: gap-build's --hardware-compat choices -> TensorRT's HardwareCompatibilityLevel member, and the first
 #: TensorRT version that has it.
-HARDWARE_LEVELS = dict(zip(HARDWARE_COMPAT, [("NONE", (10, 0)), ("AMPERE_PLUS", (10, 0)),
-                                             ("SAME_COMPUTE_CAPABILITY", (10, 9))]))
+HARDWARE_LEVELS: dict[str, tuple[str, tuple[int, int]]] = dict(zip(
+    HARDWARE_COMPAT, [("NONE", (10, 0)), ("AMPERE_PLUS", (10, 0)), ("SAME_COMPUTE_CAPABILITY", (10, 9))]))
 #: Words of the engine inspector's per-layer ``Format/Datatype`` value (10.x and 11.x alike): a description
 #: ("Row major linear FP16 format", "Thirty-two wide channel vectorized row major Int8 format") or, for
 #: generated kernels, the bare type name ("Half", "Float", "BFloat16", "Int8", "FP8", "Int32").
@@ -179,12 +180,12 @@ def build_device(cuda=None):
 # The build as composable steps (as Polygraphy composes its loaders): each can be called and tested alone.
 
 @dataclass
-class ParsedNetwork:
-    trt: object
-    logger: object
-    builder: object
-    network: object
-    parser: object  # kept alive: the network refers to the parser's weights
+class ParsedNetwork:  # TensorRT's objects, from the module imported at run time
+    trt: Any
+    logger: Any
+    builder: Any
+    network: Any
+    parser: Any  # kept alive: the network refers to the parser's weights
 
 
 def parse_network(trt, onnx_path: Path) -> ParsedNetwork:
@@ -390,6 +391,8 @@ def engine_verifier(source, config: BuildConfig, spec: ArtifactSpec, *, trt, cud
         # the plan this process has just built, still in its staging place (signed when it is published)
         runner = TrtRunner(plan, trust_engine=True, trt=trt, cuda=cuda)
         try:
+            if runner.manifest is None:
+                raise BuildError(f"the engine just built at {plan} has no manifest beside it.")
             built = runner.manifest.precision
             return compare(ort_cpu_infer(source), runner.infer, profile_shapes(profiles),
                            tolerance_for(built, "trt"), reference_name="ONNX Runtime CPU",
@@ -437,8 +440,8 @@ def build_with_precision(onnx_path: str | Path, output: str | Path, *, variant: 
         {"precision": variant.precision, "int8_layout": variant.int8_layout,
          "calib": Path(variant.calib).name if variant.calib else None}))
     with Publication() as pub:
-        result = stage_engine(pub, result_variant.model, source, output, config, verify=verify, trt=trt, cuda=cuda,
-                              log=log)
+        result = stage_engine(pub, result_variant.model, source, Path(output), config, verify=verify, trt=trt,
+                              cuda=cuda, log=log)
     log(f"Wrote {source}")
     return PipelineResult(result, result_variant, source)
 

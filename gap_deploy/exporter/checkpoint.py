@@ -22,12 +22,13 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from gap_deploy.exporter.model import REFERENCE_KEYS, GapCNN
-from gap_deploy.runtime.errors import CheckpointError, UntrustedCodeError, first_line
+from gap_deploy.runtime.errors import CheckpointError, GapError, UntrustedCodeError, first_line
 from gap_deploy.runtime.files import check_input_file, sha256_file
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "ema", "module")
@@ -253,7 +254,7 @@ def build_arch(spec: str, num_classes: int | None = None) -> tuple[nn.Module, st
     return model, spec
 
 
-def import_attribute(spec: str, option: str, example: str, error=CheckpointError):
+def import_attribute(spec: str, option: str, example: str, error: type[GapError] = CheckpointError) -> Any:
     """The object named by ``MODULE:NAME`` (an importable module or a .py file; NAME may be dotted), for an option
     (--arch, --preprocess) whose errors say which option and how to fix it."""
     module_name, sep, attr = spec.rpartition(":")
@@ -266,6 +267,8 @@ def import_attribute(spec: str, option: str, example: str, error=CheckpointError
             if not source.is_file():
                 raise error(f"{option} file {source} does not exist.", hint=example)
             spec_obj = importlib.util.spec_from_file_location(f"_gap_user_{source.stem}", source)
+            if spec_obj is None or spec_obj.loader is None:
+                raise error(f"{option} file {source} cannot be imported as Python.", hint=example)
             module = importlib.util.module_from_spec(spec_obj)
             sys.modules[spec_obj.name] = module
             with _quiet_import():

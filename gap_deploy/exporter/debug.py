@@ -101,8 +101,8 @@ class DebugReport:
         return None
 
     def top_added(self, count: int = 5) -> list[LayerResult]:
-        known = [r for r in self.layers if r.added is not None and r.layer.leaf]
-        return sorted(known, key=lambda r: -(r.added if math.isfinite(r.added) else 1e300))[:count]
+        known = [(r.added, r) for r in self.layers if r.added is not None and r.layer.leaf]
+        return [r for _, r in sorted(known, key=lambda pair: -(pair[0] if math.isfinite(pair[0]) else 1e300))][:count]
 
     def to_dict(self) -> dict:
         first, over16 = self.first_over, self.first_beyond_fp16
@@ -123,7 +123,7 @@ class DebugReport:
         if self.note:
             lines.append(f"Note: {self.note}")
         first = self.first_over
-        if first is None:
+        if first is None or first.error is None:
             lines.append("No layer is over the tolerance.")
         elif first.layer.path == "":
             lines.append(f"No module departs, but the model's output does (rel err {first.error.rel_err:.3g}): the "
@@ -133,7 +133,7 @@ class DebugReport:
             lines.append(f"First layer over the tolerance: {first.layer.label}: rel err {first.error.rel_err:.3g}"
                          f"{', NaN/Inf' if first.error.nonfinite else ''} (ONNX: {', '.join(first.layer.nodes)})")
         over16 = self.first_beyond_fp16
-        if over16 is not None:
+        if over16 is not None and over16.error is not None:
             peak = over16.error.beyond_fp16
             lines.append(f"First layer beyond float16's range: {over16.layer.label}: {peak} value(s) above 65504 "
                          "(keep it in FP32: gap-export --keep-fp32)")
@@ -419,10 +419,12 @@ def debug_engine(module: nn.Module, reference: onnx.ModelProto, source: onnx.Mod
                 got = [values.get(layer.output if layer.path else spec.output_name) for values in seen]
                 if layer not in marked and layer.path:
                     results.append(LayerResult(layer, note="not a tensor of the TensorRT network"))
-                elif any(g is None for g in got) or any(g.shape != o.shape for g, o in zip(got, out)):
+                    continue
+                arrays = [g for g in got if g is not None]
+                if len(arrays) != len(got) or any(g.shape != o.shape for g, o in zip(arrays, out)):
                     results.append(LayerResult(layer, note="the engine did not give this tensor"))
                 else:
-                    results.append(LayerResult(layer, layer_error(out, [g.astype(np.float32) for g in got]),
+                    results.append(LayerResult(layer, layer_error(out, [g.astype(np.float32) for g in arrays]),
                                                None, "engine"))
     report = DebugReport(name, tolerance, [tuple(x.shape) for x in inputs], results, unattributed, chunk)
     report.note = FUSION_NOTE
@@ -437,14 +439,15 @@ def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for report in reports:
-        rows = [r for r in sorted(report.layers, key=lambda r: r.layer.depth) if r.error is not None]
+        pairs = [(r, r.error) for r in sorted(report.layers, key=lambda r: r.layer.depth) if r.error is not None]
+        rows = [r for r, _ in pairs]
         xs = list(range(len(rows)))
-        ys = [max(r.error.rel_err, 1e-12) if math.isfinite(r.error.rel_err) else 1e6 for r in rows]
+        ys = [max(e.rel_err, 1e-12) if math.isfinite(e.rel_err) else 1e6 for _, e in pairs]
         (line,) = ax.plot(xs, ys, marker="o", label=Path(report.artifact).name)
         ax.axhline(report.tolerance, color=line.get_color(), linestyle="--", linewidth=1, alpha=0.7,
                    label=f"its tolerance ({report.tolerance:g})")
         first = report.first_over
-        if first in rows:
+        if first is not None and first in rows:
             i = rows.index(first)
             ax.annotate(first.layer.path, (i, ys[i]), textcoords="offset points", xytext=(5, 8), fontsize=8)
             ax.plot([i], [ys[i]], marker="*", markersize=14, color="red")

@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gap_deploy.runtime.bundle import ENGINE_SUFFIXES
 from gap_deploy.runtime.errors import UsageError
+
+if TYPE_CHECKING:
+    import onnx
 from gap_deploy.runtime.layers import DEFAULT_CHUNK
 from gap_deploy.runtime.shapes import Shape, format_shape
 
@@ -92,16 +96,19 @@ def check_chunk_memory(shapes: list[tuple[int, ...]], chunk: int) -> None:
              f"{LIMIT_ENV}=<GB> to allow more.")
 
 
-def _variant(job: DebugJob, fp32, channels: int, log) -> object:
+def _variant(job: DebugJob, fp32, channels: int, log) -> onnx.ModelProto:
     """The FP16 or INT8 conversion of ``fp32`` as the converter makes it, before any gate or FP32 fallback: what
     a failed gate measured."""
     from gap_deploy.exporter.precision import check_variant_request, load_calibration, to_fp16, to_int8
     from gap_deploy.runtime.artifact import describe
 
-    check_variant_request(job.precision, job.calib)
-    log(f"Converting to {job.precision} in memory (no gate, no FP32 fallback) ...")
-    if job.precision == "fp16":
+    precision = job.precision or "fp32"
+    check_variant_request(precision, job.calib)
+    log(f"Converting to {precision} in memory (no gate, no FP32 fallback) ...")
+    if precision == "fp16":
         return to_fp16(fp32)
+    if job.calib is None:  # check_variant_request refuses INT8 without calibration images; said again for types
+        raise UsageError("--precision int8 needs --calib DIR.")
     data = load_calibration(job.calib, describe(fp32), size=job.imgsz)
     return to_int8(fp32, data, layout=job.int8_layout)
 
@@ -170,7 +177,7 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
     reference = export_model(loaded, dynamic=True, imgsz=job.imgsz, keep_stack_traces=False)
     meta = reference.metadata
     inputs = _inputs(job, loaded.in_channels, meta)
-    artifacts: list[tuple[str, object]] = [(str(a), a) for a in job.artifacts]
+    artifacts: list[tuple[str, Path | onnx.ModelProto]] = [(str(a), Path(a)) for a in job.artifacts]
     if not artifacts:
         artifacts.append(("in-memory FP32 export", reference.model))
     if job.precision not in (None, "fp32"):

@@ -372,7 +372,7 @@ def export_verified(loaded: LoadedModel, options: ExportOptions = ExportOptions(
     if not verify:
         return exported, None
     meta = exported.metadata
-    shapes = verify_shapes or default_verify_shapes(meta.in_channels, imgsz, meta.min_height,
+    shapes = verify_shapes or default_verify_shapes(meta.in_channels or loaded.in_channels, imgsz, meta.min_height,
                                                     dynamic=exported.dynamic, batch=batch)
     for shape in shapes:
         if shape[2] < meta.min_height or shape[3] < meta.min_width:

@@ -148,38 +148,8 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     differs from the ONNX only at the smallest sizes."""
     from gap_deploy.exporter import pack_edge
 
-    if target not in TARGETS:
-        raise UsageError(f"target {target!r}; choose one of {', '.join(TARGETS)}.")
-    if precision not in ("fp32", "fp16"):
-        raise UsageError(f"precision {precision!r}; a bundle is fp32 or fp16.")
-    if precision == "fp16" and target not in pack_edge.FP16_TARGETS:
-        why = ("an ORT bundle holds the ONNX it is given: make the FP16 variant with gap-export --precision fp16 and "
-               "pack that." if target == "ort" else
-               f"the {target} target is FP32 only here (litert-torch has no FP16 option without TensorFlow's "
-               "converter, which gap-deploy does not install).")
-        raise UsageError(f"--precision fp16 with --target {target}: {why}",
-                         hint=f"FP16 bundles: --target {', '.join(pack_edge.FP16_TARGETS)}.")
-    if target != "ort" and fixed:
-        raise UsageError(f"--fixed variants are for the ORT target's NNAPI and Core ML; the {target} target runs "
-                         "any size.")
-    if target in pack_edge.TORCH_TARGETS and checkpoint is None:
-        raise UsageError(f"--target {target} converts from PyTorch: pass --checkpoint, the PyTorch model "
-                         f"{Path(onnx_path).name} was exported from.",
-                         hint=f"gap-pack {Path(onnx_path).name} --target {target} --checkpoint model.pt")
-    if target not in pack_edge.TORCH_TARGETS and checkpoint is not None:
-        raise UsageError(f"--target {target} converts the ONNX itself; --checkpoint is for "
-                         f"{', '.join(pack_edge.TORCH_TARGETS)}.")
-    bounded = target in ("executorch", "coreml")
-    if not bounded and (max_side is not None or max_batch is not None):
-        raise UsageError("--max-side and --max-batch bound the ExecuTorch and Core ML targets' dynamic dims; "
-                         f"the {target} target has no such bound.")
-    max_side = pack_edge.DEFAULT_MAX_SIDE if max_side is None else max_side
-    max_batch = pack_edge.DEFAULT_MAX_BATCH if max_batch is None else max_batch
-    if max_batch < 1 or max_side < 1:
-        raise UsageError("--max-side and --max-batch are at least 1.")
-    if min_side is not None and (target == "ort" or min_side < 1):
-        raise UsageError("--min-side raises the smallest size of an OpenVINO, ncnn, LiteRT, ExecuTorch or Core ML "
-                         "bundle (a whole number >= 1); an ORT bundle holds the ONNX, whose minimum is its own.")
+    max_side, max_batch = _check_request(target, precision, fixed, checkpoint, Path(onnx_path).name, max_side,
+                                         max_batch, min_side)
     from gap_deploy.runtime.onnx_file import check_onnx_file
 
     source = check_onnx_file(onnx_path)
@@ -193,25 +163,7 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
                          min_width=max(spec.metadata.min_width, min_side))
         spec = replace(spec, metadata=raised)
     meta, channels = spec.metadata, spec.channels
-    if fixed and (spec.static_size or spec.static_batch):
-        raise UsageError(f"{source.name} is already static (input {'x'.join(str(d) for d in spec.written_dims)}): "
-                         "--fixed variants fix a dynamic model's sizes, and this one runs at its own size only.",
-                         hint="pack it without --fixed, or export with gap-export --dynamic and give the sizes to "
-                              "--fixed.")
-    if target not in ("ort", "openvino") and meta.precision != "fp32":
-        raise UsageError(f"{source.name} is a {meta.precision} variant; the {target} target converts the FP32 model "
-                         "and judges it against the FP32 ONNX.",
-                         hint=f"pack the FP32 ONNX (with --precision fp16 for an FP16 {target} bundle)."
-                         if target in pack_edge.FP16_TARGETS else "pack the FP32 ONNX.")
-    from gap_deploy.runtime.limits import check_memory
-
-    for shape in fixed:
-        check_memory(shape, f"--fixed {format_shape(shape)}")  # its parity sweep allocates it
-        if shape[1] != channels:
-            raise UsageError(f"fixed shape {format_shape(shape)} has {shape[1]} channels; the model takes {channels}.")
-        if shape[2] < meta.min_height or shape[3] < meta.min_width:
-            raise UsageError(f"fixed shape {format_shape(shape)} is below the model's minimum "
-                             f"{meta.min_height}x{meta.min_width}.")
+    _check_model(spec, source, target, fixed)
     from gap_deploy.runtime.errors import ctrl_c_kept
 
     # the bundle appears whole, once every file in it is checked; Ctrl-C during the converters and runtimes stays
@@ -234,6 +186,74 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
             result = _build(model, source, staged, spec, list(dict.fromkeys(fixed)), log)
     result.folder = folder
     return result
+
+
+def _check_request(target: str, precision: str, fixed, checkpoint, onnx_name: str, max_side: int | None,
+                   max_batch: int | None, min_side: int | None) -> tuple[int, int]:
+    """The options of one gap-pack call go together (before any file is read); (max_side, max_batch) with their
+    defaults."""
+    from gap_deploy.exporter import pack_edge
+
+    if target not in TARGETS:
+        raise UsageError(f"target {target!r}; choose one of {', '.join(TARGETS)}.")
+    if precision not in ("fp32", "fp16"):
+        raise UsageError(f"precision {precision!r}; a bundle is fp32 or fp16.")
+    if precision == "fp16" and target not in pack_edge.FP16_TARGETS:
+        why = ("an ORT bundle holds the ONNX it is given: make the FP16 variant with gap-export --precision fp16 and "
+               "pack that." if target == "ort" else
+               f"the {target} target is FP32 only here (litert-torch has no FP16 option without TensorFlow's "
+               "converter, which gap-deploy does not install).")
+        raise UsageError(f"--precision fp16 with --target {target}: {why}",
+                         hint=f"FP16 bundles: --target {', '.join(pack_edge.FP16_TARGETS)}.")
+    if target != "ort" and fixed:
+        raise UsageError(f"--fixed variants are for the ORT target's NNAPI and Core ML; the {target} target runs "
+                         "any size.")
+    if target in pack_edge.TORCH_TARGETS and checkpoint is None:
+        raise UsageError(f"--target {target} converts from PyTorch: pass --checkpoint, the PyTorch model "
+                         f"{onnx_name} was exported from.",
+                         hint=f"gap-pack {onnx_name} --target {target} --checkpoint model.pt")
+    if target not in pack_edge.TORCH_TARGETS and checkpoint is not None:
+        raise UsageError(f"--target {target} converts the ONNX itself; --checkpoint is for "
+                         f"{', '.join(pack_edge.TORCH_TARGETS)}.")
+    bounded = target in ("executorch", "coreml")
+    if not bounded and (max_side is not None or max_batch is not None):
+        raise UsageError("--max-side and --max-batch bound the ExecuTorch and Core ML targets' dynamic dims; "
+                         f"the {target} target has no such bound.")
+    max_side = pack_edge.DEFAULT_MAX_SIDE if max_side is None else max_side
+    max_batch = pack_edge.DEFAULT_MAX_BATCH if max_batch is None else max_batch
+    if max_batch < 1 or max_side < 1:
+        raise UsageError("--max-side and --max-batch are at least 1.")
+    if min_side is not None and (target == "ort" or min_side < 1):
+        raise UsageError("--min-side raises the smallest size of an OpenVINO, ncnn, LiteRT, ExecuTorch or Core ML "
+                         "bundle (a whole number >= 1); an ORT bundle holds the ONNX, whose minimum is its own.")
+    return max_side, max_batch
+
+
+def _check_model(spec, source: Path, target: str, fixed) -> None:
+    """The ONNX can be packed for ``target``: --fixed only on a dynamic model, within its channels and minimum
+    size; a converting target only from the FP32 model."""
+    from gap_deploy.exporter import pack_edge
+
+    meta, channels = spec.metadata, spec.channels
+    if fixed and (spec.static_size or spec.static_batch):
+        raise UsageError(f"{source.name} is already static (input {'x'.join(str(d) for d in spec.written_dims)}): "
+                         "--fixed variants fix a dynamic model's sizes, and this one runs at its own size only.",
+                         hint="pack it without --fixed, or export with gap-export --dynamic and give the sizes to "
+                              "--fixed.")
+    if target not in ("ort", "openvino") and meta.precision != "fp32":
+        raise UsageError(f"{source.name} is a {meta.precision} variant; the {target} target converts the FP32 model "
+                         "and judges it against the FP32 ONNX.",
+                         hint=f"pack the FP32 ONNX (with --precision fp16 for an FP16 {target} bundle)."
+                         if target in pack_edge.FP16_TARGETS else "pack the FP32 ONNX.")
+    from gap_deploy.runtime.limits import check_memory
+
+    for shape in fixed:
+        check_memory(shape, f"--fixed {format_shape(shape)}")  # its parity sweep allocates it
+        if shape[1] != channels:
+            raise UsageError(f"fixed shape {format_shape(shape)} has {shape[1]} channels; the model takes {channels}.")
+        if shape[2] < meta.min_height or shape[3] < meta.min_width:
+            raise UsageError(f"fixed shape {format_shape(shape)} is below the model's minimum "
+                             f"{meta.min_height}x{meta.min_width}.")
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 from gap_deploy.runtime.artifact import ArtifactSpec
 from gap_deploy.runtime.errors import ExportError, UsageError, first_line
@@ -161,9 +162,9 @@ def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log) -
     dims = _dims(spec, 4096, 1024)  # torch.export's bounds only: the .tflite's signature has none
     path, notes = out / "model.tflite", {}
     log("Converting the PyTorch model to LiteRT with litert-torch ...")
-    import torch.fx.experimental._config as fx_config
+    import torch.fx.experimental._config as fx_config  # its patch() is installed when it is imported
 
-    with captured_output() as tail, fx_config.patch(backed_size_oblivious=True):
+    with captured_output() as tail, cast(Any, fx_config).patch(backed_size_oblivious=True):
         try:
             converted = litert_torch.convert(module, (_example(spec, 2),), dynamic_shapes=(dims,))
         except Exception as exc:
@@ -209,7 +210,7 @@ def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, lo
         f"{max_side}) ...")
     with captured_output() as tail:
         try:
-            with fx_config.patch(backed_size_oblivious=True):
+            with cast(Any, fx_config).patch(backed_size_oblivious=True):
                 program = torch.export.export(module, (example,), dynamic_shapes=(dims,))
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
         except Exception as exc:
@@ -275,17 +276,24 @@ def inspect_coreml(package: Path) -> dict:
                 if output.type.WhichOneof("type") == "tensorType":
                     name = MIL_pb2.DataType.Name(output.type.tensorType.dataType)
                     types[name] = types.get(name, 0) + 1
-    return {"input": desc.name, "input_dtype": ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(
+    return {"input": desc.name, "input_dtype": cast(Any, ct.proto.FeatureTypes_pb2.ArrayFeatureType).ArrayDataType.Name(
         desc.type.multiArrayType.dataType), "input_ranges": ranges, "output": spec.description.output[0].name,
         "spec_version": spec.specificationVersion, "ops": dict(sorted(ops.items())),
         "op_output_types": dict(sorted(types.items()))}
+
+
+class MismatchError(ExportError):
+    """A converted model that departs from the ONNX; ``min_side`` is the smallest side from which it matches,
+    where it departs only below that (scripts/edge_matrix.py retries with --min-side)."""
+
+    min_side: int | None = None
 
 
 class Recording:
     """A candidate for runtime.parity.compare that turns a runtime's failure at one shape into a failed row (NaN
     logits) and keeps its message, so the report shows every shape and the hint can name the sizes that work."""
 
-    def __init__(self, infer, num_classes: int):
+    def __init__(self, infer, num_classes: int | None):
         self.infer, self.num_classes, self.errors = infer, num_classes, []
 
     def __call__(self, x):
@@ -297,13 +305,13 @@ class Recording:
             return self.infer(x)
         except BackendError as exc:
             self.errors.append(f"{format_shape(x.shape)}: {first_line(exc)}")
-            return np.full((x.shape[0], self.num_classes), np.nan, np.float32)
+            return np.full((x.shape[0], self.num_classes or 1), np.nan, np.float32)  # a failed row either way
 
     def note(self, report: ParityReport) -> str:
         return "\n".join([report.format_table(), *self.errors])
 
 
-def verify(reference, infer, shapes, tolerance, *, num_classes: int, source: Path, candidate: str,
+def verify(reference, infer, shapes, tolerance, *, num_classes: int | None, source: Path, candidate: str,
            what: str) -> ParityReport:
     """Compare ``infer`` with ``reference`` at ``shapes``; ExportError (no bundle) with the table, the runtime's
     own errors and, where it applies, the --min-side that would pack the sizes that match."""
@@ -312,7 +320,7 @@ def verify(reference, infer, shapes, tolerance, *, num_classes: int, source: Pat
                      candidate_name=candidate)
     if not report.passed:
         worst, side = suggested_min_side(report) or (None, None)
-        error = ExportError(f"the {what} model does not match {source.name}; no bundle was written.",
+        error = MismatchError(f"the {what} model does not match {source.name}; no bundle was written.",
                             note=recording.note(report), hint=None if side is None else
                             f"it differs only at sizes up to {worst} pixels: --min-side {side} packs a bundle that "
                             "refuses smaller images (and is checked from there up).")

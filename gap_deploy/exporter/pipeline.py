@@ -116,8 +116,7 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
     outcome = ExportOutcome(output, exported, report, list(loaded.notes), loaded.arch)
     outcome.preprocess_check = check_contract(job, opts.preprocess, transform, exported, loaded.in_channels, log)
     if job.variant is not None:  # one sweep, whether an engine follows or not: the FP32 model's own
-        meta = exported.metadata
-        sweep = [r.shape for r in report.rows] if report else [(opts.batch, meta.in_channels, *opts.imgsz)]
+        sweep = [r.shape for r in report.rows] if report else [(opts.batch, loaded.in_channels, *opts.imgsz)]
         log(f"Converting to {job.variant.precision} and verifying against the FP32 ONNX ...")
         try:
             outcome.variant = convert_verified(exported.model, job.variant, sweep)
@@ -137,7 +136,7 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
          "arch": loaded.arch}, {"parity_vs_pytorch": report.to_dict() if report else None}))
     with Publication() as pub:
         staged_fp32 = next(p for p in pub.write_model(output, exported.model) if p.name == output.name)
-        if outcome.variant is not None:
+        if outcome.variant is not None and job.variant is not None and extra is not None:  # all three, or none
             record_in_model(outcome.variant.model, variant_lineage(
                 output.name, sha256_file(staged_fp32), outcome.variant,
                 {"precision": job.variant.precision, "int8_layout": job.variant.int8_layout,
@@ -146,7 +145,8 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
         if job.engine is not None:
             from gap_deploy.exporter.builder import stage_engine
 
-            built, source = (outcome.variant.model, extra) if outcome.variant is not None else (exported.model, output)
+            built, source = (outcome.variant.model, extra) if outcome.variant is not None and extra is not None \
+                else (exported.model, output)
             plan = engine_path(output, job.variant.precision if job.variant else None)
             build = stage_engine(pub, built, source, plan, job.engine, verify=job.verify, trt=trt, cuda=cuda, log=log)
             outcome.build = PipelineResult(build, outcome.variant, source)
@@ -216,7 +216,7 @@ def check_contract(job: ExportJob, contract, transform, exported, channels: int,
     def infer(chw):
         return run(np.repeat(chw[None], batch, axis=0).astype(np.float32))[0]
     with SampleImages(spec.images) as files:
-        result = check_preprocess(contract, checker, name, files, channels, infer)
+        result = check_preprocess(contract, checker, name or "the transform", files, channels, infer)
     if not result.passed:
         worst = max(result.rows, key=lambda r: r.levels)
         raise PreprocessError(

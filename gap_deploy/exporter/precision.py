@@ -161,7 +161,7 @@ def fp16_tolerance(model: onnx.ModelProto) -> Tolerance:
     return Tolerance(atol=10 * rtol, rtol=rtol, atol_relative=True)
 
 
-def load_calibration(source: str | Path, spec: ArtifactSpec, *, size: tuple[int, int],
+def load_calibration(source: str | Path | None, spec: ArtifactSpec, *, size: tuple[int, int],
                      limit: int = 256) -> np.ndarray:
     """Calibration batch (N, C, H, W) float32, normalized as the model ``spec`` describes expects.
 
@@ -170,6 +170,9 @@ def load_calibration(source: str | Path, spec: ArtifactSpec, *, size: tuple[int,
     """
     from gap_deploy.runtime.images import collect_images
 
+    if source is None:
+        raise UsageError("--precision int8 needs calibration data.",
+                         hint="pass --calib DIR (image files) or --calib FILE.npy (NCHW float32, normalized).")
     source = Path(source)
     channels, metadata = spec.channels, spec.metadata
     if not source.exists():
@@ -510,7 +513,7 @@ def int8_with_fallback(fp32: onnx.ModelProto, shapes: Sequence[Shape], calibrati
     if not result.passed:
         raise ExportError("INT8 misses its gate even with these layers left in float: "
                           f"{', '.join(layers) or '(none)'}; no INT8 model was written.",
-                          note="\n".join(steps + [result.real_data.format_table()]),
+                          note="\n".join(steps + [(result.real_data or result.sweep).format_table()]),
                           hint="use more or more representative --calib images, keep more layers with --keep-fp32, "
                                "or lower --min-top1.")
     return VariantResult(result.model, "int8", result.sweep, result.real_data, fp32_layers=tuple(layers),
@@ -526,6 +529,7 @@ def make_variant(fp32: onnx.ModelProto, precision: str, shapes: Sequence[Shape],
 
     check_variant_request(precision, calibration if calibration is None or len(calibration) else None)
     if precision == "int8":
+        assert calibration is not None  # check_variant_request refused INT8 without it
         return int8_with_fallback(fp32, shapes, calibration, tolerance or INT8, keep_float_ends=keep_float_ends,
                                   keep_fp32=keep_fp32, fallback=fallback, layout=int8_layout)
     return fp16_with_fallback(fp32, shapes, tolerance or fp16_tolerance(fp32), keep_fp32=keep_fp32,

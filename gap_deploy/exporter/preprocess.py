@@ -77,54 +77,75 @@ def contract_from_transform(transform, channels: int) -> Preprocess:
     whose antialias setting then matters (None means off for tensors, as torchvision says). On a uint8 tensor,
     torch's uint8 kernel rounds to whole levels: within one level of the float result, which the check measures."""
     steps = list(transform.transforms) if type(transform).__name__ == "Compose" else [transform]
-    stage = "pil"  # pil | uint8 (a uint8 tensor) | float
-    resize = crop = None
-    scale, mean, std = None, None, None
+    reading = _Reading()
     for index, step in enumerate(steps, 1):
         name = type(step).__name__
         if name not in SUPPORTED:
             raise _refuse(index, step, f"{name} cannot be expressed exactly by the preprocessing contract.")
-        if name == "Resize":
-            if resize is not None or crop is not None or mean is not None:
-                raise _refuse(index, step, "a Resize after another Resize, a CenterCrop or Normalize.")
-            if getattr(step, "max_size", None) is not None:
-                raise _refuse(index, step, "max_size (a cap on the longer side) is not part of the contract.")
-            interpolation = _interpolation(step, index)
-            antialias = getattr(step, "antialias", True)
-            if stage == "pil":  # Pillow: always antialiased (torchvision warns and ignores antialias=False)
-                space, antialias = "uint8", True
-            elif interpolation == "nearest":  # picking pixels: the same on uint8 and float
-                space, antialias = "float", False
-            else:  # a tensor: torch's interpolate (on a uint8 tensor its uint8 kernel, within a level; measured)
-                space, antialias = "float", bool(antialias)  # torchvision: None is False on tensors
-            resize = (_pair(step.size, index, step), interpolation, bool(antialias), space, index, step)
-        elif name == "CenterCrop":
-            if crop is not None or mean is not None:
-                raise _refuse(index, step, "a second CenterCrop, or one after Normalize.")
-            crop = (_pair(step.size, index, step), index, step)
-        elif name in ("ToTensor", "MaybeToTensor", "PILToTensor", "ToImage"):
-            if stage != "pil":
-                raise _refuse(index, step, "the image is already a tensor here.")
-            stage, scale = ("float", 1.0) if name in ("ToTensor", "MaybeToTensor") else ("uint8", None)
-        elif name in ("ConvertImageDtype", "ToDtype"):
-            dtype = getattr(step, "dtype", None)
-            if isinstance(dtype, dict):  # v2: {tv_tensors.Image: torch.float32, "others": None}
-                dtype = next((v for v in dtype.values() if v is not None), None)
-            if not getattr(dtype, "is_floating_point", False):
-                raise _refuse(index, step, f"converts to {dtype}, not a float type.")
-            if stage == "uint8":
-                stage, scale = "float", 1.0 if (name == "ConvertImageDtype" or getattr(step, "scale", False)) \
-                    else 255.0
-            elif stage != "float":
-                raise _refuse(index, step, "converts a PIL image; put ToTensor, PILToTensor or ToImage first.")
-        elif name == "Normalize":
-            if stage != "float":
-                raise _refuse(index, step, "Normalize before the image is a float tensor.")
-            mean, std = tuple(float(v) for v in step.mean), tuple(float(v) for v in step.std)
-    if stage != "float":
+        reading.read(name, index, step)
+    if reading.stage != "float":
         raise PreprocessError("the transform does not end in a float tensor (no ToTensor, or PILToTensor/ToImage "
                               "without ConvertImageDtype/ToDtype): the model's input is float.")
-    return _geometry(resize, crop, channels, scale, mean, std)
+    assert reading.scale is not None  # every way to a float tensor sets the scale
+    return _geometry(reading.resize, reading.crop, channels, reading.scale, reading.mean, reading.std)
+
+
+class _Reading:
+    """What the steps read so far say: the stage the image is at (pil, uint8 for a uint8 tensor, float), the
+    resize and the crop with the step that gave each, the pixel scale, mean and std."""
+
+    def __init__(self):
+        self.stage = "pil"
+        self.resize: tuple | None = None
+        self.crop: tuple | None = None
+        self.scale: float | None = None
+        self.mean: tuple[float, ...] | None = None
+        self.std: tuple[float, ...] | None = None
+
+    def read(self, name: str, index: int, step) -> None:
+        if name == "Resize":
+            self._resize(index, step)
+        elif name == "CenterCrop":
+            if self.crop is not None or self.mean is not None:
+                raise _refuse(index, step, "a second CenterCrop, or one after Normalize.")
+            self.crop = (_pair(step.size, index, step), index, step)
+        elif name in ("ToTensor", "MaybeToTensor", "PILToTensor", "ToImage"):
+            if self.stage != "pil":
+                raise _refuse(index, step, "the image is already a tensor here.")
+            self.stage, self.scale = ("float", 1.0) if name in ("ToTensor", "MaybeToTensor") else ("uint8", None)
+        elif name in ("ConvertImageDtype", "ToDtype"):
+            self._to_float(name, index, step)
+        elif name == "Normalize":
+            if self.stage != "float":
+                raise _refuse(index, step, "Normalize before the image is a float tensor.")
+            self.mean, self.std = tuple(float(v) for v in step.mean), tuple(float(v) for v in step.std)
+
+    def _resize(self, index: int, step) -> None:
+        if self.resize is not None or self.crop is not None or self.mean is not None:
+            raise _refuse(index, step, "a Resize after another Resize, a CenterCrop or Normalize.")
+        if getattr(step, "max_size", None) is not None:
+            raise _refuse(index, step, "max_size (a cap on the longer side) is not part of the contract.")
+        interpolation = _interpolation(step, index)
+        antialias = getattr(step, "antialias", True)
+        if self.stage == "pil":  # Pillow: always antialiased (torchvision warns and ignores antialias=False)
+            space, antialias = "uint8", True
+        elif interpolation == "nearest":  # picking pixels: the same on uint8 and float
+            space, antialias = "float", False
+        else:  # a tensor: torch's interpolate (on a uint8 tensor its uint8 kernel, within a level; measured)
+            space, antialias = "float", bool(antialias)  # torchvision: None is False on tensors
+        self.resize = (_pair(step.size, index, step), interpolation, bool(antialias), space, index, step)
+
+    def _to_float(self, name: str, index: int, step) -> None:
+        dtype = getattr(step, "dtype", None)
+        if isinstance(dtype, dict):  # v2: {tv_tensors.Image: torch.float32, "others": None}
+            dtype = next((v for v in dtype.values() if v is not None), None)
+        if not getattr(dtype, "is_floating_point", False):
+            raise _refuse(index, step, f"converts to {dtype}, not a float type.")
+        if self.stage == "uint8":
+            self.stage = "float"
+            self.scale = 1.0 if (name == "ConvertImageDtype" or getattr(step, "scale", False)) else 255.0
+        elif self.stage != "float":
+            raise _refuse(index, step, "converts a PIL image; put ToTensor, PILToTensor or ToImage first.")
 
 
 def _geometry(resize, crop, channels: int, scale: float, mean, std) -> Preprocess:
@@ -181,7 +202,8 @@ def timm_transform(module):
     from gap_deploy.runtime._lazy import require
 
     require("timm", purpose="for --preprocess timm")
-    from timm.data import create_transform, resolve_data_config
+    # timm is the user's own package (not a dependency): type checkers here need not find it
+    from timm.data import create_transform, resolve_data_config  # pyright: ignore[reportMissingImports]
 
     if getattr(module, "pretrained_cfg", None) is None:
         raise PreprocessError("--preprocess timm: the model has no pretrained_cfg (it was not built by timm).",
@@ -290,18 +312,18 @@ def check_preprocess(contract: Preprocess, transform, spec: str, files: Sequence
     failing, agreeing = [], []
     for path in files:
         with open_regular(path) as handle:
-            image, _ = decoded(handle, channels, str(path), "uint8")
+            image, size = decoded(handle, channels, str(path), "uint8")  # a PIL image at the file's own size
         ours = contract.from_image(image)
         theirs = _as_array(transform(image.copy()), spec)
         levels = _levels(contract, ours, theirs)
         if math.isinf(levels):
-            report.rows.append(ImageCheck(str(path), image.size, levels, -1, -1, 1.0))
+            report.rows.append(ImageCheck(str(path), size, levels, -1, -1, 1.0))
             failing.append((image, theirs))
             continue
         logits = np.stack([infer(ours), infer(theirs)])
         probs = softmax_fn(logits.astype(np.float64))
         top = np.sort(probs[0])[::-1]
-        row = ImageCheck(str(path), image.size, levels, int(logits[0].argmax()), int(logits[1].argmax()),
+        row = ImageCheck(str(path), size, levels, int(logits[0].argmax()), int(logits[1].argmax()),
                          float(top[0] - (top[1] if len(top) > 1 else 0.0)))
         if fast:
             quick = contract.load(path, channels, decode="fast")
@@ -376,13 +398,14 @@ def _candidates(contract: Preprocess, pairs) -> Iterator[tuple[Preprocess, str]]
         f"pixel scale: the transform's pixels run 0-{other_scale:g} before Normalize, the contract's "
         f"0-{c.pixel_scale:g} (a ToTensor or ToDtype(scale=True) missing or added)")
     if c.resize in ("shorter-side", "stretch"):
-        low = min(c.size)
+        height, width = c.target
+        low = min(height, width)
         now = _scaled(low, c.crop_fraction)
         for target in sorted(range(low, int(low * 2.5) + 1), key=lambda t: abs(t - now)):
             if target != now:
                 fraction = low / target
                 yield replace(c, crop_fraction=fraction), (
-                    f"Resize/CenterCrop: the transform resizes to {target} before the {c.size[0]}x{c.size[1]} crop "
+                    f"Resize/CenterCrop: the transform resizes to {target} before the {height}x{width} crop "
                     f"(crop fraction {fraction:.4g}), the contract to {now} ({c.crop_fraction:.4g})")
     estimate = _fit_normalization(c, pairs)
     if estimate is not None:

@@ -63,8 +63,15 @@ def read_artifact(path: str | os.PathLike) -> ArtifactSpec:
     return describe(path)
 
 
+def source_of(info: ArtifactSpec) -> Path:
+    """The file an artifact was read from (read_artifact always says; a spec made in memory has none)."""
+    if info.path is None:
+        raise UsageError("an artifact described in memory has no file for Triton to serve; write it first.")
+    return info.path
+
+
 def platform_of(info: ArtifactSpec) -> str:
-    return PLATFORMS[info.path.suffix]
+    return PLATFORMS[source_of(info).suffix]
 
 
 def config_dims(info: ArtifactSpec) -> list[int]:
@@ -85,13 +92,13 @@ def max_batch_for(info: ArtifactSpec, wanted: int | None) -> int:
     without --dynamic) is served with ``max_batch_size: 0`` and its full shape in ``dims``."""
     if info.static_batch:
         if wanted is not None:
-            raise UsageError(f"{info.path.name} has a fixed batch of {info.static_batch}, so Triton serves it with "
-                             "max_batch_size 0 (no batching); --max-batch does not apply.",
+            raise UsageError(f"{source_of(info).name} has a fixed batch of {info.static_batch}, so Triton serves it "
+                             "with max_batch_size 0 (no batching); --max-batch does not apply.",
                              hint="drop --max-batch, or export with gap-export --dynamic to batch requests.")
         return 0
     limit = info.max_batch
     if wanted is not None and wanted > limit:
-        raise UsageError(f"max_batch {wanted} is above what {info.path.name} takes ({limit}).",
+        raise UsageError(f"max_batch {wanted} is above what {source_of(info).name} takes ({limit}).",
                          hint="rebuild the engine with a larger max batch (gap-build --max), or lower it.")
     return wanted or limit
 
@@ -161,9 +168,9 @@ VC_NOTE = ("a version-compatible plan: start tritonserver with --backend-config=
 def _version_compatible(info: ArtifactSpec) -> bool:
     from gap_deploy.runtime.manifest import EngineManifest
 
-    if info.path is None or platform_of(info) != "tensorrt_plan" or not manifest_path(info.path).is_file():
+    if source_of(info) is None or platform_of(info) != "tensorrt_plan" or not manifest_path(source_of(info)).is_file():
         return False
-    return bool(EngineManifest.read(info.path).version_compatible)
+    return bool(EngineManifest.read(source_of(info)).version_compatible)
 
 
 def notes_for(info: ArtifactSpec) -> list[str]:
@@ -181,7 +188,7 @@ def _opt_shape(info: ArtifactSpec) -> tuple:
     else:
         side = max(224, info.metadata.min_height, info.metadata.min_width)
         shape = (1, info.channels, info.fixed(2) or side, info.fixed(3) or side)
-    check_memory(shape, f"the warm-up input of {info.path.name}")
+    check_memory(shape, f"the warm-up input of {source_of(info).name}")
     return shape
 
 
@@ -196,9 +203,10 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repo: str | os.Path
         raise OutputPathError(f"folder {repo.parent} does not exist.", hint=f"mkdir -p {repo.parent}")
     infos = [read_artifact(a) for a in artifacts]
     names = [options.name if options.name and len(infos) == 1 else
-             (f"{options.name}_{i}" if options.name else info.path.name.split(".")[0]) for i, info in enumerate(infos)]
+             (f"{options.name}_{i}" if options.name else source_of(info).name.split(".")[0])
+             for i, info in enumerate(infos)]
     if len(set(names)) != len(names):
-        names = [f"{n}_{info.path.suffix[1:]}_{info.metadata.precision}" for n, info in zip(names, infos)]
+        names = [f"{n}_{source_of(info).suffix[1:]}_{info.metadata.precision}" for n, info in zip(names, infos)]
     names = [safe_name(n, "model name") for n in names]  # names and metadata values become folders
     if len(set(names)) != len(names):
         raise UsageError(f"the artifacts' model names collide ({', '.join(names)}); nothing was written.",
@@ -240,14 +248,14 @@ def sign_repository(repo: Path) -> Path | None:
 
 def _stage_model_folder(staging: Path, name: str, info: ArtifactSpec, options: ServeOptions) -> None:
     """One model folder, filled in its staging twin and checked there; runtime.publish moves it into place."""
-    filename = info.path.name if options.backend == "python" else DEFAULT_FILENAME[platform_of(info)]
+    filename = source_of(info).name if options.backend == "python" else DEFAULT_FILENAME[platform_of(info)]
     version = staging / str(options.version)
     version.mkdir()
-    shutil.copyfile(info.path, version / filename)
+    shutil.copyfile(source_of(info), version / filename)
     if options.backend == "python":
         shutil.copyfile(PYTHON_MODEL, version / "model.py")
-    if manifest_path(info.path).is_file():  # beside the plan: Triton ignores it, the checker reads it
-        shutil.copyfile(manifest_path(info.path), version / manifest_path(filename).name)
+    if manifest_path(source_of(info)).is_file():  # beside the plan: Triton ignores it, the checker reads it
+        shutil.copyfile(manifest_path(source_of(info)), version / manifest_path(filename).name)
     names_ = info.metadata.class_names or tuple(str(i) for i in range(max(classes_of(info), 0)))
     (staging / "labels.txt").write_text("\n".join(names_) + "\n")
     (staging / "config.pbtxt").write_text(config_text(info, name, options, filename))
@@ -282,6 +290,9 @@ def model_config_module():
     if name in sys.modules:
         return sys.modules[name]
     loader = importlib.util.spec_from_file_location(name, path)
+    if loader is None or loader.loader is None:
+        raise MissingDependencyError(f"tritonclient's {path.name} cannot be loaded.",
+                                     hint="pip install 'gap-deploy[triton]'.")
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
     sys.modules[name] = module

@@ -12,7 +12,9 @@ import site
 import sys
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
+
+# exists only inside tritonserver's python backend, which loads this file
+import triton_python_backend_utils as pb_utils  # pyright: ignore[reportMissingImports]
 
 
 class TritonPythonModel:

@@ -10,6 +10,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -218,7 +219,7 @@ class Compared:
     """Another artifact timed beside the first (gap-bench --compare): its path, open session and load time."""
 
     path: str
-    session: object
+    session: Any  # a runtime.session.Session
     load_ms: float
 
 

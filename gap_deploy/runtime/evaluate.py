@@ -140,14 +140,9 @@ def evaluate(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLi
     Only each image's top-5 classes are kept, so memory does not grow with the number of images.
     ``stats`` (a StreamStats) adds up where the time went.
     """
-    import time
-
-    from gap_deploy import runtime
-    from gap_deploy.runtime.classify import image_loader
     from gap_deploy.runtime.errors import InputTypeError
-    from gap_deploy.runtime.images import softmax
     from gap_deploy.runtime.preprocess import DECODES
-    from gap_deploy.runtime.stream import StreamStats, stream_batches
+    from gap_deploy.runtime.stream import StreamStats
     from gap_deploy.runtime.validation import int_tuple
 
     if not isinstance(artifacts, dict) or not artifacts:
@@ -157,28 +152,11 @@ def evaluate(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLi
     if not decodes or any(d not in DECODES for d in decodes) or len(set(decodes)) != len(decodes):
         raise UsageError(f"decodes must be distinct values of {', '.join(DECODES)}; got {list(decodes)!r}.")
     stats = stats if stats is not None else StreamStats()
-    sessions = {}
+    sessions: dict = {}
     try:
-        from gap_deploy.runtime.stream import inference_threads
-
-        for name, path in artifacts.items():
-            sessions[name] = runtime.load(path, backend, threads=inference_threads())
-        metas = {name: s.metadata for name, s in sessions.items()}
-        first = next(iter(metas.values()))
-        for name, meta in metas.items():
-            if (meta.class_names, meta.num_classes) != (first.class_names, first.num_classes):
-                raise UsageError(f"artifact '{name}' has other classes than '{next(iter(metas))}'; compare "
-                                 "artifacts of one model.")
-        check_sizes_fit(sessions, sizes)
-        from gap_deploy.runtime.limits import check_memory
-
-        for size in sizes:  # every size before any image is decoded (the stream checks each image again)
-            if size is not None:
-                for session in sessions.values():
-                    check_memory((1, session.spec.channels, *size), f"--imgsz {size_label(size)}: an input")
+        first = _open_one_model(artifacts, backend, sizes, sessions)
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         labels_all = np.asarray(data.labels)
-        count = len(data.files)
         # one run per artifact and decoder: "name", or "name (exact)" and "name (fast)" side by side
         runs = {(name if len(decodes) == 1 else f"{name} ({d})"): (name, d) for name in sessions for d in decodes}
         scores: dict[str, dict[str, ArtifactScores]] = {run: {} for run in runs}
@@ -187,52 +165,98 @@ def evaluate(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLi
         errors: list[dict] = []
         for size in sizes:
             label = size_label(size)
-            groups: dict[tuple, list[str]] = {}  # one preprocessing, decoder and input spec: the images are shared
-            for run, (name, decode) in runs.items():
-                session = sessions[name]
-                contract = session.metadata.preprocessing(size)
-                key = (contract, decode, session.spec.channels, session.input_spec)
-                groups.setdefault(key, []).append(run)
-            top5 = {run: np.full((count, 5), -1) for run in runs}
-            truth_prob = {run: np.full(count, np.nan) for run in runs}
-            ok_mask = np.ones(count, bool)
-            for (_, decode, _, _), group in groups.items():
-                load = image_loader(sessions[runs[group[0]][0]], size, decode=decode)
-                for batch in stream_batches(data.files, load, batch_size=batch_size, window=window, stats=stats):
-                    if progress:
-                        progress(len(batch.indices))
-                    if batch.error is not None:
-                        index = batch.indices[0]
-                        errors.append({"file": str(data.files[index]), "size": label, "error": batch.error}
-                                      | ({"decode": decode} if len(decodes) > 1 else {}))
-                        ok_mask[index] = False
-                        continue
-                    rows = list(batch.indices)
-                    for run in group:
-                        t0 = time.perf_counter()
-                        logits = np.stack(sessions[runs[run][0]].run_many(list(batch.images), max_batch=batch_size))
-                        stats.infer_s += time.perf_counter() - t0
-                        record_top5(top5[run], rows, logits)
-                        probs = softmax(logits.astype(np.float64))
-                        truth_prob[run][rows] = probs[np.arange(len(rows)), labels_all[rows]]
+            top5, truth_prob, ok_mask = _run_size(sessions, runs, size, data, batch_size, window, stats, progress,
+                                                  errors, len(decodes) > 1)
             if not ok_mask.any():
                 raise ArtifactError(f"no image of {folder} could be evaluated at size {label}.",
                                     note="see the per-file errors.")
             for run in runs:
                 scores[run][label] = _scores(top5[run][ok_mask], labels_all[ok_mask], data.classes)
-            names = list(runs)
-            agreement[label], differences[label] = {}, {}
-            for i, a in enumerate(names):
-                for b in names[i + 1:]:
-                    pa, pb = top5[a][ok_mask, 0], top5[b][ok_mask, 0]
-                    agreement[label][f"{a} vs {b}"] = float(np.mean(pa == pb)) if len(pa) else math.nan
-                    gap = np.abs(truth_prob[a][ok_mask] - truth_prob[b][ok_mask])
-                    differences[label][f"{a} vs {b}"] = {"max": float(gap.max()), "mean": float(gap.mean())}
+            agreement[label], differences[label] = _pairs(list(runs), top5, truth_prob, ok_mask)
         return EvalResult(str(folder), data.classes, {n: str(p) for n, p in artifacts.items()},
                           [size_label(s) for s in sizes], scores, agreement, errors, differences)
     finally:
         for session in sessions.values():
             session.close()
+
+
+def _open_one_model(artifacts: Mapping[str, str | os.PathLike], backend: str | None, sizes: Sequence[Size],
+                    sessions: dict):
+    """Each artifact's session into ``sessions`` (the caller closes them); they must classify the same classes,
+    and one image at every size must fit each of them. Returns the first one's metadata."""
+    from gap_deploy import runtime
+    from gap_deploy.runtime.limits import check_memory
+    from gap_deploy.runtime.stream import inference_threads
+
+    for name, path in artifacts.items():
+        sessions[name] = runtime.load(path, backend, threads=inference_threads())
+    metas = {name: s.metadata for name, s in sessions.items()}
+    first = next(iter(metas.values()))
+    for name, meta in metas.items():
+        if (meta.class_names, meta.num_classes) != (first.class_names, first.num_classes):
+            raise UsageError(f"artifact '{name}' has other classes than '{next(iter(metas))}'; compare "
+                             "artifacts of one model.")
+    check_sizes_fit(sessions, sizes)
+    for size in sizes:  # every size before any image is decoded (the stream checks each image again)
+        if size is not None:
+            for session in sessions.values():
+                check_memory((1, session.spec.channels, *size), f"--imgsz {size_label(size)}: an input")
+    return first
+
+
+def _run_size(sessions: dict, runs: dict[str, tuple[str, str]], size: Size, data, batch_size: int,
+              window: int | None, stats, progress, errors: list[dict], name_decode: bool):
+    """Every run's top-5 (N x 5) and probability of the true class (N) at ``size``, and which images ran.
+    Runs that share a preprocessing, a decoder and an input spec share their decoded images."""
+    import time
+
+    from gap_deploy.runtime.classify import image_loader
+    from gap_deploy.runtime.images import softmax
+    from gap_deploy.runtime.stream import stream_batches
+
+    count, label = len(data.files), size_label(size)
+    labels_all = np.asarray(data.labels)
+    groups: dict[tuple, list[str]] = {}
+    for run, (name, decode) in runs.items():
+        session = sessions[name]
+        key = (session.metadata.preprocessing(size), decode, session.spec.channels, session.input_spec)
+        groups.setdefault(key, []).append(run)
+    top5 = {run: np.full((count, 5), -1) for run in runs}
+    truth_prob = {run: np.full(count, np.nan) for run in runs}
+    ok_mask = np.ones(count, bool)
+    for (_, decode, _, _), group in groups.items():
+        load = image_loader(sessions[runs[group[0]][0]], size, decode=decode)
+        for batch in stream_batches(data.files, load, batch_size=batch_size, window=window, stats=stats):
+            if progress:
+                progress(len(batch.indices))
+            if batch.error is not None:
+                index = batch.indices[0]
+                errors.append({"file": str(data.files[index]), "size": label, "error": batch.error}
+                              | ({"decode": decode} if name_decode else {}))
+                ok_mask[index] = False
+                continue
+            rows = list(batch.indices)
+            for run in group:
+                t0 = time.perf_counter()
+                logits = np.stack(sessions[runs[run][0]].run_many(list(batch.images), max_batch=batch_size))
+                stats.infer_s += time.perf_counter() - t0
+                record_top5(top5[run], rows, logits)
+                probs = softmax(logits.astype(np.float64))
+                truth_prob[run][rows] = probs[np.arange(len(rows)), labels_all[rows]]
+    return top5, truth_prob, ok_mask
+
+
+def _pairs(names: list[str], top5: dict, truth_prob: dict, ok_mask: np.ndarray):
+    """Top-1 agreement and the gap in the true class's probability, for every pair of runs."""
+    agreement: dict[str, float] = {}
+    differences: dict[str, dict[str, float]] = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pa, pb = top5[a][ok_mask, 0], top5[b][ok_mask, 0]
+            agreement[f"{a} vs {b}"] = float(np.mean(pa == pb)) if len(pa) else math.nan
+            gap = np.abs(truth_prob[a][ok_mask] - truth_prob[b][ok_mask])
+            differences[f"{a} vs {b}"] = {"max": float(gap.max()), "mean": float(gap.mean())}
+    return agreement, differences
 
 
 def format_table(result: EvalResult) -> str:

@@ -6,6 +6,7 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,8 @@ def open_regular(path: str | Path):
         yield handle
 
 
-def decoded(source, channels: int, name: str, space: str, draft=None, output_size=None):
+def decoded(source, channels: int, name: str, space: str, draft=None,
+            output_size=None) -> tuple[Any, tuple[int, int]]:
     """Decode an image file for runtime.preprocess: ``(image, (width, height))``, the file's own size
     and its pixels as an 8-bit PIL image in L/RGB/RGBA (space "uint8") or (H, W, channels) float32 in [0, 1]
     (space "float"). ``draft(width, height)`` may name a smaller (W, H) a JPEG can be decoded at (fast

@@ -125,6 +125,11 @@ class Preprocess:
                 raise bad("resize 'none' keeps each image's own size, so it takes no size")
         elif self.size is None or len(self.size) != 2 or min(self.size) < 1 or max(self.size) > 16384:
             raise bad(f"resize {self.resize!r} needs a size of 1 to 16384 pixels per side, not {self.size!r}")
+        self._check_numbers(channels, bad)
+        return self
+
+    def _check_numbers(self, channels: int | None, bad) -> None:
+        """The numeric fields (crop, scale, padding, mean and std), and the pairings the resizers cannot do."""
         if not (isinstance(self.crop_fraction, (int, float)) and math.isfinite(self.crop_fraction)
                 and 0.05 <= self.crop_fraction <= 1.0):
             raise bad(f"crop_fraction {self.crop_fraction!r} is outside 0.05 to 1 (the share of the resized image "
@@ -147,7 +152,6 @@ class Preprocess:
                 raise bad(f"{len(values)} {name} values for {channels} channels")
         if self.std is not None and any(not v > 0 for v in self.std):
             raise bad("every std must be > 0")
-        return self
 
     # ---------------------------------------------------------------------------------------- overrides
     def sized(self, size: tuple[int, int] | None) -> Preprocess:

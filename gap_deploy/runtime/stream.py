@@ -109,12 +109,7 @@ def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, bat
     ``load(item)`` returns a CHW array or raises GapError, which becomes a ``Batch`` with ``error`` for
     that item alone. Every input index appears in exactly one yielded Batch.
     """
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {batch_size}.")
-    workers = workers or default_workers()
-    window = window or max(DEFAULT_WINDOW, 2 * batch_size)
-    if window < batch_size + workers:
-        raise UsageError(f"window ({window}) must hold a batch ({batch_size}) and the decodes in flight ({workers}).")
+    workers, window = _window(batch_size, window, workers)
     stats = stats if stats is not None else StreamStats()
     stats.workers, stats.window = workers, window
     budget = budget_bytes if budget_bytes is not None else default_budget()
@@ -129,29 +124,18 @@ def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, bat
         finally:
             stats.add_decode(time.perf_counter() - t0)
 
-    groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
-    held = 0  # decoded images in groups
-    held_bytes = 0  # their bytes
-    largest = 0  # the largest decoded image so far: what a decode in flight is counted as
+    groups = _SizeGroups(stats)
     pending: deque = deque()  # futures in input order
     submitted = 0
 
     def room() -> bool:
-        if held + len(pending) >= window:
+        if groups.count + len(pending) >= window:
             return False
-        if largest == 0:  # no image seen yet, so none can be counted: as many in flight as there are workers
+        if groups.largest == 0:  # no image seen yet, so none can be counted: as many in flight as workers
             return len(pending) < workers
         # the budget, but never so tight that nothing decodes: one image in flight when nothing is held
-        return held_bytes + (len(pending) + 1) * largest <= budget or (held == 0 and not pending)
-
-    def flush_largest() -> Batch:
-        nonlocal held, held_bytes
-        key = max(groups, key=lambda k: sum(a.nbytes for _, a in groups[k]))
-        group = groups.pop(key)
-        held -= len(group)
-        held_bytes -= sum(a.nbytes for _, a in group)
-        stats.images += len(group)
-        return Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
+        return (groups.bytes + (len(pending) + 1) * groups.largest <= budget
+                or (groups.count == 0 and not pending))
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gap-decode") as pool:
         try:
@@ -159,10 +143,10 @@ def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, bat
                 while submitted < len(items) and room():
                     pending.append(pool.submit(decode, submitted))
                     submitted += 1
-                stats.peak_held = max(stats.peak_held, held + len(pending))
+                stats.peak_held = max(stats.peak_held, groups.count + len(pending))
                 if not pending:
-                    if submitted < len(items) and groups:  # the budget is full of groups: free it, then go on
-                        yield flush_largest()
+                    if submitted < len(items) and groups.groups:  # the budget is full of groups: free it, go on
+                        yield groups.take_largest()
                         continue
                     break
                 t0 = time.perf_counter()
@@ -173,32 +157,67 @@ def stream_batches(items: Sequence, load: Callable[[object], np.ndarray], *, bat
                     stats.failed += 1
                     yield Batch((index,), error=first_line(result))
                     continue
-                key = (result.shape, result.dtype.str)
-                group = groups.setdefault(key, [])
-                group.append((index, result))
-                held += 1
-                held_bytes += result.nbytes
-                largest = max(largest, result.nbytes)
-                stats.peak_bytes = max(stats.peak_bytes, held_bytes)
-                if len(group) >= batch_size:
-                    del groups[key]
-                    held -= len(group)
-                    held_bytes -= sum(a.nbytes for _, a in group)
-                    stats.images += len(group)
-                    yield Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
-                elif submitted < len(items) and (held >= window - workers
-                                                 or held_bytes + workers * largest > budget):
+                full = groups.add(index, result, batch_size)
+                if full is not None:
+                    yield full
+                elif submitted < len(items) and (groups.count >= window - workers
+                                                 or groups.bytes + workers * groups.largest > budget):
                     # the groups fill the window or the budget (but for room for the decodes in flight) and none
                     # is a full batch: send the largest one now, so that decoding can go on
-                    yield flush_largest()
-            for group in groups.values():
-                stats.images += len(group)
-                yield Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
-            groups.clear()
+                    yield groups.take_largest()
+            yield from groups.take_all()
         finally:
             for future in pending:  # an early stop (an error, Ctrl-C): never decode what nobody will take
                 future.cancel()
             stats.wall_s = time.perf_counter() - started
+
+
+def _window(batch_size: int, window: int | None, workers: int | None) -> tuple[int, int]:
+    """(workers, window) with their defaults, once the window holds a batch and the decodes in flight."""
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}.")
+    workers = workers or default_workers()
+    window = window or max(DEFAULT_WINDOW, 2 * batch_size)
+    if window < batch_size + workers:
+        raise UsageError(f"window ({window}) must hold a batch ({batch_size}) and the decodes in flight ({workers}).")
+    return workers, window
+
+
+class _SizeGroups:
+    """Decoded images waiting in groups of one shape and dtype (a batch runs one shape), with their count, their
+    bytes and the largest image seen: what stream_batches weighs against its window and budget."""
+
+    def __init__(self, stats: StreamStats):
+        self.groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        self.count = 0
+        self.bytes = 0
+        self.largest = 0
+        self._stats = stats
+
+    def add(self, index: int, array: np.ndarray, batch_size: int) -> Batch | None:
+        """Hold ``array``; its group as a Batch once the group holds ``batch_size`` images."""
+        key = (array.shape, array.dtype.str)
+        group = self.groups.setdefault(key, [])
+        group.append((index, array))
+        self.count += 1
+        self.bytes += array.nbytes
+        self.largest = max(self.largest, array.nbytes)
+        self._stats.peak_bytes = max(self._stats.peak_bytes, self.bytes)
+        return self._take(key) if len(group) >= batch_size else None
+
+    def take_largest(self) -> Batch:
+        return self._take(max(self.groups, key=lambda k: sum(a.nbytes for _, a in self.groups[k])))
+
+    def take_all(self) -> Iterator[Batch]:
+        while self.groups:
+            yield self._take(next(iter(self.groups)))
+
+    def _take(self, key: tuple) -> Batch:
+        group = self.groups.pop(key)
+        self.count -= len(group)
+        self.bytes -= sum(a.nbytes for _, a in group)
+        self._stats.images += len(group)
+        return Batch(tuple(i for i, _ in group), tuple(a for _, a in group))
 
 
 def in_order(results: Iterable[tuple[int, T]], count: int) -> Iterator[T]:

@@ -209,15 +209,16 @@ def _infer_one(remote: RemoteModel, batch: np.ndarray) -> np.ndarray:
     if not outputs:
         raise ValueError(f"it answered without the output '{remote.output_name}'")
     out = outputs[0]
-    shape: tuple[int, ...] = tuple(int(d) for d in out.get("shape", []))
-    if out.get("datatype") != "FP32" or len(shape) != 2 or shape[0] < 0 or shape[1] < 0:
-        raise ValueError(f"it answered {out.get('datatype')!r} of shape {shape}, not FP32 (N, classes)")
+    dims = [int(d) for d in out.get("shape", [])]
+    if out.get("datatype") != "FP32" or len(dims) != 2 or dims[0] < 0 or dims[1] < 0:
+        raise ValueError(f"it answered {out.get('datatype')!r} of shape {tuple(dims)}, not FP32 (N, classes)")
+    shape = (dims[0], dims[1])
     size = (out.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         raw = body[head_size:head_size + int(size)]
         if int(size) != shape[0] * shape[1] * 4 or len(raw) != int(size):
             raise ValueError(f"its binary output holds {len(raw)} bytes for shape {shape}")
-        values = np.frombuffer(raw, dtype="<f4").reshape(shape)
+        values: np.ndarray = np.frombuffer(raw, dtype="<f4").reshape(shape)
     else:
         values = np.asarray(out.get("data", []), dtype=np.float32)
         if values.size != shape[0] * shape[1]:
@@ -263,7 +264,9 @@ def classify_remote(remote: RemoteModel, paths: Sequence[Path], *, topk: int = 5
     from gap_deploy.runtime.stream import stream_batches
 
     meta = remote.metadata
-    channels = remote.spec.channels if remote.spec is not None else None
+    if remote.spec is None:
+        raise UsageError(f"{remote.name} on the server has no input spec to prepare images for.")
+    channels = remote.spec.channels
     contract = meta.preprocessing(imgsz, channels)  # the contract the repository's config carries (gap.preprocess)
     paths = list(paths)
     results, errors, waiting = [], [], []

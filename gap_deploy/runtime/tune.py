@@ -163,6 +163,7 @@ def decide(points: Sequence[TunePoint], *, min_top1: float | None = None, max_ms
             closest = min(points, key=lambda p: p.latency_ms)
             missing = f"the fastest is {closest.label} at {closest.latency_ms:.3f} ms"
         else:
+            assert min_ips is not None  # exactly one constraint was given
             constraint = f"throughput >= {min_ips:g} images/s"
             ok = [p for p in points if p.throughput_ips >= min_ips]
             closest = max(points, key=lambda p: p.throughput_ips)

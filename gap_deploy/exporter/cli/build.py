@@ -55,7 +55,7 @@ def grouped(target: str, decorators):
             kwargs[target] = types.SimpleNamespace(**{name: kwargs.pop(name) for name in names})
             return f(*args, **kwargs)
 
-        wrapper.__click_params__ = list(getattr(f, "__click_params__", []))
+        wrapper.__dict__["__click_params__"] = list(getattr(f, "__click_params__", []))  # click's own attribute
         for decorator in reversed(decorators):
             wrapper = decorator(wrapper)
         return wrapper

@@ -328,7 +328,8 @@ class TrtRunner(Runner):
                 e0, e1, e2, e3 = slots[slot]
                 cuda.wait_event(e3)
                 enqueue_ms, pending[slot] = pending[slot], None
-                return GpuTiming(cuda.elapsed_ms(e0, e1), cuda.elapsed_ms(e1, e2), cuda.elapsed_ms(e2, e3), enqueue_ms)
+                return GpuTiming(cuda.elapsed_ms(e0, e1), cuda.elapsed_ms(e1, e2), cuda.elapsed_ms(e2, e3),
+                                 enqueue_ms or 0.0)
 
             def step() -> GpuTiming | None:
                 slot = count[0] % 2
