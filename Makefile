@@ -48,8 +48,11 @@ test-gpu: venv
 demo: venv
 	$(BIN)/python scripts/demo.py
 
+# ruff (with its complexity rule at 15) and pyright in basic mode over the package and the scripts
+# (pyproject.toml's [tool.pyright]); tests/test_lint.py runs the same two in `make test`.
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/pyright
 
 clean:
 	rm -rf $(VENV) $(TVENV) demo *.egg-info .pytest_cache .ruff_cache

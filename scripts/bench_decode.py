@@ -115,7 +115,7 @@ def cpu_bound(model: Path, files: list[Path], batch: int = 16) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "demo" / "gapcnn.onnx")
     parser.add_argument("--heldout", type=Path, default=ROOT / "demo" / "heldout")
     parser.add_argument("--per-class", type=int, default=6)

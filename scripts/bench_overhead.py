@@ -33,8 +33,10 @@ def reference_onnx(folder: Path) -> Path:
 
 def measure(model: Path, shape, rounds: int, block: int) -> dict:
     from gap_deploy import runtime
+    from gap_deploy.runtime.backends.onnxrt import OrtRunner
 
     session = runtime.load(model, "ort-cpu")
+    assert isinstance(session.runner, OrtRunner)  # ort-cpu
     bare = session.runner.ort_session
     in_name, out_names = bare.get_inputs()[0].name, [bare.get_outputs()[0].name]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -71,7 +73,7 @@ def measure(model: Path, shape, rounds: int, block: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("model", nargs="?", type=Path, help="ONNX model (default: a freshly exported reference CNN)")
     parser.add_argument("--shape", default="1x3x224x224")
     parser.add_argument("--rounds", type=int, default=300)

@@ -38,7 +38,7 @@ def make_folder(folder: Path, count: int, side: int) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("model", nargs="?", type=Path, default=ROOT / "demo" / "gapcnn.onnx")
     parser.add_argument("--folder", type=Path, help="images to classify (default: generated)")
     parser.add_argument("--images", type=int, default=15000)

@@ -64,6 +64,7 @@ def whole_process(command: list[str]) -> dict:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
+    assert process.stderr is not None  # stderr=PIPE
     stderr = process.stderr.read().decode(errors="replace")
     process.stderr.close()
     code = os.waitstatus_to_exitcode(status)
@@ -136,7 +137,7 @@ def int8_latency(model_path: Path, calibration: np.ndarray) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("model", nargs="?", type=Path, default=ROOT / "demo" / "gapcnn.onnx")
     parser.add_argument("--counts", default="1000,10000,50000")
     parser.add_argument("--json", type=Path)
@@ -180,11 +181,12 @@ def main(argv=None) -> int:
     if not args.skip_int8:
         import onnx
 
-        from gap_deploy.exporter.precision import load_calibration, metadata_of
+        from gap_deploy.exporter.precision import load_calibration
+        from gap_deploy.runtime.artifact import describe
 
         calib_dir = args.model.parent / "calib"
-        meta = metadata_of(onnx.load(str(args.model)))
-        calibration = load_calibration(calib_dir, meta, size=(224, 224))[:32] if calib_dir.is_dir() else \
+        spec = describe(onnx.load(str(args.model)))
+        calibration = load_calibration(calib_dir, spec, size=(224, 224))[:32] if calib_dir.is_dir() else \
             np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
         print("INT8 against FP32 on ort-cpu at 1x3x224x224 (calibration: "
               f"{'the demo calibration images' if calib_dir.is_dir() else 'random inputs'}):", flush=True)

@@ -28,10 +28,10 @@ EVAL_SIZES = (16, 32, 48, 64, 96, 128, 192)
 TUNE_SIZES = (16, 24, 32, 40, 48, 64, 80, 96, 128)
 
 
-def step(title: str, *cmd: str, check: bool = True) -> int:
+def step(title: str, *cmd: str | Path, check: bool = True) -> int:
     shown = " ".join(str(c).replace(str(ROOT) + "/", "") for c in cmd)
     print(f"\n=== {title}\n$ {shown}", flush=True)
-    exe = shutil.which(cmd[0], path=str(BIN)) or cmd[0]
+    exe = shutil.which(str(cmd[0]), path=str(BIN)) or str(cmd[0])
     code = subprocess.run([exe, *map(str, cmd[1:])], cwd=ROOT).returncode
     if check and code != 0:
         sys.exit(f"demo step failed: {title} (exit {code})")

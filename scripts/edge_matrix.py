@@ -94,7 +94,7 @@ def markdown(matrix: dict, targets: list[str]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--json", type=Path, help="Write the matrix as JSON here.")
     parser.add_argument("--families", nargs="*", default=FAMILIES)
     args = parser.parse_args()

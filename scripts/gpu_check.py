@@ -94,7 +94,7 @@ def console(name: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", type=Path, default=ROOT / "demo" / "gapcnn.pt")
     parser.add_argument("--out", type=Path, default=ROOT / "gpu_check")
     parser.add_argument("--json", type=Path, help="write the summary as JSON")
@@ -168,7 +168,7 @@ class TrtSteps:
         from gap_deploy.exporter.precision import VariantOptions
         from gap_deploy.runtime.parity import tolerance_for
 
-        def work(self) -> str:
+        def work() -> str:
             variant = None if precision == "fp32" else VariantOptions(
                 precision, calib=self.data / "calib" if precision == "int8" else None, calib_size=(64, 64))
             result = build_with_precision(self.onnx_path, self.out / f"model.{precision}.plan", variant=variant,
@@ -177,8 +177,9 @@ class TrtSteps:
             built = result.build.manifest.precision
             if built != precision:
                 raise AssertionError(f"{precision} was asked, the engine's layers run {built}")
-            if not result.engine_parity.passed:
-                raise AssertionError("engine vs ONNX Runtime:\n" + result.engine_parity.format_table())
+            parity = result.engine_parity
+            if parity is None or not parity.passed:
+                raise AssertionError("engine vs ONNX Runtime:\n" + (parity.format_table() if parity else "not run"))
             tol = tolerance_for(built, "trt")
             worst, agree, total = 0.0, 0, 0
             with runtime.load(result.build.plan, trust_engine=True) as engine:

@@ -106,7 +106,8 @@ class StandInContext:
     """TensorRT's IExecutionContext methods the runner calls, with a real CuPy kernel as the engine's work."""
 
     def __init__(self, engine: StandInEngine):
-        self.engine, self.shape, self.addr, self.profile = engine, None, {}, 0
+        self.engine, self.addr, self.profile = engine, {}, 0
+        self.shape: tuple[int, ...] = ()  # set by set_input_shape before any enqueue
         self.host_delay_s = 0.0  # a slow host-side enqueue, before the launch
         self.fail_in_capture = False  # an enqueue that fails while its stream is being captured
 
@@ -133,7 +134,7 @@ class StandInContext:
         return True
 
     def execute_async_v3(self, stream_handle):
-        import cupy
+        import cupy  # pyright: ignore[reportMissingImports]
 
         if type(stream_handle) is not int:
             raise TypeError(f"stream_handle must be an int, got {type(stream_handle).__name__}")
@@ -142,7 +143,7 @@ class StandInContext:
         n, c, h, w = self.shape
         stream = cupy.cuda.ExternalStream(stream_handle)
         if self.fail_in_capture:
-            from cuda.bindings import runtime as cudart
+            from cuda.bindings import runtime as cudart  # pyright: ignore[reportAttributeAccessIssue]
 
             err, status = cudart.cudaStreamIsCapturing(cudart.cudaStream_t(stream_handle))
             if status == cudart.cudaStreamCaptureStatus.cudaStreamCaptureStatusActive:
@@ -160,7 +161,7 @@ class StandInContext:
 
 class StandInEngine:
     def __init__(self, profiles=PROFILES):
-        import cupy
+        import cupy  # pyright: ignore[reportMissingImports]
 
         self.profiles, self.num_io_tensors, self.num_optimization_profiles = profiles, 2, len(profiles)
         self.kernel = cupy.RawKernel(KERNEL_SOURCE, "weighted_gap")
@@ -273,7 +274,7 @@ def random_batch(shape, seed: int) -> np.ndarray:
 
 def check_environment(proof: Proof) -> dict:
     import cuda.bindings
-    import cupy
+    import cupy  # pyright: ignore[reportMissingImports]
     import torch
 
     from gap_deploy.runtime.backends.cuda import native_handle
@@ -308,11 +309,14 @@ def check_wrapper(proof: Proof) -> dict:
     cuda.copy_to_host(host, device, size, stream)
     cuda.record(end, stream)
     cuda.wait_event(end)
-    back = np.frombuffer((ctypes.c_uint8 * size).from_address(host), dtype=np.uint8)
+    back = np.frombuffer(memoryview((ctypes.c_uint8 * size).from_address(host)), dtype=np.uint8)
     same = bool(np.array_equal(back, data))
     elapsed = cuda.elapsed_ms(start, end)
-    cuda.free(device), cuda.free_host(host)
-    cuda.destroy_event(start), cuda.destroy_event(end), cuda.destroy_stream(stream)
+    cuda.free(device)
+    cuda.free_host(host)
+    cuda.destroy_event(start)
+    cuda.destroy_event(end)
+    cuda.destroy_stream(stream)
     errors = {}
     for name, call in (("out_of_memory", lambda: cuda.malloc(1 << 60)),
                        ("bad_device", lambda: cuda.set_device(cuda.device_count()))):
@@ -328,7 +332,8 @@ def check_wrapper(proof: Proof) -> dict:
 def check_shapes_and_growth(proof: Proof) -> dict:
     allocations = []
     real = proof.cuda.malloc
-    proof.cuda.malloc = lambda n: allocations.append(n) or real(n)  # before the runner binds its allocator
+    # counted, before the runner binds its allocator (a method replaced on purpose)
+    proof.cuda.malloc = lambda n: allocations.append(n) or real(n)  # pyright: ignore[reportAttributeAccessIssue]
     runner, engine = proof.runner()
     try:
         worst, profiles = 0.0, set()
@@ -368,7 +373,8 @@ def check_threads(proof: Proof) -> dict:
     [w.start() for w in workers]
     [w.join() for w in workers]
     two_bad = sum(g is None or not np.array_equal(g, s) for g, s in zip(got, serial))
-    shared.close(), other.close()
+    shared.close()
+    other.close()
     assert shared_bad == 0 and two_bad == 0, (shared_bad, two_bad)
     return {"one_runner_8_threads_equal_serial": 64, "two_runners_8_threads_equal_serial": 64}
 
@@ -390,7 +396,8 @@ def check_graphs(proof: Proof) -> dict:
         runner.infer_timed(a, cuda_graph=True)
         replayed_without_capture = len(begun) == again
         real_launch = proof.cuda.launch
-        proof.cuda.launch = lambda graph, stream: None  # a replay that computes nothing
+        # a replay that computes nothing (a method replaced on purpose)
+        proof.cuda.launch = lambda graph, stream: None  # pyright: ignore[reportAttributeAccessIssue]
         broken = runner.check_cuda_graph(random_batch((2, 3, 40, 40), 11))
         proof.cuda.launch = real_launch
         engine.contexts[0].fail_in_capture = True
@@ -412,7 +419,7 @@ def check_graphs(proof: Proof) -> dict:
 
 
 def check_timing(proof: Proof) -> dict:
-    import cupy
+    import cupy  # pyright: ignore[reportMissingImports]
 
     from gap_deploy.runtime.bench import BenchSettings, bench_session
     from gap_deploy.runtime.session import Session
@@ -434,7 +441,8 @@ def check_timing(proof: Proof) -> dict:
     started = time.perf_counter()
     runner._in_host.view(big.shape, big.dtype)[...] = big
     staging_ms = (time.perf_counter() - started) * 1e3
-    cuda.destroy_event(start), cuda.destroy_event(end)
+    cuda.destroy_event(start)
+    cuda.destroy_event(end)
     dma_ms = float(np.median(dma))
 
     # GPU compute against the kernels' own time, measured by events around the same launches on this stream
@@ -452,7 +460,8 @@ def check_timing(proof: Proof) -> dict:
             cuda.record(last, stream)
             cuda.synchronize(stream)
             times.append(cuda.elapsed_ms(first, last))
-            cuda.destroy_event(first), cuda.destroy_event(last)
+            cuda.destroy_event(first)
+            cuda.destroy_event(last)
         return float(np.median(times))
 
     # about 5 ms of GPU work per enqueue, so that a 1 ms host delay leaves the GPU the bound
@@ -468,6 +477,8 @@ def check_timing(proof: Proof) -> dict:
     keeps_up, _ = bench_session(session, x.shape, settings)
     context.host_delay_s = 0.02  # 20 ms: the host is the bound
     host_bound, _ = bench_session(session, x.shape, settings)
+    assert keeps_up is not None and host_bound is not None  # both timed (no Ctrl-C here)
+    assert keeps_up.gpu_ms is not None and host_bound.gpu_ms is not None  # a TensorRT runner times the GPU
     context.host_delay_s = 0.0
     cupy.cuda.Device().synchronize()
     runner.close()

@@ -70,7 +70,7 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo"))
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--batch", type=int, default=32)
