@@ -9,7 +9,7 @@ TVENV  := .venv-tv
 TVSTAMP := $(TVENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: venv test test-fast test-gpu demo lint clean
+.PHONY: venv test test-fast test-gpu demo lint docs clean
 
 venv: $(STAMP) $(TVSTAMP)
 
@@ -54,5 +54,9 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/pyright
 
+# The documentation site into site/ (open site/index.html), warnings as errors; `mkdocs serve` for a live one.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(TVENV) demo *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TVENV) demo site *.egg-info .pytest_cache .ruff_cache
