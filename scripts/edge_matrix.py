@@ -1,7 +1,7 @@
 """Which GAP family runs on which gap-pack target: every family of tests/families.py (and the reference CNN) is
 exported, packed for every target whose packages are installed, and the bundle's own verification is read back.
 
-    python scripts/edge_matrix.py --json matrix.json      # prints the README's Markdown table
+    python scripts/edge_matrix.py --json matrix.json      # prints the Markdown table of docs/commands/gap-pack.md
 
 A cell is the worst relative error against the FP32 ONNX over the bundle's sweep (each bundle is checked by its
 own runtime before it is written), "inspected" for Core ML (not executable on Linux), or the first line of the

@@ -83,7 +83,7 @@ def check_profiles(info: ArtifactSpec, profiles: Sequence[Profile], path: Path) 
                              f"{meta.min_height}x{meta.min_width}.")
 
 
-#: TensorRT versions this builder is written and tested for (README: "Supported TensorRT versions").
+#: TensorRT versions this builder is written and tested for (docs/commands/gap-build.md, "Supported TensorRT").
 SUPPORTED_TENSORRT = ">= 10.0, < 12"
 #: gap-build's --hardware-compat choices -> TensorRT's HardwareCompatibilityLevel member, and the first
 #: TensorRT version that has it.

@@ -325,7 +325,7 @@ class Preprocess:
 
     # ------------------------------------------------------------------------------------------- text
     def steps(self) -> list[tuple[str, str]]:
-        """(step, what it does) rows: what gap-export prints and the README's table shows."""
+        """(step, what it does) rows: what gap-export prints and docs/concepts/preprocessing.md's table shows."""
         rows = [("decode", "Pillow, 8-bit " + {"uint8": "(resized as 8-bit)", "float": "(resized as float)"}
                  [self.space])]
         if self.resize == "none":

@@ -201,7 +201,7 @@ def _check_works(name: str) -> None:
         working = [n for n, reason in available_backends().items() if reason is None]
         raise BackendUnavailableError(f"backend '{name}' is not available: {why}.",
                                       note=f"available here: {', '.join(working) or 'none'}.",
-                                      hint=_INSTALL_HINTS.get(name, "see the README's install section."))
+                                      hint=_INSTALL_HINTS.get(name, "see docs/install.md."))
 
 
 class Session:
