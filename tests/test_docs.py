@@ -31,6 +31,7 @@ def site(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_every_command_has_a_page_with_its_options_from_click(site):
     import importlib
+
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

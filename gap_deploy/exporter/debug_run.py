@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gap_deploy.runtime.bundle import ENGINE_SUFFIXES
+from gap_deploy.runtime.backends.table import ENGINE_SUFFIXES
 from gap_deploy.runtime.errors import UsageError
 
 if TYPE_CHECKING:

@@ -222,7 +222,7 @@ def describe(source) -> ArtifactSpec:
         raise ArtifactError(f"an artifact is a path or an onnx.ModelProto, got {type(source).__name__}.")
     path = Path(source)
     from gap_deploy.runtime.backends.table import BUNDLE_ONLY_KINDS, artifact_kind
-    from gap_deploy.runtime.bundle import ENGINE_SUFFIXES, bundle_model, is_bundle
+    from gap_deploy.runtime.bundle import bundle_model, is_bundle
 
     if is_bundle(path):
         model = bundle_model(path, None)
@@ -230,11 +230,12 @@ def describe(source) -> ArtifactSpec:
     if artifact_kind(path) in BUNDLE_ONLY_KINDS:
         raise ArtifactError(f"{path} carries no description of its input: it is read from the gap-pack bundle "
                             "folder that holds it (model.json).", hint="pass the bundle folder.")
-    if path.suffix in ENGINE_SUFFIXES:
+    kind = artifact_kind(path)  # the suffix, as every other reader of it sees it (m.PLAN is an engine everywhere)
+    if kind == "engine":
         return _from_manifest(path)
-    if path.suffix == ".xml":
+    if kind == "openvino":
         return _from_openvino(path)
-    if path.suffix == ".ort":
+    if path.suffix.lower() == ".ort":
         return _from_onnxruntime(path)
     from gap_deploy.runtime.onnx_file import check_onnx_file
 

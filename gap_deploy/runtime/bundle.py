@@ -7,13 +7,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from gap_deploy.runtime.backends.table import KINDS
 from gap_deploy.runtime.errors import ArtifactError, GapError, UsageError, first_line
 from gap_deploy.runtime.files import check_input_file
 from gap_deploy.runtime.shapes import format_shape
-
-#: what an engine file is called: these run on TensorRT, everything else on ONNX Runtime
-ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
-
 
 BUNDLE_FILE = "model.json"
 
@@ -35,9 +32,9 @@ def check_artifact(path) -> Path:
     return Path(path) if is_bundle(path) else check_input_file(path, "artifact")
 
 
-#: a bundle's runnable files, by suffix, and the file each reads beside it (checked too)
-RUNNABLE_SUFFIXES = (".ort", ".xml", ".param", ".tflite", ".pte")
-COMPANIONS = {".xml": ".bin", ".param": ".bin"}
+#: a bundle's runnable files, by suffix, and the file each reads beside it (checked too): runtime.backends.table
+RUNNABLE_SUFFIXES = tuple(suffix for kind in KINDS.values() for suffix in kind.bundle_suffixes)
+COMPANIONS = {suffix: kind.companion for kind in KINDS.values() if kind.companion for suffix in kind.bundle_suffixes}
 
 
 #: the most a bundle's model.json may hold before it is read

@@ -8,9 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.backends.base import LoadOptions, Runner, TensorInfo
 from gap_deploy.runtime.backends.table import BACKENDS as BACKEND_FACTS
-from gap_deploy.runtime.backends.table import BUNDLE_ONLY_KINDS, artifact_kind, backends_for, facts
+from gap_deploy.runtime.backends.table import (
+    BUNDLE_ONLY_KINDS,
+    KINDS,
+    artifact_kind,
+    backend_module,
+    backends_for,
+    facts,
+    kind_of_backend,
+)
 from gap_deploy.runtime.bundle import bundle_model, bundle_props, is_bundle
 from gap_deploy.runtime.errors import (
     ArtifactError,
@@ -19,7 +27,6 @@ from gap_deploy.runtime.errors import (
     InputTypeError,
     UsageError,
 )
-from gap_deploy.runtime.files import check_input_file
 from gap_deploy.runtime.limits import check_memory
 from gap_deploy.runtime.shapes import batches_by_shape
 from gap_deploy.runtime.validation import InputSpec, prepare
@@ -30,35 +37,16 @@ DEFAULT_MAX_BATCH = 16
 
 def _probe(name: str) -> tuple[bool, str]:
     """Whether backend ``name`` really works here, and why not (each probe cached by its module)."""
-    kind = facts(name).artifact
-    if kind == "onnx":
-        from gap_deploy.runtime.backends.onnxrt import provider_works
-
-        return provider_works(name)
-    if kind == "engine":
-        from gap_deploy.runtime.backends.trt import trt_works
-
-        return trt_works()
-    if kind == "openvino":
-        from gap_deploy.runtime.backends.openvino import ov_works
-
-        return ov_works()
-    from gap_deploy.runtime.backends import edge
-
-    return {"ncnn": edge.ncnn_works, "litert": edge.litert_works, "executorch": edge.executorch_works}[kind]()
+    return backend_module(name).probe(name)
 
 
 def available_backends() -> dict[str, str | None]:
     """Every backend name with None where it really works here, else the reason it does not."""
     status: dict[str, str | None] = {}
-    for name in BACKENDS:
+    for name in BACKEND_FACTS:
         works, why = _probe(name)
         status[name] = None if works else why
     return status
-
-
-_KIND_NAMES = {"engine": "a TensorRT engine", "openvino": "an OpenVINO model", "onnx": "an ONNX model",
-               "ncnn": "an ncnn model", "litert": "a LiteRT model", "executorch": "an ExecuTorch program"}
 
 
 def _choose(path: Path, backend: str | None) -> str:
@@ -66,7 +54,7 @@ def _choose(path: Path, backend: str | None) -> str:
     allowed = backends_for(kind)
     if backend is not None:
         if backend not in allowed:
-            raise UsageError(f"backend '{backend}' cannot run {_KIND_NAMES[kind]} ({path.name}); "
+            raise UsageError(f"backend '{backend}' cannot run {KINDS[kind].words} ({path.name}); "
                              f"choose one of {', '.join(allowed)}.")
         return backend
     if kind != "onnx":
@@ -123,47 +111,21 @@ def load(path: str | os.PathLike, backend: str | None = None, *, threads: int | 
     elif shape is not None:
         raise UsageError("shape= picks a fixed-shape variant of a gap-pack bundle; pass the bundle's folder.")
     name = _choose(path, backend)
-    kind = facts(name).artifact
-    if kind in BUNDLE_ONLY_KINDS:
-        _check_works(name)
-        from gap_deploy.runtime.backends import edge
-
-        runner_class = {"ncnn": edge.NcnnRunner, "litert": edge.LiteRtRunner, "executorch": edge.ExecuTorchRunner}
-        if contract is None:
-            raise ArtifactError(f"{path} carries no description of its input: {_KIND_NAMES[kind]} is opened from "
-                                "the gap-pack bundle folder that holds it (its model.json says the input).",
-                                hint="pass the bundle folder.")
-        # a bundle whose signature verified was run by the build machine that signed it: no first load in a child
-        runner: Runner = runner_class[kind](check_input_file(path, _KIND_NAMES[kind]), *contract, threads=threads,
-                                            check_description=check_description,
-                                            isolate=check_description and not signed)
-    elif kind == "engine":
-        from gap_deploy.runtime.backends.trt import TrtRunner
-
-        runner = TrtRunner(path, trust_engine=trust_engine, verify_keys=verify_key)
-    elif facts(name).artifact == "openvino":
-        from gap_deploy.runtime.backends.openvino import OvRunner
-
-        runner = OvRunner(check_input_file(path, "OpenVINO model"), threads=threads)
-    else:
-        from gap_deploy.runtime.backends.onnxrt import OrtRunner
-        from gap_deploy.runtime.onnx_file import check_onnx_file
-
-        if path.suffix == ".ort":  # ORT format: no external data, and the onnx package cannot parse it
-            check_input_file(path, "ORT model")
-        else:
-            check_onnx_file(path)
-        if backend is not None:
-            _check_works(name)
-        from gap_deploy.runtime.artifact import describe
-        from gap_deploy.runtime.profiles import Profile
-
-        spec = describe(path) if facts(name).gpu else None  # the GPU backends' profile and placement probe
-        runner = OrtRunner(path, name, spec=spec, threads=threads, provider_options=provider_options,
-                           cache_dir=Path(cache_dir) if cache_dir else None,
-                           profile=Profile.parse(trt_profile) if trt_profile else None,
-                           allow_cpu_fallback=allow_cpu_fallback)
+    kind = kind_of_backend(name)
+    check = kind.check_first == "always" or (kind.check_first == "asked" and backend is not None)
+    options = LoadOptions(threads=threads, trust_engine=trust_engine, provider_options=provider_options,
+                          cache_dir=Path(cache_dir) if cache_dir else None, trt_profile=trt_profile,
+                          allow_cpu_fallback=allow_cpu_fallback, verify_key=verify_key,
+                          check_description=check_description, contract=contract, signed=signed,
+                          check_works=_check_works if check else None, describe=lambda: _describe(path))
+    runner = backend_module(name).open_runner(path, name, options)
     return Session(runner, path)
+
+
+def _describe(path: Path):
+    from gap_deploy.runtime.artifact import describe
+
+    return describe(path)
 
 
 def _verify_signature(path: Path, verify_key) -> bool:
@@ -188,12 +150,6 @@ def _verify_signature(path: Path, verify_key) -> bool:
     return True
 
 
-_ORT_GPU_HINT = "install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, and TensorRT for ort-trt."
-_INSTALL_HINTS = {"ort-cuda": _ORT_GPU_HINT, "ort-trt": _ORT_GPU_HINT, "ncnn-cpu": "pip install 'gap-deploy[ncnn-run]'",
-                  "litert-cpu": "pip install 'gap-deploy[litert-run]'",
-                  "et-xnnpack": "pip install 'gap-deploy[executorch]' -c constraints/cpu.txt"}
-
-
 def _check_works(name: str) -> None:
     """BackendUnavailableError, naming what works here, when backend ``name`` does not."""
     works, why = _probe(name)
@@ -201,7 +157,7 @@ def _check_works(name: str) -> None:
         working = [n for n, reason in available_backends().items() if reason is None]
         raise BackendUnavailableError(f"backend '{name}' is not available: {why}.",
                                       note=f"available here: {', '.join(working) or 'none'}.",
-                                      hint=_INSTALL_HINTS.get(name, "see docs/install.md."))
+                                      hint=facts(name).install_hint)
 
 
 class Session:

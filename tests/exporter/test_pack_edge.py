@@ -338,7 +338,8 @@ def test_gap_run_eval_and_tune_take_the_edge_bundles(tmp_path, bundles, referenc
     assert len({p["top1"] for p in points}) == 1  # the same accuracy on every runtime
 
 
-#: which target takes which of the other families (measured; docs/commands/gap-pack.md's "which family runs where" table): a
+#: which target takes which of the other families (measured; the "which family runs where" table of
+#: docs/commands/gap-pack.md): a
 #: refusal must be clean (a GapError, no bundle folder left), a bundle must pass its own runtime's check
 REFUSED = {
     "EfficientNetish": set(),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +21,29 @@ class TensorInfo:
     dtype: np.dtype
     shape: tuple[int | str | None, ...]
     profiles: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What ``runtime.load`` was asked, for a backend module's ``open_runner``: each backend takes what applies to
+    it. ``contract`` is the (metadata, tensor names) of the gap-pack bundle the model came from (None outside
+    one); ``signed``, whether its signature verified (a verified bundle needs no first load in a child)."""
+
+    threads: int | None = None
+    trust_engine: bool = False
+    provider_options: dict | None = None
+    cache_dir: Path | None = None
+    trt_profile: str | None = None
+    allow_cpu_fallback: bool = False
+    verify_key: object = None
+    check_description: bool = True
+    contract: tuple | None = None
+    signed: bool = False
+    #: runtime.session's check that the backend works here (naming those that do), where the backend's kind
+    #: asks for one (runtime.backends.table.ArtifactKind.check_first); the module calls it where it applies
+    check_works: Callable[[str], None] | None = None
+    #: runtime.artifact.describe of the file, on demand (runtime.artifact sits above the backends)
+    describe: Callable[[], object] | None = None
 
 
 class Runner:

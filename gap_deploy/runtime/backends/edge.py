@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gap_deploy.runtime._lazy import require
-from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.backends.base import LoadOptions, Runner, TensorInfo
 from gap_deploy.runtime.errors import ArtifactError, BackendError, GapError, InputError, first_line
 from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.shapes import format_shape
@@ -427,3 +427,28 @@ class ExecuTorchRunner(_EdgeRunner):
     def device(self) -> dict:
         return {"device": "CPU (ExecuTorch, XNNPACK)", "threads": "default",
                 "planned_input": format_shape(self.planned), "program_dtype": self.program_dtype.name}
+
+
+# --- the registry's entry points (runtime.backends.table: ncnn, litert and executorch kinds) --------------------
+
+def probe(backend: str) -> tuple[bool, str]:
+    return {"ncnn-cpu": ncnn_works, "litert-cpu": litert_works, "et-xnnpack": executorch_works}[backend]()
+
+
+def open_runner(path: Path, backend: str, options: LoadOptions) -> _EdgeRunner:
+    """A model file opened from its gap-pack bundle, whose model.json (``options.contract``) describes it."""
+    from gap_deploy.runtime.backends.table import kind_of_backend
+    from gap_deploy.runtime.files import check_input_file
+
+    if options.check_works is not None:
+        options.check_works(backend)
+    runner_class = {"ncnn-cpu": NcnnRunner, "litert-cpu": LiteRtRunner, "et-xnnpack": ExecuTorchRunner}[backend]
+    words = kind_of_backend(backend).words
+    if options.contract is None:
+        raise ArtifactError(f"{path} carries no description of its input: {words} is opened from the gap-pack "
+                            "bundle folder that holds it (its model.json says the input).",
+                            hint="pass the bundle folder.")
+    # a bundle whose signature verified was run by the build machine that signed it: no first load in a child
+    return runner_class(check_input_file(path, words), *options.contract, threads=options.threads,
+                        check_description=options.check_description,
+                        isolate=options.check_description and not options.signed)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from gap_deploy.runtime._lazy import require
-from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.backends.base import LoadOptions, Runner, TensorInfo
 from gap_deploy.runtime.backends.table import BACKENDS, facts
 from gap_deploy.runtime.errors import ArtifactError, BackendError, BackendUnavailableError, UsageError, first_line
 from gap_deploy.runtime.shapes import format_shape
@@ -175,6 +175,32 @@ def profiled_placement(session, input_name: str, dtype, shape) -> list:
         return read_profile(profile)
     finally:
         Path(profile).unlink(missing_ok=True)
+
+
+def probe(backend: str) -> tuple[bool, str]:
+    """Whether ``backend`` (an ONNX Runtime backend) really works here, and why not."""
+    return provider_works(backend)
+
+
+def open_runner(path: Path, backend: str, options: LoadOptions) -> OrtRunner:
+    """An .onnx or .ort file on ``backend``, after the file checks (ORT files have no external data, and the onnx
+    package cannot parse them)."""
+    from gap_deploy.runtime.files import check_input_file
+    from gap_deploy.runtime.onnx_file import check_onnx_file
+    from gap_deploy.runtime.profiles import Profile
+
+    if path.suffix.lower() == ".ort":
+        check_input_file(path, "ORT model")
+    else:
+        check_onnx_file(path)
+    if options.check_works is not None:
+        options.check_works(backend)
+    spec = None
+    if facts(backend).gpu and options.describe is not None:  # the GPU backends' profile and placement probe
+        spec = options.describe()
+    return OrtRunner(path, backend, spec=spec, threads=options.threads, provider_options=options.provider_options,
+                     cache_dir=options.cache_dir, profile=Profile.parse(options.trt_profile) if options.trt_profile
+                     else None, allow_cpu_fallback=options.allow_cpu_fallback)
 
 
 class OrtRunner(Runner):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gap_deploy.runtime._lazy import require
-from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.backends.base import LoadOptions, Runner, TensorInfo
 from gap_deploy.runtime.errors import ArtifactError, BackendError, first_line
 from gap_deploy.runtime.shapes import format_shape
 
@@ -115,6 +115,16 @@ def read_ir(path: Path):
 def _type_name(value) -> str:
     """An OpenVINO element type as its short name ("f32"); other values as text."""
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+def probe(backend: str) -> tuple[bool, str]:
+    return ov_works()
+
+
+def open_runner(path: Path, backend: str, options: LoadOptions) -> OvRunner:
+    from gap_deploy.runtime.files import check_input_file
+
+    return OvRunner(check_input_file(path, "OpenVINO model"), threads=options.threads)
 
 
 class OvRunner(Runner):

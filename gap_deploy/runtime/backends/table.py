@@ -1,5 +1,11 @@
 """Every fact about a backend, in one table: code looks a backend up here instead of testing its name.
 
+This is the registry. A backend is one line of ``BACKENDS`` (its facts and install hint) whose artifact kind is
+one line of ``KINDS`` (the file suffixes, the words for it, and the module that probes and opens it). That
+module (``gap_deploy.runtime.backends.<name>``) provides ``probe(backend) -> (works, why)`` and
+``open_runner(path, backend, options) -> Runner``. Adding a backend is that module and a line here (a second
+line for a new kind of artifact); runtime.session, runtime.artifact and the CLIs read everything else from here.
+
     backend     runs               device  tolerances  FP32 in TF32           builds at start  cold start timed
     ort-cpu     .onnx/.ort         cpu     cpu         no                     no               yes
     ort-cuda    .onnx/.ort         cuda    gpu         no (use_tf32=0)        no               yes
@@ -38,6 +44,8 @@ class BackendFacts:
     builds_at_start: bool = False
     #: session creation is a meaningful cold start, timed by gap-bench
     cold_start_measured: bool = True
+    #: what to install when the backend does not work here
+    install_hint: str = "see docs/install.md."
 
     @property
     def gpu(self) -> bool:
@@ -54,23 +62,61 @@ class BackendFacts:
         return 1 if self.gpu else 0
 
 
+@dataclass(frozen=True)
+class ArtifactKind:
+    """A kind of artifact: the suffixes of its files, how a message names it, and the module whose ``probe`` and
+    ``open_runner`` serve every backend of this kind."""
+
+    name: str
+    #: how a message names one ("an ONNX model")
+    words: str
+    #: the file suffixes of this kind, lower case (ONNX takes every suffix no other kind claims)
+    suffixes: tuple[str, ...]
+    #: the module with ``probe`` and ``open_runner``: a name under gap_deploy.runtime.backends, or a dotted path
+    module: str
+    #: its files carry no metadata: opened only from their gap-pack bundle (model.json describes them)
+    bundle_only: bool = False
+    #: runtime.load checks that the backend works before opening: "always", or "asked" (only when the backend
+    #: was named; the default is chosen among those that work), or "never" (the runner says why itself)
+    check_first: str = "never"
+    #: the suffixes of the runnable files a gap-pack bundle of this kind holds
+    bundle_suffixes: tuple[str, ...] = ()
+    #: the file read beside the runnable one (its weights), by suffix: checked against model.json too
+    companion: str | None = None
+
+
+_ORT_GPU_HINT = "install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, and TensorRT for ort-trt."
+
 BACKENDS: dict[str, BackendFacts] = {f.name: f for f in (
     BackendFacts("ort-cpu", "onnx", "cpu", "CPUExecutionProvider"),
-    BackendFacts("ort-cuda", "onnx", "cuda", "CUDAExecutionProvider"),
-    BackendFacts("ort-trt", "onnx", "cuda", "TensorrtExecutionProvider", fp32_is_tf32=True, builds_at_start=True),
+    BackendFacts("ort-cuda", "onnx", "cuda", "CUDAExecutionProvider", install_hint=_ORT_GPU_HINT),
+    BackendFacts("ort-trt", "onnx", "cuda", "TensorrtExecutionProvider", fp32_is_tf32=True, builds_at_start=True,
+                 install_hint=_ORT_GPU_HINT),
     BackendFacts("trt", "engine", "cuda", None, cold_start_measured=False),
     BackendFacts("ov-cpu", "openvino", "cpu", None),
-    BackendFacts("ncnn-cpu", "ncnn", "cpu", None),
-    BackendFacts("litert-cpu", "litert", "cpu", None),
-    BackendFacts("et-xnnpack", "executorch", "cpu", None),
+    BackendFacts("ncnn-cpu", "ncnn", "cpu", None, install_hint="pip install 'gap-deploy[ncnn-run]'"),
+    BackendFacts("litert-cpu", "litert", "cpu", None, install_hint="pip install 'gap-deploy[litert-run]'"),
+    BackendFacts("et-xnnpack", "executorch", "cpu", None,
+                 install_hint="pip install 'gap-deploy[executorch]' -c constraints/cpu.txt"),
+)}
+KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
+    ArtifactKind("onnx", "an ONNX model", (".onnx", ".ort"), "onnxrt", check_first="asked", bundle_suffixes=(".ort",)),
+    ArtifactKind("engine", "a TensorRT engine", (".plan", ".engine", ".trt"), "trt"),
+    ArtifactKind("openvino", "an OpenVINO model", (".xml",), "openvino", bundle_suffixes=(".xml",), companion=".bin"),
+    ArtifactKind("ncnn", "an ncnn model", (".param",), "edge", bundle_only=True, check_first="always",
+                 bundle_suffixes=(".param",), companion=".bin"),
+    ArtifactKind("litert", "a LiteRT model", (".tflite",), "edge", bundle_only=True, check_first="always",
+                 bundle_suffixes=(".tflite",)),
+    ArtifactKind("executorch", "an ExecuTorch program", (".pte",), "edge", bundle_only=True, check_first="always",
+                 bundle_suffixes=(".pte",)),
 )}
 ONNX_BACKENDS = tuple(n for n, f in BACKENDS.items() if f.artifact == "onnx")
-ENGINE_BACKENDS = tuple(n for n, f in BACKENDS.items() if f.artifact == "engine")
 #: an artifact's file suffix -> its kind (anything else is ONNX Runtime's)
-ARTIFACT_SUFFIXES = {".plan": "engine", ".engine": "engine", ".trt": "engine", ".xml": "openvino",
-                     ".param": "ncnn", ".tflite": "litert", ".pte": "executorch"}
+ARTIFACT_SUFFIXES = {suffix: k.name for k in KINDS.values() if k.name != "onnx" for suffix in k.suffixes}
+#: the suffixes of TensorRT plans
+ENGINE_SUFFIXES = KINDS["engine"].suffixes
 #: the kinds whose files carry no metadata: opened from their gap-pack bundle
-BUNDLE_ONLY_KINDS = ("ncnn", "litert", "executorch")
+BUNDLE_ONLY_KINDS = tuple(k.name for k in KINDS.values() if k.bundle_only)
 
 
 def backends_for(kind: str) -> tuple[str, ...]:
@@ -83,6 +129,18 @@ def artifact_kind(path) -> str:
     from pathlib import Path
 
     return ARTIFACT_SUFFIXES.get(Path(path).suffix.lower(), "onnx")
+
+
+def kind_of_backend(backend: str) -> ArtifactKind:
+    return KINDS[facts(backend).artifact]
+
+
+def backend_module(backend: str):
+    """The module that probes and opens ``backend`` (imported when first asked; its heavy library later still)."""
+    import importlib
+
+    module = kind_of_backend(backend).module
+    return importlib.import_module(module if "." in module else f"gap_deploy.runtime.backends.{module}")
 
 
 def facts(backend: str) -> BackendFacts:

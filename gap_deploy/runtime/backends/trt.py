@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from gap_deploy.runtime._lazy import require
-from gap_deploy.runtime.backends.base import Runner, TensorInfo
+from gap_deploy.runtime.backends.base import LoadOptions, Runner, TensorInfo
 from gap_deploy.runtime.backends.cuda import Cuda, DeviceBuffer, native_handle
 from gap_deploy.runtime.errors import (
     ArtifactError,
@@ -54,6 +54,15 @@ class GpuTiming:
     compute_ms: float
     d2h_ms: float
     enqueue_ms: float
+
+
+def probe(backend: str) -> tuple[bool, str]:
+    return trt_works()
+
+
+def open_runner(path: Path, backend: str, options: LoadOptions) -> TrtRunner:
+    """A plan on TensorRT: its signature (or ``trust_engine``) and manifest are checked by the runner."""
+    return TrtRunner(path, trust_engine=options.trust_engine, verify_keys=options.verify_key)
 
 
 class TrtRunner(Runner):
