@@ -337,3 +337,18 @@ def test_the_exporters_lazy_names_are_the_names_type_checkers_see():
                and ast.unparse(node.test) == "TYPE_CHECKING" for stmt in node.body
                if isinstance(stmt, ast.ImportFrom) for alias in stmt.names}
     assert set(exporter.__all__) == set(exporter._EXPORTS) == checked
+
+
+def test_a_command_never_imports_another_commands_module():
+    """What commands share lives in runtime/cli/common.py and exporter/cli/options.py; a command's own module
+    (gap-eval's, gap-build's) is imported by nobody but its console script."""
+    import ast
+
+    shared = {"gap_deploy.runtime.cli.common", "gap_deploy.exporter.cli.options", "gap_deploy.runtime.cli",
+              "gap_deploy.exporter.cli"}
+    offenders = []
+    for name, path in _module_files().items():
+        for line, imported in _imported(ast.parse(path.read_text())):
+            if ".cli." in imported and imported not in shared and imported != name:
+                offenders.append(f"{name}:{line} imports {imported}")
+    assert offenders == []

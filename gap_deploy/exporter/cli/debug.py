@@ -8,6 +8,7 @@ import click
 
 from gap_deploy.runtime.cli.common import (
     FiniteFloat,
+    checkpoint_options,
     gap_command,
     image_size,
     info,
@@ -22,9 +23,7 @@ from gap_deploy.runtime.layers import DEFAULT_CHUNK
 @gap_command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--arch", metavar="MODULE:CALLABLE", help="Architecture for the state_dict (as gap-export).")
-@click.option("--num-classes", type=click.IntRange(min=1), help="Passed to the --arch callable.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow TorchScript or pickled modules (runs code).")
+@checkpoint_options("CHECKPOINT")
 @click.option("--shape", "shapes", multiple=True, metavar="BxCxHxW",
               help="Random inputs of this shape (repeatable). Default: 1 x C x the export size.")
 @click.option("--images", type=click.Path(path_type=Path), help="A folder of images instead of random inputs "

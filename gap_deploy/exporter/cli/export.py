@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.exporter.cli.build import (
+from gap_deploy.exporter.cli.options import (
     build_config,
     engine_options,
     grouped,
@@ -19,6 +19,7 @@ from gap_deploy.exporter.cli.build import (
 from gap_deploy.exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
 from gap_deploy.runtime.cli.common import (
     FiniteFloat,
+    checkpoint_options,
     fail,
     floats,
     gap_command,
@@ -106,13 +107,7 @@ preprocess_options = grouped("preprocess_args", [
                    "transform's CenterCrop), else 224.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Batch size of a static export.")
-@click.option("--arch", metavar="MODULE:CALLABLE",
-              help="Architecture for the state_dict: an importable module or a .py file and a callable, "
-                   "e.g. torchvision.models:resnet18. Default: the reference GAP CNN, sized from the weights.")
-@click.option("--num-classes", type=click.IntRange(min=1), help="Passed to the --arch callable as num_classes=N.")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow TorchScript archives and pickled nn.Modules. Loading them runs code: only for "
-                   "files you trust.")
+@checkpoint_options("CHECKPOINT")
 @click.option("--class-names", type=click.Path(path_type=Path, dir_okay=False),
               help="Text file with one class name per line (or a JSON list), stored in the ONNX metadata.")
 @click.option("--mean", metavar="M1,M2,...", help="Input normalization mean for pixels in [0, 1], stored in "

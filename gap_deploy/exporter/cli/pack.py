@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.cli.common import gap_command, info, report_errors, shape_option, sign_key_option, write_json
+from gap_deploy.runtime.cli.common import (
+    checkpoint_options,
+    gap_command,
+    info,
+    report_errors,
+    shape_option,
+    sign_key_option,
+    write_json,
+)
 from gap_deploy.runtime.errors import UsageError
 from gap_deploy.runtime.naming import bundle_folder
 
@@ -27,9 +35,7 @@ from gap_deploy.runtime.naming import bundle_folder
                    "three); judged with the FP16 tolerance when fp16.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="litert, executorch, coreml: the PyTorch "
               "checkpoint MODEL was exported from (loaded as gap-export does); the bundle is judged against MODEL.")
-@click.option("--arch", metavar="MODULE:CALLABLE", help="Architecture for --checkpoint (as in gap-export).")
-@click.option("--num-classes", type=click.IntRange(min=1), help="num_classes for --arch.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow a pickled/TorchScript --checkpoint (runs code).")
+@checkpoint_options("--checkpoint")
 @click.option("--max-side", type=click.IntRange(min=2), help="executorch, coreml: the largest height and width the "
               "program accepts (ExecuTorch plans its memory for it).  [default: 640]")
 @click.option("--max-batch", type=click.IntRange(min=1), help="executorch, coreml: the largest batch.  [default: 4]")

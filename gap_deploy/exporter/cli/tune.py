@@ -106,7 +106,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
 def _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_path, plot_path, emit_dir):
     """The NAME=PATH artifacts and the constraint given, once every option is known to go together and every
     output can be written."""
-    from gap_deploy.runtime.cli.eval import named_artifacts
+    from gap_deploy.runtime.cli.common import named_artifacts
     from gap_deploy.runtime.errors import UsageError
     from gap_deploy.runtime.files import check_distinct, check_output_path
     from gap_deploy.runtime.session import BACKENDS

@@ -10,7 +10,15 @@ import click
 
 from gap_deploy.runtime.backends.table import facts
 from gap_deploy.runtime.bench import BenchSettings
-from gap_deploy.runtime.cli.common import FiniteFloat, gap_command, info, report_errors, shape_option, write_json
+from gap_deploy.runtime.cli.common import (
+    FiniteFloat,
+    checkpoint_options,
+    gap_command,
+    info,
+    report_errors,
+    shape_option,
+    write_json,
+)
 from gap_deploy.runtime.session import BACKENDS
 from gap_deploy.runtime.shapes import format_shape
 
@@ -59,9 +67,7 @@ def check_reference_fits(reference, session, shape, checkpoint) -> None:
 @click.option("--torch", "torch_ckpt", type=click.Path(path_type=Path),
               help="Checkpoint to run through PyTorch eager on the same inputs: speed-up and max/relative error "
                    "per shape. Loaded as gap-export does.")
-@click.option("--arch", metavar="MODULE:CALLABLE", help="Architecture for --torch (as in gap-export).")
-@click.option("--num-classes", type=click.IntRange(min=1), help="num_classes for --arch.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow a pickled/TorchScript --torch checkpoint (runs code).")
+@checkpoint_options("the --torch checkpoint")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: capture the enqueue in a CUDA graph and replay it.")
 @click.option("--transfers/--no-transfers", default=True, show_default=True,
               help="TensorRT: copy the input host-to-device every iteration (the output is always copied back).")

@@ -202,3 +202,50 @@ def sign_key_option(function: Callable) -> Callable:
                         is_eager=True, metavar="KEY.pem",
                         help="Sign what is written with this EC private key (OpenSSF model signing; <file>.sig beside "
                              "each artifact). Default: $GAP_DEPLOY_SIGN_KEY.")(function)
+
+
+def checkpoint_options(what: str):
+    """--arch, --num-classes and --trust-checkpoint: one definition for every command that loads a PyTorch
+    checkpoint (gap-export, gap-debug, gap-pack --checkpoint, gap-bench --torch); ``what`` names it in the help."""
+    options = (
+        click.option("--arch", metavar="MODULE:CALLABLE",
+                     help=f"Architecture for {what} when it holds a state_dict: an importable module or a .py file "
+                          "and a callable, e.g. torchvision.models:resnet18. Default: the reference GAP CNN, sized "
+                          "from the weights."),
+        click.option("--num-classes", type=click.IntRange(min=1), help="Passed to the --arch callable as "
+                     "num_classes=N."),
+        click.option("--trust-checkpoint", is_flag=True,
+                     help=f"Allow {what} to be a TorchScript archive or a pickled nn.Module. Loading them runs "
+                          "code: only for files you trust."),
+    )
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def parse_artifact(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (named after the file: gapcnn.fp16.onnx -> gapcnn.fp16)."""
+    if "=" in text and not Path(text).exists():
+        name, _, path = text.partition("=")
+        if not name or not path:
+            raise click.BadParameter(f"{text!r} is not NAME=PATH.", param_hint="ARTIFACTS")
+        return name, Path(path)
+    path = Path(text)
+    return (path.name[: -len(path.suffix)] if path.suffix else path.name), path
+
+
+def named_artifacts(artifacts) -> dict[str, Path]:
+    """gap-eval's and gap-tune's ARTIFACTS: each ``NAME=PATH`` or ``PATH``, names unique, files checked."""
+    from gap_deploy.runtime.bundle import check_artifact
+
+    named = dict(parse_artifact(a) for a in artifacts)
+    if len(named) != len(artifacts):
+        raise click.BadParameter("two artifacts have the same name; name them with NAME=PATH.",
+                                 param_hint="ARTIFACTS")
+    for path in named.values():
+        check_artifact(path)
+    return named

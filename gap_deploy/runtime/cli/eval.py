@@ -7,32 +7,16 @@ from pathlib import Path
 
 import click
 
-from gap_deploy.runtime.cli.common import fail, gap_command, image_size, info, report_errors, write_json
+from gap_deploy.runtime.cli.common import (
+    fail,
+    gap_command,
+    image_size,
+    info,
+    named_artifacts,
+    report_errors,
+    write_json,
+)
 from gap_deploy.runtime.session import BACKENDS
-
-
-def parse_artifact(text: str) -> tuple[str, Path]:
-    """``NAME=PATH`` or ``PATH`` (named after the file: gapcnn.fp16.onnx -> gapcnn.fp16)."""
-    if "=" in text and not Path(text).exists():
-        name, _, path = text.partition("=")
-        if not name or not path:
-            raise click.BadParameter(f"{text!r} is not NAME=PATH.", param_hint="ARTIFACTS")
-        return name, Path(path)
-    path = Path(text)
-    return (path.name[: -len(path.suffix)] if path.suffix else path.name), path
-
-
-def named_artifacts(artifacts) -> dict[str, Path]:
-    """gap-eval's and gap-tune's ARTIFACTS: each ``NAME=PATH`` or ``PATH``, names unique, files checked."""
-    from gap_deploy.runtime.bundle import check_artifact
-
-    named = dict(parse_artifact(a) for a in artifacts)
-    if len(named) != len(artifacts):
-        raise click.BadParameter("two artifacts have the same name; name them with NAME=PATH.",
-                                 param_hint="ARTIFACTS")
-    for path in named.values():
-        check_artifact(path)
-    return named
 
 
 @gap_command()
