@@ -120,7 +120,8 @@ def summary(seconds: float) -> None:
     for name, row in acc["accuracy"].items():
         print(f"  {name:>5}: " + "  ".join(f"{row[s]['top1']:.0%}".rjust(len(s) + 2) for s in sizes))
     best = max(sizes, key=lambda s: acc["accuracy"]["fp32"][s]["top1"])
-    print(f"Best at {best}px (training used 32-96 px); see demo/accuracy.png and docs/concepts/size-invariance.md on why it falls off.")
+    print(f"Best at {best}px (training used 32-96 px); see demo/accuracy.png and "
+          "docs/concepts/size-invariance.md on why it falls off.")
     for row in load("bench_edge.json")["results"][1:]:
         print(f"{row['backend']} at {format_shape(row['shape'])}: {row['latency_vs_first']:.2f}x ONNX Runtime's "
               f"latency, logits {'match' if row['parity']['passed'] else 'DIFFER'} (relative error "

@@ -106,8 +106,6 @@ def check_image(chw: np.ndarray, spec: InputSpec) -> None:
 def int_tuple(value, length: int, what: str) -> tuple[int, ...]:
     """``value`` as ``length`` positive whole numbers (a list or tuple of ints), or InputTypeError saying what
     was given: the check API callers get for shapes and sizes (a string such as "1x3x64x64" is no shape)."""
-    from gap_deploy.runtime.errors import InputTypeError
-
     ok = isinstance(value, (list, tuple)) and len(value) == length and all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)
     if not ok:

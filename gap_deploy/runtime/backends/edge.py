@@ -194,7 +194,7 @@ def ncnn_blobs(param: Path) -> tuple[str, str]:
         lines = [line.split() for line in param.read_text(encoding="ascii").splitlines()[2:] if line.strip()]
         layers = [(f[0], int(f[2]), int(f[3]), f[4:]) for f in lines]
         inputs = [io[0] for kind, _, _, io in layers if kind == "Input"]
-        last_kind, bottoms, tops, io = layers[-1]
+        _, bottoms, tops, io = layers[-1]
         return inputs[0], io[bottoms:bottoms + tops][0]
     except (OSError, UnicodeDecodeError, ValueError, IndexError) as exc:
         raise ArtifactError(f"{param} is not an ncnn .param file with one input: {first_line(exc)}",
