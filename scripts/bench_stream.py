@@ -10,7 +10,7 @@ decoding alone (core-seconds per image) and inference alone (core-seconds per im
 batches, at the batch size gap-run uses), and reports gap-run's images/s against the CPU-work bound
 (cores / (decode + inference core-seconds per image)). Then, unless --skip-int8, the median latency of
 INT8 against FP32 on ONNX Runtime's CPU provider at 1x3x224x224 for the model and every family of
-tests/families.py, in both INT8 layouts (tensorrt and cpu), with top-1 agreement on the calibration data.
+tests/support/families.py, in both INT8 layouts (tensorrt and cpu), with top-1 agreement on the calibration data.
 Figures are ratios within one run on one machine; quote medians.
 """
 
@@ -103,11 +103,11 @@ def bounds(model: Path, folder: Path, batch: int = 16, sample: int = 500) -> dic
 
 
 def int8_latency(model_path: Path, calibration: np.ndarray) -> list[dict]:
-    """INT8 (both layouts) against FP32 at 1x3x224x224 for the model and every family of tests/families.py."""
+    """INT8 (both layouts) against FP32 at 1x3x224x224 for the model and every family of tests/support/families.py."""
     import onnx
     import torch
 
-    import tests.families as fam
+    import tests.support.families as fam
     from gap_deploy.exporter import export_onnx, load_model
     from gap_deploy.exporter.precision import make_variant, measure_latency
     from gap_deploy.runtime.parity import ort_cpu_infer
@@ -118,7 +118,7 @@ def int8_latency(model_path: Path, calibration: np.ndarray) -> list[dict]:
         for name in fam.FAMILIES:
             torch.manual_seed(0)
             torch.save(getattr(fam, name)().state_dict(), Path(tmp) / f"{name}.pt")
-            export_onnx(load_model(Path(tmp) / f"{name}.pt", arch=f"tests.families:{name}"),
+            export_onnx(load_model(Path(tmp) / f"{name}.pt", arch=f"tests.support.families:{name}"),
                         Path(tmp) / f"{name}.onnx", dynamic=True, imgsz=(64, 64), verify=False)
             models[name] = onnx.load(str(Path(tmp) / f"{name}.onnx"))
         for name, fp32 in models.items():

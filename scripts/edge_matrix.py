@@ -1,4 +1,4 @@
-"""Which GAP family runs on which gap-pack target: every family of tests/families.py (and the reference CNN) is
+"""Which GAP family runs on which gap-pack target: every family of tests/support/families.py (and the reference CNN) is
 exported, packed for every target whose packages are installed, and the bundle's own verification is read back.
 
     python scripts/edge_matrix.py --json matrix.json      # prints the Markdown table of docs/commands/gap-pack.md
@@ -40,9 +40,9 @@ def _source(name: str, folder: Path):
     if name == "reference":
         module, arch = make_reference(), None
     else:
-        import tests.families as families
+        import tests.support.families as families
 
-        module, arch = getattr(families, name)(), f"tests.families:{name}"
+        module, arch = getattr(families, name)(), f"tests.support.families:{name}"
         randomize_batchnorm(module)
     torch.save(module.state_dict(), folder / f"{name}.pt")
     loaded = load_model(folder / f"{name}.pt", arch=arch)

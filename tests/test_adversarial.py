@@ -616,13 +616,13 @@ def test_api_misuse_gets_the_toolkit_s_own_error(tmp_path, reference_onnx, label
 # ---- round three (issue 20): gap-triton, gap-pack, gap-eval, gap-tune, gap-run --server/--ray, bundles ---------
 # Each case runs through the same harness as CASES: exit code, exactly one message, no traceback, a bounded time,
 # and every file of the workspace (inputs, sentinels at the outputs, folders' contents) byte-identical afterwards.
-# "{server}" in the arguments is the fake KServe v2 server of tests/fake_triton.py on 127.0.0.1.
+# "{server}" in the arguments is the fake KServe v2 server of tests/support/fake_triton.py on 127.0.0.1.
 
 from gap_deploy.exporter.cli.pack import main as gap_pack  # noqa: E402
 from gap_deploy.exporter.cli.triton import main as gap_triton  # noqa: E402
 from gap_deploy.exporter.cli.tune import main as gap_tune  # noqa: E402
 from gap_deploy.runtime.cli.eval import main as gap_eval  # noqa: E402
-from tests import fake_triton  # noqa: E402
+from tests.support import fake_triton  # noqa: E402
 
 CLIS.update({"pack": gap_pack, "triton": gap_triton, "tune": gap_tune, "eval": gap_eval})
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 pytest.importorskip("tritonclient.http")
-from tests.triton_server import distribution, tritonserver  # noqa: E402
+from tests.support.triton_server import distribution, tritonserver  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

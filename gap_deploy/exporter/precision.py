@@ -153,7 +153,7 @@ def fp16_tolerance(model: onnx.ModelProto) -> Tolerance:
     Each weighted layer rounds its inputs and weights to float16 (relative error u = 2^-11) and the
     errors of independent layers add up roughly like a random walk, so the relative error of the logits
     grows like u * sqrt(depth). The gate allows 4 u sqrt(depth) (at least 2e-3): above every GAP family
-    in tests/families.py (worst 5.3e-4) and the relative errors reported for MobileNetV4 (up to 1.02e-3),
+    in tests/support/families.py (worst 5.3e-4) and the relative errors reported for MobileNetV4 (up to 1.02e-3),
     far below a broken conversion (a layer 5% off, an overflow). The absolute limit scales with the
     logits (10 x rtol x max|logit|) instead of a fixed 0.05.
     """

@@ -1,6 +1,6 @@
 """A helper of test_debug.py's memory test (run as its own process): the peak RSS in MB of one inference on each
 side (``infer``) or of gap-debug's comparison with CHUNK layers per pass (``debug``), for a family of
-tests/families.py.  python tests/exporter/debug_memory.py FAMILY infer|debug CHUNK"""
+tests/support/families.py.  python tests/exporter/debug_memory.py FAMILY infer|debug CHUNK"""
 
 import resource
 import sys
@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from gap_deploy.exporter.checkpoint import LoadedModel  # noqa: E402
 from gap_deploy.exporter.onnx_export import export_model  # noqa: E402
 from gap_deploy.runtime.backends.onnxrt import cpu_session  # noqa: E402
-from tests import families  # noqa: E402
+from tests.support import families  # noqa: E402
 
 name, mode, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.manual_seed(0)

@@ -21,8 +21,8 @@ from gap_deploy.runtime.errors import BuildError, MissingDependencyError  # noqa
 from gap_deploy.runtime.files import sha256_file  # noqa: E402
 from gap_deploy.runtime.manifest import EngineManifest, manifest_path  # noqa: E402
 from tests.conftest import assert_clean_failure  # noqa: E402
-from tests.trt_builder_api import FakeBuild, IParserError
-from tests.trt_doubles import FakeDevice
+from tests.support.trt_builder_api import FakeBuild, IParserError
+from tests.support.trt_doubles import FakeDevice
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_int8_engine_precision_is_read_back(tmp_path, reference_onnx, cuda):
 @pytest.mark.parametrize("datatype, counts", [("Half", {"fp16": 2, "fp32": 1}), ("Int8", {"int8": 2, "fp32": 1}),
                                               ("Float", {"fp32": 3})])
 def test_layer_precision_parsing_reads_both_inspector_schemas(schema, datatype, counts):
-    from tests.trt_builder_api import inspector_json
+    from tests.support.trt_builder_api import inspector_json
 
     assert layer_precisions(inspector_json(datatype, schema)) == counts
 

@@ -93,19 +93,19 @@ def test_arch_from_a_python_file_with_num_classes(tmp_path):
 
 
 def test_arch_from_an_importable_module(tmp_path):
-    from tests.families import ResNetish
+    from tests.support.families import ResNetish
 
     model = ResNetish(num_classes=6)
     path = tmp_path / "r.pt"
     torch.save(model.state_dict(), path)
-    loaded = load_model(path, arch="tests.families:ResNetish", num_classes=6)
-    assert _same_weights(loaded.module, model) and loaded.arch == "tests.families:ResNetish"
+    loaded = load_model(path, arch="tests.support.families:ResNetish", num_classes=6)
+    assert _same_weights(loaded.module, model) and loaded.arch == "tests.support.families:ResNetish"
 
 
 @pytest.mark.parametrize("spec, message", [
     ("no_colon", "not of the form MODULE:CALLABLE"),
     ("surely_missing_module_xyz:f", "cannot import --arch module"),
-    ("tests.families:Nope", "has no attribute 'Nope'"),
+    ("tests.support.families:Nope", "has no attribute 'Nope'"),
     ("missing_file.py:build", "does not exist"),
     ("os.path:join", "failed"),
 ])
@@ -115,7 +115,7 @@ def test_bad_arch(tmp_path, reference_ckpt, spec, message):
 
 
 def test_not_a_reference_checkpoint_suggests_arch(tmp_path):
-    from tests.families import MobileNetish
+    from tests.support.families import MobileNetish
 
     path = tmp_path / "m.pt"
     torch.save(MobileNetish().state_dict(), path)

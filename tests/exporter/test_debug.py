@@ -24,8 +24,8 @@ from torch import nn  # noqa: E402
 from gap_deploy.exporter.checkpoint import LoadedModel  # noqa: E402
 from gap_deploy.exporter.debug import attribute, debug_artifact, node_scopes  # noqa: E402
 from gap_deploy.exporter.onnx_export import export_model  # noqa: E402
-from tests import families  # noqa: E402
 from tests.conftest import assert_clean_failure, make_reference  # noqa: E402
+from tests.support import families  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,7 +228,7 @@ def test_a_failed_parity_check_points_at_gap_debug_and_that_command_explains_it(
 
     torch.manual_seed(0)
     torch.save(families.ShapeBranch().state_dict(), tmp_path / "sb.pt")
-    arch = f"{ROOT / 'tests' / 'families.py'}:ShapeBranch"
+    arch = f"{ROOT / 'tests' / 'support' / 'families.py'}:ShapeBranch"
     result = CliRunner().invoke(gap_export, [str(tmp_path / "sb.pt"), "--arch", arch, "--dynamic", "--imgsz", "32",
                                              "-o", str(tmp_path / "sb.onnx")])
     assert result.exit_code == 1 and "differs from PyTorch" in result.output
@@ -245,7 +245,7 @@ def test_a_failed_fp16_gate_points_at_gap_debug(tmp_path):
 
     torch.manual_seed(0)
     torch.save(families.OverflowNet().state_dict(), tmp_path / "o.pt")
-    arch = f"{ROOT / 'tests' / 'families.py'}:OverflowNet"
+    arch = f"{ROOT / 'tests' / 'support' / 'families.py'}:OverflowNet"
     args = [str(tmp_path / "o.pt"), "--arch", arch, "--dynamic", "--imgsz", "16", "--precision", "fp16",
             "--no-fp32-fallback", "-o", str(tmp_path / "o.onnx")]
     result = CliRunner().invoke(gap_export, args)
@@ -255,8 +255,8 @@ def test_a_failed_fp16_gate_points_at_gap_debug(tmp_path):
 
 
 def test_a_plan_is_rebuilt_per_chunk_with_marked_outputs_and_names_the_planted_fault(monkeypatch):
-    """A TensorRT plan, with TensorRT as the spec'd doubles of tests/trt_builder_api.py (the full builder and a GPU
-    are not here). What the doubles take from TensorRT's documentation: the ONNX parser names each layer's output
+    """A TensorRT plan, with TensorRT as the spec'd doubles of tests/support/trt_builder_api.py (the full builder and
+    a GPU are not here). What the doubles take from TensorRT's documentation: the ONNX parser names each layer's output
     tensor after the ONNX tensor (ILayer.get_output, ITensor.name), INetworkDefinition.mark_output makes a tensor an
     engine output, and an engine built so has those outputs. The engine double computes what the faulty ONNX
     computes (onnxruntime), so the test checks the marking, the builds and the comparison, not TensorRT's kernels."""
@@ -265,8 +265,8 @@ def test_a_plan_is_rebuilt_per_chunk_with_marked_outputs_and_names_the_planted_f
     from gap_deploy.runtime.backends.cuda import Cuda
     from gap_deploy.runtime.layers import tensor_values
     from gap_deploy.runtime.profiles import Profile
-    from tests.trt_builder_api import FakeBuild, ILayer, ITensor, stub
-    from tests.trt_doubles import FakeDevice
+    from tests.support.trt_builder_api import FakeBuild, ILayer, ITensor, stub
+    from tests.support.trt_doubles import FakeDevice
 
     module = make_reference(seed=3)
     fp32 = _export(module)

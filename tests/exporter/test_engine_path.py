@@ -1,7 +1,7 @@
 """gap-export --engine: the FP32 model, the variant, the plan and the manifest appear together or not at all, and
 the variant is verified on the same sweep with or without --engine.
 
-TensorRT's builder is the spec'd double of tests/trt_builder_api.py: ``build_serialized_network`` returns None
+TensorRT's builder is the spec'd double of tests/support/trt_builder_api.py: ``build_serialized_network`` returns None
 when the build fails (TensorRT's Python API, IBuilder.build_serialized_network: "returns None on failure"), and
 the double raises KeyboardInterrupt to stand for Ctrl-C during the build.
 """
@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import assert_clean_failure
-from tests.trt_builder_api import FakeBuild
-from tests.trt_doubles import FakeDevice
+from tests.support.trt_builder_api import FakeBuild
+from tests.support.trt_doubles import FakeDevice
 
 pytest.importorskip("torch")
 

@@ -15,7 +15,7 @@ from gap_deploy.exporter.parity import default_verify_shapes, torch_infer  # noq
 from gap_deploy.runtime.errors import ExportError, OutputPathError  # noqa: E402
 from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
 from tests.conftest import make_reference, randomize_batchnorm  # noqa: E402
-from tests.families import FAMILIES  # noqa: E402
+from tests.support.families import FAMILIES  # noqa: E402
 
 
 def _dims(value_info):
@@ -92,7 +92,7 @@ def test_bad_export_options(reference_ckpt, kwargs, message):
 def shape_branch_ckpt(tmp_path_factory):
     import torch
 
-    from tests.families import ShapeBranch
+    from tests.support.families import ShapeBranch
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("branch") / "branch.pt"
@@ -104,7 +104,7 @@ def test_failed_verification_writes_nothing_and_keeps_an_existing_file(tmp_path,
     """A model the trace gets wrong (a Python branch on the width) fails the default tolerance."""
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous good model")
-    loaded = load_model(shape_branch_ckpt, arch="tests.families:ShapeBranch")
+    loaded = load_model(shape_branch_ckpt, arch="tests.support.families:ShapeBranch")
     with pytest.raises(ParityError, match="differs from PyTorch") as info:
         export_onnx(loaded, out, dynamic=True, imgsz=(32, 32))
     rows = {r.shape: r for r in info.value.report.rows}
@@ -147,12 +147,12 @@ def test_report_to_dict_is_json(reference_ckpt, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gap_families_export_dynamic_and_match(tmp_path, family):
-    import tests.families as fam
+    import tests.support.families as fam
 
     model = randomize_batchnorm(getattr(fam, family)(num_classes=6))
     ckpt = tmp_path / f"{family}.pt"
     torch.save(model.state_dict(), ckpt)
-    loaded = load_model(ckpt, arch=f"tests.families:{family}", num_classes=6)
+    loaded = load_model(ckpt, arch=f"tests.support.families:{family}", num_classes=6)
     result = export_onnx(loaded, tmp_path / f"{family}.onnx", dynamic=True, imgsz=(64, 64))
     assert result.parity.passed, result.parity.format_table()
     assert result.export.input_dims == ("batch", 3, "height", "width")

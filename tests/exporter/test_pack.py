@@ -94,13 +94,13 @@ def test_runtime_loads_a_bundle_and_its_fixed_variants(bundle):
 def test_a_family_member_packs_too(tmp_path):
     import torch
 
-    import tests.families as fam
+    import tests.support.families as fam
     from gap_deploy.exporter import export_onnx, load_model
     from tests.conftest import randomize_batchnorm
 
     torch.manual_seed(0)
     torch.save(randomize_batchnorm(fam.MobileNetish(num_classes=6)).state_dict(), tmp_path / "m.pt")
-    onnx_path = export_onnx(load_model(tmp_path / "m.pt", arch="tests.families:MobileNetish", num_classes=6),
+    onnx_path = export_onnx(load_model(tmp_path / "m.pt", arch="tests.support.families:MobileNetish", num_classes=6),
                             tmp_path / "m.onnx", dynamic=True, imgsz=(64, 64)).path
     result = CliRunner().invoke(main, [str(onnx_path), "-o", str(tmp_path / "b"), "--fixed", "1x3x96x96"])
     assert result.exit_code == 0, result.output

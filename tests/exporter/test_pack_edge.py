@@ -33,7 +33,7 @@ def sources(tmp_path_factory, reference_onnx, reference_ckpt):
     """model name -> (FP32 ONNX, checkpoint): the reference CNN and two families."""
     import torch
 
-    import tests.families as fam
+    import tests.support.families as fam
     from gap_deploy.exporter import export_onnx, load_model
 
     folder = tmp_path_factory.mktemp("edge_sources")
@@ -46,7 +46,7 @@ def sources(tmp_path_factory, reference_onnx, reference_ckpt):
 
         randomize_batchnorm(module)
         torch.save(module.state_dict(), ckpt)
-        arch = f"tests.families:{name}"
+        arch = f"tests.support.families:{name}"
         onnx_path = export_onnx(load_model(ckpt, arch=arch), folder / f"{name}.onnx", dynamic=True,
                                 imgsz=(64, 64)).path
         found[name] = (onnx_path, ckpt, arch)
@@ -360,7 +360,7 @@ MIN_SIDE = {"SqueezeNetish": {"openvino", "ncnn"}}
 def test_every_family_on_every_target_is_packed_and_checked_or_cleanly_refused(tmp_path, family):
     import torch
 
-    import tests.families as fam
+    import tests.support.families as fam
     from gap_deploy.exporter import export_onnx, load_model
     from gap_deploy.runtime.errors import GapError
     from tests.conftest import randomize_batchnorm
@@ -369,7 +369,7 @@ def test_every_family_on_every_target_is_packed_and_checked_or_cleanly_refused(t
     module = getattr(fam, family)()
     randomize_batchnorm(module)
     torch.save(module.state_dict(), tmp_path / "m.pt")
-    loaded = load_model(tmp_path / "m.pt", arch=f"tests.families:{family}")
+    loaded = load_model(tmp_path / "m.pt", arch=f"tests.support.families:{family}")
     onnx_path = export_onnx(loaded, tmp_path / "m.onnx", dynamic=True, imgsz=(64, 64)).path
     outcome = {}
     for target in ("openvino", *TARGETS):
@@ -522,15 +522,15 @@ def test_a_described_minimum_the_model_does_not_run_at_is_not_believed(tmp_path)
     _needs("ncnn")
     import torch
 
-    import tests.families as fam
+    import tests.support.families as fam
     from gap_deploy import runtime
     from gap_deploy.exporter import export_onnx, load_model
     from gap_deploy.runtime.errors import ArtifactError
 
     torch.manual_seed(0)
     torch.save(fam.SqueezeNetish().state_dict(), tmp_path / "sq.pt")
-    onnx_path = export_onnx(load_model(tmp_path / "sq.pt", arch="tests.families:SqueezeNetish"), tmp_path / "sq.onnx",
-                            dynamic=True, imgsz=(64, 64)).path
+    onnx_path = export_onnx(load_model(tmp_path / "sq.pt", arch="tests.support.families:SqueezeNetish"),
+                            tmp_path / "sq.onnx", dynamic=True, imgsz=(64, 64)).path
     bundle = tmp_path / "b"
     pack(onnx_path, bundle, target="ncnn", min_side=31)
     with runtime.load(bundle) as session:

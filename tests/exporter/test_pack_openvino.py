@@ -27,13 +27,13 @@ def _float_types(xml) -> set[str]:
 def _family_onnx(tmp_path, name):
     import torch
 
-    import tests.families as fam
+    import tests.support.families as fam
     from gap_deploy.exporter import export_onnx, load_model
 
     torch.manual_seed(0)
     torch.save(getattr(fam, name)().state_dict(), tmp_path / f"{name}.pt")
-    return export_onnx(load_model(tmp_path / f"{name}.pt", arch=f"tests.families:{name}"), tmp_path / f"{name}.onnx",
-                       dynamic=True, imgsz=(32, 32)).path
+    return export_onnx(load_model(tmp_path / f"{name}.pt", arch=f"tests.support.families:{name}"),
+                       tmp_path / f"{name}.onnx", dynamic=True, imgsz=(32, 32)).path
 
 
 @pytest.mark.parametrize("model", ["reference", "ResNetish", "MobileNetish"])
@@ -133,7 +133,7 @@ def test_a_failed_openvino_inference_does_not_poison_the_next_ones(tmp_path):
     import onnxruntime as ort
     import torch
 
-    import tests.families as fam
+    import tests.support.families as fam
     from gap_deploy.exporter import export_onnx, load_model
     from gap_deploy.runtime.backends.openvino import OvRunner
     from gap_deploy.runtime.errors import BackendError
@@ -143,8 +143,8 @@ def test_a_failed_openvino_inference_does_not_poison_the_next_ones(tmp_path):
     module = fam.SqueezeNetish()
     randomize_batchnorm(module)
     torch.save(module.state_dict(), tmp_path / "m.pt")
-    source = export_onnx(load_model(tmp_path / "m.pt", arch="tests.families:SqueezeNetish"), tmp_path / "m.onnx",
-                         dynamic=True, imgsz=(64, 64)).path
+    source = export_onnx(load_model(tmp_path / "m.pt", arch="tests.support.families:SqueezeNetish"),
+                         tmp_path / "m.onnx", dynamic=True, imgsz=(64, 64)).path
     pack(source, tmp_path / "b", target="openvino", min_side=31)
     bare = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((1, 3, 37, 53)).astype(np.float32)

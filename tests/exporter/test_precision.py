@@ -181,10 +181,10 @@ def _export_arch(tmp_path, name, imgsz=(32, 32)):
     from gap_deploy.exporter import export_onnx, load_model
 
     torch.manual_seed(0)
-    import tests.families as fam
+    import tests.support.families as fam
 
     torch.save(getattr(fam, name)().state_dict(), tmp_path / f"{name}.pt")
-    result = export_onnx(load_model(tmp_path / f"{name}.pt", arch=f"tests.families:{name}"),
+    result = export_onnx(load_model(tmp_path / f"{name}.pt", arch=f"tests.support.families:{name}"),
                          tmp_path / f"{name}.onnx", dynamic=True, imgsz=imgsz)
     return onnx.load(str(result.path)), [r.shape for r in result.parity.rows]
 
@@ -265,13 +265,13 @@ def test_the_fp16_gate_grows_with_depth():
 def test_every_family_exports_in_fp16_with_the_default_gate(tmp_path, family):
     import torch
 
-    import tests.families as fam
+    import tests.support.families as fam
     from gap_deploy.exporter import export_onnx, load_model
     from tests.conftest import randomize_batchnorm
 
     torch.manual_seed(0)
     torch.save(randomize_batchnorm(getattr(fam, family)(num_classes=6)).state_dict(), tmp_path / "m.pt")
-    result = export_onnx(load_model(tmp_path / "m.pt", arch=f"tests.families:{family}", num_classes=6),
+    result = export_onnx(load_model(tmp_path / "m.pt", arch=f"tests.support.families:{family}", num_classes=6),
                          tmp_path / "m.onnx", dynamic=True, imgsz=(64, 64))
     variant = make_variant(onnx.load(str(result.path)), "fp16", [r.shape for r in result.parity.rows])
     assert variant.passed and variant.fp32_layers == ()  # no fallback needed for a normal model

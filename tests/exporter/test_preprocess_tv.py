@@ -272,7 +272,7 @@ def test_a_real_tritonserver_gives_the_user_s_probabilities(work, name, tmp_path
     pytest.importorskip("tritonclient.http")
     from gap_deploy.exporter.triton import ServeOptions, write_repository
     from gap_deploy.runtime.cli.run import main
-    from tests.triton_server import distribution, tritonserver
+    from tests.support.triton_server import distribution, tritonserver
 
     if distribution() is None:
         pytest.skip("the tritonserver bundled by nvidia-pytriton is not installed (make venv installs it)")

@@ -67,7 +67,7 @@ def test_tensorrt_timing_parts_with_spec_d_doubles(tmp_path):
     from gap_deploy.runtime.backends.trt import TrtRunner
     from gap_deploy.runtime.session import Session
     from tests.runtime.backends.test_trt import write_plan
-    from tests.trt_doubles import COMPUTE_MS, D2H_MS, H2D_MS, FakeDevice, make_engine, make_trt
+    from tests.support.trt_doubles import COMPUTE_MS, D2H_MS, H2D_MS, FakeDevice, make_engine, make_trt
 
     device = FakeDevice()
     engine, context = make_engine(device=device)
@@ -93,7 +93,7 @@ def test_a_cuda_graph_replay_that_differs_is_never_timed(tmp_path):
     from gap_deploy.runtime.errors import BackendError
     from gap_deploy.runtime.session import Session
     from tests.runtime.backends.test_trt import write_plan
-    from tests.trt_doubles import FakeDevice, make_engine, make_trt
+    from tests.support.trt_doubles import FakeDevice, make_engine, make_trt
 
     device = FakeDevice()
     device.broken_replay = True
@@ -108,7 +108,7 @@ def _timed_session(tmp_path, device):
     from gap_deploy.runtime.backends.trt import TrtRunner
     from gap_deploy.runtime.session import Session
     from tests.runtime.backends.test_trt import write_plan
-    from tests.trt_doubles import make_engine, make_trt
+    from tests.support.trt_doubles import make_engine, make_trt
 
     module, _ = make_trt(make_engine(device=device)[0])
     return Session(TrtRunner(write_plan(tmp_path), trt=module, cuda=Cuda(device.rt), clock=device.clock))
@@ -119,7 +119,7 @@ def _timed_session(tmp_path, device):
 def test_the_enqueue_bound_warning_fires_exactly_when_the_host_is_the_bound(tmp_path, enqueue_ms, bound):
     # trtexec's rule (samples/common/sampleReporting.cpp): enqueue median > 0.8 x GPU compute median. Failed
     # before: compute was timed on an idle stream, so it held the enqueue and the warning could never fire.
-    from tests.trt_doubles import COMPUTE_MS, FakeDevice
+    from tests.support.trt_doubles import COMPUTE_MS, FakeDevice
 
     device = FakeDevice()
     device.enqueue_ms = enqueue_ms
@@ -134,7 +134,7 @@ def test_the_enqueue_bound_warning_fires_exactly_when_the_host_is_the_bound(tmp_
 
 @pytest.mark.usefixtures("signed_plans")
 def test_a_failed_capture_is_timed_without_graphs_and_says_so(tmp_path):
-    from tests.trt_doubles import FakeDevice
+    from tests.support.trt_doubles import FakeDevice
 
     device = FakeDevice()
     device.failing_capture = True

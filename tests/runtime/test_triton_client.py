@@ -10,7 +10,7 @@ import pytest
 
 from gap_deploy.runtime.errors import ArtifactError, BackendUnavailableError  # noqa: E402
 from gap_deploy.runtime.triton_client import connect, infer  # noqa: E402
-from tests.fake_triton import LIE_MESSAGES, LIES, _binary, serve  # noqa: E402
+from tests.support.fake_triton import LIE_MESSAGES, LIES, _binary, serve  # noqa: E402
 
 
 @pytest.fixture

@@ -60,12 +60,12 @@ def test_summary_prints_the_layer_table(reference_ckpt):
 def test_failed_parity_exits_1_and_leaves_no_file(tmp_path):
     import torch
 
-    from tests.families import ShapeBranch
+    from tests.support.families import ShapeBranch
 
     ckpt = tmp_path / "branch.pt"
     torch.save(ShapeBranch().state_dict(), ckpt)
     out = tmp_path / "m.onnx"
-    result = run(ckpt, "--arch", "tests.families:ShapeBranch", "--dynamic", "--imgsz", "32", "-o", out,
+    result = run(ckpt, "--arch", "tests.support.families:ShapeBranch", "--dynamic", "--imgsz", "32", "-o", out,
                  "--verify-shapes", "32x32,9x9")
     assert_clean_failure(result, "differs from PyTorch at 1 of 2 shapes", "was not written", "FAIL")
     assert not out.exists()

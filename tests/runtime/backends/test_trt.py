@@ -15,7 +15,7 @@ from gap_deploy.runtime.manifest import EngineManifest, manifest_path  # noqa: E
 from gap_deploy.runtime.metadata import ModelMetadata  # noqa: E402
 from gap_deploy.runtime.session import Session  # noqa: E402
 from tests.conftest import sign_files  # noqa: E402
-from tests.trt_doubles import FakeDevice, expected_logits, make_engine, make_trt, trt  # noqa: F401
+from tests.support.trt_doubles import FakeDevice, expected_logits, make_engine, make_trt, trt  # noqa: F401
 
 PLAN = b"serialized-engine-bytes" * 10
 
@@ -112,7 +112,7 @@ def test_device_buffers_are_reused_and_grown(tmp_path, device):
 
 
 def test_timed_inference_splits_h2d_compute_d2h_and_enqueue(tmp_path, device):
-    from tests.trt_doubles import COMPUTE_MS, D2H_MS, H2D_MS
+    from tests.support.trt_doubles import COMPUTE_MS, D2H_MS, H2D_MS
 
     runner, *_ = open_runner(tmp_path, device, engine=make_engine(device=device))
     out, timing = runner.infer_timed(np.ones((1, 3, 8, 8), np.float32))
@@ -402,7 +402,7 @@ def test_h2d_is_timed_from_after_the_host_copy_into_pinned_memory(tmp_path, devi
 
 
 def test_gpu_compute_excludes_the_enqueue_when_work_is_queued(tmp_path, device):
-    from tests.trt_doubles import COMPUTE_MS, H2D_MS, KERNELS
+    from tests.support.trt_doubles import COMPUTE_MS, H2D_MS, KERNELS
 
     device.enqueue_ms = 1.0  # the host takes 1 ms to launch the kernels; the GPU needs 2.5 ms for them
     runner = timed_runner(tmp_path, device)

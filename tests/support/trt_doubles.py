@@ -1,7 +1,7 @@
 """Test doubles for TensorRT and CUDA, as strict as the real bindings.
 
 ``create_autospec`` over ``tensorrt_lean`` (ICudaEngine, IExecutionContext, Runtime) and over
-``cuda.bindings.runtime`` catches methods that do not exist; tests/strict_signatures.py adds what
+``cuda.bindings.runtime`` catches methods that do not exist; tests/support/strict_signatures.py adds what
 autospec cannot read from pybind11/Cython: arity, keywords and basic types, from the bindings' own
 docstrings. Device memory (and pinned host memory) is host memory (ctypes), so data really flows
 through the copies. The fake engine computes with ONNX Runtime on a small real CNN
@@ -29,7 +29,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from tests.strict_signatures import make_strict, types_of
+from tests.support.strict_signatures import make_strict, types_of
 
 trt = pytest.importorskip("tensorrt_lean")
 cudart = pytest.importorskip("cuda.bindings.runtime")

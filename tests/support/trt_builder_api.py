@@ -3,7 +3,7 @@
 does not ship, and a fake TensorRT module for the builder wired from them.
 
 The stubs below follow NVIDIA's TensorRT Python API reference, :data:`DOC_VERSION`; their annotations
-are the documented parameter types, and tests/strict_signatures.py checks every call against them.
+are the documented parameter types, and tests/support/strict_signatures.py checks every call against them.
 Classes the lean module has (IOptimizationProfile, ITimingCache, ICudaEngine, Runtime, the enums) are
 taken from it instead, so those doubles are checked against the real bindings.
 """
@@ -15,8 +15,8 @@ import json
 import types
 from unittest import mock
 
-from tests.strict_signatures import make_strict
-from tests.trt_doubles import BINDING_TYPES, FakeDevice, make_engine, strict, trt
+from tests.support.strict_signatures import make_strict
+from tests.support.trt_doubles import BINDING_TYPES, FakeDevice, make_engine, strict, trt
 
 #: The one place that names the documentation the builder-only stubs were written from.
 DOC_VERSION = "TensorRT 11.1 Python API reference (docs.nvidia.com/deeplearning/tensorrt/11.1.0)"

@@ -6,7 +6,7 @@ built that way accepts any arity. The bindings carry their signatures in the fir
 - pybind11 (tensorrt_lean): ``name(self: X, arg: typing.SupportsInt, other: str = ...) -> bool``,
   several numbered lines for overloads;
 - cuda.bindings (Cython): ``cudaMemcpyAsync(dst, src, size_t count, kind: cudaMemcpyKind, stream)``;
-- spec stubs written from NVIDIA's documentation (tests/trt_builder_api.py): ordinary Python
+- spec stubs written from NVIDIA's documentation (tests/support/trt_builder_api.py): ordinary Python
   signatures with annotations.
 
 :func:`make_strict` installs a checker on every method of a double: a call must bind to one
@@ -75,7 +75,7 @@ def docstring_overloads(func, name: str) -> list[list[Param]]:
 
 
 def stub_overloads(func) -> list[list[Param]]:
-    """A spec stub's signature (tests/trt_builder_api.py), annotations as the type names."""
+    """A spec stub's signature (tests/support/trt_builder_api.py), annotations as the type names."""
     sig = inspect.signature(func)
     params = []
     for p in sig.parameters.values():

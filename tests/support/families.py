@@ -2,7 +2,7 @@
 
 Each is built the way its family is (residual adds, depthwise separable convs, squeeze-excitation,
 dense concatenation, channel shuffle, fire modules with a convolutional classifier) and writes its
-global average pool a different way, as real code bases do. Used with ``--arch tests.families:NAME``.
+global average pool a different way, as real code bases do. Used with ``--arch tests.support.families:NAME``.
 """
 
 from __future__ import annotations
