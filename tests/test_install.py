@@ -76,6 +76,10 @@ def test_installed_names_cannot_collide_with_a_runtime_package(tmp_path, referen
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("red.png (") and "class" in run.stdout
+    templates = subprocess.run([str(python), "-c", "from importlib.resources import files; "
+                                "print(sorted(p.name for p in files('gap_deploy.exporter').joinpath('readmes')"
+                                ".iterdir()))"], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert "ort.md" in templates and "coreml.md" in templates  # gap-pack's README templates are in the wheel
     tops = subprocess.run([str(python), "-c", "import importlib.metadata as m; "
                            "print(m.distribution('gap-deploy').read_text('top_level.txt'))"],
                           capture_output=True, text=True, check=True).stdout.split()

@@ -146,8 +146,6 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     ``max_side`` and ``max_batch`` bound ExecuTorch's and Core ML's dynamic dims; ``min_side`` raises the smallest
     height and width the bundle accepts (and is checked at) above the model's own minimum, for a target that
     differs from the ONNX only at the smallest sizes."""
-    from gap_deploy.exporter import pack_edge
-
     max_side, max_batch = _check_request(target, precision, fixed, checkpoint, Path(onnx_path).name, max_side,
                                          max_batch, min_side)
     from gap_deploy.runtime.onnx_file import check_onnx_file
@@ -162,30 +160,67 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
         raised = replace(spec.metadata, min_height=max(spec.metadata.min_height, min_side),
                          min_width=max(spec.metadata.min_width, min_side))
         spec = replace(spec, metadata=raised)
-    meta, channels = spec.metadata, spec.channels
     _check_model(spec, source, target, fixed)
     from gap_deploy.runtime.errors import ctrl_c_kept
 
     # the bundle appears whole, once every file in it is checked; Ctrl-C during the converters and runtimes stays
     # Ctrl-C (ctrl_c_kept), raised inside the publication, so nothing appears
+    request = PackRequest(model, source, spec, precision, list(dict.fromkeys(fixed)), checkpoint, max_side,
+                          max_batch, other_weights, log)
     with Publication() as pub, ctrl_c_kept(f"gap-pack --target {target}"), _write_errors(folder):
-        staged = pub.folder(folder, "bundle folder")
-        if target == "openvino":
-            result = _build_openvino(model, source, staged, spec, precision, log)
-        elif target != "ort":
-            if checkpoint is not None:
-                _check_source(checkpoint, meta, source, log, target=target, other_weights=other_weights)
-            description, report = pack_edge.build_edge(
-                target, model, source, staged, spec, precision, log, module=checkpoint and checkpoint.module,
-                max_side=max_side, max_batch=max_batch, base_shapes=_check_shapes(meta, channels, None),
-                describe_bundle=_describe_bundle)
-            (staged / "README.md").write_text(pack_edge.edge_readme(description))
-            result = PackResult(staged, description["files"], [], {} if report is None else
-                                {next(iter(description["files"])): report}, [])
-        else:
-            result = _build(model, source, staged, spec, list(dict.fromkeys(fixed)), log)
+        result = BUILDERS[target](request, pub.folder(folder, "bundle folder"))
     result.folder = folder
     return result
+
+
+@dataclass(frozen=True)
+class PackRequest:
+    """One gap-pack call, checked: what every target's builder gets (each takes what applies to it)."""
+
+    model: object  # the ONNX ModelProto
+    source: Path
+    spec: ArtifactSpec
+    precision: str
+    fixed: list
+    checkpoint: object  # the exporter's LoadedModel, for the targets converted from PyTorch
+    max_side: int
+    max_batch: int
+    other_weights: bool
+    log: object
+
+
+def _pack_ort(request: PackRequest, staged: Path) -> PackResult:
+    return _build(request.model, request.source, staged, request.spec, request.fixed, request.log)
+
+
+def _pack_openvino(request: PackRequest, staged: Path) -> PackResult:
+    return _build_openvino(request.model, request.source, staged, request.spec, request.precision, request.log)
+
+
+def _pack_edge(target: str):
+    """The builder of an ncnn, LiteRT, ExecuTorch or Core ML bundle (exporter.pack_edge)."""
+
+    def build(request: PackRequest, staged: Path) -> PackResult:
+        from gap_deploy.exporter import pack_edge
+
+        meta, checkpoint = request.spec.metadata, request.checkpoint
+        if checkpoint is not None:
+            _check_source(checkpoint, meta, request.source, request.log, target=target,
+                          other_weights=request.other_weights)
+        description, report = pack_edge.build_edge(
+            target, request.model, request.source, staged, request.spec, request.precision, request.log,
+            module=getattr(checkpoint, "module", None), max_side=request.max_side, max_batch=request.max_batch,
+            base_shapes=_check_shapes(meta, request.spec.channels, None), describe_bundle=_describe_bundle)
+        (staged / "README.md").write_text(pack_edge.edge_readme(description))
+        return PackResult(staged, description["files"], [], {} if report is None else
+                          {next(iter(description["files"])): report}, [])
+
+    return build
+
+
+#: each target's builder: (request, staged bundle folder) -> PackResult; a new target is a builder and a line here
+BUILDERS = {"ort": _pack_ort, "openvino": _pack_openvino,
+            **{target: _pack_edge(target) for target in ("ncnn", "litert", "executorch", "coreml")}}
 
 
 def _check_request(target: str, precision: str, fixed, checkpoint, onnx_name: str, max_side: int | None,
@@ -395,27 +430,9 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
 
 
 def openvino_readme(d: dict) -> str:
-    return f"""# {d['source']} for OpenVINO ({d['precision']})
+    from gap_deploy.exporter.pack_edge import readme_template
 
-`model.xml` + `model.bin` take any size N x {d['channels']} x H x W with H >= {d['min_height']} and W >= \
-{d['min_width']} (input dims {d['input_dims']}), checked against {d['source']} with OpenVINO {d['openvino']} on the CPU
-at the sizes in `verification.txt` before this bundle was written. Weights are {d['precision'].upper()}
-(gap-pack saves FP32 unless `--precision fp16` was given; OpenVINO's own `save_model` would compress to FP16).
-
-Input `{d['input']}`: float32 NCHW, {d['channel_order']}, pixels / 255 then (x - mean) / std with mean
-{d['mean']} and std {d['std']}. Output `{d['output']}`: (N, {d['num_classes']}) logits; class names in
-`labels.txt`. Only `pip install openvino` is needed to run it (no torch):
-
-```python
-import numpy as np, openvino as ov
-core = ov.Core()
-# f32: OpenVINO's CPU plugin picks bf16 on CPUs that have it unless told otherwise
-model = core.compile_model("model.xml", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})
-logits = model(images)[0]          # images: float32 (N, {d['channels']}, H, W), normalized as above
-```
-
-Or with gap-deploy's runtime, the same checks as every backend: `runtime.load("this_folder")` (backend ov-cpu).
-"""
+    return readme_template("openvino").format(**d, precision_upper=d["precision"].upper())
 
 
 def format_usability(rows: Sequence[Usability]) -> str:
@@ -430,49 +447,8 @@ def format_usability(rows: Sequence[Usability]) -> str:
 
 
 def bundle_readme(d: dict) -> str:
-    ort_files = [name for name in d["files"] if name.endswith(".ort")]
-    fixed = [n for n in ort_files if n != "model.ort"]
-    return f"""# {d['source']} for ONNX Runtime Mobile
+    from gap_deploy.exporter.pack_edge import readme_template
 
-Files: `model.ort` takes any size N x {d['channels']} x H x W with H >= {d['min_height']} and W >= {d['min_width']}
-(CPU and XNNPACK); {', '.join(f'`{n}`' for n in fixed) or 'no fixed-shape variant'} take only their own shape
-(NNAPI and CoreML need fixed shapes: see `usability.txt`). `model.json` describes the input (`{d['input']}`,
-NCHW, {d['channel_order']}, pixels / 255 then (x - mean) / std with mean {d['mean']} and std {d['std']}), the
-classes (`labels.txt`), and each file's SHA-256.
-
-## Android (Kotlin), `com.microsoft.onnxruntime:onnxruntime-android`
-
-```kotlin
-val env = OrtEnvironment.getEnvironment()
-val options = OrtSession.SessionOptions()
-options.addNnapi()            // NNAPI: use a fixed-shape model_1x3xHxW.ort; or options.addXnnpack(mapOf()) for any size
-val session = env.createSession(assets.open("model.ort").readBytes(), options)
-val input = OnnxTensor.createTensor(env, FloatBuffer.wrap(chw), longArrayOf(1, {d['channels']}, h, w))
-val logits = (session.run(mapOf("{d['input']}" to input))[0].value as Array<FloatArray>)[0]
-```
-
-## iOS (Swift), pod `onnxruntime-objc`
-
-```swift
-let env = try ORTEnv(loggingLevel: .warning)
-let options = try ORTSessionOptions()
-try options.appendCoreMLExecutionProvider(with: ORTCoreMLExecutionProviderOptions())  // fixed-shape model only
-// or: try options.appendXnnpackExecutionProvider(with: ORTXnnpackExecutionProviderOptions())
-let session = try ORTSession(env: env, modelPath: Bundle.main.path(forResource: "model", ofType: "ort")!,
-                             sessionOptions: options)
-let input = try ORTValue(tensorData: NSMutableData(data: chw), elementType: .float,
-                         shape: [1, {d['channels']}, NSNumber(value: h), NSNumber(value: w)])
-let logits = try session.run(withInputs: ["{d['input']}": input], outputNames: ["{d['output']}"], runOptions: nil)
-```
-
-## A smaller ONNX Runtime
-
-`{OPERATOR_CONFIG}` lists the operators and types these models use. Build a reduced ONNX Runtime with only
-them (from an onnxruntime source checkout):
-
-```bash
-./build.sh --config MinSizeRel --minimal_build --disable_ml_ops --disable_exceptions \\
-    --include_ops_by_config {OPERATOR_CONFIG} --enable_reduced_operator_type_support \\
-    --android --android_sdk_path $ANDROID_HOME --android_ndk_path $ANDROID_NDK --android_abi arm64-v8a
-```
-"""
+    fixed = [name for name in d["files"] if name.endswith(".ort") and name != "model.ort"]
+    return readme_template("ort").format(**d, fixed_files=", ".join(f"`{n}`" for n in fixed)
+                                         or "no fixed-shape variant", OPERATOR_CONFIG=OPERATOR_CONFIG)

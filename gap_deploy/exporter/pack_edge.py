@@ -449,95 +449,11 @@ def write_coreml_check(model, spec: ArtifactSpec, base_shapes: list[Shape], out:
     return {"shapes": [format_shape(s) for s in shapes], "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol}}
 
 
-_LOADING = {
-    "ncnn": """## C++ (Android NDK, ARM Linux), ncnn
+def readme_template(name: str) -> str:
+    """A bundle README template of gap_deploy/exporter/readmes/ (``str.format`` fields; ``{{`` is a brace)."""
+    from importlib.resources import files
 
-```cpp
-#include "net.h"
-ncnn::Net net;
-net.opt.use_fp16_storage = {fp16}; net.opt.use_fp16_packed = {fp16}; net.opt.use_fp16_arithmetic = {fp16};
-net.load_param("model.param");
-net.load_model("model.bin");
-ncnn::Mat in = ncnn::Mat::from_pixels(rgb, ncnn::Mat::PIXEL_RGB, w, h);   // one image: ncnn has no batch axis
-in.substract_mean_normalize(mean255, inv_std255);   // mean * 255 and 1 / (std * 255), per channel
-ncnn::Extractor ex = net.create_extractor();
-ex.input("{ncnn_in}", in);
-ncnn::Mat logits;
-ex.extract("{ncnn_out}", logits);                  // {num_classes} values
-```
-
-Python (`pip install ncnn`): `net = ncnn.Net(); net.opt.use_fp16_storage = {fp16py} ...` as above, or
-gap-deploy's runtime: `runtime.load("this_folder")` (backend ncnn-cpu) with the same input checks as every backend.
-""",
-    "litert": """## Android (Kotlin), `com.google.ai.edge.litert:litert`
-
-```kotlin
-val interpreter = Interpreter(loadModelFile("model.tflite"), Interpreter.Options().setNumThreads(4))
-interpreter.resizeInput(0, intArrayOf(1, {channels}, h, w))   // NCHW, any size in the range below
-interpreter.allocateTensors()
-val logits = Array(1) {{ FloatArray({num_classes}) }}
-interpreter.run(chw, logits)                                  // chw: FloatBuffer, normalized as above
-```
-
-Python without torch or TensorFlow (`pip install ai-edge-litert`):
-
-```python
-from ai_edge_litert.interpreter import Interpreter
-it = Interpreter(model_path="model.tflite")
-index = it.get_input_details()[0]["index"]
-it.resize_tensor_input(index, list(images.shape)); it.allocate_tensors()
-it.set_tensor(index, images); it.invoke()
-logits = it.get_tensor(it.get_output_details()[0]["index"])
-```
-
-Or gap-deploy's runtime: `runtime.load("this_folder")` (backend litert-cpu).
-""",
-    "executorch": """## Android (Kotlin), `org.pytorch:executorch-android`
-
-```kotlin
-val module = Module.load(filesDir.resolve("model.pte").path)
-val input = Tensor.fromBlob(chw, longArrayOf(1, {channels}, h, w))      // within the planned range below
-val logits = module.forward(EValue.from(input))[0].toTensor().dataAsFloatArray
-```
-
-C++ (`executorch::extension::Module`): `Module module("model.pte");`
-`auto out = module.forward(from_blob(chw, {{1, {channels}, h, w}}));`
-
-Python (`pip install executorch`, which links torch): `executorch.runtime.Runtime.get().load_program("model.pte")
-.load_method("forward").execute([torch.from_numpy(images)])`, or gap-deploy's runtime: `runtime.load("this_folder")`
-(backend et-xnnpack), which splits a batch larger than the plan and refuses an image larger than it.
-""",
-    "coreml": """## iOS / macOS (Swift)
-
-```swift
-let config = MLModelConfiguration()
-config.computeUnits = .all
-let model = try MLModel(contentsOf: MLModel.compileModel(at: Bundle.main.url(forResource: "model",
-                                                                                withExtension: "mlpackage")!),
-                        configuration: config)
-let input = try MLMultiArray(shape: [1, {channels}, h, w].map {{ NSNumber(value: $0) }}, dataType: .float32)
-let out = try model.prediction(from: MLDictionaryFeatureProvider(dictionary: ["{input}": input]))
-let logits = out.featureValue(for: "{output}")!.multiArrayValue!
-```
-
-## Not executed here: check it on a Mac
-
-gap-pack ran on Linux, where Core ML cannot execute (coremltools' `predict` is macOS only). It checked what can be
-checked without running: the program reloads, its input `{input}` takes the ranges below, and every op's output
-type is {precision_type} (`verification.json`). `check_data.npz` holds inputs and the FP32 ONNX's logits for them;
-on a Mac (`pip install coremltools numpy`):
-
-```python
-import coremltools as ct, numpy as np
-model = ct.models.MLModel("model.mlpackage")
-data = np.load("check_data.npz")
-for i in range(len(data.files) // 2):
-    x, want = data[f"input_{{i}}"], data[f"expected_{{i}}"]
-    got = model.predict({{"{input}": x}})["{output}"]
-    print(x.shape, float(np.abs(got - want).max()), np.allclose(got, want, atol={atol}, rtol={rtol}))
-```
-""",
-}
+    return files("gap_deploy.exporter").joinpath("readmes").joinpath(f"{name}.md").read_text(encoding="utf-8")
 
 
 def edge_readme(d: dict) -> str:
@@ -557,7 +473,7 @@ def edge_readme(d: dict) -> str:
         checked = (f"run with gap-deploy's runtime ({BACKEND.get(target)}) and compared with {d['source']} at "
                    f"{len(rows)} shapes (worst relative error {worst:.1e}; `verification.txt`)")
     tol = d.get("check", {}).get("tolerance", {"atol": "", "rtol": ""})
-    loading = _LOADING[target].format(
+    loading = readme_template(target).format(
         fp16="true" if d["precision"] == "fp16" else "false", fp16py=d["precision"] == "fp16",
         channels=d["channels"], num_classes=d["num_classes"], input=d["input"], output=d["output"],
         ncnn_in=d.get("blobs", ["in0", "out0"])[0], ncnn_out=d.get("blobs", ["in0", "out0"])[1],
