@@ -416,14 +416,22 @@ def _model_file(config, version: Path, model: str, add) -> Path | None:
     return None
 
 
+def _the_tensor(tensors, what: str, name: str, add):
+    """The config's one ``what`` ("input" or "output") tensor, its name checked; None (after adding why) when the
+    config declares another number of them."""
+    if len(tensors) != 1:
+        add(what, f"{len(tensors)} {what}s", f"1 {what}", f"declare exactly one {what}")
+        return None
+    if tensors[0].name != name:
+        add(f"{what}.name", tensors[0].name, name, f'name: "{name}"')
+    return tensors[0]
+
+
 def _check_input(config, info: ArtifactSpec, add) -> None:
     pb = model_config_module()
-    if len(config.input) != 1:
-        add("input", f"{len(config.input)} inputs", "1 input", "declare exactly one input")
+    tensor = _the_tensor(config.input, "input", info.input_name, add)
+    if tensor is None:
         return
-    tensor = config.input[0]
-    if tensor.name != info.input_name:
-        add("input.name", tensor.name, info.input_name, f'name: "{info.input_name}"')
     if tensor.data_type != pb.TYPE_FP32:
         add("input.data_type", pb.DataType.Name(tensor.data_type), "TYPE_FP32", "data_type: TYPE_FP32")
     dims = list(tensor.dims)
@@ -435,12 +443,9 @@ def _check_input(config, info: ArtifactSpec, add) -> None:
 
 
 def _check_output(config, info: ArtifactSpec, folder: Path, model: str, add) -> None:
-    if len(config.output) != 1:
-        add("output", f"{len(config.output)} outputs", "1 output", "declare exactly one output")
+    tensor = _the_tensor(config.output, "output", info.output_name, add)
+    if tensor is None:
         return
-    tensor = config.output[0]
-    if tensor.name != info.output_name:
-        add("output.name", tensor.name, info.output_name, f'name: "{info.output_name}"')
     if list(tensor.dims)[-1:] != [classes_of(info)]:
         add("output.dims", list(tensor.dims), [classes_of(info)], f"dims: [ {classes_of(info)} ]")
     if tensor.label_filename and _plain_file_name(tensor.label_filename, "output.label_filename", model, add):
