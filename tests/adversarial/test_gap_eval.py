@@ -1,0 +1,33 @@
+"""gap-eval given bad input as a hostile user gives it: every case of the tables in harness.py that runs gap-eval,
+and the cases of its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.adversarial.harness import (
+    PREPROCESS,
+    ROUND3,
+    ROUND4,
+    cases_of,
+    fake_triton,
+    run_case,
+)
+
+
+@pytest.mark.parametrize("name", cases_of("eval", ROUND3))
+def test_round_three(name, round3_base, fake_server, tmp_path, monkeypatch):
+    try:
+        run_case(name, ROUND3[name], round3_base, tmp_path, monkeypatch, server=fake_server)
+    finally:
+        fake_triton.Fake.behaviour.clear()
+
+
+@pytest.mark.parametrize("name", cases_of("eval", PREPROCESS))
+def test_preprocessing_bad_input(name, base, tmp_path, monkeypatch):
+    run_case(name, PREPROCESS[name], base, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("name", cases_of("eval", ROUND4))
+def test_round_four(name, base, tmp_path, monkeypatch):
+    run_case(name, ROUND4[name], base, tmp_path, monkeypatch)
