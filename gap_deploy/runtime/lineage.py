@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gap_deploy.runtime.backends.table import artifact_kind
 from gap_deploy.runtime.errors import ArtifactError, UntrustedCodeError
 
 KEY = "gap_deploy.lineage"
@@ -86,7 +87,7 @@ def parent_of(path: Path) -> tuple[str, Path | None, str, str | None, Lineage | 
         if not isinstance(name, str) or not isinstance(digest, str):
             return "bundle", None, "", None, None
         return "bundle", _beside(path, name), digest, "onnx", None
-    if path.suffix in (".plan", ".engine"):
+    if artifact_kind(path) == "engine":  # the registry's suffixes (runtime.backends.table)
         from gap_deploy.runtime.manifest import EngineManifest
 
         return "plan", plan_source(path), EngineManifest.read(path).onnx_sha256, "onnx", None
@@ -152,7 +153,7 @@ def walk(path: str | os.PathLike, keys: Sequence[str | os.PathLike] | str | os.P
             links.append(Link(path, "triton repository", verified.key,
                               note="Every model folder in it is covered by this one signature"))
             return links
-        if path.suffix in (".plan", ".engine"):
+        if artifact_kind(path) == "engine":  # the registry's suffixes (runtime.backends.table)
             from gap_deploy.runtime.naming import manifest_path
 
             verify_path(manifest_path(path), keys)

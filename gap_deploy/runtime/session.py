@@ -137,7 +137,7 @@ def _verify_signature(path: Path, verify_key) -> bool:
     if verify_key is False:  # the caller's own staged files (gap-pack's check), not yet signed
         return False
     asked = verify_key is not None or bool(os.environ.get(TRUSTED_KEYS_ENV, "").strip())
-    if not asked or path.suffix in (".plan", ".engine"):
+    if not asked or artifact_kind(path) == "engine":
         return False
     keys = trusted_keys(verify_key)
     verify_path(path, keys)  # refuses when the keys asked for are none (an empty folder): never unchecked

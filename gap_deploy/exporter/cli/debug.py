@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from gap_deploy.runtime.backends.table import ENGINE_SUFFIXES
 from gap_deploy.runtime.cli.common import (
     FiniteFloat,
     checkpoint_options,
@@ -61,7 +62,7 @@ def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, ima
     check_input_file(checkpoint, "checkpoint")
     for artifact in artifacts:
         check_input_file(artifact, "artifact")
-        if artifact.suffix not in (".onnx", ".plan", ".engine"):
+        if artifact.suffix.lower() != ".onnx" and artifact.suffix.lower() not in ENGINE_SUFFIXES:
             raise click.BadParameter(f"{artifact}: gap-debug compares ONNX artifacts (.onnx) and gap-build plans "
                                      "(.plan, with their manifest and the ONNX they were built from beside them).",
                                      param_hint="ARTIFACTS")
