@@ -165,8 +165,8 @@ def evaluate(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLi
         errors: list[dict] = []
         for size in sizes:
             label = size_label(size)
-            top5, truth_prob, ok_mask = _run_size(sessions, runs, size, data, batch_size, window, stats, progress,
-                                                  errors, len(decodes) > 1)
+            top5, truth_prob, ok_mask = _run_size(sessions, runs, size, data, labels_all, batch_size, window, stats,
+                                                  progress, errors, len(decodes) > 1)
             if not ok_mask.any():
                 raise ArtifactError(f"no image of {folder} could be evaluated at size {label}.",
                                     note="see the per-file errors.")
@@ -204,8 +204,8 @@ def _open_one_model(artifacts: Mapping[str, str | os.PathLike], backend: str | N
     return first
 
 
-def _run_size(sessions: dict, runs: dict[str, tuple[str, str]], size: Size, data, batch_size: int,
-              window: int | None, stats, progress, errors: list[dict], name_decode: bool):
+def _run_size(sessions: dict, runs: dict[str, tuple[str, str]], size: Size, data, labels_all: np.ndarray,
+              batch_size: int, window: int | None, stats, progress, errors: list[dict], name_decode: bool):
     """Every run's top-5 (N x 5) and probability of the true class (N) at ``size``, and which images ran.
     Runs that share a preprocessing, a decoder and an input spec share their decoded images."""
     import time
@@ -215,7 +215,6 @@ def _run_size(sessions: dict, runs: dict[str, tuple[str, str]], size: Size, data
     from gap_deploy.runtime.stream import stream_batches
 
     count, label = len(data.files), size_label(size)
-    labels_all = np.asarray(data.labels)
     groups: dict[tuple, list[str]] = {}
     for run, (name, decode) in runs.items():
         session = sessions[name]

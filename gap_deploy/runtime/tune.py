@@ -348,7 +348,7 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
         files, labels = sample_per_class(data.files, data.labels, max_per_class)
         result = TuneResult(str(folder), data.classes, batch, 0)
         decode_started = time.perf_counter()
-        sweep = Sweep.decoded(sessions, files, result, hold_bytes, folder)
+        sweep = Sweep.decoded(sessions, files, result, hold_bytes, folder, widest)
         truth = np.asarray([labels[i] for i in sweep.keep])
         result.images = len(sweep.keep)
         result.seconds["decode"] = time.perf_counter() - decode_started
@@ -418,7 +418,7 @@ class Sweep:
     widest: int
 
     @classmethod
-    def decoded(cls, sessions, files, result: TuneResult, hold_bytes: int, folder) -> Sweep:
+    def decoded(cls, sessions, files, result: TuneResult, hold_bytes: int, folder, widest: int) -> Sweep:
         groups: dict[tuple, list] = {}
         for key, session in sessions.items():
             channels = session.spec.channels
@@ -430,7 +430,7 @@ class Sweep:
             keep = [i for i in keep if all(held[g][i] is not None for g in held)]
             if not keep:
                 raise UsageError(f"no image of {folder} could be read.", note="see the per-file errors.")
-        return cls(sessions, files, keep, groups, held, max(s.spec.channels for s in sessions.values()))
+        return cls(sessions, files, keep, groups, held, widest)
 
     def seconds_per_point(self, settings, chosen_sizes, result: TuneResult) -> float:
         """An estimate of one point's seconds: its benchmark, and the images through the first group's lead

@@ -111,8 +111,6 @@ KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
                  bundle_suffixes=(".pte",)),
 )}
 ONNX_BACKENDS = tuple(n for n, f in BACKENDS.items() if f.artifact == "onnx")
-#: an artifact's file suffix -> its kind (anything else is ONNX Runtime's)
-ARTIFACT_SUFFIXES = {suffix: k.name for k in KINDS.values() if k.name != "onnx" for suffix in k.suffixes}
 #: the suffixes of TensorRT plans
 ENGINE_SUFFIXES = KINDS["engine"].suffixes
 #: the kinds whose files carry no metadata: opened from their gap-pack bundle
@@ -128,7 +126,8 @@ def artifact_kind(path) -> str:
     """"engine", "openvino", "ncnn", "litert", "executorch" or "onnx", from a file's suffix."""
     from pathlib import Path
 
-    return ARTIFACT_SUFFIXES.get(Path(path).suffix.lower(), "onnx")
+    suffix = Path(path).suffix.lower()  # the kinds' own suffixes; anything no other kind claims is ONNX Runtime's
+    return next((k.name for k in KINDS.values() if k.name != "onnx" and suffix in k.suffixes), "onnx")
 
 
 def kind_of_backend(backend: str) -> ArtifactKind:

@@ -18,7 +18,6 @@ def added(monkeypatch):
     monkeypatch.setitem(table.KINDS, "gapx", table.ArtifactKind(
         "gapx", "a gapx model", (".gapx",), "tests.runtime.backends.added_backend", check_first="asked"))
     monkeypatch.setitem(table.BACKENDS, "gapx-cpu", table.BackendFacts("gapx-cpu", "gapx", "cpu", None))
-    monkeypatch.setitem(table.ARTIFACT_SUFFIXES, ".gapx", "gapx")  # what the KINDS line derives at import
 
 
 def test_a_registered_backend_is_chosen_opened_and_run_by_load(added, reference_onnx, tmp_path):
