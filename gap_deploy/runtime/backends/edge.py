@@ -431,8 +431,13 @@ class ExecuTorchRunner(_EdgeRunner):
 
 # --- the registry's entry points (runtime.backends.table: ncnn, litert and executorch kinds) --------------------
 
+#: each backend of this module: its probe and its runner
+_BACKENDS = {"ncnn-cpu": (ncnn_works, NcnnRunner), "litert-cpu": (litert_works, LiteRtRunner),
+             "et-xnnpack": (executorch_works, ExecuTorchRunner)}
+
+
 def probe(backend: str) -> tuple[bool, str]:
-    return {"ncnn-cpu": ncnn_works, "litert-cpu": litert_works, "et-xnnpack": executorch_works}[backend]()
+    return _BACKENDS[backend][0]()
 
 
 def open_runner(path: Path, backend: str, options: LoadOptions) -> _EdgeRunner:
@@ -442,7 +447,7 @@ def open_runner(path: Path, backend: str, options: LoadOptions) -> _EdgeRunner:
 
     if options.check_works is not None:
         options.check_works(backend)
-    runner_class = {"ncnn-cpu": NcnnRunner, "litert-cpu": LiteRtRunner, "et-xnnpack": ExecuTorchRunner}[backend]
+    runner_class = _BACKENDS[backend][1]
     words = kind_of_backend(backend).words
     if options.contract is None:
         raise ArtifactError(f"{path} carries no description of its input: {words} is opened from the gap-pack "
