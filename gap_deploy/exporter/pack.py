@@ -137,7 +137,7 @@ TARGETS = ("ort", "openvino", "ncnn", "litert", "executorch", "coreml")
 
 def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequence[Shape] = (),
          target: str = "ort", precision: str = "fp32", checkpoint=None, max_side: int | None = None,
-         max_batch: int | None = None, min_side: int | None = None, other_weights: bool = False,
+         max_batch: int | None = None, min_side: int | None = None, other_weights: bool = False, app: bool = False,
          log=lambda _: None) -> PackResult:
     """Write the bundle ``folder`` for ``onnx_path`` (an FP32, FP16 or INT8 ONNX from gap-export) for ``target``:
     "ort" (ONNX Runtime Mobile), "openvino" (OpenVINO IR), "ncnn" (pnnx from the ONNX), or "litert",
@@ -145,9 +145,10 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     ONNX came from) and judged against the ONNX. FP32 unless ``precision`` is "fp16" (OpenVINO, ncnn, Core ML).
     ``max_side`` and ``max_batch`` bound ExecuTorch's and Core ML's dynamic dims; ``min_side`` raises the smallest
     height and width the bundle accepts (and is checked at) above the model's own minimum, for a target that
-    differs from the ONNX only at the smallest sizes."""
+    differs from the ONNX only at the smallest sizes. ``app`` adds the app-ready model of a LiteRT, OpenVINO or
+    Core ML bundle (exporter.pack_app), at ``fixed``'s one shape or the contract's size."""
     max_side, max_batch = _check_request(target, precision, fixed, checkpoint, Path(onnx_path).name, max_side,
-                                         max_batch, min_side)
+                                         max_batch, min_side, app)
     from gap_deploy.runtime.onnx_file import check_onnx_file
 
     source = check_onnx_file(onnx_path)
@@ -161,12 +162,18 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
                          min_width=max(spec.metadata.min_width, min_side))
         spec = replace(spec, metadata=raised)
     _check_model(spec, source, target, fixed)
+    app_plan = None
+    if app:
+        from gap_deploy.exporter import pack_app
+
+        app_plan = pack_app.plan(target, spec, fixed[0] if fixed else None)  # refused before any conversion
+        fixed = ()
     from gap_deploy.runtime.errors import ctrl_c_kept
 
     # the bundle appears whole, once every file in it is checked; Ctrl-C during the converters and runtimes stays
     # Ctrl-C (ctrl_c_kept), raised inside the publication, so nothing appears
     request = PackRequest(model, source, spec, precision, list(dict.fromkeys(fixed)), checkpoint, max_side,
-                          max_batch, other_weights, log)
+                          max_batch, other_weights, log, app_plan)
     with Publication() as pub, ctrl_c_kept(f"gap-pack --target {target}"), _write_errors(folder):
         result = BUILDERS[target](request, pub.folder(folder, "bundle folder"))
     result.folder = folder
@@ -187,6 +194,7 @@ class PackRequest:
     max_batch: int
     other_weights: bool
     log: object
+    app: object = None  # exporter.pack_app.AppPlan, when --app
 
 
 def _pack_ort(request: PackRequest, staged: Path) -> PackResult:
@@ -194,7 +202,27 @@ def _pack_ort(request: PackRequest, staged: Path) -> PackResult:
 
 
 def _pack_openvino(request: PackRequest, staged: Path) -> PackResult:
-    return _build_openvino(request.model, request.source, staged, request.spec, request.precision, request.log)
+    result = _build_openvino(request.model, request.source, staged, request.spec, request.precision, request.log)
+    if request.app is not None:
+        description = _add_app(request, staged, module=None)
+        result.files = description["files"]
+        (staged / "README.md").write_text(openvino_readme(description))
+    return result
+
+
+def _add_app(request: PackRequest, staged: Path, *, module) -> dict:
+    """The app-ready model of a staged bundle, built, checked and added to its model.json (returned)."""
+    from gap_deploy.exporter import pack_app
+
+    description = json.loads((staged / "model.json").read_text())
+    props = {k: v for k, v in request.spec.metadata.to_props().items() if k.startswith("gap.")}
+    files, section = pack_app.add_to_bundle(
+        description["target"], request.app, staged, module=module, onnx_model=request.model, source=request.source,
+        precision=request.precision, labels=description["class_names"], meta_props=props, log=request.log)
+    description["files"].update(files)
+    description["app"] = section
+    (staged / "model.json").write_text(json.dumps(description, indent=2) + "\n")
+    return description
 
 
 def _pack_edge(target: str):
@@ -211,6 +239,8 @@ def _pack_edge(target: str):
             target, request.model, request.source, staged, request.spec, request.precision, request.log,
             module=getattr(checkpoint, "module", None), max_side=request.max_side, max_batch=request.max_batch,
             base_shapes=_check_shapes(meta, request.spec.channels, None), describe_bundle=_describe_bundle)
+        if request.app is not None:
+            description = _add_app(request, staged, module=getattr(checkpoint, "module", None))
         (staged / "README.md").write_text(pack_edge.edge_readme(description))
         return PackResult(staged, description["files"], [], {} if report is None else
                           {next(iter(description["files"])): report}, [])
@@ -224,7 +254,7 @@ BUILDERS = {"ort": _pack_ort, "openvino": _pack_openvino,
 
 
 def _check_request(target: str, precision: str, fixed, checkpoint, onnx_name: str, max_side: int | None,
-                   max_batch: int | None, min_side: int | None) -> tuple[int, int]:
+                   max_batch: int | None, min_side: int | None, app: bool = False) -> tuple[int, int]:
     """The options of one gap-pack call go together (before any file is read); (max_side, max_batch) with their
     defaults."""
     from gap_deploy.exporter import pack_edge
@@ -240,9 +270,18 @@ def _check_request(target: str, precision: str, fixed, checkpoint, onnx_name: st
                "converter, which gap-deploy does not install).")
         raise UsageError(f"--precision fp16 with --target {target}: {why}",
                          hint=f"FP16 bundles: --target {', '.join(pack_edge.FP16_TARGETS)}.")
-    if target != "ort" and fixed:
+    if app:
+        from gap_deploy.exporter.pack_app import APP_TARGETS
+
+        if target not in APP_TARGETS:
+            raise UsageError(f"--app makes the app-ready model of a {', '.join(APP_TARGETS)} bundle, not {target}.",
+                             hint="an ORT bundle's --fixed variants are its fixed-size models; ncnn and ExecuTorch "
+                                  "bundles apply the contract in the README's code.")
+        if len(fixed) > 1:
+            raise UsageError("--app takes one --fixed shape, the size of its app-ready model.")
+    elif target != "ort" and fixed:
         raise UsageError(f"--fixed variants are for the ORT target's NNAPI and Core ML; the {target} target runs "
-                         "any size.")
+                         "any size (with --app, --fixed is the size of its app-ready model).")
     if target in pack_edge.TORCH_TARGETS and checkpoint is None:
         raise UsageError(f"--target {target} converts from PyTorch: pass --checkpoint, the PyTorch model "
                          f"{onnx_name} was exported from.",

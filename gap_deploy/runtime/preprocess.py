@@ -260,6 +260,35 @@ class Preprocess:
         source = image if self.space_for(decode) == "uint8" else as_float(image)
         return self.finish(Decoded(source, image.size), decode=decode)
 
+    def sized_pixels(self, path: str | Path, channels: int = 3) -> np.ndarray:
+        """Steps 1-2 (decode, resize and crop or pad) of an image file: (H, W, C) uint8 at the model's size, what
+        an app hands a platform's classifier whose model does steps 3-4 itself (float-space resizes are rounded
+        to 8 bits, as a camera frame would be)."""
+        from gap_deploy.runtime.images import decoded, open_regular
+
+        with open_regular(path) as handle:
+            image, size = decoded(handle, channels, str(path), self.space, None, self.output_size)
+        hwc = self._geometry(image, size, "exact")
+        if hwc.dtype != np.uint8:
+            hwc = np.clip(np.rint(hwc * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(hwc)
+
+    def from_pixels(self, hwc: np.ndarray) -> np.ndarray:
+        """Steps 3-4 (scale, channel order, normalize) alone on (H, W, C) uint8 pixels that are already the
+        model's size: what an app-ready model (exporter.pack_app) does inside its graph, so its reference."""
+        if hwc.dtype != np.uint8 or hwc.ndim != 3:
+            raise UsageError(f"from_pixels takes (H, W, C) uint8 pixels, not {hwc.dtype} {hwc.shape}.")
+        return self.normalize(self._finish(hwc))
+
+    def affine(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """(a, b), one per model channel: steps 3-4 are ``x = pixel * a + b`` on 0-255 pixels taken in this
+        contract's channel order (float32 arithmetic rounds differently from :meth:`from_pixels` only in the
+        last bits)."""
+        mean = np.broadcast_to(np.asarray(self.mean if self.mean is not None else (0.0,), np.float64), (channels,))
+        std = np.broadcast_to(np.asarray(self.std if self.std is not None else (1.0,), np.float64), (channels,))
+        scale = self.pixel_scale / 255.0
+        return (scale / std).astype(np.float32), (-mean / std).astype(np.float32)
+
     def space_for(self, decode: str) -> str:
         return "uint8" if decode == "fast" and self._fast_allowed() else self.space
 

@@ -24,7 +24,8 @@ from gap_deploy.runtime.naming import bundle_folder
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Bundle folder (new or empty). "
               "Default: MODEL without .onnx, plus _bundle.")
 @click.option("--fixed", "fixed", multiple=True, metavar="BxCxHxW",
-              help="Also a variant fixed to this shape, for NNAPI and CoreML (repeatable), e.g. 1x3x224x224.")
+              help="ort: also a variant fixed to this shape, for NNAPI and CoreML (repeatable), e.g. 1x3x224x224. "
+                   "With --app: the size of the app-ready model (one shape, batch 1).")
 @click.option("--target", type=click.Choice(["ort", "openvino", "ncnn", "litert", "executorch", "coreml"]),
               default="ort", show_default=True,
               help="ort: ONNX Runtime Mobile (model.ort, --fixed variants); openvino: OpenVINO IR (model.xml + .bin); "
@@ -42,6 +43,11 @@ from gap_deploy.runtime.naming import bundle_folder
 @click.option("--min-side", type=click.IntRange(min=1), help="Every target but ort: the smallest height and width "
               "the bundle accepts, above the model's own minimum (for a runtime that differs only at the smallest "
               "sizes; the failed check's hint names it).")
+@click.option("--app", is_flag=True, help="litert, openvino, coreml: also an app-ready model that the platform's "
+              "own classifier API takes as it is (MediaPipe's ImageClassifier, OpenVINO with its preprocessing "
+              "inside, Vision): 8-bit RGB images at one fixed size (--fixed, else the model's contract or export "
+              "size), normalization inside, probabilities and labels out. Refused, with the closest option, when "
+              "the platform cannot express the model's preprocessing.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the usability report as JSON here (it is always in BUNDLE/model.json).")
 @click.option("--other-weights", is_flag=True, help="coreml: pack a --checkpoint that is not the one MODEL was "
@@ -49,7 +55,7 @@ from gap_deploy.runtime.naming import bundle_folder
 @sign_key_option
 @report_errors
 def main(model, output, fixed, target, precision, checkpoint, arch, num_classes, trust_checkpoint, max_side,
-         max_batch, min_side, json_path, other_weights):
+         max_batch, min_side, app, json_path, other_weights):
     """Write a bundle for MODEL (.onnx from gap-export) for one runtime: ONNX Runtime Mobile (the default) with a
     report of what each phone accelerator will run, OpenVINO, ncnn, LiteRT, ExecuTorch or Core ML. FP32 unless
     --precision fp16, whatever the converter's default.
@@ -61,10 +67,14 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
     verification.txt and a README with the loading code; so do the other targets, with their own model files.
     Every file is run by the runtime that will run it and compared with MODEL before the bundle is written;
     Core ML cannot run on Linux: its program is reloaded and inspected, and the bundle says it was not executed.
+    With --app, a LiteRT, OpenVINO or Core ML bundle also holds model_app.* for the platform's classifier API
+    (README.md has the Kotlin, Swift, JavaScript or Python lines), checked the same way before it is written.
 
         gap-pack model.onnx -o model_bundle --fixed 1x3x224x224
 
         gap-pack model.onnx --target litert --checkpoint model.pt
+
+        gap-pack model.onnx --target litert --checkpoint model.pt --app --fixed 1x3x224x224
     """
     from gap_deploy.exporter.pack import format_usability, pack
     from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
@@ -85,7 +95,8 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
     elif arch or num_classes or trust_checkpoint:
         raise UsageError("--arch, --num-classes and --trust-checkpoint describe --checkpoint; none was given.")
     result = pack(model, output, fixed=shapes, target=target, precision=precision, checkpoint=loaded,
-                  max_side=max_side, max_batch=max_batch, min_side=min_side, other_weights=other_weights, log=info)
+                  max_side=max_side, max_batch=max_batch, min_side=min_side, other_weights=other_weights, app=app,
+                  log=info)
     for name, report in result.parity.items():
         worst = max(r.rel_err for r in report.rows)
         info(f"{name}: matches {model.name} at {len(report.rows)} shape(s), worst relative error {worst:.1e}")
