@@ -471,7 +471,12 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
 def openvino_readme(d: dict) -> str:
     from gap_deploy.exporter.pack_edge import readme_template
 
-    return readme_template("openvino").format(**d, precision_upper=d["precision"].upper())
+    text = readme_template("openvino").format(**d, precision_upper=d["precision"].upper())
+    if "app" in d:
+        from gap_deploy.exporter.pack_app import app_readme
+
+        text += "\n" + app_readme(d)
+    return text
 
 
 def format_usability(rows: Sequence[Usability]) -> str:

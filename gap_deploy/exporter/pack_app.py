@@ -569,7 +569,7 @@ def add_to_bundle(target: str, app: AppPlan, out: Path, *, module, onnx_model, s
         _check_coreml_app(inspected, app, labels, precision)
         verification = {"runtime": "coremltools (read back; Core ML runs only on Apple's OSes)", "executed": False,
                         "inspected": inspected, "passed": True}
-        names = [made["file"]]
+        names = [made["file"], *write_vision_check(app, out, onnx_model, labels)]
         layout, dtype = "image", "8-bit RGB image (CVPixelBuffer / CGImage)"
     files: dict[str, dict] = {}
     h, w = app.size
@@ -579,7 +579,8 @@ def add_to_bundle(target: str, app: AppPlan, out: Path, *, module, onnx_model, s
         for member in members:
             files[member.relative_to(out).as_posix()] = {
                 "sha256": sha256_file(member), "bytes": member.stat().st_size,
-                "format": "mlpackage" if path.is_dir() else path.suffix[1:], "role": "app",
+                "format": "mlpackage" if path.is_dir() else member.suffix[1:],
+                "role": "app" if name == made["file"] or name == made.get("weights") else "app-check",
                 "shape": [1, h, w, app.channels] if layout == "NHWC" else [1, app.channels, h, w]}
     section = {"file": made["file"], "size": [h, w], "layout": layout, "dtype": dtype, "channel_order": "RGB",
                "pixel_range": "0-255", "inside": ["scale", "channel order", "normalize", "softmax"]
@@ -593,6 +594,91 @@ def add_to_bundle(target: str, app: AppPlan, out: Path, *, module, onnx_model, s
     log(f"app-ready {made['file']}: " + ("read back" if target == "coreml" else
                                          f"matches the ONNX on {len(verification['rows'])} image(s)"))
     return files, section
+
+
+#: what the Mac check of a Core ML app model allows: Core ML may run an FP32 program on the GPU
+VISION_ATOL = 1e-3
+
+
+def write_vision_check(app: AppPlan, out: Path, onnx_model, labels: list[str]) -> list[str]:
+    """app_check/: 8-bit frames at the app model's size and the FP32 ONNX's probabilities for them
+    (expected.json), and check_vision.swift, which runs the app model through Vision on a Mac and compares."""
+    import json
+    from importlib.resources import files
+
+    from PIL import Image
+
+    from gap_deploy.runtime.parity import ort_cpu_infer
+
+    reference = ort_cpu_infer(onnx_model)
+    folder = out / "app_check"
+    folder.mkdir()
+    frames = []
+    for i, pixels in enumerate(check_images(app)):
+        name = f"frame_{i}.png"
+        Image.fromarray(pixels).save(folder / name)
+        probabilities = softmax(reference(app.contract.from_pixels(pixels)[None]))[0]
+        frames.append({"file": name, "probabilities": [float(p) for p in probabilities]})
+    (folder / "expected.json").write_text(json.dumps({"labels": list(labels), "atol": VISION_ATOL,
+                                                      "frames": frames}, indent=1) + "\n")
+    script = files("gap_deploy.exporter").joinpath("readmes").joinpath("check_vision.swift").read_text("utf-8")
+    (out / "check_vision.swift").write_text(script)
+    return ["app_check", "check_vision.swift"]
+
+
+def app_readme(d: dict) -> str:
+    """The README section of a bundle's app-ready model (its model.json "app")."""
+    from gap_deploy.exporter.pack_edge import readme_template
+    from gap_deploy.runtime.metadata import ModelMetadata
+
+    app, target = d["app"], d["target"]
+    h, w = app["size"]
+    fields = {"height": h, "width": w, "num_classes": d["num_classes"], "inside": ", ".join(app["inside"]),
+              "resize_note": app["resize_note"][0].upper() + app["resize_note"][1:]}
+    rows = app["verification"].get("rows", [])
+    fields["checked"] = (f"{len(rows)} image(s), largest probability difference "
+                         f"{max((r['max_abs_diff'] for r in rows), default=float('nan')):.1e}")
+    roi = app["resize_by"] == "mediapipe" and "region of interest" in app["resize_note"]
+    if target == "litert":
+        contract = (ModelMetadata.from_props(d["metadata"]).preprocessing((h, w), d["channels"])
+                    if isinstance(d.get("metadata"), dict) else None)
+        fields["region"] = "" if not roi or contract is None else "\n" + _region_text(contract, h, w) + "\n"
+        fields["kotlin_roi"] = (", ImageProcessingOptions.builder().setRegionOfInterest(RectF(left, top, right, "
+                                "bottom)).build()") if roi else ""
+        fields["swift_roi"] = ", regionOfInterest: CGRect(x: left, y: top, width: right - left, height: bottom - " \
+                              "top)" if roi else ""
+        fields["js_roi"] = ", { regionOfInterest: { left, top, right, bottom } }" if roi else ""
+        return readme_template("app_litert").format(**fields)
+    if target == "openvino":
+        inside = app["resize_by"] == "openvino"
+        fields["input_note"] = "any size: OpenVINO resizes it inside" if inside else f"{h} x {w} exactly"
+        fields["frame_note"] = "" if inside else f"; resized to {h}x{w} as the contract says first"
+        return readme_template("app_openvino").format(**fields)
+    inspected = app["verification"]["inspected"]
+    fields.update(color=inspected["image"]["color_space"], scale_where="the image input's scale and bias"
+                  if app.get("scale_and_bias") == "ImageType" else "the program's first ops (one std does not serve "
+                  "every channel, and Core ML's image scale is one number)",
+                  affine=", ".join(f"{a:.6g} x p + {b:.6g}"
+                                   for a, b in zip(inspected["pixel_a"], inspected["pixel_b"])),
+                  precision_type="FLOAT16" if d["precision"] == "fp16" else "FLOAT32",
+                  crop_option=app["platform_resize"] or ".scaleFill",
+                  vision_roi=("\nrequest.regionOfInterest = CGRect(x: 0.5 - f / 2, y: 0.5 - f / 2, width: f, height: f)"
+                              "   // f: the crop fraction (for a square frame)") if "regionOfInterest" in
+                  app["resize_note"] else "")
+    return readme_template("app_coreml").format(**fields)
+
+
+def _region_text(contract: Preprocess, h: int, w: int) -> str:
+    """How an app computes MediaPipe's region of interest for a cropping contract (README)."""
+    cf = contract.crop_fraction
+    if contract.resize == "stretch":
+        size = f"width = height = {cf:.6g}"
+    else:
+        side = min(h, w)
+        size = (f"m = min(fw, fh); width = {cf * w / side:.6g} x m / fw; height = {cf * h / side:.6g} x m / fh")
+    return (f"The contract keeps the centre of each frame ({contract.describe()}): give MediaPipe that region. For a "
+            f"frame of fw x fh pixels: {size}; left = (1 - width) / 2, top = (1 - height) / 2, right = 1 - left, "
+            "bottom = 1 - top (gap-deploy's `runtime.app_check.region_of_interest` computes the same).")
 
 
 def _check_coreml_app(inspected: dict, app: AppPlan, labels: list[str], precision: str) -> None:

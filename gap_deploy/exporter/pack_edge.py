@@ -473,7 +473,13 @@ def edge_readme(d: dict) -> str:
         checked = (f"run with gap-deploy's runtime ({BACKEND.get(target)}) and compared with {d['source']} at "
                    f"{len(rows)} shapes (worst relative error {worst:.1e}; `verification.txt`)")
     tol = d.get("check", {}).get("tolerance", {"atol": "", "rtol": ""})
+    contract = _contract(d)
+    mean255, norm255 = contract.affine(d["channels"]) if contract is not None else (None, None)
     loading = readme_template(target).format(
+        ncnn_mean=", ".join(f"{-b / a:.6g}f" for a, b in zip(mean255, norm255)) if mean255 is not None else "",
+        ncnn_norm=", ".join(f"{a:.6g}f" for a in mean255) if mean255 is not None else "",
+        contract=contract.describe() if contract is not None else "see model.json",
+        ncnn_pixel="PIXEL_RGB2BGR" if contract is not None and contract.channel_order == "BGR" else "PIXEL_RGB",
         fp16="true" if d["precision"] == "fp16" else "false", fp16py=d["precision"] == "fp16",
         channels=d["channels"], num_classes=d["num_classes"], input=d["input"], output=d["output"],
         ncnn_in=d.get("blobs", ["in0", "out0"])[0], ncnn_out=d.get("blobs", ["in0", "out0"])[1],
@@ -490,4 +496,21 @@ Input `{d['input']}`: float32 NCHW, {d['channel_order']}, pixels / 255 then (x -
 {d['mean']} and std {d['std']}. Output `{d['output']}`: (N, {d['num_classes']}) logits; class names in
 `labels.txt`.
 
-{loading}"""
+{loading}""" + ("\n" + _app_readme(d) if "app" in d else "")
+
+
+def _contract(d: dict):
+    """The preprocessing contract a bundle's model.json carries (its gap.* metadata), or None."""
+    from gap_deploy.runtime.errors import GapError
+    from gap_deploy.runtime.metadata import ModelMetadata
+
+    try:
+        return ModelMetadata.from_props(d.get("metadata") or {}).preprocessing(channels=d["channels"])
+    except GapError:
+        return None
+
+
+def _app_readme(d: dict) -> str:
+    from gap_deploy.exporter.pack_app import app_readme
+
+    return app_readme(d)
