@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml constraints/cpu.txt Makefile
 	# The real tritonserver the Triton tests start (nvidia-pytriton bundles it, python backend only).
 	# Only its binaries are used, so none of its Python dependencies (it pins numpy < 2) are installed.
 	$(BIN)/python -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
+	# tflite-support's TFLite metadata writer (gap-pack --app for LiteRT): it declares protobuf<4, which onnx cannot
+	# live with, and the writer uses none of its dependencies (see pyproject.toml's [app]).
+	$(BIN)/python -m pip install --quiet --no-deps tflite-support==0.4.4
 	touch $(STAMP)
 
 $(TVSTAMP): pyproject.toml constraints/torchvision.txt Makefile

@@ -4,7 +4,7 @@ MediaPipe's ImageClassifier for a LiteRT bundle, OpenVINO for an OpenVINO one (r
     python scripts/app_check.py model_litert/ photos/*.jpg --json app_check.json
 
 Two figures per bundle: at the model's size (the platform handed the frame the contract's resize makes: top-1
-must equal gap-run's on every file, probabilities within 1e-4 for LiteRT, 1e-3 for OpenVINO's own kernels), and
+must equal gap-run's on every file, probabilities within 1e-4), and
 with the platform resizing each whole file itself (reported: its resize is not the contract's). Exit 0 when the
 first passes, 1 when it does not, 2 on bad input.
 """
@@ -23,7 +23,7 @@ use_checkout()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("bundle", type=Path, help="a LiteRT or OpenVINO bundle written with gap-pack --app")
     parser.add_argument("images", nargs="+", type=Path, help="image files, or folders of them")
     parser.add_argument("--json", type=Path, help="also write the report, every file's row included, here")

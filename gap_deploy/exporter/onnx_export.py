@@ -425,8 +425,10 @@ def export_onnx(
     verify: bool = True,
     verify_shapes: Sequence[Shape] | None = None,
     tolerance: Tolerance = FP32,
+    preprocess=None,
 ) -> ExportResult:
-    """Export, verify against PyTorch, then write ``output`` atomically.
+    """Export, verify against PyTorch, then write ``output`` atomically. ``preprocess``
+    (runtime.preprocess.Preprocess) is the preprocessing contract stored with the model.
 
     A model that fails verification is not written (and a file already at ``output`` is left as it
     was): a failed export never looks like a finished one. ``ParityError.report`` holds the figures.
@@ -435,7 +437,7 @@ def export_onnx(
     from gap_deploy.runtime.publish import Publication
 
     output = check_output_path(output)
-    options = ExportOptions(dynamic, imgsz, batch, opset, class_names, mean, std, simplify)
+    options = ExportOptions(dynamic, imgsz, batch, opset, class_names, mean, std, simplify, preprocess=preprocess)
     exported, report = export_verified(loaded, options, verify=verify, verify_shapes=verify_shapes,
                                        tolerance=tolerance, destination=str(output))
     with Publication() as pub:

@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -194,7 +195,7 @@ class PackRequest:
     max_batch: int
     other_weights: bool
     log: object
-    app: object = None  # exporter.pack_app.AppPlan, when --app
+    app: Any = None  # exporter.pack_app.AppPlan, when --app
 
 
 def _pack_ort(request: PackRequest, staged: Path) -> PackResult:

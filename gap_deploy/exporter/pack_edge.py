@@ -474,10 +474,10 @@ def edge_readme(d: dict) -> str:
                    f"{len(rows)} shapes (worst relative error {worst:.1e}; `verification.txt`)")
     tol = d.get("check", {}).get("tolerance", {"atol": "", "rtol": ""})
     contract = _contract(d)
-    mean255, norm255 = contract.affine(d["channels"]) if contract is not None else (None, None)
+    scale, shift = contract.affine(d["channels"]) if contract is not None else ([], [])
     loading = readme_template(target).format(
-        ncnn_mean=", ".join(f"{-b / a:.6g}f" for a, b in zip(mean255, norm255)) if mean255 is not None else "",
-        ncnn_norm=", ".join(f"{a:.6g}f" for a in mean255) if mean255 is not None else "",
+        ncnn_mean=", ".join(f"{-b / a:.6g}f" for a, b in zip(scale, shift)),
+        ncnn_norm=", ".join(f"{a:.6g}f" for a in scale),
         contract=contract.describe() if contract is not None else "see model.json",
         ncnn_pixel="PIXEL_RGB2BGR" if contract is not None and contract.channel_order == "BGR" else "PIXEL_RGB",
         fp16="true" if d["precision"] == "fp16" else "false", fp16py=d["precision"] == "fp16",
