@@ -18,15 +18,7 @@ import pytest
 from gap_deploy.exporter.pack import pack
 from gap_deploy.runtime.errors import ExportError, UsageError
 from gap_deploy.runtime.preprocess import Preprocess
-
-CONTRACTS = {
-    "reference": None,  # exported without one: its own size, stretched to the app size
-    "ResNetish": Preprocess(resize="shorter-side", size=(56, 56), crop_fraction=0.875, interpolation="bilinear",
-                            space="uint8", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-    "MobileNetish": Preprocess(resize="stretch", size=(48, 64), interpolation="bilinear", space="float",
-                               channel_order="BGR", mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25)),
-}
-LABELS = tuple(f"kind {i}" for i in range(10))
+from tests.support.app_cases import CONTRACTS, LABELS, REFERENCE_LABELS, make_images, make_source
 
 
 def _needs(*modules):
@@ -35,45 +27,15 @@ def _needs(*modules):
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory, reference_onnx, reference_ckpt):
+def sources(tmp_path_factory):
     """model -> (FP32 ONNX with its contract, checkpoint path, arch)."""
-    import torch
-
-    import tests.support.families as fam
-    from gap_deploy.exporter import export_onnx, load_model
-    from tests.conftest import randomize_batchnorm
-
     folder = tmp_path_factory.mktemp("app_sources")
-    found = {"reference": (reference_onnx, reference_ckpt, None)}
-    for name in ("ResNetish", "MobileNetish"):
-        torch.manual_seed(1)
-        ckpt = folder / f"{name}.pt"
-        torch.save(randomize_batchnorm(getattr(fam, name)(num_classes=10)).state_dict(), ckpt)
-        arch = f"tests.support.families:{name}"
-        found[name] = (export_onnx(load_model(ckpt, arch=arch), folder / f"{name}.onnx", dynamic=True,
-                                   imgsz=(64, 64), class_names=LABELS, preprocess=CONTRACTS[name]).path, ckpt, arch)
-    return found
+    return {name: make_source(name, folder) for name in CONTRACTS}
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
-    """56 image files: PNG and JPEG, 33 to 301 pixels a side, odd, non-square, some at the app sizes exactly;
-    gradients, stripes and noise (a random-weight classifier's classes still change across them)."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("app_images")
-    rng = np.random.default_rng(3)
-    sizes = [(64, 64), (56, 56), (48, 64), (33, 41), (301, 97)] + [tuple(int(v) for v in rng.integers(33, 302, 2))
-                                                                   for _ in range(51)]
-    files = []
-    for i, (h, w) in enumerate(sizes):
-        yy, xx = np.mgrid[0:h, 0:w]
-        pixels = np.stack([(xx * (i % 7 + 2)) % 256, (yy * (i % 5 + 3)) % 256, ((xx + yy) * (i % 3 + 1)) % 256], 2)
-        pixels = pixels * rng.uniform(0.3, 1.0, 3) + rng.normal(0, 20, (h, w, 3))
-        path = folder / f"img{i:02d}.{'jpg' if i % 2 else 'png'}"
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
-        files.append(path)
-    return files
+    return make_images(tmp_path_factory.mktemp("app_images"))
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +138,7 @@ def test_a_core_ml_app_program_reads_back_as_an_image_classifier(app_bundles, so
     assert (inspected["image"]["height"], inspected["image"]["width"]) == {"ResNetish": (56, 56),
                                                                           "MobileNetish": (48, 64)}.get(model, (64, 64))
     assert inspected["image"]["color_space"] == ("BGR" if model == "MobileNetish" else "RGB")
-    assert inspected["classes"] == (list(LABELS) if model != "reference" else [f"class{i}" for i in range(10)])
+    assert inspected["classes"] == list(LABELS if model != "reference" else REFERENCE_LABELS)
     a, b = contract.affine(3)
     assert np.allclose(inspected["pixel_a"], a, rtol=1e-5) and np.allclose(inspected["pixel_b"], b, rtol=1e-5)
     assert set(t for t in inspected["op_output_types"] if t.startswith("FLOAT")) == {"FLOAT32"}
