@@ -36,6 +36,10 @@ def commands(decision: Decision, artifact: Path) -> dict[str, str]:
         lines["gap-build"] = shlex.join(["gap-build", str(artifact), "--min", _shape((1, c, h, w)),
                                          "--opt", _shape((b, c, h, w)), "--max", _shape((max(b, 8), c, h, w)),
                                          "-o", f"{artifact.stem}.{h}x{w}.plan"])
+        # OpenVINO's app-ready model at the chosen size (gap-pack --app, from this ONNX; the README gives the
+        # MediaPipe and Core ML lines, which convert from the PyTorch checkpoint)
+        lines["gap-pack-app"] = shlex.join(["gap-pack", str(artifact), "--target", "openvino", "--app", "--fixed",
+                                            _shape((1, c, h, w)), "-o", f"{artifact.stem}.{h}x{w}.openvino"])
     return lines
 
 
@@ -59,6 +63,12 @@ def readme(result: TuneResult, decision: Decision, artifact: Path, files: list[s
             "## Files", ""]
     text += [f"- `{name}`" for name in files] + ["", "## Commands", ""]
     text += [f"```bash\n{line}\n```" for line in lines.values()]
+    if "gap-pack-app" in lines:
+        b, c, h, w = point.shape
+        text += ["", "For MediaPipe's ImageClassifier or Apple's Vision at this size (they convert from the PyTorch "
+                 "checkpoint the ONNX was exported from): `gap-pack "
+                 f"{artifact} --target litert --checkpoint YOUR_MODEL.pt --app --fixed 1x{c}x{h}x{w}` (or "
+                 "`--target coreml`)."]
     if artifact.suffix != ".onnx":
         text += ["", "The artifact is not an ONNX file (an engine, whose profiles were fixed when it was built, or a "
                  "bundle), so no static ONNX, bundle or Triton repository is written here; run gap-tune on the "

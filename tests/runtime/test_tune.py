@@ -3,6 +3,7 @@ command on a real model (ONNX Runtime) with real images."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -184,6 +185,18 @@ def test_emit_writes_the_deployment_of_the_chosen_point(tmp_path, labelled, refe
     assert "--imgsz 16x16" in (deploy / "gap-run.sh").read_text()
     readme = (deploy / "README.md").read_text()
     assert "a/ort-cpu @ 16" in readme and "median latency <= 1000 ms" in readme
+    # the app-ready OpenVINO line packs at the chosen size, as written (gap-pack --app)
+    if importlib.util.find_spec("openvino") is not None:
+        import shlex
+
+        from gap_deploy.exporter.cli.pack import main as gap_pack
+
+        line = shlex.split((deploy / "gap-pack-app.sh").read_text().splitlines()[1])
+        line[line.index("-o") + 1] = str(tmp_path / "app_bundle")
+        packed = CliRunner().invoke(gap_pack, line[1:])
+        assert packed.exit_code == 0, packed.output
+        assert json.loads((tmp_path / "app_bundle" / "model.json").read_text())["app"]["size"] == [16, 16]
+        assert "--target litert --checkpoint YOUR_MODEL.pt --app --fixed 1x3x16x16" in readme
     again = run(f"a={reference_onnx}", "--data", labelled, "--sizes", "16", "--max-ms", "1000", "--emit", deploy)
     assert_clean_failure(again, "is not empty", code=2)  # never written over
 
