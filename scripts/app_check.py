@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     from gap_deploy.runtime.images import collect_images
 
     try:
+        missing = [str(p) for p in args.images if not p.exists()]
+        if missing:
+            raise UsageError(f"no such file or folder: {', '.join(missing)}.")
         files = collect_images(args.images)
         if not files:
             raise UsageError("no image files in " + ", ".join(map(str, args.images)) + ".")

@@ -1,7 +1,7 @@
 """The app-ready models of gap-pack --app, judged by the platforms' own APIs: for the reference CNN and two families
-(each with another preprocessing contract, tests/support/app_cases.py), a LiteRT bundle run by MediaPipe's
-ImageClassifier and an OpenVINO bundle run by OpenVINO on 56 image files of mixed sizes against gap-run
-(runtime.app_check), and a Core ML bundle read back.
+(each with another preprocessing contract, tests/support/app_cases.py), an ORT bundle run by plain onnxruntime,
+a LiteRT bundle run by MediaPipe's ImageClassifier and an OpenVINO bundle run by OpenVINO on 56 image files of
+mixed sizes against gap-run (runtime.app_check), and a Core ML bundle read back.
 
     python scripts/app_matrix.py --json app_matrix.json     # prints the Markdown table of docs/commands/gap-pack.md
 
@@ -35,11 +35,11 @@ def run(folder: Path) -> dict:
     for name in CONTRACTS:
         onnx_path, ckpt, arch = make_source(name, folder)
         row = rows[name] = {}
-        for target in ("litert", "openvino", "coreml"):
+        for target in ("ort", "litert", "openvino", "coreml"):
             out = folder / f"{target}_{name}"
             try:
                 pack(onnx_path, out, target=target, app=True,
-                     checkpoint=None if target == "openvino" else load_model(ckpt, arch=arch))
+                     checkpoint=None if target in ("ort", "openvino") else load_model(ckpt, arch=arch))
                 app = json.loads((out / "model.json").read_text())["app"]
                 if target == "coreml":
                     inspected = app["verification"]["inspected"]
@@ -58,8 +58,9 @@ def run(folder: Path) -> dict:
 
 def markdown(result: dict) -> str:
     n = result["images"]
-    lines = ["| model (contract) | app size | MediaPipe at the model's size | MediaPipe resizing | OpenVINO at the "
-             "model's size | OpenVINO resizing | Core ML read back |", "|---" * 7 + "|"]
+    lines = ["| model (contract) | app size | ONNX Runtime at the model's size | MediaPipe at the model's size | "
+             "MediaPipe resizing | OpenVINO at the model's size | OpenVINO resizing | Core ML read back |",
+             "|---" * 8 + "|"]
     contracts = {"reference": "none (export size)", "ResNetish": "shorter-side 64, crop 56, 8-bit",
                  "MobileNetish": "stretch 48x64, float, BGR"}
     for name, row in result["rows"].items():
@@ -80,7 +81,8 @@ def markdown(result: dict) -> str:
                 f"{coreml['scale_and_bias']}, {coreml['crop_and_scale']}" if coreml.get("ok") else
                 f"refused: {coreml.get('why')}")
         size = "x".join(map(str, row["litert"].get("size") or row["openvino"].get("size") or []))
-        lines.append(f"| {name} ({contracts[name]}) | {size} | {same(row['litert'])} | {own(row['litert'])} | "
+        lines.append(f"| {name} ({contracts[name]}) | {size} | {same(row['ort'])} | {same(row['litert'])} | "
+                     f"{own(row['litert'])} | "
                      f"{same(row['openvino'])} | {own(row['openvino'])} | {read} |")
     return "\n".join(lines)
 

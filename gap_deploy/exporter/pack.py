@@ -146,7 +146,7 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     ONNX came from) and judged against the ONNX. FP32 unless ``precision`` is "fp16" (OpenVINO, ncnn, Core ML).
     ``max_side`` and ``max_batch`` bound ExecuTorch's and Core ML's dynamic dims; ``min_side`` raises the smallest
     height and width the bundle accepts (and is checked at) above the model's own minimum, for a target that
-    differs from the ONNX only at the smallest sizes. ``app`` adds the app-ready model of a LiteRT, OpenVINO or
+    differs from the ONNX only at the smallest sizes. ``app`` adds the app-ready model of an ORT, LiteRT, OpenVINO or
     Core ML bundle (exporter.pack_app), at ``fixed``'s one shape or the contract's size."""
     max_side, max_batch = _check_request(target, precision, fixed, checkpoint, Path(onnx_path).name, max_side,
                                          max_batch, min_side, app)
@@ -199,26 +199,31 @@ class PackRequest:
 
 
 def _pack_ort(request: PackRequest, staged: Path) -> PackResult:
-    return _build(request.model, request.source, staged, request.spec, request.fixed, request.log)
+    result = _build(request.model, request.source, staged, request.spec, request.fixed, request.log)
+    if request.app is not None:
+        description = _add_app(request, staged, module=None, target="ort")
+        result.files = description["files"]
+        (staged / "README.md").write_text(bundle_readme(description))
+    return result
 
 
 def _pack_openvino(request: PackRequest, staged: Path) -> PackResult:
     result = _build_openvino(request.model, request.source, staged, request.spec, request.precision, request.log)
     if request.app is not None:
-        description = _add_app(request, staged, module=None)
+        description = _add_app(request, staged, module=None, target="openvino")
         result.files = description["files"]
         (staged / "README.md").write_text(openvino_readme(description))
     return result
 
 
-def _add_app(request: PackRequest, staged: Path, *, module) -> dict:
+def _add_app(request: PackRequest, staged: Path, *, module, target: str) -> dict:
     """The app-ready model of a staged bundle, built, checked and added to its model.json (returned)."""
     from gap_deploy.exporter import pack_app
 
     description = json.loads((staged / "model.json").read_text())
     props = {k: v for k, v in request.spec.metadata.to_props().items() if k.startswith("gap.")}
     files, section = pack_app.add_to_bundle(
-        description["target"], request.app, staged, module=module, onnx_model=request.model, source=request.source,
+        target, request.app, staged, module=module, onnx_model=request.model, source=request.source,
         precision=request.precision, labels=description["class_names"], meta_props=props, log=request.log)
     description["files"].update(files)
     description["app"] = section
@@ -241,7 +246,7 @@ def _pack_edge(target: str):
             module=getattr(checkpoint, "module", None), max_side=request.max_side, max_batch=request.max_batch,
             base_shapes=_check_shapes(meta, request.spec.channels, None), describe_bundle=_describe_bundle)
         if request.app is not None:
-            description = _add_app(request, staged, module=getattr(checkpoint, "module", None))
+            description = _add_app(request, staged, module=getattr(checkpoint, "module", None), target=target)
         (staged / "README.md").write_text(pack_edge.edge_readme(description))
         return PackResult(staged, description["files"], [], {} if report is None else
                           {next(iter(description["files"])): report}, [])
@@ -276,8 +281,7 @@ def _check_request(target: str, precision: str, fixed, checkpoint, onnx_name: st
 
         if target not in APP_TARGETS:
             raise UsageError(f"--app makes the app-ready model of a {', '.join(APP_TARGETS)} bundle, not {target}.",
-                             hint="an ORT bundle's --fixed variants are its fixed-size models; ncnn and ExecuTorch "
-                                  "bundles apply the contract in the README's code.")
+                             hint="ncnn and ExecuTorch bundles apply the contract in their README's code.")
         if len(fixed) > 1:
             raise UsageError("--app takes one --fixed shape, the size of its app-ready model.")
     elif target != "ort" and fixed:
@@ -397,7 +401,7 @@ def _build(model, source: Path, out: Path, spec: ArtifactSpec, fixed: list[Shape
     (out / OPERATOR_CONFIG).write_text("# Operators and types gap-pack found in this bundle's models, for a reduced "
                                        "ONNX Runtime build\n" + "\n".join(sorted(operators)) + "\n")
     shutil.rmtree(work)
-    description = _describe_bundle(out, spec, source, files, precision=meta.precision,
+    description = _describe_bundle(out, spec, source, files, target="ort", precision=meta.precision,
                                    usability=[vars(u) for u in usable])
     (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
     (out / "usability.txt").write_text(format_usability(usable) + "\n")
@@ -494,6 +498,12 @@ def format_usability(rows: Sequence[Usability]) -> str:
 def bundle_readme(d: dict) -> str:
     from gap_deploy.exporter.pack_edge import readme_template
 
-    fixed = [name for name in d["files"] if name.endswith(".ort") and name != "model.ort"]
-    return readme_template("ort").format(**d, fixed_files=", ".join(f"`{n}`" for n in fixed)
+    fixed = [name for name, entry in d["files"].items() if name.endswith(".ort") and name != "model.ort"
+             and entry.get("role") != "app"]
+    text = readme_template("ort").format(**d, fixed_files=", ".join(f"`{n}`" for n in fixed)
                                          or "no fixed-shape variant", OPERATOR_CONFIG=OPERATOR_CONFIG)
+    if "app" in d:
+        from gap_deploy.exporter.pack_app import app_readme
+
+        text += "\n" + app_readme({**d, "target": "ort"})
+    return text

@@ -34,7 +34,7 @@ from gap_deploy.runtime.errors import ExportError, UsageError, first_line
 from gap_deploy.runtime.preprocess import Preprocess
 from gap_deploy.runtime.shapes import Shape, format_shape
 
-APP_TARGETS = ("litert", "openvino", "coreml")
+APP_TARGETS = ("ort", "litert", "openvino", "coreml")
 STEM = "model_app"
 #: the most a probability of an app model may differ from the FP32 ONNX's on the same 8-bit pixels (FP32
 #: arithmetic; the normalization is folded into one multiply-add, so only the last bits differ)
@@ -82,6 +82,10 @@ def plan(target: str, spec: ArtifactSpec, fixed: Shape | None) -> AppPlan:
         return _plan_mediapipe(contract, size, channels)
     if target == "coreml":
         return _plan_vision(contract, size, channels)
+    if target == "ort":
+        return AppPlan("ort", size, channels, contract, "app",
+                       f"the app hands the model frames at {size[0]}x{size[1]}, resized as the contract says (README); "
+                       "the rest is inside")
     return _plan_openvino(contract, size, channels)
 
 
@@ -310,6 +314,72 @@ def litert_infer(path: Path):
             interpreter.invoke()
             rows.append(np.array(interpreter.get_tensor(result)[0], dtype=np.float32))
         return np.stack(rows)
+    return infer
+
+
+# --- ONNX Runtime (Mobile): the same steps as plain ONNX ops ----------------------------------------------------
+
+def build_ort(onnx_model, out: Path, app: AppPlan, log) -> dict:
+    """model_app.onnx + model_app.ort: the FP32 ONNX behind plain ONNX ops (uint8 NHWC input at the app size ->
+    Transpose -> Cast -> Gather for a BGR contract -> Mul -> Add) and a Softmax, so plain onnxruntime (and ORT
+    Mobile, which loads the .ort) takes 8-bit pixels and gives probabilities with no session option or extension."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gap_deploy.exporter.pack import to_ort
+    from gap_deploy.runtime.onnx_file import save_onnx
+
+    h, w = app.size
+    log(f"Writing the app-ready ONNX Runtime model ({h}x{w} uint8 NHWC, normalization inside) ...")
+    model = onnx.ModelProto()
+    model.CopyFrom(onnx_model)
+    graph = model.graph
+    old_in, old_out = graph.input[0], graph.output[0]
+    a, b = app.contract.affine(app.channels)
+    prefix = "gap_app_"
+    nodes = [helper.make_node("Transpose", ["image"], [prefix + "nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", [prefix + "nchw"], [prefix + "float"], to=TensorProto.FLOAT)]
+    source = prefix + "float"
+    if app.contract.channel_order == "BGR":
+        nodes.append(helper.make_node("Gather", [source, prefix + "bgr"], [prefix + "ordered"], axis=1))
+        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), prefix + "bgr"))
+        source = prefix + "ordered"
+    nodes += [helper.make_node("Mul", [source, prefix + "a"], [prefix + "scaled"]),
+              helper.make_node("Add", [prefix + "scaled", prefix + "b"], [old_in.name])]
+    graph.initializer.extend([numpy_helper.from_array(a.reshape(1, -1, 1, 1), prefix + "a"),
+                              numpy_helper.from_array(b.reshape(1, -1, 1, 1), prefix + "b")])
+    tail = helper.make_node("Softmax", [old_out.name], ["probabilities"], axis=1)
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + rest + [tail])
+    del graph.input[0]
+    graph.input.insert(0, helper.make_tensor_value_info("image", TensorProto.UINT8, [1, h, w, app.channels]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, None]))
+    onnx.checker.check_model(model)
+    onnx_file = out / f"{STEM}.onnx"
+    save_onnx(model, onnx_file)
+    work = out / ".app_ort"
+    work.mkdir()
+    ort_tmp, _ = to_ort(onnx_file, work)
+    ort_tmp.replace(out / f"{STEM}.ort")
+    for leftover in work.iterdir():
+        leftover.unlink()
+    work.rmdir()
+    from gap_deploy.exporter.pack import usability
+
+    return {"file": onnx_file.name, "ort": f"{STEM}.ort", "ort_file": f"{STEM}.ort",
+            "usability": [vars(u) for u in usability(onnx_file, onnx_file.name)]}
+
+
+def ort_infer(path: Path):
+    """The app model in plain onnxruntime, its default session options: (N, H, W, C) uint8 -> probabilities."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def infer(pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate([session.run(None, {"image": image[None]})[0] for image in pixels]).astype(np.float32)
     return infer
 
 
@@ -550,7 +620,14 @@ def add_to_bundle(target: str, app: AppPlan, out: Path, *, module, onnx_model, s
     model.json "app" section)."""
     from gap_deploy.runtime.files import sha256_file
 
-    if target == "litert":
+    if target == "ort":
+        made = build_ort(onnx_model, out, app, log)
+        verification = verify(app, ort_infer(out / made["file"]), onnx_model, precision, what="ONNX Runtime")
+        ort_check = verify(app, ort_infer(out / made["ort"]), onnx_model, precision, what="ONNX Runtime (.ort)")
+        verification["rows"] += [{**r, "image": f"{r['image']} (.ort)"} for r in ort_check["rows"]]
+        names = [made["file"], made["ort"]]
+        layout, dtype = "NHWC", "uint8"
+    elif target == "litert":
         made = build_litert(module, out, app, labels, log)
         verification = verify(app, litert_infer(out / made["file"]), onnx_model, precision, what="LiteRT")
         names = [made["file"]]
@@ -577,7 +654,7 @@ def add_to_bundle(target: str, app: AppPlan, out: Path, *, module, onnx_model, s
             files[member.relative_to(out).as_posix()] = {
                 "sha256": sha256_file(member), "bytes": member.stat().st_size,
                 "format": "mlpackage" if path.is_dir() else member.suffix[1:],
-                "role": "app" if name == made["file"] or name == made.get("weights") else "app-check",
+                "role": "app" if name in (made["file"], made.get("weights"), made.get("ort")) else "app-check",
                 "shape": [1, h, w, app.channels] if layout == "NHWC" else [1, app.channels, h, w]}
     section = {"file": made["file"], "size": [h, w], "layout": layout, "dtype": dtype, "channel_order": "RGB",
                "pixel_range": "0-255", "inside": ["scale", "channel order", "normalize", "softmax"]
@@ -585,7 +662,7 @@ def add_to_bundle(target: str, app: AppPlan, out: Path, *, module, onnx_model, s
                "resize_by": app.resize_by, "resize_note": app.resize_note, "platform_resize": app.platform_resize,
                "output": "probabilities", "contract": app.contract.describe(),
                "verification": {k: v for k, v in verification.items() if k != "table"},
-               **{k: v for k, v in made.items() if k not in ("file", "weights")}}
+               **{k: v for k, v in made.items() if k not in ("file", "weights", "ort")}}
     if target == "litert":
         section["labels"] = "in the model's TFLite metadata (labels.txt), read by MediaPipe"
     log(f"app-ready {made['file']}: " + ("read back" if target == "coreml" else
@@ -646,6 +723,8 @@ def app_readme(d: dict) -> str:
                               "top)" if roi else ""
         fields["js_roi"] = ", { regionOfInterest: { left, top, right, bottom } }" if roi else ""
         return readme_template("app_litert").format(**fields)
+    if target == "ort":
+        return readme_template("app_ort").format(**fields)
     if target == "openvino":
         inside = app["resize_by"] == "openvino"
         fields["input_note"] = "any size: OpenVINO resizes it inside" if inside else f"{h} x {w} exactly"

@@ -50,7 +50,7 @@ def app_bundles(tmp_path_factory, sources):
         key = (target, model, tuple(sorted(options.items())))
         if key not in made:
             onnx_path, ckpt, arch = sources[model]
-            loaded = load_model(ckpt, arch=arch) if target != "openvino" else None
+            loaded = load_model(ckpt, arch=arch) if target not in ("ort", "openvino") else None
             out = folder / f"{target}_{model}_{len(made)}"
             pack(onnx_path, out, target=target, checkpoint=loaded, app=True, **options)
             made[key] = out
@@ -98,6 +98,30 @@ def test_mediapipe_names_the_classes_from_the_model_s_own_metadata(app_bundles, 
         categories = classifier.classify(mp.Image.create_from_file(str(images[0]))).classifications[0].categories
     assert [c.category_name for c in categories] == [LABELS[c.index] for c in categories]
     assert len(categories) == 3 and categories[0].score >= categories[1].score
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list(CONTRACTS))
+def test_plain_onnxruntime_takes_8_bit_frames_and_gives_gap_run_s_answer(app_bundles, images, model):
+    """The ORT app model is plain ONNX ops: onnxruntime's default session (no option, no extension) runs the .ort
+    an ORT Mobile app ships; gap-run's dynamic model.ort is still the one runtime.load picks."""
+    import onnxruntime as ort
+
+    from gap_deploy.runtime.app_check import check_app
+    from gap_deploy.runtime.bundle import bundle_model
+
+    bundle = app_bundles("ort", model)
+    result = check_app(bundle, images)
+    assert result.same_size["top1_equal"] == len(images) >= 50 and result.passed, result.format()
+    session = ort.InferenceSession(str(bundle / "model_app.ort"))
+    (image,) = session.get_inputs()
+    assert image.type == "tensor(uint8)" and image.shape[0] == 1 and image.shape[3] == 3
+    assert session.get_outputs()[0].name == "probabilities"
+    assert bundle_model(bundle, None).name == "model.ort"
+    description = json.loads((bundle / "model.json").read_text())
+    assert {name: entry["role"] for name, entry in description["files"].items() if entry.get("role")} == {
+        "model_app.onnx": "app", "model_app.ort": "app"}
+    assert {row["accelerator"] for row in description["app"]["usability"]} >= {"NNAPI", "CoreML MLProgram"}
 
 
 @pytest.mark.slow
@@ -188,11 +212,11 @@ def test_app_models_are_fp32_unless_fp16_is_asked_for(app_bundles):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["litert", "openvino"])
+@pytest.mark.parametrize("target", ["ort", "litert", "openvino"])
 def test_an_app_model_that_departs_from_the_contract_is_not_published(tmp_path, sources, monkeypatch, target):
     """A wrong normalization inside the app model (the scale of the wrapper and of OpenVINO's steps made 5% off)
     fails the platform runtime's check; no bundle appears."""
-    _needs("openvino" if target == "openvino" else "litert_torch")
+    _needs({"ort": "onnxruntime", "openvino": "openvino", "litert": "litert_torch"}[target])
     from gap_deploy.exporter.checkpoint import load_model
 
     real = Preprocess.affine
@@ -238,6 +262,7 @@ def test_gap_pack_app_refusals_are_one_message_and_exit_2(tmp_path, reference_on
 
     cases = [
         ([str(reference_onnx), "--target", "ncnn", "--app"], "--app makes the app-ready model"),
+        ([str(reference_onnx), "--target", "executorch", "--app"], "--app makes the app-ready model"),
         ([str(reference_onnx), "--target", "openvino", "--app", "--fixed", "1x3x64x64", "--fixed", "1x3x32x32"],
          "one --fixed shape"),
         ([str(reference_onnx), "--target", "openvino", "--app", "--fixed", "2x3x64x64"], "takes one image"),
@@ -274,3 +299,28 @@ def test_region_of_interest_is_the_centre_the_contract_keeps():
     left, top, right, bottom = region_of_interest(contract, 200, 100)
     assert np.allclose([right - left, bottom - top], [56 / 128, 56 / 64]) and np.isclose(left + right, 1.0)
     assert region_of_interest(Preprocess(resize="stretch", size=(56, 56)), 200, 100) is None
+
+
+@pytest.mark.slow
+def test_the_app_scripts_check_and_time_a_bundle(app_bundles, images, tmp_path, capsys):
+    """scripts/app_check.py (the platform on your files: exit 0 when it agrees, 2 on bad input) and
+    scripts/bench_app.py (the in-graph preprocessing against NumPy's, as ratios in one run)."""
+    import importlib.util
+    import sys
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault(name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    bundle = app_bundles("ort", "reference")
+    report = tmp_path / "check.json"
+    assert script("app_check").main([str(bundle), str(images[0].parent), "--json", str(report)]) == 0
+    checked = json.loads(report.read_text())
+    assert checked["passed"] and checked["same_size"]["images"] == len(images)
+    assert script("app_check").main([str(bundle), str(tmp_path / "nothing_here")]) == 2
+    assert script("bench_app").main([str(bundle), "--rounds", "1", "--seconds", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert ".ort: app model" in out and "ratio" in out

@@ -43,11 +43,11 @@ from gap_deploy.runtime.naming import bundle_folder
 @click.option("--min-side", type=click.IntRange(min=1), help="Every target but ort: the smallest height and width "
               "the bundle accepts, above the model's own minimum (for a runtime that differs only at the smallest "
               "sizes; the failed check's hint names it).")
-@click.option("--app", is_flag=True, help="litert, openvino, coreml: also an app-ready model that the platform's "
-              "own classifier API takes as it is (MediaPipe's ImageClassifier, OpenVINO with its preprocessing "
-              "inside, Vision): 8-bit RGB images at one fixed size (--fixed, else the model's contract or export "
-              "size), normalization inside, probabilities and labels out. Refused, with the closest option, when "
-              "the platform cannot express the model's preprocessing.")
+@click.option("--app", is_flag=True, help="ort, litert, openvino, coreml: also an app-ready model that the "
+              "platform's own API takes as it is (plain ONNX Runtime, MediaPipe's ImageClassifier, OpenVINO with "
+              "its preprocessing inside, Vision): 8-bit RGB images at one fixed size (--fixed, else the model's "
+              "contract or export size), normalization inside, probabilities and labels out. Refused, with the "
+              "closest option, when the platform cannot express the model's preprocessing.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the usability report as JSON here (it is always in BUNDLE/model.json).")
 @click.option("--other-weights", is_flag=True, help="coreml: pack a --checkpoint that is not the one MODEL was "
@@ -67,7 +67,7 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
     verification.txt and a README with the loading code; so do the other targets, with their own model files.
     Every file is run by the runtime that will run it and compared with MODEL before the bundle is written;
     Core ML cannot run on Linux: its program is reloaded and inspected, and the bundle says it was not executed.
-    With --app, a LiteRT, OpenVINO or Core ML bundle also holds model_app.* for the platform's classifier API
+    With --app, an ORT, LiteRT, OpenVINO or Core ML bundle also holds model_app.* for the platform's own API
     (README.md has the Kotlin, Swift, JavaScript or Python lines), checked the same way before it is written.
 
         gap-pack model.onnx -o model_bundle --fixed 1x3x224x224
