@@ -547,10 +547,10 @@ def _affine_on(name: str, ops, consts) -> tuple[list[float] | None, list[float] 
 
 # --- verification -------------------------------------------------------------------------------------------------
 
-def check_images(app: AppPlan, count: int = 6) -> list[np.ndarray]:
-    """8-bit RGB test images at the app model's size: smooth gradients with noise (a classifier's input is
-    neither flat nor white noise), one per seed."""
-    h, w = app.size
+def check_images(app: AppPlan, count: int = 6, size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """8-bit RGB test images at the app model's size (or ``size``): smooth gradients with noise (a classifier's
+    input is neither flat nor white noise), one per seed."""
+    h, w = size or app.size
     rng = np.random.default_rng(7)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     images = []
@@ -572,8 +572,6 @@ def verify(app: AppPlan, infer, onnx_model, precision: str, *, what: str) -> dic
     """Run ``infer`` (the app model on its platform's runtime) on 8-bit images at the model's size, and -- when
     the model resizes -- at other sizes, against the FP32 ONNX on the contract's own tensors (its resize for
     those). ExportError (no bundle) when a probability differs by more than the tolerance."""
-    from PIL import Image
-
     from gap_deploy.runtime.parity import ort_cpu_infer
 
     reference = ort_cpu_infer(onnx_model)
@@ -590,7 +588,7 @@ def verify(app: AppPlan, infer, onnx_model, precision: str, *, what: str) -> dic
         row(f"{app.size[0]}x{app.size[1]} #{i}", pixels, app.contract.from_pixels(pixels), atol)
     if app.resize_by == "openvino":
         for i, (h, w) in enumerate(RESIZE_CHECK_SIDES):
-            pixels = np.asarray(Image.fromarray(check_images(app, i + 1)[-1]).resize((w, h), Image.Resampling.BOX))
+            pixels = check_images(app, i + 1, (h, w))[-1]
             tensor = app.contract.finish(_decoded(app.contract, pixels))
             row(f"{h}x{w} resized inside", pixels, tensor, max(atol, RESIZED_PROB_ATOL))
     failed = [r for r in rows if not r["passed"]]

@@ -213,13 +213,9 @@ class _platform:
 
     @staticmethod
     def _frame(image: Path) -> np.ndarray:
-        """The whole file decoded to 8-bit RGB, as a camera or photo library hands it to the app."""
-        from PIL import Image
-
-        from gap_deploy.runtime.images import open_regular
-
-        with open_regular(image) as handle, Image.open(handle) as picture:
-            return np.ascontiguousarray(np.asarray(picture.convert("RGB")))
+        """The whole file decoded to 8-bit RGB at its own size, as a camera or photo library hands it to the app
+        (the contract's own decoder, without its resize)."""
+        return Preprocess(space="uint8").sized_pixels(image, 3)
 
     def _openvino(self, frame: np.ndarray) -> np.ndarray:
         out = self.request.infer({0: frame[None]})[self.compiled.outputs[0]]
