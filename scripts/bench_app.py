@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                 session.run(None, {"image": pixels[None]})
 
             def in_numpy(session=float_session, name=name):
-                softmax(session.run(None, {name: contract.from_pixels(pixels)[None]})[0])
+                softmax(np.asarray(session.run(None, {name: contract.from_pixels(pixels)[None]})[0]))
             times: dict[str, list[float]] = {"app model": [], "float model + NumPy": []}
             for _ in range(args.rounds):
                 times["app model"].append(timed(in_graph, args.seconds))

@@ -1,9 +1,9 @@
 """Edge and mobile bundles (gap-pack): ORT-format models, fixed-shape variants, what each phone
 accelerator will run, a reduced-build operator config, and a model.json that describes it all.
 
-Uses onnxruntime's own tools as functions: ``convert_onnx_models_to_ort`` (ORT format and the operator
-config), ``onnx_model_utils.make_input_shape_fixed`` (fixed shapes) and the mobile usability checker's
-partitioning (NNAPI, CoreML NeuralNetwork, CoreML MLProgram). torch is not needed.
+Uses onnxruntime's own tools as functions (exporter.ort_format): ``convert_onnx_models_to_ort`` (ORT format and
+the operator config), ``onnx_model_utils.make_input_shape_fixed`` (fixed shapes) and the mobile usability
+checker's partitioning (NNAPI, CoreML NeuralNetwork, CoreML MLProgram). torch is not needed.
 
 The ORT files are saved with ONNX Runtime's *basic* graph optimizations only (constant folding,
 redundant-node removal): the *extended*/*all* levels fuse operators into CPU-only kernels (FusedConv,
@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from gap_deploy.exporter._quiet import quiet_loggers
+from gap_deploy.exporter.ort_format import Usability, fixed_variant, format_usability, to_ort, usability
 from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import ExportError, OutputPathError, UsageError, first_line
 from gap_deploy.runtime.files import check_new_folder, sha256_file
@@ -42,87 +41,12 @@ CHECK_SIDES = [(37, 53), (64, 64), (224, 224), (97, 31)]
 
 
 @dataclass
-class Usability:
-    file: str
-    accelerator: str
-    nodes: int
-    supported_nodes: int
-    partitions: int
-    verdict: str  # onnxruntime's: YES, MAYBE, NO
-    reasons: list[str] = field(default_factory=list)
-
-
-@dataclass
 class PackResult:
     folder: Path
     files: dict[str, dict]
     usability: list[Usability]
     parity: dict[str, ParityReport]
     operators: list[str]
-
-
-def _ort_tools():
-    from gap_deploy.runtime._lazy import require
-
-    convert = require("onnxruntime.tools.convert_onnx_models_to_ort", purpose="to write ORT-format models")
-    checker = require("onnxruntime.tools.mobile_helpers.usability_checker", purpose="to check mobile usability")
-    utils = require("onnxruntime.tools.onnx_model_utils", purpose="to fix input shapes")
-    return convert, checker, utils
-
-
-def fixed_variant(model: onnx.ModelProto, shape: Shape) -> onnx.ModelProto:
-    """The model with its input fixed to ``shape`` (static-shape accelerators need it), output shapes fixed too."""
-    _, _, utils = _ort_tools()
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    utils.make_input_shape_fixed(fixed.graph, describe(fixed).input_name, list(shape))
-    utils.fix_output_shapes(fixed)
-    return fixed
-
-
-def to_ort(onnx_path: Path, folder: Path) -> tuple[Path, Path]:
-    """ORT format with basic (portable) optimizations, and the operator/type config for a reduced build."""
-    convert, _, _ = _ort_tools()
-    previous = os.environ.get("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL")
-    os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = "basic"
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), quiet_loggers("ort_format_model.utils", "ort_format_model"):
-            convert.convert_onnx_models_to_ort(onnx_path, folder, [convert.OptimizationStyle.Fixed],
-                                               enable_type_reduction=True)
-    except Exception as exc:
-        raise ExportError(f"ONNX Runtime could not convert {onnx_path.name} to ORT format: {first_line(exc)}") from None
-    finally:
-        if previous is None:
-            os.environ.pop("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL", None)
-        else:
-            os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = previous
-    stem = onnx_path.stem
-    return folder / f"{stem}.basic.ort", folder / f"{stem}.required_operators_and_types.basic.config"
-
-
-def usability(path: Path, name: str) -> list[Usability]:
-    """onnxruntime's partitioning estimate for each mobile accelerator, plus what it says of XNNPACK."""
-    _, checker, _ = _ort_tools()
-    model = checker.ModelProtoWithShapeInfo(Path(path)).model_with_shape_info
-    checks = {"NNAPI": checker.check_nnapi_partitions,
-              "CoreML NeuralNetwork": lambda m, r: checker.check_coreml_partitions(
-                  m, r, "coreml_supported_neuralnetwork_ops.md"),
-              "CoreML MLProgram": lambda m, r: checker.check_coreml_partitions(
-                  m, r, "coreml_supported_mlprogram_ops.md")}
-    rows = []
-    for accelerator, check in checks.items():
-        with contextlib.redirect_stdout(io.StringIO()):
-            info = check(model, True)
-        reasons = [f"unsupported operator {op}" for op in sorted(info.unsupported_ops)]
-        if info.nodes_unsupported_due_to_dynamic_input:
-            reasons.append(f"{info.nodes_unsupported_due_to_dynamic_input} node(s) have dynamic input shapes "
-                           f"({accelerator} needs fixed shapes: use a --fixed variant)")
-        rows.append(Usability(name, accelerator, info.num_nodes, info.num_supported_nodes, info.num_partitions,
-                              info.suitability().name, reasons))
-    rows.append(Usability(name, "XNNPACK", len(model.graph.node), -1, -1, "NOT CHECKED",
-                          ["onnxruntime's tools have no XNNPACK checker; XNNPACK takes dynamic shapes and runs the "
-                           "float Conv/Gemm/pooling ops it supports, leaving the rest to the CPU"]))
-    return rows
 
 
 def _check_shapes(meta: ModelMetadata, channels: int, fixed: Shape | None) -> list[Shape]:
@@ -247,7 +171,12 @@ def _pack_edge(target: str):
             base_shapes=_check_shapes(meta, request.spec.channels, None), describe_bundle=_describe_bundle)
         if request.app is not None:
             description = _add_app(request, staged, module=getattr(checkpoint, "module", None), target=target)
-        (staged / "README.md").write_text(pack_edge.edge_readme(description))
+        readme = pack_edge.edge_readme(description)
+        if "app" in description:
+            from gap_deploy.exporter.pack_app import app_readme
+
+            readme += "\n" + app_readme(description)
+        (staged / "README.md").write_text(readme)
         return PackResult(staged, description["files"], [], {} if report is None else
                           {next(iter(description["files"])): report}, [])
 
@@ -482,17 +411,6 @@ def openvino_readme(d: dict) -> str:
 
         text += "\n" + app_readme(d)
     return text
-
-
-def format_usability(rows: Sequence[Usability]) -> str:
-    head = f"{'file':>28}  {'accelerator':>20}  {'nodes':>5}  {'supported':>9}  {'partitions':>10}  verdict"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        supported = "-" if r.supported_nodes < 0 else str(r.supported_nodes)
-        partitions = "-" if r.partitions < 0 else str(r.partitions)
-        lines.append(f"{r.file:>28}  {r.accelerator:>20}  {r.nodes:5d}  {supported:>9}  {partitions:>10}  {r.verdict}")
-        lines += [f"{'':>30}{reason}" for reason in r.reasons]
-    return "\n".join(lines)
 
 
 def bundle_readme(d: dict) -> str:

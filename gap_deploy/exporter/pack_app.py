@@ -326,15 +326,17 @@ def build_ort(onnx_model, out: Path, app: AppPlan, log) -> dict:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from gap_deploy.exporter.pack import to_ort
+    from gap_deploy.exporter.ort_format import to_ort
     from gap_deploy.runtime.onnx_file import save_onnx
 
     h, w = app.size
     log(f"Writing the app-ready ONNX Runtime model ({h}x{w} uint8 NHWC, normalization inside) ...")
+    from gap_deploy.runtime.artifact import describe
+
+    spec = describe(onnx_model)
     model = onnx.ModelProto()
     model.CopyFrom(onnx_model)
     graph = model.graph
-    old_in, old_out = graph.input[0], graph.output[0]
     a, b = app.contract.affine(app.channels)
     prefix = "gap_app_"
     nodes = [helper.make_node("Transpose", ["image"], [prefix + "nchw"], perm=[0, 3, 1, 2]),
@@ -345,16 +347,17 @@ def build_ort(onnx_model, out: Path, app: AppPlan, log) -> dict:
         graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), prefix + "bgr"))
         source = prefix + "ordered"
     nodes += [helper.make_node("Mul", [source, prefix + "a"], [prefix + "scaled"]),
-              helper.make_node("Add", [prefix + "scaled", prefix + "b"], [old_in.name])]
+              helper.make_node("Add", [prefix + "scaled", prefix + "b"], [spec.input_name])]
     graph.initializer.extend([numpy_helper.from_array(a.reshape(1, -1, 1, 1), prefix + "a"),
                               numpy_helper.from_array(b.reshape(1, -1, 1, 1), prefix + "b")])
-    tail = helper.make_node("Softmax", [old_out.name], ["probabilities"], axis=1)
+    tail = helper.make_node("Softmax", [spec.output_name], ["probabilities"], axis=1)
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes + rest + [tail])
-    del graph.input[0]
-    graph.input.insert(0, helper.make_tensor_value_info("image", TensorProto.UINT8, [1, h, w, app.channels]))
-    del graph.output[:]
+    others = [v for v in graph.input if v.name != spec.input_name]  # initializers listed as inputs, if any
+    graph.ClearField("input")
+    graph.input.extend([helper.make_tensor_value_info("image", TensorProto.UINT8, [1, h, w, app.channels]), *others])
+    graph.ClearField("output")
     graph.output.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, None]))
     onnx.checker.check_model(model)
     onnx_file = out / f"{STEM}.onnx"
@@ -366,7 +369,7 @@ def build_ort(onnx_model, out: Path, app: AppPlan, log) -> dict:
     for leftover in work.iterdir():
         leftover.unlink()
     work.rmdir()
-    from gap_deploy.exporter.pack import usability
+    from gap_deploy.exporter.ort_format import usability
 
     return {"file": onnx_file.name, "ort": f"{STEM}.ort", "ort_file": f"{STEM}.ort",
             "usability": [vars(u) for u in usability(onnx_file, onnx_file.name)]}
@@ -379,7 +382,8 @@ def ort_infer(path: Path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def infer(pixels: np.ndarray) -> np.ndarray:
-        return np.concatenate([session.run(None, {"image": image[None]})[0] for image in pixels]).astype(np.float32)
+        return np.concatenate([np.asarray(session.run(None, {"image": image[None]})[0]) for image in pixels]
+                              ).astype(np.float32)
     return infer
 
 

@@ -496,7 +496,7 @@ Input `{d['input']}`: float32 NCHW, {d['channel_order']}, pixels / 255 then (x -
 {d['mean']} and std {d['std']}. Output `{d['output']}`: (N, {d['num_classes']}) logits; class names in
 `labels.txt`.
 
-{loading}""" + ("\n" + _app_readme(d) if "app" in d else "")
+{loading}"""
 
 
 def _contract(d: dict):
@@ -509,8 +509,3 @@ def _contract(d: dict):
     except GapError:
         return None
 
-
-def _app_readme(d: dict) -> str:
-    from gap_deploy.exporter.pack_app import app_readme
-
-    return app_readme(d)

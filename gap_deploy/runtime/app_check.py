@@ -187,7 +187,7 @@ class _platform:
             return self._mediapipe(self.mp.Image(image_format=self.mp.ImageFormat.SRGB, data=sized), None), \
                 self._mediapipe_own(image)
         if self.target == "ort":  # the app resizes: its own resize is the contract's
-            same = np.asarray(self.session.run(None, {"image": sized[None]})[0][0], np.float64)
+            same = np.asarray(self.session.run(None, {"image": sized[None]})[0], np.float64)[0]
             return same, same
         frame = self._frame(image) if self.compiled.inputs[0].get_partial_shape().is_dynamic else sized
         return self._openvino(sized), self._openvino(frame)
