@@ -511,8 +511,17 @@ def inspect_coreml_app(package: Path) -> dict:
 
 
 def _floats(value) -> list[float] | None:
-    tensor = value.immediateValue.tensor if value.HasField("immediateValue") else None
-    return list(tensor.floats.values) if tensor is not None and tensor.floats.values else None
+    """A constant's float values (FLOAT32 as floats, FLOAT16 as the bytes Core ML stores them in); None else."""
+    if not value.HasField("immediateValue"):
+        return None
+    tensor = value.immediateValue.tensor
+    if tensor.floats.values:
+        return list(tensor.floats.values)
+    from coremltools.proto import MIL_pb2
+
+    if tensor.bytes.values and value.type.tensorType.dataType == MIL_pb2.DataType.Value("FLOAT16"):
+        return [float(v) for v in np.frombuffer(tensor.bytes.values, np.float16)]
+    return None
 
 
 def _const_list(op, consts, ops):
@@ -539,6 +548,8 @@ def _affine_on(name: str, ops, consts) -> tuple[list[float] | None, list[float] 
             eps = np.asarray(consts.get(args["epsilon"][0]) or [1e-5]) if "epsilon" in args else 1e-5
             scale = gamma / np.sqrt(var + eps)
             a, b = a * scale, (b - mean) * scale + beta
+        elif op.type == "cast":  # FP16 programs cast the image first: the values are unchanged
+            pass
         elif op.type in ("mul", "add", "sub", "real_div") and args.get("y") and consts.get(args["y"][0]):
             y = np.asarray(consts[args["y"][0]])
             a, b = {"mul": (a * y, b * y), "add": (a, b + y), "sub": (a, b - y), "real_div": (a / y, b / y)}[op.type]
@@ -770,9 +781,10 @@ def _check_coreml_app(inspected: dict, app: AppPlan, labels: list[str], precisio
     if inspected["classes"] != list(labels):
         problems.append("its classifier's labels are not the model's")
     a, b = app.contract.affine(app.channels)
-    if inspected["pixel_a"] is None or not (np.allclose(np.broadcast_to(inspected["pixel_a"], a.shape), a, rtol=1e-5)
+    rtol = 2e-3 if precision == "fp16" else 1e-5  # FP16 constants hold 11 significant bits
+    if inspected["pixel_a"] is None or not (np.allclose(np.broadcast_to(inspected["pixel_a"], a.shape), a, rtol=rtol)
                                             and np.allclose(np.broadcast_to(inspected["pixel_b"], b.shape), b,
-                                                            rtol=1e-5, atol=1e-6)):
+                                                            rtol=rtol, atol=1e-6)):
         problems.append(f"its first ops compute pixel * {inspected['pixel_a']} + {inspected['pixel_b']} on the "
                         f"image, not the contract's pixel * {a.tolist()} + {b.tolist()}")
     if precision == "fp32" and other:

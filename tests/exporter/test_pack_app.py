@@ -9,6 +9,7 @@ BGR stretch in float to a non-square size), on 56 image files of mixed sizes and
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -209,6 +210,14 @@ def test_app_models_are_fp32_unless_fp16_is_asked_for(app_bundles):
     assert "f16" in const_types(app_bundles("openvino", "reference", precision="fp16"))
     tensors = Interpreter(model_path=str(app_bundles("litert", "reference") / "model_app.tflite")).get_tensor_details()
     assert not [t["name"] for t in tensors if t["dtype"] == np.float16]
+    if importlib.util.find_spec("coremltools") is not None:  # coremltools' ML programs compute in FP16 by default
+        from gap_deploy.exporter.pack_app import inspect_coreml_app
+
+        def float_types(bundle):
+            types = inspect_coreml_app(bundle / "model_app.mlpackage")["op_output_types"]
+            return {t for t in types if t.startswith("FLOAT")}
+        assert float_types(app_bundles("coreml", "reference")) == {"FLOAT32"}
+        assert "FLOAT16" in float_types(app_bundles("coreml", "reference", precision="fp16"))
 
 
 @pytest.mark.slow
