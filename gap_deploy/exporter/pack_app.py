@@ -501,13 +501,21 @@ def inspect_coreml_app(package: Path) -> dict:
                for v in _const_list(op, consts, ops)]
     a, b = _affine_on(description.input[0].name, ops, consts)
     inspected = inspect_coreml(package)
+    # the saved program rebuilt as coremltools' MIL, each op's type inference run again (what can be run of it here)
+    from coremltools.converters.mil.frontend.milproto.load import load as load_mil
+
+    with captured_output():
+        program = load_mil(spec, spec.specificationVersion, str(model.weights_dir or ""))
+    main = program.functions["main"]
     return {"input": description.input[0].name, "input_type": description.input[0].type.WhichOneof("Type"),
             "image": {"width": image.width, "height": image.height,
                       "color_space": cast(Any, ct.proto.FeatureTypes_pb2.ImageFeatureType).ColorSpace.Name(
                           image.colorSpace)},
             "pixel_a": a, "pixel_b": b, "classes": classes, "predicted_feature": description.predictedFeatureName,
             "probabilities": description.predictedProbabilitiesName,
-            "op_output_types": inspected["op_output_types"], "spec_version": inspected["spec_version"]}
+            "op_output_types": inspected["op_output_types"], "spec_version": inspected["spec_version"],
+            "mil": {"ops": len(list(main.operations)), "inputs": {k: str(v.shape) for k, v in main.inputs.items()},
+                    "outputs": [o.name for o in main.outputs]}}
 
 
 def _floats(value) -> list[float] | None:
@@ -780,6 +788,8 @@ def _check_coreml_app(inspected: dict, app: AppPlan, labels: list[str], precisio
         problems.append(f"its image is {inspected['image']['height']}x{inspected['image']['width']}")
     if inspected["classes"] != list(labels):
         problems.append("its classifier's labels are not the model's")
+    if set(inspected["mil"]["outputs"]) != {inspected["predicted_feature"], inspected["probabilities"]}:
+        problems.append(f"its program's outputs are {inspected['mil']['outputs']}, not a label and probabilities")
     a, b = app.contract.affine(app.channels)
     rtol = 2e-3 if precision == "fp16" else 1e-5  # FP16 constants hold 11 significant bits
     if inspected["pixel_a"] is None or not (np.allclose(np.broadcast_to(inspected["pixel_a"], a.shape), a, rtol=rtol)

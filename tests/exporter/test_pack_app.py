@@ -167,6 +167,11 @@ def test_a_core_ml_app_program_reads_back_as_an_image_classifier(app_bundles, so
     a, b = contract.affine(3)
     assert np.allclose(inspected["pixel_a"], a, rtol=1e-5) and np.allclose(inspected["pixel_b"], b, rtol=1e-5)
     assert set(t for t in inspected["op_output_types"] if t.startswith("FLOAT")) == {"FLOAT32"}
+    # the saved program rebuilds as coremltools' MIL (each op's type inference run again): image in, label and
+    # probabilities out
+    h, w = inspected["image"]["height"], inspected["image"]["width"]
+    assert inspected["mil"]["inputs"] == {"image": f"(1, 3, {h}, {w})"}
+    assert inspected["mil"]["outputs"] == ["classLabel", "classLabel_probs"] and inspected["mil"]["ops"] > 10
     app = json.loads((bundle / "model.json").read_text())["app"]
     # one std for every channel: Core ML's own image scale and bias; else the normalization is in the program
     assert app["scale_and_bias"] == ("ImageType" if model == "MobileNetish" else "inside the program")
