@@ -124,19 +124,21 @@ class PackRequest:
 
 def _pack_ort(request: PackRequest, staged: Path) -> PackResult:
     result = _build(request.model, request.source, staged, request.spec, request.fixed, request.log)
-    if request.app is not None:
-        description = _add_app(request, staged, module=None, target="ort")
-        result.files = description["files"]
-        (staged / "README.md").write_text(bundle_readme(description))
-    return result
+    return _with_app(request, staged, result, "ort", bundle_readme)
 
 
 def _pack_openvino(request: PackRequest, staged: Path) -> PackResult:
     result = _build_openvino(request.model, request.source, staged, request.spec, request.precision, request.log)
+    return _with_app(request, staged, result, "openvino", openvino_readme)
+
+
+def _with_app(request: PackRequest, staged: Path, result: PackResult, target: str, readme) -> PackResult:
+    """``result`` with the app-ready model of an ONNX-converted bundle when --app asked for one (its README
+    written again by ``readme`` with the app section)."""
     if request.app is not None:
-        description = _add_app(request, staged, module=None, target="openvino")
+        description = _add_app(request, staged, module=None, target=target)
         result.files = description["files"]
-        (staged / "README.md").write_text(openvino_readme(description))
+        (staged / "README.md").write_text(readme(description))
     return result
 
 
