@@ -1,10 +1,12 @@
-"""App-ready variants (gap-pack --app): beside a LiteRT, OpenVINO or Core ML bundle's dynamic model, one that a
-platform's own classifier API takes with no code around it.
+"""App-ready variants (gap-pack --app): beside an ORT, LiteRT, OpenVINO or Core ML bundle's dynamic model, one that
+the platform's own API takes with no code around it.
 
-Each takes the platform's image -- 8-bit pixels, NHWC for LiteRT and OpenVINO, a Core ML image -- at one fixed
+Each takes the platform's image -- 8-bit pixels, NHWC for ORT, LiteRT and OpenVINO, a Core ML image -- at one fixed
 size (``--fixed``, else the contract's size, else the export size), does steps 3-4 of the model's preprocessing
 contract (runtime.preprocess: scale, channel order, normalize) inside the model, and gives probabilities:
 
+* ORT (``model_app.ort`` and ``.onnx``): uint8 NHWC in through plain ONNX ops, softmax out; plain onnxruntime (and
+  ORT Mobile) runs it with its default session; the app resizes.
 * LiteRT (``model_app.tflite``): uint8 NHWC in, softmax out, TFLite metadata with the labels (tflite-support's
   image-classifier writer), so MediaPipe's ``ImageClassifier`` (Android, iOS, web, Python) runs it as it is;
   MediaPipe resizes the camera frame itself.
@@ -17,8 +19,8 @@ contract (runtime.preprocess: scale, channel order, normalize) inside the model,
 
 A contract a platform cannot express (a letterbox for MediaPipe or Vision, which cannot pad) is refused before
 anything is converted, with the reason and the closest option. Every app model is run by its platform's runtime
-where that runs here (LiteRT's interpreter, OpenVINO) on 8-bit images and compared with the FP32 ONNX fed the
-contract's own tensors; Core ML's is read back. The bundle's model.json describes it under "app".
+where that runs here (onnxruntime, LiteRT's interpreter, OpenVINO) on 8-bit images and compared with the FP32
+ONNX fed the contract's own tensors; Core ML's is read back. The bundle's model.json describes it under "app".
 """
 
 from __future__ import annotations
@@ -113,15 +115,20 @@ def _plan_mediapipe(contract: Preprocess, size, channels) -> AppPlan:
         raise UsageError("--app --target litert: the model's contract letterboxes (keeps the aspect and pads), and "
                          "MediaPipe's ImageClassifier cannot pad: it stretches the frame, or a region of interest "
                          "of it, to the model's size.",
-                         hint="pack without --app and letterbox in the app before the dynamic model.tflite (its "
-                              "README has the code), or use --target openvino --app, whose model takes the "
-                              "letterboxed frame at its fixed size.")
+                         hint="pack without --app and letterbox in the app before the dynamic model.tflite (model.json "
+                              "holds the contract), or use --target openvino --app or --target ort --app, whose "
+                              "models take the letterboxed frame at their fixed size.")
     if contract.resize == "shorter-side" or contract.crop_fraction != 1.0:
         note = ("the contract resizes the shorter side and crops the centre: give MediaPipe the centred region of "
                 "interest the README computes, and it stretches that region to the model's size")
     else:
-        note = "MediaPipe stretches the whole frame to the model's size, as the contract does"
+        note = "MediaPipe stretches the whole frame to the model's size, " + _as_contract(contract)
     return AppPlan("litert", size, channels, contract, "mediapipe", note + _arithmetic(contract, "MediaPipe"))
+
+
+def _as_contract(contract: Preprocess) -> str:
+    # a contract without a size ("none": each image at its own) runs here at one size, as gap-run --imgsz does
+    return "as the contract does" if contract.resize == "stretch" else "as gap-run --imgsz does"
 
 
 def _plan_vision(contract: Preprocess, size, channels) -> AppPlan:
@@ -136,7 +143,8 @@ def _plan_vision(contract: Preprocess, size, channels) -> AppPlan:
         if contract.crop_fraction != 1.0:
             note += f"; set the request's regionOfInterest to the central {contract.crop_fraction:.4g} of the frame"
     else:
-        option, note = ".scaleFill", "Vision stretches the frame to the model's size (.scaleFill)"
+        option, note = ".scaleFill", "Vision stretches the frame to the model's size (.scaleFill), " + \
+            _as_contract(contract)
     return AppPlan("coreml", size, channels, contract, "vision", note + _arithmetic(contract, "Vision"), option)
 
 
@@ -157,16 +165,19 @@ def _plan_openvino(contract: Preprocess, size, channels) -> AppPlan:
 
 
 def _arithmetic(contract: Preprocess, platform: str) -> str:
+    measured = ("not measured here: Core ML runs only on Apple's OSes" if platform == "Vision"
+                else "measured by scripts/app_check.py")
     return (f"; {platform}'s resize is not the contract's {contract.interpolation} "
             f"({'antialiased, ' if contract.antialias else ''}{contract.space}): frames of the model's size give "
-            "the same scores, other sizes differ slightly (measured by scripts/app_check.py)")
+            f"the same scores, other sizes differ slightly ({measured})")
 
 
 # --- the wrapper every converted app model is made from -------------------------------------------------------
 
 def wrapper(module, contract: Preprocess, channels: int, *, nhwc: bool, affine: bool = True):
-    """``module`` behind steps 3-4 of ``contract`` and a softmax: takes 0-255 pixels (uint8 NHWC when ``nhwc``,
-    else float NCHW as Core ML's ImageType hands them), in RGB; ``affine`` False leaves the scale and bias to the
+    """``module`` behind steps 3-4 of ``contract`` and a softmax: takes 0-255 pixels, uint8 NHWC in RGB when
+    ``nhwc`` (reversed inside for a BGR contract), else float NCHW as Core ML's ImageType hands them (already in
+    the contract's channel order: the ImageType's colour layout); ``affine`` False leaves the scale and bias to the
     platform (Core ML's ImageType)."""
     import torch
 
@@ -183,7 +194,7 @@ def wrapper(module, contract: Preprocess, channels: int, *, nhwc: bool, affine: 
             if nhwc:
                 x = x.permute(0, 3, 1, 2)
             x = x.to(torch.float32)
-            if contract.channel_order == "BGR" and (nhwc or affine):
+            if contract.channel_order == "BGR" and nhwc:
                 x = x.flip(1)
             if affine:
                 x = x * self.a + self.b

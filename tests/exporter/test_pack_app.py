@@ -189,6 +189,27 @@ def test_a_core_ml_app_program_reads_back_as_an_image_classifier(app_bundles, so
 
 
 @pytest.mark.slow
+def test_a_bgr_core_ml_app_program_with_one_std_per_channel_takes_bgr_and_normalizes_inside(tmp_path,
+                                                                                         reference_ckpt):
+    """Core ML's ImageType hands the program BGR already (its colour layout): the normalization inside must not
+    reverse the channels again."""
+    _needs("coremltools")
+    from gap_deploy.exporter import export_onnx, load_model
+    from gap_deploy.exporter.pack_app import inspect_coreml_app
+
+    contract = Preprocess(resize="stretch", size=(40, 56), channel_order="BGR", mean=(0.1, 0.2, 0.3),
+                          std=(0.2, 0.3, 0.4))
+    onnx_path = export_onnx(load_model(reference_ckpt), tmp_path / "bgr.onnx", imgsz=(64, 64),
+                            preprocess=contract).path
+    pack(onnx_path, tmp_path / "b", target="coreml", app=True, checkpoint=load_model(reference_ckpt))
+    inspected = inspect_coreml_app(tmp_path / "b" / "model_app.mlpackage")
+    a, b = contract.affine(3)
+    assert inspected["image"]["color_space"] == "BGR"
+    assert np.allclose(inspected["pixel_a"], a, rtol=1e-5) and np.allclose(inspected["pixel_b"], b, rtol=1e-5)
+    assert json.loads((tmp_path / "b" / "model.json").read_text())["app"]["scale_and_bias"] == "inside the program"
+
+
+@pytest.mark.slow
 def test_the_runtime_still_runs_the_dynamic_model_of_an_app_bundle(app_bundles):
     _needs("openvino", "litert_torch")
     from gap_deploy import runtime
