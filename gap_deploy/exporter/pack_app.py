@@ -277,14 +277,12 @@ def metadata_writer():
 def read_litert_metadata(path: Path) -> dict:
     """What a reader sees of an app model's TFLite metadata: the input's normalization and content, the labels
     file packed in the model (read back from the model's own bytes)."""
+    import importlib
     import zipfile
 
-    from gap_deploy.runtime._lazy import require
-
-    schema = require("mediapipe.tasks.metadata.metadata_schema_py_generated", purpose="to read TFLite metadata",
-                     hint="pip install mediapipe")
-    tflite = require("mediapipe.tasks.metadata.schema_py_generated", purpose="to read TFLite metadata",
-                     hint="pip install mediapipe")
+    metadata_writer()  # tflite-support, which wrote it, holds the schemas too
+    schema = importlib.import_module("tensorflow_lite_support.metadata.metadata_schema_py_generated")
+    tflite = importlib.import_module("tensorflow_lite_support.metadata.schema_py_generated")
     data = path.read_bytes()
     model = tflite.Model.GetRootAsModel(data, 0)
     buffer = None
