@@ -359,3 +359,26 @@ def test_the_app_scripts_check_and_time_a_bundle(app_bundles, images, tmp_path, 
     assert script("bench_app").main([str(bundle), "--rounds", "1", "--seconds", "0.05"]) == 0
     out = capsys.readouterr().out
     assert ".ort: app model" in out and "ratio" in out
+
+
+def test_ncnn_and_executorch_readmes_carry_the_contract_s_numbers():
+    """ncnn's substract_mean_normalize values come from the contract: (pixel - mean_vals) * norm_vals on 0-255
+    pixels equals (pixel / 255 - mean) / std; a BGR contract reads the frame as RGB2BGR."""
+    from gap_deploy.exporter.pack_edge import edge_readme
+    from gap_deploy.runtime.metadata import ModelMetadata
+
+    contract = Preprocess(resize="stretch", size=(64, 64), channel_order="BGR", mean=(0.5, 0.4, 0.3),
+                          std=(0.25, 0.2, 0.5))
+    props = ModelMetadata(num_classes=10, in_channels=3, min_height=8, min_width=8, mean=contract.mean,
+                          std=contract.std, preprocess=contract.to_json()).to_props()
+    d = {"target": "ncnn", "accepts": {"batch": [1, 1], "height": [8, None], "width": [8, None]}, "files": {
+        "model.param": {}}, "precision": "fp32", "channels": 3, "num_classes": 10, "input": "in0", "output": "out0",
+        "channel_order": "BGR", "mean": list(contract.mean), "std": list(contract.std), "source": "m.onnx",
+        "metadata": props, "blobs": ["in0", "out0"], "verification": {"rows": []}}
+    readme = edge_readme(d)
+    mean_vals = [m * 255 for m in contract.mean]
+    norm_vals = [1 / (255 * s) for s in contract.std]
+    assert "const float mean_vals[] = {" + ", ".join(f"{v:.6g}f" for v in mean_vals) + "}" in readme
+    assert "const float norm_vals[] = {" + ", ".join(f"{v:.6g}f" for v in norm_vals) + "}" in readme
+    assert "PIXEL_RGB2BGR" in readme and "stretch to 64x64" in readme
+    assert "stretch to 64x64" in edge_readme({**d, "target": "executorch"})
