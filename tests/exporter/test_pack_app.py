@@ -382,3 +382,19 @@ def test_ncnn_and_executorch_readmes_carry_the_contract_s_numbers():
     assert "const float norm_vals[] = {" + ", ".join(f"{v:.6g}f" for v in norm_vals) + "}" in readme
     assert "PIXEL_RGB2BGR" in readme and "stretch to 64x64" in readme
     assert "stretch to 64x64" in edge_readme({**d, "target": "executorch"})
+
+
+def test_a_signed_app_bundle_covers_its_app_model(tmp_path, reference_onnx, build_keys, monkeypatch):
+    """The bundle's signature holds the app model too: a changed model_app.ort is refused by verification."""
+    from gap_deploy.runtime.errors import GapError
+    from gap_deploy.runtime.signing import verify_path
+
+    key, public = build_keys
+    monkeypatch.setenv("GAP_DEPLOY_SIGN_KEY", str(key))
+    bundle = tmp_path / "b"
+    pack(reference_onnx, bundle, app=True)
+    verify_path(bundle, public)
+    with (bundle / "model_app.ort").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(GapError, match="model_app.ort"):
+        verify_path(bundle, public)
