@@ -51,6 +51,14 @@ class Layer:
     nodes: tuple[str, ...]
     #: a module without children (a named block holds others: its error includes theirs)
     leaf: bool = True
+    #: modules with no tensor of their own in the artifact, folded into this layer's nodes before it (a
+    #: convolution whose BatchNorm the exporter folded in: the fused node reads the convolution's weights)
+    fused: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """``layer3.0.conv2 + layer3.0.bn2`` for a fused group, else the module path."""
+        return " + ".join([*self.fused, self.path])
 
     @property
     def order(self) -> tuple[int, int]:
@@ -67,7 +75,8 @@ class LayerResult:
     note: str = ""
 
     def to_dict(self) -> dict:
-        return {"module": self.layer.path, "label": self.layer.label, "depth": self.layer.depth,
+        return {"module": self.layer.path, "fused": list(self.layer.fused), "name": self.layer.name,
+                "label": self.layer.label, "depth": self.layer.depth,
                 "onnx_output": self.layer.output, "onnx_nodes": list(self.layer.nodes),
                 "error": self.error.to_dict() if self.error else None,
                 "added_rel_err": None if self.added is None or not math.isfinite(self.added) else self.added,
@@ -107,9 +116,9 @@ class DebugReport:
     def to_dict(self) -> dict:
         first, over16 = self.first_over, self.first_beyond_fp16
         return {"artifact": self.artifact, "tolerance": self.tolerance, "shapes": [list(s) for s in self.shapes],
-                "chunk": self.chunk, "first_over_tolerance": first.layer.path if first else None,
-                "first_beyond_float16": over16.layer.path if over16 else None,
-                "most_added": [r.layer.path for r in self.top_added()],
+                "chunk": self.chunk, "first_over_tolerance": first.layer.name if first else None,
+                "first_beyond_float16": over16.layer.name if over16 else None,
+                "most_added": [r.layer.name for r in self.top_added()],
                 "layers": [r.to_dict() for r in sorted(self.layers, key=lambda r: r.layer.order)],
                 "unattributed": self.unattributed, "note": self.note}
 
@@ -150,7 +159,7 @@ class DebugReport:
         most = self.top_added(top)
         if most:
             lines.append("Most error added by the layer itself (modules without children): " + "; ".join(
-                f"{r.layer.path} {r.added:.3g}" for r in most))
+                f"{r.layer.name} {r.added:.3g}" for r in most))
         for item in self.unattributed:
             lines.append(f"Unattributed ONNX node {item['node']} ({item['op']}): {item['reason']}")
         return "\n".join(lines)
@@ -235,12 +244,49 @@ def attribute(module: nn.Module, reference: onnx.ModelProto, artifact: onnx.Mode
                            and not _is_constant(t, graph)})
         layers.append(Layer(path, describe_module(path, sub), order.get(leaving[0], len(graph.node)), leaving[0],
                             tuple(entering), tuple(n.name for n in body), leaf=not any(True for _ in sub.children())))
+    layers = _fused_groups(module, layers, graph, stored)
     # the model's own output last: a departure there and in no module is in the forward code between modules
     # (a Python branch the trace froze, a functional op)
     spec = describe(artifact)
     layers.append(Layer("", f"(model output) ({type(module).__name__})", len(graph.node) + 1, spec.output_name,
                         (spec.input_name,), tuple(n.name for n in graph.node), leaf=False))
     return layers, unattributed
+
+
+def _fused_groups(module: nn.Module, layers: list[Layer], graph, stored: set[str]) -> list[Layer]:
+    """Each layer with the modules folded into it: a module that has no node of its own but whose weights its
+    nodes read (the exporter folds a BatchNorm into the convolution before it and scopes the fused node to the
+    BatchNorm; the node keeps reading the convolution's weight and bias by name). Such a layer is compared as the
+    group it is (its label names every module of it), and its added error is measured from the first module's
+    PyTorch input, which is what the fused nodes read."""
+    import dataclasses
+
+    modules = dict(module.named_modules())
+    rank = {path: i for i, path in enumerate(modules)}
+    have_body = {layer.path for layer in layers}
+    nodes = {n.name: n for n in graph.node}
+    grouped = []
+    for layer in layers:
+        reads = {t for name in layer.nodes for t in nodes[name].input if t in stored}
+        owners = {_owner(t, modules) for t in reads}
+        fused = sorted((p for p in owners if p and p not in have_body and not _inside(p, layer.path)
+                        and not _inside(layer.path, p)), key=rank.__getitem__)
+        if fused:
+            kinds = " + ".join(describe_module(p, modules[p]).split(" (", 1)[1][:-1] for p in [*fused, layer.path])
+            label = f"{' + '.join([*fused, layer.path])}, fused ({kinds})"
+            layer = dataclasses.replace(layer, fused=tuple(fused), label=label)
+        grouped.append(layer)
+    return grouped
+
+
+def _owner(tensor: str, modules: dict) -> str | None:
+    """The module whose parameter ``tensor`` is named after (``layer1.conv.weight_bias`` -> ``layer1.conv``)."""
+    parts = tensor.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        path = ".".join(parts[:cut])
+        if path in modules:
+            return path
+    return None
 
 
 def _inherit_scopes(graph, scopes: dict[str, str | None]) -> None:
@@ -336,7 +382,8 @@ def debug_artifact(module: nn.Module, reference: onnx.ModelProto, artifact: onnx
     for start in range(0, len(ordered), max(1, chunk)):
         part = ordered[start:start + max(1, chunk)]
         log(f"  layers {start + 1}-{start + len(part)} of {len(ordered)} ...")
-        torch_side = _torch_values(module, [layer.path for layer in part], inputs)
+        torch_side = _torch_values(module, list(dict.fromkeys(
+            [layer.path for layer in part] + [layer.fused[0] for layer in part if layer.fused])), inputs)
         onnx_side: dict[str, list] = {}
         wanted = [layer.output for layer in part] + [layer.inputs[0] for layer in part if len(layer.inputs) == 1]
         for values in tensor_values(artifact, wanted, inputs, chunk=len(wanted)):
@@ -351,6 +398,8 @@ def debug_artifact(module: nn.Module, reference: onnx.ModelProto, artifact: onnx
                 results.append(LayerResult(layer, note=f"ONNX shape {got[0].shape} vs PyTorch {out[0].shape}"))
                 continue
             error = layer_error(out, [g.astype(np.float32) for g in got])
+            if layer.fused:  # the fused nodes read the first module's input
+                ins = torch_side[layer.fused[0]][1]
             added, note = _added_error(artifact, layer, ins, out, onnx_side)
             results.append(LayerResult(layer, error, added, note))
         del torch_side, onnx_side
