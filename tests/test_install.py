@@ -80,6 +80,14 @@ def test_installed_names_cannot_collide_with_a_runtime_package(tmp_path, referen
                                 "print(sorted(p.name for p in files('gap_deploy.exporter').joinpath('readmes')"
                                 ".iterdir()))"], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert "ort.md" in templates and "coreml.md" in templates  # gap-pack's README templates are in the wheel
+    assert "check_vision.swift" in templates and "app_litert.md" in templates  # and the app-ready ones
+    typed = subprocess.run([str(python), "-c", "from importlib.resources import files; "
+                            "print(files('gap_deploy').joinpath('py.typed').is_file())"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+    assert typed == "True"  # type checkers read the package's own annotations (PEP 561)
+    as_module = subprocess.run([str(python), "-m", "gap_deploy", "run", "--help"], capture_output=True, text=True,
+                               cwd=tmp_path, timeout=120)
+    assert as_module.returncode == 0 and as_module.stdout.startswith("Usage: gap-run")
     tops = subprocess.run([str(python), "-c", "import importlib.metadata as m; "
                            "print(m.distribution('gap-deploy').read_text('top_level.txt'))"],
                           capture_output=True, text=True, check=True).stdout.split()

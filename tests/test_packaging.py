@@ -136,3 +136,24 @@ def test_no_edge_extra_changes_torch_and_runtime_extras_need_none(name):
     else:
         assert resolved.get("torch", pinned).split("+")[0] == pinned  # the local CPU wheel is 2.13.0+cpu
     assert not any(n.startswith("nvidia-") for n in resolved), f"[{name}] pulls CUDA libraries"
+
+
+def test_python_m_gap_deploy_knows_every_console_script():
+    """`python -m gap_deploy COMMAND` and each command's module (`python -m gap_deploy.runtime.cli.run`) run the
+    same commands as the console scripts pyproject.toml declares."""
+    import subprocess
+    import sys
+
+    import tomllib
+
+    from gap_deploy.__main__ import COMMANDS
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert COMMANDS == {name: target.split(":")[0] for name, target in scripts.items()}
+    for module in ("gap_deploy.runtime.cli.run", "gap_deploy.exporter.cli.pack"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.startswith(f"Usage: python -m {module}"), done.stderr
+    listing = subprocess.run([sys.executable, "-m", "gap_deploy"], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and "gap-verify" in listing.stdout
+    unknown = subprocess.run([sys.executable, "-m", "gap_deploy", "nope"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "unknown command 'nope'" in unknown.stderr

@@ -27,9 +27,7 @@ def check_onnx_file(path: str | os.PathLike) -> Path:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        reason = first_line(exc)
-        raise ArtifactError(f"cannot read ONNX model {path}: {reason}",
-                            hint="the file is truncated or not an ONNX model; export it again.") from None
+        raise not_onnx(path, first_line(exc)) from None
     if not model.graph.node and not model.graph.input:
         raise ArtifactError(f"cannot read ONNX model {path}: it holds no graph.",
                             hint="the file is not an ONNX model; export it again.")
@@ -101,3 +99,29 @@ def set_metadata(proto, meta: ModelMetadata) -> None:
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "gap-deploy"
     proto.producer_version = __version__
+
+
+def not_onnx(path: Path, reason: str) -> ArtifactError:
+    """The error for a file ONNX cannot parse: a PyTorch checkpoint (a torch.save zip archive or a pickle) is
+    named as one, with the export to run; anything else is truncated or not a model."""
+    if torch_checkpoint(path):
+        return ArtifactError(f"{path} is a PyTorch checkpoint, not an ONNX model: gap-deploy's runtime runs exported "
+                             "artifacts.", hint=f"export it first: gap-export {path} --dynamic")
+    return ArtifactError(f"cannot read ONNX model {path}: {reason}",
+                         hint="the file is truncated or not an ONNX model; export it again.")
+
+
+def torch_checkpoint(path: Path) -> bool:
+    """Whether ``path`` looks like what torch.save writes (a zip archive holding ``<name>/data.pkl``, or a
+    pickle from before that format), read without torch and without unpickling anything."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if head == b"PK":
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+        return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # pickle protocol 2-5
+    except (OSError, zipfile.BadZipFile):
+        return False

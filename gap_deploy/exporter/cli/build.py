@@ -59,3 +59,7 @@ def main(model, output, precision, calib, calib_size, variant_args, engine_args,
 
     result = build_with_precision(model, output, variant=variant, config=config, verify=verify, log=info)
     print_build(result, variant.precision if variant else "fp32")
+
+
+if __name__ == "__main__":  # python -m gap_deploy.exporter.cli.build
+    main()

@@ -95,3 +95,7 @@ def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, ima
 
         plot(reports, plot_path)
         info(f"Wrote {plot_path}")
+
+
+if __name__ == "__main__":  # python -m gap_deploy.exporter.cli.debug
+    main()

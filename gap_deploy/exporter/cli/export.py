@@ -267,3 +267,7 @@ def report_payload(model, outcome) -> dict:
             "notes": list(outcome.notes), "parity": outcome.parity.to_dict() if outcome.parity else None,
             "preprocess": (outcome.preprocess_check.to_dict() if outcome.preprocess_check is not None
                            else {"contract": dict(exp.metadata.preprocessing().steps()), "checked": False})}
+
+
+if __name__ == "__main__":  # python -m gap_deploy.exporter.cli.export
+    main()

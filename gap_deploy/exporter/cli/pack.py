@@ -110,3 +110,7 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
         write_json(json_path, {"bundle": str(result.folder), "target": target, "precision": precision,
                                "files": sorted(result.files), "usability": [vars(u) for u in result.usability],
                                "parity": {name: report.to_dict() for name, report in result.parity.items()}})
+
+
+if __name__ == "__main__":  # python -m gap_deploy.exporter.cli.pack
+    main()

@@ -71,3 +71,7 @@ def main(artifacts, repo, check_repo, name, version, backend, kind, count, gpus,
         click.echo((folder / "config.pbtxt").read_text())
         for note in notes_for(read_artifact(artifact)) if backend != "python" else ():
             info(f"Note: {folder.name} is {note}")
+
+
+if __name__ == "__main__":  # python -m gap_deploy.exporter.cli.triton
+    main()

@@ -160,3 +160,7 @@ def _sweep(named, folder, **options):
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+
+
+if __name__ == "__main__":  # python -m gap_deploy.exporter.cli.tune
+    main()

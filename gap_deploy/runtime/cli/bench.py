@@ -211,3 +211,7 @@ def _report(session, artifact, results, device_info, versions, transfers) -> Non
         for warning in r.warnings:
             where = f"{r.backend} {format_shape(r.shape)}"
             click.echo(click.style("Warning: ", fg="yellow") + f"{where}: {warning}", err=True)
+
+
+if __name__ == "__main__":  # python -m gap_deploy.runtime.cli.bench
+    main()

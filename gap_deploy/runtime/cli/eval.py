@@ -85,3 +85,7 @@ def main(artifacts, folder, sizes, decode, backend, batch_size, json_path, plot_
                    err=True)
     if result.errors:
         fail(f"{len(result.errors)} image evaluation(s) failed (listed above); the figures leave them out.")
+
+
+if __name__ == "__main__":  # python -m gap_deploy.runtime.cli.eval
+    main()

@@ -155,6 +155,8 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
     mode = "server" if server is not None or server_model is not None else \
         "ray" if ray_address is not None or output is not None else "local"
     refuse_unused(ctx, mode)
+    if not images and mode != "server":  # with --server, ARTIFACT is the first image
+        raise click.UsageError(f"no images given: gap-run {artifact} IMAGES... (image files, or folders of them).")
     if mode == "server":
         if not (server and server_model):
             raise click.UsageError("--server and --model go together: --server HOST:PORT --model NAME IMAGES...")
@@ -202,3 +204,7 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
     info(stats.summary())
     report({"artifact": str(session.path), "backend": session.backend, "results": results, "errors": errors,
             "stats": stats.to_dict()}, len(paths), as_json, printed=not as_json)
+
+
+if __name__ == "__main__":  # python -m gap_deploy.runtime.cli.run
+    main()

@@ -77,3 +77,7 @@ def main(artifact, keys, rerun_parity_, json_path):
     if failed:
         raise click.exceptions.Exit(1)
     click.echo(f"{artifact}: {len(links)} link(s) verified.")
+
+
+if __name__ == "__main__":  # python -m gap_deploy.runtime.cli.verify
+    main()

@@ -143,3 +143,26 @@ def test_a_newline_in_a_file_name_never_splits_a_line(tmp_path, reference_onnx):
     assert result.stdout.count("\n") == 1 and "two\\nlines.png (12x12)" in result.stdout
     skipped = [line for line in result.stderr.splitlines() if line.startswith("Skipped")]
     assert len(skipped) == 1 and "bad\\nname.png" in skipped[0]
+
+
+def test_a_pytorch_checkpoint_is_named_as_one_with_the_export_to_run(folder, reference_ckpt, tmp_path):
+    """gap-run on the .pt (a common first mistake): not "Wire format was corrupt", but what it is and what to run;
+    the same for a pickle written with torch.save's old format, and no such hint for other bytes."""
+    import pickle
+
+    result = CliRunner().invoke(main, [str(reference_ckpt), str(folder)])
+    assert_clean_failure(result, "is a PyTorch checkpoint, not an ONNX model", f"gap-export {reference_ckpt} --dynamic")
+    old = tmp_path / "old.pth"
+    old.write_bytes(pickle.dumps({"weight": [1.0]}, protocol=2))
+    assert_clean_failure(CliRunner().invoke(main, [str(old), str(folder)]), "is a PyTorch checkpoint")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x01\x02 not a model" * 10)
+    result = CliRunner().invoke(main, [str(garbage), str(folder)])
+    assert_clean_failure(result, "cannot read ONNX model")
+    assert "PyTorch checkpoint" not in result.output
+
+
+def test_no_images_is_a_usage_error_that_shows_the_command(reference_onnx):
+    result = CliRunner().invoke(main, [str(reference_onnx)])
+    assert_clean_failure(result, "no images given", "IMAGES...", code=2)
+    assert "no image files in  (" not in result.output
