@@ -65,12 +65,16 @@ def open_regular(path: str | Path):
 
 
 def decoded(source, channels: int, name: str, space: str, draft=None,
-            output_size=None) -> tuple[Any, tuple[int, int]]:
+            output_size=None, orientation: str = "exif") -> tuple[Any, tuple[int, int]]:
     """Decode an image file for runtime.preprocess: ``(image, (width, height))``, the file's own size
     and its pixels as an 8-bit PIL image in L/RGB/RGBA (space "uint8") or (H, W, channels) float32 in [0, 1]
     (space "float"). ``draft(width, height)`` may name a smaller (W, H) a JPEG can be decoded at (fast
-    decoding); ``output_size(width, height)`` gives the tensor's (H, W), whose memory is checked first."""
-    from PIL import Image, UnidentifiedImageError
+    decoding); ``output_size(width, height)`` gives the tensor's (H, W), whose memory is checked first.
+
+    ``orientation`` "exif" turns the image as its EXIF Orientation tag says (what a phone's photo viewer shows;
+    phones store most photos sideways with the tag set), "ignore" keeps the stored pixels (what
+    ``Image.open(f).convert("RGB")`` gives). Sizes are the turned image's."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     from gap_deploy.runtime.limits import check_memory
 
@@ -78,15 +82,18 @@ def decoded(source, channels: int, name: str, space: str, draft=None,
         raise ArtifactError(f"cannot turn images into {channels}-channel input; supported: 1, 3 or 4 channels.")
     try:
         with Image.open(source) as image:
-            width, height = image.size
+            turn = _exif_orientation(image) if orientation == "exif" else 1
+            width, height = image.size if turn < 5 else image.size[::-1]  # 5-8 swap the sides
             check_memory((1, channels, height, width), f"image {name}", activations=False)
             out = output_size(width, height) if output_size else (height, width)
             check_memory((1, channels, *out), f"image {name}" + (" at its own size" if out == (height, width)
                                                                  else " resized to"))
             smaller = draft(width, height) if draft is not None and image.format == "JPEG" else None
             if smaller is not None:
-                image.draft(None, smaller)  # libjpeg decodes at 1/2, 1/4 or 1/8 scale, still >= smaller
+                image.draft(None, smaller if turn < 5 else smaller[::-1])  # libjpeg: 1/2, 1/4, 1/8, >= smaller
             image.load()  # decode now, so a truncated file fails here with its name
+            if turn != 1:
+                image = ImageOps.exif_transpose(image)
             if space == "uint8":
                 return _as_8bit(image, channels, name), (width, height)
             return _pixels(image, channels, name), (width, height)
@@ -96,6 +103,19 @@ def decoded(source, channels: int, name: str, space: str, draft=None,
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).replace(repr(source), repr(name)) if not isinstance(source, (str, Path)) else str(exc)
         raise ArtifactError(f"{name} is not a readable image: {reason}") from None
+
+
+#: EXIF's Orientation tag (TIFF tag 274)
+_ORIENTATION = 0x0112
+
+
+def _exif_orientation(image) -> int:
+    """The EXIF Orientation of an opened image, 1 (as stored) when it has none or an invalid one."""
+    try:
+        value = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block is no reason to refuse the pixels
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _as_8bit(image, channels: int, path):

@@ -49,9 +49,10 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 SPACES = ("uint8", "float")
 CHANNEL_ORDERS = ("RGB", "BGR")
 DECODES = ("exact", "fast")
+ORIENTATIONS = ("exif", "ignore")
 #: the JSON keys of gap.preprocess (mean and std live in gap.mean / gap.std, read by every runtime)
 _FIELDS = ("resize", "size", "crop_fraction", "interpolation", "antialias", "space", "channel_order",
-           "pixel_scale", "pad_value")
+           "pixel_scale", "pad_value", "orientation")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Preprocess:
     pixel_scale: float = 1.0
     #: letterbox: the border's value on the 0-255 scale
     pad_value: int = 0
+    #: "exif": turn each image as its EXIF Orientation tag says (as a photo viewer shows it); "ignore": the
+    #: stored pixels. A contract written before this field existed reads as "exif".
+    orientation: str = "exif"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
@@ -120,6 +124,7 @@ class Preprocess:
         choice("interpolation", self.interpolation, INTERPOLATIONS)
         choice("space", self.space, SPACES)
         choice("channel_order", self.channel_order, CHANNEL_ORDERS)
+        choice("orientation", self.orientation, ORIENTATIONS)
         if self.resize == "none":
             if self.size is not None:
                 raise bad("resize 'none' keeps each image's own size, so it takes no size")
@@ -245,7 +250,7 @@ class Preprocess:
         if decode not in DECODES:
             raise UsageError(f"decode {decode!r} is not one of {', '.join(DECODES)}.")
         image, full_size = decoded(source, channels, name, self.space_for(decode), self._draft(decode),
-                                   self.output_size)
+                                   self.output_size, self.orientation)
         return Decoded(image, full_size)
 
     def finish(self, image: Decoded, *, decode: str = "exact", normalize: bool = True) -> np.ndarray:
@@ -267,7 +272,7 @@ class Preprocess:
         from gap_deploy.runtime.images import decoded, open_regular
 
         with open_regular(path) as handle:
-            image, size = decoded(handle, channels, str(path), self.space, None, self.output_size)
+            image, size = decoded(handle, channels, str(path), self.space, None, self.output_size, self.orientation)
         hwc = self._geometry(image, size, "exact")
         if hwc.dtype != np.uint8:
             hwc = np.clip(np.rint(hwc * 255.0), 0, 255).astype(np.uint8)
@@ -356,7 +361,8 @@ class Preprocess:
     def steps(self) -> list[tuple[str, str]]:
         """(step, what it does) rows: what gap-export prints and docs/concepts/preprocessing.md's table shows."""
         rows = [("decode", "Pillow, 8-bit " + {"uint8": "(resized as 8-bit)", "float": "(resized as float)"}
-                 [self.space])]
+                 [self.space] + (", turned as EXIF says" if self.orientation == "exif" else ", EXIF orientation "
+                                                                                          "ignored"))]
         if self.resize == "none":
             rows.append(("resize", "none: each image at its own size"))
         else:

@@ -348,3 +348,51 @@ def test_the_torchvision_environment_is_what_it_says():
     result = tv(TV / "python", "-c", "import torch, torchvision, timm; print(torch.__version__, "
                 "torchvision.__version__, timm.__version__)", cwd=ROOT)
     assert result.stdout.split()[1].startswith("0.29.1") and sys.version_info[:2] == (3, 11)
+
+
+def test_a_phone_photo_is_classified_as_shown_unless_the_contract_ignores_exif(work):
+    """Phones store most photos sideways with an EXIF Orientation tag. gap-run turns them as a viewer shows them
+    (the contract's default), judged by the user's own transform on ``ImageOps.exif_transpose(Image.open(f))``;
+    a model exported with --orientation ignore gets the stored pixels, judged by ``Image.open(f)`` alone."""
+    from PIL import Image
+
+    from gap_deploy.exporter.preprocess import natural_image
+    from gap_deploy.runtime.cli.run import main
+
+    phones = work / "phones"
+    phones.mkdir(exist_ok=True)
+    rng = np.random.default_rng(11)
+    files = []
+    for turn in (1, 3, 5, 6, 7, 8):
+        image = Image.fromarray(natural_image(300, 520, rng))  # stored 300 wide, 520 high
+        exif = Image.Exif()
+        exif[0x0112] = turn
+        files.append(phones / f"turn{turn}.jpg")
+        image.save(files[-1], quality=92, exif=exif.tobytes())
+    shown = work / "expected_shown.py"
+    shown.write_text(EXPECTED.replace('transform(Image.open(f).convert("RGB"))',
+                                      'transform(ImageOps.exif_transpose(Image.open(f)).convert("RGB"))')
+                     .replace("from PIL import Image", "from PIL import Image, ImageOps"))
+    name, onnx, _, _ = export_with(work, "bilinear")
+    out = work / "expected-shown.json"
+    tv(TV / "python", shown, work, name, onnx, out, *files, cwd=work)
+    as_shown = {k: np.asarray(v) for k, v in json.loads(out.read_text()).items()}
+    as_stored = expected_probs(work, name, onnx, files)
+
+    def gap_run(model):
+        result = CliRunner().invoke(main, [str(model), *map(str, files), "--json", "-k", "10"])
+        assert result.exit_code == 0, result.output
+        return {item["file"]: by_class(item["top"]) for item in json.loads(result.stdout)["results"]}
+    got = gap_run(onnx)
+    worst = max(float(np.abs(got[f] - as_shown[f]).max()) for f in as_shown)
+    assert worst < 1e-4
+    # the check can tell the two apart: turning a photo moves this (random-weight, GAP) model's probabilities by
+    # 1.4e-4 to 2.5e-4, far more than gap-run differs from the user's pipeline
+    turned = [f for f in as_shown if not f.endswith("turn1.jpg")]
+    assert all(float(np.abs(as_shown[f] - as_stored[f]).max()) > 10 * worst for f in turned), worst
+    ignoring = work / "bilinear-ignore.onnx"
+    tv(TV / "gap-export", "gapcnn.pt", "--dynamic", "--preprocess", "user_transforms.py:bilinear", "--orientation",
+       "ignore", "--class-names", "names.txt", "-o", ignoring, cwd=work)
+    got = gap_run(ignoring)
+    worst = max(float(np.abs(got[f] - as_stored[f]).max()) for f in as_stored)
+    assert worst < 1e-4 and all(float(np.abs(got[f] - as_shown[f]).max()) > 10 * worst for f in turned)

@@ -186,3 +186,29 @@ def test_there_is_one_implementation_of_image_to_tensor():
 def test_every_consumer_goes_through_the_contract(module):
     source = (ROOT / "gap_deploy" / "runtime" / f"{module}.py").read_text()
     assert "preprocessing(" in source or "image_loader(" in source
+
+
+@pytest.mark.parametrize("decode", ["exact", "fast"])
+def test_exif_orientation_turns_the_photo_as_a_viewer_shows_it(tmp_path, decode):
+    """A JPEG stored 40 wide and 80 high with Orientation 6 is shown 80 x 40: classified so by default (its pixels
+    are PIL's own exif_transpose), stored-side with orientation "ignore"; fast decoding (libjpeg's draft) turns
+    it too."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 256, (80, 40, 3), dtype=np.uint8)).save(path, quality=95, exif=exif.tobytes())
+    shown = Preprocess(space="uint8").load(path, decode=decode)
+    assert shown.shape == (3, 40, 80)
+    want = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"), np.float32).transpose(2, 0, 1) / 255
+    assert np.array_equal(shown, want)
+    assert Preprocess(space="uint8", orientation="ignore").load(path).shape == (3, 80, 40)
+    resized = Preprocess(resize="shorter-side", size=(16, 16), space="uint8").load(path, decode=decode)
+    assert resized.shape == (3, 16, 16)
+    stretched = Preprocess(resize="stretch", size=(10, 30), space="uint8")
+    assert stretched.load(path, decode=decode).shape == (3, 10, 30)
+    assert "turned as EXIF says" in Preprocess().describe()
+    with pytest.raises(Exception, match="orientation"):
+        Preprocess.from_json('{"orientation": "sideways"}')

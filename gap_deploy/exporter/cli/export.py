@@ -59,7 +59,7 @@ def preprocess_job(args):
     from gap_deploy.exporter.pipeline import PreprocessJob
 
     fields = ("resize", "crop_fraction", "interpolation", "antialias", "space", "channel_order", "pixel_scale",
-              "pad_value")
+              "pad_value", "orientation")
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     if "pixel_scale" in overrides:
         overrides["pixel_scale"] = float(overrides["pixel_scale"])
@@ -92,6 +92,10 @@ preprocess_options = grouped("preprocess_args", [
     click.option("--pixel-scale", type=click.Choice(["1", "255"]),
                  help="Pixels run 0-1 (ToTensor) or 0-255 before Normalize. Default: 1."),
     click.option("--pad-value", type=click.IntRange(0, 255), help="Letterbox border value (0-255). Default: 0."),
+    click.option("--orientation", type=click.Choice(["exif", "ignore"]),
+                 help="exif: turn each photo as its EXIF Orientation tag says (as a photo viewer shows it; phones "
+                      "store most photos sideways with the tag); ignore: the stored pixels, as Image.open gives "
+                      "them. Default: exif."),
 ])
 
 
