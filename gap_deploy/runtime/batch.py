@@ -13,7 +13,6 @@ Images of different sizes in one Ray batch are grouped by size and never padded 
 
 from __future__ import annotations
 
-import glob
 import io
 import math
 import os
@@ -28,7 +27,7 @@ import numpy as np
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.backends.table import facts
 from gap_deploy.runtime.errors import GapError, OutputPathError, UsageError, first_line
-from gap_deploy.runtime.images import IMAGE_SUFFIXES
+from gap_deploy.runtime.images import glob_images, images_in, is_glob, no_images_message
 
 RAY_FLOOR = "2.40"
 
@@ -52,6 +51,8 @@ class BatchJob:
     trust_engine: bool = False
     #: runtime.preprocess's decoder: "exact" or "fast"
     decode: str = "exact"
+    #: folders' sub-folders too (gap-run -r)
+    recursive: bool = False
 
 
 @dataclass
@@ -63,7 +64,7 @@ class BatchResult:
     workers: int
 
 
-def expand_sources(sources: Sequence[str]) -> tuple[list[str], list[dict]]:
+def expand_sources(sources: Sequence[str], *, recursive: bool = False) -> tuple[list[str], list[dict]]:
     """(image paths for Ray, error rows) from folders, files and globs. Remote URIs (s3://, gs://, ...) pass
     through to Ray's filesystems; local non-regular files (FIFOs, devices) become error rows, never reads."""
     paths: list[str] = []
@@ -85,18 +86,15 @@ def expand_sources(sources: Sequence[str]) -> tuple[list[str], list[dict]]:
         if "://" in source:
             paths.append(source)
         elif os.path.isdir(source):
-            for entry in sorted(Path(source).iterdir()):
-                if entry.suffix.lower() in IMAGE_SUFFIXES and not entry.is_dir():
-                    local_file(str(entry))
-        elif any(ch in source for ch in "*?["):
-            matches = sorted(glob.glob(source, recursive=True))
-            for match in matches:
-                if Path(match).suffix.lower() in IMAGE_SUFFIXES and not os.path.isdir(match):
-                    local_file(match)
+            for entry in images_in(Path(source), recursive=recursive):
+                local_file(str(entry))
+        elif is_glob(source) and not os.path.exists(source):
+            for match in glob_images(source):  # the same rule as gap-run without --ray (runtime.images)
+                local_file(str(match))
         else:
             local_file(source)
     if not paths and not errors:
-        raise UsageError(f"no image files in {', '.join(sources)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        raise UsageError(no_images_message(sources, recursive=recursive))
     return paths, errors
 
 
@@ -227,7 +225,7 @@ def run_batch(job: BatchJob) -> BatchResult:
     check_new_folder(output, "--output folder")
     local = {f"image source {s}": s for s in job.sources if "://" not in str(s)}
     check_distinct({"ARTIFACT": job.artifact, **local}, {"--output": output})
-    paths, early_errors = expand_sources(job.sources)
+    paths, early_errors = expand_sources(job.sources, recursive=job.recursive)
     ray = connect(job.address)
     data = require("ray.data", purpose="for --ray")
     gpu = facts(job.backend).ray_gpus if job.backend else 0  # the default picks per worker, reserving none

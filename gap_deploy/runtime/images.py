@@ -16,18 +16,69 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
-def collect_images(paths) -> list[Path]:
-    """Files as given; folders expanded to their image files (by suffix), sorted."""
+def collect_images(paths, *, recursive: bool = False) -> list[Path]:
+    """Files as given; folders expanded to their image files (by suffix), sorted, and their sub-folders' too when
+    ``recursive``; a glob pattern (``photos/**/*.jpg``, quoted so the shell leaves it) expanded as Python's glob
+    does with ``**`` (the same rule gap-run --ray follows)."""
     found: list[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
-            from gap_deploy.runtime.files import folder_entries
-
-            found.extend(p for p in folder_entries(item, "image folder")
-                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found.extend(images_in(item, recursive=recursive))
+        elif not item.exists() and is_glob(str(item)):
+            found.extend(glob_images(str(item)))
         else:
             found.append(item)
     return found
+
+
+def is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def glob_images(pattern: str) -> list[Path]:
+    """The image files a glob pattern matches (``**`` crosses folders), sorted, each file once: Python's glob
+    follows links to folders, so a link loop would list a file under ever longer paths (until the OS's link
+    limit); the shortest path to each real file is kept."""
+    import glob
+
+    matches = [m for m in glob.glob(pattern, recursive=True)
+               if Path(m).suffix.lower() in IMAGE_SUFFIXES and not os.path.isdir(m)]
+    first: dict[str, str] = {}
+    for match in sorted(matches, key=lambda m: (m.count(os.sep), m)):
+        first.setdefault(os.path.realpath(match), match)
+    return [Path(m) for m in sorted(first.values())]
+
+
+def images_in(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The image files of ``folder`` (by suffix), sorted; with ``recursive``, its sub-folders' too (links to
+    folders are not followed, so a loop cannot hang the walk). An entry with an image's name that is no regular
+    file (a FIFO, a dangling link) is listed, so that its reader reports it instead of it vanishing."""
+    from gap_deploy.runtime.files import folder_entries
+
+    found = []
+    for entry in folder_entries(folder, "image folder"):
+        if entry.is_dir():
+            if recursive and not entry.is_symlink():
+                found.extend(images_in(entry, recursive=True))
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(entry)
+    return found
+
+
+def no_images_message(paths, *, recursive: bool = False) -> str:
+    """What to say when ``paths`` hold no image files: which suffixes were looked for, and -r when a folder
+    holds folders (a class-per-folder tree)."""
+    text = f"no image files in {', '.join(map(str, paths))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})."
+    if not recursive:
+        def holds_folders(path: Path) -> bool:
+            try:
+                return path.is_dir() and any(e.is_dir() for e in path.iterdir())
+            except OSError:
+                return False
+        nested = [p for p in map(Path, paths) if holds_folders(p)]
+        if nested:
+            text += f" {nested[0]} holds folders: add -r/--recursive to take the images inside them."
+    return text
 
 
 #: Pillow modes that hold more than 8 bits per pixel, and the full-scale value of each

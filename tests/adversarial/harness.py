@@ -255,7 +255,7 @@ CASES = {
                                                   "out.onnx"], 1, ".npz archive", ["out.onnx", "out.int8.onnx"],
                                        lambda ws: np.savez(open(ws / "z.npy", "wb"), a=np.zeros(3))),
     "export-calib-fifo-only": Case("export", [*EXPORT, "--precision", "int8", "--calib", "fifos", "-o",
-                                              "out.onnx"], 1, "holds no image files", ["out.onnx"],
+                                              "out.onnx"], 1, "is not a regular file", ["out.onnx"],
                                    lambda ws: ((ws / "fifos").mkdir(), os.mkfifo(ws / "fifos" / "a.png"))),
     # ---- gap-export: architectures that misbehave
     "export-arch-form": Case("export", [*EXPORT, "--arch", "nocolon", "-o", "out.onnx"], 1, "MODULE:CALLABLE",

@@ -47,13 +47,13 @@ def report(result: dict, total: int, as_json: bool, printed: bool = False) -> No
         sys.exit(1)
 
 
-def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency, decode) -> None:
-    from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images
+def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency, decode, recursive=False) -> None:
+    from gap_deploy.runtime.images import collect_images, no_images_message
     from gap_deploy.runtime.triton_client import classify_remote, connect
 
-    paths = collect_images(images)
+    paths = collect_images(images, recursive=recursive)
     if not paths:
-        fail(f"no image files in {', '.join(images)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        fail(no_images_message(images, recursive=recursive))
     remote = connect(server, model, concurrency=concurrency)
     info(f"{model} on Triton at {server}: {len(paths)} image(s)")
     result = classify_remote(remote, paths, topk=topk, imgsz=image_size(imgsz) if imgsz else None, decode=decode)
@@ -61,7 +61,7 @@ def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency, d
 
 
 def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch_size, workers, cpus_per_worker,
-               logits, trust_engine, decode) -> None:
+               logits, trust_engine, decode, recursive=False) -> None:
     from gap_deploy.runtime.batch import BatchJob, run_batch
 
     if address is None or output is None:
@@ -69,7 +69,7 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
     job = BatchJob(artifact, tuple(map(str, images)), output, backend=backend,
                    imgsz=image_size(imgsz) if imgsz else None, topk=topk, logits=logits, batch_size=batch_size,
                    workers=workers, cpus_per_worker=cpus_per_worker, address=address, trust_engine=trust_engine,
-                   decode=decode)
+                   decode=decode, recursive=recursive)
     result = run_batch(job)
     click.echo(f"Wrote {result.output}: {result.rows} row(s) from {result.workers} worker(s) in {result.seconds:.1f} s"
                f" ({result.rows / max(result.seconds, 1e-9):.1f} images/s).")
@@ -81,10 +81,10 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 
 #: the options each of gap-run's three modes reads; any other option given is refused (exit 2), never ignored
 MODE_OPTIONS = {
-    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "trust_engine", "verify_key", "decode"},
+    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "trust_engine", "verify_key", "decode", "recursive"},
     "ray": {"topk", "backend", "imgsz", "decode", "trust_engine", "ray_address", "output", "workers", "cpus_per_worker",
-            "logits", "ray_batch_size"},
-    "server": {"topk", "imgsz", "decode", "as_json", "server", "server_model", "concurrency"},
+            "logits", "ray_batch_size", "recursive"},
+    "server": {"topk", "imgsz", "decode", "as_json", "server", "server_model", "concurrency", "recursive"},
 }
 MODE_NAMES = {"local": "a local run (no --ray, no --server)", "ray": "--ray", "server": "--server"}
 
@@ -115,6 +115,8 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Most images of one size run together (local runs; --ray has --ray-batch-size).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option("-r", "--recursive", is_flag=True, help="Folders' sub-folders too (a class-per-folder tree). Quoted "
+              "glob patterns (\"photos/**/*.jpg\") are expanded alike with and without --ray.")
 @click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
 @click.option("--verify-key", "verify_key", multiple=True, type=click.Path(path_type=Path), metavar="PUB.pem",
               help="Open the artifact only if its signature verifies under this public key (a file or a folder of "
@@ -138,8 +140,8 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
               help="--server: requests in flight at once.")
 @click.pass_context
 @report_errors
-def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_json, trust_engine, ray_address, output,
-         workers, cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency, verify_key):
+def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_json, recursive, trust_engine, ray_address,
+         output, workers, cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency, verify_key):
     """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx, .plan, OpenVINO .xml, or a
     gap-pack bundle).
 
@@ -161,21 +163,21 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
         if not (server and server_model):
             raise click.UsageError("--server and --model go together: --server HOST:PORT --model NAME IMAGES...")
         return run_on_server(server, server_model, (str(artifact), *images), topk=topk, imgsz=imgsz,
-                             as_json=as_json, concurrency=concurrency, decode=decode)
+                             as_json=as_json, concurrency=concurrency, decode=decode, recursive=recursive)
     if mode == "ray":
         return run_on_ray(artifact, images, ray_address, output, topk=topk, backend=backend, imgsz=imgsz,
                           batch_size=ray_batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
-                          trust_engine=trust_engine, decode=decode)
+                          trust_engine=trust_engine, decode=decode, recursive=recursive)
     from gap_deploy import runtime
     from gap_deploy.runtime.bundle import check_artifact
-    from gap_deploy.runtime.images import IMAGE_SUFFIXES, collect_images
+    from gap_deploy.runtime.images import collect_images, no_images_message
     from gap_deploy.runtime.limits import check_memory
 
     size = image_size(imgsz) if imgsz else None
     check_artifact(artifact)
-    paths = collect_images(images)
+    paths = collect_images(images, recursive=recursive)
     if not paths:
-        fail(f"no image files in {', '.join(map(str, images))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        fail(no_images_message(images, recursive=recursive))
     from gap_deploy.runtime.stream import inference_threads
 
     session = runtime.load(artifact, backend, trust_engine=trust_engine, verify_key=verify_key or None,

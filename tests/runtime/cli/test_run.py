@@ -1,6 +1,7 @@
 """gap-run on real image files of different sizes, modes and formats."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,30 @@ def test_no_images_is_a_usage_error_that_shows_the_command(reference_onnx):
     result = CliRunner().invoke(main, [str(reference_onnx)])
     assert_clean_failure(result, "no images given", "IMAGES...", code=2)
     assert "no image files in  (" not in result.output
+
+
+def test_a_class_per_folder_tree_needs_recursive_and_says_so(reference_onnx, tmp_path):
+    """Sub-folders are not walked unless -r; a folder holding only folders says to add it. Quoted ** globs give
+    the same files locally as gap-run --ray's listing (runtime.batch.expand_sources)."""
+    from gap_deploy.runtime.batch import expand_sources
+
+    root = tmp_path / "heldout"
+    for name, size in (("cat", (40, 30)), ("dog", (33, 45))):
+        (root / name / "more").mkdir(parents=True)
+        PIL.new("RGB", size, (10, 200, 30)).save(root / name / f"{name}.png")
+        PIL.new("RGB", size, (200, 10, 30)).save(root / name / "more" / f"{name}2.jpg")
+    (tmp_path / "loop").symlink_to(root, target_is_directory=True)
+    (root / "cat" / "back").symlink_to(root, target_is_directory=True)  # a loop: links are not followed
+    result = CliRunner().invoke(main, [str(reference_onnx), str(root)])
+    assert_clean_failure(result, "holds folders: add -r/--recursive", code=1)
+    result = CliRunner().invoke(main, [str(reference_onnx), str(root), "-r", "--json"])
+    assert result.exit_code == 0, result.output
+    files = [item["file"] for item in json.loads(result.stdout)["results"]]
+    assert sorted(Path(f).name for f in files) == ["cat.png", "cat2.jpg", "dog.png", "dog2.jpg"]
+    pattern = str(root / "**" / "*.jpg")
+    result = CliRunner().invoke(main, [str(reference_onnx), pattern, "--json"])
+    local = sorted(item["file"] for item in json.loads(result.stdout)["results"])
+    ray_paths, errors = expand_sources([pattern])
+    assert not errors and local == sorted(ray_paths) and len(local) == 2
+    ray_all, _ = expand_sources([str(root)], recursive=True)
+    assert sorted(Path(p).name for p in ray_all) == ["cat.png", "cat2.jpg", "dog.png", "dog2.jpg"]
