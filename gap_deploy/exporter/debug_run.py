@@ -18,6 +18,25 @@ if TYPE_CHECKING:
 from gap_deploy.runtime.layers import DEFAULT_CHUNK
 from gap_deploy.runtime.shapes import Shape, format_shape
 
+DEFAULT_IMGSZ = (224, 224)
+
+
+def export_size(job: DebugJob) -> tuple[int, int]:
+    """--imgsz, else the export size the first ONNX artifact's metadata records (gap-bench's default too), else
+    DEFAULT_IMGSZ."""
+    if job.imgsz is not None:
+        return job.imgsz
+    from gap_deploy.runtime.artifact import describe
+    from gap_deploy.runtime.onnx_file import check_onnx_file
+
+    for artifact in job.artifacts:
+        if Path(artifact).suffix.lower() == ".onnx":
+            meta = describe(check_onnx_file(artifact)).metadata
+            if meta.export_height and meta.export_width:
+                return meta.export_height, meta.export_width
+    return DEFAULT_IMGSZ
+
+
 #: a layer's relative error that counts as departing from PyTorch, per precision (an FP16 layer rounds to ~1e-3)
 LAYER_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "int8": 0.1}
 
@@ -31,7 +50,8 @@ class DebugJob:
     trust_checkpoint: bool = False
     shapes: tuple[Shape, ...] = ()
     images: Path | None = None
-    imgsz: tuple[int, int] = (224, 224)
+    #: None: the export size the first ONNX artifact records, else DEFAULT_IMGSZ (run_debug resolves it)
+    imgsz: tuple[int, int] | None = None
     max_images: int = 8
     tolerance: float | None = None
     chunk: int = DEFAULT_CHUNK
@@ -39,6 +59,10 @@ class DebugJob:
     precision: str | None = None
     calib: Path | None = None
     int8_layout: str = "tensorrt"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.imgsz if self.imgsz is not None else DEFAULT_IMGSZ
 
 
 def _inputs(job: DebugJob, channels: int, meta) -> list[np.ndarray]:
@@ -52,10 +76,10 @@ def _inputs(job: DebugJob, channels: int, meta) -> list[np.ndarray]:
         files = collect_images([folder, *subfolders])[:job.max_images]  # a labelled folder's classes too
         if not files:
             raise UsageError(f"no image files in {job.images} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
-        check_chunk_memory([(1, channels, *job.imgsz)] * len(files), job.chunk)
-        contract = meta.preprocessing(job.imgsz, channels)  # the model's own preprocessing, at --imgsz
+        check_chunk_memory([(1, channels, *job.size)] * len(files), job.chunk)
+        contract = meta.preprocessing(job.size, channels)  # the model's own preprocessing, at --imgsz
         return [contract.load(f, channels)[None].astype(np.float32) for f in files]
-    shapes = list(job.shapes) or [(1, channels, *job.imgsz)]
+    shapes = list(job.shapes) or [(1, channels, *job.size)]
     rng = np.random.default_rng(0)
     arrays = []
     for shape in shapes:
@@ -109,7 +133,7 @@ def _variant(job: DebugJob, fp32, channels: int, log) -> onnx.ModelProto:
         return to_fp16(fp32)
     if job.calib is None:  # check_variant_request refuses INT8 without calibration images; said again for types
         raise UsageError("--precision int8 needs --calib DIR.")
-    data = load_calibration(job.calib, describe(fp32), size=job.imgsz)
+    data = load_calibration(job.calib, describe(fp32), size=job.size)
     return to_int8(fp32, data, layout=job.int8_layout)
 
 
@@ -162,6 +186,8 @@ def _debug_plan(job: DebugJob, plan: Path, loaded, reference, inputs, log):
 
 def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> list:
     """A DebugReport per artifact (the in-memory FP32 export when ``job.artifacts`` is empty)."""
+    import dataclasses
+
     import onnx
 
     from gap_deploy.exporter.checkpoint import load_model
@@ -170,11 +196,12 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
     from gap_deploy.runtime.artifact import describe
     from gap_deploy.runtime.onnx_file import check_onnx_file
 
-    log(f"Loading {job.checkpoint} ...")
+    job = dataclasses.replace(job, imgsz=export_size(job))
+    log(f"Loading {job.checkpoint} (inputs at {job.size[0]}x{job.size[1]}) ...")
     loaded = load_model(job.checkpoint, arch=job.arch, num_classes=job.num_classes,
                         trust_checkpoint=job.trust_checkpoint)
     log("Exporting the FP32 reference in memory (its node metadata names the PyTorch modules) ...")
-    reference = export_model(loaded, dynamic=True, imgsz=job.imgsz, keep_stack_traces=False)
+    reference = export_model(loaded, dynamic=True, imgsz=job.size, keep_stack_traces=False)
     meta = reference.metadata
     inputs = _inputs(job, loaded.in_channels, meta)
     artifacts: list[tuple[str, Path | onnx.ModelProto]] = [(str(a), Path(a)) for a in job.artifacts]

@@ -250,6 +250,19 @@ def test_gap_debug_cli_reports_writes_json_and_plot(tmp_path, reference_ckpt, re
     assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_gap_debug_s_default_size_is_the_artifact_s_export_size(tmp_path, reference_ckpt, reference_onnx):
+    """Without --imgsz, the inputs are at the export size the ONNX records (64x64 here), as gap-bench's; with no
+    ONNX artifact, 224."""
+    from gap_deploy.exporter.cli.debug import main
+    from gap_deploy.exporter.debug_run import DebugJob, export_size
+
+    result = CliRunner().invoke(main, [str(reference_ckpt), str(reference_onnx), "--json", str(tmp_path / "d.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "d.json").read_text())["reports"][0]["shapes"] == [[1, 3, 64, 64]]
+    assert export_size(DebugJob(reference_ckpt)) == (224, 224)
+    assert export_size(DebugJob(reference_ckpt, (reference_onnx,), imgsz=(40, 48))) == (40, 48)
+
+
 @pytest.mark.parametrize("args, fragment, code", [
     (["nope.pt"], "does not exist", 1),
     (["{ckpt}", "{ckpt}"], "compares ONNX artifacts", 2),

@@ -29,8 +29,9 @@ from gap_deploy.runtime.layers import DEFAULT_CHUNK
               help="Random inputs of this shape (repeatable). Default: 1 x C x the export size.")
 @click.option("--images", type=click.Path(path_type=Path), help="A folder of images instead of random inputs "
               "(normalized as the model's metadata says, at --imgsz).")
-@click.option("--imgsz", default="224", show_default=True, metavar="N|HxW",
-              help="The export size of the in-memory FP32 export, and the size --images are resized to.")
+@click.option("--imgsz", metavar="N|HxW",
+              help="The export size of the in-memory FP32 export, and the size --images are resized to. Default: "
+                   "the export size the first ONNX artifact records (as gap-bench uses), else 224.")
 @click.option("--max-images", default=8, show_default=True, type=click.IntRange(1, 1024),
               help="--images: use at most this many.")
 @click.option("--tolerance", type=FiniteFloat(0), help="Relative error a layer may reach. Default: 1e-4 for FP32, "
@@ -66,7 +67,7 @@ def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, ima
             raise click.BadParameter(f"{artifact}: gap-debug compares ONNX artifacts (.onnx) and gap-build plans "
                                      "(.plan, with their manifest and the ONNX they were built from beside them).",
                                      param_hint="ARTIFACTS")
-    size = image_size(imgsz)
+    size = image_size(imgsz) if imgsz else None
     parsed = [shape_option(s) for s in shapes]
     if precision is not None:
         from gap_deploy.exporter.precision import check_variant_request
