@@ -10,7 +10,7 @@ what it returns.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +117,12 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
     outcome.preprocess_check = check_contract(job, opts.preprocess, transform, exported, loaded.in_channels, log)
     if job.variant is not None:  # one sweep, whether an engine follows or not: the FP32 model's own
         sweep = [r.shape for r in report.rows] if report else [(opts.batch, loaded.in_channels, *opts.imgsz)]
-        log(f"Converting to {job.variant.precision} and verifying against the FP32 ONNX ...")
+        # calibrate at the export size: --imgsz, or the size the preprocessing contract makes when it has one
+        variant = replace(job.variant, calib_size=tuple(opts.imgsz))
+        log(f"Converting to {variant.precision} and verifying against the FP32 ONNX"
+            + (f" (calibrating at {opts.imgsz[0]}x{opts.imgsz[1]})" if variant.precision == "int8" else "") + " ...")
         try:
-            outcome.variant = convert_verified(exported.model, job.variant, sweep)
+            outcome.variant = convert_verified(exported.model, variant, sweep)
         except ExportError as exc:  # the gate failed: say how to see which layer
             from gap_deploy.exporter.onnx_export import debug_command
 
@@ -155,8 +158,6 @@ def run_export(job: ExportJob, log: Callable[[str], None] = lambda _: None, *, t
 
 def resolve_preprocess(job: ExportJob, loaded):
     """The export options with the preprocessing contract filled in, and the transform it came from (or None)."""
-    from dataclasses import replace
-
     from gap_deploy.exporter.onnx_export import check_normalization
     from gap_deploy.exporter.preprocess import PreprocessError, contract_from_transform, load_transform, timm_transform
     from gap_deploy.runtime.preprocess import Preprocess

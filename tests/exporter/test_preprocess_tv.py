@@ -68,6 +68,10 @@ def scale_255():
                       T.Normalize(MEAN, STD)])
 
 
+def small():
+    return T.Compose([T.Resize(72), T.CenterCrop(64), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
 def crop_232():
     return T.Compose([T.Resize(232), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
 
@@ -396,3 +400,12 @@ def test_a_phone_photo_is_classified_as_shown_unless_the_contract_ignores_exif(w
     got = gap_run(ignoring)
     worst = max(float(np.abs(got[f] - as_stored[f]).max()) for f in as_stored)
     assert worst < 1e-4 and all(float(np.abs(got[f] - as_shown[f]).max()) > 10 * worst for f in turned)
+
+
+def test_int8_calibrates_at_the_size_the_preprocessing_makes(work):
+    """A transform that makes 64x64 inputs and no --imgsz: the model is exported at 64x64 and INT8 calibrates at
+    64x64 too (it calibrated at 224 before, on images the model never sees at that size)."""
+    result = tv(TV / "gap-export", "gapcnn.pt", "--dynamic", "--preprocess", "user_transforms.py:small",
+                "--precision", "int8", "--calib", work / "photos" / "class0", "--min-top1", "0", "-o",
+                work / "small.onnx", cwd=work)
+    assert "calibrating at 64x64" in result.stderr + result.stdout
