@@ -213,8 +213,9 @@ def build_litert(module, out: Path, app: AppPlan, labels: list[str], log) -> dic
     from gap_deploy.exporter.pack_edge import _converter_failed, captured_output
     from gap_deploy.runtime._lazy import require
 
-    litert_torch = require("litert_torch", purpose="for gap-pack --target litert --app",
-                           hint="pip install 'gap-deploy[litert]' -c constraints/cpu.txt")
+    with captured_output():  # its imports print absl, oneDNN and torchao start-up lines
+        litert_torch = require("litert_torch", purpose="for gap-pack --target litert --app",
+                               hint="pip install 'gap-deploy[litert]' -c constraints/cpu.txt")
     writer = metadata_writer()
     h, w = app.size
     example = torch.zeros(1, h, w, app.channels, dtype=torch.uint8)

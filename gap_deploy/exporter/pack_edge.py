@@ -157,8 +157,9 @@ def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log) -
     on ``torch.flatten(x, 1)`` with one) is converted with batch 1, which the runtime feeds image by image."""
     from gap_deploy.runtime._lazy import require
 
-    litert_torch = require("litert_torch", purpose="for gap-pack --target litert",
-                           hint="pip install 'gap-deploy[litert]' -c constraints/cpu.txt")
+    with captured_output():  # its imports print absl, oneDNN and torchao start-up lines
+        litert_torch = require("litert_torch", purpose="for gap-pack --target litert",
+                               hint="pip install 'gap-deploy[litert]' -c constraints/cpu.txt")
     dims = _dims(spec, 4096, 1024)  # torch.export's bounds only: the .tflite's signature has none
     path, notes = out / "model.tflite", {}
     log("Converting the PyTorch model to LiteRT with litert-torch ...")
@@ -420,7 +421,7 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
     with captured_output():  # the runtimes' own start-up lines ("Created TensorFlow Lite XNNPACK delegate")
         # staged here (signed when published); its description is judged by the whole sweep below
         session = runtime.load(out, backend, verify_key=False, check_description=False)
-    with session:
+    with session, captured_output():  # the runtimes' first-inference lines ("Created TensorFlow Lite XNNPACK ...")
         report = verify(ort_cpu_infer(model), session.run, shapes, tolerance_for(precision, backend),
                         num_classes=meta.num_classes, source=source, candidate=f"{names[0]} ({backend}, {precision})",
                         what=target)

@@ -595,3 +595,31 @@ def test_a_program_that_aborts_executorch_is_refused_and_the_caller_goes_on(bund
         runtime.load(folder)
     with runtime.load(bundles("executorch", "reference")) as session:  # this process is alive and loads the sound one
         assert session.run(np.ones((1, 3, 8, 8), np.float32)).shape == (1, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["litert", "coreml"])
+def test_gap_pack_prints_its_own_lines_only_and_core_ml_says_what_it_checked(tmp_path, reference_onnx,
+                                                                              reference_ckpt, target):
+    """A whole process, as a user runs it: the converters' and runtimes' start-up lines (absl, oneDNN, torchao's
+    failed .so loads, TFLite's delegate) stay out of gap-pack's output, and Core ML, which cannot run here, says
+    what was checked as the other targets say their parity line."""
+    import subprocess
+    import sys
+
+    _needs(target)
+    done = subprocess.run([sys.executable, "-m", "gap_deploy", "pack", str(reference_onnx), "--target", target,
+                           "--checkpoint", str(reference_ckpt), "-o", str(tmp_path / "b")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    import re
+
+    glog = re.compile(r"^[IWEF]\d{4} ")  # absl/glog lines: a level letter and the month and day
+    noise = [line for line in lines if glog.match(line) or any(
+        word in line for word in ("Failed to load", "absl", "oneDNN", "XNNPACK delegate", "_pytree"))]
+    assert noise == [], noise
+    if target == "coreml":
+        assert any(line.startswith("model.mlpackage: reloaded and inspected, not executed") for line in lines)
+    else:
+        assert any(line.startswith("model.tflite: matches gapcnn.onnx") for line in lines)
