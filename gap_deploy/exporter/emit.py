@@ -43,6 +43,33 @@ def commands(decision: Decision, artifact: Path) -> dict[str, str]:
     return lines
 
 
+def shell_scripts(decision: Decision, artifact: Path, static: str | None) -> dict[str, str]:
+    """The .sh files of the emitted folder: each runs from any working folder (paths inside the folder are taken
+    from the script's own location, the artifact by its absolute path, the images as the arguments)."""
+    point = decision.chosen
+    b, c, h, w = point.shape
+    source = shlex.quote(str(artifact.resolve()))
+    here = 'here="$(cd "$(dirname "$0")" && pwd)"'
+    model = f'"$here"/{shlex.quote(static)}' if static else source
+    run = f'gap-run {model} "$@" --backend {shlex.quote(point.backend)}'
+    if point.size != "native":
+        run += f" --imgsz {h}x{w}"
+    scripts = {"gap-run": "\n".join([
+        "# classify images with the chosen point: sh gap-run.sh IMAGES...  (files or folders; from any folder)",
+        '[ $# -gt 0 ] || { echo "usage: sh $0 IMAGES...  (image files, or folders of them)" >&2; exit 2; }',
+        here, run])}
+    if artifact.suffix == ".onnx":
+        scripts["gap-build"] = "\n".join([
+            "# a TensorRT engine with its profile's opt at the chosen size (needs TensorRT and a GPU)", here,
+            f"gap-build {source} --min {_shape((1, c, h, w))} --opt {_shape((b, c, h, w))} "
+            f'--max {_shape((max(b, 8), c, h, w))} -o "$here"/{shlex.quote(f"{artifact.stem}.{h}x{w}.plan")}'])
+        scripts["gap-pack-app"] = "\n".join([
+            "# OpenVINO's app-ready model at the chosen size (pixels in, probabilities out)", here,
+            f"gap-pack {source} --target openvino --app --fixed {_shape((1, c, h, w))} "
+            f'-o "$here"/{shlex.quote(f"{artifact.stem}.{h}x{w}.openvino")}'])
+    return {name: f"#!/bin/sh\n{body}\n" for name, body in scripts.items()}
+
+
 def readme(result: TuneResult, decision: Decision, artifact: Path, files: list[str], lines: dict[str, str]) -> str:
     point = decision.chosen
     low, high = point.interval
@@ -61,7 +88,9 @@ def readme(result: TuneResult, decision: Decision, artifact: Path, files: list[s
             "## The Pareto front it was chosen from", "",
             "| point | top-1 (95% interval) | median ms | images/s | |", "| --- | --- | --- | --- | --- |", front, "",
             "## Files", ""]
-    text += [f"- `{name}`" for name in files] + ["", "## Commands", ""]
+    text += [f"- `{name}`" for name in files] + ["", "## Commands", "",
+                                                 "The `.sh` files run these from any folder, with the images as "
+                                                 "arguments: `sh path/to/this/folder/gap-run.sh photos/`.", ""]
     text += [f"```bash\n{line}\n```" for line in lines.values()]
     if "gap-pack-app" in lines:
         b, c, h, w = point.shape
@@ -92,6 +121,7 @@ def emit(result: TuneResult, decision: Decision, artifacts: Mapping[str, str | o
         staging = pub.folder(folder, "--emit folder")
         files: list[str] = []
         lines = commands(decision, artifact)
+        static_name = None
         if artifact.suffix == ".onnx" and point.size != "native":
             b, c, h, w = point.shape
             static = staging / f"{artifact.stem}.{h}x{w}.onnx"
@@ -102,16 +132,22 @@ def emit(result: TuneResult, decision: Decision, artifacts: Mapping[str, str | o
                                     hint="re-export the model with gap-export.") from None
             save_onnx(fixed, static)
             files.append(static.name)
+            static_name = static.name
             log(f"Packing a gap-pack bundle fixed to {_shape(point.shape)} ...")
             pack(artifact, staging / "bundle", fixed=[point.shape], log=log)
             files.append("bundle/")
             # Triton's model name is a folder name: characters a name cannot hold become "_" (only that name; the
             # artifact keeps its own file name)
             stem = re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.stem.split(".")[0]).lstrip(".") or "model"
-            write_repository([static], staging / "triton", ServeOptions(name=f"{stem}_{h}x{w}"))
+            # the instance kind the chosen backend runs on: a point chosen on the CPU is served on the CPU
+            from gap_deploy.runtime.backends.table import facts
+
+            kind = "KIND_GPU" if facts(point.backend).gpu else "KIND_CPU"
+            write_repository([static], staging / "triton", ServeOptions(name=f"{stem}_{h}x{w}", kind=kind))
             files.append("triton/")
-        for name, line in lines.items():
-            (staging / f"{name}.sh").write_text(f"#!/bin/sh\n{line}\n")
+        for name, text in shell_scripts(decision, artifact, static_name).items():
+            (staging / f"{name}.sh").write_text(text)
+            (staging / f"{name}.sh").chmod(0o755)
             files.append(f"{name}.sh")
         (staging / "tune.json").write_text(json.dumps(result.to_dict(decision), indent=2, default=str) + "\n")
         files.append("tune.json")

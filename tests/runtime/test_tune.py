@@ -185,17 +185,29 @@ def test_emit_writes_the_deployment_of_the_chosen_point(tmp_path, labelled, refe
     assert "--imgsz 16x16" in (deploy / "gap-run.sh").read_text()
     readme = (deploy / "README.md").read_text()
     assert "a/ort-cpu @ 16" in readme and "median latency <= 1000 ms" in readme
-    # the app-ready OpenVINO line packs at the chosen size, as written (gap-pack --app)
-    if importlib.util.find_spec("openvino") is not None:
-        import shlex
+    # the folder runs from anywhere: its scripts find their files from their own location, images are arguments
+    import os
+    import subprocess
+    import sys
 
-        from gap_deploy.exporter.cli.pack import main as gap_pack
-
-        line = shlex.split((deploy / "gap-pack-app.sh").read_text().splitlines()[1])
-        line[line.index("-o") + 1] = str(tmp_path / "app_bundle")
-        packed = CliRunner().invoke(gap_pack, line[1:])
-        assert packed.exit_code == 0, packed.output
-        assert json.loads((tmp_path / "app_bundle" / "model.json").read_text())["app"]["size"] == [16, 16]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    image = next(Path(labelled).rglob("*.png"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ran = subprocess.run(["sh", str(deploy / "gap-run.sh"), str(image.resolve())], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith(str(image.resolve())) and "class" in ran.stdout
+    usage = subprocess.run(["sh", str(deploy / "gap-run.sh")], cwd=elsewhere, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert usage.returncode == 2 and "IMAGES..." in usage.stderr
+    assert "kind: KIND_CPU" in next((deploy / "triton").rglob("config.pbtxt")).read_text()  # chosen on the CPU
+    if importlib.util.find_spec("openvino") is not None:  # the app-ready OpenVINO line packs at the chosen size
+        packed = subprocess.run(["sh", str(deploy / "gap-pack-app.sh")], cwd=elsewhere, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert packed.returncode == 0, packed.stderr
+        app = json.loads(next(deploy.glob("*.openvino")).joinpath("model.json").read_text())["app"]
+        assert app["size"] == [16, 16]
         assert "--target litert --checkpoint YOUR_MODEL.pt --app --fixed 1x3x16x16" in readme
     again = run(f"a={reference_onnx}", "--data", labelled, "--sizes", "16", "--max-ms", "1000", "--emit", deploy)
     assert_clean_failure(again, "is not empty", code=2)  # never written over
