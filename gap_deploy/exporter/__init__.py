@@ -5,6 +5,8 @@
     result = export_onnx(loaded, "model.onnx", dynamic=True)  # verified against PyTorch, then written
     print(result.parity.format_table())
 
+    export_onnx(model, "model.onnx")                          # an nn.Module in memory (a notebook's) too
+
 Names resolve lazily so that the torch-free parts (precision variants, the TensorRT builder) can be
 used where torch is not installed.
 """
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 from gap_deploy.runtime._lazy import require
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors; at run time they load when first used
-    from gap_deploy.exporter.checkpoint import LoadedModel, load_model
+    from gap_deploy.exporter.checkpoint import LoadedModel, from_module, load_model
     from gap_deploy.exporter.model import GapCNN
     from gap_deploy.exporter.onnx_export import ExportResult, export_model, export_onnx, export_verified
     from gap_deploy.exporter.parity import check_parity, default_verify_shapes
@@ -26,6 +28,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors; at run time 
 _EXPORTS = {
     "GapCNN": "gap_deploy.exporter.model",
     "LoadedModel": "gap_deploy.exporter.checkpoint",
+    "from_module": "gap_deploy.exporter.checkpoint",
     "load_model": "gap_deploy.exporter.checkpoint",
     "export_model": "gap_deploy.exporter.onnx_export",
     "export_onnx": "gap_deploy.exporter.onnx_export",
@@ -38,7 +41,7 @@ _EXPORTS = {
     "default_verify_shapes": "gap_deploy.exporter.parity",
 }
 
-__all__ = ["ExportJob", "ExportResult", "GapCNN", "LoadedModel", "ParityError", "check_parity",
+__all__ = ["ExportJob", "ExportResult", "GapCNN", "LoadedModel", "ParityError", "check_parity", "from_module",
            "default_verify_shapes", "export_model", "export_onnx", "export_verified", "load_model", "run_export"]
 
 

@@ -47,6 +47,20 @@ class LoadedModel:
     notes: tuple[str, ...] = ()
 
 
+def from_module(module, *, name: str | None = None) -> LoadedModel:
+    """An ``nn.Module`` already in memory (a notebook's model) as the exporter takes it: eval mode, its input
+    channels from its first convolution; a LoadedModel is returned as it is. No file is read, so the artifact
+    records no source checkpoint."""
+    if isinstance(module, LoadedModel):
+        return module
+    if not isinstance(module, nn.Module):
+        raise CheckpointError(f"cannot export a {type(module).__name__}: give an nn.Module, or a LoadedModel from "
+                              "load_model(path).", hint="from gap_deploy.exporter import load_model")
+    arch = name or type(module).__name__
+    return LoadedModel(module=module.eval(), arch=arch, in_channels=first_conv_channels(module),
+                       source=Path(f"<in-memory {arch}>"), source_sha256="")
+
+
 def load_model(
     path: str | Path,
     *,

@@ -149,7 +149,7 @@ def check_normalization(mean, std, channels: int) -> None:
 
 
 def export_model(
-    loaded: LoadedModel,
+    loaded: LoadedModel | nn.Module,
     *,
     dynamic: bool = True,
     imgsz: tuple[int, int] = (224, 224),
@@ -173,6 +173,9 @@ def export_model(
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}.."
                           f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET}).")
+    from gap_deploy.exporter.checkpoint import from_module
+
+    loaded = from_module(loaded)  # an nn.Module in memory (a notebook's) as well as a loaded checkpoint
     started = time.perf_counter()
     module, channels = loaded.module.eval(), loaded.in_channels
     check_memory((2 if dynamic else batch, channels, *imgsz), "the export size (--batch x C x --imgsz)")
@@ -361,12 +364,14 @@ class ExportOptions:
     preprocess: object = None
 
 
-def export_verified(loaded: LoadedModel, options: ExportOptions = ExportOptions(), *, verify: bool = True,
+def export_verified(loaded: LoadedModel | nn.Module, options: ExportOptions = ExportOptions(), *, verify: bool = True,
                     verify_shapes: Sequence[Shape] | None = None, tolerance: Tolerance = FP32,
                     destination: str = "the output") -> tuple[OnnxExport, ParityReport | None]:
     """Export in memory and verify against PyTorch; raises ParityError (nothing written) when it differs."""
+    from gap_deploy.exporter.checkpoint import from_module
     from gap_deploy.exporter.parity import check_parity, default_verify_shapes
 
+    loaded = from_module(loaded)
     exported = export_model(loaded, **{f.name: getattr(options, f.name) for f in fields(options)})
     imgsz, batch = options.imgsz, options.batch
     if not verify:
@@ -411,7 +416,7 @@ def debug_command(loaded: LoadedModel, shape: Shape | None = None, *, precision:
 
 
 def export_onnx(
-    loaded: LoadedModel,
+    loaded: LoadedModel | nn.Module,
     output: str | Path,
     *,
     dynamic: bool = True,

@@ -246,3 +246,27 @@ def test_no_artifact_carries_the_exporting_machine_s_paths(tmp_path, reference_c
     result = CliRunner().invoke(export, [str(reference_ckpt), "--dynamic", "--imgsz", "32", "-o", str(kept),
                                          "--keep-stack-traces"])
     assert result.exit_code == 0 and private[0] in kept.read_bytes()  # kept when asked: the test can fail
+
+
+def test_an_in_memory_module_exports_as_a_notebook_has_it(tmp_path):
+    """export_onnx(module, ...) with an nn.Module, no checkpoint file: verified against PyTorch and written; a
+    thing that is no module is one clear error."""
+    import onnxruntime as ort
+
+    from gap_deploy.exporter import export_onnx
+    from gap_deploy.runtime.errors import CheckpointError
+    from tests.conftest import make_reference
+
+    module = make_reference(seed=5).train()  # left in training mode, as a notebook often leaves it
+    result = export_onnx(module, tmp_path / "m.onnx", dynamic=True, imgsz=(32, 32))
+    assert result.parity is not None and result.parity.passed and not module.training
+    x = np.random.default_rng(0).standard_normal((1, 3, 40, 56)).astype(np.float32)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    import torch
+
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(CheckpointError, match="give an nn.Module"):
+        export_onnx({"weight": 1}, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
