@@ -81,7 +81,8 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 
 #: the options each of gap-run's three modes reads; any other option given is refused (exit 2), never ignored
 MODE_OPTIONS = {
-    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "trust_engine", "verify_key", "decode", "recursive"},
+    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "json_lines", "trust_engine", "verify_key", "decode",
+              "recursive"},
     "ray": {"topk", "backend", "imgsz", "decode", "trust_engine", "ray_address", "output", "workers", "cpus_per_worker",
             "logits", "ray_batch_size", "recursive"},
     "server": {"topk", "imgsz", "decode", "as_json", "server", "server_model", "concurrency", "recursive"},
@@ -114,7 +115,10 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
                    "gap-eval --decode both measures what it costs).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Most images of one size run together (local runs; --ray has --ray-batch-size).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document on stdout, at the end.")
+@click.option("--json-lines", is_flag=True, help="Print one JSON object per image on stdout as each is done (in input "
+              "order, flushed), then a summary line: results reach disk as they come and memory does not grow with "
+              "the number of images.")
 @click.option("-r", "--recursive", is_flag=True, help="Folders' sub-folders too (a class-per-folder tree). Quoted "
               "glob patterns (\"photos/**/*.jpg\") are expanded alike with and without --ray.")
 @click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
@@ -140,8 +144,9 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
               help="--server: requests in flight at once.")
 @click.pass_context
 @report_errors
-def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_json, recursive, trust_engine, ray_address,
-         output, workers, cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency, verify_key):
+def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_json, json_lines, recursive, trust_engine,
+         ray_address, output, workers, cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency,
+         verify_key):
     """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx, .plan, OpenVINO .xml, or a
     gap-pack bundle).
 
@@ -157,6 +162,8 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
     mode = "server" if server is not None or server_model is not None else \
         "ray" if ray_address is not None or output is not None else "local"
     refuse_unused(ctx, mode)
+    if as_json and json_lines:
+        raise click.UsageError("--json and --json-lines are two forms of the same output: choose one.")
     if not images and mode != "server":  # with --server, ARTIFACT is the first image
         raise click.UsageError(f"no images given: gap-run {artifact} IMAGES... (image files, or folders of them).")
     if mode == "server":
@@ -185,6 +192,8 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
     if size:
         check_memory((batch_size, session.spec.channels, *size), "--imgsz with --batch-size")
     info(f"{artifact} on {session.backend}: {len(paths)} image(s)")
+    if json_lines:
+        return stream_json_lines(session, paths, topk=topk, imgsz=size, batch_size=batch_size, decode=decode)
     stats = StreamStats()
     results, errors = [], []
     # A progress bar on stderr for many images, unless the result lines go to the same terminal (they are the
@@ -206,6 +215,28 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
     info(stats.summary())
     report({"artifact": str(session.path), "backend": session.backend, "results": results, "errors": errors,
             "stats": stats.to_dict()}, len(paths), as_json, printed=not as_json)
+
+
+def stream_json_lines(session, paths, *, topk, imgsz, batch_size, decode) -> None:
+    """--json-lines: each image's result (or error) as one JSON line on stdout as soon as it is done, flushed, and
+    a last line with the summary; nothing is kept per image, so memory stays flat with the number of images. Exit
+    1 when any file failed (its line holds the error)."""
+    stats = StreamStats()
+    failed = done = 0
+    out = click.get_text_stream("stdout")
+    for item in iter_classify(session, paths, topk=topk, imgsz=imgsz, batch_size=batch_size, stats=stats,
+                              decode=decode):
+        done += 1
+        failed += "error" in item
+        out.write(json.dumps(item) + "\n")
+        out.flush()
+    out.write(json.dumps({"summary": {"artifact": str(session.path), "backend": session.backend, "images": done,
+                                      "failed": failed, "stats": stats.to_dict()}}) + "\n")
+    out.flush()
+    info(stats.summary())
+    if failed:
+        info(f"{failed} of {done} image(s) failed; their lines hold the error.")
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # python -m gap_deploy.runtime.cli.run

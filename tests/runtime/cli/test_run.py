@@ -194,3 +194,32 @@ def test_a_class_per_folder_tree_needs_recursive_and_says_so(reference_onnx, tmp
     assert not errors and local == sorted(ray_paths) and len(local) == 2
     ray_all, _ = expand_sources([str(root)], recursive=True)
     assert sorted(Path(p).name for p in ray_all) == ["cat.png", "cat2.jpg", "dog.png", "dog2.jpg"]
+
+
+def test_json_lines_stream_each_result_as_it_is_done_and_end_with_a_summary(folder, reference_onnx, monkeypatch):
+    """One JSON object per file in input order (an unreadable one holds its error), then the summary; a run that
+    dies midway keeps every line already done (nothing is held for the end)."""
+    import gap_deploy.runtime.cli.run as run_module
+
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--json-lines", "-k", "2"])
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.exit_code == 1  # the broken file
+    *items, last = lines
+    images = sorted(p for p in folder.iterdir() if p.suffix != ".txt")
+    assert [Path(i["file"]).name for i in items] == [p.name for p in images]
+    assert sum("error" in i for i in items) == 1 and all(len(i["top"]) == 2 for i in items if "error" not in i)
+    assert last["summary"]["images"] == len(items) and last["summary"]["failed"] == 1
+
+    real = run_module.iter_classify
+
+    def dies_after_two(*args, **kwargs):
+        for n, item in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield item
+    monkeypatch.setattr(run_module, "iter_classify", dies_after_two)
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--json-lines"])
+    assert result.exit_code != 0
+    assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(p) for p in images[:2]]
+    both = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--json-lines", "--json"])
+    assert_clean_failure(both, "choose one", code=2)
