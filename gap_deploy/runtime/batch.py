@@ -19,7 +19,7 @@ import os
 import stat
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,20 @@ class BatchResult:
     errors: list[dict]
     seconds: float
     workers: int
+    #: images each actor classified (host:pid -> count): how the work was spread
+    per_worker: dict[str, int] = field(default_factory=dict)
+
+
+def block_count(images: int, workers: int, batch_size: int) -> int:
+    """Blocks for ``images`` local paths: a batch's worth each, and at least one per actor (Ray hands an actor
+    whole blocks: 300 images in one block went to one of 2 actors), at most 200 and never more than images."""
+    return max(1, min(images, 200, max(workers, -(-images // max(1, batch_size)))))
+
+
+def balanced_batch(images: int, workers: int, batch_size: int) -> int:
+    """The batch size that gives each of ``workers`` actors a share of ``images``: ``batch_size``, or less when
+    an equal share is smaller."""
+    return max(1, min(batch_size, -(-images // max(1, workers))))
 
 
 def expand_sources(sources: Sequence[str], *, recursive: bool = False) -> tuple[list[str], list[dict]]:
@@ -108,7 +122,8 @@ def schema(logits: bool):
     pa = require("pyarrow", purpose="for Parquet results")
     fields = [("path", pa.string()), ("height", pa.int64()), ("width", pa.int64()),
               ("top_labels", pa.list_(pa.string())), ("top_indices", pa.list_(pa.int64())),
-              ("top_scores", pa.list_(pa.float64())), ("error", pa.string())]
+              ("top_scores", pa.list_(pa.float64())), ("error", pa.string()),
+              ("worker", pa.string())]  # host:pid of the actor that classified it (None: never reached one)
     if logits:
         fields.append(("logits", pa.list_(pa.float64())))
     return pa.schema(fields)
@@ -129,6 +144,9 @@ class Classifier:
 
         self.session = runtime.load(artifact, backend, trust_engine=trust_engine, threads=threads)
         self.topk, self.logits, self.decode = topk, logits, decode
+        import socket
+
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.channels = self.session.spec.channels
         # the model's preprocessing contract: the one implementation gap-run, gap-eval and Triton's client use
         self.contract = self.session.metadata.preprocessing(imgsz, self.channels)
@@ -152,6 +170,7 @@ class Classifier:
                 rows.append({"path": path, "height": int(chw.shape[1]), "width": int(chw.shape[2]), "error": None})
             except GapError as exc:
                 rows.append(error_row(path, first_line(exc)))
+            rows[-1]["worker"] = self.worker
         logits = self.session.run_many([chw for _, chw in ready]) if ready else []
         for (index, _), row in zip(ready, logits):
             top = top_classes(row, self.session.metadata, self.topk)
@@ -246,9 +265,13 @@ def run_batch(job: BatchJob) -> BatchResult:
         local = [p for p in paths if "://" not in p]
         remote = [p for p in paths if "://" in p]
         sources = []
+        batch_size = job.batch_size
         if local:  # the workers open local files themselves: shipping the bytes through Ray costs more
+            # every actor gets work: batches no larger than an equal share, and at least a block per actor (one
+            # block of 300 images went to one of 2 actors, Ray warning about it, before)
+            batch_size = balanced_batch(len(local), workers, job.batch_size)
             sources.append(data.from_items([{"path": p} for p in local],
-                                           override_num_blocks=max(1, min(len(local) // job.batch_size, 200))))
+                                           override_num_blocks=block_count(len(local), workers, batch_size)))
         if remote:
             sources.append(data.read_binary_files(remote, include_paths=True))
         for ds in sources:
@@ -256,16 +279,20 @@ def run_batch(job: BatchJob) -> BatchResult:
                 Classifier, fn_constructor_args=(str(job.artifact), job.backend, job.imgsz, job.topk, job.logits,
                                                  job.trust_engine, max(1, math.ceil(job.cpus_per_worker)),
                                                  job.decode),
-                batch_size=job.batch_size, batch_format="numpy", compute=data.ActorPoolStrategy(size=workers),
+                batch_size=batch_size, batch_format="numpy", compute=data.ActorPoolStrategy(size=workers),
                 num_cpus=job.cpus_per_worker, num_gpus=gpu))
         if early_errors:
             parts.append(data.from_arrow(to_table(early_errors, job.logits)))
         result = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
         result.write_parquet(str(staging))
-        written = read_results(staging, columns=["path", "error"])
+        written = read_results(staging, columns=["path", "error", "worker"])
         errors = [{"file": row["path"], "error": row["error"]} for row in written if row["error"]]
+        per_worker: dict[str, int] = {}
+        for row in written:
+            if row["worker"]:
+                per_worker[row["worker"]] = per_worker.get(row["worker"], 0) + 1
         pub.commit()  # the results appear whole; an output folder that gained files meanwhile is kept
-        return BatchResult(output, len(written), errors, time.perf_counter() - started, workers)
+        return BatchResult(output, len(written), errors, time.perf_counter() - started, workers, per_worker)
     except GapError:
         raise
     except Exception as exc:  # Ray wraps worker failures (a model that does not load, ...) in its own errors

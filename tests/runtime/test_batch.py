@@ -80,6 +80,19 @@ def test_every_row_equals_local_gap_run(local_ray, folder, reference_onnx, tmp_p
     assert "below this model's minimum" in errors[str(folder / "tiny0.png")]
     assert "not a regular file" in errors[str(folder / "fifo.png")]
     assert result.workers == 2
+    # every classified row names the actor that did it (how many each did depends on when each was ready)
+    assert 1 <= len(result.per_worker) <= 2 and sum(result.per_worker.values()) == 215, result.per_worker
+
+
+def test_every_actor_can_get_work_batches_and_blocks():
+    """300 images, 2 actors, batch 256: two batches of 150 in two blocks (it was one block of 300, which Ray gives
+    to one actor); a batch is never cut below 1, blocks never exceed the images or 200."""
+    from gap_deploy.runtime.batch import balanced_batch, block_count
+
+    assert balanced_batch(300, 2, 256) == 150 and block_count(300, 2, 150) == 2
+    assert balanced_batch(10_000, 4, 256) == 256 and block_count(10_000, 4, 256) == 40
+    assert balanced_batch(3, 8, 256) == 1 and block_count(3, 8, 1) == 3
+    assert block_count(10**6, 2, 16) == 200 and balanced_batch(0, 2, 256) == 1
 
 
 def snapshot(root: Path) -> dict:

@@ -73,6 +73,8 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
     result = run_batch(job)
     click.echo(f"Wrote {result.output}: {result.rows} row(s) from {result.workers} worker(s) in {result.seconds:.1f} s"
                f" ({result.rows / max(result.seconds, 1e-9):.1f} images/s).")
+    if result.per_worker:
+        info("Images per worker: " + ", ".join(f"{w} {n}" for w, n in sorted(result.per_worker.items())))
     print_skipped(result.errors)
     if result.errors:
         info(f"{len(result.errors)} of {result.rows} image(s) failed; their rows hold the error.")
@@ -223,7 +225,7 @@ def stream_json_lines(session, paths, *, topk, imgsz, batch_size, decode) -> Non
     1 when any file failed (its line holds the error)."""
     stats = StreamStats()
     failed = done = 0
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     for item in iter_classify(session, paths, topk=topk, imgsz=imgsz, batch_size=batch_size, stats=stats,
                               decode=decode):
         done += 1
