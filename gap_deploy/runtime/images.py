@@ -20,12 +20,18 @@ def collect_images(paths, *, recursive: bool = False) -> list[Path]:
     """Files as given; folders expanded to their image files (by suffix), sorted, and their sub-folders' too when
     ``recursive``; a glob pattern (``photos/**/*.jpg``, quoted so the shell leaves it) expanded as Python's glob
     does with ``**`` (the same rule gap-run --ray follows)."""
-    found: list[Path] = []
-    for item in map(Path, paths):
-        if item.is_dir():
-            found.extend(images_in(item, recursive=recursive))
-        elif not item.exists() and is_glob(str(item)):
-            found.extend(glob_images(str(item)))
+    return [Path(p) for p in image_paths(paths, recursive=recursive)]
+
+
+def image_paths(paths, *, recursive: bool = False) -> list[str]:
+    """:func:`collect_images` as plain strings: a Path object costs several times a string's memory, which shows
+    when a folder holds 100,000 images (gap-run keeps the list for its whole run)."""
+    found: list[str] = []
+    for item in map(str, paths):
+        if os.path.isdir(item):
+            found.extend(_images_in(item, recursive))
+        elif not os.path.exists(item) and is_glob(item):
+            found.extend(map(str, glob_images(item)))
         else:
             found.append(item)
     return found
@@ -53,16 +59,29 @@ def images_in(folder: Path, *, recursive: bool = False) -> list[Path]:
     """The image files of ``folder`` (by suffix), sorted; with ``recursive``, its sub-folders' too (links to
     folders are not followed, so a loop cannot hang the walk). An entry with an image's name that is no regular
     file (a FIFO, a dangling link) is listed, so that its reader reports it instead of it vanishing."""
-    from gap_deploy.runtime.files import folder_entries
+    return [Path(p) for p in _images_in(str(folder), recursive)]
 
-    found = []
-    for entry in folder_entries(folder, "image folder"):
-        if entry.is_dir():
-            if recursive and not entry.is_symlink():
-                found.extend(images_in(entry, recursive=True))
-        elif entry.suffix.lower() in IMAGE_SUFFIXES:
-            found.append(entry)
-    return found
+
+def _images_in(folder: str, recursive: bool) -> list[str]:
+    """The folder's image paths, sorted, then each sub-folder's (sorted) when ``recursive``: one list of strings
+    is built and sorted in place (a folder of 100,000 images costs about 9 MB here)."""
+    files: list[str] = []
+    folders: list[str] = []
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if entry.is_dir():
+                    if recursive and not entry.is_symlink():
+                        folders.append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                    files.append(entry.path)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read image folder {folder}: {exc.strerror or exc}.",
+                            hint="give a folder you can read (chmod, or run as its owner).") from None
+    files.sort()
+    for sub in sorted(folders):
+        files.extend(_images_in(sub, True))
+    return files
 
 
 def no_images_message(paths, *, recursive: bool = False) -> str:

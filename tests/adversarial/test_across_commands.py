@@ -175,6 +175,7 @@ def test_a_folder_that_cannot_be_listed_is_one_message(base, tmp_path, monkeypat
     traceback. As root (this machine and CI) mode 000 does not stop a read, so the folder's listing is made to raise
     what os.scandir raises there: PermissionError(EACCES), per Python's documentation."""
     import errno
+    import os
 
     _labelled(tmp_path, "class0")
     locked = tmp_path / "lab" / "class0"
@@ -186,6 +187,14 @@ def test_a_folder_that_cannot_be_listed_is_one_message(base, tmp_path, monkeypat
         return real(self)
 
     monkeypatch.setattr(Path, "iterdir", iterdir)
+    real_scandir = os.scandir  # gap-run lists image folders with os.scandir (runtime.images)
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) == locked:  # shutil also passes descriptors
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
     args = {"run": [str(base / "model.onnx"), str(locked)],
             "eval": [str(base / "model.onnx"), "--data", str(tmp_path / "lab")],
             "tune": [str(base / "model.onnx"), "--data", str(tmp_path / "lab"), "--sizes", "8"]}[command]

@@ -179,12 +179,12 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
                           trust_engine=trust_engine, decode=decode, recursive=recursive)
     from gap_deploy import runtime
     from gap_deploy.runtime.bundle import check_artifact
-    from gap_deploy.runtime.images import collect_images, no_images_message
+    from gap_deploy.runtime.images import image_paths, no_images_message
     from gap_deploy.runtime.limits import check_memory
 
     size = image_size(imgsz) if imgsz else None
     check_artifact(artifact)
-    paths = collect_images(images, recursive=recursive)
+    paths = image_paths(images, recursive=recursive)  # strings: the list is held for the whole run
     if not paths:
         fail(no_images_message(images, recursive=recursive))
     from gap_deploy.runtime.stream import inference_threads
