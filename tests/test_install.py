@@ -92,3 +92,36 @@ def test_installed_names_cannot_collide_with_a_runtime_package(tmp_path, referen
                            "print(m.distribution('gap-deploy').read_text('top_level.txt'))"],
                           capture_output=True, text=True, check=True).stdout.split()
     assert tops == ["gap_deploy"]  # nothing else claims the top level
+
+
+@pytest.mark.parametrize("line", ["pip install -c constraints/cpu.txt '.[cpu]'", "pip install '.[edge]'"])
+def test_the_readme_s_install_lines_work_in_a_fresh_environment(tmp_path, reference_onnx, line):
+    """The README's CPU and edge lines, run as written in a clean copy of the checkout, into fresh environments
+    (the package index this machine has): the CPU line gets PyTorch's CPU build and no CUDA package; the edge line
+    no torch and no onnx; gap-run classifies an image with each."""
+    import json
+    import shlex
+
+    from PIL import Image
+
+    assert line in (ROOT / "README.md").read_text()
+    src = _tracked_copy(tmp_path / "src")
+    env = tmp_path / "env"
+    venv.EnvBuilder(with_pip=True).create(env)
+    python = env / "bin" / "python"
+    words = shlex.split(line)
+    done = subprocess.run([str(python), "-m", *words, "--quiet"], cwd=src, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True,
+                            check=True).stdout
+    names = {p["name"].lower(): p["version"] for p in json.loads(listed)}
+    assert not [n for n in names if n.startswith("nvidia")], names  # no CUDA package on a CPU install
+    if "[cpu]" in line:
+        assert names["torch"].endswith("+cpu") and "onnxruntime-gpu" not in names
+    else:
+        assert "torch" not in names and "onnx" not in names and "onnxruntime" in names
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    run = subprocess.run([str(env / "bin" / "gap-run"), str(reference_onnx), str(tmp_path / "red.png"), "-k", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0 and "class" in run.stdout, run.stderr
