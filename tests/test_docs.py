@@ -61,3 +61,18 @@ def test_the_readme_is_a_landing_page_whose_links_exist():
     assert any(link.startswith("docs/") for link in local)
     missing = [link for link in local if not (ROOT / link).exists()]
     assert missing == []
+
+
+def test_the_shell_completion_the_install_page_shows_is_what_click_gives():
+    """docs/install.md's completion line works: click answers the environment variable it names with a bash
+    completion function for that command."""
+    import os
+    import subprocess
+    import sys
+
+    text = (ROOT / "docs" / "install.md").read_text()
+    assert 'eval "$(_GAP_RUN_COMPLETE=bash_source gap-run)"' in text
+    script = Path(sys.executable).parent / "gap-run"  # the console script the line names
+    done = subprocess.run([str(script)], capture_output=True, text=True,
+                          env={**os.environ, "_GAP_RUN_COMPLETE": "bash_source"}, timeout=60)
+    assert done.returncode == 0 and "complete -o nosort -F" in done.stdout and "COMP_WORDS" in done.stdout

@@ -26,7 +26,7 @@ import numpy as np
 
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.backends.table import facts
-from gap_deploy.runtime.errors import GapError, OutputPathError, UsageError, first_line
+from gap_deploy.runtime.errors import GapError, InputError, OutputPathError, UsageError, first_line
 from gap_deploy.runtime.images import glob_images, images_in, is_glob, no_images_message
 
 RAY_FLOOR = "2.40"
@@ -108,7 +108,7 @@ def expand_sources(sources: Sequence[str], *, recursive: bool = False) -> tuple[
         else:
             local_file(source)
     if not paths and not errors:
-        raise UsageError(no_images_message(sources, recursive=recursive))
+        raise InputError(no_images_message(sources, recursive=recursive))  # exit 1, as gap-run without --ray
     return paths, errors
 
 

@@ -223,3 +223,16 @@ def test_json_lines_stream_each_result_as_it_is_done_and_end_with_a_summary(fold
     assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(p) for p in images[:2]]
     both = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--json-lines", "--json"])
     assert_clean_failure(both, "choose one", code=2)
+
+
+def test_no_image_files_is_the_same_exit_with_and_without_ray(reference_onnx, tmp_path):
+    """The same condition, the same code: a folder without images exits 1 locally and with --ray (Ray's listing
+    answered 2, a usage error, before), with the same message."""
+    from gap_deploy.runtime.batch import expand_sources
+    from gap_deploy.runtime.errors import InputError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_clean_failure(CliRunner().invoke(main, [str(reference_onnx), str(empty)]), "no image files in", code=1)
+    with pytest.raises(InputError, match="no image files in"):
+        expand_sources([str(empty)])
