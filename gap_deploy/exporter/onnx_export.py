@@ -18,7 +18,7 @@ from gap_deploy.exporter._quiet import quiet_loggers
 from gap_deploy.exporter.checkpoint import LoadedModel
 from gap_deploy.exporter.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
 from gap_deploy.runtime.artifact import describe
-from gap_deploy.runtime.errors import ArtifactError, ExportError, ParityError, UsageError, first_line
+from gap_deploy.runtime.errors import ArtifactError, ExportError, GapError, ParityError, UsageError, first_line
 from gap_deploy.runtime.limits import check_memory
 from gap_deploy.runtime.metadata import ModelMetadata, default_normalization
 from gap_deploy.runtime.onnx_file import fits_one_protobuf, save_onnx, set_metadata
@@ -101,6 +101,22 @@ def _check_output(out) -> None:
                           hint="check num_classes (--num-classes) and that the head flattens the pooled features.")
 
 
+def check_dynamic_head(module: nn.Module) -> None:
+    """A head that pools to a fixed grid larger than 1x1 (VGG's and AlexNet's ``AdaptiveAvgPool2d(7)`` before
+    Flatten and Linear) does not export with a dynamic height and width: ONNX fixes the pooling window for the
+    export size, so at any other size the grid, and the Linear's input, change. Refused with what to do."""
+    for path, layer in module.named_modules():
+        if isinstance(layer, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            size = layer.output_size
+            sides = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+            if any(side not in (1, None) for side in sides):
+                raise ExportError(
+                    f"{path} ({type(layer).__name__}({size})) pools to a fixed {sides[0]}x{sides[1]} grid: the export "
+                    "fixes its window for the export size, so with --dynamic the model breaks at every other size.",
+                    hint="export without --dynamic (the model then runs at --imgsz only), or make the head global "
+                         "pooling (AdaptiveAvgPool2d(1)), which takes any size.")
+
+
 def num_classes_of(module: nn.Module, in_channels: int, side: int) -> int:
     with torch.no_grad():
         out = module(torch.zeros(1, in_channels, side, side))
@@ -178,6 +194,8 @@ def export_model(
     loaded = from_module(loaded)  # an nn.Module in memory (a notebook's) as well as a loaded checkpoint
     started = time.perf_counter()
     module, channels = loaded.module.eval(), loaded.in_channels
+    if dynamic:
+        check_dynamic_head(module)
     check_memory((2 if dynamic else batch, channels, *imgsz), "the export size (--batch x C x --imgsz)")
     height, width = imgsz
     # the search reaches the export size at least: a model that runs only from 600 up, exported at 600, is found
@@ -384,7 +402,16 @@ def export_verified(loaded: LoadedModel | nn.Module, options: ExportOptions = Ex
             raise UsageError(f"verify shape {format_shape(shape)} is below this model's minimum input size "
                              f"{meta.min_height}x{meta.min_width}.", hint="verify at the minimum or above.")
         check_memory(shape, "verify shape")
-    report = check_parity(loaded.module, exported.model, shapes, tolerance)
+    try:
+        report = check_parity(loaded.module, exported.model, shapes, tolerance)
+    except GapError:
+        raise
+    except Exception as exc:  # onnxruntime (or PyTorch) refusing one of the shapes: the export is wrong there
+        at = ", ".join(map(format_shape, shapes))
+        raise ExportError(f"the exported model does not run at every verify shape ({at}): {first_line(exc)[:300]}; "
+                          f"{destination} was not written.",
+                          hint="export without --dynamic if the model takes only its export size, or give "
+                               "--verify-shape the sizes it takes.") from None
     if not report.passed:
         worst = max(report.failures(), key=lambda r: r.rel_err)
         raise ParityError(

@@ -270,3 +270,36 @@ def test_an_in_memory_module_exports_as_a_notebook_has_it(tmp_path):
     with pytest.raises(CheckpointError, match="give an nn.Module"):
         export_onnx({"weight": 1}, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+class _FixedGridHead(torch.nn.Module):
+    """VGG's head in small: a 4x4 adaptive pool, Flatten, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        self.pool = torch.nn.AdaptiveAvgPool2d(4)
+        self.fc = torch.nn.Linear(8 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def test_a_fixed_grid_head_is_refused_for_dynamic_sizes_and_exports_static(tmp_path, monkeypatch):
+    """--dynamic on a head that pools to a fixed grid (its window is fixed at export) failed with onnxruntime's
+    traceback at the first other size; now one message with the fix, and the static export works. Any other
+    failure of ONNX Runtime during the check is one message too."""
+    import gap_deploy.exporter.parity as parity
+
+    module = _FixedGridHead().eval()
+    with pytest.raises(ExportError, match=r"pool \(AdaptiveAvgPool2d\(4\)\) pools to a fixed 4x4 grid") as caught:
+        export_onnx(module, tmp_path / "d.onnx", dynamic=True, imgsz=(32, 32))
+    assert "without --dynamic" in caught.value.hint and not (tmp_path / "d.onnx").exists()
+    assert export_onnx(module, tmp_path / "s.onnx", dynamic=False, imgsz=(32, 32)).parity.passed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Reshape")
+    monkeypatch.setattr(parity, "check_parity", broken)
+    with pytest.raises(ExportError, match="does not run at every verify shape"):
+        export_onnx(make_reference(), tmp_path / "r.onnx", dynamic=True, imgsz=(32, 32))
+    assert not (tmp_path / "r.onnx").exists()
