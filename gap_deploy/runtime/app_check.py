@@ -98,10 +98,10 @@ def region_of_interest(contract: Preprocess, width: int, height: int) -> tuple[f
 
 
 def check_app(bundle: str | os.PathLike, images, *, log=lambda _: None) -> AppCheck:
-    """Run the app model of ``bundle`` (a LiteRT or OpenVINO bundle written with gap-pack --app) on the image
+    """Run the app model of ``bundle`` (an ORT, LiteRT or OpenVINO bundle written with gap-pack --app) on the image
     files ``images`` with the platform's own API, against gap-run on the bundle's dynamic model."""
     from gap_deploy import runtime
-    from gap_deploy.runtime.bundle import _checked_bundle_file, is_bundle, read_description
+    from gap_deploy.runtime.bundle import checked_bundle_file, is_bundle, read_description
     from gap_deploy.runtime.classify import image_loader
     from gap_deploy.runtime.images import softmax
 
@@ -116,9 +116,9 @@ def check_app(bundle: str | os.PathLike, images, *, log=lambda _: None) -> AppCh
                               "app model runs only on Apple's OSes.")
     target, size = description["target"], (int(app["size"][0]), int(app["size"][1]))
     name = app.get("ort_file", app["file"])  # ORT: the .ort an app ships
-    path = _checked_bundle_file(folder, name, description["files"].get(name))
+    path = checked_bundle_file(folder, name, description["files"].get(name))
     if target == "openvino":
-        _checked_bundle_file(folder, Path(app["file"]).stem + ".bin",
+        checked_bundle_file(folder, Path(app["file"]).stem + ".bin",
                              description["files"].get(Path(app["file"]).stem + ".bin"))
     atol = SAME_SIZE_ATOL[target] if description.get("precision") != "fp16" else 5e-3
     platform_name = {"ort": "ONNX Runtime", "litert": "MediaPipe ImageClassifier", "openvino": "OpenVINO"}[target]
@@ -126,7 +126,7 @@ def check_app(bundle: str | os.PathLike, images, *, log=lambda _: None) -> AppCh
     with runtime.load(folder) as session:
         contract = session.metadata.preprocessing(size, session.spec.channels)
         load = image_loader(session, size)
-        with _platform(target, path, contract) as platform:
+        with _Platform(target, path, contract) as platform:
             for image in images:
                 try:
                     reference = softmax(np.asarray(session.run(load(image)[None]), np.float64))[0]
@@ -144,7 +144,7 @@ def check_app(bundle: str | os.PathLike, images, *, log=lambda _: None) -> AppCh
     return result
 
 
-class _platform:
+class _Platform:
     """The platform's classifier as ``file -> (probabilities at the model's size, with its own resize)``."""
 
     def __init__(self, target: str, path: Path, contract: Preprocess):

@@ -112,11 +112,11 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
         if weights not in files:
             raise ArtifactError(f"bundle {folder} lists {chosen} without its weights {weights}.",
                                 hint="write the bundle again with gap-pack.")
-        _checked_bundle_file(folder, weights, files[weights])
-    return _checked_bundle_file(folder, chosen, runnable[chosen])
+        checked_bundle_file(folder, weights, files[weights])
+    return checked_bundle_file(folder, chosen, runnable[chosen])
 
 
-def _checked_bundle_file(folder: Path, name: str, entry) -> Path:
+def checked_bundle_file(folder: Path, name: str, entry) -> Path:
     """The bundle's file ``name``: a plain name inside the bundle (no path, no link out of it) whose bytes have
     the SHA-256 model.json lists (a swapped or damaged file is refused)."""
     from gap_deploy.runtime.files import safe_name, sha256_file
