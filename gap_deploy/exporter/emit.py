@@ -24,50 +24,58 @@ def _shape(shape) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
-def commands(decision: Decision, artifact: Path) -> dict[str, str]:
-    """The command lines that deploy the chosen point."""
+#: each deployment command: the program it runs and what its .sh file says it does
+PROGRAMS = {"gap-run": ("gap-run", "classify images with the chosen point: sh gap-run.sh IMAGES...  (files or folders; "
+                                   "from any folder)"),
+            "gap-build": ("gap-build", "a TensorRT engine with its profile's opt at the chosen size (needs TensorRT "
+                                       "and a GPU)"),
+            # OpenVINO's app-ready model (gap-pack --app, from this ONNX; the README gives the MediaPipe and Core ML
+            # lines, which convert from the PyTorch checkpoint)
+            "gap-pack-app": ("gap-pack", "OpenVINO's app-ready model at the chosen size (pixels in, probabilities "
+                                         "out)")}
+
+
+def _options(decision: Decision, artifact: Path) -> dict[str, tuple[list[str], str | None]]:
+    """name -> (the options after the model argument, the file it writes, or None): the one description of each
+    command, which the README's lines and the folder's scripts both spell out."""
     point = decision.chosen
     b, c, h, w = point.shape
-    run = ["gap-run", str(artifact), "IMAGES/", "--backend", point.backend]
-    if point.size != "native":
-        run += ["--imgsz", f"{h}x{w}"]
-    lines = {"gap-run": shlex.join(run)}
+    run = ["--backend", point.backend] + (["--imgsz", f"{h}x{w}"] if point.size != "native" else [])
+    found: dict[str, tuple[list[str], str | None]] = {"gap-run": (run, None)}
     if artifact.suffix == ".onnx":
-        lines["gap-build"] = shlex.join(["gap-build", str(artifact), "--min", _shape((1, c, h, w)),
-                                         "--opt", _shape((b, c, h, w)), "--max", _shape((max(b, 8), c, h, w)),
-                                         "-o", f"{artifact.stem}.{h}x{w}.plan"])
-        # OpenVINO's app-ready model at the chosen size (gap-pack --app, from this ONNX; the README gives the
-        # MediaPipe and Core ML lines, which convert from the PyTorch checkpoint)
-        lines["gap-pack-app"] = shlex.join(["gap-pack", str(artifact), "--target", "openvino", "--app", "--fixed",
-                                            _shape((1, c, h, w)), "-o", f"{artifact.stem}.{h}x{w}.openvino"])
+        found["gap-build"] = (["--min", _shape((1, c, h, w)), "--opt", _shape((b, c, h, w)), "--max",
+                               _shape((max(b, 8), c, h, w))], f"{artifact.stem}.{h}x{w}.plan")
+        found["gap-pack-app"] = (["--target", "openvino", "--app", "--fixed", _shape((1, c, h, w))],
+                                 f"{artifact.stem}.{h}x{w}.openvino")
+    return found
+
+
+def commands(decision: Decision, artifact: Path) -> dict[str, str]:
+    """The command lines that deploy the chosen point, as the README shows them (IMAGES/ for the images)."""
+    lines = {}
+    for name, (options, output) in _options(decision, artifact).items():
+        words = [PROGRAMS[name][0], str(artifact)] + (["IMAGES/"] if output is None else []) + options
+        lines[name] = shlex.join(words + (["-o", output] if output else []))
     return lines
 
 
 def shell_scripts(decision: Decision, artifact: Path, static: str | None) -> dict[str, str]:
     """The .sh files of the emitted folder: each runs from any working folder (paths inside the folder are taken
     from the script's own location, the artifact by its absolute path, the images as the arguments)."""
-    point = decision.chosen
-    b, c, h, w = point.shape
     source = shlex.quote(str(artifact.resolve()))
     here = 'here="$(cd "$(dirname "$0")" && pwd)"'
-    model = f'"$here"/{shlex.quote(static)}' if static else source
-    run = f'gap-run {model} "$@" --backend {shlex.quote(point.backend)}'
-    if point.size != "native":
-        run += f" --imgsz {h}x{w}"
-    scripts = {"gap-run": "\n".join([
-        "# classify images with the chosen point: sh gap-run.sh IMAGES...  (files or folders; from any folder)",
-        '[ $# -gt 0 ] || { echo "usage: sh $0 IMAGES...  (image files, or folders of them)" >&2; exit 2; }',
-        here, run])}
-    if artifact.suffix == ".onnx":
-        scripts["gap-build"] = "\n".join([
-            "# a TensorRT engine with its profile's opt at the chosen size (needs TensorRT and a GPU)", here,
-            f"gap-build {source} --min {_shape((1, c, h, w))} --opt {_shape((b, c, h, w))} "
-            f'--max {_shape((max(b, 8), c, h, w))} -o "$here"/{shlex.quote(f"{artifact.stem}.{h}x{w}.plan")}'])
-        scripts["gap-pack-app"] = "\n".join([
-            "# OpenVINO's app-ready model at the chosen size (pixels in, probabilities out)", here,
-            f"gap-pack {source} --target openvino --app --fixed {_shape((1, c, h, w))} "
-            f'-o "$here"/{shlex.quote(f"{artifact.stem}.{h}x{w}.openvino")}'])
-    return {name: f"#!/bin/sh\n{body}\n" for name, body in scripts.items()}
+    scripts = {}
+    for name, (options, output) in _options(decision, artifact).items():
+        program, what = PROGRAMS[name]
+        if output is None:  # gap-run: the folder's static model when there is one, the images as arguments
+            model = f'"$here"/{shlex.quote(static)}' if static else source
+            body = [f"# {what}",
+                    '[ $# -gt 0 ] || { echo "usage: sh $0 IMAGES...  (image files, or folders of them)" >&2; exit 2; }',
+                    here, f'{program} {model} "$@" {shlex.join(options)}']
+        else:
+            body = [f"# {what}", here, f'{program} {source} {shlex.join(options)} -o "$here"/{shlex.quote(output)}']
+        scripts[name] = "#!/bin/sh\n" + "\n".join(body) + "\n"
+    return scripts
 
 
 def readme(result: TuneResult, decision: Decision, artifact: Path, files: list[str], lines: dict[str, str]) -> str:

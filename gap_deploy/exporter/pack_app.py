@@ -31,6 +31,9 @@ from typing import Any, cast
 
 import numpy as np
 
+# PROB_ATOL: how far an app model's probabilities may be from the FP32 ONNX's on the same 8-bit pixels, the one
+# table runtime.app_check judges the same models with on image files
+from gap_deploy.runtime.app_check import PROB_ATOL
 from gap_deploy.runtime.artifact import ArtifactSpec
 from gap_deploy.runtime.errors import ExportError, UsageError, first_line
 from gap_deploy.runtime.preprocess import Preprocess
@@ -38,9 +41,6 @@ from gap_deploy.runtime.shapes import Shape, format_shape
 
 APP_TARGETS = ("ort", "litert", "openvino", "coreml")
 STEM = "model_app"
-#: the most a probability of an app model may differ from the FP32 ONNX's on the same 8-bit pixels (FP32
-#: arithmetic; the normalization is folded into one multiply-add, so only the last bits differ)
-PROB_ATOL = {"fp32": 1e-4, "fp16": 5e-3}
 #: images of other sizes through a resize inside the model (OpenVINO's Pillow-mode resize, in float): the
 #: contract's own resize is the same filter, but an 8-bit (Pillow) contract rounds where OpenVINO does not
 RESIZED_PROB_ATOL = 1e-3
@@ -510,7 +510,7 @@ def inspect_coreml_app(package: Path) -> dict:
     classes = [v.immediateValue.tensor.strings.values[0] for op in ops if op.type == "classify"
                for v in _const_list(op, consts, ops)]
     a, b = _affine_on(description.input[0].name, ops, consts)
-    inspected = inspect_coreml(package)
+    inspected = inspect_coreml(package, model)
     # the saved program rebuilt as coremltools' MIL, each op's type inference run again (what can be run of it here)
     from coremltools.converters.mil.frontend.milproto.load import load as load_mil
 
@@ -596,9 +596,10 @@ def check_images(app: AppPlan, count: int = 6, size: tuple[int, int] | None = No
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted.astype(np.float64))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    """runtime.images.softmax in float64 (the reference's probabilities), as float32."""
+    from gap_deploy.runtime.images import softmax as probabilities
+
+    return probabilities(np.asarray(logits, np.float64)).astype(np.float32)
 
 
 def verify(app: AppPlan, infer, onnx_model, precision: str, *, what: str) -> dict:
@@ -622,7 +623,9 @@ def verify(app: AppPlan, infer, onnx_model, precision: str, *, what: str) -> dic
     if app.resize_by == "openvino":
         for i, (h, w) in enumerate(RESIZE_CHECK_SIDES):
             pixels = check_images(app, i + 1, (h, w))[-1]
-            tensor = app.contract.finish(_decoded(app.contract, pixels))
+            from PIL import Image
+
+            tensor = app.contract.from_image(Image.fromarray(pixels))  # the contract's own resize
             row(f"{h}x{w} resized inside", pixels, tensor, max(atol, RESIZED_PROB_ATOL))
     failed = [r for r in rows if not r["passed"]]
     table = "\n".join(f"{r['image']:>22}  max |p - p_ref| {r['max_abs_diff']:.2e} (<= {r['atol']:.0e})  top-1 "
@@ -631,16 +634,6 @@ def verify(app: AppPlan, infer, onnx_model, precision: str, *, what: str) -> dic
         raise ExportError(f"the app-ready {what} model does not match the ONNX on the contract's tensors; no bundle "
                           "was written.", note=table)
     return {"runtime": what, "rows": rows, "passed": True, "table": table}
-
-
-def _decoded(contract: Preprocess, pixels: np.ndarray):
-    from PIL import Image
-
-    from gap_deploy.runtime.images import as_float
-    from gap_deploy.runtime.preprocess import Decoded
-
-    image = Image.fromarray(pixels)
-    return Decoded(image if contract.space == "uint8" else as_float(image), image.size)
 
 
 # --- the bundle ---------------------------------------------------------------------------------------------------

@@ -254,15 +254,17 @@ def convert_coreml(module, out: Path, spec: ArtifactSpec, precision: str, log, *
     return ["model.mlpackage"], {"coremltools": ct.__version__}
 
 
-def inspect_coreml(package: Path) -> dict:
+def inspect_coreml(package: Path, model=None) -> dict:
     """What can be checked of a saved Core ML program without Apple's runtime: it reloads, its input and output
-    (names, shape ranges), the ops it uses, and the element type every op produces."""
+    (names, shape ranges), the ops it uses, and the element type every op produces. ``model``: the package
+    already reloaded (coremltools' MLModel), so that it is read once."""
     from coremltools.proto import MIL_pb2
 
     with captured_output():
         import coremltools as ct
 
-        model = ct.models.MLModel(str(package), skip_model_load=True)
+        if model is None:
+            model = ct.models.MLModel(str(package), skip_model_load=True)
     spec = model.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
         raise ExportError(f"{package.name} is not an ML program ({spec.WhichOneof('Type')}).")

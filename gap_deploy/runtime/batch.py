@@ -27,7 +27,7 @@ import numpy as np
 from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.backends.table import facts
 from gap_deploy.runtime.errors import GapError, InputError, OutputPathError, UsageError, first_line
-from gap_deploy.runtime.images import glob_images, images_in, is_glob, no_images_message
+from gap_deploy.runtime.images import image_paths, no_images_message
 
 RAY_FLOOR = "2.40"
 
@@ -99,14 +99,9 @@ def expand_sources(sources: Sequence[str], *, recursive: bool = False) -> tuple[
     for source in sources:
         if "://" in source:
             paths.append(source)
-        elif os.path.isdir(source):
-            for entry in images_in(Path(source), recursive=recursive):
-                local_file(str(entry))
-        elif is_glob(source) and not os.path.exists(source):
-            for match in glob_images(source):  # the same rule as gap-run without --ray (runtime.images)
-                local_file(str(match))
-        else:
-            local_file(source)
+        else:  # folders, globs and files by the listing gap-run uses without --ray (runtime.images)
+            for path in image_paths([source], recursive=recursive):
+                local_file(path)
     if not paths and not errors:
         raise InputError(no_images_message(sources, recursive=recursive))  # exit 1, as gap-run without --ray
     return paths, errors

@@ -55,16 +55,11 @@ def glob_images(pattern: str) -> list[Path]:
     return [Path(m) for m in sorted(first.values())]
 
 
-def images_in(folder: Path, *, recursive: bool = False) -> list[Path]:
-    """The image files of ``folder`` (by suffix), sorted; with ``recursive``, its sub-folders' too (links to
-    folders are not followed, so a loop cannot hang the walk). An entry with an image's name that is no regular
-    file (a FIFO, a dangling link) is listed, so that its reader reports it instead of it vanishing."""
-    return [Path(p) for p in _images_in(str(folder), recursive)]
-
-
 def _images_in(folder: str, recursive: bool) -> list[str]:
-    """The folder's image paths, sorted, then each sub-folder's (sorted) when ``recursive``: one list of strings
-    is built and sorted in place (a folder of 100,000 images costs about 9 MB here)."""
+    """The folder's image paths (by suffix), sorted, then each sub-folder's (sorted) when ``recursive``: one list
+    of strings is built and sorted in place (a folder of 100,000 images costs about 9 MB here). Links to folders
+    are not followed, so a loop cannot hang the walk; an entry with an image's name that is no regular file (a
+    FIFO, a dangling link) is listed, so that its reader reports it instead of it vanishing."""
     files: list[str] = []
     folders: list[str] = []
     try:

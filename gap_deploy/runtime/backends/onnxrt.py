@@ -237,11 +237,9 @@ class OrtRunner(Runner):
                 self._session: Any = ort.InferenceSession(str(path), options, providers=providers,
                                                      disabled_optimizers=list(DISABLED_OPTIMIZERS))
             except Exception as exc:
-                from gap_deploy.runtime.onnx_file import torch_checkpoint
+                from gap_deploy.runtime.onnx_file import not_onnx, torch_checkpoint
 
                 if torch_checkpoint(Path(path)):  # an edge install (no onnx package) gets here
-                    from gap_deploy.runtime.onnx_file import not_onnx
-
                     raise not_onnx(Path(path), first_line(exc)) from None
                 raise ArtifactError(f"cannot read ONNX model {path}: {first_line(exc)}",
                                     hint="re-export the model with gap-export.") from None
