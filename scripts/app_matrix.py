@@ -91,11 +91,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
+    from gap_deploy.runtime.cli.common import write_json
+    from gap_deploy.runtime.files import check_output_path
+
+    if args.json:
+        check_output_path(args.json)  # before minutes of work, not after
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(tmp))
     print(markdown(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0 if all(cell.get("ok") for row in result["rows"].values() for cell in row.values()) else 1
 
 

@@ -356,6 +356,10 @@ def test_the_app_scripts_check_and_time_a_bundle(app_bundles, images, tmp_path, 
     checked = json.loads(report.read_text())
     assert checked["passed"] and checked["same_size"]["images"] == len(images)
     assert script("app_check").main([str(bundle), str(tmp_path / "nothing_here")]) == 2
+    before = (bundle / "model.json").read_bytes()
+    for inside in (bundle / "model.json", bundle / "report.json", images[0]):  # never over an input
+        assert script("app_check").main([str(bundle), str(images[0]), "--json", str(inside)]) == 2
+    assert (bundle / "model.json").read_bytes() == before and not (bundle / "report.json").exists()
     assert script("bench_app").main([str(bundle), "--rounds", "1", "--seconds", "0.05"]) == 0
     out = capsys.readouterr().out
     assert ".ort: app model" in out and "ratio" in out
