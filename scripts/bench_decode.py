@@ -154,7 +154,7 @@ def main(argv=None) -> int:
         folders = [str(p) for p in sorted(photos.iterdir())]
         for decode in ("exact", "fast"):
             run = whole_process([str(BIN / "gap-run"), str(args.model), *folders, "--imgsz", size, "--decode",
-                                 decode, "--json"])
+                                 decode, "--format", "json"])
             photo[f"gap_run_{decode}_ips"] = ips(run, count)
         photo["gap_run_speedup"] = photo["gap_run_fast_ips"] / photo["gap_run_exact_ips"]
         report["photos"] = photo
@@ -167,9 +167,9 @@ def main(argv=None) -> int:
         small = make_small(root, args.small)
         files = sorted(small.iterdir())
         bound = cpu_bound(args.model, files[:500])
-        run = whole_process([str(BIN / "gap-run"), str(args.model), str(small), "--imgsz", "224", "--json"])
+        run = whole_process([str(BIN / "gap-run"), str(args.model), str(small), "--imgsz", "224", "--format", "json"])
         fewer = make_small(root, 500)
-        run_500 = whole_process([str(BIN / "gap-run"), str(args.model), str(fewer), "--imgsz", "224", "--json"])
+        run_500 = whole_process([str(BIN / "gap-run"), str(args.model), str(fewer), "--imgsz", "224", "--format", "json"])
         pools = decode_pools(args.model, files[:1000])
         small_report = {"images": len(files), "gap_run_ips": ips(run, len(files)), **bound,
                         "fraction_of_bound": ips(run, len(files)) / bound["bound_ips"],

@@ -49,21 +49,21 @@ def main() -> None:
              sys.executable, "scripts/train_demo.py", "--out", DEMO)
     step("Export with dynamic batch/height/width, verified against PyTorch",
          "gap-export", ckpt, "--dynamic", "--imgsz", "64", "--class-names", DEMO / "classes.txt",
-         "-o", onnx_path, "--report", DEMO / "export.json")
+         "-o", onnx_path, "--json", DEMO / "export.json")
     step("Classify images of different sizes, without PyTorch", "gap-run", onnx_path, DEMO / "samples", "--topk", "2")
     step("Benchmark ONNX Runtime against PyTorch eager on the same inputs",
          "gap-bench", onnx_path, "--shape", "1x3x64x64", "--shape", "1x3x224x224", "--torch", ckpt,
          "--duration", "1.5", "--json", DEMO / "bench.json")
     step("FP16 variant, verified against the FP32 ONNX", "gap-export", ckpt, "--dynamic", "--imgsz", "64",
          "--class-names", DEMO / "classes.txt", "-o", onnx_path, "--precision", "fp16",
-         "--report", DEMO / "export_fp16.json")
+         "--json", DEMO / "export_fp16.json")
     step("INT8 (QDQ) variant, calibrated on 128 images, top-1 agreement checked",
          "gap-export", ckpt, "--dynamic", "--imgsz", "64", "--class-names", DEMO / "classes.txt", "-o", onnx_path,
-         "--precision", "int8", "--calib", DEMO / "calib", "--min-top1", "0.9", "--report", DEMO / "export_int8.json")
+         "--precision", "int8", "--calib", DEMO / "calib", "--min-top1", "0.9", "--json", DEMO / "export_int8.json")
     step("INT8 for the CPU (UINT8 activations, Relu folded, float layers chosen by measurement), timed against FP32",
          "gap-export", ckpt, "--dynamic", "--imgsz", "64", "--class-names", DEMO / "classes.txt", "-o", onnx_path,
          "--precision", "int8", "--int8-layout", "cpu", "--calib", DEMO / "calib", "--min-top1", "0.9",
-         "--report", DEMO / "export_int8_cpu.json")
+         "--json", DEMO / "export_int8_cpu.json")
     if not (DEMO / "heldout").is_dir():
         step("Held-out labelled images (one folder per class, drawn at 64 px, never seen in training)",
              sys.executable, "scripts/demo_data.py", DEMO / "heldout")
@@ -87,7 +87,7 @@ def main() -> None:
     step("Which size and precision to deploy: the fastest point at >= 75% top-1 (gap-tune)",
          "gap-tune", f"fp32={onnx_path}", f"fp16={DEMO / 'gapcnn.fp16.onnx'}", f"int8={DEMO / 'gapcnn.int8.onnx'}",
          f"int8-cpu={DEMO / 'gapcnn.int8-cpu.onnx'}",
-         "--data", DEMO / "heldout", "--sizes", ",".join(map(str, TUNE_SIZES)), "--min-top1", "0.75",
+         "--data", DEMO / "heldout", "--imgsz", ",".join(map(str, TUNE_SIZES)), "--min-top1", "0.75",
          "--json", DEMO / "tune.json", "--plot", DEMO / "tune.png", "--emit", DEMO / "deploy")
     summary(time.perf_counter() - started)
 

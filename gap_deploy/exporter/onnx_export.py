@@ -196,7 +196,7 @@ def export_model(
     module, channels = loaded.module.eval(), loaded.in_channels
     if dynamic:
         check_dynamic_head(module)
-    check_memory((2 if dynamic else batch, channels, *imgsz), "the export size (--batch x C x --imgsz)")
+    check_memory((2 if dynamic else batch, channels, *imgsz), "the export size (--batch-size x C x --imgsz)")
     height, width = imgsz
     # the search reaches the export size at least: a model that runs only from 600 up, exported at 600, is found
     min_side = find_min_size(module, channels, max(MIN_SIZE_SEARCH_LIMIT, min(height, width)))
@@ -418,7 +418,7 @@ def export_verified(loaded: LoadedModel | nn.Module, options: ExportOptions = Ex
             f"the exported model differs from PyTorch at {len(report.failures())} of {len(report.rows)} "
             f"shapes (worst: {format_shape(worst.shape)}, max abs err {worst.max_abs_err:.3g}, "
             f"rel err {worst.rel_err:.3g}); {destination} was not written.",
-            report=report, hint="rerun with --report FILE.json for the figures; --atol/--rtol change the tolerance.\n"
+            report=report, hint="rerun with --json FILE.json for the figures; --atol/--rtol change the tolerance.\n"
                                 f"find the first layer that departs: {debug_command(loaded, worst.shape, imgsz=imgsz)}")
     return exported, report
 

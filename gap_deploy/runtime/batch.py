@@ -53,6 +53,8 @@ class BatchJob:
     decode: str = "exact"
     #: folders' sub-folders too (gap-run -r)
     recursive: bool = False
+    #: CPU threads for each actor's model; None: one per CPU the actor asks for (--cpus-per-worker, rounded up)
+    threads: int | None = None
 
 
 @dataclass
@@ -272,7 +274,8 @@ def run_batch(job: BatchJob) -> BatchResult:
         for ds in sources:
             parts.append(ds.map_batches(
                 Classifier, fn_constructor_args=(str(job.artifact), job.backend, job.imgsz, job.topk, job.logits,
-                                                 job.trust_engine, max(1, math.ceil(job.cpus_per_worker)),
+                                                 job.trust_engine,
+                                                 job.threads or max(1, math.ceil(job.cpus_per_worker)),
                                                  job.decode),
                 batch_size=batch_size, batch_format="numpy", compute=data.ActorPoolStrategy(size=workers),
                 num_cpus=job.cpus_per_worker, num_gpus=gpu))

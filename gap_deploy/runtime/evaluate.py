@@ -132,13 +132,14 @@ def check_sizes_fit(sessions, sizes) -> None:
 def evaluate(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, sizes: Sequence[Size] = (None,),
              *, backend: str | None = None, batch_size: int = 32,
              progress: Callable[[int], None] | None = None, window: int | None = None, stats=None,
-             decodes: Sequence[str] = ("exact",)) -> EvalResult:
+             decodes: Sequence[str] = ("exact",), threads: int | None = None) -> EvalResult:
     """Top-1/top-5 of each artifact at each size on ``folder``, per class, and top-1 agreement between them.
 
     The images stream (runtime.stream): decoded on worker threads while batches run, at most ``window``
     held at once, each decoded once per size for all artifacts that share a preprocessing and input spec.
     Only each image's top-5 classes are kept, so memory does not grow with the number of images.
-    ``stats`` (a StreamStats) adds up where the time went.
+    ``stats`` (a StreamStats) adds up where the time went. ``threads``: CPU threads for each model (default:
+    the cores the decoding threads leave, runtime.stream.inference_threads).
     """
     from gap_deploy.runtime.errors import InputTypeError
     from gap_deploy.runtime.preprocess import DECODES
@@ -154,7 +155,7 @@ def evaluate(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLi
     stats = stats if stats is not None else StreamStats()
     sessions: dict = {}
     try:
-        first = _open_one_model(artifacts, backend, sizes, sessions)
+        first = _open_one_model(artifacts, backend, sizes, sessions, threads)
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         labels_all = np.asarray(data.labels)
         # one run per artifact and decoder: "name", or "name (exact)" and "name (fast)" side by side
@@ -181,7 +182,7 @@ def evaluate(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLi
 
 
 def _open_one_model(artifacts: Mapping[str, str | os.PathLike], backend: str | None, sizes: Sequence[Size],
-                    sessions: dict):
+                    sessions: dict, threads: int | None = None):
     """Each artifact's session into ``sessions`` (the caller closes them); they must classify the same classes,
     and one image at every size must fit each of them. Returns the first one's metadata."""
     from gap_deploy import runtime
@@ -189,7 +190,7 @@ def _open_one_model(artifacts: Mapping[str, str | os.PathLike], backend: str | N
     from gap_deploy.runtime.stream import inference_threads
 
     for name, path in artifacts.items():
-        sessions[name] = runtime.load(path, backend, threads=inference_threads())
+        sessions[name] = runtime.load(path, backend, threads=threads or inference_threads())
     metas = {name: s.metadata for name, s in sessions.items()}
     first = next(iter(metas.values()))
     for name, meta in metas.items():

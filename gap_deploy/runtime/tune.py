@@ -310,14 +310,16 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
          sizes: Sequence[tuple[int, int]] | None = None, native: bool = True, backends: Sequence[str] | None = None,
          batch: int = 1, max_per_class: int | None = None, settings=None,
          progress: Callable[[str], None] | None = None,
-         on_plan: Callable[[int, float], None] | None = None, hold_bytes: int | None = None) -> TuneResult:
+         on_plan: Callable[[int, float], None] | None = None, hold_bytes: int | None = None,
+         threads: int | None = None) -> TuneResult:
     """Measure every artifact x backend x size (see the module doc); Ctrl-C returns what was measured.
 
     Each image is decoded once and held for all sizes while the decoded images fit in ``hold_bytes``
     (default: a quarter of the memory limit of runtime.limits); beyond that the sweep streams instead,
     decoding each image once per size (shared by the artifacts), in bounded memory (runtime.stream), and
     ``result.streamed`` says so. ``on_plan(points, seconds)`` is called once before the sweep with the
-    number of points and an estimate of its length; ``progress(label)`` after each point.
+    number of points and an estimate of its length; ``progress(label)`` after each point. ``threads``: CPU
+    threads for each model (default: the runtime's own, as gap-bench measures).
     """
     from gap_deploy.runtime.bench import BenchSettings
     from gap_deploy.runtime.errors import InputTypeError
@@ -337,7 +339,7 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
     sessions: dict[tuple[str, str], Session] = {}
     result: TuneResult | None = None
     try:
-        open_sessions(artifacts, backends, sessions)
+        open_sessions(artifacts, backends, sessions, threads)
         first = one_model(sessions)
         chosen_sizes = list(sizes) if sizes else default_sizes(first)
         check_sizes_fit(sessions, chosen_sizes)
@@ -372,7 +374,7 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
 
 
 def open_sessions(artifacts: Mapping[str, str | os.PathLike], backends: Sequence[str] | None,
-                  sessions: dict[tuple[str, str], Session]) -> None:
+                  sessions: dict[tuple[str, str], Session], threads: int | None = None) -> None:
     """One session per artifact x backend, into ``sessions`` as they open (the caller closes them): the backends
     asked for that run the artifact's kind, or by default every quick ONNX backend that works here."""
     from gap_deploy import runtime
@@ -390,7 +392,7 @@ def open_sessions(artifacts: Mapping[str, str | os.PathLike], backends: Sequence
         if not usable:
             raise UsageError(f"no backend given runs artifact '{name}' ({path}); asked for {', '.join(wanted)}.")
         for backend in usable:
-            sessions[(name, backend)] = runtime.load(path, backend)
+            sessions[(name, backend)] = runtime.load(path, backend, threads=threads)
 
 
 def one_model(sessions: dict[tuple[str, str], Session]):

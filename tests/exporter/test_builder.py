@@ -455,3 +455,37 @@ def test_gap_build_signs_the_plan_and_its_manifest_in_the_same_publication(tmp_p
     with pytest.raises(BuildError):
         build_engine(reference_onnx, tmp_path / "n.plan", trt=fake.module, cuda=cuda)
     assert not list(tmp_path.glob("n.plan*"))
+
+
+def test_gap_build_calibrates_at_the_export_size_and_writes_json(tmp_path, reference_onnx, monkeypatch):
+    """gap-build's calibration size defaults to the export size in the model's metadata (64 here), not 224;
+    --calib-imgsz overrides it (and its old name --calib-size still does, with a note); --json writes what was
+    built. The GPU parts are the strict doubles; the FP16 conversion stops at a fake to read its options."""
+    from gap_deploy.exporter import builder, precision
+    from gap_deploy.exporter.cli.build import main
+
+    seen = []
+
+    def fake_convert(model, variant, shapes):
+        seen.append(variant.calib_size)
+        raise BuildError("stop here")
+
+    monkeypatch.setattr(precision, "convert_verified", fake_convert)  # imported by the builder when it converts
+    real_device = builder.build_device
+    monkeypatch.setattr(builder, "import_builder", lambda: FakeBuild().module)
+    monkeypatch.setattr(builder, "build_device", lambda cuda=None: real_device(Cuda(FakeDevice().rt)))
+    for extra, size in [([], (64, 64)), (["--calib-imgsz", "48x40"], (48, 40)), (["--calib-size", "32"], (32, 32))]:
+        result = CliRunner().invoke(main, [str(reference_onnx), "--precision", "fp16", "-o", str(tmp_path / "m.plan"),
+                                           *extra])
+        assert_clean_failure(result, "stop here")
+        assert seen[-1] == size
+        assert ("--calib-size is now --calib-imgsz" in result.stderr) == ("--calib-size" in extra)
+
+    result = CliRunner().invoke(main, [str(reference_onnx), "-o", str(tmp_path / "m.plan"), "--no-verify",
+                                       "--json", str(tmp_path / "build.json")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "build.json").read_text())
+    manifest = EngineManifest.read(tmp_path / "m.plan")
+    assert data["engine"] == str(tmp_path / "m.plan") and data["model"] == str(reference_onnx)
+    assert (data["manifest"]["plan_sha256"], data["manifest"]["precision"]) == (manifest.plan_sha256,
+                                                                                manifest.precision)

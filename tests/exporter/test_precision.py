@@ -392,7 +392,7 @@ def test_gap_export_reports_int8_latency_and_warns_when_slower(tmp_path, referen
     np.save(tmp_path / "calib.npy", calibration)
     result = CliRunner().invoke(main, [str(reference_ckpt), "--dynamic", "--imgsz", "32", "-o",
                                        str(tmp_path / "m.onnx"), "--precision", "int8", "--calib",
-                                       str(tmp_path / "calib.npy"), "--report", str(tmp_path / "r.json")])
+                                       str(tmp_path / "calib.npy"), "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert f"({speedup:.2f}x)" in result.output
     advice = "slower than FP32 on ort-cpu; for a CPU deployment export with --int8-layout cpu"

@@ -23,7 +23,7 @@ def flagged(tmp_path_factory, reference_ckpt):
     root = tmp_path_factory.mktemp("flags")
     out = root / "m.onnx"
     result = CliRunner().invoke(main, [str(reference_ckpt), "--dynamic", "--imgsz", "32", *FLAGS, "-o", str(out),
-                                       "--report", str(root / "r.json")])
+                                       "--json", str(root / "r.json")])
     assert result.exit_code == 0, result.output
     assert "Preprocessing contract (not checked: no transform given" in result.output
     return out, json.loads((root / "r.json").read_text())
@@ -53,7 +53,7 @@ def test_gap_run_makes_the_tensors_the_flags_describe(flagged, tmp_path):
     for i, (w, h) in enumerate([(61, 45), (45, 61), (40, 40), (130, 33), (33, 130)]):
         files.append(tmp_path / f"{i}.{'jpg' if i % 2 else 'png'}")
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(files[-1])
-    result = CliRunner().invoke(main, [str(onnx_path), *map(str, files), "--json", "-k", "10"])
+    result = CliRunner().invoke(main, [str(onnx_path), *map(str, files), "--format", "json", "-k", "10"])
     assert result.exit_code == 0, result.output
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     for item in json.loads(result.stdout)["results"]:

@@ -187,7 +187,7 @@ def export_with(work: Path, name: str):
     if name not in _EXPORTS:
         onnx = work / f"{name}.onnx"
         result = tv(TV / "gap-export", "gapcnn.pt", "--dynamic", "--preprocess", f"user_transforms.py:{name}",
-                    "--class-names", "names.txt", "-o", onnx, "--report", f"{name}.json", cwd=work)
+                    "--class-names", "names.txt", "-o", onnx, "--json", f"{name}.json", cwd=work)
         assert "Checked against user_transforms.py:" in result.stdout
         _EXPORTS[name] = (name, onnx, expected_probs(work, name, onnx, photos(work)),
                           json.loads((work / f"{name}.json").read_text()))
@@ -232,7 +232,7 @@ def test_gap_run_gives_the_user_s_probabilities_from_image_files(work, exported)
     from gap_deploy.runtime.cli.run import main
 
     name, onnx, expected, _ = exported
-    result = CliRunner().invoke(main, [str(onnx), *class_folders(work), "--json", "-k", "10"])
+    result = CliRunner().invoke(main, [str(onnx), *class_folders(work), "--format", "json", "-k", "10"])
     assert result.exit_code == 0, result.output
     got = {item["file"]: by_class(item["top"]) for item in json.loads(result.stdout)["results"]}
     assert sorted(got) == sorted(expected) and len(got) == 100
@@ -284,8 +284,8 @@ def test_a_real_tritonserver_gives_the_user_s_probabilities(work, name, tmp_path
     paths = (str(ROOT), *site.getsitepackages())
     write_repository([onnx], tmp_path / "repo", ServeOptions(backend="python", python_paths=paths, max_batch=8))
     with tritonserver(tmp_path / "repo", tmp_path) as (url, _):
-        result = CliRunner().invoke(main, ["--server", url, "--model", onnx.stem, *class_folders(work), "--json",
-                                           "-k", "10"])
+        result = CliRunner().invoke(main, ["--server", url, "--model", onnx.stem, *class_folders(work),
+                                           "--format", "json", "-k", "10"])
     assert result.exit_code == 0, result.output
     got = {item["file"]: by_class(item["top"]) for item in json.loads(result.stdout)["results"]}
     assert len(got) == 100
@@ -306,7 +306,7 @@ def test_timm_s_own_eval_transform_from_its_pretrained_cfg(work):
     assert "largest tensor difference 0/255" in result.stdout
     files = photos(work)[:30]
     expected = expected_probs(work, "timm", work / "timm.onnx", files)
-    run = CliRunner().invoke(main, [str(work / "timm.onnx"), *map(str, files), "--json", "-k", "10"])
+    run = CliRunner().invoke(main, [str(work / "timm.onnx"), *map(str, files), "--format", "json", "-k", "10"])
     assert run.exit_code == 0, run.output
     for item in json.loads(run.stdout)["results"]:
         np.testing.assert_allclose(by_class(item["top"]), expected[item["file"]], atol=1e-4, rtol=0)
@@ -384,7 +384,7 @@ def test_a_phone_photo_is_classified_as_shown_unless_the_contract_ignores_exif(w
     as_stored = expected_probs(work, name, onnx, files)
 
     def gap_run(model):
-        result = CliRunner().invoke(main, [str(model), *map(str, files), "--json", "-k", "10"])
+        result = CliRunner().invoke(main, [str(model), *map(str, files), "--format", "json", "-k", "10"])
         assert result.exit_code == 0, result.output
         return {item["file"]: by_class(item["top"]) for item in json.loads(result.stdout)["results"]}
     got = gap_run(onnx)

@@ -230,7 +230,7 @@ def test_gap_run_classifies_with_a_static_batch_model(tmp_path, batch4_onnx):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
             tmp_path / f"{i}.png")
     Image.fromarray(np.zeros((40, 32, 3), np.uint8)).save(tmp_path / "wrong_size.png")
-    result = CliRunner().invoke(main, [str(batch4_onnx), str(tmp_path), "--json"])
+    result = CliRunner().invoke(main, [str(batch4_onnx), str(tmp_path), "--format", "json"])
     assert result.exit_code == 1  # one file has the wrong size for this static model
     report = json.loads(result.stdout)
     assert len(report["results"]) == 5

@@ -25,6 +25,7 @@ from gap_deploy.runtime.cli.common import (
     gap_command,
     image_size,
     info,
+    old_name,
     report_errors,
     shape_option,
     sign_key_option,
@@ -105,12 +106,13 @@ preprocess_options = grouped("preprocess_args", [
               help="ONNX file to write. Default: MODEL with .onnx (.fp16.onnx / .int8.onnx for variants).")
 @click.option("--dynamic", is_flag=True,
               help="Symbolic batch, height and width (any size >= the model's minimum). "
-                   "Without it the model is static at --batch x C x --imgsz.")
+                   "Without it the model is static at --batch-size x C x --imgsz.")
 @click.option("--imgsz", metavar="N|HxW",
               help="Example (static: the only) input size. Default: the size the preprocessing makes (the "
                    "transform's CenterCrop), else 224.")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--batch-size", "batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Batch size of a static export.")
+@old_name("--batch", "--batch-size", "batch", type=click.IntRange(min=1))
 @checkpoint_options("CHECKPOINT")
 @click.option("--class-names", type=click.Path(path_type=Path, dir_okay=False),
               help="Text file with one class name per line (or a JSON list), stored in the ONNX metadata.")
@@ -133,8 +135,9 @@ preprocess_options = grouped("preprocess_args", [
 @click.option("--atol", type=FiniteFloat(), default=FP32.atol, show_default=True, help="Max absolute error allowed.")
 @click.option("--rtol", type=FiniteFloat(), default=FP32.rtol, show_default=True,
               help="Max relative error ||onnx - torch|| / ||torch|| allowed.")
-@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--json", "report", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Write the export summary and the parity report as JSON.")
+@old_name("--report", "--json", "report", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="Also write an FP16 (MODEL.fp16.onnx) or INT8 QDQ (MODEL.int8.onnx; MODEL.int8-cpu.onnx with "
                    "--int8-layout cpu) variant, verified against "
@@ -180,7 +183,7 @@ def main(model, output, dynamic, imgsz, batch, arch, num_classes, trust_checkpoi
     check_output_path(out_path)
     if report:
         check_output_path(report)
-    outputs = {"-o/--output": out_path, "--report": report}
+    outputs = {"-o/--output": out_path, "--json": report}
     if variant is not None:
         outputs[f"the {precision} model"] = variant_path(out_path, precision, int8_layout)
     if engine:

@@ -12,8 +12,10 @@ from gap_deploy.runtime.cli.common import (
     fail,
     gap_command,
     info,
+    old_name,
     report_errors,
     sign_key_option,
+    threads_option,
     write_json,
 )
 
@@ -22,15 +24,18 @@ from gap_deploy.runtime.cli.common import (
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--data", "folder", required=True, type=click.Path(path_type=Path),
               help="Labelled images: one sub-folder per class, named like the model's classes.")
-@click.option("--sizes", "sizes", multiple=True, metavar="SPEC",
+@click.option("--imgsz", "sizes", multiple=True, metavar="SPEC",
               help="Input sizes: START:STOP:STEP (e.g. 32:256:16), a list (32,48,64) or HxW; repeatable. "
                    "Default: half to twice the export size in quarter steps, above the model's minimum.")
+@old_name("--sizes", "--imgsz", "sizes", multiple=True)
 @click.option("--no-native", is_flag=True, help="Leave out the 'native' point (each image at its own size).")
 @click.option("--backend", "backends", multiple=True, metavar="NAME",
               help="Backends to measure (repeatable). Default: every one that really works here "
                    "(ort-trt only when named: it builds an engine per start).")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 4096),
+@click.option("--batch-size", "batch", default=1, show_default=True, type=click.IntRange(1, 4096),
               help="Batch size the latency and throughput are measured at.")
+@old_name("--batch", "--batch-size", "batch", type=click.IntRange(1, 4096))
+@threads_option("the runtime's own (one per core), as gap-bench measures")
 @click.option("--max-images", type=click.IntRange(1, None), metavar="N",
               help="At most N images per class (the first in name order); the intervals widen accordingly.")
 @click.option("--duration", default=0.5, show_default=True, type=FiniteFloat(0.05, 600),
@@ -38,7 +43,7 @@ from gap_deploy.runtime.cli.common import (
 @click.option("--min-top1", type=FiniteFloat(0.0, 1.0), metavar="X", help="Choose the fastest point with top-1 >= X "
               "(0.75 or 75%%: give 0.75).")
 @click.option("--max-ms", type=FiniteFloat(0.0, 1e9), metavar="Y", help="Choose the most accurate point with median "
-              "latency <= Y ms at --batch.")
+              "latency <= Y ms at --batch-size.")
 @click.option("--min-ips", type=FiniteFloat(0.0, 1e12), metavar="Z",
               help="Choose the most accurate point with throughput >= Z images/s.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -50,18 +55,18 @@ from gap_deploy.runtime.cli.common import (
                    "gap-deploy[convert]).")
 @sign_key_option
 @report_errors
-def main(artifacts, folder, sizes, no_native, backends, batch, max_images, duration, min_top1, max_ms, min_ips,
+def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_images, duration, min_top1, max_ms, min_ips,
          json_path, plot_path, emit_dir):
     """Measure ARTIFACTS (.onnx, .plan, .xml, bundles; NAME=PATH to name them) at many input sizes on your labelled
     images, and choose what to deploy.
 
     For every artifact x backend x size: top-1 and top-5 with 95% Wilson intervals (points whose intervals
-    overlap are tied), and median/p99 latency and throughput at --batch, timed with gap-bench's harness in
+    overlap are tied), and median/p99 latency and throughput at --batch-size, timed with gap-bench's harness in
     the same run. Prints the table and the Pareto front of accuracy against latency; with one of
     --min-top1, --max-ms or --min-ips, the chosen point, why, and what the next better points cost.
     Ctrl-C stops and still prints and writes what was measured (exit 130). Example:
 
-        gap-tune fp32=model.onnx fp16=model.fp16.onnx int8=model.int8.onnx --data val/ --sizes 32:128:16 \\
+        gap-tune fp32=model.onnx fp16=model.fp16.onnx int8=model.int8.onnx --data val/ --imgsz 32:128:16 \\
             --min-top1 0.75 --plot tune.png --emit deploy/
     """
     from gap_deploy.runtime.bench import BenchSettings
@@ -72,7 +77,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, max_images, durat
     parsed = parse_sizes(sizes) if sizes else None
     settings = BenchSettings(warmup_s=0.1, duration_s=duration, min_iterations=5)
     result = _sweep(named, folder, sizes=parsed, native=not no_native, backends=list(backends) or None,
-                    batch=batch, max_per_class=max_images, settings=settings)
+                    batch=batch, threads=threads, max_per_class=max_images, settings=settings)
     from gap_deploy.runtime.tune import decide, format_table, plot
 
     decision = None

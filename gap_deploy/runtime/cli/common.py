@@ -36,6 +36,8 @@ def gap_command(**settings) -> Callable:
     def decorate(function: Callable) -> click.Command:
         from gap_deploy.runtime.version import __version__
 
+        function = _refuse_renamed_twice(function)
+
         function = click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
                                 help=f"On failure, print the chain of exceptions behind the message (or set "
                                      f"{DEBUG_VARIABLE}=1).")(function)
@@ -44,6 +46,56 @@ def gap_command(**settings) -> Callable:
         return click.command(context_settings=CONTEXT, **settings)(function)
 
     return decorate
+
+
+#: ctx.meta's record of the values old names set: {parameter: (old, new, value)}
+OLD_NAMES_META = "gap_deploy.old_names"
+#: the release that drops the old option names kept by ``old_name`` (docs/vocabulary.md lists them)
+OLD_NAMES_GO_IN = "0.3"
+
+
+def old_name(old: str, new: str, name: str, **settings) -> Callable:
+    """A hidden option ``old`` that sets the parameter ``name`` as ``new`` does: an option renamed for one
+    vocabulary across the commands (docs/vocabulary.md), kept for one release. Using it prints one note on
+    stderr naming the new spelling. It has a name of its own (click shares the command-line source of options
+    that share a name, so the note could not tell which was typed) and hands its value to ``name`` marked as
+    given on the command line, which the new option's default then does not overwrite."""
+
+    def hand_over(ctx: click.Context, param: click.Parameter, value):
+        if param.name is None or ctx.get_parameter_source(param.name) is not click.core.ParameterSource.COMMANDLINE:
+            return value
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE and ctx.params.get(name) != value:
+            raise click.UsageError(f"{old} (now {new}) and another option set the same thing: choose one.")
+        click.echo(f"Note: {old} is now {new}; the old name goes in gap-deploy {OLD_NAMES_GO_IN}.", err=True)
+        ctx.params[name] = value
+        ctx.set_parameter_source(name, click.core.ParameterSource.COMMANDLINE)
+        ctx.meta.setdefault(OLD_NAMES_META, {})[name] = (old, new, value)
+        return value
+
+    own = "old_" + old.lstrip("-").replace("-", "_")
+    return click.option(old, own, hidden=True, expose_value=False, callback=hand_over, **settings)
+
+
+def threads_option(default: str) -> Callable:
+    """``--threads N``: the CPU threads each model runs with, the same words wherever inference runs."""
+    return click.option("--threads", type=click.IntRange(1, 1024), metavar="N",
+                        help="CPU threads for the model (ONNX Runtime's intra-op threads; OpenVINO, ncnn and LiteRT "
+                             f"alike; ExecuTorch keeps its own). Default: {default}.")
+
+
+def _refuse_renamed_twice(function: Callable) -> Callable:
+    """An old option name and its new one given with different values is a usage error (whichever came last
+    would win silently): old_name's callback catches the new one first; this, the new one after."""
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        ctx = click.get_current_context()
+        for name, (old, new, value) in ctx.meta.get(OLD_NAMES_META, {}).items():
+            if ctx.params.get(name) != value:
+                raise click.UsageError(f"{old} (now {new}) and {new} set the same thing: choose one.")
+        return function(*args, **kwargs)
+
+    return checked
 
 
 def debug_enabled() -> bool:

@@ -14,6 +14,7 @@ from gap_deploy.runtime.cli.common import (
     info,
     named_artifacts,
     report_errors,
+    threads_option,
     write_json,
 )
 from gap_deploy.runtime.session import BACKENDS
@@ -33,11 +34,12 @@ from gap_deploy.runtime.session import BACKENDS
 @click.option("--backend", type=click.Choice(BACKENDS), help="Default: the best backend that really works here.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
               help="Most images of one size run together.")
+@threads_option("the cores the image decoding leaves")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write a PNG of accuracy against input size (needs matplotlib: gap-deploy[plot]).")
 @report_errors
-def main(artifacts, folder, sizes, decode, backend, batch_size, json_path, plot_path):
+def main(artifacts, folder, sizes, decode, backend, batch_size, threads, json_path, plot_path):
     """Accuracy of ARTIFACTS (.onnx, .plan, .xml, bundles; NAME=PATH to name them) on a labelled folder, at one
     or more sizes.
 
@@ -70,7 +72,8 @@ def main(artifacts, folder, sizes, decode, backend, batch_size, json_path, plot_
     decodes = ("exact", "fast") if decode == "both" else (decode,)
     with click.progressbar(length=max(count * len(parsed) * len(decodes), 1), label="Evaluating",
                            file=sys.stderr) as bar:
-        result = evaluate(named, folder, parsed, backend=backend, batch_size=batch_size, progress=bar.update,
+        result = evaluate(named, folder, parsed, backend=backend, batch_size=batch_size, threads=threads,
+                          progress=bar.update,
                           stats=stats, decodes=decodes)
     click.echo(format_table(result))
     info(stats.summary())

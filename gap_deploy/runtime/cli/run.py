@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,16 @@ from pathlib import Path
 import click
 
 from gap_deploy.runtime.classify import iter_classify
-from gap_deploy.runtime.cli.common import FiniteFloat, fail, gap_command, image_size, info, report_errors
+from gap_deploy.runtime.cli.common import (
+    FiniteFloat,
+    fail,
+    gap_command,
+    image_size,
+    info,
+    old_name,
+    report_errors,
+    threads_option,
+)
 from gap_deploy.runtime.session import BACKENDS
 from gap_deploy.runtime.stream import StreamStats
 
@@ -33,21 +43,82 @@ def result_line(item: dict) -> str:
     return f"{printable(item['file'])} ({item['size'][0]}x{item['size'][1]}): {tops}"
 
 
-def report(result: dict, total: int, as_json: bool, printed: bool = False) -> None:
-    """gap-run's output for a classification report, local or remote (``printed``: the result lines were
-    printed as they came); exit 1 when any file failed."""
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    elif not printed:
-        for item in result["results"]:
-            click.echo(result_line(item))
-    print_skipped(result["errors"])
+#: gap-run --format: how the results reach stdout
+FORMATS = ("text", "json", "jsonl", "csv")
+
+
+class ResultWriter:
+    """gap-run's results on stdout in one of FORMATS. text, jsonl and csv write each result as it comes (flushed,
+    nothing kept but the failed files of text, which go to stderr at the end); json keeps them for one document
+    at the end. ``finish`` returns how many failed."""
+
+    def __init__(self, fmt: str, topk: int, out=None):
+        self.fmt, self.topk = fmt, topk
+        self.out = out or sys.stdout
+        self.results: list[dict] = []
+        self.errors: list[dict] = []
+        self.done = self.failed = 0
+        self._csv = csv.writer(self.out, lineterminator="\n") if fmt == "csv" else None
+        if self._csv is not None:
+            self._csv.writerow(csv_header(topk))
+            self.out.flush()
+
+    def add(self, item: dict) -> None:
+        self.done += 1
+        self.failed += "error" in item
+        if self.fmt == "jsonl":
+            self.out.write(json.dumps(item) + "\n")
+        elif self._csv is not None:
+            self._csv.writerow(csv_row(item, self.topk))
+        elif "error" in item:
+            self.errors.append(item)
+            return
+        elif self.fmt == "json":
+            self.results.append(item)
+            return
+        else:
+            self.out.write(result_line(item) + "\n")
+        self.out.flush()
+
+    def finish(self, head: dict, stats: dict | None) -> int:
+        """The end of the output: json's document, jsonl's summary line; text's failed files on stderr."""
+        if self.fmt == "json":
+            self.out.write(json.dumps({**head, "results": self.results, "errors": self.errors,
+                                       **({"stats": stats} if stats is not None else {})}, indent=2) + "\n")
+        elif self.fmt == "jsonl":
+            self.out.write(json.dumps({"summary": {**head, "images": self.done, "failed": self.failed,
+                                                   **({"stats": stats} if stats is not None else {})}}) + "\n")
+        self.out.flush()
+        print_skipped(self.errors)
+        return self.failed
+
+
+def csv_header(topk: int) -> list[str]:
+    return ["file", "height", "width", *[f"{what}{i}" for i in range(1, topk + 1) for what in ("class", "prob")],
+            "error"]
+
+
+def csv_row(item: dict, topk: int) -> list:
+    """One CSV row: the file, the size the model saw, top-k class and probability pairs, or the error."""
+    if "error" in item:
+        return [item["file"], "", "", *[""] * (2 * topk), item["error"]]
+    tops = [value for t in item["top"] for value in (t["name"], f"{t['prob']:.6g}")]
+    return [item["file"], *item["size"], *tops, *[""] * (2 * topk - len(tops)), ""]
+
+
+def report(result: dict, total: int, fmt: str, topk: int) -> None:
+    """gap-run's output for a classification that ended before any of it was written (--server); exit 1 when
+    any file failed."""
+    writer = ResultWriter(fmt, topk)
+    for item in [*result["results"], *result["errors"]]:
+        writer.add(item)
+    writer.finish({k: v for k, v in result.items() if k not in ("results", "errors", "stats")}, result.get("stats"))
     if result["errors"]:
         info(f"{len(result['errors'])} of {total} image(s) failed.")
         sys.exit(1)
 
 
-def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency, decode, recursive=False) -> None:
+def run_on_server(server, model, images, *, topk, imgsz, fmt, concurrency, decode, recursive=False) -> None:
     from gap_deploy.runtime.images import collect_images, no_images_message
     from gap_deploy.runtime.triton_client import classify_remote, connect
 
@@ -57,11 +128,11 @@ def run_on_server(server, model, images, *, topk, imgsz, as_json, concurrency, d
     remote = connect(server, model, concurrency=concurrency)
     info(f"{model} on Triton at {server}: {len(paths)} image(s)")
     result = classify_remote(remote, paths, topk=topk, imgsz=image_size(imgsz) if imgsz else None, decode=decode)
-    report(result, len(paths), as_json)
+    report(result, len(paths), fmt, topk)
 
 
 def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch_size, workers, cpus_per_worker,
-               logits, trust_engine, decode, recursive=False) -> None:
+               logits, trust_engine, decode, recursive=False, threads=None) -> None:
     from gap_deploy.runtime.batch import BatchJob, run_batch
 
     if address is None or output is None:
@@ -69,7 +140,7 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
     job = BatchJob(artifact, tuple(map(str, images)), output, backend=backend,
                    imgsz=image_size(imgsz) if imgsz else None, topk=topk, logits=logits, batch_size=batch_size,
                    workers=workers, cpus_per_worker=cpus_per_worker, address=address, trust_engine=trust_engine,
-                   decode=decode, recursive=recursive)
+                   decode=decode, recursive=recursive, threads=threads)
     result = run_batch(job)
     click.echo(f"Wrote {result.output}: {result.rows} row(s) from {result.workers} worker(s) in {result.seconds:.1f} s"
                f" ({result.rows / max(result.seconds, 1e-9):.1f} images/s).")
@@ -83,11 +154,11 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
 
 #: the options each of gap-run's three modes reads; any other option given is refused (exit 2), never ignored
 MODE_OPTIONS = {
-    "local": {"topk", "backend", "imgsz", "batch_size", "as_json", "json_lines", "trust_engine", "verify_key", "decode",
-              "recursive"},
+    "local": {"topk", "backend", "imgsz", "batch_size", "output_format", "trust_engine", "verify_key", "decode",
+              "recursive", "threads"},
     "ray": {"topk", "backend", "imgsz", "decode", "trust_engine", "ray_address", "output", "workers", "cpus_per_worker",
-            "logits", "ray_batch_size", "recursive"},
-    "server": {"topk", "imgsz", "decode", "as_json", "server", "server_model", "concurrency", "recursive"},
+            "logits", "ray_batch_size", "recursive", "threads"},
+    "server": {"topk", "imgsz", "decode", "output_format", "server", "server_model", "concurrency", "recursive"},
 }
 MODE_NAMES = {"local": "a local run (no --ray, no --server)", "ray": "--ray", "server": "--server"}
 
@@ -117,10 +188,15 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
                    "gap-eval --decode both measures what it costs).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Most images of one size run together (local runs; --ray has --ray-batch-size).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document on stdout, at the end.")
-@click.option("--json-lines", is_flag=True, help="Print one JSON object per image on stdout as each is done (in input "
-              "order, flushed), then a summary line: results reach disk as they come and memory does not grow with "
-              "the number of images.")
+@click.option("--format", "output_format", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="How results reach stdout. text: a line per image. jsonl: a JSON object per image, then a summary "
+                   "line. csv: a header, then a row per image (file, height, width, class1, prob1, ..., error). "
+                   "text, jsonl and csv stream: each result is written as it is done (input order, flushed), so "
+                   "results reach disk as they come and memory does not grow with the number of images. json: one "
+                   "document at the end.")
+@old_name("--json", "--format json", "output_format", flag_value="json")
+@old_name("--json-lines", "--format jsonl", "output_format", flag_value="jsonl")
+@threads_option("the cores the image decoding leaves (--ray: one per CPU an actor asks for)")
 @click.option("-r", "--recursive", is_flag=True, help="Folders' sub-folders too (a class-per-folder tree). Quoted "
               "glob patterns (\"photos/**/*.jpg\") are expanded alike with and without --ray.")
 @click.option("--trust-engine", is_flag=True, help="Run a .plan that has no gap-build manifest (plans are code).")
@@ -146,7 +222,8 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
               help="--server: requests in flight at once.")
 @click.pass_context
 @report_errors
-def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_json, json_lines, recursive, trust_engine,
+def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, output_format, threads, recursive,
+         trust_engine,
          ray_address, output, workers, cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency,
          verify_key):
     """Classify IMAGES (files or folders of PNG/JPEG/BMP/...) with ARTIFACT (.onnx, .plan, OpenVINO .xml, or a
@@ -164,19 +241,17 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
     mode = "server" if server is not None or server_model is not None else \
         "ray" if ray_address is not None or output is not None else "local"
     refuse_unused(ctx, mode)
-    if as_json and json_lines:
-        raise click.UsageError("--json and --json-lines are two forms of the same output: choose one.")
     if not images and mode != "server":  # with --server, ARTIFACT is the first image
         raise click.UsageError(f"no images given: gap-run {artifact} IMAGES... (image files, or folders of them).")
     if mode == "server":
         if not (server and server_model):
             raise click.UsageError("--server and --model go together: --server HOST:PORT --model NAME IMAGES...")
         return run_on_server(server, server_model, (str(artifact), *images), topk=topk, imgsz=imgsz,
-                             as_json=as_json, concurrency=concurrency, decode=decode, recursive=recursive)
+                             fmt=output_format, concurrency=concurrency, decode=decode, recursive=recursive)
     if mode == "ray":
         return run_on_ray(artifact, images, ray_address, output, topk=topk, backend=backend, imgsz=imgsz,
                           batch_size=ray_batch_size, workers=workers, cpus_per_worker=cpus_per_worker, logits=logits,
-                          trust_engine=trust_engine, decode=decode, recursive=recursive)
+                          trust_engine=trust_engine, decode=decode, recursive=recursive, threads=threads)
     from gap_deploy import runtime
     from gap_deploy.runtime.bundle import check_artifact
     from gap_deploy.runtime.images import image_paths, no_images_message
@@ -190,54 +265,28 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, as_jso
     from gap_deploy.runtime.stream import inference_threads
 
     session = runtime.load(artifact, backend, trust_engine=trust_engine, verify_key=verify_key or None,
-                           threads=inference_threads())
+                           threads=threads or inference_threads())
     if size:
         check_memory((batch_size, session.spec.channels, *size), "--imgsz with --batch-size")
     info(f"{artifact} on {session.backend}: {len(paths)} image(s)")
-    if json_lines:
-        return stream_json_lines(session, paths, topk=topk, imgsz=size, batch_size=batch_size, decode=decode)
     stats = StreamStats()
-    results, errors = [], []
+    writer = ResultWriter(output_format, topk)
     # A progress bar on stderr for many images, unless the result lines go to the same terminal (they are the
     # progress there).
-    show_bar = len(paths) >= 20 and (as_json or not sys.stdout.isatty())
+    show_bar = len(paths) >= 20 and (output_format == "json" or not sys.stdout.isatty())
     with click.progressbar(length=len(paths), label="Classifying", file=sys.stderr) if show_bar \
             else contextlib.nullcontext() as bar:
-        # a stream: each line is printed as soon as it and every earlier image are done, in input order
         for item in iter_classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size, stats=stats,
                                   decode=decode):
-            if "error" in item:
-                errors.append(item)
-            elif as_json:
-                results.append(item)
-            else:
-                click.echo(result_line(item))
+            writer.add(item)
             if bar is not None:
                 bar.update(1)
-    info(stats.summary())
-    report({"artifact": str(session.path), "backend": session.backend, "results": results, "errors": errors,
-            "stats": stats.to_dict()}, len(paths), as_json, printed=not as_json)
-
-
-def stream_json_lines(session, paths, *, topk, imgsz, batch_size, decode) -> None:
-    """--json-lines: each image's result (or error) as one JSON line on stdout as soon as it is done, flushed, and
-    a last line with the summary; nothing is kept per image, so memory stays flat with the number of images. Exit
-    1 when any file failed (its line holds the error)."""
-    stats = StreamStats()
-    failed = done = 0
-    out = sys.stdout
-    for item in iter_classify(session, paths, topk=topk, imgsz=imgsz, batch_size=batch_size, stats=stats,
-                              decode=decode):
-        done += 1
-        failed += "error" in item
-        out.write(json.dumps(item) + "\n")
-        out.flush()
-    out.write(json.dumps({"summary": {"artifact": str(session.path), "backend": session.backend, "images": done,
-                                      "failed": failed, "stats": stats.to_dict()}}) + "\n")
-    out.flush()
+    failed = writer.finish({"artifact": str(session.path), "backend": session.backend}, stats.to_dict())
     info(stats.summary())
     if failed:
-        info(f"{failed} of {done} image(s) failed; their lines hold the error.")
+        held = "" if output_format == "text" else f"; their {'rows' if output_format == 'csv' else 'entries'} " \
+                                                  "hold the error"
+        info(f"{failed} of {len(paths)} image(s) failed{held}.")
         sys.exit(1)
 
 

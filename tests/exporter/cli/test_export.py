@@ -21,9 +21,9 @@ def run(*args):
 def test_help_lists_every_option():
     result = run("--help")
     assert result.exit_code == 0
-    for option in ["--dynamic", "--imgsz", "--batch", "--arch", "--num-classes", "--trust-checkpoint",
+    for option in ["--dynamic", "--imgsz", "--batch-size", "--arch", "--num-classes", "--trust-checkpoint",
                    "--class-names", "--mean", "--std", "--opset", "--simplify", "--no-verify",
-                   "--verify-shapes", "--atol", "--rtol", "--report", "--summary", "--output"]:
+                   "--verify-shapes", "--atol", "--rtol", "--json", "--summary", "--output"]:
         assert option in result.output
 
 
@@ -31,7 +31,7 @@ def test_dynamic_export_with_report(tmp_path, reference_ckpt):
     out, report = tmp_path / "m.onnx", tmp_path / "r.json"
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"n{i}" for i in range(10)))
-    result = run(reference_ckpt, "--dynamic", "-o", out, "--report", report, "--class-names", names,
+    result = run(reference_ckpt, "--dynamic", "-o", out, "--json", report, "--class-names", names,
                  "--verify-shapes", "1x3x4x4,37x53,2x3x64x96")
     assert result.exit_code == 0, result.output
     assert "1x3x37x53" in result.output and "pass" in result.output

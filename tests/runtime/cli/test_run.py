@@ -28,7 +28,7 @@ def folder(tmp_path):
 
 
 def test_folder_with_one_broken_file(folder, reference_onnx):
-    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--topk", "2", "--json"])
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--topk", "2", "--format", "json"])
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     report = json.loads(result.stdout)
@@ -45,7 +45,7 @@ def test_results_match_the_session_on_normalized_pixels(folder, reference_onnx):
     from gap_deploy.runtime.images import softmax
     from gap_deploy.runtime.preprocess import load_image, normalize
 
-    result = CliRunner().invoke(main, [str(reference_onnx), str(folder / "rgb.png"), "--json", "-k", "10"])
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder / "rgb.png"), "--format", "json", "-k", "10"])
     assert result.exit_code == 0, result.output
     top = json.loads(result.stdout)["results"][0]["top"]
     with runtime.load(reference_onnx) as s:
@@ -183,12 +183,12 @@ def test_a_class_per_folder_tree_needs_recursive_and_says_so(reference_onnx, tmp
     (root / "cat" / "back").symlink_to(root, target_is_directory=True)  # a loop: links are not followed
     result = CliRunner().invoke(main, [str(reference_onnx), str(root)])
     assert_clean_failure(result, "holds folders: add -r/--recursive", code=1)
-    result = CliRunner().invoke(main, [str(reference_onnx), str(root), "-r", "--json"])
+    result = CliRunner().invoke(main, [str(reference_onnx), str(root), "-r", "--format", "json"])
     assert result.exit_code == 0, result.output
     files = [item["file"] for item in json.loads(result.stdout)["results"]]
     assert sorted(Path(f).name for f in files) == ["cat.png", "cat2.jpg", "dog.png", "dog2.jpg"]
     pattern = str(root / "**" / "*.jpg")
-    result = CliRunner().invoke(main, [str(reference_onnx), pattern, "--json"])
+    result = CliRunner().invoke(main, [str(reference_onnx), pattern, "--format", "json"])
     local = sorted(item["file"] for item in json.loads(result.stdout)["results"])
     ray_paths, errors = expand_sources([pattern])
     assert not errors and local == sorted(ray_paths) and len(local) == 2
@@ -201,7 +201,7 @@ def test_json_lines_stream_each_result_as_it_is_done_and_end_with_a_summary(fold
     dies midway keeps every line already done (nothing is held for the end)."""
     import gap_deploy.runtime.cli.run as run_module
 
-    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--json-lines", "-k", "2"])
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--format", "jsonl", "-k", "2"])
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.exit_code == 1  # the broken file
     *items, last = lines
@@ -218,11 +218,11 @@ def test_json_lines_stream_each_result_as_it_is_done_and_end_with_a_summary(fold
                 raise KeyboardInterrupt
             yield item
     monkeypatch.setattr(run_module, "iter_classify", dies_after_two)
-    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--json-lines"])
+    result = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--format", "jsonl"])
     assert result.exit_code != 0
     assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(p) for p in images[:2]]
-    both = CliRunner().invoke(main, [str(reference_onnx), str(folder), "--json-lines", "--json"])
-    assert_clean_failure(both, "choose one", code=2)
+    for both in (["--json-lines", "--json"], ["--format", "csv", "--json"], ["--json", "--format", "jsonl"]):
+        assert_clean_failure(CliRunner().invoke(main, [str(reference_onnx), str(folder), *both]), "choose one", code=2)
 
 
 def test_no_image_files_is_the_same_exit_with_and_without_ray(reference_onnx, tmp_path):

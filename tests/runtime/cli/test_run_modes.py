@@ -27,7 +27,7 @@ CASES = {
     "server+logits": (SERVER + ["--logits"], "--logits"),
     "server+ray-batch-size": (SERVER + ["--ray-batch-size", "8"], "--ray-batch-size"),
     "ray+batch-size": (RAY + ["--batch-size", "4"], "--batch-size"),
-    "ray+json": (RAY + ["--json"], "--json"),
+    "ray+json": (RAY + ["--format", "json"], "--format"),
     "ray+concurrency": (RAY + ["--concurrency", "2"], "--concurrency"),
     "local+workers": (["--workers", "2"], "--workers"),
     "local+cpus-per-worker": (["--cpus-per-worker", "1"], "--cpus-per-worker"),
