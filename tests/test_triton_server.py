@@ -81,8 +81,9 @@ def test_gap_run_server_equals_local_gap_run(server, reference_onnx, tmp_path):
     for i, (h, w) in enumerate([(32, 32), (32, 32), (40, 24), (57, 61), (40, 24)]):
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     Image.new("RGB", (2, 2)).save(tmp_path / "tiny.png")
-    remote = CliRunner().invoke(main, ["--server", url, "--model", "gapcnn", str(tmp_path), "--json", "-k", "3"])
-    local = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path), "--json", "-k", "3"])
+    remote = CliRunner().invoke(main, ["--server", url, "--model", "gapcnn", str(tmp_path), "--format", "json",
+                                       "-k", "3"])
+    local = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path), "--format", "json", "-k", "3"])
     assert remote.exit_code == local.exit_code == 1  # tiny.png is below the minimum in both
     a, b = json.loads(remote.stdout), json.loads(local.stdout)
     assert [r["file"] for r in a["results"]] == [r["file"] for r in b["results"]] and len(a["results"]) == 5
@@ -104,3 +105,64 @@ def test_unknown_model_and_unreachable_server(server, tmp_path):
     assert_clean_failure(result, "has no ready model 'nope'", "gapcnn", code=2)
     result = CliRunner().invoke(main, ["--server", "127.0.0.1:1", "--model", "gapcnn", str(tmp_path / "a.png")])
     assert_clean_failure(result, "cannot reach a Triton server at 127.0.0.1:1")
+
+
+def _serve_command(repo: Path, port: int):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "gap_deploy", "gap-triton", "--serve", str(repo), "--http-port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_gap_triton_serve_runs_the_bundled_server_until_ctrl_c(tmp_path, reference_onnx):
+    """The command a user runs (gap-triton --serve), as a process: it says where it serves, gap-run --server
+    classifies through it as locally, and Ctrl-C (SIGINT) stops it with exit 0 and no traceback."""
+    import signal
+
+    from gap_deploy.exporter.cli.triton import stub_paths
+    from gap_deploy.exporter.triton import ServeOptions, write_repository
+    from gap_deploy.exporter.triton_serve import free_port
+    from gap_deploy.runtime.cli.run import main
+
+    write_repository([reference_onnx], tmp_path / "repo", ServeOptions(backend="python", python_paths=stub_paths()))
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 24, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    port = free_port()
+    process = _serve_command(tmp_path / "repo", port)
+    try:
+        line = process.stdout.readline()  # bounded: the server is ready within serve()'s own 90 s, or exits
+        assert f"Serving gapcnn at http://127.0.0.1:{port}" in line, process.stderr.read() if not line else line
+        image = str(tmp_path / "a.png")
+        remote = CliRunner().invoke(main, ["--server", f"127.0.0.1:{port}", "--model", "gapcnn", image,
+                                           "--format", "jsonl", "-k", "2"])
+        local = CliRunner().invoke(main, [str(reference_onnx), image, "--format", "jsonl", "-k", "2"])
+        assert remote.exit_code == local.exit_code == 0, remote.output
+        a, b = (json.loads(r.stdout.splitlines()[0]) for r in (remote, local))
+        assert [t["name"] for t in a["top"]] == [t["name"] for t in b["top"]]
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert "Traceback" not in err and "Stopping tritonserver" in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+
+def test_gap_triton_serve_says_why_an_onnx_repository_does_not_load_here(tmp_path, reference_onnx):
+    """pytriton's server has only the python backend: an onnxruntime_onnx repository fails to load, and the
+    command says so with the fix, exit 1, no traceback."""
+    from gap_deploy.exporter.triton import ServeOptions, write_repository
+    from gap_deploy.exporter.triton_serve import free_port
+
+    write_repository([reference_onnx], tmp_path / "repo", ServeOptions())
+    process = _serve_command(tmp_path / "repo", free_port())
+    try:
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, out + err
+    assert "Traceback" not in err and "--triton-backend python" in err and "onnxruntime" in err

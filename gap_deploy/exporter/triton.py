@@ -41,7 +41,8 @@ class ServeOptions:
     name: str | None = None
     version: int = 1
     backend: str = "auto"  # auto (the artifact's platform) or python
-    kind: str = "auto"  # KIND_GPU / KIND_CPU; auto: GPU for plans and ONNX, CPU for the python backend
+    #: KIND_GPU / KIND_CPU / KIND_AUTO; auto: what the backend needs (instance_kind)
+    kind: str = "auto"
     count: int = 1
     gpus: tuple[int, ...] = (0,)
     max_batch: int | None = None
@@ -107,9 +108,22 @@ def _list(values) -> str:
     return "[ " + ", ".join(str(v) for v in values) + " ]"
 
 
+def instance_kind(info: ArtifactSpec, options: ServeOptions) -> str:
+    """The instance kind a config asks for: ``options.kind``, or for "auto" what the backend needs. A TensorRT
+    plan, and ONNX through ONNX Runtime's TensorRT accelerator, run only on a GPU: KIND_GPU. Plain ONNX runs on
+    either: KIND_AUTO, which Triton's model_config.proto defines as GPU instances when the listed GPUs are there,
+    CPU instances otherwise, so one repository serves on both kinds of machine. The python backend here runs
+    gap-deploy's CPU backends: KIND_CPU."""
+    if options.kind != "auto":
+        return options.kind
+    if options.backend == "python":
+        return "KIND_CPU"
+    return "KIND_GPU" if platform_of(info) == "tensorrt_plan" or options.ort_tensorrt else "KIND_AUTO"
+
+
 def config_text(info: ArtifactSpec, name: str, options: ServeOptions, filename: str) -> str:
     python = options.backend == "python"
-    kind = options.kind if options.kind != "auto" else ("KIND_CPU" if python else "KIND_GPU")
+    kind = instance_kind(info, options)
     max_batch = max_batch_for(info, options.max_batch)
     dims = config_dims(info) if max_batch else [info.static_batch, *config_dims(info)]
     lines = [f'name: "{name}"', 'backend: "python"' if python else f'platform: "{platform_of(info)}"',
@@ -121,7 +135,7 @@ def config_text(info: ArtifactSpec, name: str, options: ServeOptions, filename: 
               f'label_filename: "labels.txt" }}', "]"]
     # One group holding every profile: Triton's scheduler does not route requests by shape, so an instance that
     # held only some profiles would refuse the shapes of the others (see _check_profiles).
-    gpus = f" gpus: {_list(options.gpus)}" if kind == "KIND_GPU" else ""
+    gpus = f" gpus: {_list(options.gpus)}" if kind in ("KIND_GPU", "KIND_AUTO") else ""
     prof = "" if python or not info.profiles else \
         " profile: " + _list(f'"{i}"' for i in range(len(info.profiles)))
     lines += ["instance_group [", f"  {{ count: {options.count} kind: {kind}{gpus}{prof} }}", "]"]

@@ -54,6 +54,20 @@ def test_onnx_repository(tmp_path, reference_onnx):
     assert (repo / "gapcnn" / "1" / "model.onnx").read_bytes() == reference_onnx.read_bytes()
     assert (repo / "gapcnn" / "labels.txt").read_text().split() == [f"class{i}" for i in range(10)]
     assert check_repository(repo) == (["gapcnn"], [])
+    assert parsed.instance_group[0].kind == parsed.instance_group[0].KIND_GPU  # TensorRT's accelerator needs one
+
+
+@pytest.mark.parametrize("options, kind", [({}, "KIND_AUTO"), ({"ort_tensorrt": True}, "KIND_GPU"),
+                                           ({"backend": "python"}, "KIND_CPU"), ({"kind": "KIND_GPU"}, "KIND_GPU")])
+def test_the_instance_kind_is_what_the_backend_needs(tmp_path, reference_onnx, fp16_plan, options, kind):
+    """Plain ONNX runs on either kind of machine: KIND_AUTO (model_config.proto: GPU instances where the listed
+    GPUs are, CPU instances otherwise), so a repository for a CPU server loads there; a plan only on a GPU."""
+    write_repository([reference_onnx], tmp_path / "repo", ServeOptions(**options))
+    group = parse_config(config(tmp_path / "repo", "gapcnn"), "config").instance_group[0]
+    assert group.Kind.Name(group.kind) == kind
+    write_repository([fp16_plan], tmp_path / "plans", ServeOptions(name="gap_fp16"))
+    group = parse_config(config(tmp_path / "plans", "gap_fp16"), "config").instance_group[0]
+    assert group.Kind.Name(group.kind) == "KIND_GPU"
 
 
 def test_plan_repository_follows_the_profiles(tmp_path, fp16_plan):
