@@ -169,7 +169,8 @@ def main(argv=None) -> int:
         bound = cpu_bound(args.model, files[:500])
         run = whole_process([str(BIN / "gap-run"), str(args.model), str(small), "--imgsz", "224", "--format", "json"])
         fewer = make_small(root, 500)
-        run_500 = whole_process([str(BIN / "gap-run"), str(args.model), str(fewer), "--imgsz", "224", "--format", "json"])
+        run_500 = whole_process([str(BIN / "gap-run"), str(args.model), str(fewer), "--imgsz", "224",
+                                 "--format", "json"])
         pools = decode_pools(args.model, files[:1000])
         small_report = {"images": len(files), "gap_run_ips": ips(run, len(files)), **bound,
                         "fraction_of_bound": ips(run, len(files)) / bound["bound_ips"],

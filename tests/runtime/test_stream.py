@@ -178,3 +178,30 @@ def test_a_tight_budget_never_drops_an_image(budget_mb):
         assert [int(a[0, 0, 0]) for a in batch.images] == list(batch.indices)
         seen += batch.indices if batch.error is None else []
     assert sorted(seen) == list(items)
+
+
+def test_the_packed_path_list_equals_the_listing_it_replaces(tmp_path):
+    """image_paths packs the names (gap-run holds the list for a whole run): every path, in order, equals what
+    a plain sorted listing spells (os.scandir's entry.path), sub-folders after their parent's files with -r,
+    files and globs as given; indexing from the end, slices and out-of-range indexes behave as a list's."""
+    import os
+
+    from gap_deploy.runtime.images import PathList, image_paths
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    names = ["z.png", "a b.jpg", "é.png", "1.webp", "notes.txt"]
+    for folder in (tmp_path, tmp_path / "a", tmp_path / "b"):
+        for name in names:
+            (folder / name).write_bytes(b"")
+    expected = []
+    for folder in (tmp_path, tmp_path / "a", tmp_path / "b"):
+        expected += sorted(e.path for e in os.scandir(folder) if e.is_file() and not e.name.endswith(".txt"))
+    single = str(tmp_path / "a" / "z.png")
+    paths = image_paths([tmp_path, single, str(tmp_path / "b" / "*.png")], recursive=True)
+    assert isinstance(paths, PathList)
+    assert list(paths) == [*expected, single, str(tmp_path / "b" / "z.png"), str(tmp_path / "b" / "é.png")]
+    assert paths[-1] == str(tmp_path / "b" / "é.png") and paths[2:4] == expected[2:4] and len(paths) == 15
+    with pytest.raises(IndexError):
+        paths[15]
+    assert list(image_paths([tmp_path])) == expected[:4] and len(image_paths([tmp_path / "nothing-here"])) == 1
