@@ -13,6 +13,7 @@ Images of different sizes in one Ray batch are grouped by size and never padded 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -55,6 +56,8 @@ class BatchJob:
     recursive: bool = False
     #: CPU threads for each actor's model; None: one per CPU the actor asks for (--cpus-per-worker, rounded up)
     threads: int | None = None
+    #: leave Ray's INFO and progress lines out of standard error (runtime.quiet.RAY_NOISE); gap-run --debug keeps them
+    quiet: bool = True
 
 
 @dataclass
@@ -228,7 +231,6 @@ def run_batch(job: BatchJob) -> BatchResult:
     """
     from gap_deploy.runtime.bundle import check_artifact
     from gap_deploy.runtime.files import check_distinct, check_new_folder
-    from gap_deploy.runtime.publish import Publication
 
     check_artifact(job.artifact)
     given = Path(job.output)
@@ -242,6 +244,15 @@ def run_batch(job: BatchJob) -> BatchResult:
     local = {f"image source {s}": s for s in job.sources if "://" not in str(s)}
     check_distinct({"ARTIFACT": job.artifact, **local}, {"--output": output})
     paths, early_errors = expand_sources(job.sources, recursive=job.recursive)
+    from gap_deploy.runtime.quiet import RAY_NOISE, dropped_lines
+
+    with dropped_lines(RAY_NOISE, loggers=("ray", "ray.data")) if job.quiet else contextlib.nullcontext():
+        return _run_on_ray(job, output, paths, early_errors)
+
+
+def _run_on_ray(job: BatchJob, output: Path, paths: list[str], early_errors: list[dict]) -> BatchResult:
+    from gap_deploy.runtime.publish import Publication
+
     ray = connect(job.address)
     data = require("ray.data", purpose="for --ray")
     gpu = facts(job.backend).ray_gpus if job.backend else 0  # the default picks per worker, reserving none

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -194,3 +195,32 @@ def test_object_store_uris_reach_ray_as_written(reference_onnx, tmp_path, monkey
     CliRunner().invoke(main, [str(reference_onnx), "s3://bucket/images/", "gs://other/x.png", "--ray", "--output",
                               str(tmp_path / "r")])
     assert seen["sources"] == ("s3://bucket/images/", "gs://other/x.png")
+
+
+def test_ray_chatter_is_left_out_of_gap_runs_output_unless_debug(reference_onnx, tmp_path):
+    """gap-run --ray as a user runs it (its own process, its own local Ray): stderr holds gap-run's lines and
+    none of Ray's INFO, progress or token-authentication lines (about 15 before); --debug keeps them, which
+    shows the filter is what removed them."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.new("RGB", (24 + i, 24), (40 * i, 90, 200)).save(images / f"{i}.png")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    runs = {}
+    for flags in ((), ("--debug",)):
+        out = tmp_path / f"out{len(flags)}.parquet"
+        done = subprocess.run([sys.executable, "-m", "gap_deploy", "gap-run", str(reference_onnx), str(images), "--ray",
+                               "-o", str(out), "--workers", "1", *flags], capture_output=True, text=True, env=env,
+                              timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[flags] = done.stderr
+    quiet, loud = runs[()], runs[("--debug",)]
+    assert "Images per worker" in quiet and "Traceback" not in quiet
+    ray_info = re.compile(r"\sINFO\s.* -- ")  # "2026-12-05 12:42:23,240<TAB>INFO streaming_executor.py:215 -- ..."
+    assert not [line for line in quiet.splitlines() if ray_info.search(line) or "Token authentication" in line], quiet
+    assert sum(bool(ray_info.search(line)) for line in loud.splitlines()) >= 5, loud

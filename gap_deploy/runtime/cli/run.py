@@ -13,6 +13,7 @@ import click
 from gap_deploy.runtime.classify import iter_classify
 from gap_deploy.runtime.cli.common import (
     FiniteFloat,
+    debug_enabled,
     fail,
     gap_command,
     image_size,
@@ -140,7 +141,7 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
     job = BatchJob(artifact, tuple(map(str, images)), output, backend=backend,
                    imgsz=image_size(imgsz) if imgsz else None, topk=topk, logits=logits, batch_size=batch_size,
                    workers=workers, cpus_per_worker=cpus_per_worker, address=address, trust_engine=trust_engine,
-                   decode=decode, recursive=recursive, threads=threads)
+                   decode=decode, recursive=recursive, threads=threads, quiet=not debug_enabled())
     result = run_batch(job)
     click.echo(f"Wrote {result.output}: {result.rows} row(s) from {result.workers} worker(s) in {result.seconds:.1f} s"
                f" ({result.rows / max(result.seconds, 1e-9):.1f} images/s).")
