@@ -92,6 +92,14 @@ def test_installed_names_cannot_collide_with_a_runtime_package(tmp_path, referen
                            "print(m.distribution('gap-deploy').read_text('top_level.txt'))"],
                           capture_output=True, text=True, check=True).stdout.split()
     assert tops == ["gap_deploy"]  # nothing else claims the top level
+    licensed = subprocess.run([str(python), "-c", "import importlib.metadata as m; "
+                               f"d = next(m.distributions(name='gap-deploy', path=[{str(site)!r}])); "
+                               "print(d.metadata['License-Expression']); "
+                               "print(next(f for f in d.files if f.name == 'LICENSE').read_text().split()[:3])"],
+                              capture_output=True, text=True)
+    assert licensed.returncode == 0, licensed.stderr
+    # the text travels in the wheel that was installed here (not the checkout's editable install the .pth borrows)
+    assert licensed.stdout.splitlines() == ["Apache-2.0", "['Apache', 'License', 'Version']"]
 
 
 @pytest.mark.parametrize("line", ["pip install -c constraints/cpu.txt '.[cpu]'", "pip install '.[edge]'"])
