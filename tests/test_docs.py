@@ -78,3 +78,18 @@ def test_the_shell_completion_the_install_page_shows_is_what_click_gives():
     done = subprocess.run([str(script)], capture_output=True, text=True,
                           env={**os.environ, "_GAP_RUN_COMPLETE": "bash_source"}, timeout=60)
     assert done.returncode == 0 and "complete -o nosort -F" in done.stdout and "COMP_WORDS" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_api_page_s_python_runs_as_a_notebook_would(tmp_path):
+    """docs/api.md's Python blocks, in order, as one program in an empty folder: the example is the code."""
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "api.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    done = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'name': 'cat'" in done.stdout or "'name': 'dog'" in done.stdout or "'name': 'bird'" in done.stdout
+    assert (tmp_path / "model.onnx").is_file()
