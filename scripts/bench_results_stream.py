@@ -51,6 +51,7 @@ def run(model: Path, folder: Path, fmt: str, out: Path) -> dict:
     with open(out, "wb") as sink:
         process = subprocess.Popen([str(BIN / "gap-run"), str(model), str(folder), "--format", fmt, "-k", "1"],
                                    stdout=sink, stderr=subprocess.PIPE)
+        assert process.stderr is not None  # stderr=PIPE
         os.set_blocking(process.stderr.fileno(), False)
         first_line = start_line = None
         err = b""
@@ -82,7 +83,7 @@ def peak_rss_mb(model: Path, folder: Path, fmt: str, out: Path) -> tuple[float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="gap-run's streamed results: peak memory, first result on disk.")
     parser.add_argument("model", nargs="?", type=Path, default=ROOT / "demo" / "gapcnn.onnx")
     parser.add_argument("--counts", default="1000,10000,100000")
     parser.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "text"])
