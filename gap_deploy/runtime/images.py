@@ -9,7 +9,7 @@ from array import array
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -57,7 +57,13 @@ class PathList(Sequence[str]):
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:
@@ -218,6 +224,23 @@ def decoded(source, channels: int, name: str, space: str, draft=None,
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).replace(repr(source), repr(name)) if not isinstance(source, (str, Path)) else str(exc)
         raise ArtifactError(f"{name} is not a readable image: {reason}") from None
+
+
+def header_size(path: str | Path, *, orientation: str = "exif") -> tuple[int, int]:
+    """An image file's (width, height) from its header, nothing decoded; turned as its EXIF Orientation says
+    when ``orientation`` is "exif" (what the preprocessing contract does before resizing)."""
+    from PIL import Image, UnidentifiedImageError
+
+    with open_regular(path) as handle:
+        try:
+            with Image.open(handle) as image:
+                turn = _exif_orientation(image) if orientation == "exif" else 1
+                width, height = image.size
+        except Image.DecompressionBombError:
+            raise ArtifactError(f"{path} is refused as a decompression bomb (its header's size).") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise ArtifactError(f"{path} is not a readable image: {exc}") from None
+    return (height, width) if turn >= 5 else (width, height)
 
 
 #: EXIF's Orientation tag (TIFF tag 274)

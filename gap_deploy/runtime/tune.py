@@ -196,6 +196,12 @@ class TuneResult:
     errors: list[dict] = field(default_factory=list)
     #: True when the decoded images did not fit the memory set aside for them, and each size decoded anew
     streamed: bool = False
+    #: the labelled images the sweep kept, in order, and for each (artifact, backend, size) point whether each was
+    #: right at top-1 (1), wrong (0) or could not run (-1): what gap-tune --buckets judges a bucket by
+    labelled: list[str] = field(default_factory=list)
+    hits: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
+    #: the first artifact's preprocessing contract (runtime.preprocess.Preprocess): how --buckets routes sizes
+    contract: object = None
     resize_policy: str = ("each image resized to the size with bilinear interpolation on its [0, 1] pixels, "
                           "aspect ratio not kept (gap-run --imgsz); 'native' runs every image at its own size")
 
@@ -349,6 +355,7 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
         data = read_labelled_folder(folder, first.class_names, first.num_classes)
         files, labels = sample_per_class(data.files, data.labels, max_per_class)
         result = TuneResult(str(folder), data.classes, batch, 0)
+        result.contract = first.preprocessing()
         decode_started = time.perf_counter()
         sweep = Sweep.decoded(sessions, files, result, hold_bytes, folder, widest)
         truth = np.asarray([labels[i] for i in sweep.keep])
@@ -524,7 +531,12 @@ class Sweep:
         else:
             hw = size
         y = truth[ran]
+        if not result.labelled:
+            result.labelled = [str(self.files[i]) for i in self.keep]
         for key in keys:
+            hits = np.full(len(self.keep), -1, np.int8)
+            hits[ran] = top[key][ran][:, 0] == y
+            result.hits[(key[0], key[1], label)] = hits
             got = top[key][ran]
             correct, top5 = int(np.sum(got[:, 0] == y)), int(np.sum((got == y[:, None]).any(axis=1)))
             t1 = time.perf_counter()

@@ -46,6 +46,14 @@ from gap_deploy.runtime.cli.common import (
               "latency <= Y ms at --batch-size.")
 @click.option("--min-ips", type=FiniteFloat(0.0, 1e12), metavar="Z",
               help="Choose the most accurate point with throughput >= Z images/s.")
+@click.option("--traffic", multiple=True, metavar="DIR_OR_LIST",
+              help="--buckets: the images the deployment will see (a folder, walked with its sub-folders; image "
+                   "files; a quoted glob; or a text file of image paths). Only their headers are read.")
+@click.option("--buckets", metavar="K|auto", help="Choose K fixed sizes (1 to 8) that serve --traffic fastest with "
+              "every bucket at --min-top1, each image going to the smallest bucket at least its size; auto: the "
+              "fewest within 5%% of the best K's predicted latency.")
+@click.option("--traffic-sample", default=5000, show_default=True, type=click.IntRange(1, 10_000_000), metavar="N",
+              help="--traffic: read at most N headers (evenly spaced through the sorted list).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write every figure as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -56,7 +64,7 @@ from gap_deploy.runtime.cli.common import (
 @sign_key_option
 @report_errors
 def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_images, duration, min_top1, max_ms, min_ips,
-         json_path, plot_path, emit_dir):
+         traffic, buckets, traffic_sample, json_path, plot_path, emit_dir):
     """Measure ARTIFACTS (.onnx, .plan, .xml, bundles; NAME=PATH to name them) at many input sizes on your labelled
     images, and choose what to deploy.
 
@@ -74,6 +82,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
 
     named, given = _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_path, plot_path,
                                   emit_dir)
+    traffic_sizes = _check_buckets(traffic, buckets, min_top1, emit_dir, traffic_sample)
     parsed = parse_sizes(sizes) if sizes else None
     settings = BenchSettings(warmup_s=0.1, duration_s=duration, min_iterations=5)
     result = _sweep(named, folder, sizes=parsed, native=not no_native, backends=list(backends) or None,
@@ -84,11 +93,14 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
     if given and result.points:
         decision = decide(result.points, min_top1=min_top1, max_ms=max_ms, min_ips=min_ips)
     click.echo(format_table(result, decision))
+    planning = None
+    if traffic_sizes is not None and result.points and not result.interrupted:
+        planning = _plan(result, traffic_sizes, buckets, min_top1)
     seconds = result.seconds
     info(f"Sweep: {seconds['total']:.1f} s (decoding {seconds['decode']:.1f} s once, evaluating "
          f"{seconds['evaluate']:.1f} s, timing {seconds['bench']:.1f} s).")
     if json_path:
-        write_json(json_path, result.to_dict(decision))
+        write_json(json_path, {**result.to_dict(decision), "buckets": planning.to_dict() if planning else None})
         info(f"Wrote {json_path}")
     if plot_path and result.points:
         plot(result, plot_path, decision)
@@ -106,6 +118,67 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
         sys.exit(130)
     if result.errors:
         fail(f"{len(result.errors)} image(s) could not be evaluated (listed above); the figures leave them out.")
+
+
+def _check_buckets(traffic, buckets, min_top1, emit_dir, sample):
+    """--traffic and --buckets go together, under --min-top1; the traffic's sizes, read before the sweep so a
+    wrong folder answers at once (None without --buckets)."""
+    from gap_deploy.runtime.buckets import MAX_BUCKETS, read_traffic
+    from gap_deploy.runtime.errors import UsageError
+
+    if not traffic and not buckets:
+        return None
+    if not (traffic and buckets):
+        raise UsageError("--traffic and --buckets go together: --traffic IMAGES --buckets K (or auto).")
+    if buckets != "auto" and not (buckets.isdigit() and 1 <= int(buckets) <= MAX_BUCKETS):
+        raise UsageError(f"--buckets takes 1 to {MAX_BUCKETS} or auto; got {buckets!r}.")
+    if min_top1 is None:
+        raise UsageError("--buckets chooses under --min-top1 (every bucket must reach it); give --min-top1.")
+    if emit_dir:
+        raise UsageError("--emit writes the one-size choice; it does not yet write bucket models. Run without "
+                         "--emit to see the buckets, or without --buckets to emit.")
+    loaded = read_traffic(traffic, sample=sample)
+    info(f"Traffic: {loaded.sampled} of {loaded.files} image header(s) read"
+         + (f", {len(loaded.errors)} unreadable (left out)" if loaded.errors else "") + ".")
+    return loaded
+
+
+def _plan(result, traffic, buckets, min_top1):
+    """The bucket plan and its report: the buckets, the traffic's histogram over them, the K curve and the
+    one-size choice beside it."""
+    import numpy as np
+
+    from gap_deploy.runtime.buckets import histogram, plan_buckets
+    from gap_deploy.runtime.errors import ArtifactError
+    from gap_deploy.runtime.images import header_size
+
+    sizes = []
+    for path in result.labelled:
+        try:
+            w, h = header_size(path)
+        except ArtifactError:
+            h = w = 0  # could not run anyway (its hits are -1 at every size)
+        sizes.append((h, w))
+    planning = plan_buckets(result, traffic, np.asarray(sizes).reshape(-1, 2), result.contract, k=buckets,
+                            min_top1=min_top1)
+    chosen, single = planning.chosen, planning.single
+    click.echo(f"\nBuckets for the traffic ({traffic.sampled} image(s)), every bucket at top-1 >= {min_top1:.1%}: "
+               f"{chosen.artifact} on {chosen.backend}")
+    click.echo(f"  {'bucket':>7} {'share':>7} {'labelled':>8} {'top-1 (95% interval)':>24} {'median ms':>10}")
+    for b in chosen.buckets:
+        low, high = b.interval
+        click.echo(f"  {b.label:>7} {b.share:7.1%} {b.images:8d} {b.top1:8.1%} ({low:.1%}-{high:.1%})"
+                   f"{'*' if b.whole_set else ' ':1} {b.latency_ms:10.3f}")
+    click.echo(histogram(traffic, result.contract, chosen))
+    click.echo(f"Predicted per batch: mean {chosen.mean_ms:.3f} ms, p95 {chosen.p95_ms:.3f} ms; one size "
+               f"({single.buckets[0].label}): {single.mean_ms:.3f} ms "
+               f"({(1 - chosen.mean_ms / single.mean_ms) if single.mean_ms else 0.0:+.1%} saved).")
+    if len(planning.by_k) > 1:
+        click.echo("By number of buckets: " + ", ".join(f"K={k} {p.mean_ms:.3f} ms" for k, p in
+                                                        sorted(planning.by_k.items())))
+    for note in planning.notes:
+        info(f"Note: {note} (marked *).")
+    return planning
 
 
 def _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_path, plot_path, emit_dir):

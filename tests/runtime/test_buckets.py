@@ -1,0 +1,193 @@
+"""gap-tune --traffic --buckets: traffic read from headers, routing by the contract, per-bucket accuracy from the
+labelled images routed there, K = 1 equal to gap-tune's own choice, and the command's bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from gap_deploy.runtime.buckets import effective_sides, plan_buckets, read_traffic, route
+from gap_deploy.runtime.errors import InputError, UsageError
+from gap_deploy.runtime.preprocess import Preprocess
+from gap_deploy.runtime.tune import TunePoint, TuneResult, decide
+from tests.conftest import assert_clean_failure
+
+
+def test_effective_sides_follow_the_contract():
+    sizes = np.array([[100, 60], [40, 200]])  # (height, width)
+    shorter = Preprocess(resize="shorter-side", size=(64, 64), crop_fraction=0.5)
+    assert effective_sides(sizes, shorter).tolist() == [30.0, 20.0]  # shorter side x the crop fraction
+    assert effective_sides(sizes, Preprocess(resize="letterbox", size=(64, 64))).tolist() == [100.0, 200.0]
+    assert effective_sides(sizes, Preprocess(resize="stretch", size=(64, 64))).tolist() == [100.0, 200.0]
+    assert effective_sides(sizes, Preprocess()).tolist() == [100.0, 200.0]
+
+
+def test_an_image_goes_to_the_smallest_bucket_at_least_its_side():
+    assert route(np.array([1, 32, 33, 64, 65, 500]), [32, 64]).tolist() == [0, 0, 1, 1, 1, 1]
+    assert route(np.array([10, 1000]), [48]).tolist() == [0, 0]  # one bucket takes everything
+
+
+def _png(path: Path, width: int, height: int, orientation: int | None = None) -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height), (10, 20, 30))
+    if orientation is None:
+        image.save(path)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image.save(path.with_suffix(".jpg"), exif=exif)
+
+
+def test_traffic_is_read_from_headers_turned_as_the_contract_turns_them(tmp_path):
+    (tmp_path / "sub").mkdir()
+    _png(tmp_path / "a.png", 30, 20)
+    _png(tmp_path / "sub" / "b.png", 50, 40)
+    _png(tmp_path / "phone.png", 40, 80, orientation=6)  # stored 40 wide, 80 high; displayed 80 x 40
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    traffic = read_traffic([tmp_path])
+    assert traffic.files == 4 and traffic.sampled == 3 and len(traffic.errors) == 1
+    assert sorted(map(tuple, traffic.sizes.tolist())) == [(20, 30), (40, 50), (40, 80)]  # (height, width)
+    listing = tmp_path / "list.txt"
+    listing.write_text("# the two that matter\na.png\n\nsub/b.png\n")
+    assert sorted(map(tuple, read_traffic([listing]).sizes.tolist())) == [(20, 30), (40, 50)]
+    sampled = read_traffic([tmp_path], sample=2)
+    assert sampled.files == 4 and sampled.sampled + len(sampled.errors) == 2
+
+
+def test_traffic_that_gives_no_size_is_one_clear_error(tmp_path):
+    with pytest.raises(InputError, match="no image files"):
+        read_traffic([tmp_path])
+    (tmp_path / "x.png").write_bytes(b"nope")
+    with pytest.raises(InputError, match="no header of the 1 image"):
+        read_traffic([tmp_path])
+
+
+def _result(rng, sizes=(16, 24, 32, 48), n=60):
+    """A sweep's result: per-image hits per size (right more often at larger sizes, less for large images at
+    small sizes), latencies growing with size."""
+    label_sides = rng.integers(10, 70, n)
+    points, hits = [], {}
+    for s in sizes:
+        p_right = np.clip(0.95 - 0.6 * np.maximum(label_sides - s, 0) / 60, 0.05, 0.99)
+        h = (rng.random(n) < p_right).astype(np.int8)
+        h[rng.random(n) < 0.03] = -1  # an image that could not run there
+        ran = h >= 0
+        hits[("a", "ort-cpu", str(s))] = h
+        points.append(TunePoint("a", "ort-cpu", str(s), (1, 3, s, s), int(h[ran].sum()), int(h[ran].sum()),
+                                int(ran.sum()), 0.01 * s * s / 16 + float(rng.random()) * 1e-3, 1.0, 1.0))
+    result = TuneResult("val", ("x", "y"), 1, n, points=points)
+    result.hits = hits
+    return result, np.stack([label_sides, label_sides], axis=1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_bucket_is_gap_tunes_own_choice(seed):
+    """K = 1 routes everything to the one bucket, so the plan is decide()'s choice among the fixed sizes, with the
+    same top-1 and latency."""
+    rng = np.random.default_rng(seed)
+    result, labelled = _result(rng)
+    traffic = SimpleNamespace(sizes=np.stack([rng.integers(8, 90, 200)] * 2, axis=1))
+    for threshold in (0.5, 0.7, 0.8):
+        try:
+            expected = decide(result.points, min_top1=threshold).chosen
+        except UsageError:
+            continue
+        plan = plan_buckets(result, traffic, labelled, Preprocess(), k=1, min_top1=threshold).chosen
+        (bucket,) = plan.buckets
+        assert bucket.label == expected.size and bucket.share == 1.0
+        assert (bucket.correct, bucket.images, plan.mean_ms) == (expected.correct, expected.images,
+                                                                 expected.latency_ms)
+
+
+def test_a_plan_by_hand():
+    """Three sizes; traffic of sides 10 (70%) and 40 (30%); labelled images of side 10 right at every size, of
+    side 40 right only at 48. Two buckets: [16, 48], predicted 0.7 x 1 + 0.3 x 9 = 3.4 ms, where one size (48)
+    takes 9 ms."""
+    sides = np.array([10] * 10 + [40] * 10)
+    hits = {"16": [1] * 10 + [0] * 10, "32": [1] * 10 + [0] * 10, "48": [1] * 20}
+    lat = {"16": 1.0, "32": 4.0, "48": 9.0}
+    points = [TunePoint("a", "ort-cpu", s, (1, 3, int(s), int(s)), sum(h), sum(h), 20, lat[s], 1.0, 1.0)
+              for s, h in hits.items()]
+    result = TuneResult("val", ("x", "y"), 1, 20, points=points)
+    result.hits = {("a", "ort-cpu", s): np.array(h, np.int8) for s, h in hits.items()}
+    traffic = SimpleNamespace(sizes=np.array([[10, 10]] * 7 + [[40, 40]] * 3))
+    planning = plan_buckets(result, traffic, np.stack([sides, sides], 1), Preprocess(), k=2, min_top1=0.9)
+    chosen = planning.chosen
+    assert [b.label for b in chosen.buckets] == ["16", "48"] and [b.share for b in chosen.buckets] == [0.7, 0.3]
+    assert chosen.mean_ms == pytest.approx(3.4) and chosen.p95_ms == 9.0
+    assert [(b.correct, b.images) for b in chosen.buckets] == [(10, 10), (10, 10)]
+    assert planning.single.mean_ms == 9.0 and planning.single.buckets[0].label == "48"
+    auto = plan_buckets(result, traffic, np.stack([sides, sides], 1), Preprocess(), k="auto", min_top1=0.9)
+    # K=3 adds 32, which no image routes to: the whole labelled set at 32 (50%) stands in and fails 90%
+    assert sorted(auto.by_k) == [1, 2] and auto.chosen.mean_ms == pytest.approx(3.4)
+    assert len(auto.chosen.buckets) == 2
+    with pytest.raises(UsageError, match="more buckets than the 3 size"):
+        plan_buckets(result, traffic, np.stack([sides, sides], 1), Preprocess(), k=4, min_top1=0.9)
+
+
+# ---- the command, on the reference model -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("buckets")
+    rng = np.random.default_rng(5)
+    for c in range(3):
+        (root / "val" / f"class{c}").mkdir(parents=True)
+        for i in range(5):
+            side = (12, 20, 40)[i % 3]
+            Image.fromarray(rng.integers(0, 256, (side, side + i, 3), dtype=np.uint8)).save(
+                root / "val" / f"class{c}" / f"{i}.png")
+    (root / "traffic").mkdir()
+    for i in range(30):
+        side = 10 if i < 24 else 44  # skewed small, unlike the labelled set
+        Image.fromarray(rng.integers(0, 256, (side, side + 1, 3), dtype=np.uint8)).save(root / "traffic" / f"{i}.png")
+    (root / "empty").mkdir()
+    return root
+
+
+def run(*args):
+    from gap_deploy.exporter.cli.tune import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_gap_tune_plans_buckets_and_one_bucket_is_its_own_choice(folders, reference_onnx, tmp_path):
+    common = [f"a={reference_onnx}", "--data", folders / "val", "--imgsz", "8,16,24", "--no-native", "--duration",
+              "0.05", "--min-top1", "0", "--traffic", folders / "traffic"]
+    result = run(*common, "--buckets", "1", "--json", tmp_path / "one.json")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "one.json").read_text())
+    chosen = data["decision"]["chosen"]
+    (bucket,) = data["buckets"]["chosen"]["buckets"]
+    assert str(bucket["size"][0]) == chosen["size"] and bucket["latency_ms"] == chosen["latency_ms"]
+    assert data["buckets"]["traffic"]["read"] == 30
+    two = run(*common, "--buckets", "2", "--json", tmp_path / "two.json")
+    assert two.exit_code == 0, two.output
+    both = json.loads((tmp_path / "two.json").read_text())
+    plan = both["buckets"]["chosen"]
+    latency = {p["size"]: p["latency_ms"] for p in both["points"]}  # this run's own timings
+    assert len(plan["buckets"]) == 2 and sum(b["share"] for b in plan["buckets"]) == pytest.approx(1.0)
+    assert plan["mean_ms"] == pytest.approx(sum(b["share"] * latency[str(b["size"][0])] for b in plan["buckets"]))
+    assert "Buckets for the traffic (30 image(s))" in two.output and "sides" in two.output
+
+
+@pytest.mark.parametrize("args, fragment, code", [
+    (["--traffic", "{empty}", "--buckets", "2", "--min-top1", "0"], "no image files", 1),
+    (["--traffic", "{traffic}", "--buckets", "5", "--min-top1", "0"], "more buckets than the 3 size", 2),
+    (["--traffic", "{traffic}", "--buckets", "9", "--min-top1", "0"], "1 to 8 or auto", 2),
+    (["--buckets", "2", "--min-top1", "0"], "go together", 2),
+    (["--traffic", "{traffic}", "--buckets", "2", "--max-ms", "5"], "under --min-top1", 2),
+])
+def test_bad_bucket_input_gets_one_clear_message(folders, reference_onnx, args, fragment, code):
+    args = [a.format(empty=folders / "empty", traffic=folders / "traffic") for a in args]
+    result = run(f"a={reference_onnx}", "--data", folders / "val", "--imgsz", "8,16,24", "--no-native",
+                 "--duration", "0.05", *args)
+    assert_clean_failure(result, fragment, code=code)
