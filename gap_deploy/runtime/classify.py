@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -26,11 +26,14 @@ def top_classes(logits: np.ndarray, meta: ModelMetadata, k: int) -> list[dict]:
     return top_classes_batch(np.asarray(logits)[None, :], meta, k)[0]
 
 
-def image_loader(session, imgsz=None, *, decode: str = "exact"):
+def image_loader(session, imgsz=None, *, decode: str = "exact", buckets=None):
     """``path -> input tensor`` for ``session``: its model's preprocessing contract (at ``imgsz`` when given,
-    runtime.preprocess), then the size and profile checks, so one bad file fails alone."""
+    runtime.preprocess), then the size and profile checks, so one bad file fails alone. ``buckets`` (sizes,
+    (height, width)): each image at the bucket runtime.buckets routes it to by its header's size, instead."""
     channels = session.spec.channels
     contract = session.metadata.preprocessing(imgsz, channels)
+    if buckets:
+        return _bucket_loader(session, contract, buckets, decode)
 
     def load(path):
         chw = contract.load(path, channels, decode=decode)
@@ -39,20 +42,39 @@ def image_loader(session, imgsz=None, *, decode: str = "exact"):
     return load
 
 
+def _bucket_loader(session, contract, buckets, decode: str):
+    from gap_deploy.runtime.buckets import effective_sides, route
+    from gap_deploy.runtime.images import header_size
+
+    channels = session.spec.channels
+    ordered = sorted((tuple(b) for b in buckets), key=lambda b: (min(b), b))
+    sized = [contract.sized(b) for b in ordered]
+    sides = [min(b) for b in ordered]
+
+    def load(path):
+        width, height = header_size(path, orientation=contract.orientation)
+        at = int(route(effective_sides(np.array([[height, width]]), contract), sides)[0])
+        chw = sized[at].load(path, channels, decode=decode)
+        check_image(chw, session.input_spec)
+        return chw
+    return load
+
+
 def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, window: int | None = None,
-                  workers: int | None = None, stats=None, decode: str = "exact") -> Iterator[dict]:
+                  workers: int | None = None, stats=None, decode: str = "exact", buckets=None) -> Iterator[dict]:
     """Classify image files as a stream: one dict per file, in input order, each as soon as it and every
     earlier file are done: ``{"file", "size", "top"}``, or ``{"file", "error"}`` for a file that cannot be
     read or run. Decoding overlaps inference and at most ``window`` decoded images are held
-    (runtime.stream). ``stats`` (a StreamStats) receives where the time went."""
+    (runtime.stream). ``stats`` (a StreamStats) receives where the time went. ``buckets``: see image_loader.
+    ``paths`` is indexed, not copied, when it is a sequence (gap-run's packed list stays packed)."""
     from gap_deploy.runtime.session import check_session
     from gap_deploy.runtime.stream import StreamStats, in_order, stream_batches
 
     check_session(session, "iter_classify")
     meta = session.metadata
-    paths = list(paths)
+    paths = paths if isinstance(paths, Sequence) else list(paths)
     stats = stats if stats is not None else StreamStats()
-    load = image_loader(session, imgsz, decode=decode)
+    load = image_loader(session, imgsz, decode=decode, buckets=buckets)
 
     def results():
         for batch in stream_batches(paths, load, batch_size=batch_size, window=window, workers=workers, stats=stats):

@@ -191,3 +191,25 @@ def test_bad_bucket_input_gets_one_clear_message(folders, reference_onnx, args, 
     result = run(f"a={reference_onnx}", "--data", folders / "val", "--imgsz", "8,16,24", "--no-native",
                  "--duration", "0.05", *args)
     assert_clean_failure(result, fragment, code=code)
+
+
+def test_gap_run_routes_each_image_to_its_bucket_as_imgsz_would_run_it(tmp_path, reference_onnx):
+    """gap-run --buckets: each image at the smallest bucket at least its side (the model has no resize policy, so
+    its larger side), with exactly the answer gap-run --imgsz gives at that size."""
+    from PIL import Image
+
+    from gap_deploy.runtime.cli.run import main
+
+    sides = {"a.png": (20, 25), "b.png": (50, 60), "c.png": (90, 70)}  # (height, width) -> 32, 64, 64 (largest)
+    for name, (h, w) in sides.items():
+        Image.fromarray(np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
+    routed = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path), "--buckets", "32,64", "--format", "jsonl"])
+    assert routed.exit_code == 0, routed.output
+    rows = {Path(r["file"]).name: r for r in map(json.loads, routed.stdout.splitlines()[:-1])}
+    assert {n: r["size"] for n, r in rows.items()} == {"a.png": [32, 32], "b.png": [64, 64], "c.png": [64, 64]}
+    for name, row in rows.items():
+        alone = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path / name), "--imgsz", str(row["size"][0]),
+                                          "--format", "jsonl"])
+        assert json.loads(alone.stdout.splitlines()[0])["top"] == row["top"]
+    both = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path), "--buckets", "32", "--imgsz", "32"])
+    assert_clean_failure(both, "give one", code=2)

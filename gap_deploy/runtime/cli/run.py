@@ -153,10 +153,25 @@ def run_on_ray(artifact, images, address, output, *, topk, backend, imgsz, batch
         sys.exit(1)
 
 
+def bucket_sizes(text: str | None, imgsz: str | None) -> list[tuple[int, int]] | None:
+    """--buckets as sizes (a list, HxW, or START:STOP:STEP, as gap-tune --imgsz reads them); None without it."""
+    if text is None:
+        return None
+    if imgsz:
+        raise click.UsageError("--buckets and --imgsz both set the size: give one.")
+    from gap_deploy.runtime.tune import parse_sizes
+
+    sizes = parse_sizes([text])
+    if len({min(s) for s in sizes}) != len(sizes):
+        raise click.BadParameter(f"{text!r}: two sizes share a side, so no image could be routed between them.",
+                                 param_hint="--buckets")
+    return sizes
+
+
 #: the options each of gap-run's three modes reads; any other option given is refused (exit 2), never ignored
 MODE_OPTIONS = {
-    "local": {"topk", "backend", "imgsz", "batch_size", "output_format", "trust_engine", "verify_key", "decode",
-              "recursive", "threads"},
+    "local": {"topk", "backend", "imgsz", "buckets", "batch_size", "output_format", "trust_engine", "verify_key",
+              "decode", "recursive", "threads"},
     "ray": {"topk", "backend", "imgsz", "decode", "trust_engine", "ray_address", "output", "workers", "cpus_per_worker",
             "logits", "ray_batch_size", "recursive", "threads"},
     "server": {"topk", "imgsz", "decode", "output_format", "server", "server_model", "concurrency", "recursive"},
@@ -183,6 +198,9 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
 @click.option("--imgsz", metavar="N|HxW", help="The input size, in place of the one in the model's preprocessing "
               "(its resize policy, crop and interpolation are kept). Default: the model's own preprocessing; a model "
               "exported without one keeps each image's size (a GAP network takes any size above its minimum).")
+@click.option("--buckets", metavar="SIZES", help="Each image at one of these sizes (e.g. 32,64,128; gap-tune "
+              "--buckets chooses them): the smallest at least its side as the preprocessing scales it, else the "
+              "largest. In place of --imgsz.")
 @click.option("--decode", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="exact: the model's preprocessing to the letter. fast: JPEGs decoded at reduced scale by libjpeg "
                    "and resized as 8-bit when the target is at most half the image (several times faster on photos; "
@@ -223,7 +241,7 @@ def refuse_unused(ctx: click.Context, mode: str) -> None:
               help="--server: requests in flight at once.")
 @click.pass_context
 @report_errors
-def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, output_format, threads, recursive,
+def main(ctx, artifact, images, topk, backend, imgsz, buckets, decode, batch_size, output_format, threads, recursive,
          trust_engine,
          ray_address, output, workers, cpus_per_worker, logits, ray_batch_size, server, server_model, concurrency,
          verify_key):
@@ -259,6 +277,7 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, output
     from gap_deploy.runtime.limits import check_memory
 
     size = image_size(imgsz) if imgsz else None
+    routed = bucket_sizes(buckets, imgsz)
     check_artifact(artifact)
     paths = image_paths(images, recursive=recursive)  # strings: the list is held for the whole run
     if not paths:
@@ -267,8 +286,10 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, output
 
     session = runtime.load(artifact, backend, trust_engine=trust_engine, verify_key=verify_key or None,
                            threads=threads or inference_threads())
-    if size:
-        check_memory((batch_size, session.spec.channels, *size), "--imgsz with --batch-size")
+    largest = size or (max(routed, key=lambda s: s[0] * s[1]) if routed else None)
+    if largest:
+        check_memory((batch_size, session.spec.channels, *largest),
+                     "--imgsz with --batch-size" if size else "the largest --buckets size with --batch-size")
     info(f"{artifact} on {session.backend}: {len(paths)} image(s)")
     stats = StreamStats()
     writer = ResultWriter(output_format, topk)
@@ -278,7 +299,7 @@ def main(ctx, artifact, images, topk, backend, imgsz, decode, batch_size, output
     with click.progressbar(length=len(paths), label="Classifying", file=sys.stderr) if show_bar \
             else contextlib.nullcontext() as bar:
         for item in iter_classify(session, paths, topk=topk, imgsz=size, batch_size=batch_size, stats=stats,
-                                  decode=decode):
+                                  decode=decode, buckets=routed):
             writer.add(item)
             if bar is not None:
                 bar.update(1)
