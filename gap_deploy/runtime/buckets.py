@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gap_deploy.runtime.errors import ArtifactError, InputError, UsageError
+from gap_deploy.runtime.intervals import wilson
 
 #: at most this many traffic images have their headers read (an evenly spaced sample beyond it)
 DEFAULT_SAMPLE = 5000
@@ -141,8 +142,6 @@ class Bucket:
 
     @property
     def interval(self) -> tuple[float, float]:
-        from gap_deploy.runtime.tune import wilson
-
         return wilson(self.correct, self.images)
 
     @property

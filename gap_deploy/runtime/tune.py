@@ -9,7 +9,6 @@ Pareto front of accuracy against latency, and a decision under one constraint. t
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,25 +21,11 @@ import numpy as np
 from gap_deploy.runtime.backends.table import facts
 from gap_deploy.runtime.errors import GapError, UsageError, first_line
 from gap_deploy.runtime.evaluate import check_sizes_fit, record_top5, size_label
+from gap_deploy.runtime.intervals import wilson  # re-exported: gap-tune's interval
 
 if TYPE_CHECKING:
     from gap_deploy.runtime.session import Session
     from gap_deploy.runtime.stream import Batch
-
-Z95 = 1.959963984540054  # the two-sided 95% normal quantile
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (Wilson 1927; Newcombe 1998, method 3)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends, not 1e-17 away
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
-
 
 @dataclass(frozen=True)
 class TunePoint:

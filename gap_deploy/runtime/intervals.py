@@ -1,0 +1,22 @@
+"""Confidence intervals of a proportion: what gap-tune and its bucket plans say an accuracy is known to within."""
+
+from __future__ import annotations
+
+import math
+
+Z95 = 1.959963984540054  # the two-sided 95% normal quantile
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (Wilson 1927; Newcombe 1998, method 3)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends, not 1e-17 away
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+__all__ = ["Z95", "wilson"]
