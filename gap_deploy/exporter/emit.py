@@ -162,3 +162,103 @@ def emit(result: TuneResult, decision: Decision, artifacts: Mapping[str, str | o
         (staging / "README.md").write_text(readme(result, decision, artifact, files, lines))
         files.append("README.md")
     return files
+
+
+def with_routing(model, sizes) -> None:
+    """Store in ``model`` (an onnx.ModelProto, changed in place) a preprocessing contract that routes each image
+    between ``sizes`` (runtime.preprocess.Preprocess.buckets): gap-run, gap-eval, Ray's workers and Triton's
+    clients then run each image at its bucket without being told."""
+    from dataclasses import replace
+
+    from gap_deploy.runtime.metadata import ModelMetadata
+
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = ModelMetadata.from_props(props)
+    contract = meta.preprocessing().with_buckets(sizes)
+    updated = replace(meta, preprocess=contract.to_json()).to_props()
+    kept = {k: v for k, v in props.items() if not k.startswith("gap.")}
+    del model.metadata_props[:]
+    for key, value in {**kept, **updated}.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def emit_buckets(result: TuneResult, planning, artifacts: Mapping[str, str | os.PathLike],
+                 folder: str | os.PathLike, log=lambda _: None) -> list[str]:
+    """gap-tune --buckets --emit: for the chosen plan's ONNX, the model routing each image to its bucket (the
+    contract's buckets), the model fixed to each bucket's shape (for static-shape runtimes and accelerators),
+    gap-run.sh on the routed model, gap-build.sh with one TensorRT profile per bucket (opt at the bucket),
+    tune.json and a README. The folder appears whole or not at all."""
+    import onnx
+
+    from gap_deploy.exporter.pack import fixed_variant
+    from gap_deploy.runtime.errors import UsageError
+    from gap_deploy.runtime.onnx_file import save_onnx
+    from gap_deploy.runtime.publish import Publication
+
+    plan = planning.chosen
+    artifact = Path(artifacts[plan.artifact])
+    if artifact.suffix != ".onnx":
+        raise UsageError(f"--emit with --buckets writes ONNX models per bucket; {artifact} is not an ONNX file.",
+                         hint="run gap-tune on the FP32 ONNX (or its FP16/INT8 variants).")
+    sizes = [b.size for b in plan.buckets]
+    with Publication() as pub:
+        staging = pub.folder(folder, "--emit folder")
+        files: list[str] = []
+        model = onnx.load(str(artifact))
+        channels = int(model.graph.input[0].type.tensor_type.shape.dim[1].dim_value or 3)
+        batch = result.batch
+        try:
+            for h, w in sizes:
+                fixed = fixed_variant(model, (batch, channels, h, w))
+                name = f"{artifact.stem}.{h}x{w}.onnx"
+                save_onnx(fixed, staging / name)
+                files.append(name)
+        except Exception as exc:  # onnx's checker and shape tools raise their own types
+            raise ArtifactError(f"cannot fix {artifact} to a bucket's shape: {first_line(exc)}",
+                                hint="re-export the model with gap-export --dynamic.") from None
+        with_routing(model, sizes)
+        routed = f"{artifact.stem}.buckets.onnx"
+        save_onnx(model, staging / routed)
+        files.insert(0, routed)
+        here = 'here="$(cd "$(dirname "$0")" && pwd)"'
+        profiles = [f"--profile {_shape((1, channels, h, w))}:{_shape((batch, channels, h, w))}:"
+                    f"{_shape((max(batch, 8), channels, h, w))}" for h, w in sizes]
+        scripts = {
+            "gap-run.sh": ["# classify images, each at its bucket: sh gap-run.sh IMAGES...  (from any folder)",
+                           '[ $# -gt 0 ] || { echo "usage: sh $0 IMAGES...  (image files, or folders of them)" >&2; '
+                           "exit 2; }", here,
+                           f'gap-run "$here"/{shlex.quote(routed)} "$@" --backend {shlex.quote(plan.backend)}'],
+            "gap-build.sh": ["# a TensorRT engine with one profile per bucket, opt at the bucket (needs TensorRT and a "
+                             "GPU)", here,
+                             f'gap-build "$here"/{shlex.quote(routed)} {" ".join(profiles)} '
+                             f'-o "$here"/{shlex.quote(artifact.stem)}.buckets.plan']}
+        for name, body in scripts.items():
+            (staging / name).write_text("#!/bin/sh\n" + "\n".join(body) + "\n")
+            (staging / name).chmod(0o755)
+            files.append(name)
+        (staging / "tune.json").write_text(json.dumps({**result.to_dict(), "buckets": planning.to_dict()}, indent=2,
+                                                      default=str) + "\n")
+        files.append("tune.json")
+        (staging / "README.md").write_text(_buckets_readme(planning, artifact, files))
+        files.append("README.md")
+        log(f"Routed model {routed}: {', '.join(f'{h}x{w}' for h, w in sizes)}")
+    return files
+
+
+def _buckets_readme(planning, artifact: Path, files: list[str]) -> str:
+    plan, single = planning.chosen, planning.single
+    rows = "\n".join(f"| {b.label} | {b.share:.1%} | {b.images} | {b.top1:.1%} ({b.interval[0]:.1%}-"
+                     f"{b.interval[1]:.1%}){' *' if b.whole_set else ''} | {b.latency_ms:.3f} |" for b in plan.buckets)
+    text = [f"# Deploying {plan.label}", "",
+            f"Chosen by gap-tune --buckets for top-1 >= {planning.min_top1:.1%} in every bucket, from "
+            f"{planning.traffic.sampled} traffic image(s) of {planning.traffic.source}: predicted mean "
+            f"{plan.mean_ms:.3f} ms and p95 {plan.p95_ms:.3f} ms per batch, against {single.mean_ms:.3f} ms at one "
+            f"size ({single.buckets[0].label}). Artifact `{artifact}` on backend `{plan.backend}`.", "",
+            "| bucket | traffic share | labelled images | top-1 (95% interval) | median ms |",
+            "| --- | --- | --- | --- | --- |", rows, "",
+            "Each image goes to the smallest bucket at least as large as its side as the preprocessing scales it, "
+            "else the largest. The `.buckets.onnx` model carries that rule in its preprocessing contract, so "
+            "gap-run, gap-eval, Ray and Triton's clients route by it; the fixed models serve runtimes that want one "
+            "static shape per model.", "", "## Files", ""]
+    text += [f"- `{name}`" for name in files]
+    return "\n".join(text) + "\n"

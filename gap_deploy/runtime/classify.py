@@ -28,33 +28,15 @@ def top_classes(logits: np.ndarray, meta: ModelMetadata, k: int) -> list[dict]:
 
 def image_loader(session, imgsz=None, *, decode: str = "exact", buckets=None):
     """``path -> input tensor`` for ``session``: its model's preprocessing contract (at ``imgsz`` when given,
-    runtime.preprocess), then the size and profile checks, so one bad file fails alone. ``buckets`` (sizes,
-    (height, width)): each image at the bucket runtime.buckets routes it to by its header's size, instead."""
+    routed between ``buckets`` sizes when given, runtime.preprocess), then the size and profile checks, so one
+    bad file fails alone."""
     channels = session.spec.channels
     contract = session.metadata.preprocessing(imgsz, channels)
     if buckets:
-        return _bucket_loader(session, contract, buckets, decode)
+        contract = contract.with_buckets(buckets)
 
     def load(path):
         chw = contract.load(path, channels, decode=decode)
-        check_image(chw, session.input_spec)
-        return chw
-    return load
-
-
-def _bucket_loader(session, contract, buckets, decode: str):
-    from gap_deploy.runtime.buckets import effective_sides, route
-    from gap_deploy.runtime.images import header_size
-
-    channels = session.spec.channels
-    ordered = sorted((tuple(b) for b in buckets), key=lambda b: (min(b), b))
-    sized = [contract.sized(b) for b in ordered]
-    sides = [min(b) for b in ordered]
-
-    def load(path):
-        width, height = header_size(path, orientation=contract.orientation)
-        at = int(route(effective_sides(np.array([[height, width]]), contract), sides)[0])
-        chw = sized[at].load(path, channels, decode=decode)
         check_image(chw, session.input_spec)
         return chw
     return load

@@ -229,17 +229,22 @@ def decoded(source, channels: int, name: str, space: str, draft=None,
 def header_size(path: str | Path, *, orientation: str = "exif") -> tuple[int, int]:
     """An image file's (width, height) from its header, nothing decoded; turned as its EXIF Orientation says
     when ``orientation`` is "exif" (what the preprocessing contract does before resizing)."""
+    with open_regular(path) as handle:
+        return header_size_of(handle, str(path), orientation=orientation)
+
+
+def header_size_of(source, name: str, *, orientation: str = "exif") -> tuple[int, int]:
+    """:func:`header_size` for an open binary file (``name`` for messages)."""
     from PIL import Image, UnidentifiedImageError
 
-    with open_regular(path) as handle:
-        try:
-            with Image.open(handle) as image:
-                turn = _exif_orientation(image) if orientation == "exif" else 1
-                width, height = image.size
-        except Image.DecompressionBombError:
-            raise ArtifactError(f"{path} is refused as a decompression bomb (its header's size).") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise ArtifactError(f"{path} is not a readable image: {exc}") from None
+    try:
+        with Image.open(source) as image:
+            turn = _exif_orientation(image) if orientation == "exif" else 1
+            width, height = image.size
+    except Image.DecompressionBombError:
+        raise ArtifactError(f"{name} is refused as a decompression bomb (its header's size).") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ArtifactError(f"{name} is not a readable image: {exc}") from None
     return (height, width) if turn >= 5 else (width, height)
 
 

@@ -52,7 +52,9 @@ DECODES = ("exact", "fast")
 ORIENTATIONS = ("exif", "ignore")
 #: the JSON keys of gap.preprocess (mean and std live in gap.mean / gap.std, read by every runtime)
 _FIELDS = ("resize", "size", "crop_fraction", "interpolation", "antialias", "space", "channel_order",
-           "pixel_scale", "pad_value", "orientation")
+           "pixel_scale", "pad_value", "orientation", "buckets")
+#: the most sizes a contract routes images between (gap-tune --buckets)
+MAX_BUCKETS = 8
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ class Preprocess:
     #: "exif": turn each image as its EXIF Orientation tag says (as a photo viewer shows it); "ignore": the
     #: stored pixels. A contract written before this field existed reads as "exif".
     orientation: str = "exif"
+    #: (H, W) sizes each image is routed between by its own size (runtime.buckets' rule: the smallest at least its
+    #: effective side, else the largest), in place of ``size``; None: every image at ``size``. Written only when
+    #: set, so a contract without it reads as before.
+    buckets: tuple[tuple[int, int], ...] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
@@ -81,6 +87,10 @@ class Preprocess:
     def to_json(self) -> str:
         values = {k: v for k, v in asdict(self).items() if k in _FIELDS}
         values["size"] = list(self.size) if self.size else None
+        if self.buckets:
+            values["buckets"] = [list(b) for b in self.buckets]
+        else:
+            values.pop("buckets")
         return json.dumps(values, sort_keys=True)
 
     @classmethod
@@ -103,6 +113,13 @@ class Preprocess:
                     and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
                 raise bad(f"size {size!r} is not [height, width] in whole pixels")
             values["size"] = tuple(size)
+        buckets = values.get("buckets")
+        if buckets is not None:
+            if not (isinstance(buckets, list) and all(
+                    isinstance(b, list) and len(b) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in b) for b in buckets)):
+                raise bad(f"buckets {buckets!r} is not a list of [height, width] in whole pixels")
+            values["buckets"] = tuple(tuple(b) for b in buckets)
         for name, kind in (("crop_fraction", (int, float)), ("pixel_scale", (int, float)), ("pad_value", int),
                            ("antialias", bool)):
             if name in values and (not isinstance(values[name], kind)
@@ -130,6 +147,12 @@ class Preprocess:
                 raise bad("resize 'none' keeps each image's own size, so it takes no size")
         elif self.size is None or len(self.size) != 2 or min(self.size) < 1 or max(self.size) > 16384:
             raise bad(f"resize {self.resize!r} needs a size of 1 to 16384 pixels per side, not {self.size!r}")
+        if self.buckets is not None:
+            sides = [min(b) for b in self.buckets]
+            if not 1 <= len(self.buckets) <= MAX_BUCKETS or len(set(sides)) != len(sides):
+                raise bad(f"buckets {self.buckets!r}: 1 to {MAX_BUCKETS} sizes with distinct sides")
+            if any(min(b) < 1 or max(b) > 16384 for b in self.buckets):
+                raise bad(f"buckets {self.buckets!r}: every side 1 to 16384 pixels")
         self._check_numbers(channels, bad)
         return self
 
@@ -160,10 +183,36 @@ class Preprocess:
 
     # ---------------------------------------------------------------------------------------- overrides
     def sized(self, size: tuple[int, int] | None) -> Preprocess:
-        """``--imgsz``: the same contract at another input size (resize "none" becomes a stretch to it)."""
+        """``--imgsz``: the same contract at another input size (resize "none" becomes a stretch to it); a size
+        given outright replaces the contract's buckets."""
         if size is None:
             return self
-        return replace(self, resize="stretch" if self.resize == "none" else self.resize, size=tuple(size))
+        return replace(self, resize="stretch" if self.resize == "none" else self.resize, size=tuple(size),
+                       buckets=None)
+
+    def with_buckets(self, sizes) -> Preprocess:
+        """``gap-run --buckets``: each image routed between ``sizes`` by its own size (validated here)."""
+        return replace(self, buckets=tuple(tuple(int(v) for v in s) for s in sizes) or None).validate()
+
+    def routed(self, width: int, height: int) -> Preprocess:
+        """The contract an image of this (EXIF-turned) size runs under: the bucket runtime.buckets routes it to,
+        or this contract when it has no buckets."""
+        if not self.buckets:
+            return self
+        from gap_deploy.runtime.buckets import effective_sides, route
+
+        ordered = sorted(self.buckets, key=lambda b: (min(b), b))
+        at = int(route(effective_sides(np.array([[height, width]]), self), [min(b) for b in ordered])[0])
+        return self.sized(ordered[at])
+
+    def _routed_for(self, source, name: str) -> Preprocess:
+        """:meth:`routed` for an open, seekable binary file, from its header (the file is left at its start)."""
+        from gap_deploy.runtime.images import header_size_of
+
+        start = source.tell()
+        width, height = header_size_of(source, name, orientation=self.orientation)
+        source.seek(start)
+        return self.routed(width, height)
 
     def normalized_with(self, mean, std) -> Preprocess:
         return replace(self, mean=tuple(mean) if mean is not None else None,
@@ -236,10 +285,14 @@ class Preprocess:
 
     def decode(self, source, channels: int = 3, *, decode: str = "exact", name: str) -> np.ndarray:
         """:meth:`load` for an open binary file (bytes Ray read from any filesystem)."""
+        if self.buckets:
+            return self._routed_for(source, name).decode(source, channels, decode=decode, name=name)
         return self.finish(self.read(source, channels, decode=decode, name=name), decode=decode)
 
     def pixels(self, source, channels: int = 3, *, decode: str = "exact", name: str) -> np.ndarray:
         """Steps 1-3 (decode, resize and crop, scale, channel order): (channels, H, W) float32, not normalized."""
+        if self.buckets:
+            return self._routed_for(source, name).pixels(source, channels, decode=decode, name=name)
         return self.finish(self.read(source, channels, decode=decode, name=name), decode=decode, normalize=False)
 
     def read(self, source, channels: int = 3, *, decode: str = "exact", name: str) -> Decoded:
@@ -377,6 +430,9 @@ class Preprocess:
                 rows.append(("resize", f"letterbox into {h}x{w}, {how}, padded with {self.pad_value}"))
             if self.crop_fraction != 1.0 or self.resize == "shorter-side":
                 rows.append(("crop", f"centre {h}x{w} (crop fraction {self.crop_fraction:.4g})"))
+        if self.buckets:
+            sizes = ", ".join(f"{h}x{w}" for h, w in sorted(self.buckets, key=min))
+            rows.append(("route", f"each image to the smallest of {sizes} at least its side, else the largest"))
         rows.append(("scale", "pixels to [0, 1]" if self.pixel_scale == 1.0 else "pixels to [0, 255]"))
         rows.append(("channels", self.channel_order))
         if self.mean is not None and self.std is not None:

@@ -213,3 +213,58 @@ def test_gap_run_routes_each_image_to_its_bucket_as_imgsz_would_run_it(tmp_path,
         assert json.loads(alone.stdout.splitlines()[0])["top"] == row["top"]
     both = CliRunner().invoke(main, [str(reference_onnx), str(tmp_path), "--buckets", "32", "--imgsz", "32"])
     assert_clean_failure(both, "give one", code=2)
+
+
+def test_the_contract_carries_its_buckets_and_a_size_given_outright_replaces_them():
+    from gap_deploy.runtime.errors import MetadataError
+
+    base = Preprocess(resize="shorter-side", size=(64, 64), crop_fraction=0.875)
+    assert "buckets" not in json.loads(base.to_json())  # a contract without them reads as before
+    routed = base.with_buckets([(32, 32), (96, 96)])
+    again = Preprocess.from_json(routed.to_json())
+    assert again.buckets == ((32, 32), (96, 96)) and again == routed
+    assert ("route", "each image to the smallest of 32x32, 96x96 at least its side, else the largest") in again.steps()
+    assert routed.sized((48, 48)).buckets is None  # --imgsz wins
+    # shorter side x 0.875: 30 x 0.875 = 26.25 -> 32; 40 x 0.875 = 35 -> 96; anything larger -> 96
+    assert [routed.routed(w, h).size for w, h in ((30, 50), (50, 40), (400, 300))] == [(32, 32), (96, 96), (96, 96)]
+    for bad in ('[[32, 32], [32, 40]]', '[[0, 4]]', '"32"', '[[32, 32.5]]'):
+        text = routed.to_json().replace('[[32, 32], [96, 96]]', bad)
+        with pytest.raises(MetadataError):
+            Preprocess.from_json(text)
+
+
+def test_gap_tune_emits_a_routed_model_and_one_fixed_model_per_bucket(folders, reference_onnx, tmp_path):
+    """--emit with --buckets: the routed ONNX runs each image at its bucket by itself (the same answers as
+    gap-run --buckets on the original), each bucket's model is fixed to its shape, gap-build.sh holds a profile
+    per bucket, and gap-run.sh runs from any folder."""
+    import os
+    import subprocess
+    import sys
+
+    import onnx
+
+    from gap_deploy.runtime.cli.run import main as gap_run
+
+    deploy = tmp_path / "deploy"
+    result = run(f"a={reference_onnx}", "--data", folders / "val", "--imgsz", "8,16,24", "--no-native", "--duration",
+                 "0.05", "--min-top1", "0", "--traffic", folders / "traffic", "--buckets", "2", "--emit", deploy)
+    assert result.exit_code == 0, result.output
+    plan = json.loads((deploy / "tune.json").read_text())["buckets"]["chosen"]
+    sizes = [tuple(b["size"]) for b in plan["buckets"]]
+    stem = reference_onnx.stem
+    for h, w in sizes:
+        dims = onnx.load(str(deploy / f"{stem}.{h}x{w}.onnx")).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_value for d in dims] == [1, 3, h, w]
+    assert (deploy / "gap-build.sh").read_text().count("--profile ") == len(sizes)
+    bucket_text = ",".join(f"{h}x{w}" for h, w in sizes)
+    told = CliRunner().invoke(gap_run, [str(reference_onnx), str(folders / "traffic"), "--buckets", bucket_text,
+                                        "--format", "jsonl", "-k", "2"])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    by_itself = subprocess.run(["sh", str(deploy / "gap-run.sh"), str(folders / "traffic"), "--format", "jsonl",
+                                "-k", "2"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert told.exit_code == by_itself.returncode == 0, by_itself.stderr
+    a = [json.loads(line) for line in told.stdout.splitlines()[:-1]]
+    b = [json.loads(line) for line in by_itself.stdout.splitlines()[:-1]]
+    assert [(x["file"], x["size"]) for x in a] == [(y["file"], y["size"]) for y in b] and len(a) == 30
+    assert all(x["top"][0]["name"] == y["top"][0]["name"] for x, y in zip(a, b))
+    assert {tuple(x["size"]) for x in a} <= set(sizes)

@@ -82,7 +82,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
 
     named, given = _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_path, plot_path,
                                   emit_dir)
-    traffic_sizes = _check_buckets(traffic, buckets, min_top1, emit_dir, traffic_sample)
+    traffic_sizes = _check_buckets(traffic, buckets, min_top1, traffic_sample)
     parsed = parse_sizes(sizes) if sizes else None
     settings = BenchSettings(warmup_s=0.1, duration_s=duration, min_iterations=5)
     result = _sweep(named, folder, sizes=parsed, native=not no_native, backends=list(backends) or None,
@@ -105,7 +105,12 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
     if plot_path and result.points:
         plot(result, plot_path, decision)
         info(f"Wrote {plot_path}")
-    if emit_dir and decision and not result.interrupted:
+    if emit_dir and planning is not None:
+        from gap_deploy.exporter.emit import emit_buckets
+
+        files = emit_buckets(result, planning, named, emit_dir, log=info)
+        info(f"Wrote {emit_dir}: {', '.join(files)}")
+    elif emit_dir and decision and not result.interrupted:
         from gap_deploy.exporter.emit import emit
 
         files = emit(result, decision, named, emit_dir, log=info)
@@ -120,7 +125,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
         fail(f"{len(result.errors)} image(s) could not be evaluated (listed above); the figures leave them out.")
 
 
-def _check_buckets(traffic, buckets, min_top1, emit_dir, sample):
+def _check_buckets(traffic, buckets, min_top1, sample):
     """--traffic and --buckets go together, under --min-top1; the traffic's sizes, read before the sweep so a
     wrong folder answers at once (None without --buckets)."""
     from gap_deploy.runtime.buckets import MAX_BUCKETS, read_traffic
@@ -134,9 +139,6 @@ def _check_buckets(traffic, buckets, min_top1, emit_dir, sample):
         raise UsageError(f"--buckets takes 1 to {MAX_BUCKETS} or auto; got {buckets!r}.")
     if min_top1 is None:
         raise UsageError("--buckets chooses under --min-top1 (every bucket must reach it); give --min-top1.")
-    if emit_dir:
-        raise UsageError("--emit writes the one-size choice; it does not yet write bucket models. Run without "
-                         "--emit to see the buckets, or without --buckets to emit.")
     loaded = read_traffic(traffic, sample=sample)
     info(f"Traffic: {loaded.sampled} of {loaded.files} image header(s) read"
          + (f", {len(loaded.errors)} unreadable (left out)" if loaded.errors else "") + ".")
@@ -170,9 +172,11 @@ def _plan(result, traffic, buckets, min_top1):
         click.echo(f"  {b.label:>7} {b.share:7.1%} {b.images:8d} {b.top1:8.1%} ({low:.1%}-{high:.1%})"
                    f"{'*' if b.whole_set else ' ':1} {b.latency_ms:10.3f}")
     click.echo(histogram(traffic, result.contract, chosen))
+    change = chosen.mean_ms / single.mean_ms - 1 if single.mean_ms else 0.0
     click.echo(f"Predicted per batch: mean {chosen.mean_ms:.3f} ms, p95 {chosen.p95_ms:.3f} ms; one size "
-               f"({single.buckets[0].label}): {single.mean_ms:.3f} ms "
-               f"({(1 - chosen.mean_ms / single.mean_ms) if single.mean_ms else 0.0:+.1%} saved).")
+               f"({single.buckets[0].label}): {single.mean_ms:.3f} ms, so the buckets are "
+               f"{abs(change):.1%} {'faster' if change < 0 else 'slower'}"
+               + (" (more buckets than the accuracy needs: try --buckets auto)." if change > 0 else "."))
     if len(planning.by_k) > 1:
         click.echo("By number of buckets: " + ", ".join(f"K={k} {p.mean_ms:.3f} ms" for k, p in
                                                         sorted(planning.by_k.items())))
