@@ -489,3 +489,31 @@ def test_gap_build_calibrates_at_the_export_size_and_writes_json(tmp_path, refer
     assert data["engine"] == str(tmp_path / "m.plan") and data["model"] == str(reference_onnx)
     assert (data["manifest"]["plan_sha256"], data["manifest"]["precision"]) == (manifest.plan_sha256,
                                                                                 manifest.precision)
+
+
+def test_gap_tunes_bucket_profiles_build_one_profile_per_bucket(tmp_path, reference_onnx, monkeypatch):
+    """The gap-build line gap-tune --buckets --emit writes, run through gap-build with the TensorRT builder double
+    (tests/support/trt_builder_api.py, from TensorRT's IOptimizationProfile API): the engine's manifest holds one
+    profile per bucket, min batch 1, opt at the bucket, max batch 8."""
+    import shlex
+
+    from gap_deploy.exporter import builder
+    from gap_deploy.exporter.cli.build import main
+    from gap_deploy.exporter.emit import emit_buckets
+    from gap_deploy.runtime.buckets import Bucket, BucketPlan, Planning, Traffic
+    from gap_deploy.runtime.tune import TuneResult
+
+    plan = BucketPlan("a", "ort-cpu", (Bucket((24, 24), 0.6, 1.0, 5, 5), Bucket((48, 40), 0.4, 2.0, 5, 5)), 1.4, 2.0)
+    planning = Planning(plan, {2: plan}, plan, Traffic("t", np.zeros((1, 2), int), 1), 0.5)
+    emit_buckets(TuneResult("val", ("x",), 1, 10), planning, {"a": reference_onnx}, tmp_path / "deploy")
+    line = (tmp_path / "deploy" / "gap-build.sh").read_text().splitlines()[-1]
+    words = shlex.split(line.replace('"$here"', str(tmp_path / "deploy")))
+    assert words[0] == "gap-build"
+    real_device = builder.build_device
+    monkeypatch.setattr(builder, "import_builder", lambda: FakeBuild().module)
+    monkeypatch.setattr(builder, "build_device", lambda cuda=None: real_device(Cuda(FakeDevice().rt)))
+    result = CliRunner().invoke(main, [*words[1:], "--no-verify"])
+    assert result.exit_code == 0, result.output
+    profiles = EngineManifest.read(tmp_path / "deploy" / f"{reference_onnx.stem}.buckets.plan").profiles
+    assert [p["images"] for p in profiles] == [[[1, 3, 24, 24], [1, 3, 24, 24], [8, 3, 24, 24]],
+                                               [[1, 3, 48, 40], [1, 3, 48, 40], [8, 3, 48, 40]]]
