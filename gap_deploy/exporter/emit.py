@@ -191,6 +191,7 @@ def emit_buckets(result: TuneResult, planning, artifacts: Mapping[str, str | os.
     import onnx
 
     from gap_deploy.exporter.pack import fixed_variant
+    from gap_deploy.runtime.artifact import describe
     from gap_deploy.runtime.errors import UsageError
     from gap_deploy.runtime.onnx_file import save_onnx
     from gap_deploy.runtime.publish import Publication
@@ -205,7 +206,7 @@ def emit_buckets(result: TuneResult, planning, artifacts: Mapping[str, str | os.
         staging = pub.folder(folder, "--emit folder")
         files: list[str] = []
         model = onnx.load(str(artifact))
-        channels = int(model.graph.input[0].type.tensor_type.shape.dim[1].dim_value or 3)
+        channels = describe(model).channels
         batch = result.batch
         try:
             for h, w in sizes:
@@ -239,13 +240,13 @@ def emit_buckets(result: TuneResult, planning, artifacts: Mapping[str, str | os.
         (staging / "tune.json").write_text(json.dumps({**result.to_dict(), "buckets": planning.to_dict()}, indent=2,
                                                       default=str) + "\n")
         files.append("tune.json")
-        (staging / "README.md").write_text(_buckets_readme(planning, artifact, files))
+        (staging / "README.md").write_text(_buckets_readme(planning, artifact, files, channels))
         files.append("README.md")
         log(f"Routed model {routed}: {', '.join(f'{h}x{w}' for h, w in sizes)}")
     return files
 
 
-def _buckets_readme(planning, artifact: Path, files: list[str]) -> str:
+def _buckets_readme(planning, artifact: Path, files: list[str], channels: int) -> str:
     plan, single = planning.chosen, planning.single
     rows = "\n".join(f"| {b.label} | {b.share:.1%} | {b.images} | {b.top1:.1%} ({b.interval[0]:.1%}-"
                      f"{b.interval[1]:.1%}){' *' if b.whole_set else ''} | {b.latency_ms:.3f} |" for b in plan.buckets)
@@ -261,4 +262,9 @@ def _buckets_readme(planning, artifact: Path, files: list[str]) -> str:
             "gap-run, gap-eval, Ray and Triton's clients route by it; the fixed models serve runtimes that want one "
             "static shape per model.", "", "## Files", ""]
     text += [f"- `{name}`" for name in files]
+    fixed = " ".join(f"--fixed 1x{channels}x{b.size[0]}x{b.size[1]}" for b in plan.buckets)
+    text += ["", "## Other runtimes", "",
+             "Core ML with these enumerated shapes (converted from the PyTorch checkpoint the ONNX was exported "
+             f"from): `gap-pack {artifact} --target coreml --checkpoint YOUR_MODEL.pt {fixed}`. TensorRT: "
+             "`gap-build.sh`. A static ORT bundle per bucket: `gap-pack MODEL.HxW.onnx` on each fixed model."]
     return "\n".join(text) + "\n"

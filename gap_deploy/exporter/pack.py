@@ -170,7 +170,8 @@ def _pack_edge(target: str):
         description, report = pack_edge.build_edge(
             target, request.model, request.source, staged, request.spec, request.precision, request.log,
             module=getattr(checkpoint, "module", None), max_side=request.max_side, max_batch=request.max_batch,
-            base_shapes=_check_shapes(meta, request.spec.channels, None), describe_bundle=_describe_bundle)
+            base_shapes=list(request.fixed) or _check_shapes(meta, request.spec.channels, None),
+            describe_bundle=_describe_bundle, enumerated=list(request.fixed))
         if request.app is not None:
             description = _add_app(request, staged, module=getattr(checkpoint, "module", None), target=target)
         readme = pack_edge.edge_readme(description)
@@ -215,9 +216,10 @@ def _check_request(target: str, precision: str, fixed, checkpoint, onnx_name: st
                              hint="ncnn and ExecuTorch bundles apply the contract in their README's code.")
         if len(fixed) > 1:
             raise UsageError("--app takes one --fixed shape, the size of its app-ready model.")
-    elif target != "ort" and fixed:
-        raise UsageError(f"--fixed variants are for the ORT target's NNAPI and Core ML; the {target} target runs "
-                         "any size (with --app, --fixed is the size of its app-ready model).")
+    elif target not in ("ort", "coreml") and fixed:
+        raise UsageError(f"--fixed variants are for the ORT target's NNAPI and Core ML, and a Core ML bundle's "
+                         f"enumerated shapes; the {target} target runs any size (with --app, --fixed is the size of "
+                         "its app-ready model).")
     if target in pack_edge.TORCH_TARGETS and checkpoint is None:
         raise UsageError(f"--target {target} converts from PyTorch: pass --checkpoint, the PyTorch model "
                          f"{onnx_name} was exported from.",

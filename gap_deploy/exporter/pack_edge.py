@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -223,9 +223,11 @@ def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, lo
 
 
 def convert_coreml(module, out: Path, spec: ArtifactSpec, precision: str, log, *, max_side: int,
-                   max_batch: int) -> tuple[list[str], dict]:
-    """coremltools from a trace, as an ML program (iOS 16+) with RangeDim batch, height and width; its
-    compute precision is set (FLOAT32 unless fp16 is asked: coremltools' own default for ML programs is FP16)."""
+                   max_batch: int, enumerated: Sequence[Shape] = ()) -> tuple[list[str], dict]:
+    """coremltools from a trace, as an ML program (iOS 16+) with RangeDim batch, height and width, or with
+    ``enumerated`` shapes (coremltools' EnumeratedShapes: a few fixed shapes, the first the default, which Core ML
+    can keep on the Neural Engine where ranged shapes fall back to the GPU or CPU); its compute precision is set
+    (FLOAT32 unless fp16 is asked: coremltools' own default for ML programs is FP16)."""
     from gap_deploy.runtime._lazy import require
 
     with captured_output():
@@ -234,10 +236,14 @@ def convert_coreml(module, out: Path, spec: ArtifactSpec, precision: str, log, *
     import torch
 
     meta = spec.metadata
-    example = _example(spec, 1, max_side)
-    shape = ct.Shape(shape=(ct.RangeDim(1, max_batch, 1), spec.channels,
-                            ct.RangeDim(meta.min_height, max_side, example.shape[2]),
-                            ct.RangeDim(meta.min_width, max_side, example.shape[3])))
+    if enumerated:
+        example = torch.zeros(tuple(enumerated[0]), dtype=torch.float32)
+        shape = ct.EnumeratedShapes(shapes=[list(s) for s in enumerated], default=list(enumerated[0]))
+    else:
+        example = _example(spec, 1, max_side)
+        shape = ct.Shape(shape=(ct.RangeDim(1, max_batch, 1), spec.channels,
+                                ct.RangeDim(meta.min_height, max_side, example.shape[2]),
+                                ct.RangeDim(meta.min_width, max_side, example.shape[3])))
     log(f"Converting the PyTorch model to Core ML ({precision}) with coremltools ...")
     with captured_output() as tail:
         try:
@@ -270,6 +276,7 @@ def inspect_coreml(package: Path, model=None) -> dict:
         raise ExportError(f"{package.name} is not an ML program ({spec.WhichOneof('Type')}).")
     desc = spec.description.input[0]
     ranges = [[r.lowerBound, r.upperBound] for r in desc.type.multiArrayType.shapeRange.sizeRanges]
+    enumerated = [list(s.shape) for s in desc.type.multiArrayType.enumeratedShapes.shapes]
     ops: dict[str, int] = {}
     types: dict[str, int] = {}
     for function in spec.mlProgram.functions.values():
@@ -280,8 +287,9 @@ def inspect_coreml(package: Path, model=None) -> dict:
                     name = MIL_pb2.DataType.Name(output.type.tensorType.dataType)
                     types[name] = types.get(name, 0) + 1
     return {"input": desc.name, "input_dtype": cast(Any, ct.proto.FeatureTypes_pb2.ArrayFeatureType).ArrayDataType.Name(
-        desc.type.multiArrayType.dataType), "input_ranges": ranges, "output": spec.description.output[0].name,
-        "spec_version": spec.specificationVersion, "ops": dict(sorted(ops.items())),
+        desc.type.multiArrayType.dataType), "input_ranges": ranges, "input_shapes": enumerated,
+        "output": spec.description.output[0].name, "spec_version": spec.specificationVersion,
+        "ops": dict(sorted(ops.items())),
         "op_output_types": dict(sorted(types.items()))}
 
 
@@ -348,7 +356,8 @@ def suggested_min_side(report: ParityReport) -> tuple[int, int] | None:
 
 def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, precision: str, log, *,
                module=None, max_side: int = DEFAULT_MAX_SIDE, max_batch: int = DEFAULT_MAX_BATCH,
-               base_shapes: list[Shape], describe_bundle) -> tuple[dict, ParityReport | None]:
+               base_shapes: list[Shape], describe_bundle, enumerated: Sequence[Shape] = ()) \
+        -> tuple[dict, ParityReport | None]:
     """Convert, write model.json, then open the staged bundle with the runtime and compare it with the ONNX.
     Returns (model.json's content, the parity report: None for Core ML, which is inspected, not run)."""
     import json
@@ -369,8 +378,9 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
                                              max_batch=max_batch)
         bounds = (max_side, max_batch)
     else:
-        names, versions = convert_coreml(module, out, spec, precision, log, max_side=max_side, max_batch=max_batch)
-        bounds = (max_side, max_batch)
+        names, versions = convert_coreml(module, out, spec, precision, log, max_side=max_side, max_batch=max_batch,
+                                         enumerated=enumerated)
+        bounds = (None, None) if enumerated else (max_side, max_batch)
     fixed_batch = versions.pop("fixed_batch", None)
     meta = spec.metadata
     # the model's own gap.* description only: the ONNX's other props (its signed lineage among them) stay in the
@@ -381,6 +391,8 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
         props["gap.max_side"] = str(bounds[0])  # read by the ExecuTorch runner
     accepts = {"batch": [1, 1 if fixed_batch else bounds[1]], "height": [meta.min_height, bounds[0]],
                "width": [meta.min_width, bounds[0]]}
+    if enumerated:  # these shapes and no other
+        accepts = {"shapes": [list(s) for s in enumerated]}
     files = {}
     for name in names:
         path = out / name
@@ -489,9 +501,8 @@ def edge_readme(d: dict) -> str:
         precision_type="FLOAT16" if d["precision"] == "fp16" else "FLOAT32", atol=tol["atol"], rtol=tol["rtol"])
     return f"""# {d['source']} for {title} ({d['precision']})
 
-Files: {', '.join(f'`{n}`' for n in files)}, `labels.txt`, `model.json`. Accepts N x {d['channels']} x H x W with
-N {span(*accepts['batch'])}, H {span(*accepts['height'])}, W {span(*accepts['width'])} (checked up to \
-{'x'.join(map(str, accepts.get('largest_checked', [])))}); {checked}.
+Files: {', '.join(f'`{n}`' for n in files)}, `labels.txt`, `model.json`. {_accepts_line(d, accepts, span)}; \
+{checked}.
 {'Weights and arithmetic are FP16, asked for with --precision fp16.' if d['precision'] == 'fp16' else
  'FP32: gap-pack turned off every FP16 default of the converter and runtime.'}
 
@@ -500,6 +511,14 @@ Input `{d['input']}`: float32 NCHW, {d['channel_order']}, pixels / 255 then (x -
 `labels.txt`.
 
 {loading}"""
+
+
+def _accepts_line(d: dict, accepts: dict, span) -> str:
+    if "shapes" in accepts:  # Core ML's enumerated shapes (gap-pack --fixed): these and no other
+        return ("Accepts exactly these input shapes (enumerated, the first the default): "
+                + ", ".join("x".join(map(str, s)) for s in accepts["shapes"]))
+    return (f"Accepts N x {d['channels']} x H x W with N {span(*accepts['batch'])}, H {span(*accepts['height'])}, "
+            f"W {span(*accepts['width'])} (checked up to {'x'.join(map(str, accepts.get('largest_checked', [])))})")
 
 
 def _contract(d: dict):

@@ -209,6 +209,28 @@ def test_core_ml_s_fp16_default_is_not_taken_silently(tmp_path, sources, monkeyp
     assert not (tmp_path / "forced").exists()
 
 
+def test_a_core_ml_bundle_with_enumerated_shapes_reads_back_with_exactly_those(tmp_path, sources):
+    """gap-pack --target coreml --fixed S1 --fixed S2 (gap-tune --buckets' sizes): the program's input takes
+    exactly those shapes (coremltools' EnumeratedShapes, read back from the saved spec), model.json says so, and
+    the check data for a Mac is at those shapes."""
+    _needs("coreml")
+    import numpy as np
+
+    from gap_deploy.exporter.checkpoint import load_model
+
+    onnx_path, ckpt, _ = sources["reference"]
+    shapes = [(1, 3, 32, 32), (1, 3, 48, 40)]
+    pack(onnx_path, tmp_path / "b", target="coreml", checkpoint=load_model(ckpt), fixed=shapes)
+    description = json.loads((tmp_path / "b" / "model.json").read_text())
+    inspected = description["verification"]["inspected"]
+    assert inspected["input_shapes"] == [list(s) for s in shapes] and inspected["input_ranges"] == []
+    assert description["check"]["shapes"] == ["1x3x32x32", "1x3x48x40"]
+    with np.load(tmp_path / "b" / "check_data.npz") as data:
+        assert [data[f"input_{i}"].shape for i in range(2)] == shapes
+    with pytest.raises(UsageError, match="NNAPI and Core ML"):
+        pack(onnx_path, tmp_path / "n", target="ncnn", fixed=shapes)
+
+
 def test_executorch_s_planned_range_is_measured_and_enforced(tmp_path, sources):
     """ExecuTorch plans memory for the largest input: the bundle's sweep includes it, a larger image is refused
     before ExecuTorch sees it, and a batch beyond the plan runs in chunks."""

@@ -25,7 +25,8 @@ from gap_deploy.runtime.naming import bundle_folder
               "Default: MODEL without .onnx, plus _bundle.")
 @click.option("--fixed", "fixed", multiple=True, metavar="BxCxHxW",
               help="ort: also a variant fixed to this shape, for NNAPI and CoreML (repeatable), e.g. 1x3x224x224. "
-                   "With --app: the size of the app-ready model (one shape, batch 1).")
+                   "coreml: the program takes exactly these shapes (enumerated; the Neural Engine keeps them, "
+                   "where ranged sizes fall back). With --app: the size of the app-ready model (one shape, batch 1).")
 @click.option("--target", type=click.Choice(["ort", "openvino", "ncnn", "litert", "executorch", "coreml"]),
               default="ort", show_default=True,
               help="ort: ONNX Runtime Mobile (model.ort, --fixed variants); openvino: OpenVINO IR (model.xml + .bin); "
