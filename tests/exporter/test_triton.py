@@ -342,3 +342,28 @@ def test_a_version_folder_of_non_ascii_digits_is_not_a_version(tmp_path, referen
     (repo / "gapcnn" / "1").rename(repo / "gapcnn" / "١")
     _, problems = check_repository(repo)
     assert any("no numbered version folder" in str(p) for p in problems)
+
+
+@pytest.mark.parametrize("where", ["artifact", "in_repo", "in_checked"])
+def test_gap_triton_json_never_lands_on_an_input_or_in_a_repository(tmp_path, reference_onnx, where):
+    """--json over the artifact, inside the repository it writes, or inside the one --check reads: refused before
+    anything is written, the artifact unchanged."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from gap_deploy.exporter.cli.triton import main
+    from tests.conftest import assert_clean_failure
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(reference_onnx, model)
+    before = model.read_bytes()
+    checked = tmp_path / "checked"
+    write_repository([model], checked, ServeOptions())
+    args = {"artifact": [str(model), "-o", str(tmp_path / "repo"), "--json", str(model)],
+            "in_repo": [str(model), "-o", str(tmp_path / "repo"), "--json", str(tmp_path / "repo" / "x.json")],
+            "in_checked": ["--check", str(checked), "--json", str(checked / "m" / "config.pbtxt")]}[where]
+    result = CliRunner().invoke(main, args)
+    assert_clean_failure(result, "--json")
+    assert model.read_bytes() == before and not (tmp_path / "repo").exists()
+    assert (checked / "m" / "config.pbtxt").read_text().startswith('name: "m"')

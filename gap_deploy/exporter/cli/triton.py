@@ -73,6 +73,12 @@ def main(artifacts, repo, check_repo, serve_repo, address, http_port, name, vers
         raise click.UsageError("-o REPO, --check REPO and --serve REPO are three tasks: give one.")
     if serve_repo is not None:
         return serve_until_stopped(serve_repo, address, http_port)
+    if json_path:  # never over an artifact, nor inside the repository checked or written
+        from gap_deploy.runtime.files import check_distinct, check_output_path
+
+        check_distinct({**{f"ARTIFACT {a}": a for a in artifacts}, "--check": check_repo},
+                       {"--json": json_path, "-o/--output": repo}, output_folders=("-o/--output",))
+        check_output_path(json_path)
     if check_repo is not None:
         models, problems = check_repository(check_repo)
         for problem in problems:
