@@ -11,13 +11,24 @@ fastest at the accuracy asked. torch-free; every figure comes from gap-tune's ow
 - **Accuracy of a bucket**: top-1 at the bucket's size of the labelled images routed to it by their own sizes,
   with its Wilson 95% interval. A bucket no labelled image routes to is judged by the whole labelled set at its
   size (the sweep's point), and the plan says so.
+- **Accuracy on the traffic**: within a bucket, accuracy depends on how far an image is scaled, so the labelled
+  images routed there are reweighted to the traffic's sizes (post-stratified by effective side; Wilson's
+  interval at Kish's effective size): the top-1 a replay of the traffic is compared with. The choice itself
+  holds the labelled images' top-1 at ``min_top1`` (so K = 1 stays gap-tune's choice) and notes a bucket whose
+  reweighted top-1 falls below it, and one whose traffic lies outside the labelled sizes routed there.
 - **Latency**: each bucket's median latency at the sweep's batch size, weighted by the traffic's share of the
-  bucket: the predicted mean, and the p95 of the per-image latencies that mixture gives.
+  bucket: the predicted mean, and the p95 of the per-image latencies that mixture gives. The model's median
+  leaves out what a stream costs around it (gap-run's decoding threads competing for the cores and the GIL,
+  the batch's preparation): 0.1-0.2 ms per image on 2 cores, most of the time at sub-millisecond sizes. So
+  gap-tune also runs a sample of the traffic at each size through gap-run's own pipeline (tune(stream=)),
+  and the *serving* prediction (``stream_mean_ms``, ``stream_p95_ms``) weights those measurements instead:
+  the figure a replay with gap-run is compared with.
 
 The plan for K buckets is the set, among the swept fixed sizes of one artifact and backend, with the lowest
-predicted mean latency whose every bucket reaches ``min_top1`` (ties: the more accurate worst bucket). With
-K = 1 every image routes to the one bucket, so the plan is gap-tune's own choice among the fixed sizes (the
-fastest point with top-1 >= X, ties to the more accurate).
+predicted mean of the model's medians (the quantity gap-tune's one-size choice ranks by; the serving overhead is
+nearly the same per image at every size, so it changes the prediction, not the ranking) whose every bucket reaches
+``min_top1`` (ties: the more accurate worst bucket). With K = 1 every image routes to the one bucket, so the plan is
+gap-tune's own choice among the fixed sizes (the fastest point with top-1 >= X, ties to the more accurate).
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gap_deploy.runtime.errors import ArtifactError, InputError, UsageError
-from gap_deploy.runtime.intervals import wilson
+from gap_deploy.runtime.intervals import wilson, wilson_rate
 
 #: at most this many traffic images have their headers read (an evenly spaced sample beyond it)
 DEFAULT_SAMPLE = 5000
@@ -51,6 +62,13 @@ class Traffic:
     sizes: np.ndarray
     files: int  # image files found
     errors: tuple[dict, ...] = ()  # headers that could not be read: {"file", "error"}
+    paths: tuple[str, ...] = ()  # the files whose sizes were read, in order (what a serving-path sample draws from)
+
+    def sample_paths(self, count: int) -> list[str]:
+        """``count`` of the read files, evenly spaced (all when there are fewer)."""
+        if count >= len(self.paths):
+            return list(self.paths)
+        return [self.paths[int(i)] for i in np.linspace(0, len(self.paths) - 1, count).round().astype(int)]
 
     @property
     def sampled(self) -> int:
@@ -80,18 +98,19 @@ def read_traffic(sources: Sequence[str | os.PathLike], *, sample: int = DEFAULT_
         raise InputError("traffic: " + no_images_message(listed, recursive=True))
     count = len(paths)
     picks = range(count) if count <= sample else np.linspace(0, count - 1, sample).round().astype(int)
-    sizes, errors = [], []
+    sizes, errors, read = [], [], []
     for i in picks:
         try:
             width, height = header_size(paths[int(i)], orientation=orientation)
             sizes.append((height, width))
+            read.append(str(paths[int(i)]))
         except ArtifactError as exc:
             errors.append({"file": paths[int(i)], "error": str(exc).splitlines()[0]})
     name = ", ".join(map(str, sources))
     if not sizes:
         raise InputError(f"traffic: no header of the {len(errors)} image(s) read in {name} could be read; the "
                          f"first: {errors[0]['error']}", hint="point --traffic at the images the deployment sees.")
-    return Traffic(name, np.asarray(sizes, dtype=np.int64).reshape(-1, 2), count, tuple(errors))
+    return Traffic(name, np.asarray(sizes, dtype=np.int64).reshape(-1, 2), count, tuple(errors), tuple(read))
 
 
 def _listed_in(path: str) -> list[str]:
@@ -135,6 +154,10 @@ class Bucket:
     correct: int  # labelled images routed here, right at this size
     images: int  # labelled images routed here
     whole_set: bool = False  # no labelled image routes here: the whole labelled set at this size stands in
+    stream_ms: float | None = None  # per batch through gap-run's pipeline on a traffic sample (TuneResult.stream_ms)
+    #: top-1 expected on the traffic routed here: the labelled images reweighted to its sizes (traffic_top1)
+    on_traffic: float | None = None
+    on_traffic_interval: tuple[float, float] | None = None
 
     @property
     def top1(self) -> float:
@@ -152,7 +175,9 @@ class Bucket:
     def to_dict(self) -> dict:
         low, high = self.interval
         return {"size": list(self.size), "share": self.share, "latency_ms": self.latency_ms, "correct": self.correct,
-                "images": self.images, "top1": self.top1, "top1_interval": [low, high], "whole_set": self.whole_set}
+                "images": self.images, "top1": self.top1, "top1_interval": [low, high], "whole_set": self.whole_set,
+                "stream_ms": self.stream_ms, "top1_on_traffic": self.on_traffic,
+                "top1_on_traffic_interval": list(self.on_traffic_interval) if self.on_traffic_interval else None}
 
 
 @dataclass(frozen=True)
@@ -164,6 +189,24 @@ class BucketPlan:
     p95_ms: float
 
     @property
+    def streamed(self) -> bool:
+        """Every bucket's serving-path latency was measured."""
+        return all(b.stream_ms is not None and math.isfinite(b.stream_ms) for b in self.buckets)
+
+    @property
+    def stream_mean_ms(self) -> float | None:
+        """The stream's predicted mean per batch through gap-run's pipeline: what a replay measures."""
+        if not self.streamed:
+            return None
+        return float(sum(b.share * (b.stream_ms or 0.0) for b in self.buckets))
+
+    @property
+    def stream_p95_ms(self) -> float | None:
+        if not self.streamed:
+            return None
+        return _p95([b.stream_ms or 0.0 for b in self.buckets], [b.share for b in self.buckets])
+
+    @property
     def worst_top1(self) -> float:
         return min(b.top1 for b in self.buckets)
 
@@ -173,7 +216,8 @@ class BucketPlan:
 
     def to_dict(self) -> dict:
         return {"artifact": self.artifact, "backend": self.backend, "buckets": [b.to_dict() for b in self.buckets],
-                "mean_ms": self.mean_ms, "p95_ms": self.p95_ms, "worst_top1": self.worst_top1}
+                "mean_ms": self.mean_ms, "p95_ms": self.p95_ms, "stream_mean_ms": self.stream_mean_ms,
+                "stream_p95_ms": self.stream_p95_ms, "worst_top1": self.worst_top1}
 
 
 @dataclass(frozen=True)
@@ -241,7 +285,74 @@ def plan_buckets(result, traffic: Traffic, labelled_sizes: np.ndarray, contract,
         chosen = by_k[int(k)]
     notes = tuple(f"bucket {b.label}: no labelled image routes here; judged by the whole labelled set at this size"
                   for b in chosen.buckets if b.whole_set)
+    notes += coverage_notes(chosen, traffic_sides, labelled_sides)
+    notes += tuple(f"bucket {b.label}: reweighted to the traffic's sizes, its top-1 is expected at {b.on_traffic:.1%} "
+                   f"({b.on_traffic_interval[0]:.1%}-{b.on_traffic_interval[1]:.1%}), below --min-top1 "
+                   f"{min_top1:.1%}, though the labelled images routed there reach it"
+                   for b in chosen.buckets if b.on_traffic is not None and b.on_traffic < min_top1
+                   and b.on_traffic_interval is not None)
     return Planning(chosen, by_k, single, traffic, min_top1, notes)
+
+
+#: a bucket's accuracy is called extrapolated when more than this share of the traffic routed to it lies outside
+#: the effective sides of the labelled images routed to it
+COVERAGE_SHARE = 0.05
+
+
+#: traffic_top1's strata hold at least this many labelled images each, and there are at most MAX_STRATA
+MIN_STRATUM, MAX_STRATA = 20, 8
+
+
+def traffic_top1(labelled_sides: np.ndarray, hits: np.ndarray, traffic_sides: np.ndarray) \
+        -> tuple[float | None, tuple[float, float] | None]:
+    """Top-1 on the traffic routed to a bucket, from the labelled images judged there (``hits`` 1/0 at their
+    ``labelled_sides``): post-stratified by effective side, since one bucket's accuracy depends on how far each
+    image is scaled. Strata are quantiles of the labelled sides (each >= MIN_STRATUM images); each stratum's
+    accuracy is weighted by the traffic's share in it (sides beyond the labelled range count in the end strata:
+    coverage_notes says when that is much of the bucket). The interval is Wilson's at Kish's effective size.
+    (None, None) when no traffic or no labelled image routes here."""
+    if not len(traffic_sides) or not len(hits):
+        return None, None
+    strata = max(1, min(MAX_STRATA, len(hits) // MIN_STRATUM))
+    edges = np.unique(np.quantile(labelled_sides, np.linspace(0, 1, strata + 1)[1:-1]))
+    own, theirs = np.searchsorted(edges, labelled_sides, "right"), np.searchsorted(edges, traffic_sides, "right")
+    p = variance = 0.0
+    weights = []
+    for s in range(len(edges) + 1):
+        n = int(np.count_nonzero(own == s))
+        if not n:
+            continue
+        share = float(np.count_nonzero(theirs == s)) / len(traffic_sides)
+        rate = float(np.mean(hits[own == s] == 1))
+        p += share * rate
+        weights.append((share, n))
+        variance += share * share / n
+    covered = sum(w for w, _ in weights)
+    if covered <= 0:
+        return None, None
+    p /= covered  # traffic in a stratum with no labelled image (only between equal edges) is left out
+    effective = covered * covered / variance if variance else float(len(hits))
+    return p, wilson_rate(p, effective)
+
+
+def coverage_notes(plan: BucketPlan, traffic_sides: np.ndarray, labelled_sides: np.ndarray) -> tuple[str, ...]:
+    """Where the traffic routed to a bucket has sides the labelled images routed there do not: its accuracy
+    there is not measured, only assumed (an image shrunk 3x is not one shrunk 1.2x)."""
+    sides = [min(b.size) for b in plan.buckets]
+    traffic_at, labelled_at = route(traffic_sides, sides), route(labelled_sides, sides)
+    notes = []
+    for j, bucket in enumerate(plan.buckets):
+        mine, known = traffic_sides[traffic_at == j], labelled_sides[(labelled_at == j) & (labelled_sides > 0)]
+        if not len(mine) or not len(known):
+            continue
+        low, high = float(known.min()), float(known.max())
+        outside = mine[(mine < low) | (mine > high)]
+        if len(outside) > COVERAGE_SHARE * len(mine):
+            notes.append(f"bucket {bucket.label}: {len(outside) / len(mine):.0%} of its traffic has effective sides "
+                         f"{outside.min():.0f}-{outside.max():.0f}, outside the labelled images routed there "
+                         f"({low:.0f}-{high:.0f}): its accuracy there is extrapolated; add labelled images of "
+                         "those sizes to measure it")
+    return tuple(notes)
 
 
 def _key(plan: BucketPlan) -> tuple[float, float]:
@@ -276,9 +387,11 @@ def _plans(result, artifact: str, backend: str, points, count: int, traffic_side
             whole = not mine.any()
             if whole:
                 mine = hits >= 0
+            expected, interval = traffic_top1(labelled_sides[mine], hits[mine], traffic_sides[traffic_at == j])
             buckets.append(Bucket(tuple(point.shape[2:]), float(np.count_nonzero(traffic_at == j)) / total,
                                   point.latency_ms, int(np.count_nonzero(hits[mine] == 1)),
-                                  int(np.count_nonzero(mine)), whole))
+                                  int(np.count_nonzero(mine)), whole,
+                                  result.stream_ms.get((artifact, backend, point.size)), expected, interval))
         latencies = [b.latency_ms for b in buckets]
         shares = [b.share for b in buckets]
         yield BucketPlan(artifact, backend, tuple(buckets), float(np.dot(latencies, shares)), _p95(latencies, shares))
@@ -298,3 +411,42 @@ def histogram(traffic: Traffic, contract, plan: BucketPlan, width: int = 40) -> 
         lines.append(f"  sides {span} -> {bucket.label:>7}  {'#' * round(share * width):<{width}} {share:6.1%}")
         low = high
     return "\n".join(lines)
+
+
+def plot(planning: Planning, contract, path: str | os.PathLike):
+    """Two panels: the traffic's effective sides as a histogram with the chosen buckets' sizes as edges (each
+    bar coloured by the bucket it routes to), and the predicted mean latency against the number of buckets
+    (the model's medians, and the serving path's where measured), the one-size choice dashed."""
+    from gap_deploy.runtime.plot import publish_figure, pyplot
+
+    plt = pyplot()
+    chosen = planning.chosen
+    sides = effective_sides(planning.traffic.sizes, contract)
+    bucket_sides = [min(b.size) for b in chosen.buckets]
+    at = route(sides, bucket_sides)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    bins = np.linspace(float(sides.min()) - 0.5, float(sides.max()) + 0.5, 41)
+    for j, bucket in enumerate(chosen.buckets):
+        mine = sides[at == j]
+        left.hist(mine, bins=bins, color=f"C{j}", alpha=0.85,
+                  label=f"-> {bucket.label}: {bucket.share:.0%}, top-1 {bucket.top1:.0%}")
+        left.axvline(bucket_sides[j], color=f"C{j}", linestyle="--", linewidth=1)
+    left.set_xlabel("effective side (px, as the preprocessing scales it)")
+    left.set_ylabel("images")
+    left.set_title(f"Traffic ({planning.traffic.sampled} images) and its buckets")
+    left.legend(fontsize="small")
+    ks = sorted(planning.by_k)
+    right.plot(ks, [planning.by_k[k].mean_ms for k in ks], marker="o", label="model's medians")
+    if all(planning.by_k[k].streamed for k in ks):
+        right.plot(ks, [planning.by_k[k].stream_mean_ms for k in ks], marker="s", label="serving (gap-run)")
+    right.axhline(planning.single.mean_ms, color="0.5", linestyle=":", label=f"one size {planning.single.label}")
+    right.scatter([len(chosen.buckets)], [chosen.mean_ms], marker="*", s=200, color="gold", edgecolor="black",
+                  zorder=3, label="chosen")
+    right.set_xlabel("buckets (K)")
+    right.set_ylabel("predicted mean ms per batch")
+    right.set_xticks(ks)
+    right.set_title(f"every bucket at top-1 >= {planning.min_top1:.0%}")
+    right.grid(True, alpha=0.3)
+    right.legend(fontsize="small")
+    fig.tight_layout()
+    return publish_figure(fig, path)

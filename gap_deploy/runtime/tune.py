@@ -187,6 +187,9 @@ class TuneResult:
     hits: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
     #: the first artifact's preprocessing contract (runtime.preprocess.Preprocess): how --buckets routes sizes
     contract: object = None
+    #: per (artifact, backend, size): ms per batch of the serving path (iter_classify, gap-run's own pipeline:
+    #: decoding threads, preparation, the model) on a sample of the traffic at that size; see tune(stream=)
+    stream_ms: dict[tuple[str, str, str], float] = field(default_factory=dict)
     resize_policy: str = ("each image resized to the size with bilinear interpolation on its [0, 1] pixels, "
                           "aspect ratio not kept (gap-run --imgsz); 'native' runs every image at its own size")
 
@@ -302,7 +305,7 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
          batch: int = 1, max_per_class: int | None = None, settings=None,
          progress: Callable[[str], None] | None = None,
          on_plan: Callable[[int, float], None] | None = None, hold_bytes: int | None = None,
-         threads: int | None = None) -> TuneResult:
+         threads: int | None = None, stream: Sequence[str | os.PathLike] = ()) -> TuneResult:
     """Measure every artifact x backend x size (see the module doc); Ctrl-C returns what was measured.
 
     Each image is decoded once and held for all sizes while the decoded images fit in ``hold_bytes``
@@ -310,7 +313,10 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
     decoding each image once per size (shared by the artifacts), in bounded memory (runtime.stream), and
     ``result.streamed`` says so. ``on_plan(points, seconds)`` is called once before the sweep with the
     number of points and an estimate of its length; ``progress(label)`` after each point. ``threads``: CPU
-    threads for each model (default: the runtime's own, as gap-bench measures).
+    threads for each model (default: the runtime's own, as gap-bench measures). ``stream``: image files (a
+    sample of the deployment's traffic) run at every fixed size through gap-run's own pipeline (decoding
+    threads, the contract at that size, the model, at ``batch``), once to warm up and once timed, into
+    ``result.stream_ms``: what a stream costs per batch beyond the model's own median.
     """
     from gap_deploy.runtime.bench import BenchSettings
     from gap_deploy.runtime.errors import InputTypeError
@@ -354,6 +360,10 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
         for size in all_sizes:
             for group, keys in sweep.groups.items():
                 sweep.measure(size, group, keys, truth, result, batch, settings, progress)
+                if stream and size is not None:
+                    for key in keys:
+                        result.stream_ms[(key[0], key[1], size_label(size))] = \
+                            serving_ms(sweep.sessions[key], stream, size, batch, settings.duration_s)
     except KeyboardInterrupt:
         if result is None or not result.points:  # nothing measured yet (loading, decoding, the probe): no result
             raise
@@ -363,6 +373,33 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
             session.close()
     result.seconds["total"] = time.perf_counter() - started
     return result
+
+
+#: serving_ms repeats its sample at least this many times and until ``seconds`` have passed, at most MAX_PASSES
+MIN_PASSES, MAX_PASSES = 3, 50
+
+
+def serving_ms(session, files: Sequence[str | os.PathLike], size: tuple[int, int], batch: int,
+               seconds: float = 0.5) -> float:
+    """ms per batch of ``batch`` images that iter_classify (gap-run's pipeline) spends in inference on ``files`` at
+    ``size``: a first pass of two batches warms the session at that shape, then the whole sample is run again
+    and again (MIN_PASSES, then until ``seconds``), and the median pass is taken, as gap-bench takes the median
+    iteration. Files that cannot be read are left out; nan when none can run."""
+    from gap_deploy.runtime.classify import iter_classify
+    from gap_deploy.runtime.stream import StreamStats
+
+    for _ in iter_classify(session, files[:batch * 2], imgsz=size, batch_size=batch):
+        pass
+    passes: list[float] = []
+    started = time.perf_counter()
+    while len(passes) < MIN_PASSES or (time.perf_counter() - started < seconds and len(passes) < MAX_PASSES):
+        stats = StreamStats()
+        ran = sum("error" not in item for item in iter_classify(session, files, imgsz=size, batch_size=batch,
+                                                                 stats=stats))
+        if not ran:
+            return float("nan")
+        passes.append(1000 * stats.infer_s / ran * batch)
+    return float(np.median(passes))
 
 
 def open_sessions(artifacts: Mapping[str, str | os.PathLike], backends: Sequence[str] | None,

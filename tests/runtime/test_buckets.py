@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from gap_deploy.runtime.buckets import effective_sides, plan_buckets, read_traffic, route
+from gap_deploy.runtime.buckets import coverage_notes, effective_sides, plan_buckets, read_traffic, route, traffic_top1
 from gap_deploy.runtime.errors import InputError, UsageError
 from gap_deploy.runtime.preprocess import Preprocess
 from gap_deploy.runtime.tune import TunePoint, TuneResult, decide
@@ -131,6 +131,34 @@ def test_a_plan_by_hand():
         plan_buckets(result, traffic, np.stack([sides, sides], 1), Preprocess(), k=4, min_top1=0.9)
 
 
+def test_a_buckets_accuracy_on_the_traffic_is_the_labelled_images_reweighted_to_its_sizes():
+    """Labelled images of sides 20-39 all right, of 60-79 all wrong (20 each); the bucket's labelled top-1 is 50%.
+    Traffic all near 70 -> expected ~0%; all near 30 -> ~100%; half and half -> 50%, and the interval narrows
+    with more labelled images where the traffic is (Kish's effective size)."""
+    sides = np.r_[np.arange(20, 40), np.arange(60, 80)].astype(float)
+    hits = np.r_[np.ones(20), np.zeros(20)].astype(np.int8)
+    large, _ = traffic_top1(sides, hits, np.full(50, 70.0))
+    small, (low, high) = traffic_top1(sides, hits, np.full(50, 30.0))
+    assert large == 0.0 and small == 1.0 and low > 0.8 and high == 1.0
+    half, (low, high) = traffic_top1(sides, hits, np.r_[np.full(25, 30.0), np.full(25, 70.0)])
+    assert half == pytest.approx(0.5) and 0.3 < low < 0.5 < high < 0.7
+    # traffic spread like the labelled images: four times the labelled images, a narrower interval
+    _, (low1, high1) = traffic_top1(sides, hits, sides)
+    _, (low4, high4) = traffic_top1(np.tile(sides, 4), np.tile(hits, 4), sides)
+    assert high4 - low4 < 0.6 * (high1 - low1)
+    assert traffic_top1(sides, hits, np.array([])) == (None, None)
+
+
+def test_traffic_beyond_the_labelled_sizes_of_a_bucket_is_said():
+    """A bucket whose traffic has sides the labelled images routed there do not is named with the range."""
+    points = [TunePoint("a", "ort-cpu", s, (1, 3, int(s), int(s)), 5, 5, 10, 1.0, 1.0, 1.0) for s in ("16", "48")]
+    plan = SimpleNamespace(buckets=[SimpleNamespace(size=p.shape[2:], label=p.size) for p in points])
+    labelled = np.r_[np.full(10, 12.0), np.full(10, 30.0)]
+    assert coverage_notes(plan, np.r_[np.full(10, 12.0), np.full(10, 30.0)], labelled) == ()
+    (note,) = coverage_notes(plan, np.r_[np.full(10, 12.0), np.full(10, 200.0)], labelled)
+    assert note.startswith("bucket 48: 100% of its traffic has effective sides 200-200") and "(30-30)" in note
+
+
 # ---- the command, on the reference model -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -177,6 +205,25 @@ def test_gap_tune_plans_buckets_and_one_bucket_is_its_own_choice(folders, refere
     assert len(plan["buckets"]) == 2 and sum(b["share"] for b in plan["buckets"]) == pytest.approx(1.0)
     assert plan["mean_ms"] == pytest.approx(sum(b["share"] * latency[str(b["size"][0])] for b in plan["buckets"]))
     assert "Buckets for the traffic (30 image(s))" in two.output and "sides" in two.output
+    # the serving prediction: every bucket timed through gap-run's pipeline on the traffic's images
+    assert all(b["stream_ms"] > 0 for b in plan["buckets"]) and "Serving (gap-run's pipeline" in two.output
+    assert plan["stream_mean_ms"] == pytest.approx(sum(b["share"] * b["stream_ms"] for b in plan["buckets"]))
+    assert all((b["top1_on_traffic"] is not None) == (b["share"] > 0) for b in plan["buckets"])
+
+
+def test_gap_tune_serving_sample_zero_predicts_from_the_model_alone_and_the_plot_is_drawn(folders, reference_onnx,
+                                                                                          tmp_path):
+    from PIL import Image
+
+    result = run(f"a={reference_onnx}", "--data", folders / "val", "--imgsz", "8,16,24", "--no-native", "--duration",
+                 "0.05", "--min-top1", "0", "--traffic", folders / "traffic", "--buckets", "2", "--serving-sample",
+                 "0", "--json", tmp_path / "t.json", "--plot-buckets", tmp_path / "b.png")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "t.json").read_text())["buckets"]["chosen"]
+    assert plan["stream_mean_ms"] is None and all(b["stream_ms"] is None for b in plan["buckets"])
+    assert "Serving" not in result.output
+    with Image.open(tmp_path / "b.png") as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1] > 200
 
 
 @pytest.mark.parametrize("args, fragment, code", [
@@ -185,6 +232,7 @@ def test_gap_tune_plans_buckets_and_one_bucket_is_its_own_choice(folders, refere
     (["--traffic", "{traffic}", "--buckets", "9", "--min-top1", "0"], "1 to 8 or auto", 2),
     (["--buckets", "2", "--min-top1", "0"], "go together", 2),
     (["--traffic", "{traffic}", "--buckets", "2", "--max-ms", "5"], "under --min-top1", 2),
+    (["--min-top1", "0", "--plot-buckets", "{empty}/b.png"], "--plot-buckets draws the plan", 2),
 ])
 def test_bad_bucket_input_gets_one_clear_message(folders, reference_onnx, args, fragment, code):
     args = [a.format(empty=folders / "empty", traffic=folders / "traffic") for a in args]

@@ -54,6 +54,13 @@ from gap_deploy.runtime.cli.common import (
               "fewest within 5%% of the best K's predicted latency.")
 @click.option("--traffic-sample", default=5000, show_default=True, type=click.IntRange(1, 10_000_000), metavar="N",
               help="--traffic: read at most N headers (evenly spaced through the sorted list).")
+@click.option("--serving-sample", default=32, show_default=True, type=click.IntRange(0, 100_000), metavar="N",
+              help="--buckets: run N of the traffic's images at every size through gap-run's own pipeline "
+                   "(decoding threads, preparation, the model) for the serving prediction a replay is compared "
+                   "with; 0: predict from the model's medians alone.")
+@click.option("--plot-buckets", "plot_buckets", type=click.Path(path_type=Path, dir_okay=False),
+              help="--buckets: write a PNG of the traffic's size histogram with the bucket edges, and predicted "
+                   "latency against the number of buckets (needs gap-deploy[plot]).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Write every figure as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -64,7 +71,7 @@ from gap_deploy.runtime.cli.common import (
 @sign_key_option
 @report_errors
 def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_images, duration, min_top1, max_ms, min_ips,
-         traffic, buckets, traffic_sample, json_path, plot_path, emit_dir):
+         traffic, buckets, traffic_sample, serving_sample, plot_buckets, json_path, plot_path, emit_dir):
     """Measure ARTIFACTS (.onnx, .plan, .xml, bundles; NAME=PATH to name them) at many input sizes on your labelled
     images, and choose what to deploy.
 
@@ -78,15 +85,19 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
             --min-top1 0.75 --plot tune.png --emit deploy/
     """
     from gap_deploy.runtime.bench import BenchSettings
+    from gap_deploy.runtime.errors import UsageError
     from gap_deploy.runtime.tune import parse_sizes
 
     named, given = _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_path, plot_path,
-                                  emit_dir)
+                                  emit_dir, plot_buckets)
     traffic_sizes = _check_buckets(traffic, buckets, min_top1, traffic_sample)
+    if plot_buckets and traffic_sizes is None:
+        raise UsageError("--plot-buckets draws the plan of --traffic --buckets; give them, or drop it.")
     parsed = parse_sizes(sizes) if sizes else None
     settings = BenchSettings(warmup_s=0.1, duration_s=duration, min_iterations=5)
     result = _sweep(named, folder, sizes=parsed, native=not no_native, backends=list(backends) or None,
-                    batch=batch, threads=threads, max_per_class=max_images, settings=settings)
+                    batch=batch, threads=threads, max_per_class=max_images, settings=settings,
+                    stream=traffic_sizes.sample_paths(serving_sample) if traffic_sizes and serving_sample else ())
     from gap_deploy.runtime.tune import decide, format_table, plot
 
     decision = None
@@ -95,7 +106,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
     click.echo(format_table(result, decision))
     planning = None
     if traffic_sizes is not None and result.points and not result.interrupted:
-        planning = _plan(result, traffic_sizes, buckets, min_top1)
+        planning = _plan(result, traffic_sizes, buckets, min_top1, serving_sample)
     seconds = result.seconds
     info(f"Sweep: {seconds['total']:.1f} s (decoding {seconds['decode']:.1f} s once, evaluating "
          f"{seconds['evaluate']:.1f} s, timing {seconds['bench']:.1f} s).")
@@ -105,6 +116,11 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
     if plot_path and result.points:
         plot(result, plot_path, decision)
         info(f"Wrote {plot_path}")
+    if plot_buckets and planning is not None:
+        from gap_deploy.runtime.buckets import plot as plot_plan
+
+        plot_plan(planning, result.contract, plot_buckets)
+        info(f"Wrote {plot_buckets}")
     if emit_dir and planning is not None:
         from gap_deploy.exporter.emit import emit_buckets
 
@@ -145,7 +161,7 @@ def _check_buckets(traffic, buckets, min_top1, sample):
     return loaded
 
 
-def _plan(result, traffic, buckets, min_top1):
+def _plan(result, traffic, buckets, min_top1, serving):
     """The bucket plan and its report: the buckets, the traffic's histogram over them, the K curve and the
     one-size choice beside it."""
     import numpy as np
@@ -166,26 +182,35 @@ def _plan(result, traffic, buckets, min_top1):
     chosen, single = planning.chosen, planning.single
     click.echo(f"\nBuckets for the traffic ({traffic.sampled} image(s)), every bucket at top-1 >= {min_top1:.1%}: "
                f"{chosen.artifact} on {chosen.backend}")
-    click.echo(f"  {'bucket':>7} {'share':>7} {'labelled':>8} {'top-1 (95% interval)':>24} {'median ms':>10}")
+    click.echo(f"  {'bucket':>7} {'share':>7} {'labelled':>8} {'top-1 (95% interval)':>24} "
+               f"{'on the traffic':>22} {'median ms':>10}" + (f" {'serving ms':>10}" if chosen.streamed else ""))
     for b in chosen.buckets:
         low, high = b.interval
+        on = "-" if b.on_traffic is None or b.on_traffic_interval is None else \
+            f"{b.on_traffic:.1%} ({b.on_traffic_interval[0]:.1%}-{b.on_traffic_interval[1]:.1%})"
         click.echo(f"  {b.label:>7} {b.share:7.1%} {b.images:8d} {b.top1:8.1%} ({low:.1%}-{high:.1%})"
-                   f"{'*' if b.whole_set else ' ':1} {b.latency_ms:10.3f}")
+                   f"{'*' if b.whole_set else ' ':1} {on:>22} {b.latency_ms:10.3f}"
+                   + (f" {b.stream_ms:10.3f}" if chosen.streamed else ""))
     click.echo(histogram(traffic, result.contract, chosen))
     change = chosen.mean_ms / single.mean_ms - 1 if single.mean_ms else 0.0
     click.echo(f"Predicted per batch: mean {chosen.mean_ms:.3f} ms, p95 {chosen.p95_ms:.3f} ms; one size "
                f"({single.buckets[0].label}): {single.mean_ms:.3f} ms, so the buckets are "
                f"{abs(change):.1%} {'faster' if change < 0 else 'slower'}"
                + (" (more buckets than the accuracy needs: try --buckets auto)." if change > 0 else "."))
+    if chosen.streamed and single.streamed:
+        click.echo(f"Serving (gap-run's pipeline, measured on {len(traffic.sample_paths(serving))} traffic image(s) "
+                   f"per size): mean {chosen.stream_mean_ms:.3f} ms, p95 {chosen.stream_p95_ms:.3f} ms per batch; "
+                   f"one size: {single.stream_mean_ms:.3f} ms.")
     if len(planning.by_k) > 1:
         click.echo("By number of buckets: " + ", ".join(f"K={k} {p.mean_ms:.3f} ms" for k, p in
                                                         sorted(planning.by_k.items())))
     for note in planning.notes:
-        info(f"Note: {note} (marked *).")
+        info(f"Note: {note}" + (" (marked *)." if "whole labelled set" in note else "."))
     return planning
 
 
-def _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_path, plot_path, emit_dir):
+def _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_path, plot_path, emit_dir,
+                   plot_buckets=None):
     """The NAME=PATH artifacts and the constraint given, once every option is known to go together and every
     output can be written."""
     from gap_deploy.runtime.cli.common import named_artifacts
@@ -204,8 +229,9 @@ def _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_
     if emit_dir and not given:
         raise UsageError("--emit needs a constraint (--min-top1, --max-ms or --min-ips) to know what to deploy.")
     check_distinct({**{f"artifact {n}": p for n, p in named.items()}, "--data": folder},
-                   {"--json": json_path, "--plot": plot_path, "--emit": emit_dir}, output_folders=("--emit",))
-    for path in (json_path, plot_path):
+                   {"--json": json_path, "--plot": plot_path, "--emit": emit_dir, "--plot-buckets": plot_buckets},
+                   output_folders=("--emit",))
+    for path in (json_path, plot_path, plot_buckets):
         if path:
             check_output_path(path)
     if emit_dir:
@@ -214,10 +240,10 @@ def _check_options(artifacts, folder, backends, min_top1, max_ms, min_ips, json_
         require("onnx", purpose="for --emit", hint="pip install 'gap-deploy[convert]'.")
         if emit_dir.exists() and (not emit_dir.is_dir() or any(emit_dir.iterdir())):
             raise UsageError(f"--emit folder {emit_dir} exists and is not empty; choose a new folder.")
-    if plot_path:
+    if plot_path or plot_buckets:
         from gap_deploy.runtime._lazy import require
 
-        require("matplotlib", purpose="for --plot")
+        require("matplotlib", purpose="for --plot" if plot_path else "for --plot-buckets")
     return named, given
 
 
