@@ -10,9 +10,11 @@
 2. gap-run MODEL STREAM --format jsonl in its own process, in this one run: with the plan's `--buckets`, with the
    one-size choice's `--imgsz`, and at native sizes, alternating, --repeats times each (median pass). Each
    summary line says how long inference took (gap-run's own clock around the model) for how many images; with
-   --batch-size 1 that is the per-image latency the plan predicts. Both tools get the same --threads. 3. When
-   STREAM holds one sub-folder per class (named like the model's classes), each image's top-1 is scored and
-   compared, bucket by bucket, with the interval gap-tune predicted from the labelled images.
+   --batch-size 1 that is the per-image latency the plan predicts. Both tools get the same --threads.
+3. When STREAM holds one sub-folder per class (named like the model's classes), each image's top-1 is scored
+   and compared, bucket by bucket, with the interval gap-tune predicted: the labelled images reweighted to the
+   traffic's sizes; "inside" when the replay's top-1 is in it, "consistent" when the replay's own Wilson
+   interval overlaps it (a replay of a hundred images is itself known only to about +-10%).
 
 Prints the measured/predicted ratio of each (the issue's acceptance: within +-15%) and the accuracies.
 
