@@ -168,13 +168,23 @@ def with_routing(model, sizes) -> None:
     """Store in ``model`` (an onnx.ModelProto, changed in place) a preprocessing contract that routes each image
     between ``sizes`` (runtime.preprocess.Preprocess.buckets): gap-run, gap-eval, Ray's workers and Triton's
     clients then run each image at its bucket without being told."""
+    _with_contract(model, lambda contract: contract.with_buckets(sizes))
+
+
+def with_size(model, size) -> None:
+    """Store in ``model`` (changed in place) its contract at ``size`` (height, width): the contract of a model fixed
+    to one bucket, so every reader of it prepares images at the size the model takes."""
+    _with_contract(model, lambda contract: contract.sized(tuple(size)))
+
+
+def _with_contract(model, change) -> None:
     from dataclasses import replace
 
     from gap_deploy.runtime.metadata import ModelMetadata
 
     props = {p.key: p.value for p in model.metadata_props}
     meta = ModelMetadata.from_props(props)
-    contract = meta.preprocessing().with_buckets(sizes)
+    contract = change(meta.preprocessing())
     updated = replace(meta, preprocess=contract.to_json()).to_props()
     kept = {k: v for k, v in props.items() if not k.startswith("gap.")}
     del model.metadata_props[:]
@@ -211,6 +221,7 @@ def emit_buckets(result: TuneResult, planning, artifacts: Mapping[str, str | os.
         try:
             for h, w in sizes:
                 fixed = fixed_variant(model, (batch, channels, h, w))
+                with_size(fixed, (h, w))
                 name = f"{artifact.stem}.{h}x{w}.onnx"
                 save_onnx(fixed, staging / name)
                 files.append(name)

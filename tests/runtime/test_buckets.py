@@ -316,3 +316,13 @@ def test_gap_tune_emits_a_routed_model_and_one_fixed_model_per_bucket(folders, r
     assert [(x["file"], x["size"]) for x in a] == [(y["file"], y["size"]) for y in b] and len(a) == 30
     assert all(x["top"][0]["name"] == y["top"][0]["name"] for x, y in zip(a, b))
     assert {tuple(x["size"]) for x in a} <= set(sizes)
+    # each fixed model carries its contract at its own size: gap-run on it alone answers as --imgsz on the original
+    for h, w in sizes:
+        alone = CliRunner().invoke(gap_run, [str(deploy / f"{stem}.{h}x{w}.onnx"), str(folders / "traffic"),
+                                             "--format", "jsonl", "-k", "1"])
+        sized = CliRunner().invoke(gap_run, [str(reference_onnx), str(folders / "traffic"), "--imgsz", f"{h}x{w}",
+                                             "--format", "jsonl", "-k", "1"])
+        assert alone.exit_code == sized.exit_code == 0, alone.output
+        rows = [json.loads(line) for line in alone.stdout.splitlines()[:-1]]
+        assert len(rows) == 30 and {tuple(r["size"]) for r in rows} == {(h, w)}
+        assert rows == [json.loads(line) for line in sized.stdout.splitlines()[:-1]]
