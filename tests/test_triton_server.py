@@ -166,3 +166,32 @@ def test_gap_triton_serve_says_why_an_onnx_repository_does_not_load_here(tmp_pat
             process.kill()
     assert process.returncode == 1, out + err
     assert "Traceback" not in err and "--triton-backend python" in err and "onnxruntime" in err
+
+
+def test_a_routed_models_repository_warms_up_every_bucket_and_the_server_loads_it(tmp_path, reference_onnx):
+    """gap-tune --buckets --emit's MODEL.buckets.onnx through gap-triton: one warm-up sample per bucket (read back
+    with Triton's own ModelConfig schema), and the real server loads the model with them (a warm-up sample that
+    fails fails the load: TritonModelInstance::WarmUp); a client's image then runs at its bucket."""
+    import onnx
+
+    from gap_deploy.exporter.cli.triton import stub_paths
+    from gap_deploy.exporter.emit import with_routing
+    from gap_deploy.exporter.triton import ServeOptions, parse_config, write_repository
+    from gap_deploy.runtime.cli.run import main
+
+    model = onnx.load(str(reference_onnx))
+    with_routing(model, [(16, 16), (40, 32)])
+    routed = tmp_path / "gapcnn.onnx"
+    onnx.save(model, str(routed))
+    write_repository([routed], tmp_path / "repo", ServeOptions(backend="python", python_paths=stub_paths()))
+    config = parse_config((tmp_path / "repo" / "gapcnn" / "config.pbtxt").read_text(), "config.pbtxt")
+    assert [(w.batch_size, list(w.inputs["images"].dims)) for w in config.model_warmup] == \
+        [(1, [3, 16, 16]), (1, [3, 40, 32])]
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (30, 26, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    with tritonserver(tmp_path / "repo", tmp_path) as (url, log):
+        remote = CliRunner().invoke(main, ["--server", url, "--model", "gapcnn", str(tmp_path / "a.png"),
+                                           "--format", "jsonl", "-k", "1"])
+    assert remote.exit_code == 0, remote.output
+    assert json.loads(remote.stdout.splitlines()[0])["size"] == [40, 32]  # side 30 -> the 40x32 bucket

@@ -244,6 +244,7 @@ def emit_buckets(result: TuneResult, planning, artifacts: Mapping[str, str | os.
                              "GPU)", here,
                              f'gap-build "$here"/{shlex.quote(routed)} {" ".join(profiles)} '
                              f'-o "$here"/{shlex.quote(artifact.stem)}.buckets.plan']}
+        scripts["gap-pack-buckets.sh"] = _pack_script(routed, sizes, channels)
         for name, body in scripts.items():
             (staging / name).write_text("#!/bin/sh\n" + "\n".join(body) + "\n")
             (staging / name).chmod(0o755)
@@ -255,6 +256,34 @@ def emit_buckets(result: TuneResult, planning, artifacts: Mapping[str, str | os.
         files.append("README.md")
         log(f"Routed model {routed}: {', '.join(f'{h}x{w}' for h, w in sizes)}")
     return files
+
+
+#: gap-pack-buckets.sh's targets: a static program per bucket (LiteRT, ExecuTorch), or one bundle whose program takes
+#: exactly the buckets' shapes (Core ML's enumerated shapes)
+PACK_TARGETS = ("litert", "executorch", "coreml")
+
+
+def _pack_script(routed: str, sizes, channels: int) -> list[str]:
+    """gap-pack lines for the runtimes that convert from PyTorch: ``sh gap-pack-buckets.sh TARGETS CHECKPOINT
+    [gap-pack options]`` writes litert_HxW/ and executorch_HxW/ (one static program per bucket) and coreml/ (the
+    buckets as enumerated shapes) beside the script, each verified by gap-pack as it is written."""
+    shapes = [_shape((1, channels, h, w)) for h, w in sizes]
+    usage = (f"usage: sh $0 TARGETS CHECKPOINT [gap-pack options, e.g. --arch]; TARGETS: a comma list of "
+             f"{','.join(PACK_TARGETS)}")
+    body = [f"# static programs per bucket, converted from the PyTorch checkpoint {routed} was exported from",
+            '# (LiteRT, ExecuTorch: one bundle per bucket; Core ML: one bundle taking exactly the buckets\' shapes)',
+            f'[ $# -ge 2 ] || {{ echo "{usage}" >&2; exit 2; }}',
+            'here="$(cd "$(dirname "$0")" && pwd)"', 'targets="$1"; checkpoint="$2"; shift 2', "set -e",
+            'for target in $(echo "$targets" | tr "," " "); do', '  case "$target" in']
+    for target in ("litert", "executorch"):
+        body.append(f"    {target})")
+        body += [f'      gap-pack "$here"/{shlex.quote(routed)} --target {target} --checkpoint "$checkpoint" '
+                 f'--fixed {shape} -o "$here"/{target}_{h}x{w} "$@"' for shape, (h, w) in zip(shapes, sizes)]
+        body.append("      ;;")
+    body += ["    coreml)", f'      gap-pack "$here"/{shlex.quote(routed)} --target coreml --checkpoint "$checkpoint" '
+             + " ".join(f"--fixed {shape}" for shape in shapes) + ' -o "$here"/coreml "$@"', "      ;;",
+             f'    *) echo "unknown target $target; {usage}" >&2; exit 2 ;;', "  esac", "done"]
+    return body
 
 
 def _buckets_readme(planning, artifact: Path, files: list[str], channels: int) -> str:
@@ -275,7 +304,10 @@ def _buckets_readme(planning, artifact: Path, files: list[str], channels: int) -
     text += [f"- `{name}`" for name in files]
     fixed = " ".join(f"--fixed 1x{channels}x{b.size[0]}x{b.size[1]}" for b in plan.buckets)
     text += ["", "## Other runtimes", "",
-             "Core ML with these enumerated shapes (converted from the PyTorch checkpoint the ONNX was exported "
-             f"from): `gap-pack {artifact} --target coreml --checkpoint YOUR_MODEL.pt {fixed}`. TensorRT: "
-             "`gap-build.sh`. A static ORT bundle per bucket: `gap-pack MODEL.HxW.onnx` on each fixed model."]
+             "LiteRT and ExecuTorch, one static program per bucket, and Core ML with the buckets as enumerated "
+             "shapes, each converted from the PyTorch checkpoint the ONNX was exported from and verified as it is "
+             "written: `sh gap-pack-buckets.sh litert,executorch,coreml YOUR_MODEL.pt` (add `--arch ...` as for "
+             f"gap-export). Core ML alone: `gap-pack {artifact} --target coreml --checkpoint YOUR_MODEL.pt {fixed}`. "
+             "TensorRT: `gap-build.sh`. A static ORT bundle per bucket: `gap-pack MODEL.HxW.onnx` on each fixed "
+             "model. Triton: `gap-triton MODEL.buckets.onnx` warms up every bucket."]
     return "\n".join(text) + "\n"

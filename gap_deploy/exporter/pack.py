@@ -171,7 +171,9 @@ def _pack_edge(target: str):
             target, request.model, request.source, staged, request.spec, request.precision, request.log,
             module=getattr(checkpoint, "module", None), max_side=request.max_side, max_batch=request.max_batch,
             base_shapes=list(request.fixed) or _check_shapes(meta, request.spec.channels, None),
-            describe_bundle=_describe_bundle, enumerated=list(request.fixed))
+            describe_bundle=_describe_bundle,
+            # with --app, a LiteRT --fixed is the app model's size only; the bundle's own program stays dynamic
+            enumerated=[] if request.app is not None and target in pack_edge.STATIC_TARGETS else list(request.fixed))
         if request.app is not None:
             description = _add_app(request, staged, module=getattr(checkpoint, "module", None), target=target)
         readme = pack_edge.edge_readme(description)
@@ -216,10 +218,14 @@ def _check_request(target: str, precision: str, fixed, checkpoint, onnx_name: st
                              hint="ncnn and ExecuTorch bundles apply the contract in their README's code.")
         if len(fixed) > 1:
             raise UsageError("--app takes one --fixed shape, the size of its app-ready model.")
-    elif target not in ("ort", "coreml") and fixed:
-        raise UsageError(f"--fixed variants are for the ORT target's NNAPI and Core ML, and a Core ML bundle's "
-                         f"enumerated shapes; the {target} target runs any size (with --app, --fixed is the size of "
-                         "its app-ready model).")
+    elif target in pack_edge.STATIC_TARGETS and len(fixed) > 1:
+        raise UsageError(f"a {target} bundle with --fixed is one static program of one shape; got {len(fixed)}.",
+                         hint="pack one bundle per shape (gap-tune --buckets --emit writes those lines), or "
+                              "drop --fixed for one program that takes any size.")
+    elif target not in ("ort", "coreml", *pack_edge.STATIC_TARGETS) and fixed:
+        raise UsageError(f"--fixed variants are for the ORT target's NNAPI and Core ML, a Core ML bundle's "
+                         f"enumerated shapes and a static LiteRT or ExecuTorch program; the {target} target runs any "
+                         "size (with --app, --fixed is the size of its app-ready model).")
     if target in pack_edge.TORCH_TARGETS and checkpoint is None:
         raise UsageError(f"--target {target} converts from PyTorch: pass --checkpoint, the PyTorch model "
                          f"{onnx_name} was exported from.",

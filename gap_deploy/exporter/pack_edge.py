@@ -99,6 +99,9 @@ def _example(spec: ArtifactSpec, batch: int, max_side: int = DEFAULT_MAX_SIDE):
     return torch.zeros(batch, spec.channels, side_h, side_w)
 
 
+#: targets whose --fixed shape makes a static program (one shape, no dynamic dim): one per gap-tune bucket
+STATIC_TARGETS = ("litert", "executorch")
+
 #: the largest size an unbounded target (ncnn, LiteRT) is checked at, written in model.json ("largest_checked")
 UNBOUNDED_CHECK_SIDE = 640
 
@@ -152,9 +155,12 @@ def convert_ncnn(source: Path, out: Path, spec: ArtifactSpec, precision: str, lo
     return ["model.param", "model.bin"], {"pnnx": getattr(pnnx, "__version__", "unknown")}
 
 
-def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log) -> tuple[list[str], dict]:
+def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log,
+                   static: Shape | None = None) -> tuple[list[str], dict]:
     """litert-torch, with dynamic batch, height and width; a model whose dynamic batch it cannot lower (it fails
-    on ``torch.flatten(x, 1)`` with one) is converted with batch 1, which the runtime feeds image by image."""
+    on ``torch.flatten(x, 1)`` with one) is converted with batch 1, which the runtime feeds image by image.
+    ``static``: one shape, no dynamic dim (gap-pack --fixed: a static program, what LiteRT runs fastest and what
+    gap-tune --buckets ships one of per bucket)."""
     from gap_deploy.runtime._lazy import require
 
     with captured_output():  # its imports print absl, oneDNN and torchao start-up lines
@@ -162,9 +168,22 @@ def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log) -
                                hint="pip install 'gap-deploy[litert]' -c constraints/cpu.txt")
     dims = _dims(spec, 4096, 1024)  # torch.export's bounds only: the .tflite's signature has none
     path, notes = out / "model.tflite", {}
-    log("Converting the PyTorch model to LiteRT with litert-torch ...")
+    log("Converting the PyTorch model to LiteRT with litert-torch"
+        + (f" (static, {format_shape(static)})" if static else "") + " ...")
     import torch.fx.experimental._config as fx_config  # its patch() is installed when it is imported
 
+    if static:
+        import torch
+
+        with captured_output() as tail:
+            try:
+                converted = litert_torch.convert(module, (torch.zeros(tuple(static)),))
+                converted.export(str(path))
+            except Exception as exc:
+                raise _converter_failed("litert-torch's static conversion", exc, tail) from None
+        import litert_torch as lt
+
+        return ["model.tflite"], {"litert_torch": getattr(lt, "__version__", "unknown")}
     with captured_output() as tail, cast(Any, fx_config).patch(backed_size_oblivious=True):
         try:
             converted = litert_torch.convert(module, (_example(spec, 2),), dynamic_shapes=(dims,))
@@ -186,12 +205,13 @@ def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log) -
 
 
 def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, log, *, max_side: int,
-                       max_batch: int) -> tuple[list[str], dict]:
+                       max_batch: int, static: Shape | None = None) -> tuple[list[str], dict]:
     """torch.export with dynamic batch (1..max_batch), height and width (minimum..max_side), lowered to XNNPACK.
     The example has batch 2 and the export runs with ``backed_size_oblivious`` (a batch-1 example fixes the
     batch, and torch.export otherwise adds a guard excluding sizes of 4 to 7 after two 2x2 pools). FP16 is a
     half-precision copy of the module, exported with a half example: XNNPACK runs it in FP16 and the program
-    takes and gives float16 (the runtime converts)."""
+    takes and gives float16 (the runtime converts). ``static``: one shape and no dynamic dim (gap-pack --fixed):
+    the program ExecuTorch plans exactly, one per gap-tune bucket."""
     from gap_deploy.runtime._lazy import require
 
     require("executorch.exir", purpose="for gap-pack --target executorch",
@@ -201,18 +221,21 @@ def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, lo
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    dims = _dims(spec, max_side, max_batch)
-    example = _example(spec, 2, max_side)
+    dims = None if static else _dims(spec, max_side, max_batch)
+    example = torch.zeros(tuple(static)) if static else _example(spec, 2, max_side)
     if precision == "fp16":
         import copy
 
         module, example = copy.deepcopy(module).half(), example.half()
-    log(f"Exporting the PyTorch model for ExecuTorch (XNNPACK, {precision}; batch <= {max_batch}, sides <= "
-        f"{max_side}) ...")
+    log(f"Exporting the PyTorch model for ExecuTorch (XNNPACK, {precision}; "
+        + (f"static, {format_shape(static)}" if static else f"batch <= {max_batch}, sides <= {max_side}") + ") ...")
     with captured_output() as tail:
         try:
-            with cast(Any, fx_config).patch(backed_size_oblivious=True):
-                program = torch.export.export(module, (example,), dynamic_shapes=(dims,))
+            if static:
+                program = torch.export.export(module, (example,))
+            else:
+                with cast(Any, fx_config).patch(backed_size_oblivious=True):
+                    program = torch.export.export(module, (example,), dynamic_shapes=(dims,))
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
         except Exception as exc:
             raise _converter_failed("ExecuTorch's export", exc, tail) from None
@@ -354,6 +377,27 @@ def suggested_min_side(report: ParityReport) -> tuple[int, int] | None:
 
 # --- the bundle -------------------------------------------------------------------------------------------------
 
+def _convert(target: str, module, source: Path, out: Path, spec: ArtifactSpec, precision: str, log, *,
+             max_side: int, max_batch: int, static, enumerated) -> tuple[list[str], dict, tuple]:
+    """The target's converter: (file names, versions, (max side, max batch) bounds the program has, or None)."""
+    if target == "ncnn":
+        return (*convert_ncnn(source, out, spec, precision, log), (None, None))
+    if target == "litert":
+        return (*convert_litert(module, out, spec, precision, log, static=static), (None, None))
+    if target == "executorch" and static:
+        return (*convert_executorch(module, out, spec, precision, log, max_side=max_side, max_batch=max_batch,
+                                    static=static), (None, None))
+    if target == "executorch":
+        if max_batch < MIN_BATCH_BOUND:
+            log(f"note: ExecuTorch's batch bound is {MIN_BATCH_BOUND} (torch.export keeps no smaller one dynamic); "
+                f"--max-batch {max_batch} raised to it.")
+            max_batch = MIN_BATCH_BOUND
+        return (*convert_executorch(module, out, spec, precision, log, max_side=max_side, max_batch=max_batch),
+                (max_side, max_batch))
+    return (*convert_coreml(module, out, spec, precision, log, max_side=max_side, max_batch=max_batch,
+                            enumerated=enumerated), (None, None) if enumerated else (max_side, max_batch))
+
+
 def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, precision: str, log, *,
                module=None, max_side: int = DEFAULT_MAX_SIDE, max_batch: int = DEFAULT_MAX_BATCH,
                base_shapes: list[Shape], describe_bundle, enumerated: Sequence[Shape] = ()) \
@@ -363,32 +407,23 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
     import json
     from dataclasses import replace
 
-    if target == "ncnn":
-        names, versions = convert_ncnn(source, out, spec, precision, log)
-        bounds = (None, None)
-    elif target == "litert":
-        names, versions = convert_litert(module, out, spec, precision, log)
-        bounds = (None, None)
-    elif target == "executorch":
-        if max_batch < MIN_BATCH_BOUND:
-            log(f"note: ExecuTorch's batch bound is {MIN_BATCH_BOUND} (torch.export keeps no smaller one dynamic); "
-                f"--max-batch {max_batch} raised to it.")
-            max_batch = MIN_BATCH_BOUND
-        names, versions = convert_executorch(module, out, spec, precision, log, max_side=max_side,
-                                             max_batch=max_batch)
-        bounds = (max_side, max_batch)
-    else:
-        names, versions = convert_coreml(module, out, spec, precision, log, max_side=max_side, max_batch=max_batch,
-                                         enumerated=enumerated)
-        bounds = (None, None) if enumerated else (max_side, max_batch)
+    # LiteRT and ExecuTorch with --fixed: a static program of that one shape (gap-pack checked there is one)
+    static = tuple(enumerated[0]) if enumerated and target in STATIC_TARGETS else None
+    names, versions, bounds = _convert(target, module, source, out, spec, precision, log, max_side=max_side,
+                                       max_batch=max_batch, static=static, enumerated=enumerated)
     fixed_batch = versions.pop("fixed_batch", None)
     meta = spec.metadata
+    if static:  # the contract at the program's one size: every reader prepares images at the size it takes
+        sized = meta.preprocessing(channels=spec.channels).sized((static[2], static[3]))
+        meta = replace(meta, preprocess=sized.to_json())
     # the model's own gap.* description only: the ONNX's other props (its signed lineage among them) stay in the
     # ONNX, which model.json names by SHA-256 as the bundle's source
     props = {k: v for k, v in replace(meta, precision="fp16" if precision == "fp16" else meta.precision)
              .to_props().items() if k.startswith("gap.")}
     if bounds[0]:
         props["gap.max_side"] = str(bounds[0])  # read by the ExecuTorch runner
+    if static:
+        props["gap.static_shape"] = format_shape(static)  # read by the ExecuTorch runner (its method does not say)
     accepts = {"batch": [1, 1 if fixed_batch else bounds[1]], "height": [meta.min_height, bounds[0]],
                "width": [meta.min_width, bounds[0]]}
     if enumerated:  # these shapes and no other
@@ -430,7 +465,7 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
         return description, None
     from gap_deploy import runtime
 
-    shapes = check_shapes(spec, base_shapes, *bounds)
+    shapes = [static] if static else check_shapes(spec, base_shapes, *bounds)
     backend = BACKEND[target]
     with captured_output():  # the runtimes' own start-up lines ("Created TensorFlow Lite XNNPACK delegate")
         # staged here (signed when published); its description is judged by the whole sweep below
@@ -483,7 +518,7 @@ def edge_readme(d: dict) -> str:
     if verification.get("executed") is False:
         checked = "not executed here (Core ML needs Apple's OS); the program was reloaded and inspected"
     else:
-        rows = verification.get("rows", [])
+        rows = verification.get("shapes", [])  # ParityReport.to_dict: one row per shape compared
         worst = max((r.get("rel_err", 0) for r in rows), default=float("nan"))
         checked = (f"run with gap-deploy's runtime ({BACKEND.get(target)}) and compared with {d['source']} at "
                    f"{len(rows)} shapes (worst relative error {worst:.1e}; `verification.txt`)")
@@ -514,6 +549,9 @@ Input `{d['input']}`: float32 NCHW, {d['channel_order']}, pixels / 255 then (x -
 
 
 def _accepts_line(d: dict, accepts: dict, span) -> str:
+    if "shapes" in accepts and d["target"] in STATIC_TARGETS:  # gap-pack --fixed: a static program
+        return (f"A static program: accepts exactly {'x'.join(map(str, accepts['shapes'][0]))} (its preprocessing "
+                "contract prepares every image at that size)")
     if "shapes" in accepts:  # Core ML's enumerated shapes (gap-pack --fixed): these and no other
         return ("Accepts exactly these input shapes (enumerated, the first the default): "
                 + ", ".join("x".join(map(str, s)) for s in accepts["shapes"]))

@@ -5,8 +5,9 @@ precision) or the engine manifest (profiles), so the config cannot drift from wh
 ``max_batch_size`` never above the smallest max batch of the plan's profiles, and 0 (full dims, no batching)
 for a model whose batch is fixed; one instance group listing every profile (each instance holds them all and
 Triton picks one per request by shape); dims ``[C, -1, -1]`` for a dynamic model, labels for Triton's
-classification extension, dynamic batching and a warm-up at profile 0's opt shape. The python backend
-(``backend="python"``) serves any artifact through the gap-deploy runtime, with its input checks and messages.
+classification extension, dynamic batching and a warm-up at every shape the model is built for (each profile's
+opt, each bucket of a routing contract, else one). The python backend (``backend="python"``) serves any
+artifact through the gap-deploy runtime, with its input checks and messages.
 
 The checker parses config.pbtxt against Triton's own ModelConfig schema (tritonclient ships
 ``grpc/model_config_pb2.py``; it is loaded by path, without grpcio) and compares it with the artifact:
@@ -144,12 +145,14 @@ def config_text(info: ArtifactSpec, name: str, options: ServeOptions, filename: 
         lines.append(f"dynamic_batching {{ preferred_batch_size: {_list(preferred)} "
                      f"max_queue_delay_microseconds: {options.max_queue_delay_us} }}" if preferred else
                      f"dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}")
-    opt = _opt_shape(info)
     # without batching, a warm-up's dims are the full shape and its batch_size 1 (model_config.proto, ModelWarmup)
-    warm_batch, warm_dims = (opt[0], opt[1:]) if max_batch else (1, opt)
-    lines += ["model_warmup [", f'  {{ name: "opt {format_shape(opt)}" batch_size: {warm_batch} inputs {{ key: '
-              f'"{info.input_name}" value {{ data_type: TYPE_FP32 dims: {_list(warm_dims)} random_data: true }} }} }}',
-              "]"]
+    samples = []
+    for shape in warmup_shapes(info):
+        warm_batch, warm_dims = (shape[0], shape[1:]) if max_batch else (1, shape)
+        samples.append(f'  {{ name: "{format_shape(shape)}" batch_size: {warm_batch} inputs {{ key: '
+                       f'"{info.input_name}" value {{ data_type: TYPE_FP32 dims: {_list(warm_dims)} random_data: true '
+                       '} } }')
+    lines += ["model_warmup [", ",\n".join(samples), "]"]
     if options.ort_tensorrt and platform_of(info) == "onnxruntime_onnx" and not python:
         from gap_deploy.runtime.backends.onnxrt import trt_profile_options
 
@@ -190,6 +193,25 @@ def _version_compatible(info: ArtifactSpec) -> bool:
 def notes_for(info: ArtifactSpec) -> list[str]:
     """What a server operator must know about this artifact beyond its config (printed by gap-triton)."""
     return [VC_NOTE] if _version_compatible(info) else []
+
+
+def warmup_shapes(info: ArtifactSpec) -> list[tuple]:
+    """One warm-up per shape the model is built to see, so no first request pays for a shape: each TensorRT
+    profile's opt (gap-build --profile per bucket), else each bucket of a routing contract (gap-tune --buckets
+    --emit's MODEL.buckets.onnx: every image arrives at one of them), else one (_opt_shape)."""
+    from gap_deploy.runtime.limits import check_memory
+
+    if info.profiles:
+        shapes = [tuple(p.opt) for p in info.profiles]
+    else:
+        buckets = info.metadata.preprocessing(channels=info.channels).buckets or ()
+        shapes = [(1, info.channels, h, w) for h, w in buckets
+                  if info.fixed(2) is None and info.fixed(3) is None]
+    if not shapes:
+        return [_opt_shape(info)]
+    for shape in shapes:
+        check_memory(shape, f"the warm-up input of {source_of(info).name}")
+    return list(dict.fromkeys(shapes))
 
 
 def _opt_shape(info: ArtifactSpec) -> tuple:

@@ -193,7 +193,8 @@ class Session:
         self._spec = InputSpec(name=spec.input_name, channels=spec.declared_channels, dtype=spec.dtype,
                                min_height=min_h, min_width=min_w, profiles=tuple((p.min, p.max) for p in profiles),
                                fixed=(spec.fixed(0), spec.fixed(2), spec.fixed(3)),
-                               max_side=getattr(runner, "max_side", None))  # checked per image, like the minimum
+                               # checked per image, like the minimum; a static program's one size says more
+                               max_side=None if spec.static_size else getattr(runner, "max_side", None))
 
     @property
     def input_spec(self) -> InputSpec:

@@ -669,3 +669,44 @@ def plot(result: TuneResult, path: str | os.PathLike, decision: Decision | None 
     ax.set_title(f"Accuracy against latency on {Path(result.folder).name} ({result.images} images)")
     fig.tight_layout()
     return publish_figure(fig, path)
+
+
+def plot_buckets(planning, contract, path: str | os.PathLike) -> Path:
+    """Two panels: the traffic's effective sides as a histogram with the chosen buckets' sizes as edges (each
+    bar coloured by the bucket it routes to), and the predicted mean latency against the number of buckets
+    (the model's medians, and the serving path's where measured), the one-size choice dashed. Here, not in
+    runtime.buckets, which the preprocessing contract imports for its routing rule."""
+    from gap_deploy.runtime.buckets import effective_sides, route
+    from gap_deploy.runtime.plot import publish_figure, pyplot
+
+    plt = pyplot()
+    chosen = planning.chosen
+    sides = effective_sides(planning.traffic.sizes, contract)
+    bucket_sides = [min(b.size) for b in chosen.buckets]
+    at = route(sides, bucket_sides)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    bins = np.linspace(float(sides.min()) - 0.5, float(sides.max()) + 0.5, 41)
+    for j, bucket in enumerate(chosen.buckets):
+        mine = sides[at == j]
+        left.hist(mine, bins=bins, color=f"C{j}", alpha=0.85,
+                  label=f"-> {bucket.label}: {bucket.share:.0%}, top-1 {bucket.top1:.0%}")
+        left.axvline(bucket_sides[j], color=f"C{j}", linestyle="--", linewidth=1)
+    left.set_xlabel("effective side (px, as the preprocessing scales it)")
+    left.set_ylabel("images")
+    left.set_title(f"Traffic ({planning.traffic.sampled} images) and its buckets")
+    left.legend(fontsize="small")
+    ks = sorted(planning.by_k)
+    right.plot(ks, [planning.by_k[k].mean_ms for k in ks], marker="o", label="model's medians")
+    if all(planning.by_k[k].streamed for k in ks):
+        right.plot(ks, [planning.by_k[k].stream_mean_ms for k in ks], marker="s", label="serving (gap-run)")
+    right.axhline(planning.single.mean_ms, color="0.5", linestyle=":", label=f"one size {planning.single.label}")
+    right.scatter([len(chosen.buckets)], [chosen.mean_ms], marker="*", s=200, color="gold", edgecolor="black",
+                  zorder=3, label="chosen")
+    right.set_xlabel("buckets (K)")
+    right.set_ylabel("predicted mean ms per batch")
+    right.set_xticks(ks)
+    right.set_title(f"every bucket at top-1 >= {planning.min_top1:.0%}")
+    right.grid(True, alpha=0.3)
+    right.legend(fontsize="small")
+    fig.tight_layout()
+    return publish_figure(fig, path)

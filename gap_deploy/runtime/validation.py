@@ -85,7 +85,9 @@ def check_shape(shape: tuple[int, ...], spec: InputSpec) -> None:
         if want is not None and got != want:
             label = ("batch", "height", "width")[axis]
             raise InputError(f"input '{spec.name}' has {label} {got}; this static model takes only {want}.",
-                             hint="re-export with gap-export --dynamic to accept any size.")
+                             hint="give it its own size (gap-run without --imgsz prepares images at the size its "
+                                  "preprocessing contract says), or use a model that takes any size (gap-export "
+                                  "--dynamic; gap-pack without --fixed).")
     if spec.profiles and not any(_within(shape, lo, hi) for lo, hi in spec.profiles):
         ranges = "; ".join(f"{format_shape(lo)} to {format_shape(hi)}" for lo, hi in spec.profiles)
         raise InputError(f"input '{spec.name}' shape {format_shape(shape)} is outside every optimization "

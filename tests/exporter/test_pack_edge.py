@@ -231,6 +231,64 @@ def test_a_core_ml_bundle_with_enumerated_shapes_reads_back_with_exactly_those(t
         pack(onnx_path, tmp_path / "n", target="ncnn", fixed=shapes)
 
 
+@pytest.mark.parametrize("target", ["litert", "executorch"])
+def test_a_static_program_per_bucket_is_what_its_runtime_loads_and_runs(tmp_path, sources, target):
+    """gap-pack --target litert|executorch --fixed S (one per gap-tune bucket): the runtime's own view of the
+    program has that one shape and no dynamic dim (LiteRT's shape_signature; ExecuTorch's planned input), it
+    matches the ONNX there, another shape is refused cleanly, and its contract prepares images at S."""
+    _needs(target)
+    from PIL import Image
+
+    from gap_deploy.exporter.checkpoint import load_model
+
+    onnx_path, ckpt, _ = sources["reference"]
+    shape = (1, 3, 32, 40)
+    pack(onnx_path, tmp_path / "b", target=target, checkpoint=load_model(ckpt), fixed=[shape])
+    description = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert description["accepts"]["shapes"] == [list(shape)]
+    assert [row["shape"] for row in description["verification"]["shapes"]] == [list(shape)]
+    assert "A static program: accepts exactly 1x3x32x40" in (tmp_path / "b" / "README.md").read_text()
+    if target == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        (detail,) = Interpreter(model_path=str(tmp_path / "b" / "model.tflite")).get_input_details()
+        assert list(detail["shape_signature"]) == list(shape)  # -1 would mark a dynamic dim
+    else:
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(tmp_path / "b" / "model.pte").load_method("forward")
+        assert tuple(method.metadata.input_tensor_meta(0).sizes()) == shape
+    x = np.random.default_rng(4).standard_normal((3, *shape[1:])).astype(np.float32)
+    with runtime.load(tmp_path / "b") as session:
+        assert session.spec.static_size == (32, 40)
+        expected = _bare_onnx(onnx_path).run(None, {"images": x})[0]
+        np.testing.assert_allclose(np.stack(session.run_many(list(x))), expected, rtol=1e-4, atol=1e-4)
+        with pytest.raises(InputError, match="this static model takes only 32"):
+            session.run(np.zeros((1, 3, 48, 48), np.float32))
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((90, 70, 3), np.uint8)).save(image)
+    from click.testing import CliRunner
+
+    from gap_deploy.runtime.cli.run import main as gap_run
+
+    done = CliRunner().invoke(gap_run, [str(tmp_path / "b"), str(image), "--format", "jsonl", "-k", "1"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout.splitlines()[0])["size"] == [32, 40]
+    if target == "executorch":  # its method gives no dynamic marks: model.json's claim is checked against it
+        import shutil
+
+        shutil.copytree(tmp_path / "b", tmp_path / "lie")
+        lie = json.loads((tmp_path / "lie" / "model.json").read_text())
+        lie["metadata"]["gap.static_shape"] = "1x3x48x48"
+        (tmp_path / "lie" / "model.json").write_text(json.dumps(lie))
+        with pytest.raises(ArtifactError, match="says a static program of 1x3x48x48; the program's input is planned "
+                                                "for 1x3x32x40"):
+            runtime.load(tmp_path / "lie")
+    with pytest.raises(UsageError, match="one static program of one shape"):
+        pack(onnx_path, tmp_path / "two", target=target, checkpoint=load_model(ckpt), fixed=[shape, (1, 3, 48, 48)])
+    assert not (tmp_path / "two").exists()
+
+
 def test_executorch_s_planned_range_is_measured_and_enforced(tmp_path, sources):
     """ExecuTorch plans memory for the largest input: the bundle's sweep includes it, a larger image is refused
     before ExecuTorch sees it, and a batch beyond the plan runs in chunks."""

@@ -326,3 +326,53 @@ def test_gap_tune_emits_a_routed_model_and_one_fixed_model_per_bucket(folders, r
         rows = [json.loads(line) for line in alone.stdout.splitlines()[:-1]]
         assert len(rows) == 30 and {tuple(r["size"]) for r in rows} == {(h, w)}
         assert rows == [json.loads(line) for line in sized.stdout.splitlines()[:-1]]
+
+
+@pytest.mark.slow
+def test_gap_pack_buckets_sh_writes_static_programs_per_bucket_that_their_runtimes_load(folders, reference_onnx,
+                                                                                        reference_ckpt, tmp_path):
+    """The emitted gap-pack-buckets.sh, run as a user would: a static LiteRT and ExecuTorch program per bucket,
+    each of exactly its bucket's shape in the runtime's own view (LiteRT's shape_signature, ExecuTorch's planned
+    input), verified by gap-pack as written; Core ML (where coremltools is installed) with the buckets as its
+    enumerated shapes, read back from the saved spec. A wrong call says how to call it."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("executorch")
+    deploy = tmp_path / "deploy"
+    result = run(f"a={reference_onnx}", "--data", folders / "val", "--imgsz", "8,16,24", "--no-native", "--duration",
+                 "0.05", "--min-top1", "0", "--traffic", folders / "traffic", "--buckets", "2", "--emit", deploy)
+    assert result.exit_code == 0, result.output
+    sizes = [tuple(b["size"]) for b in json.loads((deploy / "tune.json").read_text())["buckets"]["chosen"]["buckets"]]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    script = str(deploy / "gap-pack-buckets.sh")
+    wrong = subprocess.run(["sh", script, "litert"], capture_output=True, text=True, env=env, timeout=60)
+    assert wrong.returncode == 2 and "usage: sh" in wrong.stderr
+    targets = "litert,executorch" + (",coreml" if _installed("coremltools") else "")
+    done = subprocess.run(["sh", script, targets, str(reference_ckpt)], capture_output=True, text=True, env=env,
+                          timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from ai_edge_litert.interpreter import Interpreter
+    from executorch.runtime import Runtime
+
+    for h, w in sizes:
+        (detail,) = Interpreter(model_path=str(deploy / f"litert_{h}x{w}" / "model.tflite")).get_input_details()
+        assert list(detail["shape_signature"]) == [1, 3, h, w]
+        method = Runtime.get().load_program(deploy / f"executorch_{h}x{w}" / "model.pte").load_method("forward")
+        assert tuple(method.metadata.input_tensor_meta(0).sizes()) == (1, 3, h, w)
+        for target in ("litert", "executorch"):
+            verified = json.loads((deploy / f"{target}_{h}x{w}" / "model.json").read_text())["verification"]
+            assert verified["passed"] and [r["shape"] for r in verified["shapes"]] == [[1, 3, h, w]]
+    if "coreml" in targets:
+        from gap_deploy.exporter.pack_edge import inspect_coreml
+
+        assert inspect_coreml(deploy / "coreml" / "model.mlpackage")["input_shapes"] == [[1, 3, h, w]
+                                                                                         for h, w in sizes]
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

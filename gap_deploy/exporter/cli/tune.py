@@ -117,7 +117,7 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
         plot(result, plot_path, decision)
         info(f"Wrote {plot_path}")
     if plot_buckets and planning is not None:
-        from gap_deploy.runtime.buckets import plot as plot_plan
+        from gap_deploy.runtime.tune import plot_buckets as plot_plan
 
         plot_plan(planning, result.contract, plot_buckets)
         info(f"Wrote {plot_buckets}")

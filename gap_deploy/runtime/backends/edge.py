@@ -57,6 +57,8 @@ class _EdgeRunner(Runner):
         self.outputs = (TensorInfo(names[1], np.dtype(np.float32), (None, meta.num_classes)),)
         self._threads = threads
         self._lock = threading.Lock()
+        #: a static program's one input shape (gap-pack --fixed); None where it takes any size
+        self.static: tuple[int, ...] | None = None
         import importlib.metadata
 
         try:
@@ -68,6 +70,13 @@ class _EdgeRunner(Runner):
         """The input channels the loaded model itself declares; None where its runtime does not say."""
         return None
 
+    def _declare_static(self, shape: tuple[int, ...]) -> None:
+        """A program of one input shape: declared as the input's dims, so a session refuses any other shape with
+        the static model's message (runtime.validation.check_shape) and fills its batch (Session.run_many)."""
+        self.static = tuple(int(d) for d in shape)
+        name = self.inputs[0].name
+        self.inputs = (TensorInfo(name, np.dtype(np.float32), self.static),)
+
     def check_description(self, path: Path) -> None:
         """Believe model.json only where the loaded model agrees with it: model.json is a file anyone can write, with
         SHA-256s to match. Its channels against what the runtime reports, then one inference at its own minimum
@@ -78,7 +87,7 @@ class _EdgeRunner(Runner):
         if channels is not None and channels != meta.in_channels:
             raise ArtifactError(f"{said} says {meta.in_channels} input channel(s); the {self.runtime_name} model it "
                                 f"describes takes {channels}. The description is not believed.", hint=REPACK)
-        shape = (1, self._channels, max(meta.min_height, 1), max(meta.min_width, 1))
+        shape = self.static or (1, self._channels, max(meta.min_height, 1), max(meta.min_width, 1))
         probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         try:
             out = self.infer(probe)
@@ -318,6 +327,8 @@ class LiteRtRunner(_EdgeRunner):
         self.batch_fixed = signature[0] if signature[0] > 0 else None
         self._shape: tuple[int, ...] | None = None
         self._signature = signature
+        if all(d > 0 for d in signature):  # a static program (gap-pack --fixed): LiteRT's own signature says so
+            self._declare_static(tuple(signature))
         if check_description:
             self.check_description(path)
 
@@ -401,6 +412,17 @@ class ExecuTorchRunner(_EdgeRunner):
             self.max_side = int(self.props.get("gap.max_side", max(self.planned[2:])))
         except ValueError:
             raise ArtifactError(f"{path}'s bundle metadata gap.max_side is no whole number.", hint=REPACK) from None
+        said = self.props.get("gap.static_shape")
+        if said:  # ExecuTorch's method gives its planned sizes, not whether they are fixed: model.json says
+            try:
+                static = tuple(int(d) for d in said.split("x"))
+            except ValueError:
+                static = ()
+            if static != self.planned:
+                raise ArtifactError(f"{path.parent.name}/model.json says a static program of {said}; the program's "
+                                    f"input is planned for {format_shape(self.planned)}. The description is not "
+                                    "believed.", hint=REPACK)
+            self._declare_static(static)
         if check_description:
             self.check_description(path)
 
