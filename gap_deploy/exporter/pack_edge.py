@@ -521,7 +521,7 @@ def edge_readme(d: dict) -> str:
         rows = verification.get("shapes", [])  # ParityReport.to_dict: one row per shape compared
         worst = max((r.get("rel_err", 0) for r in rows), default=float("nan"))
         checked = (f"run with gap-deploy's runtime ({BACKEND.get(target)}) and compared with {d['source']} at "
-                   f"{len(rows)} shapes (worst relative error {worst:.1e}; `verification.txt`)")
+                   f"{len(rows)} shape(s) (worst relative error {worst:.1e}; `verification.txt`)")
     tol = d.get("check", {}).get("tolerance", {"atol": "", "rtol": ""})
     contract = _contract(d)
     scale, shift = contract.affine(d["channels"]) if contract is not None else ([], [])

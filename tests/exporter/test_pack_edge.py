@@ -247,7 +247,10 @@ def test_a_static_program_per_bucket_is_what_its_runtime_loads_and_runs(tmp_path
     description = json.loads((tmp_path / "b" / "model.json").read_text())
     assert description["accepts"]["shapes"] == [list(shape)]
     assert [row["shape"] for row in description["verification"]["shapes"]] == [list(shape)]
-    assert "A static program: accepts exactly 1x3x32x40" in (tmp_path / "b" / "README.md").read_text()
+    readme = (tmp_path / "b" / "README.md").read_text()
+    assert "A static program: accepts exactly 1x3x32x40" in readme
+    worst = description["verification"]["shapes"][0]["rel_err"]
+    assert f"at 1 shape(s) (worst relative error {worst:.1e}" in readme
     if target == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
