@@ -264,7 +264,14 @@ def plan_buckets(result, traffic: Traffic, labelled_sizes: np.ndarray, contract,
                          hint=f"give at least {k} sizes with --imgsz, or fewer buckets.")
     traffic_sides = effective_sides(traffic.sizes, contract)
     labelled_sides = effective_sides(labelled_sizes, contract)
-    ks = range(1, min(MAX_BUCKETS, distinct) + 1) if k == "auto" else [int(k)]
+    seen = len(np.unique(traffic_sides))
+    if k != "auto" and int(k) > seen:
+        raise UsageError(f"--buckets {k} asks for more buckets than the traffic has sizes: its {traffic.sampled} "
+                         f"image(s) have {seen} distinct side(s) as the preprocessing scales them, so "
+                         f"{int(k) - seen} bucket(s) would serve no image.",
+                         hint=f"ask for at most {seen} (or auto), or point --traffic at more of the deployment's "
+                              "images.")
+    ks = range(1, min(MAX_BUCKETS, distinct, seen) + 1) if k == "auto" else [int(k)]
     by_k: dict[int, BucketPlan] = {}
     for count in ks:
         best = None

@@ -233,9 +233,18 @@ def test_gap_tune_serving_sample_zero_predicts_from_the_model_alone_and_the_plot
     (["--buckets", "2", "--min-top1", "0"], "go together", 2),
     (["--traffic", "{traffic}", "--buckets", "2", "--max-ms", "5"], "under --min-top1", 2),
     (["--min-top1", "0", "--plot-buckets", "{empty}/b.png"], "--plot-buckets draws the plan", 2),
+    # the traffic's effective sides are 11 and 45 only: a third bucket would serve no image
+    (["--traffic", "{traffic}", "--buckets", "3", "--min-top1", "0"], "the traffic has sizes: its 30 image(s) have "
+     "2 distinct side(s)", 2),
+    (["--traffic", "{broken}", "--buckets", "2", "--min-top1", "0"], "no header of the 3 image(s)", 1),
 ])
 def test_bad_bucket_input_gets_one_clear_message(folders, reference_onnx, args, fragment, code):
-    args = [a.format(empty=folders / "empty", traffic=folders / "traffic") for a in args]
+    broken = folders / "broken"
+    if not broken.exists():
+        broken.mkdir()
+        for name in ("a.png", "b.jpg", "c.png"):
+            (broken / name).write_bytes(b"not an image header")
+    args = [a.format(empty=folders / "empty", traffic=folders / "traffic", broken=broken) for a in args]
     result = run(f"a={reference_onnx}", "--data", folders / "val", "--imgsz", "8,16,24", "--no-native",
                  "--duration", "0.05", *args)
     assert_clean_failure(result, fragment, code=code)
