@@ -79,6 +79,16 @@ def test_no_command_shows_a_replaced_spelling():
                     assert (name, old) in owners, f"{name} still shows {old} ({row['concept']}: {row['option']})"
 
 
+def test_every_help_text_prints_as_written():
+    """click prints help text as it is (no %-formatting): a '%%' written for argparse shows doubled."""
+    from click.testing import CliRunner
+
+    for name in COMMANDS:
+        result = CliRunner().invoke(command(name), ["--help"], terminal_width=200)
+        assert result.exit_code == 0, (name, result.output)
+        assert "%%" not in result.output, f"{name} --help shows '%%'"
+
+
 # (command, arguments before the option, old spelling, new spelling): each parses to the same parameters
 SAME_VALUE = [
     ("gap-export", ["m.pt"], ["--batch", "3"], ["--batch-size", "3"]),

@@ -41,7 +41,7 @@ from gap_deploy.runtime.cli.common import (
 @click.option("--duration", default=0.5, show_default=True, type=FiniteFloat(0.05, 600),
               help="Seconds of timing per point, after 0.1 s of warm-up.")
 @click.option("--min-top1", type=FiniteFloat(0.0, 1.0), metavar="X", help="Choose the fastest point with top-1 >= X "
-              "(0.75 or 75%%: give 0.75).")
+              "(0.75 or 75%: give 0.75).")
 @click.option("--max-ms", type=FiniteFloat(0.0, 1e9), metavar="Y", help="Choose the most accurate point with median "
               "latency <= Y ms at --batch-size.")
 @click.option("--min-ips", type=FiniteFloat(0.0, 1e12), metavar="Z",
@@ -51,7 +51,7 @@ from gap_deploy.runtime.cli.common import (
                    "files; a quoted glob; or a text file of image paths). Only their headers are read.")
 @click.option("--buckets", metavar="K|auto", help="Choose K fixed sizes (1 to 8) that serve --traffic fastest with "
               "every bucket at --min-top1, each image going to the smallest bucket at least its size; auto: the "
-              "fewest within 5%% of the best K's predicted latency.")
+              "fewest within 5% of the best K's predicted latency.")
 @click.option("--traffic-sample", default=5000, show_default=True, type=click.IntRange(1, 10_000_000), metavar="N",
               help="--traffic: read at most N headers (evenly spaced through the sorted list).")
 @click.option("--serving-sample", default=32, show_default=True, type=click.IntRange(0, 100_000), metavar="N",
