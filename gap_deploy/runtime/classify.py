@@ -75,8 +75,9 @@ def iter_classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int 
 
 
 def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16, progress=None,
-             window: int | None = None, workers: int | None = None, decode: str = "exact") -> dict:
-    """Top-k classes per image file. Unreadable or too-small files are reported, the rest classified.
+             window: int | None = None, workers: int | None = None, decode: str = "exact", buckets=None) -> dict:
+    """Top-k classes per image file. Unreadable or too-small files are reported, the rest classified. ``buckets``:
+    each image at one of these sizes (image_loader).
 
     Streams (iter_classify): memory is bounded by the window, not by the number of files; the report's
     ``stats`` says where the time went.
@@ -86,7 +87,7 @@ def classify(session, paths, *, topk: int = 5, imgsz=None, batch_size: int = 16,
     stats = StreamStats()
     results, errors = [], []
     for item in iter_classify(session, paths, topk=topk, imgsz=imgsz, batch_size=batch_size, window=window,
-                              workers=workers, stats=stats, decode=decode):
+                              workers=workers, stats=stats, decode=decode, buckets=buckets):
         (errors if "error" in item else results).append(item)
         if progress:
             progress(1)

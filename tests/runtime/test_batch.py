@@ -85,6 +85,32 @@ def test_every_row_equals_local_gap_run(local_ray, folder, reference_onnx, tmp_p
     assert 1 <= len(result.per_worker) <= 2 and sum(result.per_worker.values()) == 215, result.per_worker
 
 
+def test_a_routed_models_buckets_reach_rays_workers(local_ray, folder, reference_onnx, tmp_path):
+    """gap-tune --buckets --emit's MODEL.buckets.onnx on Ray: each worker reads the routing rule from the model's
+    contract, so every image runs at its bucket, as gap-run --buckets runs it locally."""
+    import onnx
+
+    from gap_deploy import runtime
+    from gap_deploy.exporter.emit import with_routing
+
+    model = onnx.load(str(reference_onnx))
+    buckets = [(32, 32), (64, 48)]
+    with_routing(model, buckets)
+    routed = tmp_path / "gapcnn.buckets.onnx"
+    onnx.save(model, str(routed))
+    out = tmp_path / "routed.parquet"
+    run_batch(BatchJob(routed, (str(folder),), out, topk=2, batch_size=16, workers=2, cpus_per_worker=0.5))
+    rows = {r["path"]: r for r in read_results(out)}
+    with runtime.load(reference_onnx) as session:
+        local = classify(session, collect_images([folder]), topk=2, buckets=buckets)
+    assert len(local["results"]) == 212  # the two tiny images too: resized to a bucket, as --imgsz would
+    for item in local["results"]:
+        row = rows[str(item["file"])]
+        assert [row["height"], row["width"]] == item["size"] and tuple(item["size"]) in buckets
+        assert row["top_labels"] == [t["name"] for t in item["top"]]
+    assert {tuple(i["size"]) for i in local["results"]} == set(buckets)  # both buckets were used
+
+
 def test_every_actor_can_get_work_batches_and_blocks():
     """300 images, 2 actors, batch 256: two batches of 150 in two blocks (it was one block of 300, which Ray gives
     to one actor); a batch is never cut below 1, blocks never exceed the images or 200."""
