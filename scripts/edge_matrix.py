@@ -5,7 +5,9 @@ exported, packed for every target whose packages are installed, and the bundle's
 
 A cell is the worst relative error against the FP32 ONNX over the bundle's sweep (each bundle is checked by its
 own runtime before it is written), "inspected" for Core ML (not executable on Linux), or the first line of the
-refusal. Seeds are fixed; BatchNorm statistics are randomized so they matter.
+refusal. A refusal whose hint names a next step is followed, as a user would: `--min-side N` (only the smallest
+sizes differ), or `--fixed 1x3x64x64` (the converter cannot keep the sides dynamic: a static program of the
+export size, the cell says "static only"). Seeds are fixed; BatchNorm statistics are randomized so they matter.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from checkout import use_checkout  # noqa: E402
 use_checkout()
 
 FAMILIES = ["reference", "ResNetish", "MobileNetish", "EfficientNetish", "DenseNetish", "ShuffleNetish",
-            "SqueezeNetish"]
+            "SqueezeNetish", "ConvNeXtish", "MobileNetV3ish", "ResNetDish", "GhostNetish", "ReXNetish"]
 TARGETS = {"ort": "onnxruntime", "openvino": "openvino", "ncnn": "pnnx", "litert": "litert_torch",
            "executorch": "executorch", "coreml": "coremltools"}
 
@@ -54,24 +56,30 @@ def cell(target: str, onnx_path: Path, loaded, out: Path) -> dict:
     from gap_deploy.runtime.errors import GapError
 
     checkpoint = loaded if target in ("litert", "executorch", "coreml") else None
-    min_side = None
+    min_side = fixed = dynamic = None
     try:
         result = pack(onnx_path, out, target=target, checkpoint=checkpoint)
     except GapError as exc:
         min_side = getattr(exc, "min_side", None)  # set when only the smallest sizes differ
-        if min_side is None:
+        dynamic = str(exc).splitlines()[0]
+        fixed = (1, 3, 64, 64) if "--fixed 1x3x64x64" in (exc.hint or "") else None  # a static program: followed
+        if min_side is None and fixed is None:
             return {"ok": False, "why": str(exc).splitlines()[0]}
         try:
-            result = pack(onnx_path, out, target=target, checkpoint=checkpoint, min_side=min_side)
+            result = pack(onnx_path, out, target=target, checkpoint=checkpoint, min_side=min_side,
+                          fixed=[fixed] if fixed else ())
         except GapError as exc2:
-            return {"ok": False, "why": str(exc2).splitlines()[0]}
+            return {"ok": False, "why": str(exc2).splitlines()[0], "dynamic": dynamic}
+        if fixed:
+            min_side = None
     description = json.loads((out / "model.json").read_text())
     if target == "coreml":
         return {"ok": True, "inspected": True, "ops": sorted(description["verification"]["inspected"]["ops"])}
     worst = max(r.rel_err for report in result.parity.values() for r in report.rows)
     shapes = sum(len(report.rows) for report in result.parity.values())
     return {"ok": True, "worst_rel_err": worst, "shapes": shapes, "notes": description.get("notes", []),
-            "min_side": min_side}
+            "min_side": min_side, "fixed": list(fixed) if fixed else None,
+            "dynamic": dynamic if fixed else None}
 
 
 def markdown(matrix: dict, targets: list[str]) -> str:
@@ -88,7 +96,8 @@ def markdown(matrix: dict, targets: list[str]) -> str:
                 cells.append("inspected, not run")
             else:
                 cells.append(f"{c['worst_rel_err']:.1e}" + (" (batch 1)" if c["notes"] else "")
-                             + (f" (--min-side {c['min_side']})" if c.get("min_side") else ""))
+                             + (f" (--min-side {c['min_side']})" if c.get("min_side") else "")
+                             + (" (static only: --fixed 1x3x64x64)" if c.get("fixed") else ""))
         lines.append(f"| {family} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

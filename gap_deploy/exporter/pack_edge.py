@@ -70,6 +70,49 @@ def _converter_failed(what: str, exc: BaseException, tail: list[str]) -> ExportE
                        hint="gap-pack --target ort (ONNX Runtime Mobile) takes every model gap-export writes.")
 
 
+def static_hint(spec: ArtifactSpec) -> str:
+    """The next step where a converter cannot keep the sides dynamic: a static program of the export size."""
+    meta = spec.metadata
+    h, w = meta.export_height or 224, meta.export_width or 224
+    return (f"a static program of one size packs: add --fixed 1x{spec.channels}x{h}x{w} (the export size; one bundle "
+            "per size you serve, gap-tune --buckets chooses them) to this gap-pack command; --target ort, openvino or "
+            "ncnn take any size.")
+
+
+def _dynamic_failed(what: str, exc: BaseException, tail: list[str], spec: ArtifactSpec) -> ExportError:
+    """A conversion with dynamic sides that failed: its cause in the user's terms where it is a known class
+    (torch.export's guards on the sides, litert-torch's missing lowering of size arithmetic), and the static
+    program that packs instead."""
+    text = str(exc)
+    cause = first_line(exc)
+    if "Constraints violated" in text:
+        cause = ("torch.export cannot keep height and width dynamic for every size: the model's output size depends "
+                 "on a side's remainder (guards such as a ceil-mode pool or an odd-size crop make)")
+        accepted = _accepted_sides(text)
+        if accepted:
+            cause += f"; it would accept only sides {accepted}"
+    elif "Lowering not found" in text:
+        op = text.split("Lowering not found:", 1)[1].strip().splitlines()[0]
+        cause = (f"litert-torch cannot lower the size arithmetic of a dynamic input ({op}: an output size computed "
+                 "from the input's side, as a strided patchify stem or a pool makes)")
+    return ExportError(f"{what} failed: {cause}.", note="\n".join([first_line(exc), *tail[-8:]]),
+                       hint=static_hint(spec))
+
+
+def _accepted_sides(text: str) -> str | None:
+    """torch.export's "Suggested fixes" for the sides (e.g. ``height = 16*_height - 1`` with
+    ``_height = Dim('_height', min=1, max=40)``) as the sides they allow: "16k-1 (15 to 639)"."""
+    import re
+
+    fix = re.search(r"height = (\d+)\*_height( [-+] \d+)?", text)
+    bounds = re.search(r"_height = Dim\('_height', min=(\d+), max=(\d+)\)", text)
+    if not (fix and bounds):
+        return None
+    step, offset = int(fix.group(1)), int((fix.group(2) or "0").replace(" ", ""))
+    low, high = int(bounds.group(1)), int(bounds.group(2))
+    return (f"{step}k{offset:+d}" if offset else f"{step}k") + f" ({step * low + offset} to {step * high + offset})"
+
+
 def _dims(spec: ArtifactSpec, max_side: int, max_batch: int):
     """torch.export's dynamic dims: batch 1..max_batch, height and width from the model's minimum to max_side."""
     import torch
@@ -194,7 +237,7 @@ def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log,
                 converted = litert_torch.convert(module, (_example(spec, 1),), dynamic_shapes=({2: dims[2],
                                                                                                3: dims[3]},))
             except Exception as exc2:
-                raise _converter_failed("litert-torch's conversion", exc2, tail) from None
+                raise _dynamic_failed("litert-torch's conversion", exc2, tail, spec) from None
         try:
             converted.export(str(path))
         except Exception as exc:
@@ -238,7 +281,9 @@ def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, lo
                     program = torch.export.export(module, (example,), dynamic_shapes=(dims,))
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
         except Exception as exc:
-            raise _converter_failed("ExecuTorch's export", exc, tail) from None
+            if static:
+                raise _converter_failed("ExecuTorch's export", exc, tail) from None
+            raise _dynamic_failed("ExecuTorch's export", exc, tail, spec) from None
     (out / "model.pte").write_bytes(lowered.buffer)
     import executorch
 
@@ -346,21 +391,44 @@ class Recording:
 
 
 def verify(reference, infer, shapes, tolerance, *, num_classes: int | None, source: Path, candidate: str,
-           what: str) -> ParityReport:
+           what: str, otherwise: str | None = None) -> ParityReport:
     """Compare ``infer`` with ``reference`` at ``shapes``; ExportError (no bundle) with the table, the runtime's
-    own errors and, where it applies, the --min-side that would pack the sizes that match."""
+    own errors and the next step: where only small sizes fail, the smallest side from which it matches (probed
+    side by side) as --min-side; else ``otherwise`` (a static program, for the targets that have one)."""
     recording = Recording(infer, num_classes)
     report = compare(reference, recording, shapes, tolerance, reference_name=f"source {source.name}",
                      candidate_name=candidate)
     if not report.passed:
-        worst, side = suggested_min_side(report) or (None, None)
+        failing = suggested_min_side(report)
+        side = None
+        if failing is not None:
+            side = _smallest_matching_side(reference, recording, shapes, failing, tolerance, source, candidate)
+        if side is not None:
+            bad = sorted({format_shape(r.shape) for r in report.rows if not r.passed})
+            hint = (f"it fails or differs only at the smallest sizes ({', '.join(bad)}) and matches from side {side} "
+                    f"up: --min-side {side} packs a bundle that refuses smaller images (and is checked from there "
+                    "up).")
+        else:
+            hint = otherwise
         error = MismatchError(f"the {what} model does not match {source.name}; no bundle was written.",
-                            note=recording.note(report), hint=None if side is None else
-                            f"it differs only at sizes up to {worst} pixels: --min-side {side} packs a bundle that "
-                            "refuses smaller images (and is checked from there up).")
+                              note=recording.note(report), hint=hint)
         error.min_side = side  # for callers that retry (scripts/edge_matrix.py)
         raise error
     return report
+
+
+def _smallest_matching_side(reference, recording, shapes, failing, tolerance, source: Path, candidate: str):
+    """The smallest side s above every failing one from which square inputs s x s match (each side probed up to
+    the smallest passing one), or None."""
+    worst, good = failing
+    channels = shapes[0][1]
+    quiet = Recording(recording.infer, recording.num_classes)  # the probes' own failures stay out of the note
+    for side in range(worst + 1, good + 1):
+        probe = compare(reference, quiet, [(1, channels, side, side)], tolerance,
+                        reference_name=f"source {source.name}", candidate_name=candidate)
+        if probe.passed:
+            return side
+    return None
 
 
 def suggested_min_side(report: ParityReport) -> tuple[int, int] | None:
@@ -473,7 +541,7 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
     with session, captured_output():  # the runtimes' first-inference lines ("Created TensorFlow Lite XNNPACK ...")
         report = verify(ort_cpu_infer(model), session.run, shapes, tolerance_for(precision, backend),
                         num_classes=meta.num_classes, source=source, candidate=f"{names[0]} ({backend}, {precision})",
-                        what=target)
+                        what=target, otherwise=static_hint(spec) if target in STATIC_TARGETS and not static else None)
         description["device"] = session.device  # e.g. ExecuTorch's planned input, ncnn's FP16 switches
     description["verification"] = report.to_dict()
     description["accepts"]["largest_checked"] = list(max(shapes, key=lambda x: x[2] * x[3])[2:])

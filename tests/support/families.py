@@ -223,3 +223,198 @@ class UnderflowNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.tiny(self.features(x)).mean((2, 3)))
+
+
+# --- the blocks the edge converters most often trip on: LayerNorm + GELU, hard-swish, an average-pool downsample,
+# --- ghost modules, a partial residual with SiLU (each family written here from its paper's description)
+
+class _ChannelNorm(nn.Module):
+    """LayerNorm over the channels of an NCHW tensor, written as ConvNeXt code bases write it: to NHWC, LayerNorm,
+    back."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class _NeXtBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, 1, 3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.up, self.act, self.down = nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x):
+        y = self.dw(x).permute(0, 2, 3, 1)  # NHWC: the pointwise layers are Linear, the norm is LayerNorm
+        y = self.down(self.act(self.up(self.norm(y)))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtish(nn.Module):
+    """ConvNeXt: a 4x4/4 patchify stem, depthwise 7x7 blocks with LayerNorm, GELU and inverted MLPs, LayerNorm +
+    2x2/2 downsampling, GAP then LayerNorm then the head."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 24, 4, 4), _ChannelNorm(24))
+        self.stage1 = nn.Sequential(_NeXtBlock(24), _NeXtBlock(24))
+        self.down = nn.Sequential(_ChannelNorm(24), nn.Conv2d(24, 48, 2, 2))
+        self.stage2 = _NeXtBlock(48)
+        self.norm = nn.LayerNorm(48, eps=1e-6)
+        self.head = nn.Linear(48, num_classes)
+
+    def forward(self, x):
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.head(self.norm(x.mean((-2, -1))))
+
+
+class _HardSE(nn.Module):
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, c // r, 1), nn.Conv2d(c // r, c, 1)
+
+    def forward(self, x):
+        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class _V3Block(nn.Module):
+    def __init__(self, cin, mid, cout, k, stride, se, act):
+        super().__init__()
+        layers = [_bn_act(cin, mid, k=1, act=act), _bn_act(mid, mid, k=k, s=stride, groups=mid, act=act)]
+        if se:
+            layers.append(_HardSE(mid))
+        layers += [nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.body = nn.Sequential(*layers)
+        self.use_res = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.body(x) if self.use_res else self.body(x)
+
+
+class MobileNetV3ish(nn.Module):
+    """MobileNetV3: hard-swish stem and late blocks, ReLU early, 5x5 depthwise, squeeze-excitation gated by
+    hard-sigmoid, a 1x1 conv after the pool (the "last channel" layer) with hard-swish."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = _bn_act(3, 16, s=2, act=nn.Hardswish)
+        self.blocks = nn.Sequential(_V3Block(16, 16, 16, 3, 2, True, nn.ReLU),
+                                    _V3Block(16, 64, 24, 3, 2, False, nn.ReLU),
+                                    _V3Block(24, 96, 40, 5, 2, True, nn.Hardswish),
+                                    _V3Block(40, 120, 40, 5, 1, True, nn.Hardswish))
+        self.last = nn.Sequential(nn.Conv2d(40, 96, 1), nn.Hardswish())
+        self.head = nn.Linear(96, num_classes)
+
+    def forward(self, x):
+        pooled = F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1)
+        return self.head(torch.flatten(self.last(pooled), 1))
+
+
+class _BasicD(nn.Module):
+    """A ResNet-D block: the shortcut downsamples with a 2x2 average pool (ceil mode, padding not counted), then
+    a 1x1 convolution, instead of a strided 1x1 that drops three quarters of the input."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.body = nn.Sequential(_bn_act(cin, cout, s=stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(cout))
+        pool = (nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) if stride == 2 else nn.Identity())
+        self.skip = nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class ResNetDish(nn.Module):
+    """ResNet-D: a deep stem of three 3x3 convolutions, max-pool, blocks whose shortcuts average-pool."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(_bn_act(3, 8, s=2), _bn_act(8, 8), _bn_act(8, 16), nn.MaxPool2d(3, 2, 1))
+        self.layers = nn.Sequential(_BasicD(16, 16, 1), _BasicD(16, 32, 2), _BasicD(32, 48, 2))
+        self.fc = nn.Linear(48, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+
+
+class _Ghost(nn.Module):
+    """A ghost module: half the output channels from a 1x1 convolution, the other half from a cheap depthwise 3x3
+    on those, concatenated and cut to the width asked."""
+
+    def __init__(self, cin, cout, relu=True):
+        super().__init__()
+        primary = (cout + 1) // 2
+        act = nn.ReLU if relu else nn.Identity
+        self.cout = cout
+        self.primary = _bn_act(cin, primary, k=1, act=act)
+        self.cheap = _bn_act(primary, primary, k=3, groups=primary, act=act)
+
+    def forward(self, x):
+        y = self.primary(x)
+        return torch.cat([y, self.cheap(y)], 1)[:, :self.cout]
+
+
+class _GhostBottleneck(nn.Module):
+    def __init__(self, cin, mid, cout, stride):
+        super().__init__()
+        self.ghost1, self.ghost2 = _Ghost(cin, mid), _Ghost(mid, cout, relu=False)
+        self.dw = (nn.Sequential(nn.Conv2d(mid, mid, 3, 2, 1, groups=mid, bias=False), nn.BatchNorm2d(mid))
+                   if stride == 2 else nn.Identity())
+        self.skip = (nn.Identity() if stride == 1 and cin == cout else
+                     nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                                   nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        return self.ghost2(self.dw(self.ghost1(x))) + self.skip(x)
+
+
+class GhostNetish(nn.Module):
+    """GhostNet: ghost bottlenecks (odd widths, so the concatenation is cut), a 1x1 conv after the pool."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = _bn_act(3, 16, s=2)
+        self.blocks = nn.Sequential(_GhostBottleneck(16, 16, 16, 1), _GhostBottleneck(16, 45, 23, 2),
+                                    _GhostBottleneck(23, 67, 23, 1), _GhostBottleneck(23, 69, 40, 2))
+        self.last = nn.Sequential(nn.Conv2d(40, 80, 1), nn.ReLU())
+        self.head = nn.Linear(80, num_classes)
+
+    def forward(self, x):
+        return self.head(self.last(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1)).flatten(1))
+
+
+class _ReXBlock(nn.Module):
+    """A ReXNet block: expand with SiLU, depthwise with ReLU6, project; the residual is added to the first input
+    channels only (the output is wider than the input)."""
+
+    def __init__(self, cin, cout, stride, expand=6):
+        super().__init__()
+        mid = cin * expand
+        self.body = nn.Sequential(_bn_act(cin, mid, k=1, act=nn.SiLU), _bn_act(mid, mid, s=stride, groups=mid,
+                                  act=nn.ReLU6), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.cin, self.partial = cin, stride == 1 and cout >= cin
+
+    def forward(self, x):
+        y = self.body(x)
+        if self.partial:
+            y = torch.cat([y[:, :self.cin] + x, y[:, self.cin:]], 1)
+        return y
+
+
+class ReXNetish(nn.Module):
+    """ReXNet: channels growing by a few per block, partial residuals, SiLU."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = _bn_act(3, 16, s=2, act=nn.SiLU)
+        self.blocks = nn.Sequential(_ReXBlock(16, 20, 1), _ReXBlock(20, 27, 2), _ReXBlock(27, 34, 1),
+                                    _ReXBlock(34, 41, 2))
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(41, num_classes))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
