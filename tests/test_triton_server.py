@@ -108,11 +108,16 @@ def test_unknown_model_and_unreachable_server(server, tmp_path):
 
 
 def _serve_command(repo: Path, port: int):
+    """gap-triton --serve as a terminal starts it: SIGINT at its default whatever this test runner inherited (a
+    job started in the background of a non-interactive shell ignores SIGINT, and Python then installs no
+    KeyboardInterrupt for it)."""
+    import signal
     import subprocess
     import sys
 
     return subprocess.Popen([sys.executable, "-m", "gap_deploy", "gap-triton", "--serve", str(repo), "--http-port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_gap_triton_serve_runs_the_bundled_server_until_ctrl_c(tmp_path, reference_onnx):
@@ -145,6 +150,17 @@ def test_gap_triton_serve_runs_the_bundled_server_until_ctrl_c(tmp_path, referen
         _, err = process.communicate(timeout=60)
         assert process.returncode == 0, err
         assert "Traceback" not in err and "Stopping tritonserver" in err
+        # docker stop, systemd and kill send SIGTERM: the same clean stop
+        again = _serve_command(tmp_path / "repo", free_port())
+        try:
+            assert "Serving gapcnn" in again.stdout.readline()
+            again.send_signal(signal.SIGTERM)
+            _, err = again.communicate(timeout=60)
+            assert again.returncode == 0 and "Traceback" not in err and "Stopping tritonserver" in err, err
+        finally:
+            if again.poll() is None:
+                again.kill()
+                again.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()

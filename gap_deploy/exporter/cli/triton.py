@@ -146,13 +146,21 @@ def serve_until_stopped(repo: Path, address: str, http_port: int | None) -> None
     with tempfile.TemporaryDirectory(prefix="gap-triton-") as work:
         info(f"Starting tritonserver on {repo} ({len(models)} model(s)) ...")
         with serve(repo, work, address=address, http_port=http_port) as served:
-            click.echo(f"Serving {', '.join(models)} at http://{served.url}; classify with: gap-run --server "
-                       f"{served.url} --model {models[0] if models else 'NAME'} IMAGES... (Ctrl-C stops it)")
+            import signal
+
+            def terminated(signum, frame):  # docker stop, systemd, kill: stop as Ctrl-C does
+                raise KeyboardInterrupt
+
+            previous = signal.signal(signal.SIGTERM, terminated)  # before the line that says it serves
             try:
+                click.echo(f"Serving {', '.join(models)} at http://{served.url}; classify with: gap-run --server "
+                           f"{served.url} --model {models[0] if models else 'NAME'} IMAGES... (Ctrl-C stops it)")
                 code = served.process.wait()
             except KeyboardInterrupt:
                 info("Stopping tritonserver ...")
                 return
+            finally:
+                signal.signal(signal.SIGTERM, previous)
             tail = served.log.read_text(errors="replace")[-2000:]
             fail(f"tritonserver exited by itself ({code}):\n{tail}")
 
