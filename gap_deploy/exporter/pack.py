@@ -172,8 +172,8 @@ def _pack_edge(target: str):
             module=getattr(checkpoint, "module", None), max_side=request.max_side, max_batch=request.max_batch,
             base_shapes=list(request.fixed) or _check_shapes(meta, request.spec.channels, None),
             describe_bundle=_describe_bundle,
-            # with --app, a LiteRT --fixed is the app model's size only; the bundle's own program stays dynamic
-            enumerated=[] if request.app is not None and target in pack_edge.STATIC_TARGETS else list(request.fixed))
+            # with --app, --fixed is the app model's size only; the bundle's own program stays dynamic
+            enumerated=[] if request.app is not None else list(request.fixed))
         if request.app is not None:
             description = _add_app(request, staged, module=getattr(checkpoint, "module", None), target=target)
         readme = pack_edge.edge_readme(description)

@@ -304,7 +304,10 @@ def convert_coreml(module, out: Path, spec: ArtifactSpec, precision: str, log, *
     import torch
 
     meta = spec.metadata
-    if enumerated:
+    if len(enumerated) == 1:  # one shape: a static input (coremltools' EnumeratedShapes takes two or more)
+        example = torch.zeros(tuple(enumerated[0]), dtype=torch.float32)
+        shape = ct.Shape(shape=list(enumerated[0]))
+    elif enumerated:
         example = torch.zeros(tuple(enumerated[0]), dtype=torch.float32)
         shape = ct.EnumeratedShapes(shapes=[list(s) for s in enumerated], default=list(enumerated[0]))
     else:
@@ -345,6 +348,8 @@ def inspect_coreml(package: Path, model=None) -> dict:
     desc = spec.description.input[0]
     ranges = [[r.lowerBound, r.upperBound] for r in desc.type.multiArrayType.shapeRange.sizeRanges]
     enumerated = [list(s.shape) for s in desc.type.multiArrayType.enumeratedShapes.shapes]
+    if not enumerated and not ranges:  # a static input (gap-pack --fixed with one shape)
+        enumerated = [list(desc.type.multiArrayType.shape)]
     ops: dict[str, int] = {}
     types: dict[str, int] = {}
     for function in spec.mlProgram.functions.values():
@@ -617,7 +622,7 @@ Input `{d['input']}`: float32 NCHW, {d['channel_order']}, pixels / 255 then (x -
 
 
 def _accepts_line(d: dict, accepts: dict, span) -> str:
-    if "shapes" in accepts and d["target"] in STATIC_TARGETS:  # gap-pack --fixed: a static program
+    if "shapes" in accepts and (d["target"] in STATIC_TARGETS or len(accepts["shapes"]) == 1):  # one --fixed shape
         return (f"A static program: accepts exactly {'x'.join(map(str, accepts['shapes'][0]))} (its preprocessing "
                 "contract prepares every image at that size)")
     if "shapes" in accepts:  # Core ML's enumerated shapes (gap-pack --fixed): these and no other

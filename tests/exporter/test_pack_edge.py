@@ -227,6 +227,11 @@ def test_a_core_ml_bundle_with_enumerated_shapes_reads_back_with_exactly_those(t
     assert description["check"]["shapes"] == ["1x3x32x32", "1x3x48x40"]
     with np.load(tmp_path / "b" / "check_data.npz") as data:
         assert [data[f"input_{i}"].shape for i in range(2)] == shapes
+    # one shape: a static input (coremltools' EnumeratedShapes refuses a single shape with a ValueError)
+    pack(onnx_path, tmp_path / "one", target="coreml", checkpoint=load_model(ckpt), fixed=shapes[1:])
+    one = json.loads((tmp_path / "one" / "model.json").read_text())
+    assert one["verification"]["inspected"]["input_shapes"] == [[1, 3, 48, 40]]
+    assert "A static program: accepts exactly 1x3x48x40" in (tmp_path / "one" / "README.md").read_text()
     with pytest.raises(UsageError, match="NNAPI and Core ML"):
         pack(onnx_path, tmp_path / "n", target="ncnn", fixed=shapes)
 
