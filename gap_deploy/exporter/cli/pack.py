@@ -26,7 +26,9 @@ from gap_deploy.runtime.naming import bundle_folder
 @click.option("--fixed", "fixed", multiple=True, metavar="BxCxHxW",
               help="ort: also a variant fixed to this shape, for NNAPI and CoreML (repeatable), e.g. 1x3x224x224. "
                    "coreml: the program takes exactly these shapes (enumerated; the Neural Engine keeps them, "
-                   "where ranged sizes fall back). With --app: the size of the app-ready model (one shape, batch 1).")
+                   "where ranged sizes fall back; one shape: a static input). litert, executorch: one static "
+                   "program of this one shape, no dynamic dim (one bundle per size; gap-tune --buckets --emit writes "
+                   "the lines). With --app: the size of the app-ready model only (one shape, batch 1).")
 @click.option("--target", type=click.Choice(["ort", "openvino", "ncnn", "litert", "executorch", "coreml"]),
               default="ort", show_default=True,
               help="ort: ONNX Runtime Mobile (model.ort, --fixed variants); openvino: OpenVINO IR (model.xml + .bin); "
