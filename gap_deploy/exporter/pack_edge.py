@@ -215,29 +215,18 @@ def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log,
         + (f" (static, {format_shape(static)})" if static else "") + " ...")
     import torch.fx.experimental._config as fx_config  # its patch() is installed when it is imported
 
-    if static:
-        import torch
+    # a static program needs none of torch.export's dynamic-shape settings
+    dynamic = contextlib.nullcontext() if static else cast(Any, fx_config).patch(backed_size_oblivious=True)
+    with captured_output() as tail, dynamic:
+        if static:
+            import torch
 
-        with captured_output() as tail:
             try:
                 converted = litert_torch.convert(module, (torch.zeros(tuple(static)),))
-                converted.export(str(path))
             except Exception as exc:
                 raise _converter_failed("litert-torch's static conversion", exc, tail) from None
-        import litert_torch as lt
-
-        return ["model.tflite"], {"litert_torch": getattr(lt, "__version__", "unknown")}
-    with captured_output() as tail, cast(Any, fx_config).patch(backed_size_oblivious=True):
-        try:
-            converted = litert_torch.convert(module, (_example(spec, 2),), dynamic_shapes=(dims,))
-        except Exception as exc:
-            notes["fixed_batch"] = ("litert-torch could not lower a dynamic batch (it fails on torch.flatten(x, 1) "
-                                    f"with one: {first_line(exc)[:120]}); batch 1, fed image by image")
-            try:
-                converted = litert_torch.convert(module, (_example(spec, 1),), dynamic_shapes=({2: dims[2],
-                                                                                               3: dims[3]},))
-            except Exception as exc2:
-                raise _dynamic_failed("litert-torch's conversion", exc2, tail, spec) from None
+        else:
+            converted = _convert_litert_dynamic(litert_torch, module, spec, dims, notes, tail)
         try:
             converted.export(str(path))
         except Exception as exc:
@@ -245,6 +234,20 @@ def convert_litert(module, out: Path, spec: ArtifactSpec, precision: str, log,
     import litert_torch as lt
 
     return ["model.tflite"], {"litert_torch": getattr(lt, "__version__", "unknown"), **notes}
+
+
+def _convert_litert_dynamic(litert_torch, module, spec: ArtifactSpec, dims, notes: dict, tail: list[str]):
+    """Dynamic batch, height and width; where litert-torch cannot lower a dynamic batch, batch 1 (said in
+    ``notes``)."""
+    try:
+        return litert_torch.convert(module, (_example(spec, 2),), dynamic_shapes=(dims,))
+    except Exception as exc:
+        notes["fixed_batch"] = ("litert-torch could not lower a dynamic batch (it fails on torch.flatten(x, 1) "
+                                f"with one: {first_line(exc)[:120]}); batch 1, fed image by image")
+    try:
+        return litert_torch.convert(module, (_example(spec, 1),), dynamic_shapes=({2: dims[2], 3: dims[3]},))
+    except Exception as exc2:
+        raise _dynamic_failed("litert-torch's conversion", exc2, tail, spec) from None
 
 
 def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, log, *, max_side: int,

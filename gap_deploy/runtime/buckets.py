@@ -66,9 +66,7 @@ class Traffic:
 
     def sample_paths(self, count: int) -> list[str]:
         """``count`` of the read files, evenly spaced (all when there are fewer)."""
-        if count >= len(self.paths):
-            return list(self.paths)
-        return [self.paths[int(i)] for i in np.linspace(0, len(self.paths) - 1, count).round().astype(int)]
+        return [self.paths[i] for i in _evenly(len(self.paths), count)]
 
     @property
     def sampled(self) -> int:
@@ -97,20 +95,26 @@ def read_traffic(sources: Sequence[str | os.PathLike], *, sample: int = DEFAULT_
     if not len(paths):
         raise InputError("traffic: " + no_images_message(listed, recursive=True))
     count = len(paths)
-    picks = range(count) if count <= sample else np.linspace(0, count - 1, sample).round().astype(int)
     sizes, errors, read = [], [], []
-    for i in picks:
+    for i in _evenly(count, sample):
         try:
-            width, height = header_size(paths[int(i)], orientation=orientation)
+            width, height = header_size(paths[i], orientation=orientation)
             sizes.append((height, width))
-            read.append(str(paths[int(i)]))
+            read.append(str(paths[i]))
         except ArtifactError as exc:
-            errors.append({"file": paths[int(i)], "error": str(exc).splitlines()[0]})
+            errors.append({"file": paths[i], "error": str(exc).splitlines()[0]})
     name = ", ".join(map(str, sources))
     if not sizes:
         raise InputError(f"traffic: no header of the {len(errors)} image(s) read in {name} could be read; the "
                          f"first: {errors[0]['error']}", hint="point --traffic at the images the deployment sees.")
     return Traffic(name, np.asarray(sizes, dtype=np.int64).reshape(-1, 2), count, tuple(errors), tuple(read))
+
+
+def _evenly(count: int, most: int) -> list[int]:
+    """Indexes of at most ``most`` of ``count`` items, evenly spaced (all of them when there are no more)."""
+    if count <= most:
+        return list(range(count))
+    return [int(i) for i in np.linspace(0, count - 1, most).round()]
 
 
 def _listed_in(path: str) -> list[str]:
@@ -323,18 +327,15 @@ def traffic_top1(labelled_sides: np.ndarray, hits: np.ndarray, traffic_sides: np
     strata = max(1, min(MAX_STRATA, len(hits) // MIN_STRATUM))
     edges = np.unique(np.quantile(labelled_sides, np.linspace(0, 1, strata + 1)[1:-1]))
     own, theirs = np.searchsorted(edges, labelled_sides, "right"), np.searchsorted(edges, traffic_sides, "right")
-    p = variance = 0.0
-    weights = []
+    p = variance = covered = 0.0
     for s in range(len(edges) + 1):
         n = int(np.count_nonzero(own == s))
         if not n:
             continue
         share = float(np.count_nonzero(theirs == s)) / len(traffic_sides)
-        rate = float(np.mean(hits[own == s] == 1))
-        p += share * rate
-        weights.append((share, n))
+        p += share * float(np.mean(hits[own == s] == 1))
         variance += share * share / n
-    covered = sum(w for w, _ in weights)
+        covered += share
     if covered <= 0:
         return None, None
     p /= covered  # traffic in a stratum with no labelled image (only between equal edges) is left out
@@ -404,11 +405,16 @@ def _plans(result, artifact: str, backend: str, points, count: int, traffic_side
         yield BucketPlan(artifact, backend, tuple(buckets), float(np.dot(latencies, shares)), _p95(latencies, shares))
 
 
-def histogram(traffic: Traffic, contract, plan: BucketPlan, width: int = 40) -> str:
-    """The traffic's effective sides as a text histogram, one row per bucket's range, with each row's share."""
+def routed(traffic: Traffic, contract, plan: BucketPlan) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """The traffic's effective sides, the plan's bucket sides, and the bucket each image routes to."""
     sides = effective_sides(traffic.sizes, contract)
     bucket_sides = [min(b.size) for b in plan.buckets]
-    at = route(sides, bucket_sides)
+    return sides, bucket_sides, route(sides, bucket_sides)
+
+
+def histogram(traffic: Traffic, contract, plan: BucketPlan, width: int = 40) -> str:
+    """The traffic's effective sides as a text histogram, one row per bucket's range, with each row's share."""
+    sides, bucket_sides, at = routed(traffic, contract, plan)
     lines = []
     low = 0.0
     for j, bucket in enumerate(plan.buckets):
@@ -418,4 +424,3 @@ def histogram(traffic: Traffic, contract, plan: BucketPlan, width: int = 40) -> 
         lines.append(f"  sides {span} -> {bucket.label:>7}  {'#' * round(share * width):<{width}} {share:6.1%}")
         low = high
     return "\n".join(lines)
-

@@ -315,8 +315,8 @@ def tune(artifacts: Mapping[str, str | os.PathLike], folder: str | os.PathLike, 
     number of points and an estimate of its length; ``progress(label)`` after each point. ``threads``: CPU
     threads for each model (default: the runtime's own, as gap-bench measures). ``stream``: image files (a
     sample of the deployment's traffic) run at every fixed size through gap-run's own pipeline (decoding
-    threads, the contract at that size, the model, at ``batch``), once to warm up and once timed, into
-    ``result.stream_ms``: what a stream costs per batch beyond the model's own median.
+    threads, the contract at that size, the model, at ``batch``; serving_ms), into ``result.stream_ms``: what a
+    stream costs per batch, the model's time included.
     """
     from gap_deploy.runtime.bench import BenchSettings
     from gap_deploy.runtime.errors import InputTypeError
@@ -676,14 +676,12 @@ def plot_buckets(planning, contract, path: str | os.PathLike) -> Path:
     bar coloured by the bucket it routes to), and the predicted mean latency against the number of buckets
     (the model's medians, and the serving path's where measured), the one-size choice dashed. Here, not in
     runtime.buckets, which the preprocessing contract imports for its routing rule."""
-    from gap_deploy.runtime.buckets import effective_sides, route
+    from gap_deploy.runtime.buckets import routed
     from gap_deploy.runtime.plot import publish_figure, pyplot
 
     plt = pyplot()
     chosen = planning.chosen
-    sides = effective_sides(planning.traffic.sizes, contract)
-    bucket_sides = [min(b.size) for b in chosen.buckets]
-    at = route(sides, bucket_sides)
+    sides, bucket_sides, at = routed(planning.traffic, contract, chosen)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
     bins = np.linspace(float(sides.min()) - 0.5, float(sides.max()) + 0.5, 41)
     for j, bucket in enumerate(chosen.buckets):

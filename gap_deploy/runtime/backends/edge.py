@@ -33,7 +33,7 @@ from gap_deploy.runtime._lazy import require
 from gap_deploy.runtime.backends.base import LoadOptions, Runner, TensorInfo
 from gap_deploy.runtime.errors import ArtifactError, BackendError, GapError, InputError, first_line
 from gap_deploy.runtime.metadata import ModelMetadata
-from gap_deploy.runtime.shapes import format_shape
+from gap_deploy.runtime.shapes import format_shape, parse_shape
 
 REPACK = "write the bundle again with gap-pack."
 
@@ -415,8 +415,8 @@ class ExecuTorchRunner(_EdgeRunner):
         said = self.props.get("gap.static_shape")
         if said:  # ExecuTorch's method gives its planned sizes, not whether they are fixed: model.json says
             try:
-                static = tuple(int(d) for d in said.split("x"))
-            except ValueError:
+                static: tuple[int, ...] = parse_shape(said)
+            except InputError:
                 static = ()
             if static != self.planned:
                 raise ArtifactError(f"{path.parent.name}/model.json says a static program of {said}; the program's "
