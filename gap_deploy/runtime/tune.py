@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gap_deploy.runtime.backends.table import facts
+from gap_deploy.runtime.backends.table import BACKENDS, facts
 from gap_deploy.runtime.errors import GapError, UsageError, first_line
 from gap_deploy.runtime.evaluate import check_sizes_fit, record_top5, size_label
 from gap_deploy.runtime.intervals import wilson  # re-exported: gap-tune's interval
@@ -405,7 +405,8 @@ def serving_ms(session, files: Sequence[str | os.PathLike], size: tuple[int, int
 def open_sessions(artifacts: Mapping[str, str | os.PathLike], backends: Sequence[str] | None,
                   sessions: dict[tuple[str, str], Session], threads: int | None = None) -> None:
     """One session per artifact x backend, into ``sessions`` as they open (the caller closes them): the backends
-    asked for that run the artifact's kind, or by default every quick ONNX backend that works here."""
+    asked for that run the artifact's kind, or by default every quick ONNX backend that works here (an INT8 ONNX
+    on ort-plain too, onnxruntime's own defaults, as an app that embeds it runs it)."""
     from gap_deploy import runtime
     from gap_deploy.runtime.backends.table import ONNX_BACKENDS, backends_for
     from gap_deploy.runtime.bundle import kind_of
@@ -415,13 +416,35 @@ def open_sessions(artifacts: Mapping[str, str | os.PathLike], backends: Sequence
     for name, path in artifacts.items():
         kind = kind_of(path)
         quick = [b for b in ONNX_BACKENDS if b in works and not facts(b).builds_at_start]
-        default = quick if kind == "onnx" else list(backends_for(kind))
+        default = [b for b in quick if not facts(b).plain_session] if kind == "onnx" else list(backends_for(kind))
         wanted = list(backends) if backends else default
         usable = [b for b in wanted if facts(b).artifact == kind]
         if not usable:
             raise UsageError(f"no backend given runs artifact '{name}' ({path}); asked for {', '.join(wanted)}.")
         for backend in usable:
             sessions[(name, backend)] = runtime.load(path, backend, threads=threads)
+        if not backends and kind == "onnx" and sessions[(name, usable[0])].metadata.precision == "int8":
+            for backend in (b for b in quick if facts(b).plain_session):
+                sessions[(name, backend)] = runtime.load(path, backend, threads=threads)
+
+
+#: ort-plain's latency departs from gap-deploy's session's when the two medians differ by more than this fraction
+PLAIN_DIFFERS = 0.10
+
+
+def plain_notes(result: TuneResult) -> list[str]:
+    """Where an artifact runs at another speed in a plain onnxruntime session (ort-plain) than in gap-deploy's
+    (the same artifact, size and provider): what an app that embeds the .onnx would see instead."""
+    plain = {b for b in BACKENDS if facts(b).plain_session}
+    own = {(p.artifact, p.size, facts(p.backend).provider): p for p in result.points if p.backend not in plain}
+    notes = []
+    for p in (p for p in result.points if p.backend in plain):
+        other = own.get((p.artifact, p.size, facts(p.backend).provider))
+        if other and other.latency_ms > 0 and abs(p.latency_ms / other.latency_ms - 1) > PLAIN_DIFFERS:
+            notes.append(f"{p.artifact} @ {p.size}: {p.latency_ms:.3f} ms in a plain onnxruntime session "
+                         f"({p.backend}) against {other.latency_ms:.3f} ms in gap-deploy's ({other.backend}): an "
+                         "app that embeds the .onnx gets the first.")
+    return notes
 
 
 def one_model(sessions: dict[tuple[str, str], Session]):

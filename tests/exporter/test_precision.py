@@ -1,5 +1,6 @@
 """FP16 and INT8 ONNX variants, verified against the FP32 model on the CPU."""
 
+import collections
 import json
 
 import numpy as np
@@ -343,28 +344,89 @@ def test_the_cpu_int8_layout_is_u8s8_with_relu_folded(fp32, calibration):
     assert metadata_of(tensorrt.model).int8_layout == "tensorrt"
 
 
-def test_the_session_keeps_the_pool_after_a_float_layer_in_float(fp32, calibration, tmp_path):
-    """onnxruntime's QDQPropagationTransformer would move the QuantizeLinear above the first MaxPool (a slow UINT8
-    pool in NCHW); the runtime's sessions turn it off, and the pool stays in float beside its float conv."""
+def _kernels(model: onnx.ModelProto, tmp_path, *, level, disabled=()) -> collections.Counter:
+    """The operators onnxruntime runs for ``model``: its optimized graph's (domain, op type) counts, from a plain
+    ``InferenceSession`` with only the optimization level set (and ``disabled`` optimizers, as gap-deploy's
+    sessions disable them)."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(disabled))
+    return collections.Counter((n.domain, n.op_type) for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def _int8_models(fp32):
+    """The CPU-layout INT8 models a user gets: every layer quantized (the gate's start), and the float ends kept
+    (the first convolution and its pool in float, the case that was slow), for the reference CNN and two families
+    whose stems end in a MaxPool (ResNet's) or not (MobileNetV3's)."""
+    import torch
+
+    from gap_deploy.exporter import export_model
+    from gap_deploy.exporter.checkpoint import from_module
     from gap_deploy.exporter.precision import to_int8
+    from tests.support.families import MobileNetV3ish, ResNetish
+
+    torch.manual_seed(0)
+    models = {"reference": fp32}
+    for family in (ResNetish, MobileNetV3ish):
+        models[family.__name__] = export_model(from_module(family()), dynamic=True, imgsz=(64, 64)).model
+    data = np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    return {f"{name}, float ends {ends}": to_int8(model, data, keep_float_ends=ends, layout="cpu")
+            for name, model in models.items() for ends in (True, False)}
+
+
+def test_the_cpu_int8_graph_runs_the_same_kernels_in_plain_onnxruntime(fp32, tmp_path):
+    """Issue 37: an app that loads the INT8 .onnx in plain onnxruntime (Triton's onnxruntime backend, a service of
+    its own) gets the same kernels as gap-deploy's session, which turns QDQPropagationTransformer off: the
+    decision behind the speed, read from onnxruntime's own optimized graph at the levels that run CPU kernels
+    (extended, and all: InferenceSession's default)."""
+    import onnxruntime as ort
+
     from gap_deploy.runtime.backends.onnxrt import DISABLED_OPTIMIZERS
 
-    model = to_int8(fp32, calibration, keep_float_ends=True, layout="cpu")  # the first conv (and its pool) float
+    for name, model in _int8_models(fp32).items():
+        for level in (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+            plain = _kernels(model, tmp_path, level=level)
+            assert plain == _kernels(model, tmp_path, level=level, disabled=DISABLED_OPTIMIZERS), (name, level)
 
-    def pool_input_producer(disabled) -> str:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(tmp_path / f"opt{len(disabled)}.onnx")
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=list(disabled))
-        graph = onnx.load(options.optimized_model_filepath).graph
-        producers = {out: n for n in graph.node for out in n.output}
-        pool = next(n for n in graph.node if n.op_type == "MaxPool")
-        return producers[pool.input[0]].op_type
 
-    assert pool_input_producer(()) == "QuantizeLinear"  # what the transformer does
-    assert pool_input_producer(DISABLED_OPTIMIZERS) != "QuantizeLinear"
+def test_the_slow_order_is_what_the_check_above_catches(fp32, tmp_path):
+    """The check can fail: with the pool moved back behind its Relu (the order quantize_static writes),
+    onnxruntime's default optimizations quantize the pool after the float first layer (a UINT8 pool), and the
+    kernels differ from gap-deploy's session's."""
+    import onnxruntime as ort
+
+    from gap_deploy.runtime.backends.onnxrt import DISABLED_OPTIMIZERS
+
+    model = _int8_models(fp32)["ResNetish, float ends True"]
+    graph = model.graph
+    producers = {out: n for n in graph.node for out in n.output}
+    pool = next(n for n in graph.node if n.op_type == "MaxPool")
+    relu = next(n for n in graph.node if pool.output[0] in n.input)
+    assert relu.op_type == "Relu" and producers[pool.input[0]].op_type == "Conv"
+    pool.input[0], relu.input[0] = relu.input[0], pool.input[0]  # Conv -> Relu -> MaxPool -> QuantizeLinear
+    relu.output[0], pool.output[0] = pool.output[0], relu.output[0]
+    nodes = list(graph.node)
+    i, j = nodes.index(relu), nodes.index(pool)
+    nodes[i], nodes[j] = pool, relu
+    del graph.node[:]
+    graph.node.extend(nodes)
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    plain = _kernels(model, tmp_path, level=level)
+    assert plain != _kernels(model, tmp_path, level=level, disabled=DISABLED_OPTIMIZERS)
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph  # the session's, the pool in float
+    assert "QuantizeLinear" not in _pool_inputs(optimized)
+    _kernels(model, tmp_path, level=level)
+    assert "QuantizeLinear" in _pool_inputs(onnx.load(str(tmp_path / "optimized.onnx")).graph)  # a UINT8 pool
+
+
+def _pool_inputs(graph) -> set[str]:
+    producers = {out: n for n in graph.node for out in n.output}
+    return {producers[n.input[0]].op_type for n in graph.node if n.op_type == "MaxPool"}
 
 
 def test_gap_build_refuses_the_cpu_layout(tmp_path, fp32, calibration):
@@ -380,25 +442,29 @@ def test_gap_build_refuses_the_cpu_layout(tmp_path, fp32, calibration):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx"]
 
 
-@pytest.mark.parametrize("speedup, warned", [(0.8, True), (1.3, False)])
+@pytest.mark.parametrize("speedup, plain, warned, plain_warned",
+                         [(0.8, 0.8, True, False), (1.3, 1.28, False, False), (1.3, 0.6, False, True)])
 def test_gap_export_reports_int8_latency_and_warns_when_slower(tmp_path, reference_ckpt, calibration, monkeypatch,
-                                                               speedup, warned):
+                                                               speedup, plain, warned, plain_warned):
     import gap_deploy.exporter.precision as precision
     from gap_deploy.exporter.cli.export import main
 
-    # the measurement itself is a benchmark (scripts/bench_stream.py); here only what is done with its figures
+    # the measurement itself is a benchmark (scripts/bench_int8.py); here only what is done with its figures
     monkeypatch.setattr(precision, "measure_latency", lambda fp32, variant, shape, **kw: {
-        "backend": "ort-cpu", "shape": list(shape), "fp32_ms": 1.0, "variant_ms": 1.0 / speedup, "speedup": speedup})
+        "backend": "ort-cpu", "shape": list(shape), "fp32_ms": 1.0, "variant_ms": 1.0 / speedup, "speedup": speedup,
+        "plain_ms": 1.0 / plain, "plain_speedup": plain})
     np.save(tmp_path / "calib.npy", calibration)
     result = CliRunner().invoke(main, [str(reference_ckpt), "--dynamic", "--imgsz", "32", "-o",
                                        str(tmp_path / "m.onnx"), "--precision", "int8", "--calib",
                                        str(tmp_path / "calib.npy"), "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
-    assert f"({speedup:.2f}x)" in result.output
+    assert f"({speedup:.2f}x); in a plain onnxruntime session {1 / plain:.3f} ms ({plain:.2f}x)" in result.output
     advice = "slower than FP32 on ort-cpu; for a CPU deployment export with --int8-layout cpu"
     assert (advice in result.output) is warned
+    assert (f"the INT8 model runs at {plain:.2f}x FP32, not {speedup:.2f}x" in result.output) is plain_warned
     report = json.loads((tmp_path / "r.json").read_text())["precision_variant"]
     assert report["latency"]["speedup"] == speedup and report["int8_layout"] == "tensorrt"
+    assert report["latency"]["plain_speedup"] == plain
 
 
 def test_a_missing_fp16_converter_names_its_extra(fp32, monkeypatch):

@@ -50,7 +50,9 @@ def test_engine_backend_for_onnx_is_refused(reference_onnx):
 def test_available_backends_reports_reasons():
     status = runtime.available_backends()
     assert status["ort-cpu"] is None
-    assert set(status) == {"ort-cpu", "ort-cuda", "ort-trt", "trt", "ov-cpu", "ncnn-cpu", "litert-cpu", "et-xnnpack"}
+    assert set(status) == {"ort-cpu", "ort-plain", "ort-cuda", "ort-trt", "trt", "ov-cpu", "ncnn-cpu", "litert-cpu",
+                           "et-xnnpack"}
+    assert status["ort-plain"] is None
     assert all(v is None or isinstance(v, str) and v for v in status.values())
 
 

@@ -168,6 +168,43 @@ def test_the_sweep_on_a_real_model_agrees_with_gap_eval(tmp_path, labelled, refe
     assert "Chosen for top-1 >= 0.0%" in result.output and "estimated" in result.output
 
 
+def test_an_int8_onnx_is_timed_in_plain_onnxruntime_too(tmp_path, labelled, reference_onnx):
+    """Issue 37: gap-tune times an INT8 ONNX in gap-deploy's session (ort-cpu) and in onnxruntime's own defaults
+    (ort-plain, as an app runs the file); an FP32 ONNX only on the first. Both sessions give the same answers."""
+    import onnx
+
+    from gap_deploy.exporter.precision import to_int8
+    from gap_deploy.runtime.onnx_file import save_onnx
+
+    data = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    int8 = tmp_path / "m.int8.onnx"
+    save_onnx(to_int8(onnx.load(str(reference_onnx)), data, layout="cpu"), int8)
+    out = tmp_path / "tune.json"
+    result = run(f"fp32={reference_onnx}", f"int8={int8}", "--data", labelled, "--sizes", "16", "--no-native",
+                 "--duration", "0.05", "--min-top1", "0", "--json", out)
+    assert result.exit_code == 0, result.output
+    points = json.loads(out.read_text())["points"]
+    assert sorted((p["artifact"], p["backend"]) for p in points) == \
+        [("fp32", "ort-cpu"), ("int8", "ort-cpu"), ("int8", "ort-plain")]
+    by_backend = {p["backend"]: p for p in points if p["artifact"] == "int8"}
+    assert by_backend["ort-plain"]["correct"] == by_backend["ort-cpu"]["correct"]
+    assert "plain_onnxruntime" in json.loads(out.read_text())
+
+
+def test_a_plain_session_that_departs_is_said():
+    from gap_deploy.runtime.tune import TunePoint, TuneResult, plain_notes
+
+    def point(backend, ms):
+        return TunePoint("int8", backend, "224", (1, 3, 224, 224), 9, 10, 10, ms, ms, 1000 / ms)
+
+    result = TuneResult("val", ("a",), 1, 10)
+    result.points = [point("ort-cpu", 1.0), point("ort-plain", 1.05)]
+    assert plain_notes(result) == []  # within the noise
+    result.points = [point("ort-cpu", 1.0), point("ort-plain", 2.0)]
+    assert plain_notes(result) == ["int8 @ 224: 2.000 ms in a plain onnxruntime session (ort-plain) against "
+                                   "1.000 ms in gap-deploy's (ort-cpu): an app that embeds the .onnx gets the first."]
+
+
 def test_emit_writes_the_deployment_of_the_chosen_point(tmp_path, labelled, reference_onnx):
     import onnx
 

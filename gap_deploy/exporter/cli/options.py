@@ -132,7 +132,16 @@ def print_variant(variant) -> None:
     if variant.latency:
         lat = variant.latency
         info(f"{variant.precision.upper()} latency on {lat['backend']} at {'x'.join(map(str, lat['shape']))}: "
-             f"{lat['variant_ms']:.3f} ms against FP32 {lat['fp32_ms']:.3f} ms ({lat['speedup']:.2f}x)")
+             f"{lat['variant_ms']:.3f} ms against FP32 {lat['fp32_ms']:.3f} ms ({lat['speedup']:.2f}x)"
+             + (f"; in a plain onnxruntime session {lat['plain_ms']:.3f} ms ({lat['plain_speedup']:.2f}x)"
+                if "plain_ms" in lat else ""))
+        from gap_deploy.exporter.precision import plain_differs
+
+        if plain_differs(lat):
+            click.echo(click.style("Warning: ", fg="yellow") + f"in a plain onnxruntime session (an app's own, "
+                       f"Triton's onnxruntime backend) the {variant.precision.upper()} model runs at "
+                       f"{lat['plain_speedup']:.2f}x FP32, not {lat['speedup']:.2f}x as in gap-deploy's session; "
+                       "time it where it will run (gap-tune, gap-bench).", err=True)
         if lat["speedup"] < 1.0:
             from gap_deploy.exporter.precision import metadata_of
 

@@ -98,12 +98,15 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
     result = _sweep(named, folder, sizes=parsed, native=not no_native, backends=list(backends) or None,
                     batch=batch, threads=threads, max_per_class=max_images, settings=settings,
                     stream=traffic_sizes.sample_paths(serving_sample) if traffic_sizes and serving_sample else ())
-    from gap_deploy.runtime.tune import decide, format_table, plot
+    from gap_deploy.runtime.tune import decide, format_table, plain_notes, plot
 
     decision = None
     if given and result.points:
         decision = decide(result.points, min_top1=min_top1, max_ms=max_ms, min_ips=min_ips)
     click.echo(format_table(result, decision))
+    plain = plain_notes(result)
+    for note in plain:
+        click.echo(click.style("Warning: ", fg="yellow") + note, err=True)
     planning = None
     if traffic_sizes is not None and result.points and not result.interrupted:
         planning = _plan(result, traffic_sizes, buckets, min_top1, serving_sample)
@@ -111,7 +114,8 @@ def main(artifacts, folder, sizes, no_native, backends, batch, threads, max_imag
     info(f"Sweep: {seconds['total']:.1f} s (decoding {seconds['decode']:.1f} s once, evaluating "
          f"{seconds['evaluate']:.1f} s, timing {seconds['bench']:.1f} s).")
     if json_path:
-        write_json(json_path, {**result.to_dict(decision), "buckets": planning.to_dict() if planning else None})
+        write_json(json_path, {**result.to_dict(decision), "buckets": planning.to_dict() if planning else None,
+                               "plain_onnxruntime": plain})
         info(f"Wrote {json_path}")
     if plot_path and result.points:
         plot(result, plot_path, decision)

@@ -113,6 +113,7 @@ def provider_works(backend: str) -> tuple[bool, str]:
 #: onnxruntime's own switch (session.disable_cpu_ep_fallback) cannot be combined with a listed CPU provider.
 PROVIDER_CHAIN = {
     "ort-cpu": ("CPUExecutionProvider",),
+    "ort-plain": ("CPUExecutionProvider",),
     "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
     "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
@@ -234,8 +235,9 @@ class OrtRunner(Runner):
                 options.enable_profiling = True
                 options.profile_file_prefix = str(Path(scratch) / "placement")
             try:
+                disabled = [] if facts(backend).plain_session else list(DISABLED_OPTIMIZERS)
                 self._session: Any = ort.InferenceSession(str(path), options, providers=providers,
-                                                     disabled_optimizers=list(DISABLED_OPTIMIZERS))
+                                                          disabled_optimizers=disabled)
             except Exception as exc:
                 from gap_deploy.runtime.onnx_file import not_onnx, torch_checkpoint
 

@@ -8,6 +8,7 @@ line for a new kind of artifact); runtime.session, runtime.artifact and the CLIs
 
     backend     runs               device  tolerances  FP32 in TF32           builds at start  cold start timed
     ort-cpu     .onnx/.ort         cpu     cpu         no                     no               yes
+    ort-plain   .onnx/.ort         cpu     cpu         no                     no               yes
     ort-cuda    .onnx/.ort         cuda    gpu         no (use_tf32=0)        no               yes
     ort-trt     .onnx/.ort         cuda    gpu         yes (no TF32 switch)   yes (minutes)    yes
     trt         .plan/.engine      cuda    gpu         no (gap-build clears)  no               no
@@ -15,6 +16,10 @@ line for a new kind of artifact); runtime.session, runtime.artifact and the CLIs
     ncnn-cpu    .param (ncnn)      cpu     cpu         no (FP16 options off)  no               yes
     litert-cpu  .tflite (LiteRT)   cpu     cpu         no                     no               yes
     et-xnnpack  .pte (ExecuTorch)  cpu     cpu         no                     no               yes
+
+ort-plain is ONNX Runtime's CPU provider in a session with onnxruntime's own defaults, as an app that embeds the
+.onnx (or Triton's onnxruntime backend) makes it; ort-cpu's sessions turn off what slows INT8 models made before
+the pool order fix (runtime.backends.onnxrt.DISABLED_OPTIMIZERS). gap-tune times an INT8 ONNX on both.
 
 ncnn, LiteRT and ExecuTorch models are opened from their gap-pack bundle (model.json carries their metadata).
 
@@ -46,6 +51,9 @@ class BackendFacts:
     cold_start_measured: bool = True
     #: what to install when the backend does not work here
     install_hint: str = "see docs/install.md."
+    #: the session keeps onnxruntime's defaults (none of gap-deploy's session options): how an app's own
+    #: InferenceSession runs the model; timed beside the default backend, never chosen by default
+    plain_session: bool = False
 
     @property
     def gpu(self) -> bool:
@@ -89,6 +97,7 @@ _ORT_GPU_HINT = "install onnxruntime-gpu with matching CUDA/cuDNN for ort-cuda, 
 
 BACKENDS: dict[str, BackendFacts] = {f.name: f for f in (
     BackendFacts("ort-cpu", "onnx", "cpu", "CPUExecutionProvider"),
+    BackendFacts("ort-plain", "onnx", "cpu", "CPUExecutionProvider", plain_session=True),
     BackendFacts("ort-cuda", "onnx", "cuda", "CUDAExecutionProvider", install_hint=_ORT_GPU_HINT),
     BackendFacts("ort-trt", "onnx", "cuda", "TensorrtExecutionProvider", fp32_is_tf32=True, builds_at_start=True,
                  install_hint=_ORT_GPU_HINT),
