@@ -104,7 +104,7 @@ def test_the_checker_refuses_a_mixed_set(extras, message):
 
 
 RUNTIME_ONLY = ["edge", "openvino", "ncnn-run", "litert-run"]
-CONVERTING = ["ncnn", "litert", "executorch", "coreml"]
+CONVERTING = ["openvino-int8", "ncnn", "litert", "executorch", "coreml"]
 
 
 def _resolve(requirements: list[str]) -> dict[str, str]:

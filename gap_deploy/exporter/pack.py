@@ -58,11 +58,14 @@ def _check_shapes(meta: ModelMetadata, channels: int, fixed: Shape | None) -> li
 
 
 TARGETS = ("ort", "openvino", "ncnn", "litert", "executorch", "coreml")
+NEEDS_CALIB = "--precision int8 needs calibration data: NNCF measures each layer's range on it."
+CALIB_HINT = "pass --calib DIR (image files like the deployment's) or --calib FILE.npy."
 
 
 def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequence[Shape] = (),
          target: str = "ort", precision: str = "fp32", checkpoint=None, max_side: int | None = None,
          max_batch: int | None = None, min_side: int | None = None, other_weights: bool = False, app: bool = False,
+         calib: str | os.PathLike | None = None, min_top1: float = 0.9, keep_fp32: Sequence[str] = (),
          log=lambda _: None) -> PackResult:
     """Write the bundle ``folder`` for ``onnx_path`` (an FP32, FP16 or INT8 ONNX from gap-export) for ``target``:
     "ort" (ONNX Runtime Mobile), "openvino" (OpenVINO IR), "ncnn" (pnnx from the ONNX), or "litert",
@@ -71,9 +74,18 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
     ``max_side`` and ``max_batch`` bound ExecuTorch's and Core ML's dynamic dims; ``min_side`` raises the smallest
     height and width the bundle accepts (and is checked at) above the model's own minimum, for a target that
     differs from the ONNX only at the smallest sizes. ``app`` adds the app-ready model of an ORT, LiteRT, OpenVINO or
-    Core ML bundle (exporter.pack_app), at ``fixed``'s one shape or the contract's size."""
+    Core ML bundle (exporter.pack_app), at ``fixed``'s one shape or the contract's size. ``precision`` "int8"
+    (OpenVINO only): NNCF's post-training quantization on ``calib`` (a folder of images, or an .npy batch),
+    judged by top-1 agreement with the FP32 IR (at least ``min_top1``), ``keep_fp32`` layers left in FP32 and
+    more put back by NNCF's accuracy control when the gate is missed (exporter.ov_int8)."""
     max_side, max_batch = _check_request(target, precision, fixed, checkpoint, Path(onnx_path).name, max_side,
                                          max_batch, min_side, app)
+    if precision == "int8" and calib is None:
+        raise UsageError(NEEDS_CALIB, hint=CALIB_HINT)
+    if precision != "int8" and (calib is not None or keep_fp32):
+        raise UsageError("--calib and --keep-fp32 are for --precision int8 (an OpenVINO bundle quantized by NNCF).")
+    if not 0 <= min_top1 <= 1:
+        raise UsageError(f"--min-top1 is a fraction between 0 and 1; got {min_top1}.")
     from gap_deploy.runtime.onnx_file import check_onnx_file
 
     source = check_onnx_file(onnx_path)
@@ -86,7 +98,7 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
         raised = replace(spec.metadata, min_height=max(spec.metadata.min_height, min_side),
                          min_width=max(spec.metadata.min_width, min_side))
         spec = replace(spec, metadata=raised)
-    _check_model(spec, source, target, fixed)
+    _check_model(spec, source, target, fixed, precision)
     app_plan = None
     if app:
         from gap_deploy.exporter import pack_app
@@ -97,8 +109,16 @@ def pack(onnx_path: str | os.PathLike, folder: str | os.PathLike, *, fixed: Sequ
 
     # the bundle appears whole, once every file in it is checked; Ctrl-C during the converters and runtimes stays
     # Ctrl-C (ctrl_c_kept), raised inside the publication, so nothing appears
+    int8 = None
+    if precision == "int8":
+        from gap_deploy.exporter.precision import load_calibration
+
+        if calib is None:  # refused above; said again for the type checker
+            raise UsageError(NEEDS_CALIB, hint=CALIB_HINT)
+        int8 = Int8Request(load_calibration(Path(calib), spec, size=meta_size(spec.metadata)), min_top1,
+                           tuple(keep_fp32))
     request = PackRequest(model, source, spec, precision, list(dict.fromkeys(fixed)), checkpoint, max_side,
-                          max_batch, other_weights, log, app_plan)
+                          max_batch, other_weights, log, app_plan, int8)
     with Publication() as pub, ctrl_c_kept(f"gap-pack --target {target}"), _write_errors(folder):
         result = BUILDERS[target](request, pub.folder(folder, "bundle folder"))
     result.folder = folder
@@ -120,6 +140,21 @@ class PackRequest:
     other_weights: bool
     log: object
     app: Any = None  # exporter.pack_app.AppPlan, when --app
+    int8: Any = None  # Int8Request, for --precision int8
+
+
+@dataclass(frozen=True)
+class Int8Request:
+    calibration: Any  # (N, C, H, W) float32, normalized as the model expects
+    min_top1: float
+    keep_fp32: tuple[str, ...]
+
+
+def meta_size(meta: ModelMetadata) -> tuple[int, int]:
+    """The size calibration images are prepared at: the export size, else 224 (within the model's minimum)."""
+    if meta.export_height and meta.export_width:
+        return meta.export_height, meta.export_width
+    return max(224, meta.min_height), max(224, meta.min_width)
 
 
 def _pack_ort(request: PackRequest, staged: Path) -> PackResult:
@@ -128,7 +163,8 @@ def _pack_ort(request: PackRequest, staged: Path) -> PackResult:
 
 
 def _pack_openvino(request: PackRequest, staged: Path) -> PackResult:
-    result = _build_openvino(request.model, request.source, staged, request.spec, request.precision, request.log)
+    result = _build_openvino(request.model, request.source, staged, request.spec, request.precision, request.log,
+                             int8=request.int8)
     return _with_app(request, staged, result, "openvino", openvino_readme)
 
 
@@ -201,8 +237,13 @@ def _check_request(target: str, precision: str, fixed, checkpoint, onnx_name: st
 
     if target not in TARGETS:
         raise UsageError(f"target {target!r}; choose one of {', '.join(TARGETS)}.")
-    if precision not in ("fp32", "fp16"):
-        raise UsageError(f"precision {precision!r}; a bundle is fp32 or fp16.")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise UsageError(f"precision {precision!r}; a bundle is fp32, fp16 or int8 (OpenVINO).")
+    if precision == "int8" and target != "openvino":
+        raise UsageError(f"--precision int8 with --target {target}: INT8 bundles are OpenVINO's (NNCF) here.",
+                         hint="for ONNX Runtime, make the INT8 ONNX with gap-export --precision int8 --int8-layout "
+                              "cpu and pack that (--target ort); for OpenVINO, --target openvino --precision int8 "
+                              "--calib DIR.")
     if precision == "fp16" and target not in pack_edge.FP16_TARGETS:
         why = ("an ORT bundle holds the ONNX it is given: make the FP16 variant with gap-export --precision fp16 and "
                "pack that." if target == "ort" else
@@ -247,7 +288,7 @@ def _check_request(target: str, precision: str, fixed, checkpoint, onnx_name: st
     return max_side, max_batch
 
 
-def _check_model(spec, source: Path, target: str, fixed) -> None:
+def _check_model(spec, source: Path, target: str, fixed, precision: str = "fp32") -> None:
     """The ONNX can be packed for ``target``: --fixed only on a dynamic model, within its channels and minimum
     size; a converting target only from the FP32 model."""
     from gap_deploy.exporter import pack_edge
@@ -258,6 +299,9 @@ def _check_model(spec, source: Path, target: str, fixed) -> None:
                          "--fixed variants fix a dynamic model's sizes, and this one runs at its own size only.",
                          hint="pack it without --fixed, or export with gap-export --dynamic and give the sizes to "
                               "--fixed.")
+    if target == "openvino" and precision == "int8" and meta.precision != "fp32":
+        raise UsageError(f"{source.name} is a {meta.precision} variant; --precision int8 quantizes the FP32 model "
+                         "with NNCF and judges it against the FP32 IR.", hint="pack the FP32 ONNX.")
     if target not in ("ort", "openvino") and meta.precision != "fp32":
         raise UsageError(f"{source.name} is a {meta.precision} variant; the {target} target converts the FP32 model "
                          "and judges it against the FP32 ONNX.",
@@ -363,11 +407,13 @@ def _describe_bundle(out: Path, spec: ArtifactSpec, source: Path, files: dict, *
             **fields}
 
 
-def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precision: str, log) -> PackResult:
+def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precision: str, log, *,
+                    int8: Int8Request | None = None) -> PackResult:
     """model.xml + model.bin from the ONNX by OpenVINO's converter, saved FP32 (OpenVINO's save_model compresses
-    weights to FP16 unless told not to: ``compress_to_fp16`` defaults to True) or FP16 when asked; run by OpenVINO
-    here at the sweep's sizes against the source ONNX (judged with the FP16 tolerance for FP16) before the bundle
-    is published."""
+    weights to FP16 unless told not to: ``compress_to_fp16`` defaults to True), FP16 when asked, or INT8 by NNCF
+    (exporter.ov_int8: gated on top-1 agreement with the FP32 IR on the calibration images); run by OpenVINO here
+    at the sweep's sizes against the source ONNX (judged with the FP16 tolerance for FP16; for INT8 the errors
+    are reported, as gap-export's INT8 sweep does) before the bundle is published."""
     from gap_deploy.runtime._lazy import require
     from gap_deploy.runtime.backends.openvino import HINT, RT_INFO_SECTION, OvRunner, no_telemetry
 
@@ -379,11 +425,29 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
         converted = ov.convert_model(str(source))
     except Exception as exc:
         raise ExportError(f"OpenVINO's converter failed on {source.name}: {first_line(exc)}") from None
+    quantized = None
+    if int8 is not None:
+        from gap_deploy.exporter import ov_int8
+
+        quantized = ov_int8.quantize(ov, converted, int8.calibration, min_top1=int8.min_top1,
+                                     keep_fp32=int8.keep_fp32, log=log)
+        for step in quantized.steps:
+            log(step)
+        if not quantized.passed:
+            raise ExportError(f"OpenVINO INT8 misses its gate: top-1 agreement with the FP32 IR "
+                              f"{quantized.agreement:.1%} < {quantized.min_top1:.0%} on {quantized.images} "
+                              "calibration images, even with NNCF's accuracy control; no bundle was written.",
+                              note="\n".join(quantized.steps),
+                              hint="use more or more representative --calib images, keep layers in FP32 with "
+                                   "--keep-fp32 NAME, or lower --min-top1.")
+        converted = quantized.model
     for key, value in meta.to_props().items():
         if key.startswith("gap."):
             converted.set_rt_info(value, [RT_INFO_SECTION, key[len("gap."):]])
-    if precision == "fp16":
-        converted.set_rt_info("fp16", [RT_INFO_SECTION, "precision"])
+    if precision != "fp32":
+        converted.set_rt_info(precision, [RT_INFO_SECTION, "precision"])
+    if quantized is not None and quantized.fp32_layers:
+        converted.set_rt_info(",".join(quantized.fp32_layers), [RT_INFO_SECTION, "fp32_layers"])
     xml = out / "model.xml"
     try:
         ov.save_model(converted, str(xml), compress_to_fp16=(precision == "fp16"))
@@ -394,6 +458,10 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
     runner = OvRunner(xml)
     shapes = _check_shapes(meta, channels, None)
     tolerance = tolerance_for("fp16" if precision == "fp16" else meta.precision)
+    if precision == "int8":  # judged on real images above; the sweep shows every size runs, with its errors
+        from gap_deploy.runtime.parity import Tolerance
+
+        tolerance = Tolerance(atol=float("inf"), rtol=float("inf"))
     from gap_deploy.exporter.pack_edge import verify
 
     report = verify(ort_cpu_infer(model), runner.infer, shapes, tolerance, num_classes=meta.num_classes,
@@ -403,9 +471,15 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
                if dims[2] is None and dims[3] is None else f"the fixed size {dims}")
     files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size, "format": p.suffix[1:], "shape": None,
                       "accepts": accepts} for p in (xml, out / "model.bin")}
+    extra = {}
+    if quantized is not None:
+        from importlib.metadata import version
+
+        extra["int8"] = dict(quantized.to_dict(), nncf=version("nncf"),
+                             reference="the FP32 IR converted from the same ONNX, on the calibration images")
     description = _describe_bundle(out, spec, source, files, target="openvino", openvino=ov.__version__,
                                    precision=precision, input_dims=["?" if d is None else d for d in dims],
-                                   verification=report.to_dict())
+                                   verification=report.to_dict(), **extra)
     (out / "model.json").write_text(json.dumps(description, indent=2) + "\n")
     (out / "verification.txt").write_text(report.format_table() + "\n")
     (out / "README.md").write_text(openvino_readme(description))

@@ -208,3 +208,106 @@ def test_an_ir_that_declares_entities_is_refused_before_openvino_parses_it(tmp_p
 
     with pytest.raises(ArtifactError, match="declares a DOCTYPE or XML entities"):
         describe(xml)
+
+
+# ---- INT8 by NNCF (issue 37) -------------------------------------------------------------------------------------
+
+def _calibration(tmp_path, size=32, n=32, seed=0):
+    """Images whose channel means differ from one to the next (as photographs do), so the classes they land in
+    differ too: a top-1 gate on them can be missed."""
+    rng = np.random.default_rng(seed)
+    data = (rng.standard_normal((n, 3, size, size)) + 2 * rng.standard_normal((n, 3, 1, 1))).astype(np.float32)
+    np.save(tmp_path / "calib.npy", data)
+    return tmp_path / "calib.npy"
+
+
+def _runtime_precisions(xml) -> set[str]:
+    """What OpenVINO's CPU plugin really computes in: the runtime precisions of its executable graph."""
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # as OvRunner
+    return {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ops()
+            if "runtimePrecision" in op.get_rt_info()}
+
+
+def test_an_int8_openvino_bundle_is_quantized_by_nncf_and_gated_on_top1(tmp_path):
+    source = _family_onnx(tmp_path, "ResNetish")
+    result = pack(source, tmp_path / "bundle", target="openvino", precision="int8", calib=_calibration(tmp_path))
+    description = json.loads((tmp_path / "bundle" / "model.json").read_text())
+    assert description["precision"] == "int8" and description["int8"]["mode"] == "quantize"
+    assert description["int8"]["agreement"] >= 0.9 and description["int8"]["images"] == 32
+    assert description["int8"]["nncf"] and description["int8"]["fp32_layers"] == []
+    xml = tmp_path / "bundle" / "model.xml"
+    model = ov.Core().read_model(str(xml))
+    assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops()) >= 5
+    assert "i8" in _runtime_precisions(xml) or "u8" in _runtime_precisions(xml)  # OpenVINO runs integer kernels
+    assert len(result.parity["model.xml"].rows) >= 5  # every size still runs
+    with runtime.load(tmp_path / "bundle") as session:
+        assert session.backend == "ov-cpu" and session.metadata.precision == "int8"
+        x = np.load(tmp_path / "calib.npy")[:4]
+        import onnxruntime as ort
+
+        want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+        assert (session.run(x).argmax(1) == want.argmax(1)).mean() >= 0.75
+
+
+def test_keep_fp32_leaves_a_layer_in_float_by_its_onnx_name(tmp_path):
+    source = _family_onnx(tmp_path, "OutlierNet")
+    pack(source, tmp_path / "bundle", target="openvino", precision="int8", calib=_calibration(tmp_path),
+         keep_fp32=["node_conv2d"], min_top1=0.0)
+    description = json.loads((tmp_path / "bundle" / "model.json").read_text())
+    assert description["int8"]["fp32_layers"] == ["node_conv2d"]
+    convs = [op for op in ov.Core().read_model(str(tmp_path / "bundle" / "model.xml")).get_ordered_ops()
+             if op.get_type_name() == "Convolution"]
+    weights = [op.input_value(1).get_node() for op in convs]
+    assert weights[0].get_type_name() == "Constant" and str(weights[0].get_element_type()) == "<Type: 'float32'>"
+    assert weights[1].get_type_name() != "Constant"  # the INT8 layer's weights are converted from 8 bits
+    with pytest.raises(UsageError, match="--keep-fp32 nothere: the model has no convolution or MatMul"):
+        pack(source, tmp_path / "other", target="openvino", precision="int8", calib=tmp_path / "calib.npy",
+             keep_fp32=["nothere"])
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_missed_gate_puts_layers_back_in_fp32_by_nncf_s_accuracy_control(tmp_path):
+    """OutlierNet's quantized last convolution loses top-1 agreement; NNCF's accuracy control restores it with
+    some layers, not all, back in FP32, and those are read back from the IR."""
+    source = _family_onnx(tmp_path, "OutlierNet")
+    calib = _calibration(tmp_path)
+    pack(source, tmp_path / "bundle", target="openvino", precision="int8", calib=calib, min_top1=0.95)
+    gate = json.loads((tmp_path / "bundle" / "model.json").read_text())["int8"]
+    assert gate["mode"] == "accuracy control" and gate["first_agreement"] < 0.95 <= gate["agreement"]
+    assert 1 <= len(gate["fp32_layers"]) < 4  # of stem, conv1, conv2, fc
+    rt = ov.Core().read_model(str(tmp_path / "bundle" / "model.xml")).get_rt_info()
+    assert rt["gap"]["fp32_layers"].astype(str) == ",".join(gate["fp32_layers"])
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--precision", "int8"], ["--precision int8 needs calibration data"]),
+    (["--precision", "int8", "--calib", "CALIB", "--target", "ncnn"], ["INT8 bundles are OpenVINO's (NNCF) here",
+                                                                       "--int8-layout cpu"]),
+    (["--calib", "CALIB"], ["--calib and --keep-fp32 are for --precision int8"]),
+    (["--precision", "int8", "--calib", "MISSING"], ["calibration data", "does not exist"]),
+])
+def test_int8_requests_that_cannot_work_say_so(tmp_path, reference_onnx, args, fragments):
+    from click.testing import CliRunner
+
+    from gap_deploy.exporter.cli.pack import main
+    from tests.conftest import assert_clean_failure
+
+    calib = _calibration(tmp_path)
+    args = [str(calib) if a == "CALIB" else str(tmp_path / "missing") if a == "MISSING" else a for a in args]
+    if "--target" not in args:
+        args += ["--target", "openvino"]
+    result = CliRunner().invoke(main, [str(reference_onnx), "-o", str(tmp_path / "b"), *args])
+    assert_clean_failure(result, *fragments, code=result.exit_code or 1)
+    assert not (tmp_path / "b").exists()
+
+
+def test_gap_pack_cli_says_the_int8_gate(tmp_path, reference_onnx):
+    from click.testing import CliRunner
+
+    from gap_deploy.exporter.cli.pack import main
+
+    result = CliRunner().invoke(main, [str(reference_onnx), "-o", str(tmp_path / "b"), "--target", "openvino",
+                                       "--precision", "int8", "--calib", str(_calibration(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "INT8 (NNCF, quantize): top-1 agreement" in result.output
+    assert "calibration images (gate 90%)" in result.output

@@ -225,6 +225,26 @@ class UnderflowNet(nn.Module):
         return self.fc(self.tiny(self.features(x)).mean((2, 3)))
 
 
+class OutlierNet(nn.Module):
+    """Not a family: one channel of a convolution is 1000x the others and the next convolution ignores it, so a
+    per-tensor INT8 range set by that channel leaves the others a few levels: quantizing the next layer's input
+    costs top-1 agreement, and putting that layer back in float (an INT8 fallback) restores it."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv1 = nn.Conv2d(16, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+        with torch.no_grad():
+            self.conv1.weight[0] *= 1000.0
+            self.conv2.weight[:, 0] = 0.0
+
+    def forward(self, x):
+        x = F.relu(self.conv2(F.relu(self.conv1(F.relu(self.stem(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
 # --- the blocks the edge converters most often trip on: LayerNorm + GELU, hard-swish, an average-pool downsample,
 # --- ghost modules, a partial residual with SiLU (each family written here from its paper's description)
 

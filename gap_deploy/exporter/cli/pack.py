@@ -34,9 +34,19 @@ from gap_deploy.runtime.naming import bundle_folder
               help="ort: ONNX Runtime Mobile (model.ort, --fixed variants); openvino: OpenVINO IR (model.xml + .bin); "
                    "ncnn: model.param + .bin (pnnx); litert: model.tflite; executorch: model.pte (XNNPACK); "
                    "coreml: model.mlpackage. litert, executorch and coreml convert from --checkpoint.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="openvino, ncnn, coreml: FP32 unless asked, whatever the converter's own default (FP16 for all "
-                   "three); judged with the FP16 tolerance when fp16.")
+                   "three); judged with the FP16 tolerance when fp16. int8 (openvino): NNCF's post-training "
+                   "quantization on --calib, judged by top-1 agreement with the FP32 IR (--min-top1).")
+@click.option("--calib", type=click.Path(path_type=Path), help="--precision int8: calibration data, a folder of "
+              "images like the deployment's (prepared by the model's own contract at its export size) or an .npy "
+              "NCHW float32 batch, normalized.")
+@click.option("--min-top1", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="--precision int8: the least top-1 agreement with the FP32 IR on the calibration images; below "
+                   "it NNCF's accuracy control puts layers back in FP32, and the bundle is refused if it cannot.")
+@click.option("--keep-fp32", "keep_fp32", multiple=True, metavar="LAYER",
+              help="--precision int8: leave this layer (its ONNX node name, as gap-debug and model.json list "
+                   "them) in FP32 (repeatable).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="litert, executorch, coreml: the PyTorch "
               "checkpoint MODEL was exported from (loaded as gap-export does); the bundle is judged against MODEL.")
 @checkpoint_options("--checkpoint")
@@ -57,11 +67,11 @@ from gap_deploy.runtime.naming import bundle_folder
               "exported from (Core ML cannot run here, so nothing would show other weights; refused without it).")
 @sign_key_option
 @report_errors
-def main(model, output, fixed, target, precision, checkpoint, arch, num_classes, trust_checkpoint, max_side,
-         max_batch, min_side, app, json_path, other_weights):
+def main(model, output, fixed, target, precision, calib, min_top1, keep_fp32, checkpoint, arch, num_classes,
+         trust_checkpoint, max_side, max_batch, min_side, app, json_path, other_weights):
     """Write a bundle for MODEL (.onnx from gap-export) for one runtime: ONNX Runtime Mobile (the default) with a
     report of what each phone accelerator will run, OpenVINO, ncnn, LiteRT, ExecuTorch or Core ML. FP32 unless
-    --precision fp16, whatever the converter's default.
+    --precision fp16, whatever the converter's default; OpenVINO also INT8 (--precision int8 --calib DIR: NNCF).
 
     The bundle holds model.onnx and model.ort (any size), a model_BxCxHxW.onnx/.ort pair per --fixed shape,
     required_operators_and_types.config for a reduced ONNX Runtime build, labels.txt, model.json (input,
@@ -78,6 +88,8 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
         gap-pack model.onnx --target litert --checkpoint model.pt
 
         gap-pack model.onnx --target litert --checkpoint model.pt --app --fixed 1x3x224x224
+
+        gap-pack model.onnx --target openvino --precision int8 --calib calib_images/
     """
     from gap_deploy.exporter.pack import format_usability, pack
     from gap_deploy.runtime.files import check_distinct, check_input_file, check_output_path
@@ -85,7 +97,8 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
     check_input_file(model, "ONNX model")
     shapes = [shape_option(s) for s in fixed]
     output = output or bundle_folder(model)
-    check_distinct({"MODEL": model, "--checkpoint": checkpoint}, {"-o/--output": output, "--json": json_path},
+    check_distinct({"MODEL": model, "--checkpoint": checkpoint, "--calib": calib},
+                   {"-o/--output": output, "--json": json_path},
                    output_folders=("-o/--output",))
     if json_path:
         check_output_path(json_path)
@@ -99,7 +112,14 @@ def main(model, output, fixed, target, precision, checkpoint, arch, num_classes,
         raise UsageError("--arch, --num-classes and --trust-checkpoint describe --checkpoint; none was given.")
     result = pack(model, output, fixed=shapes, target=target, precision=precision, checkpoint=loaded,
                   max_side=max_side, max_batch=max_batch, min_side=min_side, other_weights=other_weights, app=app,
-                  log=info)
+                  calib=calib, min_top1=min_top1, keep_fp32=keep_fp32, log=info)
+    if precision == "int8":
+        import json
+
+        gate = json.loads((result.folder / "model.json").read_text())["int8"]
+        kept = f"; in FP32: {', '.join(gate['fp32_layers'])}" if gate["fp32_layers"] else ""
+        info(f"INT8 (NNCF, {gate['mode']}): top-1 agreement {gate['agreement']:.1%} with the FP32 IR on "
+             f"{gate['images']} calibration images (gate {gate['min_top1']:.0%}){kept}")
     for name, report in result.parity.items():
         worst = max(r.rel_err for r in report.rows)
         info(f"{name}: matches {model.name} at {len(report.rows)} shape(s), worst relative error {worst:.1e}")
