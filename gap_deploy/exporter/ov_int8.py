@@ -6,6 +6,7 @@ is NNCF's plain ``nncf.quantize`` (with the layers asked for left out by its ``I
 OpenVINO's converter keeps them as the operations' names); when it misses the gate, NNCF's accuracy-control mode
 (``nncf.quantize_with_accuracy_control``) puts the layers that cost most agreement back in FP32, one at a time,
 until the drop is within ``1 - min_top1``: the per-layer FP32 fallback of gap-export, done by NNCF's own ranking.
+A result with every layer back in FP32 is refused: it would be the FP32 model under an INT8 name.
 The layers that stay in FP32 are read back from the quantized model (a weighted layer whose weights are not
 8-bit), not taken from NNCF's log.
 """
@@ -40,9 +41,17 @@ class OvInt8Result:
     first_agreement: float | None = None
     steps: list[str] = field(default_factory=list)
 
+    #: the weighted layers of the model (convolutions and MatMuls), INT8 or not
+    layers: int = 0
+
     @property
     def passed(self) -> bool:
         return self.agreement >= self.min_top1
+
+    @property
+    def all_float(self) -> bool:
+        """No layer is INT8: the model is the FP32 one in an INT8 bundle's name (and no faster)."""
+        return self.layers > 0 and len(self.fp32_layers) >= self.layers
 
     def to_dict(self) -> dict:
         return {"agreement": self.agreement, "images": self.images, "min_top1": self.min_top1, "mode": self.mode,
@@ -103,7 +112,8 @@ def top1(compiled, items: Sequence[np.ndarray]) -> np.ndarray:
 def quantize(ov, fp32_model, calibration: np.ndarray, *, min_top1: float = 0.9, keep_fp32: Sequence[str] = (),
              fallback: bool = True, log=lambda _: None) -> OvInt8Result:
     """``fp32_model`` (an openvino.Model) quantized to INT8 by NNCF on ``calibration`` (N, C, H, W, normalized as
-    the model expects) and judged against it; raises ExportError when the gate cannot be met."""
+    the model expects) and judged against it. The caller refuses a result that misses the gate
+    (``passed``) or keeps every layer in FP32 (``all_float``)."""
     nncf = _nncf()
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32"}  # the reference is FP32 (bf16 on CPUs that have it otherwise)
@@ -118,7 +128,8 @@ def quantize(ov, fp32_model, calibration: np.ndarray, *, min_top1: float = 0.9, 
         raise ExportError(f"NNCF could not quantize the model: {first_line(exc)}",
                           hint="check --keep-fp32's layer names (the ONNX node names), or pack FP32.") from None
     agreement = float(np.mean(top1(core.compile_model(model, "CPU", config), items) == reference))
-    result = OvInt8Result(model, agreement, len(items), min_top1, "quantize", float_layers(model))
+    weighted = sum(op.get_type_name() in WEIGHTED for op in fp32_model.get_ordered_ops())
+    result = OvInt8Result(model, agreement, len(items), min_top1, "quantize", float_layers(model), layers=weighted)
     result.steps.append(f"nncf.quantize: top-1 agreement {agreement:.1%} with the FP32 IR on {len(items)} images")
     if result.passed or not fallback:
         return result
@@ -139,7 +150,7 @@ def quantize(ov, fp32_model, calibration: np.ndarray, *, min_top1: float = 0.9, 
                           hint="use more or more representative --calib images, or lower --min-top1.") from None
     second = float(np.mean(top1(core.compile_model(controlled, "CPU", config), items) == reference))
     result = OvInt8Result(controlled, second, len(items), min_top1, "accuracy control", float_layers(controlled),
-                          first_agreement=agreement, steps=result.steps)
+                          first_agreement=agreement, steps=result.steps, layers=weighted)
     result.steps.append(f"nncf.quantize_with_accuracy_control: {second:.1%} with "
                         f"{len(result.fp32_layers)} layer(s) in FP32: {', '.join(result.fp32_layers) or '(none)'}")
     return result

@@ -440,6 +440,14 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
                               note="\n".join(quantized.steps),
                               hint="use more or more representative --calib images, keep layers in FP32 with "
                                    "--keep-fp32 NAME, or lower --min-top1.")
+        if quantized.all_float:
+            raise ExportError(f"OpenVINO INT8 keeps no layer in INT8: all {quantized.layers} convolutions and MatMuls "
+                              f"are in FP32 (top-1 agreement {quantized.agreement:.1%}, gate "
+                              f"{quantized.min_top1:.0%}), so the bundle would be the FP32 model under an INT8 name; "
+                              "no bundle was written.", note="\n".join(quantized.steps),
+                              hint="pack FP32 (--precision fp32), use more or more representative --calib images "
+                                   "(a model whose classes nearly tie on them loses agreement to any rounding), "
+                                   "keep fewer layers with --keep-fp32, or lower --min-top1.")
         converted = quantized.model
     for key, value in meta.to_props().items():
         if key.startswith("gap."):

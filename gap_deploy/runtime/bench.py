@@ -5,6 +5,7 @@ torch-free: a PyTorch reference is passed in as a plain callable (see exporter.r
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gap_deploy.runtime.parity import compare_outputs, random_input, tolerance_for
+from gap_deploy.runtime.parity import Tolerance, compare_outputs, random_input, tolerance_for
 from gap_deploy.runtime.shapes import Shape, format_shape
 
 CV_WARN = 0.025  # trtexec warns when GPU compute time varies by more than 2.5%
@@ -306,7 +307,13 @@ def replay_agrees(max_abs_diff: float, output: np.ndarray, precision: str, backe
 
 def attach_parity(result: BenchResult, output: np.ndarray, reference: np.ndarray, precision: str,
                   reference_name: str = "PyTorch") -> None:
-    row = compare_outputs(reference, output, tolerance_for(precision, result.backend), result.shape)
+    """The output against the reference's on the same (random) input. INT8 is gated by top-1 agreement on real
+    images when it is made (gap-export, gap-pack); on one random input its logits nearly tie and top-1 says
+    nothing, so here its errors are reported and only a non-finite output fails."""
+    tolerance = tolerance_for(precision, result.backend)
+    if precision == "int8":
+        tolerance = Tolerance(atol=math.inf, rtol=math.inf)
+    row = compare_outputs(reference, output, tolerance, result.shape)
     result.parity = {"reference": reference_name, "precision": precision, "max_abs_err": row.max_abs_err,
                      "rel_err": row.rel_err, "top1_agreement": row.top1_agreement, "passed": row.passed}
 

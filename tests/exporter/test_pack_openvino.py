@@ -311,3 +311,36 @@ def test_gap_pack_cli_says_the_int8_gate(tmp_path, reference_onnx):
     assert result.exit_code == 0, result.output
     assert "INT8 (NNCF, quantize): top-1 agreement" in result.output
     assert "calibration images (gate 90%)" in result.output
+
+
+def test_an_int8_bundle_with_every_layer_in_fp32_is_refused(tmp_path, reference_onnx):
+    """All layers left in FP32 (here by hand; NNCF's accuracy control can end there too on a model whose classes
+    nearly tie) is the FP32 model under an INT8 name: refused, nothing written."""
+    from gap_deploy.exporter.ov_int8 import NO_BIAS, WEIGHTED
+    from gap_deploy.runtime.errors import ExportError
+
+    every = [op.get_friendly_name().removesuffix(NO_BIAS) for op in ov.convert_model(str(reference_onnx)).get_ops()
+             if op.get_type_name() in WEIGHTED]
+    with pytest.raises(ExportError, match=f"keeps no layer in INT8: all {len(every)} convolutions and MatMuls"):
+        pack(reference_onnx, tmp_path / "bundle", target="openvino", precision="int8", calib=_calibration(tmp_path),
+             keep_fp32=every)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_gap_bench_compares_the_int8_bundle_with_the_fp32_onnx(tmp_path, reference_onnx):
+    """gap-bench --compare times the NNCF bundle beside the FP32 ONNX; INT8's errors against it on random inputs
+    are reported, not gated by top-1 (its gate was on real images, when it was packed), so a mismatch of argmax on
+    one random image is no failure."""
+    from click.testing import CliRunner
+
+    from gap_deploy.runtime.cli.bench import main as gap_bench
+
+    pack(reference_onnx, tmp_path / "bundle", target="openvino", precision="int8", calib=_calibration(tmp_path))
+    result = CliRunner().invoke(gap_bench, [str(reference_onnx), "--threads", "1", "--iterations", "5", "--warmup",
+                                            "0", "--shape", "1x3x64x64", "--compare", str(tmp_path / "bundle"),
+                                            "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["backend"] for r in rows] == ["ort-cpu", "ov-cpu"]
+    parity = rows[1]["parity"]
+    assert parity["precision"] == "int8" and parity["passed"] and 0 < parity["rel_err"] < 1

@@ -443,7 +443,8 @@ def test_gap_build_refuses_the_cpu_layout(tmp_path, fp32, calibration):
 
 
 @pytest.mark.parametrize("speedup, plain, warned, plain_warned",
-                         [(0.8, 0.8, True, False), (1.3, 1.28, False, False), (1.3, 0.6, False, True)])
+                         [(0.8, 0.8, True, False), (1.3, 1.28, False, False), (1.3, 0.6, False, True),
+                          (1.0, 1.5, False, False)])
 def test_gap_export_reports_int8_latency_and_warns_when_slower(tmp_path, reference_ckpt, calibration, monkeypatch,
                                                                speedup, plain, warned, plain_warned):
     import gap_deploy.exporter.precision as precision

@@ -136,7 +136,9 @@ def main(artifact, backend, shapes, warmup, duration, iterations, threads, torch
         sys.exit(130)
     mismatched = [r for r in results if r.parity and not r.parity["passed"]]
     if mismatched:
-        info(f"{len(mismatched)} shape(s) differ from PyTorch beyond the {session.metadata.precision} tolerance.")
+        references = ", ".join(sorted({str((r.parity or {}).get("reference")) for r in mismatched}))
+        info(f"{len(mismatched)} shape(s) differ from their reference ({references}) beyond the tolerance of their "
+             "precision.")
         sys.exit(1)
 
 
