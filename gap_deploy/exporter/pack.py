@@ -448,6 +448,8 @@ def _build_openvino(model, source: Path, out: Path, spec: ArtifactSpec, precisio
                               hint="pack FP32 (--precision fp32), use more or more representative --calib images "
                                    "(a model whose classes nearly tie on them loses agreement to any rounding), "
                                    "keep fewer layers with --keep-fp32, or lower --min-top1.")
+        quantized.latency = ov_int8.measure_latency(ov, converted, quantized.model,
+                                                    (1, *int8.calibration.shape[1:]))
         converted = quantized.model
     for key, value in meta.to_props().items():
         if key.startswith("gap."):
@@ -498,6 +500,15 @@ def openvino_readme(d: dict) -> str:
     from gap_deploy.exporter.pack_edge import readme_template
 
     text = readme_template("openvino").format(**d, precision_upper=d["precision"].upper())
+    if "int8" in d:
+        gate = d["int8"]
+        kept = ", ".join(gate["fp32_layers"]) or "none"
+        text += (f"\n## INT8\n\nQuantized by NNCF {gate['nncf']} ({gate['mode']}): top-1 agreement "
+                 f"{gate['agreement']:.1%} with the FP32 IR on {gate['images']} calibration images (gate "
+                 f"{gate['min_top1']:.0%}). Layers left in FP32: {kept}. The IR's 8-bit weights are dequantized "
+                 "and its activations quantized by FakeQuantize operations, which OpenVINO's CPU plugin runs as "
+                 "integer kernels; the errors against the FP32 model at each size are in `verification.txt` "
+                 "(reported, not gated: INT8 is judged by top-1 on real images).\n")
     if "app" in d:
         from gap_deploy.exporter.pack_app import app_readme
 

@@ -301,16 +301,33 @@ def test_int8_requests_that_cannot_work_say_so(tmp_path, reference_onnx, args, f
     assert not (tmp_path / "b").exists()
 
 
-def test_gap_pack_cli_says_the_int8_gate(tmp_path, reference_onnx):
+@pytest.mark.parametrize("speedup, warned", [(0.8, True), (1.5, False)])
+def test_gap_pack_cli_says_the_int8_gate_and_latency(tmp_path, reference_onnx, monkeypatch, speedup, warned):
     from click.testing import CliRunner
 
+    import gap_deploy.exporter.ov_int8 as ov_int8
     from gap_deploy.exporter.cli.pack import main
 
+    measured = []
+    real = ov_int8.measure_latency
+
+    def figures(ov_, fp32_model, int8_model, shape, **kw):  # the measurement is a benchmark (scripts/bench_int8.py)
+        measured.append(real(ov_, fp32_model, int8_model, shape, seconds=0.01))  # runs, on both IRs
+        return {"backend": "ov-cpu", "shape": list(shape), "fp32_ms": 1.0, "int8_ms": 1 / speedup, "speedup": speedup}
+
+    monkeypatch.setattr(ov_int8, "measure_latency", figures)
     result = CliRunner().invoke(main, [str(reference_onnx), "-o", str(tmp_path / "b"), "--target", "openvino",
                                        "--precision", "int8", "--calib", str(_calibration(tmp_path))])
     assert result.exit_code == 0, result.output
     assert "INT8 (NNCF, quantize): top-1 agreement" in result.output
     assert "calibration images (gate 90%)" in result.output
+    assert f"INT8 latency on ov-cpu at 1x3x32x32: {1 / speedup:.3f} ms against FP32 1.000 ms ({speedup:.2f}x)" \
+        in result.output
+    assert ("the INT8 IR is 1.25x slower than the FP32 IR" in result.output) is warned
+    assert measured[0]["fp32_ms"] > 0 and measured[0]["int8_ms"] > 0
+    assert "model.xml: runs at 6 shape(s), worst relative error against" in result.output
+    gate = json.loads((tmp_path / "b" / "model.json").read_text())["int8"]
+    assert gate["latency"]["speedup"] == speedup
 
 
 def test_an_int8_bundle_with_every_layer_in_fp32_is_refused(tmp_path, reference_onnx):
