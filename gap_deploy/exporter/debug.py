@@ -93,6 +93,8 @@ class DebugReport:
     chunk: int = DEFAULT_CHUNK
     #: what the figures are (a TensorRT engine's: rebuilt with marked outputs)
     note: str = ""
+    #: how long the comparison took (the runtime's runs, PyTorch's, the attribution), set by the caller
+    seconds: float | None = None
 
     @property
     def first_over(self) -> LayerResult | None:
@@ -120,15 +122,16 @@ class DebugReport:
                 "first_beyond_float16": over16.layer.name if over16 else None,
                 "most_added": [r.layer.name for r in self.top_added()],
                 "layers": [r.to_dict() for r in sorted(self.layers, key=lambda r: r.layer.order)],
-                "unattributed": self.unattributed, "note": self.note}
+                "unattributed": self.unattributed, "note": self.note, "seconds": self.seconds}
 
     def format(self, top: int = 5) -> str:
         counts: dict[str, int] = {}
         for shape in self.shapes:
             counts[format_shape(shape)] = counts.get(format_shape(shape), 0) + 1
         at = ", ".join(f"{n} x {k}" if n > 1 else k for k, n in counts.items())
+        took = f" in {self.seconds:.1f} s" if self.seconds is not None else ""
         lines = [f"{self.artifact}: {len(self.layers)} layer(s) compared with PyTorch on {at} "
-                 f"(tolerance rel err {self.tolerance:g})"]
+                 f"(tolerance rel err {self.tolerance:g}){took}"]
         if self.note:
             lines.append(f"Note: {self.note}")
         first = self.first_over

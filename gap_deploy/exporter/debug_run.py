@@ -3,6 +3,7 @@ inputs, and compare each artifact layer by layer (exporter.debug)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,43 @@ def _debug_plan(job: DebugJob, plan: Path, loaded, reference, inputs, log):
                         cuda=cuda, tolerance=tolerance, chunk=job.chunk, log=log)
 
 
+def _is_openvino(path: Path) -> bool:
+    from gap_deploy.runtime.bundle import is_bundle, read_description
+
+    if path.suffix.lower() == ".xml":
+        return True
+    return is_bundle(path) and read_description(path).get("target") == "openvino"
+
+
+def _openvino_bundle(path: Path) -> tuple[Path, Path, dict]:
+    """(model.xml, the ONNX it was converted from, model.json) of an OpenVINO bundle given as its folder or its
+    model.xml; its files checked against model.json's SHA-256s."""
+    from gap_deploy.exporter.debug_openvino import bundle_source
+    from gap_deploy.runtime.bundle import bundle_model, is_bundle, read_description
+
+    folder = path.parent if path.suffix.lower() == ".xml" else path
+    if not is_bundle(folder):
+        raise UsageError(f"{path} is not in a gap-pack bundle: gap-debug compares an OpenVINO IR through the bundle "
+                         "that says which ONNX it was converted from (model.json).",
+                         hint="give the bundle folder gap-pack --target openvino wrote.")
+    description = read_description(folder)
+    return bundle_model(folder, None), bundle_source(folder, description), description
+
+
+def _debug_openvino(job: DebugJob, name: str, bundle: tuple[Path, Path, dict], loaded, reference, inputs, log):
+    import onnx
+
+    from gap_deploy.exporter.debug_openvino import debug_openvino
+
+    xml, source, description = bundle
+    precision = description.get("precision", "fp32")
+    tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(precision, 1e-4)
+    log(f"Comparing {name} (OpenVINO, {precision}, from {source.name}) with PyTorch, {job.chunk} layer(s) per "
+        "compile ...")
+    return debug_openvino(loaded.module, reference, onnx.load(str(source)), xml, name, inputs, tolerance=tolerance,
+                          chunk=job.chunk, log=log)
+
+
 def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> list:
     """A DebugReport per artifact (the in-memory FP32 export when ``job.artifacts`` is empty)."""
     import dataclasses
@@ -191,7 +229,6 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
     import onnx
 
     from gap_deploy.exporter.checkpoint import load_model
-    from gap_deploy.exporter.debug import debug_artifact
     from gap_deploy.exporter.onnx_export import export_model
     from gap_deploy.runtime.artifact import describe
     from gap_deploy.runtime.onnx_file import check_onnx_file
@@ -212,10 +249,12 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
                                                                                              loaded.in_channels, log)))
     reports = []
     ours = describe(reference.model)
+    bundles = {name: _openvino_bundle(Path(path)) for name, path in artifacts
+               if not isinstance(path, onnx.ModelProto) and _is_openvino(Path(path))}
     for name, path in artifacts:  # every artifact against the checkpoint's model, before any comparison runs
         if isinstance(path, onnx.ModelProto) or Path(path).suffix in ENGINE_SUFFIXES:
             continue
-        theirs = describe(check_onnx_file(path))
+        theirs = describe(bundles[name][1]) if name in bundles else describe(check_onnx_file(path))
         for what, mine, other in (("input channel(s)", ours.channels, theirs.declared_channels),
                                   ("classes", ours.num_classes, theirs.num_classes)):
             if other is not None and mine is not None and other != mine:
@@ -223,17 +262,32 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
                                  "from this checkpoint, so no layer of it can be compared.",
                                  hint="give the checkpoint the artifact was exported from.")
     for name, path in artifacts:
+        started = time.perf_counter()
         if not isinstance(path, onnx.ModelProto) and Path(path).suffix in ENGINE_SUFFIXES:
             reports.append(_debug_plan(job, Path(path), loaded, reference.model, inputs, log))
-            continue
-        if isinstance(path, onnx.ModelProto):
-            model = path
+        elif name in bundles:
+            reports.append(_debug_openvino(job, name, bundles[name], loaded, reference.model, inputs, log))
         else:
-            check_onnx_file(path)
-            model = onnx.load(str(path))
-        precision = describe(model).metadata.precision
-        tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(precision, 1e-4)
-        log(f"Comparing {name} ({precision}) with PyTorch, {job.chunk} layer(s) per pass ...")
-        reports.append(debug_artifact(loaded.module, reference.model, model, name, inputs, tolerance=tolerance,
-                                      chunk=job.chunk, log=log))
+            reports.append(_debug_onnx(job, name, path, loaded, reference.model, inputs, log))
+        reports[-1].seconds = time.perf_counter() - started
     return reports
+
+
+def _debug_onnx(job: DebugJob, name: str, path, loaded, reference, inputs, log):
+    """An ONNX artifact (a file, or the in-memory export or variant), run by ONNX Runtime."""
+    import onnx
+
+    from gap_deploy.exporter.debug import debug_artifact
+    from gap_deploy.runtime.artifact import describe
+    from gap_deploy.runtime.onnx_file import check_onnx_file
+
+    if isinstance(path, onnx.ModelProto):
+        model = path
+    else:
+        check_onnx_file(path)
+        model = onnx.load(str(path))
+    precision = describe(model).metadata.precision
+    tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(precision, 1e-4)
+    log(f"Comparing {name} ({precision}) with PyTorch, {job.chunk} layer(s) per pass ...")
+    return debug_artifact(loaded.module, reference, model, name, inputs, tolerance=tolerance, chunk=job.chunk,
+                          log=log)

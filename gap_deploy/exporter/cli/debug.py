@@ -49,23 +49,37 @@ from gap_deploy.runtime.layers import DEFAULT_CHUNK
 @report_errors
 def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, images, imgsz, max_images, tolerance,
          chunk, precision, calib, int8_layout, json_path, plot_path):
-    """Compare every layer of CHECKPOINT's PyTorch model with ARTIFACTS (FP32 ONNX, FP16/INT8 variants, plans).
+    """Compare every layer of CHECKPOINT's PyTorch model with ARTIFACTS (FP32 ONNX, FP16/INT8 variants, plans,
+    OpenVINO bundles).
 
     Without ARTIFACTS, the FP32 ONNX gap-export would write is made in memory and compared. Each layer is
     named as the model's code names it (conv2.0 (Conv2d 32->64, 3x3)) with its ONNX nodes; the first layer
     over the tolerance and the layers that add the most error by themselves are reported. A gap-build plan is
     rebuilt from its ONNX per chunk with that chunk's tensors marked as outputs (needs TensorRT and a GPU; the
-    marking can change TensorRT's fusions, which the report says). Example:
+    marking can change TensorRT's fusions, which the report says). An OpenVINO bundle (gap-pack --target
+    openvino, FP32, FP16 or INT8) is run by OpenVINO itself, its layers read from the IR by the names of the ONNX
+    it was converted from (beside the bundle). Example:
 
     \b
         gap-debug model.pt model.onnx model.fp16.onnx --shape 1x3x224x224 --plot debug.png
+        gap-debug model.pt model_openvino/ --images val/
     """
+    from gap_deploy.runtime.bundle import is_bundle, read_description
+
     check_input_file(checkpoint, "checkpoint")
     for artifact in artifacts:
+        if is_bundle(artifact):
+            target = read_description(artifact).get("target")
+            if target != "openvino":
+                raise click.BadParameter(f"{artifact} is a {target} bundle: gap-debug compares OpenVINO bundles layer "
+                                         "by layer; ncnn, LiteRT, ExecuTorch and Core ML bundles not yet.",
+                                         param_hint="ARTIFACTS")
+            continue
         check_input_file(artifact, "artifact")
-        if artifact.suffix.lower() != ".onnx" and artifact.suffix.lower() not in ENGINE_SUFFIXES:
-            raise click.BadParameter(f"{artifact}: gap-debug compares ONNX artifacts (.onnx) and gap-build plans "
-                                     "(.plan, with their manifest and the ONNX they were built from beside them).",
+        if artifact.suffix.lower() not in (".onnx", ".xml") and artifact.suffix.lower() not in ENGINE_SUFFIXES:
+            raise click.BadParameter(f"{artifact}: gap-debug compares ONNX artifacts (.onnx), gap-build plans "
+                                     "(.plan, with their manifest and the ONNX they were built from beside them) and "
+                                     "OpenVINO bundles (the folder gap-pack wrote, with the ONNX beside it).",
                                      param_hint="ARTIFACTS")
     size = image_size(imgsz) if imgsz else None
     parsed = [shape_option(s) for s in shapes]
