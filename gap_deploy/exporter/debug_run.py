@@ -208,6 +208,36 @@ def _openvino_bundle(path: Path) -> tuple[Path, Path, dict]:
     return bundle_model(folder, None), bundle_source(folder, description), description
 
 
+def _is_litert(path: Path) -> bool:
+    from gap_deploy.runtime.bundle import is_bundle, read_description
+
+    return is_bundle(path) and read_description(path).get("target") == "litert"
+
+
+def _litert_bundle(folder: Path) -> tuple[Path, dict]:
+    """(model.tflite, model.json) of a LiteRT bundle, its file checked against model.json's SHA-256."""
+    from gap_deploy.runtime.bundle import checked_bundle_file, read_description
+
+    description = read_description(folder)
+    name = next((n for n, e in description["files"].items() if n.endswith(".tflite") and e.get("role") != "app"),
+                None)
+    if name is None:
+        raise UsageError(f"{folder} lists no LiteRT program (.tflite) in its model.json.",
+                         hint="write the bundle again with gap-pack --target litert.")
+    return checked_bundle_file(folder, name, description["files"][name]), description
+
+
+def _debug_litert(job: DebugJob, name: str, bundle: tuple[Path, dict], loaded, reference, inputs, log):
+    from gap_deploy.exporter.debug_litert import debug_litert
+
+    tflite, description = bundle
+    precision = description.get("precision", "fp32")
+    tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(precision, 1e-4)
+    log(f"Comparing {name} (LiteRT, {precision}, converted from the checkpoint) with PyTorch, {job.chunk} layer(s) "
+        "per pass ...")
+    return debug_litert(loaded.module, reference, tflite, name, inputs, tolerance=tolerance, chunk=job.chunk, log=log)
+
+
 def _debug_openvino(job: DebugJob, name: str, bundle: tuple[Path, Path, dict], loaded, reference, inputs, log):
     import onnx
 
@@ -251,8 +281,16 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
     ours = describe(reference.model)
     bundles = {name: _openvino_bundle(Path(path)) for name, path in artifacts
                if not isinstance(path, onnx.ModelProto) and _is_openvino(Path(path))}
+    litert = {name: _litert_bundle(Path(path)) for name, path in artifacts
+              if not isinstance(path, onnx.ModelProto) and _is_litert(Path(path))}
     for name, path in artifacts:  # every artifact against the checkpoint's model, before any comparison runs
         if isinstance(path, onnx.ModelProto) or Path(path).suffix in ENGINE_SUFFIXES:
+            continue
+        if name in litert:  # converted from the checkpoint itself; its model.json says its classes
+            other = litert[name][1].get("num_classes")
+            if other is not None and ours.num_classes is not None and other != ours.num_classes:
+                raise UsageError(f"{name} has {other} classes; {job.checkpoint}'s model has {ours.num_classes}: it "
+                                 "was not packed from this checkpoint.", hint="give the checkpoint it was packed from.")
             continue
         theirs = describe(bundles[name][1]) if name in bundles else describe(check_onnx_file(path))
         for what, mine, other in (("input channel(s)", ours.channels, theirs.declared_channels),
@@ -267,6 +305,8 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
             reports.append(_debug_plan(job, Path(path), loaded, reference.model, inputs, log))
         elif name in bundles:
             reports.append(_debug_openvino(job, name, bundles[name], loaded, reference.model, inputs, log))
+        elif name in litert:
+            reports.append(_debug_litert(job, name, litert[name], loaded, reference.model, inputs, log))
         else:
             reports.append(_debug_onnx(job, name, path, loaded, reference.model, inputs, log))
         reports[-1].seconds = time.perf_counter() - started

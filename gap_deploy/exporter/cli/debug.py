@@ -58,7 +58,8 @@ def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, ima
     rebuilt from its ONNX per chunk with that chunk's tensors marked as outputs (needs TensorRT and a GPU; the
     marking can change TensorRT's fusions, which the report says). An OpenVINO bundle (gap-pack --target
     openvino, FP32, FP16 or INT8) is run by OpenVINO itself, its layers read from the IR by the names of the ONNX
-    it was converted from (beside the bundle). Example:
+    it was converted from (beside the bundle); a LiteRT bundle by LiteRT's interpreter, its tensors named by the
+    PyTorch modules the converter recorded. Example:
 
     \b
         gap-debug model.pt model.onnx model.fp16.onnx --shape 1x3x224x224 --plot debug.png
@@ -70,9 +71,9 @@ def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, ima
     for artifact in artifacts:
         if is_bundle(artifact):
             target = read_description(artifact).get("target")
-            if target != "openvino":
-                raise click.BadParameter(f"{artifact} is a {target} bundle: gap-debug compares OpenVINO bundles layer "
-                                         "by layer; ncnn, LiteRT, ExecuTorch and Core ML bundles not yet.",
+            if target not in ("openvino", "litert"):
+                raise click.BadParameter(f"{artifact} is a {target} bundle: gap-debug compares OpenVINO and LiteRT "
+                                         "bundles layer by layer; ncnn, ExecuTorch and Core ML bundles not yet.",
                                          param_hint="ARTIFACTS")
             continue
         check_input_file(artifact, "artifact")
