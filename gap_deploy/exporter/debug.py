@@ -31,7 +31,15 @@ import torch
 from torch import nn
 
 from gap_deploy.runtime.artifact import describe
-from gap_deploy.runtime.layers import DEFAULT_CHUNK, HELPER_OPS, LayerError, added_error, layer_error, tensor_values
+from gap_deploy.runtime.layers import (
+    DEFAULT_CHUNK,
+    HELPER_OPS,
+    LayerError,
+    added_error,
+    consumers_of,
+    layer_error,
+    tensor_values,
+)
 from gap_deploy.runtime.shapes import Shape, format_shape
 
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"
@@ -220,10 +228,7 @@ def attribute(module: nn.Module, reference: onnx.ModelProto, artifact: onnx.Mode
     _inherit_scopes(graph, scopes)
     stored = {i.name for i in graph.initializer}
     order = {t: i for i, node in enumerate(graph.node) for t in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
+    consumers = consumers_of(graph)
     outputs = {o.name for o in graph.output}
     unattributed = [{"node": n.name, "op": n.op_type,
                      "reason": "no pkg.torch.onnx.name_scopes, and no node of that name in the FP32 export "
@@ -297,10 +302,7 @@ def _inherit_scopes(graph, scopes: dict[str, str | None]) -> None:
     DequantizeLinear, and a Cast) to the layer whose output it converts; a weight's DequantizeLinear to the layer
     that reads it. Applied until nothing changes."""
     producer = {t: n for n in graph.node for t in n.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
+    consumers = consumers_of(graph)
     stored = {i.name for i in graph.initializer}
     changed = True
     while changed:
@@ -380,33 +382,51 @@ def debug_artifact(module: nn.Module, reference: onnx.ModelProto, artifact: onnx
     """Every layer of ``module`` against its tensor in ``artifact`` on ``inputs`` (NCHW float32 arrays)."""
     module = module.eval()
     layers, unattributed = attribute(module, reference, artifact)
+
+    def values(wanted: list[str]) -> dict[str, list]:
+        found: dict[str, list] = {}
+        for part in tensor_values(artifact, wanted, inputs, chunk=len(wanted)):
+            found.update(part)
+        return found
+
+    results = compare_layers(module, layers, inputs, values,
+                             lambda layer, ins, out, seen: _added_error(artifact, layer, ins, out, seen),
+                             chunk=chunk, log=log, runtime="ONNX", missing="not in this artifact (folded or fused "
+                                                                              "by the conversion)")
+    return DebugReport(name, tolerance, [tuple(x.shape) for x in inputs], results, unattributed, chunk)
+
+
+def compare_layers(module: nn.Module, layers: list[Layer], inputs: Sequence[np.ndarray], values, added, *,
+                   chunk: int, log: Callable[[str], None], runtime: str, missing: str) -> list[LayerResult]:
+    """The comparison every runtime shares, ``chunk`` layers at a time (memory bounded by the chunk): PyTorch's
+    values of the chunk's modules (hooks), the runtime's values of their output and input tensors
+    (``values(tensor names) -> {name: [array per input]}``), the error, and the error the layer adds alone
+    (``added(layer, PyTorch's input, PyTorch's output, the runtime's values) -> (error or None, note)``)."""
     results: list[LayerResult] = []
     ordered = sorted(layers, key=lambda layer: layer.order)
+    label = "" if runtime == "ONNX" else f" ({runtime})"
     for start in range(0, len(ordered), max(1, chunk)):
         part = ordered[start:start + max(1, chunk)]
-        log(f"  layers {start + 1}-{start + len(part)} of {len(ordered)} ...")
+        log(f"  layers {start + 1}-{start + len(part)} of {len(ordered)}{label} ...")
         torch_side = _torch_values(module, list(dict.fromkeys(
             [layer.path for layer in part] + [layer.fused[0] for layer in part if layer.fused])), inputs)
-        onnx_side: dict[str, list] = {}
-        wanted = [layer.output for layer in part] + [layer.inputs[0] for layer in part if len(layer.inputs) == 1]
-        for values in tensor_values(artifact, wanted, inputs, chunk=len(wanted)):
-            onnx_side.update(values)
+        seen = values([layer.output for layer in part] + [layer.inputs[0] for layer in part if len(layer.inputs) == 1])
         for layer in part:
             out, ins = torch_side[layer.path]
-            got = onnx_side.get(layer.output)
+            got = seen.get(layer.output)
             if got is None or len(out) != len(inputs):
-                results.append(LayerResult(layer, note="not in this artifact (folded or fused by the conversion)"))
+                results.append(LayerResult(layer, note=missing))
                 continue
             if any(g.shape != o.shape for g, o in zip(got, out)):
-                results.append(LayerResult(layer, note=f"ONNX shape {got[0].shape} vs PyTorch {out[0].shape}"))
+                results.append(LayerResult(layer, note=f"{runtime} shape {got[0].shape} vs PyTorch {out[0].shape}"))
                 continue
             error = layer_error(out, [g.astype(np.float32) for g in got])
             if layer.fused:  # the fused nodes read the first module's input
                 ins = torch_side[layer.fused[0]][1]
-            added, note = _added_error(artifact, layer, ins, out, onnx_side)
-            results.append(LayerResult(layer, error, added, note))
-        del torch_side, onnx_side
-    return DebugReport(name, tolerance, [tuple(x.shape) for x in inputs], results, unattributed, chunk)
+            alone, note = added(layer, ins, out, seen)
+            results.append(LayerResult(layer, error, alone, note))
+        del torch_side, seen
+    return results
 
 
 #: what a report of an engine rebuilt with marked outputs says about its figures

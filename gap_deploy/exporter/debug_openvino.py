@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from gap_deploy.exporter.debug import DEFAULT_CHUNK, DebugReport, Layer, LayerResult, _torch_values, attribute
+from gap_deploy.exporter.debug import DEFAULT_CHUNK, DebugReport, Layer, attribute, compare_layers
 from gap_deploy.runtime.errors import UsageError, first_line
 from gap_deploy.runtime.layers import layer_error
 
@@ -135,29 +135,9 @@ def debug_openvino(module: nn.Module, reference, source, xml: Path, name: str, i
     ov = require("openvino", purpose="to debug an OpenVINO bundle", hint=HINT)
     module = module.eval()
     layers, unattributed = attribute(module, reference, source)
-    results: list[LayerResult] = []
-    ordered = sorted(layers, key=lambda layer: layer.order)
-    for start in range(0, len(ordered), max(1, chunk)):
-        part = ordered[start:start + max(1, chunk)]
-        log(f"  layers {start + 1}-{start + len(part)} of {len(ordered)} (OpenVINO) ...")
-        torch_side = _torch_values(module, list(dict.fromkeys(
-            [layer.path for layer in part] + [layer.fused[0] for layer in part if layer.fused])), inputs)
-        ov_side = _values(ov, xml, [layer.output for layer in part] +
-                          [layer.inputs[0] for layer in part if len(layer.inputs) == 1], inputs)
-        for layer in part:
-            out, ins = torch_side[layer.path]
-            got = ov_side.get(layer.output)
-            if got is None or len(out) != len(inputs):
-                results.append(LayerResult(layer, note="not in this IR (folded or renamed by OpenVINO's converter)"))
-                continue
-            if any(g.shape != o.shape for g, o in zip(got, out)):
-                results.append(LayerResult(layer, note=f"OpenVINO shape {got[0].shape} vs PyTorch {out[0].shape}"))
-                continue
-            error = layer_error(out, [g.astype(np.float32) for g in got])
-            if layer.fused:
-                ins = torch_side[layer.fused[0]][1]
-            added, note = _added(ov, xml, layer, ins, out, ov_side)
-            results.append(LayerResult(layer, error, added, note))
-        del torch_side, ov_side
+    results = compare_layers(module, layers, inputs, lambda wanted: _values(ov, xml, wanted, inputs),
+                             lambda layer, ins, out, seen: _added(ov, xml, layer, ins, out, seen), chunk=chunk,
+                             log=log, runtime="OpenVINO",
+                             missing="not in this IR (folded or renamed by OpenVINO's converter)")
     return DebugReport(name, tolerance, [tuple(x.shape) for x in inputs], results, unattributed, chunk,
                        note=FUSION_NOTE)

@@ -21,7 +21,7 @@ import onnx
 
 from gap_deploy.runtime.artifact import ArtifactSpec, describe
 from gap_deploy.runtime.errors import ArtifactError, ExportError, UsageError, first_line
-from gap_deploy.runtime.layers import FLOAT16_MAX, activations, layer_error
+from gap_deploy.runtime.layers import FLOAT16_MAX, activations, consumers_of, layer_error
 from gap_deploy.runtime.metadata import ModelMetadata
 from gap_deploy.runtime.onnx_file import save_onnx
 from gap_deploy.runtime.parity import INT8, ParityReport, Tolerance, compare, random_input
@@ -305,10 +305,7 @@ def pools_before_relus(model: onnx.ModelProto) -> list[str]:
     """
     graph = model.graph
     producers = {out: n for n in graph.node for out in n.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(graph)
     outputs = {o.name for o in graph.output}
     moved = []
     for pool in [n for n in graph.node if n.op_type == "MaxPool" and len(n.output) == 1]:
@@ -421,10 +418,7 @@ def sensitive_layers(fp32: onnx.ModelProto, fp16: onnx.ModelProto, inputs: Seque
     error of their input, each runtime.layers.layer_error as gap-debug reports it), most harmful first."""
     nodes = [n for n in fp32.graph.node if n.op_type in COMPUTE_OPS and n.name and n.name not in exclude]
     produced = {t for n in fp16.graph.node for t in n.output} | {i.name for i in fp16.graph.input}
-    consumers: dict[str, list] = {}
-    for n in fp32.graph.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
+    consumers = consumers_of(fp32.graph)
 
     def comparable(tensor: str) -> str:
         """``tensor``, or, where the variant folded it away (a Relu folded into an INT8 op's range), the output

@@ -65,6 +65,15 @@ def layer_error(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
     return LayerError(rel, max_abs, cosine, beyond, nonfinite)
 
 
+def consumers_of(graph) -> dict[str, list]:
+    """Each tensor name of an ONNX graph -> the nodes that read it, in graph order."""
+    found: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
 def with_outputs(model, names: Sequence[str]):
     """A copy of ``model`` that also outputs the tensors ``names`` (typed from shape inference); a name the graph
     does not produce (a stale value_info, a tensor a conversion folded away) is left out."""
