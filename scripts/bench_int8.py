@@ -72,7 +72,7 @@ def measure(name: str, path: Path, calibration: np.ndarray, held_out: np.ndarray
     import openvino as ov
 
     from gap_deploy.exporter import ov_int8
-    from gap_deploy.exporter.precision import make_variant
+    from gap_deploy.exporter.precision import in_turns, make_variant, paired_speedup
     from gap_deploy.runtime.backends.onnxrt import cpu_session
     from gap_deploy.runtime.parity import INT8
 
@@ -107,18 +107,11 @@ def measure(name: str, path: Path, calibration: np.ndarray, held_out: np.ndarray
     top1 = {key: np.asarray([int(np.argmax(call(key, held_out[i:i + 1]))) for i in range(len(held_out))])
             for key in runs}
     x = held_out[:1]
-    for key in runs:
-        call(key, x)
-    samples: dict[str, list[float]] = {key: [] for key in runs}
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(samples["ov_int8"]) < 20:
-        for key in runs:
-            t0 = time.perf_counter()
-            call(key, x)
-            samples[key].append((time.perf_counter() - t0) * 1e3)
+    timed = in_turns([lambda key=key: call(key, x) for key in runs], seconds, min_turns=20)
+    samples = dict(zip(runs, timed))
 
     def ratio(reference, key):
-        return float(np.median(np.asarray(samples[reference]) / np.asarray(samples[key])))
+        return paired_speedup(samples[reference], samples[key])
 
     return {"model": name, "turns": len(samples["ov_int8"]),
             "ms": {key: float(np.median(v)) for key, v in samples.items()},

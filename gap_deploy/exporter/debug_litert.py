@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from gap_deploy.exporter.debug import DEFAULT_CHUNK, DebugReport, Layer, LayerResult, _torch_values, attribute
+from gap_deploy.exporter.debug import DEFAULT_CHUNK, DebugReport, Layer, LayerResult, _inside, _torch_values, attribute
 from gap_deploy.runtime.layers import layer_error
 
 FUSION_NOTE = ("LiteRT's interpreter with every intermediate tensor kept (its default op resolver, as the bundle's "
@@ -86,10 +86,6 @@ def fused_with(path: str, named: Sequence[str]) -> list[str]:
     ``path``'s parent (the converter also lists modules of other blocks whose constants it folded in)."""
     parent = path.rpartition(".")[0]
     return [p for p in named if p != path and p.rpartition(".")[0] == parent]
-
-
-def _inside(path: str, block: str) -> bool:
-    return block == "" or path == block or path.startswith(block + ".")
 
 
 def _run(interpreter, x: np.ndarray, wanted: Sequence[int]) -> dict[int, np.ndarray]:

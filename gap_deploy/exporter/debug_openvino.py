@@ -3,11 +3,11 @@
 The IR is OpenVINO's conversion of the ONNX the bundle names (model.json's ``source`` and its SHA-256, found beside
 the bundle), and OpenVINO's ONNX frontend keeps every ONNX tensor name on the operation output that computes it, so
 the layers are attributed as for that ONNX (exporter.debug.attribute: module paths from the exporter's node
-metadata, conv + BatchNorm folds as one group) and each layer's output is read from the IR by that name. Per chunk
-of layers the IR is read again, the chunk's tensors added as model outputs (``Model.add_outputs``), compiled for
-the CPU with the precision hint the ov-cpu backend uses, and run. A layer's added error is its own operations alone:
-the IR cut at the layer's input (a Parameter in place of the tensor) and output, compiled and run by OpenVINO on
-PyTorch's input to the module.
+metadata, conv + BatchNorm folds as one group) and each layer's output is read from the IR by that name. The IR is
+read once; per chunk of layers a copy of it gets the chunk's tensors added as model outputs (``Model.add_outputs``),
+is compiled for the CPU with the precision hint the ov-cpu backend uses, and run. A layer's added error is its own
+operations alone: a copy of the IR cut at the layer's input (a Parameter in place of the tensor) and output,
+compiled and run by OpenVINO on PyTorch's input to the module.
 
 What it cannot see: OpenVINO's CPU plugin fuses operations when it compiles (convolution + activation, and for INT8
 the FakeQuantize around them); an operation whose output is asked for is kept, so the figures are those of a
@@ -23,6 +23,7 @@ import numpy as np
 from torch import nn
 
 from gap_deploy.exporter.debug import DEFAULT_CHUNK, DebugReport, Layer, attribute, compare_layers
+from gap_deploy.runtime.backends.openvino import CPU_CONFIG
 from gap_deploy.runtime.errors import UsageError, first_line
 from gap_deploy.runtime.layers import layer_error
 
@@ -30,8 +31,6 @@ from gap_deploy.runtime.layers import layer_error
 FUSION_NOTE = ("OpenVINO IR compiled per chunk with that chunk's tensors added as outputs: its CPU plugin keeps an "
                "operation whose output is asked for, so these compiled models may fuse (and round) a little "
                "differently from the deployed one; the figures are theirs.")
-#: the compile settings of the ov-cpu backend (runtime.backends.openvino.OvRunner): FP32 arithmetic, not bf16
-CPU_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 def bundle_source(bundle: Path, description: dict) -> Path:
@@ -63,15 +62,10 @@ def tensor_outputs(model) -> dict:
     return found
 
 
-def _read(xml: Path):
-    from gap_deploy.runtime.backends.openvino import read_ir
-
-    return read_ir(xml)[0]
-
-
-def _values(ov, xml: Path, tensors: Sequence[str], inputs: Sequence[np.ndarray]) -> dict[str, list[np.ndarray]]:
-    """``tensors``' values from OpenVINO's execution of the IR, per input (a name the IR lacks is left out)."""
-    model = _read(xml)
+def _values(ov, ir, tensors: Sequence[str], inputs: Sequence[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """``tensors``' values from OpenVINO's execution of the IR (a copy of ``ir``, the model read once), per input
+    (a name the IR lacks is left out)."""
+    model = ir.clone()
     outputs = tensor_outputs(model)
     present = [t for t in dict.fromkeys(tensors) if t in outputs]
     given = [t for t in present if outputs[t].get_node().get_type_name() == "Parameter"]  # the model's input
@@ -91,7 +85,7 @@ def _values(ov, xml: Path, tensors: Sequence[str], inputs: Sequence[np.ndarray])
     return values
 
 
-def _added(ov, xml: Path, layer: Layer, torch_in: list, torch_out: list,
+def _added(ov, ir, layer: Layer, torch_in: list, torch_out: list,
            seen: dict[str, list[np.ndarray]]) -> tuple[float | None, str]:
     """The error of the layer's operations alone: the IR cut at its input and output, run on PyTorch's input."""
     if layer.path == "":
@@ -104,8 +98,7 @@ def _added(ov, xml: Path, layer: Layer, torch_in: list, torch_out: list,
     if seen_in[0].shape != np.shape(torch_in[0]):
         return None, (f"fused with the layer before it (its input {layer.inputs[0]} is {seen_in[0].shape}, "
                       f"PyTorch's input is {np.shape(torch_in[0])})")
-    model = _read(xml)
-    outputs = tensor_outputs(model)
+    outputs = tensor_outputs(ir.clone())
     source, result = outputs[layer.inputs[0]], outputs.get(layer.output)
     if result is None:
         return None, "not isolated: its output is not a tensor of this IR"
@@ -129,14 +122,15 @@ def debug_openvino(module: nn.Module, reference, source, xml: Path, name: str, i
     """Every layer of ``module`` against its tensor in OpenVINO's execution of ``xml`` (converted from the ONNX
     ``source``, a ModelProto) on ``inputs``."""
     from gap_deploy.runtime._lazy import require
-    from gap_deploy.runtime.backends.openvino import HINT, no_telemetry
+    from gap_deploy.runtime.backends.openvino import HINT, no_telemetry, read_ir
 
     no_telemetry()
     ov = require("openvino", purpose="to debug an OpenVINO bundle", hint=HINT)
+    ir = read_ir(xml)[0]  # read and checked once; each use works on its own copy
     module = module.eval()
     layers, unattributed = attribute(module, reference, source)
-    results = compare_layers(module, layers, inputs, lambda wanted: _values(ov, xml, wanted, inputs),
-                             lambda layer, ins, out, seen: _added(ov, xml, layer, ins, out, seen), chunk=chunk,
+    results = compare_layers(module, layers, inputs, lambda wanted: _values(ov, ir, wanted, inputs),
+                             lambda layer, ins, out, seen: _added(ov, ir, layer, ins, out, seen), chunk=chunk,
                              log=log, runtime="OpenVINO",
                              missing="not in this IR (folded or renamed by OpenVINO's converter)")
     return DebugReport(name, tolerance, [tuple(x.shape) for x in inputs], results, unattributed, chunk,

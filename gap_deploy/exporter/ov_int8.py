@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from gap_deploy.runtime.backends.openvino import CPU_CONFIG
 from gap_deploy.runtime.errors import ExportError, UsageError, first_line
 
 #: the operations whose weights NNCF quantizes (and whose inputs it quantizes with them)
@@ -119,7 +120,7 @@ def quantize(ov, fp32_model, calibration: np.ndarray, *, min_top1: float = 0.9, 
     (``passed``) or keeps every layer in FP32 (``all_float``)."""
     nncf = _nncf()
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32"}  # the reference is FP32 (bf16 on CPUs that have it otherwise)
+    config = CPU_CONFIG  # the reference is FP32 (bf16 on CPUs that have it otherwise)
     items = [calibration[i:i + 1] for i in range(len(calibration))]
     reference = top1(core.compile_model(fp32_model, "CPU", config), items)
     ignored = nncf.IgnoredScope(names=_op_names(fp32_model, keep_fp32)) if keep_fp32 else None
@@ -162,25 +163,16 @@ def quantize(ov, fp32_model, calibration: np.ndarray, *, min_top1: float = 0.9, 
 def measure_latency(ov, fp32_model, int8_model, shape, *, seconds: float = 0.5) -> dict:
     """Median latency of the FP32 and INT8 IRs on OpenVINO's CPU plugin at ``shape``, in turns (A B A B ...) in
     one process, the speed-up as the median of the pairs' ratios (as exporter.precision.measure_latency does for
-    ONNX Runtime)."""
-    import time
+    ONNX Runtime, with its in_turns)."""
+    from gap_deploy.exporter.precision import in_turns, paired_speedup
+    from gap_deploy.runtime.parity import random_input
 
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
-    compiled = [core.compile_model(m, "CPU", config) for m in (fp32_model, int8_model)]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    samples: list[list[float]] = [[], []]
-    for c in compiled:
-        c(x)
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(samples[1]) < 5:
-        for i, c in enumerate(compiled):
-            t0 = time.perf_counter()
-            c(x)
-            samples[i].append((time.perf_counter() - t0) * 1e3)
+    compiled = [core.compile_model(m, "CPU", CPU_CONFIG) for m in (fp32_model, int8_model)]
+    x = random_input(shape, 0)
+    samples = in_turns([lambda c=c: c(x) for c in compiled], seconds)
     return {"backend": "ov-cpu", "shape": list(shape), "fp32_ms": float(np.median(samples[0])),
-            "int8_ms": float(np.median(samples[1])),
-            "speedup": float(np.median(np.asarray(samples[0]) / np.maximum(np.asarray(samples[1]), 1e-9)))}
+            "int8_ms": float(np.median(samples[1])), "speedup": paired_speedup(samples[0], samples[1])}
 
 
 @contextlib.contextmanager

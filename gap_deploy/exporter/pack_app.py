@@ -441,12 +441,12 @@ def build_openvino(source: Path, out: Path, app: AppPlan, precision: str, meta_p
 
 def openvino_infer(xml: Path):
     """The app IR compiled for OpenVINO's CPU: (1, H, W, 3) uint8 -> (1, classes) probabilities, per image."""
-    from gap_deploy.runtime.backends.openvino import no_telemetry
+    from gap_deploy.runtime.backends.openvino import CPU_CONFIG, no_telemetry
 
     no_telemetry()
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(str(xml), "CPU", CPU_CONFIG)
     request = compiled.create_infer_request()
 
     def infer(pixels: np.ndarray) -> np.ndarray:

@@ -328,6 +328,28 @@ def pools_before_relus(model: onnx.ModelProto) -> list[str]:
     return moved
 
 
+def in_turns(calls: Sequence, seconds: float, min_turns: int = 5) -> list[list[float]]:
+    """Each call's latencies in ms, timed in turns (A B C A B C ...) within one process for ``seconds`` and at
+    least ``min_turns`` turns, after one warm-up call each, so a drifting machine affects them alike."""
+    import time
+
+    for call in calls:
+        call()
+    samples: list[list[float]] = [[] for _ in calls]
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(samples[-1]) < min_turns:
+        for i, call in enumerate(calls):
+            t0 = time.perf_counter()
+            call()
+            samples[i].append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def paired_speedup(reference: Sequence[float], candidate: Sequence[float]) -> float:
+    """The median of the turn-by-turn ratios of two in_turns series: drift cancels pair by pair."""
+    return float(np.median(np.asarray(reference) / np.maximum(np.asarray(candidate), 1e-9)))
+
+
 def measure_latency(fp32: onnx.ModelProto, variant: onnx.ModelProto, shape: Shape, *,
                     seconds: float = 0.5) -> dict:
     """Median latency of ``fp32`` and ``variant`` on ONNX Runtime's CPU provider at ``shape``, measured in
@@ -335,8 +357,6 @@ def measure_latency(fp32: onnx.ModelProto, variant: onnx.ModelProto, shape: Shap
     machine affects both alike. The variant runs twice: in a session made as runtime.backends.onnxrt makes
     them (with its session options, ``variant_ms``), and in a plain ``onnxruntime.InferenceSession`` with
     onnxruntime's defaults, as an app that embeds the .onnx runs it (``plain_ms``, ``plain_speedup``)."""
-    import time
-
     from gap_deploy.runtime._lazy import require
     from gap_deploy.runtime.backends.onnxrt import cpu_session
     from gap_deploy.runtime.parity import random_input
@@ -347,20 +367,12 @@ def measure_latency(fp32: onnx.ModelProto, variant: onnx.ModelProto, shape: Shap
     plain = ort.InferenceSession(variant.SerializeToString(), options, providers=["CPUExecutionProvider"])
     sessions = [cpu_session(m.SerializeToString()) for m in (fp32, variant)] + [plain]
     x = random_input(shape, 0)
-    name = sessions[0].get_inputs()[0].name
-    samples: list[list[float]] = [[] for _ in sessions]
-    for s in sessions:
-        s.run(None, {name: x})
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(samples[1]) < 5:
-        for i, s in enumerate(sessions):
-            t0 = time.perf_counter()
-            s.run(None, {name: x})
-            samples[i].append((time.perf_counter() - t0) * 1e3)
+    feed = {sessions[0].get_inputs()[0].name: x}
+    samples = in_turns([lambda s=s: s.run(None, feed) for s in sessions], seconds)
     fp32_ms, variant_ms, plain_ms = (float(np.median(v)) for v in samples)
-    ratios = [np.asarray(samples[0]) / np.maximum(np.asarray(v), 1e-9) for v in samples[1:]]  # pair by pair
     return {"backend": "ort-cpu", "shape": list(shape), "fp32_ms": fp32_ms, "variant_ms": variant_ms,
-            "speedup": float(np.median(ratios[0])), "plain_ms": plain_ms, "plain_speedup": float(np.median(ratios[1]))}
+            "speedup": paired_speedup(samples[0], samples[1]), "plain_ms": plain_ms,
+            "plain_speedup": paired_speedup(samples[0], samples[2])}
 
 
 #: the variant is said to be slower in plain onnxruntime when its speed-up there is more than this fraction below

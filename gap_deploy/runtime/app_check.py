@@ -170,12 +170,12 @@ class _Platform:
 
             self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         else:
-            from gap_deploy.runtime.backends.openvino import no_telemetry
+            from gap_deploy.runtime.backends.openvino import CPU_CONFIG, no_telemetry
 
             no_telemetry()
             import openvino as ov
 
-            self.compiled = ov.Core().compile_model(str(self.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            self.compiled = ov.Core().compile_model(str(self.path), "CPU", CPU_CONFIG)
             self.request = self.compiled.create_infer_request()
         return self
 

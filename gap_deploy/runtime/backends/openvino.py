@@ -21,6 +21,8 @@ from gap_deploy.runtime.errors import ArtifactError, BackendError, first_line
 from gap_deploy.runtime.shapes import format_shape
 
 RT_INFO_SECTION = "gap"
+#: how every gap-deploy OpenVINO model is compiled for the CPU: FP32 arithmetic (bf16 where the CPU has it otherwise)
+CPU_CONFIG: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}
 HINT = "pip install 'gap-deploy[openvino]'"
 
 
@@ -134,7 +136,7 @@ class OvRunner(Runner):
         ov = _ov()
         self._ov_version = ov.__version__
         model, self.inputs, self.outputs, self.props = read_ir(path)
-        self._config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}
+        self._config: dict[str, object] = dict(CPU_CONFIG)
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self._model, self._path = model, path
