@@ -103,6 +103,10 @@ class DebugReport:
     note: str = ""
     #: how long the comparison took (the runtime's runs, PyTorch's, the attribution), set by the caller
     seconds: float | None = None
+    #: what a layer's ``nodes`` are (ONNX nodes; an ExecuTorch program's operations)
+    nodes_label: str = "ONNX"
+    #: what to do about a layer beyond float16's range
+    fp16_hint: str = "keep it in FP32: gap-export --keep-fp32"
 
     @property
     def first_over(self) -> LayerResult | None:
@@ -151,12 +155,13 @@ class DebugReport:
                          "a functional op).")
         else:
             lines.append(f"First layer over the tolerance: {first.layer.label}: rel err {first.error.rel_err:.3g}"
-                         f"{', NaN/Inf' if first.error.nonfinite else ''} (ONNX: {', '.join(first.layer.nodes)})")
+                         f"{', NaN/Inf' if first.error.nonfinite else ''} "
+                         f"({self.nodes_label}: {', '.join(first.layer.nodes)})")
         over16 = self.first_beyond_fp16
         if over16 is not None and over16.error is not None:
             peak = over16.error.beyond_fp16
             lines.append(f"First layer beyond float16's range: {over16.layer.label}: {peak} value(s) above 65504 "
-                         "(keep it in FP32: gap-export --keep-fp32)")
+                         f"({self.fp16_hint})")
         lines.append(f"{'layer (graph order)':<44} {'rel err':>10} {'added':>10} {'max abs':>10} {'cosine':>8}  note")
         for result in sorted(self.layers, key=lambda r: r.layer.order):
             e = result.error
@@ -323,6 +328,25 @@ def _inherit_scopes(graph, scopes: dict[str, str | None]) -> None:
 
 def _is_constant(tensor: str, graph) -> bool:
     return any(n.op_type == "Constant" and tensor in n.output for n in graph.node)
+
+
+def bundle_source(bundle: Path, description: dict) -> Path:
+    """The ONNX a bundle (OpenVINO, ncnn) was converted from: beside the bundle, with the SHA-256 its model.json
+    records."""
+    from gap_deploy.runtime.errors import UsageError
+    from gap_deploy.runtime.files import sha256_file
+
+    recorded = description.get("source_sha256")
+    named = bundle.parent / str(description.get("source", ""))
+    candidates = [named] if named.is_file() else []
+    candidates += [p for p in sorted(bundle.parent.glob("*.onnx")) if p != named]
+    found = next((p for p in candidates if p.suffix == ".onnx" and sha256_file(p) == recorded), None)
+    if found is None:
+        raise UsageError(f"the ONNX {bundle.name} was converted from ({description.get('source')}) is not beside it "
+                         f"(no .onnx in {bundle.parent} has the SHA-256 its model.json records).",
+                         hint="put the model the bundle was packed from next to the bundle folder: its node names "
+                              "say which PyTorch module each of its tensors belongs to.")
+    return found
 
 
 # ---- measuring ----------------------------------------------------------------------------------------------

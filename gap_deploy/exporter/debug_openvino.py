@@ -24,30 +24,13 @@ from torch import nn
 
 from gap_deploy.exporter.debug import DEFAULT_CHUNK, DebugReport, Layer, attribute, compare_layers
 from gap_deploy.runtime.backends.openvino import CPU_CONFIG
-from gap_deploy.runtime.errors import UsageError, first_line
+from gap_deploy.runtime.errors import first_line
 from gap_deploy.runtime.layers import layer_error
 
 #: what the report of an OpenVINO bundle says about its figures
 FUSION_NOTE = ("OpenVINO IR compiled per chunk with that chunk's tensors added as outputs: its CPU plugin keeps an "
                "operation whose output is asked for, so these compiled models may fuse (and round) a little "
                "differently from the deployed one; the figures are theirs.")
-
-
-def bundle_source(bundle: Path, description: dict) -> Path:
-    """The ONNX an OpenVINO bundle was converted from: beside the bundle, with the SHA-256 its model.json records."""
-    from gap_deploy.runtime.files import sha256_file
-
-    recorded = description.get("source_sha256")
-    named = bundle.parent / str(description.get("source", ""))
-    candidates = [named] if named.is_file() else []
-    candidates += [p for p in sorted(bundle.parent.glob("*.onnx")) if p != named]
-    found = next((p for p in candidates if p.suffix == ".onnx" and sha256_file(p) == recorded), None)
-    if found is None:
-        raise UsageError(f"the ONNX {bundle.name} was converted from ({description.get('source')}) is not beside it "
-                         f"(no .onnx in {bundle.parent} has the SHA-256 its model.json records).",
-                         hint="put the model the bundle was packed from next to the bundle folder: its node names "
-                              "say which PyTorch module each tensor of the IR belongs to.")
-    return found
 
 
 def tensor_outputs(model) -> dict:

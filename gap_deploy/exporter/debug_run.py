@@ -60,6 +60,9 @@ class DebugJob:
     precision: str | None = None
     calib: Path | None = None
     int8_layout: str = "tensorrt"
+    #: where --precision's variant is made and run: "onnx" (ONNX Runtime), or "executorch" (the program gap-pack
+    #: --target executorch would make, lowered per operation in a temporary folder)
+    target: str = "onnx"
 
     @property
     def size(self) -> tuple[int, int]:
@@ -196,7 +199,7 @@ def _is_openvino(path: Path) -> bool:
 def _openvino_bundle(path: Path) -> tuple[Path, Path, dict]:
     """(model.xml, the ONNX it was converted from, model.json) of an OpenVINO bundle given as its folder or its
     model.xml; its files checked against model.json's SHA-256s."""
-    from gap_deploy.exporter.debug_openvino import bundle_source
+    from gap_deploy.exporter.debug import bundle_source
     from gap_deploy.runtime.bundle import bundle_model, is_bundle, read_description
 
     folder = path.parent if path.suffix.lower() == ".xml" else path
@@ -206,6 +209,72 @@ def _openvino_bundle(path: Path) -> tuple[Path, Path, dict]:
                          hint="give the bundle folder gap-pack --target openvino wrote.")
     description = read_description(folder)
     return bundle_model(folder, None), bundle_source(folder, description), description
+
+
+def _is_ncnn(path: Path) -> bool:
+    from gap_deploy.runtime.bundle import is_bundle, read_description
+
+    if path.suffix.lower() == ".param":
+        return True
+    return is_bundle(path) and read_description(path).get("target") == "ncnn"
+
+
+def _ncnn_bundle(path: Path) -> tuple[Path, Path, dict]:
+    """(the bundle folder, the ONNX pnnx converted, model.json) of an ncnn bundle given as its folder or its
+    model.param."""
+    from gap_deploy.exporter.debug import bundle_source
+    from gap_deploy.runtime.bundle import is_bundle, read_description
+
+    folder = path.parent if path.suffix.lower() == ".param" else path
+    if not is_bundle(folder):
+        raise UsageError(f"{path} is not in a gap-pack bundle: gap-debug maps an ncnn program's blobs through the "
+                         "bundle that says which ONNX pnnx converted (model.json).",
+                         hint="give the bundle folder gap-pack --target ncnn wrote.")
+    description = read_description(folder)
+    return folder, bundle_source(folder, description), description
+
+
+def _debug_ncnn(job: DebugJob, name: str, bundle: tuple[Path, Path, dict], loaded, reference, inputs, log):
+    import onnx
+
+    from gap_deploy.exporter.debug_ncnn import debug_ncnn, open_bundle
+
+    folder, source, description = bundle
+    precision = description.get("precision", "fp32")
+    tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(precision, 1e-4)
+    log(f"Comparing {name} (ncnn, {precision}, from {source.name}) with PyTorch, {job.chunk} layer(s) per pass ...")
+    runner, layers = open_bundle(folder)
+    return debug_ncnn(loaded.module, reference, onnx.load(str(source)), runner, layers, name, inputs,
+                      tolerance=tolerance, chunk=job.chunk, log=log)
+
+
+def _is_executorch(path: Path) -> bool:
+    from gap_deploy.runtime.bundle import is_bundle, read_description
+
+    return is_bundle(path) and read_description(path).get("target") == "executorch"
+
+
+def _debug_executorch(job: DebugJob, name: str, folder: Path, loaded, inputs, log):
+    from gap_deploy.exporter.debug_executorch import debug_executorch
+    from gap_deploy.runtime.bundle import read_description
+
+    description = read_description(folder)
+    precision = description.get("precision", "fp32")
+    tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(precision, 1e-4)
+    log(f"Comparing {name} (ExecuTorch, {precision}, its debug program model.debug.pte) with PyTorch, "
+        f"{job.chunk} layer(s) per pass ...")
+    return debug_executorch(loaded.module, folder, description, name, inputs, tolerance=tolerance, chunk=job.chunk,
+                            log=log)
+
+
+def _debug_unpacked(job: DebugJob, loaded, inputs, log):
+    from gap_deploy.exporter.debug_executorch import debug_unpacked
+
+    precision = job.precision or "fp32"
+    tolerance = job.tolerance if job.tolerance is not None else LAYER_TOLERANCE.get(precision, 1e-4)
+    name = f"in-memory ExecuTorch {precision} program (as gap-pack converts it, every module's output returned)"
+    log(f"Comparing {name} with PyTorch, {job.chunk} layer(s) per pass ...")
+    return debug_unpacked(loaded.module, precision, name, inputs, tolerance=tolerance, chunk=job.chunk, log=log)
 
 
 def _is_litert(path: Path) -> bool:
@@ -252,6 +321,34 @@ def _debug_openvino(job: DebugJob, name: str, bundle: tuple[Path, Path, dict], l
                           chunk=job.chunk, log=log)
 
 
+def _check_artifacts(job: DebugJob, artifacts, ours, sources: dict, converted: set) -> None:
+    """Every artifact against the checkpoint's model (channels, classes), before any comparison runs: an ONNX by its
+    own description, a bundle converted from an ONNX (OpenVINO, ncnn) by that ONNX (``sources``), one converted
+    from the checkpoint itself (LiteRT, ExecuTorch: ``converted``) by its model.json's classes."""
+    import onnx
+
+    from gap_deploy.runtime.artifact import describe
+    from gap_deploy.runtime.bundle import read_description
+    from gap_deploy.runtime.onnx_file import check_onnx_file
+
+    for name, path in artifacts:
+        if isinstance(path, onnx.ModelProto) or Path(path).suffix in ENGINE_SUFFIXES:
+            continue
+        if name in converted:
+            other = read_description(Path(path)).get("num_classes")
+            if other is not None and ours.num_classes is not None and other != ours.num_classes:
+                raise UsageError(f"{name} has {other} classes; {job.checkpoint}'s model has {ours.num_classes}: it "
+                                 "was not packed from this checkpoint.", hint="give the checkpoint it was packed from.")
+            continue
+        theirs = describe(check_onnx_file(sources.get(name, path)))
+        for what, mine, other in (("input channel(s)", ours.channels, theirs.declared_channels),
+                                  ("classes", ours.num_classes, theirs.num_classes)):
+            if other is not None and mine is not None and other != mine:
+                raise UsageError(f"{name} has {other} {what}; {job.checkpoint}'s model has {mine}: it was not exported "
+                                 "from this checkpoint, so no layer of it can be compared.",
+                                 hint="give the checkpoint the artifact was exported from.")
+
+
 def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> list:
     """A DebugReport per artifact (the in-memory FP32 export when ``job.artifacts`` is empty)."""
     import dataclasses
@@ -261,7 +358,6 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
     from gap_deploy.exporter.checkpoint import load_model
     from gap_deploy.exporter.onnx_export import export_model
     from gap_deploy.runtime.artifact import describe
-    from gap_deploy.runtime.onnx_file import check_onnx_file
 
     job = dataclasses.replace(job, imgsz=export_size(job))
     log(f"Loading {job.checkpoint} (inputs at {job.size[0]}x{job.size[1]}) ...")
@@ -272,9 +368,9 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
     meta = reference.metadata
     inputs = _inputs(job, loaded.in_channels, meta)
     artifacts: list[tuple[str, Path | onnx.ModelProto]] = [(str(a), Path(a)) for a in job.artifacts]
-    if not artifacts:
+    if not artifacts and job.target != "executorch":
         artifacts.append(("in-memory FP32 export", reference.model))
-    if job.precision not in (None, "fp32"):
+    if job.precision not in (None, "fp32") and job.target != "executorch":
         artifacts.append((f"in-memory {job.precision} (before any FP32 fallback)", _variant(job, reference.model,
                                                                                              loaded.in_channels, log)))
     reports = []
@@ -283,32 +379,30 @@ def run_debug(job: DebugJob, log: Callable[[str], None] = lambda _: None) -> lis
                if not isinstance(path, onnx.ModelProto) and _is_openvino(Path(path))}
     litert = {name: _litert_bundle(Path(path)) for name, path in artifacts
               if not isinstance(path, onnx.ModelProto) and _is_litert(Path(path))}
-    for name, path in artifacts:  # every artifact against the checkpoint's model, before any comparison runs
-        if isinstance(path, onnx.ModelProto) or Path(path).suffix in ENGINE_SUFFIXES:
-            continue
-        if name in litert:  # converted from the checkpoint itself; its model.json says its classes
-            other = litert[name][1].get("num_classes")
-            if other is not None and ours.num_classes is not None and other != ours.num_classes:
-                raise UsageError(f"{name} has {other} classes; {job.checkpoint}'s model has {ours.num_classes}: it "
-                                 "was not packed from this checkpoint.", hint="give the checkpoint it was packed from.")
-            continue
-        theirs = describe(bundles[name][1]) if name in bundles else describe(check_onnx_file(path))
-        for what, mine, other in (("input channel(s)", ours.channels, theirs.declared_channels),
-                                  ("classes", ours.num_classes, theirs.num_classes)):
-            if other is not None and mine is not None and other != mine:
-                raise UsageError(f"{name} has {other} {what}; {job.checkpoint}'s model has {mine}: it was not exported "
-                                 "from this checkpoint, so no layer of it can be compared.",
-                                 hint="give the checkpoint the artifact was exported from.")
+    ncnn = {name: _ncnn_bundle(Path(path)) for name, path in artifacts
+            if not isinstance(path, onnx.ModelProto) and _is_ncnn(Path(path))}
+    executorch = {name: Path(path) for name, path in artifacts
+                  if not isinstance(path, onnx.ModelProto) and _is_executorch(Path(path))}
+    sources = {name: bundle[1] for name, bundle in [*bundles.items(), *ncnn.items()]}
+    _check_artifacts(job, artifacts, ours, sources, {*litert, *executorch})
     for name, path in artifacts:
         started = time.perf_counter()
         if not isinstance(path, onnx.ModelProto) and Path(path).suffix in ENGINE_SUFFIXES:
             reports.append(_debug_plan(job, Path(path), loaded, reference.model, inputs, log))
         elif name in bundles:
             reports.append(_debug_openvino(job, name, bundles[name], loaded, reference.model, inputs, log))
+        elif name in executorch:
+            reports.append(_debug_executorch(job, name, executorch[name], loaded, inputs, log))
+        elif name in ncnn:
+            reports.append(_debug_ncnn(job, name, ncnn[name], loaded, reference.model, inputs, log))
         elif name in litert:
             reports.append(_debug_litert(job, name, litert[name], loaded, reference.model, inputs, log))
         else:
             reports.append(_debug_onnx(job, name, path, loaded, reference.model, inputs, log))
+        reports[-1].seconds = time.perf_counter() - started
+    if job.target == "executorch":
+        started = time.perf_counter()
+        reports.append(_debug_unpacked(job, loaded, inputs, log))
         reports[-1].seconds = time.perf_counter() - started
     return reports
 

@@ -290,7 +290,78 @@ def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, lo
     (out / "model.pte").write_bytes(lowered.buffer)
     import executorch
 
-    return ["model.pte"], {"executorch": getattr(executorch, "__version__", "unknown")}
+    versions: dict[str, Any] = {"executorch": getattr(executorch, "__version__", "unknown")}
+    side = min(max_side, DEBUG_MAX_SIDE)
+    try:
+        with captured_output(), cast(Any, fx_config).patch(backed_size_oblivious=True):
+            if static:
+                debug, paths = every_output_program(module, example, None)
+            else:
+                debug, paths = every_output_program(module, _example(spec, 2, side),
+                                                    _dims(spec, side, MIN_BATCH_BOUND))
+    except Exception as exc:  # the bundle is whole without it; gap-debug then says it cannot compare its layers
+        log(f"note: no debug program for gap-debug (every module's output): {first_line(exc)}")
+        return ["model.pte"], versions
+    (out / DEBUG_PROGRAM).write_bytes(debug)
+    versions["debug_program"] = {"file": DEBUG_PROGRAM, "outputs": paths, "max_side": None if static else side}
+    return ["model.pte", DEBUG_PROGRAM], versions
+
+
+#: the ExecuTorch bundle's program for gap-debug: the same module, every module's output a program output
+DEBUG_PROGRAM = "model.debug.pte"
+#: the largest side model.debug.pte is planned for: ExecuTorch plans memory for every output it returns at once
+#: (at the largest input), so its bound is kept below the bundle's
+DEBUG_MAX_SIDE = 256
+
+
+def every_output_program(module, example, dims) -> tuple[bytes, list[str]]:
+    """``module`` exported with every module's output as an output of the program (forward hooks, which
+    torch.export traces), lowered to XNNPACK like model.pte, and the module path of each output after the
+    model's own (the first). A module called more than once gives its last call. ExecuTorch returns a program's
+    outputs, so gap-debug reads each module's output from ExecuTorch's own run; an output that is returned is
+    not fused into what reads it (a convolution's BatchNorm is not folded in), which gap-debug's report says."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    paths = [path for path, _ in module.named_modules() if path]
+
+    class EveryOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = module
+
+        def forward(self, x):
+            seen: dict[str, Any] = {}
+            hooks = [sub.register_forward_hook(lambda _m, _i, out, path=path: seen.__setitem__(path, out))
+                     for path, sub in self.model.named_modules() if path]
+            try:
+                logits = self.model(x)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            return (logits, *[seen[path] for path in paths if isinstance(seen.get(path), torch.Tensor)])
+
+    wrapper = EveryOutput()
+    with torch.no_grad():
+        found = [path for path in paths if path in _outputs_of(module, example)]
+    program = torch.export.export(wrapper, (example,), dynamic_shapes=None if dims is None else (dims,))
+    return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer, found
+
+
+def _outputs_of(module, example) -> set[str]:
+    """The module paths whose output is one tensor on ``example``."""
+    import torch
+
+    found: set[str] = set()
+    hooks = [sub.register_forward_hook(lambda _m, _i, out, path=path: found.add(path) if isinstance(
+        out, torch.Tensor) else None) for path, sub in module.named_modules() if path]
+    try:
+        module(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
 
 
 def convert_coreml(module, out: Path, spec: ArtifactSpec, precision: str, log, *, max_side: int,
@@ -488,6 +559,7 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
     names, versions, bounds = _convert(target, module, source, out, spec, precision, log, max_side=max_side,
                                        max_batch=max_batch, static=static, enumerated=enumerated)
     fixed_batch = versions.pop("fixed_batch", None)
+    debug_program = versions.pop("debug_program", None)
     meta = spec.metadata
     if static:  # the contract at the program's one size: every reader prepares images at the size it takes
         sized = meta.preprocessing(channels=spec.channels).sized((static[2], static[3]))
@@ -515,8 +587,12 @@ def build_edge(target: str, model, source: Path, out: Path, spec: ArtifactSpec, 
         else:
             files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "format": path.suffix[1:],
                            "shape": None, "accepts": accepts}
+            if debug_program and name == debug_program["file"]:
+                files[name]["role"] = "debug"  # for gap-debug only: never the model a runner loads
     description = describe_bundle(out, spec, source, files, target=target, precision=precision, metadata=props,
                                   accepts=accepts, versions=versions)
+    if debug_program:
+        description["debug_program"] = debug_program
     if fixed_batch:
         description["notes"] = [fixed_batch]
         for note in description["notes"]:

@@ -90,7 +90,7 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
     # an app-ready model (gap-pack --app) takes the platform's 8-bit images, not the contract's tensors: it is for
     # the platform's own API, never chosen here
     runnable = {name: entry for name, entry in files.items()
-                if name.endswith(RUNNABLE_SUFFIXES) and entry.get("role") != "app"}
+                if name.endswith(RUNNABLE_SUFFIXES) and entry.get("role") not in ("app", "debug")}
     if shape is None:
         chosen = next((name for name, entry in runnable.items() if not entry.get("shape")), None)
     else:

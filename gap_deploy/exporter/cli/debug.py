@@ -40,6 +40,10 @@ from gap_deploy.runtime.layers import DEFAULT_CHUNK
               help="Layers compared per pass: ONNX tensors exposed and PyTorch activations held at once.")
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), help="Also convert the FP32 export in memory, as "
               "the converter makes it before any gate or FP32 fallback, and compare it: why a gate failed.")
+@click.option("--target", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True,
+              help="Where --precision's variant is made and run: onnx (ONNX Runtime), or executorch (the program "
+                   "gap-pack --target executorch would convert, lowered per operation in a temporary folder and "
+                   "run by ExecuTorch: why gap-pack refused an FP16 ExecuTorch bundle).")
 @click.option("--calib", type=click.Path(path_type=Path), help="--precision int8: calibration images or .npy.")
 @click.option("--int8-layout", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
               help="--precision int8: the graph layout.")
@@ -48,9 +52,9 @@ from gap_deploy.runtime.layers import DEFAULT_CHUNK
               help="Write a PNG of the error against depth, one line per artifact.")
 @report_errors
 def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, images, imgsz, max_images, tolerance,
-         chunk, precision, calib, int8_layout, json_path, plot_path):
+         chunk, precision, target, calib, int8_layout, json_path, plot_path):
     """Compare every layer of CHECKPOINT's PyTorch model with ARTIFACTS (FP32 ONNX, FP16/INT8 variants, plans,
-    OpenVINO bundles).
+    OpenVINO, ncnn, LiteRT and ExecuTorch bundles).
 
     Without ARTIFACTS, the FP32 ONNX gap-export would write is made in memory and compared. Each layer is
     named as the model's code names it (conv2.0 (Conv2d 32->64, 3x3)) with its ONNX nodes; the first layer
@@ -58,33 +62,41 @@ def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, ima
     rebuilt from its ONNX per chunk with that chunk's tensors marked as outputs (needs TensorRT and a GPU; the
     marking can change TensorRT's fusions, which the report says). An OpenVINO bundle (gap-pack --target
     openvino, FP32, FP16 or INT8) is run by OpenVINO itself, its layers read from the IR by the names of the ONNX
-    it was converted from (beside the bundle); a LiteRT bundle by LiteRT's interpreter, its tensors named by the
-    PyTorch modules the converter recorded. Example:
+    it was converted from (beside the bundle); an ncnn bundle by ncnn's extractor, its blobs mapped by structure
+    to that ONNX (pnnx keeps no names); a LiteRT bundle by LiteRT's interpreter, its tensors named by the PyTorch
+    modules the converter recorded; an ExecuTorch bundle by ExecuTorch, from its per-operation program
+    model.debug.pte (each XNNPACK call's output logged by ETDump), its model output from model.pte. Example:
 
     \b
         gap-debug model.pt model.onnx model.fp16.onnx --shape 1x3x224x224 --plot debug.png
         gap-debug model.pt model_openvino/ --images val/
+        gap-debug model.pt --target executorch --precision fp16 --shape 1x3x224x224
     """
     from gap_deploy.runtime.bundle import is_bundle, read_description
 
     check_input_file(checkpoint, "checkpoint")
     for artifact in artifacts:
         if is_bundle(artifact):
-            target = read_description(artifact).get("target")
-            if target not in ("openvino", "litert"):
-                raise click.BadParameter(f"{artifact} is a {target} bundle: gap-debug compares OpenVINO and LiteRT "
-                                         "bundles layer by layer; ncnn, ExecuTorch and Core ML bundles not yet.",
+            kind = read_description(artifact).get("target")
+            if kind not in ("openvino", "ncnn", "litert", "executorch"):
+                raise click.BadParameter(f"{artifact} is a {kind} bundle: gap-debug compares OpenVINO, ncnn, LiteRT "
+                                         "and ExecuTorch bundles layer by layer (Core ML runs only on Apple's OSes).",
                                          param_hint="ARTIFACTS")
             continue
         check_input_file(artifact, "artifact")
-        if artifact.suffix.lower() not in (".onnx", ".xml") and artifact.suffix.lower() not in ENGINE_SUFFIXES:
+        suffix = artifact.suffix.lower()
+        if suffix not in (".onnx", ".xml", ".param") and suffix not in ENGINE_SUFFIXES:
             raise click.BadParameter(f"{artifact}: gap-debug compares ONNX artifacts (.onnx), gap-build plans "
                                      "(.plan, with their manifest and the ONNX they were built from beside them) and "
-                                     "OpenVINO bundles (the folder gap-pack wrote, with the ONNX beside it).",
+                                     "OpenVINO, ncnn, LiteRT and ExecuTorch bundles (the folder gap-pack wrote; "
+                                     "OpenVINO's and ncnn's with the ONNX beside it).",
                                      param_hint="ARTIFACTS")
     size = image_size(imgsz) if imgsz else None
     parsed = [shape_option(s) for s in shapes]
-    if precision is not None:
+    if target == "executorch" and precision == "int8":
+        raise click.BadParameter("gap-pack converts ExecuTorch bundles in FP32 or FP16: --target executorch takes "
+                                 "--precision fp16 (or none, FP32).", param_hint="--precision")
+    if precision is not None and target == "onnx":
         from gap_deploy.exporter.precision import check_variant_request
 
         check_variant_request(precision, calib)  # INT8 without --calib: a usage error before any work
@@ -99,7 +111,8 @@ def main(checkpoint, artifacts, arch, num_classes, trust_checkpoint, shapes, ima
     reports = run_debug(DebugJob(checkpoint, tuple(artifacts), arch=arch, num_classes=num_classes,
                                  trust_checkpoint=trust_checkpoint, shapes=tuple(parsed), images=images,
                                  imgsz=size, max_images=max_images, tolerance=tolerance, chunk=chunk,
-                                 precision=precision, calib=calib, int8_layout=int8_layout), log=info)
+                                 precision=precision, calib=calib, int8_layout=int8_layout, target=target),
+                        log=info)
     for report in reports:
         click.echo(report.format())
         click.echo("")

@@ -25,6 +25,8 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +212,36 @@ def ncnn_blobs(param: Path) -> tuple[str, str]:
                             hint=REPACK) from None
 
 
+@dataclass(frozen=True)
+class NcnnLayer:
+    """One line of an ncnn .param (ncnn's text format: type, name, bottom and top counts, bottoms, tops, then
+    ``key=value`` parameters whose meaning each layer type defines)."""
+
+    type: str
+    name: str
+    bottoms: tuple[str, ...]
+    tops: tuple[str, ...]
+    params: dict[str, str]
+
+
+def ncnn_layers(param: Path) -> list[NcnnLayer]:
+    """Every layer of an ncnn .param, in the file's (execution) order."""
+    try:
+        found = []
+        for line in param.read_text(encoding="ascii").splitlines()[2:]:
+            fields = line.split()
+            if not fields:
+                continue
+            n_in, n_out = int(fields[2]), int(fields[3])
+            rest = fields[4 + n_in + n_out:]
+            found.append(NcnnLayer(fields[0], fields[1], tuple(fields[4:4 + n_in]),
+                                   tuple(fields[4 + n_in:4 + n_in + n_out]),
+                                   dict(f.split("=", 1) for f in rest if "=" in f)))
+        return found
+    except (OSError, UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise ArtifactError(f"{param} is not an ncnn .param file: {first_line(exc)}", hint=REPACK) from None
+
+
 def ncnn_input_channels(param: Path, blob: str) -> int | None:
     """The input channels of an ncnn .param, from the first convolution that reads the input blob: its weight size
     over (outputs x kernel): ncnn itself does not check them, and feeding it other channels can crash the process.
@@ -276,6 +308,27 @@ class NcnnRunner(_EdgeRunner):
             finally:
                 extractor.clear()
         return self._each_image(array, one)
+
+    def blobs(self, image: np.ndarray, wanted: Sequence[str], given: str | None = None) -> dict[str, np.ndarray]:
+        """The values of the ``wanted`` blobs for one image (C, H, W), fed as the input blob or, with ``given``,
+        as that intermediate blob: ncnn computes a blob from the layers it needs, so what comes before ``given``
+        is not run (the caller makes sure the wanted blobs need no other input). Each value as ncnn's Mat has it:
+        (C, H, W), (H, W) or (W,). Light mode is off: it frees a blob once read, and asking for an earlier blob
+        after a later one then crashes the process (seen with ncnn 1.0.20261020), so one image's blobs up to the
+        last wanted are held until the call returns."""
+        extractor = self._net.create_extractor()
+        extractor.set_light_mode(False)
+        try:
+            extractor.input(given or self._in, self._ncnn.Mat(np.ascontiguousarray(image, dtype=np.float32)).clone())
+            found = {}
+            for blob in wanted:
+                code, out = extractor.extract(blob)
+                if code != 0:
+                    raise BackendError(f"ncnn's extractor returned {code} for blob {blob}.")
+                found[blob] = np.array(out, dtype=np.float32, copy=True)
+            return found
+        finally:
+            extractor.clear()
 
     @property
     def device(self) -> dict:
