@@ -45,7 +45,8 @@ def debug_program(folder: Path, description: dict) -> tuple[Path, list[str], int
     entry = description.get("debug_program")
     if not isinstance(entry, dict) or not isinstance(entry.get("outputs"), list):
         raise UsageError(f"{folder} has no debug program (model.json's \"debug_program\"): it was packed before "
-                         "gap-debug could compare ExecuTorch bundles.", hint=REPACK)
+                         "gap-debug could compare ExecuTorch bundles, or gap-pack could not make one (its output said "
+                         "why).", hint=REPACK)
     name = entry.get("file")
     if not isinstance(name, str) or name not in description.get("files", {}):
         raise ArtifactError(f"{folder}/model.json names a debug program it does not list in \"files\".", hint=REPACK)

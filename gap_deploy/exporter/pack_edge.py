@@ -297,7 +297,7 @@ def convert_executorch(module, out: Path, spec: ArtifactSpec, precision: str, lo
             if static:
                 debug, paths = every_output_program(module, example, None)
             else:
-                debug, paths = every_output_program(module, _example(spec, 2, side),
+                debug, paths = every_output_program(module, _example(spec, 2, side).to(example.dtype),
                                                     _dims(spec, side, MIN_BATCH_BOUND))
     except Exception as exc:  # the bundle is whole without it; gap-debug then says it cannot compare its layers
         log(f"note: no debug program for gap-debug (every module's output): {first_line(exc)}")

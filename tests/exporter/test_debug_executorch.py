@@ -128,6 +128,22 @@ def test_the_fp16_program_names_the_first_layer_beyond_float16():
     assert fp32.first_over is None, fp32.format()
 
 
+@pytest.mark.slow
+def test_an_fp16_bundle_names_the_layer_beyond_float16(tmp_path):
+    """An FP16 ExecuTorch bundle that gap-pack wrote (its logits match: the clamp after the overflow brings them
+    back) still holds a layer beyond float16: the bundle's report names ``boost``, where ExecuTorch gives inf."""
+    from tests.support.families import ClampedOverflowNet
+
+    torch.manual_seed(0)
+    module = ClampedOverflowNet().eval()
+    folder = _bundle(tmp_path, module, "fp16", precision="fp16")
+    report = _debug(module, folder, "fp16", _inputs((1, 3, 16, 16), (1, 3, 21, 17)), tolerance=1e-2)
+    assert report.first_beyond_fp16 is not None and report.first_beyond_fp16.layer.path == "boost", report.format()
+    assert report.first_over is not None and report.first_over.layer.path == "boost", report.format()
+    output = next(r for r in report.layers if r.layer.path == "")
+    assert output.error is not None and output.error.rel_err < 1e-2, report.format()  # model.pte itself matches
+
+
 def test_gap_debug_takes_an_executorch_bundle_and_the_unpacked_program(tmp_path, reference_ckpt):
     from gap_deploy.exporter import load_model
     from gap_deploy.exporter.cli.debug import main

@@ -208,6 +208,25 @@ class OverflowNet(nn.Module):
         return self.fc(self.shrink(x).mean((2, 3)))
 
 
+class ClampedOverflowNet(nn.Module):
+    """Not a family: ``boost`` passes float16's range (as in OverflowNet), and a Hardtanh(0, 6) after it brings
+    every value back (inf and 1e5 both give 6), so an FP16 conversion gives the FP32 logits and is packed, while
+    one of its layers is beyond float16: what gap-debug must name in a bundle that passed its check."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.boost = nn.Conv2d(8, 8, 1)
+        self.clamp = nn.Hardtanh(0.0, 6.0)
+        self.fc = nn.Linear(8, num_classes)
+        with torch.no_grad():
+            self.boost.weight.abs_().mul_(4e4)
+            self.boost.bias.fill_(6e4)
+
+    def forward(self, x):
+        return self.fc(self.clamp(self.boost(self.features(x))).mean((2, 3)))
+
+
 class UnderflowNet(nn.Module):
     """Not a family: one layer whose weights (~3e-7) fall below float16's normal range, so FP16 keeps only a
     few bits of them. No activation overflows; only the FP32 fallback's sensitivity search can find it."""
