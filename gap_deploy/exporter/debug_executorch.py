@@ -76,16 +76,28 @@ def module_layers(module: nn.Module, outputs: list[str]) -> list[Layer]:
     return layers
 
 
-def _run(program: Path, image: np.ndarray, dtype, expected: int) -> list[np.ndarray]:
-    """The program's outputs (the logits first) from one ExecuTorch run on one image, as float32."""
-    import torch
-    from executorch.extension.pybindings.portable_lib import _load_for_executorch
+class Programs:
+    """Debug programs loaded by ExecuTorch's runtime once each (a load costs more than a run)."""
 
-    from gap_deploy.exporter.pack_edge import captured_output
+    def __init__(self):
+        self._loaded: dict[Path, object] = {}
 
-    with captured_output():
-        method = _load_for_executorch(str(program))
-        outputs = method.forward((torch.from_numpy(np.ascontiguousarray(image)).to(dtype),))
+    def run(self, program: Path, image: np.ndarray, dtype, expected: int) -> list[np.ndarray]:
+        """The program's outputs (the logits first) from one ExecuTorch run on one image, as float32."""
+        import torch
+        from executorch.extension.pybindings.portable_lib import _load_for_executorch
+
+        from gap_deploy.exporter.pack_edge import captured_output
+
+        with captured_output():  # ExecuTorch's start-up lines (cpuinfo)
+            if program not in self._loaded:
+                self._loaded[program] = _load_for_executorch(str(program))
+            outputs = self._loaded[program].forward(  # type: ignore[attr-defined]
+                (torch.from_numpy(np.ascontiguousarray(image)).to(dtype),))
+        return _checked(program, outputs, expected)
+
+
+def _checked(program: Path, outputs, expected: int) -> list[np.ndarray]:
     if len(outputs) != expected + 1:
         raise ArtifactError(f"{program.name} returns {len(outputs)} outputs; model.json lists {expected} module "
                             "outputs and the logits: the record does not describe this program.", hint=REPACK)
@@ -100,18 +112,22 @@ def debug_executorch(module: nn.Module, folder: Path, description: dict, name: s
     import torch
 
     from gap_deploy import runtime
+    from gap_deploy.exporter.pack_edge import captured_output
     from gap_deploy.runtime.backends.edge import load_in_child_first
     from gap_deploy.runtime.bundle import bundle_props
 
-    _require()
     program, outputs, side = debug_program(folder, description)
     props, names = bundle_props(folder)
     _check_shapes(props, side, inputs)
-    load_in_child_first("executorch", "ExecuTorch", (program,), props, names)  # a damaged file kills a child
+    with captured_output():  # executorch's import and start-up lines
+        _require()
+        load_in_child_first("executorch", "ExecuTorch", (program,), props, names)  # a damaged file kills a child
+        session = runtime.load(folder, "et-xnnpack")
     dtype = torch.float16 if description.get("precision") == "fp16" else torch.float32
-    with runtime.load(folder, "et-xnnpack") as session:
-        return compare_program(module, lambda image: _run(program, image, dtype, len(outputs)), outputs, name,
-                               inputs, session.run, tolerance=tolerance, chunk=chunk, log=log)
+    programs = Programs()
+    with session:
+        return compare_program(module, lambda image: programs.run(program, image, dtype, len(outputs)), outputs,
+                               name, inputs, session.run, tolerance=tolerance, chunk=chunk, log=log)
 
 
 def debug_unpacked(module: nn.Module, precision: str, name: str, inputs: Sequence[np.ndarray], *,
@@ -127,7 +143,8 @@ def debug_unpacked(module: nn.Module, precision: str, name: str, inputs: Sequenc
 
     from gap_deploy.exporter.pack_edge import captured_output, every_output_program
 
-    _require()
+    with captured_output():  # executorch's import lines
+        _require()
     module = module.eval()
     half = precision == "fp16"
     converted = copy.deepcopy(module).half() if half else module
@@ -146,10 +163,11 @@ def debug_unpacked(module: nn.Module, precision: str, name: str, inputs: Sequenc
             return programs[shape]
 
         first = program_for((1, *inputs[0].shape[1:]))[1]
+        loaded = Programs()
 
         def run(image: np.ndarray) -> list[np.ndarray]:
             path, outputs = program_for(tuple(image.shape))
-            return _run(path, image, dtype, len(outputs))
+            return loaded.run(path, image, dtype, len(outputs))
 
         return compare_program(module, run, first, name, inputs, None, tolerance=tolerance, chunk=chunk, log=log)
 

@@ -18,6 +18,7 @@ LiteRT runs the whole program: a layer cannot be run alone, so "added" is not gi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,9 @@ def debug_litert(module: nn.Module, reference, tflite: Path, name: str, inputs: 
                      hint="pip install 'gap-deploy[litert-run]'")
     module = module.eval()
     layers, unattributed = attribute(module, reference, reference)
-    interpreter = litert.Interpreter(model_path=str(tflite), experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # LiteRT warns that the mode is for debugging, which is what this is
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        interpreter = litert.Interpreter(model_path=str(tflite), experimental_preserve_all_tensors=True)
     order = {path: i for i, (path, _) in enumerate(module.named_modules())}
     outputs = tensor_modules(interpreter, tflite, module)
     model_output = interpreter.get_output_details()[0]["index"]
