@@ -199,16 +199,10 @@ def _is_openvino(path: Path) -> bool:
 def _openvino_bundle(path: Path) -> tuple[Path, Path, dict]:
     """(model.xml, the ONNX it was converted from, model.json) of an OpenVINO bundle given as its folder or its
     model.xml; its files checked against model.json's SHA-256s."""
-    from gap_deploy.exporter.debug import bundle_source
-    from gap_deploy.runtime.bundle import bundle_model, is_bundle, read_description
+    from gap_deploy.runtime.bundle import bundle_model
 
-    folder = path.parent if path.suffix.lower() == ".xml" else path
-    if not is_bundle(folder):
-        raise UsageError(f"{path} is not in a gap-pack bundle: gap-debug compares an OpenVINO IR through the bundle "
-                         "that says which ONNX it was converted from (model.json).",
-                         hint="give the bundle folder gap-pack --target openvino wrote.")
-    description = read_description(folder)
-    return bundle_model(folder, None), bundle_source(folder, description), description
+    folder, source, description = _converted_bundle(path, ".xml", "compares an OpenVINO IR", "openvino")
+    return bundle_model(folder, None), source, description
 
 
 def _is_ncnn(path: Path) -> bool:
@@ -222,14 +216,20 @@ def _is_ncnn(path: Path) -> bool:
 def _ncnn_bundle(path: Path) -> tuple[Path, Path, dict]:
     """(the bundle folder, the ONNX pnnx converted, model.json) of an ncnn bundle given as its folder or its
     model.param."""
+    return _converted_bundle(path, ".param", "maps an ncnn program's blobs", "ncnn")
+
+
+def _converted_bundle(path: Path, suffix: str, what: str, target: str) -> tuple[Path, Path, dict]:
+    """(the bundle folder, the ONNX it was converted from, beside it by SHA-256, model.json) of a bundle made from
+    an ONNX (OpenVINO, ncnn), given as its folder or its model file (``suffix``)."""
     from gap_deploy.exporter.debug import bundle_source
     from gap_deploy.runtime.bundle import is_bundle, read_description
 
-    folder = path.parent if path.suffix.lower() == ".param" else path
+    folder = path.parent if path.suffix.lower() == suffix else path
     if not is_bundle(folder):
-        raise UsageError(f"{path} is not in a gap-pack bundle: gap-debug maps an ncnn program's blobs through the "
-                         "bundle that says which ONNX pnnx converted (model.json).",
-                         hint="give the bundle folder gap-pack --target ncnn wrote.")
+        raise UsageError(f"{path} is not in a gap-pack bundle: gap-debug {what} through the bundle that says which "
+                         "ONNX it was converted from (model.json).",
+                         hint=f"give the bundle folder gap-pack --target {target} wrote.")
     description = read_description(folder)
     return folder, bundle_source(folder, description), description
 

@@ -344,7 +344,8 @@ def every_output_program(module, example, dims) -> tuple[bytes, list[str]]:
 
     wrapper = EveryOutput()
     with torch.no_grad():
-        found = [path for path in paths if path in _outputs_of(module, example)]
+        tensors = _outputs_of(module, example)
+    found = [path for path in paths if path in tensors]
     program = torch.export.export(wrapper, (example,), dynamic_shapes=None if dims is None else (dims,))
     return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer, found
 

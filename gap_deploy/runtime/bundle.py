@@ -88,7 +88,7 @@ def bundle_model(folder: Path, shape: Sequence[int] | None) -> Path:
                                  "ONNX's logits).")
     files = description["files"]
     # an app-ready model (gap-pack --app) takes the platform's 8-bit images, not the contract's tensors: it is for
-    # the platform's own API, never chosen here
+    # the platform's own API, never chosen here; nor is gap-debug's program (ExecuTorch's model.debug.pte)
     runnable = {name: entry for name, entry in files.items()
                 if name.endswith(RUNNABLE_SUFFIXES) and entry.get("role") not in ("app", "debug")}
     if shape is None:

@@ -154,6 +154,26 @@ def test_attribution_is_complete_on_every_family(family):
     assert report.first_over is None, report.format()
 
 
+def planted_faults(module: nn.Module, target):
+    """(tag, a copy of ``module`` with one fault, the module the fault is in) for the two faults issue 35 plants in
+    the conv + BatchNorm group ``target``: the convolution's weights x1.05, and the BatchNorm's running mean moved
+    by half a standard deviation."""
+    import copy
+
+    conv, bn = target.fused[0], target.path
+    found = []
+    for tag, where in (("weights", conv), ("mean", bn)):
+        faulty = copy.deepcopy(module)
+        with torch.no_grad():
+            if tag == "weights":
+                faulty.get_submodule(conv).weight.mul_(1.05)
+            else:
+                norm = faulty.get_submodule(bn)
+                norm.running_mean.add_(0.5 * norm.running_var.sqrt())
+        found.append((tag, faulty, where))
+    return found
+
+
 def _with_batchnorm(family):
     from tests.conftest import randomize_batchnorm
 

@@ -21,7 +21,7 @@ from gap_deploy.runtime.bundle import bundle_model, read_description  # noqa: E4
 from gap_deploy.runtime.errors import ArtifactError, UsageError  # noqa: E402
 from gap_deploy.runtime.onnx_file import save_onnx  # noqa: E402
 from tests.conftest import assert_clean_failure  # noqa: E402
-from tests.exporter.test_debug import _export, _inputs, _with_batchnorm  # noqa: E402
+from tests.exporter.test_debug import _export, _inputs, _with_batchnorm, planted_faults  # noqa: E402
 
 #: ResNetDish's average-pool shortcut keeps torch.export from one dynamic program: a static one at 32x32
 FIXED = {"ResNetDish": (1, 3, 32, 32)}
@@ -64,14 +64,7 @@ def test_executorch_planted_faults_are_named_first(tmp_path, family):
     assert len(compared) >= len(clean.layers) * 2 // 3, clean.format()
     assert "model.pte itself" in next(r.note for r in clean.layers if r.layer.path == "")
     target = [layer for layer in attribute(module, fp32, fp32)[0] if layer.fused][2]
-    conv, bn = target.fused[0], target.path
-    for tag, plant, expected in (
-            ("weights", lambda m: m.get_submodule(conv).weight.mul_(1.05), conv),
-            ("mean", lambda m: m.get_submodule(bn).running_mean.add_(
-                0.5 * m.get_submodule(bn).running_var.sqrt()), bn)):
-        faulty = copy.deepcopy(module)
-        with torch.no_grad():
-            plant(faulty)
+    for tag, faulty, expected in planted_faults(module, target):
         report = _debug(module, _bundle(tmp_path, faulty, tag, fixed), tag, inputs)
         first = report.first_over
         assert first is not None and first.layer.path == expected, report.format()

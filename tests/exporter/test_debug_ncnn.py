@@ -3,7 +3,6 @@ converted by the structure of both graphs (pnnx keeps no names); planted faults 
 
 from __future__ import annotations
 
-import copy
 import json
 
 import onnx
@@ -20,7 +19,7 @@ from gap_deploy.exporter.pack import pack  # noqa: E402
 from gap_deploy.runtime.backends.edge import NcnnLayer, ncnn_layers  # noqa: E402
 from gap_deploy.runtime.onnx_file import save_onnx  # noqa: E402
 from tests.conftest import assert_clean_failure  # noqa: E402
-from tests.exporter.test_debug import _export, _inputs, _with_batchnorm  # noqa: E402
+from tests.exporter.test_debug import _export, _inputs, _with_batchnorm, planted_faults  # noqa: E402
 
 #: ResNetDish's average-pool shortcut gives nothing at the smallest sizes: its bundle starts at side 9
 MIN_SIDE = {"ResNetDish": 9}
@@ -61,12 +60,7 @@ def test_ncnn_planted_faults_are_named_first_as_the_fused_group(tmp_path, family
     compared = [r for r in clean.layers if r.error is not None]
     assert len(compared) >= len(clean.layers) * 2 // 3, clean.format()
     target = [layer for layer in attribute(module, fp32, fp32)[0] if layer.fused][2]
-    for tag, plant in (("weights", lambda m: m.get_submodule(target.fused[0]).weight.mul_(1.05)),
-                       ("mean", lambda m: m.get_submodule(target.path).running_mean.add_(
-                           0.5 * m.get_submodule(target.path).running_var.sqrt()))):
-        faulty = copy.deepcopy(module)
-        with torch.no_grad():
-            plant(faulty)
+    for tag, faulty, _ in planted_faults(module, target):
         folder, source = _bundle(tmp_path, faulty, tag, min_side=min_side)
         runner, layers = open_bundle(folder)
         report = debug_ncnn(module, fp32, source, runner, layers, tag, inputs)

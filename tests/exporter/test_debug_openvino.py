@@ -115,7 +115,8 @@ def test_another_bundle_kind_is_refused_with_what_is_compared(tmp_path, referenc
 
     pack(reference_onnx, tmp_path / "b", target="ort")
     result = CliRunner().invoke(main, [str(reference_ckpt), str(tmp_path / "b")])
-    assert_clean_failure(result, "is a ort bundle: gap-debug compares OpenVINO, ncnn and LiteRT bundles", code=2)
+    assert_clean_failure(result, "is a ort bundle: gap-debug compares OpenVINO, ncnn, LiteRT and ExecuTorch "
+                                 "bundles", code=2)
 
 
 def test_fp16_openvino_bundle_names_the_first_layer_beyond_float16(tmp_path):
