@@ -42,6 +42,9 @@ FUSION_NOTE = ("ncnn's extractor on the bundle's own .param/.bin, blobs mapped t
 ACTIVATIONS = {"Relu": ("ReLU",), "LeakyRelu": ("ReLU",), "Clip": ("Clip", "ReLU"), "Sigmoid": ("Sigmoid",),
                "HardSigmoid": ("HardSigmoid",), "HardSwish": ("HardSwish",), "Tanh": ("TanH",), "Elu": ("ELU",),
                "Mish": ("Mish",), "Gelu": ("GELU",), "Softmax": ("Softmax",)}
+#: ONNX per-channel layers of one input -> the ncnn layers that compute them (a BatchNorm not after a convolution:
+#: pre-activation networks)
+PER_CHANNEL = {"BatchNormalization": ("BatchNorm", "Scale")}
 RESHAPES = {"Reshape": ("Reshape", "Flatten"), "Flatten": ("Flatten", "Reshape"),
             "Squeeze": ("Squeeze", "Reshape"), "Unsqueeze": ("ExpandDims", "Reshape")}
 #: the ncnn layers that only hand their input on to several readers
@@ -69,8 +72,19 @@ class Mapping:
     producers: dict[str, tuple[str, str | None]]
 
 
-def _onnx_kind(node, constant) -> str | None:
+def _is_silu(node, producer: dict) -> bool:
+    """``Mul(x, Sigmoid(x))``: SiLU as the exporter writes it, one Swish layer in ncnn (not a binary op)."""
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return False
+    a, b = node.input
+    return any(producer.get(s) is not None and producer[s].op_type == "Sigmoid" and producer[s].input[0] == x
+               for s, x in ((a, b), (b, a)))
+
+
+def _onnx_kind(node, constant, producer: dict) -> str | None:
     op = node.op_type
+    if _is_silu(node, producer):
+        return None
     if op == "Conv":
         return "convolution"
     if op == "Gemm" or (op == "MatMul" and constant(node.input[1])):
@@ -127,6 +141,7 @@ def map_blobs(source: onnx.ModelProto, layers: Sequence[NcnnLayer]) -> Mapping:
     resolved, readers, producers = _wiring(layers)
     pairs, unmapped = _pair_kinds(graph, layers)
     consumers = consumers_of(graph)
+    producer = {t: n for n in graph.node for t in n.output}
     blobs: dict[str, Blob] = {}
     fused: dict[str, str] = {}
     inputs = [layer for layer in layers if layer.type == "Input"]
@@ -149,7 +164,11 @@ def map_blobs(source: onnx.ModelProto, layers: Sequence[NcnnLayer]) -> Mapping:
                 blobs[out] = Blob(layer.tops[0])
             continue
         given = blobs.get(node.input[0]) if node.input else None
-        kinds = ACTIVATIONS.get(node.op_type) or RESHAPES.get(node.op_type)
+        kinds = ACTIVATIONS.get(node.op_type) or PER_CHANNEL.get(node.op_type) or RESHAPES.get(node.op_type)
+        if _is_silu(node, producer):  # the Swish layer reading x's blob (x: the Mul's input that is not Sigmoid's)
+            x = next(t for t in node.input if producer.get(t) is None or producer[t].op_type != "Sigmoid"
+                     or producer[t].input[0] not in node.input)
+            given, kinds = blobs.get(x), ("Swish",)
         if given is None or given.flatten or not kinds:
             continue
         reading = [layer for layer in readers.get(resolved(given.name), []) if layer.type in kinds]
@@ -192,8 +211,9 @@ def _pair_kinds(graph, layers: Sequence[NcnnLayer]) -> tuple[dict, dict[str, str
     constants = {t for n in graph.node if n.op_type == "Constant" for t in n.output} | set(weights)
     by_kind_onnx: dict[str, list] = {}
     by_kind_ncnn: dict[str, list] = {}
+    producer = {t: n for n in graph.node for t in n.output}
     for node in graph.node:
-        kind = _onnx_kind(node, constants.__contains__)
+        kind = _onnx_kind(node, constants.__contains__, producer)
         if kind:
             by_kind_onnx.setdefault(kind, []).append(node)
     for layer in layers:

@@ -128,3 +128,24 @@ def test_gap_debug_takes_an_ncnn_bundle(tmp_path, reference_ckpt):
     (tmp_path / "m.onnx").rename(tmp_path / "elsewhere.onnx.bak")
     result = CliRunner().invoke(main, [str(reference_ckpt), str(tmp_path / "m_ncnn")])
     assert_clean_failure(result, "the ONNX m_ncnn was converted from (m.onnx) is not beside it", code=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["EfficientNetish", "DenseNetish", "MobileNetV3ish", "ReXNetish", "SqueezeNetish"])
+def test_every_kind_maps_on_other_families_and_nothing_departs(tmp_path, family):
+    """SiLU (Mul(x, Sigmoid(x)), one Swish layer in ncnn), pre-activation BatchNorms (BatchNorm layers), concats,
+    hard-swish and squeeze-excite: every kind of layer maps, every layer is compared (or said to be fused into the
+    activation after it), and the fault-free bundle departs nowhere."""
+    from tests.conftest import randomize_batchnorm
+    from tests.support import families
+
+    torch.manual_seed(0)
+    module = randomize_batchnorm(getattr(families, family)()).eval()
+    fp32 = _export(module)
+    folder, source = _bundle(tmp_path, module, "m", min_side=13 if family == "SqueezeNetish" else None)
+    runner, layers = open_bundle(folder)
+    assert map_blobs(source, layers).unmapped == {}
+    report = debug_ncnn(module, fp32, source, runner, layers, family, _inputs((1, 3, 40, 48)))
+    assert report.first_over is None, report.format()
+    for result in report.layers:
+        assert result.error is not None or "pnnx fused it with the activation" in result.note, report.format()
