@@ -26,8 +26,9 @@ import numpy as np
 from torch import nn
 
 from gap_deploy.exporter.debug import DEFAULT_CHUNK, DebugReport, Layer, LayerResult, _torch_values, describe_module
-from gap_deploy.runtime.errors import ArtifactError, UsageError
+from gap_deploy.runtime.errors import ArtifactError, BackendError, UsageError, first_line
 from gap_deploy.runtime.layers import layer_error
+from gap_deploy.runtime.shapes import format_shape
 
 FUSION_NOTE = ("ExecuTorch's run of {program} (the same module lowered to XNNPACK with every "
                "module's output returned): a returned output is not fused into what reads it, so a convolution and "
@@ -89,18 +90,25 @@ class Programs:
 
         from gap_deploy.exporter.pack_edge import captured_output
 
-        with captured_output():  # ExecuTorch's start-up lines (cpuinfo)
-            if program not in self._loaded:
-                self._loaded[program] = _load_for_executorch(str(program))
-            outputs = self._loaded[program].forward(  # type: ignore[attr-defined]
-                (torch.from_numpy(np.ascontiguousarray(image)).to(dtype),))
+        try:
+            with captured_output():  # ExecuTorch's start-up lines (cpuinfo)
+                if program not in self._loaded:
+                    self._loaded[program] = _load_for_executorch(str(program))
+                outputs = self._loaded[program].forward(  # type: ignore[attr-defined]
+                    (torch.from_numpy(np.ascontiguousarray(image)).to(dtype),))
+        except RuntimeError as exc:  # ExecuTorch's own refusal (a shape outside the plan, a damaged program)
+            raise BackendError(f"ExecuTorch could not run {program.name} on {format_shape(image.shape)}: "
+                               f"{first_line(exc)}", hint=REPACK) from None
         return _checked(program, outputs, expected)
 
 
 def _checked(program: Path, outputs, expected: int) -> list[np.ndarray]:
-    if len(outputs) != expected + 1:
+    import torch
+
+    if len(outputs) != expected + 1 or not all(isinstance(o, torch.Tensor) for o in outputs):
         raise ArtifactError(f"{program.name} returns {len(outputs)} outputs; model.json lists {expected} module "
-                            "outputs and the logits: the record does not describe this program.", hint=REPACK)
+                            "outputs and the logits, all tensors: the record does not describe this program.",
+                            hint=REPACK)
     return [np.array(o.float().numpy(), copy=True) for o in outputs]
 
 
