@@ -527,6 +527,23 @@ def debug_engine(module: nn.Module, reference: onnx.ModelProto, source: onnx.Mod
     return report
 
 
+def plot_axis(reports: Sequence[DebugReport]) -> list[str]:
+    """The layers every report compared, in graph order, each once: a layer one runtime compares and another
+    cannot (a group fused in one, split in another) is placed after the layer before it in its own report, so
+    the same layer sits at the same x in every line."""
+    axis: list[str] = []
+    for report in reports:
+        previous = -1
+        for result in sorted(report.layers, key=lambda r: r.layer.depth):
+            if result.error is None:
+                continue
+            name = result.layer.name
+            if name not in axis:
+                axis.insert(previous + 1, name)
+            previous = axis.index(name)
+    return axis
+
+
 def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:
     """Relative error against depth, one line per artifact (log scale), the first layer over tolerance marked."""
     from gap_deploy.runtime.plot import publish_figure, pyplot
@@ -534,10 +551,11 @@ def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
+    axis = plot_axis(reports)
     for report in reports:
         pairs = [(r, r.error) for r in sorted(report.layers, key=lambda r: r.layer.depth) if r.error is not None]
         rows = [r for r, _ in pairs]
-        xs = list(range(len(rows)))
+        xs = [axis.index(r.layer.name) for r in rows]
         ys = [max(e.rel_err, 1e-12) if math.isfinite(e.rel_err) else 1e6 for _, e in pairs]
         (line,) = ax.plot(xs, ys, marker="o", label=Path(report.artifact).name)
         ax.axhline(report.tolerance, color=line.get_color(), linestyle="--", linewidth=1, alpha=0.7,
@@ -545,10 +563,10 @@ def plot(reports: Sequence[DebugReport], path: str | Path) -> Path:
         first = report.first_over
         if first is not None and first in rows:
             i = rows.index(first)
-            ax.annotate(first.layer.path, (i, ys[i]), textcoords="offset points", xytext=(5, 8), fontsize=8)
-            ax.plot([i], [ys[i]], marker="*", markersize=14, color="red")
-        if rows:
-            ax.set_xticks(xs, [r.layer.path or "(output)" for r in rows], rotation=60, ha="right", fontsize=7)
+            ax.annotate(first.layer.path, (xs[i], ys[i]), textcoords="offset points", xytext=(5, 8), fontsize=8)
+            ax.plot([xs[i]], [ys[i]], marker="*", markersize=14, color="red")
+    if axis:
+        ax.set_xticks(range(len(axis)), [name or "(output)" for name in axis], rotation=60, ha="right", fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("relative error against PyTorch")
     ax.set_xlabel("layer (graph order)")

@@ -443,3 +443,28 @@ def test_name_scopes_that_are_no_list_of_module_paths_name_no_module(value):
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
     assert node_scopes(helper.make_model(graph)) == {"r": None}
+
+
+def test_the_plot_puts_a_layer_at_the_same_place_in_every_line():
+    """One runtime compares conv and relu apart, another only as one fused group: the plot's axis holds each
+    layer once, in graph order, the group after the layer before it, so no line is shifted against another."""
+    from gap_deploy.exporter.debug import DebugReport, Layer, LayerResult, plot_axis
+    from gap_deploy.runtime.layers import layer_error
+
+    def report(*names):
+        rows = []
+        for depth, name in enumerate(names):
+            *fused, path = name.split(" + ")
+            layer = Layer(path, path, depth, f"t{depth}", (), (), fused=tuple(fused))
+            rows.append(LayerResult(layer, layer_error([np.ones(3)], [np.ones(3)])))
+        return DebugReport("r", 1e-4, [], rows)
+
+    separate = report("conv", "relu", "pool", "fc", "")
+    fused = report("conv + relu", "pool", "fc", "")
+    for reports in ([separate, fused], [fused, separate]):
+        axis = plot_axis(reports)
+        assert sorted(axis) == sorted(["conv", "relu", "conv + relu", "pool", "fc", ""])  # each once
+        for one in reports:  # every line in its own graph order, shared layers at one place
+            xs = [axis.index(r.layer.name) for r in one.layers]
+            assert xs == sorted(xs)
+        assert axis[-3:] == ["pool", "fc", ""]
